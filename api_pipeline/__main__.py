@@ -1,0 +1,8 @@
+"""``python -m api_pipeline``."""
+
+import sys
+
+from api_pipeline.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,396 @@
+"""Settings: built once, validated up front, frozen, passed to whatever needs them.
+
+Precedence (DESIGN §3): command-line flag > process environment > ``.env`` file >
+default. Nothing else in the package reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from api_pipeline.errors import ConfigError
+
+TABLE_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+LA_CODE_PATTERN = re.compile(r"^[0-9]{3}$")
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+MAX_BATCH_SIZE = 100
+
+
+class Secret:
+    """A string that never shows itself in repr, str, logs or tracebacks.
+
+    Call :meth:`reveal` at the single place the real value is needed.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+# ---------------------------------------------------------------------------
+# The definition of every setting. The docs' configuration reference and the
+# .env.example check are generated from this table, so they cannot drift.
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration variable: its name, meaning and how to parse it."""
+
+    env: str
+    attr: str
+    help: str
+    default: Any = None
+    parse: Callable[[str], Any] = str
+    secret: bool = False
+    aliases: tuple[str, ...] = ()
+    needed_for: frozenset[str] = frozenset()
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "y", "on"}:
+        return True
+    if value in {"0", "false", "no", "n", "off", ""}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parse_batch_size(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_BATCH_SIZE:
+        raise ValueError(f"must be between 1 and {MAX_BATCH_SIZE} (DfE rejects larger batches with 413)")
+    return value
+
+
+def _parse_positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _parse_non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be zero or more")
+    return value
+
+
+def _parse_table_name(text: str) -> str:
+    value = text.strip()
+    if not TABLE_NAME_PATTERN.match(value):
+        raise ValueError(
+            "must be a plain table name, optionally schema-qualified (letters, digits, underscores), "
+            "for example ssd_api_data_staging or ssd_development.ssd_api_data_staging"
+        )
+    return value
+
+
+def _parse_la_code(text: str) -> str:
+    value = text.strip()
+    if not LA_CODE_PATTERN.match(value):
+        raise ValueError("must be your council's 3-digit DfE LA code, for example 846")
+    return value
+
+
+def _parse_https_url(text: str) -> str:
+    value = text.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in {"https", "http"} or not parts.hostname:
+        raise ValueError("must be a full URL starting https://")
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+        raise ValueError("must use https:// (plain http is only allowed to this machine, for the simulator)")
+    return value
+
+
+def _parse_scope(text: str) -> str:
+    value = text.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+COMMON = frozenset({"run", "test-endpoint"})
+DATABASE = frozenset({"run", "test-db", "test-schema"})
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "DB_CONNECTION_STRING",
+        "db_connection_string",
+        "Where the staging table lives: sqlite:///path/to/file.db, or an ODBC connection string "
+        "for SQL Server or PostgreSQL. Passwords in it are treated as secrets.",
+        parse=str.strip,
+        secret=True,
+        aliases=("SQL_CONN_STR",),
+        needed_for=DATABASE,
+    ),
+    Option(
+        "TABLE_NAME",
+        "table_name",
+        "The staging table, optionally schema-qualified.",
+        default="ssd_api_data_staging",
+        parse=_parse_table_name,
+    ),
+    Option(
+        "API_ENDPOINT",
+        "api_endpoint",
+        "Base URL of the DfE receiver, for example "
+        "https://pp-api.education.gov.uk/children-in-social-care-data-receiver-test/1",
+        parse=_parse_https_url,
+        needed_for=COMMON,
+    ),
+    Option("LA_CODE", "la_code", "Your council's 3-digit DfE LA code.", parse=_parse_la_code, needed_for=COMMON),
+    Option(
+        "TOKEN_ENDPOINT",
+        "token_endpoint",
+        "OAuth2 token URL (Azure AD v2), for example "
+        "https://login.microsoftonline.com/<tenant-id>/oauth2/v2.0/token",
+        parse=_parse_https_url,
+        needed_for=COMMON,
+    ),
+    Option("CLIENT_ID", "client_id", "OAuth2 client id issued by DfE.", parse=str.strip, needed_for=COMMON),
+    Option(
+        "CLIENT_SECRET",
+        "client_secret",
+        "OAuth2 client secret issued by DfE.",
+        parse=str.strip,
+        secret=True,
+        needed_for=COMMON,
+    ),
+    Option(
+        "SCOPE", "scope", "OAuth2 scope issued by DfE (ends in /.default).", parse=_parse_scope, needed_for=COMMON
+    ),
+    Option(
+        "SUPPLIER_KEY",
+        "supplier_key",
+        "DfE subscription key, sent as the SupplierKey header.",
+        parse=str.strip,
+        secret=True,
+        needed_for=COMMON,
+    ),
+    Option(
+        "USE_PARTIAL_PAYLOAD",
+        "use_partial_payload",
+        "true: send only what changed since DfE's last acknowledgement (deltas); false: send whole records.",
+        default=True,
+        parse=_parse_bool,
+    ),
+    Option(
+        "BATCH_SIZE",
+        "batch_size",
+        "Records per request, 1 to 100.",
+        default=MAX_BATCH_SIZE,
+        parse=_parse_batch_size,
+    ),
+    Option("DEBUG", "debug", "true: log more detail (same as -v). Never logs record content.", default=False,
+           parse=_parse_bool),
+    Option(
+        "HTTP_TIMEOUT",
+        "http_timeout",
+        "Seconds to wait for DfE to answer one request (the connect timeout is 10 seconds or less).",
+        default=60.0,
+        parse=_parse_positive_float,
+    ),
+    Option(
+        "MAX_RETRIES",
+        "max_retries",
+        "How many times to retry a request after a temporary failure (429, 5xx, timeout, reset).",
+        default=5,
+        parse=_parse_non_negative_int,
+    ),
+    Option(
+        "HTTPS_PROXY",
+        "https_proxy",
+        "Proxy for HTTPS traffic, for example http://proxy.council.local:8080. Credentials in it are secret.",
+        parse=str.strip,
+        secret=True,
+    ),
+    Option("NO_PROXY", "no_proxy", "Hosts to reach without the proxy, comma-separated.", parse=str.strip),
+    Option(
+        "CA_BUNDLE",
+        "ca_bundle",
+        "A PEM file of extra certificate authorities to trust (for example your firewall's). "
+        "TLS verification is always on.",
+        parse=lambda text: Path(text.strip()),
+    ),
+    Option(
+        "LOG_DIR",
+        "log_dir",
+        "Folder for log files. Default: a 'logs' folder next to the .env file (or the current folder).",
+        parse=lambda text: Path(text.strip()),
+    ),
+    Option(
+        "PAYLOAD_SCHEMA",
+        "payload_schema",
+        "Path to a newer DfE openapi.json (or a JSON Schema for one record) to validate against, "
+        "instead of the schema built into this version.",
+        parse=lambda text: Path(text.strip()),
+    ),
+)
+
+OPTIONS_BY_ENV = {option.env: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the tool needs to know, validated. Build with :func:`load_settings`."""
+
+    db_connection_string: Secret | None = None
+    table_name: str = "ssd_api_data_staging"
+    api_endpoint: str | None = None
+    la_code: str | None = None
+    token_endpoint: str | None = None
+    client_id: str | None = None
+    client_secret: Secret | None = None
+    scope: str | None = None
+    supplier_key: Secret | None = None
+    use_partial_payload: bool = True
+    batch_size: int = MAX_BATCH_SIZE
+    debug: bool = False
+    http_timeout: float = 60.0
+    max_retries: int = 5
+    https_proxy: Secret | None = None
+    no_proxy: str | None = None
+    ca_bundle: Path | None = None
+    log_dir: Path | None = None
+    payload_schema: Path | None = None
+    env_file: Path | None = field(default=None, compare=False)
+
+    @property
+    def ledger_table(self) -> str:
+        """The submission ledger lives beside the staging table, named after it."""
+        return f"{self.table_name}_ledger"
+
+    @property
+    def connect_timeout(self) -> float:
+        return min(10.0, self.http_timeout)
+
+    def replace(self, **changes: Any) -> Settings:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Settings(**values)
+
+
+def find_env_file(explicit: Path | None, cwd: Path, executable_dir: Path) -> Path | None:
+    """``--env-file`` if given, else ``.env`` in the current folder, else next to the executable.
+
+    Task Scheduler starts programs in System32, so the last place matters.
+    """
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"--env-file: {explicit} does not exist or is not a file")
+        return explicit
+    for folder in (cwd, executable_dir):
+        candidate = folder / ".env"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def executable_dir() -> Path:
+    """The folder of the frozen exe, or of the current script when run from source."""
+    if getattr(sys, "frozen", False):
+        return Path(sys.executable).resolve().parent
+    return Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] else Path.cwd()
+
+
+def read_env_file(path: Path | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    from dotenv import dotenv_values
+
+    try:
+        values = dotenv_values(path, interpolate=False)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--env-file: cannot read {path}: {exc.__class__.__name__}") from None
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def load_settings(
+    *,
+    command: str,
+    environ: Mapping[str, str],
+    env_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build Settings for ``command`` from flags, environment and ``.env``; report every problem at once.
+
+    ``overrides`` maps attribute names to values already parsed from command-line flags.
+    """
+    file_values = read_env_file(env_file)
+    overrides = dict(overrides or {})
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    where = f" (in {env_file})" if env_file else ""
+
+    def lookup(option: Option) -> tuple[str, str] | None:
+        for name in (option.env, *option.aliases):
+            if environ.get(name, "").strip():
+                return name, environ[name]
+        for name in (option.env, *option.aliases):
+            if file_values.get(name, "").strip():
+                return name, file_values[name]
+        return None
+
+    for option in OPTIONS:
+        if option.attr in overrides and overrides[option.attr] is not None:
+            values[option.attr] = overrides.pop(option.attr)
+            continue
+        found = lookup(option)
+        if found is None and option.env == "DB_CONNECTION_STRING":
+            found = _integrated_security_string(environ, file_values)
+        if found is None:
+            if command in option.needed_for:
+                problems.append(f"{option.env}: not set{where}. {option.help}")
+            continue
+        name, text = found
+        try:
+            value = option.parse(text)
+        except ValueError as exc:
+            shown = "<hidden>" if option.secret else repr(text.strip())
+            problems.append(f"{name}: {shown} {exc}")
+            continue
+        values[option.attr] = Secret(value) if option.secret else value
+
+    if problems:
+        raise ConfigError(problems)
+    if values.get("db_connection_string") is not None and not isinstance(values["db_connection_string"], Secret):
+        values["db_connection_string"] = Secret(values["db_connection_string"])
+    return Settings(env_file=env_file, **values)
+
+
+def _integrated_security_string(environ: Mapping[str, str], file_values: Mapping[str, str]) -> tuple[str, str] | None:
+    """Upstream's USER_SERVER + USER_DATABASE form: SQL Server with Windows integrated security."""
+
+    def get(name: str) -> str:
+        return (environ.get(name) or file_values.get(name) or "").strip()
+
+    server, database = get("USER_SERVER"), get("USER_DATABASE")
+    if server and database:
+        return "USER_SERVER", f"SERVER={server};DATABASE={database};Trusted_Connection=yes;"
+    return None

@@ -1,0 +1,79 @@
+"""Exceptions, grouped by what the caller should do about them.
+
+Every error the tool raises on purpose derives from :class:`PipelineError` and
+carries the process exit code (DESIGN §10) that ``cli.main`` returns for it.
+Messages are written for a council officer and never contain payload content,
+secrets or personal data.
+"""
+
+from __future__ import annotations
+
+
+class ExitCode:
+    """Process exit codes (DESIGN §10). Task Scheduler shows these."""
+
+    OK = 0
+    RECORDS_FAILED = 1
+    USAGE = 2
+    DATABASE = 3
+    AUTH = 4
+    API = 5
+    INTERRUPTED = 130
+
+
+class PipelineError(Exception):
+    """Base class: one line for the operator, one exit code."""
+
+    exit_code = ExitCode.RECORDS_FAILED
+
+
+class ConfigError(PipelineError):
+    """Settings are missing or wrong. Carries every problem found, one per line."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class DatabaseError(PipelineError):
+    """The database cannot be reached, read or written."""
+
+    exit_code = ExitCode.DATABASE
+
+
+class AuthError(PipelineError):
+    """The token endpoint refused us, or the API said 401 after a fresh token."""
+
+    exit_code = ExitCode.AUTH
+
+
+class ApiError(PipelineError):
+    """The API could not be used: network, TLS, proxy, refusal."""
+
+    exit_code = ExitCode.API
+
+
+class RetriableApiError(ApiError):
+    """A failure worth retrying (429, 5xx, timeouts, resets). Only these are retried.
+
+    ``retry_after`` is the server's requested wait in seconds, when it gave one.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class FatalApiError(ApiError):
+    """The API refused in a way retrying will not fix (403 after backoff, 404, TLS)."""
+
+
+class RecordRejected(PipelineError):
+    """One record cannot be sent as it is: mark its row and carry on."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.reason = message
