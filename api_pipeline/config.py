@@ -160,7 +160,7 @@ OPTIONS: tuple[Option, ...] = (
         "API_ENDPOINT",
         "api_endpoint",
         "Base URL of the DfE receiver, for example "
-        "https://pp-api.education.gov.uk/children-in-social-care-data-receiver-test/1",
+        "https://pp-api.education.gov.uk/children-in-social-care-data-receiver-test/1 (DfE's test receiver).",
         parse=_parse_https_url,
         needed_for=COMMON,
     ),
@@ -169,7 +169,7 @@ OPTIONS: tuple[Option, ...] = (
         "TOKEN_ENDPOINT",
         "token_endpoint",
         "OAuth2 token URL (Azure AD v2), for example "
-        "https://login.microsoftonline.com/<tenant-id>/oauth2/v2.0/token",
+        "https://login.microsoftonline.com/<tenant-id>/oauth2/v2.0/token (Azure AD v2).",
         parse=_parse_https_url,
         needed_for=COMMON,
     ),
@@ -182,9 +182,7 @@ OPTIONS: tuple[Option, ...] = (
         secret=True,
         needed_for=COMMON,
     ),
-    Option(
-        "SCOPE", "scope", "OAuth2 scope issued by DfE (ends in /.default).", parse=_parse_scope, needed_for=COMMON
-    ),
+    Option("SCOPE", "scope", "OAuth2 scope issued by DfE (ends in /.default).", parse=_parse_scope, needed_for=COMMON),
     Option(
         "SUPPLIER_KEY",
         "supplier_key",
@@ -207,8 +205,13 @@ OPTIONS: tuple[Option, ...] = (
         default=MAX_BATCH_SIZE,
         parse=_parse_batch_size,
     ),
-    Option("DEBUG", "debug", "true: log more detail (same as -v). Never logs record content.", default=False,
-           parse=_parse_bool),
+    Option(
+        "DEBUG",
+        "debug",
+        "true: log more detail (same as -v). Never logs record content.",
+        default=False,
+        parse=_parse_bool,
+    ),
     Option(
         "HTTP_TIMEOUT",
         "http_timeout",

@@ -1,0 +1,863 @@
+"""Talking to the DfE CSC API (DESIGN §6): the session, response classification, retries, sending.
+
+One :class:`requests.Session` per run (:func:`make_session`), one function that turns a
+response into an outcome (:func:`classify`), and :class:`ApiClient`, which posts batches with
+tenacity retries and splits batches when DfE rejects some of their records. Nothing here logs
+or raises with a request body, a token or a secret; DfE's answers are masked before they are
+shown (DESIGN §9).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
+
+from api_pipeline import APP_NAME, __version__
+from api_pipeline.config import Settings
+from api_pipeline.errors import (
+    ApiError,
+    AuthError,
+    ConfigError,
+    ExitCode,
+    FatalApiError,
+    PipelineError,
+    RetriableApiError,
+)
+
+if TYPE_CHECKING:
+    from api_pipeline.auth import ClientCredentialsAuth
+
+log = logging.getLogger(__name__)
+
+SUMMARY_LIMIT = 200  # characters of a (masked) DfE answer we are willing to show
+MAX_RETRY_AFTER = 300.0  # seconds: never let a server park the run for longer per retry
+BACKOFF_INITIAL = 1.0
+BACKOFF_MAX = 60.0
+MAX_FORBIDDEN_RETRIES = 3  # 403 is sometimes DfE's throttle, usually a real refusal
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+# ---------------------------------------------------------------------------
+# Exceptions specific to the API. They live here because only this module and
+# its callers need them; each subclasses the errors.py class with the right
+# exit code.
+# ---------------------------------------------------------------------------
+
+
+class BatchRejected(PipelineError):
+    """DfE answered 400. ``indexes`` maps each record it named (``[n]``, 0-based) to its masked reason."""
+
+    def __init__(self, indexes: dict[int, str], message: str) -> None:
+        super().__init__(message)
+        self.indexes = indexes
+
+
+class Unauthorized(AuthError):
+    """DfE answered 401: the token (or the SupplierKey) was refused."""
+
+
+class Forbidden(RetriableApiError):
+    """DfE answered 403: its gateway throttles with 403 too, so it is retried a few times."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message, status=403, retry_after=retry_after)
+
+
+class PayloadTooLarge(ApiError):
+    """DfE answered 413: the batch is too big; halve it."""
+
+
+class TransientNetworkError(RetriableApiError):
+    """A timeout or dropped connection: worth retrying. ``cause`` is a short label for logs."""
+
+    def __init__(self, message: str, *, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class RetriesExhausted(ApiError):
+    """A retriable failure kept happening until the retry budget ran out (exit 5)."""
+
+    def __init__(self, message: str, *, status: int | None, attempts: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.attempts = attempts
+
+
+# ---------------------------------------------------------------------------
+# Masking and describing what went wrong, shared with auth.py.
+# ---------------------------------------------------------------------------
+
+_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|‘[^’\n]*’|“[^”\n]*”")
+_DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T _]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b")
+_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
+_SPACE = re.compile(r"\s+")
+# A record marker is "[n]" not glued to a name: "[3] child_details.sex: ..." names record 3,
+# while "social_care_episodes[0]" inside the path is an item index and is not a record.
+_INDEX_MARKER = re.compile(r"(?<![\w\]])\[(\d+)\]")
+
+
+def mask_text(text: str, limit: int = SUMMARY_LIMIT) -> str:
+    """Drop quoted values, dates and e-mail addresses, squash whitespace and cap the length.
+
+    DfE's messages can echo the value that failed (a name, a date of birth); what is left
+    (field paths, rule names, status words) is enough to act on and safe to log.
+    """
+    text = _QUOTED.sub("'…'", text)
+    text = _DATE.sub("<date>", text)
+    text = _EMAIL.sub("<email>", text)
+    text = _SPACE.sub(" ", text).strip()
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    return text
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string inside a parsed JSON answer, in document order."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _body_text(response: requests.Response) -> str:
+    """The answer as plain text: JSON error documents are flattened to their strings."""
+    try:
+        text = response.content.decode("utf-8", errors="replace")
+    except requests.RequestException:  # a body we cannot even read says nothing useful
+        return ""
+    stripped = text.strip()
+    if stripped[:1] in ("{", "["):
+        try:
+            return "\n".join(_strings(json.loads(stripped)))
+        except ValueError:
+            pass
+    return text
+
+
+def summarise(response: requests.Response) -> str:
+    """``HTTP 503 Service Unavailable: <masked first 200 characters>`` for messages and logs."""
+    head = f"HTTP {response.status_code}"
+    if response.reason:
+        head += f" {response.reason}"
+    text = mask_text(_body_text(response))
+    return f"{head}: {text}" if text else head
+
+
+def parse_indexes(text: str) -> dict[int, str]:
+    """Map each record DfE names in a 400 answer (``[n] path: message`` lines) to its masked message."""
+    found: dict[int, str] = {}
+    for line in text.splitlines():
+        marker = _INDEX_MARKER.search(line)
+        if marker is None:
+            continue
+        index = int(marker.group(1))
+        message = mask_text(line[marker.end() :].strip(" :-;,"))
+        if not message:
+            found.setdefault(index, "rejected by DfE (no reason given)")
+        elif index in found:
+            found[index] = mask_text(f"{found[index]}; {message}")
+        else:
+            found[index] = message
+    return found
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP-date."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - now())
+
+
+def _chain(exc: BaseException) -> str:
+    """All the text of an exception and its causes, for recognising the cause (never shown)."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        parts.append(f"{type(current).__name__}: {current}")
+        current = current.__cause__ or current.__context__
+    for arg in exc.args:
+        if isinstance(arg, BaseException):
+            parts.append(f"{type(arg).__name__}: {arg}")
+    return " | ".join(parts)
+
+
+def describe_network_error(exc: requests.RequestException, *, host: str, timeout: float) -> tuple[str, str]:
+    """A short cause label and a sentence naming what failed and what to check.
+
+    Only fixed sentences and the host name are returned: ``str(exc)`` can carry a proxy URL
+    with its password, so it is read but never shown.
+    """
+    detail = _chain(exc)
+    lowered = detail.lower()
+    if isinstance(exc, requests.exceptions.SSLError):
+        if "certificate" in lowered or "verify" in lowered:
+            return "tls", (
+                f"the TLS certificate of {host} could not be verified. If your network inspects TLS "
+                "(a firewall or proxy that re-signs traffic), set CA_BUNDLE to a PEM file with its "
+                "certificate authority; TLS verification is never turned off"
+            )
+        return "tls", (
+            f"the TLS handshake with {host} failed. Check HTTPS_PROXY and CA_BUNDLE, and ask IT "
+            "whether a firewall inspects or blocks TLS to this host"
+        )
+    if isinstance(exc, requests.exceptions.ProxyError):
+        if "407" in detail:
+            return "proxy", (
+                "the proxy asked for authentication (HTTP 407). Put the proxy user and password in "
+                "HTTPS_PROXY (http://user:password@proxy:port) or ask IT to allow this machine"
+            )
+        return "proxy", f"the proxy could not be used to reach {host}. Check HTTPS_PROXY and NO_PROXY"
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connect timeout", (
+            f"no connection to {host} within the connect timeout. Check the network, firewall and "
+            "whether a proxy is needed (HTTPS_PROXY)"
+        )
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "timeout", f"{host} did not answer within {timeout:g} seconds (HTTP_TIMEOUT)"
+    if any(
+        word in lowered
+        for word in (
+            "name or service not known",
+            "nodename nor servname",
+            "getaddrinfo",
+            "name resolution",
+            "failed to resolve",
+            "no address associated",
+        )
+    ):
+        return "dns", (
+            f"the host name {host} could not be resolved (DNS). Check the URL, the network, and "
+            "whether a proxy is needed (HTTPS_PROXY)"
+        )
+    if "refused" in lowered:
+        return "connection refused", (
+            f"{host} refused the connection. Check the URL and port, and whether a proxy or firewall "
+            "is in the way"
+        )
+    if any(
+        word in lowered
+        for word in (
+            "reset",
+            "aborted",
+            "remotedisconnected",
+            "broken pipe",
+            "connection closed",
+            "connection broken",
+            "without response",
+        )
+    ):
+        return "connection reset", f"the connection to {host} was dropped before an answer came"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return "connection error", f"could not talk to {host} (network error)"
+    return "request error", f"the request to {host} could not be made ({type(exc).__name__})"
+
+
+# ---------------------------------------------------------------------------
+# The session.
+# ---------------------------------------------------------------------------
+
+
+def _bypasses_proxy(host: str, no_proxy: str | None) -> bool:
+    """Loopback, ``*`` and ``NO_PROXY`` entries (``host``, ``.suffix``, ``suffix``, CIDR) go direct."""
+    host = host.lower().strip("[]")
+    if host in LOOPBACK_HOSTS:
+        return True
+    for entry in (no_proxy or "").replace(";", ",").split(","):
+        entry = entry.strip().lower()
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        if "/" in entry and requests.utils.is_valid_cidr(entry):
+            if requests.utils.is_ipv4_address(host) and requests.utils.address_in_network(host, entry):
+                return True
+            continue
+        entry = entry.split(":")[0] if entry.count(":") == 1 else entry  # host:port
+        suffix = entry.lstrip(".")
+        if host == suffix or host.endswith("." + suffix):
+            return True
+    return False
+
+
+class _PipelineSession(requests.Session):
+    """A Session whose proxy and CA choices come from Settings only, never the environment."""
+
+    def __init__(self, no_proxy: str | None) -> None:
+        super().__init__()
+        self._no_proxy = no_proxy
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[no-untyped-def]
+        merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if _bypasses_proxy(urlsplit(url).hostname or "", self._no_proxy):
+            merged["proxies"] = {}
+        return merged
+
+
+def user_agent() -> str:
+    """An honest User-Agent: the tool, its version and the HTTP library (DESIGN §6)."""
+    return f"{APP_NAME}/{__version__} (+python-requests/{requests.__version__})"
+
+
+def make_session(settings: Settings) -> requests.Session:
+    """The one HTTP session for a run: keep-alive, User-Agent, CA bundle and proxy from Settings.
+
+    ``trust_env`` is off so that Settings (flags > environment > .env) is the only source of
+    proxy and CA choices; TLS verification is always on.
+    """
+    session = _PipelineSession(settings.no_proxy)
+    session.trust_env = False
+    session.headers["User-Agent"] = user_agent()
+    session.verify = True
+    if settings.ca_bundle is not None:
+        if not settings.ca_bundle.is_file():
+            session.close()
+            raise ConfigError(f"CA_BUNDLE: {settings.ca_bundle} does not exist or is not a file")
+        session.verify = str(settings.ca_bundle)
+    if settings.https_proxy is not None and settings.https_proxy:
+        proxy = settings.https_proxy.reveal()
+        session.proxies = {"https": proxy, "http": proxy}
+    return session
+
+
+# ---------------------------------------------------------------------------
+# Classification: the one place a response becomes an outcome.
+# ---------------------------------------------------------------------------
+
+
+def classify(response: requests.Response) -> None:
+    """Return for 200/204; otherwise raise the exception that says what the caller should do."""
+    status = response.status_code
+    if status in (200, 204):
+        return
+    summary = summarise(response)
+    if status == 400:
+        raise BatchRejected(parse_indexes(_body_text(response)), f"DfE rejected the request: {summary}")
+    if status == 401:
+        raise Unauthorized(f"DfE refused the credentials: {summary}")
+    if status == 403:
+        raise Forbidden(
+            f"DfE refused access: {summary}",
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+    if status == 404:
+        raise FatalApiError(
+            f"DfE's endpoint was not found ({summary}). Check API_ENDPOINT and LA_CODE (the URL is "
+            f"{response.url})"
+        )
+    if status == 407:
+        raise FatalApiError(
+            f"The proxy asked for authentication ({summary}). Put the proxy user and password in "
+            "HTTPS_PROXY (http://user:password@proxy:port) or ask IT to allow this machine"
+        )
+    if status == 413:
+        raise PayloadTooLarge(f"DfE said the batch is too large: {summary}")
+    if status == 429 or 500 <= status <= 599:
+        raise RetriableApiError(
+            f"DfE is busy or failing: {summary}",
+            status=status,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+    raise FatalApiError(f"DfE gave an unexpected answer: {summary}")
+
+
+# ---------------------------------------------------------------------------
+# Results.
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one record of a batch.
+
+    ``receipt`` set: DfE acknowledged it. ``rejected``: DfE said this record specifically is
+    wrong (400 naming it), so mark the row. Otherwise (``error`` only) the row stays pending and
+    the next run sends it again.
+    """
+
+    index: int
+    receipt: str | None = None
+    error: str | None = None
+    rejected: bool = False
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.receipt is not None
+
+    @property
+    def received_at(self) -> datetime | None:
+        return parse_receipt_time(self.receipt) if self.receipt else None
+
+
+@dataclass(frozen=True)
+class EndpointCheck:
+    """The result of ``test-endpoint``: whether token and endpoint work, and why not."""
+
+    ok: bool
+    stage: str  # "token" or "endpoint": where it stopped
+    message: str
+    status: int | None = None
+    note: str | None = None
+    exit_code: int = ExitCode.OK
+    url: str = ""
+
+    def lines(self) -> list[str]:
+        """What ``test-endpoint`` prints: the verdict, where it was tested, and any note."""
+        verdict = "PASS" if self.ok else f"FAIL ({self.stage})"
+        shown = [f"{verdict}: {self.message}"]
+        if self.url:
+            shown.append(f"{'token endpoint' if self.stage == 'token' else 'endpoint'}: POST {self.url}")
+        if self.note:
+            shown.append(f"note: {self.note}")
+        return shown
+
+
+_RECEIPT_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2})_(\d{2}:\d{2}:\d{2})(?:\.(\d{1,6}))?_")
+_MAX_RECEIPT_LENGTH = 255
+
+
+def _sentence(exc: BaseException) -> str:
+    """An error's message ready to have advice appended after a full stop."""
+    return str(exc).rstrip(". ")
+
+
+def parse_receipt_time(receipt: str) -> datetime | None:
+    """The UTC time in a DfE-style receipt (``2026-03-01_21:04:33.12_<uuid>.json``); None for a bare uuid."""
+    match = _RECEIPT_TIME.match(receipt.strip())
+    if not match:
+        return None
+    date, clock, fraction = match.groups()
+    try:
+        moment = datetime.strptime(f"{date} {clock}", "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return None
+    micro = int((fraction or "0").ljust(6, "0"))
+    return moment.replace(microsecond=micro, tzinfo=timezone.utc)
+
+
+def encode_record(record: dict) -> bytes:
+    """One record as compact UTF-8 JSON, exactly as the data says (``Zoë`` stays ``Zoë``)."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _parse_receipts(response: requests.Response, expected: int) -> tuple[list[str] | None, str]:
+    """The receipt list if it is one usable receipt per record, else None and the reason."""
+    try:
+        receipts = json.loads(response.content.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None, "DfE answered 200 but the body was not JSON; nothing is counted as acknowledged"
+    if not isinstance(receipts, list) or not all(
+        isinstance(item, str) and item.strip() and len(item) <= _MAX_RECEIPT_LENGTH for item in receipts
+    ):
+        return None, "DfE answered 200 but not with a list of receipts; nothing is counted as acknowledged"
+    if len(receipts) != expected:
+        return None, (
+            f"DfE returned {len(receipts)} receipts for {expected} records; "
+            "nothing is counted as acknowledged (sent again next run)"
+        )
+    return [item.strip() for item in receipts], ""
+
+
+# ---------------------------------------------------------------------------
+# The client.
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Attempt:
+    """Per-call state shared by tenacity's attempts."""
+
+    batch_id: str
+    renewed: bool = False
+
+
+class ApiClient:
+    """Sends batches to the LA's DfE endpoint: retries, token renewal, splitting, receipts."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: requests.Session,
+        auth: ClientCredentialsAuth,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        logger: logging.Logger = log,
+    ) -> None:
+        if not settings.api_endpoint or not settings.la_code or settings.supplier_key is None:
+            raise ConfigError("API_ENDPOINT, LA_CODE and SUPPLIER_KEY are needed to talk to DfE")
+        self.settings = settings
+        self.session = session
+        self.auth = auth
+        self.sleep = sleep
+        self.logger = logger
+        base = settings.api_endpoint.rstrip("/")
+        self.url = f"{base}/children_social_care_data/{settings.la_code}/children"
+        self.host = urlsplit(self.url).hostname or self.url
+        self.timeout = (settings.connect_timeout, settings.http_timeout)
+        # Counters for the run summary: HTTP requests to the receiver (retries included),
+        # retries by cause ("429", "503", "timeout", "401", ...), request body bytes sent.
+        self.requests = 0
+        self.retries: dict[str, int] = {}
+        self.bytes_sent = 0
+
+    parse_receipt_time = staticmethod(parse_receipt_time)
+
+    # -- one HTTP exchange ---------------------------------------------------------------
+    def _headers(self) -> dict[str, str]:
+        assert self.settings.supplier_key is not None
+        return {"SupplierKey": self.settings.supplier_key.reveal(), "Content-Type": "application/json"}
+
+    def _request(self, body: bytes) -> requests.Response:
+        """One POST. Transport failures become retriable or fatal errors with the cause named."""
+        self.requests += 1
+        self.bytes_sent += len(body)
+        try:
+            return self.session.post(
+                self.url, data=body, headers=self._headers(), auth=self.auth, timeout=self.timeout
+            )
+        except (requests.exceptions.SSLError, requests.exceptions.ProxyError) as exc:
+            _, sentence = describe_network_error(exc, host=self.host, timeout=self.settings.http_timeout)
+            raise FatalApiError(f"Cannot reach DfE: {sentence}") from None
+        except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            cause, sentence = describe_network_error(exc, host=self.host, timeout=self.settings.http_timeout)
+            raise TransientNetworkError(f"Cannot reach DfE: {sentence}", cause=cause) from None
+        except requests.RequestException as exc:
+            _, sentence = describe_network_error(exc, host=self.host, timeout=self.settings.http_timeout)
+            raise FatalApiError(f"Cannot reach DfE: {sentence}") from None
+        except OSError as exc:  # e.g. an unreadable CA bundle, raised by the TLS layer
+            raise FatalApiError(
+                f"Cannot reach DfE: a local file needed for TLS could not be used ({type(exc).__name__}). "
+                "Check CA_BUNDLE"
+            ) from None
+
+    def _attempt(self, body: bytes, state: _Attempt) -> requests.Response:
+        """One tenacity attempt: POST, renew the token once on 401, classify."""
+        response = self._request(body)
+        if response.status_code == 401 and not state.renewed:
+            state.renewed = True
+            self._count_retry("401")
+            self.logger.warning(
+                "batch %s: DfE answered 401; renewing the token and trying once more", state.batch_id
+            )
+            self.auth.invalidate()
+            response = self._request(body)
+        try:
+            classify(response)
+        except Unauthorized:
+            raise AuthError(
+                "DfE refused our credentials (HTTP 401) even with a fresh token: check SUPPLIER_KEY "
+                "(the subscription key DfE issued), CLIENT_ID and SCOPE"
+            ) from None
+        return response
+
+    # -- retries ---------------------------------------------------------------------
+    def _count_retry(self, cause: str) -> None:
+        self.retries[cause] = self.retries.get(cause, 0) + 1
+
+    @staticmethod
+    def _cause(exc: BaseException | None) -> str:
+        if isinstance(exc, TransientNetworkError):
+            return exc.cause
+        if isinstance(exc, RetriableApiError) and exc.status is not None:
+            return str(exc.status)
+        return type(exc).__name__
+
+    def _stop(self, retry_state: RetryCallState) -> bool:
+        """Stop after MAX_RETRIES retries; 403 gets at most three."""
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        limit = self.settings.max_retries
+        if isinstance(exc, Forbidden):
+            limit = min(limit, MAX_FORBIDDEN_RETRIES)
+        return retry_state.attempt_number > limit
+
+    _backoff = wait_exponential_jitter(initial=BACKOFF_INITIAL, max=BACKOFF_MAX, jitter=BACKOFF_INITIAL)
+
+    def _wait(self, retry_state: RetryCallState) -> float:
+        """The server's Retry-After when it gave one (capped), else exponential backoff with jitter."""
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, RetriableApiError) and exc.retry_after is not None:
+            return min(exc.retry_after, MAX_RETRY_AFTER)
+        return min(float(self._backoff(retry_state)), BACKOFF_MAX)
+
+    def _before_sleep(self, state: _Attempt) -> Callable[[RetryCallState], None]:
+        def log_retry(retry_state: RetryCallState) -> None:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            cause = self._cause(exc)
+            self._count_retry(cause)
+            wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+            self.logger.warning(
+                "batch %s: attempt %d failed (%s); retrying in %.1f s",
+                state.batch_id,
+                retry_state.attempt_number,
+                cause,
+                wait,
+            )
+
+        return log_retry
+
+    def post(self, body: bytes, *, batch_id: str, record_count: int) -> requests.Response:
+        """POST one already-encoded body, retrying only what is worth retrying.
+
+        Returns the 200/204 response; raises :class:`BatchRejected` (400),
+        :class:`PayloadTooLarge` (413), :class:`AuthError` (401 twice), :class:`FatalApiError`
+        (403 after retries, 404, 407, TLS, proxy) or :class:`RetriesExhausted`.
+        """
+        state = _Attempt(batch_id=batch_id)
+        retrying = Retrying(
+            retry=retry_if_exception_type(RetriableApiError),
+            stop=self._stop,
+            wait=self._wait,
+            sleep=self.sleep,
+            before_sleep=self._before_sleep(state),
+            reraise=True,
+        )
+        started = time.monotonic()
+        try:
+            response = retrying(self._attempt, body, state)
+        except Forbidden as exc:
+            attempts = retrying.statistics.get("attempt_number", 1)
+            raise FatalApiError(
+                f"batch {batch_id}: DfE refused access (HTTP 403) {attempts} times. DfE's gateway answers "
+                "403 when this machine's public IP address is not on its allow-list, when SUPPLIER_KEY is "
+                "wrong, or when LA_CODE in the URL is not your council's: check each with DfE. "
+                f"Last answer: {exc}"
+            ) from None
+        except RetriableApiError as exc:
+            attempts = retrying.statistics.get("attempt_number", 1)
+            raise RetriesExhausted(
+                f"batch {batch_id}: gave up after {attempts} attempts. {exc}. The records stay pending "
+                "and are sent next run",
+                status=exc.status,
+                attempts=attempts,
+            ) from None
+        self.logger.debug(
+            "batch %s: %d records, %d bytes -> HTTP %d in %.2f s",
+            batch_id,
+            record_count,
+            len(body),
+            response.status_code,
+            time.monotonic() - started,
+        )
+        return response
+
+    # -- batches ---------------------------------------------------------------------
+    def send(self, records: list[dict], bodies: list[bytes] | None = None, *, batch_id: str) -> list[Outcome]:
+        """Send up to 100 records; one :class:`Outcome` per record, in order.
+
+        ``bodies`` are the records already encoded (so splits never re-serialise); by default
+        each record is encoded compactly as UTF-8. A 400 naming records rejects just those and
+        re-sends the rest; a 400 naming none, or a 413, halves the batch until single records.
+        Errors that stop the run (auth, fatal, retries exhausted) propagate with the outcomes
+        settled so far attached as ``partial_outcomes``.
+        """
+        if bodies is None:
+            bodies = [encode_record(record) for record in records]
+        if len(bodies) != len(records):
+            raise ValueError("records and bodies must be the same length")
+        outcomes: dict[int, Outcome] = {}
+        try:
+            if bodies:
+                self._send_positions(list(range(len(bodies))), bodies, batch_id, outcomes)
+        except PipelineError as exc:
+            exc.partial_outcomes = [outcomes[i] for i in sorted(outcomes)]  # type: ignore[attr-defined]
+            raise
+        return [outcomes[i] for i in range(len(bodies))]
+
+    def _send_positions(
+        self, positions: list[int], bodies: list[bytes], batch_id: str, outcomes: dict[int, Outcome]
+    ) -> None:
+        body = b"[" + b",".join(bodies[p] for p in positions) + b"]"
+        try:
+            response = self.post(body, batch_id=batch_id, record_count=len(positions))
+        except BatchRejected as exc:
+            self._after_rejection(positions, bodies, batch_id, outcomes, exc)
+            return
+        except PayloadTooLarge as exc:
+            if len(positions) == 1:
+                outcomes[positions[0]] = Outcome(
+                    positions[0],
+                    error=f"DfE refused this record as too large even on its own: {exc}",
+                    rejected=True,
+                )
+                return
+            self.logger.warning(
+                "batch %s: DfE said too large (413); halving %d records", batch_id, len(positions)
+            )
+            self._split(positions, bodies, batch_id, outcomes)
+            return
+
+        if response.status_code == 204:
+            reason = "DfE answered 204 (nothing stored); sent again next run"
+            self.logger.warning("batch %s: %s", batch_id, reason)
+            for p in positions:
+                outcomes[p] = Outcome(p, error=reason)
+            return
+        receipts, reason = _parse_receipts(response, len(positions))
+        if receipts is None:
+            self.logger.warning("batch %s: %s", batch_id, reason)
+            for p in positions:
+                outcomes[p] = Outcome(p, error=reason)
+            return
+        for p, receipt in zip(positions, receipts, strict=True):
+            outcomes[p] = Outcome(p, receipt=receipt)
+        self.logger.debug("batch %s: %d records acknowledged", batch_id, len(positions))
+
+    def _after_rejection(
+        self,
+        positions: list[int],
+        bodies: list[bytes],
+        batch_id: str,
+        outcomes: dict[int, Outcome],
+        exc: BatchRejected,
+    ) -> None:
+        named = {i: reason for i, reason in exc.indexes.items() if 0 <= i < len(positions)}
+        if not named:
+            if len(positions) == 1:
+                outcomes[positions[0]] = Outcome(positions[0], error=str(exc), rejected=True)
+                self.logger.warning("batch %s: DfE rejected the record (400)", batch_id)
+                return
+            self.logger.warning(
+                "batch %s: DfE rejected the batch (400) naming no record; halving %d records",
+                batch_id,
+                len(positions),
+            )
+            self._split(positions, bodies, batch_id, outcomes)
+            return
+        for i, reason in named.items():
+            outcomes[positions[i]] = Outcome(
+                positions[i], error=f"DfE rejected this record: {reason}", rejected=True
+            )
+        rest = [p for i, p in enumerate(positions) if i not in named]
+        self.logger.warning(
+            "batch %s: DfE rejected %d of %d records (400); re-sending the other %d",
+            batch_id,
+            len(named),
+            len(positions),
+            len(rest),
+        )
+        if rest:
+            self._send_positions(rest, bodies, f"{batch_id}.1", outcomes)
+
+    def _split(
+        self, positions: list[int], bodies: list[bytes], batch_id: str, outcomes: dict[int, Outcome]
+    ) -> None:
+        middle = len(positions) // 2
+        self._send_positions(positions[:middle], bodies, f"{batch_id}.1", outcomes)
+        self._send_positions(positions[middle:], bodies, f"{batch_id}.2", outcomes)
+
+    # -- test-endpoint ---------------------------------------------------------------
+    def test_endpoint(self) -> EndpointCheck:
+        """Get a token and POST ``[]``: proves credentials, key, URL, LA code, proxy and TLS at once.
+
+        Never GETs the endpoint and never sends a record; no retries, so a failure is shown as is.
+        """
+        try:
+            self.auth.get_token()
+        except (AuthError, ApiError) as exc:
+            token_url = self.auth.token_endpoint
+            return EndpointCheck(False, "token", str(exc), exit_code=exc.exit_code, url=token_url)
+        try:
+            response = self._request(b"[]")
+        except PipelineError as exc:  # TLS, proxy, DNS, refused, timeout
+            return EndpointCheck(False, "endpoint", str(exc), exit_code=exc.exit_code, url=self.url)
+        status = response.status_code
+        try:
+            classify(response)
+        except BatchRejected as exc:
+            return EndpointCheck(
+                True,
+                "endpoint",
+                "Token, SupplierKey, URL and LA code accepted: auth works, body refused.",
+                status=status,
+                note=f"DfE objected to the empty test body, which proves access but not the format: {exc}",
+                url=self.url,
+            )
+        except Unauthorized as exc:
+            return EndpointCheck(
+                False,
+                "endpoint",
+                f"{_sentence(exc)}. A token was issued, so check SUPPLIER_KEY, and that CLIENT_ID and SCOPE "
+                "are the ones DfE issued for this API",
+                status=status,
+                exit_code=ExitCode.AUTH,
+                url=self.url,
+            )
+        except Forbidden as exc:
+            return EndpointCheck(
+                False,
+                "endpoint",
+                f"{_sentence(exc)}. Check that this machine's public IP address is on DfE's allow-list, "
+                "that SUPPLIER_KEY is right and that LA_CODE is your council's",
+                status=status,
+                exit_code=ExitCode.API,
+                url=self.url,
+            )
+        except RetriableApiError as exc:
+            return EndpointCheck(
+                False,
+                "endpoint",
+                f"{_sentence(exc)}. Try again later",
+                status=status,
+                exit_code=ExitCode.API,
+                url=self.url,
+            )
+        except PipelineError as exc:  # 404, 407, 413, anything else unexpected
+            return EndpointCheck(
+                False, "endpoint", str(exc), status=status, exit_code=exc.exit_code, url=self.url
+            )
+        return EndpointCheck(
+            True,
+            "endpoint",
+            f"Token, SupplierKey, URL and LA code accepted (HTTP {response.status_code}; nothing stored).",
+            status=response.status_code,
+            url=self.url,
+        )
+
+
+__all__ = [
+    "ApiClient",
+    "BatchRejected",
+    "EndpointCheck",
+    "Forbidden",
+    "Outcome",
+    "PayloadTooLarge",
+    "RetriesExhausted",
+    "TransientNetworkError",
+    "Unauthorized",
+    "classify",
+    "describe_network_error",
+    "encode_record",
+    "make_session",
+    "mask_text",
+    "parse_indexes",
+    "parse_receipt_time",
+    "parse_retry_after",
+]

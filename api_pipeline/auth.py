@@ -1,0 +1,278 @@
+"""OAuth2 client credentials for the DfE API (DESIGN §6), as a ``requests`` auth hook.
+
+The token is cached with its expiry and renewed shortly before it runs out, so a long run
+never sends an expired token; a 401 from the API makes the client call :meth:`invalidate`
+once. Azure AD's ``AADSTS`` error codes become sentences a council officer can act on. The
+secret and the token never appear in a log line or an exception message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from api_pipeline.api import describe_network_error, mask_text, parse_retry_after
+from api_pipeline.config import Secret, Settings
+from api_pipeline.errors import AuthError, ConfigError, FatalApiError, RetriableApiError
+
+log = logging.getLogger(__name__)
+
+TOKEN_ATTEMPTS = 3  # a 5xx/429 or dropped connection from the token endpoint is tried this often
+TOKEN_BACKOFF_MAX = 5.0  # seconds; the token endpoint is either back quickly or down
+DEFAULT_LIFETIME = 300.0  # seconds, when the answer has no usable expires_in
+_AADSTS = re.compile(r"AADSTS(\d+)")
+
+# AADSTS code -> what to do. Codes from Microsoft's published Entra ID error list.
+_ADVICE: dict[str, str] = {
+    "7000222": "The client secret has expired. Ask DfE for a new client secret and put it in CLIENT_SECRET.",
+    "7000215": (
+        "The token endpoint refused the client secret. Check CLIENT_SECRET is the secret's value "
+        "(not its ID), copied whole, without quotes or spaces."
+    ),
+    "700016": (
+        "The token endpoint does not know this client. Check CLIENT_ID, and that TOKEN_ENDPOINT "
+        "names DfE's tenant."
+    ),
+    "70011": (
+        "The token endpoint refused the scope. Check SCOPE is exactly as DfE issued it; it ends in /.default."
+    ),
+    "90002": "The token endpoint does not know this tenant. Check the tenant id in TOKEN_ENDPOINT.",
+    "900023": "The token endpoint does not know this tenant. Check the tenant id in TOKEN_ENDPOINT.",
+}
+_ERROR_ADVICE: dict[str, str] = {
+    "invalid_scope": _ADVICE["70011"],
+    "invalid_client": "The token endpoint refused the client. Check CLIENT_ID and CLIENT_SECRET.",
+    "unauthorized_client": (
+        "The token endpoint says this client may not use client credentials. Check CLIENT_ID with DfE."
+    ),
+}
+
+
+class _TokenEndpointBusy(RetriableApiError):
+    """A 5xx/429, timeout or reset from the token endpoint: tried again a couple of times."""
+
+
+def _first_sentence(text: str) -> str:
+    """Azure's descriptions run on with trace ids and app names; the first sentence is the point."""
+    text = text.strip().split("\n", 1)[0]
+    match = re.search(r"(?<=[.!?])\s", text)
+    return text[: match.start()] if match else text
+
+
+def explain_token_error(status: int, payload: Any) -> str:
+    """A sentence for a refused token request, built from the AADSTS code and ``error``.
+
+    Only the code and the masked first sentence of ``error_description`` are kept: the rest of
+    Azure's answer names app and tenant ids and trace ids, which help nobody here.
+    """
+    if not isinstance(payload, dict):
+        return (
+            f"The token endpoint answered HTTP {status} without an OAuth error. Check TOKEN_ENDPOINT "
+            "(for Azure AD it looks like https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token)."
+        )
+    description = payload.get("error_description")
+    description = description if isinstance(description, str) else ""
+    error = payload.get("error")
+    error = error if isinstance(error, str) else ""
+    code = ""
+    codes = payload.get("error_codes")
+    if isinstance(codes, list) and codes and isinstance(codes[0], (int, str)) and str(codes[0]).isdigit():
+        code = str(codes[0])
+    else:
+        match = _AADSTS.search(description)
+        if match:
+            code = match.group(1)
+    label = f"AADSTS{code}" if code else (error or f"HTTP {status}")
+    advice = _ADVICE.get(code) or _ERROR_ADVICE.get(error)
+    if advice:
+        return f"{advice} ({label})"
+    said = mask_text(_AADSTS.sub("", _first_sentence(description)).strip(" :"), limit=160)
+    said = f": {said}" if said else ""
+    return (
+        f"The token endpoint refused the request ({label}{said}). Check CLIENT_ID, CLIENT_SECRET, "
+        "SCOPE and TOKEN_ENDPOINT against what DfE issued."
+    )
+
+
+class ClientCredentialsAuth(requests.auth.AuthBase):
+    """Adds ``Authorization: Bearer <token>``, fetching and renewing the token as needed.
+
+    ``clock`` and ``sleep`` are injectable so tests control time and never wait.
+    """
+
+    def __init__(
+        self,
+        *,
+        token_endpoint: str,
+        client_id: str,
+        client_secret: Secret,
+        scope: str,
+        session: requests.Session,
+        timeout: tuple[float, float],
+        clock: Callable[[], float] = time.monotonic,
+        renew_margin: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.token_endpoint = token_endpoint
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.scope = scope
+        self.session = session
+        self.timeout = timeout
+        self.clock = clock
+        self.renew_margin = renew_margin
+        self.sleep = sleep
+        self.host = urlsplit(token_endpoint).hostname or token_endpoint
+        self.token_fetches = 0
+        self._token: Secret | None = None
+        self._expires_at = 0.0
+        self._lifetime = 0.0
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, session: requests.Session, **kwargs: Any
+    ) -> ClientCredentialsAuth:
+        """Built from the run's Settings; ``kwargs`` (clock, sleep, renew_margin) are for tests."""
+        if not (settings.token_endpoint and settings.client_id and settings.client_secret and settings.scope):
+            raise ConfigError("TOKEN_ENDPOINT, CLIENT_ID, CLIENT_SECRET and SCOPE are needed to get a token")
+        return cls(
+            token_endpoint=settings.token_endpoint,
+            client_id=settings.client_id,
+            client_secret=settings.client_secret,
+            scope=settings.scope,
+            session=session,
+            timeout=(settings.connect_timeout, settings.http_timeout),
+            **kwargs,
+        )
+
+    def __repr__(self) -> str:
+        return f"ClientCredentialsAuth(token_endpoint={self.token_endpoint!r}, client_id={self.client_id!r})"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self.get_token()}"
+        return request
+
+    # -- the cache -----------------------------------------------------------------
+    def _needs_renewal(self) -> bool:
+        if self._token is None:
+            return True
+        margin = min(self.renew_margin, 0.1 * self._lifetime)
+        return self._expires_at - self.clock() < margin
+
+    def get_token(self) -> str:
+        """The cached token, or a fresh one when it is missing or about to expire."""
+        if self._needs_renewal():
+            self._fetch()
+        assert self._token is not None
+        return self._token.reveal()
+
+    def invalidate(self) -> None:
+        """Forget the token so the next request fetches a new one (after a 401)."""
+        self._token = None
+        self._expires_at = 0.0
+
+    @property
+    def expires_in(self) -> float | None:
+        """Seconds the cached token has left, for diagnostics; None if there is none."""
+        return None if self._token is None else self._expires_at - self.clock()
+
+    # -- the token request -----------------------------------------------------------
+    def _fetch(self) -> None:
+        retrying = Retrying(
+            retry=retry_if_exception_type(_TokenEndpointBusy),
+            stop=stop_after_attempt(TOKEN_ATTEMPTS),
+            wait=self._wait,
+            sleep=self.sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            retrying(self._request_token)
+        except _TokenEndpointBusy as exc:
+            raise FatalApiError(
+                f"The token endpoint did not give a token after {TOKEN_ATTEMPTS} attempts: {exc}. "
+                "The sign-in service may be down; try again later"
+            ) from None
+
+    @staticmethod
+    def _wait(retry_state: RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, RetriableApiError) and exc.retry_after is not None:
+            return min(exc.retry_after, TOKEN_BACKOFF_MAX)
+        return float(wait_exponential(multiplier=0.5, max=TOKEN_BACKOFF_MAX)(retry_state))
+
+    def _log_retry(self, retry_state: RetryCallState) -> None:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        log.warning(
+            "token request attempt %d failed (%s); retrying in %.1f s", retry_state.attempt_number, exc, wait
+        )
+
+    def _request_token(self) -> None:
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self.client_id,
+            "client_secret": self._client_secret.reveal(),
+            "scope": self.scope,
+        }
+        self.token_fetches += 1
+        asked_at = self.clock()  # the lifetime counts from the ask, so we renew a little early
+        try:
+            response = self.session.post(
+                self.token_endpoint, data=form, timeout=self.timeout, headers={"Accept": "application/json"}
+            )
+        except (requests.exceptions.SSLError, requests.exceptions.ProxyError) as exc:
+            _, sentence = describe_network_error(exc, host=self.host, timeout=self.timeout[1])
+            raise FatalApiError(f"Cannot reach the token endpoint: {sentence}") from None
+        except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            cause, sentence = describe_network_error(exc, host=self.host, timeout=self.timeout[1])
+            if cause in {"dns", "connection refused"}:
+                raise FatalApiError(f"Cannot reach the token endpoint: {sentence}") from None
+            raise _TokenEndpointBusy(f"{cause}: {sentence}") from None
+        except requests.RequestException as exc:
+            _, sentence = describe_network_error(exc, host=self.host, timeout=self.timeout[1])
+            raise FatalApiError(f"Cannot reach the token endpoint: {sentence}") from None
+        except OSError as exc:
+            raise FatalApiError(
+                f"Cannot reach the token endpoint: a local file needed for TLS could not be used "
+                f"({type(exc).__name__}). Check CA_BUNDLE"
+            ) from None
+
+        status = response.status_code
+        if status == 429 or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise _TokenEndpointBusy(f"HTTP {status}", status=status, retry_after=retry_after)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        if status == 407:
+            raise FatalApiError(
+                "The proxy asked for authentication (HTTP 407) on the way to the token endpoint. Put the "
+                "proxy user and password in HTTPS_PROXY or ask IT to allow this machine"
+            )
+        if status != 200:
+            raise AuthError(f"Could not get a token: {explain_token_error(status, payload)}")
+        token = payload.get("access_token") if isinstance(payload, dict) else None
+        if not isinstance(token, str) or not token:
+            raise AuthError(
+                "The token endpoint answered 200 without an access token. Check TOKEN_ENDPOINT is the "
+                "OAuth2 v2.0 token URL DfE gave you"
+            )
+        try:
+            lifetime = float(payload.get("expires_in", DEFAULT_LIFETIME))
+        except (TypeError, ValueError):
+            lifetime = DEFAULT_LIFETIME
+        if lifetime <= 0:
+            lifetime = DEFAULT_LIFETIME
+        self._token = Secret(token)
+        self._lifetime = lifetime
+        self._expires_at = asked_at + lifetime
+        log.debug("token obtained from %s, valid for %d s", self.host, int(lifetime))

@@ -1,0 +1,295 @@
+"""Command line: one parser, one small function per command, one error boundary.
+
+``main`` is the only place that catches: a :class:`PipelineError` becomes one
+line on stderr and its exit code (DESIGN §10); Ctrl+C becomes 130; anything
+else is reported as an unexpected error, with a traceback only at ``-vv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from api_pipeline import APP_NAME, __version__
+from api_pipeline.config import Settings, executable_dir, find_env_file, load_settings
+from api_pipeline.errors import ExitCode, PipelineError
+
+log = logging.getLogger("api_pipeline.cli")
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    everything sent, or nothing to do
+  1    finished, but some records failed or are invalid
+  2    usage or configuration error
+  3    database error
+  4    authentication error (token endpoint, or 401 from the API)
+  5    API unreachable or refused (network, TLS, proxy, 403 after retries)
+  130  interrupted (Ctrl+C)
+"""
+
+COMMAND_ALIASES = {"test-db-connection": "test-db"}
+
+
+@dataclass
+class Context:
+    """What a command handler needs from the outside world; tests build their own."""
+
+    environ: Mapping[str, str]
+    cwd: Path
+    out: TextIO
+    err: TextIO
+    executable_dir: Path = field(default_factory=executable_dir)
+
+    def settings(self, args: argparse.Namespace, command: str, **overrides: Any) -> Settings:
+        env_file = find_env_file(args.env_file, self.cwd, self.executable_dir)
+        if args.log_dir is not None:
+            overrides["log_dir"] = args.log_dir
+        if args.verbose:
+            overrides["debug"] = True
+        return load_settings(command=command, environ=self.environ, env_file=env_file, overrides=overrides)
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Command handlers: each takes (args, context) and returns an exit code.
+# ---------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
+    from api_pipeline.runner import run_command
+
+    overrides: dict[str, Any] = {}
+    if args.mode is not None:
+        overrides["use_partial_payload"] = args.mode == "partial"
+    settings = ctx.settings(args, "run", **overrides)
+    return run_command(
+        settings, ctx, limit=args.limit, dry_run_dir=args.dry_run, verbosity=args.verbose, quiet=args.quiet
+    )
+
+
+def cmd_test_endpoint(args: argparse.Namespace, ctx: Context) -> int:
+    from api_pipeline.diagnostics import test_endpoint
+
+    return test_endpoint(ctx.settings(args, "test-endpoint"), ctx)
+
+
+def cmd_test_db(args: argparse.Namespace, ctx: Context) -> int:
+    from api_pipeline.diagnostics import test_db
+
+    return test_db(ctx.settings(args, "test-db"), ctx)
+
+
+def cmd_test_schema(args: argparse.Namespace, ctx: Context) -> int:
+    from api_pipeline.diagnostics import test_schema
+
+    return test_schema(ctx.settings(args, "test-schema"), ctx)
+
+
+def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
+    from api_pipeline.demo import run_demo
+
+    folder = args.dir if args.dir is not None else ctx.cwd / "csc_api_pipeline_demo"
+    return run_demo(folder, ctx, children=args.children, seed=args.seed, verbosity=args.verbose, quiet=args.quiet)
+
+
+def cmd_simulate_api(args: argparse.Namespace, ctx: Context) -> int:
+    from api_pipeline.simulator import run_simulator
+
+    return run_simulator(port=args.port, la_code=args.la_code, latency=args.latency, out=ctx.print)
+
+
+# ---------------------------------------------------------------------------
+# The parser
+# ---------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Options accepted before or after the command name."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        default=default(None),
+        metavar="PATH",
+        help="Read settings from this .env file. Default: .env in the current folder, else next to the program.",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default(0),
+        help="More detail in the log (-vv adds tracebacks). Never shows record content. Env: DEBUG.",
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default(False), help="Only warnings and errors on the console."
+    )
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        default=default(None),
+        metavar="PATH",
+        help="Folder for this run's log file and summary. Env: LOG_DIR. Default: 'logs' next to the .env file.",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line. The docs generator and the tests use this same function."""
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+
+    parser = argparse.ArgumentParser(
+        prog=APP_NAME,
+        description="Send children's social care records from your staging table to the DfE CSC API.",
+        epilog=EXIT_CODES_HELP + "\nRun 'COMMAND --help' for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"{APP_NAME} {__version__}")
+    _global_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    def add(name: str, handler: Callable[..., int], help_text: str, description: str, **extra: Any) -> Any:
+        sub = commands.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=description,
+            epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **extra,
+        )
+        sub.set_defaults(func=handler)
+        return sub
+
+    run = add(
+        "run",
+        cmd_run,
+        "Send what DfE has not yet seen, and record the outcome in the table.",
+        "Read the staging table, build full or partial (delta) records and purges, validate them against "
+        "DfE's schema, send them in batches and write each outcome back to the table.",
+    )
+    run.add_argument(
+        "--dry-run",
+        nargs="?",
+        const=Path("dry_run"),
+        type=Path,
+        metavar="FOLDER",
+        help="Build and validate, and write the request bodies to FOLDER (default: ./dry_run) for review. "
+        "Sends nothing and changes no status. The files contain personal data: delete them after review.",
+    )
+    run.add_argument("--limit", type=_positive_int, metavar="N", help="Process at most N rows this run (default: all).")
+    run.add_argument(
+        "--mode",
+        choices=("full", "partial"),
+        help="full: whole records; partial: only what changed. Env: USE_PARTIAL_PAYLOAD (default: partial).",
+    )
+
+    add(
+        "test-endpoint",
+        cmd_test_endpoint,
+        "Check the token, credentials and API address by sending an empty list (no records).",
+        "Gets a token and POSTs an empty array [] to your council's endpoint. This proves the token endpoint, "
+        "CLIENT_ID, CLIENT_SECRET, SCOPE, SUPPLIER_KEY, API_ENDPOINT, LA_CODE, proxy and TLS in one go. "
+        "It never sends a record.",
+    )
+    add(
+        "test-db",
+        cmd_test_db,
+        "Check the database connection.",
+        "Connects with DB_CONNECTION_STRING, runs SELECT 1 and reports the database system and version.",
+        aliases=["test-db-connection"],
+    )
+    add(
+        "test-schema",
+        cmd_test_schema,
+        "Check the staging table and ledger have the columns the tool needs.",
+        "Checks TABLE_NAME exists with the required columns, and the submission ledger beside it; "
+        "lists anything missing and how to fix it.",
+    )
+    demo = add(
+        "demo",
+        cmd_demo,
+        "Run the whole pipeline on synthetic data against the built-in DfE simulator (no setup).",
+        "Creates a SQLite staging table of synthetic children in a demo folder, starts the built-in DfE "
+        "simulator on 127.0.0.1, runs the pipeline, applies a round of realistic changes, runs again, and "
+        "checks the simulator's view of every child equals the staging table. Sends nothing anywhere else.",
+    )
+    demo.add_argument(
+        "--children", type=_positive_int, default=300, metavar="N", help="Synthetic children (default: 300)."
+    )
+    demo.add_argument(
+        "--dir", type=Path, metavar="FOLDER", help="Demo folder (default: ./csc_api_pipeline_demo; replaced)."
+    )
+    demo.add_argument("--seed", type=int, default=2026, help="Random seed for the synthetic data (default: 2026).")
+
+    sim = add(
+        "simulate-api",
+        cmd_simulate_api,
+        "Run the built-in DfE simulator on this machine, for a rehearsal.",
+        "Serves a DfE CSC API stand-in (token endpoint and receiver) on 127.0.0.1 until Ctrl+C, and prints "
+        "the settings to point a .env at it. Nothing leaves this machine.",
+    )
+    sim.add_argument("--port", type=int, default=8765, help="Port on 127.0.0.1 (default: 8765).")
+    sim.add_argument("--la-code", default="999", help="LA code the simulator accepts (default: 999).")
+    sim.add_argument(
+        "--latency", type=float, default=0.0, metavar="SECONDS", help="Delay added to every POST (default: 0)."
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -> int:
+    """Parse, dispatch, and turn every error into one line and an exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ctx = context or Context(environ=os.environ, cwd=Path.cwd(), out=sys.stdout, err=sys.stderr)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help/--version exit 0, usage errors exit 2
+        return int(exc.code or 0)
+    if not getattr(args, "func", None):
+        parser.print_help(ctx.err)
+        return ExitCode.USAGE
+    try:
+        return int(args.func(args, ctx))
+    except PipelineError as exc:
+        for line in str(exc).splitlines() or [exc.__class__.__name__]:
+            print(f"error: {line}", file=ctx.err, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: rows not yet acknowledged stay pending and are sent next run", file=ctx.err)
+        return ExitCode.INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the one boundary that must not crash
+        print(f"unexpected error: {exc.__class__.__name__}. Run again with -vv for details.", file=ctx.err)
+        if args.verbose >= 2:
+            traceback.print_exc(file=ctx.err)
+        return ExitCode.RECORDS_FAILED
+    finally:
+        from api_pipeline.logs import close_logging
+
+        close_logging()
+
+
+def dump_json(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True)

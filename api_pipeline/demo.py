@@ -1,0 +1,192 @@
+"""``demo``: the whole job on synthetic children, SQLite and the built-in simulator.
+
+Also the council-SQL stand-ins (load a cohort, apply a night's changes) and the
+convergence check, which the tests and benchmarks use too.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from api_pipeline.config import load_settings
+from api_pipeline.db import Database, StagingTable
+from api_pipeline.errors import ExitCode
+from api_pipeline.logs import configure_logging, new_run_id
+from api_pipeline.payload import records_equal
+
+DEMO_TABLE = "ssd_api_data_staging"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def load_children(db: Database, table: str, records: Iterable[dict], *, chunk: int = 1000) -> int:
+    """Insert records as a council's nightly SQL does for new children: ``Pending``/``New``."""
+    sql = (
+        f"INSERT INTO {table} (person_id, json_payload, submission_status, row_state, last_updated) "
+        "VALUES (?, ?, 'Pending', 'New', ?)"
+    )
+    total, rows = 0, []
+    for record in records:
+        rows.append((record["la_child_id"], json.dumps(record, ensure_ascii=False), _now()))
+        if len(rows) >= chunk:
+            with db.transaction():
+                db.executemany(sql, rows)
+            total, rows = total + len(rows), []
+    if rows:
+        with db.transaction():
+            db.executemany(sql, rows)
+        total += len(rows)
+    return total
+
+
+@dataclass
+class NightlyChanges:
+    updated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    returned: list[str] = field(default_factory=list)
+
+
+def apply_nightly_changes(
+    db: Database, table: str, rng: random.Random, *, update_fraction: float = 0.2, delete_fraction: float = 0.03
+) -> NightlyChanges:
+    """Edit and delete children the way a council's nightly SQL marks them (DESIGN §4)."""
+    from api_pipeline.synthetic import mutate
+
+    rows = list(
+        db.query(f"SELECT id, person_id, json_payload, row_state FROM {table} ORDER BY id")  # noqa: S608
+    )
+    live = [r for r in rows if (r[3] or "").lower() != "deleted"]
+    changes = NightlyChanges()
+    picked = rng.sample(live, k=min(len(live), int(len(live) * (update_fraction + delete_fraction))))
+    n_update = int(len(live) * update_fraction)
+    with db.transaction():
+        for row_id, person_id, text, _state in picked[:n_update]:
+            new = mutate(rng, json.loads(text))
+            db.execute(
+                f"UPDATE {table} SET previous_json_payload = json_payload, json_payload = ?, "
+                "submission_status = 'Pending', row_state = 'Updated', last_updated = ? WHERE id = ?",
+                (json.dumps(new, ensure_ascii=False), _now(), row_id),
+            )
+            changes.updated.append(person_id)
+        for row_id, person_id, _text, _state in picked[n_update:]:
+            db.execute(f"UPDATE {table} SET row_state = 'Deleted', last_updated = ? WHERE id = ?", (_now(), row_id))
+            changes.deleted.append(person_id)
+    return changes
+
+
+def return_children(db: Database, table: str, la_child_ids: Iterable[str]) -> list[str]:
+    """Children who come back into the cohort after being deleted: ``Pending``/``New`` again."""
+    back = []
+    with db.transaction():
+        for la_child_id in la_child_ids:
+            db.execute(
+                f"UPDATE {table} SET row_state = 'New', submission_status = 'Pending', last_updated = ? "
+                "WHERE person_id = ?",
+                (_now(), la_child_id),
+            )
+            back.append(la_child_id)
+    return back
+
+
+@dataclass
+class Convergence:
+    total: int
+    matching: int
+    mismatched: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.total == self.matching
+
+
+def check_convergence(db: Database, table: str, held: dict[str, dict]) -> Convergence:
+    """Does DfE's view (``held``) equal every row's current data? Deleted children must be absent."""
+    total, matching, mismatched = 0, 0, []
+    for person_id, text, state in db.query(f"SELECT person_id, json_payload, row_state FROM {table}"):
+        total += 1
+        if (state or "").lower() == "deleted":
+            ok = person_id not in held
+        else:
+            ok = records_equal(held.get(person_id), json.loads(text))
+        if ok:
+            matching += 1
+        else:
+            mismatched.append(person_id)
+    return Convergence(total, matching, mismatched)
+
+
+def run_demo(
+    folder: Path, ctx: Any, *, children: int = 300, seed: int = 2026, verbosity: int = 0, quiet: bool = False
+) -> int:
+    """The ``demo`` command (DESIGN §2). Returns 0 only if DfE's view converged."""
+    from api_pipeline.runner import execute_run
+    from api_pipeline.simulator import Simulator
+    from api_pipeline.synthetic import make_children
+
+    say = ctx.print
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    db_path = folder / "staging.db"
+    masking, log_file = configure_logging(
+        verbosity=verbosity, quiet=not verbosity, log_dir=folder / "logs", run_id=new_run_id()
+    )
+    say("CSC API Pipeline demo: synthetic children only; nothing leaves this machine.")
+    say(f"Demo folder: {folder}")
+    with Database.open_sqlite(db_path) as db:
+        table = StagingTable(db, DEMO_TABLE)
+        table.create_staging_table()
+        count = load_children(db, DEMO_TABLE, make_children(children, seed=seed))
+    say(f"Staging table: {count} synthetic children in {db_path.name} (status Pending, row_state New)")
+
+    with Simulator() as sim:
+        say(f"DfE simulator: {sim.base_url} (loopback only)")
+        environ = dict(sim.settings_env())
+        environ["DB_CONNECTION_STRING"] = f"sqlite:///{db_path.as_posix()}"
+        environ["TABLE_NAME"] = DEMO_TABLE
+        settings = load_settings(command="run", environ=environ)
+        masking.add(settings.client_secret, settings.supplier_key)
+
+        first = execute_run(settings, run_id="demo-1")
+        say(_describe("Run 1 (first load)", first))
+
+        with Database.open_sqlite(db_path) as db:
+            changes = apply_nightly_changes(db, DEMO_TABLE, random.Random(seed + 1))
+        say(f"Council's nightly SQL: {len(changes.updated)} children updated, {len(changes.deleted)} deleted")
+
+        second = execute_run(settings, run_id="demo-2")
+        say(_describe("Run 2 (changes only)", second))
+        if first.bytes_sent:
+            say(
+                f"Run 2 sent {second.bytes_sent:,} bytes, {second.bytes_sent / first.bytes_sent:.0%} of run 1's "
+                f"{first.bytes_sent:,}"
+            )
+
+        with Database.open_sqlite(db_path) as db:
+            result = check_convergence(db, DEMO_TABLE, sim.snapshot())
+    verdict = "equals" if result.ok else "DOES NOT equal"
+    say(f"Check: DfE view {verdict} staging data for {result.matching}/{result.total} children")
+    if log_file:
+        say(f"Log: {log_file}")
+    problems = first.problems + second.problems
+    if not result.ok:
+        say(f"Children that differ: {', '.join(result.mismatched[:10])}")
+        return ExitCode.RECORDS_FAILED
+    return ExitCode.RECORDS_FAILED if problems else ExitCode.OK
+
+
+def _describe(title: str, summary: Any) -> str:
+    o = summary.outcomes
+    return (
+        f"{title}: sent {o['sent']}, purged {o['purged']}, unchanged {o['unchanged']}, invalid {o['invalid']}, "
+        f"rejected {o['rejected']}, failed {o['failed']} — {summary.requests} requests, {summary.seconds:.2f} s"
+    )

@@ -1,0 +1,375 @@
+"""Full, delta and purge payloads; canonical JSON and hashing (DESIGN §5).
+
+Everything here works on plain ``dict``/``list`` records as ``json.loads`` gives them and is
+written for the pipeline's hot path: one pass per record, ids matched through dicts, no
+``deepcopy``. Every builder returns *new* containers (via :func:`normalise`), so callers may
+keep or change their input freely; the outputs may share sub-objects with each other only
+within one call's result.
+
+The record's shape, as far as DfE's merge model cares, is declared once in :data:`STRUCTURE`:
+which keys under a record or an episode are *blocks* (merged whole, purged with
+``{"purge": true}``) and which are *id'd lists* (merged item by item by their id key).
+Every other key is part of its parent *entity* (scalars and id-less lists such as
+``care_worker_details``), which DfE replaces exactly when the entity is sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+RECORD: Final = ""
+"""The :data:`STRUCTURE` level of a whole child record."""
+
+STRUCTURE: Final[Mapping[str, Mapping[str, str | None]]] = {
+    # level -> {child collection key: id key of its items, or None for a block}.
+    # A level is the record (RECORD) or the key of an id'd list whose items have child
+    # collections of their own. Items of id'd lists that are not levels are leaf entities.
+    RECORD: {
+        "child_details": None,
+        "health_and_wellbeing": None,
+        "social_care_episodes": "social_care_episode_id",
+    },
+    "social_care_episodes": {
+        "child_and_family_assessments": "child_and_family_assessment_id",
+        "child_in_need_plans": "child_in_need_plan_id",
+        "section_47_assessments": "section_47_assessment_id",
+        "child_protection_plans": "child_protection_plan_id",
+        "child_looked_after_placements": "child_looked_after_placement_id",
+        "adoption": None,
+        "care_leavers": None,
+    },
+}
+
+ID_KEYS: Final[Mapping[str, str]] = {
+    key: id_key for level in STRUCTURE.values() for key, id_key in level.items() if id_key is not None
+}
+"""Collection key -> id key of its items, for every id'd list (derived from STRUCTURE)."""
+
+BLOCKS: Final[frozenset[str]] = frozenset(
+    key for level in STRUCTURE.values() for key, id_key in level.items() if id_key is None
+)
+"""Keys of every block (derived from STRUCTURE)."""
+
+ALWAYS_SENT: Final[frozenset[str]] = frozenset({"child_details"})
+"""Record-level blocks every delta carries, changed or not (DESIGN §5)."""
+
+PURGE: Final = "purge"
+_PURGED_BLOCK: Final = {PURGE: True}
+
+_SEPARATORS: Final = (",", ":")
+_MISSING: Final = object()
+
+Record = dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------
+# normal form, canonical JSON, hashing
+
+
+def normalise(record: dict) -> dict:
+    """Return the form used for comparison, hashing and sending.
+
+    Keys whose value is an empty list or object (after normalising what is inside) are
+    dropped, as are empty objects inside lists: under DfE's merge model they carry no
+    data, and DfE's schema forbids nothing-objects we would otherwise send. ``None`` is
+    kept on purpose so validation sees and rejects it. Order is left alone.
+    """
+    return _norm_dict(record)
+
+
+def _norm_dict(d: dict) -> dict:
+    out = {}
+    for key, value in d.items():
+        if type(value) is dict:
+            value = _norm_dict(value)
+            if not value:
+                continue
+        elif type(value) is list:
+            value = _norm_list(value)
+            if not value:
+                continue
+        out[key] = value
+    return out
+
+
+def _norm_list(items: list) -> list:
+    out = []
+    for value in items:
+        if type(value) is dict:
+            value = _norm_dict(value)
+            if not value:
+                continue
+        elif type(value) is list:
+            value = _norm_list(value)
+            if not value:
+                continue
+        out.append(value)
+    return out
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=_SEPARATORS, ensure_ascii=False)
+
+
+def _sorted(value: Any, key: str | None = None) -> Any:
+    """Copy of a normalised value with every list in a fixed order (list order never counts)."""
+    if type(value) is dict:
+        return {k: _sorted(v, k) for k, v in value.items()}
+    if type(value) is not list:
+        return value
+    items = [_sorted(v) for v in value]
+    if len(items) < 2:
+        return items
+    id_key = ID_KEYS.get(key) if key is not None else None
+    if id_key is not None:
+        ids = [v.get(id_key) if type(v) is dict else None for v in items]
+        by_id: dict[str, Any] = {i: v for i, v in zip(ids, items, strict=True) if type(i) is str}
+        if len(by_id) == len(items):
+            # Usual case: distinct string ids are a total order on their own.
+            return [by_id[i] for i in sorted(by_id)]
+        # Malformed or duplicate ids: order by (id, whole item) so the result is still fixed.
+        keyed = [(_dumps(i), _dumps(v), v) for i, v in zip(ids, items, strict=True)]
+        keyed.sort(key=lambda t: (t[0], t[1]))
+        return [v for _, _, v in keyed]
+    keyed2 = [(_dumps(v), v) for v in items]
+    keyed2.sort(key=lambda t: t[0])
+    return [v for _, v in keyed2]
+
+
+def _canon(value: Any, key: str | None = None) -> str:
+    """Canonical JSON of an already normalised value."""
+    return _dumps(_sorted(value, key))
+
+
+def canonical_json(record: dict) -> str:
+    """Normalised, key-sorted, list-sorted compact JSON: equal data gives equal text.
+
+    This decides "changed" (DESIGN §5) and feeds :func:`record_hash`, so its output must
+    never change for the same data, across runs and versions.
+    """
+    return _canon(normalise(record))
+
+
+def record_hash(record: dict) -> bytes:
+    """SHA-256 of :func:`canonical_json`: the 32-byte fingerprint kept in the table and ledger."""
+    # surrogatepass: a lone surrogate (json.loads accepts "\\ud800") must hash, not crash the
+    # run; validation or sending reports that record on its own.
+    return hashlib.sha256(canonical_json(record).encode("utf-8", "surrogatepass")).digest()
+
+
+def records_equal(a: dict | None, b: dict | None) -> bool:
+    """Canonical equality; ``None`` (no record) equals only ``None``."""
+    if a is None or b is None:
+        return a is b
+    return canonical_json(a) == canonical_json(b)
+
+
+# --------------------------------------------------------------------------------------
+# building payloads
+
+
+def _item_id(item: Any, id_key: str) -> Any:
+    """Hashable identity of an id'd item; malformed ids still get one, so nothing crashes."""
+    if type(item) is not dict:
+        return (_MISSING, _dumps(item))
+    ident = item.get(id_key, _MISSING)
+    if type(ident) is str:
+        return ident
+    return (_MISSING, _dumps(ident) if ident is not _MISSING else "")
+
+
+def _index(items: Any, id_key: str) -> dict[Any, dict]:
+    """id -> item for the well-formed items of a (normalised) baseline list."""
+    if type(items) is not list:
+        return {}
+    out: dict[Any, dict] = {}
+    for item in items:
+        if type(item) is dict and type(item.get(id_key)) is str:
+            out[item[id_key]] = item
+    return out
+
+
+def _purge_item(id_key: str, ident: str) -> dict:
+    return {id_key: ident, PURGE: True}
+
+
+def _full_node(cur: dict, base: dict | None, level: str) -> dict:
+    """``cur`` (normalised) plus purges for whatever ``base`` holds below it that ``cur`` lacks."""
+    if base is None:
+        return cur
+    out = dict(cur)
+    for key, id_key in STRUCTURE[level].items():
+        held = base.get(key, _MISSING)
+        if held is _MISSING:
+            continue
+        now = cur.get(key, _MISSING)
+        if id_key is None:
+            if now is _MISSING:
+                out[key] = dict(_PURGED_BLOCK)
+            continue
+        held_by_id = _index(held, id_key)
+        if not held_by_id:
+            continue
+        if now is _MISSING:
+            items: list = []
+        elif type(now) is not list:
+            continue  # malformed: sent as it is, validation rejects it
+        else:
+            items = list(now)
+        sub = key if key in STRUCTURE else None
+        seen = set()
+        for pos, item in enumerate(items):
+            ident = _item_id(item, id_key)
+            seen.add(ident)
+            if sub is not None:
+                held_item = held_by_id.get(ident) if type(ident) is str else None
+                if held_item is not None and type(item) is dict:
+                    items[pos] = _full_node(item, held_item, sub)
+        items.extend(_purge_item(id_key, ident) for ident in held_by_id if ident not in seen)
+        if items:
+            out[key] = items
+    return out
+
+
+def build_full(current: dict, baseline: dict | None) -> dict:
+    """The whole current record, plus purges for what DfE holds (``baseline``) but we no longer have.
+
+    ``baseline`` is the record DfE last acknowledged per the ledger, or ``None`` when DfE
+    holds nothing (new child, or one that returns after a purge: it is sent whole).
+    """
+    cur = normalise(current)
+    if baseline is None:
+        return cur
+    return _full_node(cur, normalise(baseline), RECORD)
+
+
+def _delta_node(cur: dict, base: dict, level: str, always: frozenset[str] = frozenset()) -> dict | None:
+    """Delta of one container (the record or an episode), or ``None`` if nothing in it changed.
+
+    The container's own entity keys are sent whole whenever anything is sent (DfE replaces
+    them exactly); each child collection adds only its changed or removed parts. Blocks named
+    in ``always`` are sent whenever anything is sent, changed or not. Each part of the record
+    is put in canonical form at most once per side, and only until a change is found.
+    """
+    children = STRUCTURE[level]
+    out: dict[str, Any] = {}
+    entity_now: dict[str, Any] = {}
+    changed = False
+    for key, now in cur.items():
+        if key not in children:
+            out[key] = entity_now[key] = now
+            continue
+        id_key = children[key]
+        held = base.get(key, _MISSING)
+        if id_key is None:
+            if key in always:
+                out[key] = now
+                if not changed:
+                    changed = held is _MISSING or _canon(now) != _canon(held)
+            elif held is _MISSING or _canon(now) != _canon(held):
+                out[key] = now
+                changed = True
+        elif type(now) is not list:
+            out[key] = now  # malformed: sent as it is, validation rejects it
+            changed = True
+        else:
+            items = _delta_list(now, held, id_key, key)
+            if items:
+                out[key] = items
+                changed = True
+    for key, id_key in children.items():
+        if key in cur or key not in base:
+            continue
+        if id_key is None:
+            out[key] = dict(_PURGED_BLOCK)
+            changed = True
+        else:
+            items = _delta_list([], base[key], id_key, key)
+            if items:
+                out[key] = items
+                changed = True
+    if not changed:
+        entity_held = {k: v for k, v in base.items() if k not in children}
+        changed = _canon(entity_now) != _canon(entity_held)
+    return out if changed else None
+
+
+def _delta_list(now: list, held: Any, id_key: str, key: str) -> list:
+    held_by_id = _index(held, id_key)
+    sub = key if key in STRUCTURE else None
+    out = []
+    seen = set()
+    for item in now:
+        ident = _item_id(item, id_key)
+        seen.add(ident)
+        held_item = held_by_id.get(ident) if type(ident) is str else None
+        if held_item is None or type(item) is not dict:
+            out.append(item)  # new (or malformed): whole
+        elif sub is not None:
+            node = _delta_node(item, held_item, sub)
+            if node is not None:
+                out.append(node)
+        elif _canon(item) != _canon(held_item):
+            out.append(item)
+    out.extend(_purge_item(id_key, ident) for ident in held_by_id if ident not in seen)
+    return out
+
+
+def build_delta(current: dict, baseline: dict | None) -> dict | None:
+    """Entity-level delta of ``current`` against what DfE holds (``baseline``); ``None`` if equal.
+
+    ``la_child_id``, ``mis_child_id`` and the other record scalars, and ``child_details``, are
+    always sent; every other entity only when it (or, for an episode, something under it)
+    changed. Removals become purges. With no baseline this is :func:`build_full`.
+    """
+    cur = normalise(current)
+    if baseline is None:
+        return cur
+    return _delta_node(cur, normalise(baseline), RECORD, ALWAYS_SENT)
+
+
+def build_purge(la_child_id: str, mis_child_id: str | None = None) -> dict:
+    """The record that makes DfE delete a child (``mis_child_id`` only when known)."""
+    out: dict[str, Any] = {"la_child_id": la_child_id}
+    if mis_child_id:
+        out["mis_child_id"] = mis_child_id
+    out[PURGE] = True
+    return out
+
+
+def dumps_body(records: list[dict]) -> bytes:
+    """The exact POST body: compact UTF-8 JSON, names byte for byte as the data has them.
+
+    ``allow_nan=False``: NaN/Infinity are not JSON and DfE would reject the whole batch.
+    """
+    return json.dumps(records, ensure_ascii=False, separators=_SEPARATORS, allow_nan=False).encode("utf-8")
+
+
+def duplicate_ids(record: dict) -> list[str]:
+    """Paths of id'd lists in which an id appears twice.
+
+    The schema allows it, but DfE merges items by id, so such a record could never
+    be held as written: it is treated as invalid instead of being sent.
+    """
+    found: list[str] = []
+
+    def visit(node: Any, level: str, path: str) -> None:
+        if not isinstance(node, dict):
+            return
+        for key, id_key in STRUCTURE.get(level, {}).items():
+            items = node.get(key)
+            if id_key is None or not isinstance(items, list):
+                continue
+            seen: set[Any] = set()
+            for index, item in enumerate(items):
+                ident = item.get(id_key) if isinstance(item, dict) else None
+                if ident is not None and ident in seen:
+                    found.append(f"{path}{key}[{index}].{id_key}")
+                seen.add(ident)
+                visit(item, key, f"{path}{key}[{index}].")
+
+    visit(record, RECORD, "")
+    return found

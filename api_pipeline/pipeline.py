@@ -1,0 +1,444 @@
+"""``run``: stream rows → build payloads → validate → batch → send → write back.
+
+A row becomes ``sent`` only when DfE returned a receipt for it (DESIGN §7). Each
+batch's outcomes and ledger entries are written in one transaction, so a crash
+at any moment leaves every row either untouched (re-sent next run, which DfE
+treats as an upsert) or truthfully marked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from api_pipeline.api import encode_record, parse_receipt_time
+from api_pipeline.db import LedgerEntry, RowUpdate, StagingRow, StagingTable
+from api_pipeline.errors import PipelineError
+from api_pipeline.payload import build_delta, build_full, build_purge, canonical_json, duplicate_ids
+from api_pipeline.schema import RecordValidator
+
+log = logging.getLogger(__name__)
+
+MAX_RECORD_BYTES = 1_000_000
+
+
+class Sender(Protocol):
+    """What the pipeline needs from the API client (api.ApiClient)."""
+
+    def send(self, records: list[dict], bodies: list[bytes] | None = None, *, batch_id: str) -> list[Any]: ...
+
+
+def in_case_of(example: str | None, word: str) -> str:
+    """Write ``word`` in the case style the table already uses (``Pending`` → ``Sent``)."""
+    example = (example or "").strip()
+    if example.isupper() and len(example) > 1:
+        return word.upper()
+    if example[:1].isupper():
+        return word.capitalize()
+    return word
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass
+class RunOptions:
+    partial: bool = True
+    limit: int | None = None
+    dry_run_dir: Path | None = None
+    batch_size: int = 100
+
+
+@dataclass
+class RunSummary:
+    """What happened, for the console, the log and the summary file. Counts only."""
+
+    run_id: str
+    mode: str
+    dry_run: bool = False
+    started_at: str = field(default_factory=lambda: utc_now().isoformat(timespec="seconds") + "Z")
+    finished_at: str | None = None
+    seconds: float = 0.0
+    rows_read: int = 0
+    outcomes: Counter = field(default_factory=Counter)
+    invalid_reasons: Counter = field(default_factory=Counter)
+    batches: int = 0
+    requests: int = 0
+    retries: dict[str, int] = field(default_factory=dict)
+    bytes_sent: int = 0
+    fatal_error: str | None = None
+    exit_code: int | None = None
+
+    @property
+    def problems(self) -> int:
+        return self.outcomes["invalid"] + self.outcomes["rejected"] + self.outcomes["failed"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "mode": self.mode,
+            "dry_run": self.dry_run,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "seconds": round(self.seconds, 3),
+            "rows_read": self.rows_read,
+            "outcomes": dict(self.outcomes),
+            "invalid_reasons": dict(self.invalid_reasons),
+            "batches": self.batches,
+            "requests": self.requests,
+            "retries": self.retries,
+            "bytes_sent": self.bytes_sent,
+            "fatal_error": self.fatal_error,
+            "exit_code": self.exit_code,
+        }
+
+    def lines(self) -> list[str]:
+        o = self.outcomes
+        head = "dry run (nothing sent)" if self.dry_run else f"{self.mode} run"
+        return [
+            f"{head} finished in {self.seconds:.1f} s: {self.rows_read} rows read, {self.batches} batches, "
+            f"{self.requests} requests, {sum(self.retries.values())} retries",
+            f"  sent {o['sent']}, purged {o['purged']}, already up to date {o['unchanged']}, "
+            f"invalid {o['invalid']}, rejected by DfE {o['rejected']}, not sent (will retry) {o['failed']}, "
+            f"changed during the run {o['changed_during_run']}"
+            + (f", written for review {o['dry_run']}" if self.dry_run else ""),
+        ]
+
+
+@dataclass
+class _Item:
+    """One row ready to send."""
+
+    row: StagingRow
+    la_child_id: str
+    mis_child_id: str | None
+    record: dict
+    body: bytes
+    purge: bool
+    ledger_json: str | None = None
+
+
+class _Invalid(Exception):
+    def __init__(self, reason: str, category: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.category = category
+
+
+def _parse_payload(row: StagingRow) -> dict:
+    text = row.json_payload
+    if text is None or not str(text).strip():
+        raise _Invalid("json_payload is empty", "empty payload")
+    if len(text.encode("utf-8")) > MAX_RECORD_BYTES:
+        raise _Invalid(f"json_payload is larger than {MAX_RECORD_BYTES // 1_000_000} MB", "record too large")
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _Invalid(f"json_payload is not valid JSON (line {exc.lineno}, column {exc.colno})", "not JSON") from None
+    if not isinstance(record, dict):
+        raise _Invalid(f"json_payload is a JSON {type(record).__name__}, not an object", "not a JSON object")
+    return record
+
+
+class Pipeline:
+    """One run over one staging table."""
+
+    def __init__(
+        self,
+        table: StagingTable,
+        sender: Sender | None,
+        validator: RecordValidator,
+        options: RunOptions,
+        summary: RunSummary,
+        *,
+        on_progress: Callable[[RunSummary], None] | None = None,
+    ) -> None:
+        self.table = table
+        self.sender = sender
+        self.validator = validator
+        self.options = options
+        self.summary = summary
+        self.on_progress = on_progress
+        self._batch: list[_Item] = []
+        self._updates: list[RowUpdate] = []
+        self._batch_counter = 0
+
+    # -- the run ---------------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        started = time.monotonic()
+        try:
+            for row in self.table.iter_candidates(limit=self.options.limit):
+                self.summary.rows_read += 1
+                self._take(row)
+                if len(self._batch) >= self.options.batch_size:
+                    self._flush()
+            self._flush()
+        finally:
+            self.summary.seconds = time.monotonic() - started
+            self.summary.finished_at = utc_now().isoformat(timespec="seconds") + "Z"
+        return self.summary
+
+    def _take(self, row: StagingRow) -> None:
+        try:
+            item = self._prepare(row)
+        except _Invalid as problem:
+            self.summary.outcomes["invalid"] += 1
+            self.summary.invalid_reasons[problem.category] += 1
+            log.warning("row %s (child %s) is invalid: %s", row.id, row.person_id, problem.reason)
+            if not self.options.dry_run_dir:
+                self._updates.append(
+                    RowUpdate(
+                        row_id=row.id,
+                        status=in_case_of(row.submission_status, "invalid"),
+                        api_response=f"invalid: {problem.reason}"[:4000],
+                        expect_payload=row.json_payload,
+                    )
+                )
+            return
+        if item is not None:
+            self._batch.append(item)
+
+    def _prepare(self, row: StagingRow) -> _Item | None:
+        if row.is_deleted:
+            return self._prepare_purge(row)
+        record = _parse_payload(row)
+        la_child_id = record.get("la_child_id")
+        if not isinstance(la_child_id, str) or not la_child_id:
+            raise _Invalid("la_child_id is missing from json_payload", "la_child_id missing")
+        if row.person_id is not None and row.person_id != la_child_id:
+            raise _Invalid("person_id does not match the record's la_child_id", "person_id mismatch")
+        reasons = self.validator.errors(record)
+        if reasons:
+            for reason in reasons:
+                self.summary.invalid_reasons[reason.split(":", 1)[0]] += 1
+            raise _Invalid("; ".join(reasons), "schema")
+        duplicates = duplicate_ids(record)
+        if duplicates:
+            raise _Invalid(f"{duplicates[0]}: the same id appears twice in this list", "duplicate id")
+        baseline = self._baseline(row)
+        body = build_delta(record, baseline) if self.options.partial else build_full(record, baseline)
+        if body is None:
+            self._mark_unchanged(row)
+            return None
+        reasons = self.validator.errors(body)
+        if reasons:
+            raise _Invalid("the request built for this record is invalid: " + "; ".join(reasons), "request schema")
+        try:
+            encoded = encode_record(body)
+        except (ValueError, UnicodeError):
+            raise _Invalid("json_payload contains text that cannot be encoded as UTF-8 JSON", "bad text") from None
+        mis = record.get("mis_child_id")
+        return _Item(
+            row=row,
+            la_child_id=la_child_id,
+            mis_child_id=mis if isinstance(mis, str) else None,
+            record=body,
+            body=encoded,
+            purge=False,
+            ledger_json=canonical_json(record),
+        )
+
+    def _prepare_purge(self, row: StagingRow) -> _Item:
+        la_child_id = row.person_id
+        mis_child_id = None
+        try:
+            record = _parse_payload(row)
+            la_child_id = la_child_id or record.get("la_child_id")
+            mis = record.get("mis_child_id")
+            mis_child_id = mis if isinstance(mis, str) and mis else None
+        except _Invalid:
+            pass  # a deleted child's purge needs only its id
+        if not la_child_id:
+            raise _Invalid("deleted row has no person_id to purge", "purge without id")
+        body = build_purge(la_child_id, mis_child_id)
+        reasons = self.validator.errors(body)
+        if reasons:
+            raise _Invalid("purge request is invalid: " + "; ".join(reasons), "purge schema")
+        return _Item(
+            row=row,
+            la_child_id=la_child_id,
+            mis_child_id=mis_child_id,
+            record=body,
+            body=encode_record(body),
+            purge=True,
+        )
+
+    def _baseline(self, row: StagingRow) -> dict | None:
+        """What DfE holds for this child per the ledger; None when it holds nothing."""
+        if row.ledger_json is None or row.ledger_purged:
+            return None
+        try:
+            baseline = json.loads(row.ledger_json)
+        except ValueError:
+            log.warning("ledger entry for child %s is unreadable; sending the whole record", row.person_id)
+            return None
+        return baseline if isinstance(baseline, dict) else None
+
+    def _mark_unchanged(self, row: StagingRow) -> None:
+        """DfE already holds exactly this record: record that, send nothing."""
+        self.summary.outcomes["unchanged"] += 1
+        if self.options.dry_run_dir:
+            return
+        receipt = row.ledger_receipt or ""
+        self._updates.append(
+            RowUpdate(
+                row_id=row.id,
+                status=in_case_of(row.submission_status, "sent"),
+                api_response=receipt,
+                expect_payload=row.json_payload,
+                submission_timestamp=_as_datetime(row.ledger_acknowledged_at),
+                mark_sent=True,
+                previous_hash=None if row.ledger_json is None else _sha256(row.ledger_json),
+                row_state=in_case_of(row.row_state, "unchanged"),
+            )
+        )
+
+    # -- one batch ---------------------------------------------------------------
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        updates, self._updates = self._updates, []
+        if not batch and not updates:
+            return
+        ledger: list[LedgerEntry] = []
+        if batch:
+            self._batch_counter += 1
+            self.summary.batches += 1
+            batch_id = f"{self.summary.run_id}-{self._batch_counter:05d}"
+            started = time.monotonic()
+            if self.options.dry_run_dir is not None:
+                self._write_for_review(batch_id, batch)
+                self.summary.outcomes["dry_run"] += len(batch)
+            else:
+                assert self.sender is not None
+                try:
+                    outcomes = self.sender.send([i.record for i in batch], [i.body for i in batch], batch_id=batch_id)
+                except PipelineError as exc:
+                    # The run stops; first record what DfE did acknowledge before the failure.
+                    settled = getattr(exc, "partial_outcomes", None) or []
+                    self._apply_outcomes([(batch[o.index], o) for o in settled], updates, ledger)
+                    if updates or ledger:
+                        self.table.write_back(updates, ledger)
+                    raise
+                counts = self._apply_outcomes(list(zip(batch, outcomes, strict=True)), updates, ledger)
+                log.info(
+                    "batch %s: %d records, %s (%.2f s)",
+                    batch_id,
+                    len(batch),
+                    ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+                    time.monotonic() - started,
+                )
+        if updates or ledger:
+            skipped = self.table.write_back(updates, ledger)
+            if skipped:
+                self.summary.outcomes["changed_during_run"] += skipped
+                log.info("%d rows changed in the table during the run; they stay pending for the next run", skipped)
+        if self.on_progress:
+            self.on_progress(self.summary)
+
+    def _apply_outcomes(
+        self, pairs: list[tuple[_Item, Any]], updates: list[RowUpdate], ledger: list[LedgerEntry]
+    ) -> Counter:
+        counts: Counter = Counter()
+        now = utc_now()
+        for item, outcome in pairs:
+            row = item.row
+            if outcome.receipt:
+                at = parse_receipt_time(outcome.receipt) or now
+                sent = in_case_of(row.submission_status, "sent")
+                if item.purge:
+                    counts["purged"] += 1
+                    updates.append(
+                        RowUpdate(
+                            row_id=row.id,
+                            status=sent,
+                            api_response=outcome.receipt,
+                            expect_payload=None,
+                            submission_timestamp=at,
+                            purge=True,
+                        )
+                    )
+                    ledger.append(
+                        LedgerEntry(item.la_child_id, item.mis_child_id, row.id, None, None, outcome.receipt, at, True)
+                    )
+                else:
+                    counts["sent"] += 1
+                    ledger_hash = None if item.ledger_json is None else _sha256(item.ledger_json)
+                    updates.append(
+                        RowUpdate(
+                            row_id=row.id,
+                            status=sent,
+                            api_response=outcome.receipt,
+                            expect_payload=row.json_payload,
+                            submission_timestamp=at,
+                            mark_sent=True,
+                            previous_hash=ledger_hash,
+                            row_state=in_case_of(row.row_state, "unchanged"),
+                        )
+                    )
+                    ledger.append(
+                        LedgerEntry(
+                            item.la_child_id,
+                            item.mis_child_id,
+                            row.id,
+                            item.ledger_json,
+                            ledger_hash,
+                            outcome.receipt,
+                            at,
+                            False,
+                        )
+                    )
+            elif outcome.rejected:
+                counts["rejected"] += 1
+                log.warning("row %s (child %s) rejected by DfE: %s", row.id, item.la_child_id, outcome.error)
+                updates.append(
+                    RowUpdate(
+                        row_id=row.id,
+                        status=in_case_of(row.submission_status, "error"),
+                        api_response=f"rejected by DfE: {outcome.error}"[:4000],
+                        expect_payload=row.json_payload,
+                    )
+                )
+            else:
+                counts["failed"] += 1
+                updates.append(
+                    RowUpdate(
+                        row_id=row.id,
+                        status="",
+                        api_response=f"not sent, will retry next run: {outcome.error}"[:4000],
+                        expect_payload=row.json_payload,
+                    )
+                )
+        self.summary.outcomes.update(counts)
+        return counts
+
+    def _write_for_review(self, batch_id: str, batch: list[_Item]) -> None:
+        folder = self.options.dry_run_dir
+        assert folder is not None
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"batch_{batch_id}.json"
+        path.write_bytes(b"[" + b",".join(i.body for i in batch) + b"]")
+        log.info("batch %s: %d request records written to %s for review", batch_id, len(batch), path)
+
+
+def _sha256(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        return None

@@ -1,0 +1,142 @@
+"""Wiring for ``run``: settings → database, validator, HTTP client → pipeline → summary.
+
+Kept apart from ``pipeline`` (which only moves rows) and ``cli`` (which only
+parses), so ``demo``, the tests and the benchmarks start runs the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from api_pipeline.config import Settings
+from api_pipeline.db import Database, StagingTable
+from api_pipeline.errors import ExitCode, PipelineError
+from api_pipeline.logs import configure_logging, new_run_id
+from api_pipeline.pipeline import Pipeline, RunOptions, RunSummary
+from api_pipeline.schema import RecordValidator
+
+log = logging.getLogger("api_pipeline.run")
+
+
+def default_log_dir(settings: Settings, cwd: Path) -> Path:
+    if settings.log_dir is not None:
+        return settings.log_dir
+    base = settings.env_file.parent if settings.env_file is not None else cwd
+    return base / "logs"
+
+
+def execute_run(
+    settings: Settings,
+    *,
+    run_id: str | None = None,
+    limit: int | None = None,
+    dry_run_dir: Path | None = None,
+    partial: bool | None = None,
+) -> RunSummary:
+    """One run of the pipeline with everything built from ``settings``. Raises on fatal errors."""
+    run_id = run_id or new_run_id()
+    partial = settings.use_partial_payload if partial is None else partial
+    summary = RunSummary(run_id=run_id, mode="partial" if partial else "full", dry_run=dry_run_dir is not None)
+    options = RunOptions(partial=partial, limit=limit, dry_run_dir=dry_run_dir, batch_size=settings.batch_size)
+    validator = RecordValidator.from_settings(settings.payload_schema)
+    assert settings.db_connection_string is not None
+    with Database.connect(settings.db_connection_string) as db:
+        table = StagingTable(db, settings.table_name, settings.ledger_table)
+        missing = table.missing_columns()
+        if missing is None:
+            raise _table_missing(settings.table_name)
+        if missing:
+            raise _columns_missing(settings.table_name, missing)
+        table.ensure_ledger()
+        if dry_run_dir is not None:
+            return Pipeline(table, None, validator, options, summary).run()
+        from api_pipeline.api import ApiClient, make_session
+        from api_pipeline.auth import ClientCredentialsAuth
+
+        session = make_session(settings)
+        try:
+            auth = ClientCredentialsAuth(
+                token_endpoint=str(settings.token_endpoint),
+                client_id=str(settings.client_id),
+                client_secret=settings.client_secret,  # type: ignore[arg-type]
+                scope=str(settings.scope),
+                session=session,
+                timeout=(settings.connect_timeout, settings.http_timeout),
+            )
+            client = ApiClient(settings, session, auth)
+            try:
+                return Pipeline(table, client, validator, options, summary).run()
+            finally:
+                _copy_client_counters(client, summary)
+        finally:
+            session.close()
+
+
+def _copy_client_counters(client: Any, summary: RunSummary) -> None:
+    summary.requests = int(getattr(client, "requests", 0))
+    summary.retries = dict(getattr(client, "retries", {}) or {})
+    summary.bytes_sent = int(getattr(client, "bytes_sent", 0))
+
+
+def _table_missing(table: str) -> PipelineError:
+    from api_pipeline.errors import DatabaseError
+
+    return DatabaseError(
+        f"the staging table {table} was not found. Check TABLE_NAME and DB_CONNECTION_STRING "
+        "(run test-schema for details)."
+    )
+
+
+def _columns_missing(table: str, missing: list[str]) -> PipelineError:
+    from api_pipeline.errors import DatabaseError
+
+    return DatabaseError(
+        f"the staging table {table} lacks required column(s): {', '.join(missing)} (run test-schema for the fix)"
+    )
+
+
+def run_command(
+    settings: Settings,
+    ctx: Any,
+    *,
+    limit: int | None,
+    dry_run_dir: Path | None,
+    verbosity: int,
+    quiet: bool,
+) -> int:
+    """The ``run`` command: log file, masking, the run, the summary and the exit code."""
+    run_id = new_run_id()
+    log_dir = default_log_dir(settings, ctx.cwd)
+    masking, log_file = configure_logging(verbosity=verbosity, quiet=quiet, log_dir=log_dir, run_id=run_id)
+    masking.add(settings.client_secret, settings.supplier_key, settings.db_connection_string, settings.https_proxy)
+    log.info(
+        "run %s started (%s mode)%s",
+        run_id,
+        "partial" if settings.use_partial_payload else "full",
+        ", dry run" if dry_run_dir else "",
+    )
+    summary: RunSummary | None = None
+    exit_code = ExitCode.OK
+    try:
+        summary = execute_run(settings, run_id=run_id, limit=limit, dry_run_dir=dry_run_dir)
+        exit_code = ExitCode.RECORDS_FAILED if summary.problems else ExitCode.OK
+        return exit_code
+    except PipelineError as exc:
+        exit_code = exc.exit_code
+        log.error("run stopped: %s", str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
+        raise
+    except KeyboardInterrupt:
+        exit_code = ExitCode.INTERRUPTED
+        raise
+    finally:
+        if summary is not None:
+            summary.exit_code = exit_code
+            for line in summary.lines():
+                log.info("%s", line)
+            if log_file is not None:
+                summary_path = log_file.with_suffix(".summary.json")
+                summary_path.write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
+                log.info("log: %s", log_file)

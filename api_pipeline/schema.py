@@ -1,0 +1,122 @@
+"""Validation of request records against DfE's schema (DESIGN §5).
+
+The bundled schema (``data/csc_record.schema.json``) is the project's own file,
+written from DfE's published OpenAPI document. ``PAYLOAD_SCHEMA`` may point at a
+newer DfE ``openapi.json`` (``components.schemas.CSC``) or at a one-record JSON
+Schema, so a council can follow a DfE change without a new release.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from api_pipeline.errors import ConfigError
+
+# Values of these fields identify a child: messages name the field, never the value.
+PERSONAL_FIELDS = frozenset(
+    {
+        "first_name",
+        "surname",
+        "date_of_birth",
+        "expected_date_of_birth",
+        "postcode",
+        "unique_pupil_number",
+        "former_unique_pupil_number",
+    }
+)
+MAX_REASONS = 5
+
+
+def load_bundled_schema() -> dict[str, Any]:
+    text = resources.files("api_pipeline").joinpath("data/csc_record.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def load_schema(path: Path | None) -> dict[str, Any]:
+    """The one-record schema: the bundled one, or the file ``PAYLOAD_SCHEMA`` names."""
+    if path is None:
+        return load_bundled_schema()
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"PAYLOAD_SCHEMA: cannot read {path}: {exc}") from None
+    if isinstance(document, dict) and "components" in document:
+        try:
+            csc = document["components"]["schemas"]["CSC"]
+        except (KeyError, TypeError):
+            raise ConfigError(f"PAYLOAD_SCHEMA: {path} has no components.schemas.CSC") from None
+        record = csc.get("items", csc) if isinstance(csc, dict) else None
+        if not isinstance(record, dict):
+            raise ConfigError(f"PAYLOAD_SCHEMA: {path}: components.schemas.CSC.items is not a schema")
+        return record
+    if isinstance(document, dict) and document.get("type") == "object":
+        return document
+    raise ConfigError(f"PAYLOAD_SCHEMA: {path} is neither an OpenAPI document nor a record JSON Schema")
+
+
+def format_path(parts: Any) -> str:
+    """``['social_care_episodes', 1, 'referral_source']`` → ``social_care_episodes[1].referral_source``."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(record)"
+
+
+class RecordValidator:
+    """Validates one record at a time and explains failures without personal values."""
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        from jsonschema import Draft7Validator
+
+        Draft7Validator.check_schema(schema)
+        self._validator = Draft7Validator(schema, format_checker=Draft7Validator.FORMAT_CHECKER)
+
+    @classmethod
+    def from_settings(cls, payload_schema: Path | None) -> RecordValidator:
+        return cls(load_schema(payload_schema))
+
+    def errors(self, record: Any) -> list[str]:
+        """Short, human reasons, one per problem (at most MAX_REASONS); empty when valid."""
+        found = sorted(self._validator.iter_errors(record), key=lambda e: [str(p) for p in e.absolute_path])
+        return [self._explain(error) for error in found[:MAX_REASONS]]
+
+    @staticmethod
+    def _explain(error: Any) -> str:
+        path = list(error.absolute_path)
+        where = format_path(path)
+        field = next((p for p in reversed(path) if isinstance(p, str)), "")
+        personal = field in PERSONAL_FIELDS
+        value = "value" if personal else repr(error.instance)
+        if isinstance(error.instance, (dict, list)):
+            value = "value"
+        if len(value) > 40:
+            value = value[:37] + "..."
+        kind = error.validator
+        limit = error.validator_value
+        if kind == "maxLength":
+            return f"{where}: {value} is longer than {limit} characters"
+        if kind == "minLength":
+            return f"{where}: {value} is shorter than {limit} characters"
+        if kind == "pattern":
+            return f"{where}: {value} has characters that are not allowed (pattern {limit})"
+        if kind == "type":
+            got = "null" if error.instance is None else type(error.instance).__name__
+            return f"{where}: expected {limit}, got {got}"
+        if kind == "format":
+            return f"{where}: {value} is not a valid {limit} (YYYY-MM-DD)"
+        if kind == "additionalProperties":
+            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+            return f"{where}: key(s) not allowed by the schema: {', '.join(extra)}"
+        if kind == "required":
+            return f"{where}: {error.message}"
+        if kind == "maxItems":
+            return f"{where}: more than {limit} items"
+        if kind == "uniqueItems":
+            return f"{where}: items are not unique"
+        return f"{where}: fails '{kind}' check"

@@ -1,0 +1,805 @@
+"""A stand-in for DfE's CSC API, so nothing real is needed to demo, test or rehearse (DESIGN §8).
+
+It serves an Azure-AD-style token endpoint and the receiver endpoint on loopback only, checks
+requests the way DfE does (token, SupplierKey, LA code, schema with ``[n]`` errors, 413 over
+100 records), keeps what it accepts under the §5 merge model in a store the caller can read,
+injects faults on demand and logs every request. Standard library only, so the frozen exe and
+the test-suite can run it anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import re
+import secrets
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from .errors import ConfigError
+
+RECEIVER_BASE_PATH = "/children-in-social-care-data-receiver-test/1"
+MAX_RECORDS_PER_REQUEST = 100
+MAX_BODY_BYTES = 64 * 1024 * 1024
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
+
+_RECEIVER_PATH = re.compile(re.escape(RECEIVER_BASE_PATH) + r"/children_social_care_data/([^/]*)/children")
+_TOKEN_PATH = re.compile(r"/([^/]+)/oauth2/v2\.0/token")
+
+# --- The merge model (DESIGN §5) ---
+
+# Child collections of an entity: name -> id key for id'd lists, None for blocks.
+_EPISODE_CHILDREN: dict[str, str | None] = {
+    "child_and_family_assessments": "child_and_family_assessment_id",
+    "child_in_need_plans": "child_in_need_plan_id",
+    "section_47_assessments": "section_47_assessment_id",
+    "child_protection_plans": "child_protection_plan_id",
+    "child_looked_after_placements": "child_looked_after_placement_id",
+    "adoption": None,
+    "care_leavers": None,
+}
+_RECORD_CHILDREN: dict[str, str | None] = {
+    "child_details": None,
+    "health_and_wellbeing": None,
+    "social_care_episodes": "social_care_episode_id",
+}
+# Items of these id'd lists have child collections of their own; items of the others do not.
+_ITEM_CHILDREN: dict[str, dict[str, str | None]] = {"social_care_episodes": _EPISODE_CHILDREN}
+
+
+def apply_record(held: dict | None, sent: dict) -> dict | None:
+    """Apply one sent record to what DfE holds for that child, as DfE does.
+
+    Returns the new held record, or None when the record is purged. Neither argument is
+    modified and the result shares nothing with them.
+    """
+    if sent.get("purge") is True:
+        return None
+    return _merge_entity(held or {}, sent, _RECORD_CHILDREN)
+
+
+def _clone(value: Any) -> Any:
+    """Deep copy for JSON data: several times faster than copy.deepcopy, which benchmarks feel."""
+    if isinstance(value, dict):
+        return {key: _clone(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_clone(item) for item in value]
+    return value
+
+
+def _merge_entity(held: dict, sent: dict, children: dict[str, str | None]) -> dict:
+    """Sent entity keys replace held ones wholly; child collections merge by their own rules."""
+    merged = {key: _clone(value) for key, value in sent.items() if key not in children}
+    for key, id_key in children.items():
+        if key not in sent:
+            if key in held:
+                merged[key] = _clone(held[key])
+        elif id_key is None:
+            block = sent[key]
+            if not (isinstance(block, dict) and block.get("purge") is True):
+                merged[key] = _clone(block)
+        else:
+            items = _merge_list(held.get(key) or [], sent[key], id_key, _ITEM_CHILDREN.get(key, {}))
+            if items:
+                merged[key] = items
+    return merged
+
+
+def _merge_list(held: list, sent: list, id_key: str, item_children: dict[str, str | None]) -> list:
+    """Merge an id'd list item by item: purge removes, known ids merge, new ids append."""
+    by_id: dict[Any, dict] = {item.get(id_key): item for item in held}
+    fresh: set[Any] = set()
+    for item in sent:
+        item_id = item.get(id_key)
+        if item.get("purge") is True:
+            by_id.pop(item_id, None)
+            fresh.discard(item_id)
+        else:
+            by_id[item_id] = _merge_entity(by_id.get(item_id, {}), item, item_children)
+            fresh.add(item_id)
+    return [item if item_id in fresh else _clone(item) for item_id, item in by_id.items()]
+
+
+# --- Schema validation: the JSON Schema subset DfE's document uses ---
+
+_STRICT_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_MAX_ERRORS_PER_RECORD = 20
+
+
+_PY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+}
+_TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number"}
+_Path = tuple[str | int, ...]  # ("social_care_episodes", 0, "referral_source"); rendered only when reporting
+
+
+def _is_type(value: Any, expected: str | list[str]) -> bool:
+    if isinstance(expected, list):
+        return any(_is_type(value, name) for name in expected)
+    if type(value) is bool:
+        return expected == "boolean"
+    if expected == "integer" and type(value) is float:
+        return value.is_integer()
+    wanted = _PY_TYPES.get(expected)
+    return wanted is not None and isinstance(value, wanted)
+
+
+def _render(path: _Path) -> str:
+    text = "".join(f"[{part}]" if isinstance(part, int) else f".{str(part)[:64]}" for part in path)
+    return text.lstrip(".") or "<record>"
+
+
+class RecordValidator:
+    """Checks one record against a draft-07 schema, naming fields but never echoing values.
+
+    The simulator must not depend on third-party packages, so this covers just the keywords
+    the CSC schema uses; unknown keywords are ignored. ``null`` is never accepted.
+    """
+
+    def __init__(self, schema: dict) -> None:
+        if schema.get("type") == "array" and isinstance(schema.get("items"), dict):
+            schema = schema["items"]  # DfE's CSC schema wraps the record in the request array
+        self.schema = schema
+        self._patterns: dict[str, re.Pattern[str]] = {}
+
+    def errors(self, record: Any) -> list[str]:
+        """Return ``"path: problem"`` lines, empty when the record is valid."""
+        found: list[tuple[_Path, str]] = []
+        self._check(self.schema, record, (), found)
+        return [f"{_render(path)}: {problem}" for path, problem in found[:_MAX_ERRORS_PER_RECORD]]
+
+    def _check(self, schema: dict, value: Any, path: _Path, found: list[tuple[_Path, str]]) -> None:
+        if value is None:
+            found.append((path, "null is not allowed"))
+            return
+        expected = schema.get("type")
+        if expected is not None and not _is_type(value, expected):
+            wanted = " or ".join(expected) if isinstance(expected, list) else expected
+            found.append((path, f"expected {wanted}, got {_TYPE_NAMES.get(type(value), 'other')}"))
+        elif isinstance(value, str):
+            self._check_string(schema, value, path, found)
+        elif isinstance(value, dict):
+            self._check_object(schema, value, path, found)
+        elif isinstance(value, list):
+            self._check_array(schema, value, path, found)
+
+    def _check_string(self, schema: dict, value: str, path: _Path, found: list[tuple[_Path, str]]) -> None:
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            found.append((path, f"longer than {schema['maxLength']} characters"))
+        if "minLength" in schema and len(value) < schema["minLength"]:
+            found.append((path, f"shorter than {schema['minLength']} characters"))
+        pattern = schema.get("pattern")
+        if pattern is not None:
+            compiled = self._patterns.get(pattern)
+            if compiled is None:
+                compiled = self._patterns[pattern] = re.compile(pattern)
+            if not compiled.search(value):
+                found.append((path, f"does not match pattern {pattern}"))
+        if schema.get("format") == "date" and not _is_strict_date(value):
+            found.append((path, "not a valid date (YYYY-MM-DD)"))
+
+    def _check_object(self, schema: dict, value: dict, path: _Path, found: list[tuple[_Path, str]]) -> None:
+        for name in schema.get("required", ()):
+            if name not in value:
+                found.append(((*path, name), "required but missing"))
+        properties = schema.get("properties", {})
+        additional = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            if key in properties:
+                self._check(properties[key], item, (*path, key), found)
+            elif additional is False:
+                found.append(((*path, key), "not allowed here"))
+            elif isinstance(additional, dict):
+                self._check(additional, item, (*path, key), found)
+
+    def _check_array(self, schema: dict, value: list, path: _Path, found: list[tuple[_Path, str]]) -> None:
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            found.append((path, f"more than {schema['maxItems']} items"))
+        if schema.get("uniqueItems") and len({json.dumps(item, sort_keys=True) for item in value}) != len(
+            value
+        ):
+            found.append((path, "items are not unique"))
+        items = schema.get("items")
+        if isinstance(items, dict):
+            for index, item in enumerate(value):
+                self._check(items, item, (*path, index), found)
+
+
+def _is_strict_date(text: str) -> bool:
+    if not _STRICT_DATE.fullmatch(text):
+        return False
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_default_schema() -> dict:
+    """The project's bundled one-record schema (read from package data, so it works frozen)."""
+    source = resources.files("api_pipeline").joinpath("data/csc_record.schema.json")
+    return json.loads(source.read_text(encoding="utf-8"))
+
+
+# --- Faults, log entries, replies ---
+
+
+class Fault(str, Enum):
+    """Failures the simulator can be told to produce, consumed in order by the next requests."""
+
+    TOO_MANY_REQUESTS = "429"  # params: retry_after (seconds, default 1)
+    SERVER_ERROR = "500"
+    BAD_GATEWAY = "502"
+    SERVICE_UNAVAILABLE = "503"
+    FORBIDDEN = "403"
+    PAYLOAD_TOO_LARGE = "413"
+    SLOW = "slow"  # params: seconds (default 5), then the request is processed normally
+    DROP = "drop"  # the connection is closed with no response at all
+    GARBAGE = "garbage"  # 200 with an HTML body; nothing stored
+    SHORT_RECEIPTS = "short_receipts"  # stored normally, one receipt too few
+    EXPIRE_TOKENS = "expire_tokens"  # every issued token is revoked first
+    TOKEN_500 = "token_500"  # noqa: S105 (not a password) - consumed by the next token POST instead
+
+
+_GATEWAY_MESSAGES = {
+    Fault.SERVER_ERROR: "Internal server error",
+    Fault.BAD_GATEWAY: "Bad gateway",
+    Fault.SERVICE_UNAVAILABLE: "Service unavailable",
+    Fault.FORBIDDEN: "Forbidden: the gateway refused this call (rate limit or IP filter)",
+    Fault.PAYLOAD_TOO_LARGE: "Too many records",
+}
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One request as the simulator saw it. ``status`` is 0 when the connection was dropped."""
+
+    method: str
+    path: str
+    status: int
+    record_count: int
+    body: bytes | None
+    headers: dict[str, str]
+    at: float
+
+
+@dataclass
+class _Reply:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    drop: bool = False  # close the connection without answering
+    records: int = 0  # items in the request body, for the log
+
+
+def _json_reply(status: int, payload: Any, **headers: str) -> _Reply:
+    return _Reply(status, json.dumps(payload).encode("utf-8"), headers=headers)
+
+
+def _gateway_reply(status: int, message: str, **headers: str) -> _Reply:
+    return _json_reply(status, {"statusCode": status, "message": message}, **headers)
+
+
+# Azure AD v2 refusals: (status, error, AADSTS code, description template)
+_AAD_ERRORS: dict[str, tuple[int, str, int, str]] = {
+    "server_error": (500, "server_error", 50000, "There was an error issuing a token."),
+    "bad_tenant": (400, "invalid_request", 90002, "Tenant '{tenant}' not found. Check the tenant ID."),
+    "bad_grant": (400, "unsupported_grant_type", 70003, "The app requested an unsupported grant type."),
+    "unknown_client": (
+        400,
+        "unauthorized_client",
+        700016,
+        "Application with identifier '{client}' was not found.",
+    ),
+    "wrong_secret": (401, "invalid_client", 7000215, "Invalid client secret provided for app '{client}'."),
+    "expired_secret": (
+        401,
+        "invalid_client",
+        7000222,
+        "The client secret keys for app '{client}' are expired.",
+    ),
+    "bad_scope": (
+        400,
+        "invalid_scope",
+        70011,
+        "The provided value for the input parameter 'scope' is not valid.",
+    ),
+}
+
+
+def _aad_error(kind: str, **fields: str) -> _Reply:
+    """An error shaped like Azure AD v2's, so clients can be tested on real AADSTS handling."""
+    status, error, code, template = _AAD_ERRORS[kind]
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    trace, correlation = str(uuid.uuid4()), str(uuid.uuid4())
+    description = f"AADSTS{code}: {template.format(**fields)} Trace ID: {trace} Correlation ID: {correlation}"
+    return _json_reply(
+        status,
+        {
+            "error": error,
+            "error_description": f"{description} Timestamp: {now}",
+            "error_codes": [code],
+            "timestamp": now,
+            "trace_id": trace,
+            "correlation_id": correlation,
+        },
+    )
+
+
+def _mask_headers(headers: dict[str, str]) -> dict[str, str]:
+    masked = {}
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered == "authorization":
+            scheme = value.split(" ", 1)[0] if " " in value else ""
+            value = f"{scheme} ***".strip()
+        elif lowered in {"supplierkey", "ocp-apim-subscription-key"}:
+            value = "***"
+        masked[name] = value
+    return masked
+
+
+# --- HTTP plumbing ---
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+    allow_reuse_address = sys.platform != "win32"  # on Windows it would let two servers share a port
+
+    def __init__(self, address: tuple[str, int], simulator: Simulator) -> None:
+        self.simulator = simulator
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def track(self, conn: socket.socket, is_open: bool) -> None:
+        with self._open_lock:
+            (self._open.add if is_open else self._open.discard)(conn)
+
+    def close_connections(self) -> None:
+        """Cut kept-alive connections so a stopped simulator really stops answering."""
+        with self._open_lock:
+            for conn in self._open:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "CSCAPISimulator/1.0"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes: avoid 40 ms stalls
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.connection, False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: per-request stderr lines would slow benchmarks and clutter test output."""
+
+    def do_POST(self) -> None:
+        body = self._read_body()
+        if body is None:
+            self.close_connection = True
+            self._write(_gateway_reply(413, "Request body too large or unreadable"))
+            return
+        headers = dict(self.headers.items())
+        reply = self.server.simulator._handle(self.command, self.path, headers, body)
+        if reply.drop:
+            self.close_connection = True
+            return
+        self._write(reply)
+
+    do_GET = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_POST
+
+    def _read_body(self) -> bytes | None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            return None
+        if not 0 <= length <= MAX_BODY_BYTES:
+            return None
+        return self.rfile.read(length) if length else b""
+
+    def _write(self, reply: _Reply) -> None:
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        if reply.status != 204:
+            if reply.body:
+                self.send_header("Content-Type", reply.content_type)
+            self.send_header("Content-Length", str(len(reply.body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if reply.body and self.command != "HEAD":
+            self.wfile.write(reply.body)
+
+
+# --- The simulator ---
+
+
+class Simulator:
+    """DfE's token and receiver endpoints on loopback, with a readable store and fault injection.
+
+    Use as a context manager, or ``start()``/``stop()``. All public methods are thread-safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        la_code: str = "999",
+        client_id: str = "sim-client",
+        client_secret: str = "sim-secret",  # noqa: S107 - the simulator's own demo value
+        supplier_key: str = "sim-supplier-key",
+        scope: str = "api://csc-simulator/.default",
+        tenant: str = "sim-tenant",
+        token_ttl: float = 3600.0,
+        receipt_style: str = "dfe",
+        latency: float = 0.0,
+        validate: bool = True,
+        schema: dict | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        keep_request_bodies: bool = True,
+        expired_secret: bool = False,
+    ) -> None:
+        if host not in LOOPBACK_HOSTS:
+            raise ValueError("the simulator listens on loopback only (127.0.0.1 or localhost)")
+        if receipt_style not in {"dfe", "uuid"}:
+            raise ValueError("receipt_style must be 'dfe' or 'uuid'")
+        self.la_code, self.client_id, self.client_secret = la_code, client_id, client_secret
+        self.supplier_key, self.scope, self.tenant = supplier_key, scope, tenant
+        self.token_ttl, self.receipt_style, self.latency = token_ttl, receipt_style, latency
+        self.expired_secret, self.keep_request_bodies = expired_secret, keep_request_bodies
+        self.host, self.port = host, port
+        self._validator = RecordValidator(schema or load_default_schema()) if validate else None
+        self._lock = threading.Lock()
+        self._store: dict[str, dict] = {}
+        self._tokens: dict[str, float] = {}
+        self._faults: deque[tuple[Fault, dict[str, Any]]] = deque()
+        self._token_faults: deque[tuple[Fault, dict[str, Any]]] = deque()
+        self._log: list[LoggedRequest] = []
+        self._token_requests = 0
+        self._records_accepted = 0
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._bound_port: int | None = None  # kept after stop() so summaries can still name it
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> Simulator:
+        """Bind and serve on a background daemon thread; returns self for chaining."""
+        if self._server is not None:
+            raise RuntimeError("simulator already started")
+        self._stopping.clear()
+        self._server = _Server((self.host, self.port), self)
+        self._bound_port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            name="csc-simulator",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and cut open connections; the store and log stay readable."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._stopping.set()
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- addresses and settings -----------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        if self._bound_port is None:
+            raise RuntimeError("simulator not started")
+        return f"http://{self.host}:{self._bound_port}"
+
+    @property
+    def api_endpoint(self) -> str:
+        return f"{self.base_url}{RECEIVER_BASE_PATH}"
+
+    @property
+    def token_endpoint(self) -> str:
+        return f"{self.base_url}/{self.tenant}/oauth2/v2.0/token"
+
+    def settings_env(self) -> dict[str, str]:
+        """The environment a client needs to talk to this simulator."""
+        return {
+            "API_ENDPOINT": self.api_endpoint,
+            "LA_CODE": self.la_code,
+            "TOKEN_ENDPOINT": self.token_endpoint,
+            "CLIENT_ID": self.client_id,
+            "CLIENT_SECRET": self.client_secret,
+            "SCOPE": self.scope,
+            "SUPPLIER_KEY": self.supplier_key,
+        }
+
+    # -- inspection and control -----------------------------------------------------------
+
+    def snapshot(self) -> dict[str, dict]:
+        """A deep copy of what 'DfE' holds: la_child_id -> record."""
+        with self._lock:
+            return _clone(self._store)
+
+    def request_log(self) -> list[LoggedRequest]:
+        with self._lock:
+            return list(self._log)
+
+    def clear_log(self) -> None:
+        with self._lock:
+            self._log.clear()
+
+    @property
+    def token_requests(self) -> int:
+        with self._lock:
+            return self._token_requests
+
+    @property
+    def records_accepted(self) -> int:
+        """Records acknowledged with a receipt since start (purges included)."""
+        with self._lock:
+            return self._records_accepted
+
+    def inject(self, fault: str, times: int = 1, **params: Any) -> None:
+        """Queue a fault for the next ``times`` receiver POSTs (token faults: token POSTs)."""
+        kind = Fault(fault)
+        if times < 1:
+            raise ValueError("times must be at least 1")
+        queue = self._token_faults if kind is Fault.TOKEN_500 else self._faults
+        with self._lock:
+            queue.extend((kind, dict(params)) for _ in range(times))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+            self._token_faults.clear()
+
+    # -- request handling -----------------------------------------------------------------
+
+    def _handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> _Reply:
+        """Route one request, answer it and log it (the log entry is written before replying)."""
+        path = urlsplit(raw_path).path
+        receiver, token = _RECEIVER_PATH.fullmatch(path), _TOKEN_PATH.fullmatch(path)
+        try:
+            if receiver and method == "POST":
+                reply = self._receive(receiver.group(1), headers, body)
+            elif token and method == "POST":
+                reply = self._issue_token(token.group(1), body)
+            elif receiver or token:
+                reply = _gateway_reply(405, "Method not allowed", Allow="POST")
+            else:
+                reply = _gateway_reply(404, "Resource not found")
+        except Exception as exc:  # a simulator bug must not look like a network failure
+            reply = _gateway_reply(500, f"Simulator error: {type(exc).__name__}")
+        is_token = bool(token) and method == "POST"
+        kept: bytes | None = None
+        if self.keep_request_bodies:
+            kept = re.sub(rb"(client_secret=)[^&]*", rb"\1***", body) if is_token else body
+        status = 0 if reply.drop else reply.status
+        entry = LoggedRequest(method, path, status, reply.records, kept, _mask_headers(headers), time.time())
+        with self._lock:
+            self._log.append(entry)
+            self._token_requests += is_token
+        return reply
+
+    def _next_fault(self, queue: deque[tuple[Fault, dict[str, Any]]]) -> tuple[Fault | None, dict[str, Any]]:
+        with self._lock:
+            return queue.popleft() if queue else (None, {})
+
+    def _issue_token(self, tenant: str, body: bytes) -> _Reply:
+        form = parse_qs(body.decode("utf-8", "replace"))
+        grant, client, secret, scope = (
+            form.get(key, [""])[0] for key in ("grant_type", "client_id", "client_secret", "scope")
+        )
+        fault, _ = self._next_fault(self._token_faults)
+        if fault is Fault.TOKEN_500:
+            return _aad_error("server_error")
+        if tenant != self.tenant:
+            return _aad_error("bad_tenant", tenant=tenant[:64])
+        if grant != "client_credentials":
+            return _aad_error("bad_grant")
+        if client != self.client_id:
+            return _aad_error("unknown_client", client=client[:64])
+        if not secrets.compare_digest(secret.encode(), self.client_secret.encode()):
+            return _aad_error("wrong_secret", client=self.client_id)
+        if self.expired_secret:
+            return _aad_error("expired_secret", client=self.client_id)
+        if scope != self.scope:
+            return _aad_error("bad_scope")
+        token = secrets.token_urlsafe(32)
+        now = time.monotonic()
+        with self._lock:
+            self._tokens = {t: exp for t, exp in self._tokens.items() if exp > now}
+            self._tokens[token] = now + self.token_ttl
+        ttl = int(self.token_ttl)
+        payload = {"token_type": "Bearer", "expires_in": ttl, "ext_expires_in": ttl, "access_token": token}
+        return _json_reply(200, payload, **{"Cache-Control": "no-store"})
+
+    def _receive(self, la_code: str, headers: dict[str, str], body: bytes) -> _Reply:
+        records: Any = None
+        with contextlib.suppress(UnicodeDecodeError, ValueError):
+            records = json.loads(body.decode("utf-8"))
+        reply = self._answer(la_code, headers, records)
+        reply.records = len(records) if isinstance(records, list) else 0
+        return reply
+
+    def _answer(self, la_code: str, headers: dict[str, str], records: Any) -> _Reply:
+        fault, params = self._next_fault(self._faults)
+        wait = self.latency + (float(params.get("seconds", 5)) if fault is Fault.SLOW else 0.0)
+        if wait > 0:
+            self._stopping.wait(wait)
+        if fault is Fault.TOO_MANY_REQUESTS:
+            seconds = params.get("retry_after", 1)
+            message = f"Rate limit is exceeded. Try again in {seconds} seconds."
+            return _gateway_reply(429, message, **{"Retry-After": str(seconds)})
+        if fault is not None and fault in _GATEWAY_MESSAGES:
+            return _gateway_reply(int(fault.value), _GATEWAY_MESSAGES[fault])
+        if fault is Fault.DROP:
+            return _Reply(0, drop=True)
+        if fault is Fault.GARBAGE:
+            return _Reply(200, b"<html>gateway error</html>", "text/html")
+        if fault is Fault.EXPIRE_TOKENS:
+            with self._lock:
+                self._tokens.clear()
+        refusal = self._refuse(la_code, headers)
+        if refusal is not None:
+            return refusal
+        if not isinstance(records, list):
+            return _gateway_reply(400, "Payload was malformed: send a JSON array of records")
+        if not records:
+            return _Reply(204)
+        if len(records) > MAX_RECORDS_PER_REQUEST:
+            return _gateway_reply(413, f"Too many records: at most {MAX_RECORDS_PER_REQUEST} per request")
+        problems = self._problems(records) or self._store_batch(records)
+        if problems:
+            return _Reply(400, "\n".join(problems).encode("utf-8"), "text/plain; charset=utf-8")
+        receipts = [self._receipt() for _ in records]
+        if fault is Fault.SHORT_RECEIPTS:
+            receipts.pop()
+        return _json_reply(200, receipts)
+
+    def _refuse(self, la_code: str, headers: dict[str, str]) -> _Reply | None:
+        """The gateway's checks, in order: token, subscription key, LA code, media type."""
+        lowered = {name.lower(): value for name, value in headers.items()}
+        scheme, _, token = lowered.get("authorization", "").partition(" ")
+        with self._lock:
+            expiry = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        if expiry is None or expiry <= time.monotonic():
+            return _gateway_reply(401, "Unauthorized. Access token is missing, invalid or expired.")
+        if not secrets.compare_digest(lowered.get("supplierkey", "").encode(), self.supplier_key.encode()):
+            return _gateway_reply(
+                401,
+                "Access denied due to invalid subscription key. "
+                "Make sure to provide a valid key for an active subscription.",
+            )
+        if la_code != self.la_code:
+            return _gateway_reply(403, f"Forbidden: no access to submit for LA code {la_code[:8]}")
+        media = lowered.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media != "application/json":
+            return _gateway_reply(415, "Unsupported media type: send application/json")
+        return None
+
+    def _problems(self, records: list) -> list[str]:
+        problems = []
+        for index, record in enumerate(records):
+            if not isinstance(record, dict) or not isinstance(record.get("la_child_id"), str):
+                problems.append(f"[{index}] la_child_id: required but missing")
+            elif self._validator is not None:
+                problems.extend(f"[{index}] {line}" for line in self._validator.errors(record))
+        return problems
+
+    def _store_batch(self, records: list[dict]) -> list[str]:
+        """Apply the whole batch or none of it, as DfE does."""
+        with self._lock:
+            staged: dict[str, dict | None] = {}
+            for index, record in enumerate(records):
+                child = record["la_child_id"]
+                held = staged[child] if child in staged else self._store.get(child)
+                try:
+                    staged[child] = apply_record(held, record)
+                except (AttributeError, TypeError) as exc:
+                    return [f"[{index}] <record>: cannot be applied ({type(exc).__name__})"]
+            for child, new in staged.items():
+                if new is None:
+                    self._store.pop(child, None)
+                else:
+                    self._store[child] = new
+            self._records_accepted += len(records)
+        return []
+
+    def _receipt(self) -> str:
+        receipt = str(uuid.uuid4())
+        if self.receipt_style == "uuid":
+            return receipt
+        now = dt.datetime.now(dt.timezone.utc)
+        return f"{now:%Y-%m-%d_%H:%M:%S}.{now.microsecond // 10000:02d}_{receipt}.json"
+
+
+# --- The simulate-api command ---
+
+
+def serve_forever_cli(
+    simulator: Simulator, out: Callable[[str], Any] = print, stop: threading.Event | None = None
+) -> int:
+    """Run a started-or-not simulator until Ctrl+C (or ``stop`` is set), then summarise."""
+    if simulator._server is None:
+        simulator.start()
+    out(f"CSC API simulator listening on {simulator.base_url} (this machine only; nothing is sent anywhere).")
+    out("For a rehearsal, put these in your .env (the simulator's own demo credentials, not real ones):")
+    out("")
+    for name, value in simulator.settings_env().items():
+        out(f"{name}={value}")
+    out("")
+    out("Press Ctrl+C to stop.")
+    try:
+        while not (stop is not None and stop.is_set()):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        simulator.stop()
+    log = simulator.request_log()
+    tokens = sum(1 for entry in log if _TOKEN_PATH.fullmatch(entry.path))
+    out(
+        f"Simulator stopped: {len(log)} requests ({tokens} token, {len(log) - tokens} other), "
+        f"{simulator.records_accepted} records accepted, {len(simulator.snapshot())} children held."
+    )
+    return 0
+
+
+def run_simulator(port: int, la_code: str, latency: float, out: Callable[[str], Any] = print) -> int:
+    """Entry for ``simulate-api``: a council's rehearsal target on 127.0.0.1:``port``."""
+    simulator = Simulator(la_code=la_code, port=port, latency=latency, keep_request_bodies=False)
+    try:
+        simulator.start()
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot listen on 127.0.0.1:{port} ({exc.strerror or exc}); choose another port with --port."
+        ) from exc
+    return serve_forever_cli(simulator, out)

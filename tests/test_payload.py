@@ -1,0 +1,852 @@
+"""Unit tests for api_pipeline.payload: normal form, canonical JSON, full/delta/purge (DESIGN §5)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft7Validator
+
+from api_pipeline import payload
+from api_pipeline.payload import (
+    build_delta,
+    build_full,
+    build_purge,
+    canonical_json,
+    dumps_body,
+    normalise,
+    record_hash,
+    records_equal,
+)
+from api_pipeline.synthetic import make_children, mutate
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "samples"
+SCHEMA = json.loads((REPO / "api_pipeline" / "data" / "csc_record.schema.json").read_text("utf-8"))
+VALIDATOR = Draft7Validator(SCHEMA, format_checker=Draft7Validator.FORMAT_CHECKER)
+
+
+# --------------------------------------------------------------------------------------
+# fixtures: a small synthetic child, written out so each test can edit a copy
+
+
+def base_record() -> dict[str, Any]:
+    return {
+        "la_child_id": "C0000042",
+        "mis_child_id": "MIS-0000042",
+        "purge": False,
+        "child_details": {
+            "unique_pupil_number": "A123456789012",
+            "first_name": "Zoë",
+            "surname": "O'Brien",
+            "date_of_birth": "2015-04-01",
+            "expected_date_of_birth": "2015-04-03",
+            "sex": "F",
+            "ethnicity": "WBRI",
+            "disabilities": ["VIS", "HAND"],
+            "postcode": "BN1 1AA",
+            "purge": False,
+        },
+        "health_and_wellbeing": {
+            "sdq_assessments": [{"date": "2022-01-10", "score": 12}, {"date": "2023-01-10", "score": 9}],
+            "purge": False,
+        },
+        "social_care_episodes": [
+            {
+                "social_care_episode_id": "E1",
+                "referral_date": "2020-01-01",
+                "referral_source": "1A",
+                "care_worker_details": [
+                    {"worker_id": "W1", "start_date": "2020-01-01", "end_date": "2021-01-01"},
+                    {"worker_id": "W2", "start_date": "2021-01-01"},
+                ],
+                "child_and_family_assessments": [
+                    {
+                        "child_and_family_assessment_id": "A1",
+                        "start_date": "2020-01-05",
+                        "authorisation_date": "2020-02-01",
+                        "factors": ["1C", "4A"],
+                        "purge": False,
+                    }
+                ],
+                "child_in_need_plans": [{"child_in_need_plan_id": "N1", "start_date": "2020-02-10"}],
+                "section_47_assessments": [
+                    {
+                        "section_47_assessment_id": "S1",
+                        "start_date": "2020-03-01",
+                        "icpc_required_flag": True,
+                        "icpc_date": "2020-03-10",
+                    }
+                ],
+                "child_protection_plans": [
+                    {"child_protection_plan_id": "P1", "start_date": "2020-03-10", "end_date": "2020-09-10"},
+                    {"child_protection_plan_id": "P2", "start_date": "2021-03-10"},
+                ],
+                "child_looked_after_placements": [
+                    {
+                        "child_looked_after_placement_id": "L1",
+                        "start_date": "2021-05-01",
+                        "start_reason": "S",
+                        "placement_type": "U4",
+                        "postcode": "BN2 2BB",
+                    }
+                ],
+                "adoption": {"initial_decision_date": "2021-06-01", "purge": False},
+                "care_leavers": {"contact_date": "2024-01-01", "activity": "F2", "accommodation": "D"},
+                "purge": False,
+            },
+            {
+                "social_care_episode_id": "E2",
+                "referral_date": "2023-01-01",
+                "referral_source": "3B",
+                "care_worker_details": [{"worker_id": "W9", "start_date": "2023-01-02"}],
+                "child_in_need_plans": [{"child_in_need_plan_id": "N9", "start_date": "2023-02-01"}],
+            },
+        ],
+    }
+
+
+def episode(record: dict, ident: str) -> dict:
+    return next(e for e in record["social_care_episodes"] if e["social_care_episode_id"] == ident)
+
+
+def identity(record: dict) -> dict:
+    return {k: record[k] for k in ("la_child_id", "mis_child_id", "purge") if k in record}
+
+
+# --------------------------------------------------------------------------------------
+# normalise
+
+
+def test_normalise_drops_empty_lists_and_objects_recursively() -> None:
+    record = {
+        "la_child_id": "C1",
+        "health_and_wellbeing": {"sdq_assessments": []},
+        "child_details": {"disabilities": [], "first_name": ""},
+        "social_care_episodes": [
+            {
+                "social_care_episode_id": "E1",
+                "child_looked_after_placements": [],
+                "adoption": {},
+                "care_worker_details": [{}, {"worker_id": "W1"}],
+            }
+        ],
+    }
+    assert normalise(record) == {
+        "la_child_id": "C1",
+        "child_details": {"first_name": ""},
+        "social_care_episodes": [
+            {"social_care_episode_id": "E1", "care_worker_details": [{"worker_id": "W1"}]}
+        ],
+    }
+
+
+def test_normalise_keeps_none_false_zero_and_order() -> None:
+    record = {
+        "la_child_id": "C1",
+        "mis_child_id": None,
+        "purge": False,
+        "child_details": {"uasc_flag": False},
+    }
+    out = normalise(record)
+    assert out == record
+    assert list(out) == ["la_child_id", "mis_child_id", "purge", "child_details"]
+    hw = normalise({"health_and_wellbeing": {"sdq_assessments": [{"score": 0}, {"score": None}]}})
+    assert hw == {"health_and_wellbeing": {"sdq_assessments": [{"score": 0}, {"score": None}]}}
+
+
+def test_normalise_never_changes_its_input() -> None:
+    record = base_record()
+    record["social_care_episodes"][1]["adoption"] = {}
+    before = copy.deepcopy(record)
+    out = normalise(record)
+    out["child_details"]["first_name"] = "Changed"
+    out["social_care_episodes"].clear()
+    assert record == before
+
+
+def test_normalise_drops_a_collection_that_empties_only_after_normalising() -> None:
+    record = {"la_child_id": "C1", "health_and_wellbeing": {"sdq_assessments": [{}, {}]}}
+    assert normalise(record) == {"la_child_id": "C1"}
+
+
+# --------------------------------------------------------------------------------------
+# canonical JSON and hashing
+
+
+def test_canonical_json_is_compact_sorted_and_keeps_unicode() -> None:
+    text = canonical_json({"mis_child_id": "M1", "la_child_id": "C1", "child_details": {"surname": "Nguyễn"}})
+    assert text == '{"child_details":{"surname":"Nguyễn"},"la_child_id":"C1","mis_child_id":"M1"}'
+
+
+def test_canonical_json_ignores_key_order_list_order_and_empties() -> None:
+    a = base_record()
+    b = json.loads(json.dumps(a))
+    b = dict(reversed(list(b.items())))
+    b["social_care_episodes"].reverse()
+    e1 = episode(b, "E1")
+    e1["care_worker_details"].reverse()
+    e1["child_protection_plans"].reverse()
+    e1["child_and_family_assessments"][0]["factors"].reverse()
+    e1["child_in_need_plans"] = e1["child_in_need_plans"] + []
+    e1["section_47_assessments"][0] = dict(reversed(list(e1["section_47_assessments"][0].items())))
+    e1["adoption"] = {"purge": False, "initial_decision_date": "2021-06-01"}
+    b["child_details"]["disabilities"].reverse()
+    b["health_and_wellbeing"]["sdq_assessments"].reverse()
+    b["social_care_episodes"][0]["child_looked_after_placements"] = []
+    b["social_care_episodes"][0]["care_leavers"] = {}
+    assert canonical_json(a) == canonical_json(b)
+    assert record_hash(a) == record_hash(b)
+    assert records_equal(a, b)
+
+
+def test_canonical_json_sorts_id_lists_by_id() -> None:
+    record = {
+        "la_child_id": "C1",
+        "social_care_episodes": [
+            {"social_care_episode_id": "b", "referral_date": "2020-01-01"},
+            {"social_care_episode_id": "a", "referral_date": "2024-01-01"},
+        ],
+    }
+    text = canonical_json(record)
+    assert text.index('"social_care_episode_id":"a"') < text.index('"social_care_episode_id":"b"')
+
+
+def test_canonical_json_is_stable_with_duplicate_or_missing_ids() -> None:
+    a = {
+        "la_child_id": "C1",
+        "social_care_episodes": [{"referral_date": "x"}, {"social_care_episode_id": "1"}],
+    }
+    b = {
+        "la_child_id": "C1",
+        "social_care_episodes": [{"social_care_episode_id": "1"}, {"referral_date": "x"}],
+    }
+    assert canonical_json(a) == canonical_json(b)
+    c = {
+        "social_care_episodes": [
+            {"social_care_episode_id": "1", "x": 2},
+            {"social_care_episode_id": "1", "x": 1},
+        ]
+    }
+    d = {
+        "social_care_episodes": [
+            {"social_care_episode_id": "1", "x": 1},
+            {"social_care_episode_id": "1", "x": 2},
+        ]
+    }
+    assert canonical_json(c) == canonical_json(d)
+
+
+def test_canonical_json_keeps_null_so_validation_sees_it() -> None:
+    assert (
+        canonical_json({"la_child_id": "C1", "mis_child_id": None})
+        == '{"la_child_id":"C1","mis_child_id":null}'
+    )
+
+
+def test_record_hash_is_sha256_of_canonical_json() -> None:
+    record = base_record()
+    digest = record_hash(record)
+    assert len(digest) == 32
+    assert digest == hashlib.sha256(canonical_json(record).encode("utf-8")).digest()
+    changed = base_record()
+    changed["child_details"]["first_name"] = "Zoe"
+    assert record_hash(changed) != digest
+
+
+def test_record_hash_survives_a_lone_surrogate() -> None:
+    record = json.loads('{"la_child_id": "C1", "child_details": {"first_name": "\\ud800"}}')
+    assert len(record_hash(record)) == 32
+
+
+def test_records_equal_handles_none() -> None:
+    assert records_equal(None, None)
+    assert not records_equal(None, {"la_child_id": "C1"})
+    assert not records_equal({"la_child_id": "C1"}, None)
+    assert records_equal({"la_child_id": "C1", "social_care_episodes": []}, {"la_child_id": "C1"})
+    assert not records_equal({"la_child_id": "C1"}, {"la_child_id": "C2"})
+
+
+# --------------------------------------------------------------------------------------
+# build_purge and dumps_body
+
+
+def test_build_purge() -> None:
+    assert build_purge("C1", "M-1") == {"la_child_id": "C1", "mis_child_id": "M-1", "purge": True}
+    assert build_purge("C1", None) == {"la_child_id": "C1", "purge": True}
+    assert build_purge("C1") == {"la_child_id": "C1", "purge": True}
+    assert VALIDATOR.is_valid(build_purge("C1", "M-1"))
+
+
+def test_dumps_body_keeps_names_byte_for_byte() -> None:
+    record = base_record()
+    record["child_details"]["surname"] = "O'Brien-Nguyễn"
+    body = dumps_body([record, build_purge("C2")])
+    assert isinstance(body, bytes)
+    assert "O'Brien-Nguyễn".encode() in body
+    assert "Zoë".encode() in body
+    assert b"\\u" not in body
+    assert b"&#39;" not in body and b"\\'" not in body
+    assert b", " not in body and b": " not in body
+    assert json.loads(body.decode("utf-8")) == [record, build_purge("C2")]
+    assert dumps_body([]) == b"[]"
+
+
+def test_dumps_body_refuses_nan() -> None:
+    with pytest.raises(ValueError):
+        dumps_body(
+            [{"la_child_id": "C1", "health_and_wellbeing": {"sdq_assessments": [{"score": float("nan")}]}}]
+        )
+
+
+# --------------------------------------------------------------------------------------
+# build_full
+
+
+def test_full_without_baseline_is_the_normalised_record() -> None:
+    record = base_record()
+    record["social_care_episodes"][1]["child_protection_plans"] = []
+    assert build_full(record, None) == normalise(record)
+    assert "child_protection_plans" not in build_full(record, None)["social_care_episodes"][1]
+
+
+def test_full_against_equal_baseline_is_the_record() -> None:
+    assert build_full(base_record(), base_record()) == normalise(base_record())
+
+
+def test_full_purges_removed_episode_items_and_blocks() -> None:
+    old = base_record()
+    new = base_record()
+    del new["health_and_wellbeing"]
+    new["social_care_episodes"].pop()  # E2
+    e1 = episode(new, "E1")
+    e1["child_protection_plans"].pop()  # P2
+    del e1["child_looked_after_placements"]  # L1
+    del e1["adoption"]
+    e1["care_leavers"] = {}
+    full = build_full(new, old)
+
+    assert full["health_and_wellbeing"] == {"purge": True}
+    assert full["child_details"] == new["child_details"]
+    episodes = {e["social_care_episode_id"]: e for e in full["social_care_episodes"]}
+    assert episodes["E2"] == {"social_care_episode_id": "E2", "purge": True}
+    fe1 = episodes["E1"]
+    assert fe1["child_protection_plans"] == [
+        new["social_care_episodes"][0]["child_protection_plans"][0],
+        {"child_protection_plan_id": "P2", "purge": True},
+    ]
+    assert fe1["child_looked_after_placements"] == [{"child_looked_after_placement_id": "L1", "purge": True}]
+    assert fe1["adoption"] == {"purge": True}
+    assert fe1["care_leavers"] == {"purge": True}
+    assert fe1["child_in_need_plans"] == old["social_care_episodes"][0]["child_in_need_plans"]
+    assert VALIDATOR.is_valid(full)
+
+
+def test_full_purges_child_details_when_gone() -> None:
+    old = base_record()
+    new = base_record()
+    del new["child_details"]
+    assert build_full(new, old)["child_details"] == {"purge": True}
+
+
+def test_full_does_not_purge_inside_a_removed_episode() -> None:
+    old = base_record()
+    new = base_record()
+    new["social_care_episodes"] = []
+    full = build_full(new, old)
+    assert full["social_care_episodes"] == [
+        {"social_care_episode_id": "E1", "purge": True},
+        {"social_care_episode_id": "E2", "purge": True},
+    ]
+
+
+def test_full_does_not_change_inputs() -> None:
+    old, new = base_record(), base_record()
+    new["social_care_episodes"].pop()
+    old_copy, new_copy = copy.deepcopy(old), copy.deepcopy(new)
+    full = build_full(new, old)
+    full["social_care_episodes"][0]["referral_date"] = "1999-01-01"
+    assert old == old_copy and new == new_copy
+
+
+# --------------------------------------------------------------------------------------
+# build_delta
+
+
+def test_delta_without_baseline_is_full() -> None:
+    record = base_record()
+    assert build_delta(record, None) == build_full(record, None) == normalise(record)
+
+
+def test_child_returning_after_purge_is_sent_whole() -> None:
+    # The ledger says the child was purged, so the pipeline passes no baseline: full record.
+    record = base_record()
+    delta = build_delta(record, None)
+    assert delta is not None
+    assert records_equal(delta, record)
+    assert all("purge" not in e or e["purge"] is False for e in delta["social_care_episodes"])
+
+
+def test_delta_is_none_when_nothing_changed() -> None:
+    assert build_delta(base_record(), base_record()) is None
+    reordered = base_record()
+    reordered["social_care_episodes"].reverse()
+    reordered["social_care_episodes"][1]["care_worker_details"].reverse()
+    reordered["social_care_episodes"][0]["section_47_assessments"] = reordered["social_care_episodes"][0].get(
+        "section_47_assessments", []
+    )
+    assert build_delta(reordered, base_record()) is None
+
+
+def test_delta_identity_change_sends_identity_and_child_details_only() -> None:
+    new = base_record()
+    new["mis_child_id"] = "MIS-NEW"
+    assert build_delta(new, base_record()) == {**identity(new), "child_details": new["child_details"]}
+
+
+def test_delta_record_scalar_removed_is_cleared_by_omission() -> None:
+    new = base_record()
+    del new["purge"]
+    delta = build_delta(new, base_record())
+    assert delta == {
+        "la_child_id": "C0000042",
+        "mis_child_id": "MIS-0000042",
+        "child_details": new["child_details"],
+    }
+
+
+def test_delta_child_details_change() -> None:
+    new = base_record()
+    del new["child_details"]["expected_date_of_birth"]
+    assert build_delta(new, base_record()) == {**identity(new), "child_details": new["child_details"]}
+
+
+def test_delta_child_details_removed_and_absent() -> None:
+    new = base_record()
+    del new["child_details"]
+    assert build_delta(new, base_record()) == {**identity(new), "child_details": {"purge": True}}
+    old = base_record()
+    del old["child_details"]
+    new2 = copy.deepcopy(old)
+    new2["mis_child_id"] = "X"
+    delta = build_delta(new2, old)
+    assert delta is not None and "child_details" not in delta
+
+
+@pytest.mark.parametrize("change", ["edit", "remove", "add"])
+def test_delta_health_and_wellbeing(change: str) -> None:
+    old, new = base_record(), base_record()
+    if change == "edit":
+        new["health_and_wellbeing"]["sdq_assessments"][0]["score"] = 30
+        expected = new["health_and_wellbeing"]
+    elif change == "remove":
+        del new["health_and_wellbeing"]
+        expected = {"purge": True}
+    else:
+        del old["health_and_wellbeing"]
+        expected = new["health_and_wellbeing"]
+    delta = build_delta(new, old)
+    assert delta == {**identity(new), "child_details": new["child_details"], "health_and_wellbeing": expected}
+
+
+def test_delta_unchanged_health_and_wellbeing_is_left_out() -> None:
+    new = base_record()
+    new["child_details"]["postcode"] = "BN3 3CC"
+    delta = build_delta(new, base_record())
+    assert delta is not None and "health_and_wellbeing" not in delta and "social_care_episodes" not in delta
+
+
+def _episode_entity(ep: dict) -> dict:
+    children = payload.STRUCTURE["social_care_episodes"]
+    return {k: v for k, v in ep.items() if k not in children}
+
+
+def test_delta_episode_scalar_change_sends_episode_entity_only() -> None:
+    new = base_record()
+    e1 = episode(new, "E1")
+    e1["closure_date"] = "2024-06-01"
+    e1["closure_reason"] = "RC1"
+    delta = build_delta(new, base_record())
+    assert delta == {
+        **identity(new),
+        "child_details": new["child_details"],
+        "social_care_episodes": [_episode_entity(e1)],
+    }
+    assert "care_worker_details" in delta["social_care_episodes"][0]
+
+
+def test_delta_episode_key_removed_sends_entity_without_it() -> None:
+    old, new = base_record(), base_record()
+    del episode(new, "E2")["referral_source"]
+    delta = build_delta(new, old)
+    assert delta is not None
+    assert delta["social_care_episodes"] == [_episode_entity(episode(new, "E2"))]
+    assert "referral_source" not in delta["social_care_episodes"][0]
+
+
+def test_delta_care_worker_added_sends_episode_with_all_workers() -> None:
+    new = base_record()
+    e2 = episode(new, "E2")
+    e2["care_worker_details"].append({"worker_id": "W10", "start_date": "2024-01-01"})
+    delta = build_delta(new, base_record())
+    assert delta is not None
+    assert delta["social_care_episodes"] == [_episode_entity(e2)]
+    assert len(delta["social_care_episodes"][0]["care_worker_details"]) == 2
+
+
+def test_delta_care_worker_order_only_is_no_change() -> None:
+    new = base_record()
+    episode(new, "E1")["care_worker_details"].reverse()
+    assert build_delta(new, base_record()) is None
+
+
+def test_delta_episode_whose_only_change_is_a_removed_cp_plan() -> None:
+    old, new = base_record(), base_record()
+    e1 = episode(new, "E1")
+    e1["child_protection_plans"] = [
+        p for p in e1["child_protection_plans"] if p["child_protection_plan_id"] != "P2"
+    ]
+    delta = build_delta(new, old)
+    assert delta == {
+        **identity(new),
+        "child_details": new["child_details"],
+        "social_care_episodes": [
+            {
+                **_episode_entity(e1),
+                "child_protection_plans": [{"child_protection_plan_id": "P2", "purge": True}],
+            }
+        ],
+    }
+
+
+def test_delta_last_item_of_a_list_removed() -> None:
+    new = base_record()
+    del episode(new, "E2")["child_in_need_plans"]
+    delta = build_delta(new, base_record())
+    assert delta is not None
+    assert delta["social_care_episodes"] == [
+        {
+            **_episode_entity(episode(new, "E2")),
+            "child_in_need_plans": [{"child_in_need_plan_id": "N9", "purge": True}],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "id_key"),
+    [(k, v) for k, v in payload.STRUCTURE["social_care_episodes"].items() if v is not None],
+)
+def test_delta_changed_and_added_items_are_sent_whole_alone(key: str, id_key: str) -> None:
+    old, new = base_record(), base_record()
+    e1 = episode(new, "E1")
+    items = e1.setdefault(key, [])
+    if items:
+        items[0]["start_date"] = "2020-12-31"
+        changed = items[0]
+    else:
+        changed = {}
+    added = {id_key: "NEW1", "start_date": "2022-02-02"}
+    items.append(added)
+    delta = build_delta(new, old)
+    assert delta is not None
+    [sent] = delta["social_care_episodes"]
+    assert {k: v for k, v in sent.items() if k != key} == _episode_entity(e1)
+    expected = [changed, added] if changed else [added]
+    assert sent[key] == expected
+    assert VALIDATOR.is_valid(delta)
+
+
+def test_delta_changed_item_leaves_siblings_and_other_lists_out() -> None:
+    new = base_record()
+    e1 = episode(new, "E1")
+    e1["child_protection_plans"][1]["end_date"] = "2022-01-01"
+    delta = build_delta(new, base_record())
+    assert delta is not None
+    [sent] = delta["social_care_episodes"]
+    assert sent["child_protection_plans"] == [e1["child_protection_plans"][1]]
+    assert set(sent) == set(_episode_entity(e1)) | {"child_protection_plans"}
+
+
+def test_delta_item_factors_reordered_is_no_change() -> None:
+    new = base_record()
+    episode(new, "E1")["child_and_family_assessments"][0]["factors"].reverse()
+    assert build_delta(new, base_record()) is None
+
+
+@pytest.mark.parametrize("block", ["adoption", "care_leavers"])
+def test_delta_episode_blocks(block: str) -> None:
+    old = base_record()
+    # changed
+    new = base_record()
+    e1 = episode(new, "E1")
+    first_key = next(k for k in e1[block] if k != "purge")
+    e1[block][first_key] = "2025-01-01" if "date" in first_key else "G4"
+    delta = build_delta(new, old)
+    assert delta is not None
+    assert delta["social_care_episodes"] == [{**_episode_entity(e1), block: e1[block]}]
+    # removed
+    new = base_record()
+    e1 = episode(new, "E1")
+    del e1[block]
+    delta = build_delta(new, old)
+    assert delta is not None
+    assert delta["social_care_episodes"] == [{**_episode_entity(e1), block: {"purge": True}}]
+    # added to an episode that had none
+    new = base_record()
+    e2 = episode(new, "E2")
+    e2[block] = copy.deepcopy(episode(old, "E1")[block])
+    delta = build_delta(new, old)
+    assert delta is not None
+    assert delta["social_care_episodes"] == [{**_episode_entity(e2), block: e2[block]}]
+
+
+def test_delta_new_and_removed_episodes() -> None:
+    old, new = base_record(), base_record()
+    new["social_care_episodes"].pop(0)  # E1 removed
+    e3 = {
+        "social_care_episode_id": "E3",
+        "referral_date": "2025-01-01",
+        "child_in_need_plans": [{"child_in_need_plan_id": "N30", "start_date": "2025-02-01"}],
+        "adoption": {},
+    }
+    new["social_care_episodes"].append(e3)
+    delta = build_delta(new, old)
+    assert delta == {
+        **identity(new),
+        "child_details": new["child_details"],
+        "social_care_episodes": [
+            {k: v for k, v in e3.items() if k != "adoption"},
+            {"social_care_episode_id": "E1", "purge": True},
+        ],
+    }
+
+
+def test_delta_all_episodes_removed() -> None:
+    new = base_record()
+    del new["social_care_episodes"]
+    delta = build_delta(new, base_record())
+    assert delta is not None
+    assert delta["social_care_episodes"] == [
+        {"social_care_episode_id": "E1", "purge": True},
+        {"social_care_episode_id": "E2", "purge": True},
+    ]
+
+
+def test_delta_does_not_change_inputs() -> None:
+    old, new = base_record(), base_record()
+    episode(new, "E1")["child_protection_plans"].pop()
+    old_copy, new_copy = copy.deepcopy(old), copy.deepcopy(new)
+    delta = build_delta(new, old)
+    assert delta is not None
+    delta["social_care_episodes"][0]["care_worker_details"].clear()
+    delta["child_details"]["surname"] = "X"
+    assert old == old_copy and new == new_copy
+
+
+def test_delta_is_never_bigger_than_full() -> None:
+    old, new = base_record(), base_record()
+    episode(new, "E1")["child_protection_plans"].pop()
+    delta, full = build_delta(new, old), build_full(new, old)
+    assert delta is not None
+    assert len(canonical_json(delta)) < len(canonical_json(full))
+
+
+# --------------------------------------------------------------------------------------
+# the worked example (DESIGN §5, reference/samples/record4_*)
+
+RECORD4_PREVIOUS: dict[str, Any] = {
+    "la_child_id": "Child5234",
+    "mis_child_id": "Supplier-Child-5234",
+    "purge": False,
+    "child_details": {
+        "unique_pupil_number": "XYZ0123456789",
+        "first_name": "Daisy",
+        "surname": "Updatecase",
+        "date_of_birth": "2005-03-15",
+        "expected_date_of_birth": "2005-03-15",
+        "sex": "F",
+        "ethnicity": "A1",
+        "postcode": "BN15 9AA",
+        "purge": False,
+    },
+    "social_care_episodes": [
+        {
+            "social_care_episode_id": "43423",
+            "referral_date": "2010-06-01",
+            "care_worker_details": [{"worker_id": "X1111111", "start_date": "2022-04-01"}],
+            "purge": False,
+        }
+    ],
+}
+
+
+def _record4_updated(previous: dict) -> dict:
+    updated = copy.deepcopy(previous)
+    del updated["child_details"]["expected_date_of_birth"]
+    updated["social_care_episodes"][0]["care_worker_details"].append(
+        {"worker_id": "Y2222222", "start_date": "2024-02-10"}
+    )
+    return updated
+
+
+RECORD4_EXPECTED_DELTA: dict[str, Any] = {
+    "la_child_id": "Child5234",
+    "mis_child_id": "Supplier-Child-5234",
+    "purge": False,
+    "child_details": {
+        "unique_pupil_number": "XYZ0123456789",
+        "first_name": "Daisy",
+        "surname": "Updatecase",
+        "date_of_birth": "2005-03-15",
+        "sex": "F",
+        "ethnicity": "A1",
+        "postcode": "BN15 9AA",
+        "purge": False,
+    },
+    "social_care_episodes": [
+        {
+            "social_care_episode_id": "43423",
+            "referral_date": "2010-06-01",
+            "care_worker_details": [
+                {"worker_id": "X1111111", "start_date": "2022-04-01"},
+                {"worker_id": "Y2222222", "start_date": "2024-02-10"},
+            ],
+            "purge": False,
+        }
+    ],
+}
+
+
+def test_worked_example_inline() -> None:
+    delta = build_delta(_record4_updated(RECORD4_PREVIOUS), RECORD4_PREVIOUS)
+    assert delta == RECORD4_EXPECTED_DELTA
+    assert VALIDATOR.is_valid(delta)
+
+
+def test_worked_example_from_shared_samples() -> None:
+    if not SHARED_SAMPLES.is_dir():
+        pytest.skip(f"reference samples not found at {SHARED_SAMPLES} (the shared folder is absent)")
+    previous = json.loads((SHARED_SAMPLES / "record4_previous_json_payload.json").read_text("utf-8"))
+    updated = json.loads((SHARED_SAMPLES / "record4_updated_pending.json").read_text("utf-8"))
+    assert previous == RECORD4_PREVIOUS  # the inline copy is faithful
+    assert updated == _record4_updated(previous)
+    delta = build_delta(updated, previous)
+    assert delta == RECORD4_EXPECTED_DELTA
+    assert delta is not None and "expected_date_of_birth" not in delta["child_details"]
+    assert build_delta(updated, updated) is None
+
+
+def test_worked_example_with_a_removed_cp_plan() -> None:
+    previous = copy.deepcopy(RECORD4_PREVIOUS)
+    previous["social_care_episodes"][0]["child_protection_plans"] = [
+        {"child_protection_plan_id": "CP1", "start_date": "2023-01-01", "purge": False}
+    ]
+    delta = build_delta(_record4_updated(RECORD4_PREVIOUS), previous)
+    assert delta is not None
+    assert delta["social_care_episodes"][0]["child_protection_plans"] == [
+        {"child_protection_plan_id": "CP1", "purge": True}
+    ]
+
+
+def test_shared_samples_are_stable_under_normal_form() -> None:
+    if not SHARED_SAMPLES.is_dir():
+        pytest.skip(f"reference samples not found at {SHARED_SAMPLES} (the shared folder is absent)")
+    for path in sorted(SHARED_SAMPLES.glob("*.json")):
+        record = json.loads(path.read_text("utf-8"))
+        assert build_delta(record, record) is None, path.name
+        assert VALIDATOR.is_valid(build_full(record, None)), path.name
+        assert canonical_json(normalise(record)) == canonical_json(record)
+
+
+# --------------------------------------------------------------------------------------
+# never emit: purge where the schema has none, null, {}, [] (DESIGN §5)
+
+_PURGE_ALLOWED = {
+    (),
+    ("child_details",),
+    ("health_and_wellbeing",),
+    ("social_care_episodes", "[]"),
+    ("social_care_episodes", "[]", "adoption"),
+    ("social_care_episodes", "[]", "care_leavers"),
+} | {
+    ("social_care_episodes", "[]", key, "[]")
+    for key, v in payload.STRUCTURE["social_care_episodes"].items()
+    if v
+}
+
+
+def _scan(value: Any, path: tuple[str, ...], problems: list[str]) -> None:
+    if value is None:
+        problems.append(f"null at {path}")
+    elif isinstance(value, dict):
+        if not value:
+            problems.append(f"empty object at {path}")
+        if "purge" in value and path not in _PURGE_ALLOWED:
+            problems.append(f"purge at {path}")
+        for key, child in value.items():
+            _scan(child, (*path, key), problems)
+    elif isinstance(value, list):
+        if not value:
+            problems.append(f"empty list at {path}")
+        for child in value:
+            _scan(child, (*path, "[]"), problems)
+
+
+def _never_emit_problems(record: dict) -> list[str]:
+    problems: list[str] = []
+    _scan(record, (), problems)
+    problems.extend(e.message for e in VALIDATOR.iter_errors(record))
+    return problems
+
+
+def test_scanner_catches_forbidden_shapes() -> None:
+    bad = {
+        "la_child_id": "C1",
+        "social_care_episodes": [
+            {"social_care_episode_id": "E1", "care_worker_details": [{"worker_id": "W1", "purge": True}]}
+        ],
+        "health_and_wellbeing": {"sdq_assessments": [{"score": None}]},
+        "child_details": {},
+    }
+    problems = _never_emit_problems(bad)
+    assert any(p.startswith("purge at") for p in problems)
+    assert any(p.startswith("null at") for p in problems)
+    assert any(p.startswith("empty object at") for p in problems)
+
+
+def test_builders_never_emit_forbidden_shapes_on_synthetic_changes() -> None:
+    rng = random.Random(20260331)
+    for old in make_children(300, seed=11):
+        new = mutate(rng, old)
+        if rng.random() < 0.3:
+            new = mutate(rng, new)
+        # LAs' SQL sometimes leaves empty lists and blocks in: they must not leak out.
+        if new.get("social_care_episodes") and rng.random() < 0.3:
+            new["social_care_episodes"][0]["child_protection_plans"] = []
+            new["social_care_episodes"][0]["adoption"] = {}
+        for built in (
+            build_full(new, old),
+            build_full(new, None),
+            build_delta(new, old),
+            build_delta(new, None),
+        ):
+            if built is None:
+                assert records_equal(new, old)
+                continue
+            assert _never_emit_problems(built) == []
+        assert _never_emit_problems(build_purge(old["la_child_id"], old.get("mis_child_id"))) == []
+
+
+def test_record_level_purge_false_is_kept_as_data() -> None:
+    new = base_record()
+    new["child_details"]["first_name"] = "Siân"
+    delta = build_delta(new, base_record())
+    assert delta is not None and delta["purge"] is False
+    del new["purge"]
+    delta = build_delta(new, base_record())
+    assert delta is not None and "purge" not in delta
