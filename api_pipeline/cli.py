@@ -77,6 +77,12 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     )
 
 
+def cmd_validate(args: argparse.Namespace, ctx: Context) -> int:
+    from api_pipeline.runner import validate_command
+
+    return validate_command(ctx.settings(args, "validate"), ctx, all_rows=args.all, limit=args.limit)
+
+
 def cmd_test_endpoint(args: argparse.Namespace, ctx: Context) -> int:
     from api_pipeline.diagnostics import test_endpoint
 
@@ -205,6 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("full", "partial"),
         help="full: whole records; partial: only what changed. Env: USE_PARTIAL_PAYLOAD (default: partial).",
     )
+
+    validate = add(
+        "validate",
+        cmd_validate,
+        "Check pending records against DfE's schema; sends nothing, changes nothing.",
+        "Builds the request for every pending row (or every row with --all) exactly as run would, and "
+        "validates it and the child's whole record against DfE's schema. Prints how many records fail on "
+        "each field, with example row ids. Sends nothing and changes no status. Exit 1 if any are invalid.",
+    )
+    validate.add_argument("--all", action="store_true", help="Check every row, not only those waiting to be sent.")
+    validate.add_argument("--limit", type=_positive_int, metavar="N", help="Check at most N rows (default: all).")
 
     add(
         "test-endpoint",

@@ -136,7 +136,7 @@ def _parse_scope(text: str) -> str:
 
 
 COMMON = frozenset({"run", "test-endpoint"})
-DATABASE = frozenset({"run", "test-db", "test-schema"})
+DATABASE = frozenset({"run", "validate", "test-db", "test-schema", "init-db"})
 
 OPTIONS: tuple[Option, ...] = (
     Option(

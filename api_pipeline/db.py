@@ -386,6 +386,7 @@ class StagingTable:
         self.db = db
         self.table = validate_table_name(table)
         self.ledger = validate_table_name(ledger or f"{table}_ledger")
+        self._has_ledger: bool | None = None
 
     # -- schema -------------------------------------------------------------
 
@@ -393,13 +394,19 @@ class StagingTable:
         with self.db.transaction():
             self.db.execute(staging_ddl(self.db.dialect, self.table))
 
+    def has_ledger(self) -> bool:
+        if self._has_ledger is None:
+            self._has_ledger = self.db.column_names(self.ledger) is not None
+        return self._has_ledger
+
     def ensure_ledger(self) -> None:
         """Create the ledger when it is missing; never alters an existing table."""
-        if self.db.column_names(self.ledger) is not None:
+        if self.has_ledger():
             return
         try:
             with self.db.transaction():
                 self.db.execute(ledger_ddl(self.db.dialect, self.ledger))
+            self._has_ledger = True
         except DatabaseError as exc:
             raise DatabaseError(
                 f"the submission ledger table {self.ledger} does not exist and could not be created "
@@ -416,7 +423,14 @@ class StagingTable:
 
     # -- reading --------------------------------------------------------------
 
-    def iter_candidates(self, *, page_size: int = PAGE_SIZE, limit: int | None = None) -> Iterator[StagingRow]:
+    def duplicate_person_ids(self) -> frozenset[str]:
+        """person_id values on more than one row: the tool cannot tell which row is the child."""
+        sql = f"SELECT person_id FROM {self.table} WHERE person_id IS NOT NULL GROUP BY person_id HAVING COUNT(*) > 1"
+        return frozenset(str(row[0]).strip() for row in self.db.query(sql))
+
+    def iter_candidates(
+        self, *, page_size: int = PAGE_SIZE, limit: int | None = None, all_rows: bool = False
+    ) -> Iterator[StagingRow]:
         """Rows that may need sending, in id order, one page at a time.
 
         Keyset pagination (``id > last``) keeps memory flat, lets the writes of
@@ -429,14 +443,21 @@ class StagingTable:
             "t.id, t.person_id, t.json_payload, t.submission_status, t.row_state, "
             "l.record_json, l.purged, l.receipt, l.acknowledged_at"
         )
-        rest = (
-            f"FROM {t} t LEFT JOIN {ledger} l ON l.la_child_id = t.person_id "
-            "WHERE t.id > ? AND ("
+        wanted = (
             "(LOWER(COALESCE(t.row_state, '')) <> 'deleted' "
             " AND LOWER(COALESCE(t.submission_status, '')) NOT IN ('sent', 'invalid')) "
             "OR (LOWER(COALESCE(t.row_state, '')) = 'deleted' AND (l.purged IS NULL OR l.purged = 0))"
-            ") ORDER BY t.id"
         )
+        if all_rows:
+            wanted = "1 = 1"
+        source = f"{t} t LEFT JOIN {ledger} l ON l.la_child_id = t.person_id"
+        if not self.has_ledger():
+            # Read-only runs (validate, dry run) do not create the ledger: DfE holds nothing we know of.
+            source = (
+                f"{t} t LEFT JOIN (SELECT NULL AS la_child_id, NULL AS record_json, CAST(NULL AS INTEGER) AS purged, "
+                "NULL AS receipt, NULL AS acknowledged_at) l ON 1 = 0"
+            )
+        rest = f"FROM {source} WHERE t.id > ? AND ({wanted}) ORDER BY t.id"
         sql = self.db.dialect.select_top(columns, rest)
         last_id, produced = 0, 0
         while limit is None or produced < limit:

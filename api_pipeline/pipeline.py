@@ -23,11 +23,14 @@ from api_pipeline.api import encode_record, parse_receipt_time
 from api_pipeline.db import LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.errors import PipelineError
 from api_pipeline.payload import build_delta, build_full, build_purge, canonical_json, duplicate_ids
-from api_pipeline.schema import RecordValidator
+from api_pipeline.schema import RecordValidator, generalise_path
 
 log = logging.getLogger(__name__)
 
 MAX_RECORD_BYTES = 1_000_000
+EXAMPLES_PER_REASON = 5
+KNOWN_ROW_STATES = frozenset({"new", "updated", "unchanged", "deleted", ""})
+KNOWN_STATUSES = frozenset({"pending", "sent", "error", "invalid", ""})
 
 
 class Sender(Protocol):
@@ -56,6 +59,13 @@ class RunOptions:
     limit: int | None = None
     dry_run_dir: Path | None = None
     batch_size: int = 100
+    validate_only: bool = False
+    all_rows: bool = False
+
+    @property
+    def writes(self) -> bool:
+        """Whether this run sends and writes outcomes back (not a dry run or a validation)."""
+        return self.dry_run_dir is None and not self.validate_only
 
 
 @dataclass
@@ -71,6 +81,7 @@ class RunSummary:
     rows_read: int = 0
     outcomes: Counter = field(default_factory=Counter)
     invalid_reasons: Counter = field(default_factory=Counter)
+    examples: dict[str, list[int]] = field(default_factory=dict)
     batches: int = 0
     requests: int = 0
     retries: dict[str, int] = field(default_factory=dict)
@@ -80,7 +91,15 @@ class RunSummary:
 
     @property
     def problems(self) -> int:
-        return self.outcomes["invalid"] + self.outcomes["rejected"] + self.outcomes["failed"]
+        o = self.outcomes
+        return o["invalid"] + o["rejected"] + o["failed"] + o["skipped"]
+
+    def note_problem(self, key: str, row_id: int) -> None:
+        """Count a problem by its reason and keep the first few row ids as examples."""
+        self.invalid_reasons[key] += 1
+        examples = self.examples.setdefault(key, [])
+        if len(examples) < EXAMPLES_PER_REASON:
+            examples.append(row_id)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +112,7 @@ class RunSummary:
             "rows_read": self.rows_read,
             "outcomes": dict(self.outcomes),
             "invalid_reasons": dict(self.invalid_reasons),
+            "examples": self.examples,
             "batches": self.batches,
             "requests": self.requests,
             "retries": self.retries,
@@ -108,9 +128,13 @@ class RunSummary:
             f"{head} finished in {self.seconds:.1f} s: {self.rows_read} rows read, {self.batches} batches, "
             f"{self.requests} requests, {sum(self.retries.values())} retries",
             f"  sent {o['sent']}, purged {o['purged']}, already up to date {o['unchanged']}, "
-            f"invalid {o['invalid']}, rejected by DfE {o['rejected']}, not sent (will retry) {o['failed']}, "
-            f"changed during the run {o['changed_during_run']}"
+            f"invalid {o['invalid']}, skipped {o['skipped']}, rejected by DfE {o['rejected']}, "
+            f"not sent (will retry) {o['failed']}, changed during the run {o['changed_during_run']}"
             + (f", written for review {o['dry_run']}" if self.dry_run else ""),
+            *(
+                f"  problem: {key}: {count} row(s), e.g. row id {', '.join(map(str, self.examples.get(key, [])))}"
+                for key, count in self.invalid_reasons.most_common(10)
+            ),
         ]
 
 
@@ -128,10 +152,21 @@ class _Item:
 
 
 class _Invalid(Exception):
-    def __init__(self, reason: str, category: str) -> None:
+    """The record's content cannot be sent: the row becomes ``invalid`` until its payload changes."""
+
+    def __init__(self, reason: str, *keys: str) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.category = category
+        self.keys = keys or (reason,)
+
+
+class _Skip(Exception):
+    """The row itself is inconsistent: leave its status, explain, look again next run."""
+
+    def __init__(self, reason: str, key: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.key = key
 
 
 def _parse_payload(row: StagingRow) -> dict:
@@ -171,13 +206,21 @@ class Pipeline:
         self._batch: list[_Item] = []
         self._updates: list[RowUpdate] = []
         self._batch_counter = 0
+        self._unknown_statuses: set[str] = set()
+        self.duplicate_person_ids: frozenset[str] = frozenset()
 
     # -- the run ---------------------------------------------------------------
 
     def run(self) -> RunSummary:
         started = time.monotonic()
+        self.duplicate_person_ids = self.table.duplicate_person_ids()
+        if self.duplicate_person_ids:
+            log.warning(
+                "%d person_id values appear on more than one row; those rows are skipped",
+                len(self.duplicate_person_ids),
+            )
         try:
-            for row in self.table.iter_candidates(limit=self.options.limit):
+            for row in self.table.iter_candidates(limit=self.options.limit, all_rows=self.options.all_rows):
                 self.summary.rows_read += 1
                 self._take(row)
                 if len(self._batch) >= self.options.batch_size:
@@ -191,11 +234,26 @@ class Pipeline:
     def _take(self, row: StagingRow) -> None:
         try:
             item = self._prepare(row)
+        except _Skip as problem:
+            self.summary.outcomes["skipped"] += 1
+            self.summary.note_problem(problem.key, row.id)
+            log.warning("row %s skipped: %s", row.id, problem.reason)
+            if self.options.writes:
+                self._updates.append(
+                    RowUpdate(
+                        row_id=row.id,
+                        status="",
+                        api_response=f"not sent: {problem.reason}"[:4000],
+                        expect_payload=row.json_payload,
+                    )
+                )
+            return
         except _Invalid as problem:
             self.summary.outcomes["invalid"] += 1
-            self.summary.invalid_reasons[problem.category] += 1
+            for key in problem.keys:
+                self.summary.note_problem(key, row.id)
             log.warning("row %s (child %s) is invalid: %s", row.id, row.person_id, problem.reason)
-            if not self.options.dry_run_dir:
+            if self.options.writes:
                 self._updates.append(
                     RowUpdate(
                         row_id=row.id,
@@ -208,7 +266,27 @@ class Pipeline:
         if item is not None:
             self._batch.append(item)
 
+    def _check_row(self, row: StagingRow) -> None:
+        """Problems with the row rather than the record: not the data's fault, so not ``invalid``."""
+        state = (row.row_state or "").strip().lower()
+        if state not in KNOWN_ROW_STATES:
+            raise _Skip(
+                f"row_state {row.row_state!r} is not one of New, Updated, Unchanged, Deleted; fix the staging SQL",
+                "unknown row_state",
+            )
+        status = (row.submission_status or "").strip().lower()
+        if status not in KNOWN_STATUSES and status not in self._unknown_statuses:
+            self._unknown_statuses.add(status)
+            log.warning("submission_status %r is not a status this tool writes; treating it as pending", status)
+        if row.person_id is not None and row.person_id in self.duplicate_person_ids:
+            raise _Skip(
+                "person_id is used by more than one row of the staging table; fix the staging SQL so each "
+                "child has exactly one row",
+                "duplicate person_id",
+            )
+
     def _prepare(self, row: StagingRow) -> _Item | None:
+        self._check_row(row)
         if row.is_deleted:
             return self._prepare_purge(row)
         record = _parse_payload(row)
@@ -216,15 +294,16 @@ class Pipeline:
         if not isinstance(la_child_id, str) or not la_child_id:
             raise _Invalid("la_child_id is missing from json_payload", "la_child_id missing")
         if row.person_id is not None and row.person_id != la_child_id:
-            raise _Invalid("person_id does not match the record's la_child_id", "person_id mismatch")
-        reasons = self.validator.errors(record)
-        if reasons:
-            for reason in reasons:
-                self.summary.invalid_reasons[reason.split(":", 1)[0]] += 1
-            raise _Invalid("; ".join(reasons), "schema")
+            raise _Skip("person_id does not match the record's la_child_id; fix the staging SQL", "person_id mismatch")
+        problems = self.validator.problems(record)
+        if problems:
+            raise _Invalid(
+                "; ".join(f"{path}: {message}" for path, message in problems),
+                *(f"schema: {generalise_path(path)}" for path, _ in problems),
+            )
         duplicates = duplicate_ids(record)
         if duplicates:
-            raise _Invalid(f"{duplicates[0]}: the same id appears twice in this list", "duplicate id")
+            raise _Invalid(f"{duplicates[0]}: the same id appears twice in this list", "duplicate id in a list")
         baseline = self._baseline(row)
         body = build_delta(record, baseline) if self.options.partial else build_full(record, baseline)
         if body is None:
@@ -232,7 +311,7 @@ class Pipeline:
             return None
         reasons = self.validator.errors(body)
         if reasons:
-            raise _Invalid("the request built for this record is invalid: " + "; ".join(reasons), "request schema")
+            raise _Invalid("the request built for this record is invalid: " + "; ".join(reasons), "request invalid")
         try:
             encoded = encode_record(body)
         except (ValueError, UnicodeError):
@@ -287,7 +366,7 @@ class Pipeline:
     def _mark_unchanged(self, row: StagingRow) -> None:
         """DfE already holds exactly this record: record that, send nothing."""
         self.summary.outcomes["unchanged"] += 1
-        if self.options.dry_run_dir:
+        if not self.options.writes:
             return
         receipt = row.ledger_receipt or ""
         self._updates.append(
@@ -316,7 +395,9 @@ class Pipeline:
             self.summary.batches += 1
             batch_id = f"{self.summary.run_id}-{self._batch_counter:05d}"
             started = time.monotonic()
-            if self.options.dry_run_dir is not None:
+            if self.options.validate_only:
+                self.summary.outcomes["valid"] += len(batch)
+            elif self.options.dry_run_dir is not None:
                 self._write_for_review(batch_id, batch)
                 self.summary.outcomes["dry_run"] += len(batch)
             else:

@@ -35,12 +35,21 @@ def execute_run(
     limit: int | None = None,
     dry_run_dir: Path | None = None,
     partial: bool | None = None,
+    validate_only: bool = False,
+    all_rows: bool = False,
 ) -> RunSummary:
     """One run of the pipeline with everything built from ``settings``. Raises on fatal errors."""
     run_id = run_id or new_run_id()
     partial = settings.use_partial_payload if partial is None else partial
     summary = RunSummary(run_id=run_id, mode="partial" if partial else "full", dry_run=dry_run_dir is not None)
-    options = RunOptions(partial=partial, limit=limit, dry_run_dir=dry_run_dir, batch_size=settings.batch_size)
+    options = RunOptions(
+        partial=partial,
+        limit=limit,
+        dry_run_dir=dry_run_dir,
+        batch_size=settings.batch_size,
+        validate_only=validate_only,
+        all_rows=all_rows,
+    )
     validator = RecordValidator.from_settings(settings.payload_schema)
     assert settings.db_connection_string is not None
     with Database.connect(settings.db_connection_string) as db:
@@ -50,9 +59,9 @@ def execute_run(
             raise _table_missing(settings.table_name)
         if missing:
             raise _columns_missing(settings.table_name, missing)
-        table.ensure_ledger()
-        if dry_run_dir is not None:
+        if not options.writes:
             return Pipeline(table, None, validator, options, summary).run()
+        table.ensure_ledger()
         from api_pipeline.api import ApiClient, make_session
         from api_pipeline.auth import ClientCredentialsAuth
 
@@ -140,3 +149,22 @@ def run_command(
                 summary_path = log_file.with_suffix(".summary.json")
                 summary_path.write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
                 log.info("log: %s", log_file)
+
+
+def validate_command(settings: Settings, ctx: Any, *, all_rows: bool, limit: int | None) -> int:
+    """The ``validate`` command: the run's checks without sending or writing anything."""
+    configure_logging(quiet=True)
+    summary = execute_run(settings, validate_only=True, all_rows=all_rows, limit=limit)
+    o = summary.outcomes
+    ctx.print(
+        f"checked {summary.rows_read} rows: {o['valid']} would be sent, {o['unchanged']} already up to date, "
+        f"{o['invalid']} invalid, {o['skipped']} skipped"
+    )
+    if summary.invalid_reasons:
+        width = max(len(key) for key in summary.invalid_reasons)
+        ctx.print("")
+        ctx.print(f"{'problem':<{width}}  {'rows':>6}  example row ids")
+        for key, count in summary.invalid_reasons.most_common():
+            examples = ", ".join(str(i) for i in summary.examples.get(key, []))
+            ctx.print(f"{key:<{width}}  {count:>6}  {examples}")
+    return ExitCode.RECORDS_FAILED if summary.problems else ExitCode.OK

@@ -1,0 +1,168 @@
+"""Bad staging data: each case gets a clear per-row reason, the rest of the batch goes through.
+
+Each case puts one bad row among good ones, runs the real pipeline against the real
+simulator, and checks the bad row's final status and reason, that the simulator
+received nothing for it, and that every other record of the same batch was accepted.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from api_pipeline.db import Database
+from api_pipeline.runner import execute_run
+from api_pipeline.synthetic import make_children
+from conftest import TABLE, insert, rows, settings_for
+
+BAD_ID = "BADROW001"
+
+
+def _record(**changes) -> dict:
+    record = next(make_children(1, seed=99))
+    record["la_child_id"] = BAD_ID
+    record.update(changes)
+    return record
+
+
+def _set_row(db_path, **columns) -> None:
+    assignments = ", ".join(f"{name} = ?" for name in columns)
+    with Database.open_sqlite(db_path) as db, db.transaction():
+        db.execute(f"UPDATE {TABLE} SET {assignments} WHERE person_id = ?", (*columns.values(), BAD_ID))
+
+
+# (case id, how to break the row, expected status, words expected in api_response)
+CASES = [
+    ("not json", {"json_payload": '{"la_child_id": "BADROW001", '}, "Invalid", "not valid JSON"),
+    ("empty", {"json_payload": "   "}, "Invalid", "json_payload is empty"),
+    ("json array", {"json_payload": "[1, 2]"}, "Invalid", "JSON list, not an object"),
+    ("json string", {"json_payload": '"hello"'}, "Invalid", "JSON str, not an object"),
+    (
+        "person_id mismatch",
+        {"json_payload": json.dumps(_record(la_child_id="OTHER123"))},
+        "Pending",
+        "person_id does not match",
+    ),
+    ("unknown row_state", {"row_state": "Archived"}, "Pending", "row_state 'Archived'"),
+    (
+        "over 1 MB",
+        {"json_payload": json.dumps(_record(child_details={"first_name": "A" * 1_100_000}))},
+        "Invalid",
+        "larger than 1 MB",
+    ),
+    (
+        "text where a boolean is expected",
+        {"json_payload": json.dumps(_record(child_details={"uasc_flag": "yes"}))},
+        "Invalid",
+        "child_details.uasc_flag: expected boolean, got str",
+    ),
+    (
+        "null value",
+        {"json_payload": json.dumps(_record(child_details={"postcode": None}))},
+        "Invalid",
+        "child_details.postcode: expected string, got null",
+    ),
+    (
+        "id over 20 characters",
+        {"json_payload": json.dumps(_record(la_child_id="X" * 21)), "person_id": "X" * 21},
+        "Invalid",
+        "la_child_id: 'XXXXXXXXXXXXXXXXXXXXX' is longer than 20 characters",
+    ),
+    (
+        "impossible date",
+        {"json_payload": json.dumps(_record(child_details={"date_of_birth": "2024-02-30"}))},
+        "Invalid",
+        "child_details.date_of_birth: value is not a valid date",
+    ),
+    (
+        "duplicate episode id",
+        {
+            "json_payload": json.dumps(
+                _record(
+                    social_care_episodes=[
+                        {"social_care_episode_id": "E1", "referral_date": "2024-01-01"},
+                        {"social_care_episode_id": "E1", "referral_date": "2024-02-01"},
+                    ]
+                )
+            )
+        },
+        "Invalid",
+        "social_care_episodes[1].social_care_episode_id: the same id appears twice",
+    ),
+]
+
+
+@pytest.mark.parametrize("case,change,status,reason", CASES, ids=[c[0] for c in CASES])
+def test_bad_row_is_isolated(simulator, db_path, case, change, status, reason):
+    good = list(make_children(20, seed=31))
+    insert(db_path, good[:10] + [_record()] + good[10:])
+    _set_row(db_path, **change)
+    summary = execute_run(settings_for(simulator, db_path))
+    assert summary.outcomes["sent"] == 20
+    assert summary.batches == 1  # the bad row shared a batch with the good ones
+    assert set(simulator.snapshot()) == {c["la_child_id"] for c in good}
+    (bad,) = [r for r in rows(db_path) if r["person_id"] not in {c["la_child_id"] for c in good}]
+    assert bad["submission_status"] == status
+    assert reason in bad["api_response"]
+    # Nothing personal in the reason, whatever the case.
+    assert "AAAA" not in bad["api_response"] and "2024-02-30" not in bad["api_response"]
+    # A later run does not resend invalid rows; skipped rows are looked at again (and skipped again).
+    simulator.clear_log()
+    again = execute_run(settings_for(simulator, db_path))
+    assert again.outcomes["sent"] == 0
+    assert again.rows_read == (1 if status == "Pending" else 0)
+
+
+def test_two_rows_for_one_child_are_skipped(simulator, db_path):
+    good = list(make_children(5, seed=32))
+    twin = dict(good[2])
+    insert(db_path, good + [twin])
+    summary = execute_run(settings_for(simulator, db_path))
+    assert summary.outcomes["sent"] == 4 and summary.outcomes["skipped"] == 2
+    assert good[2]["la_child_id"] not in simulator.snapshot()
+    skipped = [r for r in rows(db_path) if r["person_id"] == good[2]["la_child_id"]]
+    assert [r["submission_status"] for r in skipped] == ["Pending", "Pending"]
+    assert all("more than one row" in r["api_response"] for r in skipped)
+    assert summary.invalid_reasons["duplicate person_id"] == 2
+
+
+def test_unknown_status_is_treated_as_pending(simulator, db_path):
+    insert(db_path, list(make_children(3, seed=33)), status="Queued", state="New")
+    summary = execute_run(settings_for(simulator, db_path))
+    assert summary.outcomes["sent"] == 3
+
+
+def test_bad_previous_json_payload_does_not_matter(simulator, db_path):
+    """The ledger, not previous_json_payload, is the baseline: garbage there changes nothing."""
+    children = list(make_children(3, seed=34))
+    insert(db_path, children)
+    with Database.open_sqlite(db_path) as db, db.transaction():
+        db.execute(f"UPDATE {TABLE} SET previous_json_payload = '{{not json'")
+    assert execute_run(settings_for(simulator, db_path)).outcomes["sent"] == 3
+
+
+def test_invalid_row_is_retried_once_its_payload_changes(simulator, db_path):
+    insert(db_path, [_record(child_details={"sex": "Female"})])
+    execute_run(settings_for(simulator, db_path))
+    assert rows(db_path)[0]["submission_status"] == "Invalid"
+    fixed = _record(child_details={"sex": "F"})
+    with Database.open_sqlite(db_path) as db, db.transaction():
+        db.execute(
+            f"UPDATE {TABLE} SET json_payload = ?, submission_status = 'Pending', row_state = 'Updated'",
+            (json.dumps(fixed),),
+        )
+    assert execute_run(settings_for(simulator, db_path)).outcomes["sent"] == 1
+    assert simulator.snapshot()[BAD_ID]["child_details"] == {"sex": "F"}
+
+
+def test_summary_counts_invalid_records_by_reason(simulator, db_path):
+    children = list(make_children(6, seed=35))
+    children[0]["child_details"]["sex"] = "Female"
+    children[1]["child_details"]["sex"] = "Male"
+    children[2]["social_care_episodes"][0]["referral_source"] = "ABC"
+    insert(db_path, children)
+    summary = execute_run(settings_for(simulator, db_path))
+    assert summary.invalid_reasons["schema: child_details.sex"] == 2
+    assert summary.invalid_reasons["schema: social_care_episodes[].referral_source"] == 1
+    assert len(summary.examples["schema: child_details.sex"]) == 2
