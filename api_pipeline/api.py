@@ -260,8 +260,7 @@ def describe_network_error(exc: requests.RequestException, *, host: str, timeout
         )
     if "refused" in lowered:
         return "connection refused", (
-            f"{host} refused the connection. Check the URL and port, and whether a proxy or firewall "
-            "is in the way"
+            f"{host} refused the connection. Check the URL and port, and whether a proxy or firewall is in the way"
         )
     if any(
         word in lowered
@@ -370,8 +369,7 @@ def classify(response: requests.Response) -> None:
         )
     if status == 404:
         raise FatalApiError(
-            f"DfE's endpoint was not found ({summary}). Check API_ENDPOINT and LA_CODE (the URL is "
-            f"{response.url})"
+            f"DfE's endpoint was not found ({summary}). Check API_ENDPOINT and LA_CODE (the URL is {response.url})"
         )
     if status == 407:
         raise FatalApiError(
@@ -540,9 +538,7 @@ class ApiClient:
         self.requests += 1
         self.bytes_sent += len(body)
         try:
-            return self.session.post(
-                self.url, data=body, headers=self._headers(), auth=self.auth, timeout=self.timeout
-            )
+            return self.session.post(self.url, data=body, headers=self._headers(), auth=self.auth, timeout=self.timeout)
         except (requests.exceptions.SSLError, requests.exceptions.ProxyError) as exc:
             _, sentence = describe_network_error(exc, host=self.host, timeout=self.settings.http_timeout)
             raise FatalApiError(f"Cannot reach DfE: {sentence}") from None
@@ -564,9 +560,7 @@ class ApiClient:
         if response.status_code == 401 and not state.renewed:
             state.renewed = True
             self._count_retry("401")
-            self.logger.warning(
-                "batch %s: DfE answered 401; renewing the token and trying once more", state.batch_id
-            )
+            self.logger.warning("batch %s: DfE answered 401; renewing the token and trying once more", state.batch_id)
             self.auth.invalidate()
             response = self._request(body)
         try:
@@ -708,9 +702,7 @@ class ApiClient:
                     rejected=True,
                 )
                 return
-            self.logger.warning(
-                "batch %s: DfE said too large (413); halving %d records", batch_id, len(positions)
-            )
+            self.logger.warning("batch %s: DfE said too large (413); halving %d records", batch_id, len(positions))
             self._split(positions, bodies, batch_id, outcomes)
             return
 
@@ -752,9 +744,7 @@ class ApiClient:
             self._split(positions, bodies, batch_id, outcomes)
             return
         for i, reason in named.items():
-            outcomes[positions[i]] = Outcome(
-                positions[i], error=f"DfE rejected this record: {reason}", rejected=True
-            )
+            outcomes[positions[i]] = Outcome(positions[i], error=f"DfE rejected this record: {reason}", rejected=True)
         rest = [p for i, p in enumerate(positions) if i not in named]
         self.logger.warning(
             "batch %s: DfE rejected %d of %d records (400); re-sending the other %d",
@@ -766,9 +756,7 @@ class ApiClient:
         if rest:
             self._send_positions(rest, bodies, f"{batch_id}.1", outcomes)
 
-    def _split(
-        self, positions: list[int], bodies: list[bytes], batch_id: str, outcomes: dict[int, Outcome]
-    ) -> None:
+    def _split(self, positions: list[int], bodies: list[bytes], batch_id: str, outcomes: dict[int, Outcome]) -> None:
         middle = len(positions) // 2
         self._send_positions(positions[:middle], bodies, f"{batch_id}.1", outcomes)
         self._send_positions(positions[middle:], bodies, f"{batch_id}.2", outcomes)
@@ -830,9 +818,7 @@ class ApiClient:
                 url=self.url,
             )
         except PipelineError as exc:  # 404, 407, 413, anything else unexpected
-            return EndpointCheck(
-                False, "endpoint", str(exc), status=status, exit_code=exc.exit_code, url=self.url
-            )
+            return EndpointCheck(False, "endpoint", str(exc), status=status, exit_code=exc.exit_code, url=self.url)
         return EndpointCheck(
             True,
             "endpoint",

@@ -37,12 +37,9 @@ _ADVICE: dict[str, str] = {
         "(not its ID), copied whole, without quotes or spaces."
     ),
     "700016": (
-        "The token endpoint does not know this client. Check CLIENT_ID, and that TOKEN_ENDPOINT "
-        "names DfE's tenant."
+        "The token endpoint does not know this client. Check CLIENT_ID, and that TOKEN_ENDPOINT names DfE's tenant."
     ),
-    "70011": (
-        "The token endpoint refused the scope. Check SCOPE is exactly as DfE issued it; it ends in /.default."
-    ),
+    "70011": ("The token endpoint refused the scope. Check SCOPE is exactly as DfE issued it; it ends in /.default."),
     "90002": "The token endpoint does not know this tenant. Check the tenant id in TOKEN_ENDPOINT.",
     "900023": "The token endpoint does not know this tenant. Check the tenant id in TOKEN_ENDPOINT.",
 }
@@ -136,9 +133,7 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
         self._lifetime = 0.0
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, session: requests.Session, **kwargs: Any
-    ) -> ClientCredentialsAuth:
+    def from_settings(cls, settings: Settings, session: requests.Session, **kwargs: Any) -> ClientCredentialsAuth:
         """Built from the run's Settings; ``kwargs`` (clock, sleep, renew_margin) are for tests."""
         if not (settings.token_endpoint and settings.client_id and settings.client_secret and settings.scope):
             raise ConfigError("TOKEN_ENDPOINT, CLIENT_ID, CLIENT_SECRET and SCOPE are needed to get a token")
@@ -211,9 +206,7 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
     def _log_retry(self, retry_state: RetryCallState) -> None:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
-        log.warning(
-            "token request attempt %d failed (%s); retrying in %.1f s", retry_state.attempt_number, exc, wait
-        )
+        log.warning("token request attempt %d failed (%s); retrying in %.1f s", retry_state.attempt_number, exc, wait)
 
     def _request_token(self) -> None:
         form = {

@@ -32,6 +32,7 @@ exit codes:
   3    database error
   4    authentication error (token endpoint, or 401 from the API)
   5    API unreachable or refused (network, TLS, proxy, 403 after retries)
+  6    another run is already working on the same table (this one did nothing)
   130  interrupted (Ctrl+C)
 """
 
@@ -71,6 +72,8 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     overrides: dict[str, Any] = {}
     if args.mode is not None:
         overrides["use_partial_payload"] = args.mode == "partial"
+    if args.live:
+        overrides["allow_live"] = True
     settings = ctx.settings(args, "run", **overrides)
     return run_command(
         settings, ctx, limit=args.limit, dry_run_dir=args.dry_run, verbosity=args.verbose, quiet=args.quiet
@@ -206,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Sends nothing and changes no status. The files contain personal data: delete them after review.",
     )
     run.add_argument("--limit", type=_positive_int, metavar="N", help="Process at most N rows this run (default: all).")
+    run.add_argument(
+        "--live",
+        action="store_true",
+        help="Allow sending to DfE's live receiver (an API_ENDPOINT without '-test'). Env: ALLOW_LIVE. "
+        "Never allowed for a table whose name ends in _anon.",
+    )
     run.add_argument(
         "--mode",
         choices=("full", "partial"),

@@ -101,6 +101,16 @@ def _parse_non_negative_int(text: str) -> int:
     return value
 
 
+def _parse_duration(text: str) -> float:
+    """``14400``, ``240m``, ``4h``, ``90s`` → seconds."""
+    value = text.strip().lower()
+    unit = {"s": 1, "m": 60, "h": 3600}.get(value[-1:])
+    number = float(value[:-1] if unit else value) * (unit or 1)
+    if number <= 0:
+        raise ValueError("must be a positive duration, for example 4h, 240m or 14400 (seconds)")
+    return number
+
+
 def _parse_table_name(text: str) -> str:
     value = text.strip()
     if not TABLE_NAME_PATTERN.match(value):
@@ -227,6 +237,22 @@ OPTIONS: tuple[Option, ...] = (
         parse=_parse_non_negative_int,
     ),
     Option(
+        "MAX_RUNTIME",
+        "max_runtime",
+        "Longest a run may take, e.g. 4h, 90m or 3600 (seconds). When reached, the run stops cleanly after "
+        "the current batch; what is left stays pending for the next run.",
+        default=4 * 3600.0,
+        parse=_parse_duration,
+    ),
+    Option(
+        "ALLOW_LIVE",
+        "allow_live",
+        "true: allow sending to DfE's live receiver (an API_ENDPOINT without '-test'). Same as run --live. "
+        "Never allowed for a table whose name ends in _anon.",
+        default=False,
+        parse=_parse_bool,
+    ),
+    Option(
         "HTTPS_PROXY",
         "https_proxy",
         "Proxy for HTTPS traffic, for example http://proxy.council.local:8080. Credentials in it are secret.",
@@ -277,6 +303,8 @@ class Settings:
     debug: bool = False
     http_timeout: float = 60.0
     max_retries: int = 5
+    max_runtime: float = 4 * 3600.0
+    allow_live: bool = False
     https_proxy: Secret | None = None
     no_proxy: str | None = None
     ca_bundle: Path | None = None
@@ -288,6 +316,13 @@ class Settings:
     def ledger_table(self) -> str:
         """The submission ledger lives beside the staging table, named after it."""
         return f"{self.table_name}_ledger"
+
+    @property
+    def is_test_receiver(self) -> bool:
+        """DfE's test receivers have '-test' in their URL; the simulator runs on this machine."""
+        endpoint = self.api_endpoint or ""
+        host = urlsplit(endpoint).hostname or ""
+        return "-test" in endpoint.lower() or host in LOOPBACK_HOSTS
 
     @property
     def connect_timeout(self) -> float:

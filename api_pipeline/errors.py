@@ -18,6 +18,7 @@ class ExitCode:
     DATABASE = 3
     AUTH = 4
     API = 5
+    RUN_IN_PROGRESS = 6
     INTERRUPTED = 130
 
 
@@ -69,6 +70,12 @@ class RetriableApiError(ApiError):
 
 class FatalApiError(ApiError):
     """The API refused in a way retrying will not fix (403 after backoff, 404, TLS)."""
+
+
+class RunLocked(PipelineError):
+    """Another run is working on the same staging table: this one does nothing."""
+
+    exit_code = ExitCode.RUN_IN_PROGRESS
 
 
 class RecordRejected(PipelineError):

@@ -61,6 +61,7 @@ class RunOptions:
     batch_size: int = 100
     validate_only: bool = False
     all_rows: bool = False
+    max_runtime: float | None = None
 
     @property
     def writes(self) -> bool:
@@ -88,11 +89,12 @@ class RunSummary:
     bytes_sent: int = 0
     fatal_error: str | None = None
     exit_code: int | None = None
+    stopped_early: bool = False
 
     @property
     def problems(self) -> int:
         o = self.outcomes
-        return o["invalid"] + o["rejected"] + o["failed"] + o["skipped"]
+        return o["invalid"] + o["rejected"] + o["failed"] + o["skipped"] + int(self.stopped_early)
 
     def note_problem(self, key: str, row_id: int) -> None:
         """Count a problem by its reason and keep the first few row ids as examples."""
@@ -119,6 +121,7 @@ class RunSummary:
             "bytes_sent": self.bytes_sent,
             "fatal_error": self.fatal_error,
             "exit_code": self.exit_code,
+            "stopped_early": self.stopped_early,
         }
 
     def lines(self) -> list[str]:
@@ -219,12 +222,22 @@ class Pipeline:
                 "%d person_id values appear on more than one row; those rows are skipped",
                 len(self.duplicate_person_ids),
             )
+        deadline = None if self.options.max_runtime is None else started + self.options.max_runtime
         try:
             for row in self.table.iter_candidates(limit=self.options.limit, all_rows=self.options.all_rows):
                 self.summary.rows_read += 1
                 self._take(row)
                 if len(self._batch) >= self.options.batch_size:
                     self._flush()
+                    if deadline is not None and time.monotonic() > deadline:
+                        self.summary.stopped_early = True
+                        log.warning(
+                            "MAX_RUNTIME (%d s) reached after row id %s: stopping cleanly; rows not yet "
+                            "reached stay pending and are sent next run",
+                            self.options.max_runtime,
+                            row.id,
+                        )
+                        break
             self._flush()
         finally:
             self.summary.seconds = time.monotonic() - started

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from api_pipeline.config import Settings
 from api_pipeline.db import Database, StagingTable
-from api_pipeline.errors import ExitCode, PipelineError
+from api_pipeline.errors import ConfigError, ExitCode, PipelineError
+from api_pipeline.lock import RunLock
 from api_pipeline.logs import configure_logging, new_run_id
 from api_pipeline.pipeline import Pipeline, RunOptions, RunSummary
 from api_pipeline.schema import RecordValidator
@@ -37,8 +40,12 @@ def execute_run(
     partial: bool | None = None,
     validate_only: bool = False,
     all_rows: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> RunSummary:
-    """One run of the pipeline with everything built from ``settings``. Raises on fatal errors."""
+    """One run of the pipeline with everything built from ``settings``. Raises on fatal errors.
+
+    ``sleep`` is how retries wait; tests pass one that records the waits instead.
+    """
     run_id = run_id or new_run_id()
     partial = settings.use_partial_payload if partial is None else partial
     summary = RunSummary(run_id=run_id, mode="partial" if partial else "full", dry_run=dry_run_dir is not None)
@@ -49,7 +56,10 @@ def execute_run(
         batch_size=settings.batch_size,
         validate_only=validate_only,
         all_rows=all_rows,
+        max_runtime=settings.max_runtime,
     )
+    if options.writes:
+        check_live_interlock(settings)
     validator = RecordValidator.from_settings(settings.payload_schema)
     assert settings.db_connection_string is not None
     with Database.connect(settings.db_connection_string) as db:
@@ -65,23 +75,34 @@ def execute_run(
         from api_pipeline.api import ApiClient, make_session
         from api_pipeline.auth import ClientCredentialsAuth
 
-        session = make_session(settings)
-        try:
-            auth = ClientCredentialsAuth(
-                token_endpoint=str(settings.token_endpoint),
-                client_id=str(settings.client_id),
-                client_secret=settings.client_secret,  # type: ignore[arg-type]
-                scope=str(settings.scope),
-                session=session,
-                timeout=(settings.connect_timeout, settings.http_timeout),
-            )
-            client = ApiClient(settings, session, auth)
+        with RunLock(db, settings.table_name, run_id=run_id) as lock:
+            session = make_session(settings)
             try:
-                return Pipeline(table, client, validator, options, summary).run()
+                auth = ClientCredentialsAuth.from_settings(settings, session, sleep=sleep)
+                client = ApiClient(settings, session, auth, sleep=sleep)
+                pipeline = Pipeline(table, client, validator, options, summary, on_progress=lambda _: lock.heartbeat())
+                try:
+                    return pipeline.run()
+                finally:
+                    _copy_client_counters(client, summary)
             finally:
-                _copy_client_counters(client, summary)
-        finally:
-            session.close()
+                session.close()
+
+
+def check_live_interlock(settings: Settings) -> None:
+    """Refuse to send to DfE's live receiver by accident, and never send an _anon test copy there."""
+    if settings.is_test_receiver:
+        return
+    if settings.table_name.lower().endswith("_anon"):
+        raise ConfigError(
+            f"TABLE_NAME {settings.table_name} is an anonymised test copy (_anon) and API_ENDPOINT is DfE's live "
+            "receiver (no '-test' in the URL). Test copies go to the test receiver only."
+        )
+    if not settings.allow_live:
+        raise ConfigError(
+            "API_ENDPOINT is DfE's live receiver (no '-test' in the URL). To send live data, run with --live "
+            "or set ALLOW_LIVE=true; to rehearse, use DfE's test receiver."
+        )
 
 
 def _copy_client_counters(client: Any, summary: RunSummary) -> None:

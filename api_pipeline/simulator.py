@@ -212,9 +212,7 @@ class RecordValidator:
     def _check_array(self, schema: dict, value: list, path: _Path, found: list[tuple[_Path, str]]) -> None:
         if "maxItems" in schema and len(value) > schema["maxItems"]:
             found.append((path, f"more than {schema['maxItems']} items"))
-        if schema.get("uniqueItems") and len({json.dumps(item, sort_keys=True) for item in value}) != len(
-            value
-        ):
+        if schema.get("uniqueItems") and len({json.dumps(item, sort_keys=True) for item in value}) != len(value):
             found.append((path, "items are not unique"))
         items = schema.get("items")
         if isinstance(items, dict):

@@ -203,8 +203,7 @@ def _health(ctx: _Ctx) -> _Rec:
     lo = ctx.dob + timedelta(days=365 * 4)
     if lo < TODAY and rng.random() < 0.8:
         block["sdq_assessments"] = [
-            {"date": _iso(_between(rng, lo, TODAY)), "score": rng.randint(0, 40)}
-            for _ in range(rng.randint(1, 3))
+            {"date": _iso(_between(rng, lo, TODAY)), "score": rng.randint(0, 40)} for _ in range(rng.randint(1, 3))
         ]
     block = ctx.flag(block)
     return block or {"purge": False}
@@ -523,9 +522,7 @@ def _edit_episode(ctx: _Ctx, record: _Rec) -> bool:
         episode["referral_no_further_action_flag"] = not episode.get("referral_no_further_action_flag", False)
     else:
         lo, hi = _window(ctx, episode)
-        episode["referral_date"] = _iso(
-            _between(rng, lo - timedelta(days=10), min(lo + timedelta(days=10), hi))
-        )
+        episode["referral_date"] = _iso(_between(rng, lo - timedelta(days=10), min(lo + timedelta(days=10), hi)))
     return True
 
 

@@ -147,9 +147,7 @@ class ScriptedDfE:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         if tls is not None:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
         port = self.server.server_address[1]
         scheme = "https" if tls is not None else "http"
@@ -206,10 +204,7 @@ def response(status: int, body: bytes = b"", headers: dict[str, str] | None = No
 
 def test_session_has_honest_user_agent_and_verifies_tls(sim: Simulator) -> None:
     session = make_session(settings_for(sim))
-    assert (
-        session.headers["User-Agent"]
-        == f"csc-api-pipeline/{__version__} (+python-requests/{requests.__version__})"
-    )
+    assert session.headers["User-Agent"] == f"csc-api-pipeline/{__version__} (+python-requests/{requests.__version__})"
     assert session.verify is True
     assert session.trust_env is False
     assert not session.proxies
@@ -338,9 +333,7 @@ def test_mask_text() -> None:
 
 
 def test_parse_indexes_ignores_item_indexes_inside_paths() -> None:
-    assert parse_indexes("social_care_episodes[4].x: bad\n  [1] child_details: bad") == {
-        1: "child_details: bad"
-    }
+    assert parse_indexes("social_care_episodes[4].x: bad\n  [1] child_details: bad") == {1: "child_details: bad"}
 
 
 # -- sending against the simulator -------------------------------------------------------------
@@ -459,9 +452,7 @@ def test_short_receipts_acknowledge_nobody(sim: Simulator, client: ApiClient) ->
     assert len(receiver_calls(sim)) == 1
 
 
-def test_one_bad_record_among_ten(
-    sim: Simulator, client: ApiClient, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_one_bad_record_among_ten(sim: Simulator, client: ApiClient, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     records = [child(n) for n in range(10)]
     records[6] = bad_child(6)
@@ -501,9 +492,7 @@ def test_413_for_a_single_record_rejects_it(sim: Simulator, client: ApiClient) -
     assert outcomes[1].acknowledged
 
 
-def test_403_is_retried_a_bounded_number_of_times_then_fatal(
-    sim: Simulator, client: ApiClient, sleeps: Sleeps
-) -> None:
+def test_403_is_retried_a_bounded_number_of_times_then_fatal(sim: Simulator, client: ApiClient, sleeps: Sleeps) -> None:
     sim.inject("403", times=20)
     with pytest.raises(FatalApiError) as caught:
         client.send([child(1)], batch_id="b")
@@ -677,9 +666,7 @@ def test_tls_failure_suggests_ca_bundle_and_ca_bundle_fixes_it(scripted, tls_fil
 
 def test_tls_error_on_the_receiver_is_fatal(scripted) -> None:
     server = scripted(receipts_for)
-    settings = server.settings.replace(
-        api_endpoint=server.settings.api_endpoint.replace("http://", "https://")
-    )
+    settings = server.settings.replace(api_endpoint=server.settings.api_endpoint.replace("http://", "https://"))
     client = client_for(settings)
     with pytest.raises(FatalApiError) as caught:
         client.send([child(1)], batch_id="b")  # an https handshake against a plain-http server

@@ -150,8 +150,7 @@ def test_explain_token_error_other_shapes() -> None:
     assert "SCOPE" in scope and "/.default" in scope
 
     description = (
-        "AADSTS12345: Something odd happened to 'secret-looking-value'. Trace ID: abc Correlation ID: def "
-        + "x" * 500
+        "AADSTS12345: Something odd happened to 'secret-looking-value'. Trace ID: abc Correlation ID: def " + "x" * 500
     )
     other = explain_token_error(400, {"error": "invalid_request", "error_description": description})
     assert "AADSTS12345" in other and "Something odd happened" in other

@@ -131,9 +131,7 @@ SMALL_RECORD = st.fixed_dictionaries(
                 "purge": FLAG,
             },
         ),
-        "social_care_episodes": st.lists(
-            EPISODE, max_size=3, unique_by=lambda e: e["social_care_episode_id"]
-        ),
+        "social_care_episodes": st.lists(EPISODE, max_size=3, unique_by=lambda e: e["social_care_episode_id"]),
     },
 )
 

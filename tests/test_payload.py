@@ -140,9 +140,7 @@ def test_normalise_drops_empty_lists_and_objects_recursively() -> None:
     assert normalise(record) == {
         "la_child_id": "C1",
         "child_details": {"first_name": ""},
-        "social_care_episodes": [
-            {"social_care_episode_id": "E1", "care_worker_details": [{"worker_id": "W1"}]}
-        ],
+        "social_care_episodes": [{"social_care_episode_id": "E1", "care_worker_details": [{"worker_id": "W1"}]}],
     }
 
 
@@ -243,10 +241,7 @@ def test_canonical_json_is_stable_with_duplicate_or_missing_ids() -> None:
 
 
 def test_canonical_json_keeps_null_so_validation_sees_it() -> None:
-    assert (
-        canonical_json({"la_child_id": "C1", "mis_child_id": None})
-        == '{"la_child_id":"C1","mis_child_id":null}'
-    )
+    assert canonical_json({"la_child_id": "C1", "mis_child_id": None}) == '{"la_child_id":"C1","mis_child_id":null}'
 
 
 def test_record_hash_is_sha256_of_canonical_json() -> None:
@@ -299,9 +294,7 @@ def test_dumps_body_keeps_names_byte_for_byte() -> None:
 
 def test_dumps_body_refuses_nan() -> None:
     with pytest.raises(ValueError):
-        dumps_body(
-            [{"la_child_id": "C1", "health_and_wellbeing": {"sdq_assessments": [{"score": float("nan")}]}}]
-        )
+        dumps_body([{"la_child_id": "C1", "health_and_wellbeing": {"sdq_assessments": [{"score": float("nan")}]}}])
 
 
 # --------------------------------------------------------------------------------------
@@ -508,9 +501,7 @@ def test_delta_care_worker_order_only_is_no_change() -> None:
 def test_delta_episode_whose_only_change_is_a_removed_cp_plan() -> None:
     old, new = base_record(), base_record()
     e1 = episode(new, "E1")
-    e1["child_protection_plans"] = [
-        p for p in e1["child_protection_plans"] if p["child_protection_plan_id"] != "P2"
-    ]
+    e1["child_protection_plans"] = [p for p in e1["child_protection_plans"] if p["child_protection_plan_id"] != "P2"]
     delta = build_delta(new, old)
     assert delta == {
         **identity(new),
@@ -773,11 +764,7 @@ _PURGE_ALLOWED = {
     ("social_care_episodes", "[]"),
     ("social_care_episodes", "[]", "adoption"),
     ("social_care_episodes", "[]", "care_leavers"),
-} | {
-    ("social_care_episodes", "[]", key, "[]")
-    for key, v in payload.STRUCTURE["social_care_episodes"].items()
-    if v
-}
+} | {("social_care_episodes", "[]", key, "[]") for key, v in payload.STRUCTURE["social_care_episodes"].items() if v}
 
 
 def _scan(value: Any, path: tuple[str, ...], problems: list[str]) -> None:

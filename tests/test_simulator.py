@@ -735,9 +735,7 @@ def test_worked_example_from_design():
     previous["child_details"]["expected_date_of_birth"] = "2014-05-01"
     current = copy.deepcopy(previous)
     del current["child_details"]["expected_date_of_birth"]
-    current["social_care_episodes"][0]["care_worker_details"].append(
-        {"worker_id": "W300", "start_date": "2024-02-10"}
-    )
+    current["social_care_episodes"][0]["care_worker_details"].append({"worker_id": "W300", "start_date": "2024-02-10"})
     delta = {
         "la_child_id": "T5234",
         "mis_child_id": "MIS-T5234",
@@ -746,8 +744,7 @@ def test_worked_example_from_design():
             {
                 key: value
                 for key, value in current["social_care_episodes"][0].items()
-                if key
-                in {"social_care_episode_id", "referral_date", "referral_source", "care_worker_details"}
+                if key in {"social_care_episode_id", "referral_date", "referral_source", "care_worker_details"}
             }
         ],
     }

@@ -106,9 +106,7 @@ def test_records_are_realistic() -> None:
                 assert re.fullmatch(r"[A-Za-z0-9]{1,12}", worker["worker_id"])
         if "purge" in record:
             counts["purge"] = counts.get("purge", 0) + 1
-        counts["health_and_wellbeing"] = counts.get("health_and_wellbeing", 0) + (
-            "health_and_wellbeing" in record
-        )
+        counts["health_and_wellbeing"] = counts.get("health_and_wellbeing", 0) + ("health_and_wellbeing" in record)
     for key in (
         *EPISODE_LISTS,
         "adoption",
