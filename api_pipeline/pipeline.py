@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from api_pipeline.api import encode_record, parse_receipt_time
 from api_pipeline.db import LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.errors import PipelineError
-from api_pipeline.payload import build_delta, build_full, build_purge, canonical_json, duplicate_ids
+from api_pipeline.payload import build_delta, build_full, build_purge, duplicate_ids, normalise
 from api_pipeline.schema import RecordValidator, generalise_path
 
 log = logging.getLogger(__name__)
@@ -330,6 +330,13 @@ class Pipeline:
         except (ValueError, UnicodeError):
             raise _Invalid("json_payload contains text that cannot be encoded as UTF-8 JSON", "bad text") from None
         mis = record.get("mis_child_id")
+        # What DfE will hold once it acknowledges: the normalised record. Without a baseline the
+        # body is exactly that, so its text is reused; deltas compare entity by entity later.
+        ledger_json = (
+            encoded.decode("utf-8")
+            if baseline is None
+            else json.dumps(normalise(record), ensure_ascii=False, separators=(",", ":"))
+        )
         return _Item(
             row=row,
             la_child_id=la_child_id,
@@ -337,7 +344,7 @@ class Pipeline:
             record=body,
             body=encoded,
             purge=False,
-            ledger_json=canonical_json(record),
+            ledger_json=ledger_json,
         )
 
     def _prepare_purge(self, row: StagingRow) -> _Item:
