@@ -20,6 +20,7 @@ TABLE_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_
 LA_CODE_PATTERN = re.compile(r"^[0-9]{3}$")
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 MAX_BATCH_SIZE = 100
+MAX_IN_FLIGHT = 8
 
 
 class Secret:
@@ -84,6 +85,13 @@ def _parse_batch_size(text: str) -> int:
     value = int(text)
     if not 1 <= value <= MAX_BATCH_SIZE:
         raise ValueError(f"must be between 1 and {MAX_BATCH_SIZE} (DfE rejects larger batches with 413)")
+    return value
+
+
+def _parse_in_flight(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_IN_FLIGHT:
+        raise ValueError(f"must be between 1 and {MAX_IN_FLIGHT}")
     return value
 
 
@@ -237,6 +245,22 @@ OPTIONS: tuple[Option, ...] = (
         parse=_parse_non_negative_int,
     ),
     Option(
+        "MAX_IN_FLIGHT",
+        "max_in_flight",
+        "Requests to DfE allowed at the same time, 1 to 8. DfE does not publish its limits, so the default "
+        "is 1; raise it only with DfE's agreement, to shorten a large first load.",
+        default=1,
+        parse=_parse_in_flight,
+    ),
+    Option(
+        "MIN_REQUEST_INTERVAL_MS",
+        "min_request_interval_ms",
+        "Least time between the starts of two requests, in milliseconds, for a gateway that throttles "
+        "(default 0: no pause).",
+        default=0,
+        parse=_parse_non_negative_int,
+    ),
+    Option(
         "MAX_RUNTIME",
         "max_runtime",
         "Longest a run may take, e.g. 4h, 90m or 3600 (seconds). When reached, the run stops cleanly after "
@@ -303,6 +327,8 @@ class Settings:
     debug: bool = False
     http_timeout: float = 60.0
     max_retries: int = 5
+    max_in_flight: int = 1
+    min_request_interval_ms: int = 0
     max_runtime: float = 4 * 3600.0
     allow_live: bool = False
     https_proxy: Secret | None = None

@@ -12,8 +12,9 @@ import hashlib
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,6 +63,8 @@ class RunOptions:
     validate_only: bool = False
     all_rows: bool = False
     max_runtime: float | None = None
+    max_in_flight: int = 1
+    min_request_interval_ms: int = 0
 
     @property
     def writes(self) -> bool:
@@ -154,6 +157,17 @@ class _Item:
     ledger_json: str | None = None
 
 
+@dataclass
+class _InFlight:
+    """A batch handed to the sender whose outcomes are not written back yet."""
+
+    batch_id: str
+    batch: list[_Item]
+    updates: list[RowUpdate]
+    future: Future
+    started: float
+
+
 class _Invalid(Exception):
     """The record's content cannot be sent: the row becomes ``invalid`` until its payload changes."""
 
@@ -210,6 +224,13 @@ class Pipeline:
         self._updates: list[RowUpdate] = []
         self._batch_counter = 0
         self._unknown_statuses: set[str] = set()
+        self._in_flight: deque[_InFlight] = deque()
+        self._last_start = 0.0
+        self._executor = (
+            ThreadPoolExecutor(options.max_in_flight, thread_name_prefix="send")
+            if options.max_in_flight > 1 and sender is not None
+            else None
+        )
         self.duplicate_person_ids: frozenset[str] = frozenset()
 
     # -- the run ---------------------------------------------------------------
@@ -239,7 +260,10 @@ class Pipeline:
                         )
                         break
             self._flush()
+            self._drain()
         finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
             self.summary.seconds = time.monotonic() - started
             self.summary.finished_at = utc_now().isoformat(timespec="seconds") + "Z"
         return self.summary
@@ -405,41 +429,84 @@ class Pipeline:
     # -- one batch ---------------------------------------------------------------
 
     def _flush(self) -> None:
+        """Hand the current batch to the sender (and write any invalid-row updates)."""
         batch, self._batch = self._batch, []
         updates, self._updates = self._updates, []
         if not batch and not updates:
             return
-        ledger: list[LedgerEntry] = []
         if batch:
             self._batch_counter += 1
             self.summary.batches += 1
-            batch_id = f"{self.summary.run_id}-{self._batch_counter:05d}"
-            started = time.monotonic()
+        batch_id = f"{self.summary.run_id}-{self._batch_counter:05d}"
+        if not batch or not self.options.writes:
             if self.options.validate_only:
                 self.summary.outcomes["valid"] += len(batch)
-            elif self.options.dry_run_dir is not None:
+            elif self.options.dry_run_dir is not None and batch:
                 self._write_for_review(batch_id, batch)
                 self.summary.outcomes["dry_run"] += len(batch)
-            else:
-                assert self.sender is not None
-                try:
-                    outcomes = self.sender.send([i.record for i in batch], [i.body for i in batch], batch_id=batch_id)
-                except PipelineError as exc:
-                    # The run stops; first record what DfE did acknowledge before the failure.
-                    settled = getattr(exc, "partial_outcomes", None) or []
-                    self._apply_outcomes([(batch[o.index], o) for o in settled], updates, ledger)
-                    if updates or ledger:
-                        self.table.write_back(updates, ledger)
-                    raise
-                counts = self._apply_outcomes(list(zip(batch, outcomes, strict=True)), updates, ledger)
-                log.info(
-                    "batch %s: %d records, %s (%.2f s)",
-                    batch_id,
-                    len(batch),
-                    ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
-                    time.monotonic() - started,
-                )
-        if updates or ledger:
+            self._write(updates, [])
+            return
+        assert self.sender is not None
+        self._pace()
+        records, bodies = [i.record for i in batch], [i.body for i in batch]
+        if self._executor is None:
+            future: Future = Future()
+            try:
+                future.set_result(self.sender.send(records, bodies, batch_id=batch_id))
+            except PipelineError as exc:
+                future.set_exception(exc)
+        else:
+            future = self._executor.submit(self.sender.send, records, bodies, batch_id=batch_id)
+        self._in_flight.append(_InFlight(batch_id, batch, updates, future, time.monotonic()))
+        while len(self._in_flight) >= self.options.max_in_flight:
+            self._complete_oldest()
+
+    def _pace(self) -> None:
+        """MIN_REQUEST_INTERVAL_MS: space the starts of batches for a throttling gateway."""
+        interval = self.options.min_request_interval_ms / 1000
+        if interval <= 0:
+            return
+        wait = self._last_start + interval - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._last_start = time.monotonic()
+
+    def _complete_oldest(self) -> None:
+        """Wait for the oldest batch in flight and write its outcomes back, in one transaction."""
+        flight = self._in_flight.popleft()
+        ledger: list[LedgerEntry] = []
+        try:
+            outcomes = flight.future.result()
+        except PipelineError as exc:
+            # The run stops; first record what DfE did acknowledge, here and in the other batches.
+            settled = getattr(exc, "partial_outcomes", None) or []
+            self._apply_outcomes([(flight.batch[o.index], o) for o in settled], flight.updates, ledger)
+            self._write(flight.updates, ledger)
+            self._drain(quietly=True)
+            raise
+        counts = self._apply_outcomes(list(zip(flight.batch, outcomes, strict=True)), flight.updates, ledger)
+        log.info(
+            "batch %s: %d records, %s (%.2f s)",
+            flight.batch_id,
+            len(flight.batch),
+            ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+            time.monotonic() - flight.started,
+        )
+        self._write(flight.updates, ledger)
+
+    def _drain(self, *, quietly: bool = False) -> None:
+        """Complete every batch still in flight; with ``quietly``, their errors are logged, not raised."""
+        while self._in_flight:
+            if not quietly:
+                self._complete_oldest()
+                continue
+            try:
+                self._complete_oldest()
+            except PipelineError as exc:
+                log.warning("another batch in flight also failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+
+    def _write(self, updates: list[RowUpdate], ledger: list[LedgerEntry]) -> None:
+        if self.options.writes and (updates or ledger):
             skipped = self.table.write_back(updates, ledger)
             if skipped:
                 self.summary.outcomes["changed_during_run"] += skipped

@@ -57,6 +57,8 @@ def execute_run(
         validate_only=validate_only,
         all_rows=all_rows,
         max_runtime=settings.max_runtime,
+        max_in_flight=settings.max_in_flight,
+        min_request_interval_ms=settings.min_request_interval_ms,
     )
     if options.writes:
         check_live_interlock(settings)
