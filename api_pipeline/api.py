@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,8 @@ from api_pipeline.errors import (
     PipelineError,
     RetriableApiError,
 )
+from api_pipeline.proxy import describe_proxy_error, proxy_address, proxy_auth_advice
+from api_pipeline.tls import CertificateReport, TrustStoreAdapter, build_ssl_context, inspect_certificate
 
 if TYPE_CHECKING:
     from api_pipeline.auth import ClientCredentialsAuth
@@ -210,11 +213,13 @@ def _chain(exc: BaseException) -> str:
     return " | ".join(parts)
 
 
-def describe_network_error(exc: requests.RequestException, *, host: str, timeout: float) -> tuple[str, str]:
+def describe_network_error(
+    exc: requests.RequestException, *, host: str, timeout: float, proxy: str | None = None
+) -> tuple[str, str]:
     """A short cause label and a sentence naming what failed and what to check.
 
-    Only fixed sentences and the host name are returned: ``str(exc)`` can carry a proxy URL
-    with its password, so it is read but never shown.
+    Only fixed sentences, the host name and the proxy's ``host:port`` are returned: ``str(exc)``
+    can carry a proxy URL with its password, so it is read but never shown.
     """
     detail = _chain(exc)
     lowered = detail.lower()
@@ -223,23 +228,19 @@ def describe_network_error(exc: requests.RequestException, *, host: str, timeout
             return "tls", (
                 f"the TLS certificate of {host} could not be verified. If your network inspects TLS "
                 "(a firewall or proxy that re-signs traffic), set CA_BUNDLE to a PEM file with its "
-                "certificate authority; TLS verification is never turned off"
+                "certificate authority, or ask IT to install it in the Windows certificate store; "
+                "test-endpoint shows who issued the certificate. TLS verification is never turned off"
             )
         return "tls", (
-            f"the TLS handshake with {host} failed. Check HTTPS_PROXY and CA_BUNDLE, and ask IT "
+            f"the TLS handshake with {host} failed. Check PROXY_URL and CA_BUNDLE, and ask IT "
             "whether a firewall inspects or blocks TLS to this host"
         )
     if isinstance(exc, requests.exceptions.ProxyError):
-        if "407" in detail:
-            return "proxy", (
-                "the proxy asked for authentication (HTTP 407). Put the proxy user and password in "
-                "HTTPS_PROXY (http://user:password@proxy:port) or ask IT to allow this machine"
-            )
-        return "proxy", f"the proxy could not be used to reach {host}. Check HTTPS_PROXY and NO_PROXY"
+        return "proxy", describe_proxy_error(detail, host, proxy)
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return "connect timeout", (
             f"no connection to {host} within the connect timeout. Check the network, firewall and "
-            "whether a proxy is needed (HTTPS_PROXY)"
+            "whether a proxy is needed (PROXY_URL)"
         )
     if isinstance(exc, requests.exceptions.Timeout):
         return "timeout", f"{host} did not answer within {timeout:g} seconds (HTTP_TIMEOUT)"
@@ -256,7 +257,7 @@ def describe_network_error(exc: requests.RequestException, *, host: str, timeout
     ):
         return "dns", (
             f"the host name {host} could not be resolved (DNS). Check the URL, the network, and "
-            "whether a proxy is needed (HTTPS_PROXY)"
+            "whether a proxy is needed (PROXY_URL)"
         )
     if "refused" in lowered:
         return "connection refused", (
@@ -313,6 +314,14 @@ class _PipelineSession(requests.Session):
     def __init__(self, no_proxy: str | None) -> None:
         super().__init__()
         self._no_proxy = no_proxy
+        self.ssl_context: ssl.SSLContext | None = None
+        self.trust = ""
+
+    def proxy_for(self, url: str) -> str | None:
+        """The proxy URL this session uses for ``url`` (with its credentials), or None for a direct connection."""
+        if _bypasses_proxy(urlsplit(url).hostname or "", self._no_proxy):
+            return None
+        return self.proxies.get(urlsplit(url).scheme) or None
 
     def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[no-untyped-def]
         merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
@@ -327,20 +336,21 @@ def user_agent() -> str:
 
 
 def make_session(settings: Settings) -> requests.Session:
-    """The one HTTP session for a run: keep-alive, User-Agent, CA bundle and proxy from Settings.
+    """The one HTTP session for a run: keep-alive, User-Agent, trust and proxy from Settings.
 
-    ``trust_env`` is off so that Settings (flags > environment > .env) is the only source of
-    proxy and CA choices; TLS verification is always on.
+    Trust is the operating system's certificate store plus ``CA_BUNDLE`` (see :mod:`api_pipeline.tls`),
+    on this session only. ``trust_env`` is off so that Settings (flags > environment > .env) is the
+    only source of proxy and CA choices; TLS verification is always on.
     """
+    trusted = build_ssl_context(settings.ca_bundle)
     session = _PipelineSession(settings.no_proxy)
     session.trust_env = False
     session.headers["User-Agent"] = user_agent()
     session.verify = True
-    if settings.ca_bundle is not None:
-        if not settings.ca_bundle.is_file():
-            session.close()
-            raise ConfigError(f"CA_BUNDLE: {settings.ca_bundle} does not exist or is not a file")
-        session.verify = str(settings.ca_bundle)
+    session.ssl_context, session.trust = trusted.context, trusted.description
+    adapter = TrustStoreAdapter(trusted.context)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
     if settings.https_proxy is not None and settings.https_proxy:
         proxy = settings.https_proxy.reveal()
         session.proxies = {"https": proxy, "http": proxy}
@@ -372,10 +382,7 @@ def classify(response: requests.Response) -> None:
             f"DfE's endpoint was not found ({summary}). Check API_ENDPOINT and LA_CODE (the URL is {response.url})"
         )
     if status == 407:
-        raise FatalApiError(
-            f"The proxy asked for authentication ({summary}). Put the proxy user and password in "
-            "HTTPS_PROXY (http://user:password@proxy:port) or ask IT to allow this machine"
-        )
+        raise FatalApiError(f"Cannot reach DfE: {proxy_auth_advice()}")
     if status == 413:
         raise PayloadTooLarge(f"DfE said the batch is too large: {summary}")
     if status == 429 or 500 <= status <= 599:
@@ -426,16 +433,49 @@ class EndpointCheck:
     note: str | None = None
     exit_code: int = ExitCode.OK
     url: str = ""
+    warnings: tuple[str, ...] = ()
+    proxy: str | None = None  # host:port, never credentials
+    trust: str = ""
+    certificates: tuple[CertificateReport, ...] = ()
 
     def lines(self) -> list[str]:
-        """What ``test-endpoint`` prints: the verdict, where it was tested, and any note."""
+        """What ``test-endpoint`` prints: verdict, where, warnings, note, then the network path and certificates."""
         verdict = "PASS" if self.ok else f"FAIL ({self.stage})"
         shown = [f"{verdict}: {self.message}"]
         if self.url:
             shown.append(f"{'token endpoint' if self.stage == 'token' else 'endpoint'}: POST {self.url}")
+        shown.extend(f"warning: {text}" for text in self.warnings)
         if self.note:
             shown.append(f"note: {self.note}")
+        if self.certificates:
+            shown.append(f"proxy: {self.proxy}" if self.proxy else "proxy: none (direct connection)")
+        if self.trust and any(not c.plain_http for c in self.certificates):
+            shown.append(f"trusted certificate authorities: {self.trust}")
+        shown.extend(report.line() for report in self.certificates)
         return shown
+
+
+PROMOTE_SECONDARY_KEY_ADVICE = (
+    "DfE accepted SUPPLIER_KEY_SECONDARY but not SUPPLIER_KEY: DfE has changed keys. Promote it: put the "
+    "secondary key's value in SUPPLIER_KEY and remove SUPPLIER_KEY_SECONDARY (or set it to DfE's next key)"
+)
+PROMOTE_SECONDARY_CLIENT_ADVICE = (
+    "The token endpoint accepted CLIENT_SECRET_SECONDARY but not CLIENT_SECRET: promote it. Put the secondary "
+    "secret's value in CLIENT_SECRET and remove CLIENT_SECRET_SECONDARY (or set it to DfE's next secret)"
+)
+
+
+def session_proxy(session: requests.Session, url: str) -> str | None:
+    """The proxy URL ``session`` uses for ``url``; works for a plain Session too (tests build those)."""
+    chooser = getattr(session, "proxy_for", None)
+    if chooser is not None:
+        return chooser(url)
+    return session.proxies.get(urlsplit(url).scheme) or None
+
+
+def _names_subscription_key(response: requests.Response) -> bool:
+    """Azure API Management says "invalid subscription key" when it is the SupplierKey, not the token."""
+    return "subscription key" in _body_text(response).lower()
 
 
 _RECEIPT_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2})_(\d{2}:\d{2}:\d{2})(?:\.(\d{1,6}))?_")
@@ -525,13 +565,31 @@ class ApiClient:
         self.requests = 0
         self.retries: dict[str, int] = {}
         self.bytes_sent = 0
+        self._supplier_key = settings.supplier_key
+        self.secondary_key_in_use = False
 
     parse_receipt_time = staticmethod(parse_receipt_time)
 
     # -- one HTTP exchange ---------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
-        assert self.settings.supplier_key is not None
-        return {"SupplierKey": self.settings.supplier_key.reveal(), "Content-Type": "application/json"}
+        return {"SupplierKey": self._supplier_key.reveal(), "Content-Type": "application/json"}
+
+    def _use_secondary_key(self) -> bool:
+        """After DfE refused SUPPLIER_KEY: switch to SUPPLIER_KEY_SECONDARY, once per run. False if there is none."""
+        secondary = self.settings.supplier_key_secondary
+        if self.secondary_key_in_use or secondary is None or not secondary or secondary == self._supplier_key:
+            return False
+        self._supplier_key, self.secondary_key_in_use = secondary, True
+        self.logger.warning("DfE refused SUPPLIER_KEY (HTTP 401); trying SUPPLIER_KEY_SECONDARY")
+        return True
+
+    def _after_key_switch(self, response: requests.Response) -> None:
+        if response.status_code == 401:
+            raise AuthError(
+                "DfE refused both SUPPLIER_KEY and SUPPLIER_KEY_SECONDARY (HTTP 401): check both with DfE, "
+                "and that CLIENT_ID and SCOPE are the ones DfE issued for this API"
+            )
+        self.logger.warning("%s", PROMOTE_SECONDARY_KEY_ADVICE)
 
     def _request(self, body: bytes) -> requests.Response:
         """One POST. Transport failures become retriable or fatal errors with the cause named."""
@@ -540,13 +598,13 @@ class ApiClient:
         try:
             return self.session.post(self.url, data=body, headers=self._headers(), auth=self.auth, timeout=self.timeout)
         except (requests.exceptions.SSLError, requests.exceptions.ProxyError) as exc:
-            _, sentence = describe_network_error(exc, host=self.host, timeout=self.settings.http_timeout)
+            _, sentence = self._describe(exc)
             raise FatalApiError(f"Cannot reach DfE: {sentence}") from None
         except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            cause, sentence = describe_network_error(exc, host=self.host, timeout=self.settings.http_timeout)
+            cause, sentence = self._describe(exc)
             raise TransientNetworkError(f"Cannot reach DfE: {sentence}", cause=cause) from None
         except requests.RequestException as exc:
-            _, sentence = describe_network_error(exc, host=self.host, timeout=self.settings.http_timeout)
+            _, sentence = self._describe(exc)
             raise FatalApiError(f"Cannot reach DfE: {sentence}") from None
         except OSError as exc:  # e.g. an unreadable CA bundle, raised by the TLS layer
             raise FatalApiError(
@@ -554,15 +612,28 @@ class ApiClient:
                 "Check CA_BUNDLE"
             ) from None
 
+    def _describe(self, exc: requests.RequestException) -> tuple[str, str]:
+        proxy = proxy_address(session_proxy(self.session, self.url))
+        return describe_network_error(exc, host=self.host, timeout=self.settings.http_timeout, proxy=proxy)
+
     def _attempt(self, body: bytes, state: _Attempt) -> requests.Response:
-        """One tenacity attempt: POST, renew the token once on 401, classify."""
+        """One tenacity attempt: POST, renew the token once on 401 (or switch key), classify."""
         response = self._request(body)
         if response.status_code == 401 and not state.renewed:
             state.renewed = True
             self._count_retry("401")
-            self.logger.warning("batch %s: DfE answered 401; renewing the token and trying once more", state.batch_id)
-            self.auth.invalidate()
+            if _names_subscription_key(response) and self._use_secondary_key():
+                response = self._request(body)
+                self._after_key_switch(response)
+            else:
+                self.logger.warning(
+                    "batch %s: DfE answered 401; renewing the token and trying once more", state.batch_id
+                )
+                self.auth.invalidate()
+                response = self._request(body)
+        if response.status_code == 401 and self._use_secondary_key():
             response = self._request(body)
+            self._after_key_switch(response)
         try:
             classify(response)
         except Unauthorized:
@@ -762,11 +833,44 @@ class ApiClient:
         self._send_positions(positions[middle:], bodies, f"{batch_id}.2", outcomes)
 
     # -- test-endpoint ---------------------------------------------------------------
-    def test_endpoint(self) -> EndpointCheck:
+    def test_endpoint(self, *, inspect_tls: bool = True) -> EndpointCheck:
         """Get a token and POST ``[]``: proves credentials, key, URL, LA code, proxy and TLS at once.
 
         Never GETs the endpoint and never sends a record; no retries, so a failure is shown as is.
+        With ``inspect_tls``, also reports the proxy and each host's certificate and issuer.
         """
+        check = self._check_endpoint()
+        warnings = list(check.warnings)
+        if getattr(self.auth, "secondary_in_use", False):
+            warnings.append(PROMOTE_SECONDARY_CLIENT_ADVICE)
+        if self.secondary_key_in_use and check.ok:
+            warnings.append(PROMOTE_SECONDARY_KEY_ADVICE)
+        return replace(check, warnings=tuple(warnings), **self._network_report(inspect_tls))
+
+    def _network_report(self, inspect_tls: bool) -> dict[str, Any]:
+        """The proxy in use and the certificates the token and API hosts present (for test-endpoint)."""
+        context = getattr(self.session, "ssl_context", None)
+        if not inspect_tls or context is None:
+            return {}
+        reports = []
+        for label, url in (("token host", self.auth.token_endpoint), ("API host", self.url)):
+            reports.append(
+                inspect_certificate(
+                    label,
+                    url,
+                    context=context,
+                    proxy=session_proxy(self.session, url),
+                    timeout=self.settings.connect_timeout,
+                    user_agent=user_agent(),
+                )
+            )
+        return {
+            "proxy": proxy_address(session_proxy(self.session, self.url)),
+            "trust": getattr(self.session, "trust", ""),
+            "certificates": tuple(reports),
+        }
+
+    def _check_endpoint(self) -> EndpointCheck:
         try:
             self.auth.get_token()
         except (AuthError, ApiError) as exc:
@@ -774,6 +878,8 @@ class ApiClient:
             return EndpointCheck(False, "token", str(exc), exit_code=exc.exit_code, url=token_url)
         try:
             response = self._request(b"[]")
+            if response.status_code == 401 and self._use_secondary_key():
+                response = self._request(b"[]")
         except PipelineError as exc:  # TLS, proxy, DNS, refused, timeout
             return EndpointCheck(False, "endpoint", str(exc), exit_code=exc.exit_code, url=self.url)
         status = response.status_code
@@ -789,10 +895,11 @@ class ApiClient:
                 url=self.url,
             )
         except Unauthorized as exc:
+            keys = "SUPPLIER_KEY and SUPPLIER_KEY_SECONDARY" if self.secondary_key_in_use else "SUPPLIER_KEY"
             return EndpointCheck(
                 False,
                 "endpoint",
-                f"{_sentence(exc)}. A token was issued, so check SUPPLIER_KEY, and that CLIENT_ID and SCOPE "
+                f"{_sentence(exc)}. A token was issued, so check {keys}, and that CLIENT_ID and SCOPE "
                 "are the ones DfE issued for this API",
                 status=status,
                 exit_code=ExitCode.AUTH,

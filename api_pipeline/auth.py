@@ -18,9 +18,16 @@ from urllib.parse import urlsplit
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from api_pipeline.api import describe_network_error, mask_text, parse_retry_after
+from api_pipeline.api import (
+    PROMOTE_SECONDARY_CLIENT_ADVICE,
+    describe_network_error,
+    mask_text,
+    parse_retry_after,
+    session_proxy,
+)
 from api_pipeline.config import Secret, Settings
 from api_pipeline.errors import AuthError, ConfigError, FatalApiError, RetriableApiError
+from api_pipeline.proxy import proxy_address, proxy_auth_advice
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +35,8 @@ TOKEN_ATTEMPTS = 3  # a 5xx/429 or dropped connection from the token endpoint is
 TOKEN_BACKOFF_MAX = 5.0  # seconds; the token endpoint is either back quickly or down
 DEFAULT_LIFETIME = 300.0  # seconds, when the answer has no usable expires_in
 _AADSTS = re.compile(r"AADSTS(\d+)")
+# Codes meaning "this secret is wrong or expired": the ones worth trying CLIENT_SECRET_SECONDARY for.
+SECRET_REFUSED_CODES = frozenset({"7000215", "7000222"})
 
 # AADSTS code -> what to do. Codes from Microsoft's published Entra ID error list.
 _ADVICE: dict[str, str] = {
@@ -63,6 +72,18 @@ def _first_sentence(text: str) -> str:
     return text[: match.start()] if match else text
 
 
+def aadsts_code(payload: Any) -> str:
+    """The AADSTS number of a token endpoint's error answer, or ""."""
+    if not isinstance(payload, dict):
+        return ""
+    codes = payload.get("error_codes")
+    if isinstance(codes, list) and codes and isinstance(codes[0], (int, str)) and str(codes[0]).isdigit():
+        return str(codes[0])
+    description = payload.get("error_description")
+    match = _AADSTS.search(description) if isinstance(description, str) else None
+    return match.group(1) if match else ""
+
+
 def explain_token_error(status: int, payload: Any) -> str:
     """A sentence for a refused token request, built from the AADSTS code and ``error``.
 
@@ -78,14 +99,7 @@ def explain_token_error(status: int, payload: Any) -> str:
     description = description if isinstance(description, str) else ""
     error = payload.get("error")
     error = error if isinstance(error, str) else ""
-    code = ""
-    codes = payload.get("error_codes")
-    if isinstance(codes, list) and codes and isinstance(codes[0], (int, str)) and str(codes[0]).isdigit():
-        code = str(codes[0])
-    else:
-        match = _AADSTS.search(description)
-        if match:
-            code = match.group(1)
+    code = aadsts_code(payload)
     label = f"AADSTS{code}" if code else (error or f"HTTP {status}")
     advice = _ADVICE.get(code) or _ERROR_ADVICE.get(error)
     if advice:
@@ -116,10 +130,13 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
         clock: Callable[[], float] = time.monotonic,
         renew_margin: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
+        secondary_secret: Secret | None = None,
     ) -> None:
         self.token_endpoint = token_endpoint
         self.client_id = client_id
         self._client_secret = client_secret
+        self._secondary_secret = secondary_secret if secondary_secret and secondary_secret != client_secret else None
+        self.secondary_in_use = False
         self.scope = scope
         self.session = session
         self.timeout = timeout
@@ -144,6 +161,7 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
             scope=settings.scope,
             session=session,
             timeout=(settings.connect_timeout, settings.http_timeout),
+            secondary_secret=settings.client_secret_secondary,
             **kwargs,
         )
 
@@ -196,6 +214,18 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
                 "The sign-in service may be down; try again later"
             ) from None
 
+    def _describe(self, exc: requests.RequestException) -> tuple[str, str]:
+        proxy = proxy_address(session_proxy(self.session, self.token_endpoint))
+        return describe_network_error(exc, host=self.host, timeout=self.timeout[1], proxy=proxy)
+
+    def _use_secondary(self) -> bool:
+        """After CLIENT_SECRET was refused as wrong or expired: switch to the secondary, once. False if none."""
+        if self._secondary_secret is None or self.secondary_in_use:
+            return False
+        self._client_secret, self.secondary_in_use = self._secondary_secret, True
+        log.warning("the token endpoint refused CLIENT_SECRET as wrong or expired; trying CLIENT_SECRET_SECONDARY")
+        return True
+
     @staticmethod
     def _wait(retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
@@ -222,15 +252,15 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
                 self.token_endpoint, data=form, timeout=self.timeout, headers={"Accept": "application/json"}
             )
         except (requests.exceptions.SSLError, requests.exceptions.ProxyError) as exc:
-            _, sentence = describe_network_error(exc, host=self.host, timeout=self.timeout[1])
+            _, sentence = self._describe(exc)
             raise FatalApiError(f"Cannot reach the token endpoint: {sentence}") from None
         except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            cause, sentence = describe_network_error(exc, host=self.host, timeout=self.timeout[1])
+            cause, sentence = self._describe(exc)
             if cause in {"dns", "connection refused"}:
                 raise FatalApiError(f"Cannot reach the token endpoint: {sentence}") from None
             raise _TokenEndpointBusy(f"{cause}: {sentence}") from None
         except requests.RequestException as exc:
-            _, sentence = describe_network_error(exc, host=self.host, timeout=self.timeout[1])
+            _, sentence = self._describe(exc)
             raise FatalApiError(f"Cannot reach the token endpoint: {sentence}") from None
         except OSError as exc:
             raise FatalApiError(
@@ -247,12 +277,16 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
         except ValueError:
             payload = None
         if status == 407:
-            raise FatalApiError(
-                "The proxy asked for authentication (HTTP 407) on the way to the token endpoint. Put the "
-                "proxy user and password in HTTPS_PROXY or ask IT to allow this machine"
-            )
+            raise FatalApiError(f"Cannot reach the token endpoint: {proxy_auth_advice()}")
+        if status != 200 and aadsts_code(payload) in SECRET_REFUSED_CODES and self._use_secondary():
+            self._request_token()
+            log.warning("%s", PROMOTE_SECONDARY_CLIENT_ADVICE)
+            return
         if status != 200:
-            raise AuthError(f"Could not get a token: {explain_token_error(status, payload)}")
+            refused = explain_token_error(status, payload)
+            if self.secondary_in_use:
+                refused = f"CLIENT_SECRET_SECONDARY was refused too. {refused}"
+            raise AuthError(f"Could not get a token: {refused}")
         token = payload.get("access_token") if isinstance(payload, dict) else None
         if not isinstance(token, str) or not token:
             raise AuthError(

@@ -86,6 +86,26 @@ def cmd_validate(args: argparse.Namespace, ctx: Context) -> int:
     return validate_command(ctx.settings(args, "validate"), ctx, all_rows=args.all, limit=args.limit)
 
 
+def cmd_init_db(args: argparse.Namespace, ctx: Context) -> int:
+    from api_pipeline.diagnostics import init_db
+
+    # --print with --dialect needs no connection, so no DB_CONNECTION_STRING either.
+    command = "init-db --print" if args.print and args.dialect else "init-db"
+    return init_db(ctx.settings(args, command), ctx, args.print, dialect=args.dialect)
+
+
+def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
+    from api_pipeline.status import status_command
+
+    return status_command(ctx.settings(args, "status"), ctx, runs=args.runs, as_json=args.json)
+
+
+def cmd_set_secret(args: argparse.Namespace, ctx: Context) -> int:
+    from api_pipeline.credentials import set_secret_command
+
+    return set_secret_command(args.name, ctx, service=args.service)
+
+
 def cmd_test_endpoint(args: argparse.Namespace, ctx: Context) -> int:
     from api_pipeline.diagnostics import test_endpoint
 
@@ -175,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP + "\nRun 'COMMAND --help' for a command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"{APP_NAME} {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"{APP_NAME} {__version__}", help="Print the version and exit."
+    )
     _global_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
@@ -270,6 +292,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=2026, help="Random seed for the synthetic data (default: 2026).")
 
+    init = add(
+        "init-db",
+        cmd_init_db,
+        "Create the staging table, ledger and run lock table where missing.",
+        "Creates only what is missing, for SQL Server, PostgreSQL or SQLite: the staging table (with a unique "
+        "index on person_id), the submission ledger and the run lock table. Never drops or alters a table.",
+    )
+    init.add_argument("--print", action="store_true", help="Print the DDL for a DBA to review instead of running it.")
+    init.add_argument(
+        "--dialect",
+        choices=("mssql", "postgresql", "sqlite"),
+        help="With --print: write the DDL for this database system without connecting "
+        "(default: the one DB_CONNECTION_STRING reaches).",
+    )
+
+    status = add(
+        "status",
+        cmd_status,
+        "Show what is waiting, what was not sent and why, and how the last runs went (changes nothing).",
+        "Counts the staging table's rows by submission_status and row_state, lists invalid and rejected rows "
+        "by reason (field names only, never record content), shows how long the oldest waiting row has waited, "
+        "what the submission ledger holds, and the last runs from the run summaries in the log folder. "
+        "Read-only: it never creates or changes a table.",
+    )
+    status.add_argument(
+        "--runs", type=_positive_int, default=10, metavar="N", help="How many recent runs to list (default: 10)."
+    )
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="Print one JSON object instead, for monitoring tools (its keys are listed in the docs).",
+    )
+
     sim = add(
         "simulate-api",
         cmd_simulate_api,
@@ -281,6 +336,27 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--la-code", default="999", help="LA code the simulator accepts (default: 999).")
     sim.add_argument(
         "--latency", type=float, default=0.0, metavar="SECONDS", help="Delay added to every POST (default: 0)."
+    )
+    secret = add(
+        "set-secret",
+        cmd_set_secret,
+        "Store a secret in the Windows Credential Manager, so the .env file holds none.",
+        "Asks for the secret twice without showing it, stores it in the Windows Credential Manager (the "
+        "keyring of the account running this command) and prints the NAME=keyring:SERVICE/NAME line to put "
+        "in .env instead of the secret. Run it as the account that runs the scheduled task: only that account "
+        "can read the secret. Reads no settings and sends nothing.",
+    )
+    secret.add_argument(
+        "name",
+        metavar="NAME",
+        help="The setting to store: CLIENT_SECRET, CLIENT_SECRET_SECONDARY, SUPPLIER_KEY, SUPPLIER_KEY_SECONDARY, "
+        "PROXY_URL, HTTPS_PROXY, DB_PASSWORD or DB_CONNECTION_STRING.",
+    )
+    secret.add_argument(
+        "--service",
+        default="csc-api-pipeline",
+        metavar="SERVICE",
+        help="The keyring service name to store it under (default: csc-api-pipeline).",
     )
     return parser
 

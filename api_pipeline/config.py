@@ -70,6 +70,9 @@ class Option:
     secret: bool = False
     aliases: tuple[str, ...] = ()
     needed_for: frozenset[str] = frozenset()
+    # Older or more general names read only when no source has ``env`` or an alias:
+    # PROXY_URL in the .env beats a machine-wide HTTPS_PROXY in the environment.
+    fallbacks: tuple[str, ...] = ()
 
 
 def _parse_bool(text: str) -> bool:
@@ -146,6 +149,25 @@ def _parse_https_url(text: str) -> str:
     return value
 
 
+def _parse_proxy_url(text: str) -> str:
+    """``http://[user:password@]host:port``; a bare ``host:port`` means http://, as browsers and requests read it."""
+    value = text.strip()
+    if "://" not in value:
+        value = "http://" + value
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in {"http", "https"}:
+        raise ValueError(
+            "must be an http:// proxy address such as http://proxy.council.local:8080 (SOCKS is not supported)"
+        )
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError("has a port that is not a number; expected http://host:port") from None
+    if not parts.hostname:
+        raise ValueError("has no host name; expected http://host:port")
+    return value
+
+
 def _parse_scope(text: str) -> str:
     value = text.strip()
     if not value:
@@ -154,7 +176,7 @@ def _parse_scope(text: str) -> str:
 
 
 COMMON = frozenset({"run", "test-endpoint"})
-DATABASE = frozenset({"run", "validate", "test-db", "test-schema", "init-db"})
+DATABASE = frozenset({"run", "validate", "status", "test-db", "test-schema", "init-db"})
 
 OPTIONS: tuple[Option, ...] = (
     Option(
@@ -166,6 +188,14 @@ OPTIONS: tuple[Option, ...] = (
         secret=True,
         aliases=("SQL_CONN_STR",),
         needed_for=DATABASE,
+    ),
+    Option(
+        "DB_PASSWORD",
+        "db_password",
+        "The database password, kept out of DB_CONNECTION_STRING: added to it as PWD={...} (the connection "
+        "string must then have no PWD= or Password= of its own). Usually keyring:<service>/<name>.",
+        parse=lambda text: text,
+        secret=True,
     ),
     Option(
         "TABLE_NAME",
@@ -195,19 +225,36 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "CLIENT_SECRET",
         "client_secret",
-        "OAuth2 client secret issued by DfE.",
+        "OAuth2 client secret issued by DfE. May be keyring:<service>/<name> to read it from the Windows "
+        "Credential Manager (see set-secret).",
         parse=str.strip,
         secret=True,
         needed_for=COMMON,
+    ),
+    Option(
+        "CLIENT_SECRET_SECONDARY",
+        "client_secret_secondary",
+        "DfE's second client secret, for changing secrets without downtime: tried once when the token endpoint "
+        "refuses CLIENT_SECRET as wrong or expired, with a warning to promote it. May be keyring:<service>/<name>.",
+        parse=str.strip,
+        secret=True,
     ),
     Option("SCOPE", "scope", "OAuth2 scope issued by DfE (ends in /.default).", parse=_parse_scope, needed_for=COMMON),
     Option(
         "SUPPLIER_KEY",
         "supplier_key",
-        "DfE subscription key, sent as the SupplierKey header.",
+        "DfE subscription key, sent as the SupplierKey header. May be keyring:<service>/<name>.",
         parse=str.strip,
         secret=True,
         needed_for=COMMON,
+    ),
+    Option(
+        "SUPPLIER_KEY_SECONDARY",
+        "supplier_key_secondary",
+        "DfE's second subscription key, for changing keys without downtime: tried once when DfE refuses "
+        "SUPPLIER_KEY (HTTP 401), with a warning to promote it. May be keyring:<service>/<name>.",
+        parse=str.strip,
+        secret=True,
     ),
     Option(
         "USE_PARTIAL_PAYLOAD",
@@ -277,11 +324,15 @@ OPTIONS: tuple[Option, ...] = (
         parse=_parse_bool,
     ),
     Option(
-        "HTTPS_PROXY",
+        "PROXY_URL",
         "https_proxy",
-        "Proxy for HTTPS traffic, for example http://proxy.council.local:8080. Credentials in it are secret.",
-        parse=str.strip,
+        "The proxy to reach DfE through, for example http://proxy.council.local:8080, or "
+        "http://user:password@proxy:8080 for a proxy that wants a user and password (secret; may be "
+        "keyring:<service>/<name>). For NTLM or Kerberos proxies, point it at a local relay such as Px "
+        "(http://127.0.0.1:3128). When not set, HTTPS_PROXY is used. Windows' own proxy settings are not read.",
+        parse=_parse_proxy_url,
         secret=True,
+        fallbacks=("HTTPS_PROXY",),
     ),
     Option("NO_PROXY", "no_proxy", "Hosts to reach without the proxy, comma-separated.", parse=str.strip),
     Option(
@@ -314,14 +365,17 @@ class Settings:
     """Everything the tool needs to know, validated. Build with :func:`load_settings`."""
 
     db_connection_string: Secret | None = None
+    db_password: Secret | None = None
     table_name: str = "ssd_api_data_staging"
     api_endpoint: str | None = None
     la_code: str | None = None
     token_endpoint: str | None = None
     client_id: str | None = None
     client_secret: Secret | None = None
+    client_secret_secondary: Secret | None = None
     scope: str | None = None
     supplier_key: Secret | None = None
+    supplier_key_secondary: Secret | None = None
     use_partial_payload: bool = True
     batch_size: int = MAX_BATCH_SIZE
     debug: bool = False
@@ -353,6 +407,10 @@ class Settings:
     @property
     def connect_timeout(self) -> float:
         return min(10.0, self.http_timeout)
+
+    def secrets(self) -> list[Secret]:
+        """Every secret setting that is set, for the log masking filter."""
+        return [value for value in (getattr(self, f.name) for f in fields(self)) if isinstance(value, Secret)]
 
     def replace(self, **changes: Any) -> Settings:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -413,12 +471,13 @@ def load_settings(
     where = f" (in {env_file})" if env_file else ""
 
     def lookup(option: Option) -> tuple[str, str] | None:
-        for name in (option.env, *option.aliases):
-            if environ.get(name, "").strip():
-                return name, environ[name]
-        for name in (option.env, *option.aliases):
-            if file_values.get(name, "").strip():
-                return name, file_values[name]
+        for names in ((option.env, *option.aliases), option.fallbacks):
+            for name in names:
+                if environ.get(name, "").strip():
+                    return name, environ[name]
+            for name in names:
+                if file_values.get(name, "").strip():
+                    return name, file_values[name]
         return None
 
     for option in OPTIONS:
@@ -433,6 +492,11 @@ def load_settings(
                 problems.append(f"{option.env}: not set{where}. {option.help}")
             continue
         name, text = found
+        if option.secret and is_keyring_reference(text):
+            resolved = resolve_keyring_reference(name, text, problems)
+            if resolved is None:
+                continue
+            text = resolved
         try:
             value = option.parse(text)
         except ValueError as exc:
@@ -441,11 +505,97 @@ def load_settings(
             continue
         values[option.attr] = Secret(value) if option.secret else value
 
-    if problems:
-        raise ConfigError(problems)
     if values.get("db_connection_string") is not None and not isinstance(values["db_connection_string"], Secret):
         values["db_connection_string"] = Secret(values["db_connection_string"])
+    if values.get("db_password") is not None and values.get("db_connection_string") is not None:
+        combined = add_db_password(values["db_connection_string"], values["db_password"], problems)
+        if combined is not None:
+            values["db_connection_string"] = combined
+    if problems:
+        raise ConfigError(problems)
     return Settings(env_file=env_file, **values)
+
+
+# ---------------------------------------------------------------------------
+# Secrets kept in the operating system's keyring (Windows Credential Manager).
+# ---------------------------------------------------------------------------
+
+KEYRING_PREFIX = "keyring:"
+
+
+def is_keyring_reference(text: str) -> bool:
+    return text.strip().lower().startswith(KEYRING_PREFIX)
+
+
+def parse_keyring_reference(text: str) -> tuple[str, str]:
+    """``keyring:<service>/<name>`` -> (service, name). Raises ValueError naming the expected form."""
+    body = text.strip()[len(KEYRING_PREFIX) :]
+    service, _, name = body.rpartition("/")
+    if not service.strip() or not name.strip():
+        raise ValueError("expected keyring:<service>/<name>, for example keyring:csc-api-pipeline/CLIENT_SECRET")
+    return service.strip(), name.strip()
+
+
+def resolve_keyring_reference(variable: str, text: str, problems: list[str]) -> str | None:
+    """The secret a ``keyring:`` value points at, or None with the reason added to ``problems``.
+
+    ``keyring`` is imported only here, so a .env without keyring references never loads it.
+    """
+    try:
+        service, name = parse_keyring_reference(text)
+    except ValueError as exc:
+        problems.append(f"{variable}: {exc}")
+        return None
+    from api_pipeline.credentials import KeyringUnavailable, keyring_place, read_secret
+
+    reference = f"{KEYRING_PREFIX}{service}/{name}"
+    try:
+        value = read_secret(service, name)
+    except KeyringUnavailable as exc:
+        problems.append(f"{variable}: cannot read {reference}: {exc}")
+        return None
+    if value is None:
+        problems.append(
+            f"{variable}: {reference} is not in {keyring_place()}. Store it with: "
+            f"csc_api_pipeline.exe set-secret {name} --service {service} (as the Windows account that runs the tool)"
+        )
+        return None
+    if not value.strip():
+        problems.append(f"{variable}: {reference} is empty in {keyring_place()}")
+        return None
+    return value
+
+
+_ODBC_PASSWORD_KEY = re.compile(r"(?i)(?:^|;)\s*(?:pwd|password)\s*=")
+_ODBC_INTEGRATED = re.compile(
+    r"(?i)(?:^|;)\s*(?:trusted_connection\s*=\s*yes|integrated\s+security\s*=\s*(?:sspi|true)"
+    r"|authentication\s*=\s*activedirectoryintegrated)"
+)
+
+
+def add_db_password(connection: Secret, password: Secret, problems: list[str]) -> Secret | None:
+    """DB_CONNECTION_STRING with DB_PASSWORD added as ``PWD={...}``; None with a problem when that cannot be right.
+
+    One rule: the password is in exactly one place. A connection string that has its own
+    ``PWD=``/``Password=``, uses Windows integrated security, or is SQLite gets no DB_PASSWORD.
+    """
+    text = connection.reveal().strip()
+    if text.lower().startswith("sqlite:"):
+        problems.append("DB_PASSWORD: a SQLite file has no password; remove DB_PASSWORD")
+        return None
+    if _ODBC_PASSWORD_KEY.search(text):
+        problems.append(
+            "DB_PASSWORD: DB_CONNECTION_STRING already has a password (PWD= or Password=); keep only one of them"
+        )
+        return None
+    if _ODBC_INTEGRATED.search(text):
+        problems.append(
+            "DB_PASSWORD: DB_CONNECTION_STRING uses Windows integrated security, which needs no password; "
+            "remove DB_PASSWORD or the Trusted_Connection setting"
+        )
+        return None
+    quoted = "{" + password.reveal().replace("}", "}}") + "}"
+    return Secret(f"{text.rstrip(';')};PWD={quoted};")
 
 
 def _integrated_security_string(environ: Mapping[str, str], file_values: Mapping[str, str]) -> tuple[str, str] | None:

@@ -1,171 +1,71 @@
-"""The database: connections, the three SQL dialects, the staging table and the ledger.
+"""The database: connections, transactions, the staging table and the ledger.
 
-Nothing outside this module touches ``sqlite3`` or ``pyodbc``. All values go in
+Nothing outside this module touches ``sqlite3`` or ``pyodbc``; what differs
+between the DBMSs is in ``dialects``, ODBC strings and errors in ``odbc``. All values go in
 as ``?`` parameters; the only identifiers put into SQL text are the validated
-table name and the ledger name derived from it (config.TABLE_NAME_PATTERN).
+table name and the names derived from it (config.TABLE_NAME_PATTERN).
+
+``sqlite:///…`` opens the standard library's ``sqlite3``. Anything else is an
+ODBC connection string: ``pyodbc`` is imported only then, and the DBMS the
+connection reports (``SQL_DBMS_NAME``) picks the :class:`Dialect`, so one code
+path serves SQL Server and PostgreSQL.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from api_pipeline.config import TABLE_NAME_PATTERN, Secret
+from api_pipeline.dialects import (  # noqa: F401 - re-exported: callers import them from here
+    BINARY,
+    DIALECTS,
+    LEDGER_SPEC,
+    LONG_TEXT,
+    MSSQL,
+    POSTGRES,
+    REQUIRED_COLUMNS,
+    SQLITE,
+    STAGING_COLUMNS,
+    STAGING_SPEC,
+    ColumnInfo,
+    ColumnIssue,
+    Dialect,
+    Kinds,
+    check_columns,
+    dialect_for_dbms,
+    dialect_named,
+    ledger_ddl,
+    person_index_name,
+    sqlite_column_info,
+    staging_ddl,
+    staging_index_ddl,
+)
 from api_pipeline.errors import ConfigError, DatabaseError
+from api_pipeline.odbc import (
+    SQL_SERVER_DRIVER_PREFERENCE,
+    OdbcContext,
+    choose_sql_server_driver,
+    explain_odbc_error,
+    is_microsoft_sql_driver,
+    is_psqlodbc,
+    odbc_value,
+    parse_odbc_string,
+    process_identity,
+    with_psqlodbc_defaults,
+)
 
 log = logging.getLogger(__name__)
 
 SQLITE_PREFIX = "sqlite:///"
 PAGE_SIZE = 500
-
-STAGING_COLUMNS = (
-    "id",
-    "person_id",
-    "legacy_id",
-    "json_payload",
-    "previous_json_payload",
-    "partial_json_payload",
-    "current_hash",
-    "previous_hash",
-    "submission_status",
-    "submission_timestamp",
-    "api_response",
-    "row_state",
-    "last_updated",
-)
-# Columns the tool cannot work without; legacy_id and the hashes are optional.
-REQUIRED_COLUMNS = (
-    "id",
-    "person_id",
-    "json_payload",
-    "previous_json_payload",
-    "partial_json_payload",
-    "previous_hash",
-    "submission_status",
-    "submission_timestamp",
-    "api_response",
-    "row_state",
-)
-
-
-# ---------------------------------------------------------------------------
-# Dialects: every difference between SQLite, SQL Server and PostgreSQL lives here.
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Dialect:
-    """What differs between the DBMSs: types, row limiting, DDL guards."""
-
-    name: str
-    text: str
-    short_text: str
-    identity_pk: str
-    binary32: str
-    timestamp: str
-    flag: str
-
-    def select_top(self, columns: str, rest: str) -> str:
-        """``SELECT <columns> <rest>`` limited to ``?`` rows (the limit is the LAST parameter)."""
-        if self.name == "mssql":
-            return f"SELECT TOP (?) {columns} {rest}"
-        return f"SELECT {columns} {rest} LIMIT ?"
-
-    def limit_first(self) -> bool:
-        """True when the row limit parameter comes before the others (T-SQL ``TOP``)."""
-        return self.name == "mssql"
-
-    def create_table_if_missing(self, table: str, body: str) -> str:
-        if self.name == "mssql":
-            return f"IF OBJECT_ID(N'{table}', N'U') IS NULL CREATE TABLE {table} ({body})"
-        return f"CREATE TABLE IF NOT EXISTS {table} ({body})"
-
-    def timestamp_param(self, value: datetime | None) -> Any:
-        if value is None:
-            return None
-        if value.tzinfo is not None:  # stored as naive UTC, as DATETIME columns expect
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
-        if self.name == "sqlite":
-            return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-        return value
-
-
-SQLITE = Dialect(
-    name="sqlite",
-    text="TEXT",
-    short_text="TEXT",
-    identity_pk="INTEGER PRIMARY KEY AUTOINCREMENT",
-    binary32="BLOB",
-    timestamp="TEXT",
-    flag="INTEGER",
-)
-MSSQL = Dialect(
-    name="mssql",
-    text="NVARCHAR(MAX)",
-    short_text="NVARCHAR({n})",
-    identity_pk="INT IDENTITY(1,1) PRIMARY KEY",
-    binary32="BINARY(32)",
-    timestamp="DATETIME2",
-    flag="BIT",
-)
-POSTGRES = Dialect(
-    name="postgresql",
-    text="TEXT",
-    short_text="VARCHAR({n})",
-    identity_pk="INTEGER GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
-    binary32="BYTEA",
-    timestamp="TIMESTAMP",
-    flag="SMALLINT",
-)
-
-
-def _sized(dialect: Dialect, n: int) -> str:
-    return dialect.short_text.format(n=n)
-
-
-def staging_ddl(dialect: Dialect, table: str) -> str:
-    """The staging table as councils' SQL creates it (DESIGN §4)."""
-    body = ", ".join(
-        [
-            f"id {dialect.identity_pk}",
-            f"person_id {_sized(dialect, 20)} NULL",
-            f"legacy_id {_sized(dialect, 36)} NULL",
-            f"json_payload {dialect.text} NOT NULL",
-            f"previous_json_payload {dialect.text} NULL",
-            f"partial_json_payload {dialect.text} NULL",
-            f"current_hash {dialect.binary32} NULL",
-            f"previous_hash {dialect.binary32} NULL",
-            f"submission_status {_sized(dialect, 50)} NULL",
-            f"submission_timestamp {dialect.timestamp} NULL",
-            f"api_response {dialect.text} NULL",
-            f"row_state {_sized(dialect, 10)} NULL",
-            f"last_updated {dialect.timestamp} NULL",
-        ]
-    )
-    return dialect.create_table_if_missing(table, body)
-
-
-def ledger_ddl(dialect: Dialect, ledger: str) -> str:
-    """The submission ledger: per child, what DfE last acknowledged (DESIGN §4)."""
-    body = ", ".join(
-        [
-            f"la_child_id {_sized(dialect, 36)} NOT NULL PRIMARY KEY",
-            f"mis_child_id {_sized(dialect, 36)} NULL",
-            "staging_id INTEGER NULL",
-            f"record_json {dialect.text} NULL",
-            f"record_hash {dialect.binary32} NULL",
-            f"receipt {_sized(dialect, 200)} NULL",
-            f"acknowledged_at {dialect.timestamp} NULL",
-            f"purged {dialect.flag} NOT NULL DEFAULT 0",
-        ]
-    )
-    return dialect.create_table_if_missing(ledger, body)
 
 
 def validate_table_name(name: str) -> str:
@@ -187,18 +87,69 @@ def sqlite_path(connection_string: str) -> str:
     return path
 
 
+def import_pyodbc() -> Any:
+    """pyodbc, imported only for ODBC strings: SQLite works on a machine with no ODBC at all."""
+    try:
+        import pyodbc
+    except ImportError as exc:
+        raise DatabaseError(
+            "DB_CONNECTION_STRING is an ODBC connection string, but pyodbc is not installed "
+            f"({exc.__class__.__name__}: {exc}). Install it with: pip install csc-api-pipeline[odbc] "
+            "(the Windows csc_api_pipeline.exe already includes it). On Linux it also needs unixODBC."
+        ) from None
+    return pyodbc
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What test-db reports."""
+
+    dbms: str
+    version: str
+    driver: str
+    driver_version: str
+    login: str
+    database: str
+
+
 class Database:
     """One connection, its dialect, and explicit transactions.
 
     Build with :meth:`connect` from a connection string, or wrap an existing
-    DB-API connection (tests inject one).
+    DB-API connection (tests inject one). ODBC connections run with autocommit
+    off: everything inside :meth:`transaction` commits together, and a statement
+    outside one is its own transaction.
     """
 
-    def __init__(self, connection: Any, dialect: Dialect, *, description: str) -> None:
+    def __init__(
+        self,
+        connection: Any,
+        dialect: Dialect,
+        *,
+        description: str,
+        odbc: Any = None,
+        driver_file: str = "",
+        context: OdbcContext | None = None,
+        path: str | None = None,
+    ) -> None:
         self._conn = connection
         self.dialect = dialect
         self.description = description
+        self.driver_file = driver_file
+        self._odbc = odbc
+        self._context = context or OdbcContext()
+        self._path = path
+        self._errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+        if odbc is not None:
+            self._errors += (odbc.Error,)
+        # fast_executemany sends a whole parameter array at once; proven with Microsoft's
+        # SQL Server drivers only (it crashes the SQLite ODBC driver; FreeTDS and psqlODBC
+        # gain nothing or misbehave), so only there.
+        self.fast_executemany = odbc is not None and dialect.name == "mssql" and is_microsoft_sql_driver(driver_file)
         self._in_transaction = False
+        self._open_queries = 0
+
+    # -- opening -----------------------------------------------------------------
 
     @classmethod
     def connect(cls, connection_string: Secret | str) -> Database:
@@ -210,10 +161,7 @@ class Database:
                     "or sqlite:////absolute/path.db"
                 )
             return cls.open_sqlite(sqlite_path(text))
-        raise DatabaseError(
-            "DB_CONNECTION_STRING looks like an ODBC connection string (SQL Server or PostgreSQL). "
-            "ODBC connections are not supported in this version yet; use a sqlite:/// database."
-        )
+        return cls.open_odbc(text)
 
     @classmethod
     def open_sqlite(cls, path: str | Path) -> Database:
@@ -224,7 +172,56 @@ class Database:
             conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise DatabaseError(f"cannot open SQLite database {path}: {exc}") from None
-        return cls(conn, SQLITE, description=f"SQLite {sqlite3.sqlite_version} ({path})")
+        return cls(conn, SQLITE, description=f"SQLite {sqlite3.sqlite_version} ({path})", path=path)
+
+    @classmethod
+    def open_odbc(cls, text: str, *, odbc: Any = None) -> Database:
+        """Connect through ODBC; ``odbc`` is the pyodbc module (tests may pass a stand-in)."""
+        module = odbc if odbc is not None else import_pyodbc()
+        pairs = parse_odbc_string(text)
+        if not any(key.lower() in ("driver", "dsn", "filedsn") for key, _ in pairs):
+            # No driver named: SQL Server (e.g. the USER_SERVER + USER_DATABASE form).
+            driver = choose_sql_server_driver(module.drivers())
+            if driver is None:
+                raise DatabaseError(
+                    "DB_CONNECTION_STRING names no ODBC driver and no SQL Server driver is installed "
+                    f"(looked for {', '.join(SQL_SERVER_DRIVER_PREFERENCE)}; installed: "
+                    f"{', '.join(module.drivers()) or 'none'}). Install Microsoft 'ODBC Driver 18 for SQL Server', "
+                    "or add DRIVER={...} to DB_CONNECTION_STRING."
+                )
+            log.info("DB_CONNECTION_STRING names no ODBC driver: using %s, the newest SQL Server driver here", driver)
+            text = f"DRIVER={{{driver}}};{text}"
+        tuned = is_psqlodbc(odbc_value(parse_odbc_string(text), "DRIVER"))
+        if tuned:
+            text = with_psqlodbc_defaults(text)
+        context = OdbcContext.from_string(text, installed_drivers=module.drivers)
+        conn = cls._odbc_connect(module, text, context)
+        try:
+            dbms = str(conn.getinfo(module.SQL_DBMS_NAME) or "")
+            driver_file = str(conn.getinfo(module.SQL_DRIVER_NAME) or "")
+            if "postgres" in dbms.lower() and not tuned and is_psqlodbc(driver_file):
+                # A DSN hid the driver: reconnect with the psqlODBC settings applied.
+                conn.close()
+                text = with_psqlodbc_defaults(text)
+                conn = cls._odbc_connect(module, text, context)
+            dialect = dialect_for_dbms(dbms)
+            version = str(conn.getinfo(module.SQL_DBMS_VER) or "")
+            driver_version = str(conn.getinfo(module.SQL_DRIVER_VER) or "")
+        except module.Error as exc:
+            conn.close()
+            raise explain_odbc_error(exc, context) from None
+        except DatabaseError:
+            conn.close()
+            raise
+        description = f"{dbms} {version} via ODBC driver {driver_file} {driver_version}"
+        return cls(conn, dialect, description=description, odbc=module, driver_file=driver_file, context=context)
+
+    @staticmethod
+    def _odbc_connect(module: Any, text: str, context: OdbcContext) -> Any:
+        try:
+            return module.connect(text, autocommit=False)
+        except module.Error as exc:
+            raise explain_odbc_error(exc, context) from None
 
     def close(self) -> None:
         try:
@@ -238,6 +235,8 @@ class Database:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- transactions and statements ---------------------------------------------
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One unit of work: everything inside commits together or not at all."""
@@ -246,54 +245,80 @@ class Database:
             return
         self._in_transaction = True
         try:
-            if self.dialect.name == "sqlite":
+            if self.dialect.name == "sqlite" and self._odbc is None:
                 self._run(lambda: self._conn.execute("BEGIN IMMEDIATE"))
             yield
             self._run(self._conn.commit)
         except BaseException:
-            try:
-                self._conn.rollback()
-            except Exception:  # noqa: BLE001
-                log.debug("rollback failed", exc_info=True)
+            self._rollback_quietly()
             raise
         finally:
             self._in_transaction = False
 
-    def _run(self, action: Any) -> Any:
+    def _rollback_quietly(self) -> None:
+        try:
+            self._conn.rollback()
+        except Exception:  # noqa: BLE001
+            log.debug("rollback failed", exc_info=True)
+
+    def _run(self, action: Callable[[], Any]) -> Any:
         try:
             return action()
-        except sqlite3.Error as exc:
+        except self._errors as exc:
+            if self._odbc is not None and isinstance(exc, self._odbc.Error):
+                if not self._in_transaction:
+                    self._rollback_quietly()  # PostgreSQL refuses everything after an error until then
+                raise explain_odbc_error(exc, self._context) from None
             raise DatabaseError(f"database error: {exc}") from None
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one statement; returns the affected row count."""
+    def _cursor(self, kinds: Kinds | None) -> Any:
+        cursor = self._conn.cursor()
+        if self._odbc is not None:
+            sizes = self.dialect.input_sizes(kinds)
+            if sizes is not None:
+                cursor.setinputsizes(sizes)
+        return cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = (), *, kinds: Kinds | None = None) -> int:
+        """Run one statement; returns the affected row count. ``kinds``: see :meth:`Dialect.input_sizes`."""
 
         def action() -> int:
-            cursor = self._conn.cursor()
+            cursor = self._cursor(kinds)
             try:
                 cursor.execute(sql, tuple(params))
-                return cursor.rowcount
+                return int(cursor.rowcount)
             finally:
                 cursor.close()
 
-        return self._run(action)
+        with self.transaction():
+            return int(self._run(action))
 
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]], *, kinds: Kinds | None = None) -> None:
         if not rows:
             return
 
         def action() -> None:
-            cursor = self._conn.cursor()
+            cursor = self._cursor(kinds)
             try:
+                if self.fast_executemany:
+                    cursor.fast_executemany = True
                 cursor.executemany(sql, [tuple(r) for r in rows])
             finally:
                 cursor.close()
 
-        self._run(action)
+        with self.transaction():
+            self._run(action)
 
-    def query(self, sql: str, params: Sequence[Any] = (), *, chunk: int = 200) -> Iterator[tuple[Any, ...]]:
-        """Rows one at a time, fetched ``chunk`` at a time: never the whole result in memory."""
-        cursor = self._run(self._conn.cursor)
+    def query(
+        self, sql: str, params: Sequence[Any] = (), *, chunk: int = 200, kinds: Kinds | None = None
+    ) -> Iterator[tuple[Any, ...]]:
+        """Rows one at a time, fetched ``chunk`` at a time: never the whole result in memory.
+
+        Outside a transaction, an ODBC read ends its implicit transaction when the
+        last open query finishes, so no snapshot or lock is held across HTTP sends.
+        """
+        cursor = self._run(lambda: self._cursor(kinds))
+        self._open_queries += 1
         try:
             self._run(lambda: cursor.execute(sql, tuple(params)))
             while True:
@@ -302,15 +327,23 @@ class Database:
                     return
                 yield from (tuple(row) for row in rows)
         finally:
-            cursor.close()
+            self._open_queries -= 1
+            try:
+                cursor.close()
+            except Exception:  # noqa: BLE001
+                log.debug("closing a cursor failed", exc_info=True)
+            if self._odbc is not None and not self._in_transaction and self._open_queries == 0:
+                self._run(self._conn.commit)
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         for row in self.query(sql, params, chunk=1):
             return row[0]
         return None
 
-    def column_names(self, table: str) -> list[str] | None:
-        """The table's columns in lower case, or None when the table does not exist."""
+    # -- the catalogue -------------------------------------------------------------
+
+    def columns(self, table: str) -> list[ColumnInfo] | None:
+        """The table's columns (names in lower case), or None when the table does not exist."""
         validate_table_name(table)
         if self.dialect.name == "sqlite":
             if "." in table:
@@ -318,8 +351,56 @@ class Database:
                 rows = list(self.query(f"PRAGMA {schema}.table_info({name})"))
             else:
                 rows = list(self.query(f"PRAGMA table_info({table})"))
-            return [str(r[1]).lower() for r in rows] or None
-        raise DatabaseError("column listing is only implemented for SQLite in this version")
+            return [sqlite_column_info(str(r[1]), str(r[2] or "")) for r in rows] or None
+        qualified = "." in table
+        names = table.split(".", 1) if qualified else [table]
+        params = [self.dialect.catalogue_name(n) for n in names]
+        found: list[ColumnInfo] = []
+        schema_seen = None
+        for schema, name, data_type, length in self.query(self.dialect.columns_sql(qualified), params):
+            if schema_seen is None:
+                schema_seen = schema
+            if schema != schema_seen:  # the same table name in a schema further down the search order
+                break
+            size = None if length is None or int(length) < 0 else int(length)
+            if str(data_type).lower() in ("text", "ntext", "bytea"):
+                size = None
+            found.append(ColumnInfo(str(name).lower(), str(data_type).lower(), size))
+        return found or None
+
+    def column_names(self, table: str) -> list[str] | None:
+        """The table's columns in lower case, or None when the table does not exist."""
+        columns = self.columns(table)
+        return None if columns is None else [c.name for c in columns]
+
+    def server_info(self) -> ServerInfo:
+        """DBMS, version, driver and who we are logged in as, for test-db."""
+        if self._odbc is None:
+            return ServerInfo(
+                dbms="SQLite",
+                version=sqlite3.sqlite_version,
+                driver="Python sqlite3 module",
+                driver_version=sys.version.split()[0],
+                login=f"file access as {process_identity()}",
+                database=self._path or "",
+            )
+        module = self._odbc
+
+        def info(name: str) -> str:
+            return str(self._run(lambda: self._conn.getinfo(getattr(module, name))) or "")
+
+        login, database = "", ""
+        if self.dialect.whoami_sql:
+            for row in self.query(self.dialect.whoami_sql):
+                login, database = str(row[0] or ""), str(row[1] or "")
+        return ServerInfo(
+            dbms=info("SQL_DBMS_NAME"),
+            version=info("SQL_DBMS_VER"),
+            driver=info("SQL_DRIVER_NAME"),
+            driver_version=info("SQL_DRIVER_VER"),
+            login=login,
+            database=database,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -391,8 +472,18 @@ class StagingTable:
     # -- schema -------------------------------------------------------------
 
     def create_staging_table(self) -> None:
+        """The table as councils' DDL makes it (no unique index: existing tables may lack one)."""
         with self.db.transaction():
             self.db.execute(staging_ddl(self.db.dialect, self.table))
+
+    def create_person_id_index(self) -> None:
+        with self.db.transaction():
+            self.db.execute(staging_index_ddl(self.db.dialect, self.table))
+
+    def create_ledger(self) -> None:
+        with self.db.transaction():
+            self.db.execute(ledger_ddl(self.db.dialect, self.ledger))
+        self._has_ledger = True
 
     def has_ledger(self) -> bool:
         if self._has_ledger is None:
@@ -404,9 +495,7 @@ class StagingTable:
         if self.has_ledger():
             return
         try:
-            with self.db.transaction():
-                self.db.execute(ledger_ddl(self.db.dialect, self.ledger))
-            self._has_ledger = True
+            self.create_ledger()
         except DatabaseError as exc:
             raise DatabaseError(
                 f"the submission ledger table {self.ledger} does not exist and could not be created "
@@ -420,6 +509,16 @@ class StagingTable:
         if present is None:
             return None
         return [c for c in REQUIRED_COLUMNS if c not in present]
+
+    def column_issues(self) -> list[ColumnIssue] | None:
+        """Missing or unusable staging columns with the DDL to fix each; None when the table is missing."""
+        present = self.db.columns(self.table)
+        return None if present is None else check_columns(self.db.dialect, self.table, STAGING_SPEC, present)
+
+    def ledger_issues(self) -> list[ColumnIssue] | None:
+        """The same for the ledger; None when it does not exist yet."""
+        present = self.db.columns(self.ledger)
+        return None if present is None else check_columns(self.db.dialect, self.ledger, LEDGER_SPEC, present)
 
     # -- reading --------------------------------------------------------------
 
@@ -509,17 +608,22 @@ class StagingTable:
         """
         d = self.db.dialect
         t = self.table
+        same_payload = d.same_text("json_payload")
         sent_sql = (
             f"UPDATE {t} SET submission_status = ?, api_response = ?, submission_timestamp = ?, "
             "previous_json_payload = json_payload, previous_hash = ?, row_state = ?, "
-            "partial_json_payload = NULL WHERE id = ? AND json_payload = ?"
+            f"partial_json_payload = NULL WHERE id = ? AND {same_payload}"
         )
+        sent_kinds = (None, LONG_TEXT, None, BINARY, None, None, LONG_TEXT)
         purge_sql = (
             f"UPDATE {t} SET submission_status = ?, api_response = ?, submission_timestamp = ? "
             "WHERE id = ? AND LOWER(row_state) = 'deleted'"
         )
-        outcome_sql = f"UPDATE {t} SET submission_status = ?, api_response = ? WHERE id = ? AND json_payload = ?"
-        note_sql = f"UPDATE {t} SET api_response = ? WHERE id = ? AND json_payload = ?"
+        purge_kinds = (None, LONG_TEXT, None, None)
+        outcome_sql = f"UPDATE {t} SET submission_status = ?, api_response = ? WHERE id = ? AND {same_payload}"
+        outcome_kinds = (None, LONG_TEXT, None, LONG_TEXT)
+        note_sql = f"UPDATE {t} SET api_response = ? WHERE id = ? AND {same_payload}"
+        note_kinds = (LONG_TEXT, None, LONG_TEXT)
         skipped = 0
         with self.db.transaction():
             if ledger:
@@ -542,13 +646,16 @@ class StagingTable:
                         )
                         for e in ledger
                     ],
+                    kinds=(None, None, None, LONG_TEXT, BINARY, None, None, None),
                 )
             # Row updates run one by one so each optimistic check is counted;
             # they share the batch's single transaction.
             for u in updates:
                 if u.purge:
                     count = self.db.execute(
-                        purge_sql, (u.status, u.api_response, d.timestamp_param(u.submission_timestamp), u.row_id)
+                        purge_sql,
+                        (u.status, u.api_response, d.timestamp_param(u.submission_timestamp), u.row_id),
+                        kinds=purge_kinds,
                     )
                 elif u.mark_sent:
                     count = self.db.execute(
@@ -562,11 +669,14 @@ class StagingTable:
                             u.row_id,
                             u.expect_payload,
                         ),
+                        kinds=sent_kinds,
                     )
                 elif u.status:
-                    count = self.db.execute(outcome_sql, (u.status, u.api_response, u.row_id, u.expect_payload))
+                    count = self.db.execute(
+                        outcome_sql, (u.status, u.api_response, u.row_id, u.expect_payload), kinds=outcome_kinds
+                    )
                 else:
-                    count = self.db.execute(note_sql, (u.api_response, u.row_id, u.expect_payload))
+                    count = self.db.execute(note_sql, (u.api_response, u.row_id, u.expect_payload), kinds=note_kinds)
                 if count == 0:
                     skipped += 1
         return skipped

@@ -154,7 +154,7 @@ def run_demo(
         environ["DB_CONNECTION_STRING"] = f"sqlite:///{db_path.as_posix()}"
         environ["TABLE_NAME"] = DEMO_TABLE
         settings = load_settings(command="run", environ=environ)
-        masking.add(settings.client_secret, settings.supplier_key)
+        masking.add(*settings.secrets())
 
         first = execute_run(settings, run_id="demo-1")
         say(_describe("Run 1 (first load)", first))

@@ -1,49 +1,169 @@
-"""``test-endpoint``, ``test-db``, ``test-schema``: prove a setup without sending records."""
+"""``test-endpoint``, ``test-db``, ``test-schema``, ``init-db``: prove or prepare a setup without sending records."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from api_pipeline.config import Settings
-from api_pipeline.db import REQUIRED_COLUMNS, Database, StagingTable, ledger_ddl, staging_ddl
-from api_pipeline.errors import DatabaseError, ExitCode
+from api_pipeline.config import Secret, Settings
+from api_pipeline.db import (
+    Database,
+    Dialect,
+    StagingTable,
+    dialect_named,
+    ledger_ddl,
+    staging_ddl,
+    staging_index_ddl,
+)
+from api_pipeline.errors import ConfigError, DatabaseError, ExitCode
+
+
+def _connection_string(settings: Settings, command: str) -> Secret:
+    if settings.db_connection_string is None:
+        raise ConfigError(f"DB_CONNECTION_STRING: not set. {command} needs the database connection string.")
+    return settings.db_connection_string
 
 
 def test_db(settings: Settings, ctx: Any) -> int:
-    """Connect, ``SELECT 1``, report what we are talking to."""
-    assert settings.db_connection_string is not None
-    with Database.connect(settings.db_connection_string) as db:
+    """Connect, ``SELECT 1``, and report what we are talking to and who we are logged in as."""
+    with Database.connect(_connection_string(settings, "test-db")) as db:
         if db.scalar("SELECT 1") != 1:
             raise DatabaseError("SELECT 1 did not return 1")
-        ctx.print(f"database: OK, {db.description}")
+        info = db.server_info()
+        ctx.print(f"database: OK ({db.dialect.label}, SELECT 1 answered)")
+        ctx.print(f"  DBMS:     {info.dbms} {info.version}")
+        ctx.print(f"  driver:   {info.driver} {info.driver_version}")
+        ctx.print(f"  login:    {info.login or '(not reported)'}")
+        ctx.print(f"  database: {info.database or '(not reported)'}")
     return ExitCode.OK
 
 
 def test_schema(settings: Settings, ctx: Any) -> int:
-    """Check the staging table and ledger, and say exactly how to fix what is missing."""
-    assert settings.db_connection_string is not None
+    """Check the staging table (the live one or an ``_anon`` copy: it is just TABLE_NAME) and the ledger.
+
+    Lists every missing or unusable column with the exact DDL that fixes it for
+    this DBMS. Exit 3 when the tool could not run against the table as it is.
+    """
     problems = 0
-    with Database.connect(settings.db_connection_string) as db:
+    with Database.connect(_connection_string(settings, "test-schema")) as db:
         table = StagingTable(db, settings.table_name, settings.ledger_table)
-        missing = table.missing_columns()
-        if missing is None:
+        d = db.dialect
+        issues = table.column_issues()
+        if issues is None:
             problems += 1
-            ctx.print(f"staging table {settings.table_name}: NOT FOUND")
-            ctx.print("  check TABLE_NAME, or create it (for a new set-up) with:")
-            ctx.print("  " + staging_ddl(db.dialect, settings.table_name))
-        elif missing:
-            problems += 1
-            ctx.print(f"staging table {settings.table_name}: missing column(s) {', '.join(missing)}")
-            for column in missing:
-                ctx.print(f"  ALTER TABLE {settings.table_name} ADD {column} ...  (see DESIGN §4 for its type)")
+            ctx.print(f"staging table {settings.table_name}: NOT FOUND in {d.label}")
+            ctx.print("  check TABLE_NAME (schema-qualify it, e.g. ssd_development.ssd_api_data_staging), or for a")
+            ctx.print("  new set-up create it with 'init-db', or have a DBA run:")
+            for statement in (staging_ddl(d, settings.table_name), staging_index_ddl(d, settings.table_name)):
+                ctx.print(_indent(format_ddl(statement) + ";", "    "))
         else:
-            ctx.print(f"staging table {settings.table_name}: OK ({len(REQUIRED_COLUMNS)} required columns present)")
-        if db.column_names(settings.ledger_table) is None:
-            ctx.print(f"ledger table {settings.ledger_table}: not created yet (run creates it), or create it with:")
-            ctx.print("  " + ledger_ddl(db.dialect, settings.ledger_table))
+            problems += _report(ctx, f"staging table {settings.table_name}", issues)
+        ledger_issues = table.ledger_issues()
+        if ledger_issues is None:
+            ctx.print(f"ledger table {settings.ledger_table}: not created yet; 'run' creates it, or a DBA runs:")
+            ctx.print(_indent(format_ddl(ledger_ddl(d, settings.ledger_table)) + ";", "    "))
         else:
-            ctx.print(f"ledger table {settings.ledger_table}: OK")
+            problems += _report(ctx, f"ledger table {settings.ledger_table}", ledger_issues)
     return ExitCode.DATABASE if problems else ExitCode.OK
+
+
+def _report(ctx: Any, what: str, issues: list[Any]) -> int:
+    blocking = [i for i in issues if i.blocking]
+    if not blocking:
+        ctx.print(f"{what}: OK")
+    else:
+        ctx.print(f"{what}: {len(blocking)} column(s) the tool cannot use as they are")
+    for issue in issues:
+        label = "" if issue.blocking else "warning: "
+        ctx.print(f"  - {label}{issue.column} {issue.reason}")
+        if issue.fix:
+            ctx.print(f"      fix: {issue.fix};")
+    return 1 if blocking else 0
+
+
+def tables_ddl(dialect: Dialect, table: str) -> list[tuple[str, str, str]]:
+    """(what, name, DDL) for every table the tool uses, in creation order. Each DDL creates only if missing."""
+    from api_pipeline.lock import lock_ddl
+
+    ledger, lock = f"{table}_ledger", f"{table}_run_lock"
+    offline = Database(None, dialect, description=f"{dialect.label} (DDL only)")
+    return [
+        ("staging table", table, staging_ddl(dialect, table)),
+        ("unique index on person_id", table, staging_index_ddl(dialect, table)),
+        ("ledger table", ledger, ledger_ddl(dialect, ledger)),
+        ("run lock table", lock, lock_ddl(offline, lock)),
+    ]
+
+
+def init_db(settings: Settings, ctx: Any, print_only: bool, *, dialect: str | None = None) -> int:
+    """Create the staging table (with its unique person_id index), the ledger and the run lock table.
+
+    Creates only what is missing; never drops or alters an existing table.
+    ``print_only`` prints the DDL for a DBA to review instead; with ``dialect``
+    (mssql, postgresql, sqlite) it needs no connection at all.
+    """
+    table = settings.table_name
+    if print_only and dialect:
+        _print_ddl(ctx, dialect_named(dialect), table)
+        return ExitCode.OK
+    if settings.db_connection_string is None:
+        raise ConfigError(
+            "DB_CONNECTION_STRING: not set. init-db needs the database to create the tables in; "
+            "to only print the DDL, use: init-db --print --dialect mssql|postgresql|sqlite"
+        )
+    with Database.connect(settings.db_connection_string) as db:
+        if dialect and dialect_named(dialect) is not db.dialect:
+            raise ConfigError(f"--dialect {dialect} does not match the database, which is {db.dialect.label}")
+        if print_only:
+            _print_ddl(ctx, db.dialect, table)
+            return ExitCode.OK
+        ctx.print(f"database: {db.description}")
+        staging_existed = db.column_names(table) is not None
+        for what, name, statement in tables_ddl(db.dialect, table):
+            if what.startswith("unique index"):
+                if staging_existed:
+                    continue  # an existing table is left exactly as it is
+            elif db.column_names(name) is not None:
+                ctx.print(f"{what} {name}: already exists, left as it is")
+                continue
+            try:
+                with db.transaction():
+                    db.execute(statement)
+            except DatabaseError as exc:
+                raise DatabaseError(f"could not create the {what} {name}: {exc}") from None
+            ctx.print(f"{what} on {name}: created" if what.startswith("unique index") else f"{what} {name}: created")
+        if staging_existed:
+            ctx.print("Run test-schema to check the existing staging table's columns.")
+    return ExitCode.OK
+
+
+def _print_ddl(ctx: Any, dialect: Dialect, table: str) -> None:
+    ctx.print(f"-- CSC API Pipeline tables for {dialect.label} (TABLE_NAME={table}).")
+    ctx.print("-- Each statement creates its object only when it is missing; nothing is dropped or altered.")
+    for what, name, statement in tables_ddl(dialect, table):
+        ctx.print(f"-- {what}: {name}")
+        ctx.print(format_ddl(statement) + ";")
+
+
+def format_ddl(statement: str) -> str:
+    """One column per line in a CREATE TABLE, as a DBA would write it."""
+    match = re.search(r"CREATE TABLE \S+ \(", statement)
+    if match is None or not statement.endswith(")"):
+        return statement
+    body, depth, parts, current = statement[match.end() : -1], 0, [], ""
+    for char in body:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    parts.append(current.strip())
+    return statement[: match.end()] + "\n" + ",\n".join("    " + p for p in parts) + "\n)"
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
 
 
 def test_endpoint(settings: Settings, ctx: Any) -> int:
@@ -53,14 +173,7 @@ def test_endpoint(settings: Settings, ctx: Any) -> int:
 
     session = make_session(settings)
     try:
-        auth = ClientCredentialsAuth(
-            token_endpoint=str(settings.token_endpoint),
-            client_id=str(settings.client_id),
-            client_secret=settings.client_secret,  # type: ignore[arg-type]
-            scope=str(settings.scope),
-            session=session,
-            timeout=(settings.connect_timeout, settings.http_timeout),
-        )
+        auth = ClientCredentialsAuth.from_settings(settings, session)
         client = ApiClient(settings, session, auth)
         check = client.test_endpoint()
     finally:

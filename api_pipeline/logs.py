@@ -20,7 +20,7 @@ KEEP_LOGS = 30
 LOGGER_NAME = "api_pipeline"
 MASK = "<hidden>"
 # Password=...; PWD=...; in connection strings, and user:password@ in URLs.
-_CONN_PASSWORD = re.compile(r"(?i)\b(pwd|password)\s*=\s*(\{[^}]*\}|[^;]*)")
+_CONN_PASSWORD = re.compile(r"(?i)\b(pwd|password)\s*=\s*(\{(?:[^}]|\}\})*\}|[^;]*)")  # ODBC: '}}' is a '}'
 _URL_PASSWORD = re.compile(r"(?i)(://[^/:@\s]+:)([^@/\s]+)@")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 
@@ -98,7 +98,7 @@ def configure_logging(
 
 def prune_logs(log_dir: Path, keep: int = KEEP_LOGS) -> None:
     """Keep only the newest ``keep`` run logs (and their summaries)."""
-    for pattern in ("csc_api_pipeline_*.log", "csc_api_pipeline_*.summary.json"):
+    for pattern in ("csc_api_pipeline_*.log", "csc_api_pipeline_*.summary.json", "csc_api_pipeline_*.report.html"):
         files = sorted(log_dir.glob(pattern), key=lambda p: p.name, reverse=True)
         for old in files[keep:]:
             with contextlib.suppress(OSError):

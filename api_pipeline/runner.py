@@ -11,14 +11,16 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from api_pipeline.config import Settings
 from api_pipeline.db import Database, StagingTable
 from api_pipeline.errors import ConfigError, ExitCode, PipelineError
 from api_pipeline.lock import RunLock
 from api_pipeline.logs import configure_logging, new_run_id
-from api_pipeline.pipeline import Pipeline, RunOptions, RunSummary
+from api_pipeline.pipeline import Pipeline, RunOptions, RunSummary, utc_now
+from api_pipeline.progress import progress_for
+from api_pipeline.report import write_report
 from api_pipeline.schema import RecordValidator
 
 log = logging.getLogger("api_pipeline.run")
@@ -41,14 +43,19 @@ def execute_run(
     validate_only: bool = False,
     all_rows: bool = False,
     sleep: Callable[[float], None] = time.sleep,
+    progress_stream: TextIO | None = None,
+    summary: RunSummary | None = None,
 ) -> RunSummary:
     """One run of the pipeline with everything built from ``settings``. Raises on fatal errors.
 
     ``sleep`` is how retries wait; tests pass one that records the waits instead.
+    ``progress_stream`` gets a progress bar when it is a terminal. ``summary``, when given,
+    is filled in as the run goes, so the caller still has the counts if the run fails.
     """
-    run_id = run_id or new_run_id()
+    run_id = run_id or (summary.run_id if summary else new_run_id())
     partial = settings.use_partial_payload if partial is None else partial
-    summary = RunSummary(run_id=run_id, mode="partial" if partial else "full", dry_run=dry_run_dir is not None)
+    if summary is None:
+        summary = RunSummary(run_id=run_id, mode="partial" if partial else "full", dry_run=dry_run_dir is not None)
     options = RunOptions(
         partial=partial,
         limit=limit,
@@ -71,24 +78,32 @@ def execute_run(
             raise _table_missing(settings.table_name)
         if missing:
             raise _columns_missing(settings.table_name, missing)
-        if not options.writes:
-            return Pipeline(table, None, validator, options, summary).run()
-        table.ensure_ledger()
-        from api_pipeline.api import ApiClient, make_session
-        from api_pipeline.auth import ClientCredentialsAuth
+        what = "checking" if validate_only else "preparing" if dry_run_dir is not None else "sending"
+        progress = progress_for(table, stream=progress_stream, all_rows=all_rows, limit=limit, description=what)
+        with progress:
+            if not options.writes:
+                return Pipeline(table, None, validator, options, summary, on_progress=progress.update).run()
+            table.ensure_ledger()
+            from api_pipeline.api import ApiClient, make_session
+            from api_pipeline.auth import ClientCredentialsAuth
 
-        with RunLock(db, settings.table_name, run_id=run_id) as lock:
-            session = make_session(settings)
-            try:
-                auth = ClientCredentialsAuth.from_settings(settings, session, sleep=sleep)
-                client = ApiClient(settings, session, auth, sleep=sleep)
-                pipeline = Pipeline(table, client, validator, options, summary, on_progress=lambda _: lock.heartbeat())
+            with RunLock(db, settings.table_name, run_id=run_id) as lock:
+
+                def after_batch(so_far: RunSummary) -> None:
+                    lock.heartbeat()
+                    progress.update(so_far)
+
+                session = make_session(settings)
                 try:
-                    return pipeline.run()
+                    auth = ClientCredentialsAuth.from_settings(settings, session, sleep=sleep)
+                    client = ApiClient(settings, session, auth, sleep=sleep)
+                    pipeline = Pipeline(table, client, validator, options, summary, on_progress=after_batch)
+                    try:
+                        return pipeline.run()
+                    finally:
+                        _copy_client_counters(client, summary)
                 finally:
-                    _copy_client_counters(client, summary)
-            finally:
-                session.close()
+                    session.close()
 
 
 def check_live_interlock(settings: Settings) -> None:
@@ -143,41 +158,55 @@ def run_command(
     run_id = new_run_id()
     log_dir = default_log_dir(settings, ctx.cwd)
     masking, log_file = configure_logging(verbosity=verbosity, quiet=quiet, log_dir=log_dir, run_id=run_id)
-    masking.add(settings.client_secret, settings.supplier_key, settings.db_connection_string, settings.https_proxy)
+    masking.add(*settings.secrets())
     log.info(
         "run %s started (%s mode)%s",
         run_id,
         "partial" if settings.use_partial_payload else "full",
         ", dry run" if dry_run_dir else "",
     )
-    summary: RunSummary | None = None
+    summary = RunSummary(
+        run_id=run_id, mode="partial" if settings.use_partial_payload else "full", dry_run=dry_run_dir is not None
+    )
     exit_code = ExitCode.OK
     try:
-        summary = execute_run(settings, run_id=run_id, limit=limit, dry_run_dir=dry_run_dir)
+        execute_run(
+            settings,
+            limit=limit,
+            dry_run_dir=dry_run_dir,
+            progress_stream=None if quiet else ctx.err,
+            summary=summary,
+        )
         exit_code = ExitCode.RECORDS_FAILED if summary.problems else ExitCode.OK
         return exit_code
     except PipelineError as exc:
         exit_code = exc.exit_code
-        log.error("run stopped: %s", str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
+        summary.fatal_error = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        log.error("run stopped: %s", summary.fatal_error)
         raise
     except KeyboardInterrupt:
         exit_code = ExitCode.INTERRUPTED
+        summary.fatal_error = "interrupted"
         raise
     finally:
-        if summary is not None:
-            summary.exit_code = exit_code
-            for line in summary.lines():
-                log.info("%s", line)
-            if log_file is not None:
-                summary_path = log_file.with_suffix(".summary.json")
-                summary_path.write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
-                log.info("log: %s", log_file)
+        summary.exit_code = exit_code
+        summary.finished_at = summary.finished_at or utc_now().isoformat(timespec="seconds") + "Z"
+        for line in summary.lines():
+            log.info("%s", line)
+        if log_file is not None:
+            summary_path = log_file.with_suffix(".summary.json")
+            summary_path.write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
+            log.info("log: %s", log_file)
+            try:
+                log.info("report: %s", write_report(summary_path))
+            except (OSError, ValueError) as exc:  # the report must never change the run's outcome
+                log.warning("could not write the run report: %s", exc)
 
 
 def validate_command(settings: Settings, ctx: Any, *, all_rows: bool, limit: int | None) -> int:
     """The ``validate`` command: the run's checks without sending or writing anything."""
     configure_logging(quiet=True)
-    summary = execute_run(settings, validate_only=True, all_rows=all_rows, limit=limit)
+    summary = execute_run(settings, validate_only=True, all_rows=all_rows, limit=limit, progress_stream=ctx.err)
     o = summary.outcomes
     ctx.print(
         f"checked {summary.rows_read} rows: {o['valid']} would be sent, {o['unchanged']} already up to date, "

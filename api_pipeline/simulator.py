@@ -15,6 +15,7 @@ import json
 import re
 import secrets
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -363,8 +364,9 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
     allow_reuse_address = sys.platform != "win32"  # on Windows it would let two servers share a port
 
-    def __init__(self, address: tuple[str, int], simulator: Simulator) -> None:
+    def __init__(self, address: tuple[str, int], simulator: Simulator, tls: ssl.SSLContext | None = None) -> None:
         self.simulator = simulator
+        self.tls = tls
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -380,8 +382,15 @@ class _Server(ThreadingHTTPServer):
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, address = super().get_request()
+        if self.tls is not None:  # the handshake happens in the request's own thread (_Handler.setup)
+            conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, address
+
     def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+        # A dropped client, or one that refused our certificate, is the client's business.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError, ssl.SSLError)):
             super().handle_error(request, client_address)
 
 
@@ -392,6 +401,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(10)
+            self.request.do_handshake()
+            self.request.settimeout(None)
         super().setup()
         self.server.track(self.connection, True)
 
@@ -450,6 +463,7 @@ class Simulator:
     """DfE's token and receiver endpoints on loopback, with a readable store and fault injection.
 
     Use as a context manager, or ``start()``/``stop()``. All public methods are thread-safe.
+    With ``tls_context`` (``ssl.PROTOCOL_TLS_SERVER`` with a certificate loaded) it serves HTTPS.
     """
 
     def __init__(
@@ -470,6 +484,7 @@ class Simulator:
         port: int = 0,
         keep_request_bodies: bool = True,
         expired_secret: bool = False,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         if host not in LOOPBACK_HOSTS:
             raise ValueError("the simulator listens on loopback only (127.0.0.1 or localhost)")
@@ -480,6 +495,7 @@ class Simulator:
         self.token_ttl, self.receipt_style, self.latency = token_ttl, receipt_style, latency
         self.expired_secret, self.keep_request_bodies = expired_secret, keep_request_bodies
         self.host, self.port = host, port
+        self.tls_context = tls_context  # a server-side context with a certificate: serve HTTPS
         self._validator = RecordValidator(schema or load_default_schema()) if validate else None
         self._lock = threading.Lock()
         self._store: dict[str, dict] = {}
@@ -501,7 +517,7 @@ class Simulator:
         if self._server is not None:
             raise RuntimeError("simulator already started")
         self._stopping.clear()
-        self._server = _Server((self.host, self.port), self)
+        self._server = _Server((self.host, self.port), self, self.tls_context)
         self._bound_port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -536,7 +552,8 @@ class Simulator:
     def base_url(self) -> str:
         if self._bound_port is None:
             raise RuntimeError("simulator not started")
-        return f"http://{self.host}:{self._bound_port}"
+        scheme = "https" if self.tls_context is not None else "http"
+        return f"{scheme}://{self.host}:{self._bound_port}"
 
     @property
     def api_endpoint(self) -> str:

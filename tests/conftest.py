@@ -1,9 +1,11 @@
-"""Shared fixtures: a real simulator on loopback and real SQLite staging tables."""
+"""Shared fixtures: a real simulator on loopback and real staging tables (SQLite, and PostgreSQL when available)."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from api_pipeline.cli import Context, main
 from api_pipeline.config import Settings, load_settings
 from api_pipeline.db import Database, StagingTable
 from api_pipeline.demo import load_children
+from api_pipeline.errors import PipelineError
 from api_pipeline.simulator import Simulator
 
 TABLE = "ssd_api_data_staging"
@@ -32,25 +35,54 @@ def db_path(tmp_path: Path) -> Path:
     return path
 
 
-def db_env(db_path: Path) -> dict[str, str]:
-    return {"DB_CONNECTION_STRING": f"sqlite:///{db_path.as_posix()}", "TABLE_NAME": TABLE}
+# ---------------------------------------------------------------------------
+# Staging tables on either database: SQLite always, PostgreSQL through pyodbc
+# when CSC_TEST_POSTGRES_ODBC names one (.ci/postgres.sh sets it up).
+# ---------------------------------------------------------------------------
+
+POSTGRES_ENV = "CSC_TEST_POSTGRES_ODBC"
+DATABASES = ["sqlite", "postgresql"]
 
 
-def settings_for(sim: Simulator, db_path: Path, **env: str) -> Settings:
-    environ = dict(sim.settings_env()) | db_env(db_path) | {"MAX_RETRIES": "2", "HTTP_TIMEOUT": "10"} | env
-    return load_settings(command="run", environ=environ)
+class Staging:
+    """One test's staging table, and the council-SQL stand-ins the tests use on it."""
 
+    def __init__(self, kind: str, connection_string: str, table: str = TABLE) -> None:
+        self.kind = kind
+        self.connection_string = connection_string
+        self.table = table
 
-def insert(db_path: Path, records: list[dict], *, status: str = "Pending", state: str = "New") -> None:
-    with Database.open_sqlite(db_path) as db:
-        load_children(db, TABLE, records)
-        if status != "Pending" or state != "New":
-            with db.transaction():
-                db.execute(f"UPDATE {TABLE} SET submission_status = ?, row_state = ?", (status, state))
+    @classmethod
+    def sqlite(cls, path: Path) -> Staging:
+        return cls("sqlite", f"sqlite:///{path.as_posix()}")
 
+    @property
+    def env(self) -> dict[str, str]:
+        return {"DB_CONNECTION_STRING": self.connection_string, "TABLE_NAME": self.table}
 
-def rows(db_path: Path) -> list[dict]:
-    with Database.open_sqlite(db_path) as db:
+    def open(self) -> Database:
+        return Database.connect(self.connection_string)
+
+    def create(self) -> None:
+        with self.open() as db:
+            StagingTable(db, self.table).create_staging_table()
+
+    def drop(self) -> None:
+        """Drop the table and everything the tool made beside it (PostgreSQL; SQLite files go with tmp_path)."""
+        if self.kind == "sqlite":
+            return
+        with self.open() as db, db.transaction():
+            for suffix in ("", "_ledger", "_run_lock"):
+                db.execute(f"DROP TABLE IF EXISTS {self.table}{suffix}")
+
+    def insert(self, records: list[dict], *, status: str = "Pending", state: str = "New") -> None:
+        with self.open() as db:
+            load_children(db, self.table, records)
+            if status != "Pending" or state != "New":
+                with db.transaction():
+                    db.execute(f"UPDATE {self.table} SET submission_status = ?, row_state = ?", (status, state))
+
+    def rows(self) -> list[dict]:
         cols = [
             "id",
             "person_id",
@@ -63,31 +95,118 @@ def rows(db_path: Path) -> list[dict]:
             "previous_hash",
             "partial_json_payload",
         ]
-        return [dict(zip(cols, r)) for r in db.query(f"SELECT {', '.join(cols)} FROM {TABLE} ORDER BY id")]
+        with self.open() as db:
+            found = [dict(zip(cols, r)) for r in db.query(f"SELECT {', '.join(cols)} FROM {self.table} ORDER BY id")]
+        for row in found:  # BYTEA comes back as bytes or bytearray depending on the driver
+            if row["previous_hash"] is not None:
+                row["previous_hash"] = bytes(row["previous_hash"])
+        return found
+
+    def ledger(self) -> dict[str, dict]:
+        with self.open() as db:
+            sql = f"SELECT la_child_id, record_json, receipt, purged FROM {self.table}_ledger"
+            return {
+                r[0]: {"record": None if r[1] is None else json.loads(r[1]), "receipt": r[2], "purged": bool(r[3])}
+                for r in db.query(sql)
+            }
+
+    def set_payload(self, la_child_id: str, record: dict, *, state: str = "Updated") -> None:
+        """What the council's nightly SQL does on a material change."""
+        with self.open() as db, db.transaction():
+            db.execute(
+                f"UPDATE {self.table} SET previous_json_payload = json_payload, json_payload = ?, "
+                "submission_status = 'Pending', row_state = ? WHERE person_id = ?",
+                (json.dumps(record, ensure_ascii=False), state, la_child_id),
+            )
+
+    def mark_deleted(self, la_child_id: str) -> None:
+        with self.open() as db, db.transaction():
+            db.execute(f"UPDATE {self.table} SET row_state = 'Deleted' WHERE person_id = ?", (la_child_id,))
 
 
-def ledger(db_path: Path) -> dict[str, dict]:
-    with Database.open_sqlite(db_path) as db:
-        sql = f"SELECT la_child_id, record_json, receipt, purged FROM {TABLE}_ledger"
-        return {
-            r[0]: {"record": None if r[1] is None else json.loads(r[1]), "receipt": r[2], "purged": bool(r[3])}
-            for r in db.query(sql)
-        }
+def as_staging(target: Path | Staging) -> Staging:
+    """The helpers below take a SQLite file (``db_path``) or a :class:`Staging`."""
+    return target if isinstance(target, Staging) else Staging.sqlite(target)
 
 
-def set_payload(db_path: Path, la_child_id: str, record: dict, *, state: str = "Updated") -> None:
+def unique_table(prefix: str = "t") -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def postgres_odbc() -> str:
+    """The test server's ODBC string; skips (or, with CSC_TEST_POSTGRES_REQUIRED set, fails) without one."""
+    text = os.environ.get(POSTGRES_ENV, "").strip()
+    required = bool(os.environ.get("CSC_TEST_POSTGRES_REQUIRED"))
+    problem = None
+    if not text:
+        problem = f"PostgreSQL tests need {POSTGRES_ENV}, an ODBC connection string (.ci/postgres.sh sets one up)"
+    else:
+        try:
+            with Database.connect(text) as db:
+                db.scalar("SELECT 1")
+        except PipelineError as exc:
+            problem = f"PostgreSQL from {POSTGRES_ENV} is not usable: {str(exc).splitlines()[0]}"
+    if problem:
+        if required:
+            pytest.fail(problem)
+        pytest.skip(problem)
+    return text
+
+
+@pytest.fixture
+def postgres_table(postgres_odbc: str) -> Iterator[Staging]:
+    """A fresh, uniquely named staging table on the PostgreSQL test server, dropped afterwards."""
+    staging = Staging("postgresql", postgres_odbc, unique_table("pg"))
+    staging.create()
+    try:
+        yield staging
+    finally:
+        staging.drop()
+
+
+@pytest.fixture(params=DATABASES)
+def staging(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Staging]:
+    """The same test on SQLite and on PostgreSQL through pyodbc: a fresh staging table on each."""
+    if request.param == "sqlite":
+        target = Staging.sqlite(tmp_path / "staging.db")
+    else:
+        target = Staging("postgresql", request.getfixturevalue("postgres_odbc"), unique_table("e2e"))
+    target.create()
+    try:
+        yield target
+    finally:
+        target.drop()
+
+
+def db_env(target: Path | Staging) -> dict[str, str]:
+    return as_staging(target).env
+
+
+def settings_for(sim: Simulator, target: Path | Staging, **env: str) -> Settings:
+    environ = dict(sim.settings_env()) | db_env(target) | {"MAX_RETRIES": "2", "HTTP_TIMEOUT": "10"} | env
+    return load_settings(command="run", environ=environ)
+
+
+def insert(target: Path | Staging, records: list[dict], *, status: str = "Pending", state: str = "New") -> None:
+    as_staging(target).insert(records, status=status, state=state)
+
+
+def rows(target: Path | Staging) -> list[dict]:
+    return as_staging(target).rows()
+
+
+def ledger(target: Path | Staging) -> dict[str, dict]:
+    return as_staging(target).ledger()
+
+
+def set_payload(target: Path | Staging, la_child_id: str, record: dict, *, state: str = "Updated") -> None:
     """What the council's nightly SQL does on a material change."""
-    with Database.open_sqlite(db_path) as db, db.transaction():
-        db.execute(
-            f"UPDATE {TABLE} SET previous_json_payload = json_payload, json_payload = ?, "
-            "submission_status = 'Pending', row_state = ? WHERE person_id = ?",
-            (json.dumps(record, ensure_ascii=False), state, la_child_id),
-        )
+    as_staging(target).set_payload(la_child_id, record, state=state)
 
 
-def mark_deleted(db_path: Path, la_child_id: str) -> None:
-    with Database.open_sqlite(db_path) as db, db.transaction():
-        db.execute(f"UPDATE {TABLE} SET row_state = 'Deleted' WHERE person_id = ?", (la_child_id,))
+def mark_deleted(target: Path | Staging, la_child_id: str) -> None:
+    as_staging(target).mark_deleted(la_child_id)
 
 
 class CliResult:

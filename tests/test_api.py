@@ -210,14 +210,14 @@ def test_session_has_honest_user_agent_and_verifies_tls(sim: Simulator) -> None:
     assert not session.proxies
 
 
-def test_session_uses_ca_bundle_and_proxy_from_settings(sim: Simulator, tmp_path: Path) -> None:
-    bundle = tmp_path / "firewall-ca.pem"
-    bundle.write_text("not checked here")
+def test_session_uses_ca_bundle_and_proxy_from_settings(sim: Simulator, tmp_path: Path, tls_files) -> None:
+    bundle, _ = tls_files
     settings = settings_for(sim).replace(
         ca_bundle=bundle, https_proxy=Secret("http://user:pw@proxy.example:8080"), no_proxy="intranet.local"
     )
     session = make_session(settings)
-    assert session.verify == str(bundle)
+    assert session.verify is True  # the bundle is loaded into the session's own SSL context instead
+    assert "CA_BUNDLE" in session.trust and str(bundle) in session.trust
     assert session.proxies == {
         "https": "http://user:pw@proxy.example:8080",
         "http": "http://user:pw@proxy.example:8080",
@@ -225,6 +225,10 @@ def test_session_uses_ca_bundle_and_proxy_from_settings(sim: Simulator, tmp_path
 
     with pytest.raises(ConfigError, match="CA_BUNDLE"):
         make_session(settings.replace(ca_bundle=tmp_path / "missing.pem"))
+    garbage = tmp_path / "not-a-certificate.pem"
+    garbage.write_text("not a certificate")
+    with pytest.raises(ConfigError, match="CA_BUNDLE: .* holds no certificate in PEM form"):
+        make_session(settings.replace(ca_bundle=garbage))
 
 
 @pytest.mark.parametrize(
@@ -283,7 +287,7 @@ def test_classify_400_in_json_and_without_indexes() -> None:
         (401, Unauthorized, []),
         (403, Forbidden, []),
         (404, FatalApiError, ["API_ENDPOINT", "LA_CODE"]),
-        (407, FatalApiError, ["HTTPS_PROXY"]),
+        (407, FatalApiError, ["PROXY_URL", "Px"]),
         (413, PayloadTooLarge, []),
         (429, RetriableApiError, []),
         (500, RetriableApiError, []),
@@ -606,7 +610,7 @@ def test_proxy_asking_for_credentials(tmp_path: Path) -> None:
         )
         check = client_for(settings).test_endpoint()
         assert not check.ok and check.stage == "token" and check.exit_code == ExitCode.API
-        assert "407" in check.message and "HTTPS_PROXY" in check.message
+        assert "407" in check.message and "PROXY_URL" in check.message
         assert "proxy-pw-77" not in "\n".join(check.lines())
 
         plain = settings.replace(api_endpoint="http://dfe.example/csc/1")
@@ -614,7 +618,7 @@ def test_proxy_asking_for_credentials(tmp_path: Path) -> None:
         client.auth._token = Secret("pretend-token")  # skip the token: test the receiver through the proxy
         client.auth._expires_at = client.auth.clock() + 3600
         client.auth._lifetime = 3600
-        with pytest.raises(FatalApiError, match="HTTPS_PROXY"):
+        with pytest.raises(FatalApiError, match="PROXY_URL"):
             client.send([child(1)], batch_id="b")
     finally:
         proxy.shutdown()

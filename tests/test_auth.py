@@ -199,7 +199,7 @@ def test_dns_failure_is_named() -> None:
         "(Caused by NameResolutionError(\"Failed to resolve 'login.example'\"))"
     )
     cause, sentence = describe_network_error(exc, host="login.example", timeout=5)
-    assert cause == "dns" and "DNS" in sentence and "HTTPS_PROXY" in sentence
+    assert cause == "dns" and "DNS" in sentence and "PROXY_URL" in sentence
 
 
 class _TokenHandler(BaseHTTPRequestHandler):

@@ -1,24 +1,26 @@
-"""The real pipeline against the real simulator over loopback HTTP and a real SQLite file."""
+"""The real pipeline against the real simulator over loopback HTTP and a real database.
+
+Every test runs twice through the ``staging`` fixture: on a SQLite file, and on
+PostgreSQL through pyodbc and psqlODBC (skipped, with the reason, when no server).
+"""
 
 from __future__ import annotations
 
 import copy
 import json
 import random
-from pathlib import Path
 
 import pytest
 
-from api_pipeline.db import Database
 from api_pipeline.demo import apply_nightly_changes, check_convergence, return_children
 from api_pipeline.runner import execute_run
 from api_pipeline.synthetic import make_children
-from conftest import TABLE, insert, ledger, mark_deleted, rows, set_payload, settings_for
+from conftest import Staging, insert, ledger, mark_deleted, rows, set_payload, settings_for
 
 
-def converged(db_path: Path, sim) -> None:
-    with Database.open_sqlite(db_path) as db:
-        result = check_convergence(db, TABLE, sim.snapshot())
+def converged(staging: Staging, sim) -> None:
+    with staging.open() as db:
+        result = check_convergence(db, staging.table, sim.snapshot())
     assert result.ok, f"children differ at DfE: {result.mismatched[:5]}"
 
 
@@ -30,63 +32,63 @@ def sent_records(sim) -> list[dict]:
     return records
 
 
-def test_full_load_sends_every_child_and_fills_the_ledger(simulator, db_path):
+def test_full_load_sends_every_child_and_fills_the_ledger(simulator, staging):
     children = list(make_children(60, seed=7))
-    insert(db_path, children)
-    summary = execute_run(settings_for(simulator, db_path, BATCH_SIZE="25"))
+    insert(staging, children)
+    summary = execute_run(settings_for(simulator, staging, BATCH_SIZE="25"))
     assert summary.outcomes["sent"] == 60 and summary.problems == 0
     assert summary.batches == 3 and summary.requests == 3
-    for row in rows(db_path):
+    for row in rows(staging):
         assert row["submission_status"] == "Sent"  # the table's own case style
         assert row["row_state"] == "Unchanged"
         assert row["previous_json_payload"] == row["json_payload"]
         assert row["api_response"].endswith(".json")
         assert row["submission_timestamp"]
         assert len(row["previous_hash"]) == 32
-    assert set(ledger(db_path)) == {c["la_child_id"] for c in children}
-    converged(db_path, simulator)
+    assert set(ledger(staging)) == {c["la_child_id"] for c in children}
+    converged(staging, simulator)
 
 
-def test_nothing_to_do_sends_nothing(simulator, db_path):
-    insert(db_path, list(make_children(5, seed=3)))
-    execute_run(settings_for(simulator, db_path))
+def test_nothing_to_do_sends_nothing(simulator, staging):
+    insert(staging, list(make_children(5, seed=3)))
+    execute_run(settings_for(simulator, staging))
     simulator.clear_log()
-    summary = execute_run(settings_for(simulator, db_path))
+    summary = execute_run(settings_for(simulator, staging))
     assert summary.rows_read == 0 and summary.requests == 0
     assert simulator.request_log() == []
 
 
 @pytest.mark.parametrize("mode", ["partial", "full"])
-def test_changes_converge_and_partial_sends_only_changed_entities(simulator, db_path, mode):
+def test_changes_converge_and_partial_sends_only_changed_entities(simulator, staging, mode):
     children = list(make_children(80, seed=11))
-    insert(db_path, children)
-    settings = settings_for(simulator, db_path, USE_PARTIAL_PAYLOAD="true" if mode == "partial" else "false")
+    insert(staging, children)
+    settings = settings_for(simulator, staging, USE_PARTIAL_PAYLOAD="true" if mode == "partial" else "false")
     execute_run(settings)
     first_bytes = sum(len(e.body) for e in simulator.request_log() if e.body)
 
     by_id = {c["la_child_id"]: c for c in children}
-    with Database.open_sqlite(db_path) as db:
-        night = apply_nightly_changes(db, TABLE, random.Random(5), update_fraction=0.2, delete_fraction=0.05)
+    with staging.open() as db:
+        night = apply_nightly_changes(db, staging.table, random.Random(5), update_fraction=0.2, delete_fraction=0.05)
     # Hand-made edits of each kind, on children the random night left alone.
     ids = [i for i in by_id if i not in set(night.updated) | set(night.deleted)]
     scalar = copy.deepcopy(by_id[ids[0]])
     scalar["child_details"]["sex"] = "F" if scalar["child_details"].get("sex") != "F" else "M"
-    set_payload(db_path, ids[0], scalar)
+    set_payload(staging, ids[0], scalar)
     ids[1] = next(i for i in ids[1:] if len(by_id[i].get("social_care_episodes", [])) > 1)
     no_episodes = copy.deepcopy(by_id[ids[1]])
     no_episodes["social_care_episodes"] = no_episodes["social_care_episodes"][1:]
-    set_payload(db_path, ids[1], no_episodes)
+    set_payload(staging, ids[1], no_episodes)
     ids[2] = next(i for i in ids[2:] if "health_and_wellbeing" in by_id[i] and i != ids[1])
     no_health = copy.deepcopy(by_id[ids[2]])
     no_health.pop("health_and_wellbeing")
-    set_payload(db_path, ids[2], no_health)
+    set_payload(staging, ids[2], no_health)
     ids[3] = next(i for i in ids[3:] if i not in ids[:3])
-    mark_deleted(db_path, ids[3])
+    mark_deleted(staging, ids[3])
     simulator.clear_log()
 
     summary = execute_run(settings)
     assert summary.problems == 0
-    converged(db_path, simulator)
+    converged(staging, simulator)
 
     touched = set(night.updated) | set(night.deleted) | {ids[0], ids[1], ids[2], ids[3]}
     sent = sent_records(simulator)
@@ -107,39 +109,39 @@ def test_changes_converge_and_partial_sends_only_changed_entities(simulator, db_
     assert health["health_and_wellbeing"] == {"purge": True}
 
     # Deleted children are purged once: the LA's SQL marks them Deleted again, nothing is re-sent.
-    deleted_row = next(r for r in rows(db_path) if r["person_id"] == ids[3])
+    deleted_row = next(r for r in rows(staging) if r["person_id"] == ids[3])
     assert deleted_row["submission_status"] == "Sent" and deleted_row["row_state"] == "Deleted"
-    assert ledger(db_path)[ids[3]]["purged"] is True
+    assert ledger(staging)[ids[3]]["purged"] is True
     simulator.clear_log()
     again = execute_run(settings)
     assert again.requests == 0
 
 
-def test_child_returning_after_purge_is_sent_whole(simulator, db_path):
+def test_child_returning_after_purge_is_sent_whole(simulator, staging):
     children = list(make_children(10, seed=21))
-    insert(db_path, children)
-    settings = settings_for(simulator, db_path)
+    insert(staging, children)
+    settings = settings_for(simulator, staging)
     execute_run(settings)
     gone = children[4]["la_child_id"]
-    mark_deleted(db_path, gone)
+    mark_deleted(staging, gone)
     execute_run(settings)
     assert gone not in simulator.snapshot()
-    with Database.open_sqlite(db_path) as db:
-        return_children(db, TABLE, [gone])
+    with staging.open() as db:
+        return_children(db, staging.table, [gone])
     simulator.clear_log()
     execute_run(settings)
     (record,) = sent_records(simulator)
     assert record["la_child_id"] == gone
     assert len(record.get("social_care_episodes", [])) == len(children[4].get("social_care_episodes", []))
-    converged(db_path, simulator)
+    converged(staging, simulator)
 
 
-def test_names_arrive_byte_for_byte(simulator, db_path):
+def test_names_arrive_byte_for_byte(simulator, staging):
     child = next(make_children(1, seed=1))
     child["child_details"]["first_name"] = "Zoë"
     child["child_details"]["surname"] = "O'Brien"
-    insert(db_path, [child])
-    execute_run(settings_for(simulator, db_path))
+    insert(staging, [child])
+    execute_run(settings_for(simulator, staging))
     (entry,) = [e for e in simulator.request_log() if e.path.endswith("/children")]
     assert "Zoë".encode() in entry.body and b"O'Brien" in entry.body
     assert b"\\u00eb" not in entry.body
@@ -147,41 +149,41 @@ def test_names_arrive_byte_for_byte(simulator, db_path):
     assert held["child_details"]["first_name"] == "Zoë" and held["child_details"]["surname"] == "O'Brien"
 
 
-def test_invalid_record_is_not_sent_and_the_rest_of_the_batch_is(simulator, db_path):
+def test_invalid_record_is_not_sent_and_the_rest_of_the_batch_is(simulator, staging):
     children = list(make_children(100, seed=9))
     bad = children[42]
     bad["social_care_episodes"][0]["referral_source"] = "ABC"
-    insert(db_path, children)
-    summary = execute_run(settings_for(simulator, db_path))
+    insert(staging, children)
+    summary = execute_run(settings_for(simulator, staging))
     assert summary.outcomes["sent"] == 99 and summary.outcomes["invalid"] == 1
     assert bad["la_child_id"] not in {r["la_child_id"] for r in sent_records(simulator)}
-    row = next(r for r in rows(db_path) if r["person_id"] == bad["la_child_id"])
+    row = next(r for r in rows(staging) if r["person_id"] == bad["la_child_id"])
     assert row["submission_status"] == "Invalid"
     assert "social_care_episodes[0].referral_source" in row["api_response"]
     assert "longer than 2 characters" in row["api_response"]
     # Not retried until its payload changes.
     simulator.clear_log()
-    assert execute_run(settings_for(simulator, db_path)).rows_read == 0
+    assert execute_run(settings_for(simulator, staging)).rows_read == 0
 
 
-def test_dry_run_writes_bodies_and_changes_nothing(simulator, db_path, tmp_path):
-    insert(db_path, list(make_children(30, seed=2)))
-    before = rows(db_path)
+def test_dry_run_writes_bodies_and_changes_nothing(simulator, staging, tmp_path):
+    insert(staging, list(make_children(30, seed=2)))
+    before = rows(staging)
     out = tmp_path / "review"
-    summary = execute_run(settings_for(simulator, db_path, BATCH_SIZE="10"), dry_run_dir=out)
+    summary = execute_run(settings_for(simulator, staging, BATCH_SIZE="10"), dry_run_dir=out)
     assert summary.outcomes["dry_run"] == 30
-    assert rows(db_path) == before
+    assert rows(staging) == before
     assert simulator.request_log() == [] and simulator.token_requests == 0
     files = sorted(out.glob("*.json"))
     assert len(files) == 3
     assert sum(len(json.loads(f.read_text(encoding="utf-8"))) for f in files) == 30
 
 
-def test_row_changed_during_the_run_stays_pending(simulator, db_path):
+def test_row_changed_during_the_run_stays_pending(simulator, staging):
     """Optimistic concurrency: the council's SQL rewrites a row between our read and our write-back."""
     children = list(make_children(3, seed=4))
-    insert(db_path, children)
-    settings = settings_for(simulator, db_path)
+    insert(staging, children)
+    settings = settings_for(simulator, staging)
     newer = copy.deepcopy(children[1])
     newer["child_details"]["ethnicity"] = "WIRI"
 
@@ -192,7 +194,7 @@ def test_row_changed_during_the_run_stays_pending(simulator, db_path):
 
     def flush_after_council_edit(self):
         if self._batch:
-            set_payload(db_path, children[1]["la_child_id"], newer)
+            set_payload(staging, children[1]["la_child_id"], newer)
         real_flush(self)
 
     Pipeline._flush = flush_after_council_edit
@@ -201,7 +203,7 @@ def test_row_changed_during_the_run_stays_pending(simulator, db_path):
     finally:
         Pipeline._flush = real_flush
     assert summary.outcomes["changed_during_run"] == 1
-    row = next(r for r in rows(db_path) if r["person_id"] == children[1]["la_child_id"])
+    row = next(r for r in rows(staging) if r["person_id"] == children[1]["la_child_id"])
     assert row["submission_status"] == "Pending"
     # The ledger still records what DfE acknowledged, so the next run sends only the change.
     simulator.clear_log()
@@ -209,11 +211,11 @@ def test_row_changed_during_the_run_stays_pending(simulator, db_path):
     (record,) = sent_records(simulator)
     assert record["la_child_id"] == children[1]["la_child_id"]
     assert record["child_details"]["ethnicity"] == "WIRI"
-    converged(db_path, simulator)
+    converged(staging, simulator)
 
 
-def test_lower_case_statuses_are_understood(simulator, db_path):
-    insert(db_path, list(make_children(4, seed=8)), status="pending", state="new")
-    execute_run(settings_for(simulator, db_path))
-    assert {r["submission_status"] for r in rows(db_path)} == {"sent"}
-    assert {r["row_state"] for r in rows(db_path)} == {"unchanged"}
+def test_lower_case_statuses_are_understood(simulator, staging):
+    insert(staging, list(make_children(4, seed=8)), status="pending", state="new")
+    execute_run(settings_for(simulator, staging))
+    assert {r["submission_status"] for r in rows(staging)} == {"sent"}
+    assert {r["row_state"] for r in rows(staging)} == {"unchanged"}

@@ -1,0 +1,434 @@
+"""SQL dialects and table definitions: every difference between SQLite, SQL Server and PostgreSQL.
+
+The staging table's and the ledger's columns are declared once (:data:`STAGING_SPEC`,
+:data:`LEDGER_SPEC`); the DDL that creates them, the checks that say whether an
+existing table can be used and the DDL that fixes one are all derived from that.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from api_pipeline.errors import ConfigError, DatabaseError
+
+HASH_BYTES = 32  # SHA-256
+
+# Parameter kinds: the few parameters a driver cannot bind well by guessing from the Python value.
+LONG_TEXT = "long_text"  # stored in, or compared with, an NVARCHAR(MAX) / TEXT column
+BINARY = "binary"  # bytes (or None) for a BINARY(32) / BYTEA column
+Kinds = Sequence[str | None]
+
+# ODBC SQL type codes, fixed by the ODBC specification (pyodbc's constants have these values).
+SQL_WVARCHAR = -9
+SQL_VARBINARY = -3
+
+
+# ---------------------------------------------------------------------------
+# The columns the tool works with (DESIGN §4)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column the tool reads or writes, and the least it can work with.
+
+    ``kind`` is one of: id, text, long_text, hash, timestamp, int, flag. For
+    ``text``, ``size`` is the length councils' DDL gives it and ``min_size`` the
+    shortest that holds every value the tool writes. ``long_text`` must be
+    unlimited (NVARCHAR(MAX), TEXT) unless ``min_size`` says a length is enough.
+    """
+
+    name: str
+    kind: str
+    size: int = 0
+    min_size: int = 0
+    nullable: bool = True
+    default: str | None = None
+    required: bool = True
+
+
+STAGING_SPEC = (
+    Column("id", "id", nullable=False),
+    Column("person_id", "text", 20, min_size=20),
+    Column("legacy_id", "text", 36, required=False),
+    Column("json_payload", "long_text", nullable=False),
+    Column("previous_json_payload", "long_text"),
+    Column("partial_json_payload", "long_text"),
+    Column("current_hash", "hash", required=False),
+    Column("previous_hash", "hash"),
+    Column("submission_status", "text", 50, min_size=7, default="'Pending'"),
+    Column("submission_timestamp", "timestamp"),
+    Column("api_response", "long_text", min_size=4000),
+    Column("row_state", "text", 10, min_size=9, default="'New'"),
+    Column("last_updated", "timestamp", required=False, default="CURRENT_TIMESTAMP"),
+)
+LEDGER_SPEC = (
+    Column("la_child_id", "text", 36, min_size=20, nullable=False),
+    Column("mis_child_id", "text", 36, min_size=36),
+    Column("staging_id", "int"),
+    Column("record_json", "long_text"),
+    Column("record_hash", "hash"),
+    Column("receipt", "text", 200, min_size=100),
+    Column("acknowledged_at", "timestamp"),
+    Column("purged", "flag", nullable=False, default="0"),
+)
+STAGING_COLUMNS = tuple(c.name for c in STAGING_SPEC)
+# Columns the tool cannot work without; legacy_id, current_hash and last_updated are optional.
+REQUIRED_COLUMNS = tuple(c.name for c in STAGING_SPEC if c.required)
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    """A column as the database describes it. ``length`` None: unlimited (MAX, TEXT) or not a string."""
+
+    name: str
+    data_type: str
+    length: int | None = None
+
+    def shown(self) -> str:
+        if self.data_type in _SIZED_TYPES:
+            return f"{self.data_type.upper()}({'MAX' if self.length is None else self.length})"
+        return self.data_type.upper()
+
+
+_SIZED_TYPES = frozenset(
+    {"nvarchar", "varchar", "nchar", "char", "binary", "varbinary", "character varying", "character"}
+)
+
+# Which declared types each DBMS can use for each kind of column. SQLite accepts any.
+_TYPE_FAMILIES: dict[str, dict[str, frozenset[str]]] = {
+    "mssql": {
+        "text": frozenset({"nvarchar", "varchar", "nchar", "char"}),
+        "long_text": frozenset({"nvarchar", "varchar"}),
+        "hash": frozenset({"binary", "varbinary"}),
+        "timestamp": frozenset({"datetime", "datetime2", "smalldatetime", "datetimeoffset"}),
+        "id": frozenset({"int", "bigint"}),
+        "int": frozenset({"int", "bigint"}),
+        "flag": frozenset({"bit", "tinyint", "smallint", "int", "bigint"}),
+    },
+    "postgresql": {
+        "text": frozenset({"text", "character varying", "character"}),
+        "long_text": frozenset({"text", "character varying"}),
+        "hash": frozenset({"bytea"}),
+        "timestamp": frozenset({"timestamp without time zone", "timestamp with time zone"}),
+        "id": frozenset({"integer", "bigint"}),
+        "int": frozenset({"integer", "bigint"}),
+        "flag": frozenset({"smallint", "integer", "bigint"}),
+    },
+}
+
+
+# ---------------------------------------------------------------------------
+# Dialects: every difference between SQLite, SQL Server and PostgreSQL lives here.
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the DBMSs: types, row limiting, DDL guards, catalogue queries."""
+
+    name: str
+    label: str
+    text: str
+    short_text: str
+    identity_pk: str
+    binary32: str
+    timestamp: str
+    flag: str
+    integer: str
+    # Login and database, for test-db (None: SQLite has neither).
+    whoami_sql: str | None = None
+
+    # -- queries ---------------------------------------------------------------
+
+    def select_top(self, columns: str, rest: str) -> str:
+        """``SELECT <columns> <rest>`` limited to ``?`` rows (see :meth:`limit_first` for where ``?`` goes)."""
+        if self.name == "mssql":
+            return f"SELECT TOP (?) {columns} {rest}"
+        return f"SELECT {columns} {rest} LIMIT ?"
+
+    def limit_first(self) -> bool:
+        """True when the row limit parameter comes before the others (T-SQL ``TOP``)."""
+        return self.name == "mssql"
+
+    def same_text(self, column: str) -> str:
+        """``column = ?`` compared exactly, character for character.
+
+        SQL Server compares with the column's collation, usually case-insensitive:
+        ``"Zoe"`` would equal ``"ZOE"`` and a council's case-only edit would slip
+        past the optimistic check. A binary collation makes it exact.
+        """
+        if self.name == "mssql":
+            return f"{column} = ? COLLATE Latin1_General_BIN2"
+        return f"{column} = ?"
+
+    def input_sizes(self, kinds: Kinds | None) -> list[Any] | None:
+        """``cursor.setinputsizes`` for these parameters, or None when the driver's guesses are right.
+
+        SQL Server: pyodbc binds a string over 4,000 characters as ``ntext``, and
+        ``NVARCHAR(MAX) = ntext`` is an error, so long JSON is bound as
+        ``SQL_WVARCHAR`` with size 0, which the Microsoft drivers send as
+        ``NVARCHAR(MAX)`` (streamed, never truncated). Binary parameters are bound
+        as ``VARBINARY``, so a NULL hash is a binary NULL: a NULL bound as text is
+        refused by a ``BINARY(32)`` column ("implicit conversion from varchar").
+        PostgreSQL (psqlODBC) types parameters from the statement: nothing to do.
+        """
+        if self.name != "mssql" or not kinds or not any(kinds):
+            return None
+        sizes: list[Any] = []
+        for kind in kinds:
+            if kind == LONG_TEXT:
+                sizes.append((SQL_WVARCHAR, 0, 0))
+            elif kind == BINARY:
+                sizes.append((SQL_VARBINARY, HASH_BYTES, 0))
+            else:
+                sizes.append(None)
+        return sizes
+
+    def timestamp_param(self, value: datetime | None) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is not None:  # stored as naive UTC, as DATETIME columns expect
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        if self.name == "sqlite":
+            return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        return value
+
+    # -- DDL -------------------------------------------------------------------
+
+    def create_table_if_missing(self, table: str, body: str) -> str:
+        if self.name == "mssql":
+            return f"IF OBJECT_ID(N'{table}', N'U') IS NULL CREATE TABLE {table} ({body})"
+        return f"CREATE TABLE IF NOT EXISTS {table} ({body})"
+
+    def create_unique_index_if_missing(self, index: str, table: str, column: str) -> str:
+        """A unique index on one column. SQL Server's ignores NULLs, as PostgreSQL's and SQLite's do."""
+        if self.name == "mssql":
+            return (
+                f"IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'{index}' "
+                f"AND object_id = OBJECT_ID(N'{table}')) "
+                f"CREATE UNIQUE INDEX {index} ON {table} ({column}) WHERE {column} IS NOT NULL"
+            )
+        if self.name == "sqlite" and "." in table:
+            schema, name = table.split(".", 1)
+            return f"CREATE UNIQUE INDEX IF NOT EXISTS {schema}.{index} ON {name} ({column})"
+        return f"CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {table} ({column})"
+
+    def column_type(self, column: Column) -> str:
+        return {
+            "id": self.integer,
+            "text": self.short_text.format(n=column.size),
+            "long_text": self.text,
+            "hash": self.binary32,
+            "timestamp": self.timestamp,
+            "int": self.integer,
+            "flag": self.flag,
+        }[column.kind]
+
+    def column_definition(self, column: Column, *, for_add: bool = False) -> str:
+        """``name TYPE [DEFAULT x] NULL|NOT NULL``; an added column is NULL unless it has a default."""
+        if column.kind == "id":
+            return f"{column.name} {self.identity_pk}"
+        nullable = column.nullable or (for_add and column.default is None)
+        parts = [column.name, self.column_type(column), "NULL" if nullable else "NOT NULL"]
+        if column.default is not None:
+            parts.append(f"DEFAULT {column.default}")
+        return " ".join(parts)
+
+    def add_column(self, table: str, column: Column) -> str:
+        keyword = "ADD" if self.name == "mssql" else "ADD COLUMN"
+        return f"ALTER TABLE {table} {keyword} {self.column_definition(column, for_add=True)}"
+
+    def alter_column_type(self, table: str, column: Column) -> str:
+        new_type = self.column_type(column)
+        if self.name == "mssql":
+            null = "NULL" if column.nullable else "NOT NULL"
+            return f"ALTER TABLE {table} ALTER COLUMN {column.name} {new_type} {null}"
+        if self.name == "postgresql":
+            return f"ALTER TABLE {table} ALTER COLUMN {column.name} TYPE {new_type} USING {column.name}::{new_type}"
+        # SQLite columns take any value whatever their declared type; there is nothing to change.
+        return ""
+
+    # -- catalogue ---------------------------------------------------------------
+
+    def columns_sql(self, qualified: bool) -> str:
+        """Columns of one table: (schema, name, type, max length) in order; parameters (schema?, table)."""
+        select = (
+            "SELECT TABLE_SCHEMA, COLUMN_NAME, DATA_TYPE, CHARACTER_MAXIMUM_LENGTH "
+            "FROM INFORMATION_SCHEMA.COLUMNS WHERE "
+        )
+        if qualified:
+            return select + "TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION"
+        if self.name == "mssql":
+            # Unqualified names resolve to the login's default schema, then dbo.
+            return (
+                select + "TABLE_SCHEMA IN (SCHEMA_NAME(), 'dbo') AND TABLE_NAME = ? "
+                "ORDER BY CASE WHEN TABLE_SCHEMA = SCHEMA_NAME() THEN 0 ELSE 1 END, ORDINAL_POSITION"
+            )
+        # PostgreSQL: the first schema on the search_path that has the table.
+        return (
+            select + "TABLE_SCHEMA = ANY (current_schemas(false)) AND TABLE_NAME = ? "
+            "ORDER BY array_position(current_schemas(false), TABLE_SCHEMA::name), ORDINAL_POSITION"
+        )
+
+    def catalogue_name(self, name: str) -> str:
+        """PostgreSQL folds unquoted identifiers to lower case, and so does its catalogue."""
+        return name.lower() if self.name == "postgresql" else name
+
+    def problem(self, column: Column, info: ColumnInfo) -> str | None:
+        """Why the tool cannot use this column as it is, or None."""
+        families = _TYPE_FAMILIES.get(self.name)
+        if families is None:  # SQLite stores any value in any column
+            return None
+        kind = column.kind
+        data_type = info.data_type
+        if data_type not in families[kind]:
+            if kind == "long_text" and data_type in ("ntext", "text") and self.name == "mssql":
+                return f"is {info.shown()}, a deprecated type that cannot be compared with '=', which the tool needs"
+            if kind == "flag" and data_type == "boolean":
+                return "is BOOLEAN; the tool stores 0 and 1"
+            return f"is {info.shown()}; the tool needs {self.column_type(column)}"
+        if kind in ("text", "long_text") and info.length is not None:
+            need = column.min_size
+            if kind == "long_text" and need == 0:
+                return f"is {info.shown()}: records longer than {info.length} characters would be refused or cut"
+            if info.length < need:
+                return f"is {info.shown()}: too short, the tool writes values up to {need} characters"
+        if kind == "hash" and info.length is not None and info.length < HASH_BYTES:
+            return f"is {info.shown()}: too short for a {HASH_BYTES}-byte SHA-256 hash"
+        return None
+
+    def warning(self, column: Column, info: ColumnInfo) -> str | None:
+        """Works, but may damage data: SQL Server's non-Unicode text types."""
+        if self.name == "mssql" and column.kind == "long_text" and info.data_type in ("varchar", "char"):
+            return (
+                f"is {info.shown()}: letters outside the server's code page (Łukasz, emoji) are stored as '?'; "
+                f"{self.column_type(column)} keeps them"
+            )
+        return None
+
+
+SQLITE = Dialect(
+    name="sqlite",
+    label="SQLite",
+    text="TEXT",
+    short_text="TEXT",
+    identity_pk="INTEGER PRIMARY KEY AUTOINCREMENT",
+    binary32="BLOB",
+    timestamp="TEXT",
+    flag="INTEGER",
+    integer="INTEGER",
+)
+MSSQL = Dialect(
+    name="mssql",
+    label="Microsoft SQL Server",
+    text="NVARCHAR(MAX)",
+    short_text="NVARCHAR({n})",
+    identity_pk="INT IDENTITY(1,1) NOT NULL PRIMARY KEY",
+    binary32="BINARY(32)",
+    timestamp="DATETIME",
+    flag="BIT",
+    integer="INT",
+    whoami_sql="SELECT SUSER_SNAME(), DB_NAME()",
+)
+POSTGRES = Dialect(
+    name="postgresql",
+    label="PostgreSQL",
+    text="TEXT",
+    short_text="VARCHAR({n})",
+    identity_pk="INTEGER GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+    binary32="BYTEA",
+    timestamp="TIMESTAMP",
+    flag="SMALLINT",
+    integer="INTEGER",
+    whoami_sql="SELECT current_user, current_database()",
+)
+DIALECTS = {d.name: d for d in (SQLITE, MSSQL, POSTGRES)}
+
+
+def dialect_named(name: str) -> Dialect:
+    """``mssql`` / ``sqlserver``, ``postgresql`` / ``postgres``, ``sqlite``."""
+    key = {"sqlserver": "mssql", "postgres": "postgresql", "pg": "postgresql"}.get(name.lower(), name.lower())
+    if key not in DIALECTS:
+        raise ConfigError(f"unknown database type {name!r}: use mssql, postgresql or sqlite")
+    return DIALECTS[key]
+
+
+def staging_ddl(dialect: Dialect, table: str) -> str:
+    """The staging table as councils' SQL Server DDL creates it (DESIGN §4)."""
+    body = ", ".join(dialect.column_definition(c) for c in STAGING_SPEC)
+    return dialect.create_table_if_missing(table, body)
+
+
+def person_index_name(table: str) -> str:
+    return f"ux_{table.rsplit('.', 1)[-1]}_person_id"
+
+
+def staging_index_ddl(dialect: Dialect, table: str) -> str:
+    """One row per child: a unique index on person_id (NULLs allowed, as rows being built have none)."""
+    return dialect.create_unique_index_if_missing(person_index_name(table), table, "person_id")
+
+
+def ledger_ddl(dialect: Dialect, ledger: str) -> str:
+    """The submission ledger: per child, what DfE last acknowledged (DESIGN §4)."""
+    columns = [dialect.column_definition(c) for c in LEDGER_SPEC]
+    columns[0] += " PRIMARY KEY"
+    return dialect.create_table_if_missing(ledger, ", ".join(columns))
+
+
+@dataclass(frozen=True)
+class ColumnIssue:
+    """A column the tool cannot use (``fix`` is the DDL to run) or should warn about."""
+
+    column: str
+    reason: str
+    fix: str
+    blocking: bool = True
+
+
+def check_columns(
+    dialect: Dialect, table: str, spec: Sequence[Column], present: Sequence[ColumnInfo]
+) -> list[ColumnIssue]:
+    """Missing and unusable columns of ``table`` against ``spec``, each with the DDL that fixes it."""
+    by_name = {c.name: c for c in present}
+    issues: list[ColumnIssue] = []
+    for column in spec:
+        info = by_name.get(column.name)
+        if info is None:
+            if column.required:
+                issues.append(ColumnIssue(column.name, "is missing", dialect.add_column(table, column)))
+            continue
+        problem = dialect.problem(column, info)
+        if problem:
+            issues.append(ColumnIssue(column.name, problem, dialect.alter_column_type(table, column)))
+            continue
+        warning = dialect.warning(column, info)
+        if warning:
+            issues.append(ColumnIssue(column.name, warning, dialect.alter_column_type(table, column), blocking=False))
+    return issues
+
+
+def sqlite_column_info(name: str, declared: str) -> ColumnInfo:
+    match = re.match(r"^\s*([A-Za-z ]+?)\s*(?:\(\s*(\d+|max)\s*\))?\s*$", declared, re.IGNORECASE)
+    if not match:
+        return ColumnInfo(name.lower(), declared.lower())
+    size = match.group(2)
+    length = int(size) if size and size.isdigit() else None
+    return ColumnInfo(name.lower(), match.group(1).lower(), length)
+
+
+def dialect_for_dbms(dbms: str) -> Dialect:
+    """The dialect for what the connection says it is (``SQL_DBMS_NAME``)."""
+    name = dbms.lower()
+    if "sql server" in name:
+        return MSSQL
+    if "postgres" in name:
+        return POSTGRES
+    raise DatabaseError(
+        f"the ODBC connection is to {dbms or 'an unknown database'}; this tool supports Microsoft SQL Server and "
+        "PostgreSQL through ODBC, and SQLite as sqlite:///path/to/file.db"
+    )

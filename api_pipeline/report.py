@@ -1,0 +1,475 @@
+"""The run report: one small self-contained HTML page per run, next to its log (DESIGN §9).
+
+Written for someone who does not read logs, such as a data-protection officer:
+plain-English headings, what happened to the records, why some were not sent,
+how sending went, and a chart of the last 30 runs. Built only from the run
+summaries (``*.summary.json``), which hold counts, timings and reason keys, never
+record content, identifiers or receipts. Every piece of text is escaped.
+
+The page needs nothing else: inline CSS, an inline SVG chart, no scripts, and a
+Content-Security-Policy that forbids loading anything, so opening it contacts
+nobody.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from api_pipeline import APP_NAME, __version__
+
+CHART_RUNS = 30
+SUMMARY_SUFFIX = ".summary.json"
+REPORT_SUFFIX = ".report.html"
+SUMMARY_GLOB = "csc_api_pipeline_*" + SUMMARY_SUFFIX
+
+OUTCOME_LABELS = (
+    ("sent", "Sent to DfE and acknowledged"),
+    ("purged", "Deletions sent to DfE and acknowledged"),
+    ("unchanged", "Already up to date at DfE, so not sent again"),
+    ("valid", "Passed the checks (validation only, nothing sent)"),
+    ("dry_run", "Prepared for review only (dry run, nothing sent)"),
+    ("invalid", "Not sent: the record fails DfE's rules (the data needs fixing)"),
+    ("skipped", "Not sent: a problem with the staging table row (the staging SQL needs fixing)"),
+    ("rejected", "Refused by DfE"),
+    ("failed", "Not sent this time; will be tried again at the next run"),
+    ("changed_during_run", "Changed in the table during the run; will be sent at the next run"),
+)
+PROBLEM_OUTCOMES = ("invalid", "skipped", "rejected", "failed")
+RETRY_LABELS = {
+    "401": "the access token was renewed (HTTP 401)",
+    "403": "DfE's gateway refused or throttled us (HTTP 403)",
+    "408": "DfE timed out the request (HTTP 408)",
+    "413": "a batch was too large and was split (HTTP 413)",
+    "429": "DfE asked us to slow down (HTTP 429)",
+}
+SENT_COLOUR = "#1d70b8"
+PROBLEM_COLOUR = "#d4351c"
+
+_EXIT_LINE = re.compile(r"^\s+(\d+)\s+(.+)$")
+
+
+def exit_code_meanings() -> dict[int, str]:
+    """The meaning of each exit code, read from the CLI's help so the two cannot differ."""
+    from api_pipeline.cli import EXIT_CODES_HELP
+
+    found = {}
+    for line in EXIT_CODES_HELP.splitlines():
+        match = _EXIT_LINE.match(line)
+        if match:
+            found[int(match.group(1))] = match.group(2).strip()
+    return found
+
+
+def report_path_for(summary_path: Path) -> Path:
+    """``csc_api_pipeline_<run_id>.summary.json`` → ``csc_api_pipeline_<run_id>.report.html``."""
+    name = summary_path.name
+    stem = name[: -len(SUMMARY_SUFFIX)] if name.endswith(SUMMARY_SUFFIX) else summary_path.stem
+    return summary_path.with_name(stem + REPORT_SUFFIX)
+
+
+def read_history(log_dir: Path, *, limit: int = CHART_RUNS) -> list[dict[str, Any]]:
+    """The newest ``limit`` readable run summaries in ``log_dir``, oldest first."""
+    found: list[dict[str, Any]] = []
+    for path in sorted(log_dir.glob(SUMMARY_GLOB), key=lambda p: p.name, reverse=True):
+        if len(found) >= limit:
+            break
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            found.append(data)
+    return found[::-1]
+
+
+def write_report(summary_path: Path) -> Path:
+    """Write the report for the run whose summary file is ``summary_path``; returns the report's path."""
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    history = read_history(summary_path.parent)
+    return _write(report_path_for(summary_path), render_report(summary, history, log_name=_log_name(summary_path)))
+
+
+def write_report_for(summary: Mapping[str, Any], log_dir: Path) -> Path:
+    """The same from a summary dict (``RunSummary.to_dict()``), for a run whose summary file is not written."""
+    run_id = str(summary.get("run_id") or "unknown")
+    history = [h for h in read_history(log_dir) if h.get("run_id") != run_id][-(CHART_RUNS - 1) :] + [dict(summary)]
+    path = log_dir / f"csc_api_pipeline_{run_id}{REPORT_SUFFIX}"
+    return _write(path, render_report(summary, history, log_name=f"csc_api_pipeline_{run_id}.log"))
+
+
+def _log_name(summary_path: Path) -> str:
+    return report_path_for(summary_path).name[: -len(REPORT_SUFFIX)] + ".log"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+    return path
+
+
+# -- small helpers ------------------------------------------------------------------------------
+
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _outcomes(summary: Mapping[str, Any]) -> dict[str, int]:
+    raw = summary.get("outcomes")
+    return {str(k): _int(v) for k, v in raw.items()} if isinstance(raw, Mapping) else {}
+
+
+def sent_count(summary: Mapping[str, Any]) -> int:
+    o = _outcomes(summary)
+    return o.get("sent", 0) + o.get("purged", 0)
+
+
+def problem_count(summary: Mapping[str, Any]) -> int:
+    o = _outcomes(summary)
+    return sum(o.get(k, 0) for k in PROBLEM_OUTCOMES)
+
+
+def parse_time(text: Any) -> datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def long_time(text: Any) -> str:
+    value = parse_time(text)
+    if value is None:
+        return "not recorded"
+    return f"{value:%A} {value.day} {value:%B %Y} at {value:%H:%M:%S} UTC"
+
+
+def short_date(text: Any) -> str:
+    value = parse_time(text)
+    return "?" if value is None else f"{value.day} {value:%b}"
+
+
+def duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "not recorded"
+    if seconds < 60:
+        return f"{seconds:.1f} seconds"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def size(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KB"
+    return f"{n / (1024 * 1024):.1f} MB"
+
+
+def retry_label(cause: str) -> str:
+    if cause in RETRY_LABELS:
+        return RETRY_LABELS[cause]
+    if cause.isdigit() and cause.startswith("5"):
+        return f"DfE's service had a server error (HTTP {cause})"
+    if cause.isdigit():
+        return f"HTTP {cause}"
+    return cause.replace("_", " ")
+
+
+def reason_label(key: str) -> str:
+    """``schema: child_details.postcode`` → ``the field child_details.postcode does not meet DfE's rules``."""
+    if key.startswith("schema: "):
+        return f"the field {key[len('schema: ') :]} does not meet DfE's rules"
+    return key
+
+
+def _rows(cells: Iterable[tuple[Any, ...]], *, numeric: bool = True) -> str:
+    """Table rows; with ``numeric`` every column after the first is right-aligned."""
+    return "".join(
+        "<tr>"
+        + "".join(f'<td class="{"num" if i and numeric else "text"}">{esc(c)}</td>' for i, c in enumerate(row))
+        + "</tr>"
+        for row in cells
+    )
+
+
+# -- the chart ----------------------------------------------------------------------------------
+
+
+def _nice_ceiling(value: int) -> int:
+    """The next 1, 2 or 5 × 10ⁿ at or above ``value`` (at least 1): tidy axis labels."""
+    if value <= 1:
+        return 1
+    power = 10 ** int(math.floor(math.log10(value)))
+    for step in (1, 2, 5, 10):
+        if step * power >= value:
+            return step * power
+    return 10 * power
+
+
+def render_chart(history: Sequence[Mapping[str, Any]], current_run_id: str | None) -> str:
+    """Sent (with purges) and problems per run as grouped bars, newest on the right; inline SVG."""
+    width, height = 1000, 320
+    left, right, top, bottom = 56, 16, 24, 64
+    plot_w, plot_h = width - left - right, height - top - bottom
+    runs = history[-CHART_RUNS:]
+    top_value = _nice_ceiling(max([max(sent_count(r), problem_count(r)) for r in runs] or [1]))
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" role="img" '
+        'aria-labelledby="chart-title chart-desc">',
+        '<title id="chart-title">Records sent and records with problems, per run</title>',
+        f'<desc id="chart-desc">Bar chart of the last {len(runs)} runs, oldest on the left. Blue bars: records '
+        "sent to DfE and acknowledged (including deletions). Red bars: records not sent because of a problem.</desc>",
+    ]
+    for i in range(5):
+        value = top_value * i / 4
+        y = top + plot_h - plot_h * i / 4
+        label = f"{value:g}"
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" class="grid"/>')
+        parts.append(f'<text x="{left - 8}" y="{y + 4:.1f}" class="axis" text-anchor="end">{esc(label)}</text>')
+    if not runs:
+        parts.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" text-anchor="middle">No runs yet</text>')
+    slot = plot_w / max(len(runs), 1)
+    bar = min(28.0, slot * 0.36)
+    rotate = len(runs) > 12
+    for index, run in enumerate(runs):
+        x0 = left + slot * index + (slot - 2 * bar) / 2
+        this_run = current_run_id is not None and run.get("run_id") == current_run_id
+        kind = "dry run" if run.get("dry_run") else "run"
+        when = long_time(run.get("started_at"))
+        for offset, value, colour, what in (
+            (0.0, sent_count(run), SENT_COLOUR, "sent"),
+            (bar, problem_count(run), PROBLEM_COLOUR, "with problems"),
+        ):
+            h = plot_h * value / top_value
+            if value and h < 2:
+                h = 2.0  # a small count stays visible next to a large one
+            y = top + plot_h - h
+            parts.append(
+                f'<rect x="{x0 + offset:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" fill="{colour}">'
+                f"<title>{esc(f'{kind} of {when}: {value} {what}')}</title></rect>"
+            )
+        cx = left + slot * index + slot / 2
+        ly = top + plot_h + 16
+        label = esc(short_date(run.get("started_at")))
+        weight = ' font-weight="bold"' if this_run else ""
+        if rotate:
+            parts.append(
+                f'<text x="{cx:.1f}" y="{ly:.1f}" class="axis" text-anchor="end"{weight} '
+                f'transform="rotate(-40 {cx:.1f} {ly:.1f})">{label}</text>'
+            )
+        else:
+            parts.append(f'<text x="{cx:.1f}" y="{ly:.1f}" class="axis" text-anchor="middle"{weight}>{label}</text>')
+        if this_run:
+            parts.append(
+                f'<rect x="{left + slot * index + 1:.1f}" y="{top}" width="{slot - 2:.1f}" height="{plot_h}" '
+                'class="current"/>'
+            )
+            parts.append(f'<text x="{cx:.1f}" y="{top - 8}" class="axis" text-anchor="middle">this run</text>')
+    parts.append(
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" class="baseline"/></svg>'
+    )
+    return "".join(parts)
+
+
+# -- the page -----------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:"Segoe UI",Arial,Helvetica,sans-serif;color:#0b0c0c;background:#fff;margin:0;line-height:1.45}
+main{max-width:1040px;margin:0 auto;padding:24px 32px 48px}
+h1{font-size:1.9rem;margin:0 0 4px}
+h2{font-size:1.35rem;margin:32px 0 8px;border-bottom:2px solid #b1b4b6;padding-bottom:4px}
+.sub{color:#505a5f;margin:0 0 16px}
+.verdict{padding:14px 18px;border-left:8px solid;margin:16px 0;font-size:1.1rem}
+.ok{border-color:#00703c;background:#e8f5ee}.warn{border-color:#f47738;background:#fef3e8}
+.bad{border-color:#d4351c;background:#fbeae8}
+.note{background:#f3f2f1;padding:12px 18px;margin:16px 0}
+.note h2{border:0;margin:4px 0;font-size:1.1rem}.note ul{margin:6px 0;padding-left:22px}
+table{border-collapse:collapse;width:100%;margin:8px 0}
+th,td{padding:6px 10px;border-bottom:1px solid #b1b4b6;text-align:left;vertical-align:top}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+th{background:#f3f2f1}
+.legend span{display:inline-block;width:14px;height:14px;margin:0 6px 0 16px;vertical-align:-2px}
+svg .grid{stroke:#dddddd;stroke-width:1}svg .baseline{stroke:#0b0c0c;stroke-width:1}
+svg .axis{font-size:12px;fill:#505a5f}svg .current{fill:none;stroke:#0b0c0c;stroke-dasharray:4 3}
+footer{color:#505a5f;font-size:.9rem;margin-top:32px}
+"""
+
+
+def _verdict(summary: Mapping[str, Any], meanings: Mapping[int, str]) -> tuple[str, str]:
+    code = summary.get("exit_code")
+    if summary.get("stopped_early") and code in (0, 1):
+        return "warn", (
+            "The run stopped at its time limit (MAX_RUNTIME). Records it did not reach are sent at the next run."
+        )
+    if code == 0:
+        return "ok", "The run finished normally: everything due was sent, or there was nothing to send."
+    if code == 1:
+        return "warn", "The run finished, but some records were not sent. The reasons are listed below."
+    if code is None:
+        return "warn", "The run did not record an exit code."
+    meaning = meanings.get(int(code), "see the log file")
+    return "bad", (
+        f"The run stopped early with exit code {code}, meaning: {meaning}. "
+        "Records not yet sent are sent at the next run."
+    )
+
+
+def render_report(
+    summary: Mapping[str, Any], history: Sequence[Mapping[str, Any]], *, log_name: str | None = None
+) -> str:
+    """The whole page as text. ``history``: run summaries for the chart, oldest first."""
+    meanings = exit_code_meanings()
+    outcomes = _outcomes(summary)
+    run_id = str(summary.get("run_id") or "")
+    dry = bool(summary.get("dry_run"))
+    kind = "Dry run (nothing sent)" if dry else "Run"
+    verdict_class, verdict = _verdict(summary, meanings)
+    seconds = summary.get("seconds")
+    rows_read = _int(summary.get("rows_read"))
+    rate = f"{rows_read / seconds:.1f} records a second" if isinstance(seconds, (int, float)) and seconds > 0 else "-"
+    code = summary.get("exit_code")
+
+    outcome_rows = [(label, outcomes[key]) for key, label in OUTCOME_LABELS if outcomes.get(key)]
+    known = {key for key, _ in OUTCOME_LABELS}
+    outcome_rows += [(key.replace("_", " "), n) for key, n in sorted(outcomes.items()) if key not in known and n]
+    outcomes_html = (
+        '<table><tr><th>What happened</th><th class="num">Records</th></tr>' + _rows(outcome_rows) + "</table>"
+        if outcome_rows
+        else "<p>No records needed sending in this run.</p>"
+    )
+
+    reasons = summary.get("invalid_reasons")
+    reason_items = sorted(
+        ((str(k), _int(v)) for k, v in (reasons.items() if isinstance(reasons, Mapping) else [])),
+        key=lambda kv: (-kv[1], kv[0]),
+    )
+    reasons_html = (
+        "<p>Each reason names the data field or the kind of problem; the values themselves are never shown.</p>"
+        '<table><tr><th>Reason</th><th class="num">Records</th></tr>'
+        + _rows((reason_label(k), n) for k, n in reason_items)
+        + "</table>"
+        if reason_items
+        else "<p>No record was held back by a problem with its data.</p>"
+    )
+
+    retries = summary.get("retries")
+    retry_items = sorted(
+        ((str(k), _int(v)) for k, v in (retries.items() if isinstance(retries, Mapping) else [])),
+        key=lambda kv: (-kv[1], kv[0]),
+    )
+    retries_html = (
+        "<p>Requests that had to be tried again, by cause:</p>"
+        '<table><tr><th>Cause</th><th class="num">Retries</th></tr>'
+        + _rows((retry_label(k), n) for k, n in retry_items)
+        + "</table>"
+        if retry_items
+        else "<p>No request had to be tried again.</p>"
+    )
+
+    sending_rows = [
+        ("Records read from the staging table", rows_read),
+        ("Batches", _int(summary.get("batches"))),
+        ("Requests to DfE (including retries and split batches)", _int(summary.get("requests"))),
+        ("Data sent", size(_int(summary.get("bytes_sent")))),
+    ]
+    timing_rows = [
+        ("Started", long_time(summary.get("started_at"))),
+        ("Finished", long_time(summary.get("finished_at"))),
+        ("Time taken", duration(seconds)),
+        ("Speed", rate),
+        ("Kind of run", f"{kind}, {'partial (changes only)' if summary.get('mode') == 'partial' else 'full records'}"),
+        ("Exit code", "not recorded" if code is None else f"{code}: {meanings.get(_int(code), '')}"),
+    ]
+    stopped = ""
+    if summary.get("fatal_error"):
+        first_line = str(summary.get("fatal_error")).splitlines()[0]
+        stopped = f"<p><strong>Why the run stopped:</strong> {esc(first_line)}</p>"
+
+    chart_rows = [
+        (
+            long_time(r.get("started_at")) + (" (this run)" if r.get("run_id") == run_id else ""),
+            sent_count(r),
+            problem_count(r),
+            "-" if r.get("exit_code") is None else r.get("exit_code"),
+        )
+        for r in reversed(history[-CHART_RUNS:])
+    ]
+    log_note = f" ({esc(log_name)})" if log_name else ""
+    title = f"{APP_NAME} run report: {short_date(summary.get('started_at'))}"
+    return f"""<!DOCTYPE html>
+<html lang="en-GB">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{esc(title)}</title>
+<style>{CSS}</style>
+</head>
+<body><main>
+<h1>Children's social care data sent to the DfE: run report</h1>
+<p class="sub">{esc(kind)} started {esc(long_time(summary.get("started_at")))}; run reference {esc(run_id)}</p>
+<div class="verdict {verdict_class}">{esc(verdict)}</div>
+{stopped}
+<section class="note" aria-labelledby="about">
+<h2 id="about">What this report contains, and what it does not</h2>
+<ul>
+<li>It contains <strong>only counts, times and the names of data fields</strong> that failed a check, for one
+nightly run of the tool that sends children's social care records to the Department for Education (DfE).</li>
+<li>It contains <strong>no personal data</strong>: no names, dates of birth, addresses or postcodes, no child or
+case identifiers, no record content, and no values of any field, not even the ones that failed a check.</li>
+<li>Which records were affected is written only in the run's log file{log_note}, which stays on this computer.
+Only the newest 30 logs and reports are kept.</li>
+<li>The page is self-contained: opening it loads nothing from the internet.</li>
+</ul>
+</section>
+
+<h2>What happened to the records</h2>
+{outcomes_html}
+
+<h2>Why some records were not sent</h2>
+{reasons_html}
+
+<h2>How sending went</h2>
+<table>{_rows(sending_rows, numeric=False)}</table>
+{retries_html}
+
+<h2>Timings</h2>
+<table>{_rows(timing_rows, numeric=False)}</table>
+
+<h2>The last {len(history[-CHART_RUNS:])} runs</h2>
+<p class="legend"><span style="background:{SENT_COLOUR}"></span>sent and acknowledged (including deletions)
+<span style="background:{PROBLEM_COLOUR}"></span>not sent because of a problem (invalid, refused, skipped or to be
+retried)</p>
+{render_chart(list(history), run_id or None)}
+<details><summary>The numbers behind the chart</summary>
+<table><tr><th>Run started</th><th class="num">Sent</th><th class="num">Problems</th><th class="num">Exit code</th></tr>
+{_rows(chart_rows)}</table>
+</details>
+
+<footer>Made by {esc(APP_NAME)} {esc(__version__)} from the run summary files in the log folder.</footer>
+</main></body>
+</html>
+"""

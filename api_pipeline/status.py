@@ -1,0 +1,610 @@
+"""``status``: what is in the staging table, what is stuck and why, and how the last runs went.
+
+For an analyst without SQL and for monitoring tools (``--json``). Read-only: it
+runs SELECTs and reads the run summaries beside the logs; it never creates or
+alters a table, not even the ledger.
+
+No record content is ever shown. Reasons are reduced to a *reason key*: the
+tool's own wording up to the first ``:`` (which is where a value could start),
+with list indexes generalised (``episodes[3].x`` → ``episodes[].x``). A field path
+is only shown when every part of it is a field name of the payload schema, and
+text the tool did not write itself (DfE's answers, older tools' notes) is shown
+as a category only, so a value cannot slip through as a "reason".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from api_pipeline.config import Settings
+from api_pipeline.db import Database, StagingTable
+from api_pipeline.errors import ConfigError, DatabaseError, ExitCode
+from api_pipeline.schema import generalise_path, load_bundled_schema, load_schema
+
+STATUS_FORMAT_VERSION = 1
+EXAMPLE_IDS = 5
+SUMMARY_GLOB = "csc_api_pipeline_*.summary.json"
+STATE_ORDER = ("new", "updated", "unchanged", "deleted")
+STATUS_ORDER = ("pending", "sent", "error", "invalid")
+NONE_SHOWN = "(empty)"
+HIDDEN_REASON = "reason not shown (the text may contain record content)"
+
+# -- what is waiting to be sent: the same rows StagingTable.iter_candidates reads -----------
+
+_NOT_DELETED_UNSENT = (
+    "(LOWER(COALESCE(t.row_state, '')) <> 'deleted' "
+    "AND LOWER(COALESCE(t.submission_status, '')) NOT IN ('sent', 'invalid'))"
+)
+_DELETED = "LOWER(COALESCE(t.row_state, '')) = 'deleted'"
+
+
+def candidates_from_where(table: StagingTable, *, all_rows: bool = False) -> str:
+    """``FROM … WHERE …`` selecting the rows a run would read (no parameters).
+
+    Mirrors :meth:`StagingTable.iter_candidates`: rows not yet ``sent``/``invalid``
+    (any case), plus deleted children whose purge DfE has not acknowledged. Without
+    a ledger every deleted child counts, as it does for the run.
+    """
+    if all_rows:
+        return f"FROM {table.table} t"
+    if table.has_ledger():
+        return (
+            f"FROM {table.table} t LEFT JOIN {table.ledger} l ON l.la_child_id = t.person_id "
+            f"WHERE {_NOT_DELETED_UNSENT} OR ({_DELETED} AND (l.purged IS NULL OR l.purged = 0))"
+        )
+    return f"FROM {table.table} t WHERE {_NOT_DELETED_UNSENT} OR {_DELETED}"
+
+
+def count_candidates(table: StagingTable, *, all_rows: bool = False, limit: int | None = None) -> int:
+    """How many rows the next run (or ``validate``) will read: one cheap COUNT, for the progress bar."""
+    found = int(table.db.scalar(f"SELECT COUNT(*) {candidates_from_where(table, all_rows=all_rows)}") or 0)
+    return found if limit is None else min(found, limit)
+
+
+# -- reason keys ----------------------------------------------------------------------------
+
+_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[\d*\])*(\.[A-Za-z_][A-Za-z0-9_]*(\[\d*\])*)*$")
+# The tool's own wording for problems that name no field (pipeline._Invalid / _Skip), matched
+# after digits are replaced by N and parentheses dropped.
+_TOOL_PHRASES = (
+    "json_payload is empty",
+    "json_payload is larger than N MB",
+    "json_payload is not valid JSON",
+    "json_payload is a JSON list, not an object",
+    "json_payload is a JSON str, not an object",
+    "json_payload is a JSON int, not an object",
+    "json_payload is a JSON float, not an object",
+    "json_payload is a JSON bool, not an object",
+    "json_payload is a JSON NoneType, not an object",
+    "la_child_id is missing from json_payload",
+    "the request built for this record is invalid",
+    "purge request is invalid",
+    "deleted row has no person_id to purge",
+    "json_payload contains text that cannot be encoded as UTF-N JSON",
+    "DfE rejected the request",
+    "DfE refused this record as too large even on its own",
+)
+_SKIP_REASONS = (
+    ("row_state ", "row_state is not New, Updated, Unchanged or Deleted"),
+    ("person_id is used by more than one row", "duplicate person_id"),
+    ("person_id does not match", "person_id does not match la_child_id"),
+)
+_INNER_PREFIXES = ("DfE rejected this record: ",)
+
+
+def schema_field_names(schema: Any) -> frozenset[str]:
+    """Every property name anywhere in a JSON schema: the only words a shown field path may use."""
+    names: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            properties = node.get("properties")
+            if isinstance(properties, dict):
+                names.update(str(k) for k in properties)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return frozenset(names)
+
+
+class ReasonKeys:
+    """Turns an ``api_response`` text into a reason key that cannot contain a record value."""
+
+    def __init__(self, field_names: Iterable[str]) -> None:
+        self.field_names = frozenset(field_names) | {"la_child_id", "mis_child_id", "purge"}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReasonKeys:
+        names = schema_field_names(load_bundled_schema())
+        if settings.payload_schema is not None:
+            names |= schema_field_names(load_schema(settings.payload_schema))
+        return cls(names)
+
+    def _path(self, text: str) -> str | None:
+        text = text.strip()
+        if text == "(record)":
+            return text
+        if not _PATH.match(text):
+            return None
+        parts = re.sub(r"\[\d*\]", "", text).split(".")
+        return generalise_path(text) if all(p in self.field_names for p in parts) else None
+
+    @staticmethod
+    def _phrase(text: str) -> str | None:
+        plain = re.sub(r"\s*\([^)]*\)", "", text).strip()
+        plain = re.sub(r"\d+", "N", plain)
+        return plain if plain in _TOOL_PHRASES else None
+
+    def _head(self, rest: str) -> str | None:
+        for prefix in _INNER_PREFIXES:
+            if rest.startswith(prefix):
+                rest = rest[len(prefix) :]
+        head = rest.split(":", 1)[0]
+        return self._path(head) or self._phrase(head)
+
+    def key(self, api_response: Any) -> str:
+        text = "" if api_response is None else str(api_response).strip()
+        if text.startswith("invalid: "):
+            head = self._head(text[len("invalid: ") :])
+            return f"invalid: {head or HIDDEN_REASON}"
+        if text.startswith("rejected by DfE: "):
+            head = self._head(text[len("rejected by DfE: ") :])
+            return f"rejected by DfE: {head or HIDDEN_REASON}"
+        if text.startswith("not sent, will retry next run"):
+            return "not sent, will be retried next run"
+        if text.startswith("not sent: "):
+            rest = text[len("not sent: ") :]
+            for start, key in _SKIP_REASONS:
+                if rest.startswith(start):
+                    return f"skipped: {key}"
+            return f"skipped: {HIDDEN_REASON}"
+        if not text:
+            return "no reason recorded"
+        return HIDDEN_REASON
+
+
+# -- timestamps -----------------------------------------------------------------------------
+
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """A DATETIME as the driver returns it (datetime, or text from SQLite) → datetime, or None."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day)
+    text = str(value).strip()
+    if not text:
+        return None
+    text = _FRACTION.sub(r"\1", text.replace("Z", "+00:00"))  # SQL Server text has 7 fraction digits
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def age_seconds(value: datetime, *, naive_is_utc: bool, now: datetime | None = None) -> float:
+    """Seconds since ``value``; never negative.
+
+    Naive timestamps are UTC on SQLite (its CURRENT_TIMESTAMP is UTC, and the demo
+    writes UTC) and the server's local time elsewhere (GETDATE(), now()).
+    """
+    if value.tzinfo is not None:
+        current = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+        return max(0.0, (current - value.astimezone(timezone.utc)).total_seconds())
+    if now is not None:
+        current = now.astimezone(timezone.utc).replace(tzinfo=None) if naive_is_utc else now.replace(tzinfo=None)
+    else:
+        current = datetime.now(timezone.utc).replace(tzinfo=None) if naive_is_utc else datetime.now()
+    return max(0.0, (current - value).total_seconds())
+
+
+def describe_age(seconds: float) -> str:
+    """``2 days 3 hours`` / ``5 hours 12 minutes`` / ``40 minutes``."""
+    minutes = int(seconds // 60)
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+
+    def unit(n: int, word: str) -> str:
+        return f"{n} {word}{'' if n == 1 else 's'}"
+
+    if days:
+        return unit(days, "day") + (f" {unit(hours, 'hour')}" if hours else "")
+    if hours:
+        return unit(hours, "hour") + (f" {unit(minutes, 'minute')}" if minutes else "")
+    return unit(minutes, "minute")
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
+    return value.isoformat(timespec="seconds")
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+@dataclass
+class StatusReport:
+    """Everything ``status`` shows; :meth:`to_dict` is the ``--json`` document."""
+
+    table: str
+    total_rows: int = 0
+    counts: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    pending_rows: int = 0
+    oldest_pending: datetime | None = None
+    oldest_pending_age: float | None = None
+    last_updated_column: bool = True
+    ledger_table: str = ""
+    ledger_exists: bool = False
+    children_acknowledged: int | None = None
+    children_purged: int | None = None
+    last_acknowledged: datetime | None = None
+    log_dir: str = ""
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    unreadable_summaries: int = 0
+    generated_at: str = field(
+        default_factory=lambda: datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": STATUS_FORMAT_VERSION,
+            "generated_at": self.generated_at,
+            "table": self.table,
+            "total_rows": self.total_rows,
+            "counts": self.counts,
+            "problems": self.problems,
+            "pending": {
+                "rows": self.pending_rows,
+                "oldest_last_updated": _iso(self.oldest_pending),
+                "oldest_age_seconds": None if self.oldest_pending_age is None else round(self.oldest_pending_age),
+                "last_updated_column": self.last_updated_column,
+            },
+            "ledger": {
+                "table": self.ledger_table,
+                "exists": self.ledger_exists,
+                "children_acknowledged": self.children_acknowledged,
+                "children_purged": self.children_purged,
+                "last_acknowledged_at": _iso(self.last_acknowledged),
+            },
+            "runs": {
+                "log_dir": self.log_dir,
+                "recent": self.runs,
+                "unreadable_summaries": self.unreadable_summaries,
+            },
+        }
+
+
+def _order(known: tuple[str, ...], value: str) -> tuple[int, str]:
+    return (known.index(value) if value in known else len(known), value)
+
+
+def collect_counts(table: StagingTable) -> list[dict[str, Any]]:
+    """Rows by status × row_state, compared case-insensitively, shown as the table spells them."""
+    sql = (
+        "SELECT MIN(submission_status), MIN(row_state), COUNT(*) FROM "
+        f"{table.table} GROUP BY LOWER(COALESCE(submission_status, '')), LOWER(COALESCE(row_state, ''))"
+    )
+    found: list[dict[str, Any]] = [
+        {
+            "submission_status": str(status or "").strip() or NONE_SHOWN,
+            "row_state": str(state or "").strip() or NONE_SHOWN,
+            "rows": int(rows),
+        }
+        for status, state, rows in table.db.query(sql)
+    ]
+    found.sort(
+        key=lambda c: (
+            _order(STATUS_ORDER, c["submission_status"].lower()),
+            _order(STATE_ORDER, c["row_state"].lower()),
+        )
+    )
+    return found
+
+
+def collect_problems(table: StagingTable, keys: ReasonKeys) -> list[dict[str, Any]]:
+    """Invalid and error rows (and rows whose last attempt was not sent), grouped by reason key.
+
+    Streams the rows; only keys, counts and a few row ids are kept.
+    """
+    sql = (
+        f"SELECT id, submission_status, api_response FROM {table.table} "
+        "WHERE LOWER(COALESCE(submission_status, '')) IN ('invalid', 'error') OR api_response LIKE 'not sent%' "
+        "ORDER BY id"
+    )
+    counts: Counter[tuple[str, str]] = Counter()
+    shown: dict[str, str] = {}
+    examples: dict[tuple[str, str], list[int]] = {}
+    for row_id, status, response in table.db.query(sql):
+        status_key = (status or "").strip().lower()
+        shown.setdefault(status_key, (status or "").strip() or NONE_SHOWN)
+        group = (status_key, keys.key(response))
+        counts[group] += 1
+        ids = examples.setdefault(group, [])
+        if len(ids) < EXAMPLE_IDS:
+            ids.append(int(row_id))
+    return [
+        {"submission_status": shown[status_key], "reason": reason, "rows": n, "example_row_ids": examples[group]}
+        for group, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        for status_key, reason in [group]
+    ]
+
+
+def read_run_summaries(log_dir: Path, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """The newest ``limit`` run summaries (newest first) and how many could not be read."""
+    if not log_dir.is_dir():
+        return [], 0
+    found: list[dict[str, Any]] = []
+    unreadable = 0
+    for path in sorted(log_dir.glob(SUMMARY_GLOB), key=lambda p: p.name, reverse=True):
+        if len(found) >= limit:
+            break
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            unreadable += 1
+            continue
+        if isinstance(data, dict):
+            found.append(data)
+        else:
+            unreadable += 1
+    return found, unreadable
+
+
+def run_row(summary: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers of one run summary that ``status`` shows."""
+    outcomes = summary.get("outcomes") or {}
+
+    def count(key: str) -> int:
+        try:
+            return int(outcomes.get(key, 0) or 0)
+        except (TypeError, ValueError):
+            return 0
+
+    seconds = summary.get("seconds")
+    return {
+        "run_id": str(summary.get("run_id") or ""),
+        "started_at": summary.get("started_at"),
+        "seconds": seconds if isinstance(seconds, (int, float)) else None,
+        "dry_run": bool(summary.get("dry_run")),
+        "rows_read": int(summary.get("rows_read") or 0),
+        "sent": count("sent"),
+        "purged": count("purged"),
+        "failed": count("failed"),
+        "invalid": count("invalid"),
+        "rejected": count("rejected"),
+        "skipped": count("skipped"),
+        "exit_code": summary.get("exit_code"),
+    }
+
+
+def collect_status(
+    db: Database, settings: Settings, log_dir: Path, *, runs: int = 10, now: datetime | None = None
+) -> StatusReport:
+    """Gather the status of the table named in ``settings``; raises DatabaseError if it is missing."""
+    table = StagingTable(db, settings.table_name, settings.ledger_table)
+    columns = db.column_names(table.table)
+    if columns is None:
+        raise DatabaseError(
+            f"the staging table {table.table} was not found. Check TABLE_NAME and DB_CONNECTION_STRING "
+            "(run test-schema for details)."
+        )
+    report = StatusReport(table=table.table, ledger_table=table.ledger, log_dir=str(log_dir))
+    report.counts = collect_counts(table)
+    report.total_rows = sum(c["rows"] for c in report.counts)
+    report.problems = collect_problems(table, ReasonKeys.from_settings(settings))
+
+    report.ledger_exists = table.has_ledger()
+    where = candidates_from_where(table)
+    report.last_updated_column = "last_updated" in columns
+    if report.last_updated_column:
+        for rows, oldest in db.query(f"SELECT COUNT(*), MIN(t.last_updated) {where}"):
+            report.pending_rows = int(rows or 0)
+            report.oldest_pending = parse_timestamp(oldest)
+    else:
+        report.pending_rows = int(db.scalar(f"SELECT COUNT(*) {where}") or 0)
+    if report.oldest_pending is not None:
+        report.oldest_pending_age = age_seconds(
+            report.oldest_pending, naive_is_utc=db.dialect.name == "sqlite", now=now
+        )
+
+    if report.ledger_exists:
+        sql = (
+            "SELECT SUM(CASE WHEN purged = 0 THEN 1 ELSE 0 END), SUM(CASE WHEN purged = 0 THEN 0 ELSE 1 END), "
+            f"MAX(acknowledged_at) FROM {table.ledger}"
+        )
+        for acknowledged, purged, last in db.query(sql):
+            report.children_acknowledged = int(acknowledged or 0)
+            report.children_purged = int(purged or 0)
+            report.last_acknowledged = parse_timestamp(last)
+
+    summaries, report.unreadable_summaries = read_run_summaries(log_dir, runs)
+    report.runs = [run_row(s) for s in summaries]
+    return report
+
+
+# -- text ------------------------------------------------------------------------------------
+
+
+def _table(headers: list[str], rows: list[list[str]], align: str) -> Iterator[str]:
+    """Plain aligned columns; ``align`` has one letter per column: ``l`` left, ``r`` right (numbers)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return (
+            "  "
+            + "  ".join(
+                c.ljust(widths[i]) if align[i] == "l" else c.rjust(widths[i]) for i, c in enumerate(cells)
+            ).rstrip()
+        )
+
+    yield line(headers)
+    for row in rows:
+        yield line(row)
+
+
+def _when(value: Any) -> str:
+    """A timestamp for people: ``2026-03-01 21:04`` (`` UTC`` when the value says so)."""
+    parsed = parse_timestamp(value)
+    if parsed is None:
+        return "?"
+    return parsed.strftime("%Y-%m-%d %H:%M") + (" UTC" if parsed.tzinfo is not None else "")
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def format_status(report: StatusReport) -> list[str]:
+    """The report as lines for a person."""
+    out = [f"Staging table {report.table}: {report.total_rows} row{'' if report.total_rows == 1 else 's'}"]
+    if report.counts:
+        statuses: dict[str, str] = {}
+        states: dict[str, str] = {}
+        cells: dict[tuple[str, str], int] = {}
+        for c in report.counts:
+            s, r = c["submission_status"], c["row_state"]
+            statuses.setdefault(s.lower(), s)
+            states.setdefault(r.lower(), r)
+            cells[(s.lower(), r.lower())] = c["rows"]
+        state_keys = sorted(states, key=lambda k: _order(STATE_ORDER, k))
+        headers = ["submission_status", *(states[k] for k in state_keys), "total"]
+        rows = []
+        for s in statuses:
+            counts = [cells.get((s, k), 0) for k in state_keys]
+            rows.append([statuses[s], *(str(n) if n else "-" for n in counts), str(sum(counts))])
+        totals = [sum(cells.get((s, k), 0) for s in statuses) for k in state_keys]
+        rows.append(["total", *(str(n) for n in totals), str(sum(totals))])
+        out.append("")
+        out.append("Rows by submission_status (down) and row_state (across):")
+        out.extend(_table(headers, rows, "l" + "r" * (len(headers) - 1)))
+
+    out.append("")
+    if report.pending_rows == 0:
+        out.append("Waiting to be sent: nothing.")
+    elif report.oldest_pending_age is not None:
+        out.append(
+            f"Waiting to be sent: {report.pending_rows} row{'' if report.pending_rows == 1 else 's'}; "
+            f"the oldest was last updated {describe_age(report.oldest_pending_age)} ago "
+            f"({_when(report.oldest_pending)})."
+        )
+    else:
+        why = "the table has no last_updated column" if not report.last_updated_column else "last_updated is empty"
+        out.append(f"Waiting to be sent: {report.pending_rows} rows (age unknown: {why}).")
+
+    out.append("")
+    if report.problems:
+        out.append("Not sent, by reason (field names only, never record content):")
+        out.extend(
+            _table(
+                ["status", "reason", "rows", "example row ids"],
+                [
+                    [p["submission_status"], p["reason"], str(p["rows"]), ", ".join(map(str, p["example_row_ids"]))]
+                    for p in report.problems
+                ],
+                "llrl",
+            )
+        )
+    else:
+        out.append("No invalid or rejected rows.")
+
+    out.append("")
+    if report.ledger_exists:
+        last = f"; last acknowledgement {_when(report.last_acknowledged)}" if report.last_acknowledged else ""
+        out.append(
+            f"Submission ledger {report.ledger_table}: {report.children_acknowledged} children acknowledged by DfE, "
+            f"{report.children_purged} purged{last}."
+        )
+    else:
+        out.append(
+            f"Submission ledger {report.ledger_table}: does not exist yet (the first run creates it; "
+            "status never does). Until then no child counts as acknowledged."
+        )
+
+    out.append("")
+    if report.runs:
+        out.append(f"Last {len(report.runs)} run{'' if len(report.runs) == 1 else 's'} (logs in {report.log_dir}):")
+        out.extend(
+            _table(
+                ["started", "duration", "kind", "sent", "purged", "failed", "invalid", "rejected", "exit code"],
+                [
+                    [
+                        _when(r["started_at"]),
+                        _duration(r["seconds"]),
+                        "dry run" if r["dry_run"] else "run",
+                        str(r["sent"]),
+                        str(r["purged"]),
+                        str(r["failed"]),
+                        str(r["invalid"]),
+                        str(r["rejected"]),
+                        "?" if r["exit_code"] is None else str(r["exit_code"]),
+                    ]
+                    for r in report.runs
+                ],
+                "lrlrrrrrr",
+            )
+        )
+    else:
+        out.append(f"No run summaries in {report.log_dir} yet.")
+    if report.unreadable_summaries:
+        out.append(f"({report.unreadable_summaries} run summary file(s) could not be read and were left out.)")
+    return out
+
+
+def status_command(settings: Settings, ctx: Any, *, runs: int = 10, as_json: bool = False) -> int:
+    """The ``status`` command. Exit 0; a missing table or database error raises (exit 3).
+
+    ``--json`` prints one JSON object with these keys (stable; new keys may be added,
+    ``format_version`` changes if any is removed or changes meaning):
+
+    - ``format_version`` (1), ``generated_at`` (UTC, ISO 8601 ``Z``), ``table``, ``total_rows``
+    - ``counts``: ``[{submission_status, row_state, rows}]``, one per combination, compared
+      case-insensitively and spelt as the table has them (``(empty)`` for NULL or blank)
+    - ``problems``: ``[{submission_status, reason, rows, example_row_ids}]``, most rows first;
+      ``reason`` is a reason key such as ``invalid: child_details.postcode``, never a value
+    - ``pending``: ``{rows, oldest_last_updated, oldest_age_seconds, last_updated_column}``:
+      the rows the next run would read; the oldest ``last_updated`` among them, or null
+    - ``ledger``: ``{table, exists, children_acknowledged, children_purged, last_acknowledged_at}``
+      (counts null when the ledger does not exist yet)
+    - ``runs``: ``{log_dir, recent: [{run_id, started_at, seconds, dry_run, rows_read, sent,
+      purged, failed, invalid, rejected, skipped, exit_code}], unreadable_summaries}``, newest first
+    """
+    from api_pipeline.runner import default_log_dir
+
+    if settings.db_connection_string is None:
+        raise ConfigError(["DB_CONNECTION_STRING: not set. status reads the staging table it names."])
+    log_dir = default_log_dir(settings, ctx.cwd)
+    with Database.connect(settings.db_connection_string) as db:
+        report = collect_status(db, settings, log_dir, runs=runs)
+    if as_json:
+        ctx.print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    else:
+        for line in format_status(report):
+            ctx.print(line)
+    return ExitCode.OK

@@ -1,0 +1,261 @@
+"""PostgreSQL through pyodbc and psqlODBC, against the real test server (.ci/postgres.sh).
+
+The end-to-end suite runs here too (test_end_to_end.py, parametrised by database);
+these are the PostgreSQL specifics: driver settings, streaming, long and non-ASCII
+text, real error messages, init-db, test-db and test-schema. Skipped, with the
+reason, when no server is configured or reachable.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from api_pipeline import diagnostics
+from api_pipeline.cli import Context
+from api_pipeline.config import load_settings
+from api_pipeline.db import POSTGRES, Database, StagingTable
+from api_pipeline.errors import DatabaseError
+from api_pipeline.runner import execute_run
+from api_pipeline.synthetic import make_children
+from conftest import Staging, run_cli, settings_for
+
+NAMES = {"first_name": "Zoë Łukasz 🙂", "surname": "O'Brien-Żółć"}
+
+
+def ctx() -> Context:
+    return Context(environ={}, cwd=Path.cwd(), out=io.StringIO(), err=io.StringIO(), executable_dir=Path.cwd())
+
+
+def output(context: Context) -> str:
+    return context.out.getvalue()  # type: ignore[attr-defined]
+
+
+def with_value(connection_string: str, key: str, value: str) -> str:
+    return re.sub(rf"(?i)\b{key}=[^;]*", f"{key}={value}", connection_string)
+
+
+@pytest.fixture
+def schema(postgres_odbc: str) -> Iterator[str]:
+    """A fresh schema, for schema-qualified TABLE_NAMEs like ssd_development.ssd_api_data_staging."""
+    name = f"ssd_{uuid.uuid4().hex[:10]}"
+    with Database.connect(postgres_odbc) as db:
+        db.execute(f"CREATE SCHEMA {name}")
+    try:
+        yield name
+    finally:
+        with Database.connect(postgres_odbc) as db:
+            db.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+def big_record(record: dict) -> dict:
+    """A valid record over 200 KB: many care workers on one episode, and names no code page holds."""
+    record["child_details"].update(NAMES)
+    episode = record["social_care_episodes"][0]
+    start = episode.get("referral_date", "2020-01-01")
+    episode["care_worker_details"] = [{"worker_id": f"W{n:09d}", "start_date": start} for n in range(4000)]
+    assert len(json.dumps(record, ensure_ascii=False).encode()) > 200_000
+    return record
+
+
+# ---------------------------------------------------------------------------
+# The driver and the connection
+# ---------------------------------------------------------------------------
+
+
+def test_connection_uses_psqlodbc_with_its_settings(postgres_odbc):
+    with Database.connect(postgres_odbc) as db:
+        assert db.dialect is POSTGRES
+        assert "PostgreSQL" in db.description and "psqlodbc" in db.description.lower()
+        assert db.fast_executemany is False  # psqlODBC: plain executemany only
+
+
+def test_results_stream_through_a_server_side_cursor(postgres_odbc):
+    """UseDeclareFetch=1 is applied: a query in progress is a DECLAREd cursor, not a loaded result."""
+    with Database.connect(postgres_odbc) as db, db.transaction():
+        rows = db.query("SELECT g FROM generate_series(1, 5000) g ORDER BY g", chunk=10)
+        assert next(rows) == (1,)
+        cursors = [r[0] for r in db.query("SELECT statement FROM pg_cursors")]
+        assert any("generate_series" in statement for statement in cursors)
+        assert sum(1 for _ in rows) == 4999
+
+
+def test_reads_do_not_leave_a_transaction_open(postgres_odbc):
+    """No snapshot or lock is held while the pipeline waits on DfE between batches."""
+    with Database.connect(postgres_odbc) as db, Database.connect(postgres_odbc) as watcher:
+        pid = db.scalar("SELECT pg_backend_pid()")
+        state = watcher.scalar("SELECT state FROM pg_stat_activity WHERE pid = ?", (pid,))
+        assert state == "idle"
+
+
+# ---------------------------------------------------------------------------
+# Long and non-ASCII text, through the database and a run to the simulator
+# ---------------------------------------------------------------------------
+
+
+def test_200kb_and_non_ascii_records_round_trip(postgres_table: Staging, simulator):
+    first, small = make_children(2, seed=1)
+    big = big_record(first)
+    small["child_details"].update(NAMES)
+    postgres_table.insert([big, small])
+    by_id = {r["person_id"]: r for r in postgres_table.rows()}
+    assert by_id[big["la_child_id"]]["json_payload"] == json.dumps(big, ensure_ascii=False)
+    assert json.loads(by_id[small["la_child_id"]]["json_payload"]) == small
+
+    summary = execute_run(settings_for(simulator, postgres_table))
+    assert summary.outcomes["sent"] == 2 and summary.problems == 0
+    held = simulator.snapshot()
+    assert held[big["la_child_id"]] == big and held[small["la_child_id"]] == small
+    (posted,) = [e.body for e in simulator.request_log() if e.path.endswith("/children")]
+    assert "Zoë Łukasz 🙂".encode() in posted and "O'Brien-Żółć".encode() in posted
+    for row in postgres_table.rows():
+        assert row["submission_status"] == "Sent"
+        assert row["previous_json_payload"] == row["json_payload"]  # the optimistic check matched 200 KB exactly
+        assert len(row["previous_hash"]) == 32
+    assert postgres_table.ledger()[big["la_child_id"]]["record"] == big
+
+    # A changed long record is seen as changed, and only the change goes.
+    big["child_details"]["first_name"] = "Zoë 🙂 again"
+    postgres_table.set_payload(big["la_child_id"], big)
+    simulator.clear_log()
+    assert execute_run(settings_for(simulator, postgres_table)).outcomes["sent"] == 1
+    assert simulator.snapshot()[big["la_child_id"]] == big
+    (delta_body,) = [e.body for e in simulator.request_log() if e.path.endswith("/children")]
+    assert len(delta_body) < 10_000
+
+
+# ---------------------------------------------------------------------------
+# Real errors, explained
+# ---------------------------------------------------------------------------
+
+
+def connect_error(connection_string: str) -> str:
+    with pytest.raises(DatabaseError) as caught:
+        Database.connect(connection_string).close()
+    return str(caught.value)
+
+
+def test_wrong_password_is_explained_without_the_password(postgres_odbc):
+    text = connect_error(with_value(postgres_odbc, "Pwd", "not-the-password-xyz"))
+    assert "refused the login for user 'csc_test'" in text
+    assert "not-the-password-xyz" not in text
+
+
+def test_missing_database_is_explained(postgres_odbc):
+    assert "the database no_such_db was not found" in connect_error(with_value(postgres_odbc, "Database", "no_such_db"))
+
+
+def test_server_not_listening_is_explained(postgres_odbc):
+    with socket.socket() as probe:  # a port on this machine that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert "cannot reach the database server" in connect_error(with_value(postgres_odbc, "Port", str(port)))
+
+
+def test_missing_table_is_explained_and_the_connection_stays_usable(postgres_odbc):
+    with Database.connect(postgres_odbc) as db:
+        with pytest.raises(DatabaseError) as caught:
+            db.scalar("SELECT COUNT(*) FROM no_such_staging_table")
+        assert "the table no_such_staging_table was not found" in str(caught.value)
+        assert db.scalar("SELECT 1") == 1  # the failed statement's transaction was rolled back
+
+
+def test_permission_denied_is_explained(postgres_table: Staging):
+    reader = os.environ.get("CSC_TEST_POSTGRES_ODBC_READER")
+    if not reader:
+        pytest.skip("CSC_TEST_POSTGRES_ODBC_READER (a SELECT-only role) is not set; .ci/postgres.sh sets it")
+    postgres_table.insert(list(make_children(1, seed=3)))
+    with Database.connect(reader) as db:
+        assert db.scalar(f"SELECT COUNT(*) FROM {postgres_table.table}") == 1
+        with pytest.raises(DatabaseError) as caught:
+            db.execute(f"UPDATE {postgres_table.table} SET submission_status = 'Sent'")
+    assert "lacks a permission" in str(caught.value) and "42501" in str(caught.value)
+
+
+def test_run_against_a_missing_table_exits_3(postgres_odbc, simulator, tmp_path):
+    environ = dict(simulator.settings_env()) | {"DB_CONNECTION_STRING": postgres_odbc, "TABLE_NAME": "no_such_table"}
+    result = run_cli(["run"], environ=environ, cwd=tmp_path)
+    assert result.code == 3 and "no_such_table" in result.err
+    assert "Pwd=" not in result.err
+
+
+# ---------------------------------------------------------------------------
+# init-db, test-db, test-schema
+# ---------------------------------------------------------------------------
+
+
+def test_init_db_then_test_schema_and_a_run_on_a_schema_qualified_anon_table(postgres_odbc, schema, simulator):
+    table = f"{schema}.ssd_api_data_staging_anon"
+    settings = load_settings(command="test-db", environ={"DB_CONNECTION_STRING": postgres_odbc, "TABLE_NAME": table})
+    first = ctx()
+    assert diagnostics.init_db(settings, first, False) == 0
+    assert f"staging table {table}: created" in output(first)
+    assert "unique index on person_id" in output(first) and f"ledger table {table}_ledger: created" in output(first)
+    again = ctx()
+    assert diagnostics.init_db(settings, again, False) == 0  # never drops or alters
+    assert output(again).count("already exists, left as it is") == 3
+
+    checked = ctx()
+    assert diagnostics.test_schema(settings, checked) == 0
+    assert f"staging table {table}: OK" in output(checked) and f"ledger table {table}_ledger: OK" in output(checked)
+
+    staging = Staging("postgresql", postgres_odbc, table)
+    children = list(make_children(12, seed=4))
+    staging.insert(children)
+    with staging.open() as db, pytest.raises(DatabaseError, match="duplicate key"):
+        StagingTable(db, table).db.execute(
+            f"INSERT INTO {table} (person_id, json_payload) VALUES (?, ?)", (children[0]["la_child_id"], "{}")
+        )
+    summary = execute_run(settings_for(simulator, staging))
+    assert summary.outcomes["sent"] == 12
+    assert set(staging.ledger()) == {c["la_child_id"] for c in children}
+
+
+def test_init_db_print_for_postgresql_runs_as_printed(postgres_odbc, schema):
+    table = f"{schema}.printed"
+    printed = ctx()
+    settings = load_settings(command="init-db --print", environ={"TABLE_NAME": table})
+    assert diagnostics.init_db(settings, printed, True, dialect="postgresql") == 0
+    script = re.sub(r"(?m)^--.*\n", "", output(printed))
+    statements = [s for s in script.split(";\n") if s.strip()]
+    assert len(statements) == 4
+    with Database.connect(postgres_odbc) as db:
+        for statement in statements:
+            db.execute(statement)
+        names = {table, f"{table}_ledger", f"{table}_run_lock"}
+        assert all(db.column_names(name) for name in names)
+        assert StagingTable(db, table).column_issues() == []
+
+
+def test_test_db_reports_dbms_driver_login_and_database(postgres_odbc, tmp_path):
+    result = run_cli(["test-db"], environ={"DB_CONNECTION_STRING": postgres_odbc}, cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert "DBMS:     PostgreSQL" in result.out
+    assert "driver:   psqlodbc" in result.out.lower()
+    assert "login:    csc_test" in result.out and "database: csc_test" in result.out
+
+
+def test_test_schema_lists_unusable_columns_with_fixes_that_work(postgres_table: Staging, tmp_path):
+    with postgres_table.open() as db, db.transaction():
+        db.execute(f"ALTER TABLE {postgres_table.table} ALTER COLUMN json_payload TYPE VARCHAR(4000)")
+        db.execute(f"ALTER TABLE {postgres_table.table} ALTER COLUMN row_state TYPE VARCHAR(5)")
+        db.execute(f"ALTER TABLE {postgres_table.table} DROP COLUMN previous_hash")
+    result = run_cli(["test-schema"], environ=postgres_table.env, cwd=tmp_path)
+    assert result.code == 3
+    assert "3 column(s) the tool cannot use" in result.out
+    assert "json_payload is CHARACTER VARYING(4000)" in result.out and "previous_hash is missing" in result.out
+    fixes = re.findall(r"fix: (.*);", result.out)
+    assert len(fixes) == 3
+    with postgres_table.open() as db, db.transaction():
+        for fix in fixes:
+            db.execute(fix)
+    fixed = run_cli(["test-schema"], environ=postgres_table.env, cwd=tmp_path)
+    assert fixed.code == 0, fixed.out

@@ -1,0 +1,323 @@
+"""Every statement the SQL Server dialect emits is valid T-SQL (sqlglot, T-SQL dialect).
+
+No SQL Server can run here, so the statements are gathered through the real code
+paths — Database.open_odbc, StagingTable, RunLock, init-db, test-db, test-schema —
+over a stand-in pyodbc whose connection only records SQL and answers catalogue
+questions. A deliberately broken statement proves the check can fail.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sqlglot = pytest.importorskip("sqlglot")
+from sqlglot import exp  # noqa: E402
+from sqlglot.errors import ErrorLevel, ParseError  # noqa: E402
+
+from api_pipeline import diagnostics  # noqa: E402
+from api_pipeline.cli import Context  # noqa: E402
+from api_pipeline.config import Secret, load_settings  # noqa: E402
+from api_pipeline.db import (  # noqa: E402
+    MSSQL,
+    STAGING_SPEC,
+    ColumnInfo,
+    Database,
+    LedgerEntry,
+    RowUpdate,
+    StagingTable,
+    check_columns,
+)
+
+TABLE = "ssd_development.ssd_api_data_staging"
+
+
+# ---------------------------------------------------------------------------
+# A stand-in for pyodbc talking to SQL Server: records SQL, answers the catalogue.
+# ---------------------------------------------------------------------------
+
+
+class FakeOdbcError(Exception):
+    pass
+
+
+# SQL Server's own description of the councils' staging table (INFORMATION_SCHEMA.COLUMNS).
+SQL_SERVER_COLUMNS = [
+    ("id", "int", None),
+    ("person_id", "nvarchar", 48),
+    ("legacy_id", "nvarchar", 36),
+    ("json_payload", "nvarchar", -1),
+    ("previous_json_payload", "nvarchar", -1),
+    ("partial_json_payload", "nvarchar", -1),
+    ("current_hash", "binary", 32),
+    ("previous_hash", "binary", 32),
+    ("submission_status", "nvarchar", 50),
+    ("submission_timestamp", "datetime", None),
+    ("api_response", "nvarchar", -1),
+    ("row_state", "nvarchar", 10),
+    ("last_updated", "datetime", None),
+]
+
+
+class Recorder:
+    """What the fake connection saw, and which tables it pretends exist."""
+
+    def __init__(self, tables: dict[str, list[tuple]] | None = None) -> None:
+        self.statements: list[str] = []
+        self.input_sizes: list[Any] = []
+        self.fast_executemany: list[bool] = []
+        self.connection_strings: list[str] = []
+        self.tables = tables if tables is not None else {}
+        self.lock_row: tuple | None = None
+
+    def answer(self, sql: str, params: tuple) -> list[tuple]:
+        if "INFORMATION_SCHEMA.COLUMNS" in sql:
+            name = params[-1]
+            return [("ssd_development", c, t, n) for c, t, n in self.tables.get(name, [])]
+        if sql.startswith("SELECT SUSER_SNAME()"):
+            return [("CORP\\svc_csc", "HDM_Local")]
+        if sql.startswith("SELECT holder"):
+            return [self.lock_row] if self.lock_row else []
+        if sql == "SELECT 1":
+            return [(1,)]
+        return []
+
+
+class FakeCursor:
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.rowcount = 1
+        self.fast_executemany = False
+        self._rows: list[tuple] = []
+
+    def setinputsizes(self, sizes: Any) -> None:
+        self.recorder.input_sizes.append(sizes)
+
+    def execute(self, sql: str, params: tuple = ()) -> None:
+        self.recorder.statements.append(sql)
+        self._rows = self.recorder.answer(sql, params)
+
+    def executemany(self, sql: str, rows: list[tuple]) -> None:
+        self.recorder.statements.append(sql)
+        self.recorder.fast_executemany.append(self.fast_executemany)
+
+    def fetchmany(self, n: int) -> list[tuple]:
+        rows, self._rows = self._rows[:n], self._rows[n:]
+        return rows
+
+    def close(self) -> None:
+        pass
+
+
+class FakeConnection:
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    def cursor(self) -> FakeCursor:
+        return FakeCursor(self.recorder)
+
+    def getinfo(self, code: int) -> str:
+        return {
+            FakePyodbc.SQL_DBMS_NAME: "Microsoft SQL Server",
+            FakePyodbc.SQL_DBMS_VER: "16.00.4135",
+            FakePyodbc.SQL_DRIVER_NAME: "msodbcsql18.dll",
+            FakePyodbc.SQL_DRIVER_VER: "18.04.0001",
+        }[code]
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class FakePyodbc:
+    """Just enough of the pyodbc module for Database.open_odbc."""
+
+    Error = FakeOdbcError
+    SQL_DBMS_NAME, SQL_DBMS_VER, SQL_DRIVER_NAME, SQL_DRIVER_VER = 17, 18, 6, 7
+
+    def __init__(self, recorder: Recorder, drivers: list[str] | None = None) -> None:
+        self.recorder = recorder
+        self._drivers = (
+            drivers if drivers is not None else ["ODBC Driver 17 for SQL Server", "ODBC Driver 18 for SQL Server"]
+        )
+
+    def drivers(self) -> list[str]:
+        return list(self._drivers)
+
+    def connect(self, text: str, autocommit: bool = True) -> FakeConnection:
+        assert autocommit is False
+        self.recorder.connection_strings.append(text)
+        return FakeConnection(self.recorder)
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    """Every Database.connect in this test goes to the recording SQL Server stand-in."""
+    rec = Recorder()
+    fake = FakePyodbc(rec)
+    monkeypatch.setattr(Database, "connect", classmethod(lambda cls, cs: cls.open_odbc(_reveal(cs), odbc=fake)))
+    return rec
+
+
+def _reveal(value: Secret | str) -> str:
+    return value.reveal() if isinstance(value, Secret) else value
+
+
+def _ctx() -> Context:
+    return Context(environ={}, cwd=Path.cwd(), out=io.StringIO(), err=io.StringIO(), executable_dir=Path.cwd())
+
+
+def _settings() -> Any:
+    return load_settings(
+        command="test-db",
+        environ={"USER_SERVER": "sql01.council.local", "USER_DATABASE": "HDM_Local", "TABLE_NAME": TABLE},
+    )
+
+
+# ---------------------------------------------------------------------------
+# The check
+# ---------------------------------------------------------------------------
+
+
+def assert_tsql(sql: str) -> None:
+    """Parses as T-SQL with errors raised, into real statements (not sqlglot's opaque Command)."""
+    tree = sqlglot.parse_one(sql, read="tsql", error_level=ErrorLevel.RAISE)
+    assert tree is not None
+    assert not list(tree.find_all(exp.Command)), f"not understood as T-SQL: {sql}"
+    # sqlglot reads some other dialects' syntax leniently; these are never T-SQL.
+    assert " LIMIT " not in f" {sql.upper()} " and "::" not in sql, f"not T-SQL: {sql}"
+
+
+def test_the_check_fails_a_broken_statement():
+    broken = "UPDATE ssd_api_data_staging SET submission_status = WHERE id = ?"
+    with pytest.raises(ParseError):
+        assert_tsql(broken)
+    with pytest.raises(AssertionError):
+        assert_tsql("SELECT id FROM ssd_api_data_staging ORDER BY id LIMIT ?")
+
+
+def gather_sql_server_statements(rec: Recorder) -> list[str]:
+    """Drive every code path that talks to SQL Server; return the SQL it sent, in order."""
+    settings = _settings()
+    # init-db on an empty database: staging table, unique index, ledger, run lock.
+    assert diagnostics.init_db(settings, _ctx(), False) == 0
+    # From here on the staging table exists, as SQL Server would describe it.
+    rec.tables["ssd_api_data_staging"] = SQL_SERVER_COLUMNS
+    assert diagnostics.test_db(settings, _ctx()) == 0
+    assert diagnostics.test_schema(settings, _ctx()) == 0
+    with Database.connect(settings.db_connection_string) as db:  # type: ignore[arg-type]
+        table = StagingTable(db, TABLE)
+        table.create_staging_table()
+        table.create_person_id_index()
+        list(table.iter_candidates(limit=5))  # the read-only shape: no ledger yet
+        table.ensure_ledger()  # missing in the catalogue: created
+        rec.tables["ssd_api_data_staging_ledger"] = [("la_child_id", "nvarchar", 36)]
+        table = StagingTable(db, TABLE)
+        list(table.iter_candidates())  # the normal shape, joined to the ledger
+        list(table.iter_candidates(all_rows=True))
+        table.duplicate_person_ids()
+        table.ledger_entry("C1001")
+        now = datetime(2026, 3, 1, 21, 4, 33)
+        table.write_back(
+            [
+                RowUpdate(
+                    1,
+                    "Sent",
+                    "receipt.json",
+                    "{}",
+                    now,
+                    mark_sent=True,
+                    previous_hash=b"\0" * 32,
+                    row_state="Unchanged",
+                ),
+                RowUpdate(2, "Sent", "receipt.json", None, now, purge=True),
+                RowUpdate(3, "Invalid", "invalid: reason", "{}"),
+                RowUpdate(4, "", "not sent, will retry next run", "{}"),
+            ],
+            [
+                LedgerEntry("C1001", "M1", 1, "{}", b"\0" * 32, "receipt.json", now, False),
+                LedgerEntry("C1002", None, 2, None, None, "receipt.json", now, True),
+            ],
+        )
+        from api_pipeline.lock import RunLock
+
+        with RunLock(db, TABLE, run_id="r1") as lock:  # a fresh lock: INSERT
+            lock.heartbeat()
+        rec.lock_row = ("otherhost pid 1 run r0", now - timedelta(days=1))
+        with RunLock(db, TABLE, run_id="r2", clock=lambda: now):  # a stale lock: taken over
+            pass
+    # The fixes test-schema prints for a table that is wrong in every way it can be.
+    bad = [
+        ColumnInfo("id", "nvarchar", 10),
+        ColumnInfo("person_id", "nvarchar", 10),
+        ColumnInfo("json_payload", "nvarchar", 4000),
+        ColumnInfo("previous_json_payload", "ntext", None),
+        ColumnInfo("partial_json_payload", "varchar", None),
+        ColumnInfo("submission_timestamp", "nvarchar", 30),
+        ColumnInfo("api_response", "nvarchar", 100),
+        ColumnInfo("row_state", "nvarchar", 5),
+    ]
+    fixes = [i.fix for i in check_columns(MSSQL, TABLE, STAGING_SPEC, bad)]
+    assert len(fixes) >= 9
+    return rec.statements + fixes
+
+
+def test_every_sql_server_statement_is_valid_tsql(recorder):
+    statements = gather_sql_server_statements(recorder)
+    kinds = {s.split(" ", 1)[0] for s in statements}
+    assert {"IF", "SELECT", "UPDATE", "INSERT", "DELETE", "ALTER"} <= kinds
+    assert any("TOP (?)" in s for s in statements)
+    assert any("LEFT JOIN (SELECT NULL AS la_child_id" in s for s in statements)  # no ledger yet
+    assert any("COLLATE Latin1_General_BIN2" in s for s in statements)
+    assert any("CREATE UNIQUE INDEX" in s for s in statements)
+    for sql in statements:
+        assert_tsql(sql)
+
+
+def test_sql_server_binds_long_json_as_nvarchar_max_and_uses_fast_executemany(recorder):
+    """The pieces of pyodbc's SQL Server advice the code must follow, seen from the driver's side."""
+    gather_sql_server_statements(recorder)
+    # The driver was chosen: no DRIVER= in the USER_SERVER form, 18 preferred over 17.
+    assert recorder.connection_strings[0].startswith("DRIVER={ODBC Driver 18 for SQL Server};SERVER=sql01")
+    # NVARCHAR(MAX) parameters as SQL_WVARCHAR size 0; hashes as VARBINARY.
+    assert any((-9, 0, 0) in (sizes or []) for sizes in recorder.input_sizes)
+    assert any((-3, 32, 0) in (sizes or []) for sizes in recorder.input_sizes)
+    # Microsoft's driver: bulk writes use fast_executemany.
+    assert recorder.fast_executemany and all(recorder.fast_executemany)
+
+
+def test_candidate_query_puts_the_top_parameter_first(recorder):
+    with Database.connect("DRIVER={ODBC Driver 18 for SQL Server};SERVER=s;DATABASE=d;UID=u;PWD=p;") as db:
+        seen: list[tuple] = []
+        real_answer = recorder.answer
+
+        def answer(sql: str, params: tuple) -> list[tuple]:
+            if "TOP (?)" in sql:
+                seen.append(params)
+            return real_answer(sql, params)
+
+        recorder.answer = answer  # type: ignore[method-assign]
+        list(StagingTable(db, TABLE).iter_candidates(page_size=50))
+    assert seen == [(50, 0)]  # TOP (?) first, then t.id > ?
+
+
+def test_freetds_gets_no_fast_executemany(monkeypatch):
+    rec = Recorder()
+    fake = FakePyodbc(rec, drivers=["FreeTDS"])
+    monkeypatch.setattr(
+        FakeConnection, "getinfo", lambda self, code: "Microsoft SQL Server" if code == 17 else "libtdsodbc.so"
+    )
+    with Database.open_odbc("SERVER=s;DATABASE=d;Trusted_Connection=yes;", odbc=fake) as db:
+        assert rec.connection_strings[0].startswith("DRIVER={FreeTDS};")
+        assert db.fast_executemany is False
+        db.executemany("DELETE FROM t WHERE la_child_id = ?", [("a",), ("b",)])
+    assert rec.fast_executemany == [False]
