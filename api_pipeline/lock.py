@@ -156,11 +156,16 @@ class RunLock:
 
     @staticmethod
     def _holder_is_dead(holder: str) -> bool:
-        """A holder on this machine whose process is gone crashed or was killed: no need to wait."""
+        """A holder on this machine whose process is gone crashed or was killed: no need to wait.
+
+        One left by this very process is dead too: runs in a process follow one another, so it is
+        a lock an earlier run could not release (its database connection was lost).
+        """
         match = _HOLDER.match(holder or "")
-        if match is None:
+        if match is None or match["host"] != socket.gethostname():
             return False
-        return match["host"] == socket.gethostname() and not process_alive(int(match["pid"]))
+        pid = int(match["pid"])
+        return pid == os.getpid() or not process_alive(pid)
 
     def heartbeat(self) -> None:
         if not self._held:

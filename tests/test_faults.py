@@ -151,13 +151,26 @@ def test_max_runtime_stops_cleanly_between_batches(simulator, db_path):
 
 def test_second_run_refuses_while_a_live_run_holds_the_lock(simulator, db_path, tmp_path):
     insert(db_path, list(make_children(3, seed=55)))
-    with Database.open_sqlite(db_path) as db, RunLock(db, TABLE, run_id="other"):
+    other = None
+    with Database.open_sqlite(db_path) as db:
+        other = RunLock(db, TABLE, run_id="other")
+        other.holder = live_holder("other")  # another process on this machine that is still running
+        other.acquire()
         environ = dict(simulator.settings_env()) | {"DB_CONNECTION_STRING": f"sqlite:///{db_path}"}
         result = run_cli(["run"], environ=environ, cwd=tmp_path)
+        other.release()
     assert result.code == ExitCode.RUN_IN_PROGRESS == 6
     assert "another run is already working on ssd_api_data_staging" in result.err
     assert simulator.request_log() == []
     assert run_cli(["run"], environ=environ, cwd=tmp_path).code == 0  # released on exit
+
+
+def live_holder(run_id: str) -> str:
+    """A lock holder that is a live process on this machine, other than this one (our parent)."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()} pid {os.getppid()} run {run_id}"
 
 
 def test_stale_lock_is_taken_over(db_path):
@@ -166,7 +179,9 @@ def test_stale_lock_is_taken_over(db_path):
         crashed.holder = "some-other-host pid 1 run crashed"
         crashed.acquire()
         later = datetime.utcnow() + timedelta(minutes=61)
-        RunLock(db, TABLE, run_id="next", clock=lambda: later).acquire()
+        taker = RunLock(db, TABLE, run_id="next", clock=lambda: later)
+        taker.holder = live_holder("next")
+        taker.acquire()
         soon = datetime.utcnow() + timedelta(minutes=5)
         with pytest.raises(PipelineError):
             RunLock(db, TABLE, run_id="third", clock=lambda: soon).acquire()
