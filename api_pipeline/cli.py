@@ -8,7 +8,7 @@ else is reported as an unexpected error, with a traceback only at ``-vv``.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
 import os
 import sys
@@ -364,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -> int:
     """Parse, dispatch, and turn every error into one line and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if context is None:
+        _tolerant_console()
     ctx = context or Context(environ=os.environ, cwd=Path.cwd(), out=sys.stdout, err=sys.stderr)
     parser = build_parser()
     try:
@@ -393,5 +395,13 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
         close_logging()
 
 
-def dump_json(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=True)
+def _tolerant_console() -> None:
+    """A console or redirect that cannot show a character gets a '?', not a crashed night run.
+
+    Windows writes redirected output (Task Scheduler, a log file) in the ANSI code page.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="replace")
