@@ -168,16 +168,17 @@ def short_date(text: Any) -> str:
     return "?" if value is None else f"{value.day} {value:%b}"
 
 
-def duration(seconds: Any) -> str:
+def duration(seconds: Any, *, unknown: str = "not recorded", unit: str = "seconds") -> str:
+    """``12.5 seconds``, ``1 min 05 s``, ``1 h 06 min``; shared with ``status``."""
     if not isinstance(seconds, (int, float)):
-        return "not recorded"
+        return unknown
     if seconds < 60:
-        return f"{seconds:.1f} seconds"
+        return f"{seconds:.1f} {unit}"
     minutes, secs = divmod(int(round(seconds)), 60)
     if minutes < 60:
-        return f"{minutes} min {secs} s"
+        return f"{minutes} min {secs:02d} s"
     hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min"
+    return f"{hours} h {minutes:02d} min"
 
 
 def size(n: int) -> str:

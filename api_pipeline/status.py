@@ -26,6 +26,7 @@ from typing import Any
 from api_pipeline.config import Settings
 from api_pipeline.db import Database, StagingTable
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode
+from api_pipeline.report import duration
 from api_pipeline.schema import generalise_path, load_bundled_schema, load_schema
 
 STATUS_FORMAT_VERSION = 1
@@ -469,18 +470,6 @@ def _when(value: Any) -> str:
     return parsed.strftime("%Y-%m-%d %H:%M") + (" UTC" if parsed.tzinfo is not None else "")
 
 
-def _duration(seconds: Any) -> str:
-    if not isinstance(seconds, (int, float)):
-        return "?"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
 def format_status(report: StatusReport) -> list[str]:
     """The report as lines for a person."""
     out = [f"Staging table {report.table}: {report.total_rows} row{'' if report.total_rows == 1 else 's'}"]
@@ -556,7 +545,7 @@ def format_status(report: StatusReport) -> list[str]:
                 [
                     [
                         _when(r["started_at"]),
-                        _duration(r["seconds"]),
+                        duration(r["seconds"], unknown="?", unit="s"),
                         "dry run" if r["dry_run"] else "run",
                         str(r["sent"]),
                         str(r["purged"]),

