@@ -493,9 +493,9 @@ def parse_receipt_time(receipt: str) -> datetime | None:
     if not match:
         return None
     date, clock, fraction = match.groups()
-    try:
-        moment = datetime.strptime(f"{date} {clock}", "%Y-%m-%d %H:%M:%S")
-    except ValueError:
+    try:  # the fields are fixed-width digits: building the datetime directly is ~10x cheaper than strptime
+        moment = datetime(int(date[:4]), int(date[5:7]), int(date[8:]), int(clock[:2]), int(clock[3:5]), int(clock[6:]))
+    except ValueError:  # e.g. month 13: as strptime, no time
         return None
     micro = int((fraction or "0").ljust(6, "0"))
     return moment.replace(microsecond=micro, tzinfo=timezone.utc)

@@ -66,6 +66,13 @@ log = logging.getLogger(__name__)
 
 SQLITE_PREFIX = "sqlite:///"
 PAGE_SIZE = 500
+# Parameters per statement in bulk writes: under SQLite's historical limit of 999.
+MAX_PARAMETERS = 900
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
 
 
 def validate_table_name(name: str) -> str:
@@ -600,6 +607,22 @@ class StagingTable:
 
     # -- writing --------------------------------------------------------------
 
+    def _locked_rows(self, row_ids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
+        """``json_payload`` and ``row_state`` of these rows, locked until the transaction ends.
+
+        SQLite's ``BEGIN IMMEDIATE`` already holds the write lock; the others lock the rows read.
+        """
+        found: dict[int, tuple[str | None, str | None]] = {}
+        name = self.db.dialect.name
+        hint = " WITH (UPDLOCK, ROWLOCK)" if name == "mssql" else ""
+        tail = " FOR UPDATE" if name == "postgresql" else ""
+        for chunk in _chunks(list(row_ids), MAX_PARAMETERS):
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT id, json_payload, row_state FROM {self.table}{hint} WHERE id IN ({marks}){tail}"
+            for row_id, payload, state in self.db.query(sql, chunk, chunk=len(chunk)):
+                found[int(row_id)] = (payload, state)
+        return found
+
     def write_back(self, updates: Sequence[RowUpdate], ledger: Sequence[LedgerEntry]) -> int:
         """Write one batch's outcomes and ledger entries in one transaction.
 
@@ -624,59 +647,82 @@ class StagingTable:
         outcome_kinds = (None, LONG_TEXT, None, LONG_TEXT)
         note_sql = f"UPDATE {t} SET api_response = ? WHERE id = ? AND {same_payload}"
         note_kinds = (LONG_TEXT, None, LONG_TEXT)
+        statements = {
+            "purge": (purge_sql, purge_kinds),
+            "sent": (sent_sql, sent_kinds),
+            "outcome": (outcome_sql, outcome_kinds),
+            "note": (note_sql, note_kinds),
+        }
+
+        def plan(u: RowUpdate) -> tuple[str, tuple[Any, ...]]:
+            if u.purge:
+                return "purge", (u.status, u.api_response, d.timestamp_param(u.submission_timestamp), u.row_id)
+            if u.mark_sent:
+                params = (
+                    u.status,
+                    u.api_response,
+                    d.timestamp_param(u.submission_timestamp),
+                    u.previous_hash,
+                    u.row_state,
+                    u.row_id,
+                    u.expect_payload,
+                )
+                return "sent", params
+            if u.status:
+                return "outcome", (u.status, u.api_response, u.row_id, u.expect_payload)
+            return "note", (u.api_response, u.row_id, u.expect_payload)
+
         skipped = 0
         with self.db.transaction():
             if ledger:
-                self.db.executemany(
-                    f"DELETE FROM {self.ledger} WHERE la_child_id = ?", [(e.la_child_id,) for e in ledger]
-                )
-                self.db.executemany(
+                for chunk in _chunks([e.la_child_id for e in ledger], MAX_PARAMETERS):
+                    marks = ", ".join("?" * len(chunk))
+                    self.db.execute(f"DELETE FROM {self.ledger} WHERE la_child_id IN ({marks})", chunk)
+                ledger_kinds = (None, None, None, LONG_TEXT, BINARY, None, None, None)
+                values = [
+                    (
+                        e.la_child_id,
+                        e.mis_child_id,
+                        e.staging_id,
+                        e.record_json,
+                        e.record_hash,
+                        e.receipt,
+                        d.timestamp_param(e.acknowledged_at),
+                        1 if e.purged else 0,
+                    )
+                    for e in ledger
+                ]
+                insert = (
                     f"INSERT INTO {self.ledger} (la_child_id, mis_child_id, staging_id, record_json, "
-                    "record_hash, receipt, acknowledged_at, purged) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            e.la_child_id,
-                            e.mis_child_id,
-                            e.staging_id,
-                            e.record_json,
-                            e.record_hash,
-                            e.receipt,
-                            d.timestamp_param(e.acknowledged_at),
-                            1 if e.purged else 0,
-                        )
-                        for e in ledger
-                    ],
-                    kinds=(None, None, None, LONG_TEXT, BINARY, None, None, None),
+                    "record_hash, receipt, acknowledged_at, purged) VALUES "
                 )
-            # Row updates run one by one so each optimistic check is counted;
-            # they share the batch's single transaction.
+                marks = "(?, ?, ?, ?, ?, ?, ?, ?)"
+                if self.db.fast_executemany:  # one parameter array: as fast as it gets
+                    self.db.executemany(insert + marks, values, kinds=ledger_kinds)
+                else:  # a multi-row VALUES: one round trip where executemany makes one per row
+                    for rows in _chunks(values, MAX_PARAMETERS // len(ledger_kinds)):
+                        self.db.execute(
+                            insert + ", ".join([marks] * len(rows)),
+                            [value for row in rows for value in row],
+                            kinds=ledger_kinds * len(rows),
+                        )
+            # The optimistic check, in bulk: the batch's rows are read once under a write lock;
+            # those still as they were read are updated together (executemany); any other
+            # row is updated on its own so the database's own comparison decides and is counted.
+            current = self._locked_rows([u.row_id for u in updates])
+            together: dict[str, list[tuple[Any, ...]]] = {}
             for u in updates:
-                if u.purge:
-                    count = self.db.execute(
-                        purge_sql,
-                        (u.status, u.api_response, d.timestamp_param(u.submission_timestamp), u.row_id),
-                        kinds=purge_kinds,
-                    )
-                elif u.mark_sent:
-                    count = self.db.execute(
-                        sent_sql,
-                        (
-                            u.status,
-                            u.api_response,
-                            d.timestamp_param(u.submission_timestamp),
-                            u.previous_hash,
-                            u.row_state,
-                            u.row_id,
-                            u.expect_payload,
-                        ),
-                        kinds=sent_kinds,
-                    )
-                elif u.status:
-                    count = self.db.execute(
-                        outcome_sql, (u.status, u.api_response, u.row_id, u.expect_payload), kinds=outcome_kinds
-                    )
-                else:
-                    count = self.db.execute(note_sql, (u.api_response, u.row_id, u.expect_payload), kinds=note_kinds)
-                if count == 0:
+                kind, params = plan(u)
+                payload, state = current.get(u.row_id, (None, None))
+                if u.row_id in current and (
+                    (state or "").lower() == "deleted" if u.purge else payload == u.expect_payload
+                ):
+                    together.setdefault(kind, []).append(params)
+                    continue
+                sql, kinds = statements[kind]
+                if self.db.execute(sql, params, kinds=kinds) == 0:
                     skipped += 1
+            for kind, rows in together.items():
+                sql, kinds = statements[kind]
+                self.db.executemany(sql, rows, kinds=kinds)
         return skipped

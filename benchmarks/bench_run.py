@@ -22,6 +22,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import api_pipeline
 from api_pipeline.config import load_settings
@@ -35,15 +36,14 @@ from api_pipeline.synthetic import make_children
 TABLE = "ssd_api_data_staging"
 
 
-def measure_in_child(label: str, environ: dict[str, str], sim: Simulator, folder: Path) -> dict:
-    """The same case as :func:`measure`, but ``run`` is its own process: peak RSS is the tool's alone."""
-    sim.clear_log()
-    logs = Path(folder) / f"logs-{label}"
-    command = [sys.executable, "-m", "api_pipeline", "-q", "--log-dir", str(logs), "run"]
+def run_child(
+    command: list[str], environ: dict[str, str], cwd: Path, stdout: Any = None
+) -> tuple[float, float, float, int]:
+    """Run ``command`` with this checkout's code; returns wall s, CPU s, peak RSS MB and the exit code."""
     wall0 = time.perf_counter()
     source = str(Path(api_pipeline.__file__).resolve().parent.parent)  # the same code as this process
     path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH", "")) if p)
-    child = subprocess.Popen(command, env=os.environ | environ | {"PYTHONPATH": path}, cwd=folder)
+    child = subprocess.Popen(command, env=os.environ | environ | {"PYTHONPATH": path}, cwd=cwd, stdout=stdout)
     # The child's own ru_maxrss would include this process's memory at fork time, so peak
     # RSS is read from its /proc VmHWM (a high-water mark of its own address space) instead.
     peak_kb, pid = 0, 0
@@ -55,9 +55,18 @@ def measure_in_child(label: str, environ: dict[str, str], sim: Simulator, folder
             pass
         pid, status, usage = os.wait4(child.pid, os.WNOHANG)
         if pid == 0:
-            time.sleep(0.05)
+            time.sleep(0.02)
     wall = time.perf_counter() - wall0
     child.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_utime + usage.ru_stime, peak_kb / 1024, child.returncode
+
+
+def measure_in_child(label: str, environ: dict[str, str], sim: Simulator, folder: Path) -> dict:
+    """The same case as :func:`measure`, but ``run`` is its own process: peak RSS is the tool's alone."""
+    sim.clear_log()
+    logs = Path(folder) / f"logs-{label}"
+    command = [sys.executable, "-m", "api_pipeline", "-q", "--log-dir", str(logs), "run"]
+    wall, cpu, peak_mb, returncode = run_child(command, environ, Path(folder))
     (summary_file,) = logs.glob("*.summary.json")
     summary = json.loads(summary_file.read_text(encoding="utf-8"))
     outcomes = summary["outcomes"]
@@ -66,12 +75,12 @@ def measure_in_child(label: str, environ: dict[str, str], sim: Simulator, folder
         "case": label,
         "records": sent,
         "wall_s": round(wall, 3),
-        "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+        "cpu_s": round(cpu, 3),
         "records_per_s": round(sent / wall, 1) if wall else None,
         "requests": summary["requests"],
         "bytes_sent": summary["bytes_sent"],
-        "peak_rss_mb": round(peak_kb / 1024, 1),
-        "problems": int(child.returncode != 0),
+        "peak_rss_mb": round(peak_mb, 1),
+        "problems": int(returncode != 0),
     }
 
 
