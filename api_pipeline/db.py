@@ -534,6 +534,28 @@ class StagingTable:
         sql = f"SELECT person_id FROM {self.table} WHERE person_id IS NOT NULL GROUP BY person_id HAVING COUNT(*) > 1"
         return frozenset(str(row[0]).strip() for row in self.db.query(sql))
 
+    def candidate_source(self, *, all_rows: bool = False) -> tuple[str, str]:
+        """``(FROM source, WHERE condition)`` for the rows a run reads; the one definition of them.
+
+        Candidates: every row not yet ``sent``/``invalid`` (any case), plus deleted children
+        whose purge DfE has not acknowledged. The ledger is joined as ``l`` (its columns are
+        NULL when it does not exist yet: read-only runs do not create it).
+        """
+        source = f"{self.table} t LEFT JOIN {self.ledger} l ON l.la_child_id = t.person_id"
+        if not self.has_ledger():
+            source = (
+                f"{self.table} t LEFT JOIN (SELECT NULL AS la_child_id, NULL AS record_json, "
+                "CAST(NULL AS INTEGER) AS purged, NULL AS receipt, NULL AS acknowledged_at) l ON 1 = 0"
+            )
+        if all_rows:
+            return source, "1 = 1"
+        wanted = (
+            "(LOWER(COALESCE(t.row_state, '')) <> 'deleted' "
+            " AND LOWER(COALESCE(t.submission_status, '')) NOT IN ('sent', 'invalid')) "
+            "OR (LOWER(COALESCE(t.row_state, '')) = 'deleted' AND (l.purged IS NULL OR l.purged = 0))"
+        )
+        return source, wanted
+
     def iter_candidates(
         self, *, page_size: int = PAGE_SIZE, limit: int | None = None, all_rows: bool = False
     ) -> Iterator[StagingRow]:
@@ -544,25 +566,11 @@ class StagingTable:
         Candidates: every row not yet ``sent``/``invalid`` (any case), plus
         deleted children whose purge DfE has not acknowledged.
         """
-        t, ledger = self.table, self.ledger
         columns = (
             "t.id, t.person_id, t.json_payload, t.submission_status, t.row_state, "
             "l.record_json, l.purged, l.receipt, l.acknowledged_at"
         )
-        wanted = (
-            "(LOWER(COALESCE(t.row_state, '')) <> 'deleted' "
-            " AND LOWER(COALESCE(t.submission_status, '')) NOT IN ('sent', 'invalid')) "
-            "OR (LOWER(COALESCE(t.row_state, '')) = 'deleted' AND (l.purged IS NULL OR l.purged = 0))"
-        )
-        if all_rows:
-            wanted = "1 = 1"
-        source = f"{t} t LEFT JOIN {ledger} l ON l.la_child_id = t.person_id"
-        if not self.has_ledger():
-            # Read-only runs (validate, dry run) do not create the ledger: DfE holds nothing we know of.
-            source = (
-                f"{t} t LEFT JOIN (SELECT NULL AS la_child_id, NULL AS record_json, CAST(NULL AS INTEGER) AS purged, "
-                "NULL AS receipt, NULL AS acknowledged_at) l ON 1 = 0"
-            )
+        source, wanted = self.candidate_source(all_rows=all_rows)
         rest = f"FROM {source} WHERE t.id > ? AND ({wanted}) ORDER BY t.id"
         sql = self.db.dialect.select_top(columns, rest)
         last_id, produced = 0, 0

@@ -39,28 +39,11 @@ HIDDEN_REASON = "reason not shown (the text may contain record content)"
 
 # -- what is waiting to be sent: the same rows StagingTable.iter_candidates reads -----------
 
-_NOT_DELETED_UNSENT = (
-    "(LOWER(COALESCE(t.row_state, '')) <> 'deleted' "
-    "AND LOWER(COALESCE(t.submission_status, '')) NOT IN ('sent', 'invalid'))"
-)
-_DELETED = "LOWER(COALESCE(t.row_state, '')) = 'deleted'"
-
 
 def candidates_from_where(table: StagingTable, *, all_rows: bool = False) -> str:
-    """``FROM … WHERE …`` selecting the rows a run would read (no parameters).
-
-    Mirrors :meth:`StagingTable.iter_candidates`: rows not yet ``sent``/``invalid``
-    (any case), plus deleted children whose purge DfE has not acknowledged. Without
-    a ledger every deleted child counts, as it does for the run.
-    """
-    if all_rows:
-        return f"FROM {table.table} t"
-    if table.has_ledger():
-        return (
-            f"FROM {table.table} t LEFT JOIN {table.ledger} l ON l.la_child_id = t.person_id "
-            f"WHERE {_NOT_DELETED_UNSENT} OR ({_DELETED} AND (l.purged IS NULL OR l.purged = 0))"
-        )
-    return f"FROM {table.table} t WHERE {_NOT_DELETED_UNSENT} OR {_DELETED}"
+    """``FROM … WHERE …`` selecting the rows a run would read (no parameters)."""
+    source, wanted = table.candidate_source(all_rows=all_rows)
+    return f"FROM {source} WHERE {wanted}"
 
 
 def count_candidates(table: StagingTable, *, all_rows: bool = False, limit: int | None = None) -> int:
