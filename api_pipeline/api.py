@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -567,6 +568,10 @@ class ApiClient:
         self.bytes_sent = 0
         self._supplier_key = settings.supplier_key
         self.secondary_key_in_use = False
+        # MIN_REQUEST_INTERVAL_MS spaces every POST (retries and split halves too), across threads.
+        self._interval = settings.min_request_interval_ms / 1000
+        self._pace_lock = threading.Lock()
+        self._last_start = float("-inf")
 
     parse_receipt_time = staticmethod(parse_receipt_time)
 
@@ -591,8 +596,20 @@ class ApiClient:
             )
         self.logger.warning("%s", PROMOTE_SECONDARY_KEY_ADVICE)
 
+    def _pace(self) -> None:
+        """Wait until MIN_REQUEST_INTERVAL_MS has passed since the previous POST started."""
+        if self._interval <= 0:
+            return
+        self.auth.get_token()  # a token fetch must not eat into the spacing of the POST after it
+        with self._pace_lock:
+            wait = self._last_start + self._interval - time.monotonic()
+            if wait > 0:
+                self.sleep(wait)
+            self._last_start = time.monotonic()
+
     def _request(self, body: bytes) -> requests.Response:
         """One POST. Transport failures become retriable or fatal errors with the cause named."""
+        self._pace()
         self.requests += 1
         self.bytes_sent += len(body)
         try:

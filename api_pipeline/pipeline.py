@@ -64,7 +64,6 @@ class RunOptions:
     all_rows: bool = False
     max_runtime: float | None = None
     max_in_flight: int = 1
-    min_request_interval_ms: int = 0
 
     @property
     def writes(self) -> bool:
@@ -225,7 +224,6 @@ class Pipeline:
         self._batch_counter = 0
         self._unknown_statuses: set[str] = set()
         self._in_flight: deque[_InFlight] = deque()
-        self._last_start = 0.0
         self._executor = (
             ThreadPoolExecutor(options.max_in_flight, thread_name_prefix="send")
             if options.max_in_flight > 1 and sender is not None
@@ -447,7 +445,6 @@ class Pipeline:
             self._write(updates, [])
             return
         assert self.sender is not None
-        self._pace()
         records, bodies = [i.record for i in batch], [i.body for i in batch]
         if self._executor is None:
             future: Future = Future()
@@ -460,16 +457,6 @@ class Pipeline:
         self._in_flight.append(_InFlight(batch_id, batch, updates, future, time.monotonic()))
         while len(self._in_flight) >= self.options.max_in_flight:
             self._complete_oldest()
-
-    def _pace(self) -> None:
-        """MIN_REQUEST_INTERVAL_MS: space the starts of batches for a throttling gateway."""
-        interval = self.options.min_request_interval_ms / 1000
-        if interval <= 0:
-            return
-        wait = self._last_start + interval - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        self._last_start = time.monotonic()
 
     def _complete_oldest(self) -> None:
         """Wait for the oldest batch in flight and write its outcomes back, in one transaction."""

@@ -65,7 +65,6 @@ def execute_run(
         all_rows=all_rows,
         max_runtime=settings.max_runtime,
         max_in_flight=settings.max_in_flight,
-        min_request_interval_ms=settings.min_request_interval_ms,
     )
     if options.writes:
         check_live_interlock(settings)

@@ -276,7 +276,8 @@ class LoggedRequest:
     record_count: int
     body: bytes | None
     headers: dict[str, str]
-    at: float
+    at: float  # when the answer was ready (wall clock)
+    arrived: float = 0.0  # when the request had been read, before any simulated latency
 
 
 @dataclass
@@ -619,6 +620,7 @@ class Simulator:
 
     def _handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> _Reply:
         """Route one request, answer it and log it (the log entry is written before replying)."""
+        arrived = time.time()
         path = urlsplit(raw_path).path
         receiver, token = _RECEIVER_PATH.fullmatch(path), _TOKEN_PATH.fullmatch(path)
         try:
@@ -637,7 +639,7 @@ class Simulator:
         if self.keep_request_bodies:
             kept = re.sub(rb"(client_secret=)[^&]*", rb"\1***", body) if is_token else body
         status = 0 if reply.drop else reply.status
-        entry = LoggedRequest(method, path, status, reply.records, kept, _mask_headers(headers), time.time())
+        entry = LoggedRequest(method, path, status, reply.records, kept, _mask_headers(headers), time.time(), arrived)
         with self._lock:
             self._log.append(entry)
             self._token_requests += is_token
