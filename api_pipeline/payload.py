@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -78,6 +79,18 @@ def normalise(record: dict) -> dict:
     kept on purpose so validation sees and rejects it. Order is left alone.
     """
     return _norm_dict(record)
+
+
+# An empty object or list in JSON text: "{" or "[", JSON whitespace, "}" or "]". Text without
+# one (outside strings too) holds no empty container, so normalising it would copy it unchanged.
+_EMPTY_CONTAINER: Final = re.compile(r"[{\[][ \t\n\r]*[}\]]")
+
+
+def normalised_copy_needed(text: str) -> bool:
+    """False when the JSON ``text`` has no empty object or list anywhere, so its parse is already
+    in normal form. (True may be a false alarm, e.g. ``"[]"`` inside a string: then
+    :func:`normalise` simply finds nothing to drop.)"""
+    return _EMPTY_CONTAINER.search(text) is not None
 
 
 def _norm_dict(d: dict) -> dict:
@@ -240,10 +253,14 @@ def build_full(current: dict, baseline: dict | None) -> dict:
     ``baseline`` is the record DfE last acknowledged per the ledger, or ``None`` when DfE
     holds nothing (new child, or one that returns after a purge: it is sent whole).
     """
-    cur = normalise(current)
-    if baseline is None:
+    return full_of_normal(normalise(current), None if baseline is None else normalise(baseline))
+
+
+def full_of_normal(cur: dict, base: dict | None) -> dict:
+    """:func:`build_full` for records already in normal form (the result may share ``cur``'s parts)."""
+    if base is None:
         return cur
-    return _full_node(cur, normalise(baseline), RECORD)
+    return _full_node(cur, base, RECORD)
 
 
 def _delta_node(cur: dict, base: dict, level: str, always: frozenset[str] = frozenset()) -> dict | None:
@@ -325,10 +342,14 @@ def build_delta(current: dict, baseline: dict | None) -> dict | None:
     always sent; every other entity only when it (or, for an episode, something under it)
     changed. Removals become purges. With no baseline this is :func:`build_full`.
     """
-    cur = normalise(current)
-    if baseline is None:
+    return delta_of_normal(normalise(current), None if baseline is None else normalise(baseline))
+
+
+def delta_of_normal(cur: dict, base: dict | None) -> dict | None:
+    """:func:`build_delta` for records already in normal form (the result may share ``cur``'s parts)."""
+    if base is None:
         return cur
-    return _delta_node(cur, normalise(baseline), RECORD, ALWAYS_SENT)
+    return _delta_node(cur, base, RECORD, ALWAYS_SENT)
 
 
 def build_purge(la_child_id: str, mis_child_id: str | None = None) -> dict:
@@ -352,24 +373,29 @@ def duplicate_ids(record: dict) -> list[str]:
     """Paths of id'd lists in which an id appears twice.
 
     The schema allows it, but DfE merges items by id, so such a record could never
-    be held as written: it is treated as invalid instead of being sent.
+    be held as written: it is treated as invalid instead of being sent. Almost every
+    record has none, so each list is first checked with one set of its ids; paths are
+    only worked out for a list that fails that check.
     """
     found: list[str] = []
 
     def visit(node: Any, level: str, path: str) -> None:
-        if not isinstance(node, dict):
-            return
-        for key, id_key in STRUCTURE.get(level, {}).items():
+        for key, id_key in STRUCTURE[level].items():
             items = node.get(key)
-            if id_key is None or not isinstance(items, list):
+            if id_key is None or type(items) is not list:
                 continue
-            seen: set[Any] = set()
-            for index, item in enumerate(items):
-                ident = item.get(id_key) if isinstance(item, dict) else None
-                if ident is not None and ident in seen:
-                    found.append(f"{path}{key}[{index}].{id_key}")
-                seen.add(ident)
-                visit(item, key, f"{path}{key}[{index}].")
+            ids = [item.get(id_key) if type(item) is dict else None for item in items]
+            if len({i for i in ids if i is not None}) < len(ids) - ids.count(None):
+                seen: set[Any] = set()
+                for index, ident in enumerate(ids):
+                    if ident is not None and ident in seen:
+                        found.append(f"{path}{key}[{index}].{id_key}")
+                    seen.add(ident)
+            if key in STRUCTURE:
+                for index, item in enumerate(items):
+                    if type(item) is dict:
+                        visit(item, key, f"{path}{key}[{index}].")
 
-    visit(record, RECORD, "")
+    if type(record) is dict:
+        visit(record, RECORD, "")
     return found

@@ -23,7 +23,14 @@ from typing import Any, Protocol
 from api_pipeline.api import encode_record, parse_receipt_time
 from api_pipeline.db import LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.errors import PipelineError
-from api_pipeline.payload import build_delta, build_full, build_purge, duplicate_ids, normalise
+from api_pipeline.payload import (
+    build_purge,
+    delta_of_normal,
+    duplicate_ids,
+    full_of_normal,
+    normalise,
+    normalised_copy_needed,
+)
 from api_pipeline.schema import RecordValidator, generalise_path
 
 log = logging.getLogger(__name__)
@@ -189,7 +196,7 @@ def _parse_payload(row: StagingRow) -> dict:
     text = row.json_payload
     if text is None or not str(text).strip():
         raise _Invalid("json_payload is empty", "empty payload")
-    if len(text.encode("utf-8")) > MAX_RECORD_BYTES:
+    if len(text) > MAX_RECORD_BYTES // 4 and len(text.encode("utf-8")) > MAX_RECORD_BYTES:
         raise _Invalid(f"json_payload is larger than {MAX_RECORD_BYTES // 1_000_000} MB", "record too large")
     try:
         record = json.loads(text)
@@ -330,6 +337,10 @@ class Pipeline:
             raise _Invalid("la_child_id is missing from json_payload", "la_child_id missing")
         if row.person_id is not None and row.person_id != la_child_id:
             raise _Skip("person_id does not match the record's la_child_id; fix the staging SQL", "person_id mismatch")
+        # The record in normal form (empty objects and lists dropped) is what DfE will hold:
+        # it is validated whole, and the request body is built from it.
+        if normalised_copy_needed(row.json_payload or ""):
+            record = normalise(record)
         problems = self.validator.problems(record)
         if problems:
             raise _Invalid(
@@ -340,13 +351,14 @@ class Pipeline:
         if duplicates:
             raise _Invalid(f"{duplicates[0]}: the same id appears twice in this list", "duplicate id in a list")
         baseline = self._baseline(row)
-        body = build_delta(record, baseline) if self.options.partial else build_full(record, baseline)
+        body = delta_of_normal(record, baseline) if self.options.partial else full_of_normal(record, baseline)
         if body is None:
             self._mark_unchanged(row)
             return None
-        reasons = self.validator.errors(body)
-        if reasons:
-            raise _Invalid("the request built for this record is invalid: " + "; ".join(reasons), "request invalid")
+        if body is not record:  # a delta or purges: the request itself must be valid too
+            reasons = self.validator.errors(body)
+            if reasons:
+                raise _Invalid("the request built for this record is invalid: " + "; ".join(reasons), "request invalid")
         try:
             encoded = encode_record(body)
         except (ValueError, UnicodeError):
@@ -355,9 +367,7 @@ class Pipeline:
         # What DfE will hold once it acknowledges: the normalised record. Without a baseline the
         # body is exactly that, so its text is reused; deltas compare entity by entity later.
         ledger_json = (
-            encoded.decode("utf-8")
-            if baseline is None
-            else json.dumps(normalise(record), ensure_ascii=False, separators=(",", ":"))
+            encoded.decode("utf-8") if body is record else json.dumps(record, ensure_ascii=False, separators=(",", ":"))
         )
         return _Item(
             row=row,
@@ -403,7 +413,9 @@ class Pipeline:
         except ValueError:
             log.warning("ledger entry for child %s is unreadable; sending the whole record", row.person_id)
             return None
-        return baseline if isinstance(baseline, dict) else None
+        if not isinstance(baseline, dict):
+            return None
+        return normalise(baseline) if normalised_copy_needed(row.ledger_json) else baseline
 
     def _mark_unchanged(self, row: StagingRow) -> None:
         """DfE already holds exactly this record: record that, send nothing."""

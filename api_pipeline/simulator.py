@@ -60,15 +60,17 @@ _RECORD_CHILDREN: dict[str, str | None] = {
 _ITEM_CHILDREN: dict[str, dict[str, str | None]] = {"social_care_episodes": _EPISODE_CHILDREN}
 
 
-def apply_record(held: dict | None, sent: dict) -> dict | None:
+def apply_record(held: dict | None, sent: dict, *, share: bool = False) -> dict | None:
     """Apply one sent record to what DfE holds for that child, as DfE does.
 
     Returns the new held record, or None when the record is purged. Neither argument is
-    modified and the result shares nothing with them.
+    modified. The result shares nothing with them, unless ``share``: then it may share
+    parts with both, which is safe for a store that never changes a record in place and
+    hands out only copies (the simulator's own store), and much cheaper.
     """
     if sent.get("purge") is True:
         return None
-    return _merge_entity(held or {}, sent, _RECORD_CHILDREN)
+    return _merge_entity(held or {}, sent, _RECORD_CHILDREN, _same if share else _clone)
 
 
 def _clone(value: Any) -> Any:
@@ -80,25 +82,34 @@ def _clone(value: Any) -> Any:
     return value
 
 
-def _merge_entity(held: dict, sent: dict, children: dict[str, str | None]) -> dict:
+def _same(value: Any) -> Any:
+    return value
+
+
+def _merge_entity(held: dict, sent: dict, children: dict[str, str | None], copy: Callable[[Any], Any]) -> dict:
     """Sent entity keys replace held ones wholly; child collections merge by their own rules."""
-    merged = {key: _clone(value) for key, value in sent.items() if key not in children}
+    if copy is _same:
+        merged = {key: value for key, value in sent.items() if key not in children}
+    else:
+        merged = {key: copy(value) for key, value in sent.items() if key not in children}
     for key, id_key in children.items():
         if key not in sent:
             if key in held:
-                merged[key] = _clone(held[key])
+                merged[key] = copy(held[key])
         elif id_key is None:
             block = sent[key]
             if not (isinstance(block, dict) and block.get("purge") is True):
-                merged[key] = _clone(block)
+                merged[key] = copy(block)
         else:
-            items = _merge_list(held.get(key) or [], sent[key], id_key, _ITEM_CHILDREN.get(key, {}))
+            items = _merge_list(held.get(key) or [], sent[key], id_key, _ITEM_CHILDREN.get(key, {}), copy)
             if items:
                 merged[key] = items
     return merged
 
 
-def _merge_list(held: list, sent: list, id_key: str, item_children: dict[str, str | None]) -> list:
+def _merge_list(
+    held: list, sent: list, id_key: str, item_children: dict[str, str | None], copy: Callable[[Any], Any]
+) -> list:
     """Merge an id'd list item by item: purge removes, known ids merge, new ids append."""
     by_id: dict[Any, dict] = {item.get(id_key): item for item in held}
     fresh: set[Any] = set()
@@ -108,9 +119,9 @@ def _merge_list(held: list, sent: list, id_key: str, item_children: dict[str, st
             by_id.pop(item_id, None)
             fresh.discard(item_id)
         else:
-            by_id[item_id] = _merge_entity(by_id.get(item_id, {}), item, item_children)
+            by_id[item_id] = _merge_entity(by_id.get(item_id, {}), item, item_children, copy)
             fresh.add(item_id)
-    return [item if item_id in fresh else _clone(item) for item_id, item in by_id.items()]
+    return [item if item_id in fresh else copy(item) for item_id, item in by_id.items()]
 
 
 # --- Schema validation: the JSON Schema subset DfE's document uses ---
@@ -759,7 +770,9 @@ class Simulator:
                 child = record["la_child_id"]
                 held = staged[child] if child in staged else self._store.get(child)
                 try:
-                    staged[child] = apply_record(held, record)
+                    # The store never changes a record in place and snapshot() copies it,
+                    # and ``record`` was parsed for this request alone: sharing is safe.
+                    staged[child] = apply_record(held, record, share=True)
                 except (AttributeError, TypeError) as exc:
                     return [f"[{index}] <record>: cannot be applied ({type(exc).__name__})"]
             for child, new in staged.items():

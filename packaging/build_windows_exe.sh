@@ -142,12 +142,24 @@ build_one() {
     [ "$layout" = onedir ] && extra=(-- --onedir)
     say "PyInstaller ($layout)"
     if [ "$layout" = onedir ]; then rm -rf "$OUT/csc_api_pipeline"; else rm -f "$OUT/csc_api_pipeline.exe"; fi
-    if ! (cd "$WORK" && wine_run "$PYDIR/python.exe" -m PyInstaller --noconfirm --clean \
-        --distpath "$(winpath "$OUT")" --workpath "$(winpath "$WORK/pyi-$layout")" \
-        "$(winpath "$REPO/packaging/csc_api_pipeline.spec")" "${extra[@]}" >"$log"); then
+    local attempt
+    for attempt in 1 2; do
+        if (cd "$WORK" && wine_run "$PYDIR/python.exe" -m PyInstaller --noconfirm --clean \
+            --distpath "$(winpath "$OUT")" --workpath "$(winpath "$WORK/pyi-$layout")" \
+            "$(winpath "$REPO/packaging/csc_api_pipeline.spec")" "${extra[@]}" >"$log"); then
+            break
+        fi
         tail -40 "$log" >&2
+        # Wine itself sometimes fails to start one of PyInstaller's helper processes
+        # ("OSError: [WinError 1359] Internal error" from CreateProcess). That is wine, not the
+        # build: restart wineserver and try once more. Any other failure is final.
+        if [ "$attempt" = 1 ] && grep -q "WinError 1359" "$log"; then
+            say "wine could not start a PyInstaller helper process; restarting wineserver and trying again"
+            wineserver -k >/dev/null 2>&1 || true
+            continue
+        fi
         die "PyInstaller failed ($layout); output above"
-    fi
+    done
     grep -E "freezing api_pipeline|Build complete" "$log" || true
     # What went in: the bundled schema must be there; the wine-only DLL must not.
     local check=$WORK/check.py
