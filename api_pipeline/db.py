@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -155,6 +156,9 @@ class Database:
         self.fast_executemany = odbc is not None and dialect.name == "mssql" and is_microsoft_sql_driver(driver_file)
         self._in_transaction = False
         self._open_queries = 0
+        # One thread at a time on the connection (a run writes back on a thread of its own):
+        # held for a whole transaction, and by a reader for a whole page of rows.
+        self.lock = threading.RLock()
 
     # -- opening -----------------------------------------------------------------
 
@@ -247,20 +251,21 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One unit of work: everything inside commits together or not at all."""
-        if self._in_transaction:
-            yield
-            return
-        self._in_transaction = True
-        try:
-            if self.dialect.name == "sqlite" and self._odbc is None:
-                self._run(lambda: self._conn.execute("BEGIN IMMEDIATE"))
-            yield
-            self._run(self._conn.commit)
-        except BaseException:
-            self._rollback_quietly()
-            raise
-        finally:
-            self._in_transaction = False
+        with self.lock:
+            if self._in_transaction:
+                yield
+                return
+            self._in_transaction = True
+            try:
+                if self.dialect.name == "sqlite" and self._odbc is None:
+                    self._run(lambda: self._conn.execute("BEGIN IMMEDIATE"))
+                yield
+                self._run(self._conn.commit)
+            except BaseException:
+                self._rollback_quietly()
+                raise
+            finally:
+                self._in_transaction = False
 
     def _rollback_quietly(self) -> None:
         try:
@@ -577,7 +582,8 @@ class StagingTable:
         while limit is None or produced < limit:
             size = page_size if limit is None else min(page_size, limit - produced)
             params = (size, last_id) if self.db.dialect.limit_first() else (last_id, size)
-            page = list(self.db.query(sql, params))
+            with self.db.lock:  # the whole page, so a write-back thread never interleaves
+                page = list(self.db.query(sql, params))
             for row in page:
                 produced += 1
                 yield StagingRow(

@@ -7,6 +7,7 @@ existing table can be used and the DDL that fixes one are all derived from that.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -192,11 +193,9 @@ class Dialect:
     def timestamp_param(self, value: datetime | None) -> Any:
         if value is None:
             return None
-        if value.tzinfo is not None:  # stored as naive UTC, as DATETIME columns expect
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
         if self.name == "sqlite":
-            return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-        return value
+            return _sqlite_timestamp(value)
+        return _naive_utc(value)
 
     # -- DDL -------------------------------------------------------------------
 
@@ -432,3 +431,15 @@ def dialect_for_dbms(dbms: str) -> Dialect:
         f"the ODBC connection is to {dbms or 'an unknown database'}; this tool supports Microsoft SQL Server and "
         "PostgreSQL through ODBC, and SQLite as sqlite:///path/to/file.db"
     )
+
+
+def _naive_utc(value: datetime) -> datetime:
+    """Stored as naive UTC, as DATETIME columns expect."""
+    if value.tzinfo is not None:
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value
+
+
+@functools.lru_cache(maxsize=256)  # a batch's rows share a handful of receipt times
+def _sqlite_timestamp(value: datetime) -> str:
+    return _naive_utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]

@@ -11,23 +11,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from api_pipeline.api import encode_record, parse_receipt_time
+from api_pipeline.api import parse_receipt_time
 from api_pipeline.db import LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.errors import PipelineError
 from api_pipeline.payload import (
     build_purge,
     delta_of_normal,
     duplicate_ids,
+    encode_record,
     full_of_normal,
+    loads_record,
     normalise,
     normalised_copy_needed,
 )
@@ -199,9 +202,11 @@ def _parse_payload(row: StagingRow) -> dict:
     if len(text) > MAX_RECORD_BYTES // 4 and len(text.encode("utf-8")) > MAX_RECORD_BYTES:
         raise _Invalid(f"json_payload is larger than {MAX_RECORD_BYTES // 1_000_000} MB", "record too large")
     try:
-        record = json.loads(text)
+        record = loads_record(text)
     except json.JSONDecodeError as exc:
         raise _Invalid(f"json_payload is not valid JSON (line {exc.lineno}, column {exc.colno})", "not JSON") from None
+    except ValueError as exc:  # NaN or Infinity
+        raise _Invalid(f"json_payload is not valid JSON: {exc}", "not JSON") from None
     if not isinstance(record, dict):
         raise _Invalid(f"json_payload is a JSON {type(record).__name__}, not an object", "not a JSON object")
     return record
@@ -230,12 +235,15 @@ class Pipeline:
         self._updates: list[RowUpdate] = []
         self._batch_counter = 0
         self._unknown_statuses: set[str] = set()
-        self._in_flight: deque[_InFlight] = deque()
-        self._executor = (
-            ThreadPoolExecutor(options.max_in_flight, thread_name_prefix="send")
-            if options.max_in_flight > 1 and sender is not None
-            else None
-        )
+        # MAX_IN_FLIGHT > 1: batches are sent on a pool of that many threads, and their outcomes
+        # written back on one more thread, in the order they were sent, while this thread reads
+        # and prepares the next batches. The database connection is shared, one user at a time.
+        parallel = options.max_in_flight > 1 and sender is not None
+        self._executor = ThreadPoolExecutor(options.max_in_flight, thread_name_prefix="send") if parallel else None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="write-back") if parallel else None
+        self._sends: deque[Future] = deque()  # send futures not known to be finished
+        self._written: deque[Future] = deque()  # write-back futures, oldest first
+        self._failed = threading.Event()  # set by the write-back thread when a batch failed for good
         self.duplicate_person_ids: frozenset[str] = frozenset()
 
     # -- the run ---------------------------------------------------------------
@@ -267,8 +275,9 @@ class Pipeline:
             self._flush()
             self._drain()
         finally:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True, cancel_futures=True)
+            for pool in (self._executor, self._writer):
+                if pool is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
             self.summary.seconds = time.monotonic() - started
             self.summary.finished_at = utc_now().isoformat(timespec="seconds") + "Z"
         return self.summary
@@ -366,9 +375,7 @@ class Pipeline:
         mis = record.get("mis_child_id")
         # What DfE will hold once it acknowledges: the normalised record. Without a baseline the
         # body is exactly that, so its text is reused; deltas compare entity by entity later.
-        ledger_json = (
-            encoded.decode("utf-8") if body is record else json.dumps(record, ensure_ascii=False, separators=(",", ":"))
-        )
+        ledger_json = encoded.decode("utf-8") if body is record else encode_record(record).decode("utf-8")
         return _Item(
             row=row,
             la_child_id=la_child_id,
@@ -409,7 +416,7 @@ class Pipeline:
         if row.ledger_json is None or row.ledger_purged:
             return None
         try:
-            baseline = json.loads(row.ledger_json)
+            baseline = loads_record(row.ledger_json)
         except ValueError:
             log.warning("ledger entry for child %s is unreadable; sending the whole record", row.person_id)
             return None
@@ -458,30 +465,41 @@ class Pipeline:
             return
         assert self.sender is not None
         records, bodies = [i.record for i in batch], [i.body for i in batch]
-        if self._executor is None:
+        if self._executor is None or self._writer is None:  # one batch at a time
             future: Future = Future()
             try:
                 future.set_result(self.sender.send(records, bodies, batch_id=batch_id))
             except PipelineError as exc:
                 future.set_exception(exc)
-        else:
-            future = self._executor.submit(self.sender.send, records, bodies, batch_id=batch_id)
-        self._in_flight.append(_InFlight(batch_id, batch, updates, future, time.monotonic()))
-        while len(self._in_flight) >= self.options.max_in_flight:
-            self._complete_oldest()
+            self._complete(_InFlight(batch_id, batch, updates, future, time.monotonic()))
+            return
+        if self._failed.is_set():  # an earlier batch failed for good: send no more
+            self._drain()
+        future = self._executor.submit(self.sender.send, records, bodies, batch_id=batch_id)
+        while self._sends and self._sends[0].done():
+            self._sends.popleft()
+        self._sends.append(future)
+        flight = _InFlight(batch_id, batch, updates, future, time.monotonic())
+        self._written.append(self._writer.submit(self._complete, flight))
+        # The send pool keeps MAX_IN_FLIGHT requests going; as many batches again may wait
+        # their turn, so this thread keeps preparing while the writer catches up.
+        while len(self._written) >= 2 * self.options.max_in_flight:
+            self._await_oldest()
 
-    def _complete_oldest(self) -> None:
-        """Wait for the oldest batch in flight and write its outcomes back, in one transaction."""
-        flight = self._in_flight.popleft()
+    def _complete(self, flight: _InFlight) -> None:
+        """Wait for one batch's answer and write its outcomes back, in one transaction."""
         ledger: list[LedgerEntry] = []
         try:
             outcomes = flight.future.result()
+        except CancelledError:  # never sent, as the run stopped first: its rows stay pending
+            self._write(flight.updates, ledger)
+            return
         except PipelineError as exc:
-            # The run stops; first record what DfE did acknowledge, here and in the other batches.
+            # The run stops; first record what DfE did acknowledge.
+            self._failed.set()
             settled = getattr(exc, "partial_outcomes", None) or []
             self._apply_outcomes([(flight.batch[o.index], o) for o in settled], flight.updates, ledger)
             self._write(flight.updates, ledger)
-            self._drain(quietly=True)
             raise
         counts = self._apply_outcomes(list(zip(flight.batch, outcomes, strict=True)), flight.updates, ledger)
         log.info(
@@ -493,16 +511,24 @@ class Pipeline:
         )
         self._write(flight.updates, ledger)
 
-    def _drain(self, *, quietly: bool = False) -> None:
-        """Complete every batch still in flight; with ``quietly``, their errors are logged, not raised."""
-        while self._in_flight:
-            if not quietly:
-                self._complete_oldest()
-                continue
-            try:
-                self._complete_oldest()
-            except PipelineError as exc:
-                log.warning("another batch in flight also failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+    def _await_oldest(self) -> None:
+        """Wait until the oldest batch is written back; if it failed, stop sending and settle the rest."""
+        try:
+            self._written.popleft().result()
+        except BaseException:
+            for send in self._sends:
+                send.cancel()  # only those not started yet: nothing more goes to DfE
+            while self._written:  # record what the batches already sent did get acknowledged
+                try:
+                    self._written.popleft().result()
+                except PipelineError as exc:
+                    log.warning("another batch in flight also failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            raise
+
+    def _drain(self) -> None:
+        """Wait for every batch still in flight to be written back; the first failure is raised."""
+        while self._written:
+            self._await_oldest()
 
     def _write(self, updates: list[RowUpdate], ledger: list[LedgerEntry]) -> None:
         if self.options.writes and (updates or ledger):

@@ -36,6 +36,12 @@ def _set_row(db_path, **columns) -> None:
 CASES = [
     ("not json", {"json_payload": '{"la_child_id": "BADROW001", '}, "Invalid", "not valid JSON"),
     ("empty", {"json_payload": "   "}, "Invalid", "json_payload is empty"),
+    (
+        "NaN is not JSON",
+        {"json_payload": '{"la_child_id": "BADROW001", "x": NaN}'},
+        "Invalid",
+        "NaN is not a JSON value",
+    ),
     ("json array", {"json_payload": "[1, 2]"}, "Invalid", "JSON list, not an object"),
     ("json string", {"json_payload": '"hello"'}, "Invalid", "JSON str, not an object"),
     (

@@ -197,6 +197,28 @@ def test_lock_of_a_dead_process_on_this_machine_is_taken_over_at_once(db_path):
         RunLock(db, TABLE, run_id="next").acquire()
 
 
+def test_heartbeat_is_written_at_most_once_a_minute(db_path):
+    from api_pipeline.lock import BEAT_EVERY
+
+    now = [datetime(2026, 11, 26, 2, 0, 0)]
+    with Database.open_sqlite(db_path) as db:
+        lock = RunLock(db, TABLE, run_id="beats", clock=lambda: now[0])
+        lock.acquire()
+
+        def stored() -> str:
+            ((beat,),) = db.query(f"SELECT heartbeat_at FROM {TABLE}_run_lock")
+            return str(beat)
+
+        first = stored()
+        now[0] += BEAT_EVERY / 2
+        lock.heartbeat()  # too soon: no write, no commit
+        assert stored() == first
+        now[0] += BEAT_EVERY
+        lock.heartbeat()
+        assert stored() != first and stored().startswith("2026-11-26 02:01:30")
+        lock.release()
+
+
 # -- test and live receivers ----------------------------------------------------------------
 
 LIVE = "https://api.example.invalid/children-in-social-care-data-receiver/1"

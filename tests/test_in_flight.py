@@ -18,6 +18,14 @@ def receiver_times(sim) -> list[float]:
     return sorted(e.at for e in sim.request_log() if e.path.endswith("/children") and e.status == 200)
 
 
+def assert_spaced(arrivals: list[float], interval: float) -> None:
+    """The client spaces the starts of its requests; the simulator sees them arrive with some
+    scheduling jitter, which cancels out over the whole run but not in a single gap."""
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert min(gaps) >= interval - 0.05, gaps
+    assert arrivals[-1] - arrivals[0] >= (len(arrivals) - 1) * interval - 0.03, gaps
+
+
 def test_batches_in_flight_together_converge(db_path):
     insert(db_path, list(make_children(160, seed=80)))
     with Simulator(latency=0.3) as sim:
@@ -57,8 +65,7 @@ def test_min_request_interval_spaces_requests(simulator, db_path):
     # does not enter, and the first request's token fetch happens before its pause.
     arrivals = sorted(e.arrived for e in simulator.request_log() if e.path.endswith("/children"))
     assert len(arrivals) == 5
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
-    assert min(gaps) >= 0.14, gaps
+    assert_spaced(arrivals, 0.15)
 
 
 def test_min_request_interval_spaces_retries_and_in_flight_batches(simulator, db_path):
@@ -70,5 +77,4 @@ def test_min_request_interval_spaces_retries_and_in_flight_batches(simulator, db
     assert summary.outcomes["sent"] == 60
     arrivals = sorted(e.arrived for e in simulator.request_log() if e.path.endswith("/children"))
     assert len(arrivals) == 8  # six batches and two retried 503s
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
-    assert min(gaps) >= 0.11, gaps
+    assert_spaced(arrivals, 0.12)

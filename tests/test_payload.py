@@ -297,6 +297,46 @@ def test_dumps_body_refuses_nan() -> None:
         dumps_body([{"la_child_id": "C1", "health_and_wellbeing": {"sdq_assessments": [{"score": float("nan")}]}}])
 
 
+@pytest.mark.parametrize("value", [float("inf"), -float("inf"), 2**64, "\ud800"])
+def test_encode_record_refuses_what_json_cannot_carry(value: Any) -> None:
+    with pytest.raises(ValueError):
+        payload.encode_record({"la_child_id": "C1", "child_details": {"x": [value]}})
+
+
+def test_encode_record_keeps_nulls_and_big_but_64_bit_integers() -> None:
+    record = {"la_child_id": "C1", "a": None, "b": [None, 2**63 - 1, -(2**63)]}
+    assert (
+        payload.encode_record(record)
+        == b'{"la_child_id":"C1","a":null,"b":[null,9223372036854775807,-9223372036854775808]}'
+    )
+
+
+def test_encode_record_matches_the_standard_library_on_records() -> None:
+    """orjson writes what json.dumps(ensure_ascii=False, compact) writes, for every string
+    (control characters, quotes, backslashes, non-Latin text, emoji) and integer."""
+    rng = random.Random(7)
+    alphabet = [chr(c) for c in [*range(0x00, 0x250), 0x2028, 0x2029, 0xFEFF, 0x1F600, 0x10FFFF]]
+    records: list[Any] = list(make_children(200, seed=71))
+    for sample in SHARED_SAMPLES.glob("*.json") if SHARED_SAMPLES.is_dir() else []:
+        records.append(json.loads(sample.read_text(encoding="utf-8")))
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        records.append({"k" + text: [text, rng.randint(-(2**63), 2**63 - 1), True, False, None, {"x": text}]})
+    for record in records:
+        expected = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        assert payload.encode_record(record) == expected
+
+
+@pytest.mark.parametrize("text", ['{"a": NaN}', '{"a": [Infinity]}', '{"a": -Infinity}'])
+def test_loads_record_refuses_non_json_constants(text: str) -> None:
+    with pytest.raises(ValueError, match="not a JSON value"):
+        payload.loads_record(text)
+
+
+def test_loads_record_keeps_big_integers_exact() -> None:
+    assert payload.loads_record('{"n": 123456789012345678901234567890}') == {"n": 123456789012345678901234567890}
+
+
 # --------------------------------------------------------------------------------------
 # build_full
 

@@ -251,7 +251,7 @@ def gather_sql_server_statements(rec: Recorder) -> list[str]:
         from api_pipeline.lock import RunLock
 
         with RunLock(db, TABLE, run_id="r1") as lock:  # a fresh lock: INSERT
-            lock.heartbeat()
+            lock.heartbeat(force=True)
         rec.lock_row = ("otherhost pid 1 run r0", now - timedelta(days=1))
         with RunLock(db, TABLE, run_id="r2", clock=lambda: now):  # a stale lock: taken over
             pass
