@@ -645,27 +645,29 @@ class StagingTable:
         """
         d = self.db.dialect
         t = self.table
-        same_payload = d.same_text("json_payload")
-        sent_sql = (
-            f"UPDATE {t} SET submission_status = ?, api_response = ?, submission_timestamp = ?, "
-            "previous_json_payload = json_payload, previous_hash = ?, row_state = ?, "
-            f"partial_json_payload = NULL WHERE id = ? AND {same_payload}"
-        )
-        sent_kinds = (None, LONG_TEXT, None, BINARY, None, None, LONG_TEXT)
-        purge_sql = (
-            f"UPDATE {t} SET submission_status = ?, api_response = ?, submission_timestamp = ? "
-            "WHERE id = ? AND LOWER(row_state) = 'deleted'"
-        )
-        purge_kinds = (None, LONG_TEXT, None, None)
-        outcome_sql = f"UPDATE {t} SET submission_status = ?, api_response = ? WHERE id = ? AND {same_payload}"
-        outcome_kinds = (None, LONG_TEXT, None, LONG_TEXT)
-        note_sql = f"UPDATE {t} SET api_response = ? WHERE id = ? AND {same_payload}"
-        note_kinds = (LONG_TEXT, None, LONG_TEXT)
-        statements = {
-            "purge": (purge_sql, purge_kinds),
-            "sent": (sent_sql, sent_kinds),
-            "outcome": (outcome_sql, outcome_kinds),
-            "note": (note_sql, note_kinds),
+        # Each statement in two forms: for rows re-read under the transaction's lock and found
+        # as they were (the lock keeps them so: no check needed), and with the optimistic check
+        # for any other row, so the database's own comparison decides.
+        same_payload = f" AND {d.same_text('json_payload')}"
+        statements: dict[str, tuple[str, tuple[Any, ...], str]] = {
+            "sent": (
+                f"UPDATE {t} SET submission_status = ?, api_response = ?, submission_timestamp = ?, "
+                "previous_json_payload = json_payload, previous_hash = ?, row_state = ?, "
+                "partial_json_payload = NULL WHERE id = ?",
+                (None, LONG_TEXT, None, BINARY, None, None),
+                same_payload,
+            ),
+            "purge": (
+                f"UPDATE {t} SET submission_status = ?, api_response = ?, submission_timestamp = ? WHERE id = ?",
+                (None, LONG_TEXT, None, None),
+                " AND LOWER(row_state) = 'deleted'",
+            ),
+            "outcome": (
+                f"UPDATE {t} SET submission_status = ?, api_response = ? WHERE id = ?",
+                (None, LONG_TEXT, None),
+                same_payload,
+            ),
+            "note": (f"UPDATE {t} SET api_response = ? WHERE id = ?", (LONG_TEXT, None), same_payload),
         }
 
         def plan(u: RowUpdate) -> tuple[str, tuple[Any, ...]]:
@@ -679,12 +681,11 @@ class StagingTable:
                     u.previous_hash,
                     u.row_state,
                     u.row_id,
-                    u.expect_payload,
                 )
                 return "sent", params
             if u.status:
-                return "outcome", (u.status, u.api_response, u.row_id, u.expect_payload)
-            return "note", (u.api_response, u.row_id, u.expect_payload)
+                return "outcome", (u.status, u.api_response, u.row_id)
+            return "note", (u.api_response, u.row_id)
 
         skipped = 0
         with self.db.transaction():
@@ -733,10 +734,14 @@ class StagingTable:
                 ):
                     together.setdefault(kind, []).append(params)
                     continue
-                sql, kinds = statements[kind]
-                if self.db.execute(sql, params, kinds=kinds) == 0:
+                sql, kinds, check = statements[kind]
+                if u.purge:
+                    checked = self.db.execute(sql + check, params, kinds=kinds)
+                else:
+                    checked = self.db.execute(sql + check, (*params, u.expect_payload), kinds=(*kinds, LONG_TEXT))
+                if checked == 0:
                     skipped += 1
             for kind, rows in together.items():
-                sql, kinds = statements[kind]
+                sql, kinds, _ = statements[kind]
                 self.db.executemany(sql, rows, kinds=kinds)
         return skipped

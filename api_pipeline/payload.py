@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -84,16 +83,14 @@ def normalise(record: dict) -> dict:
     return _norm_dict(record)
 
 
-# An empty object or list in JSON text: "{" or "[", JSON whitespace, "}" or "]". Text without
-# one (outside strings too) holds no empty container, so normalising it would copy it unchanged.
-_EMPTY_CONTAINER: Final = re.compile(r"[{\[][ \t\n\r]*[}\]]")
-
-
-def normalised_copy_needed(text: str) -> bool:
-    """False when the JSON ``text`` has no empty object or list anywhere, so its parse is already
-    in normal form. (True may be a false alarm, e.g. ``"[]"`` inside a string: then
-    :func:`normalise` simply finds nothing to drop.)"""
-    return _EMPTY_CONTAINER.search(text) is not None
+def compact_has_empty_container(text: str | bytes) -> bool:
+    """Whether compact JSON text (as :func:`encode_record` writes it, and the ledger holds it)
+    may hold an empty object or list. False means its parse is already in normal form, so the
+    copy :func:`normalise` makes can be skipped; True may be a false alarm (``"[]"`` inside a
+    string), and then :func:`normalise` simply finds nothing to drop."""
+    if isinstance(text, bytes):
+        return b"{}" in text or b"[]" in text
+    return "{}" in text or "[]" in text
 
 
 def _norm_dict(d: dict) -> dict:
@@ -368,11 +365,16 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+_DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def loads_record(text: str | bytes) -> Any:
     """Parse JSON as the staging table holds it, exactly: integers stay exact (any size);
     ``NaN`` and ``Infinity``, which Python's parser would accept but are not JSON, are refused
     (``json.JSONDecodeError`` is a ``ValueError``, so one ``except ValueError`` catches both)."""
-    return json.loads(text, parse_constant=_refuse_constant)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    return _DECODER.decode(text)
 
 
 def encode_record(record: Any) -> bytes:
@@ -408,33 +410,56 @@ def dumps_body(records: list[dict]) -> bytes:
     return b"[" + b",".join(encode_record(r) for r in records) + b"]"
 
 
+_ID_LISTS: Final[Mapping[str, tuple[tuple[str, str], ...]]] = {
+    level: tuple((key, id_key) for key, id_key in children.items() if id_key is not None)
+    for level, children in STRUCTURE.items()
+}
+
+
 def duplicate_ids(record: dict) -> list[str]:
     """Paths of id'd lists in which an id appears twice.
 
     The schema allows it, but DfE merges items by id, so such a record could never
     be held as written: it is treated as invalid instead of being sent. Almost every
-    record has none, so each list is first checked with one set of its ids; paths are
-    only worked out for a list that fails that check.
+    record has none, so a quick check runs first and paths are only worked out for
+    a record that fails it.
     """
+    if type(record) is not dict or not _has_duplicate_ids(record, RECORD):
+        return []
     found: list[str] = []
 
-    def visit(node: Any, level: str, path: str) -> None:
-        for key, id_key in STRUCTURE[level].items():
+    def visit(node: dict, level: str, path: str) -> None:
+        for key, id_key in _ID_LISTS[level]:
             items = node.get(key)
-            if id_key is None or type(items) is not list:
+            if type(items) is not list:
                 continue
-            ids = [item.get(id_key) if type(item) is dict else None for item in items]
-            if len({i for i in ids if i is not None}) < len(ids) - ids.count(None):
-                seen: set[Any] = set()
-                for index, ident in enumerate(ids):
-                    if ident is not None and ident in seen:
-                        found.append(f"{path}{key}[{index}].{id_key}")
-                    seen.add(ident)
-            if key in STRUCTURE:
-                for index, item in enumerate(items):
-                    if type(item) is dict:
-                        visit(item, key, f"{path}{key}[{index}].")
+            seen: set[Any] = set()
+            for index, item in enumerate(items):
+                if type(item) is not dict:
+                    continue
+                ident = item.get(id_key)
+                if ident is not None and ident in seen:
+                    found.append(f"{path}{key}[{index}].{id_key}")
+                seen.add(ident)
+                if key in STRUCTURE:
+                    visit(item, key, f"{path}{key}[{index}].")
 
-    if type(record) is dict:
-        visit(record, RECORD, "")
+    visit(record, RECORD, "")
     return found
+
+
+def _has_duplicate_ids(node: dict, level: str) -> bool:
+    for key, id_key in _ID_LISTS[level]:
+        items = node.get(key)
+        if not items or type(items) is not list:
+            continue
+        ids = [item.get(id_key) for item in items if type(item) is dict]
+        if len(ids) > 1:
+            present = [i for i in ids if i is not None]
+            if len(set(present)) < len(present):
+                return True
+        if key in STRUCTURE:
+            for item in items:
+                if type(item) is dict and _has_duplicate_ids(item, key):
+                    return True
+    return False

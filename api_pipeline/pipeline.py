@@ -26,13 +26,13 @@ from api_pipeline.db import LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.errors import PipelineError
 from api_pipeline.payload import (
     build_purge,
+    compact_has_empty_container,
     delta_of_normal,
     duplicate_ids,
     encode_record,
     full_of_normal,
     loads_record,
     normalise,
-    normalised_copy_needed,
 )
 from api_pipeline.schema import RecordValidator, generalise_path
 
@@ -347,9 +347,14 @@ class Pipeline:
         if row.person_id is not None and row.person_id != la_child_id:
             raise _Skip("person_id does not match the record's la_child_id; fix the staging SQL", "person_id mismatch")
         # The record in normal form (empty objects and lists dropped) is what DfE will hold:
-        # it is validated whole, and the request body is built from it.
-        if normalised_copy_needed(row.json_payload or ""):
-            record = normalise(record)
+        # it is validated whole, its JSON goes in the ledger, and the request is built from it.
+        try:
+            full = encode_record(record)
+            if compact_has_empty_container(full):
+                record = normalise(record)
+                full = encode_record(record)
+        except ValueError:
+            raise _Invalid("json_payload contains text that cannot be encoded as UTF-8 JSON", "bad text") from None
         problems = self.validator.problems(record)
         if problems:
             raise _Invalid(
@@ -364,18 +369,16 @@ class Pipeline:
         if body is None:
             self._mark_unchanged(row)
             return None
-        if body is not record:  # a delta or purges: the request itself must be valid too
+        if body is record:  # a first send: the record itself, validated above
+            encoded = full
+        else:  # a delta or purges: the request itself must be valid too
             reasons = self.validator.errors(body)
             if reasons:
                 raise _Invalid("the request built for this record is invalid: " + "; ".join(reasons), "request invalid")
-        try:
             encoded = encode_record(body)
-        except (ValueError, UnicodeError):
-            raise _Invalid("json_payload contains text that cannot be encoded as UTF-8 JSON", "bad text") from None
         mis = record.get("mis_child_id")
-        # What DfE will hold once it acknowledges: the normalised record. Without a baseline the
-        # body is exactly that, so its text is reused; deltas compare entity by entity later.
-        ledger_json = encoded.decode("utf-8") if body is record else encode_record(record).decode("utf-8")
+        # What DfE will hold once it acknowledges: the normalised record (``full``).
+        ledger_json = full.decode("utf-8")
         return _Item(
             row=row,
             la_child_id=la_child_id,
@@ -422,7 +425,7 @@ class Pipeline:
             return None
         if not isinstance(baseline, dict):
             return None
-        return normalise(baseline) if normalised_copy_needed(row.ledger_json) else baseline
+        return normalise(baseline) if compact_has_empty_container(row.ledger_json) else baseline
 
     def _mark_unchanged(self, row: StagingRow) -> None:
         """DfE already holds exactly this record: record that, send nothing."""
@@ -522,7 +525,9 @@ class Pipeline:
                 try:
                     self._written.popleft().result()
                 except PipelineError as exc:
-                    log.warning("another batch in flight also failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+                    log.warning(
+                        "another batch in flight also failed: %s", str(exc).splitlines()[0] if str(exc) else exc
+                    )
             raise
 
     def _drain(self) -> None:
