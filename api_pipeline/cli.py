@@ -335,7 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=8765, help="Port on 127.0.0.1 (default: 8765).")
     sim.add_argument("--la-code", default="999", help="LA code the simulator accepts (default: 999).")
     sim.add_argument(
-        "--latency", type=float, default=0.0, metavar="SECONDS", help="Delay added to every POST (default: 0)."
+        "--latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="How long each POST takes to answer, the simulator's own work included (default: 0).",
     )
     secret = add(
         "set-secret",

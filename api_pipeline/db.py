@@ -246,6 +246,26 @@ class Database:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def prepare_for_bulk_writes(self) -> None:
+        """Before a run's write-backs. SQLite: write-ahead logging, synced at checkpoints.
+
+        A commit then appends to the ``-wal`` file instead of syncing the database and its
+        journal to disk each time (two fsyncs per batch). A crashed or killed run loses
+        nothing it committed; a power cut may lose the last commits, whose rows are simply
+        sent again next run, as after any crash (DfE upserts). WAL mode stays with the file
+        and needs it on a local disk, not a network share. Other databases: nothing to do.
+        """
+        if self.dialect.name != "sqlite" or self._odbc is not None or self._path in (None, ":memory:"):
+            return
+        try:
+            with self.lock:
+                mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:  # e.g. a read-only folder: the run still works, just slower
+            log.debug("SQLite WAL mode not set: %s", exc)
+            return
+        log.debug("SQLite journal mode: %s", mode[0] if mode else "unknown")
+
     # -- transactions and statements ---------------------------------------------
 
     @contextmanager

@@ -106,7 +106,10 @@ def prune_logs(log_dir: Path, keep: int = KEEP_LOGS) -> None:
 
 
 def close_logging() -> None:
+    """Undo :func:`configure_logging`: handlers closed, the logger as Python's default again."""
     logger = logging.getLogger(LOGGER_NAME)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True

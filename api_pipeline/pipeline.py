@@ -8,14 +8,16 @@ treats as an upsert) or truthfully marked.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -212,6 +214,27 @@ def _parse_payload(row: StagingRow) -> dict:
     return record
 
 
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Run with Python's cyclic garbage collector mostly out of the way.
+
+    A run parses millions of small dicts and lists, none of them in reference cycles (JSON
+    cannot make one), and frees them by reference counting. With the default thresholds the
+    collector would still wake every 700 allocations and, every so often, walk every object
+    the process holds: about a quarter of a run's CPU time, for nothing. So the objects that
+    exist at the start (modules, settings, the schema) are frozen out of its walks, and it
+    runs every 50,000 allocations instead; both are undone afterwards.
+    """
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(50_000, thresholds[1], thresholds[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
 class Pipeline:
     """One run over one staging table."""
 
@@ -249,6 +272,10 @@ class Pipeline:
     # -- the run ---------------------------------------------------------------
 
     def run(self) -> RunSummary:
+        with _fewer_collections():
+            return self._run()
+
+    def _run(self) -> RunSummary:
         started = time.monotonic()
         self.duplicate_person_ids = self.table.duplicate_person_ids()
         if self.duplicate_person_ids:

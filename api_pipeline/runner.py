@@ -77,6 +77,8 @@ def execute_run(
             raise _table_missing(settings.table_name)
         if missing:
             raise _columns_missing(settings.table_name, missing)
+        if options.writes:
+            db.prepare_for_bulk_writes()
         what = "checking" if validate_only else "preparing" if dry_run_dir is not None else "sending"
         progress = progress_for(table, stream=progress_stream, all_rows=all_rows, limit=limit, description=what)
         with progress:

@@ -288,7 +288,7 @@ class LoggedRequest:
     body: bytes | None
     headers: dict[str, str]
     at: float  # when the answer was ready (wall clock)
-    arrived: float = 0.0  # when the request had been read, before any simulated latency
+    arrived: float = 0.0  # when the request had been read (wall clock)
 
 
 @dataclass
@@ -631,12 +631,12 @@ class Simulator:
 
     def _handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> _Reply:
         """Route one request, answer it and log it (the log entry is written before replying)."""
-        arrived = time.time()
+        arrived, started = time.time(), time.monotonic()
         path = urlsplit(raw_path).path
         receiver, token = _RECEIVER_PATH.fullmatch(path), _TOKEN_PATH.fullmatch(path)
         try:
             if receiver and method == "POST":
-                reply = self._receive(receiver.group(1), headers, body)
+                reply = self._receive(receiver.group(1), headers, body, started)
             elif token and method == "POST":
                 reply = self._issue_token(token.group(1), body)
             elif receiver or token:
@@ -689,19 +689,24 @@ class Simulator:
         payload = {"token_type": "Bearer", "expires_in": ttl, "ext_expires_in": ttl, "access_token": token}
         return _json_reply(200, payload, **{"Cache-Control": "no-store"})
 
-    def _receive(self, la_code: str, headers: dict[str, str], body: bytes) -> _Reply:
+    def _receive(self, la_code: str, headers: dict[str, str], body: bytes, started: float) -> _Reply:
         records: Any = None
         with contextlib.suppress(UnicodeDecodeError, ValueError):
             records = json.loads(body.decode("utf-8"))
-        reply = self._answer(la_code, headers, records)
+        fault, params = self._next_fault(self._faults)
+        if fault is Fault.SLOW:
+            self._stopping.wait(float(params.get("seconds", 5)))
+        reply = self._answer(la_code, headers, records, fault, params)
         reply.records = len(records) if isinstance(records, list) else 0
+        # ``latency`` is how long DfE takes to answer a POST, its own work included: the answer
+        # leaves ``latency`` seconds after the request arrived, however long this simulator's
+        # parsing and merging took (less, on a fast machine; never more unless it is overloaded).
+        remaining = started + self.latency - time.monotonic()
+        if remaining > 0:
+            self._stopping.wait(remaining)
         return reply
 
-    def _answer(self, la_code: str, headers: dict[str, str], records: Any) -> _Reply:
-        fault, params = self._next_fault(self._faults)
-        wait = self.latency + (float(params.get("seconds", 5)) if fault is Fault.SLOW else 0.0)
-        if wait > 0:
-            self._stopping.wait(wait)
+    def _answer(self, la_code: str, headers: dict[str, str], records: Any, fault: Fault | None, params: dict) -> _Reply:
         if fault is Fault.TOO_MANY_REQUESTS:
             seconds = params.get("retry_after", 1)
             message = f"Rate limit is exceeded. Try again in {seconds} seconds."

@@ -12,10 +12,11 @@ import random
 
 import pytest
 
+from api_pipeline.db import Database
 from api_pipeline.demo import apply_nightly_changes, check_convergence, return_children
 from api_pipeline.runner import execute_run
 from api_pipeline.synthetic import make_children
-from conftest import Staging, insert, ledger, mark_deleted, rows, set_payload, settings_for
+from conftest import Staging, insert, ledger, mark_deleted, rows, run_cli, set_payload, settings_for
 
 
 def converged(staging: Staging, sim) -> None:
@@ -219,3 +220,15 @@ def test_lower_case_statuses_are_understood(simulator, staging):
     execute_run(settings_for(simulator, staging))
     assert {r["submission_status"] for r in rows(staging)} == {"sent"}
     assert {r["row_state"] for r in rows(staging)} == {"unchanged"}
+
+
+def test_a_run_puts_sqlite_in_wal_mode_and_status_does_not(simulator, db_path, tmp_path):
+    """Write-ahead logging for a run's many small commits; read-only commands leave the file alone."""
+    insert(db_path, list(make_children(3, seed=15)))
+    environ = dict(simulator.settings_env()) | {"DB_CONNECTION_STRING": f"sqlite:///{db_path}"}
+    assert run_cli(["status"], environ=environ, cwd=tmp_path).code == 0
+    with Database.open_sqlite(db_path) as db:
+        assert list(db.query("PRAGMA journal_mode")) == [("delete",)]
+    execute_run(settings_for(simulator, db_path))
+    with Database.open_sqlite(db_path) as db:
+        assert list(db.query("PRAGMA journal_mode")) == [("wal",)]
