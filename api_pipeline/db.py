@@ -669,26 +669,49 @@ class StagingTable:
         # as they were (the lock keeps them so: no check needed), and with the optimistic check
         # for any other row, so the database's own comparison decides.
         same_payload = f" AND {d.same_text('json_payload')}"
-        statements: dict[str, tuple[str, tuple[Any, ...], str]] = {
+        # kind -> (the columns set from parameters, as (column, PostgreSQL type), in parameter
+        # order before the row id; what else is set; the optimistic check).
+        shapes: dict[str, tuple[tuple[tuple[str, str], ...], str, str]] = {
             "sent": (
-                f"UPDATE {t} SET submission_status = ?, api_response = ?, submission_timestamp = ?, "
-                "previous_json_payload = json_payload, previous_hash = ?, row_state = ?, "
-                "partial_json_payload = NULL WHERE id = ?",
-                (None, LONG_TEXT, None, BINARY, None, None),
+                (
+                    ("submission_status", "TEXT"),
+                    ("api_response", "TEXT"),
+                    ("submission_timestamp", "TIMESTAMP"),
+                    ("previous_hash", "BYTEA"),
+                    ("row_state", "TEXT"),
+                ),
+                "previous_json_payload = json_payload, partial_json_payload = NULL",
                 same_payload,
             ),
             "purge": (
-                f"UPDATE {t} SET submission_status = ?, api_response = ?, submission_timestamp = ? WHERE id = ?",
-                (None, LONG_TEXT, None, None),
+                (("submission_status", "TEXT"), ("api_response", "TEXT"), ("submission_timestamp", "TIMESTAMP")),
+                "",
                 " AND LOWER(row_state) = 'deleted'",
             ),
-            "outcome": (
-                f"UPDATE {t} SET submission_status = ?, api_response = ? WHERE id = ?",
-                (None, LONG_TEXT, None),
-                same_payload,
-            ),
-            "note": (f"UPDATE {t} SET api_response = ? WHERE id = ?", (LONG_TEXT, None), same_payload),
+            "outcome": ((("submission_status", "TEXT"), ("api_response", "TEXT")), "", same_payload),
+            "note": ((("api_response", "TEXT"),), "", same_payload),
         }
+        kinds_of = {"TEXT": None, "TIMESTAMP": None, "BYTEA": BINARY}
+        statements: dict[str, tuple[str, tuple[Any, ...], str]] = {}
+        for kind, (columns, also, check) in shapes.items():
+            assignments = ", ".join([*(f"{column} = ?" for column, _ in columns), *([also] if also else [])])
+            param_kinds = tuple(LONG_TEXT if c == "api_response" else kinds_of[pg] for c, pg in columns) + (None,)
+            statements[kind] = (f"UPDATE {t} SET {assignments} WHERE id = ?", param_kinds, check)
+
+        def set_based(kind: str, rows: list[tuple[Any, ...]]) -> None:
+            """PostgreSQL: many rows' updates in one statement, one round trip (psqlODBC's
+            executemany makes one per row). Every parameter is cast: psqlODBC sends them untyped."""
+            columns, also, _ = shapes[kind]
+            names = [column for column, _ in columns]
+            casts = [f"CAST(? AS {pg})" for _, pg in columns] + ["CAST(? AS INTEGER)"]
+            row_marks = "(" + ", ".join(casts) + ")"
+            assignments = ", ".join([*(f"{n} = v.{n}" for n in names), *([also] if also else [])])
+            for chunk in _chunks(rows, MAX_PARAMETERS // len(casts)):
+                self.db.execute(
+                    f"UPDATE {t} SET {assignments} FROM (VALUES {', '.join([row_marks] * len(chunk))}) "
+                    f"AS v({', '.join([*names, 'row_id'])}) WHERE {t}.id = v.row_id",
+                    [value for row in chunk for value in row],
+                )
 
         def plan(u: RowUpdate) -> tuple[str, tuple[Any, ...]]:
             if u.purge:
@@ -762,6 +785,9 @@ class StagingTable:
                 if checked == 0:
                     skipped += 1
             for kind, rows in together.items():
+                if d.name == "postgresql" and len(rows) > 1:
+                    set_based(kind, rows)
+                    continue
                 sql, kinds, _ = statements[kind]
                 self.db.executemany(sql, rows, kinds=kinds)
         return skipped
