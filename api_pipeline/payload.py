@@ -157,6 +157,21 @@ def _canon(value: Any, key: str | None = None) -> str:
     return _dumps(_sorted(value, key))
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Canonical equality of two normalised values, cheaply when they are alike.
+
+    Key-sorted compact JSON from orjson that matches byte for byte means canonically equal
+    (list order aside, the same text; and unlike Python's ``==``, ``1``, ``1.0`` and ``true``
+    differ). Otherwise lists may only be in another order: the canonical forms decide.
+    """
+    try:
+        if orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(b, option=orjson.OPT_SORT_KEYS):
+            return True
+    except orjson.JSONEncodeError:  # e.g. an integer over 64 bits: the canonical forms decide
+        pass
+    return _canon(a) == _canon(b)
+
+
 def canonical_json(record: dict) -> str:
     """Normalised, key-sorted, list-sorted compact JSON: equal data gives equal text.
 
@@ -285,8 +300,8 @@ def _delta_node(cur: dict, base: dict, level: str, always: frozenset[str] = froz
             if key in always:
                 out[key] = now
                 if not changed:
-                    changed = held is _MISSING or _canon(now) != _canon(held)
-            elif held is _MISSING or _canon(now) != _canon(held):
+                    changed = held is _MISSING or not _same(now, held)
+            elif held is _MISSING or not _same(now, held):
                 out[key] = now
                 changed = True
         elif type(now) is not list:
@@ -310,7 +325,7 @@ def _delta_node(cur: dict, base: dict, level: str, always: frozenset[str] = froz
                 changed = True
     if not changed:
         entity_held = {k: v for k, v in base.items() if k not in children}
-        changed = _canon(entity_now) != _canon(entity_held)
+        changed = not _same(entity_now, entity_held)
     return out if changed else None
 
 
@@ -329,7 +344,7 @@ def _delta_list(now: list, held: Any, id_key: str, key: str) -> list:
             node = _delta_node(item, held_item, sub)
             if node is not None:
                 out.append(node)
-        elif _canon(item) != _canon(held_item):
+        elif not _same(item, held_item):
             out.append(item)
     out.extend(_purge_item(id_key, ident) for ident in held_by_id if ident not in seen)
     return out

@@ -897,3 +897,12 @@ def test_compact_text_without_an_empty_container_is_already_normal() -> None:
             assert payload.compact_has_empty_container(text.decode("utf-8")) or not needs
     assert payload.compact_has_empty_container(b'{"a":{"b":[]}}')
     assert not payload.compact_has_empty_container('{"a":[1],"b":{"c":"x"}}')
+
+
+def test_entity_comparison_ignores_key_and_list_order_but_not_types() -> None:
+    same = payload._same
+    assert same({"a": 1, "b": [{"x": 1}, {"y": 2}]}, {"b": [{"y": 2}, {"x": 1}], "a": 1})
+    assert not same({"a": 1}, {"a": True})  # Python's == would say equal
+    assert not same({"a": 1}, {"a": 1.0})
+    assert not same({"a": [1, 2]}, {"a": [1, 2, 2]})
+    assert same({"n": 2**70}, {"n": 2**70}) and not same({"n": 2**70}, {"n": 2**70 + 1})
