@@ -70,7 +70,7 @@ def apply_record(held: dict | None, sent: dict, *, share: bool = False) -> dict 
     """
     if sent.get("purge") is True:
         return None
-    return _merge_entity(held or {}, sent, _RECORD_CHILDREN, _same if share else _clone)
+    return _merge_entity(held or {}, sent, _RECORD_CHILDREN, _share if share else _clone)
 
 
 def _clone(value: Any) -> Any:
@@ -82,13 +82,13 @@ def _clone(value: Any) -> Any:
     return value
 
 
-def _same(value: Any) -> Any:
+def _share(value: Any) -> Any:
     return value
 
 
 def _merge_entity(held: dict, sent: dict, children: dict[str, str | None], copy: Callable[[Any], Any]) -> dict:
     """Sent entity keys replace held ones wholly; child collections merge by their own rules."""
-    if copy is _same:
+    if copy is _share:
         merged = {key: value for key, value in sent.items() if key not in children}
     else:
         merged = {key: copy(value) for key, value in sent.items() if key not in children}
