@@ -192,7 +192,7 @@ def records_equal(a: dict | None, b: dict | None) -> bool:
     """Canonical equality; ``None`` (no record) equals only ``None``."""
     if a is None or b is None:
         return a is b
-    return canonical_json(a) == canonical_json(b)
+    return _same(normalise(a), normalise(b))
 
 
 # --------------------------------------------------------------------------------------

@@ -166,6 +166,7 @@ class _Item:
     body: bytes
     purge: bool
     ledger_json: str | None = None
+    ledger_hash: bytes | None = None  # SHA-256 of ledger_json's UTF-8 text
 
 
 @dataclass
@@ -405,7 +406,7 @@ class Pipeline:
             encoded = encode_record(body)
         mis = record.get("mis_child_id")
         # What DfE will hold once it acknowledges: the normalised record (``full``).
-        ledger_json = full.decode("utf-8")
+        ledger_json, ledger_hash = full.decode("utf-8"), hashlib.sha256(full).digest()
         return _Item(
             row=row,
             la_child_id=la_child_id,
@@ -414,6 +415,7 @@ class Pipeline:
             body=encoded,
             purge=False,
             ledger_json=ledger_json,
+            ledger_hash=ledger_hash,
         )
 
     def _prepare_purge(self, row: StagingRow) -> _Item:
@@ -598,7 +600,6 @@ class Pipeline:
                     )
                 else:
                     counts["sent"] += 1
-                    ledger_hash = None if item.ledger_json is None else _sha256(item.ledger_json)
                     updates.append(
                         RowUpdate(
                             row_id=row.id,
@@ -607,7 +608,7 @@ class Pipeline:
                             expect_payload=row.json_payload,
                             submission_timestamp=at,
                             mark_sent=True,
-                            previous_hash=ledger_hash,
+                            previous_hash=item.ledger_hash,
                             row_state=in_case_of(row.row_state, "unchanged"),
                         )
                     )
@@ -617,7 +618,7 @@ class Pipeline:
                             item.mis_child_id,
                             row.id,
                             item.ledger_json,
-                            ledger_hash,
+                            item.ledger_hash,
                             outcome.receipt,
                             at,
                             False,
