@@ -719,19 +719,19 @@ def test_endpoint_check_failures_name_the_cause(
 
 def test_endpoint_check_network_failure(sleeps: Sleeps) -> None:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # nothing listens here once the socket closes
-    settings = Settings(
-        api_endpoint=f"http://127.0.0.1:{port}/api",
-        la_code="999",
-        token_endpoint=f"http://127.0.0.1:{port}/t/oauth2/v2.0/token",
-        client_id="c",
-        client_secret=Secret(SECRET),
-        scope="s/.default",
-        supplier_key=Secret(SUPPLIER_KEY),
-        http_timeout=2.0,
-    )
-    check = client_for(settings, sleeps).test_endpoint()
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: refused, and no other server can take it
+        port = sock.getsockname()[1]
+        settings = Settings(
+            api_endpoint=f"http://127.0.0.1:{port}/api",
+            la_code="999",
+            token_endpoint=f"http://127.0.0.1:{port}/t/oauth2/v2.0/token",
+            client_id="c",
+            client_secret=Secret(SECRET),
+            scope="s/.default",
+            supplier_key=Secret(SUPPLIER_KEY),
+            http_timeout=2.0,
+        )
+        check = client_for(settings, sleeps).test_endpoint()
     assert not check.ok and check.stage == "token" and "refused" in check.message
 
 

@@ -518,10 +518,12 @@ def test_proxy_wanting_sign_in_gives_the_documented_407_message(
 
 def test_unreachable_proxy_is_named_without_its_password(https_sim: Simulator, tmp_path: Path) -> None:
     with socket.socket() as sock:
+        # Bound but never listening: connections are refused, and while the socket is held no
+        # other server (another test's proxy) can be given this port.
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # nothing listens here once the socket closes
-    env = sim_env(https_sim, names=True) | {"PROXY_URL": f"http://svc-csc:{PROXY_PASSWORD}@127.0.0.1:{port}"}
-    result = run_cli(["test-endpoint"], environ=env, cwd=tmp_path)
+        port = sock.getsockname()[1]
+        env = sim_env(https_sim, names=True) | {"PROXY_URL": f"http://svc-csc:{PROXY_PASSWORD}@127.0.0.1:{port}"}
+        result = run_cli(["test-endpoint"], environ=env, cwd=tmp_path)
     assert result.code == 5
     assert f"the proxy 127.0.0.1:{port} could not be reached (connection refused" in result.out
     assert "PROXY_URL" in result.out and PROXY_PASSWORD not in result.out + result.err
