@@ -383,13 +383,32 @@ def _refuse_constant(name: str) -> Any:
 _DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
+# Every digit as "0", so that one byte search finds a run of 19 or more digits.
+_DIGITS_AS_ZERO: Final = bytes.maketrans(b"123456789", b"000000000")
+_NINETEEN_DIGITS: Final = b"0" * 19
+
+
 def loads_record(text: str | bytes) -> Any:
     """Parse JSON as the staging table holds it, exactly: integers stay exact (any size);
     ``NaN`` and ``Infinity``, which Python's parser would accept but are not JSON, are refused
-    (``json.JSONDecodeError`` is a ``ValueError``, so one ``except ValueError`` catches both)."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    return _DECODER.decode(text)
+    (``json.JSONDecodeError`` is a ``ValueError``, so one ``except ValueError`` catches both).
+
+    ``orjson`` parses, twice as fast as the standard library, whenever its answer is the same:
+    it would turn an integer beyond 64 bits into a float, so a text with a run of 19 or more
+    digits anywhere (an integer that might not fit; rare, and then usually a string) goes to
+    the standard library, as does any text orjson refuses (a lone surrogate, a syntax error),
+    so that the error, with its line and column, is the one the standard library gives.
+    """
+    try:
+        data = text if isinstance(text, bytes) else text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: not UTF-8, so not orjson's to parse
+        return _DECODER.decode(text)  # type: ignore[arg-type]
+    if _NINETEEN_DIGITS not in data.translate(_DIGITS_AS_ZERO):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return _DECODER.decode(data.decode("utf-8") if isinstance(text, bytes) else text)
 
 
 def encode_record(record: Any) -> bytes:

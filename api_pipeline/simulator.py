@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .errors import ConfigError
+from .payload import loads_record
 
 RECEIVER_BASE_PATH = "/children-in-social-care-data-receiver-test/1"
 MAX_RECORDS_PER_REQUEST = 100
@@ -691,8 +692,8 @@ class Simulator:
 
     def _receive(self, la_code: str, headers: dict[str, str], body: bytes, started: float) -> _Reply:
         records: Any = None
-        with contextlib.suppress(UnicodeDecodeError, ValueError):
-            records = json.loads(body.decode("utf-8"))
+        with contextlib.suppress(ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            records = loads_record(body)
         fault, params = self._next_fault(self._faults)
         if fault is Fault.SLOW:
             self._stopping.wait(float(params.get("seconds", 5)))

@@ -14,7 +14,8 @@ does not share the pipeline's GIL (its schema check is off by default: that is D
 not the tool's; ``--simulator-validates`` turns it on).
 
 The **floor** of each case is a second process that does only the unavoidable work: read
-the same rows (the same candidate filter, streamed), parse each ``json_payload``, serialise
+the same rows (the same candidate filter, streamed), parse each ``json_payload`` (with the
+pipeline's own parser, the fastest exact one here), serialise
 the same request records and POST them in batches of 100 over one keep-alive
 ``requests.Session`` with the same headers. No diff, validation, ledger or write-back. For
 the full load the request records are the parsed rows themselves. For the partial round they
@@ -182,6 +183,7 @@ def floor_main(spec_path: str) -> int:
     _collect_less()  # as run does: the floor pays for no more than the unavoidable work
 
     from api_pipeline.api import encode_record, user_agent
+    from api_pipeline.payload import loads_record
 
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     env = spec["env"]
@@ -227,7 +229,7 @@ def floor_main(spec_path: str) -> int:
     with Database.connect(spec["connection"]) as db:
         for _row_id, text in db.query(sql, chunk=500):
             counts["rows"] += 1
-            record = json.loads(text)
+            record = loads_record(text)
             if planned is None:
                 queue(record)
             elif counts["rows"] % BATCH == 0:

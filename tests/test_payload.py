@@ -333,8 +333,58 @@ def test_loads_record_refuses_non_json_constants(text: str) -> None:
         payload.loads_record(text)
 
 
-def test_loads_record_keeps_big_integers_exact() -> None:
-    assert payload.loads_record('{"n": 123456789012345678901234567890}') == {"n": 123456789012345678901234567890}
+@pytest.mark.parametrize(
+    "number", [123456789012345678901234567890, 2**64, 2**64 - 1, 2**63, -(2**63), -(2**63) - 1, -(10**40)]
+)
+def test_loads_record_keeps_big_integers_exact(number: int) -> None:
+    """Never a float in place of an integer (2**64 == float(2**64), so the type is checked)."""
+    for text in (f'{{"n": {number}}}', f'{{"n": {number}}}'.encode()):
+        parsed = payload.loads_record(text)["n"]
+        assert parsed == number and type(parsed) is int
+
+
+def test_loads_record_parses_as_the_standard_library_does() -> None:
+    """The orjson path gives what json.loads gives: records, escapes, numbers at the edges,
+    duplicate keys (the last wins), whitespace, text as str or bytes."""
+    rng = random.Random(11)
+    texts: list[str] = [payload.encode_record(r).decode() for r in make_children(200, seed=12)]
+    texts += [json.dumps(r, indent=2) for r in make_children(20, seed=13)]  # whitespace, \u escapes
+    for sample in SHARED_SAMPLES.glob("*.json") if SHARED_SAMPLES.is_dir() else []:
+        texts.append(sample.read_text(encoding="utf-8"))
+    texts += [
+        '{"a": 1, "a": 2}',
+        '{"s": "\\ud83d\\ude00 caf\\u00e9 \\"q\\" \\\\ \\/ \\b\\f\\n\\r\\t"}',
+        '{"n": [0, -0, 9223372036854775807, 18446744073709551615, 1e5, -0.0, 1.5E-7, 0.1]}',
+        '{"id": "1234567890123456789012"}',  # a long digit run in a string: the slow path, same answer
+        ' \n\t{ "a" : [ ] , "b" : { } }\r\n',
+    ]
+    for _ in range(500):
+        x = rng.choice([rng.random() * 10 ** rng.randint(-30, 30), rng.uniform(-1e300, 1e300)])
+        texts.append(f'{{"x": {x!r}, "y": {x:.17g}}}')
+    for text in texts:
+        expected = json.loads(text)
+        assert payload.loads_record(text) == expected
+        assert payload.loads_record(text.encode("utf-8")) == expected
+
+
+@pytest.mark.parametrize("text", ['{"a": 1,}', '{"a": 1} x', '{"a": "\\ud800"', "[1, 2", ""])
+def test_loads_record_reports_errors_as_the_standard_library_does(text: str) -> None:
+    with pytest.raises(json.JSONDecodeError) as standard:
+        json.loads(text)
+    with pytest.raises(json.JSONDecodeError) as ours:
+        payload.loads_record(text)
+    assert (ours.value.msg, ours.value.lineno, ours.value.colno) == (
+        standard.value.msg,
+        standard.value.lineno,
+        standard.value.colno,
+    )
+
+
+def test_loads_record_keeps_a_lone_surrogate_for_encoding_to_refuse() -> None:
+    """A lone surrogate escape parses (as the standard library parses it); it is encoding the
+    record that refuses it, so the row becomes invalid with a clear reason."""
+    assert payload.loads_record('{"s": "\\ud800"}') == {"s": "\ud800"}
+    assert payload.loads_record('{"s": "\ud800"}') == {"s": "\ud800"}  # a str that is not UTF-8
 
 
 # --------------------------------------------------------------------------------------
