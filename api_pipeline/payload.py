@@ -158,17 +158,23 @@ def _canon(value: Any, key: str | None = None) -> str:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Canonical equality of two normalised values, cheaply when they are alike.
+    """Canonical equality of two normalised values, cheaply whether or not they are alike.
 
     Key-sorted compact JSON from orjson that matches byte for byte means canonically equal
     (list order aside, the same text; and unlike Python's ``==``, ``1``, ``1.0`` and ``true``
-    differ). Otherwise lists may only be in another order: the canonical forms decide.
+    differ). Texts that differ can still be equal only if some list is in another order, and
+    then they hold the same bytes in another order: as long, with as many ``[``. Only such
+    pairs (rare: a changed item usually changes its text's length) need the canonical forms.
     """
     try:
-        if orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(b, option=orjson.OPT_SORT_KEYS):
-            return True
+        ta = orjson.dumps(a, option=orjson.OPT_SORT_KEYS)
+        tb = orjson.dumps(b, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # e.g. an integer over 64 bits: the canonical forms decide
-        pass
+        return _canon(a) == _canon(b)
+    if ta == tb:
+        return True
+    if len(ta) != len(tb) or b"[" not in ta or ta.count(b"[") != tb.count(b"["):
+        return False
     return _canon(a) == _canon(b)
 
 

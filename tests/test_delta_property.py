@@ -268,3 +268,36 @@ def test_delta_is_order_blind(pair: tuple[dict, dict]) -> None:
     shuffled.get("social_care_episodes", []).reverse()
     assert build_delta(shuffled, new) is None
     assert (build_delta(shuffled, old) is None) == (build_delta(new, old) is None)
+
+
+# Small JSON values whose lists are often only reordered and whose strings hold "[" too, so
+# every path of the equality test is taken: equal texts, lengths that differ, no lists at all,
+# the same bytes in another order.
+LEAVES = st.one_of(
+    st.none(), st.booleans(), st.integers(-2, 2), st.sampled_from([1.0, 0.5]), st.sampled_from(["a", "[", "a["])
+)
+VALUES = st.recursive(
+    LEAVES,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["x", "y", "z"]), inner, max_size=3),
+    max_leaves=12,
+)
+RECORDS = st.dictionaries(st.sampled_from(["x", "y", "z"]), VALUES, min_size=1, max_size=3)
+
+
+def shuffled(value: Any, rng: random.Random) -> Any:
+    if isinstance(value, dict):
+        return {k: shuffled(v, rng) for k, v in value.items()}
+    if isinstance(value, list):
+        items = [shuffled(v, rng) for v in value]
+        rng.shuffle(items)
+        return items
+    return value
+
+
+@PROPERTY_SETTINGS
+@given(RECORDS, RECORDS, st.randoms(use_true_random=False))
+def test_records_equal_is_equality_of_canonical_json(a: dict, b: dict, rng: random.Random) -> None:
+    assert records_equal(a, b) == (canonical_json(a) == canonical_json(b))
+    reordered = shuffled(a, rng)
+    assert records_equal(a, reordered)
+    assert records_equal(reordered, b) == (canonical_json(a) == canonical_json(b))
