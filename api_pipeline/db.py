@@ -14,6 +14,7 @@ path serves SQL Server and PostgreSQL.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import sys
 import threading
@@ -67,8 +68,15 @@ log = logging.getLogger(__name__)
 
 SQLITE_PREFIX = "sqlite:///"
 PAGE_SIZE = 500
+# SQLite, for a run's write-backs (Database.prepare_for_bulk_writes).
+BULK_CACHE_KIB = 16 * 1024
+BULK_CHECKPOINT_PAGES = 10_000
 # Parameters per statement in bulk writes: under SQLite's historical limit of 999.
 MAX_PARAMETERS = 900
+# How SQLite and PostgreSQL refuse ON CONFLICT (la_child_id) when that column is not a key.
+# The ledger's columns after its key, in the order write-back binds them.
+_LEDGER_VALUES = tuple(c.name for c in LEDGER_SPEC[1:])
+_NO_CONFLICT_KEY = re.compile(r"ON CONFLICT clause does not match|no unique or exclusion constraint|42P10", re.I)
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
@@ -159,6 +167,7 @@ class Database:
         # One thread at a time on the connection (a run writes back on a thread of its own):
         # held for a whole transaction, and by a reader for a whole page of rows.
         self.lock = threading.RLock()
+        self._bulk = False  # prepare_for_bulk_writes tuned this SQLite connection
 
     # -- opening -----------------------------------------------------------------
 
@@ -254,6 +263,12 @@ class Database:
         nothing it committed; a power cut may lose the last commits, whose rows are simply
         sent again next run, as after any crash (DfE upserts). WAL mode stays with the file
         and needs it on a local disk, not a network share. Other databases: nothing to do.
+
+        For the run, this connection also keeps a 16 MiB page cache (a batch dirties a few
+        hundred pages: with SQLite's default 2 MiB, rows read for the next batch pushed them
+        out between commits) and copies the log into the database every 10,000 pages (about
+        40 MB) instead of every 1,000, so a page written by several batches is copied once;
+        :meth:`finish_bulk_writes` copies the rest before the run ends.
         """
         if self.dialect.name != "sqlite" or self._odbc is not None or self._path in (None, ":memory:"):
             return
@@ -261,10 +276,25 @@ class Database:
             with self.lock:
                 mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()
                 self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
+                self._conn.execute(f"PRAGMA wal_autocheckpoint={BULK_CHECKPOINT_PAGES}")
         except sqlite3.Error as exc:  # e.g. a read-only folder: the run still works, just slower
             log.debug("SQLite WAL mode not set: %s", exc)
             return
+        self._bulk = True
         log.debug("SQLite journal mode: %s", mode[0] if mode else "unknown")
+
+    def finish_bulk_writes(self) -> None:
+        """After a run's last write-back. SQLite: copy the write-ahead log into the database
+        now (without waiting for readers), so the run's time includes that work and the next
+        reader does not pay for it."""
+        if not self._bulk:
+            return
+        try:
+            with self.lock:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:  # another connection may hold it: SQLite checkpoints later
+            log.debug("SQLite checkpoint not done: %s", exc)
 
     # -- transactions and statements ---------------------------------------------
 
@@ -500,6 +530,7 @@ class StagingTable:
         self.table = validate_table_name(table)
         self.ledger = validate_table_name(ledger or f"{table}_ledger")
         self._has_ledger: bool | None = None
+        self._upsert_ledger = True
 
     # -- schema -------------------------------------------------------------
 
@@ -657,12 +688,71 @@ class StagingTable:
                 found[int(row_id)] = (payload, state)
         return found
 
+    def _write_ledger(self, ledger: Sequence[LedgerEntry]) -> None:
+        """Replace these children's ledger entries (inside the caller's transaction).
+
+        SQLite and PostgreSQL update each entry in place (``ON CONFLICT ... DO UPDATE``), which
+        leaves the key's index alone and dirties half the pages a delete and insert would;
+        SQL Server, and a ledger whose ``la_child_id`` is not a key, delete and insert.
+        """
+        d = self.db.dialect
+        upsert = self._upsert_ledger and d.name in ("sqlite", "postgresql")
+        if not upsert:
+            for chunk in _chunks([e.la_child_id for e in ledger], MAX_PARAMETERS):
+                marks = ", ".join("?" * len(chunk))
+                self.db.execute(f"DELETE FROM {self.ledger} WHERE la_child_id IN ({marks})", chunk)
+        ledger_kinds = (None, None, None, LONG_TEXT, BINARY, None, None, None)
+        values = [
+            (
+                e.la_child_id,
+                e.mis_child_id,
+                e.staging_id,
+                e.record_json,
+                e.record_hash,
+                e.receipt,
+                d.timestamp_param(e.acknowledged_at),
+                1 if e.purged else 0,
+            )
+            for e in ledger
+        ]
+        insert = f"INSERT INTO {self.ledger} (la_child_id, {', '.join(_LEDGER_VALUES)}) VALUES "
+        marks = "(?, ?, ?, ?, ?, ?, ?, ?)"
+        on_conflict = ""
+        if upsert:
+            updates = ", ".join(f"{c} = excluded.{c}" for c in _LEDGER_VALUES)
+            on_conflict = f" ON CONFLICT (la_child_id) DO UPDATE SET {updates}"
+        if self.db.fast_executemany:  # one parameter array: as fast as it gets
+            self.db.executemany(insert + marks + on_conflict, values, kinds=ledger_kinds)
+        else:  # a multi-row VALUES: one round trip where executemany makes one per row
+            for rows in _chunks(values, MAX_PARAMETERS // len(ledger_kinds)):
+                self.db.execute(
+                    insert + ", ".join([marks] * len(rows)) + on_conflict,
+                    [value for row in rows for value in row],
+                    kinds=ledger_kinds * len(rows),
+                )
+
     def write_back(self, updates: Sequence[RowUpdate], ledger: Sequence[LedgerEntry]) -> int:
         """Write one batch's outcomes and ledger entries in one transaction.
 
         Returns how many row updates were skipped because the council's SQL
         changed the row since it was read (those rows stay pending).
         """
+        try:
+            return self._write_back(updates, ledger)
+        except DatabaseError as exc:
+            # A ledger made by hand without its primary key: nothing was written (the
+            # transaction rolled back); delete and insert from now on.
+            if not (self._upsert_ledger and ledger and _NO_CONFLICT_KEY.search(str(exc))):
+                raise
+            self._upsert_ledger = False
+            log.warning(
+                "the ledger table %s has no primary key on la_child_id; writing it the slower way. "
+                "csc-api-pipeline init-db --print shows the DDL it should have",
+                self.ledger,
+            )
+            return self._write_back(updates, ledger)
+
+    def _write_back(self, updates: Sequence[RowUpdate], ledger: Sequence[LedgerEntry]) -> int:
         d = self.db.dialect
         t = self.table
         # Each statement in two forms: for rows re-read under the transaction's lock and found
@@ -733,37 +823,7 @@ class StagingTable:
         skipped = 0
         with self.db.transaction():
             if ledger:
-                for chunk in _chunks([e.la_child_id for e in ledger], MAX_PARAMETERS):
-                    marks = ", ".join("?" * len(chunk))
-                    self.db.execute(f"DELETE FROM {self.ledger} WHERE la_child_id IN ({marks})", chunk)
-                ledger_kinds = (None, None, None, LONG_TEXT, BINARY, None, None, None)
-                values = [
-                    (
-                        e.la_child_id,
-                        e.mis_child_id,
-                        e.staging_id,
-                        e.record_json,
-                        e.record_hash,
-                        e.receipt,
-                        d.timestamp_param(e.acknowledged_at),
-                        1 if e.purged else 0,
-                    )
-                    for e in ledger
-                ]
-                insert = (
-                    f"INSERT INTO {self.ledger} (la_child_id, mis_child_id, staging_id, record_json, "
-                    "record_hash, receipt, acknowledged_at, purged) VALUES "
-                )
-                marks = "(?, ?, ?, ?, ?, ?, ?, ?)"
-                if self.db.fast_executemany:  # one parameter array: as fast as it gets
-                    self.db.executemany(insert + marks, values, kinds=ledger_kinds)
-                else:  # a multi-row VALUES: one round trip where executemany makes one per row
-                    for rows in _chunks(values, MAX_PARAMETERS // len(ledger_kinds)):
-                        self.db.execute(
-                            insert + ", ".join([marks] * len(rows)),
-                            [value for row in rows for value in row],
-                            kinds=ledger_kinds * len(rows),
-                        )
+                self._write_ledger(ledger)
             # The optimistic check, in bulk: the batch's rows are read once under a write lock;
             # those still as they were read are updated together (executemany); any other
             # row is updated on its own so the database's own comparison decides and is counted.

@@ -302,6 +302,8 @@ class Pipeline:
                         break
             self._flush()
             self._drain()
+            if self.options.writes:
+                self.table.db.finish_bulk_writes()
         finally:
             for pool in (self._executor, self._writer):
                 if pool is not None:

@@ -16,7 +16,7 @@ from api_pipeline.db import Database
 from api_pipeline.demo import apply_nightly_changes, check_convergence, return_children
 from api_pipeline.runner import execute_run
 from api_pipeline.synthetic import make_children
-from conftest import Staging, insert, ledger, mark_deleted, rows, run_cli, set_payload, settings_for
+from conftest import TABLE, Staging, insert, ledger, mark_deleted, rows, run_cli, set_payload, settings_for
 
 
 def converged(staging: Staging, sim) -> None:
@@ -232,3 +232,58 @@ def test_a_run_puts_sqlite_in_wal_mode_and_status_does_not(simulator, db_path, t
     execute_run(settings_for(simulator, db_path))
     with Database.open_sqlite(db_path) as db:
         assert list(db.query("PRAGMA journal_mode")) == [("wal",)]
+
+
+@pytest.mark.parametrize("keyed", [True, False], ids=["ledger with its key", "ledger made without a key"])
+def test_write_back_replaces_ledger_entries(staging: Staging, keyed: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """One entry per child, the newest, whether the ledger is updated in place (its key) or
+    not: a ledger made by hand without the key gets a warning and the delete-and-insert way."""
+    from datetime import datetime
+
+    from api_pipeline.db import LedgerEntry, StagingTable
+    from api_pipeline.dialects import ledger_ddl
+
+    at = datetime(2026, 3, 8, 21, 4, 33)
+
+    def entry(child: str, receipt: str, record: dict | None, purged: bool = False) -> LedgerEntry:
+        text = None if record is None else json.dumps(record)
+        return LedgerEntry(child, None, 1, text, None, receipt, at, purged)
+
+    with staging.open() as db:
+        table = StagingTable(db, staging.table)
+        if keyed:
+            table.create_ledger()
+        else:
+            with db.transaction():
+                db.execute(ledger_ddl(db.dialect, table.ledger).replace(" PRIMARY KEY", ""))
+        table.write_back([], [entry("C1", "r1", {"v": 1}), entry("C2", "r1", {"v": 1})])
+        table.write_back([], [entry("C1", "r2", {"v": 2}), entry("C3", "r2", None, purged=True)])
+        table.write_back([], [entry("C2", "r3", {"v": 3})])
+        counts = dict(db.query(f"SELECT la_child_id, COUNT(*) FROM {table.ledger} GROUP BY la_child_id"))
+    assert counts == {"C1": 1, "C2": 1, "C3": 1}
+    assert ledger(staging) == {
+        "C1": {"record": {"v": 2}, "receipt": "r2", "purged": False},
+        "C2": {"record": {"v": 3}, "receipt": "r3", "purged": False},
+        "C3": {"record": None, "receipt": "r2", "purged": True},
+    }
+    warned = [r for r in caplog.records if "no primary key on la_child_id" in r.getMessage()]
+    assert len(warned) == (0 if keyed else 1)
+
+
+def test_bulk_writes_tune_sqlite_and_finish_with_the_log_copied_in(db_path):
+    """A run's connection keeps a bigger page cache and copies the write-ahead log into the
+    database rarely, and all of it when the run finishes (before its time is taken)."""
+    from api_pipeline.db import BULK_CACHE_KIB, BULK_CHECKPOINT_PAGES
+
+    insert(db_path, list(make_children(3, seed=16)))
+    marker = b"written-by-this-test-7f3a"
+    with Database.open_sqlite(db_path) as db:
+        db.finish_bulk_writes()  # not prepared: nothing to do
+        db.prepare_for_bulk_writes()
+        assert list(db.query("PRAGMA cache_size")) == [(-BULK_CACHE_KIB,)]
+        assert list(db.query("PRAGMA wal_autocheckpoint")) == [(BULK_CHECKPOINT_PAGES,)]
+        with db.transaction():
+            db.execute(f"UPDATE {TABLE} SET api_response = ?", (marker.decode(),))
+        assert marker not in db_path.read_bytes()  # committed to the log only
+        db.finish_bulk_writes()
+        assert marker in db_path.read_bytes()
