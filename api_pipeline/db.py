@@ -70,7 +70,9 @@ SQLITE_PREFIX = "sqlite:///"
 PAGE_SIZE = 500
 # SQLite, for a run's write-backs (Database.prepare_for_bulk_writes).
 BULK_CACHE_KIB = 16 * 1024
-BULK_CHECKPOINT_PAGES = 10_000
+CHECKPOINT_EVERY = 0.25  # seconds between the background checkpointer's passes
+RESTART_FRAMES = 8_000  # log pages (~32 MB) after which it restarts the log, so the file stops growing
+BULK_CHECKPOINT_PAGES = 40_000  # the run connection's own checkpoint, should the background one fall behind
 # Parameters per statement in bulk writes: under SQLite's historical limit of 999.
 MAX_PARAMETERS = 900
 # How SQLite and PostgreSQL refuse ON CONFLICT (la_child_id) when that column is not a key.
@@ -128,6 +130,50 @@ class ServerInfo:
     database: str
 
 
+class _Checkpointer:
+    """Copies a SQLite write-ahead log into the database, on a connection and thread of its own.
+
+    ``PASSIVE``: it never waits for, or blocks, the run's connection, which keeps committing
+    while a copy is under way (SQLite's locks allow one writer and one checkpointer at once).
+    A log that is never copied to its end is never reused, so once it holds
+    :data:`RESTART_FRAMES` pages a ``RESTART`` copies the rest and has the log start over.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._every = CHECKPOINT_EVERY
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sqlite-checkpoint", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        try:
+            # No busy timeout: a pass that meets a reader, or the run's connection writing,
+            # copies what it can and returns rather than wait (a RESTART would hold every
+            # commit back while it waited).
+            conn = sqlite3.connect(self._path, timeout=0, isolation_level=None)
+        except sqlite3.Error as exc:
+            log.debug("SQLite checkpointer not started: %s", exc)
+            return
+        try:
+            while not self._stopping.wait(self._every):
+                _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if frames >= RESTART_FRAMES:
+                    # Copies what the pass above could not, holding the next commit back for
+                    # that long, so that the next commit writes the log from its start again.
+                    conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+        except sqlite3.Error as exc:  # the run's own checkpoints take over
+            log.debug("SQLite checkpointer stopped: %s", exc)
+        finally:
+            conn.close()
+
+
 class Database:
     """One connection, its dialect, and explicit transactions.
 
@@ -167,7 +213,7 @@ class Database:
         # One thread at a time on the connection (a run writes back on a thread of its own):
         # held for a whole transaction, and by a reader for a whole page of rows.
         self.lock = threading.RLock()
-        self._bulk = False  # prepare_for_bulk_writes tuned this SQLite connection
+        self._checkpointer: _Checkpointer | None = None  # SQLite, during a run's write-backs
 
     # -- opening -----------------------------------------------------------------
 
@@ -244,6 +290,9 @@ class Database:
             raise explain_odbc_error(exc, context) from None
 
     def close(self) -> None:
+        if self._checkpointer is not None:  # a run that stopped on an error
+            self._checkpointer.stop()
+            self._checkpointer = None
         try:
             self._conn.close()
         except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
@@ -266,9 +315,10 @@ class Database:
 
         For the run, this connection also keeps a 16 MiB page cache (a batch dirties a few
         hundred pages: with SQLite's default 2 MiB, rows read for the next batch pushed them
-        out between commits) and copies the log into the database every 10,000 pages (about
-        40 MB) instead of every 1,000, so a page written by several batches is copied once;
-        :meth:`finish_bulk_writes` copies the rest before the run ends.
+        out between commits), and the log is copied into the database by a thread of its own
+        on a second connection, four times a second. Left to the committing connection, that
+        copy stalls a write-back for 100 ms or more now and then, and with it every batch
+        queued behind it. :meth:`finish_bulk_writes` copies the rest before the run ends.
         """
         if self.dialect.name != "sqlite" or self._odbc is not None or self._path in (None, ":memory:"):
             return
@@ -281,15 +331,19 @@ class Database:
         except sqlite3.Error as exc:  # e.g. a read-only folder: the run still works, just slower
             log.debug("SQLite WAL mode not set: %s", exc)
             return
-        self._bulk = True
         log.debug("SQLite journal mode: %s", mode[0] if mode else "unknown")
+        if mode and str(mode[0]).lower() == "wal" and self._checkpointer is None:
+            self._checkpointer = _Checkpointer(str(self._path))
+            self._checkpointer.start()
 
     def finish_bulk_writes(self) -> None:
-        """After a run's last write-back. SQLite: copy the write-ahead log into the database
-        now (without waiting for readers), so the run's time includes that work and the next
-        reader does not pay for it."""
-        if not self._bulk:
+        """After a run's last write-back. SQLite: stop the background checkpointer and copy
+        the rest of the log into the database now (without waiting for readers), so the run's
+        time includes that work and the next reader does not pay for it."""
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is None:
             return
+        checkpointer.stop()
         try:
             with self.lock:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()

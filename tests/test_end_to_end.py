@@ -9,6 +9,9 @@ from __future__ import annotations
 import copy
 import json
 import random
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -270,20 +273,54 @@ def test_write_back_replaces_ledger_entries(staging: Staging, keyed: bool, caplo
     assert len(warned) == (0 if keyed else 1)
 
 
-def test_bulk_writes_tune_sqlite_and_finish_with_the_log_copied_in(db_path):
-    """A run's connection keeps a bigger page cache and copies the write-ahead log into the
-    database rarely, and all of it when the run finishes (before its time is taken)."""
-    from api_pipeline.db import BULK_CACHE_KIB, BULK_CHECKPOINT_PAGES
+def _checkpointers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "sqlite-checkpoint"]
 
+
+def test_bulk_writes_tune_sqlite_and_finish_with_the_log_copied_in(db_path, monkeypatch):
+    """A run's connection keeps a bigger page cache, and whatever of the write-ahead log is
+    not yet in the database is copied in when the run finishes (before its time is taken)."""
+    from api_pipeline import db as db_module
+
+    monkeypatch.setattr(db_module, "CHECKPOINT_EVERY", 3600.0)  # no background pass in this test
     insert(db_path, list(make_children(3, seed=16)))
     marker = b"written-by-this-test-7f3a"
     with Database.open_sqlite(db_path) as db:
         db.finish_bulk_writes()  # not prepared: nothing to do
         db.prepare_for_bulk_writes()
-        assert list(db.query("PRAGMA cache_size")) == [(-BULK_CACHE_KIB,)]
-        assert list(db.query("PRAGMA wal_autocheckpoint")) == [(BULK_CHECKPOINT_PAGES,)]
+        assert list(db.query("PRAGMA cache_size")) == [(-db_module.BULK_CACHE_KIB,)]
+        assert list(db.query("PRAGMA wal_autocheckpoint")) == [(db_module.BULK_CHECKPOINT_PAGES,)]
+        assert len(_checkpointers()) == 1
         with db.transaction():
             db.execute(f"UPDATE {TABLE} SET api_response = ?", (marker.decode(),))
         assert marker not in db_path.read_bytes()  # committed to the log only
         db.finish_bulk_writes()
         assert marker in db_path.read_bytes()
+        assert _checkpointers() == []
+        db.prepare_for_bulk_writes()
+    assert _checkpointers() == []  # closing the connection stops it too
+
+
+def test_the_background_checkpointer_copies_the_log_and_keeps_it_short(db_path, monkeypatch):
+    """While a run commits, a thread of its own copies the log into the database; once the
+    log holds RESTART_FRAMES pages it is started over, so the -wal file stops growing."""
+    from api_pipeline import db as db_module
+
+    monkeypatch.setattr(db_module, "CHECKPOINT_EVERY", 0.02)
+    monkeypatch.setattr(db_module, "RESTART_FRAMES", 1)
+    insert(db_path, list(make_children(3, seed=17)))
+    wal = Path(f"{db_path}-wal")
+    sizes = []
+    with Database.open_sqlite(db_path) as db:
+        db.prepare_for_bulk_writes()
+        for n in range(8):
+            marker = f"commit-{n}-of-this-test".encode()
+            with db.transaction():  # 18 KB a row: a few pages each commit
+                db.execute(f"UPDATE {TABLE} SET api_response = ?", (marker.decode() + "x" * 18_000,))
+            deadline = time.monotonic() + 20
+            while marker not in db_path.read_bytes():  # copied in by the background thread
+                assert time.monotonic() < deadline, f"commit {n} never reached the database file"
+                time.sleep(0.02)
+            sizes.append(wal.stat().st_size)
+        db.finish_bulk_writes()
+    assert max(sizes) < 3 * sizes[0], sizes  # without restarts: about 8 times the first
