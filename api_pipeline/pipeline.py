@@ -259,15 +259,17 @@ class Pipeline:
         self._updates: list[RowUpdate] = []
         self._batch_counter = 0
         self._unknown_statuses: set[str] = set()
-        # MAX_IN_FLIGHT > 1: batches are sent on a pool of that many threads, and their outcomes
-        # written back on one more thread, in the order they were sent, while this thread reads
-        # and prepares the next batches. The database connection is shared, one user at a time.
-        parallel = options.max_in_flight > 1 and sender is not None
-        self._executor = ThreadPoolExecutor(options.max_in_flight, thread_name_prefix="send") if parallel else None
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="write-back") if parallel else None
+        # Batches are sent on a pool of MAX_IN_FLIGHT threads (one, by default: one request at a
+        # time), and their outcomes written back on one more thread, in the order they were
+        # sent, while this thread reads and prepares the next batches. The database connection
+        # is shared, one user at a time.
+        sending = sender is not None
+        self._executor = ThreadPoolExecutor(options.max_in_flight, thread_name_prefix="send") if sending else None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="write-back") if sending else None
         self._sends: deque[Future] = deque()  # send futures not known to be finished
         self._written: deque[Future] = deque()  # write-back futures, oldest first
         self._failed = threading.Event()  # set by the write-back thread when a batch failed for good
+        self._stop_sending = threading.Event()  # set by a send thread when its batch failed for good
         self.duplicate_person_ids: frozenset[str] = frozenset()
 
     # -- the run ---------------------------------------------------------------
@@ -499,17 +501,10 @@ class Pipeline:
             return
         assert self.sender is not None
         records, bodies = [i.record for i in batch], [i.body for i in batch]
-        if self._executor is None or self._writer is None:  # one batch at a time
-            future: Future = Future()
-            try:
-                future.set_result(self.sender.send(records, bodies, batch_id=batch_id))
-            except PipelineError as exc:
-                future.set_exception(exc)
-            self._complete(_InFlight(batch_id, batch, updates, future, time.monotonic()))
-            return
+        assert self._executor is not None and self._writer is not None
         if self._failed.is_set():  # an earlier batch failed for good: send no more
             self._drain()
-        future = self._executor.submit(self.sender.send, records, bodies, batch_id=batch_id)
+        future = self._executor.submit(self._send, records, bodies, batch_id)
         while self._sends and self._sends[0].done():
             self._sends.popleft()
         self._sends.append(future)
@@ -519,6 +514,22 @@ class Pipeline:
         # their turn, so this thread keeps preparing while the writer catches up.
         while len(self._written) >= 2 * self.options.max_in_flight:
             self._await_oldest()
+
+    def _send(self, records: list[dict], bodies: list[bytes], batch_id: str) -> list[Any]:
+        """One batch's request, on a send thread; none once a batch has failed for good.
+
+        A send thread takes the next queued batch as soon as its last one ends, before the
+        write-back thread has seen that one's failure; this check is what keeps "a batch that
+        fails for good stops the run" true with one request at a time.
+        """
+        if self._stop_sending.is_set():
+            raise CancelledError  # never sent: its rows stay pending
+        assert self.sender is not None
+        try:
+            return self.sender.send(records, bodies, batch_id=batch_id)
+        except BaseException:
+            self._stop_sending.set()
+            raise
 
     def _complete(self, flight: _InFlight) -> None:
         """Wait for one batch's answer and write its outcomes back, in one transaction."""

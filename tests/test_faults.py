@@ -111,27 +111,19 @@ def test_wrong_secret_is_an_auth_error_and_nothing_changes(simulator, db_path):
 def test_acknowledged_batches_are_kept_when_a_later_batch_fails(simulator, db_path):
     insert(db_path, list(make_children(N, seed=53)))
     waits = Waits()
-    # First batch goes through; then the API fails for good.
-    from api_pipeline import pipeline as pipeline_module
-
-    real = pipeline_module.Pipeline._flush
-    calls = []
-
-    def flush(self):
-        if self._batch:
-            calls.append(1)
-            if len(calls) == 2:
-                simulator.inject("503", times=20)
-        real(self)
-
-    pipeline_module.Pipeline._flush = flush
-    try:
-        code, _ = run_once(simulator, db_path, waits, MAX_RETRIES="1")
-    finally:
-        pipeline_module.Pipeline._flush = real
+    # First batch goes through (a "slow" of 0 s is a normal answer); then the API fails for good.
+    simulator.inject("slow", seconds=0)
+    simulator.inject("503", times=20)
+    simulator.latency = 0.2  # long enough for the third batch to be queued behind the second
+    code, _ = run_once(simulator, db_path, waits, MAX_RETRIES="1")
+    simulator.latency = 0.0
     assert code == ExitCode.API
     statuses = [r["submission_status"] for r in rows(db_path)]
     assert statuses.count("Sent") == 10 and statuses.count("Pending") == 20
+    # One request at a time: once the second batch failed for good, the third (prepared while
+    # the second was being sent) was never sent.
+    posts = [r for r in simulator.request_log() if r.method == "POST" and r.path.endswith("/children")]
+    assert [r.status for r in posts] == [200, 503, 503]
     assert_truthful(simulator, db_path)
     simulator.clear_faults()
     assert_converges(simulator, db_path)
