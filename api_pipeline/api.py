@@ -37,7 +37,7 @@ from api_pipeline.errors import (
     PipelineError,
     RetriableApiError,
 )
-from api_pipeline.payload import encode_record
+from api_pipeline.payload import encode_record, frame_body
 from api_pipeline.proxy import describe_proxy_error, proxy_address, proxy_auth_advice
 from api_pipeline.tls import CertificateReport, TrustStoreAdapter, build_ssl_context, inspect_certificate
 
@@ -777,7 +777,7 @@ class ApiClient:
     def _send_positions(
         self, positions: list[int], bodies: list[bytes], batch_id: str, outcomes: dict[int, Outcome]
     ) -> None:
-        body = b"[" + b",".join(bodies[p] for p in positions) + b"]"
+        body = frame_body(bodies[p] for p in positions)
         try:
             response = self.post(body, batch_id=batch_id, record_count=len(positions))
         except BatchRejected as exc:

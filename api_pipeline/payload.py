@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import orjson
@@ -445,9 +445,9 @@ def _has_non_finite(value: Any) -> bool:
     return False
 
 
-def dumps_body(records: list[dict]) -> bytes:
-    """The exact POST body: a JSON array of :func:`encode_record` texts."""
-    return b"[" + b",".join(encode_record(r) for r in records) + b"]"
+def frame_body(encoded: Iterable[bytes]) -> bytes:
+    """The exact POST body: a JSON array of records already encoded by :func:`encode_record`."""
+    return b"[" + b",".join(encoded) + b"]"
 
 
 _ID_LISTS: Final[Mapping[str, tuple[tuple[str, str], ...]]] = {

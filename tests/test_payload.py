@@ -18,7 +18,8 @@ from api_pipeline.payload import (
     build_full,
     build_purge,
     canonical_json,
-    dumps_body,
+    encode_record,
+    frame_body,
     normalise,
     record_hash,
     records_equal,
@@ -268,7 +269,7 @@ def test_records_equal_handles_none() -> None:
 
 
 # --------------------------------------------------------------------------------------
-# build_purge and dumps_body
+# build_purge and frame_body
 
 
 def test_build_purge() -> None:
@@ -278,10 +279,10 @@ def test_build_purge() -> None:
     assert VALIDATOR.is_valid(build_purge("C1", "M-1"))
 
 
-def test_dumps_body_keeps_names_byte_for_byte() -> None:
+def test_the_body_keeps_names_byte_for_byte() -> None:
     record = base_record()
     record["child_details"]["surname"] = "O'Brien-Nguyễn"
-    body = dumps_body([record, build_purge("C2")])
+    body = frame_body(encode_record(r) for r in [record, build_purge("C2")])
     assert isinstance(body, bytes)
     assert "O'Brien-Nguyễn".encode() in body
     assert "Zoë".encode() in body
@@ -289,12 +290,12 @@ def test_dumps_body_keeps_names_byte_for_byte() -> None:
     assert b"&#39;" not in body and b"\\'" not in body
     assert b", " not in body and b": " not in body
     assert json.loads(body.decode("utf-8")) == [record, build_purge("C2")]
-    assert dumps_body([]) == b"[]"
+    assert frame_body([]) == b"[]"
 
 
-def test_dumps_body_refuses_nan() -> None:
+def test_encode_record_refuses_nan() -> None:
     with pytest.raises(ValueError):
-        dumps_body([{"la_child_id": "C1", "health_and_wellbeing": {"sdq_assessments": [{"score": float("nan")}]}}])
+        encode_record({"la_child_id": "C1", "health_and_wellbeing": {"sdq_assessments": [{"score": float("nan")}]}})
 
 
 @pytest.mark.parametrize("value", [float("inf"), -float("inf"), 2**64, "\ud800"])
