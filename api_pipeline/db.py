@@ -75,9 +75,9 @@ RESTART_FRAMES = 8_000  # log pages (~32 MB) after which it restarts the log, so
 BULK_CHECKPOINT_PAGES = 40_000  # the run connection's own checkpoint, should the background one fall behind
 # Parameters per statement in bulk writes: under SQLite's historical limit of 999.
 MAX_PARAMETERS = 900
-# How SQLite and PostgreSQL refuse ON CONFLICT (la_child_id) when that column is not a key.
 # The ledger's columns after its key, in the order write-back binds them.
 _LEDGER_VALUES = tuple(c.name for c in LEDGER_SPEC[1:])
+# How SQLite and PostgreSQL refuse ON CONFLICT (la_child_id) when that column is not a key.
 _NO_CONFLICT_KEY = re.compile(r"ON CONFLICT clause does not match|no unique or exclusion constraint|42P10", re.I)
 
 

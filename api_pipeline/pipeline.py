@@ -268,8 +268,7 @@ class Pipeline:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="write-back") if sending else None
         self._sends: deque[Future] = deque()  # send futures not known to be finished
         self._written: deque[Future] = deque()  # write-back futures, oldest first
-        self._failed = threading.Event()  # set by the write-back thread when a batch failed for good
-        self._stop_sending = threading.Event()  # set by a send thread when its batch failed for good
+        self._failed = threading.Event()  # set by a send thread when its batch failed for good
         self.duplicate_person_ids: frozenset[str] = frozenset()
 
     # -- the run ---------------------------------------------------------------
@@ -522,13 +521,13 @@ class Pipeline:
         write-back thread has seen that one's failure; this check is what keeps "a batch that
         fails for good stops the run" true with one request at a time.
         """
-        if self._stop_sending.is_set():
+        if self._failed.is_set():
             raise CancelledError  # never sent: its rows stay pending
         assert self.sender is not None
         try:
             return self.sender.send(records, bodies, batch_id=batch_id)
         except BaseException:
-            self._stop_sending.set()
+            self._failed.set()
             raise
 
     def _complete(self, flight: _InFlight) -> None:
@@ -540,8 +539,7 @@ class Pipeline:
             self._write(flight.updates, ledger)
             return
         except PipelineError as exc:
-            # The run stops; first record what DfE did acknowledge.
-            self._failed.set()
+            # The run stops (its send thread has said so); first record what DfE did acknowledge.
             settled = getattr(exc, "partial_outcomes", None) or []
             self._apply_outcomes([(flight.batch[o.index], o) for o in settled], flight.updates, ledger)
             self._write(flight.updates, ledger)
