@@ -214,6 +214,15 @@ class Database:
         # held for a whole transaction, and by a reader for a whole page of rows.
         self.lock = threading.RLock()
         self._checkpointer: _Checkpointer | None = None  # SQLite, during a run's write-backs
+        self._reader: Database | None = None  # SQLite, during a run's write-backs
+
+    @property
+    def reader(self) -> Database:
+        """The connection to read a run's pages of rows on. During a SQLite run in WAL mode,
+        a second connection: readers and the writer then never wait for each other, so no
+        write-back waits while a page is read (nor a page while a batch is written). Otherwise
+        this connection, which its lock lets one thread use at a time."""
+        return self._reader or self
 
     # -- opening -----------------------------------------------------------------
 
@@ -293,6 +302,9 @@ class Database:
         if self._checkpointer is not None:  # a run that stopped on an error
             self._checkpointer.stop()
             self._checkpointer = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         try:
             self._conn.close()
         except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
@@ -319,6 +331,7 @@ class Database:
         on a second connection, four times a second. Left to the committing connection, that
         copy stalls a write-back for 100 ms or more now and then, and with it every batch
         queued behind it. :meth:`finish_bulk_writes` copies the rest before the run ends.
+        Pages of rows are read on a third connection (see :attr:`reader`).
         """
         if self.dialect.name != "sqlite" or self._odbc is not None or self._path in (None, ":memory:"):
             return
@@ -335,11 +348,30 @@ class Database:
         if mode and str(mode[0]).lower() == "wal" and self._checkpointer is None:
             self._checkpointer = _Checkpointer(str(self._path))
             self._checkpointer.start()
+            self._reader = self._open_reader(str(self._path))
+
+    @staticmethod
+    def _open_reader(path: str) -> Database | None:
+        try:
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:  # the run reads on its own connection, taking turns
+            log.debug("SQLite reading connection not opened: %s", exc)
+            return None
+        try:
+            conn.execute("PRAGMA query_only=ON")
+        except sqlite3.Error as exc:
+            conn.close()
+            log.debug("SQLite reading connection not opened: %s", exc)
+            return None
+        return Database(conn, SQLITE, description=f"SQLite {sqlite3.sqlite_version} ({path}), reading", path=path)
 
     def finish_bulk_writes(self) -> None:
         """After a run's last write-back. SQLite: stop the background checkpointer and copy
         the rest of the log into the database now (without waiting for readers), so the run's
         time includes that work and the next reader does not pay for it."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         checkpointer, self._checkpointer = self._checkpointer, None
         if checkpointer is None:
             return
@@ -684,11 +716,12 @@ class StagingTable:
         rest = f"FROM {source} WHERE t.id > ? AND ({wanted}) ORDER BY t.id"
         sql = self.db.dialect.select_top(columns, rest)
         last_id, produced = 0, 0
+        reader = self.db.reader
         while limit is None or produced < limit:
             size = page_size if limit is None else min(page_size, limit - produced)
             params = (size, last_id) if self.db.dialect.limit_first() else (last_id, size)
-            with self.db.lock:  # the whole page, so a write-back thread never interleaves
-                page = list(self.db.query(sql, params))
+            with reader.lock:  # the whole page: on a shared connection, no write-back interleaves
+                page = list(reader.query(sql, params))
             for row in page:
                 produced += 1
                 yield StagingRow(

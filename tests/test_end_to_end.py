@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.db import Database
+from api_pipeline.db import Database, DatabaseError, StagingTable
 from api_pipeline.demo import apply_nightly_changes, check_convergence, return_children
 from api_pipeline.runner import execute_run
 from api_pipeline.synthetic import make_children
@@ -324,3 +324,43 @@ def test_the_background_checkpointer_copies_the_log_and_keeps_it_short(db_path, 
             sizes.append(wal.stat().st_size)
         db.finish_bulk_writes()
     assert max(sizes) < 3 * sizes[0], sizes  # without restarts: about 8 times the first
+
+
+def test_during_bulk_writes_pages_are_read_while_a_batch_is_being_written(db_path):
+    """SQLite in WAL mode: the run's pages of rows come from a connection of their own, so a
+    write-back in progress (its transaction open, the writer's lock held) holds no page back,
+    and the page shows what is committed, not the write under way."""
+    children = list(make_children(4, seed=18))
+    insert(db_path, children)
+    with Database.open_sqlite(db_path) as db:
+        table = StagingTable(db, TABLE)
+        table.ensure_ledger()
+        assert db.reader is db  # not a run: one connection, taking turns
+        db.prepare_for_bulk_writes()
+        assert db.reader is not db
+        with pytest.raises(DatabaseError):
+            db.reader.execute(f"UPDATE {TABLE} SET api_response = 'x'")  # it only reads
+        writing, done = threading.Event(), threading.Event()
+
+        def write_back() -> None:
+            with db.transaction():
+                db.execute(f"UPDATE {TABLE} SET submission_status = 'Sent'")
+                writing.set()
+                done.wait(30)
+
+        writer = threading.Thread(target=write_back)
+        writer.start()
+        assert writing.wait(10)
+        pages: list = []
+        reading = threading.Thread(target=lambda: pages.extend(table.iter_candidates()))
+        reading.start()
+        reading.join(10)
+        finished_while_writing = not reading.is_alive()
+        done.set()
+        writer.join()
+        reading.join()
+        assert finished_while_writing, "the page waited for the write-back"
+        assert [r.person_id for r in pages] == [c["la_child_id"] for c in children]  # none yet 'Sent'
+        assert list(table.iter_candidates()) == []  # committed now
+        db.finish_bulk_writes()
+        assert db.reader is db
