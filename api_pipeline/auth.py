@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -148,6 +149,8 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
         self._token: Secret | None = None
         self._expires_at = 0.0
         self._lifetime = 0.0
+        # Batches in flight share the token: one thread fetches it, the others wait for that one.
+        self._fetching = threading.RLock()
 
     @classmethod
     def from_settings(cls, settings: Settings, session: requests.Session, **kwargs: Any) -> ClientCredentialsAuth:
@@ -180,16 +183,24 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
         return self._expires_at - self.clock() < margin
 
     def get_token(self) -> str:
-        """The cached token, or a fresh one when it is missing or about to expire."""
+        """The cached token, or a fresh one when it is missing or about to expire.
+
+        Thread-safe: send threads that find the token missing together make one request for
+        it between them."""
+        token = self._token
         if self._needs_renewal():
-            self._fetch()
-        assert self._token is not None
-        return self._token.reveal()
+            with self._fetching:
+                if self._needs_renewal():  # not fetched by another thread while this one waited
+                    self._fetch()
+                token = self._token
+        assert token is not None
+        return token.reveal()
 
     def invalidate(self) -> None:
         """Forget the token so the next request fetches a new one (after a 401)."""
-        self._token = None
-        self._expires_at = 0.0
+        with self._fetching:
+            self._token = None
+            self._expires_at = 0.0
 
     @property
     def expires_in(self) -> float | None:

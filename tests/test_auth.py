@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -93,6 +94,31 @@ def test_invalidate_forces_a_new_token(sim: Simulator) -> None:
     auth.invalidate()
     assert auth.get_token() != first
     assert auth.token_fetches == 2
+
+
+def test_threads_that_need_a_token_together_fetch_it_once(sim: Simulator) -> None:
+    """Batches in flight (MAX_IN_FLIGHT > 1) start together with no token: one fetch serves all."""
+
+    class SlowTokenSession(requests.Session):  # the token endpoint takes a moment, as Azure AD does
+        def post(self, url, *args, **kwargs):  # type: ignore[no-untyped-def]
+            time.sleep(0.2)
+            return super().post(url, *args, **kwargs)
+
+    auth = ClientCredentialsAuth.from_settings(settings_for(sim), SlowTokenSession(), sleep=lambda seconds: None)
+    start = threading.Barrier(6)
+    tokens: list[str] = []
+
+    def send() -> None:
+        start.wait()
+        tokens.append(auth.get_token())
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(tokens) == 6 and len(set(tokens)) == 1
+    assert auth.token_fetches == 1 and sim.token_requests == 1
 
 
 def test_call_sets_bearer_header_and_form_is_client_credentials(sim: Simulator) -> None:
