@@ -32,7 +32,10 @@ How two targets are read:
   included. The bound ``requests x 50 ms / MAX_IN_FLIGHT`` is compared with the run's own
   time (the summary's ``seconds``: first row read to last write-back, token fetch included);
   the process's wall time, which adds a fixed ~0.3 s of interpreter start and imports
-  whatever N is, is printed beside it.
+  whatever N is, is printed beside it. Beside each such target the suite prints what the
+  round trips alone need: the floor's own POSTs are timed (one at a time, nothing else
+  running), and ``ceil(requests / MAX_IN_FLIGHT)`` of them are what the lanes must wait for
+  even if everything else took no time.
 * Partial bytes: "a full resend" is every child's whole record, what a full-mode run of the
   whole table sends. Sending the same changed children whole is printed too, for reference:
   DESIGN 5 fixes what a delta carries (``child_details`` always, a changed episode's own
