@@ -302,9 +302,7 @@ class Database:
         if self._checkpointer is not None:  # a run that stopped on an error
             self._checkpointer.stop()
             self._checkpointer = None
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self._close_reader()
         try:
             self._conn.close()
         except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
@@ -352,26 +350,27 @@ class Database:
 
     @staticmethod
     def _open_reader(path: str) -> Database | None:
+        conn = None
         try:
             conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:  # the run reads on its own connection, taking turns
-            log.debug("SQLite reading connection not opened: %s", exc)
-            return None
-        try:
             conn.execute("PRAGMA query_only=ON")
-        except sqlite3.Error as exc:
-            conn.close()
+        except sqlite3.Error as exc:  # the run reads on its own connection, taking turns
+            if conn is not None:
+                conn.close()
             log.debug("SQLite reading connection not opened: %s", exc)
             return None
         return Database(conn, SQLITE, description=f"SQLite {sqlite3.sqlite_version} ({path}), reading", path=path)
+
+    def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
 
     def finish_bulk_writes(self) -> None:
         """After a run's last write-back. SQLite: stop the background checkpointer and copy
         the rest of the log into the database now (without waiting for readers), so the run's
         time includes that work and the next reader does not pay for it."""
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self._close_reader()
         checkpointer, self._checkpointer = self._checkpointer, None
         if checkpointer is None:
             return
