@@ -299,9 +299,7 @@ class Database:
             raise explain_odbc_error(exc, context) from None
 
     def close(self) -> None:
-        if self._checkpointer is not None:  # a run that stopped on an error
-            self._checkpointer.stop()
-            self._checkpointer = None
+        self._stop_checkpointer()  # a run that stopped on an error
         self._close_reader()
         try:
             self._conn.close()
@@ -366,15 +364,21 @@ class Database:
         if reader is not None:
             reader.close()
 
+    def _stop_checkpointer(self) -> bool:
+        """Stop the background checkpointer; False if there was none."""
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is None:
+            return False
+        checkpointer.stop()
+        return True
+
     def finish_bulk_writes(self) -> None:
         """After a run's last write-back. SQLite: stop the background checkpointer and copy
         the rest of the log into the database now (without waiting for readers), so the run's
         time includes that work and the next reader does not pay for it."""
         self._close_reader()
-        checkpointer, self._checkpointer = self._checkpointer, None
-        if checkpointer is None:
+        if not self._stop_checkpointer():
             return
-        checkpointer.stop()
         try:
             with self.lock:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
