@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -380,6 +381,38 @@ def build_purge(la_child_id: str, mis_child_id: str | None = None) -> dict:
         out["mis_child_id"] = mis_child_id
     out[PURGE] = True
     return out
+
+
+MAX_NESTING: Final = 64
+"""Deepest nesting of objects and arrays a record may have. DfE's record nests six deep (record,
+episodes, an episode, its items, an item, its care workers); anything near Python's stack limit
+would crash the parser or the code that walks the record, for one row, every night."""
+
+# A JSON string, escapes included: each alternative starts with a different character, so
+# matching never backtracks more than once per character (linear time on any input).
+_JSON_STRING: Final = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_NOT_BRACKET: Final = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP: Final = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def nesting_exceeds(text: str, limit: int) -> bool:
+    """Whether JSON ``text`` nests objects and arrays more than ``limit`` deep, judged without parsing.
+
+    A record with no more than ``limit`` brackets opened in all cannot nest deeper: that is
+    almost every record, answered by two counts. Otherwise strings are taken out (a bracket
+    inside one is not structure) and the depth is counted.
+    """
+    if text.count("{") + text.count("[") <= limit:
+        return False
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    depth = deepest = 0
+    for char in brackets:
+        depth += _DEPTH_STEP[char]
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                return True
+    return False
 
 
 def _refuse_constant(name: str) -> Any:

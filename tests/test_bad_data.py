@@ -45,10 +45,10 @@ CASES = [
     ("json array", {"json_payload": "[1, 2]"}, "Invalid", "JSON list, not an object"),
     ("json string", {"json_payload": '"hello"'}, "Invalid", "JSON str, not an object"),
     (
-        "person_id mismatch",
-        {"json_payload": json.dumps(_record(la_child_id="OTHER123"))},
-        "Pending",
-        "person_id does not match",
+        "nested 1,000 levels deep",
+        {"json_payload": '{"la_child_id": "BADROW001", "x": ' + "[" * 1000 + "]" * 1000 + "}"},
+        "Invalid",
+        "nested more than 64 levels deep",
     ),
     ("unknown row_state", {"row_state": "Archived"}, "Pending", "row_state 'Archived'"),
     (
@@ -129,8 +129,29 @@ def test_two_rows_for_one_child_are_skipped(simulator, db_path):
     assert good[2]["la_child_id"] not in simulator.snapshot()
     skipped = [r for r in rows(db_path) if r["person_id"] == good[2]["la_child_id"]]
     assert [r["submission_status"] for r in skipped] == ["Pending", "Pending"]
-    assert all("more than one row" in r["api_response"] for r in skipped)
-    assert summary.invalid_reasons["duplicate person_id"] == 2
+    assert all("the same child" in r["api_response"] for r in skipped)
+    assert summary.invalid_reasons["duplicate child"] == 2
+
+
+def test_a_bare_number_in_a_column_declared_json_is_invalid_and_the_rest_are_sent(simulator, tmp_path):
+    """SQLite gives a column declared JSON numeric affinity: a bare number comes back as an int."""
+    path = tmp_path / "json.db"
+    with Database.open_sqlite(path) as db:
+        db.execute(
+            f"CREATE TABLE {TABLE} (id INTEGER PRIMARY KEY AUTOINCREMENT, person_id TEXT, legacy_id TEXT, "
+            "json_payload JSON NOT NULL, previous_json_payload JSON, partial_json_payload JSON, current_hash BLOB, "
+            "previous_hash BLOB, submission_status TEXT DEFAULT 'Pending', submission_timestamp TEXT, "
+            "api_response TEXT, row_state TEXT DEFAULT 'New', last_updated TEXT)"
+        )
+    good = list(make_children(4, seed=36))
+    insert(path, good[:2] + [_record()] + good[2:])
+    with Database.open_sqlite(path) as db:
+        db.execute(f"UPDATE {TABLE} SET json_payload = 12345 WHERE person_id = ?", (BAD_ID,))
+        assert db.scalar(f"SELECT typeof(json_payload) FROM {TABLE} WHERE person_id = ?", (BAD_ID,)) == "integer"
+    summary = execute_run(settings_for(simulator, path))
+    assert summary.outcomes["sent"] == 4 and summary.outcomes["invalid"] == 1
+    (bad,) = [r for r in rows(path) if r["person_id"] == BAD_ID]
+    assert bad["submission_status"] == "Invalid" and "json_payload is a int, not JSON text" in bad["api_response"]
 
 
 def test_unknown_status_is_treated_as_pending(simulator, db_path):
