@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from api_pipeline.dialects import (  # noqa: F401 - re-exported: callers import 
     dialect_for_dbms,
     dialect_named,
     ledger_ddl,
+    ledger_index_ddl,
     person_index_name,
     sqlite_column_info,
     staging_ddl,
@@ -78,6 +79,8 @@ MAX_PARAMETERS = 900
 # The ledger's columns after its key, in the order write-back binds them.
 _LEDGER_VALUES = tuple(c.name for c in LEDGER_SPEC[1:])
 # How SQLite and PostgreSQL refuse ON CONFLICT (la_child_id) when that column is not a key.
+_STATE = "LOWER(COALESCE(t.row_state, ''))"
+_STATUS = "LOWER(COALESCE(t.submission_status, ''))"
 _NO_CONFLICT_KEY = re.compile(r"ON CONFLICT clause does not match|no unique or exclusion constraint|42P10", re.I)
 
 
@@ -111,9 +114,10 @@ def import_pyodbc() -> Any:
         import pyodbc
     except ImportError as exc:
         raise DatabaseError(
-            "DB_CONNECTION_STRING is an ODBC connection string, but pyodbc is not installed "
-            f"({exc.__class__.__name__}: {exc}). Install it with: pip install csc-api-pipeline[odbc] "
-            "(the Windows csc_api_pipeline.exe already includes it). On Linux it also needs unixODBC."
+            "DB_CONNECTION_STRING is an ODBC connection string, but pyodbc could not be loaded "
+            f"({exc.__class__.__name__}: {exc}). On Linux, install the ODBC driver manager (unixODBC: "
+            "apt-get install unixodbc) and your database's ODBC driver; if pyodbc itself is missing, "
+            "reinstall this tool (pip install csc-api-pipeline). The Windows csc_api_pipeline.exe includes it."
         ) from None
     return pyodbc
 
@@ -565,17 +569,48 @@ class StagingRow:
 
     id: int
     person_id: str | None
-    json_payload: str | None
+    json_payload: Any  # text, or whatever an odd column type gave (the pipeline checks)
     submission_status: str | None
     row_state: str | None
     ledger_json: str | None
     ledger_purged: bool
     ledger_receipt: str | None
     ledger_acknowledged_at: Any
+    # Whether the ledger has an entry for this child at all (a purged child's has no record).
+    ledger_found: bool = False
+    # What an earlier tool left: the record before the council's latest change (usually what
+    # that tool sent), its answer and the time of it. Used only for a child with no ledger entry.
+    previous_json_payload: Any = None
+    api_response: str | None = None
+    submission_timestamp: Any = None
 
     @property
     def is_deleted(self) -> bool:
         return (self.row_state or "").strip().lower() == "deleted"
+
+    @property
+    def is_sent(self) -> bool:
+        return (self.submission_status or "").strip().lower() == "sent"
+
+    def with_ledger(self, entry: LedgerEntry | None) -> StagingRow:
+        """This row with ``entry`` as what DfE holds (for a child the join by person_id could not find)."""
+        if entry is None:
+            return replace(
+                self,
+                ledger_json=None,
+                ledger_purged=False,
+                ledger_receipt=None,
+                ledger_acknowledged_at=None,
+                ledger_found=False,
+            )
+        return replace(
+            self,
+            ledger_json=entry.record_json,
+            ledger_purged=entry.purged,
+            ledger_receipt=entry.receipt,
+            ledger_acknowledged_at=entry.acknowledged_at,
+            ledger_found=True,
+        )
 
 
 @dataclass(frozen=True)
@@ -590,6 +625,36 @@ class LedgerEntry:
     receipt: str
     acknowledged_at: datetime
     purged: bool
+
+
+@dataclass(frozen=True)
+class FirstContact:
+    """Rows whose child has no ledger entry yet, by what the next run does with them (DESIGN §4)."""
+
+    adopt: int  # an earlier tool sent it and it is unchanged: recorded in the ledger, not sent
+    changed_since_sent: int  # marked sent but changed since: sent whole, with purges
+    with_purges: int  # waiting, with the earlier tool's last copy: sent whole, with purges for what it lost
+    whole: int  # waiting, never sent: sent whole
+    purge: int  # deleted: purged
+
+    @property
+    def total(self) -> int:
+        return self.adopt + self.changed_since_sent + self.with_purges + self.whole + self.purge
+
+    def lines(self) -> list[str]:
+        """What the next run will do for these children, in words."""
+        if not self.total:
+            return []
+        parts = [
+            (self.adopt, "recorded as DfE already holds them (an earlier tool sent them), not sent again"),
+            (
+                self.changed_since_sent + self.with_purges,
+                "sent whole, with purges for what previous_json_payload has and the record now lacks",
+            ),
+            (self.whole, "sent whole"),
+            (self.purge, "purged (deleted children)"),
+        ]
+        return [f"  {n} {'row' if n == 1 else 'rows'}: {what}" for n, what in parts if n]
 
 
 @dataclass(frozen=True)
@@ -619,6 +684,7 @@ class StagingTable:
         self.table = validate_table_name(table)
         self.ledger = validate_table_name(ledger or f"{table}_ledger")
         self._has_ledger: bool | None = None
+        self._current_hash: bool | None = None
         self._upsert_ledger = True
 
     # -- schema -------------------------------------------------------------
@@ -635,7 +701,13 @@ class StagingTable:
     def create_ledger(self) -> None:
         with self.db.transaction():
             self.db.execute(ledger_ddl(self.db.dialect, self.ledger))
+            self.db.execute(ledger_index_ddl(self.db.dialect, self.ledger))
         self._has_ledger = True
+
+    def _has_current_hash(self) -> bool:
+        if self._current_hash is None:
+            self._current_hash = "current_hash" in (self.db.column_names(self.table) or [])
+        return self._current_hash
 
     def has_ledger(self) -> bool:
         if self._has_ledger is None:
@@ -675,49 +747,119 @@ class StagingTable:
     # -- reading --------------------------------------------------------------
 
     def duplicate_person_ids(self) -> frozenset[str]:
-        """person_id values on more than one row: the tool cannot tell which row is the child."""
-        sql = f"SELECT person_id FROM {self.table} WHERE person_id IS NOT NULL GROUP BY person_id HAVING COUNT(*) > 1"
+        """person_id values (spaces trimmed) on more than one row: the tool cannot tell which row is the child."""
+        trimmed = self.db.dialect.trim("person_id")
+        sql = (
+            f"SELECT {trimmed} FROM {self.table} WHERE person_id IS NOT NULL AND {trimmed} <> '' "
+            f"GROUP BY {trimmed} HAVING COUNT(*) > 1"
+        )
         return frozenset(str(row[0]).strip() for row in self.db.query(sql))
+
+    def person_ids(self) -> frozenset[str]:
+        """Every row's person_id, spaces trimmed: whose la_child_id each matching row claims."""
+        sql = f"SELECT person_id FROM {self.table} WHERE person_id IS NOT NULL"
+        return frozenset(text for row in self.db.query(sql, chunk=2000) if (text := str(row[0]).strip()))
+
+    def rows_without_person_id(self) -> Iterator[tuple[int, Any]]:
+        """``(id, json_payload)`` of rows whose person_id is NULL or blank: only their record says who they are."""
+        sql = (
+            f"SELECT id, json_payload FROM {self.table} "
+            f"WHERE person_id IS NULL OR {self.db.dialect.trim('person_id')} = '' ORDER BY id"
+        )
+        for row_id, payload in self.db.query(sql):
+            yield int(row_id), payload
+
+    def payload_of(self, row_id: int) -> Any:
+        """One row's json_payload (None when the row is gone)."""
+        return self.db.scalar(f"SELECT json_payload FROM {self.table} WHERE id = ?", (row_id,))
 
     def candidate_source(self, *, all_rows: bool = False) -> tuple[str, str]:
         """``(FROM source, WHERE condition)`` for the rows a run reads; the one definition of them.
 
-        Candidates: every row not yet ``sent``/``invalid`` (any case), plus deleted children
-        whose purge DfE has not acknowledged. The ledger is joined as ``l`` (its columns are
-        NULL when it does not exist yet: read-only runs do not create it).
+        Candidates: every row not yet ``sent``/``invalid`` (any case); deleted children whose
+        purge DfE has not acknowledged; and rows an earlier tool marked ``sent`` whose child
+        has no ledger entry yet (switch-over: adopted into the ledger, DESIGN §4). The ledger
+        is joined as ``l`` on the trimmed person_id (its columns are NULL when it does not exist
+        yet: read-only runs do not create it). A row whose person_id is not its record's
+        la_child_id is found in the ledger by its staging id instead.
         """
-        source = f"{self.table} t LEFT JOIN {self.ledger} l ON l.la_child_id = t.person_id"
+        source, unknown, not_purged = self._joined()
+        if all_rows:
+            return source, "1 = 1"
+        wanted = (
+            f"({_STATE} <> 'deleted' AND {_STATUS} NOT IN ('sent', 'invalid')) "
+            f"OR ({_STATE} = 'deleted' AND {not_purged}) "
+            f"OR ({_STATE} <> 'deleted' AND {_STATUS} = 'sent' AND {unknown})"
+        )
+        return source, wanted
+
+    def _joined(self) -> tuple[str, str, str]:
+        """The staging table ``t`` joined to the ledger ``l``; the conditions "the ledger has
+        no entry for this row's child" and "the ledger has not recorded its purge"."""
         if not self.has_ledger():
             source = (
                 f"{self.table} t LEFT JOIN (SELECT NULL AS la_child_id, NULL AS record_json, "
                 "CAST(NULL AS INTEGER) AS purged, NULL AS receipt, NULL AS acknowledged_at) l ON 1 = 0"
             )
-        if all_rows:
-            return source, "1 = 1"
-        wanted = (
-            "(LOWER(COALESCE(t.row_state, '')) <> 'deleted' "
-            " AND LOWER(COALESCE(t.submission_status, '')) NOT IN ('sent', 'invalid')) "
-            "OR (LOWER(COALESCE(t.row_state, '')) = 'deleted' AND (l.purged IS NULL OR l.purged = 0))"
+            return source, "1 = 1", "1 = 1"
+        source = f"{self.table} t LEFT JOIN {self.ledger} l ON l.la_child_id = {self.db.dialect.trim('t.person_id')}"
+        by_row = f"SELECT 1 FROM {self.ledger} r WHERE r.staging_id = t.id"
+        unknown = f"l.la_child_id IS NULL AND NOT EXISTS ({by_row})"
+        not_purged = f"(l.purged IS NULL OR l.purged = 0) AND NOT EXISTS ({by_row} AND r.purged = 1)"
+        return source, unknown, not_purged
+
+    def first_contact(self) -> FirstContact:
+        """Children the ledger has no entry for yet (switch-over), by what the next run will do."""
+        source, unknown, _ = self._joined()
+        same = self.db.dialect.same_columns("t.previous_json_payload", "t.json_payload")
+        live = f"{_STATE} <> 'deleted'"
+        cases = (
+            f"{live} AND {_STATUS} = 'sent' AND (t.previous_json_payload IS NULL OR {same})",
+            f"{live} AND {_STATUS} = 'sent' AND t.previous_json_payload IS NOT NULL AND NOT ({same})",
+            f"{live} AND {_STATUS} NOT IN ('sent', 'invalid') AND t.previous_json_payload IS NOT NULL",
+            f"{live} AND {_STATUS} NOT IN ('sent', 'invalid') AND t.previous_json_payload IS NULL",
+            f"{_STATE} = 'deleted'",
         )
-        return source, wanted
+        sums = ", ".join(f"SUM(CASE WHEN {case} THEN 1 ELSE 0 END)" for case in cases)
+        for row in self.db.query(f"SELECT {sums} FROM {source} WHERE {unknown}"):
+            return FirstContact(*(int(n or 0) for n in row))
+        return FirstContact(0, 0, 0, 0, 0)
+
+    _CANDIDATE_COLUMNS = (
+        "t.id, t.person_id, t.json_payload, t.submission_status, t.row_state, "
+        "l.record_json, l.purged, l.receipt, l.acknowledged_at, l.la_child_id, "
+        "t.previous_json_payload, t.api_response, t.submission_timestamp"
+    )
+
+    @staticmethod
+    def _candidate(row: Sequence[Any]) -> StagingRow:
+        return StagingRow(
+            id=int(row[0]),
+            person_id=None if row[1] is None else str(row[1]).strip(),
+            json_payload=row[2],
+            submission_status=row[3],
+            row_state=row[4],
+            ledger_json=row[5],
+            ledger_purged=bool(row[6]),
+            ledger_receipt=row[7],
+            ledger_acknowledged_at=row[8],
+            ledger_found=row[9] is not None,
+            previous_json_payload=row[10],
+            api_response=row[11],
+            submission_timestamp=row[12],
+        )
 
     def iter_candidates(
         self, *, page_size: int = PAGE_SIZE, limit: int | None = None, all_rows: bool = False
     ) -> Iterator[StagingRow]:
-        """Rows that may need sending, in id order, one page at a time.
+        """Rows that may need sending (:meth:`candidate_source`), in id order, one page at a time.
 
         Keyset pagination (``id > last``) keeps memory flat, lets the writes of
         earlier batches commit between pages, and never re-reads a row.
-        Candidates: every row not yet ``sent``/``invalid`` (any case), plus
-        deleted children whose purge DfE has not acknowledged.
         """
-        columns = (
-            "t.id, t.person_id, t.json_payload, t.submission_status, t.row_state, "
-            "l.record_json, l.purged, l.receipt, l.acknowledged_at"
-        )
         source, wanted = self.candidate_source(all_rows=all_rows)
         rest = f"FROM {source} WHERE t.id > ? AND ({wanted}) ORDER BY t.id"
-        sql = self.db.dialect.select_top(columns, rest)
+        sql = self.db.dialect.select_top(self._CANDIDATE_COLUMNS, rest)
         last_id, produced = 0, 0
         reader = self.db.reader
         while limit is None or produced < limit:
@@ -727,22 +869,25 @@ class StagingTable:
                 page = list(reader.query(sql, params))
             for row in page:
                 produced += 1
-                yield StagingRow(
-                    id=int(row[0]),
-                    person_id=None if row[1] is None else str(row[1]).strip(),
-                    json_payload=row[2],
-                    submission_status=row[3],
-                    row_state=row[4],
-                    ledger_json=row[5],
-                    ledger_purged=bool(row[6]),
-                    ledger_receipt=row[7],
-                    ledger_acknowledged_at=row[8],
-                )
+                yield self._candidate(row)
             if len(page) < size:
                 return
             last_id = int(page[-1][0])
 
+    def rows_by_id(self, row_ids: Sequence[int]) -> Iterator[StagingRow]:
+        """These rows, as :meth:`iter_candidates` gives them, in id order (the pipeline's second look)."""
+        source, _ = self.candidate_source(all_rows=True)
+        for chunk in _chunks(sorted(row_ids), MAX_PARAMETERS):
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT {self._CANDIDATE_COLUMNS} FROM {source} WHERE t.id IN ({marks}) ORDER BY t.id"
+            with self.db.reader.lock:
+                page = list(self.db.reader.query(sql, chunk))
+            yield from (self._candidate(row) for row in page)
+
     def ledger_entry(self, la_child_id: str) -> LedgerEntry | None:
+        """The ledger's entry for one child, or None (always None before the ledger exists)."""
+        if not self.has_ledger():
+            return None
         sql = (
             "SELECT la_child_id, mis_child_id, staging_id, record_json, record_hash, receipt, "
             f"acknowledged_at, purged FROM {self.ledger} WHERE la_child_id = ?"
@@ -845,6 +990,9 @@ class StagingTable:
     def _write_back(self, updates: Sequence[RowUpdate], ledger: Sequence[LedgerEntry]) -> int:
         d = self.db.dialect
         t = self.table
+        # previous_hash takes current_hash, as the earlier tools and the council's SQL do;
+        # a table without current_hash gets the hash of the record sent.
+        copy_hash = self._has_current_hash()
         # Each statement in two forms: for rows re-read under the transaction's lock and found
         # as they were (the lock keeps them so: no check needed), and with the optimistic check
         # for any other row, so the database's own comparison decides.
@@ -857,10 +1005,11 @@ class StagingTable:
                     ("submission_status", "TEXT"),
                     ("api_response", "TEXT"),
                     ("submission_timestamp", "TIMESTAMP"),
-                    ("previous_hash", "BYTEA"),
+                    *(() if copy_hash else (("previous_hash", "BYTEA"),)),
                     ("row_state", "TEXT"),
                 ),
-                "previous_json_payload = json_payload, partial_json_payload = NULL",
+                "previous_json_payload = json_payload, partial_json_payload = NULL"
+                + (", previous_hash = current_hash" if copy_hash else ""),
                 same_payload,
             ),
             "purge": (
@@ -897,15 +1046,9 @@ class StagingTable:
             if u.purge:
                 return "purge", (u.status, u.api_response, d.timestamp_param(u.submission_timestamp), u.row_id)
             if u.mark_sent:
-                params = (
-                    u.status,
-                    u.api_response,
-                    d.timestamp_param(u.submission_timestamp),
-                    u.previous_hash,
-                    u.row_state,
-                    u.row_id,
-                )
-                return "sent", params
+                hashed = () if copy_hash else (u.previous_hash,)
+                params = (u.status, u.api_response, d.timestamp_param(u.submission_timestamp), *hashed, u.row_state)
+                return "sent", (*params, u.row_id)
             if u.status:
                 return "outcome", (u.status, u.api_response, u.row_id)
             return "note", (u.api_response, u.row_id)

@@ -6,6 +6,7 @@ convergence check, which the tests and benchmarks use too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from api_pipeline.config import load_settings
-from api_pipeline.db import Database, StagingTable
+from api_pipeline.db import BINARY, Database, StagingTable
 from api_pipeline.errors import ExitCode
 from api_pipeline.logs import configure_logging, new_run_id
 from api_pipeline.payload import records_equal
@@ -31,21 +32,27 @@ def _now() -> str:
 def load_children(db: Database, table: str, records: Iterable[dict], *, chunk: int = 1000) -> int:
     """Insert records as a council's nightly SQL does for new children: ``Pending``/``New``."""
     sql = (
-        f"INSERT INTO {table} (person_id, json_payload, submission_status, row_state, last_updated) "
-        "VALUES (?, ?, 'Pending', 'New', ?)"
+        f"INSERT INTO {table} (person_id, json_payload, current_hash, submission_status, row_state, last_updated) "
+        "VALUES (?, ?, ?, 'Pending', 'New', ?)"
     )
     total, rows = 0, []
     for record in records:
-        rows.append((record["la_child_id"], json.dumps(record, ensure_ascii=False), _now()))
+        text = json.dumps(record, ensure_ascii=False)
+        rows.append((record["la_child_id"], text, council_hash(text), _now()))
         if len(rows) >= chunk:
             with db.transaction():
-                db.executemany(sql, rows)
+                db.executemany(sql, rows, kinds=(None, None, BINARY, None))
             total, rows = total + len(rows), []
     if rows:
         with db.transaction():
-            db.executemany(sql, rows)
+            db.executemany(sql, rows, kinds=(None, None, BINARY, None))
         total += len(rows)
     return total
+
+
+def council_hash(text: str) -> bytes:
+    """``current_hash`` as a council's SQL fills it in: SHA-256 of the record's text."""
+    return hashlib.sha256(text.encode("utf-8")).digest()
 
 
 @dataclass
@@ -70,11 +77,13 @@ def apply_nightly_changes(
     n_update = int(len(live) * update_fraction)
     with db.transaction():
         for row_id, person_id, text, _state in picked[:n_update]:
-            new = mutate(rng, json.loads(text))
+            new = json.dumps(mutate(rng, json.loads(text)), ensure_ascii=False)
             db.execute(
                 f"UPDATE {table} SET previous_json_payload = json_payload, json_payload = ?, "
+                "previous_hash = current_hash, current_hash = ?, "
                 "submission_status = 'Pending', row_state = 'Updated', last_updated = ? WHERE id = ?",
-                (json.dumps(new, ensure_ascii=False), _now(), row_id),
+                (new, council_hash(new), _now(), row_id),
+                kinds=(None, BINARY, None, None),
             )
             changes.updated.append(person_id)
         for row_id, person_id, _text, _state in picked[n_update:]:
@@ -113,14 +122,13 @@ def check_convergence(db: Database, table: str, held: dict[str, dict]) -> Conver
     total, matching, mismatched = 0, 0, []
     for person_id, text, state in db.query(f"SELECT person_id, json_payload, row_state FROM {table}"):
         total += 1
-        if (state or "").lower() == "deleted":
-            ok = person_id not in held
-        else:
-            ok = records_equal(held.get(person_id), json.loads(text))
-        if ok:
+        record = json.loads(text)
+        child = record.get("la_child_id") or person_id  # the child as DfE knows it
+        deleted = (state or "").lower() == "deleted"
+        if (child not in held) if deleted else records_equal(held.get(child), record):
             matching += 1
         else:
-            mismatched.append(person_id)
+            mismatched.append(child)
     return Convergence(total, matching, mismatched)
 
 

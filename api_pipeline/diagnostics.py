@@ -12,6 +12,7 @@ from api_pipeline.db import (
     StagingTable,
     dialect_named,
     ledger_ddl,
+    ledger_index_ddl,
     staging_ddl,
     staging_index_ddl,
 )
@@ -61,9 +62,16 @@ def test_schema(settings: Settings, ctx: Any) -> int:
         ledger_issues = table.ledger_issues()
         if ledger_issues is None:
             ctx.print(f"ledger table {settings.ledger_table}: not created yet; 'run' creates it, or a DBA runs:")
-            ctx.print(_indent(format_ddl(ledger_ddl(d, settings.ledger_table)) + ";", "    "))
+            for statement in (ledger_ddl(d, settings.ledger_table), ledger_index_ddl(d, settings.ledger_table)):
+                ctx.print(_indent(format_ddl(statement) + ";", "    "))
         else:
             problems += _report(ctx, f"ledger table {settings.ledger_table}", ledger_issues)
+        if issues is not None and not any(i.blocking for i in issues):
+            first = table.first_contact()
+            if first.total:
+                ctx.print(f"rows whose child has no ledger entry yet: {first.total}; the next run:")
+                for line in first.lines():
+                    ctx.print(line)
     return ExitCode.DATABASE if problems else ExitCode.OK
 
 
@@ -91,6 +99,7 @@ def tables_ddl(dialect: Dialect, table: str) -> list[tuple[str, str, str]]:
         ("staging table", table, staging_ddl(dialect, table)),
         ("unique index on person_id", table, staging_index_ddl(dialect, table)),
         ("ledger table", ledger, ledger_ddl(dialect, ledger)),
+        ("index on staging_id", ledger, ledger_index_ddl(dialect, ledger)),
         ("run lock table", lock, lock_ddl(offline, lock)),
     ]
 
@@ -119,19 +128,22 @@ def init_db(settings: Settings, ctx: Any, print_only: bool, *, dialect: str | No
             return ExitCode.OK
         ctx.print(f"database: {db.description}")
         staging_existed = db.column_names(table) is not None
+        existed: dict[str, bool] = {}
         for what, name, statement in tables_ddl(db.dialect, table):
-            if what.startswith("unique index"):
-                if staging_existed:
+            if "index" in what:
+                if existed[name]:
                     continue  # an existing table is left exactly as it is
             elif db.column_names(name) is not None:
+                existed[name] = True
                 ctx.print(f"{what} {name}: already exists, left as it is")
                 continue
+            existed[name] = False
             try:
                 with db.transaction():
                     db.execute(statement)
             except DatabaseError as exc:
                 raise DatabaseError(f"could not create the {what} {name}: {exc}") from None
-            ctx.print(f"{what} on {name}: created" if what.startswith("unique index") else f"{what} {name}: created")
+            ctx.print(f"{what} on {name}: created" if "index" in what else f"{what} {name}: created")
         if staging_existed:
             ctx.print("Run test-schema to check the existing staging table's columns.")
     return ExitCode.OK

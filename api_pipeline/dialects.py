@@ -50,15 +50,17 @@ class Column:
     nullable: bool = True
     default: str | None = None
     required: bool = True
+    # A JSON column: PostgreSQL's JSON and JSONB types also do (the earlier PostgreSQL builder's DDL).
+    json: bool = False
 
 
 STAGING_SPEC = (
     Column("id", "id", nullable=False),
     Column("person_id", "text", 20, min_size=20),
     Column("legacy_id", "text", 36, required=False),
-    Column("json_payload", "long_text", nullable=False),
-    Column("previous_json_payload", "long_text"),
-    Column("partial_json_payload", "long_text"),
+    Column("json_payload", "long_text", nullable=False, json=True),
+    Column("previous_json_payload", "long_text", json=True),
+    Column("partial_json_payload", "long_text", json=True),
     Column("current_hash", "hash", required=False),
     Column("previous_hash", "hash"),
     Column("submission_status", "text", 50, min_size=7, default="'Pending'"),
@@ -161,11 +163,29 @@ class Dialect:
 
         SQL Server compares with the column's collation, usually case-insensitive:
         ``"Zoe"`` would equal ``"ZOE"`` and a council's case-only edit would slip
-        past the optimistic check. A binary collation makes it exact.
+        past the optimistic check. A binary collation makes it exact. PostgreSQL compares
+        as text, so a JSON column (which has no ``=``) or JSONB (whose ``=`` ignores
+        spacing and key order) is compared as the text it gave when read.
         """
         if self.name == "mssql":
             return f"{column} = ? COLLATE Latin1_General_BIN2"
+        if self.name == "postgresql":
+            return f"CAST({column} AS TEXT) = ?"
         return f"{column} = ?"
+
+    def same_columns(self, a: str, b: str) -> str:
+        """Two text columns equal character for character (see :meth:`same_text`)."""
+        if self.name == "mssql":
+            return f"{a} = {b} COLLATE Latin1_General_BIN2"
+        if self.name == "postgresql":
+            return f"CAST({a} AS TEXT) = CAST({b} AS TEXT)"
+        return f"{a} = {b}"
+
+    def trim(self, expression: str) -> str:
+        """Leading and trailing spaces removed (SQL Server 2016 has no ``TRIM``)."""
+        if self.name == "mssql":
+            return f"LTRIM(RTRIM({expression}))"
+        return f"TRIM({expression})"
 
     def input_sizes(self, kinds: Kinds | None) -> list[Any] | None:
         """``cursor.setinputsizes`` for these parameters, or None when the driver's guesses are right.
@@ -216,6 +236,19 @@ class Dialect:
             schema, name = table.split(".", 1)
             return f"CREATE UNIQUE INDEX IF NOT EXISTS {schema}.{index} ON {name} ({column})"
         return f"CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {table} ({column})"
+
+    def create_index_if_missing(self, index: str, table: str, column: str) -> str:
+        """A plain (not unique) index on one column."""
+        if self.name == "mssql":
+            return (
+                f"IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'{index}' "
+                f"AND object_id = OBJECT_ID(N'{table}')) "
+                f"CREATE INDEX {index} ON {table} ({column})"
+            )
+        if self.name == "sqlite" and "." in table:
+            schema, name = table.split(".", 1)
+            return f"CREATE INDEX IF NOT EXISTS {schema}.{index} ON {name} ({column})"
+        return f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({column})"
 
     def column_type(self, column: Column) -> str:
         return {
@@ -285,6 +318,8 @@ class Dialect:
             return None
         kind = column.kind
         data_type = info.data_type
+        if column.json and self.name == "postgresql" and data_type in ("json", "jsonb"):
+            return None
         if data_type not in families[kind]:
             if kind == "long_text" and data_type in ("ntext", "text") and self.name == "mssql":
                 return f"is {info.shown()}, a deprecated type that cannot be compared with '=', which the tool needs"
@@ -377,6 +412,12 @@ def ledger_ddl(dialect: Dialect, ledger: str) -> str:
     columns = [dialect.column_definition(c) for c in LEDGER_SPEC]
     columns[0] += " PRIMARY KEY"
     return dialect.create_table_if_missing(ledger, ", ".join(columns))
+
+
+def ledger_index_ddl(dialect: Dialect, ledger: str) -> str:
+    """The ledger by staging row: how a run knows a row whose person_id is not its child's
+    la_child_id already has its entry, without reading the row's record."""
+    return dialect.create_index_if_missing(f"ix_{ledger.rsplit('.', 1)[-1]}_staging_id", ledger, "staging_id")
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from api_pipeline.api import parse_receipt_time
-from api_pipeline.db import LedgerEntry, RowUpdate, StagingRow, StagingTable
+from api_pipeline.db import LEDGER_SPEC, LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.errors import PipelineError
 from api_pipeline.payload import (
+    MAX_NESTING,
     build_purge,
     compact_has_empty_container,
     delta_of_normal,
@@ -34,6 +35,7 @@ from api_pipeline.payload import (
     encode_record,
     full_of_normal,
     loads_record,
+    nesting_exceeds,
     normalise,
 )
 from api_pipeline.schema import RecordValidator, generalise_path
@@ -178,6 +180,7 @@ class _InFlight:
     updates: list[RowUpdate]
     future: Future
     started: float
+    adopted: list[LedgerEntry] = field(default_factory=list)  # written with the batch, whatever its fate
 
 
 class _Invalid(Exception):
@@ -198,21 +201,55 @@ class _Skip(Exception):
         self.key = key
 
 
-def _parse_payload(row: StagingRow) -> dict:
-    text = row.json_payload
-    if text is None or not str(text).strip():
-        raise _Invalid("json_payload is empty", "empty payload")
-    if len(text) > MAX_RECORD_BYTES // 4 and len(text.encode("utf-8")) > MAX_RECORD_BYTES:
-        raise _Invalid(f"json_payload is larger than {MAX_RECORD_BYTES // 1_000_000} MB", "record too large")
+class _Later(Exception):
+    """Look at this row again once every other row has been read (its person_id is not its child's id)."""
+
+
+DUPLICATE_CHILD = (
+    "another row of the staging table is the same child (the same la_child_id, or person_id); none of its rows "
+    "is sent until the staging SQL keeps exactly one row per child",
+    "duplicate child",
+)
+SKIP_NOTE = "not sent: "
+
+
+def _parse_payload(text: Any, column: str = "json_payload") -> dict:
+    """A staging column's record, or :class:`_Invalid` saying why it cannot be one.
+
+    The column may hold anything its declared type lets it: SQLite stores a bare number in a
+    column declared ``JSON`` as a number, and a driver may give bytes. Nesting is checked
+    before parsing (:data:`MAX_NESTING`), so no record can exhaust the parser's stack.
+    """
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Invalid(f"{column} is binary data, not UTF-8 text", "not text") from None
+    if text is not None and not isinstance(text, str):
+        raise _Invalid(f"{column} is a {type(text).__name__}, not JSON text", "not text")
+    if text is None or not text.strip():
+        raise _Invalid(f"{column} is empty", "empty payload")
+    if len(text) > MAX_RECORD_BYTES // 4 and len(text.encode("utf-8", "surrogatepass")) > MAX_RECORD_BYTES:
+        raise _Invalid(f"{column} is larger than {MAX_RECORD_BYTES // 1_000_000} MB", "record too large")
+    if nesting_exceeds(text, MAX_NESTING):
+        raise _Invalid(f"{column} is nested more than {MAX_NESTING} levels deep", "nested too deeply")
     try:
         record = loads_record(text)
     except json.JSONDecodeError as exc:
-        raise _Invalid(f"json_payload is not valid JSON (line {exc.lineno}, column {exc.colno})", "not JSON") from None
-    except ValueError as exc:  # NaN or Infinity
-        raise _Invalid(f"json_payload is not valid JSON: {exc}", "not JSON") from None
+        raise _Invalid(f"{column} is not valid JSON (line {exc.lineno}, column {exc.colno})", "not JSON") from None
+    except (ValueError, RecursionError) as exc:  # NaN or Infinity
+        raise _Invalid(f"{column} is not valid JSON: {exc}", "not JSON") from None
     if not isinstance(record, dict):
-        raise _Invalid(f"json_payload is a JSON {type(record).__name__}, not an object", "not a JSON object")
+        raise _Invalid(f"{column} is a JSON {type(record).__name__}, not an object", "not a JSON object")
     return record
+
+
+def _child_of(record: dict) -> str:
+    """The record's ``la_child_id``, as DfE will see it; :class:`_Invalid` when it has none."""
+    la_child_id = record.get("la_child_id")
+    if not isinstance(la_child_id, str) or not la_child_id.strip():
+        raise _Invalid("la_child_id is missing from json_payload", "la_child_id missing")
+    return la_child_id
 
 
 @contextmanager
@@ -269,7 +306,14 @@ class Pipeline:
         self._sends: deque[Future] = deque()  # send futures not known to be finished
         self._written: deque[Future] = deque()  # write-back futures, oldest first
         self._failed = threading.Event()  # set by a send thread when its batch failed for good
-        self.duplicate_person_ids: frozenset[str] = frozenset()
+        self._adopted: list[LedgerEntry] = []  # ledger entries for rows an earlier tool sent
+        # Children (la_child_id, spaces trimmed) that more than one row claims: none of their rows is sent.
+        self.duplicates: set[str] = set()
+        self._person_ids: frozenset[str] | None = None  # every row's person_id, read when first needed
+        # Rows whose person_id is not their record's la_child_id: (row id, child), looked at last.
+        self._later: list[tuple[int, str]] = []
+        self._second_look = False
+        self._in_batch: set[str] = set()  # the children in the batch being filled
 
     # -- the run ---------------------------------------------------------------
 
@@ -279,28 +323,12 @@ class Pipeline:
 
     def _run(self) -> RunSummary:
         started = time.monotonic()
-        self.duplicate_person_ids = self.table.duplicate_person_ids()
-        if self.duplicate_person_ids:
-            log.warning(
-                "%d person_id values appear on more than one row; those rows are skipped",
-                len(self.duplicate_person_ids),
-            )
+        self._find_duplicates()
         deadline = None if self.options.max_runtime is None else started + self.options.max_runtime
         try:
-            for row in self.table.iter_candidates(limit=self.options.limit, all_rows=self.options.all_rows):
-                self.summary.rows_read += 1
-                self._take(row)
-                if len(self._batch) >= self.options.batch_size:
-                    self._flush()
-                    if deadline is not None and time.monotonic() > deadline:
-                        self.summary.stopped_early = True
-                        log.warning(
-                            "MAX_RUNTIME (%d s) reached after row id %s: stopping cleanly; rows not yet "
-                            "reached stay pending and are sent next run",
-                            self.options.max_runtime,
-                            row.id,
-                        )
-                        break
+            rows = self.table.iter_candidates(limit=self.options.limit, all_rows=self.options.all_rows)
+            if self._take_all(rows, deadline, count=True) and self._later:
+                self._take_all(self._second_look_rows(), deadline, count=False)
             self._flush()
             self._drain()
             if self.options.writes:
@@ -313,19 +341,107 @@ class Pipeline:
             self.summary.finished_at = utc_now().isoformat(timespec="seconds") + "Z"
         return self.summary
 
+    def _take_all(self, rows: Iterator[StagingRow], deadline: float | None, *, count: bool) -> bool:
+        """Prepare and send ``rows``; False when MAX_RUNTIME stopped the run first."""
+        for row in rows:
+            if count:
+                self.summary.rows_read += 1
+            self._take(row)
+            if len(self._batch) >= self.options.batch_size:
+                self._flush()
+                if deadline is not None and time.monotonic() > deadline:
+                    self.summary.stopped_early = True
+                    log.warning(
+                        "MAX_RUNTIME (%d s) reached after row id %s: stopping cleanly; rows not yet "
+                        "reached stay pending and are sent next run",
+                        self.options.max_runtime,
+                        row.id,
+                    )
+                    return False
+        return True
+
+    # -- who is who ----------------------------------------------------------------
+
+    def _find_duplicates(self) -> None:
+        """Children claimed by more than one row, known before anything is sent (DESIGN §4).
+
+        A child is its record's ``la_child_id`` (spaces trimmed), normally also the row's
+        ``person_id``: a person_id on several rows is found by one query; a row with no
+        person_id is known by its record, read here; a row whose person_id is some other id
+        is known only once its record is parsed, so such rows are sent after all others
+        (:meth:`_second_look_rows`), when every claim on their child is known.
+        """
+        self.duplicates = set(self.table.duplicate_person_ids())
+        claims: Counter = Counter()
+        for _row_id, payload in self.table.rows_without_person_id():
+            try:
+                claims[_child_of(_parse_payload(payload)).strip()] += 1
+            except _Invalid:
+                continue  # the row is reported on its own when it is read
+        if claims:
+            taken = self._known_person_ids()
+            self.duplicates.update(child for child, n in claims.items() if n > 1 or child in taken)
+        if self.duplicates:
+            log.warning(
+                "%d children have more than one row in the staging table; none of their rows is sent",
+                len(self.duplicates),
+            )
+
+    def _known_person_ids(self) -> frozenset[str]:
+        if self._person_ids is None:
+            self._person_ids = self.table.person_ids()
+        return self._person_ids
+
+    def _second_look_rows(self) -> Iterator[StagingRow]:
+        """Rows whose person_id is not their child's la_child_id, now that all claims are known."""
+        later, self._later = self._later, []
+        log.warning(
+            "%d %s a person_id that differs from their record's la_child_id; each is sent under its "
+            "la_child_id. The staging SQL should set person_id to the la_child_id",
+            len(later),
+            "row has" if len(later) == 1 else "rows have",
+        )
+        claims = Counter(child for _, child in later)
+        taken = self._known_person_ids()
+        self.duplicates.update(child for child, n in claims.items() if n > 1 or child in taken)
+        self._second_look = True
+        return self.table.rows_by_id([row_id for row_id, _ in later])
+
+    def _ledger_elsewhere(self, row: StagingRow, child: str) -> StagingRow:
+        """``row`` with the ledger entry of ``child``, for a row the join by person_id could not match.
+
+        The ledger names the row that last sent each child: another row that still holds the
+        same child makes this one a duplicate.
+        """
+        entry = self.table.ledger_entry(child)
+        if entry is not None and entry.staging_id is not None and int(entry.staging_id) != row.id:
+            try:
+                other = _child_of(_parse_payload(self.table.payload_of(int(entry.staging_id)))).strip()
+            except _Invalid:
+                other = None
+            if other == child:
+                self.duplicates.add(child)
+                raise _Skip(*DUPLICATE_CHILD)
+        return row.with_ledger(entry)
+
     def _take(self, row: StagingRow) -> None:
         try:
             item = self._prepare(row)
+        except _Later:
+            return
         except _Skip as problem:
             self.summary.outcomes["skipped"] += 1
             self.summary.note_problem(problem.key, row.id)
             log.warning("row %s skipped: %s", row.id, problem.reason)
-            if self.options.writes:
+            # DfE's last answer (a receipt, or why it refused the record) stays in api_response;
+            # only an empty one, or this tool's own earlier note, gets the reason.
+            earlier = (row.api_response or "").strip()
+            if self.options.writes and (not earlier or earlier.startswith(SKIP_NOTE)):
                 self._updates.append(
                     RowUpdate(
                         row_id=row.id,
                         status="",
-                        api_response=f"not sent: {problem.reason}"[:4000],
+                        api_response=f"{SKIP_NOTE}{problem.reason}"[:4000],
                         expect_payload=row.json_payload,
                     )
                 )
@@ -346,6 +462,14 @@ class Pipeline:
                 )
             return
         if item is not None:
+            child = item.la_child_id.strip()
+            if child in self._in_batch:  # never one child twice in a request (DESIGN §4)
+                self.duplicates.add(child)
+                self.summary.outcomes["skipped"] += 1
+                self.summary.note_problem(DUPLICATE_CHILD[1], row.id)
+                log.warning("row %s skipped: %s", row.id, DUPLICATE_CHILD[0])
+                return
+            self._in_batch.add(child)
             self._batch.append(item)
 
     def _check_row(self, row: StagingRow) -> None:
@@ -360,23 +484,44 @@ class Pipeline:
         if status not in KNOWN_STATUSES and status not in self._unknown_statuses:
             self._unknown_statuses.add(status)
             log.warning("submission_status %r is not a status this tool writes; treating it as pending", status)
-        if row.person_id is not None and row.person_id in self.duplicate_person_ids:
-            raise _Skip(
-                "person_id is used by more than one row of the staging table; fix the staging SQL so each "
-                "child has exactly one row",
-                "duplicate person_id",
-            )
+        if row.person_id and row.person_id in self.duplicates:
+            raise _Skip(*DUPLICATE_CHILD)
+
+    def _identify(self, row: StagingRow, child: str) -> StagingRow:
+        """Check ``child`` (the record's la_child_id, trimmed) is this row's alone; find its ledger entry."""
+        if child in self.duplicates:
+            raise _Skip(*DUPLICATE_CHILD)
+        if row.person_id == child:
+            return row  # the ledger was joined by person_id
+        if row.person_id and not self._second_look:
+            if child in self._known_person_ids():
+                # Another row's person_id says it is this child: hold that row back too, if it
+                # is still to come (one read before this is already on its way to DfE).
+                self.duplicates.add(child)
+            self._later.append((row.id, child))
+            raise _Later
+        return self._ledger_elsewhere(row, child)
 
     def _prepare(self, row: StagingRow) -> _Item | None:
+        try:
+            return self._prepare_row(row)
+        except (_Invalid, _Skip, _Later):
+            raise
+        except (RecursionError, MemoryError, TypeError, ValueError, KeyError, AttributeError) as exc:
+            # Whatever the record holds must not stop the run for every other child.
+            log.debug("row %s could not be prepared", row.id, exc_info=True)
+            raise _Invalid(
+                f"the record could not be checked ({type(exc).__name__}); see the log at debug level",
+                "could not be checked",
+            ) from None
+
+    def _prepare_row(self, row: StagingRow) -> _Item | None:
         self._check_row(row)
         if row.is_deleted:
             return self._prepare_purge(row)
-        record = _parse_payload(row)
-        la_child_id = record.get("la_child_id")
-        if not isinstance(la_child_id, str) or not la_child_id:
-            raise _Invalid("la_child_id is missing from json_payload", "la_child_id missing")
-        if row.person_id is not None and row.person_id != la_child_id:
-            raise _Skip("person_id does not match the record's la_child_id; fix the staging SQL", "person_id mismatch")
+        record = _parse_payload(row.json_payload)
+        la_child_id = _child_of(record)
+        row = self._identify(row, la_child_id.strip())
         # The record in normal form (empty objects and lists dropped) is what DfE will hold:
         # it is validated whole, its JSON goes in the ledger, and the request is built from it.
         try:
@@ -386,6 +531,16 @@ class Pipeline:
                 full = encode_record(record)
         except ValueError:
             raise _Invalid("json_payload contains text that cannot be encoded as UTF-8 JSON", "bad text") from None
+        mis = record.get("mis_child_id")
+        mis_child_id = mis if isinstance(mis, str) else None
+        # What DfE will hold once it acknowledges: the normalised record (``full``).
+        ledger_json, ledger_hash = full.decode("utf-8"), hashlib.sha256(full).digest()
+        inherited = None
+        if not row.ledger_found:
+            if row.is_sent and _unchanged_since_sent(row):
+                self._adopt(row, la_child_id, mis_child_id, ledger_json, ledger_hash)
+                return None
+            inherited = self._inherited(row, la_child_id)
         problems = self.validator.problems(record)
         if problems:
             raise _Invalid(
@@ -395,8 +550,14 @@ class Pipeline:
         duplicates = duplicate_ids(record)
         if duplicates:
             raise _Invalid(f"{duplicates[0]}: the same id appears twice in this list", "duplicate id in a list")
-        baseline = self._baseline(row)
-        body = delta_of_normal(record, baseline) if self.options.partial else full_of_normal(record, baseline)
+        body: dict | None
+        if not row.ledger_found:
+            # First contact (DESIGN §4): the whole record, plus purges for whatever the earlier
+            # tool's last copy has and the record now lacks, in either mode.
+            body = full_of_normal(record, inherited)
+        else:
+            baseline = self._baseline(row)
+            body = delta_of_normal(record, baseline) if self.options.partial else full_of_normal(record, baseline)
         if body is None:
             self._mark_unchanged(row)
             return None
@@ -407,13 +568,10 @@ class Pipeline:
             if reasons:
                 raise _Invalid("the request built for this record is invalid: " + "; ".join(reasons), "request invalid")
             encoded = encode_record(body)
-        mis = record.get("mis_child_id")
-        # What DfE will hold once it acknowledges: the normalised record (``full``).
-        ledger_json, ledger_hash = full.decode("utf-8"), hashlib.sha256(full).digest()
         return _Item(
             row=row,
             la_child_id=la_child_id,
-            mis_child_id=mis if isinstance(mis, str) else None,
+            mis_child_id=mis_child_id,
             record=body,
             body=encoded,
             purge=False,
@@ -421,18 +579,49 @@ class Pipeline:
             ledger_hash=ledger_hash,
         )
 
-    def _prepare_purge(self, row: StagingRow) -> _Item:
+    def _inherited(self, row: StagingRow, la_child_id: str) -> dict | None:
+        """What an earlier tool last sent for a child this tool has not: ``previous_json_payload``
+        in normal form, when it is a record of this child (DESIGN §4). None otherwise."""
+        if row.previous_json_payload is None:
+            return None
+        try:
+            previous = _parse_payload(row.previous_json_payload, "previous_json_payload")
+        except _Invalid as problem:
+            log.warning("row %s: %s; its record is sent whole without purges", row.id, problem.reason)
+            return None
+        if previous.get("la_child_id") != la_child_id:
+            return None
+        return normalise(previous)
+
+    def _adopt(
+        self, row: StagingRow, la_child_id: str, mis_child_id: str | None, ledger_json: str, ledger_hash: bytes
+    ) -> None:
+        """A row an earlier tool sent and nobody has changed since: DfE holds it, so the ledger
+        says so, and nothing is sent (DESIGN §4)."""
+        self.summary.outcomes["adopted"] += 1
+        if not self.options.writes:
+            return
+        receipt = (row.api_response or "").strip()[:_RECEIPT_LENGTH]
+        at = _as_datetime(row.submission_timestamp) or utc_now()
+        self._adopted.append(
+            LedgerEntry(la_child_id, mis_child_id, row.id, ledger_json, ledger_hash, receipt, at, False)
+        )
+
+    def _prepare_purge(self, row: StagingRow) -> _Item | None:
         la_child_id = row.person_id
         mis_child_id = None
         try:
-            record = _parse_payload(row)
-            la_child_id = la_child_id or record.get("la_child_id")
+            record = _parse_payload(row.json_payload)
+            la_child_id = _child_of(record)
             mis = record.get("mis_child_id")
             mis_child_id = mis if isinstance(mis, str) and mis else None
         except _Invalid:
             pass  # a deleted child's purge needs only its id
         if not la_child_id:
             raise _Invalid("deleted row has no person_id to purge", "purge without id")
+        row = self._identify(row, la_child_id.strip())
+        if row.ledger_purged:
+            return None  # found by its la_child_id: DfE has already deleted this child
         body = build_purge(la_child_id, mis_child_id)
         reasons = self.validator.errors(body)
         if reasons:
@@ -484,7 +673,9 @@ class Pipeline:
         """Hand the current batch to the sender (and write any invalid-row updates)."""
         batch, self._batch = self._batch, []
         updates, self._updates = self._updates, []
-        if not batch and not updates:
+        adopted, self._adopted = self._adopted, []
+        self._in_batch = set()
+        if not batch and not updates and not adopted:
             return
         if batch:
             self._batch_counter += 1
@@ -496,7 +687,7 @@ class Pipeline:
             elif self.options.dry_run_dir is not None and batch:
                 self._write_for_review(batch_id, batch)
                 self.summary.outcomes["dry_run"] += len(batch)
-            self._write(updates, [])
+            self._write(updates, adopted)
             return
         assert self.sender is not None
         records, bodies = [i.record for i in batch], [i.body for i in batch]
@@ -507,7 +698,7 @@ class Pipeline:
         while self._sends and self._sends[0].done():
             self._sends.popleft()
         self._sends.append(future)
-        flight = _InFlight(batch_id, batch, updates, future, time.monotonic())
+        flight = _InFlight(batch_id, batch, updates, future, time.monotonic(), adopted)
         self._written.append(self._writer.submit(self._complete, flight))
         # The send pool keeps MAX_IN_FLIGHT requests going; as many batches again may wait
         # their turn, so this thread keeps preparing while the writer catches up.
@@ -532,7 +723,7 @@ class Pipeline:
 
     def _complete(self, flight: _InFlight) -> None:
         """Wait for one batch's answer and write its outcomes back, in one transaction."""
-        ledger: list[LedgerEntry] = []
+        ledger: list[LedgerEntry] = list(flight.adopted)
         try:
             outcomes = flight.future.result()
         except CancelledError:  # never sent, as the run stopped first: its rows stay pending
@@ -666,6 +857,16 @@ class Pipeline:
         path = folder / f"batch_{batch_id}.json"
         path.write_bytes(b"[" + b",".join(i.body for i in batch) + b"]")
         log.info("batch %s: %d request records written to %s for review", batch_id, len(batch), path)
+
+
+_RECEIPT_LENGTH = next(c.size for c in LEDGER_SPEC if c.name == "receipt")
+
+
+def _unchanged_since_sent(row: StagingRow) -> bool:
+    """An earlier tool set ``previous_json_payload`` to what it sent; the council's SQL changes
+    both that and the status when the record changes. A NULL copy says nothing: trust the status."""
+    previous = row.previous_json_payload
+    return previous is None or previous == row.json_payload
 
 
 def _sha256(text: str) -> bytes:

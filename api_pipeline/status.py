@@ -18,13 +18,13 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from api_pipeline.config import Settings
-from api_pipeline.db import Database, StagingTable
+from api_pipeline.db import Database, FirstContact, StagingTable
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode
 from api_pipeline.report import duration
 from api_pipeline.schema import generalise_path, load_bundled_schema, load_schema
@@ -77,7 +77,9 @@ _TOOL_PHRASES = (
 )
 _SKIP_REASONS = (
     ("row_state ", "row_state is not New, Updated, Unchanged or Deleted"),
-    ("person_id is used by more than one row", "duplicate person_id"),
+    ("another row of the staging table is the same child", "duplicate child"),
+    # Notes an earlier version of this tool wrote.
+    ("person_id is used by more than one row", "duplicate child"),
     ("person_id does not match", "person_id does not match la_child_id"),
 )
 _INNER_PREFIXES = ("DfE rejected this record: ",)
@@ -241,6 +243,7 @@ class StatusReport:
     children_acknowledged: int | None = None
     children_purged: int | None = None
     last_acknowledged: datetime | None = None
+    first_contact: FirstContact | None = None
     log_dir: str = ""
     runs: list[dict[str, Any]] = field(default_factory=list)
     unreadable_summaries: int = 0
@@ -268,6 +271,7 @@ class StatusReport:
                 "children_acknowledged": self.children_acknowledged,
                 "children_purged": self.children_purged,
                 "last_acknowledged_at": _iso(self.last_acknowledged),
+                "rows_without_entry": None if self.first_contact is None else asdict(self.first_contact),
             },
             "runs": {
                 "log_dir": self.log_dir,
@@ -420,6 +424,7 @@ def collect_status(
             report.children_purged = int(purged or 0)
             report.last_acknowledged = parse_timestamp(last)
 
+    report.first_contact = table.first_contact()
     summaries, report.unreadable_summaries = read_run_summaries(log_dir, runs)
     report.runs = [run_row(s) for s in summaries]
     return report
@@ -518,6 +523,9 @@ def format_status(report: StatusReport) -> list[str]:
             f"Submission ledger {report.ledger_table}: does not exist yet (the first run creates it; "
             "status never does). Until then no child counts as acknowledged."
         )
+    if report.first_contact is not None and report.first_contact.total:
+        out.append(f"Rows whose child has no ledger entry yet: {report.first_contact.total}. The next run:")
+        out.extend(report.first_contact.lines())
 
     out.append("")
     if report.runs:
@@ -562,8 +570,10 @@ def status_command(settings: Settings, ctx: Any, *, runs: int = 10, as_json: boo
       ``reason`` is a reason key such as ``invalid: child_details.postcode``, never a value
     - ``pending``: ``{rows, oldest_last_updated, oldest_age_seconds, last_updated_column}``:
       the rows the next run would read; the oldest ``last_updated`` among them, or null
-    - ``ledger``: ``{table, exists, children_acknowledged, children_purged, last_acknowledged_at}``
-      (counts null when the ledger does not exist yet)
+    - ``ledger``: ``{table, exists, children_acknowledged, children_purged, last_acknowledged_at,
+      rows_without_entry}`` (counts null when the ledger does not exist yet); ``rows_without_entry``
+      is ``{adopt, changed_since_sent, with_purges, whole, purge}``: rows whose child has no ledger
+      entry yet (as after switching from an earlier tool), by what the next run does with them
     - ``runs``: ``{log_dir, recent: [{run_id, started_at, seconds, dry_run, rows_read, sent,
       purged, failed, invalid, rejected, skipped, exit_code}], unreadable_summaries}``, newest first
     """

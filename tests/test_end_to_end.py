@@ -344,7 +344,7 @@ def test_during_bulk_writes_pages_are_read_while_a_batch_is_being_written(db_pat
 
         def write_back() -> None:
             with db.transaction():
-                db.execute(f"UPDATE {TABLE} SET submission_status = 'Sent'")
+                db.execute(f"UPDATE {TABLE} SET submission_status = 'Invalid'")
                 writing.set()
                 done.wait(30)
 
@@ -360,7 +360,7 @@ def test_during_bulk_writes_pages_are_read_while_a_batch_is_being_written(db_pat
         writer.join()
         reading.join()
         assert finished_while_writing, "the page waited for the write-back"
-        assert [r.person_id for r in pages] == [c["la_child_id"] for c in children]  # none yet 'Sent'
+        assert [r.person_id for r in pages] == [c["la_child_id"] for c in children]  # none yet 'Invalid'
         assert list(table.iter_candidates()) == []  # committed now
         db.finish_bulk_writes()
         assert db.reader is db

@@ -74,14 +74,14 @@ def test_init_db_leaves_an_existing_table_exactly_as_it_is(db_path):
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (TABLE,)).fetchone() == before
         assert conn.execute(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL AND tbl_name = ?", (TABLE,)
         ).fetchone() == (0,)
         assert conn.execute(f"SELECT COUNT(*) FROM {TABLE}_ledger").fetchone() == (0,)
 
 
 def test_printed_sqlite_ddl_runs_and_makes_a_usable_table(tmp_path):
     statements = printed("sqlite")
-    assert len(statements) == 4
+    assert len(statements) == 5
     with sqlite3.connect(tmp_path / "printed.db") as conn:
         for statement in statements:
             conn.execute(statement)
@@ -94,7 +94,7 @@ def test_printed_sql_server_ddl_is_valid_tsql():
     from test_tsql import assert_tsql
 
     statements = printed("mssql", "ssd_development.ssd_api_data_staging")
-    assert len(statements) == 4
+    assert len(statements) == 5
     assert statements[0].startswith("IF OBJECT_ID(N'ssd_development.ssd_api_data_staging', N'U') IS NULL")
     assert "json_payload NVARCHAR(MAX) NOT NULL" in statements[0]
     assert "CREATE UNIQUE INDEX" in statements[1]

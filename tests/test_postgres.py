@@ -226,7 +226,7 @@ def test_init_db_print_for_postgresql_runs_as_printed(postgres_odbc, schema):
     assert diagnostics.init_db(settings, printed, True, dialect="postgresql") == 0
     script = re.sub(r"(?m)^--.*\n", "", output(printed))
     statements = [s for s in script.split(";\n") if s.strip()]
-    assert len(statements) == 4
+    assert len(statements) == 5
     with Database.connect(postgres_odbc) as db:
         for statement in statements:
             db.execute(statement)

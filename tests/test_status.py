@@ -153,7 +153,7 @@ def test_status_json_has_counts_problems_age_ledger_and_runs(known_state, tmp_pa
     assert problems == {
         ("Invalid", "invalid: social_care_episodes[].child_protection_plans[].end_reason"): (2, [10, 11]),
         ("Error", f"rejected by DfE: {HIDDEN_REASON}"): (1, [12]),
-        ("Pending", "skipped: duplicate person_id"): (1, [2]),
+        ("Pending", "skipped: duplicate child"): (1, [2]),
     }
     # Pending: 1, 2, 3 (new), 8 (updated), 9 (deleted, purge not acknowledged), 12 (error: retried).
     assert report["pending"]["rows"] == 6
@@ -165,6 +165,8 @@ def test_status_json_has_counts_problems_age_ledger_and_runs(known_state, tmp_pa
         "children_acknowledged": 3,
         "children_purged": 1,
         "last_acknowledged_at": "2026-03-08T21:04:33",
+        # Rows whose child the ledger does not know: 1, 2, 3, 8 and 12 are sent whole, 9 purged.
+        "rows_without_entry": {"adopt": 0, "changed_since_sent": 0, "with_purges": 0, "whole": 5, "purge": 1},
     }
     recent = report["runs"]["recent"]
     assert [r["run_id"] for r in recent] == ["20260310T020000Z", "20260309T020000Z"]  # newest first, --runs 2
@@ -192,7 +194,7 @@ def test_status_text_output(known_state, tmp_path):
     assert row["total"] == ["6", "1", "3", "2", "12"]
     assert "Waiting to be sent: 6 rows; the oldest was last updated" in out
     assert "invalid: social_care_episodes[].child_protection_plans[].end_reason" in out
-    assert "skipped: duplicate person_id" in out
+    assert "skipped: duplicate child" in out
     assert f"Submission ledger {t}_ledger: 3 children acknowledged by DfE, 1 purged" in out
     assert "Last 3 runs" in out and "2026-03-10 02:00" in out and "1 h 06 min" in out and "1 min 15 s" in out
     assert "(1 run summary file(s) could not be read" in out

@@ -225,6 +225,10 @@ def gather_sql_server_statements(rec: Recorder) -> list[str]:
         list(table.iter_candidates())  # the normal shape, joined to the ledger
         list(table.iter_candidates(all_rows=True))
         table.duplicate_person_ids()
+        table.person_ids()
+        list(table.rows_without_person_id())
+        list(table.rows_by_id([1, 2]))
+        table.payload_of(1)
         table.ledger_entry("C1001")
         now = datetime(2026, 3, 1, 21, 4, 33)
         table.write_back(
@@ -279,6 +283,8 @@ def test_every_sql_server_statement_is_valid_tsql(recorder):
     assert any("LEFT JOIN (SELECT NULL AS la_child_id" in s for s in statements)  # no ledger yet
     assert any("COLLATE Latin1_General_BIN2" in s for s in statements)
     assert any("CREATE UNIQUE INDEX" in s for s in statements)
+    assert any("CREATE INDEX ix_ssd_api_data_staging_ledger_staging_id" in s for s in statements)
+    assert any("LTRIM(RTRIM(t.person_id))" in s and "NOT EXISTS" in s for s in statements)
     for sql in statements:
         assert_tsql(sql)
 
