@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-pins packaging/windows-requirements.txt: the newest versions, for CPython 3.11 on
-# Windows x64, of the project's runtime dependencies (pyproject.toml's dependencies and the
-# odbc extra, within their ranges), PyInstaller and pip, with everything they need, each with
+# Windows x64, of the project's runtime dependencies (pyproject.toml's dependencies, pyodbc
+# among them, within their ranges), PyInstaller and pip, with everything they need, each with
 # its SHA-256 hash.
 #
 #   packaging/update_windows_pins.sh
@@ -42,7 +42,7 @@ unpack_embedded_python "$WORK/boot" "$WORK/python" || die "cannot unpack the Win
 "$PYTHON" - "$REPO/pyproject.toml" >"$WORK/wanted.txt" <<'EOF'
 import sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
-for requirement in project["dependencies"] + project.get("optional-dependencies", {}).get("odbc", []):
+for requirement in project["dependencies"]:
     print(requirement)
 for tool in ("pip", "pyinstaller", "pyinstaller-hooks-contrib"):
     print(tool)
