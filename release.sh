@@ -21,7 +21,7 @@
 #      docs PDF if present at site/csc-api-pipeline-docs.pdf, SHA256SUMS) and dist/SHA256SUMS;
 #   8. commits "Release X.Y.Z", tags vX.Y.Z, and pushes both to origin unless --no-push.
 # If a step before the commit fails, the version and changelog edits are undone.
-# Pushing the tag starts .github/workflows/release.yml, which builds the exe on Windows and
+# Pushing the tag starts .github/workflows/build-release-exe.yml, which builds the exe on Windows and
 # publishes the GitHub release.
 #
 # Environment: PYTHON (default python3) runs the tests and makes the tools' venv;
