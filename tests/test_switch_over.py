@@ -13,55 +13,13 @@ import json
 import random
 
 import pytest
-import requests
 
 from api_pipeline.demo import apply_nightly_changes, check_convergence, load_children
 from api_pipeline.payload import STRUCTURE, normalise
 from api_pipeline.runner import execute_run
 from api_pipeline.synthetic import make_children, mutate
 from conftest import Staging, ledger, rows, settings_for
-
-
-def send_as_earlier_tool(sim, staging: Staging) -> int:
-    """What the earlier Python tool and PowerShell sender did: POST whole records, then mark each row
-    ``sent`` with ``previous_json_payload = json_payload`` and ``previous_hash = current_hash``."""
-    env = sim.settings_env()
-    token = requests.post(
-        env["TOKEN_ENDPOINT"],
-        data={
-            "grant_type": "client_credentials",
-            "client_id": env["CLIENT_ID"],
-            "client_secret": env["CLIENT_SECRET"],
-            "scope": env["SCOPE"],
-        },
-        timeout=10,
-        allow_redirects=False,
-    ).json()["access_token"]
-    url = f"{env['API_ENDPOINT']}/children_social_care_data/{env['LA_CODE']}/children"
-    headers = {"Authorization": f"Bearer {token}", "SupplierKey": env["SUPPLIER_KEY"]}
-    with staging.open() as db:
-        pending = [
-            (row_id, person_id, text)
-            for row_id, person_id, text, status in db.query(
-                f"SELECT id, person_id, json_payload, submission_status FROM {staging.table} ORDER BY id"
-            )
-            if str(status).lower() in ("pending", "error")
-        ]
-        for start in range(0, len(pending), 100):
-            chunk = pending[start : start + 100]
-            answer = requests.post(
-                url, json=[json.loads(t) for _, _, t in chunk], headers=headers, timeout=30, allow_redirects=False
-            )
-            assert answer.status_code == 200, answer.text
-            with db.transaction():
-                for (row_id, _, _), receipt in zip(chunk, answer.json(), strict=True):
-                    db.execute(
-                        f"UPDATE {staging.table} SET submission_status = 'sent', api_response = ?, "
-                        "previous_hash = current_hash, previous_json_payload = json_payload, "
-                        "row_state = 'unchanged' WHERE id = ?",
-                        (receipt, row_id),
-                    )
-    return len(pending)
+from earlier_tool import send_as_earlier_tool
 
 
 def removed_parts(previous: dict, current: dict) -> list[str]:
@@ -91,7 +49,8 @@ def removed_parts(previous: dict, current: dict) -> list[str]:
 def hand_over(sim, staging: Staging, *, children: int, seed: int) -> dict[str, list[str]]:
     """A table the earlier tool sent, then one night of the council's SQL with removals of every kind."""
     load_children_into(staging, list(make_children(children, seed=seed)))
-    assert send_as_earlier_tool(sim, staging) == children
+    with staging.open() as db:
+        assert send_as_earlier_tool(sim, db, staging.table) == children
     assert len(sim.snapshot()) == children
     with staging.open() as db:
         night = apply_nightly_changes(db, staging.table, random.Random(seed), update_fraction=0.2, delete_fraction=0.03)
@@ -238,7 +197,8 @@ def _count_purges(record: dict) -> int:
 
 def test_rows_the_earlier_tool_sent_are_adopted_without_sending(simulator, staging):
     load_children_into(staging, list(make_children(30, seed=45)))
-    send_as_earlier_tool(simulator, staging)
+    with staging.open() as db:
+        send_as_earlier_tool(simulator, db, staging.table)
     simulator.clear_log()
     summary = execute_run(settings_for(simulator, staging))
     assert summary.requests == 0 and simulator.request_log() == []
