@@ -368,6 +368,12 @@ class Pipeline:
             )
 
     def _prepare(self, row: StagingRow) -> _Item | None:
+        if row.unreadable:  # read with U+FFFD in place of what was stored: never sent, never written back
+            raise _Invalid(
+                f"{', '.join(row.unreadable)} holds text that is not valid Unicode as stored (a lone UTF-16 "
+                "surrogate: often half an emoji, cut by LEFT() or SUBSTRING() in the staging SQL); fix the staging SQL",
+                "text not valid Unicode",
+            )
         self._check_row(row)
         if row.is_deleted:
             return self._prepare_purge(row)
