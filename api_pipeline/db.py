@@ -63,7 +63,6 @@ from api_pipeline.odbc import (
     SQL_WLONGVARCHAR,
     SQL_WVARCHAR,
     OdbcContext,
-    UnreadableText,
     choose_sql_server_driver,
     decode_datetimeoffset,
     decode_wide_text,
@@ -747,8 +746,6 @@ class StagingRow:
     ledger_purged: bool
     ledger_receipt: str | None
     ledger_acknowledged_at: Any
-    # Columns whose text is not valid as stored (see odbc.UnreadableText), e.g. "json_payload (character 812)".
-    unreadable: tuple[str, ...] = ()
 
     @property
     def is_deleted(self) -> bool:
@@ -786,16 +783,6 @@ class RowUpdate:
     previous_hash: bytes | None = None
     row_state: str | None = None
     purge: bool = False
-
-
-_CANDIDATE_TEXT = ((1, "person_id"), (2, "json_payload"), (3, "submission_status"), (4, "row_state"))
-
-
-def _unreadable(row: Sequence[Any]) -> tuple[str, ...]:
-    """The candidate's text columns that were not valid as stored, and where (StagingRow.unreadable)."""
-    return tuple(
-        f"{name} (character {row[i].position + 1})" for i, name in _CANDIDATE_TEXT if isinstance(row[i], UnreadableText)
-    )
 
 
 class StagingTable:
@@ -924,7 +911,6 @@ class StagingTable:
                     ledger_purged=bool(row[6]),
                     ledger_receipt=row[7],
                     ledger_acknowledged_at=row[8],
-                    unreadable=_unreadable(row),
                 )
             if len(page) < size:
                 return

@@ -12,10 +12,10 @@ from api_pipeline.db import (
     StagingTable,
     dialect_named,
     ledger_ddl,
-    person_index_name,
     staging_ddl,
     staging_index_ddl,
 )
+from api_pipeline.dialects import person_index_name
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode
 
 

@@ -246,6 +246,18 @@ class Dialect:
             return (f"SET lock_timeout = {int(lock_wait_ms)}",)
         return ()
 
+    @property
+    def person_index_unique(self) -> bool:
+        """Whether init-db's person_id index enforces one row per child.
+
+        Not on SQL Server: a unique index there allows one NULL only, and the filtered
+        index that allows more (``WHERE person_id IS NOT NULL``) obliges every session that
+        writes the table to run with QUOTED_IDENTIFIER and ANSI_NULLS on. SQL Agent T-SQL
+        steps and procedures created with them off would then fail with error 1934. The
+        tool finds two rows for one child itself and skips them.
+        """
+        return self.name != "mssql"
+
     def filtered_indexes_sql(self) -> str | None:
         """Names of a table's filtered indexes (SQL Server; the table name is the parameter), else None."""
         if self.name == "mssql":
@@ -302,18 +314,6 @@ class Dialect:
             schema, name = table.split(".", 1)
             return f"CREATE INDEX IF NOT EXISTS {schema}.{index} ON {name} ({column})"
         return f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({column})"
-
-    @property
-    def person_index_unique(self) -> bool:
-        """Whether init-db's person_id index enforces one row per child.
-
-        Not on SQL Server: a unique index there allows one NULL only, and the filtered
-        index that allows more (``WHERE person_id IS NOT NULL``) obliges every session that
-        writes the table to run with QUOTED_IDENTIFIER and ANSI_NULLS on. SQL Agent T-SQL
-        steps and procedures created with them off would then fail with error 1934. The
-        tool finds two rows for one child itself and skips them.
-        """
-        return self.name != "mssql"
 
     def column_type(self, column: Column) -> str:
         return {
