@@ -242,8 +242,9 @@ class Database:
         self.fast_executemany = odbc is not None and dialect.name == "mssql" and is_microsoft_sql_driver(driver_file)
         self._in_transaction = False
         self._open_queries = 0
-        # One thread at a time on the connection (a run writes back on a thread of its own):
-        # held for a whole transaction, and by a reader for a whole page of rows.
+        # One thread at a time on the connection (a run writes back on a thread of its own, and
+        # beats the run lock's heartbeat before a send): held for a whole transaction, by a
+        # query while its result is open, and by a reader for a whole page of rows.
         self.lock = threading.RLock()
         self._checkpointer: _Checkpointer | None = None  # SQLite, during a run's write-backs
         self._reader: Database | None = None  # SQLite, during a run's write-backs
@@ -535,32 +536,35 @@ class Database:
     ) -> Iterator[tuple[Any, ...]]:
         """Rows one at a time, fetched ``chunk`` at a time: never the whole result in memory.
 
+        The connection's :attr:`lock` is held while the result is open: another thread (a
+        write-back, the run lock's heartbeat) waits rather than use the connection under it.
         Outside a transaction, an ODBC read ends its implicit transaction when the
         last open query finishes, so no snapshot or lock is held across HTTP sends; and a
         statement that another session's locks hold up (a deadlock, the lock time-out) is
         run again (:meth:`retry_conflicts`) unless ``retry`` is off.
         """
-        cursor = self._run(lambda: self._cursor(kinds))
-        self._open_queries += 1
-        try:
-            run = lambda: self._run(lambda: cursor.execute(sql, tuple(params)))  # noqa: E731
-            if retry and not self._in_transaction:
-                self.retry_conflicts(run, "reading from the database")
-            else:
-                run()
-            while True:
-                rows = self._run(lambda: cursor.fetchmany(chunk))
-                if not rows:
-                    return
-                yield from (tuple(row) for row in rows)
-        finally:
-            self._open_queries -= 1
+        with self.lock:  # one thread at a time on the connection, for as long as the result is open
+            cursor = self._run(lambda: self._cursor(kinds))
+            self._open_queries += 1
             try:
-                cursor.close()
-            except Exception:  # noqa: BLE001
-                log.debug("closing a cursor failed", exc_info=True)
-            if self._odbc is not None and not self._in_transaction and self._open_queries == 0:
-                self._run(self._conn.commit)
+                run = lambda: self._run(lambda: cursor.execute(sql, tuple(params)))  # noqa: E731
+                if retry and not self._in_transaction:
+                    self.retry_conflicts(run, "reading from the database")
+                else:
+                    run()
+                while True:
+                    rows = self._run(lambda: cursor.fetchmany(chunk))
+                    if not rows:
+                        return
+                    yield from (tuple(row) for row in rows)
+            finally:
+                self._open_queries -= 1
+                try:
+                    cursor.close()
+                except Exception:  # noqa: BLE001
+                    log.debug("closing a cursor failed", exc_info=True)
+                if self._odbc is not None and not self._in_transaction and self._open_queries == 0:
+                    self._run(self._conn.commit)
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         for row in self.query(sql, params, chunk=1):

@@ -228,12 +228,13 @@ class RunLock:
                     (self._ts(now), self.name, self.holder),
                 )
 
-        if self.db.retry_conflicts(beat, "refreshing the run lock") == 1:
-            return
-        holder = self.db.scalar(
-            f"SELECT holder FROM {self.lock_table} WHERE lock_name = ?",  # noqa: S608
-            (self.name,),
-        )
+        with self.db.lock:  # the send, write-back and reading threads share the connection
+            if self.db.retry_conflicts(beat, "refreshing the run lock") == 1:
+                return
+            holder = self.db.scalar(
+                f"SELECT holder FROM {self.lock_table} WHERE lock_name = ?",  # noqa: S608
+                (self.name,),
+            )
         if holder == self.holder:  # a driver that reports no row count: still ours
             return
         self._held = False

@@ -136,13 +136,19 @@ def test_a_lone_surrogate_marks_the_row_invalid_and_its_text_is_never_bound_back
     people = {1: bad_child["la_child_id"], 2: good_child["la_child_id"]}
     rec = Recorder()
 
+    def candidate(i: int, column: str) -> Any:
+        return {
+            "t.id": i,
+            "t.person_id": wide(people[i]),
+            "t.json_payload": Wide(stored[i]),
+            "t.submission_status": wide("Pending"),
+            "t.row_state": wide("New"),
+        }.get(column)
+
     def answer(sql: str, params: tuple) -> list[tuple] | None:
-        if "TOP (?)" in sql:  # the candidate page, as the driver returns it
-            return [
-                (i, wide(people[i]), Wide(stored[i]), wide("Pending"), wide("New"), None, None, None, None)
-                for i in (1, 2)
-                if i > params[1]
-            ]
+        if "TOP (?)" in sql:  # the candidate page, as the driver returns it (NULL for the ledger's columns)
+            columns = sql.split("TOP (?) ", 1)[1].split(" FROM ", 1)[0].split(", ")
+            return [tuple(candidate(i, c) for c in columns) for i in (1, 2) if i > params[1]]
         if "WITH (UPDLOCK, ROWLOCK)" in sql:  # write-back: the hash of what is stored, no payload
             assert "HASHBYTES('SHA2_256', CAST(json_payload AS NVARCHAR(MAX)))" in sql
             return [(i, hashlib.sha256(stored[i]).digest(), wide("New")) for i in params]
