@@ -126,7 +126,7 @@ def _person_index(dialect: Dialect) -> str:
 
 
 def init_db(settings: Settings, ctx: Any, print_only: bool, *, dialect: str | None = None) -> int:
-    """Create the staging table (with its unique person_id index), the ledger and the run lock table.
+    """Create the staging table (with its person_id index), the ledger and the run lock table.
 
     Creates only what is missing; never drops or alters an existing table.
     ``print_only`` prints the DDL for a DBA to review instead; with ``dialect``
