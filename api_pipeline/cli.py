@@ -296,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
         "init-db",
         cmd_init_db,
         "Create the staging table, ledger and run lock table where missing.",
-        "Creates only what is missing, for SQL Server, PostgreSQL or SQLite: the staging table (with a unique "
-        "index on person_id), the submission ledger and the run lock table. Never drops or alters a table.",
+        "Creates only what is missing, for SQL Server, PostgreSQL or SQLite: the staging table (with an index on "
+        "person_id, unique except on SQL Server), the submission ledger and the run lock table. Never drops or alters "
+        "a table.",
     )
     init.add_argument("--print", action="store_true", help="Print the DDL for a DBA to review instead of running it.")
     init.add_argument(

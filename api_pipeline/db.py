@@ -14,16 +14,18 @@ path serves SQL Server and PostgreSQL.
 from __future__ import annotations
 
 import logging
+import random
 import re
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from api_pipeline.config import TABLE_NAME_PATTERN, Secret
 from api_pipeline.dialects import (  # noqa: F401 - re-exported: callers import them from here
@@ -53,9 +55,18 @@ from api_pipeline.dialects import (  # noqa: F401 - re-exported: callers import 
 )
 from api_pipeline.errors import ConfigError, DatabaseError
 from api_pipeline.odbc import (
+    CONFLICT,
+    KEY_VIOLATION,
+    LOCK_TIMEOUT,
     SQL_SERVER_DRIVER_PREFERENCE,
+    SQL_SS_TIMESTAMPOFFSET,
+    SQL_WCHAR,
+    SQL_WLONGVARCHAR,
+    SQL_WVARCHAR,
     OdbcContext,
     choose_sql_server_driver,
+    decode_datetimeoffset,
+    decode_wide_text,
     explain_odbc_error,
     is_microsoft_sql_driver,
     is_psqlodbc,
@@ -82,11 +93,32 @@ _LEDGER_VALUES = tuple(c.name for c in LEDGER_SPEC[1:])
 _STATE = "LOWER(COALESCE(t.row_state, ''))"
 _STATUS = "LOWER(COALESCE(t.submission_status, ''))"
 _NO_CONFLICT_KEY = re.compile(r"ON CONFLICT clause does not match|no unique or exclusion constraint|42P10", re.I)
+# Lock waits (SQL Server, PostgreSQL): one statement waits at most LOCK_WAIT_SECONDS for a lock
+# another session holds, then fails and is tried again, LOCK_WAIT_ATTEMPTS times in all (half an
+# hour), the run lock's heartbeat written between tries. A deadlock victim's work is tried again
+# CONFLICT_ATTEMPTS times in all, after a short pause that doubles each time.
+LOCK_WAIT_SECONDS = 30
+LOCK_WAIT_ATTEMPTS = 60
+CONFLICT_ATTEMPTS = 5
+CONFLICT_PAUSE = 0.5  # seconds before the second attempt
+
+T = TypeVar("T")
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
+
+
+def _sqlite_error(exc: BaseException) -> DatabaseError:
+    """SQLite's error, with the ``kind`` of the few that callers tell apart."""
+    text = str(exc)
+    kind = None
+    if isinstance(exc, sqlite3.IntegrityError) and ("UNIQUE constraint" in text or "PRIMARY KEY" in text):
+        kind = KEY_VIOLATION
+    elif isinstance(exc, sqlite3.OperationalError) and ("database is locked" in text or "table is locked" in text):
+        kind = LOCK_TIMEOUT
+    return DatabaseError(f"database error: {text}", kind=kind)
 
 
 def validate_table_name(name: str) -> str:
@@ -214,11 +246,17 @@ class Database:
         self.fast_executemany = odbc is not None and dialect.name == "mssql" and is_microsoft_sql_driver(driver_file)
         self._in_transaction = False
         self._open_queries = 0
-        # One thread at a time on the connection (a run writes back on a thread of its own):
-        # held for a whole transaction, and by a reader for a whole page of rows.
+        # One thread at a time on the connection (a run writes back on a thread of its own, and
+        # beats the run lock's heartbeat before a send): held for a whole transaction, by a
+        # query while its result is open, and by a reader for a whole page of rows.
         self.lock = threading.RLock()
         self._checkpointer: _Checkpointer | None = None  # SQLite, during a run's write-backs
         self._reader: Database | None = None  # SQLite, during a run's write-backs
+        # Called between the tries of work blocked by another session's locks (the run lock's
+        # heartbeat, so a run that waits is not taken for a crashed one).
+        self.while_waiting: Callable[[], None] | None = None
+        self.sleep: Callable[[float], None] = time.sleep
+        self._in_wait_hook = False
 
     @property
     def reader(self) -> Database:
@@ -258,7 +296,8 @@ class Database:
         """Connect through ODBC; ``odbc`` is the pyodbc module (tests may pass a stand-in)."""
         module = odbc if odbc is not None else import_pyodbc()
         pairs = parse_odbc_string(text)
-        if not any(key.lower() in ("driver", "dsn", "filedsn") for key, _ in pairs):
+        chosen = not any(key.lower() in ("driver", "dsn", "filedsn") for key, _ in pairs)
+        if chosen:
             # No driver named: SQL Server (e.g. the USER_SERVER + USER_DATABASE form).
             driver = choose_sql_server_driver(module.drivers())
             if driver is None:
@@ -273,7 +312,7 @@ class Database:
         tuned = is_psqlodbc(odbc_value(parse_odbc_string(text), "DRIVER"))
         if tuned:
             text = with_psqlodbc_defaults(text)
-        context = OdbcContext.from_string(text, installed_drivers=module.drivers)
+        context = OdbcContext.from_string(text, installed_drivers=module.drivers, driver_chosen=chosen)
         conn = cls._odbc_connect(module, text, context)
         try:
             dbms = str(conn.getinfo(module.SQL_DBMS_NAME) or "")
@@ -286,6 +325,8 @@ class Database:
             dialect = dialect_for_dbms(dbms)
             version = str(conn.getinfo(module.SQL_DBMS_VER) or "")
             driver_version = str(conn.getinfo(module.SQL_DRIVER_VER) or "")
+            if dialect is MSSQL and is_microsoft_sql_driver(driver_file):
+                cls._add_output_converters(conn)
         except module.Error as exc:
             conn.close()
             raise explain_odbc_error(exc, context) from None
@@ -293,7 +334,31 @@ class Database:
             conn.close()
             raise
         description = f"{dbms} {version} via ODBC driver {driver_file} {driver_version}"
-        return cls(conn, dialect, description=description, odbc=module, driver_file=driver_file, context=context)
+        db = cls(conn, dialect, description=description, odbc=module, driver_file=driver_file, context=context)
+        try:
+            db._start_session()
+        except DatabaseError:
+            db.close()
+            raise
+        return db
+
+    @staticmethod
+    def _add_output_converters(conn: Any) -> None:
+        """Microsoft's drivers: read Unicode text so that one lone surrogate cannot stop a run (pyodbc
+        decodes strictly: a UnicodeDecodeError, which is no database error), and datetimeoffset,
+        which pyodbc cannot read at all."""
+        for sql_type in (SQL_WCHAR, SQL_WVARCHAR, SQL_WLONGVARCHAR):
+            conn.add_output_converter(sql_type, decode_wide_text)
+        conn.add_output_converter(SQL_SS_TIMESTAMPOFFSET, decode_datetimeoffset)
+
+    def _start_session(self) -> None:
+        """The dialect's session settings (row counts, deadlock priority, lock time-out), committed:
+        a PostgreSQL SET rolled back with its transaction would be undone."""
+        statements = self.dialect.session_sql(int(LOCK_WAIT_SECONDS * 1000))
+        if statements:
+            with self.transaction():
+                for sql in statements:
+                    self.execute(sql)
 
     @staticmethod
     def _odbc_connect(module: Any, text: str, context: OdbcContext) -> Any:
@@ -424,7 +489,7 @@ class Database:
                 if not self._in_transaction:
                     self._rollback_quietly()  # PostgreSQL refuses everything after an error until then
                 raise explain_odbc_error(exc, self._context) from None
-            raise DatabaseError(f"database error: {exc}") from None
+            raise _sqlite_error(exc) from None
 
     def _cursor(self, kinds: Kinds | None) -> Any:
         cursor = self._conn.cursor()
@@ -465,35 +530,106 @@ class Database:
             self._run(action)
 
     def query(
-        self, sql: str, params: Sequence[Any] = (), *, chunk: int = 200, kinds: Kinds | None = None
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        chunk: int = 200,
+        kinds: Kinds | None = None,
+        retry: bool = True,
     ) -> Iterator[tuple[Any, ...]]:
         """Rows one at a time, fetched ``chunk`` at a time: never the whole result in memory.
 
+        The connection's :attr:`lock` is held while the result is open: another thread (a
+        write-back, the run lock's heartbeat) waits rather than use the connection under it.
         Outside a transaction, an ODBC read ends its implicit transaction when the
-        last open query finishes, so no snapshot or lock is held across HTTP sends.
+        last open query finishes, so no snapshot or lock is held across HTTP sends; and a
+        statement that another session's locks hold up (a deadlock, the lock time-out) is
+        run again (:meth:`retry_conflicts`) unless ``retry`` is off.
         """
-        cursor = self._run(lambda: self._cursor(kinds))
-        self._open_queries += 1
-        try:
-            self._run(lambda: cursor.execute(sql, tuple(params)))
-            while True:
-                rows = self._run(lambda: cursor.fetchmany(chunk))
-                if not rows:
-                    return
-                yield from (tuple(row) for row in rows)
-        finally:
-            self._open_queries -= 1
+        with self.lock:  # one thread at a time on the connection, for as long as the result is open
+            cursor = self._run(lambda: self._cursor(kinds))
+            self._open_queries += 1
             try:
-                cursor.close()
-            except Exception:  # noqa: BLE001
-                log.debug("closing a cursor failed", exc_info=True)
-            if self._odbc is not None and not self._in_transaction and self._open_queries == 0:
-                self._run(self._conn.commit)
+                run = lambda: self._run(lambda: cursor.execute(sql, tuple(params)))  # noqa: E731
+                if retry and not self._in_transaction:
+                    self.retry_conflicts(run, "reading from the database")
+                else:
+                    run()
+                while True:
+                    rows = self._run(lambda: cursor.fetchmany(chunk))
+                    if not rows:
+                        return
+                    yield from (tuple(row) for row in rows)
+            finally:
+                self._open_queries -= 1
+                try:
+                    cursor.close()
+                except Exception:  # noqa: BLE001
+                    log.debug("closing a cursor failed", exc_info=True)
+                if self._odbc is not None and not self._in_transaction and self._open_queries == 0:
+                    self._run(self._conn.commit)
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         for row in self.query(sql, params, chunk=1):
             return row[0]
         return None
+
+    def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """All the rows of a (small) result; tried again while another session's locks block it."""
+        return self.retry_conflicts(lambda: list(self.query(sql, params, retry=False)), "reading rows")
+
+    def retry_conflicts(self, action: Callable[[], T], what: str) -> T:
+        """``action`` (whole transactions, or reads outside one), tried again when it was a deadlock
+        victim or a serialization failure (a few times, pausing a little longer each time) or timed
+        out waiting for another session's locks (for up to half an hour); between tries, the
+        :attr:`while_waiting` hook runs. The last failure is raised, saying how often it was tried."""
+        conflicts = waits = 0
+        while True:
+            try:
+                return action()
+            except DatabaseError as exc:
+                if exc.kind == CONFLICT and conflicts + 1 < CONFLICT_ATTEMPTS:
+                    conflicts += 1
+                    pause = CONFLICT_PAUSE * 2 ** (conflicts - 1) * random.uniform(0.75, 1.25)  # noqa: S311
+                    log.warning(
+                        "%s: chosen as a deadlock victim by the database (another session, probably the "
+                        "staging SQL, wanted the same rows); nothing was kept; trying again in %.1f s "
+                        "(attempt %d of %d)",
+                        what,
+                        pause,
+                        conflicts + 1,
+                        CONFLICT_ATTEMPTS,
+                    )
+                elif exc.kind == LOCK_TIMEOUT and waits + 1 < LOCK_WAIT_ATTEMPTS:
+                    waits += 1
+                    pause = 0.0  # the lock wait itself was the pause
+                    log.warning(
+                        "%s: rows are locked by another session (probably the staging SQL) and have been for "
+                        "%d s; still waiting (up to %d minutes)",
+                        what,
+                        waits * LOCK_WAIT_SECONDS,
+                        LOCK_WAIT_ATTEMPTS * LOCK_WAIT_SECONDS // 60,
+                    )
+                else:
+                    tries = conflicts + waits + 1
+                    if tries == 1:
+                        raise
+                    raise DatabaseError(f"{what} failed after {tries} attempts: {exc}", kind=exc.kind) from None
+            self._waited()
+            if pause:
+                self.sleep(pause)
+
+    def _waited(self) -> None:
+        """Run the :attr:`while_waiting` hook: not from inside itself (it may wait too), nor while
+        another query's result is open on the connection (the hook commits)."""
+        if self.while_waiting is None or self._in_wait_hook or self._open_queries > 1:
+            return
+        self._in_wait_hook = True
+        try:
+            self.while_waiting()
+        finally:
+            self._in_wait_hook = False
 
     # -- the catalogue -------------------------------------------------------------
 
@@ -506,13 +642,15 @@ class Database:
                 rows = list(self.query(f"PRAGMA {schema}.table_info({name})"))
             else:
                 rows = list(self.query(f"PRAGMA table_info({table})"))
-            return [sqlite_column_info(str(r[1]), str(r[2] or "")) for r in rows] or None
+            return [
+                sqlite_column_info(str(r[1]), str(r[2] or ""), nullable=not r[3], key=bool(r[5])) for r in rows
+            ] or None
         qualified = "." in table
         names = table.split(".", 1) if qualified else [table]
         params = [self.dialect.catalogue_name(n) for n in names]
         found: list[ColumnInfo] = []
         schema_seen = None
-        for schema, name, data_type, length in self.query(self.dialect.columns_sql(qualified), params):
+        for schema, name, data_type, length, nullable, key in self.query(self.dialect.columns_sql(qualified), params):
             if schema_seen is None:
                 schema_seen = schema
             if schema != schema_seen:  # the same table name in a schema further down the search order
@@ -520,8 +658,48 @@ class Database:
             size = None if length is None or int(length) < 0 else int(length)
             if str(data_type).lower() in ("text", "ntext", "bytea"):
                 size = None
-            found.append(ColumnInfo(str(name).lower(), str(data_type).lower(), size))
+            found.append(
+                ColumnInfo(
+                    str(name).lower(),
+                    str(data_type).lower(),
+                    size,
+                    nullable=None if nullable is None else str(nullable).upper() == "YES",
+                    key=bool(key),
+                )
+            )
         return found or None
+
+    def resolve_table(self, table: str) -> str | None:
+        """``schema.table`` as the database resolves ``table`` (its spelling, default schema and
+        search order), or None when there is no such table. ``SSD_Staging``, ``dbo.ssd_staging``
+        and ``ssd_staging`` can all be one table; this gives each of them the same name."""
+        validate_table_name(table)
+        if self.dialect.name == "sqlite":
+            return self._resolve_sqlite_table(table)
+        sql = self.dialect.resolve_table_sql()
+        for schema, name in self.query(sql or "", (table,)):
+            if schema is not None and name is not None:
+                return f"{schema}.{name}"
+        return None
+
+    def _resolve_sqlite_table(self, table: str) -> str | None:
+        schemas = [str(row[1]) for row in self.query("PRAGMA database_list")]
+        if "." in table:
+            wanted, name = table.split(".", 1)
+            order = [s for s in schemas if s.lower() == wanted.lower()]
+        else:  # temp first, then main, then attached databases in the order they were attached
+            name = table
+            order = [s for s in schemas if s == "temp"] + [s for s in schemas if s != "temp"]
+        for schema in order:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", schema):  # it goes into SQL text
+                continue
+            catalogue = "sqlite_temp_master" if schema == "temp" else f"{schema}.sqlite_master"
+            for (stored,) in self.query(
+                f"SELECT name FROM {catalogue} WHERE type IN ('table', 'view') AND name = ? COLLATE NOCASE",  # noqa: S608
+                (name,),
+            ):
+                return f"{schema}.{stored}"
+        return None
 
     def column_names(self, table: str) -> list[str] | None:
         """The table's columns in lower case, or None when the table does not exist."""
@@ -866,7 +1044,7 @@ class StagingTable:
             size = page_size if limit is None else min(page_size, limit - produced)
             params = (size, last_id) if self.db.dialect.limit_first() else (last_id, size)
             with reader.lock:  # the whole page: on a shared connection, no write-back interleaves
-                page = list(reader.query(sql, params))
+                page = reader.fetch_all(sql, params)
             for row in page:
                 produced += 1
                 yield self._candidate(row)
@@ -907,20 +1085,23 @@ class StagingTable:
 
     # -- writing --------------------------------------------------------------
 
-    def _locked_rows(self, row_ids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
-        """``json_payload`` and ``row_state`` of these rows, locked until the transaction ends.
+    def _locked_rows(self, row_ids: Sequence[int]) -> dict[int, tuple[Any, str | None]]:
+        """``json_payload`` (as :meth:`Dialect.stored_text` reads it: SQL Server, its SHA-256, so no
+        payload travels back) and ``row_state`` of these rows, locked until the transaction ends.
 
         SQLite's ``BEGIN IMMEDIATE`` already holds the write lock; the others lock the rows read.
         """
-        found: dict[int, tuple[str | None, str | None]] = {}
-        name = self.db.dialect.name
-        hint = " WITH (UPDLOCK, ROWLOCK)" if name == "mssql" else ""
-        tail = " FOR UPDATE" if name == "postgresql" else ""
-        for chunk in _chunks(list(row_ids), MAX_PARAMETERS):
+        found: dict[int, tuple[Any, str | None]] = {}
+        d = self.db.dialect
+        hint = " WITH (UPDLOCK, ROWLOCK)" if d.name == "mssql" else ""
+        tail = " FOR UPDATE" if d.name == "postgresql" else ""
+        payload = d.stored_text("json_payload")
+        for chunk in _chunks(sorted(set(row_ids)), MAX_PARAMETERS):
             marks = ", ".join("?" * len(chunk))
-            sql = f"SELECT id, json_payload, row_state FROM {self.table}{hint} WHERE id IN ({marks}){tail}"
-            for row_id, payload, state in self.db.query(sql, chunk, chunk=len(chunk)):
-                found[int(row_id)] = (payload, state)
+            # In id order, so concurrent writers that also go in id order cannot deadlock with it.
+            sql = f"SELECT id, {payload}, row_state FROM {self.table}{hint} WHERE id IN ({marks}) ORDER BY id{tail}"
+            for row_id, stored, state in self.db.query(sql, chunk, chunk=len(chunk)):
+                found[int(row_id)] = (None if stored is None else d.comparable(stored), state)
         return found
 
     def _write_ledger(self, ledger: Sequence[LedgerEntry]) -> None:
@@ -970,8 +1151,13 @@ class StagingTable:
         """Write one batch's outcomes and ledger entries in one transaction.
 
         Returns how many row updates were skipped because the council's SQL
-        changed the row since it was read (those rows stay pending).
+        changed the row since it was read (those rows stay pending). A transaction the
+        database rolled back as a deadlock victim, or one that waited too long for the
+        staging SQL's locks, is written again from the start (Database.retry_conflicts).
         """
+        return self.db.retry_conflicts(lambda: self._write_back_once(updates, ledger), "writing back a batch")
+
+    def _write_back_once(self, updates: Sequence[RowUpdate], ledger: Sequence[LedgerEntry]) -> int:
         try:
             return self._write_back(updates, ledger)
         except DatabaseError as exc:
@@ -996,7 +1182,7 @@ class StagingTable:
         # Each statement in two forms: for rows re-read under the transaction's lock and found
         # as they were (the lock keeps them so: no check needed), and with the optimistic check
         # for any other row, so the database's own comparison decides.
-        same_payload = f" AND {d.same_text('json_payload')}"
+        same_payload = f" AND {d.same_stored_text('json_payload')}"
         # kind -> (the columns set from parameters, as (column, PostgreSQL type), in parameter
         # order before the row id; what else is set; the optimistic check).
         shapes: dict[str, tuple[tuple[tuple[str, str], ...], str, str]] = {
@@ -1065,16 +1251,17 @@ class StagingTable:
             for u in updates:
                 kind, params = plan(u)
                 payload, state = current.get(u.row_id, (None, None))
-                if u.row_id in current and (
-                    (state or "").lower() == "deleted" if u.purge else payload == u.expect_payload
-                ):
+                # The text read, as stored_text reads it (SQL Server: its hash; the text of a row
+                # that was not valid as stored is never bound back, only the hash of its bytes).
+                expected = None if u.purge else d.expected_text(u.expect_payload)
+                if u.row_id in current and ((state or "").lower() == "deleted" if u.purge else payload == expected):
                     together.setdefault(kind, []).append(params)
                     continue
                 sql, kinds, check = statements[kind]
                 if u.purge:
                     checked = self.db.execute(sql + check, params, kinds=kinds)
                 else:
-                    checked = self.db.execute(sql + check, (*params, u.expect_payload), kinds=(*kinds, LONG_TEXT))
+                    checked = self.db.execute(sql + check, (*params, expected), kinds=(*kinds, d.expected_kind))
                 if checked == 0:
                     skipped += 1
             for kind, rows in together.items():

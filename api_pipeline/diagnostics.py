@@ -16,6 +16,7 @@ from api_pipeline.db import (
     staging_ddl,
     staging_index_ddl,
 )
+from api_pipeline.dialects import person_index_name
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode
 
 
@@ -59,6 +60,7 @@ def test_schema(settings: Settings, ctx: Any) -> int:
                 ctx.print(_indent(format_ddl(statement) + ";", "    "))
         else:
             problems += _report(ctx, f"staging table {settings.table_name}", issues)
+            _report_filtered_indexes(ctx, db, settings.table_name)
         ledger_issues = table.ledger_issues()
         if ledger_issues is None:
             ctx.print(f"ledger table {settings.ledger_table}: not created yet; 'run' creates it, or a DBA runs:")
@@ -89,6 +91,30 @@ def _report(ctx: Any, what: str, issues: list[Any]) -> int:
     return 1 if blocking else 0
 
 
+FILTERED_INDEX_NOTE = (
+    "every session that writes the table then needs QUOTED_IDENTIFIER and ANSI_NULLS on, or its INSERT, UPDATE "
+    "or MERGE fails with error 1934; SQL Agent T-SQL job steps, and procedures created with them off, do not "
+    "have them on"
+)
+PERSON_INDEX_NOTE = (
+    "The person_id index is not unique on SQL Server: one that allows several NULL person_ids has to be filtered, "
+    f"and {FILTERED_INDEX_NOTE}. The tool itself finds two rows for one child and skips them."
+)
+
+
+def _report_filtered_indexes(ctx: Any, db: Database, table: str) -> None:
+    """SQL Server: a filtered index on the staging table obliges the staging SQL's sessions (issue 18.6)."""
+    sql = db.dialect.filtered_indexes_sql()
+    if sql is None:
+        return
+    ours = person_index_name(table, unique=True)  # made by init-db before it made a plain index
+    for (name,) in db.query(sql, (table,)):
+        ctx.print(f"  - warning: index {name} is filtered: {FILTERED_INDEX_NOTE}")
+        if str(name).lower() == ours.lower():
+            plain = person_index_name(table, unique=False)
+            ctx.print(f"      fix: DROP INDEX {ours} ON {table}; CREATE INDEX {plain} ON {table} (person_id);")
+
+
 def tables_ddl(dialect: Dialect, table: str) -> list[tuple[str, str, str]]:
     """(what, name, DDL) for every table the tool uses, in creation order. Each DDL creates only if missing."""
     from api_pipeline.lock import lock_ddl
@@ -97,15 +123,19 @@ def tables_ddl(dialect: Dialect, table: str) -> list[tuple[str, str, str]]:
     offline = Database(None, dialect, description=f"{dialect.label} (DDL only)")
     return [
         ("staging table", table, staging_ddl(dialect, table)),
-        ("unique index on person_id", table, staging_index_ddl(dialect, table)),
+        (_person_index(dialect), table, staging_index_ddl(dialect, table)),
         ("ledger table", ledger, ledger_ddl(dialect, ledger)),
         ("index on staging_id", ledger, ledger_index_ddl(dialect, ledger)),
         ("run lock table", lock, lock_ddl(offline, lock)),
     ]
 
 
+def _person_index(dialect: Dialect) -> str:
+    return "unique index on person_id" if dialect.person_index_unique else "index on person_id"
+
+
 def init_db(settings: Settings, ctx: Any, print_only: bool, *, dialect: str | None = None) -> int:
-    """Create the staging table (with its unique person_id index), the ledger and the run lock table.
+    """Create the staging table (with its person_id index), the ledger and the run lock table.
 
     Creates only what is missing; never drops or alters an existing table.
     ``print_only`` prints the DDL for a DBA to review instead; with ``dialect``
@@ -144,6 +174,8 @@ def init_db(settings: Settings, ctx: Any, print_only: bool, *, dialect: str | No
             except DatabaseError as exc:
                 raise DatabaseError(f"could not create the {what} {name}: {exc}") from None
             ctx.print(f"{what} on {name}: created" if "index" in what else f"{what} {name}: created")
+            if what == "index on person_id":  # SQL Server's: say why it is not unique
+                ctx.print(f"  {PERSON_INDEX_NOTE}")
         if staging_existed:
             ctx.print("Run test-schema to check the existing staging table's columns.")
     return ExitCode.OK
@@ -154,6 +186,8 @@ def _print_ddl(ctx: Any, dialect: Dialect, table: str) -> None:
     ctx.print("-- Each statement creates its object only when it is missing; nothing is dropped or altered.")
     for what, name, statement in tables_ddl(dialect, table):
         ctx.print(f"-- {what}: {name}")
+        if what == "index on person_id":
+            ctx.print(f"-- {PERSON_INDEX_NOTE}")
         ctx.print(format_ddl(statement) + ";")
 
 

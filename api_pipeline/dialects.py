@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from api_pipeline.errors import ConfigError, DatabaseError
+from api_pipeline.odbc import utf16_digest
 
 HASH_BYTES = 32  # SHA-256
 
@@ -91,6 +92,8 @@ class ColumnInfo:
     name: str
     data_type: str
     length: int | None = None
+    nullable: bool | None = None  # None: not known
+    key: bool = False  # part of the table's primary key
 
     def shown(self) -> str:
         if self.data_type in _SIZED_TYPES:
@@ -217,6 +220,88 @@ class Dialect:
             return _sqlite_timestamp(value)
         return _naive_utc(value)
 
+    def same_stored_text(self, column: str) -> str:
+        """``column`` compared exactly with one parameter, :meth:`expected_text` (the optimistic check).
+
+        SQL Server: the parameter is the SHA-256 of the text as NVARCHAR (``HASHBYTES``), so no
+        payload is sent back to the server (issue 18.8), and the comparison is exact whatever the
+        column's collation. Elsewhere the text itself, as :meth:`same_text` compares it.
+        """
+        if self.name == "mssql":
+            return f"{self.stored_text(column)} = ?"
+        return self.same_text(column)
+
+    def stored_text(self, column: str) -> str:
+        """What to read of a long text column to compare it with :meth:`expected_text`."""
+        if self.name == "mssql":
+            # CAST: a VARCHAR column hashes as the NVARCHAR text the driver reads, not its code-page bytes.
+            return f"HASHBYTES('SHA2_256', CAST({column} AS NVARCHAR(MAX)))"
+        return column
+
+    def expected_text(self, text: str | None) -> Any:
+        """The value :meth:`stored_text` has when the column holds ``text`` (see :meth:`same_text`)."""
+        return utf16_digest(text) if self.name == "mssql" else text
+
+    def comparable(self, stored: Any) -> Any:
+        """A value :meth:`stored_text` read, as :meth:`expected_text` gives it (drivers return bytearray)."""
+        return bytes(stored) if isinstance(stored, (bytes, bytearray, memoryview)) else stored
+
+    @property
+    def expected_kind(self) -> str:
+        """The parameter kind of :meth:`expected_text`."""
+        return BINARY if self.name == "mssql" else LONG_TEXT
+
+    def session_sql(self, lock_wait_ms: int) -> tuple[str, ...]:
+        """Run once after connecting.
+
+        SQL Server: row counts on (a server's ``user options`` may turn them off, and the
+        run lock and the optimistic check count rows); this session gives way in a deadlock,
+        so the council's own SQL is not the one rolled back; and lock waits are bounded, so
+        a statement blocked behind the staging SQL fails (and is retried) instead of hanging.
+        PostgreSQL: the same bound. SQLite waits for its busy time-out.
+        """
+        if self.name == "mssql":
+            return ("SET NOCOUNT OFF", "SET DEADLOCK_PRIORITY LOW", f"SET LOCK_TIMEOUT {int(lock_wait_ms)}")
+        if self.name == "postgresql":
+            return (f"SET lock_timeout = {int(lock_wait_ms)}",)
+        return ()
+
+    @property
+    def person_index_unique(self) -> bool:
+        """Whether init-db's person_id index enforces one row per child.
+
+        Not on SQL Server: a unique index there allows one NULL only, and the filtered
+        index that allows more (``WHERE person_id IS NOT NULL``) obliges every session that
+        writes the table to run with QUOTED_IDENTIFIER and ANSI_NULLS on. SQL Agent T-SQL
+        steps and procedures created with them off would then fail with error 1934. The
+        tool finds two rows for one child itself and skips them.
+        """
+        return self.name != "mssql"
+
+    def filtered_indexes_sql(self) -> str | None:
+        """Names of a table's filtered indexes (SQL Server; the table name is the parameter), else None."""
+        if self.name == "mssql":
+            return "SELECT name FROM sys.indexes WHERE object_id = OBJECT_ID(?) AND has_filter = 1 ORDER BY name"
+        return None
+
+    def resolve_table_sql(self) -> str | None:
+        """``(schema, table)`` as the database resolves a table name, with the name as the one parameter.
+
+        SQLite has no such function (``Database.resolve_table`` reads its catalogue instead).
+        """
+        if self.name == "mssql":
+            return (
+                "SELECT s.name, o.name FROM sys.objects AS o JOIN sys.schemas AS s ON s.schema_id = o.schema_id "
+                "WHERE o.object_id = OBJECT_ID(?)"
+            )
+        if self.name == "postgresql":
+            return (
+                "SELECT n.nspname, c.relname FROM pg_catalog.pg_class AS c "
+                "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
+                "WHERE c.oid = to_regclass(CAST(? AS TEXT))"
+            )
+        return None
+
     # -- DDL -------------------------------------------------------------------
 
     def create_table_if_missing(self, table: str, body: str) -> str:
@@ -275,12 +360,19 @@ class Dialect:
         keyword = "ADD" if self.name == "mssql" else "ADD COLUMN"
         return f"ALTER TABLE {table} {keyword} {self.column_definition(column, for_add=True)}"
 
-    def alter_column_type(self, table: str, column: Column) -> str:
+    def alter_column_type(self, table: str, column: Column, info: ColumnInfo | None = None) -> str:
+        """The DDL that gives ``column`` the type the tool needs, keeping its nullability.
+
+        Never for a key column: ALTER COLUMN cannot change a column a primary key uses.
+        """
+        if column.kind == "id" or (info is not None and info.key):
+            return ""
         new_type = self.column_type(column)
         if self.name == "mssql":
-            null = "NULL" if column.nullable else "NOT NULL"
-            return f"ALTER TABLE {table} ALTER COLUMN {column.name} {new_type} {null}"
-        if self.name == "postgresql":
+            # SQL Server's ALTER COLUMN sets nullability too: keep what the column has.
+            nullable = column.nullable if info is None or info.nullable is None else info.nullable
+            return f"ALTER TABLE {table} ALTER COLUMN {column.name} {new_type} {'NULL' if nullable else 'NOT NULL'}"
+        if self.name == "postgresql":  # TYPE leaves NOT NULL as it is
             return f"ALTER TABLE {table} ALTER COLUMN {column.name} TYPE {new_type} USING {column.name}::{new_type}"
         # SQLite columns take any value whatever their declared type; there is nothing to change.
         return ""
@@ -288,23 +380,29 @@ class Dialect:
     # -- catalogue ---------------------------------------------------------------
 
     def columns_sql(self, qualified: bool) -> str:
-        """Columns of one table: (schema, name, type, max length) in order; parameters (schema?, table)."""
+        """Columns of one table in order: (schema, name, type, max length, nullable YES/NO, in the
+        primary key 1/0); parameters (schema?, table)."""
         select = (
-            "SELECT TABLE_SCHEMA, COLUMN_NAME, DATA_TYPE, CHARACTER_MAXIMUM_LENGTH "
-            "FROM INFORMATION_SCHEMA.COLUMNS WHERE "
+            "SELECT c.TABLE_SCHEMA, c.COLUMN_NAME, c.DATA_TYPE, c.CHARACTER_MAXIMUM_LENGTH, c.IS_NULLABLE, "
+            "CASE WHEN EXISTS (SELECT 1 FROM INFORMATION_SCHEMA.TABLE_CONSTRAINTS tc "
+            "JOIN INFORMATION_SCHEMA.KEY_COLUMN_USAGE k ON k.CONSTRAINT_SCHEMA = tc.CONSTRAINT_SCHEMA "
+            "AND k.CONSTRAINT_NAME = tc.CONSTRAINT_NAME "
+            "WHERE tc.CONSTRAINT_TYPE = 'PRIMARY KEY' AND tc.TABLE_SCHEMA = c.TABLE_SCHEMA "
+            "AND tc.TABLE_NAME = c.TABLE_NAME AND k.COLUMN_NAME = c.COLUMN_NAME) THEN 1 ELSE 0 END "
+            "FROM INFORMATION_SCHEMA.COLUMNS c WHERE "
         )
         if qualified:
-            return select + "TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION"
+            return select + "c.TABLE_SCHEMA = ? AND c.TABLE_NAME = ? ORDER BY c.ORDINAL_POSITION"
         if self.name == "mssql":
             # Unqualified names resolve to the login's default schema, then dbo.
             return (
-                select + "TABLE_SCHEMA IN (SCHEMA_NAME(), 'dbo') AND TABLE_NAME = ? "
-                "ORDER BY CASE WHEN TABLE_SCHEMA = SCHEMA_NAME() THEN 0 ELSE 1 END, ORDINAL_POSITION"
+                select + "c.TABLE_SCHEMA IN (SCHEMA_NAME(), 'dbo') AND c.TABLE_NAME = ? "
+                "ORDER BY CASE WHEN c.TABLE_SCHEMA = SCHEMA_NAME() THEN 0 ELSE 1 END, c.ORDINAL_POSITION"
             )
         # PostgreSQL: the first schema on the search_path that has the table.
         return (
-            select + "TABLE_SCHEMA = ANY (current_schemas(false)) AND TABLE_NAME = ? "
-            "ORDER BY array_position(current_schemas(false), TABLE_SCHEMA::name), ORDINAL_POSITION"
+            select + "c.TABLE_SCHEMA = ANY (current_schemas(false)) AND c.TABLE_NAME = ? "
+            "ORDER BY array_position(current_schemas(false), c.TABLE_SCHEMA::name), c.ORDINAL_POSITION"
         )
 
     def catalogue_name(self, name: str) -> str:
@@ -398,13 +496,16 @@ def staging_ddl(dialect: Dialect, table: str) -> str:
     return dialect.create_table_if_missing(table, body)
 
 
-def person_index_name(table: str) -> str:
-    return f"ux_{table.rsplit('.', 1)[-1]}_person_id"
+def person_index_name(table: str, *, unique: bool = True) -> str:
+    return f"{'ux' if unique else 'ix'}_{table.rsplit('.', 1)[-1]}_person_id"
 
 
 def staging_index_ddl(dialect: Dialect, table: str) -> str:
-    """One row per child: a unique index on person_id (NULLs allowed, as rows being built have none)."""
-    return dialect.create_unique_index_if_missing(person_index_name(table), table, "person_id")
+    """An index on person_id: unique (one row per child; NULLs allowed, as rows being built have none)
+    where the DBMS allows that without conditions on the sessions that write the table."""
+    if dialect.person_index_unique:
+        return dialect.create_unique_index_if_missing(person_index_name(table), table, "person_id")
+    return dialect.create_index_if_missing(person_index_name(table, unique=False), table, "person_id")
 
 
 def ledger_ddl(dialect: Dialect, ledger: str) -> str:
@@ -443,22 +544,28 @@ def check_columns(
                 issues.append(ColumnIssue(column.name, "is missing", dialect.add_column(table, column)))
             continue
         problem = dialect.problem(column, info)
+        fix = dialect.alter_column_type(table, column, info)
+        if problem and not fix and dialect.name != "sqlite":
+            problem += (
+                "; it is the table's key, which ALTER COLUMN cannot change: the table has to be rebuilt with the "
+                "column as the tool needs it (ask your DBA; 'init-db --print' shows the whole table)"
+            )
         if problem:
-            issues.append(ColumnIssue(column.name, problem, dialect.alter_column_type(table, column)))
+            issues.append(ColumnIssue(column.name, problem, fix))
             continue
         warning = dialect.warning(column, info)
         if warning:
-            issues.append(ColumnIssue(column.name, warning, dialect.alter_column_type(table, column), blocking=False))
+            issues.append(ColumnIssue(column.name, warning, fix, blocking=False))
     return issues
 
 
-def sqlite_column_info(name: str, declared: str) -> ColumnInfo:
+def sqlite_column_info(name: str, declared: str, *, nullable: bool | None = None, key: bool = False) -> ColumnInfo:
     match = re.match(r"^\s*([A-Za-z ]+?)\s*(?:\(\s*(\d+|max)\s*\))?\s*$", declared, re.IGNORECASE)
     if not match:
-        return ColumnInfo(name.lower(), declared.lower())
+        return ColumnInfo(name.lower(), declared.lower(), nullable=nullable, key=key)
     size = match.group(2)
     length = int(size) if size and size.isdigit() else None
-    return ColumnInfo(name.lower(), match.group(1).lower(), length)
+    return ColumnInfo(name.lower(), match.group(1).lower(), length, nullable=nullable, key=key)
 
 
 def dialect_for_dbms(dbms: str) -> Dialect:

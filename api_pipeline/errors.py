@@ -39,9 +39,20 @@ class ConfigError(PipelineError):
 
 
 class DatabaseError(PipelineError):
-    """The database cannot be reached, read or written."""
+    """The database cannot be reached, read or written.
+
+    ``kind`` says when retrying may help: ``"conflict"`` (chosen as a deadlock victim, or a
+    serialization failure: the transaction was rolled back), ``"lock_timeout"`` (waited too
+    long for a lock another session holds), ``"key_violation"`` (a duplicate key); None otherwise.
+    """
 
     exit_code = ExitCode.DATABASE
+    kind: str | None = None
+
+    def __init__(self, message: str, *, kind: str | None = None) -> None:
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
 
 
 class AuthError(PipelineError):

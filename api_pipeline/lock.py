@@ -1,13 +1,19 @@
 """One run per staging table at a time, across machines (DESIGN §7).
 
 The lock is a row in a small table beside the staging table, so it works
-wherever the database is shared. A run refreshes its heartbeat as it goes
-(after a batch, at most once a minute); a lock whose heartbeat is older than ``stale_after`` belongs to a run
-that crashed or was killed, and the next run takes it over.
+wherever the database is shared. It is keyed on the table as the database resolves
+its name, so ``ssd_api_data_staging``, ``dbo.ssd_api_data_staging`` and
+``SSD_API_DATA_STAGING`` are one lock when they are one table. A run refreshes its
+heartbeat as it goes (before sending and after writing back a batch, and while it waits
+for the staging SQL's locks; at most once a minute); a lock whose heartbeat is older than
+``stale_after`` belongs to a run that crashed or was killed, and the next run takes it
+over. Each heartbeat checks that this run still holds the lock: a run that was taken
+over stops.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -17,12 +23,22 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from api_pipeline.db import Database, validate_table_name
-from api_pipeline.errors import DatabaseError, RunLocked
+from api_pipeline.errors import ConfigError, DatabaseError, RunLocked
+from api_pipeline.odbc import KEY_VIOLATION
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STALE_AFTER = timedelta(hours=1)
 BEAT_EVERY = timedelta(minutes=1)  # far inside stale_after; saves a commit per batch
+LOCK_NAME_SIZE = 128  # lock_name's column size
+
+
+def lock_key(resolved: str) -> str:
+    """The lock row's key for a table: its resolved name, shortened (uniquely) to fit the column."""
+    if len(resolved) <= LOCK_NAME_SIZE:
+        return resolved
+    digest = hashlib.sha256(resolved.encode("utf-8")).hexdigest()[:32]
+    return f"{resolved[: LOCK_NAME_SIZE - len(digest) - 1]}~{digest}"
 
 
 def _utc_now() -> datetime:
@@ -87,18 +103,34 @@ class RunLock:
         clock: Any = _utc_now,
     ) -> None:
         self.db = db
-        self.name = validate_table_name(table)
+        self.table = validate_table_name(table)
+        # Both set again in acquire(), from the table as the database resolves its name.
+        self.name = table
         self.lock_table = validate_table_name(f"{table}_run_lock")
         self.holder = f"{socket.gethostname()} pid {os.getpid()} run {run_id}"[:200]
         self.stale_after = stale_after
         self.clock = clock
         self._held = False
         self._last_beat: datetime | None = None
+        self._lost: RunLocked | None = None  # why this run no longer holds the lock, once it knows
 
     def _ts(self, value: datetime) -> Any:
         return self.db.dialect.timestamp_param(value)
 
+    def _resolve(self) -> None:
+        """Key the lock on the table the database means (one lock per table, however TABLE_NAME spells
+        it) and keep the lock table beside it."""
+        resolved = self.db.resolve_table(self.table)
+        if resolved is None:  # no such table (the run checks first): key on the spelling given
+            return
+        self.name = lock_key(resolved)
+        try:
+            self.lock_table = validate_table_name(f"{resolved}_run_lock")
+        except ConfigError:  # a schema name no TABLE_NAME could spell (CORP\user): keep the table given
+            log.debug("run lock table kept as %s", self.lock_table)
+
     def acquire(self) -> None:
+        self._resolve()
         if self.db.column_names(self.lock_table) is None:
             try:
                 with self.db.transaction():
@@ -124,16 +156,18 @@ class RunLock:
                         "VALUES (?, ?, ?, ?)",
                         (self.name, self.holder, self._ts(now), self._ts(now)),
                     )
-                except DatabaseError:
+                except DatabaseError as exc:
+                    if exc.kind != KEY_VIOLATION:  # e.g. no INSERT permission: not another run
+                        raise DatabaseError(f"could not take the run lock in {self.lock_table}: {exc}") from None
                     raise RunLocked(
-                        f"another run took the lock on {self.name} at the same moment; this one did nothing"
+                        f"another run took the lock on {self.table} at the same moment; this one did nothing"
                     ) from None
             else:
                 holder, heartbeat = row[0], _as_datetime(row[1])
                 age = now - heartbeat
                 if age < self.stale_after and not self._holder_is_dead(holder):
                     raise RunLocked(
-                        f"another run is already working on {self.name} ({holder}, last active "
+                        f"another run is already working on {self.table} ({holder}, last active "
                         f"{int(age.total_seconds())} s ago). Only one run per table at a time; this one did "
                         f"nothing. If that run crashed, its lock expires {int(self.stale_after.total_seconds() // 60)} "
                         "minutes after its last activity."
@@ -145,17 +179,18 @@ class RunLock:
                 )
                 if taken != 1:
                     raise RunLocked(
-                        f"another run took the lock on {self.name} at the same moment; this one did nothing"
+                        f"another run took the lock on {self.table} at the same moment; this one did nothing"
                     )
                 log.warning(
                     "took over the run lock on %s from a run that stopped without releasing it (%s, last active "
                     "%d s ago)",
-                    self.name,
+                    self.table,
                     holder,
                     int(age.total_seconds()),
                 )
         self._held = True
         self._last_beat = self.clock()
+        self.db.while_waiting = self.heartbeat
 
     @staticmethod
     def _holder_is_dead(holder: str) -> bool:
@@ -171,30 +206,67 @@ class RunLock:
         return pid == os.getpid() or not process_alive(pid)
 
     def heartbeat(self, *, force: bool = False) -> None:
-        """Show the run is alive: written when BEAT_EVERY has passed since the last one (or ``force``)."""
+        """Show the run is alive: written when BEAT_EVERY has passed since the last one (or ``force``).
+
+        Raises :class:`RunLocked` when another run has taken the lock over (this one was silent
+        for longer than ``stale_after``), and again on every call after that: the caller stops,
+        and no thread of this run sends anything more.
+        """
+        if self._lost is not None:
+            raise RunLocked(str(self._lost))
         if not self._held:
             return
         now = self.clock()
         if not force and self._last_beat is not None and now - self._last_beat < BEAT_EVERY:
             return
         self._last_beat = now
-        with self.db.transaction():
-            self.db.execute(
-                f"UPDATE {self.lock_table} SET heartbeat_at = ? WHERE lock_name = ? AND holder = ?",
-                (self._ts(now), self.name, self.holder),
+
+        def beat() -> int:
+            with self.db.transaction():
+                return self.db.execute(
+                    f"UPDATE {self.lock_table} SET heartbeat_at = ? WHERE lock_name = ? AND holder = ?",
+                    (self._ts(now), self.name, self.holder),
+                )
+
+        with self.db.lock:  # the send, write-back and reading threads share the connection
+            if self.db.retry_conflicts(beat, "refreshing the run lock") == 1:
+                return
+            holder = self.db.scalar(
+                f"SELECT holder FROM {self.lock_table} WHERE lock_name = ?",  # noqa: S608
+                (self.name,),
             )
+        if holder == self.holder:  # a driver that reports no row count: still ours
+            return
+        self._held = False
+        self.db.while_waiting = None
+        stale = int(self.stale_after.total_seconds() // 60)
+        if holder is None:
+            self._lost = RunLocked(
+                f"the run lock on {self.table} was removed from {self.lock_table} while this run was working, so "
+                "another run may start at any moment: this run stopped. What it wrote back is correct; run again."
+            )
+        else:
+            self._lost = RunLocked(
+                f"another run ({holder}) took over the run lock on {self.table} while this run was working: this "
+                f"run had shown no sign of life for over {stale} minutes (held up by the database or the server), "
+                "so the other run took it for a crashed one. This run stopped so that only one works on the table; "
+                "what it wrote back is correct, and the rows it did not reach are sent by the other run or the next."
+            )
+        raise self._lost
 
     def release(self) -> None:
         if not self._held:
             return
         self._held = False
+        if self.db.while_waiting == self.heartbeat:
+            self.db.while_waiting = None
         try:
             with self.db.transaction():
                 self.db.execute(
                     f"DELETE FROM {self.lock_table} WHERE lock_name = ? AND holder = ?", (self.name, self.holder)
                 )
         except DatabaseError:
-            log.warning("could not release the run lock on %s; it expires by itself", self.name)
+            log.warning("could not release the run lock on %s; it expires by itself", self.table)
 
     def __enter__(self) -> RunLock:
         self.acquire()

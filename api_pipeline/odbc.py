@@ -8,16 +8,28 @@ into advice is :func:`explain_odbc_error`.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import re
+import struct
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from api_pipeline.errors import DatabaseError
 from api_pipeline.logs import mask_text
 
 FETCH_ROWS = 500  # rows per round trip when psqlODBC streams a result
+
+# DatabaseError.kind: the failures a retry may cure, and the one the run lock needs to tell apart.
+CONFLICT = "conflict"  # a deadlock victim or a serialization failure: the transaction was rolled back
+LOCK_TIMEOUT = "lock_timeout"  # waited longer than the lock time-out for a lock another session holds
+KEY_VIOLATION = "key_violation"  # a duplicate primary or unique key
+
+# ODBC SQL type codes of the columns read through output converters (ODBC specification; msodbcsql.h).
+SQL_WCHAR, SQL_WVARCHAR, SQL_WLONGVARCHAR = -8, -9, -10
+SQL_SS_TIMESTAMPOFFSET = -155  # SQL Server's datetimeoffset, which pyodbc cannot read by itself
 
 
 def parse_odbc_string(text: str) -> list[tuple[str, str]]:
@@ -90,6 +102,62 @@ def is_microsoft_sql_driver(driver_file: str) -> bool:
     return "msodbcsql" in driver_file.lower()
 
 
+# ---------------------------------------------------------------------------
+# Reading SQL Server's values: output converters (pyodbc hands them the bytes the driver
+# returns for the column read as SQL_C_BINARY: UTF-16LE for NCHAR/NVARCHAR/NTEXT, and
+# SQL_SS_TIMESTAMPOFFSET_STRUCT for datetimeoffset).
+# ---------------------------------------------------------------------------
+
+
+class UnreadableText(str):
+    """Text that is not valid UTF-16 as SQL Server stores it (a lone surrogate), made readable.
+
+    Each bad code unit reads as U+FFFD. ``digest`` is the SHA-256 of the bytes as stored, which
+    is what ``HASHBYTES('SHA2_256', column)`` gives, so the row can still be matched without its
+    (altered) text ever being bound back; ``position`` is the first bad character's index.
+    """
+
+    digest: bytes
+    position: int
+
+
+def decode_wide_text(raw: bytes) -> str:
+    """NCHAR/NVARCHAR/NTEXT: pyodbc decodes strictly and stops the run on one lone surrogate."""
+    try:
+        return raw.decode("utf-16-le")
+    except UnicodeDecodeError as exc:
+        text = UnreadableText(raw.decode("utf-16-le", "replace"))
+        text.digest = hashlib.sha256(raw).digest()
+        text.position = exc.start // 2
+        return text
+
+
+def utf16_digest(text: str | None) -> bytes | None:
+    """SHA-256 of ``text`` as SQL Server holds an NVARCHAR value: ``HASHBYTES('SHA2_256', ...)`` of it."""
+    if text is None:
+        return None
+    if isinstance(text, UnreadableText):
+        return text.digest
+    return hashlib.sha256(text.encode("utf-16-le", "surrogatepass")).digest()
+
+
+_OFFSET_STRUCT = struct.Struct("<h5HI2h")  # year, month, day, hour, minute, second, ns, tz hours, tz minutes
+
+
+def decode_datetimeoffset(raw: bytes) -> datetime | str:
+    """SQL Server's datetimeoffset as the naive UTC time the tool works in (pyodbc cannot read it)."""
+    if len(raw) == _OFFSET_STRUCT.size:
+        year, month, day, hour, minute, second, nanoseconds, tz_hours, tz_minutes = _OFFSET_STRUCT.unpack(raw)
+        local = datetime(year, month, day, hour, minute, second, nanoseconds // 1000)
+        return local - timedelta(hours=tz_hours, minutes=tz_minutes)
+    text = raw.decode("utf-16-le" if b"\0" in raw else "ascii", "replace").strip()
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    return parsed if parsed.tzinfo is None else parsed.astimezone(timezone.utc).replace(tzinfo=None)
+
+
 # psqlODBC settings applied when the connection string does not set them itself.
 # pyodbc reads long values piecewise (SQLGetData), so TEXT and BYTEA come back whole
 # whatever the driver says about them: tests/test_postgres.py proves 200 KB records and
@@ -127,9 +195,25 @@ def with_psqlodbc_defaults(text: str) -> str:
 
 
 def uses_integrated_security(pairs: Sequence[tuple[str, str]]) -> bool:
+    """Windows authentication as Microsoft's ODBC drivers understand it.
+
+    ``Integrated Security=SSPI`` is not one of their keywords (it belongs to .NET and OLE DB
+    connection strings): the driver ignores it and tries a SQL Server login with no user.
+    """
     trusted = (odbc_value(pairs, "Trusted_Connection") or "").lower() in ("yes", "true")
-    integrated = (odbc_value(pairs, "Integrated Security") or "").lower() in ("sspi", "true", "yes")
-    return trusted or integrated or (odbc_value(pairs, "Authentication") or "").lower() == "activedirectoryintegrated"
+    return trusted or (odbc_value(pairs, "Authentication") or "").lower() == "activedirectoryintegrated"
+
+
+def _odbc_text(pairs: Sequence[tuple[str, str]]) -> str:
+    """Pairs back into a connection string, the password replaced by a placeholder."""
+    parts = []
+    for key, value in pairs:
+        if key.lower() in ("pwd", "password"):
+            value = "<your password>"
+        elif key.lower() == "driver" or any(c in value for c in ";{}") or value != value.strip():
+            value = "{" + value.replace("}", "}}") + "}"
+        parts.append(f"{key}={value};")
+    return "".join(parts)
 
 
 def process_identity() -> str:
@@ -163,18 +247,34 @@ class OdbcContext:
     integrated: bool = False
     secrets: tuple[str, ...] = ()
     installed_drivers: Callable[[], Sequence[str]] | None = None
+    server: str | None = None
+    # "Integrated Security=..." without Trusted_Connection: a keyword the ODBC driver ignores.
+    foreign_integrated: bool = False
+    # The tool chose the driver (the string named none, as in the USER_SERVER + USER_DATABASE
+    # form): the connection string it used, password hidden, to print as the line to put in .env.
+    chosen_string: str | None = None
 
     @classmethod
-    def from_string(cls, text: str, installed_drivers: Callable[[], Sequence[str]] | None = None) -> OdbcContext:
+    def from_string(
+        cls,
+        text: str,
+        installed_drivers: Callable[[], Sequence[str]] | None = None,
+        *,
+        driver_chosen: bool = False,
+    ) -> OdbcContext:
         pairs = parse_odbc_string(text)
         password = odbc_value(pairs, "PWD", "Password")
+        integrated = uses_integrated_security(pairs)
         return cls(
             driver=odbc_value(pairs, "DRIVER"),
             dsn=odbc_value(pairs, "DSN", "FILEDSN"),
             user=odbc_value(pairs, "UID", "User ID", "User", "Username"),
-            integrated=uses_integrated_security(pairs),
+            integrated=integrated,
             secrets=(password,) if password else (),
             installed_drivers=installed_drivers,
+            server=odbc_value(pairs, "SERVER", "Address", "Addr"),
+            foreign_integrated=not integrated and odbc_value(pairs, "Integrated Security") is not None,
+            chosen_string=_odbc_text(pairs) if driver_chosen else None,
         )
 
 
@@ -194,17 +294,80 @@ def _driver_detail(message: str) -> str:
     return first[:300]
 
 
+_SQLSTATE = re.compile(r"^[0-9A-Z]{5}$")
+# Windows' Schannel codes for the two certificate checks Driver 18 makes (SEC_E_UNTRUSTED_ROOT,
+# SEC_E_WRONG_PRINCIPAL), which the driver reports as the native error.
+_UNTRUSTED_ROOT, _WRONG_PRINCIPAL = -2146893019, -2146893022
+_RISK = (
+    "TrustServerCertificate=yes (the connection is still encrypted, but the server's identity is not checked, so a "
+    "machine able to intercept the traffic could pose as the server and receive the login and the records: agree "
+    "it with your security officer)"
+)
+
+
+def _certificate_advice(message: str, lower: str, natives: set[int], context: OdbcContext) -> str | None:
+    """Driver 18's certificate checks: the chain is not trusted, or the certificate names another server."""
+    mismatch = (
+        _WRONG_PRINCIPAL in natives
+        or "target principal name is incorrect" in lower
+        or "does not match host name" in lower
+        or "hostname mismatch" in lower
+    )
+    untrusted = (
+        _UNTRUSTED_ROOT in natives
+        or ("certificate" in lower and ("verify failed" in lower or "not trusted" in lower or "ssl provider" in lower))
+        or ("ssl provider" in lower and "self" in lower and "signed" in lower)
+    )
+    if not (mismatch or untrusted):
+        return None
+    driver = context.driver or "ODBC Driver 18 for SQL Server"
+    server = context.server or "the server"
+    why = (
+        f"{driver} encrypts the connection and checks the server's certificate by default (ODBC Driver 17, "
+        "which earlier tools used, did not)"
+    )
+    if mismatch:
+        text = (
+            f"the SQL Server's TLS certificate does not name the server as SERVER= gives it ({server}). {why}, "
+            "and the name must match exactly. Fix, best first: set SERVER= to the server's full name as its "
+            "certificate has it (e.g. sql01.council.local rather than sql01, an IP address or an alias); or, when "
+            "you connect through an alias or listener, add HostnameInCertificate=<the name on the certificate>; "
+            f"or add {_RISK}."
+        )
+        extra = "TrustServerCertificate=yes;"
+    else:
+        text = (
+            f"the SQL Server's TLS certificate is not trusted by this machine (often SQL Server's own self-signed "
+            f"certificate). {why}. Fix, best first: have the server use a certificate from an authority this "
+            "machine trusts, or install the authority that issued it in this machine's Trusted Root store (ask your "
+            f"DBA or IT); or add {_RISK}."
+        )
+        extra = "TrustServerCertificate=yes;"
+    if context.chosen_string:
+        text += (
+            " The connection string named no driver (as with USER_SERVER and USER_DATABASE), so the tool chose "
+            f"{driver}. For the last fix, put this line in .env (in place of USER_SERVER and USER_DATABASE, if you "
+            f"set those): DB_CONNECTION_STRING={context.chosen_string}{extra}"
+        )
+    else:
+        text += " Each of these goes in DB_CONNECTION_STRING."
+    return text
+
+
 def explain_odbc_error(exc: BaseException, context: OdbcContext | None = None) -> DatabaseError:
     """Turn a pyodbc error (SQLSTATE + the driver's message) into something a council officer can act on.
 
     The one place ODBC error shapes are recognised, for SQL Server's drivers and
     psqlODBC alike (psqlODBC reports every connection failure as 08001, so the
     server's words decide). Passwords are masked; record values never appear.
+    The returned error's ``kind`` marks deadlocks, lock time-outs and duplicate keys.
     """
     context = context or OdbcContext()
     args: tuple[Any, ...] = tuple(getattr(exc, "args", ()) or ())
     if len(args) >= 2:
         state, message = str(args[0]), str(args[1])
+        if _SQLSTATE.match(message) and not _SQLSTATE.match(state):
+            state, message = message, state  # pyodbc's own errors are (message, SQLSTATE)
     else:
         message = str(args[0]) if args else str(exc)
         found = re.match(r"\s*\[(\w{5})\]", message)
@@ -215,6 +378,7 @@ def explain_odbc_error(exc: BaseException, context: OdbcContext | None = None) -
     numbers = "/".join(str(n) for n in sorted(natives - {0}))
     code = (f"SQLSTATE {state}" if state else "") + (f", native error {numbers}" if state and numbers else "")
     said = f" (the driver said: {detail}{'; ' + code if code else ''})"
+    kind = None
 
     def named(*words: str) -> str:
         """The name the server put in quotes after one of ``words``: 'database "x"', "object name 'x'"."""
@@ -237,15 +401,21 @@ def explain_odbc_error(exc: BaseException, context: OdbcContext | None = None) -
                 f"Installed ODBC drivers: {installed or 'none'}. Install Microsoft 'ODBC Driver 18 for SQL Server' "
                 "(or psqlODBC for PostgreSQL), or name an installed one with DRIVER={...} in DB_CONNECTION_STRING."
             )
-    elif "certificate" in lower and (
-        "verify failed" in lower or "not trusted" in lower or "ssl provider" in lower or "principal name" in lower
-    ):
+    elif (certificate := _certificate_advice(message, lower, natives, context)) is not None:
+        text = certificate
+    elif 1205 in natives or state in ("40001", "40P01"):
+        kind = CONFLICT
         text = (
-            "the SQL Server's TLS certificate is not trusted by this machine. ODBC Driver 18 encrypts connections "
-            "and checks the server's certificate by default (Driver 17 did not). Either install the certificate "
-            "authority that issued the server's certificate in this machine's Trusted Root store (recommended: "
-            "ask your DBA or IT), or add TrustServerCertificate=yes to DB_CONNECTION_STRING (still encrypted, but "
-            "the server's identity is not checked)."
+            "the database chose this work as the victim of a deadlock with another session (usually the council's "
+            "staging SQL, e.g. its MERGE, running at the same time) and rolled it back: none of it was kept. "
+            "Schedule the run so that it does not overlap the staging SQL."
+        )
+    elif 1222 in natives or state == "55P03" or "lock timeout" in lower or "lock request time out" in lower:
+        kind = LOCK_TIMEOUT
+        text = (
+            "waited longer than the lock time-out for rows or a table that another session holds locked (usually "
+            "the council's staging SQL, e.g. its MERGE, running at the same time): that statement did nothing. "
+            "Schedule the run after the staging SQL has finished."
         )
     elif 4060 in natives or state == "3D000" or re.search(r'database "[^"]*" does not exist', message):
         text = (
@@ -261,7 +431,13 @@ def explain_odbc_error(exc: BaseException, context: OdbcContext | None = None) -
     ):
         login = re.search(r"(?i)(?:login failed for user|for user) ['\"]([^'\"]*)['\"]", message)
         user = login.group(1) if login else context.user or ""
-        if context.integrated or "\\" in user:
+        if context.foreign_integrated and not user:
+            text = (
+                "DB_CONNECTION_STRING says Integrated Security=..., a setting of .NET and OLE DB connection strings "
+                "that Microsoft's ODBC driver does not know: it ignored it and tried a SQL Server login with no user "
+                "name. For Windows authentication, replace it with Trusted_Connection=yes."
+            )
+        elif context.integrated or "\\" in user:
             text = (
                 f"the database refused the Windows login {user or process_identity()}. With integrated security "
                 f"(Trusted_Connection=yes) the tool logs in as the account it runs as: {process_identity()} "
@@ -300,6 +476,17 @@ def explain_odbc_error(exc: BaseException, context: OdbcContext | None = None) -
         )
     elif state == "22001" or natives & {2628, 8152}:
         text = "a value is too long for its column in the database. Run test-schema to see which column is too small."
+    elif unsupported := re.search(r"ODBC SQL type (-?\d+) is not yet supported", message):
+        sql_type = int(unsupported.group(1))
+        what = " (SQL Server's datetimeoffset)" if sql_type == SQL_SS_TIMESTAMPOFFSET else ""
+        text = (
+            f"a column the tool reads has a type that pyodbc cannot read: ODBC SQL type {sql_type}{what}. Run "
+            "test-schema, and change that column to a type the tool uses (DATETIME2 or DATETIME for times); "
+            "Microsoft's ODBC Driver 17 or 18 reads datetimeoffset."
+        )
+    elif natives & {2627, 2601} or state == "23505":
+        kind = KEY_VIOLATION
+        text = "the database refused a duplicate key"
     elif (
         state in ("08001", "08S01", "HYT00", "08004")
         or "connection refused" in lower
@@ -313,4 +500,4 @@ def explain_odbc_error(exc: BaseException, context: OdbcContext | None = None) -
         )
     else:
         text = "the database reported an error"
-    return DatabaseError(mask_text(text + said, context.secrets))
+    return DatabaseError(mask_text(text + said, context.secrets), kind=kind)

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from api_pipeline.api import parse_receipt_time
 from api_pipeline.db import LEDGER_SPEC, LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.errors import PipelineError
+from api_pipeline.odbc import UnreadableText
 from api_pipeline.payload import (
     MAX_NESTING,
     build_purge,
@@ -516,6 +517,13 @@ class Pipeline:
             ) from None
 
     def _prepare_row(self, row: StagingRow) -> _Item | None:
+        if isinstance(row.json_payload, UnreadableText):  # read with U+FFFD for what was stored: never sent
+            raise _Invalid(
+                f"json_payload (character {row.json_payload.position + 1}) holds text that is not valid Unicode as "
+                "stored (a lone UTF-16 surrogate: often half an emoji, cut by LEFT() or SUBSTRING() in the staging "
+                "SQL); fix the staging SQL",
+                "text not valid Unicode",
+            )
         self._check_row(row)
         if row.is_deleted:
             return self._prepare_purge(row)

@@ -98,13 +98,27 @@ def execute_run(
                 try:
                     auth = ClientCredentialsAuth.from_settings(settings, session, sleep=sleep)
                     client = ApiClient(settings, session, auth, sleep=sleep)
-                    pipeline = Pipeline(table, client, validator, options, summary, on_progress=after_batch)
+                    sender = _HoldingLock(client, lock)
+                    pipeline = Pipeline(table, sender, validator, options, summary, on_progress=after_batch)
                     try:
                         return pipeline.run()
                     finally:
                         _copy_client_counters(client, summary)
                 finally:
                     session.close()
+
+
+class _HoldingLock:
+    """The API client, sending only while this run holds the run lock: the heartbeat before each
+    send (at most once a minute) stops the run if another run has taken the lock over."""
+
+    def __init__(self, client: Any, lock: RunLock) -> None:
+        self.client = client
+        self.lock = lock
+
+    def send(self, records: list[dict], bodies: list[bytes] | None = None, *, batch_id: str) -> list[Any]:
+        self.lock.heartbeat()
+        return self.client.send(records, bodies, batch_id=batch_id)
 
 
 def check_live_interlock(settings: Settings) -> None:

@@ -97,9 +97,30 @@ def test_printed_sql_server_ddl_is_valid_tsql():
     assert len(statements) == 5
     assert statements[0].startswith("IF OBJECT_ID(N'ssd_development.ssd_api_data_staging', N'U') IS NULL")
     assert "json_payload NVARCHAR(MAX) NOT NULL" in statements[0]
-    assert "CREATE UNIQUE INDEX" in statements[1]
     for statement in statements:
         assert_tsql(statement)
+
+
+def test_sql_server_person_id_index_is_not_filtered_and_init_db_says_why():
+    """Issue 18.6: a filtered index makes every session writing the table need QUOTED_IDENTIFIER and
+    ANSI_NULLS on (error 1934 in SQL Agent steps and procedures made with them off)."""
+    from sqlglot import exp, parse_one
+
+    statements = printed("mssql", "ssd_development.ssd_api_data_staging")
+    index = parse_one(statements[1], read="tsql").find(exp.Create)
+    assert index is not None and index.kind == "INDEX"
+    assert not index.args.get("unique")
+    assert index.find(exp.Where) is None  # no filter
+    assert "IS NOT NULL" not in statements[1]
+    context = ctx()
+    settings = load_settings(command="init-db --print", environ={"TABLE_NAME": TABLE})
+    assert init_db(settings, context, True, dialect="mssql") == 0
+    text = context.out.getvalue()  # type: ignore[attr-defined]
+    assert "-- index on person_id: " in text and "not unique on SQL Server" in text
+    assert "QUOTED_IDENTIFIER and ANSI_NULLS" in text and "error 1934" in text
+    # PostgreSQL and SQLite keep one row per child in the index: theirs allow NULLs unfiltered.
+    for dialect in ("postgresql", "sqlite"):
+        assert "CREATE UNIQUE INDEX" in printed(dialect)[1] and "WHERE" not in printed(dialect)[1]
 
 
 def test_printed_postgresql_ddl_parses():

@@ -7,20 +7,31 @@ PostgreSQL ones are also triggered for real in test_postgres.py.
 
 from __future__ import annotations
 
+import hashlib
+import re
+import struct
 import sys
+from datetime import datetime
 
 import pytest
 
 from api_pipeline.db import Database
 from api_pipeline.errors import DatabaseError
 from api_pipeline.odbc import (
+    CONFLICT,
+    KEY_VIOLATION,
+    LOCK_TIMEOUT,
     PSQLODBC_DEFAULTS,
     OdbcContext,
+    UnreadableText,
     choose_sql_server_driver,
+    decode_datetimeoffset,
+    decode_wide_text,
     explain_odbc_error,
     is_microsoft_sql_driver,
     odbc_value,
     parse_odbc_string,
+    utf16_digest,
     with_psqlodbc_defaults,
 )
 
@@ -294,3 +305,198 @@ def test_braced_passwords_with_escaped_braces_are_masked_whole():
     masked = mask_text(text)
     assert "Do-Not-Show" not in masked and "pa;ss" not in masked
     assert masked.endswith(";Database=csc")
+
+
+# ---------------------------------------------------------------------------
+# Issue 18: Driver 18's certificate checks, Integrated Security, deadlocks, lock
+# time-outs and duplicate keys, in Microsoft's and PostgreSQL's own words
+# ---------------------------------------------------------------------------
+
+UNTRUSTED = (
+    f"[08001] {MS18}SSL Provider: The certificate chain was issued by an authority that is not trusted.\r\n "
+    f"(-2146893019) (SQLDriverConnect); [08001] {MS18}Client unable to establish connection (-2146893019)"
+)
+WRONG_NAME = (
+    f"[08001] {MS18}SSL Provider: The target principal name is incorrect.\r\n (-2146893022) (SQLDriverConnect); "
+    f"[08001] {MS18}Client unable to establish connection (-2146893022)"
+)
+WRONG_NAME_LINUX = (
+    f"[08001] {MS18}SSL Provider: [error:0A000086:SSL routines::certificate verify failed:subject name does not "
+    "match host name] (-1) (SQLDriverConnect)"
+)
+USER_SERVER_STRING = "DRIVER={ODBC Driver 18 for SQL Server};SERVER=sql01;DATABASE=HDM_Local;Trusted_Connection=yes;"
+
+
+@pytest.mark.parametrize("message", [WRONG_NAME, WRONG_NAME_LINUX])
+def test_certificate_name_mismatch_is_a_certificate_problem_not_a_firewall(message):
+    """'The target principal name is incorrect.' has no word 'certificate' in it."""
+    context = OdbcContext.from_string("DRIVER={ODBC Driver 18 for SQL Server};SERVER=sql01;DATABASE=HDM;UID=u;PWD=p;")
+    text = str(explain_odbc_error(pyodbc.Error("08001", message), context))
+    assert "does not name the server as SERVER= gives it (sql01)" in text
+    assert "full name" in text and "HostnameInCertificate=" in text and "TrustServerCertificate=yes" in text
+    assert "identity is not checked" in text  # the risk, said
+    assert "cannot reach" not in text and "firewall" not in text
+
+
+def test_untrusted_certificate_explains_the_fixes_and_the_risk():
+    text = explain("08001", UNTRUSTED)
+    assert "not trusted" in text and "self-signed" in text and "Trusted Root" in text
+    assert "TrustServerCertificate=yes" in text and "identity is not checked" in text
+    assert "DB_CONNECTION_STRING=" not in text  # the council wrote its own string: it edits that
+
+
+@pytest.mark.parametrize("message", [UNTRUSTED, WRONG_NAME])
+def test_driver_the_tool_chose_gets_the_whole_line_to_put_in_env(message):
+    """USER_SERVER + USER_DATABASE: the council never set DB_CONNECTION_STRING, so it is given the line."""
+    context = OdbcContext.from_string(USER_SERVER_STRING, driver_chosen=True)
+    text = str(explain_odbc_error(pyodbc.Error("08001", message), context))
+    line = re.search(r"DB_CONNECTION_STRING=(.+)$", text.split(" (the driver said")[0])
+    assert line is not None, text
+    assert line.group(1) == USER_SERVER_STRING + "TrustServerCertificate=yes;"
+    assert "in place of USER_SERVER and USER_DATABASE" in text and "chose ODBC Driver 18" in text
+
+
+def test_the_printed_line_never_shows_a_password():
+    context = OdbcContext.from_string("SERVER=sql01;DATABASE=HDM;UID=csc;PWD={S3cr;et};", driver_chosen=True)
+    text = str(explain_odbc_error(pyodbc.Error("08001", UNTRUSTED), context))
+    assert "S3cr" not in text and ";PWD=<hidden>;TrustServerCertificate=yes;" in text
+
+
+def test_integrated_security_sspi_is_explained_as_the_odbc_keyword_it_is_not():
+    """Microsoft's ODBC driver ignores Integrated Security=SSPI and tries an SQL login with no user."""
+    context = OdbcContext.from_string(
+        "DRIVER={ODBC Driver 18 for SQL Server};SERVER=sql01;DATABASE=HDM;Integrated Security=SSPI;"
+    )
+    assert not context.integrated
+    error = pyodbc.Error("28000", f"[28000] {MS18}[SQL Server]Login failed for user ''. (18456) (SQLDriverConnect)")
+    text = str(explain_odbc_error(error, context))
+    assert "Integrated Security" in text and "replace it with Trusted_Connection=yes" in text
+    assert "create a login" not in text
+
+
+DEADLOCK = (
+    f"[40001] {MS18}[SQL Server]Transaction (Process ID 52) was deadlocked on lock resources with another process "
+    "and has been chosen as the deadlock victim. Rerun the transaction. (1205) (SQLExecDirectW)"
+)
+
+
+@pytest.mark.parametrize(
+    ("state", "message", "kind"),
+    [
+        ("40001", DEADLOCK, CONFLICT),
+        ("40P01", "[40P01] ERROR: deadlock detected;\nError while executing the query (1)", CONFLICT),
+        (
+            "40001",
+            "[40001] ERROR: could not serialize access due to concurrent update;\nError while executing the query (1)",
+            CONFLICT,
+        ),
+        (
+            "HY000",
+            f"[HY000] {MS18}[SQL Server]Lock request time out period exceeded. (1222) (SQLExecDirectW)",
+            LOCK_TIMEOUT,
+        ),
+        (
+            "HYT00",
+            f"[HYT00] {MS18}[SQL Server]Lock request time out period exceeded. (1222) (SQLExecDirectW)",
+            LOCK_TIMEOUT,
+        ),
+        (
+            "55P03",
+            "[55P03] ERROR: canceling statement due to lock timeout;\nError while executing the query (1)",
+            LOCK_TIMEOUT,
+        ),
+        (
+            "23000",
+            f"[23000] {MS18}[SQL Server]Violation of PRIMARY KEY constraint 'PK__ssd_api___lock'. Cannot insert "
+            "duplicate key in object 'dbo.ssd_api_data_staging_run_lock'. The duplicate key value is "
+            "(dbo.ssd_api_data_staging). (2627) (SQLExecDirectW)",
+            KEY_VIOLATION,
+        ),
+        (
+            "23000",
+            f"[23000] {MS18}[SQL Server]Cannot insert duplicate key row in object 'dbo.lock' with unique index "
+            "'ux_lock'. The duplicate key value is (x). (2601) (SQLExecDirectW)",
+            KEY_VIOLATION,
+        ),
+        (
+            "23505",
+            '[23505] ERROR: duplicate key value violates unique constraint "t_run_lock_pkey";\nError while executing '
+            "the query (1)",
+            KEY_VIOLATION,
+        ),
+        # Not duplicates: a missing grant, a name too long for its column, a NULL in a NOT NULL column.
+        (
+            "42000",
+            f"[42000] {MS18}[SQL Server]The INSERT permission was denied on the object 'ssd_api_data_staging_run_lock',"
+            " database 'HDM', schema 'dbo'. (229) (SQLExecDirectW)",
+            None,
+        ),
+        (
+            "22001",
+            f"[22001] {MS18}[SQL Server]String or binary data would be truncated in table 'HDM.dbo.x_run_lock', column "
+            "'lock_name'. Truncated value: 'dbo.a_very_long'. (2628) (SQLExecDirectW)",
+            None,
+        ),
+        ("23000", f"[23000] {MS18}[SQL Server]Cannot insert the value NULL into column 'holder'. (515)", None),
+    ],
+)
+def test_deadlocks_lock_timeouts_and_duplicate_keys_are_told_apart(state, message, kind):
+    error = explain_odbc_error(pyodbc.Error(state, message), OdbcContext())
+    assert error.kind == kind
+    text = str(error)
+    assert "cannot reach" not in text
+    if kind == CONFLICT:
+        assert "deadlock" in text and "none of it was kept" in text
+    if kind == LOCK_TIMEOUT:
+        assert "lock time-out" in text and "staging SQL" in text
+
+
+def test_pyodbcs_own_unsupported_type_error_names_datetimeoffset():
+    """pyodbc raises its own errors as (message, SQLSTATE), the other way round from the driver's."""
+    error = pyodbc.ProgrammingError("ODBC SQL type -155 is not yet supported.  column-index=3  type=-155", "HY106")
+    text = str(explain_odbc_error(error, OdbcContext()))
+    assert "datetimeoffset" in text and "test-schema" in text and "SQLSTATE HY106" in text
+
+
+# ---------------------------------------------------------------------------
+# Output converters: what pyodbc hands them is the driver's raw bytes
+# ---------------------------------------------------------------------------
+
+
+def lone_surrogate_text() -> tuple[bytes, str]:
+    """UTF-16LE as SQL Server stores an NVARCHAR with half an emoji (LEFT() cut 🙂 = D83D DE42)."""
+    good = '{"first_name": "Zoë 🙂", "surname": "QQ"}'
+    raw = good.encode("utf-16-le").replace("QQ".encode("utf-16-le"), b"\x3d\xd8" + "Q".encode("utf-16-le"))
+    return raw, good
+
+
+def test_a_lone_surrogate_is_what_pyodbcs_strict_decoding_cannot_read():
+    raw, _ = lone_surrogate_text()
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-16-le")  # what pyodbc does without a converter: not a database error
+
+
+def test_the_wide_text_converter_keeps_the_text_readable_and_marks_it():
+    raw, good = lone_surrogate_text()
+    text = decode_wide_text(raw)
+    assert isinstance(text, UnreadableText)
+    assert text == good.replace("QQ", "\ufffdQ")
+    assert text.encode("utf-8")  # readable: prints, logs and encodes
+    # Where, in UTF-16 code units: what SUBSTRING() counts in NVARCHAR (🙂 is two of them).
+    assert text.position == len(good[: good.index("QQ")].encode("utf-16-le")) // 2 == good.index("QQ") + 1
+    # Its hash is the stored bytes' hash, as HASHBYTES('SHA2_256', the NVARCHAR) gives it.
+    assert text.digest == hashlib.sha256(raw).digest() == utf16_digest(text)
+    assert utf16_digest(text) != utf16_digest(str(text))
+    # Valid text is an ordinary str, hashed as SQL Server hashes NVARCHAR (UTF-16LE).
+    fine = decode_wide_text(good.encode("utf-16-le"))
+    assert type(fine) is str and fine == good
+    assert utf16_digest(fine) == hashlib.sha256(good.encode("utf-16-le")).digest()
+    assert utf16_digest(None) is None
+
+
+def test_datetimeoffset_is_read_as_naive_utc():
+    raw = struct.pack("<h5HI2h", 2026, 3, 1, 21, 4, 33, 120_000_000, 1, 0)  # 21:04:33.12 +01:00
+    assert decode_datetimeoffset(raw) == datetime(2026, 3, 1, 20, 4, 33, 120_000)
+    west = struct.pack("<h5HI2h", 2026, 3, 1, 21, 4, 33, 0, -5, -30)
+    assert decode_datetimeoffset(west) == datetime(2026, 3, 2, 2, 34, 33)
+    assert decode_datetimeoffset("2026-03-01 21:04:33 +01:00".encode("ascii")) == datetime(2026, 3, 1, 20, 4, 33)

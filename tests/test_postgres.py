@@ -8,13 +8,18 @@ reason, when no server is configured or reachable.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import logging
 import os
 import re
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -22,7 +27,7 @@ import pytest
 from api_pipeline import diagnostics
 from api_pipeline.cli import Context
 from api_pipeline.config import load_settings
-from api_pipeline.db import POSTGRES, Database, StagingTable
+from api_pipeline.db import POSTGRES, Database, LedgerEntry, RowUpdate, StagingTable
 from api_pipeline.errors import DatabaseError
 from api_pipeline.runner import execute_run
 from api_pipeline.synthetic import make_children
@@ -259,3 +264,161 @@ def test_test_schema_lists_unusable_columns_with_fixes_that_work(postgres_table:
             db.execute(fix)
     fixed = run_cli(["test-schema"], environ=postgres_table.env, cwd=tmp_path)
     assert fixed.code == 0, fixed.out
+
+
+# ---------------------------------------------------------------------------
+# Issue 18: deadlocks and lock waits with the council's SQL, for real
+# ---------------------------------------------------------------------------
+
+
+def wait_until(condition, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.02)
+
+
+def blocked_on_a_lock(watcher: Database, pid: int) -> bool:
+    """Whether that backend is waiting for a lock (each read here is its own transaction: a fresh view)."""
+    return watcher.scalar("SELECT wait_event_type FROM pg_stat_activity WHERE pid = ?", (pid,)) == "Lock"
+
+
+class CouncilJob(threading.Thread):
+    """The council's nightly SQL, touching the run's rows in the opposite order, ``rounds`` times.
+
+    Each round locks the second row, waits until the run's write-back holds the first and waits for
+    the second, then updates the first: a deadlock, in which PostgreSQL rolls back the run's
+    transaction (it waited first, so its deadlock check runs first). The round then commits.
+    """
+
+    def __init__(self, staging: Staging, ids: list[int], run_pid: int, rounds: int) -> None:
+        super().__init__(daemon=True)
+        self.staging, self.ids, self.run_pid, self.rounds = staging, ids, run_pid, rounds
+        self.error: BaseException | None = None
+        self.holding = threading.Event()  # the first round holds the second row
+
+    def run(self) -> None:
+        try:
+            first, second = self.ids
+            table = self.staging.table
+            with self.staging.open() as council, self.staging.open() as watcher:
+                for _ in range(self.rounds):
+                    with council.transaction():
+                        council.execute(f"UPDATE {table} SET last_updated = CURRENT_TIMESTAMP WHERE id = ?", (second,))
+                        self.holding.set()
+                        wait_until(lambda: blocked_on_a_lock(watcher, self.run_pid))
+                        council.execute(f"UPDATE {table} SET last_updated = CURRENT_TIMESTAMP WHERE id = ?", (first,))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+
+def acknowledged(staging: Staging) -> tuple[list[RowUpdate], list[LedgerEntry]]:
+    """What write-back gets after DfE acknowledged every row of the table."""
+    now = datetime(2026, 3, 1, 21, 4, 33)
+    updates, ledger = [], []
+    for row in staging.rows():
+        digest = hashlib.sha256(row["json_payload"].encode()).digest()
+        updates.append(
+            RowUpdate(
+                row["id"],
+                "Sent",
+                "receipt.json",
+                row["json_payload"],
+                now,
+                mark_sent=True,
+                previous_hash=digest,
+                row_state="Unchanged",
+            )
+        )
+        ledger.append(
+            LedgerEntry(row["person_id"], None, row["id"], row["json_payload"], digest, "receipt.json", now, False)
+        )
+    return updates, ledger
+
+
+def deadlocked_write_back(staging: Staging, rounds: int) -> int:
+    """Write back an acknowledged batch of two rows while the council's job deadlocks with it ``rounds`` times."""
+    staging.insert(list(make_children(2, seed=182)))
+    updates, ledger = acknowledged(staging)
+    with staging.open() as run:
+        table = StagingTable(run, staging.table)
+        table.ensure_ledger()
+        job = CouncilJob(staging, [u.row_id for u in updates], int(run.scalar("SELECT pg_backend_pid()")), rounds)
+        job.start()
+        try:
+            assert job.holding.wait(15)
+            return table.write_back(updates, ledger)
+        finally:
+            job.join(30)
+            assert job.error is None, job.error
+
+
+def test_write_back_chosen_as_a_deadlock_victim_is_written_again(postgres_table: Staging, caplog):
+    caplog.set_level(logging.WARNING, logger="api_pipeline")
+    assert deadlocked_write_back(postgres_table, rounds=1) == 0
+    assert all(row["submission_status"] == "Sent" for row in postgres_table.rows())
+    assert len(postgres_table.ledger()) == 2
+    (retry,) = [r.getMessage() for r in caplog.records if "deadlock victim" in r.getMessage()]
+    assert "writing back a batch" in retry and "attempt 2 of 5" in retry and "nothing was kept" in retry
+
+
+def test_write_back_gives_up_after_repeated_deadlocks_and_leaves_nothing_half_written(
+    postgres_table: Staging, monkeypatch
+):
+    monkeypatch.setattr("api_pipeline.db.CONFLICT_ATTEMPTS", 3)
+    with pytest.raises(DatabaseError) as caught:
+        deadlocked_write_back(postgres_table, rounds=3)
+    text = str(caught.value)
+    assert text.startswith("writing back a batch failed after 3 attempts: the database chose this work as the victim")
+    assert "deadlock detected" in text and "40P01" in text and caught.value.kind == "conflict"
+    assert all(row["submission_status"] == "Pending" for row in postgres_table.rows())
+    assert postgres_table.ledger() == {}
+
+
+@pytest.mark.parametrize("read", ["page of candidates", "any other query"])
+def test_a_read_blocked_by_the_councils_sql_waits_in_bounded_steps_and_beats(
+    postgres_table: Staging, monkeypatch, read: str
+):
+    """lock_timeout bounds each wait; between tries the run lock's heartbeat is written; then it reads."""
+    monkeypatch.setattr("api_pipeline.db.LOCK_WAIT_SECONDS", 0.5)
+    postgres_table.insert(list(make_children(3, seed=183)))
+    beats: list[float] = []
+    locked = threading.Event()
+
+    def council_sql() -> None:  # e.g. a TRUNCATE and reload, or an ALTER, for two seconds
+        with postgres_table.open() as council, council.transaction():
+            council.execute(f"LOCK TABLE {postgres_table.table} IN ACCESS EXCLUSIVE MODE")
+            locked.set()
+            time.sleep(2.2)
+
+    council = threading.Thread(target=council_sql, daemon=True)
+    council.start()
+    assert locked.wait(10)
+    with postgres_table.open() as run:
+        run.while_waiting = lambda: beats.append(time.monotonic())
+        if read == "any other query":
+            found = [run.scalar(f"SELECT COUNT(*) FROM {postgres_table.table}")] * 3
+        else:
+            found = list(StagingTable(run, postgres_table.table).iter_candidates())
+    council.join(10)
+    assert len(found) == 3 and found[0] is not None
+    assert len(beats) >= 3  # after each half-second wait
+
+
+def test_the_output_converter_gets_the_drivers_bytes_through_pyodbc(postgres_odbc):
+    """pyodbc hands a registered output converter the column's raw bytes: here a BYTEA holding
+    UTF-16LE with a lone surrogate, which the converter reads as SQL Server's text would be read."""
+    from api_pipeline.odbc import UnreadableText, decode_wide_text
+
+    raw = "Zoë ".encode("utf-16-le") + b"\x3d\xd8" + "!".encode("utf-16-le")
+    with Database.connect(postgres_odbc) as db:
+        connection = db._conn  # the pyodbc connection itself
+        connection.add_output_converter(-3, decode_wide_text)  # SQL_VARBINARY
+        connection.add_output_converter(-4, decode_wide_text)  # SQL_LONGVARBINARY: psqlODBC's BYTEA
+        try:
+            value = db.scalar("SELECT CAST(? AS BYTEA)", (raw,))
+        finally:
+            connection.clear_output_converters()
+    assert isinstance(value, UnreadableText) and value == "Zoë \ufffd!"
+    assert value.digest == hashlib.sha256(raw).digest()
