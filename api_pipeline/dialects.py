@@ -17,6 +17,8 @@ from typing import Any
 from api_pipeline.errors import ConfigError, DatabaseError
 
 HASH_BYTES = 32  # SHA-256
+# The longest receipt the tool accepts from DfE (api.py) and so the least the ledger's receipt column holds.
+MAX_RECEIPT_LENGTH = 255
 
 # Parameter kinds: the few parameters a driver cannot bind well by guessing from the Python value.
 LONG_TEXT = "long_text"  # stored in, or compared with, an NVARCHAR(MAX) / TEXT column
