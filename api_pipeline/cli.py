@@ -48,6 +48,8 @@ class Context:
     out: TextIO
     err: TextIO
     executable_dir: Path = field(default_factory=executable_dir)
+    # The secrets of the settings built so far: masked in the error line and traceback main prints.
+    secrets: list[str] = field(default_factory=list)
 
     def settings(self, args: argparse.Namespace, command: str, **overrides: Any) -> Settings:
         env_file = find_env_file(args.env_file, self.cwd, self.executable_dir)
@@ -55,7 +57,15 @@ class Context:
             overrides["log_dir"] = args.log_dir
         if args.verbose:
             overrides["debug"] = True
-        return load_settings(command=command, environ=self.environ, env_file=env_file, overrides=overrides)
+        settings = load_settings(command=command, environ=self.environ, env_file=env_file, overrides=overrides)
+        self.secrets.extend(secret.reveal() for secret in settings.secrets())
+        return settings
+
+    def masked(self, text: str) -> str:
+        """``text`` with every secret known to this process hidden: the settings', and any learnt since (tokens)."""
+        from api_pipeline.logs import known_secrets, mask_text
+
+        return mask_text(text, [*self.secrets, *known_secrets()])
 
     def print(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -383,7 +393,7 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
         return int(args.func(args, ctx))
     except PipelineError as exc:
         for line in str(exc).splitlines() or [exc.__class__.__name__]:
-            print(f"error: {line}", file=ctx.err, flush=True)
+            print(f"error: {ctx.masked(line)}", file=ctx.err, flush=True)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: rows not yet acknowledged stay pending and are sent next run", file=ctx.err)
@@ -391,7 +401,7 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
     except Exception as exc:  # noqa: BLE001 - the one boundary that must not crash
         print(f"unexpected error: {exc.__class__.__name__}. Run again with -vv for details.", file=ctx.err)
         if args.verbose >= 2:
-            traceback.print_exc(file=ctx.err)
+            print(ctx.masked(traceback.format_exc()), file=ctx.err, end="", flush=True)
         return ExitCode.RECORDS_FAILED
     finally:
         from api_pipeline.logs import close_logging

@@ -16,6 +16,7 @@ from api_pipeline.db import (
     staging_index_ddl,
 )
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode
+from api_pipeline.logs import known_secrets, mask_text, remember_secret
 
 
 def _connection_string(settings: Settings, command: str) -> Secret:
@@ -173,11 +174,12 @@ def test_endpoint(settings: Settings, ctx: Any) -> int:
 
     session = make_session(settings)
     try:
-        auth = ClientCredentialsAuth.from_settings(settings, session)
+        auth = ClientCredentialsAuth.from_settings(settings, session, on_token=remember_secret)
         client = ApiClient(settings, session, auth)
         check = client.test_endpoint()
     finally:
         session.close()
+    secrets = [*client.answer_mask().secrets, *known_secrets()]
     for line in check.lines():
-        ctx.print(line)
+        ctx.print(mask_text(line, secrets))
     return ExitCode.OK if check.ok else check.exit_code

@@ -27,7 +27,7 @@ _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 
 def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
     """Hide secrets, connection-string passwords, proxy passwords and bearer tokens."""
-    for secret in secrets:
+    for secret in sorted(secrets, key=len, reverse=True):  # a secret inside a longer one goes second
         if secret and len(secret) >= 4:
             text = text.replace(secret, MASK)
     text = _CONN_PASSWORD.sub(lambda m: f"{m.group(1)}={MASK}", text)
@@ -40,14 +40,12 @@ class SecretMaskingFilter(logging.Filter):
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        self.secrets: set[str] = {s for s in secrets if s}
+        self.secrets: frozenset[str] = frozenset(s for s in secrets if s)
 
     def add(self, *values: Secret | str | None) -> None:
-        for value in values:
-            if isinstance(value, Secret):
-                value = value.reveal()
-            if value:
-                self.secrets.add(value)
+        """Mask these too from now on. Safe from any thread: the set is replaced, never changed."""
+        revealed = {value.reveal() if isinstance(value, Secret) else value for value in values}
+        self.secrets = self.secrets | {value for value in revealed if value}
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -58,6 +56,30 @@ class SecretMaskingFilter(logging.Filter):
             record.exc_text = mask_text(record.exc_text, self.secrets)
         record.msg, record.args = masked, None
         return True
+
+
+def _masking_filters() -> list[SecretMaskingFilter]:
+    found: list[SecretMaskingFilter] = []
+    for handler in logging.getLogger(LOGGER_NAME).handlers:
+        found.extend(f for f in handler.filters if isinstance(f, SecretMaskingFilter) and f not in found)
+    return found
+
+
+def remember_secret(*values: Secret | str | None) -> None:
+    """Mask these in every log line from now on: a secret learnt during the run, such as its token.
+
+    Does nothing when logging is not configured (:func:`configure_logging`).
+    """
+    for masking in _masking_filters():
+        masking.add(*values)
+
+
+def known_secrets() -> frozenset[str]:
+    """Every secret the configured log masking knows: the settings' and those learnt since."""
+    found: frozenset[str] = frozenset()
+    for masking in _masking_filters():
+        found |= masking.secrets
+    return found
 
 
 def new_run_id() -> str:

@@ -17,7 +17,7 @@ from api_pipeline.config import Settings
 from api_pipeline.db import Database, StagingTable
 from api_pipeline.errors import ConfigError, ExitCode, PipelineError
 from api_pipeline.lock import RunLock
-from api_pipeline.logs import configure_logging, new_run_id
+from api_pipeline.logs import configure_logging, mask_text, new_run_id, remember_secret
 from api_pipeline.pipeline import Pipeline, RunOptions, RunSummary, utc_now
 from api_pipeline.progress import progress_for
 from api_pipeline.report import write_report
@@ -96,7 +96,7 @@ def execute_run(
 
                 session = make_session(settings)
                 try:
-                    auth = ClientCredentialsAuth.from_settings(settings, session, sleep=sleep)
+                    auth = ClientCredentialsAuth.from_settings(settings, session, sleep=sleep, on_token=remember_secret)
                     client = ApiClient(settings, session, auth, sleep=sleep)
                     pipeline = Pipeline(table, client, validator, options, summary, on_progress=after_batch)
                     try:
@@ -182,7 +182,8 @@ def run_command(
         return exit_code
     except PipelineError as exc:
         exit_code = exc.exit_code
-        summary.fatal_error = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        first_line = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        summary.fatal_error = mask_text(first_line, masking.secrets)  # the token included, once it was issued
         log.error("run stopped: %s", summary.fatal_error)
         raise
     except KeyboardInterrupt:
