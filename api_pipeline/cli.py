@@ -27,7 +27,7 @@ log = logging.getLogger("api_pipeline.cli")
 EXIT_CODES_HELP = """\
 exit codes:
   0    everything sent, or nothing to do
-  1    finished, but some records failed or are invalid
+  1    finished, but some records failed or are invalid; or an unexpected error
   2    usage or configuration error
   3    database error
   4    authentication error (token endpoint, or 401 from the API)

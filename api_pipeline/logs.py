@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from api_pipeline.config import Secret
+from api_pipeline.errors import ConfigError
 
 KEEP_LOGS = 30
 LOGGER_NAME = "api_pipeline"
@@ -82,6 +83,17 @@ def known_secrets() -> frozenset[str]:
     return found
 
 
+def why_not(exc: OSError) -> str:
+    """Why a folder or file could not be made, in words (the path is the caller's to name)."""
+    if isinstance(exc, (NotADirectoryError, FileExistsError)):
+        return "a file is in the way (a folder is needed there)"
+    if isinstance(exc, IsADirectoryError):
+        return "a folder is in the way (a file is needed there)"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return exc.strerror or type(exc).__name__
+
+
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
@@ -107,9 +119,15 @@ def configure_logging(
 
     log_file = None
     if log_dir is not None:
-        log_dir.mkdir(parents=True, exist_ok=True)
         log_file = log_dir / f"csc_api_pipeline_{run_id or new_run_id()}.log"
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"LOG_DIR (or --log-dir): cannot keep the log files in {log_dir}: {why_not(exc)}. "
+                "Choose a folder this account can create and write to"
+            ) from None
         file_handler.setLevel(logging.DEBUG if verbosity else logging.INFO)
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         file_handler.addFilter(masking)

@@ -321,6 +321,8 @@ footer{color:#505a5f;font-size:.9rem;margin-top:32px}
 
 def _verdict(summary: Mapping[str, Any], meanings: Mapping[int, str]) -> tuple[str, str]:
     code = summary.get("exit_code")
+    if summary.get("fatal_error") and code in (0, 1, None):  # stopped by something unexpected
+        return "bad", "The run stopped early on an error (below). Records not yet sent are sent at the next run."
     if summary.get("stopped_early") and code in (0, 1):
         return "warn", (
             "The run stopped at its time limit (MAX_RUNTIME). Records it did not reach are sent at the next run."
@@ -336,6 +338,13 @@ def _verdict(summary: Mapping[str, Any], meanings: Mapping[int, str]) -> tuple[s
         f"The run stopped early with exit code {code}, meaning: {meaning}. "
         "Records not yet sent are sent at the next run."
     )
+
+
+def _exit_meaning(summary: Mapping[str, Any], meanings: Mapping[int, str]) -> str:
+    code = _int(summary.get("exit_code"))
+    if summary.get("fatal_error") and code == 1:
+        return "the run stopped on an unexpected error"
+    return meanings.get(code, "")
 
 
 def render_report(
@@ -402,7 +411,7 @@ def render_report(
         ("Time taken", duration(seconds)),
         ("Speed", rate),
         ("Kind of run", f"{kind}, {'partial (changes only)' if summary.get('mode') == 'partial' else 'full records'}"),
-        ("Exit code", "not recorded" if code is None else f"{code}: {meanings.get(_int(code), '')}"),
+        ("Exit code", "not recorded" if code is None else f"{code}: {_exit_meaning(summary, meanings)}"),
     ]
     stopped = ""
     if summary.get("fatal_error"):

@@ -17,7 +17,7 @@ from api_pipeline.config import Settings
 from api_pipeline.db import Database, StagingTable
 from api_pipeline.errors import ConfigError, ExitCode, PipelineError
 from api_pipeline.lock import RunLock
-from api_pipeline.logs import configure_logging, mask_text, new_run_id, remember_secret
+from api_pipeline.logs import configure_logging, mask_text, new_run_id, remember_secret, why_not
 from api_pipeline.pipeline import Pipeline, RunOptions, RunSummary, utc_now
 from api_pipeline.progress import progress_for
 from api_pipeline.report import write_report
@@ -68,6 +68,8 @@ def execute_run(
     )
     if options.writes:
         check_live_interlock(settings)
+    if dry_run_dir is not None:
+        prepare_review_folder(dry_run_dir)
     validator = RecordValidator.from_settings(settings.payload_schema)
     assert settings.db_connection_string is not None
     with Database.connect(settings.db_connection_string) as db:
@@ -105,6 +107,16 @@ def execute_run(
                         _copy_client_counters(client, summary)
                 finally:
                     session.close()
+
+
+def prepare_review_folder(folder: Path) -> None:
+    """The --dry-run folder, made now: a file in the way is a mistake to report before any work."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--dry-run: {folder} is a file; give a folder for the request files to be written to")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--dry-run: cannot make the folder {folder}: {why_not(exc)}") from None
 
 
 def check_live_interlock(settings: Settings) -> None:
@@ -189,6 +201,16 @@ def run_command(
     except KeyboardInterrupt:
         exit_code = ExitCode.INTERRUPTED
         summary.fatal_error = "interrupted"
+        raise
+    except Exception as exc:
+        # A fault in the tool: cli.main exits 1 for it, and the summary and report must say so.
+        # Only the exception's type is recorded: its message could hold anything.
+        exit_code = ExitCode.RECORDS_FAILED
+        summary.fatal_error = (
+            f"unexpected error: {type(exc).__name__} (a fault in the tool, not in the data or the settings; "
+            "run again with -vv for details and report it)"
+        )
+        log.error("run stopped: %s", summary.fatal_error)
         raise
     finally:
         summary.exit_code = exit_code
