@@ -75,7 +75,7 @@ LEDGER_SPEC = (
     Column("staging_id", "int"),
     Column("record_json", "long_text"),
     Column("record_hash", "hash"),
-    Column("receipt", "text", 200, min_size=100),
+    Column("receipt", "text", MAX_RECEIPT_LENGTH, min_size=MAX_RECEIPT_LENGTH),
     Column("acknowledged_at", "timestamp"),
     Column("purged", "flag", nullable=False, default="0"),
 )

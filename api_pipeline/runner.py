@@ -87,6 +87,7 @@ def execute_run(
             if not options.writes:
                 return Pipeline(table, None, validator, options, summary, on_progress=progress.update).run()
             table.ensure_ledger()
+            check_ledger(table)
             from api_pipeline.api import ApiClient, make_session
             from api_pipeline.auth import ClientCredentialsAuth
 
@@ -117,6 +118,22 @@ def prepare_review_folder(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--dry-run: cannot make the folder {folder}: {why_not(exc)}") from None
+
+
+def check_ledger(table: StagingTable) -> None:
+    """Refuse before sending when the ledger cannot hold what is written to it (a receipt too long).
+
+    Found only at write-back, that would be after DfE had taken the records: every run.
+    """
+    blocking = [issue for issue in table.ledger_issues() or [] if issue.blocking]
+    if blocking:
+        first = blocking[0]
+        from api_pipeline.errors import DatabaseError
+
+        raise DatabaseError(
+            f"the ledger table {table.ledger} cannot hold what the tool writes to it: {first.column} {first.reason}. "
+            "Nothing was sent. Run test-schema for the statement that fixes it"
+        )
 
 
 def check_live_interlock(settings: Settings) -> None:
