@@ -137,7 +137,7 @@ def cmd_test_schema(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
     from api_pipeline.demo import run_demo
 
-    folder = args.dir if args.dir is not None else ctx.cwd / "csc_api_pipeline_demo"
+    folder = ctx.cwd / (args.dir if args.dir is not None else "csc_api_pipeline_demo")
     return run_demo(folder, ctx, children=args.children, seed=args.seed, verbosity=args.verbose, quiet=args.quiet)
 
 
@@ -244,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--live",
         action="store_true",
-        help="Allow sending to DfE's live receiver (an API_ENDPOINT without '-test'). Env: ALLOW_LIVE. "
-        "Never allowed for a table whose name ends in _anon.",
+        help="Allow sending to DfE's live receiver (an API_ENDPOINT without '-test' in its host name or path). "
+        "Env: ALLOW_LIVE. Never allowed for a table whose name ends in _anon.",
     )
     run.add_argument(
         "--mode",
@@ -298,7 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--children", type=_positive_int, default=300, metavar="N", help="Synthetic children (default: 300)."
     )
     demo.add_argument(
-        "--dir", type=Path, metavar="FOLDER", help="Demo folder (default: ./csc_api_pipeline_demo; replaced)."
+        "--dir",
+        type=Path,
+        metavar="FOLDER",
+        help="Demo folder: a new or empty one, or one an earlier demo made, whose database is replaced "
+        "(default: ./csc_api_pipeline_demo). A folder holding anything else is refused, never deleted.",
     )
     demo.add_argument("--seed", type=int, default=2026, help="Random seed for the synthetic data (default: 2026).")
 

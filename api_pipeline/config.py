@@ -6,6 +6,7 @@ default. Nothing else in the package reads ``os.environ``.
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 import unicodedata
@@ -13,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from api_pipeline.errors import ConfigError
 
@@ -348,8 +349,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "ALLOW_LIVE",
         "allow_live",
-        "true: allow sending to DfE's live receiver (an API_ENDPOINT without '-test'). Same as run --live. "
-        "Never allowed for a table whose name ends in _anon.",
+        "true: allow sending to DfE's live receiver (an API_ENDPOINT without '-test' in its host name or path). "
+        "Same as run --live. Never allowed for a table whose name ends in _anon.",
         default=False,
         parse=_parse_bool,
     ),
@@ -429,10 +430,13 @@ class Settings:
 
     @property
     def is_test_receiver(self) -> bool:
-        """DfE's test receivers have '-test' in their URL; the simulator runs on this machine."""
-        endpoint = self.api_endpoint or ""
-        host = urlsplit(endpoint).hostname or ""
-        return "-test" in endpoint.lower() or host in LOOPBACK_HOSTS
+        """DfE's test receivers have '-test' in their host name or path (the simulator's path too).
+
+        Only the host and path count: not a user name, query or fragment, and not a loopback
+        host on its own, which may be a relay to the live receiver.
+        """
+        parts = urlsplit(self.api_endpoint or "")
+        return "-test" in (parts.hostname or "").lower() or "-test" in unquote(parts.path).lower()
 
     @property
     def connect_timeout(self) -> float:
@@ -483,6 +487,35 @@ def read_env_file(path: Path | None) -> dict[str, str]:
     return {key: value for key, value in values.items() if value is not None}
 
 
+_ENV_LINE_NAME = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=")
+
+
+def env_file_problems(path: Path | None) -> list[str]:
+    """One line per ``.env`` line that python-dotenv cannot read (it would drop it with a warning).
+
+    Names the variable and the line, never the value: the line may hold a secret.
+    """
+    if path is None:
+        return []
+    from dotenv.parser import parse_stream
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []  # read_env_file reports it
+    problems = []
+    for binding in parse_stream(io.StringIO(text)):
+        if not binding.error:
+            continue
+        named = _ENV_LINE_NAME.match(binding.original.string)
+        name = named.group(1) if named else "a setting"
+        problems.append(
+            f"{name}: line {binding.original.line} of {path} cannot be read, so it would be ignored. "
+            "Check its quotes: a value that starts with a quote must end with the same quote on that line"
+        )
+    return problems
+
+
 def load_settings(
     *,
     command: str,
@@ -497,7 +530,7 @@ def load_settings(
     file_values = read_env_file(env_file)
     overrides = dict(overrides or {})
     values: dict[str, Any] = {}
-    problems: list[str] = []
+    problems: list[str] = env_file_problems(env_file)
     where = f" (in {env_file})" if env_file else ""
 
     def lookup(option: Option) -> tuple[str, str] | None:

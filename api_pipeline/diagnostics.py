@@ -10,6 +10,7 @@ from api_pipeline.db import (
     Database,
     Dialect,
     StagingTable,
+    check_table_name_length,
     dialect_named,
     ledger_ddl,
     staging_ddl,
@@ -86,6 +87,7 @@ def tables_ddl(dialect: Dialect, table: str) -> list[tuple[str, str, str]]:
     """(what, name, DDL) for every table the tool uses, in creation order. Each DDL creates only if missing."""
     from api_pipeline.lock import lock_ddl
 
+    check_table_name_length(dialect, table)
     ledger, lock = f"{table}_ledger", f"{table}_run_lock"
     offline = Database(None, dialect, description=f"{dialect.label} (DDL only)")
     return [

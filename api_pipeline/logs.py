@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -20,6 +21,8 @@ from api_pipeline.errors import ConfigError
 KEEP_LOGS = 30
 LOGGER_NAME = "api_pipeline"
 MASK = "<hidden>"
+PRIVATE_FILE = 0o600  # logs, summaries, reports and dry-run files: the account running the tool only
+PRIVATE_DIR = 0o700
 # Password=...; PWD=...; in connection strings, and user:password@ in URLs.
 _CONN_PASSWORD = re.compile(r"(?i)\b(pwd|password)\s*=\s*(\{(?:[^}]|\}\})*\}|[^;]*)")  # ODBC: '}}' is a '}'
 _URL_PASSWORD = re.compile(r"(?i)(://[^/:@\s]+:)([^@/\s]+)@")
@@ -83,6 +86,47 @@ def known_secrets() -> frozenset[str]:
     return found
 
 
+def make_private_dir(folder: Path) -> None:
+    """Make ``folder`` and any missing parents readable by this account only (POSIX 0700).
+
+    A folder that exists already is left as it is. On Windows the mode means nothing and the
+    folder inherits its parent's permissions, as before.
+    """
+    missing: list[Path] = []
+    current = folder
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        path.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+
+
+def write_private(path: Path, data: str | bytes) -> None:
+    """Write ``path`` (text as UTF-8) so that only this account can read it (POSIX 0600).
+
+    Logs, summaries, reports and dry-run files name children or hold their records: a file
+    that exists already is made private too. On Windows the file's permissions come from
+    its folder, as before.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), PRIVATE_FILE)
+    with open(fd, "wb") as handle:
+        if hasattr(os, "fchmod"):
+            with contextlib.suppress(OSError):
+                os.fchmod(handle.fileno(), PRIVATE_FILE)
+        handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def _create_private(path: Path) -> None:
+    """An empty private file, for a handler that then appends to it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
+    try:
+        if hasattr(os, "fchmod"):
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, PRIVATE_FILE)
+    finally:
+        os.close(fd)
+
+
 def why_not(exc: OSError) -> str:
     """Why a folder or file could not be made, in words (the path is the caller's to name)."""
     if isinstance(exc, (NotADirectoryError, FileExistsError)):
@@ -121,7 +165,8 @@ def configure_logging(
     if log_dir is not None:
         log_file = log_dir / f"csc_api_pipeline_{run_id or new_run_id()}.log"
         try:
-            log_dir.mkdir(parents=True, exist_ok=True)
+            make_private_dir(log_dir)
+            _create_private(log_file)
             file_handler = logging.FileHandler(log_file, encoding="utf-8")
         except OSError as exc:
             raise ConfigError(

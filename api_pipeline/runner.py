@@ -17,7 +17,15 @@ from api_pipeline.config import Settings
 from api_pipeline.db import Database, StagingTable
 from api_pipeline.errors import ConfigError, ExitCode, PipelineError
 from api_pipeline.lock import RunLock
-from api_pipeline.logs import configure_logging, mask_text, new_run_id, remember_secret, why_not
+from api_pipeline.logs import (
+    configure_logging,
+    make_private_dir,
+    mask_text,
+    new_run_id,
+    remember_secret,
+    why_not,
+    write_private,
+)
 from api_pipeline.pipeline import Pipeline, RunOptions, RunSummary, utc_now
 from api_pipeline.progress import progress_for
 from api_pipeline.report import write_report
@@ -115,7 +123,7 @@ def prepare_review_folder(folder: Path) -> None:
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--dry-run: {folder} is a file; give a folder for the request files to be written to")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_private_dir(folder)  # the files hold whole records
     except OSError as exc:
         raise ConfigError(f"--dry-run: cannot make the folder {folder}: {why_not(exc)}") from None
 
@@ -143,12 +151,12 @@ def check_live_interlock(settings: Settings) -> None:
     if settings.table_name.lower().endswith("_anon"):
         raise ConfigError(
             f"TABLE_NAME {settings.table_name} is an anonymised test copy (_anon) and API_ENDPOINT is DfE's live "
-            "receiver (no '-test' in the URL). Test copies go to the test receiver only."
+            "receiver (no '-test' in its host name or path). Test copies go to the test receiver only."
         )
     if not settings.allow_live:
         raise ConfigError(
-            "API_ENDPOINT is DfE's live receiver (no '-test' in the URL). To send live data, run with --live "
-            "or set ALLOW_LIVE=true; to rehearse, use DfE's test receiver."
+            "API_ENDPOINT is DfE's live receiver (no '-test' in its host name or path). To send live data, run with "
+            "--live or set ALLOW_LIVE=true; to rehearse, use DfE's test receiver."
         )
 
 
@@ -236,7 +244,7 @@ def run_command(
             log.info("%s", line)
         if log_file is not None:
             summary_path = log_file.with_suffix(".summary.json")
-            summary_path.write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
+            write_private(summary_path, json.dumps(summary.to_dict(), indent=2))
             log.info("log: %s", log_file)
             try:
                 log.info("report: %s", write_report(summary_path))
