@@ -61,11 +61,16 @@ class Context:
         self.secrets.extend(secret.reveal() for secret in settings.secrets())
         return settings
 
-    def masked(self, text: str) -> str:
-        """``text`` with every secret known to this process hidden: the settings', and any learnt since (tokens)."""
-        from api_pipeline.logs import known_secrets, mask_text
+    def masked(self, text: str, *, patterns: bool = False) -> str:
+        """``text`` with every secret known to this process hidden: the settings', and any learnt since (tokens).
 
-        return mask_text(text, [*self.secrets, *known_secrets()])
+        ``patterns`` also hides what looks like a password or a bearer token (for a traceback,
+        whose text the tool did not write).
+        """
+        from api_pipeline.logs import hide_secrets, known_secrets, mask_text
+
+        secrets = [*self.secrets, *known_secrets()]
+        return mask_text(text, secrets) if patterns else hide_secrets(text, secrets)
 
     def print(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -405,7 +410,7 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
     except Exception as exc:  # noqa: BLE001 - the one boundary that must not crash
         print(f"unexpected error: {exc.__class__.__name__}. Run again with -vv for details.", file=ctx.err)
         if args.verbose >= 2:
-            print(ctx.masked(traceback.format_exc()), file=ctx.err, end="", flush=True)
+            print(ctx.masked(traceback.format_exc(), patterns=True), file=ctx.err, end="", flush=True)
         return ExitCode.RECORDS_FAILED
     finally:
         from api_pipeline.logs import close_logging

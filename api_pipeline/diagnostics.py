@@ -17,7 +17,7 @@ from api_pipeline.db import (
     staging_index_ddl,
 )
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode
-from api_pipeline.logs import known_secrets, mask_text, remember_secret
+from api_pipeline.logs import hide_secrets, known_secrets, remember_secret
 
 
 def _connection_string(settings: Settings, command: str) -> Secret:
@@ -183,5 +183,5 @@ def test_endpoint(settings: Settings, ctx: Any) -> int:
         session.close()
     secrets = [*client.answer_mask().secrets, *known_secrets()]
     for line in check.lines():
-        ctx.print(mask_text(line, secrets))
+        ctx.print(hide_secrets(line, secrets))
     return ExitCode.OK if check.ok else check.exit_code

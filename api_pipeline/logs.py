@@ -29,11 +29,17 @@ _URL_PASSWORD = re.compile(r"(?i)(://[^/:@\s]+:)([^@/\s]+)@")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 
 
-def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
-    """Hide secrets, connection-string passwords, proxy passwords and bearer tokens."""
+def hide_secrets(text: str, secrets: Iterable[str]) -> str:
+    """Hide each of these known secrets (for the tool's own messages, which hold no unknown ones)."""
     for secret in sorted(secrets, key=len, reverse=True):  # a secret inside a longer one goes second
         if secret and len(secret) >= 4:
             text = text.replace(secret, MASK)
+    return text
+
+
+def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """Hide secrets, connection-string passwords, proxy passwords and bearer tokens."""
+    text = hide_secrets(text, secrets)
     text = _CONN_PASSWORD.sub(lambda m: f"{m.group(1)}={MASK}", text)
     text = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}@", text)
     return _BEARER.sub(lambda m: f"{m.group(1)}{MASK}", text)

@@ -19,8 +19,8 @@ from api_pipeline.errors import ConfigError, ExitCode, PipelineError
 from api_pipeline.lock import RunLock
 from api_pipeline.logs import (
     configure_logging,
+    hide_secrets,
     make_private_dir,
-    mask_text,
     new_run_id,
     remember_secret,
     why_not,
@@ -220,7 +220,7 @@ def run_command(
     except PipelineError as exc:
         exit_code = exc.exit_code
         first_line = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        summary.fatal_error = mask_text(first_line, masking.secrets)  # the token included, once it was issued
+        summary.fatal_error = hide_secrets(first_line, masking.secrets)  # the token included, once it was issued
         log.error("run stopped: %s", summary.fatal_error)
         raise
     except KeyboardInterrupt:
