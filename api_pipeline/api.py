@@ -118,7 +118,7 @@ _SPACE = re.compile(r"\s+")
 # A record marker is "[n]" not glued to a name: "[3] child_details.sex: ..." names record 3,
 # while "social_care_episodes[0]" inside the path is an item index and is not a record.
 _INDEX_MARKER = re.compile(r"(?<![\w\]])\[(\d+)\]")
-MIN_ECHO_WORD = 3  # shorter words of a record (codes like "M", "F") are not worth hiding and collide with text
+MIN_ECHO_WORD = 2  # single characters of a record (codes like "M", "F") identify nobody and collide with text
 ECHO = "…"
 
 
@@ -664,6 +664,9 @@ class ApiClient:
         self._interval = settings.min_request_interval_ms / 1000
         self._pace_lock = threading.Lock()
         self._last_start = float("-inf")
+        # MAX_RUNTIME bounds retries too: past it, a failing batch is not tried again (the client
+        # is made as the run starts, so its clock is the run's).
+        self._retry_deadline = time.monotonic() + settings.max_runtime
 
     parse_receipt_time = staticmethod(parse_receipt_time)
 
@@ -795,12 +798,15 @@ class ApiClient:
         return type(exc).__name__
 
     def _stop(self, retry_state: RetryCallState) -> bool:
-        """Stop after MAX_RETRIES retries; 403 gets at most three."""
+        """Stop after MAX_RETRIES retries (403: at most three), or once MAX_RUNTIME has passed."""
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         limit = self.settings.max_retries
         if isinstance(exc, Forbidden):
             limit = min(limit, MAX_FORBIDDEN_RETRIES)
-        return retry_state.attempt_number > limit
+        return retry_state.attempt_number > limit or self._out_of_time()
+
+    def _out_of_time(self) -> bool:
+        return time.monotonic() >= self._retry_deadline
 
     _backoff = wait_exponential_jitter(initial=BACKOFF_INITIAL, max=BACKOFF_MAX, jitter=BACKOFF_INITIAL)
 
@@ -808,8 +814,10 @@ class ApiClient:
         """The server's Retry-After when it gave one (capped), else exponential backoff with jitter."""
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(exc, RetriableApiError) and exc.retry_after is not None:
-            return min(exc.retry_after, MAX_RETRY_AFTER)
-        return min(float(self._backoff(retry_state)), BACKOFF_MAX)
+            wait = min(exc.retry_after, MAX_RETRY_AFTER)
+        else:
+            wait = min(float(self._backoff(retry_state)), BACKOFF_MAX)
+        return max(0.0, min(wait, self._retry_deadline - time.monotonic()))  # never wait past MAX_RUNTIME
 
     def _before_sleep(self, state: _Attempt) -> Callable[[RetryCallState], None]:
         def log_retry(retry_state: RetryCallState) -> None:
@@ -856,8 +864,9 @@ class ApiClient:
             ) from None
         except RetriableApiError as exc:
             attempts = retrying.statistics.get("attempt_number", 1)
+            why = ", as MAX_RUNTIME was reached" if self._out_of_time() else ""
             raise RetriesExhausted(
-                f"batch {batch_id}: gave up after {attempts} attempts. {exc}. The records stay pending "
+                f"batch {batch_id}: gave up after {attempts} attempts{why}. {exc}. The records stay pending "
                 "and are sent next run",
                 status=exc.status,
                 attempts=attempts,

@@ -119,6 +119,19 @@ def test_a_trickling_receiver_is_cut_off_at_http_timeout(db_path, trickle) -> No
     assert statuses(db_path) == ["pending"] * 2
 
 
+def test_max_runtime_bounds_the_retries_of_a_trickling_receiver(db_path) -> None:
+    insert(db_path, list(make_children(2, seed=159)))
+    with Hostile(trickle_body(seconds=30)) as receiver:
+        environ = receiver.env() | db_env(db_path) | {"MAX_RETRIES": "5", "HTTP_TIMEOUT": "1", "MAX_RUNTIME": "2"}
+        started = time.monotonic()
+        result = run_cli(["run"], environ=environ, cwd=db_path.parent)
+        took = time.monotonic() - started
+    # Six attempts with backoff would take over 30 s; MAX_RUNTIME ends them after about 3.
+    assert took < 15, f"the run took {took:.0f} s against MAX_RUNTIME=2"
+    assert result.code == ExitCode.API and "MAX_RUNTIME" in result.err
+    assert statuses(db_path) == ["pending"] * 2
+
+
 def test_a_trickling_token_endpoint_is_cut_off_at_http_timeout(tmp_path) -> None:
     with Hostile(lambda exchange: exchange.receipts(), token_answer=trickle_body(seconds=30)) as host:
         settings = load_settings(command="test-endpoint", environ=host.env() | FAST)

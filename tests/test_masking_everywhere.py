@@ -182,3 +182,15 @@ def test_vv_tracebacks_and_error_lines_are_masked(tmp_path: Path, monkeypatch: p
     assert refused.code == ExitCode.API and refused.err.startswith("error: refused")
     for text in (crashed.err, refused.err):
         assert secret not in text and key not in text and "abc.def-123" not in text
+
+
+def test_an_answer_is_masked_with_the_words_of_the_request_it_answers() -> None:
+    from api_pipeline.api import AnswerMask, mask_text, parse_indexes
+
+    sent = json.dumps([{"la_child_id": "C1", "child_details": {"first_name": "Jo", "postcode": "N1 9GU"}}]).encode()
+    mask = AnswerMask(("a-secret-token",), sent)
+    text = "[0] child_details.first_name: Jo (N1 9GU) refused for a-secret-token; sex: F"
+    masked = mask_text(text, mask=mask)
+    assert "Jo" not in masked and "N1" not in masked and "9GU" not in masked and "a-secret-token" not in masked
+    assert "child_details.first_name" in masked and "refused" in masked
+    assert parse_indexes(text, mask) == {0: mask_text(text[4:], mask=mask)}
