@@ -196,7 +196,7 @@ def test_masking_still_hides_what_it_hid() -> None:
 
 def test_a_huge_error_body_is_masked_and_the_run_goes_on(db_path) -> None:
     insert(db_path, list(make_children(2, seed=155)))
-    body = b"x" * 300_000 + b" user@example.org"
+    body = b"a." * 75_000 + b" user@example.org"  # 150 KB: the old e-mail pattern took minutes on it
     with Hostile(answer_with(400, body)) as receiver:
         started = time.monotonic()
         result = run_cli(["run"], environ=receiver.env() | db_env(db_path) | FAST, cwd=db_path.parent)
