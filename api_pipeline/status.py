@@ -244,7 +244,6 @@ class StatusReport:
     log_dir: str = ""
     runs: list[dict[str, Any]] = field(default_factory=list)
     unreadable_summaries: int = 0
-    skipped_summaries: list[str] = field(default_factory=list)  # "file: why", for warnings
     generated_at: str = field(
         default_factory=lambda: datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
     )
@@ -333,11 +332,17 @@ def collect_problems(table: StagingTable, keys: ReasonKeys) -> list[dict[str, An
     ]
 
 
-def read_run_summaries(log_dir: Path, limit: int) -> tuple[list[dict[str, Any]], list[str]]:
-    """The newest ``limit`` usable run summaries as :func:`run_row` rows, newest first, and the skipped ones.
+def read_run_summaries(log_dir: Path, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """The newest ``limit`` usable run summaries (newest first) and how many were skipped."""
+    found, skipped = scan_run_summaries(log_dir, limit)
+    return found, len(skipped)
 
-    A summary that is not strict JSON, or whose fields are not of their kind (a hand edit),
-    is skipped: the second list says which file and why, for a warning.
+
+def scan_run_summaries(log_dir: Path, limit: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """The newest ``limit`` usable run summaries (newest first), and ``"file: why"`` for each one skipped.
+
+    A summary that is not strict JSON, or whose fields are not of their kind (a hand edit:
+    ``NaN``, a list where a mapping belongs), is skipped rather than stopping ``status``.
     """
     if not log_dir.is_dir():
         return [], []
@@ -347,9 +352,12 @@ def read_run_summaries(log_dir: Path, limit: int) -> tuple[list[dict[str, Any]],
         if len(found) >= limit:
             break
         try:
-            found.append(run_row(load_summary(path)))
+            summary = load_summary(path)
+            run_row(summary)  # every field status shows is of its kind
         except (OSError, ValueError, RecursionError) as exc:
             skipped.append(f"{path.name}: {exc}" if isinstance(exc, ValueError) else f"{path.name}: unreadable")
+            continue
+        found.append(summary)
     return found, skipped
 
 
@@ -426,8 +434,8 @@ def collect_status(
             report.children_purged = int(purged or 0)
             report.last_acknowledged = parse_timestamp(last)
 
-    report.runs, report.skipped_summaries = read_run_summaries(log_dir, runs)
-    report.unreadable_summaries = len(report.skipped_summaries)
+    summaries, report.unreadable_summaries = read_run_summaries(log_dir, runs)
+    report.runs = [run_row(s) for s in summaries]
     return report
 
 
@@ -580,7 +588,7 @@ def status_command(settings: Settings, ctx: Any, *, runs: int = 10, as_json: boo
     log_dir = default_log_dir(settings, ctx.cwd)
     with Database.connect(settings.db_connection_string) as db:
         report = collect_status(db, settings, log_dir, runs=runs)
-    for skipped in report.skipped_summaries:
+    for skipped in scan_run_summaries(log_dir, runs)[1]:
         print(f"warning: run summary {skipped}; it is left out", file=ctx.err, flush=True)
     if as_json:
         ctx.print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
