@@ -21,13 +21,15 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
-from api_pipeline import APP_NAME, __version__
+from api_pipeline import APP_NAME, __version__, bounded
+from api_pipeline.bounded import MAX_ANSWER_BYTES, AnswerTooLarge, AnswerTooSlow, describe_size
 from api_pipeline.config import Settings
+from api_pipeline.dialects import MAX_RECEIPT_LENGTH
 from api_pipeline.errors import (
     ApiError,
     AuthError,
@@ -105,24 +107,81 @@ class RetriesExhausted(ApiError):
 # Masking and describing what went wrong, shared with auth.py.
 # ---------------------------------------------------------------------------
 
-_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|‘[^’\n]*’|“[^”\n]*”")
+# Every pattern here is matched in linear time: no quantified group can overlap the one after
+# it, so a hostile body of any shape costs one pass (an e-mail is found from its "@" outwards).
+_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|‘[^‘’\n]*’|“[^“”\n]*”")
 _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T _]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b")
-_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
+_LOCAL_PART_REVERSED = re.compile(r"[\w.+-]+")
+_DOMAIN = re.compile(r"[\w-]+(?:\.[\w-]+)+\b")
+_WORD = re.compile(r"\w+")
 _SPACE = re.compile(r"\s+")
 # A record marker is "[n]" not glued to a name: "[3] child_details.sex: ..." names record 3,
 # while "social_care_episodes[0]" inside the path is an item index and is not a record.
 _INDEX_MARKER = re.compile(r"(?<![\w\]])\[(\d+)\]")
+MIN_ECHO_WORD = 2  # single characters of a record (codes like "M", "F") identify nobody and collide with text
+ECHO = "…"
 
 
-def mask_text(text: str, limit: int = SUMMARY_LIMIT) -> str:
-    """Drop quoted values, dates and e-mail addresses, squash whitespace and cap the length.
+def _mask_emails(text: str) -> str:
+    """``name@host.example`` → ``<email>``, working outwards from each "@" (one pass)."""
+    if "@" not in text:
+        return text
+    pieces = text.split("@")
+    out: list[str] = []
+    left = pieces[0]
+    for right in pieces[1:]:
+        local = _LOCAL_PART_REVERSED.match(left[::-1])
+        domain = _DOMAIN.match(right)
+        name = local.group()[::-1].lstrip(".+-") if local else ""
+        if name and domain:
+            out.append(left[: len(left) - len(name)] + "<email>")
+            left = right[domain.end() :]
+        else:
+            out.append(left + "@")
+            left = right
+    out.append(left)
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class AnswerMask:
+    """What must not be echoed from an answer: the run's secrets, and the words of the request sent.
+
+    DfE's and the gateway's messages can repeat the token, the SupplierKey or a record's values
+    (a name, a postcode, a UPN), quoted or not. The request's words are read from its body only
+    when an answer needs masking, which successful answers never do.
+    """
+
+    secrets: tuple[str, ...] = ()
+    sent: bytes = b""
+
+    @functools.cached_property
+    def words(self) -> frozenset[str]:
+        if not self.sent:
+            return frozenset()
+        try:
+            document = json.loads(self.sent.decode("utf-8", errors="replace"))
+        except (ValueError, RecursionError):
+            document = None
+        texts = _strings(document) if document is not None else iter([self.sent.decode("utf-8", "replace")])
+        return frozenset(w for text in texts for w in _WORD.findall(text) if len(w) >= MIN_ECHO_WORD)
+
+
+def mask_text(text: str, limit: int = SUMMARY_LIMIT, mask: AnswerMask | None = None) -> str:
+    """Hide secrets, quoted values, dates, e-mail addresses and echoed record words; cap the length.
 
     DfE's messages can echo the value that failed (a name, a date of birth); what is left
     (field paths, rule names, status words) is enough to act on and safe to log.
     """
-    text = _QUOTED.sub("'…'", text)
+    from api_pipeline.logs import mask_text as hide_secrets
+
+    text = hide_secrets(text, mask.secrets if mask else ())
     text = _DATE.sub("<date>", text)
-    text = _EMAIL.sub("<email>", text)
+    text = _mask_emails(text)
+    text = _QUOTED.sub("'…'", text)
+    words = mask.words if mask else frozenset()
+    if words:
+        text = _WORD.sub(lambda m: ECHO if m.group() in words else m.group(), text)
     text = _SPACE.sub(" ", text).strip()
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"
@@ -130,15 +189,24 @@ def mask_text(text: str, limit: int = SUMMARY_LIMIT) -> str:
 
 
 def _strings(value: Any) -> Iterator[str]:
-    """Every string inside a parsed JSON answer, in document order."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
+    """Every string inside a parsed JSON answer, in document order (no recursion: any depth)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+
+
+def parse_json(content: bytes) -> Any:
+    """An answer's JSON, or None when it is not JSON (or nested deeper than the parser goes)."""
+    try:
+        return json.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
 
 
 def _body_text(response: requests.Response) -> str:
@@ -151,21 +219,21 @@ def _body_text(response: requests.Response) -> str:
     if stripped[:1] in ("{", "["):
         try:
             return "\n".join(_strings(json.loads(stripped)))
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             pass
     return text
 
 
-def summarise(response: requests.Response) -> str:
+def summarise(response: requests.Response, mask: AnswerMask | None = None) -> str:
     """``HTTP 503 Service Unavailable: <masked first 200 characters>`` for messages and logs."""
     head = f"HTTP {response.status_code}"
     if response.reason:
-        head += f" {response.reason}"
-    text = mask_text(_body_text(response))
+        head += f" {mask_text(str(response.reason), 60, mask)}"
+    text = mask_text(_body_text(response), mask=mask)
     return f"{head}: {text}" if text else head
 
 
-def parse_indexes(text: str) -> dict[int, str]:
+def parse_indexes(text: str, mask: AnswerMask | None = None) -> dict[int, str]:
     """Map each record DfE names in a 400 answer (``[n] path: message`` lines) to its masked message."""
     found: dict[int, str] = {}
     for line in text.splitlines():
@@ -173,7 +241,7 @@ def parse_indexes(text: str) -> dict[int, str]:
         if marker is None:
             continue
         index = int(marker.group(1))
-        message = mask_text(line[marker.end() :].strip(" :-;,"))
+        message = mask_text(line[marker.end() :].strip(" :-;,"), mask=mask)
         if not message:
             found.setdefault(index, "rejected by DfE (no reason given)")
         elif index in found:
@@ -365,14 +433,39 @@ def make_session(settings: Settings) -> requests.Session:
 # ---------------------------------------------------------------------------
 
 
-def classify(response: requests.Response) -> None:
-    """Return for 200/204; otherwise raise the exception that says what the caller should do."""
+def redirect_host(response: requests.Response) -> str:
+    """The host a 3xx answer points at (its ``Location``), for the message; never its path or credentials."""
+    location = response.headers.get("Location", "").strip()
+    if not location:
+        return "nowhere (no Location header)"
+    try:
+        parts = urlsplit(urljoin(response.url or "", location))
+        host = parts.hostname or ""
+    except ValueError:
+        host = ""
+    if not host:
+        return "an address that is not a URL"
+    return f"{parts.scheme}://{host}" if parts.scheme in ("http", "https") else host
+
+
+def classify(response: requests.Response, mask: AnswerMask | None = None) -> None:
+    """Return for 200/204; otherwise raise the exception that says what the caller should do.
+
+    ``mask`` says what the answer must not echo into a message (see :class:`AnswerMask`).
+    """
     status = response.status_code
     if status in (200, 204):
         return
-    summary = summarise(response)
+    if 300 <= status <= 399:
+        raise FatalApiError(
+            f"DfE's endpoint answered HTTP {status}, a redirect to {redirect_host(response)}, which is not "
+            "followed: records, SupplierKey and token go only to API_ENDPOINT. Nothing is counted as "
+            "acknowledged. Check API_ENDPOINT is the address DfE gave you, and ask IT whether a proxy or "
+            "firewall redirects it"
+        )
+    summary = summarise(response, mask)
     if status == 400:
-        raise BatchRejected(parse_indexes(_body_text(response)), f"DfE rejected the request: {summary}")
+        raise BatchRejected(parse_indexes(_body_text(response), mask), f"DfE rejected the request: {summary}")
     if status == 401:
         raise Unauthorized(f"DfE refused the credentials: {summary}")
     if status == 403:
@@ -482,7 +575,6 @@ def _names_subscription_key(response: requests.Response) -> bool:
 
 
 _RECEIPT_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2})_(\d{2}:\d{2}:\d{2})(?:\.(\d{1,6}))?_")
-_MAX_RECEIPT_LENGTH = 255
 
 
 def _sentence(exc: BaseException) -> str:
@@ -510,12 +602,11 @@ def _receipt_moment(date: str, clock: str, fraction: str | None) -> datetime | N
 
 def _parse_receipts(response: requests.Response, expected: int) -> tuple[list[str] | None, str]:
     """The receipt list if it is one usable receipt per record, else None and the reason."""
-    try:
-        receipts = json.loads(response.content.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    receipts = parse_json(response.content)
+    if receipts is None:
         return None, "DfE answered 200 but the body was not JSON; nothing is counted as acknowledged"
     if not isinstance(receipts, list) or not all(
-        isinstance(item, str) and item.strip() and len(item) <= _MAX_RECEIPT_LENGTH for item in receipts
+        isinstance(item, str) and item.strip() and len(item) <= MAX_RECEIPT_LENGTH for item in receipts
     ):
         return None, "DfE answered 200 but not with a list of receipts; nothing is counted as acknowledged"
     if len(receipts) != expected:
@@ -573,6 +664,9 @@ class ApiClient:
         self._interval = settings.min_request_interval_ms / 1000
         self._pace_lock = threading.Lock()
         self._last_start = float("-inf")
+        # MAX_RUNTIME bounds retries too: past it, a failing batch is not tried again (the client
+        # is made as the run starts, so its clock is the run's).
+        self._retry_deadline = time.monotonic() + settings.max_runtime
 
     parse_receipt_time = staticmethod(parse_receipt_time)
 
@@ -609,12 +703,36 @@ class ApiClient:
             self._last_start = time.monotonic()
 
     def _request(self, body: bytes) -> requests.Response:
-        """One POST. Transport failures become retriable or fatal errors with the cause named."""
+        """One POST, within HTTP_TIMEOUT start to finish, its answer read whole (at most MAX_ANSWER_BYTES).
+
+        Transport failures become retriable or fatal errors with the cause named. Redirects are
+        never followed (a 3xx is classified as fatal).
+        """
         self._pace()
+        self.auth.get_token()  # any token request first, so it takes none of this request's time
         self.requests += 1
         self.bytes_sent += len(body)
         try:
-            return self.session.post(self.url, data=body, headers=self._headers(), auth=self.auth, timeout=self.timeout)
+            return bounded.post(
+                self.session,
+                self.url,
+                seconds=self.settings.http_timeout,
+                data=body,
+                headers=self._headers(),
+                auth=self.auth,
+                timeout=self.timeout,
+            )
+        except AnswerTooSlow:
+            raise TransientNetworkError(
+                f"Cannot reach DfE: {self.host} did not finish answering within "
+                f"{self.settings.http_timeout:g} seconds (HTTP_TIMEOUT)",
+                cause="timeout",
+            ) from None
+        except AnswerTooLarge:
+            raise FatalApiError(
+                f"DfE's answer was larger than {describe_size(MAX_ANSWER_BYTES)}, so it was not read: nothing is "
+                "counted as acknowledged. Check API_ENDPOINT is DfE's receiver"
+            ) from None
         except (requests.exceptions.SSLError, requests.exceptions.ProxyError) as exc:
             _, sentence = self._describe(exc)
             raise FatalApiError(f"Cannot reach DfE: {sentence}") from None
@@ -629,6 +747,12 @@ class ApiClient:
                 f"Cannot reach DfE: a local file needed for TLS could not be used ({type(exc).__name__}). "
                 "Check CA_BUNDLE"
             ) from None
+
+    def answer_mask(self, sent: bytes = b"") -> AnswerMask:
+        """What an answer to ``sent`` must not echo: the run's secrets (live tokens too) and the request's words."""
+        secrets = [secret.reveal() for secret in self.settings.secrets()]
+        secrets.extend(self.auth.live_secrets())
+        return AnswerMask(tuple(secrets), sent)
 
     def _describe(self, exc: requests.RequestException) -> tuple[str, str]:
         proxy = proxy_address(session_proxy(self.session, self.url))
@@ -653,7 +777,7 @@ class ApiClient:
             response = self._request(body)
             self._after_key_switch(response)
         try:
-            classify(response)
+            classify(response, self.answer_mask(body))
         except Unauthorized:
             raise AuthError(
                 "DfE refused our credentials (HTTP 401) even with a fresh token: check SUPPLIER_KEY "
@@ -674,12 +798,15 @@ class ApiClient:
         return type(exc).__name__
 
     def _stop(self, retry_state: RetryCallState) -> bool:
-        """Stop after MAX_RETRIES retries; 403 gets at most three."""
+        """Stop after MAX_RETRIES retries (403: at most three), or once MAX_RUNTIME has passed."""
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         limit = self.settings.max_retries
         if isinstance(exc, Forbidden):
             limit = min(limit, MAX_FORBIDDEN_RETRIES)
-        return retry_state.attempt_number > limit
+        return retry_state.attempt_number > limit or self._out_of_time()
+
+    def _out_of_time(self) -> bool:
+        return time.monotonic() >= self._retry_deadline
 
     _backoff = wait_exponential_jitter(initial=BACKOFF_INITIAL, max=BACKOFF_MAX, jitter=BACKOFF_INITIAL)
 
@@ -687,8 +814,10 @@ class ApiClient:
         """The server's Retry-After when it gave one (capped), else exponential backoff with jitter."""
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(exc, RetriableApiError) and exc.retry_after is not None:
-            return min(exc.retry_after, MAX_RETRY_AFTER)
-        return min(float(self._backoff(retry_state)), BACKOFF_MAX)
+            wait = min(exc.retry_after, MAX_RETRY_AFTER)
+        else:
+            wait = min(float(self._backoff(retry_state)), BACKOFF_MAX)
+        return max(0.0, min(wait, self._retry_deadline - time.monotonic()))  # never wait past MAX_RUNTIME
 
     def _before_sleep(self, state: _Attempt) -> Callable[[RetryCallState], None]:
         def log_retry(retry_state: RetryCallState) -> None:
@@ -735,8 +864,9 @@ class ApiClient:
             ) from None
         except RetriableApiError as exc:
             attempts = retrying.statistics.get("attempt_number", 1)
+            why = ", as MAX_RUNTIME was reached" if self._out_of_time() else ""
             raise RetriesExhausted(
-                f"batch {batch_id}: gave up after {attempts} attempts. {exc}. The records stay pending "
+                f"batch {batch_id}: gave up after {attempts} attempts{why}. {exc}. The records stay pending "
                 "and are sent next run",
                 status=exc.status,
                 attempts=attempts,
@@ -902,7 +1032,7 @@ class ApiClient:
             return EndpointCheck(False, "endpoint", str(exc), exit_code=exc.exit_code, url=self.url)
         status = response.status_code
         try:
-            classify(response)
+            classify(response, self.answer_mask())
         except BatchRejected as exc:
             return EndpointCheck(
                 True,

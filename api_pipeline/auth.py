@@ -19,13 +19,18 @@ from urllib.parse import urlsplit
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from api_pipeline import bounded
 from api_pipeline.api import (
     PROMOTE_SECONDARY_CLIENT_ADVICE,
+    AnswerMask,
     describe_network_error,
     mask_text,
+    parse_json,
     parse_retry_after,
+    redirect_host,
     session_proxy,
 )
+from api_pipeline.bounded import MAX_ANSWER_BYTES, AnswerTooLarge, AnswerTooSlow, describe_size
 from api_pipeline.config import Secret, Settings
 from api_pipeline.errors import AuthError, ConfigError, FatalApiError, RetriableApiError
 from api_pipeline.proxy import proxy_address, proxy_auth_advice
@@ -35,6 +40,8 @@ log = logging.getLogger(__name__)
 TOKEN_ATTEMPTS = 3  # a 5xx/429 or dropped connection from the token endpoint is tried this often
 TOKEN_BACKOFF_MAX = 5.0  # seconds; the token endpoint is either back quickly or down
 DEFAULT_LIFETIME = 300.0  # seconds, when the answer has no usable expires_in
+MAX_LIFETIME = 7 * 24 * 3600.0  # a longer expires_in is not believed
+_HEADER_SAFE = re.compile(r"[!-~]+")  # visible ASCII: what a bearer token can be made of
 _AADSTS = re.compile(r"AADSTS(\d+)")
 # Codes meaning "this secret is wrong or expired": the ones worth trying CLIENT_SECRET_SECONDARY for.
 SECRET_REFUSED_CODES = frozenset({"7000215", "7000222"})
@@ -85,7 +92,7 @@ def aadsts_code(payload: Any) -> str:
     return match.group(1) if match else ""
 
 
-def explain_token_error(status: int, payload: Any) -> str:
+def explain_token_error(status: int, payload: Any, mask: AnswerMask | None = None) -> str:
     """A sentence for a refused token request, built from the AADSTS code and ``error``.
 
     Only the code and the masked first sentence of ``error_description`` are kept: the rest of
@@ -101,11 +108,11 @@ def explain_token_error(status: int, payload: Any) -> str:
     error = payload.get("error")
     error = error if isinstance(error, str) else ""
     code = aadsts_code(payload)
-    label = f"AADSTS{code}" if code else (error or f"HTTP {status}")
+    label = f"AADSTS{code}" if code else (mask_text(error, 60, mask) or f"HTTP {status}")
     advice = _ADVICE.get(code) or _ERROR_ADVICE.get(error)
     if advice:
         return f"{advice} ({label})"
-    said = mask_text(_AADSTS.sub("", _first_sentence(description)).strip(" :"), limit=160)
+    said = mask_text(_AADSTS.sub("", _first_sentence(description)).strip(" :"), limit=160, mask=mask)
     said = f": {said}" if said else ""
     return (
         f"The token endpoint refused the request ({label}{said}). Check CLIENT_ID, CLIENT_SECRET, "
@@ -132,6 +139,7 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
         renew_margin: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
         secondary_secret: Secret | None = None,
+        on_token: Callable[[str], None] | None = None,
     ) -> None:
         self.token_endpoint = token_endpoint
         self.client_id = client_id
@@ -147,6 +155,8 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
         self.host = urlsplit(token_endpoint).hostname or token_endpoint
         self.token_fetches = 0
         self._token: Secret | None = None
+        self._issued: list[str] = []  # every token this run was given, to mask wherever it could be echoed
+        self.on_token = on_token  # told each new token as it arrives: the run adds it to its log masking
         self._expires_at = 0.0
         self._lifetime = 0.0
         # Batches in flight share the token: one thread fetches it, the others wait for that one.
@@ -201,6 +211,13 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
         with self._fetching:
             self._token = None
             self._expires_at = 0.0
+
+    def live_secrets(self) -> tuple[str, ...]:
+        """The client secrets and every token issued so far: what no answer may echo."""
+        secrets = [self._client_secret.reveal(), *self._issued]
+        if self._secondary_secret is not None:
+            secrets.append(self._secondary_secret.reveal())
+        return tuple(secrets)
 
     @property
     def expires_in(self) -> float | None:
@@ -259,9 +276,23 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
         self.token_fetches += 1
         asked_at = self.clock()  # the lifetime counts from the ask, so we renew a little early
         try:
-            response = self.session.post(
-                self.token_endpoint, data=form, timeout=self.timeout, headers={"Accept": "application/json"}
+            response = bounded.post(
+                self.session,
+                self.token_endpoint,
+                seconds=self.timeout[1],
+                data=form,
+                timeout=self.timeout,
+                headers={"Accept": "application/json"},
             )
+        except AnswerTooSlow:
+            raise _TokenEndpointBusy(
+                f"timeout: {self.host} did not finish answering within {self.timeout[1]:g} seconds (HTTP_TIMEOUT)"
+            ) from None
+        except AnswerTooLarge:
+            raise FatalApiError(
+                f"The token endpoint's answer was larger than {describe_size(MAX_ANSWER_BYTES)}, so it was not read. "
+                "Check TOKEN_ENDPOINT is the OAuth2 v2.0 token URL DfE gave you"
+            ) from None
         except (requests.exceptions.SSLError, requests.exceptions.ProxyError) as exc:
             _, sentence = self._describe(exc)
             raise FatalApiError(f"Cannot reach the token endpoint: {sentence}") from None
@@ -280,13 +311,16 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
             ) from None
 
         status = response.status_code
+        if 300 <= status <= 399:
+            raise FatalApiError(
+                f"The token endpoint answered HTTP {status}, a redirect to {redirect_host(response)}, which is not "
+                "followed: CLIENT_SECRET goes only to TOKEN_ENDPOINT. Check TOKEN_ENDPOINT is the OAuth2 v2.0 "
+                "token URL DfE gave you, and ask IT whether a proxy or firewall redirects it"
+            )
         if status == 429 or status >= 500:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise _TokenEndpointBusy(f"HTTP {status}", status=status, retry_after=retry_after)
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = None
+        payload = parse_json(response.content)
         if status == 407:
             raise FatalApiError(f"Cannot reach the token endpoint: {proxy_auth_advice()}")
         if status != 200 and aadsts_code(payload) in SECRET_REFUSED_CODES and self._use_secondary():
@@ -294,7 +328,7 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
             log.warning("%s", PROMOTE_SECONDARY_CLIENT_ADVICE)
             return
         if status != 200:
-            refused = explain_token_error(status, payload)
+            refused = explain_token_error(status, payload, AnswerMask(self.live_secrets()))
             if self.secondary_in_use:
                 refused = f"CLIENT_SECRET_SECONDARY was refused too. {refused}"
             raise AuthError(f"Could not get a token: {refused}")
@@ -304,13 +338,22 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
                 "The token endpoint answered 200 without an access token. Check TOKEN_ENDPOINT is the "
                 "OAuth2 v2.0 token URL DfE gave you"
             )
+        if not _HEADER_SAFE.fullmatch(token):
+            raise AuthError(
+                "The token endpoint answered 200 with an access token that cannot be sent in a header (it has "
+                "spaces or characters outside plain ASCII). Check TOKEN_ENDPOINT is the OAuth2 v2.0 token URL "
+                "DfE gave you"
+            )
         try:
             lifetime = float(payload.get("expires_in", DEFAULT_LIFETIME))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             lifetime = DEFAULT_LIFETIME
-        if lifetime <= 0:
+        if not 0 < lifetime < MAX_LIFETIME:  # NaN, zero, negative or absurd: ask again soon
             lifetime = DEFAULT_LIFETIME
         self._token = Secret(token)
+        self._issued.append(token)
+        if self.on_token is not None:
+            self.on_token(token)
         self._lifetime = lifetime
         self._expires_at = asked_at + lifetime
         log.debug("token obtained from %s, valid for %d s", self.host, int(lifetime))

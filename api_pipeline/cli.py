@@ -27,7 +27,7 @@ log = logging.getLogger("api_pipeline.cli")
 EXIT_CODES_HELP = """\
 exit codes:
   0    everything sent, or nothing to do
-  1    finished, but some records failed or are invalid
+  1    finished, but some records failed or are invalid; or an unexpected error
   2    usage or configuration error
   3    database error
   4    authentication error (token endpoint, or 401 from the API)
@@ -48,6 +48,8 @@ class Context:
     out: TextIO
     err: TextIO
     executable_dir: Path = field(default_factory=executable_dir)
+    # The secrets of the settings built so far: masked in the error line and traceback main prints.
+    secrets: list[str] = field(default_factory=list)
 
     def settings(self, args: argparse.Namespace, command: str, **overrides: Any) -> Settings:
         env_file = find_env_file(args.env_file, self.cwd, self.executable_dir)
@@ -55,7 +57,20 @@ class Context:
             overrides["log_dir"] = args.log_dir
         if args.verbose:
             overrides["debug"] = True
-        return load_settings(command=command, environ=self.environ, env_file=env_file, overrides=overrides)
+        settings = load_settings(command=command, environ=self.environ, env_file=env_file, overrides=overrides)
+        self.secrets.extend(secret.reveal() for secret in settings.secrets())
+        return settings
+
+    def masked(self, text: str, *, patterns: bool = False) -> str:
+        """``text`` with every secret known to this process hidden: the settings', and any learnt since (tokens).
+
+        ``patterns`` also hides what looks like a password or a bearer token (for a traceback,
+        whose text the tool did not write).
+        """
+        from api_pipeline.logs import hide_secrets, known_secrets, mask_text
+
+        secrets = [*self.secrets, *known_secrets()]
+        return mask_text(text, secrets) if patterns else hide_secrets(text, secrets)
 
     def print(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -127,7 +142,7 @@ def cmd_test_schema(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
     from api_pipeline.demo import run_demo
 
-    folder = args.dir if args.dir is not None else ctx.cwd / "csc_api_pipeline_demo"
+    folder = ctx.cwd / (args.dir if args.dir is not None else "csc_api_pipeline_demo")
     return run_demo(folder, ctx, children=args.children, seed=args.seed, verbosity=args.verbose, quiet=args.quiet)
 
 
@@ -234,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--live",
         action="store_true",
-        help="Allow sending to DfE's live receiver (an API_ENDPOINT without '-test'). Env: ALLOW_LIVE. "
-        "Never allowed for a table whose name ends in _anon.",
+        help="Allow sending to DfE's live receiver (an API_ENDPOINT without '-test' in its host name or path). "
+        "Env: ALLOW_LIVE. Never allowed for a table whose name ends in _anon.",
     )
     run.add_argument(
         "--mode",
@@ -288,7 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--children", type=_positive_int, default=300, metavar="N", help="Synthetic children (default: 300)."
     )
     demo.add_argument(
-        "--dir", type=Path, metavar="FOLDER", help="Demo folder (default: ./csc_api_pipeline_demo; replaced)."
+        "--dir",
+        type=Path,
+        metavar="FOLDER",
+        help="Demo folder: a new or empty one, or one an earlier demo made, whose database is replaced "
+        "(default: ./csc_api_pipeline_demo). A folder holding anything else is refused, never deleted.",
     )
     demo.add_argument("--seed", type=int, default=2026, help="Random seed for the synthetic data (default: 2026).")
 
@@ -384,7 +403,7 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
         return int(args.func(args, ctx))
     except PipelineError as exc:
         for line in str(exc).splitlines() or [exc.__class__.__name__]:
-            print(f"error: {line}", file=ctx.err, flush=True)
+            print(f"error: {ctx.masked(line)}", file=ctx.err, flush=True)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: rows not yet acknowledged stay pending and are sent next run", file=ctx.err)
@@ -392,7 +411,7 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
     except Exception as exc:  # noqa: BLE001 - the one boundary that must not crash
         print(f"unexpected error: {exc.__class__.__name__}. Run again with -vv for details.", file=ctx.err)
         if args.verbose >= 2:
-            traceback.print_exc(file=ctx.err)
+            print(ctx.masked(traceback.format_exc(), patterns=True), file=ctx.err, end="", flush=True)
         return ExitCode.RECORDS_FAILED
     finally:
         from api_pipeline.logs import close_logging

@@ -6,13 +6,15 @@ default. Nothing else in the package reads ``os.environ``.
 
 from __future__ import annotations
 
+import io
 import re
 import sys
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from api_pipeline.errors import ConfigError
 
@@ -21,6 +23,10 @@ LA_CODE_PATTERN = re.compile(r"^[0-9]{3}$")
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 MAX_BATCH_SIZE = 100
 MAX_IN_FLIGHT = 8
+MAX_HTTP_TIMEOUT = 3600.0  # seconds: an hour for one request is already far longer than DfE needs
+MAX_DURATION = 7 * 24 * 3600.0  # seconds: MAX_RUNTIME of a week at most
+_VISIBLE_ASCII = re.compile(r"[!-~]+")
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})  # control and format characters (zero-width space, BOM)
 
 
 class Secret:
@@ -98,10 +104,10 @@ def _parse_in_flight(text: str) -> int:
     return value
 
 
-def _parse_positive_float(text: str) -> float:
+def _parse_timeout(text: str) -> float:
     value = float(text)
-    if value <= 0:
-        raise ValueError("must be a positive number of seconds")
+    if not 0 < value <= MAX_HTTP_TIMEOUT:  # NaN and infinity fail this too
+        raise ValueError(f"must be a number of seconds above 0 and at most {MAX_HTTP_TIMEOUT:g}, for example 60")
     return value
 
 
@@ -117,9 +123,33 @@ def _parse_duration(text: str) -> float:
     value = text.strip().lower()
     unit = {"s": 1, "m": 60, "h": 3600}.get(value[-1:])
     number = float(value[:-1] if unit else value) * (unit or 1)
-    if number <= 0:
-        raise ValueError("must be a positive duration, for example 4h, 240m or 14400 (seconds)")
+    if not 0 < number <= MAX_DURATION:  # NaN and infinity fail this too
+        raise ValueError("must be a positive duration of at most a week, for example 4h, 240m or 14400 (seconds)")
     return number
+
+
+def _parse_header_secret(text: str) -> str:
+    """A secret sent as an HTTP header value (SUPPLIER_KEY): visible ASCII only."""
+    value = text.strip()
+    if not value:
+        raise ValueError("is empty")
+    if not _VISIBLE_ASCII.fullmatch(value):
+        raise ValueError(
+            "contains an invisible, space or non-ASCII character (often pasted in with the key by accident), "
+            "which cannot be sent in the SupplierKey header: type or paste it again"
+        )
+    return value
+
+
+def _parse_credential(text: str) -> str:
+    """CLIENT_ID, CLIENT_SECRET, SCOPE: trimmed, and without invisible characters pasted in by accident."""
+    value = text.strip()
+    if any(unicodedata.category(char) in _INVISIBLE for char in value):
+        raise ValueError(
+            "contains an invisible character (a zero-width space, a byte-order mark or a control character, "
+            "often pasted in by accident): type or paste it again"
+        )
+    return value
 
 
 def _parse_table_name(text: str) -> str:
@@ -169,7 +199,7 @@ def _parse_proxy_url(text: str) -> str:
 
 
 def _parse_scope(text: str) -> str:
-    value = text.strip()
+    value = _parse_credential(text)
     if not value:
         raise ValueError("must not be empty")
     return value
@@ -221,13 +251,13 @@ OPTIONS: tuple[Option, ...] = (
         parse=_parse_https_url,
         needed_for=COMMON,
     ),
-    Option("CLIENT_ID", "client_id", "OAuth2 client id issued by DfE.", parse=str.strip, needed_for=COMMON),
+    Option("CLIENT_ID", "client_id", "OAuth2 client id issued by DfE.", parse=_parse_credential, needed_for=COMMON),
     Option(
         "CLIENT_SECRET",
         "client_secret",
         "OAuth2 client secret issued by DfE. May be keyring:<service>/<name> to read it from the Windows "
         "Credential Manager (see set-secret).",
-        parse=str.strip,
+        parse=_parse_credential,
         secret=True,
         needed_for=COMMON,
     ),
@@ -236,7 +266,7 @@ OPTIONS: tuple[Option, ...] = (
         "client_secret_secondary",
         "DfE's second client secret, for changing secrets without downtime: tried once when the token endpoint "
         "refuses CLIENT_SECRET as wrong or expired, with a warning to promote it. May be keyring:<service>/<name>.",
-        parse=str.strip,
+        parse=_parse_credential,
         secret=True,
     ),
     Option("SCOPE", "scope", "OAuth2 scope issued by DfE (ends in /.default).", parse=_parse_scope, needed_for=COMMON),
@@ -244,7 +274,7 @@ OPTIONS: tuple[Option, ...] = (
         "SUPPLIER_KEY",
         "supplier_key",
         "DfE subscription key, sent as the SupplierKey header. May be keyring:<service>/<name>.",
-        parse=str.strip,
+        parse=_parse_header_secret,
         secret=True,
         needed_for=COMMON,
     ),
@@ -253,7 +283,7 @@ OPTIONS: tuple[Option, ...] = (
         "supplier_key_secondary",
         "DfE's second subscription key, for changing keys without downtime: tried once when DfE refuses "
         "SUPPLIER_KEY (HTTP 401), with a warning to promote it. May be keyring:<service>/<name>.",
-        parse=str.strip,
+        parse=_parse_header_secret,
         secret=True,
     ),
     Option(
@@ -280,9 +310,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "HTTP_TIMEOUT",
         "http_timeout",
-        "Seconds to wait for DfE to answer one request (the connect timeout is 10 seconds or less).",
+        "Most seconds one request to DfE or the token endpoint may take, start to finish, its answer included "
+        "(above 0, at most 3600; connecting alone is allowed 10 seconds or less).",
         default=60.0,
-        parse=_parse_positive_float,
+        parse=_parse_timeout,
     ),
     Option(
         "MAX_RETRIES",
@@ -318,8 +349,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "ALLOW_LIVE",
         "allow_live",
-        "true: allow sending to DfE's live receiver (an API_ENDPOINT without '-test'). Same as run --live. "
-        "Never allowed for a table whose name ends in _anon.",
+        "true: allow sending to DfE's live receiver (an API_ENDPOINT without '-test' in its host name or path). "
+        "Same as run --live. Never allowed for a table whose name ends in _anon.",
         default=False,
         parse=_parse_bool,
     ),
@@ -399,10 +430,13 @@ class Settings:
 
     @property
     def is_test_receiver(self) -> bool:
-        """DfE's test receivers have '-test' in their URL; the simulator runs on this machine."""
-        endpoint = self.api_endpoint or ""
-        host = urlsplit(endpoint).hostname or ""
-        return "-test" in endpoint.lower() or host in LOOPBACK_HOSTS
+        """DfE's test receivers have '-test' in their host name or path (the simulator's path too).
+
+        Only the host and path count: not a user name, query or fragment, and not a loopback
+        host on its own, which may be a relay to the live receiver.
+        """
+        parts = urlsplit(self.api_endpoint or "")
+        return "-test" in (parts.hostname or "").lower() or "-test" in unquote(parts.path).lower()
 
     @property
     def connect_timeout(self) -> float:
@@ -453,6 +487,35 @@ def read_env_file(path: Path | None) -> dict[str, str]:
     return {key: value for key, value in values.items() if value is not None}
 
 
+_ENV_LINE_NAME = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=")
+
+
+def env_file_problems(path: Path | None) -> list[str]:
+    """One line per ``.env`` line that python-dotenv cannot read (it would drop it with a warning).
+
+    Names the variable and the line, never the value: the line may hold a secret.
+    """
+    if path is None:
+        return []
+    from dotenv.parser import parse_stream
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []  # read_env_file reports it
+    problems = []
+    for binding in parse_stream(io.StringIO(text)):
+        if not binding.error:
+            continue
+        named = _ENV_LINE_NAME.match(binding.original.string)
+        name = named.group(1) if named else "a setting"
+        problems.append(
+            f"{name}: line {binding.original.line} of {path} cannot be read, so it would be ignored. "
+            "Check its quotes: a value that starts with a quote must end with the same quote on that line"
+        )
+    return problems
+
+
 def load_settings(
     *,
     command: str,
@@ -467,7 +530,7 @@ def load_settings(
     file_values = read_env_file(env_file)
     overrides = dict(overrides or {})
     values: dict[str, Any] = {}
-    problems: list[str] = []
+    problems: list[str] = env_file_problems(env_file)
     where = f" (in {env_file})" if env_file else ""
 
     def lookup(option: Option) -> tuple[str, str] | None:

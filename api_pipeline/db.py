@@ -44,6 +44,7 @@ from api_pipeline.dialects import (  # noqa: F401 - re-exported: callers import 
     Dialect,
     Kinds,
     check_columns,
+    check_table_name_length,
     dialect_for_dbms,
     dialect_named,
     ledger_ddl,
@@ -860,6 +861,7 @@ class StagingTable:
     def __init__(self, db: Database, table: str, ledger: str | None = None) -> None:
         self.db = db
         self.table = validate_table_name(table)
+        check_table_name_length(db.dialect, self.table)
         self.ledger = validate_table_name(ledger or f"{table}_ledger")
         self._has_ledger: bool | None = None
         self._current_hash: bool | None = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,6 +22,8 @@ from api_pipeline.logs import configure_logging, new_run_id
 from api_pipeline.payload import records_equal
 
 DEMO_TABLE = "ssd_api_data_staging"
+DEMO_MARK = ".csc_api_pipeline_demo"  # in a folder the demo made: it may replace its own files there
+DEMO_DATABASE_FILES = ("staging.db", "staging.db-wal", "staging.db-shm", "staging.db-journal")
 
 
 def _now() -> str:
@@ -132,6 +133,34 @@ def check_convergence(db: Database, table: str, held: dict[str, dict]) -> Conver
     return Convergence(total, matching, mismatched)
 
 
+def prepare_demo_folder(folder: Path) -> None:
+    """A new or empty folder, or one an earlier demo made (its database is replaced); nothing else.
+
+    The demo never deletes a folder: ``--dir .`` or a folder of someone's files is refused.
+    """
+    from api_pipeline.errors import ConfigError
+    from api_pipeline.logs import make_private_dir, why_not
+
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"demo --dir: {folder} is a file; give a new or empty folder for the demo")
+    if folder.is_dir():
+        if any(folder.iterdir()) and not (folder / DEMO_MARK).is_file():
+            raise ConfigError(
+                f"demo --dir: {folder} is not empty and was not made by the demo, so it is left alone. "
+                "Give a new or empty folder, or leave out --dir"
+            )
+        for name in DEMO_DATABASE_FILES:
+            (folder / name).unlink(missing_ok=True)
+    else:
+        try:
+            make_private_dir(folder)
+        except OSError as exc:
+            raise ConfigError(f"demo --dir: cannot make the folder {folder}: {why_not(exc)}") from None
+    (folder / DEMO_MARK).write_text(
+        "Made by the CSC API Pipeline demo, which replaces its staging.db here on its next run.\n", encoding="utf-8"
+    )
+
+
 def run_demo(
     folder: Path, ctx: Any, *, children: int = 300, seed: int = 2026, verbosity: int = 0, quiet: bool = False
 ) -> int:
@@ -141,9 +170,7 @@ def run_demo(
     from api_pipeline.synthetic import make_children
 
     say = ctx.print
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    prepare_demo_folder(folder)
     db_path = folder / "staging.db"
     masking, log_file = configure_logging(
         verbosity=verbosity, quiet=not verbosity, log_dir=folder / "logs", run_id=new_run_id()

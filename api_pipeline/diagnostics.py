@@ -10,6 +10,7 @@ from api_pipeline.db import (
     Database,
     Dialect,
     StagingTable,
+    check_table_name_length,
     dialect_named,
     ledger_ddl,
     ledger_index_ddl,
@@ -18,6 +19,7 @@ from api_pipeline.db import (
 )
 from api_pipeline.dialects import person_index_name
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode
+from api_pipeline.logs import hide_secrets, known_secrets, remember_secret
 
 
 def _connection_string(settings: Settings, command: str) -> Secret:
@@ -119,6 +121,7 @@ def tables_ddl(dialect: Dialect, table: str) -> list[tuple[str, str, str]]:
     """(what, name, DDL) for every table the tool uses, in creation order. Each DDL creates only if missing."""
     from api_pipeline.lock import lock_ddl
 
+    check_table_name_length(dialect, table)
     ledger, lock = f"{table}_ledger", f"{table}_run_lock"
     offline = Database(None, dialect, description=f"{dialect.label} (DDL only)")
     return [
@@ -219,11 +222,12 @@ def test_endpoint(settings: Settings, ctx: Any) -> int:
 
     session = make_session(settings)
     try:
-        auth = ClientCredentialsAuth.from_settings(settings, session)
+        auth = ClientCredentialsAuth.from_settings(settings, session, on_token=remember_secret)
         client = ApiClient(settings, session, auth)
         check = client.test_endpoint()
     finally:
         session.close()
+    secrets = [*client.answer_mask().secrets, *known_secrets()]
     for line in check.lines():
-        ctx.print(line)
+        ctx.print(hide_secrets(line, secrets))
     return ExitCode.OK if check.ok else check.exit_code

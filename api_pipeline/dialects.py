@@ -18,6 +18,8 @@ from api_pipeline.errors import ConfigError, DatabaseError
 from api_pipeline.odbc import utf16_digest
 
 HASH_BYTES = 32  # SHA-256
+# The longest receipt the tool accepts from DfE (api.py) and so the least the ledger's receipt column holds.
+MAX_RECEIPT_LENGTH = 255
 
 # Parameter kinds: the few parameters a driver cannot bind well by guessing from the Python value.
 LONG_TEXT = "long_text"  # stored in, or compared with, an NVARCHAR(MAX) / TEXT column
@@ -76,7 +78,7 @@ LEDGER_SPEC = (
     Column("staging_id", "int"),
     Column("record_json", "long_text"),
     Column("record_hash", "hash"),
-    Column("receipt", "text", 200, min_size=100),
+    Column("receipt", "text", MAX_RECEIPT_LENGTH, min_size=MAX_RECEIPT_LENGTH),
     Column("acknowledged_at", "timestamp"),
     Column("purged", "flag", nullable=False, default="0"),
 )
@@ -148,6 +150,8 @@ class Dialect:
     integer: str
     # Login and database, for test-db (None: SQLite has neither).
     whoami_sql: str | None = None
+    # The longest name the DBMS keeps whole (PostgreSQL silently cuts longer ones); None: no limit.
+    max_identifier: int | None = None
 
     # -- queries ---------------------------------------------------------------
 
@@ -466,6 +470,7 @@ MSSQL = Dialect(
     flag="BIT",
     integer="INT",
     whoami_sql="SELECT SUSER_SNAME(), DB_NAME()",
+    max_identifier=128,
 )
 POSTGRES = Dialect(
     name="postgresql",
@@ -478,6 +483,7 @@ POSTGRES = Dialect(
     flag="SMALLINT",
     integer="INTEGER",
     whoami_sql="SELECT current_user, current_database()",
+    max_identifier=63,  # bytes; the table name is ASCII
 )
 DIALECTS = {d.name: d for d in (SQLITE, MSSQL, POSTGRES)}
 
@@ -494,6 +500,31 @@ def staging_ddl(dialect: Dialect, table: str) -> str:
     """The staging table as councils' SQL Server DDL creates it (DESIGN §4)."""
     body = ", ".join(dialect.column_definition(c) for c in STAGING_SPEC)
     return dialect.create_table_if_missing(table, body)
+
+
+# The tool names what it makes after the staging table's own name: <name>_ledger,
+# <name>_run_lock, the index ux_<name>_person_id and ix_<name>_ledger_staging_id on the ledger.
+# The longest adds this much.
+DERIVED_NAME_EXTRA = max(
+    len("_ledger"), len("_run_lock"), len("ux_") + len("_person_id"), len("ix_") + len("_ledger_staging_id")
+)
+
+
+def check_table_name_length(dialect: Dialect, table: str) -> None:
+    """Refuse a TABLE_NAME whose derived names the DBMS would cut, onto each other or onto the table itself."""
+    limit = dialect.max_identifier
+    if limit is None:
+        return
+    schema, _, name = table.rpartition(".")
+    longest = limit - DERIVED_NAME_EXTRA
+    if len(name) > longest or len(schema) > limit:
+        raise ConfigError(
+            f"TABLE_NAME: {table} is too long for {dialect.label}, which keeps names of at most {limit} "
+            "characters: the ledger, run lock table and index the tool makes beside the staging table are "
+            f"named after it (..._ledger, ..._run_lock, ix_..._ledger_staging_id), so its name may have at most "
+            f"{longest} characters (this one has {max(len(name), len(schema))}). Use a shorter name for the staging "
+            "table"
+        )
 
 
 def person_index_name(table: str, *, unique: bool = True) -> str:

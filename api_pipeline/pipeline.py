@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from api_pipeline.api import parse_receipt_time
 from api_pipeline.db import LEDGER_SPEC, LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.errors import PipelineError
+from api_pipeline.logs import write_private
 from api_pipeline.odbc import UnreadableText
 from api_pipeline.payload import (
     MAX_NESTING,
@@ -863,7 +864,7 @@ class Pipeline:
         assert folder is not None
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"batch_{batch_id}.json"
-        path.write_bytes(b"[" + b",".join(i.body for i in batch) + b"]")
+        write_private(path, b"[" + b",".join(i.body for i in batch) + b"]")  # whole records: the owner's only
         log.info("batch %s: %d request records written to %s for review", batch_id, len(batch), path)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from api_pipeline import APP_NAME, __version__
+from api_pipeline.logs import make_private_dir, write_private
 
 CHART_RUNS = 30
 SUMMARY_SUFFIX = ".summary.json"
@@ -75,6 +76,28 @@ def report_path_for(summary_path: Path) -> Path:
     return summary_path.with_name(stem + REPORT_SUFFIX)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large a number")
+    return value
+
+
+def load_summary(path: Path) -> dict[str, Any]:
+    """A run summary as strict JSON: an object, and no NaN or infinite numbers (a hand edit can add them).
+
+    Raises OSError or ValueError, with the reason, for a file that cannot be used.
+    """
+    data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant, parse_float=_finite)
+    if not isinstance(data, dict):
+        raise ValueError(f"it is a JSON {type(data).__name__}, not an object")
+    return data
+
+
 def read_history(log_dir: Path, *, limit: int = CHART_RUNS) -> list[dict[str, Any]]:
     """The newest ``limit`` readable run summaries in ``log_dir``, oldest first."""
     found: list[dict[str, Any]] = []
@@ -82,11 +105,9 @@ def read_history(log_dir: Path, *, limit: int = CHART_RUNS) -> list[dict[str, An
         if len(found) >= limit:
             break
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            found.append(load_summary(path))
+        except (OSError, ValueError, RecursionError):
             continue
-        if isinstance(data, dict):
-            found.append(data)
     return found[::-1]
 
 
@@ -110,9 +131,9 @@ def _log_name(summary_path: Path) -> str:
 
 
 def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     partial = path.with_name(path.name + ".tmp")
-    partial.write_text(text, encoding="utf-8")
+    write_private(partial, text)  # the report names children (row and child ids): its reader only
     os.replace(partial, path)
     return path
 
@@ -127,7 +148,7 @@ def esc(value: Any) -> str:
 def _int(value: Any) -> int:
     try:
         return int(value or 0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 0
 
 
@@ -321,6 +342,8 @@ footer{color:#505a5f;font-size:.9rem;margin-top:32px}
 
 def _verdict(summary: Mapping[str, Any], meanings: Mapping[int, str]) -> tuple[str, str]:
     code = summary.get("exit_code")
+    if summary.get("fatal_error") and code in (0, 1, None):  # stopped by something unexpected
+        return "bad", "The run stopped early on an error (below). Records not yet sent are sent at the next run."
     if summary.get("stopped_early") and code in (0, 1):
         return "warn", (
             "The run stopped at its time limit (MAX_RUNTIME). Records it did not reach are sent at the next run."
@@ -336,6 +359,13 @@ def _verdict(summary: Mapping[str, Any], meanings: Mapping[int, str]) -> tuple[s
         f"The run stopped early with exit code {code}, meaning: {meaning}. "
         "Records not yet sent are sent at the next run."
     )
+
+
+def _exit_meaning(summary: Mapping[str, Any], meanings: Mapping[int, str]) -> str:
+    code = _int(summary.get("exit_code"))
+    if summary.get("fatal_error") and code == 1:
+        return "the run stopped on an unexpected error"
+    return meanings.get(code, "")
 
 
 def render_report(
@@ -402,7 +432,7 @@ def render_report(
         ("Time taken", duration(seconds)),
         ("Speed", rate),
         ("Kind of run", f"{kind}, {'partial (changes only)' if summary.get('mode') == 'partial' else 'full records'}"),
-        ("Exit code", "not recorded" if code is None else f"{code}: {meanings.get(_int(code), '')}"),
+        ("Exit code", "not recorded" if code is None else f"{code}: {_exit_meaning(summary, meanings)}"),
     ]
     stopped = ""
     if summary.get("fatal_error"):

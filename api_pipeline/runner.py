@@ -17,7 +17,15 @@ from api_pipeline.config import Settings
 from api_pipeline.db import Database, StagingTable
 from api_pipeline.errors import ConfigError, ExitCode, PipelineError
 from api_pipeline.lock import RunLock
-from api_pipeline.logs import configure_logging, new_run_id
+from api_pipeline.logs import (
+    configure_logging,
+    hide_secrets,
+    make_private_dir,
+    new_run_id,
+    remember_secret,
+    why_not,
+    write_private,
+)
 from api_pipeline.pipeline import Pipeline, RunOptions, RunSummary, utc_now
 from api_pipeline.progress import progress_for
 from api_pipeline.report import write_report
@@ -68,6 +76,8 @@ def execute_run(
     )
     if options.writes:
         check_live_interlock(settings)
+    if dry_run_dir is not None:
+        prepare_review_folder(dry_run_dir)
     validator = RecordValidator.from_settings(settings.payload_schema)
     assert settings.db_connection_string is not None
     with Database.connect(settings.db_connection_string) as db:
@@ -85,6 +95,7 @@ def execute_run(
             if not options.writes:
                 return Pipeline(table, None, validator, options, summary, on_progress=progress.update).run()
             table.ensure_ledger()
+            check_ledger(table)
             from api_pipeline.api import ApiClient, make_session
             from api_pipeline.auth import ClientCredentialsAuth
 
@@ -96,7 +107,7 @@ def execute_run(
 
                 session = make_session(settings)
                 try:
-                    auth = ClientCredentialsAuth.from_settings(settings, session, sleep=sleep)
+                    auth = ClientCredentialsAuth.from_settings(settings, session, sleep=sleep, on_token=remember_secret)
                     client = ApiClient(settings, session, auth, sleep=sleep)
                     sender = _HoldingLock(client, lock)
                     pipeline = Pipeline(table, sender, validator, options, summary, on_progress=after_batch)
@@ -121,6 +132,32 @@ class _HoldingLock:
         return self.client.send(records, bodies, batch_id=batch_id)
 
 
+def prepare_review_folder(folder: Path) -> None:
+    """The --dry-run folder, made now: a file in the way is a mistake to report before any work."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--dry-run: {folder} is a file; give a folder for the request files to be written to")
+    try:
+        make_private_dir(folder)  # the files hold whole records
+    except OSError as exc:
+        raise ConfigError(f"--dry-run: cannot make the folder {folder}: {why_not(exc)}") from None
+
+
+def check_ledger(table: StagingTable) -> None:
+    """Refuse before sending when the ledger cannot hold what is written to it (a receipt too long).
+
+    Found only at write-back, that would be after DfE had taken the records: every run.
+    """
+    blocking = [issue for issue in table.ledger_issues() or [] if issue.blocking]
+    if blocking:
+        first = blocking[0]
+        from api_pipeline.errors import DatabaseError
+
+        raise DatabaseError(
+            f"the ledger table {table.ledger} cannot hold what the tool writes to it: {first.column} {first.reason}. "
+            "Nothing was sent. Run test-schema for the statement that fixes it"
+        )
+
+
 def check_live_interlock(settings: Settings) -> None:
     """Refuse to send to DfE's live receiver by accident, and never send an _anon test copy there."""
     if settings.is_test_receiver:
@@ -128,12 +165,12 @@ def check_live_interlock(settings: Settings) -> None:
     if settings.table_name.lower().endswith("_anon"):
         raise ConfigError(
             f"TABLE_NAME {settings.table_name} is an anonymised test copy (_anon) and API_ENDPOINT is DfE's live "
-            "receiver (no '-test' in the URL). Test copies go to the test receiver only."
+            "receiver (no '-test' in its host name or path). Test copies go to the test receiver only."
         )
     if not settings.allow_live:
         raise ConfigError(
-            "API_ENDPOINT is DfE's live receiver (no '-test' in the URL). To send live data, run with --live "
-            "or set ALLOW_LIVE=true; to rehearse, use DfE's test receiver."
+            "API_ENDPOINT is DfE's live receiver (no '-test' in its host name or path). To send live data, run with "
+            "--live or set ALLOW_LIVE=true; to rehearse, use DfE's test receiver."
         )
 
 
@@ -196,12 +233,23 @@ def run_command(
         return exit_code
     except PipelineError as exc:
         exit_code = exc.exit_code
-        summary.fatal_error = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        first_line = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        summary.fatal_error = hide_secrets(first_line, masking.secrets)  # the token included, once it was issued
         log.error("run stopped: %s", summary.fatal_error)
         raise
     except KeyboardInterrupt:
         exit_code = ExitCode.INTERRUPTED
         summary.fatal_error = "interrupted"
+        raise
+    except Exception as exc:
+        # A fault in the tool: cli.main exits 1 for it, and the summary and report must say so.
+        # Only the exception's type is recorded: its message could hold anything.
+        exit_code = ExitCode.RECORDS_FAILED
+        summary.fatal_error = (
+            f"unexpected error: {type(exc).__name__} (a fault in the tool, not in the data or the settings; "
+            "run again with -vv for details and report it)"
+        )
+        log.error("run stopped: %s", summary.fatal_error)
         raise
     finally:
         summary.exit_code = exit_code
@@ -210,7 +258,7 @@ def run_command(
             log.info("%s", line)
         if log_file is not None:
             summary_path = log_file.with_suffix(".summary.json")
-            summary_path.write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
+            write_private(summary_path, json.dumps(summary.to_dict(), indent=2))
             log.info("log: %s", log_file)
             try:
                 log.info("report: %s", write_report(summary_path))

@@ -26,7 +26,7 @@ from typing import Any
 from api_pipeline.config import Settings
 from api_pipeline.db import Database, FirstContact, StagingTable
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode
-from api_pipeline.report import duration
+from api_pipeline.report import duration, load_summary
 from api_pipeline.schema import generalise_path, load_bundled_schema, load_schema
 
 STATUS_FORMAT_VERSION = 1
@@ -337,50 +337,64 @@ def collect_problems(table: StagingTable, keys: ReasonKeys) -> list[dict[str, An
 
 
 def read_run_summaries(log_dir: Path, limit: int) -> tuple[list[dict[str, Any]], int]:
-    """The newest ``limit`` run summaries (newest first) and how many could not be read."""
+    """The newest ``limit`` usable run summaries (newest first) and how many were skipped."""
+    found, skipped = scan_run_summaries(log_dir, limit)
+    return found, len(skipped)
+
+
+def scan_run_summaries(log_dir: Path, limit: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """The newest ``limit`` usable run summaries (newest first), and ``"file: why"`` for each one skipped.
+
+    A summary that is not strict JSON, or whose fields are not of their kind (a hand edit:
+    ``NaN``, a list where a mapping belongs), is skipped rather than stopping ``status``.
+    """
     if not log_dir.is_dir():
-        return [], 0
+        return [], []
     found: list[dict[str, Any]] = []
-    unreadable = 0
+    skipped: list[str] = []
     for path in sorted(log_dir.glob(SUMMARY_GLOB), key=lambda p: p.name, reverse=True):
         if len(found) >= limit:
             break
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            unreadable += 1
+            summary = load_summary(path)
+            run_row(summary)  # every field status shows is of its kind
+        except (OSError, ValueError, RecursionError) as exc:
+            skipped.append(f"{path.name}: {exc}" if isinstance(exc, ValueError) else f"{path.name}: unreadable")
             continue
-        if isinstance(data, dict):
-            found.append(data)
-        else:
-            unreadable += 1
-    return found, unreadable
+        found.append(summary)
+    return found, skipped
+
+
+def _of_kind(summary: dict[str, Any], key: str, kinds: tuple[type, ...]) -> Any:
+    """``summary[key]`` when it is None or of one of ``kinds`` (a bool is not a number); else ValueError."""
+    value = summary.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise ValueError(f"{key!r} is not a {' or '.join(k.__name__ for k in kinds)}")
+    return value
 
 
 def run_row(summary: dict[str, Any]) -> dict[str, Any]:
-    """The few numbers of one run summary that ``status`` shows."""
-    outcomes = summary.get("outcomes") or {}
+    """The few numbers of one run summary that ``status`` shows; ValueError if a field is not of its kind."""
+    outcomes = _of_kind(summary, "outcomes", (dict,)) or {}
 
     def count(key: str) -> int:
-        try:
-            return int(outcomes.get(key, 0) or 0)
-        except (TypeError, ValueError):
-            return 0
+        return int(_of_kind(outcomes, key, (int,)) or 0)
 
-    seconds = summary.get("seconds")
     return {
-        "run_id": str(summary.get("run_id") or ""),
-        "started_at": summary.get("started_at"),
-        "seconds": seconds if isinstance(seconds, (int, float)) else None,
-        "dry_run": bool(summary.get("dry_run")),
-        "rows_read": int(summary.get("rows_read") or 0),
+        "run_id": str(_of_kind(summary, "run_id", (str,)) or ""),
+        "started_at": _of_kind(summary, "started_at", (str,)),
+        "seconds": _of_kind(summary, "seconds", (int, float)),
+        "dry_run": bool(_of_kind(summary, "dry_run", (bool,))),
+        "rows_read": int(_of_kind(summary, "rows_read", (int,)) or 0),
         "sent": count("sent"),
         "purged": count("purged"),
         "failed": count("failed"),
         "invalid": count("invalid"),
         "rejected": count("rejected"),
         "skipped": count("skipped"),
-        "exit_code": summary.get("exit_code"),
+        "exit_code": _of_kind(summary, "exit_code", (int,)),
     }
 
 
@@ -584,6 +598,8 @@ def status_command(settings: Settings, ctx: Any, *, runs: int = 10, as_json: boo
     log_dir = default_log_dir(settings, ctx.cwd)
     with Database.connect(settings.db_connection_string) as db:
         report = collect_status(db, settings, log_dir, runs=runs)
+    for skipped in scan_run_summaries(log_dir, runs)[1]:
+        print(f"warning: run summary {skipped}; it is left out", file=ctx.err, flush=True)
     if as_json:
         ctx.print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:

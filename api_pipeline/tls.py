@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 from requests.adapters import HTTPAdapter
 
+from api_pipeline.bounded import POOL_CLASSES
 from api_pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ class TrustStoreAdapter(HTTPAdapter):
     """An HTTPAdapter whose only trust is the given context: no certifi, and no way to stop verifying.
 
     ``verify=False`` from any caller is ignored; requests' own CA-bundle handling is bypassed so
-    certifi's file is never loaded into the context.
+    certifi's file is never loaded into the context. Its connections tell :mod:`api_pipeline.bounded`
+    which sockets a request uses, so a request's deadline can cut a host that answers too slowly.
     """
 
     def __init__(self, ssl_context: ssl.SSLContext, **kwargs: Any) -> None:
@@ -84,11 +86,14 @@ class TrustStoreAdapter(HTTPAdapter):
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         pool_kwargs["ssl_context"] = self.ssl_context
         super().init_poolmanager(connections, maxsize, block=block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = POOL_CLASSES
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         proxy_kwargs.setdefault("ssl_context", self.ssl_context)  # to DfE, inside the CONNECT tunnel
         proxy_kwargs.setdefault("proxy_ssl_context", self.ssl_context)  # to an https:// proxy itself
-        return super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = POOL_CLASSES
+        return manager
 
     def build_connection_pool_key_attributes(self, request: Any, verify: Any, cert: Any = None) -> Any:
         return super().build_connection_pool_key_attributes(request, True, None)
