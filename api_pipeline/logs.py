@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import secrets
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,8 +61,18 @@ class SecretMaskingFilter(logging.Filter):
         return True
 
 
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    """``20260301T020000.123Z-7f3a9c``: the start time in UTC to the millisecond, and a random suffix.
+
+    Unique even for runs started in the same millisecond (each run has its own log, summary
+    and batch ids), and names sort by start time.
+    """
+    now = _utc_now()
+    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
 
 
 def configure_logging(

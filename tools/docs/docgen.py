@@ -799,7 +799,7 @@ def summary_example() -> str:
     """What a run's ``.summary.json`` looks like, from the class that writes it."""
     from api_pipeline.pipeline import RunSummary
 
-    summary = RunSummary(run_id="20260301T020000Z", mode="partial")
+    summary = RunSummary(run_id="20260301T020000.123Z-7f3a9c", mode="partial")
     summary.started_at, summary.finished_at, summary.seconds = "2026-03-01T02:00:00Z", "2026-03-01T02:03:12Z", 192.4
     summary.rows_read, summary.batches, summary.requests = 1460, 15, 16
     summary.outcomes.update({"sent": 1432, "purged": 12, "unchanged": 9, "invalid": 7})
