@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -19,8 +20,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from api_pipeline import APP_NAME, __version__
-from api_pipeline.config import Settings, executable_dir, find_env_file, load_settings
-from api_pipeline.errors import ExitCode, PipelineError
+from api_pipeline.config import Settings, executable_dir, find_env_file, load_settings, no_env_file_found
+from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, PipelineError
 
 log = logging.getLogger("api_pipeline.cli")
 
@@ -36,6 +37,9 @@ exit codes:
   130  interrupted (Ctrl+C)
 """
 
+# Each command's help points at the one list of exit codes, on the top-level help.
+COMMAND_EPILOG = f"The exit codes are listed once, by '{APP_NAME} --help'."
+
 COMMAND_ALIASES = {"test-db-connection": "test-db"}
 
 
@@ -48,14 +52,43 @@ class Context:
     out: TextIO
     err: TextIO
     executable_dir: Path = field(default_factory=executable_dir)
+    frozen: bool = field(default_factory=lambda: bool(getattr(sys, "frozen", False)))
+    # What the command loaded, for messages about it: the .env read, and the settings.
+    env_file: Path | None = None
+    loaded: Settings | None = None
+    implied_run: bool = False  # started with no command, so running 'run'
+
+    def path(self, path: Path) -> Path:
+        """A path given on the command line, relative to the folder the command was started in."""
+        return path if path.is_absolute() else self.cwd / path
 
     def settings(self, args: argparse.Namespace, command: str, **overrides: Any) -> Settings:
-        env_file = find_env_file(args.env_file, self.cwd, self.executable_dir)
+        explicit = None if args.env_file is None else self.path(args.env_file)
+        self.env_file = find_env_file(explicit, self.cwd, self.executable_dir)
         if args.log_dir is not None:
-            overrides["log_dir"] = args.log_dir
+            overrides["log_dir"] = self.path(args.log_dir)
         if args.verbose:
             overrides["debug"] = True
-        return load_settings(command=command, environ=self.environ, env_file=env_file, overrides=overrides)
+        try:
+            settings = load_settings(
+                command=command, environ=self.environ, env_file=self.env_file, overrides=overrides, cwd=self.cwd
+            )
+        except ConfigError as exc:
+            if self.env_file is None and explicit is None:
+                raise ConfigError([no_env_file_found(self.cwd, self.executable_dir), *exc.problems]) from None
+            raise
+        self.loaded = settings
+        return settings
+
+    def error_log_folders(self) -> list[Path]:
+        """Where a failed start leaves its trace: the default log folder, else beside the exe, else here."""
+        folders = []
+        if self.env_file is not None:
+            folders.append(self.env_file.parent / "logs")
+        if self.frozen:
+            folders.append(self.executable_dir / "logs")
+        folders.append(self.cwd / "logs")
+        return list(dict.fromkeys(folders))
 
     def print(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -207,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
             parents=[common],
             help=help_text,
             description=description,
-            epilog=EXIT_CODES_HELP,
+            epilog=COMMAND_EPILOG,
             formatter_class=argparse.RawDescriptionHelpFormatter,
             **extra,
         )
@@ -365,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+NO_COMMAND_NOTE = "no command was given, so 'run' was started (as the earlier tool did); --help lists every command"
+
+
 def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -> int:
     """Parse, dispatch, and turn every error into one line and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -372,18 +408,31 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
         _tolerant_console()
     ctx = context or Context(environ=os.environ, cwd=Path.cwd(), out=sys.stdout, err=sys.stderr)
     parser = build_parser()
+    usage = io.StringIO()
     try:
-        args = parser.parse_args(argv)
+        with contextlib.redirect_stderr(usage):
+            args = parser.parse_args(argv)
+            if not getattr(args, "func", None):  # no command means run (DESIGN §2)
+                args = parser.parse_args([*argv, "run"])
+                ctx.implied_run = True
     except SystemExit as exc:  # argparse: --help/--version exit 0, usage errors exit 2
-        return int(exc.code or 0)
-    if not getattr(args, "func", None):
-        parser.print_help(ctx.err)
-        return ExitCode.USAGE
+        ctx.err.write(usage.getvalue())
+        code = int(exc.code or 0)
+        if code == ExitCode.USAGE:
+            _leave_a_trace(ctx, "the command line", usage.getvalue().splitlines())
+        return code
     try:
         return int(args.func(args, ctx))
     except PipelineError as exc:
-        for line in str(exc).splitlines() or [exc.__class__.__name__]:
+        lines = str(exc).splitlines() or [exc.__class__.__name__]
+        if isinstance(exc, DatabaseError):
+            lines += _where_the_database_is(ctx, str(exc))
+        if isinstance(exc, ConfigError) and ctx.implied_run:
+            lines.append(NO_COMMAND_NOTE)
+        for line in lines:
             print(f"error: {line}", file=ctx.err, flush=True)
+        if exc.exit_code == ExitCode.USAGE:
+            _leave_a_trace(ctx, f"'{args.command}'", [f"error: {line}" for line in lines])
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: rows not yet acknowledged stay pending and are sent next run", file=ctx.err)
@@ -397,6 +446,23 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
         from api_pipeline.logs import close_logging
 
         close_logging()
+
+
+def _where_the_database_is(ctx: Context, message: str) -> list[str]:
+    """A database error names the SQLite file it is about, as an absolute path."""
+    path = ctx.loaded.sqlite_file if ctx.loaded is not None else None
+    if path is None or str(path) in message:
+        return []
+    return [f"(the SQLite database: {path})"]
+
+
+def _leave_a_trace(ctx: Context, what: str, lines: list[str]) -> None:
+    """Exit 2 happens before any run log exists: copy the messages to the error log as well as stderr."""
+    from api_pipeline.logs import append_error_log
+
+    source = f"settings from {ctx.env_file}" if ctx.env_file is not None else "no .env found"
+    header = f"{APP_NAME} {__version__}: {what} stopped with exit code 2 ({source}; started in {ctx.cwd})"
+    append_error_log(ctx.error_log_folders(), [header, *lines])
 
 
 def _tolerant_console() -> None:

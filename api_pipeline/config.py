@@ -6,6 +6,7 @@ default. Nothing else in the package reads ``os.environ``.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -73,6 +74,8 @@ class Option:
     # Older or more general names read only when no source has ``env`` or an alias:
     # PROXY_URL in the .env beats a machine-wide HTTPS_PROXY in the environment.
     fallbacks: tuple[str, ...] = ()
+    # A file or folder: a relative one is read from the folder of the .env that sets it.
+    is_path: bool = False
 
 
 def _parse_bool(text: str) -> bool:
@@ -183,7 +186,8 @@ OPTIONS: tuple[Option, ...] = (
         "DB_CONNECTION_STRING",
         "db_connection_string",
         "Where the staging table lives: sqlite:///path/to/file.db, or an ODBC connection string "
-        "for SQL Server or PostgreSQL. Passwords in it are treated as secrets.",
+        "for SQL Server or PostgreSQL. Passwords in it are treated as secrets. A relative SQLite path is "
+        "read from the folder of the .env file that sets it (from the current folder when set otherwise).",
         parse=str.strip,
         secret=True,
         aliases=("SQL_CONN_STR",),
@@ -341,12 +345,15 @@ OPTIONS: tuple[Option, ...] = (
         "A PEM file of extra certificate authorities to trust (for example your firewall's). "
         "TLS verification is always on.",
         parse=lambda text: Path(text.strip()),
+        is_path=True,
     ),
     Option(
         "LOG_DIR",
         "log_dir",
-        "Folder for log files. Default: a 'logs' folder next to the .env file (or the current folder).",
+        "Folder for log files. Default: a 'logs' folder next to the .env file (or the current folder). "
+        "A relative path, like every path in the .env file, is read from the .env file's folder.",
         parse=lambda text: Path(text.strip()),
+        is_path=True,
     ),
     Option(
         "PAYLOAD_SCHEMA",
@@ -354,6 +361,7 @@ OPTIONS: tuple[Option, ...] = (
         "Path to a newer DfE openapi.json (or a JSON Schema for one record) to validate against, "
         "instead of the schema built into this version.",
         parse=lambda text: Path(text.strip()),
+        is_path=True,
     ),
 )
 
@@ -393,6 +401,13 @@ class Settings:
     env_file: Path | None = field(default=None, compare=False)
 
     @property
+    def sqlite_file(self) -> Path | None:
+        """The SQLite database file DB_CONNECTION_STRING names (absolute once loaded), else None."""
+        if self.db_connection_string is None:
+            return None
+        return sqlite_file_of(self.db_connection_string.reveal())
+
+    @property
     def ledger_table(self) -> str:
         """The submission ledger lives beside the staging table, named after it."""
         return f"{self.table_name}_ledger"
@@ -418,20 +433,71 @@ class Settings:
         return Settings(**values)
 
 
+# ``env.txt``: the earlier tool's name for the file, read where there is no ``.env``.
+ENV_FILE_NAMES = (".env", "env.txt")
+
+
+def env_file_folders(cwd: Path, executable_dir: Path) -> list[Path]:
+    """Where ``.env`` is looked for, in order: the current folder, then the program's."""
+    return [cwd] if executable_dir == cwd else [cwd, executable_dir]
+
+
 def find_env_file(explicit: Path | None, cwd: Path, executable_dir: Path) -> Path | None:
     """``--env-file`` if given, else ``.env`` in the current folder, else next to the executable.
 
-    Task Scheduler starts programs in System32, so the last place matters.
+    Task Scheduler starts programs in System32, so the last place matters. In each folder,
+    ``env.txt`` (the earlier tool's name) is read when there is no ``.env``.
     """
     if explicit is not None:
         if not explicit.is_file():
             raise ConfigError(f"--env-file: {explicit} does not exist or is not a file")
         return explicit
-    for folder in (cwd, executable_dir):
-        candidate = folder / ".env"
-        if candidate.is_file():
-            return candidate
+    for folder in env_file_folders(cwd, executable_dir):
+        for name in ENV_FILE_NAMES:
+            candidate = folder / name
+            if candidate.is_file():
+                return candidate
     return None
+
+
+def no_env_file_found(cwd: Path, executable_dir: Path) -> str:
+    """The line that says where ``.env`` was looked for, shown before the settings it would have had."""
+    folders = ", ".join(str(folder) for folder in env_file_folders(cwd, executable_dir))
+    return (
+        f"no .env found; looked in: {folders} (for .env, then env.txt). Put .env next to the program, "
+        "or give its path with --env-file"
+    )
+
+
+SQLITE_URL_PREFIX = "sqlite:///"
+_WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|[\\/]{2})")
+
+
+def sqlite_file_of(connection_string: str) -> Path | None:
+    """``sqlite:///staging.db`` → ``staging.db``; None for ODBC strings and in-memory databases."""
+    text = connection_string.strip()
+    if not text.lower().startswith(SQLITE_URL_PREFIX):
+        return None
+    rest = text[len(SQLITE_URL_PREFIX) :]
+    return None if rest in ("", ":memory:") else Path(rest)
+
+
+def _absolute(path: Path, base: Path) -> Path:
+    """``path`` made absolute against ``base``; a Windows drive path counts as absolute everywhere."""
+    if path.is_absolute() or _WINDOWS_ABSOLUTE.match(str(path)):
+        return path
+    return Path(os.path.abspath(base / path))
+
+
+def _absolute_sqlite(connection_string: str, base: Path) -> str:
+    """A relative ``sqlite:///`` path made absolute against ``base``; anything else unchanged."""
+    path = sqlite_file_of(connection_string)
+    if path is None:
+        return connection_string
+    absolute = _absolute(path, base)
+    if absolute is path:
+        return connection_string.strip()
+    return SQLITE_URL_PREFIX + absolute.as_posix()
 
 
 def executable_dir() -> Path:
@@ -459,16 +525,24 @@ def load_settings(
     environ: Mapping[str, str],
     env_file: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    cwd: Path | None = None,
 ) -> Settings:
     """Build Settings for ``command`` from flags, environment and ``.env``; report every problem at once.
 
     ``overrides`` maps attribute names to values already parsed from command-line flags.
+    Relative paths (a SQLite file, LOG_DIR, CA_BUNDLE, PAYLOAD_SCHEMA) become absolute: against
+    the folder of ``env_file`` when it set them, else against ``cwd`` (default: the current
+    folder), so a task started in System32 never creates or reads files there by accident.
     """
     file_values = read_env_file(env_file)
+    here = Path.cwd() if cwd is None else cwd
+    env_folder = env_file.parent if env_file is not None else here
     overrides = dict(overrides or {})
     values: dict[str, Any] = {}
     problems: list[str] = []
     where = f" (in {env_file})" if env_file else ""
+
+    from_file: set[str] = set()  # attributes whose value came from the .env file
 
     def lookup(option: Option) -> tuple[str, str] | None:
         for names in ((option.env, *option.aliases), option.fallbacks):
@@ -477,6 +551,7 @@ def load_settings(
                     return name, environ[name]
             for name in names:
                 if file_values.get(name, "").strip():
+                    from_file.add(option.attr)
                     return name, file_values[name]
         return None
 
@@ -487,6 +562,8 @@ def load_settings(
         found = lookup(option)
         if found is None and option.env == "DB_CONNECTION_STRING":
             found = _integrated_security_string(environ, file_values)
+            if found is not None and any(not environ.get(n, "").strip() for n in ("USER_SERVER", "USER_DATABASE")):
+                from_file.add(option.attr)
         if found is None:
             if command in option.needed_for:
                 problems.append(f"{option.env}: not set{where}. {option.help}")
@@ -503,6 +580,11 @@ def load_settings(
             shown = "<hidden>" if option.secret else repr(text.strip())
             problems.append(f"{name}: {shown} {exc}")
             continue
+        base = env_folder if option.attr in from_file else here
+        if option.is_path and isinstance(value, Path):
+            value = _absolute(value, base)
+        elif option.attr == "db_connection_string":
+            value = _absolute_sqlite(value, base)
         values[option.attr] = Secret(value) if option.secret else value
 
     if values.get("db_connection_string") is not None and not isinstance(values["db_connection_string"], Secret):

@@ -26,7 +26,7 @@ def _connection_string(settings: Settings, command: str) -> Secret:
 
 def test_db(settings: Settings, ctx: Any) -> int:
     """Connect, ``SELECT 1``, and report what we are talking to and who we are logged in as."""
-    with Database.connect(_connection_string(settings, "test-db")) as db:
+    with Database.open_existing(_connection_string(settings, "test-db")) as db:
         if db.scalar("SELECT 1") != 1:
             raise DatabaseError("SELECT 1 did not return 1")
         info = db.server_info()
@@ -45,7 +45,7 @@ def test_schema(settings: Settings, ctx: Any) -> int:
     this DBMS. Exit 3 when the tool could not run against the table as it is.
     """
     problems = 0
-    with Database.connect(_connection_string(settings, "test-schema")) as db:
+    with Database.open_existing(_connection_string(settings, "test-schema")) as db:
         table = StagingTable(db, settings.table_name, settings.ledger_table)
         d = db.dialect
         issues = table.column_issues()

@@ -107,6 +107,33 @@ def configure_logging(
     return masking, log_file
 
 
+ERROR_LOG_NAME = "csc_api_pipeline.errors.log"  # outside prune_logs' pattern: kept, and capped instead
+ERROR_LOG_LIMIT = 256 * 1024
+
+
+def append_error_log(folders: Iterable[Path], lines: Iterable[str]) -> Path | None:
+    """Append a failed start's messages to ``csc_api_pipeline.errors.log`` in the first folder that takes it.
+
+    A configuration error stops the tool before its run log exists; under Task Scheduler
+    stderr goes nowhere, so this file is the only trace. Past :data:`ERROR_LOG_LIMIT` bytes
+    it is renamed to ``.old`` (replacing the last one) and started afresh. Never raises.
+    """
+    text = "".join(f"{line}\n" for line in lines)
+    stamp = _utc_now().strftime("%Y-%m-%d %H:%M:%S UTC")
+    for folder in folders:
+        path = folder / ERROR_LOG_NAME
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if path.is_file() and path.stat().st_size > ERROR_LOG_LIMIT:
+                path.replace(path.with_name(path.name + ".old"))
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(f"{stamp}\n{text}")
+        except OSError:
+            continue
+        return path
+    return None
+
+
 def prune_logs(log_dir: Path, keep: int = KEEP_LOGS) -> None:
     """Keep only the newest ``keep`` run logs (and their summaries)."""
     for pattern in ("csc_api_pipeline_*.log", "csc_api_pipeline_*.summary.json", "csc_api_pipeline_*.report.html"):

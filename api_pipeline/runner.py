@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from api_pipeline.config import Settings
 from api_pipeline.db import Database, StagingTable
-from api_pipeline.errors import ConfigError, ExitCode, PipelineError
+from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, PipelineError
 from api_pipeline.lock import RunLock
 from api_pipeline.logs import configure_logging, new_run_id
 from api_pipeline.pipeline import Pipeline, RunOptions, RunSummary, utc_now
@@ -70,7 +70,7 @@ def execute_run(
         check_live_interlock(settings)
     validator = RecordValidator.from_settings(settings.payload_schema)
     assert settings.db_connection_string is not None
-    with Database.connect(settings.db_connection_string) as db:
+    with Database.open_existing(settings.db_connection_string) as db:
         table = StagingTable(db, settings.table_name, settings.ledger_table)
         missing = table.missing_columns()
         if missing is None:
@@ -158,6 +158,7 @@ def run_command(
     """The ``run`` command: log file, masking, the run, the summary and the exit code."""
     run_id = new_run_id()
     log_dir = default_log_dir(settings, ctx.cwd)
+    verbosity = max(verbosity, 1 if settings.debug else 0)  # DEBUG=true is -v, on the console and in the log
     masking, log_file = configure_logging(verbosity=verbosity, quiet=quiet, log_dir=log_dir, run_id=run_id)
     masking.add(*settings.secrets())
     log.info(
@@ -166,6 +167,7 @@ def run_command(
         "partial" if settings.use_partial_payload else "full",
         ", dry run" if dry_run_dir else "",
     )
+    _log_where_settings_came_from(settings, ctx)
     summary = RunSummary(
         run_id=run_id, mode="partial" if settings.use_partial_payload else "full", dry_run=dry_run_dir is not None
     )
@@ -184,6 +186,8 @@ def run_command(
         exit_code = exc.exit_code
         summary.fatal_error = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         log.error("run stopped: %s", summary.fatal_error)
+        if isinstance(exc, DatabaseError) and settings.sqlite_file and str(settings.sqlite_file) not in str(exc):
+            log.error("the SQLite database: %s", settings.sqlite_file)
         raise
     except KeyboardInterrupt:
         exit_code = ExitCode.INTERRUPTED
@@ -202,6 +206,24 @@ def run_command(
                 log.info("report: %s", write_report(summary_path))
             except (OSError, ValueError) as exc:  # the report must never change the run's outcome
                 log.warning("could not write the run report: %s", exc)
+
+
+def _log_where_settings_came_from(settings: Settings, ctx: Any) -> None:
+    if getattr(ctx, "implied_run", False):
+        log.info("no command was given: running 'run', as the earlier tool did")
+    env_file = settings.env_file
+    if env_file is None:
+        log.info("settings: from the environment only (no .env file found)")
+    elif env_file.name.lower() == "env.txt":
+        log.info(
+            "settings: from %s, the earlier tool's env.txt, as there is no .env beside it; rename it to .env "
+            "when convenient",
+            env_file,
+        )
+    else:
+        log.info("settings: from %s", env_file)
+    if settings.sqlite_file is not None:
+        log.info("database: SQLite file %s", settings.sqlite_file)
 
 
 def validate_command(settings: Settings, ctx: Any, *, all_rows: bool, limit: int | None) -> int:

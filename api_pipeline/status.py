@@ -572,7 +572,7 @@ def status_command(settings: Settings, ctx: Any, *, runs: int = 10, as_json: boo
     if settings.db_connection_string is None:
         raise ConfigError(["DB_CONNECTION_STRING: not set. status reads the staging table it names."])
     log_dir = default_log_dir(settings, ctx.cwd)
-    with Database.connect(settings.db_connection_string) as db:
+    with Database.open_existing(settings.db_connection_string) as db:
         report = collect_status(db, settings, log_dir, runs=runs)
     if as_json:
         ctx.print(json.dumps(report.to_dict(), indent=2, sort_keys=True))

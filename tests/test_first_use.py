@@ -55,3 +55,132 @@ def test_two_runs_started_in_the_same_second_keep_their_own_log_summary_and_batc
 def test_run_ids_are_unique_in_a_tight_loop():
     ids = {logs.new_run_id() for _ in range(2000)}
     assert len(ids) > 1995  # 6 random hex digits per millisecond
+
+
+# ---------------------------------------------------------------------------
+# Paths and files
+# ---------------------------------------------------------------------------
+
+
+def run_in(argv, *, cwd: Path, exe_dir: Path, environ=None, frozen: bool = False):
+    """The CLI as a program at ``exe_dir`` started in ``cwd`` (Task Scheduler: System32)."""
+    import io
+
+    from api_pipeline.cli import Context, main
+    from conftest import CliResult
+
+    out, err = io.StringIO(), io.StringIO()
+    ctx = Context(environ=environ or {}, cwd=cwd, out=out, err=err, executable_dir=exe_dir, frozen=frozen)
+    return CliResult(main(argv, context=ctx), out.getvalue(), err.getvalue())
+
+
+def write_env(path: Path, values: dict[str, str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """A council's program folder (exe and .env) and the folder Task Scheduler starts in."""
+    program, system32 = tmp_path / "CSC", tmp_path / "System32"
+    program.mkdir()
+    system32.mkdir()
+    return program, system32
+
+
+def test_a_relative_sqlite_path_in_env_is_the_env_folders_under_task_scheduler(simulator, folders):
+    program, system32 = folders
+    write_env(program / ".env", dict(simulator.settings_env()) | {"DB_CONNECTION_STRING": "sqlite:///staging.db"})
+    created = run_in(["init-db"], cwd=system32, exe_dir=program)
+    assert created.code == 0, created.err
+    assert (program / "staging.db").is_file() and not (system32 / "staging.db").exists()
+    assert str(program / "staging.db") in created.out
+    insert(program / "staging.db", list(make_children(3, seed=2)))
+    sent = run_in(["run"], cwd=system32, exe_dir=program)
+    assert sent.code == 0, sent.err
+    assert len(simulator.snapshot()) == 3
+    assert list((program / "logs").glob("*.summary.json")) and not (system32 / "logs").exists()
+    assert list(system32.iterdir()) == []  # nothing at all was created where the task started
+
+
+def test_a_relative_sqlite_path_in_an_env_file_given_from_elsewhere_is_that_files(simulator, tmp_path):
+    env_file = write_env(
+        tmp_path / "council" / "settings.env",
+        dict(simulator.settings_env()) | {"DB_CONNECTION_STRING": "sqlite:///data/staging.db", "LOG_DIR": "runs"},
+    )
+    (tmp_path / "council" / "data").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert run_cli(["--env-file", str(env_file), "init-db"], cwd=elsewhere).code == 0
+    insert(tmp_path / "council" / "data" / "staging.db", list(make_children(2, seed=3)))
+    result = run_cli(["--env-file", str(env_file), "run"], cwd=elsewhere)
+    assert result.code == 0, result.err
+    assert list((tmp_path / "council" / "runs").glob("*.log"))  # LOG_DIR too: from the .env's folder
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_relative_sqlite_path_from_the_environment_is_the_current_folders(tmp_path):
+    here = tmp_path / "here"
+    here.mkdir()
+    result = run_cli(["init-db"], environ={"DB_CONNECTION_STRING": "sqlite:///rehearsal.db"}, cwd=here)
+    assert result.code == 0, result.err
+    assert (here / "rehearsal.db").is_file()
+
+
+@pytest.mark.parametrize("command", ["test-db", "test-schema", "run", "validate", "status"])
+def test_only_init_db_creates_a_database_file(simulator, tmp_path, command):
+    mistyped = tmp_path / "stagign.db"
+    environ = sim_env(simulator, mistyped)
+    result = run_cli([command], environ=environ, cwd=tmp_path)
+    assert result.code == 3, result.out + result.err
+    assert f"the SQLite database {mistyped} does not exist" in result.err
+    assert "init-db" in result.err
+    assert not mistyped.exists()
+
+
+def test_database_errors_name_the_absolute_sqlite_path(simulator, tmp_path):
+    (tmp_path / "empty.db").touch()
+    env_file = write_env(tmp_path / ".env", dict(simulator.settings_env()) | {"DB_CONNECTION_STRING": "sqlite:///empty.db"})
+    result = run_cli(["--env-file", str(env_file), "run"], cwd=tmp_path)
+    assert result.code == 3
+    assert "the staging table ssd_api_data_staging was not found" in result.err
+    assert f"error: (the SQLite database: {tmp_path / 'empty.db'})" in result.err
+    (log_file,) = (tmp_path / "logs").glob("*.log")
+    assert f"the SQLite database: {tmp_path / 'empty.db'}" in log_file.read_text(encoding="utf-8")
+
+
+def test_with_no_env_found_it_says_where_it_looked_before_the_missing_settings(folders):
+    program, system32 = folders
+    result = run_in(["run"], cwd=system32, exe_dir=program)
+    assert result.code == 2
+    lines = result.err.splitlines()
+    assert lines[0] == (
+        f"error: no .env found; looked in: {system32}, {program} (for .env, then env.txt). "
+        "Put .env next to the program, or give its path with --env-file"
+    )
+    assert lines[1].startswith("error: DB_CONNECTION_STRING: not set")
+
+
+def test_configuration_errors_are_also_written_to_the_log_folder_beside_the_env(folders):
+    program, system32 = folders
+    write_env(program / ".env", {"DB_CONNECTION_STRING": "sqlite:///staging.db", "BATCH_SIZE": "250"})
+    result = run_in(["run"], cwd=system32, exe_dir=program)
+    assert result.code == 2
+    trace = (program / "logs" / "csc_api_pipeline.errors.log").read_text(encoding="utf-8")
+    assert f"'run' stopped with exit code 2 (settings from {program / '.env'}; started in {system32})" in trace
+    assert "error: BATCH_SIZE: '250' must be between 1 and 100" in trace
+    assert "error: LA_CODE: not set" in trace
+    assert not (system32 / "logs").exists()
+
+
+def test_without_any_env_the_exe_leaves_its_trace_beside_itself(folders):
+    program, system32 = folders
+    result = run_in([], cwd=system32, exe_dir=program, frozen=True)
+    assert result.code == 2
+    trace = (program / "logs" / "csc_api_pipeline.errors.log").read_text(encoding="utf-8")
+    assert "no .env found" in trace and "error: API_ENDPOINT: not set" in trace
+    usage = run_in(["run", "--limit", "many"], cwd=system32, exe_dir=program, frozen=True)
+    assert usage.code == 2 and "is not a whole number" in usage.err
+    trace = (program / "logs" / "csc_api_pipeline.errors.log").read_text(encoding="utf-8")
+    assert "the command line stopped with exit code 2" in trace and "'many' is not a whole number" in trace
