@@ -87,42 +87,72 @@ def _parse_bool(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _whole_number(text: str, expected: str) -> int:
+    """``int(text)``, with a sentence saying what is expected instead of Python's message."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"is not a whole number: {expected}") from None
+
+
 def _parse_batch_size(text: str) -> int:
-    value = int(text)
+    expected = f"must be between 1 and {MAX_BATCH_SIZE} (DfE rejects larger batches with 413)"
+    value = _whole_number(text, expected)
     if not 1 <= value <= MAX_BATCH_SIZE:
-        raise ValueError(f"must be between 1 and {MAX_BATCH_SIZE} (DfE rejects larger batches with 413)")
+        raise ValueError(expected)
     return value
 
 
 def _parse_in_flight(text: str) -> int:
-    value = int(text)
+    expected = f"must be between 1 and {MAX_IN_FLIGHT}"
+    value = _whole_number(text, expected)
     if not 1 <= value <= MAX_IN_FLIGHT:
-        raise ValueError(f"must be between 1 and {MAX_IN_FLIGHT}")
+        raise ValueError(expected)
     return value
 
 
 def _parse_positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise ValueError("must be a positive number of seconds")
+    expected = "must be a positive number of seconds, for example 60 or 2.5"
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"is not a number: {expected}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(expected)
     return value
 
 
 def _parse_non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text, "must be 0 or more, for example 5")
     if value < 0:
         raise ValueError("must be zero or more")
     return value
 
 
+_DURATION_UNITS = {
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds", ""), 1),
+}
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*")
+DURATION_FORMS = "4h, 4 hours, 90m, 90 minutes, 1h30m, 3600s or 3600 (seconds)"
+
+
 def _parse_duration(text: str) -> float:
-    """``14400``, ``240m``, ``4h``, ``90s`` → seconds."""
+    """``14400``, ``240m``, ``4h``, ``4 hours``, ``1h 30m``, ``90s`` → seconds."""
     value = text.strip().lower()
-    unit = {"s": 1, "m": 60, "h": 3600}.get(value[-1:])
-    number = float(value[:-1] if unit else value) * (unit or 1)
-    if number <= 0:
-        raise ValueError("must be a positive duration, for example 4h, 240m or 14400 (seconds)")
-    return number
+    total, position, parts = 0.0, 0, 0
+    while position < len(value):
+        match = _DURATION_PART.match(value, position)
+        if match is None or match.end() == position or match.group(2) not in _DURATION_UNITS:
+            raise ValueError(f"is not a duration this tool reads; write it like {DURATION_FORMS}")
+        if match.group(2) == "" and (parts or match.end() < len(value)):  # a bare number stands alone
+            raise ValueError(f"is not a duration this tool reads; write it like {DURATION_FORMS}")
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        position, parts = match.end(), parts + 1
+    if not parts or total <= 0:
+        raise ValueError(f"must be a positive duration, for example {DURATION_FORMS}")
+    return total
 
 
 def _parse_table_name(text: str) -> str:
@@ -314,7 +344,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "MAX_RUNTIME",
         "max_runtime",
-        "Longest a run may take, e.g. 4h, 90m or 3600 (seconds). When reached, the run stops cleanly after "
+        f"Longest a run may take, written like {DURATION_FORMS}. When reached, the run stops cleanly after "
         "the current batch; what is left stays pending for the next run.",
         default=4 * 3600.0,
         parse=_parse_duration,

@@ -184,3 +184,33 @@ def test_without_any_env_the_exe_leaves_its_trace_beside_itself(folders):
     assert usage.code == 2 and "is not a whole number" in usage.err
     trace = (program / "logs" / "csc_api_pipeline.errors.log").read_text(encoding="utf-8")
     assert "the command line stopped with exit code 2" in trace and "'many' is not a whole number" in trace
+
+
+# ---------------------------------------------------------------------------
+# Messages and counts
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("written", ["4 hours", "4h", "240 minutes", "3h 60m", "14400"])
+def test_max_runtime_reads_the_ways_people_write_it(simulator, db_path, tmp_path, written):
+    insert(db_path, list(make_children(2, seed=4)))
+    result = run_cli(["run"], environ=sim_env(simulator, db_path, MAX_RUNTIME=written), cwd=tmp_path)
+    assert result.code == 0, result.err
+
+
+@pytest.mark.parametrize(
+    ("variable", "written", "says"),
+    [
+        ("MAX_RUNTIME", "4 hours please", "is not a duration this tool reads; write it like 4h, 4 hours, 90m, 90 minutes, 1h30m, 3600s or 3600"),
+        ("MAX_RUNTIME", "four hours", "is not a duration this tool reads; write it like 4h, 4 hours"),
+        ("HTTP_TIMEOUT", "a minute", "is not a number: must be a positive number of seconds, for example 60"),
+        ("BATCH_SIZE", "lots", "is not a whole number: must be between 1 and 100"),
+        ("MAX_RETRIES", "five", "is not a whole number: must be 0 or more"),
+        ("MAX_IN_FLIGHT", "2.5", "is not a whole number: must be between 1 and 8"),
+    ],
+)
+def test_a_wrongly_written_number_says_which_forms_are_accepted(simulator, db_path, tmp_path, variable, written, says):
+    result = run_cli(["run"], environ=sim_env(simulator, db_path, **{variable: written}), cwd=tmp_path)
+    assert result.code == 2
+    assert f"error: {variable}: {written!r} {says}" in result.err
+    assert "could not convert" not in result.err and "invalid literal" not in result.err
