@@ -378,16 +378,21 @@ def build_parser() -> argparse.ArgumentParser:
         "set-secret",
         cmd_set_secret,
         "Store a secret in the Windows Credential Manager, so the .env file holds none.",
-        "Asks for the secret twice without showing it, stores it in the Windows Credential Manager (the "
+        "Checks there is a keyring, asks for the secret twice without showing it, stores it in the Windows "
+        "Credential Manager (the "
         "keyring of the account running this command) and prints the NAME=keyring:SERVICE/NAME line to put "
         "in .env instead of the secret. Run it as the account that runs the scheduled task: only that account "
         "can read the secret. Reads no settings and sends nothing.",
     )
+    from api_pipeline.credentials import keyring_variables
+
+    names = keyring_variables()
     secret.add_argument(
         "name",
         metavar="NAME",
-        help="The setting to store: CLIENT_SECRET, CLIENT_SECRET_SECONDARY, SUPPLIER_KEY, SUPPLIER_KEY_SECONDARY, "
-        "PROXY_URL, HTTPS_PROXY, DB_PASSWORD or DB_CONNECTION_STRING.",
+        type=str.upper,
+        choices=names,
+        help=f"The setting to store, one of: {', '.join(names)} (any case).",
     )
     secret.add_argument(
         "--service",

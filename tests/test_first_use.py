@@ -214,3 +214,30 @@ def test_a_wrongly_written_number_says_which_forms_are_accepted(simulator, db_pa
     assert result.code == 2
     assert f"error: {variable}: {written!r} {says}" in result.err
     assert "could not convert" not in result.err and "invalid literal" not in result.err
+
+
+def test_set_secret_without_a_keyring_says_so_before_asking_for_anything(tmp_path, monkeypatch):
+    keyring = pytest.importorskip("keyring")
+    from keyring.backends import fail
+
+    asked: list[str] = []
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": asked.append(prompt) or "typed-secret")
+    previous = keyring.get_keyring()
+    keyring.set_keyring(fail.Keyring())
+    try:
+        result = run_cli(["set-secret", "client_secret"], cwd=tmp_path)
+    finally:
+        keyring.set_keyring(previous)
+    assert result.code == 2
+    assert "error: set-secret: cannot store CLIENT_SECRET: no keyring is available on this machine" in result.err
+    assert asked == []
+
+
+def test_set_secret_names_its_choices(tmp_path, capsys):
+    from api_pipeline.credentials import keyring_variables
+
+    assert run_cli(["set-secret", "--help"], cwd=tmp_path).code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert all(name in shown for name in keyring_variables())
+    wrong = run_cli(["set-secret", "CLIENT_ID"], cwd=tmp_path)
+    assert wrong.code == 2 and "invalid choice: 'CLIENT_ID'" in wrong.err and "CLIENT_SECRET" in wrong.err
