@@ -20,6 +20,7 @@ from api_pipeline.db import Database, StagingTable
 from api_pipeline.errors import ExitCode
 from api_pipeline.logs import configure_logging, new_run_id
 from api_pipeline.payload import records_equal
+from api_pipeline.wording import plural
 
 DEMO_TABLE = "ssd_api_data_staging"
 
@@ -188,5 +189,5 @@ def _describe(title: str, summary: Any) -> str:
     o = summary.outcomes
     return (
         f"{title}: sent {o['sent']}, purged {o['purged']}, unchanged {o['unchanged']}, invalid {o['invalid']}, "
-        f"rejected {o['rejected']}, failed {o['failed']} — {summary.requests} requests, {summary.seconds:.2f} s"
+        f"rejected {o['rejected']}, failed {o['failed']} — {plural(summary.requests, 'request')}, {summary.seconds:.2f} s"
     )

@@ -37,6 +37,7 @@ from api_pipeline.payload import (
     normalise,
 )
 from api_pipeline.schema import RecordValidator, generalise_path
+from api_pipeline.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +143,15 @@ class RunSummary:
         o = self.outcomes
         head = "dry run (nothing sent)" if self.dry_run else f"{self.mode} run"
         return [
-            f"{head} finished in {self.seconds:.1f} s: {self.rows_read} rows read, {self.batches} batches, "
-            f"{self.requests} requests, {sum(self.retries.values())} retries",
+            f"{head} finished in {self.seconds:.1f} s: {plural(self.rows_read, 'row')} read, "
+            f"{plural(self.batches, 'batch')}, {plural(self.requests, 'request')}, "
+            f"{plural(sum(self.retries.values()), 'retry', 'retries')}",
             f"  sent {o['sent']}, purged {o['purged']}, already up to date {o['unchanged']}, "
             f"invalid {o['invalid']}, skipped {o['skipped']}, rejected by DfE {o['rejected']}, "
             f"not sent (will retry) {o['failed']}, changed during the run {o['changed_during_run']}"
             + (f", written for review {o['dry_run']}" if self.dry_run else ""),
             *(
-                f"  problem: {key}: {count} row(s), e.g. row id {', '.join(map(str, self.examples.get(key, [])))}"
+                f"  problem: {key}: {plural(count, 'row')}, e.g. row id {', '.join(map(str, self.examples.get(key, [])))}"
                 for key, count in self.invalid_reasons.most_common(10)
             ),
         ]

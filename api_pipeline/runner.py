@@ -22,6 +22,7 @@ from api_pipeline.pipeline import Pipeline, RunOptions, RunSummary, utc_now
 from api_pipeline.progress import progress_for
 from api_pipeline.report import write_report
 from api_pipeline.schema import RecordValidator
+from api_pipeline.wording import plural
 
 log = logging.getLogger("api_pipeline.run")
 
@@ -232,7 +233,7 @@ def validate_command(settings: Settings, ctx: Any, *, all_rows: bool, limit: int
     summary = execute_run(settings, validate_only=True, all_rows=all_rows, limit=limit, progress_stream=ctx.err)
     o = summary.outcomes
     ctx.print(
-        f"checked {summary.rows_read} rows: {o['valid']} would be sent, {o['unchanged']} already up to date, "
+        f"checked {plural(summary.rows_read, 'row')}: {o['valid']} would be sent, {o['unchanged']} already up to date, "
         f"{o['invalid']} invalid, {o['skipped']} skipped"
     )
     if summary.invalid_reasons:

@@ -28,6 +28,7 @@ from api_pipeline.db import Database, StagingTable
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode
 from api_pipeline.report import duration
 from api_pipeline.schema import generalise_path, load_bundled_schema, load_schema
+from api_pipeline.wording import plural
 
 STATUS_FORMAT_VERSION = 1
 EXAMPLE_IDS = 5
@@ -488,7 +489,7 @@ def format_status(report: StatusReport) -> list[str]:
         )
     else:
         why = "the table has no last_updated column" if not report.last_updated_column else "last_updated is empty"
-        out.append(f"Waiting to be sent: {report.pending_rows} rows (age unknown: {why}).")
+        out.append(f"Waiting to be sent: {plural(report.pending_rows, 'row')} (age unknown: {why}).")
 
     out.append("")
     if report.problems:
@@ -510,7 +511,8 @@ def format_status(report: StatusReport) -> list[str]:
     if report.ledger_exists:
         last = f"; last acknowledgement {_when(report.last_acknowledged)}" if report.last_acknowledged else ""
         out.append(
-            f"Submission ledger {report.ledger_table}: {report.children_acknowledged} children acknowledged by DfE, "
+            f"Submission ledger {report.ledger_table}: {plural(report.children_acknowledged or 0, 'child')} "
+            "acknowledged by DfE, "
             f"{report.children_purged} purged{last}."
         )
     else:
@@ -545,7 +547,8 @@ def format_status(report: StatusReport) -> list[str]:
     else:
         out.append(f"No run summaries in {report.log_dir} yet.")
     if report.unreadable_summaries:
-        out.append(f"({report.unreadable_summaries} run summary file(s) could not be read and were left out.)")
+        n = report.unreadable_summaries
+        out.append(f"({plural(n, 'run summary file')} could not be read and {'was' if n == 1 else 'were'} left out.)")
     return out
 
 

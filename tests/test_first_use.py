@@ -241,3 +241,45 @@ def test_set_secret_names_its_choices(tmp_path, capsys):
     assert all(name in shown for name in keyring_variables())
     wrong = run_cli(["set-secret", "CLIENT_ID"], cwd=tmp_path)
     assert wrong.code == 2 and "invalid choice: 'CLIENT_ID'" in wrong.err and "CLIENT_SECRET" in wrong.err
+
+
+def test_counts_of_one_are_singular(simulator, db_path, tmp_path):
+    insert(db_path, list(make_children(1, seed=5)))
+    log_dir = tmp_path / "logs"
+    assert run_cli(["run", "--log-dir", str(log_dir)], environ=sim_env(simulator, db_path), cwd=tmp_path).code == 0
+    (log_file,) = log_dir.glob("*.log")
+    text = log_file.read_text(encoding="utf-8")
+    assert "1 row read, 1 batch, 1 request, 0 retries" in text
+    for wrong in ("1 rows", "1 batches", "1 requests", "1 retries"):
+        assert wrong not in text
+    (report,) = log_dir.glob("*.report.html")
+    page = report.read_text(encoding="utf-8")
+    assert "The last run</h2>" in page and "The last 1 runs" not in page
+    status = run_cli(["status", "--log-dir", str(log_dir)], environ=db_env(db_path), cwd=tmp_path)
+    assert "1 child acknowledged by DfE" in status.out and "Last 1 run " in status.out
+
+
+def test_the_run_chart_tells_runs_of_one_day_apart_shows_small_runs_and_leaves_out_dry_runs(
+    simulator, db_path, tmp_path
+):
+    log_dir = tmp_path / "logs"
+    environ = sim_env(simulator, db_path, BATCH_SIZE="100")
+    insert(db_path, list(make_children(300, seed=6)))
+    assert run_cli(["run", "--log-dir", str(log_dir)], environ=environ, cwd=tmp_path).code == 0
+    insert(db_path, [dict(c, la_child_id=f"S{n:07d}") for n, c in enumerate(make_children(2, seed=7))])
+    dry = run_cli(["run", "--log-dir", str(log_dir), "--dry-run", str(tmp_path / "review")], environ=environ, cwd=tmp_path)
+    assert dry.code == 0, dry.err
+    assert run_cli(["run", "--log-dir", str(log_dir)], environ=environ, cwd=tmp_path).code == 0
+
+    newest = sorted(log_dir.glob("*.report.html"))[-1]
+    page = newest.read_text(encoding="utf-8")
+    chart = page[page.index("<svg") : page.index("</svg>")]
+    assert chart.count("<title>run of ") == 4 and "dry run of" not in chart  # 2 runs x 2 bars
+    labels = re.findall(r'class="axis" text-anchor="middle"(?: font-weight="bold")?>([^<]+)</text>', chart)
+    labels.remove("this run")
+    assert len(labels) == 2 and labels[0] != labels[1]  # same day, told apart by the time
+    assert all(re.fullmatch(r"\d{1,2} [A-Z][a-z]{2} \d{2}:\d{2}(:\d{2})?( \(\d\))?", label) for label in labels)
+    assert 'class="value"' in chart and ">2</text>" in chart  # the run of 2 beside the run of 300 shows its number
+    assert "Dry runs are left out" in page
+    dry_report = sorted(log_dir.glob("*.report.html"))[1]
+    assert "This dry run, like every dry run, is not in the chart" in dry_report.read_text(encoding="utf-8")
