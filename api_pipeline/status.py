@@ -392,6 +392,11 @@ def collect_status(
             f"the staging table {table.table} was not found. Check TABLE_NAME and DB_CONNECTION_STRING "
             "(run test-schema for details)."
         )
+    missing = table.missing_columns()
+    if missing:  # the same message as run's, pointing at test-schema
+        from api_pipeline.runner import _columns_missing
+
+        raise _columns_missing(table.table, missing)
     report = StatusReport(table=table.table, ledger_table=table.ledger, log_dir=str(log_dir))
     report.counts = collect_counts(table)
     report.total_rows = sum(c["rows"] for c in report.counts)

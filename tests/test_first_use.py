@@ -283,3 +283,21 @@ def test_the_run_chart_tells_runs_of_one_day_apart_shows_small_runs_and_leaves_o
     assert "Dry runs are left out" in page
     dry_report = sorted(log_dir.glob("*.report.html"))[1]
     assert "This dry run, like every dry run, is not in the chart" in dry_report.read_text(encoding="utf-8")
+
+
+def test_status_on_a_table_lacking_columns_gives_runs_message_and_the_test_schema_hint(simulator, tmp_path):
+    import sqlite3
+
+    path = tmp_path / "staging.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE ssd_api_data_staging (id INTEGER PRIMARY KEY, person_id TEXT, json_payload TEXT, "
+            "submission_status TEXT, api_response TEXT)"
+        )
+    status = run_cli(["status"], environ=db_env(path), cwd=tmp_path)
+    run = run_cli(["run"], environ=sim_env(simulator, path), cwd=tmp_path)
+    assert status.code == run.code == 3
+    message = "error: the staging table ssd_api_data_staging lacks required column(s): "
+    assert message in status.err and "row_state" in status.err and "(run test-schema for the fix)" in status.err
+    assert "no such column" not in status.err
+    assert status.err.splitlines()[0] == run.err.splitlines()[0]
