@@ -149,7 +149,8 @@ class RunSummary:
             f"  sent {o['sent']}, purged {o['purged']}, already up to date {o['unchanged']}, "
             f"invalid {o['invalid']}, skipped {o['skipped']}, rejected by DfE {o['rejected']}, "
             f"not sent (will retry) {o['failed']}, changed during the run {o['changed_during_run']}"
-            + (f", written for review {o['dry_run']}" if self.dry_run else ""),
+            + (f", written for review {o['dry_run']}" if self.dry_run else "")
+            + (f", not reached (stopped early) {o['not_reached']}" if self.stopped_early else ""),
             *(
                 f"  problem: {key}: {plural(count, 'row')}, e.g. row id {', '.join(map(str, self.examples.get(key, [])))}"
                 for key, count in self.invalid_reasons.most_common(10)
@@ -288,9 +289,11 @@ class Pipeline:
                 len(self.duplicate_person_ids),
             )
         deadline = None if self.options.max_runtime is None else started + self.options.max_runtime
+        last_id = 0
         try:
             for row in self.table.iter_candidates(limit=self.options.limit, all_rows=self.options.all_rows):
                 self.summary.rows_read += 1
+                last_id = row.id
                 self._take(row)
                 if len(self._batch) >= self.options.batch_size:
                     self._flush()
@@ -307,13 +310,34 @@ class Pipeline:
             self._drain()
             if self.options.writes:
                 self.table.db.finish_bulk_writes()
+        except BaseException:
+            # Stopped by an error (DfE unreachable, the database, Ctrl+C): the rows read but not
+            # yet handed to the sender are left unsent too, as is every row not reached.
+            self.summary.stopped_early = True
+            self.summary.outcomes["failed"] += len(self._batch)
+            self._batch = []
+            raise
         finally:
             for pool in (self._executor, self._writer):
                 if pool is not None:
                     pool.shutdown(wait=True, cancel_futures=True)
+            if self.summary.stopped_early:
+                self._count_not_reached(last_id)
             self.summary.seconds = time.monotonic() - started
             self.summary.finished_at = utc_now().isoformat(timespec="seconds") + "Z"
         return self.summary
+
+    def _count_not_reached(self, last_id: int) -> None:
+        """After an early stop: how many rows the run would still have read (best effort, counts only)."""
+        source, wanted = self.table.candidate_source(all_rows=self.options.all_rows)
+        try:
+            left = int(self.table.db.scalar(f"SELECT COUNT(*) FROM {source} WHERE t.id > ? AND ({wanted})", (last_id,)) or 0)
+        except PipelineError as exc:  # the database may be why the run stopped
+            log.debug("rows not reached could not be counted: %s", exc)
+            return
+        if self.options.limit is not None:
+            left = min(left, max(0, self.options.limit - self.summary.rows_read))
+        self.summary.outcomes["not_reached"] = left
 
     def _take(self, row: StagingRow) -> None:
         try:
@@ -538,11 +562,13 @@ class Pipeline:
         try:
             outcomes = flight.future.result()
         except CancelledError:  # never sent, as the run stopped first: its rows stay pending
+            self.summary.outcomes["failed"] += len(flight.batch)
             self._write(flight.updates, ledger)
             return
         except PipelineError as exc:
             # The run stops (its send thread has said so); first record what DfE did acknowledge.
             settled = getattr(exc, "partial_outcomes", None) or []
+            self.summary.outcomes["failed"] += len(flight.batch) - len(settled)  # left pending
             self._apply_outcomes([(flight.batch[o.index], o) for o in settled], flight.updates, ledger)
             self._write(flight.updates, ledger)
             raise

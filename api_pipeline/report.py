@@ -41,8 +41,9 @@ OUTCOME_LABELS = (
     ("rejected", "Refused by DfE"),
     ("failed", "Not sent this time; will be tried again at the next run"),
     ("changed_during_run", "Changed in the table during the run; will be sent at the next run"),
+    ("not_reached", "Not reached before the run stopped; will be sent at the next run"),
 )
-PROBLEM_OUTCOMES = ("invalid", "skipped", "rejected", "failed")
+PROBLEM_OUTCOMES = ("invalid", "skipped", "rejected", "failed", "not_reached")
 RETRY_LABELS = {
     "401": "the access token was renewed (HTTP 401)",
     "403": "DfE's gateway refused or throttled us (HTTP 403)",

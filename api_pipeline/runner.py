@@ -185,6 +185,7 @@ def run_command(
         return exit_code
     except PipelineError as exc:
         exit_code = exc.exit_code
+        summary.stopped_early = True
         summary.fatal_error = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         log.error("run stopped: %s", summary.fatal_error)
         if isinstance(exc, DatabaseError) and settings.sqlite_file and str(settings.sqlite_file) not in str(exc):

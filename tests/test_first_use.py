@@ -301,3 +301,40 @@ def test_status_on_a_table_lacking_columns_gives_runs_message_and_the_test_schem
     assert message in status.err and "row_state" in status.err and "(run test-schema for the fix)" in status.err
     assert "no such column" not in status.err
     assert status.err.splitlines()[0] == run.err.splitlines()[0]
+
+
+def summary_of(log_dir: Path) -> dict:
+    (path,) = log_dir.glob("*.summary.json")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_a_run_stopped_by_an_unreachable_dfe_counts_every_row_left_unsent(simulator, db_path, tmp_path):
+    insert(db_path, list(make_children(5, seed=8)))
+    simulator.inject("503", times=50)
+    log_dir = tmp_path / "logs"
+    result = run_cli(["run", "--log-dir", str(log_dir)], environ=sim_env(simulator, db_path), cwd=tmp_path)
+    assert result.code == 5, result.err
+    summary = summary_of(log_dir)
+    assert summary["stopped_early"] is True and summary["exit_code"] == 5
+    assert summary["outcomes"].get("failed") == 5 and summary["outcomes"].get("sent", 0) == 0
+    (log_file,) = log_dir.glob("*.log")
+    assert "not sent (will retry) 5" in log_file.read_text(encoding="utf-8")
+
+
+def test_a_run_stopped_part_way_accounts_for_every_row(simulator, db_path, tmp_path):
+    insert(db_path, list(make_children(50, seed=9)))
+    simulator.inject("slow", seconds=0)  # the first batch goes through
+    simulator.inject("503", times=50)
+    log_dir = tmp_path / "logs"
+    environ = sim_env(simulator, db_path, BATCH_SIZE="10")
+    result = run_cli(["run", "--log-dir", str(log_dir)], environ=environ, cwd=tmp_path)
+    assert result.code == 5
+    summary = summary_of(log_dir)
+    o = summary["outcomes"]
+    assert summary["stopped_early"] is True
+    assert o["sent"] == 10 and o["failed"] >= 10 and o["not_reached"] > 0
+    assert o["sent"] + o["failed"] + o["not_reached"] == 50
+    pending = run_cli(["status", "--json", "--log-dir", str(log_dir)], environ=db_env(db_path), cwd=tmp_path)
+    assert json.loads(pending.out)["pending"]["rows"] == o["failed"] + o["not_reached"]
+    report = next(log_dir.glob("*.report.html")).read_text(encoding="utf-8")
+    assert "Not reached before the run stopped" in report
