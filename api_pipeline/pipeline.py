@@ -272,6 +272,7 @@ class Pipeline:
         self._sends: deque[Future] = deque()  # send futures not known to be finished
         self._written: deque[Future] = deque()  # write-back futures, oldest first
         self._failed = threading.Event()  # set by a send thread when its batch failed for good
+        self._send_seconds: dict[str, float] = {}  # batch id -> how long its sending took, retries included
         self.duplicate_person_ids: frozenset[str] = frozenset()
 
     # -- the run ---------------------------------------------------------------
@@ -550,11 +551,14 @@ class Pipeline:
         if self._failed.is_set():
             raise CancelledError  # never sent: its rows stay pending
         assert self.sender is not None
+        started = time.monotonic()  # the batch's own time, not its wait in the queue
         try:
             return self.sender.send(records, bodies, batch_id=batch_id)
         except BaseException:
             self._failed.set()
             raise
+        finally:
+            self._send_seconds[batch_id] = time.monotonic() - started
 
     def _complete(self, flight: _InFlight) -> None:
         """Wait for one batch's answer and write its outcomes back, in one transaction."""
@@ -578,7 +582,7 @@ class Pipeline:
             flight.batch_id,
             len(flight.batch),
             ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
-            time.monotonic() - flight.started,
+            self._send_seconds.pop(flight.batch_id, time.monotonic() - flight.started),
         )
         self._write(flight.updates, ledger)
 

@@ -338,3 +338,18 @@ def test_a_run_stopped_part_way_accounts_for_every_row(simulator, db_path, tmp_p
     assert json.loads(pending.out)["pending"]["rows"] == o["failed"] + o["not_reached"]
     report = next(log_dir.glob("*.report.html")).read_text(encoding="utf-8")
     assert "Not reached before the run stopped" in report
+
+
+def test_per_batch_times_are_the_time_each_batch_took(simulator, db_path, tmp_path):
+    insert(db_path, list(make_children(10, seed=10)))
+    simulator.latency = 0.3
+    log_dir = tmp_path / "logs"
+    environ = sim_env(simulator, db_path, BATCH_SIZE="2", MAX_IN_FLIGHT="1")
+    try:
+        assert run_cli(["run", "--log-dir", str(log_dir)], environ=environ, cwd=tmp_path).code == 0
+    finally:
+        simulator.latency = 0.0
+    (log_file,) = log_dir.glob("*.log")
+    times = [float(t) for t in re.findall(r"batch \S+: 2 records, sent 2 \((\d+\.\d+) s\)", log_file.read_text())]
+    assert len(times) == 5
+    assert all(0.29 <= t < 0.45 for t in times), times  # one request at a time: not the wait behind the last
