@@ -353,3 +353,15 @@ def test_per_batch_times_are_the_time_each_batch_took(simulator, db_path, tmp_pa
     times = [float(t) for t in re.findall(r"batch \S+: 2 records, sent 2 \((\d+\.\d+) s\)", log_file.read_text())]
     assert len(times) == 5
     assert all(0.29 <= t < 0.45 for t in times), times  # one request at a time: not the wait behind the last
+
+
+@pytest.mark.parametrize("fault", ["garbage", "short_receipts"])
+def test_a_garbled_200_is_healed_within_the_run_and_pages_nobody(simulator, db_path, tmp_path, fault):
+    insert(db_path, list(make_children(6, seed=11)))
+    simulator.inject(fault)
+    log_dir = tmp_path / "logs"
+    result = run_cli(["run", "--log-dir", str(log_dir)], environ=sim_env(simulator, db_path), cwd=tmp_path)
+    assert result.code == 0, result.err
+    summary = summary_of(log_dir)
+    assert summary["outcomes"]["sent"] == 6 and summary["retries"] == {"unusable answer": 1}
+    assert len(simulator.snapshot()) == 6
