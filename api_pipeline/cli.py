@@ -355,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--json",
         action="store_true",
-        help="Print one JSON object instead, for monitoring tools (its keys are listed in the docs).",
+        help="Print one JSON object instead, for monitoring tools. Its keys are listed in the documentation's "
+        "command-line reference, under 'status --json'.",
     )
 
     sim = add(

@@ -189,5 +189,6 @@ def _describe(title: str, summary: Any) -> str:
     o = summary.outcomes
     return (
         f"{title}: sent {o['sent']}, purged {o['purged']}, unchanged {o['unchanged']}, invalid {o['invalid']}, "
-        f"rejected {o['rejected']}, failed {o['failed']} — {plural(summary.requests, 'request')}, {summary.seconds:.2f} s"
+        f"rejected {o['rejected']}, failed {o['failed']} — {plural(summary.requests, 'request')}, "
+        f"{summary.seconds:.2f} s"
     )

@@ -152,7 +152,8 @@ class RunSummary:
             + (f", written for review {o['dry_run']}" if self.dry_run else "")
             + (f", not reached (stopped early) {o['not_reached']}" if self.stopped_early else ""),
             *(
-                f"  problem: {key}: {plural(count, 'row')}, e.g. row id {', '.join(map(str, self.examples.get(key, [])))}"
+                f"  problem: {key}: {plural(count, 'row')}, "
+                f"e.g. row id {', '.join(map(str, self.examples.get(key, [])))}"
                 for key, count in self.invalid_reasons.most_common(10)
             ),
         ]
@@ -332,7 +333,9 @@ class Pipeline:
         """After an early stop: how many rows the run would still have read (best effort, counts only)."""
         source, wanted = self.table.candidate_source(all_rows=self.options.all_rows)
         try:
-            left = int(self.table.db.scalar(f"SELECT COUNT(*) FROM {source} WHERE t.id > ? AND ({wanted})", (last_id,)) or 0)
+            left = int(
+                self.table.db.scalar(f"SELECT COUNT(*) FROM {source} WHERE t.id > ? AND ({wanted})", (last_id,)) or 0
+            )
         except PipelineError as exc:  # the database may be why the run stopped
             log.debug("rows not reached could not be counted: %s", exc)
             return

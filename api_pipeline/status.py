@@ -224,6 +224,52 @@ def _iso(value: datetime | None) -> str | None:
 
 # -- the report ------------------------------------------------------------------------------
 
+# Every key of ``status --json``, as a path (``[]`` marks a list of objects), and what it means.
+# The documentation's table is generated from this, and a test checks it against to_dict().
+STATUS_JSON_KEYS: dict[str, str] = {
+    "format_version": f"{STATUS_FORMAT_VERSION}. Changes only if a key is removed or changes meaning; "
+    "new keys may be added.",
+    "generated_at": "When the status was taken: UTC, ISO 8601 ending in Z.",
+    "table": "The staging table (TABLE_NAME).",
+    "total_rows": "Rows in the staging table.",
+    "counts": "One entry per submission_status and row_state combination, compared case-insensitively.",
+    "counts[].submission_status": "As the table spells it; (empty) for NULL or blank.",
+    "counts[].row_state": "As the table spells it; (empty) for NULL or blank.",
+    "counts[].rows": "Rows with that combination.",
+    "problems": "Invalid, rejected and not-sent rows grouped by reason, most rows first.",
+    "problems[].submission_status": "The rows' status, as the table spells it.",
+    "problems[].reason": "A reason key such as invalid: child_details.postcode: field names only, never a value.",
+    "problems[].rows": "Rows with that status and reason.",
+    "problems[].example_row_ids": f"Up to {EXAMPLE_IDS} row ids (the id column) to look at.",
+    "pending": "The rows the next run would read.",
+    "pending.rows": "How many.",
+    "pending.oldest_last_updated": "The oldest last_updated among them, or null.",
+    "pending.oldest_age_seconds": "How long ago that was, in seconds, or null.",
+    "pending.last_updated_column": "false when the table has no last_updated column (no age can be given).",
+    "ledger": "The submission ledger: what DfE has acknowledged.",
+    "ledger.table": "The ledger table's name.",
+    "ledger.exists": "false until the first run creates it.",
+    "ledger.children_acknowledged": "Children whose current record DfE acknowledged; null without a ledger.",
+    "ledger.children_purged": "Children whose deletion DfE acknowledged; null without a ledger.",
+    "ledger.last_acknowledged_at": "The latest acknowledgement, or null.",
+    "runs": "The latest runs, from the run summaries in the log folder.",
+    "runs.log_dir": "The log folder read.",
+    "runs.recent": "One entry per run, newest first (status --runs N: how many).",
+    "runs.recent[].run_id": "The run's id, as in its log file's name.",
+    "runs.recent[].started_at": "When it started (UTC).",
+    "runs.recent[].seconds": "How long it took, or null.",
+    "runs.recent[].dry_run": "true for run --dry-run (nothing sent).",
+    "runs.recent[].rows_read": "Rows it read.",
+    "runs.recent[].sent": "Records DfE acknowledged.",
+    "runs.recent[].purged": "Deletions DfE acknowledged.",
+    "runs.recent[].failed": "Records not sent this time; sent again next run.",
+    "runs.recent[].invalid": "Records that fail DfE's schema (not sent until their data changes).",
+    "runs.recent[].rejected": "Records DfE refused.",
+    "runs.recent[].skipped": "Rows skipped because of a problem with the row itself.",
+    "runs.recent[].exit_code": "The run's exit code, or null if it did not record one.",
+    "runs.unreadable_summaries": "Summary files that could not be read and were left out.",
+}
+
 
 @dataclass
 class StatusReport:
@@ -560,20 +606,7 @@ def format_status(report: StatusReport) -> list[str]:
 def status_command(settings: Settings, ctx: Any, *, runs: int = 10, as_json: bool = False) -> int:
     """The ``status`` command. Exit 0; a missing table or database error raises (exit 3).
 
-    ``--json`` prints one JSON object with these keys (stable; new keys may be added,
-    ``format_version`` changes if any is removed or changes meaning):
-
-    - ``format_version`` (1), ``generated_at`` (UTC, ISO 8601 ``Z``), ``table``, ``total_rows``
-    - ``counts``: ``[{submission_status, row_state, rows}]``, one per combination, compared
-      case-insensitively and spelt as the table has them (``(empty)`` for NULL or blank)
-    - ``problems``: ``[{submission_status, reason, rows, example_row_ids}]``, most rows first;
-      ``reason`` is a reason key such as ``invalid: child_details.postcode``, never a value
-    - ``pending``: ``{rows, oldest_last_updated, oldest_age_seconds, last_updated_column}``:
-      the rows the next run would read; the oldest ``last_updated`` among them, or null
-    - ``ledger``: ``{table, exists, children_acknowledged, children_purged, last_acknowledged_at}``
-      (counts null when the ledger does not exist yet)
-    - ``runs``: ``{log_dir, recent: [{run_id, started_at, seconds, dry_run, rows_read, sent,
-      purged, failed, invalid, rejected, skipped, exit_code}], unreadable_summaries}``, newest first
+    ``--json`` prints one JSON object; :data:`STATUS_JSON_KEYS` lists and explains its keys.
     """
     from api_pipeline.runner import default_log_dir
 

@@ -141,7 +141,9 @@ def test_only_init_db_creates_a_database_file(simulator, tmp_path, command):
 
 def test_database_errors_name_the_absolute_sqlite_path(simulator, tmp_path):
     (tmp_path / "empty.db").touch()
-    env_file = write_env(tmp_path / ".env", dict(simulator.settings_env()) | {"DB_CONNECTION_STRING": "sqlite:///empty.db"})
+    env_file = write_env(
+        tmp_path / ".env", dict(simulator.settings_env()) | {"DB_CONNECTION_STRING": "sqlite:///empty.db"}
+    )
     result = run_cli(["--env-file", str(env_file), "run"], cwd=tmp_path)
     assert result.code == 3
     assert "the staging table ssd_api_data_staging was not found" in result.err
@@ -201,7 +203,11 @@ def test_max_runtime_reads_the_ways_people_write_it(simulator, db_path, tmp_path
 @pytest.mark.parametrize(
     ("variable", "written", "says"),
     [
-        ("MAX_RUNTIME", "4 hours please", "is not a duration this tool reads; write it like 4h, 4 hours, 90m, 90 minutes, 1h30m, 3600s or 3600"),
+        (
+            "MAX_RUNTIME",
+            "4 hours please",
+            "is not a duration this tool reads; write it like 4h, 4 hours, 90m, 90 minutes, 1h30m, 3600s or 3600",
+        ),
         ("MAX_RUNTIME", "four hours", "is not a duration this tool reads; write it like 4h, 4 hours"),
         ("HTTP_TIMEOUT", "a minute", "is not a number: must be a positive number of seconds, for example 60"),
         ("BATCH_SIZE", "lots", "is not a whole number: must be between 1 and 100"),
@@ -267,7 +273,9 @@ def test_the_run_chart_tells_runs_of_one_day_apart_shows_small_runs_and_leaves_o
     insert(db_path, list(make_children(300, seed=6)))
     assert run_cli(["run", "--log-dir", str(log_dir)], environ=environ, cwd=tmp_path).code == 0
     insert(db_path, [dict(c, la_child_id=f"S{n:07d}") for n, c in enumerate(make_children(2, seed=7))])
-    dry = run_cli(["run", "--log-dir", str(log_dir), "--dry-run", str(tmp_path / "review")], environ=environ, cwd=tmp_path)
+    dry = run_cli(
+        ["run", "--log-dir", str(log_dir), "--dry-run", str(tmp_path / "review")], environ=environ, cwd=tmp_path
+    )
     assert dry.code == 0, dry.err
     assert run_cli(["run", "--log-dir", str(log_dir)], environ=environ, cwd=tmp_path).code == 0
 
@@ -365,3 +373,70 @@ def test_a_garbled_200_is_healed_within_the_run_and_pages_nobody(simulator, db_p
     summary = summary_of(log_dir)
     assert summary["outcomes"]["sent"] == 6 and summary["retries"] == {"unusable answer": 1}
     assert len(simulator.snapshot()) == 6
+
+
+# ---------------------------------------------------------------------------
+# Help and the generated reference
+# ---------------------------------------------------------------------------
+
+
+def docgen():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "docs"))
+    import docgen as module
+
+    return module
+
+
+def flat_keys(value, prefix=""):
+    """``a.b``, ``a[].c``: every key path of a JSON document."""
+    found = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{prefix}.{key}" if prefix else key
+            found.append(path)
+            found += flat_keys(item, path)
+    elif isinstance(value, list) and value and isinstance(value[0], dict):
+        found += flat_keys(value[0], prefix + "[]")
+    return found
+
+
+def test_status_json_keys_are_all_in_the_generated_reference(simulator, db_path, tmp_path):
+    insert(db_path, list(make_children(3, seed=12)))
+    children = list(make_children(1, seed=13))
+    children[0]["la_child_id"] = "X1"
+    children[0]["child_details"]["sex"] = "Female"
+    insert(db_path, children)
+    log_dir = tmp_path / "logs"
+    assert run_cli(["run", "--log-dir", str(log_dir)], environ=sim_env(simulator, db_path), cwd=tmp_path).code == 1
+    result = run_cli(["status", "--json", "--log-dir", str(log_dir)], environ=db_env(db_path), cwd=tmp_path)
+    keys = flat_keys(json.loads(result.out))
+    page = docgen().cli_reference()
+    section = page[page.index("## `status --json`") : page.index("## Exit codes")]
+    documented = re.findall(r"^\| `([^`]+)` \|", section, re.M)
+    assert sorted(keys) == sorted(documented)
+    status_help = run_cli(["status", "--help"], cwd=tmp_path)
+    assert status_help.code == 0
+
+
+def test_the_generated_reference_lists_set_secrets_names(tmp_path):
+    from api_pipeline.credentials import keyring_variables
+
+    page = docgen().cli_reference()
+    section = page[page.index("### `set-secret`") :]
+    section = section[: section.index("\n### ")] if "\n### " in section else section
+    assert "| argument | what it does |" in section
+    for name in keyring_variables():
+        assert name.replace("_", "\\_") in section
+
+
+def test_every_command_help_points_at_the_one_exit_code_list(tmp_path, capsys):
+    from api_pipeline.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, sub in subparsers.choices.items():
+        text = sub.format_help()
+        assert "exit codes:" not in text and "The exit codes are listed once, by 'csc-api-pipeline --help'." in text
+    assert "exit codes:" in parser.format_help() and "130  interrupted" in parser.format_help()
