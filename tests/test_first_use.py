@@ -440,3 +440,14 @@ def test_every_command_help_points_at_the_one_exit_code_list(tmp_path, capsys):
         text = sub.format_help()
         assert "exit codes:" not in text and "The exit codes are listed once, by 'csc-api-pipeline --help'." in text
     assert "exit codes:" in parser.format_help() and "130  interrupted" in parser.format_help()
+
+
+def test_skip_reasons_say_what_to_install_or_set():
+    from conftest import REFERENCE_ENV, reference_missing
+
+    reason = reference_missing("DfE's OpenAPI document")
+    assert REFERENCE_ENV in reason and "DFE-Digital/children-in-social-care-schemas" in reason
+    assert "data-to-insight/dfe-csc-api-data-flows" in reason
+    for path in Path(__file__).parent.glob("test_*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert "shared is absent" not in text and "shared folder is absent" not in text, path.name
