@@ -161,7 +161,7 @@ def postgres_odbc() -> str:
     if not text:
         problem = (
             f"PostgreSQL tests need {POSTGRES_ENV}, an ODBC connection string to a PostgreSQL test database "
-            "(needs PostgreSQL, unixODBC and psqlODBC; as root, 'source .ci/postgres.sh' installs and sets up all three)"
+            "(needs PostgreSQL, unixODBC and psqlODBC; as root, 'source .ci/postgres.sh' sets up all three)"
         )
     else:
         try:
