@@ -124,7 +124,9 @@ def cmd_init_db(args: argparse.Namespace, ctx: Context) -> int:
 
     # --print with --dialect needs no connection, so no DB_CONNECTION_STRING either.
     command = "init-db --print" if args.print and args.dialect else "init-db"
-    return init_db(ctx.settings(args, command), ctx, args.print, dialect=args.dialect)
+    return init_db(
+        ctx.settings(args, command), ctx, args.print, dialect=args.dialect, sample=args.sample, append=args.append
+    )
 
 
 def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
@@ -330,9 +332,24 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_init_db,
         "Create the staging table, ledger and run lock table where missing.",
         "Creates only what is missing, for SQL Server, PostgreSQL or SQLite: the staging table (with a unique "
-        "index on person_id), the submission ledger and the run lock table. Never drops or alters a table.",
+        "index on person_id), the submission ledger and the run lock table. Never drops or alters a table. "
+        "The only command that creates a new SQLite database file. With --sample N, then adds N synthetic "
+        "children for a rehearsal.",
     )
     init.add_argument("--print", action="store_true", help="Print the DDL for a DBA to review instead of running it.")
+    init.add_argument(
+        "--sample",
+        type=_positive_int,
+        metavar="N",
+        help="Then fill the staging table with N synthetic children, as your council's SQL adds new ones "
+        "(Pending, New), for a rehearsal. Only into an empty table whose name ends in _anon, which is never "
+        "sent to DfE's live receiver.",
+    )
+    init.add_argument(
+        "--append",
+        action="store_true",
+        help="With --sample: add the sample children to a table that already has rows.",
+    )
     init.add_argument(
         "--dialect",
         choices=("mssql", "postgresql", "sqlite"),
@@ -364,7 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_simulate_api,
         "Run the built-in DfE simulator on this machine, for a rehearsal.",
         "Serves a DfE CSC API stand-in (token endpoint and receiver) on 127.0.0.1 until Ctrl+C, and prints "
-        "the settings to point a .env at it. Nothing leaves this machine.",
+        "the settings to point a .env at it. Nothing leaves this machine. It accepts only its own made-up "
+        "credentials: CLIENT_ID=sim-client, CLIENT_SECRET=sim-secret, SCOPE=api://csc-simulator/.default and "
+        "SUPPLIER_KEY=sim-supplier-key, tokens from TOKEN_ENDPOINT=http://127.0.0.1:PORT/sim-tenant/oauth2/v2.0/token, "
+        "and records for LA_CODE=999 (or --la-code) at "
+        "API_ENDPOINT=http://127.0.0.1:PORT/children-in-social-care-data-receiver-test/1.",
     )
     sim.add_argument("--port", type=int, default=8765, help="Port on 127.0.0.1 (default: 8765).")
     sim.add_argument("--la-code", default="999", help="LA code the simulator accepts (default: 999).")

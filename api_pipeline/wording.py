@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-_IRREGULAR = {"child": "children", "batch": "batches", "was": "were", "is": "are"}
+_IRREGULAR = {
+    "child": "children",
+    "synthetic child": "synthetic children",
+    "batch": "batches",
+    "was": "were",
+    "is": "are",
+}
 
 
 def plural(count: int, word: str, many: str | None = None) -> str:

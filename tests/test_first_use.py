@@ -452,3 +452,194 @@ def test_skip_reasons_say_what_to_install_or_set():
     for path in Path(__file__).parent.glob("test_*.py"):
         text = path.read_text(encoding="utf-8")
         assert not any(words in text for words in unexplained), path.name
+
+
+# ---------------------------------------------------------------------------
+# Rehearsal data
+# ---------------------------------------------------------------------------
+
+ANON = "ssd_api_data_staging_anon"
+
+
+def test_init_db_sample_fills_the_table_as_the_councils_sql_would_and_it_sends(simulator, tmp_path):
+    import hashlib
+
+    from conftest import Staging
+
+    environ = sim_env(simulator, tmp_path / "rehearsal.db", TABLE_NAME=ANON)
+    result = run_cli(["init-db", "--sample", "25"], environ=environ, cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert f"sample: 25 synthetic children added to {ANON} (person_id C0000001 to C0000025)" in result.out
+    staging = Staging("sqlite", f"sqlite:///{(tmp_path / 'rehearsal.db').as_posix()}", ANON)
+    with staging.open() as db:
+        found = list(
+            db.query(
+                f"SELECT person_id, legacy_id, json_payload, previous_json_payload, partial_json_payload, "
+                f"current_hash, previous_hash, submission_status, row_state, api_response, last_updated FROM {ANON}"
+            )
+        )
+    assert len(found) == 25
+    for person, legacy, payload, previous, partial, current, prev_hash, status, state, response, updated in found:
+        record = json.loads(payload)
+        assert person == record["la_child_id"] and legacy == record["mis_child_id"]
+        assert (previous, partial, prev_hash, response) == (None, None, None, None)
+        assert (status, state) == ("Pending", "New") and updated
+        assert bytes(current) == hashlib.sha256(payload.encode("utf-16-le")).digest()  # HASHBYTES on NVARCHAR
+
+    sent = run_cli(["run"], environ=environ, cwd=tmp_path)
+    assert sent.code == 0, sent.err
+    assert len(simulator.snapshot()) == 25
+
+
+def test_init_db_sample_only_into_an_anon_table(simulator, tmp_path):
+    environ = sim_env(simulator, tmp_path / "live.db")
+    result = run_cli(["init-db", "--sample", "5"], environ=environ, cwd=tmp_path)
+    assert result.code == 2
+    assert "TABLE_NAME is ssd_api_data_staging, but sample children go only into a rehearsal table" in result.err
+    assert "Set TABLE_NAME=ssd_api_data_staging_anon" in result.err
+    assert not (tmp_path / "live.db").exists()  # refused before anything was created
+
+
+def test_init_db_sample_refuses_a_table_with_rows_unless_asked(simulator, tmp_path):
+    environ = sim_env(simulator, tmp_path / "rehearsal.db", TABLE_NAME=ANON)
+    assert run_cli(["init-db", "--sample", "3"], environ=environ, cwd=tmp_path).code == 0
+    again = run_cli(["init-db", "--sample", "3"], environ=environ, cwd=tmp_path)
+    assert again.code == 2
+    assert f"the table {ANON} already has 3 rows, so no sample children were added" in again.err
+    more = run_cli(["init-db", "--sample", "2", "--append"], environ=environ, cwd=tmp_path)
+    assert more.code == 0, more.err
+    assert "(person_id C0000004 to C0000005)" in more.out
+    status = run_cli(["status", "--json"], environ=environ, cwd=tmp_path)
+    assert json.loads(status.out)["total_rows"] == 5
+    assert run_cli(["init-db", "--append"], environ=environ, cwd=tmp_path).code == 2
+
+
+def test_init_db_sample_on_postgresql(postgres_odbc, tmp_path):
+    import hashlib
+
+    from conftest import Staging, unique_table
+
+    staging = Staging("postgresql", postgres_odbc, unique_table("pg") + "_anon")
+    try:
+        result = run_cli(["init-db", "--sample", "4"], environ=staging.env, cwd=tmp_path)
+        assert result.code == 0, result.err
+        with staging.open() as db:
+            found = list(db.query(f"SELECT json_payload, current_hash, submission_status FROM {staging.table}"))
+        assert len(found) == 4
+        assert all(bytes(h) == hashlib.sha256(p.encode("utf-16-le")).digest() and s == "Pending" for p, h, s in found)
+    finally:
+        staging.drop()
+
+
+def test_simulate_api_help_names_the_credentials_it_accepts(tmp_path, capsys):
+    from api_pipeline.simulator import Simulator
+
+    assert run_cli(["simulate-api", "--help"], cwd=tmp_path).code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    sim = Simulator()
+    for value in (sim.client_id, sim.client_secret, sim.supplier_key, sim.scope, sim.tenant, sim.la_code):
+        assert value in shown, value
+    assert "CLIENT_ID" in shown and "SUPPLIER_KEY" in shown and "TOKEN_ENDPOINT" in shown
+
+
+def test_simulate_api_help_gives_the_simulators_own_addresses(tmp_path, capsys):
+    from api_pipeline.simulator import Simulator
+
+    assert run_cli(["simulate-api", "--help"], cwd=tmp_path).code == 0
+    shown = "".join(capsys.readouterr().out.split())
+    with Simulator(port=0) as sim:
+        port = sim.base_url.rsplit(":", 1)[1]
+        for name in ("API_ENDPOINT", "TOKEN_ENDPOINT"):
+            assert f"{name}={sim.settings_env()[name].replace(port, 'PORT', 1)}" in shown
+
+
+REHEARSAL = Path(__file__).resolve().parents[1] / "docs" / "rehearsal.md"
+FENCE = re.compile(
+    r'^(?:=== "(?P<tab>[^"]+)"\n\n)?(?P<indent> *)```(?P<lang>\w+)\n(?P<body>.*?)\n(?P=indent)```', re.M | re.S
+)
+
+
+def rehearsal_steps(tab: str) -> list[tuple[str, str]]:
+    """The guide's blocks in order, as (language, text); SQL only from the ``tab`` variant."""
+    import textwrap
+
+    steps = []
+    for match in FENCE.finditer(REHEARSAL.read_text(encoding="utf-8")):
+        if match["lang"] == "sql" and match["tab"] != tab:
+            continue
+        steps.append((match["lang"], textwrap.dedent(match["indent"] + match["body"])))
+    return steps
+
+
+def walk_the_rehearsal(simulator, folder: Path, tab: str, execute_sql, environ=None) -> list:
+    """Follow docs/rehearsal.md: its .env (pointed at this simulator's port), its commands, its SQL."""
+    port = simulator.base_url.rsplit(":", 1)[1]
+    results = []
+    for lang, text in rehearsal_steps(tab):
+        if lang == "ini":
+            (folder / ".env").write_text(text.replace("127.0.0.1:8765", f"127.0.0.1:{port}") + "\n", encoding="utf-8")
+        elif lang == "sql":
+            execute_sql(text)
+        elif lang == "console":
+            for line in text.splitlines():
+                argv = line.split()[1:]
+                if argv == ["simulate-api"]:
+                    continue  # the test's own simulator stands in for the second window
+                result = run_cli(argv, cwd=folder, environ=environ)
+                assert result.code == 0, (line, result.out, result.err)
+                results.append((argv, result))
+    return results
+
+
+def check_the_rehearsal(simulator, results, log_dir: Path) -> None:
+    runs = [r for argv, r in results if argv == ["run"]]
+    statuses = [r for argv, r in results if argv == ["status"]]
+    assert len(runs) == 2 and len(statuses) == 2
+    summaries = [json.loads(p.read_text()) for p in sorted(log_dir.glob("*.summary.json"))]
+    first, second = (s["outcomes"] for s in summaries)
+    assert first["sent"] == 50
+    assert second["sent"] == 2 and second["purged"] == 1 and summaries[1]["rows_read"] == 3
+    assert "50 children acknowledged by DfE, 1 purged" in statuses[1].out
+    held = simulator.snapshot()
+    assert "C0000002" not in held and "C0000051" in held and len(held) == 50
+    assert held["C0000001"]["child_details"]["postcode"] == "BN1 1AA"
+
+
+def test_the_rehearsal_guide_works_as_written_on_sqlite(simulator, tmp_path):
+    import sqlite3
+
+    def execute(sql: str) -> None:
+        with sqlite3.connect(tmp_path / "rehearsal.db") as conn:
+            conn.execute(sql)
+
+    results = walk_the_rehearsal(simulator, tmp_path, "SQLite", execute)
+    check_the_rehearsal(simulator, results, tmp_path / "logs")
+
+
+def test_the_rehearsal_guide_works_as_written_on_postgresql(simulator, postgres_odbc, tmp_path):
+    from conftest import Staging, unique_table
+
+    staging = Staging("postgresql", postgres_odbc, unique_table("rh") + "_anon")
+
+    def execute(sql: str) -> None:
+        with staging.open() as db, db.transaction():
+            db.execute(sql.replace("ssd_api_data_staging_anon", staging.table))
+
+    environ = {"DB_CONNECTION_STRING": postgres_odbc, "TABLE_NAME": staging.table}
+    try:
+        results = walk_the_rehearsal(simulator, tmp_path, "PostgreSQL", execute, environ=environ)
+        check_the_rehearsal(simulator, results, tmp_path / "logs")
+    finally:
+        staging.drop()
+
+
+def test_the_rehearsal_guides_sql_server_statements_are_tsql():
+    sqlglot = pytest.importorskip("sqlglot")
+    from sqlglot import exp
+    from sqlglot.errors import ErrorLevel
+
+    statements = [text for lang, text in rehearsal_steps("SQL Server") if lang == "sql"]
+    assert len(statements) == 2
+    for sql in statements:
+        tree = sqlglot.parse_one(sql, read="tsql", error_level=ErrorLevel.RAISE)
+        assert not list(tree.find_all(exp.Command)), sql
