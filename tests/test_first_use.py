@@ -643,3 +643,33 @@ def test_the_rehearsal_guides_sql_server_statements_are_tsql():
     for sql in statements:
         tree = sqlglot.parse_one(sql, read="tsql", error_level=ErrorLevel.RAISE)
         assert not list(tree.find_all(exp.Command)), sql
+
+
+# ---------------------------------------------------------------------------
+# README
+# ---------------------------------------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_the_readme_lists_every_command():
+    from api_pipeline.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    names = {choice.dest for choice in subparsers._choices_actions}
+    listed = set(re.findall(r"^\| `([a-z-]+)` \|", README.read_text(encoding="utf-8"), re.M))
+    assert names <= listed, sorted(names - listed)
+
+
+def test_the_readme_says_how_to_install_on_a_fresh_machine():
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    repo = README.parent
+    assert "python3 -m venv .venv && . .venv/bin/activate" in text
+    minimum = re.search(r'^requires-python = ">=([\d.]+)"', (repo / "pyproject.toml").read_text(), re.M)
+    assert minimum is not None and f"Python {minimum.group(1)} or newer" in text
+    tested = re.search(r'python: \[([^\]]+)\]', (repo / ".github" / "workflows" / "ci.yml").read_text())
+    assert tested is not None
+    versions = [v.strip().strip('"') for v in tested.group(1).split(",")]
+    assert f"tested on Python {', '.join(versions[:-1])} and {versions[-1]}" in text
+    assert "Node.js and npm" in text and "Chromium" in text
