@@ -187,6 +187,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _mode(text: str) -> str:
+    """``--mode``: ``deltas``, the earlier sender's name for partial, is accepted as it."""
+    value = text.strip().lower()
+    return "partial" if value == "deltas" else value
+
+
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     """Options accepted before or after the command name."""
 
@@ -274,8 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--mode",
+        type=_mode,
         choices=("full", "partial"),
-        help="full: whole records; partial: only what changed. Env: USE_PARTIAL_PAYLOAD (default: partial).",
+        help="full: whole records; partial: only what changed (the earlier tool's 'deltas' means the same). "
+        "Env: USE_PARTIAL_PAYLOAD (default: partial).",
     )
 
     validate = add(

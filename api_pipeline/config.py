@@ -224,6 +224,14 @@ OPTIONS: tuple[Option, ...] = (
         needed_for=DATABASE,
     ),
     Option(
+        "DB_USER",
+        "db_user",
+        "A SQL Server login's user name (with DB_PASSWORD), as the earlier tool's sender took it: with "
+        "USER_SERVER and USER_DATABASE it makes an SQL-login connection instead of Windows authentication; "
+        "with a DB_CONNECTION_STRING that names no user, it is added to it as UID={...}.",
+        parse=str.strip,
+    ),
+    Option(
         "DB_PASSWORD",
         "db_password",
         "The database password, kept out of DB_CONNECTION_STRING: added to it as PWD={...} (the connection "
@@ -403,6 +411,7 @@ class Settings:
     """Everything the tool needs to know, validated. Build with :func:`load_settings`."""
 
     db_connection_string: Secret | None = None
+    db_user: str | None = None
     db_password: Secret | None = None
     table_name: str = "ssd_api_data_staging"
     api_endpoint: str | None = None
@@ -565,6 +574,7 @@ def load_settings(
     folder), so a task started in System32 never creates or reads files there by accident.
     """
     file_values = read_env_file(env_file)
+    from_parts = False  # the connection string was built from USER_SERVER and USER_DATABASE
     here = Path.cwd() if cwd is None else cwd
     env_folder = env_file.parent if env_file is not None else here
     overrides = dict(overrides or {})
@@ -592,6 +602,7 @@ def load_settings(
         found = lookup(option)
         if found is None and option.env == "DB_CONNECTION_STRING":
             found = _integrated_security_string(environ, file_values)
+            from_parts = found is not None
             if found is not None and any(not environ.get(n, "").strip() for n in ("USER_SERVER", "USER_DATABASE")):
                 from_file.add(option.attr)
         if found is None:
@@ -619,6 +630,12 @@ def load_settings(
 
     if values.get("db_connection_string") is not None and not isinstance(values["db_connection_string"], Secret):
         values["db_connection_string"] = Secret(values["db_connection_string"])
+    if values.get("db_user") and values.get("db_connection_string") is not None:
+        with_user = add_db_user(values["db_connection_string"], values["db_user"], from_parts, problems)
+        if with_user is not None:
+            values["db_connection_string"] = with_user
+        if values.get("db_password") is None:
+            problems.append("DB_USER: an SQL login needs its password too: set DB_PASSWORD (or remove DB_USER)")
     if values.get("db_password") is not None and values.get("db_connection_string") is not None:
         combined = add_db_password(values["db_connection_string"], values["db_password"], problems)
         if combined is not None:
@@ -685,6 +702,38 @@ _ODBC_INTEGRATED = re.compile(
 )
 
 
+_ODBC_USER_KEY = re.compile(r"(?i)(?:^|;)\s*(?:uid|user\s+id|user)\s*=")
+_TRUSTED_CONNECTION = re.compile(r"(?i)trusted_connection\s*=\s*yes;?")
+
+
+def _odbc_braced(value: str) -> str:
+    return "{" + value.replace("}", "}}") + "}"
+
+
+def add_db_user(connection: Secret, user: str, from_parts: bool, problems: list[str]) -> Secret | None:
+    """The connection string with DB_USER as ``UID={...}``; None with a problem when that cannot be right.
+
+    From USER_SERVER + USER_DATABASE the SQL login replaces Windows authentication, as in the
+    earlier tool's sender; a connection string of the user's own must not name a user already.
+    """
+    text = connection.reveal().strip()
+    if text.lower().startswith("sqlite:"):
+        problems.append("DB_USER: a SQLite file has no login; remove DB_USER")
+        return None
+    if _ODBC_USER_KEY.search(text):
+        problems.append("DB_USER: DB_CONNECTION_STRING already names a user (UID= or User ID=); keep only one")
+        return None
+    if from_parts:
+        text = _TRUSTED_CONNECTION.sub("", text)
+    elif _ODBC_INTEGRATED.search(text):
+        problems.append(
+            "DB_USER: DB_CONNECTION_STRING uses Windows integrated security, which needs no user; "
+            "remove DB_USER or the Trusted_Connection setting"
+        )
+        return None
+    return Secret(f"{text.rstrip(';')};UID={_odbc_braced(user)};")
+
+
 def add_db_password(connection: Secret, password: Secret, problems: list[str]) -> Secret | None:
     """DB_CONNECTION_STRING with DB_PASSWORD added as ``PWD={...}``; None with a problem when that cannot be right.
 
@@ -711,7 +760,10 @@ def add_db_password(connection: Secret, password: Secret, problems: list[str]) -
 
 
 def _integrated_security_string(environ: Mapping[str, str], file_values: Mapping[str, str]) -> tuple[str, str] | None:
-    """Upstream's USER_SERVER + USER_DATABASE form: SQL Server with Windows integrated security."""
+    """Upstream's USER_SERVER + USER_DATABASE form: SQL Server with Windows integrated security.
+
+    With DB_USER, :func:`add_db_user` turns it into an SQL login (DB_PASSWORD adds the password).
+    """
 
     def get(name: str) -> str:
         return (environ.get(name) or file_values.get(name) or "").strip()

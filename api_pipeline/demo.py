@@ -65,7 +65,8 @@ def load_sample_children(db: Database, table: str, records: Iterable[dict], *, c
     kinds = [None, LONG_TEXT, None, None, *(BINARY if c == "current_hash" else None for c in optional)]
     sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
     now = db.dialect.timestamp_param(datetime.now(timezone.utc).replace(tzinfo=None))
-    total, rows = 0, []
+    total = 0
+    rows: list[tuple[Any, ...]] = []
 
     def flush() -> None:
         with db.transaction():
