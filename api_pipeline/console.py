@@ -10,6 +10,7 @@ come from Windows through ctypes, where any error at all means "do not wait".
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -105,11 +106,9 @@ def wait_if_double_clicked(
             return False
     except Exception:  # noqa: BLE001 - in doubt, never wait
         return False
-    try:
+    with contextlib.suppress(Exception, KeyboardInterrupt):  # closing the window must never fail
         print(f"\n{PROMPT}", file=out or sys.stdout, flush=True)
         read()
-    except (Exception, KeyboardInterrupt):  # noqa: BLE001 - closing the window must never fail
-        pass
     return True
 
 
