@@ -52,7 +52,8 @@ def test_schema(settings: Settings, ctx: Any) -> int:
         issues = table.column_issues()
         if issues is None:
             problems += 1
-            ctx.print(f"staging table {settings.table_name}: NOT FOUND in {d.label}")
+            where = f"the SQLite database {settings.sqlite_file}" if settings.sqlite_file else d.label
+            ctx.print(f"staging table {settings.table_name}: NOT FOUND in {where}")
             ctx.print("  check TABLE_NAME (schema-qualify it, e.g. ssd_development.ssd_api_data_staging), or for a")
             ctx.print("  new set-up create it with 'init-db', or have a DBA run:")
             for statement in (staging_ddl(d, settings.table_name), staging_index_ddl(d, settings.table_name)):

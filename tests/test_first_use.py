@@ -152,6 +152,13 @@ def test_database_errors_name_the_absolute_sqlite_path(simulator, tmp_path):
     assert f"the SQLite database: {tmp_path / 'empty.db'}" in log_file.read_text(encoding="utf-8")
 
 
+def test_test_schema_names_the_sqlite_file_it_looked_in(tmp_path):
+    (tmp_path / "other.db").touch()
+    result = run_cli(["test-schema"], environ={"DB_CONNECTION_STRING": "sqlite:///other.db"}, cwd=tmp_path)
+    assert result.code == 3
+    assert f"staging table ssd_api_data_staging: NOT FOUND in the SQLite database {tmp_path / 'other.db'}" in result.out
+
+
 def test_with_no_env_found_it_says_where_it_looked_before_the_missing_settings(folders):
     program, system32 = folders
     result = run_in(["run"], cwd=system32, exe_dir=program)
