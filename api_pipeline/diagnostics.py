@@ -74,7 +74,7 @@ def _report(ctx: Any, what: str, issues: list[Any]) -> int:
     if not blocking:
         ctx.print(f"{what}: OK")
     else:
-        ctx.print(f"{what}: {plural(len(blocking), 'column')} the tool cannot use as they are")
+        ctx.print(f"{what}: {len(blocking)} column(s) the tool cannot use as they are")
     for issue in issues:
         label = "" if issue.blocking else "warning: "
         ctx.print(f"  - {label}{issue.column} {issue.reason}")
