@@ -170,7 +170,7 @@ def _check_sample_target(table: str, print_only: bool) -> None:
 
 
 def _add_sample(db: Database, table: str, count: int, append: bool, ctx: Any) -> None:
-    from api_pipeline.demo import load_sample_children
+    from api_pipeline.sample import load_sample_children
     from api_pipeline.synthetic import make_children
 
     existing = int(db.scalar(f"SELECT COUNT(*) FROM {table}") or 0)

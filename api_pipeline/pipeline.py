@@ -263,6 +263,8 @@ class Pipeline:
         self._updates: list[RowUpdate] = []
         self._batch_counter = 0
         self._unknown_statuses: set[str] = set()
+        self._send_seconds: dict[str, float] = {}  # batch id -> how long its sending took, retries included
+        self._last_row_id = 0  # the highest row id read: rows after it were not reached if the run stops
         # Batches are sent on a pool of MAX_IN_FLIGHT threads (one, by default: one request at a
         # time), and their outcomes written back on one more thread, in the order they were
         # sent, while this thread reads and prepares the next batches. The database connection
@@ -273,14 +275,37 @@ class Pipeline:
         self._sends: deque[Future] = deque()  # send futures not known to be finished
         self._written: deque[Future] = deque()  # write-back futures, oldest first
         self._failed = threading.Event()  # set by a send thread when its batch failed for good
-        self._send_seconds: dict[str, float] = {}  # batch id -> how long its sending took, retries included
         self.duplicate_person_ids: frozenset[str] = frozenset()
 
     # -- the run ---------------------------------------------------------------
 
     def run(self) -> RunSummary:
         with _fewer_collections():
-            return self._run()
+            try:
+                return self._run()
+            except BaseException:
+                # Stopped by an error (DfE unreachable, the database, Ctrl+C): the rows read
+                # but not yet handed to the sender are left unsent too.
+                self.summary.stopped_early = True
+                self.summary.outcomes["failed"] += len(self._batch)
+                self._batch = []
+                raise
+            finally:
+                if self.summary.stopped_early:
+                    self._count_not_reached()
+
+    def _count_not_reached(self) -> None:
+        """After an early stop: how many rows the run would still have read (best effort, counts only)."""
+        source, wanted = self.table.candidate_source(all_rows=self.options.all_rows)
+        sql = f"SELECT COUNT(*) FROM {source} WHERE t.id > ? AND ({wanted})"
+        try:
+            left = int(self.table.db.scalar(sql, (self._last_row_id,)) or 0)
+        except PipelineError as exc:  # the database may be why the run stopped
+            log.debug("rows not reached could not be counted: %s", exc)
+            return
+        if self.options.limit is not None:
+            left = min(left, max(0, self.options.limit - self.summary.rows_read))
+        self.summary.outcomes["not_reached"] = left
 
     def _run(self) -> RunSummary:
         started = time.monotonic()
@@ -291,11 +316,9 @@ class Pipeline:
                 len(self.duplicate_person_ids),
             )
         deadline = None if self.options.max_runtime is None else started + self.options.max_runtime
-        last_id = 0
         try:
             for row in self.table.iter_candidates(limit=self.options.limit, all_rows=self.options.all_rows):
                 self.summary.rows_read += 1
-                last_id = row.id
                 self._take(row)
                 if len(self._batch) >= self.options.batch_size:
                     self._flush()
@@ -312,38 +335,16 @@ class Pipeline:
             self._drain()
             if self.options.writes:
                 self.table.db.finish_bulk_writes()
-        except BaseException:
-            # Stopped by an error (DfE unreachable, the database, Ctrl+C): the rows read but not
-            # yet handed to the sender are left unsent too, as is every row not reached.
-            self.summary.stopped_early = True
-            self.summary.outcomes["failed"] += len(self._batch)
-            self._batch = []
-            raise
         finally:
             for pool in (self._executor, self._writer):
                 if pool is not None:
                     pool.shutdown(wait=True, cancel_futures=True)
-            if self.summary.stopped_early:
-                self._count_not_reached(last_id)
             self.summary.seconds = time.monotonic() - started
             self.summary.finished_at = utc_now().isoformat(timespec="seconds") + "Z"
         return self.summary
 
-    def _count_not_reached(self, last_id: int) -> None:
-        """After an early stop: how many rows the run would still have read (best effort, counts only)."""
-        source, wanted = self.table.candidate_source(all_rows=self.options.all_rows)
-        try:
-            left = int(
-                self.table.db.scalar(f"SELECT COUNT(*) FROM {source} WHERE t.id > ? AND ({wanted})", (last_id,)) or 0
-            )
-        except PipelineError as exc:  # the database may be why the run stopped
-            log.debug("rows not reached could not be counted: %s", exc)
-            return
-        if self.options.limit is not None:
-            left = min(left, max(0, self.options.limit - self.summary.rows_read))
-        self.summary.outcomes["not_reached"] = left
-
     def _take(self, row: StagingRow) -> None:
+        self._last_row_id = max(self._last_row_id, row.id)
         try:
             item = self._prepare(row)
         except _Skip as problem:

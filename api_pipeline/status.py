@@ -606,7 +606,20 @@ def format_status(report: StatusReport) -> list[str]:
 def status_command(settings: Settings, ctx: Any, *, runs: int = 10, as_json: bool = False) -> int:
     """The ``status`` command. Exit 0; a missing table or database error raises (exit 3).
 
-    ``--json`` prints one JSON object; :data:`STATUS_JSON_KEYS` lists and explains its keys.
+    ``--json`` prints one JSON object with these keys (stable; new keys may be added,
+    ``format_version`` changes if any is removed or changes meaning):
+
+    - ``format_version`` (1), ``generated_at`` (UTC, ISO 8601 ``Z``), ``table``, ``total_rows``
+    - ``counts``: ``[{submission_status, row_state, rows}]``, one per combination, compared
+      case-insensitively and spelt as the table has them (``(empty)`` for NULL or blank)
+    - ``problems``: ``[{submission_status, reason, rows, example_row_ids}]``, most rows first;
+      ``reason`` is a reason key such as ``invalid: child_details.postcode``, never a value
+    - ``pending``: ``{rows, oldest_last_updated, oldest_age_seconds, last_updated_column}``:
+      the rows the next run would read; the oldest ``last_updated`` among them, or null
+    - ``ledger``: ``{table, exists, children_acknowledged, children_purged, last_acknowledged_at}``
+      (counts null when the ledger does not exist yet)
+    - ``runs``: ``{log_dir, recent: [{run_id, started_at, seconds, dry_run, rows_read, sent,
+      purged, failed, invalid, rejected, skipped, exit_code}], unreadable_summaries}``, newest first
     """
     from api_pipeline.runner import default_log_dir
 
