@@ -94,6 +94,16 @@ class TransientNetworkError(RetriableApiError):
         self.cause = cause
 
 
+class UnusableReceipts(TransientNetworkError):
+    """DfE answered 200 without one usable receipt per record: nobody is acknowledged, so the
+    batch is sent again (DfE upserts), like any other transient failure. ``response`` is the
+    last such answer, for when the retries run out."""
+
+    def __init__(self, message: str, *, response: requests.Response) -> None:
+        super().__init__(message, cause="unusable answer")
+        self.response = response
+
+
 class RetriesExhausted(ApiError):
     """A retriable failure kept happening until the retry budget ran out (exit 5)."""
 
@@ -628,6 +638,7 @@ class _Attempt:
 
     batch_id: str
     renewed: bool = False
+    expected: int = 0  # records in the request: a 200 must carry as many receipts
 
 
 class ApiClient:
@@ -783,6 +794,10 @@ class ApiClient:
                 "DfE refused our credentials (HTTP 401) even with a fresh token: check SUPPLIER_KEY "
                 "(the subscription key DfE issued), CLIENT_ID and SCOPE"
             ) from None
+        if response.status_code == 200 and state.expected:
+            receipts, reason = _parse_receipts(response, state.expected)
+            if receipts is None:  # a garbled answer: send the records again within this run
+                raise UnusableReceipts(reason, response=response)
         return response
 
     # -- retries ---------------------------------------------------------------------
@@ -842,7 +857,7 @@ class ApiClient:
         :class:`PayloadTooLarge` (413), :class:`AuthError` (401 twice), :class:`FatalApiError`
         (403 after retries, 404, 407, TLS, proxy) or :class:`RetriesExhausted`.
         """
-        state = _Attempt(batch_id=batch_id)
+        state = _Attempt(batch_id=batch_id, expected=record_count)
         retrying = Retrying(
             retry=retry_if_exception_type(RetriableApiError),
             stop=self._stop,
@@ -862,6 +877,14 @@ class ApiClient:
                 "wrong, or when LA_CODE in the URL is not your council's: check each with DfE. "
                 f"Last answer: {exc}"
             ) from None
+        except UnusableReceipts as exc:
+            attempts = retrying.statistics.get("attempt_number", 1)
+            self.logger.warning(
+                "batch %s: DfE answered 200 without usable receipts %d times; its records stay pending",
+                batch_id,
+                attempts,
+            )
+            response = exc.response  # the records are marked as not acknowledged, and the run goes on
         except RetriableApiError as exc:
             attempts = retrying.statistics.get("attempt_number", 1)
             why = ", as MAX_RUNTIME was reached" if self._out_of_time() else ""

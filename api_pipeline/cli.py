@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -19,8 +20,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from api_pipeline import APP_NAME, __version__
-from api_pipeline.config import Settings, executable_dir, find_env_file, load_settings
-from api_pipeline.errors import ExitCode, PipelineError
+from api_pipeline.config import Settings, executable_dir, find_env_file, load_settings, no_env_file_found
+from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, PipelineError
 
 log = logging.getLogger("api_pipeline.cli")
 
@@ -36,6 +37,9 @@ exit codes:
   130  interrupted (Ctrl+C)
 """
 
+# Each command's help points at the one list of exit codes, on the top-level help.
+COMMAND_EPILOG = f"The exit codes are listed once, by '{APP_NAME} --help'."
+
 COMMAND_ALIASES = {"test-db-connection": "test-db"}
 
 
@@ -50,16 +54,44 @@ class Context:
     executable_dir: Path = field(default_factory=executable_dir)
     # The secrets of the settings built so far: masked in the error line and traceback main prints.
     secrets: list[str] = field(default_factory=list)
+    frozen: bool = field(default_factory=lambda: bool(getattr(sys, "frozen", False)))
+    # What the command loaded, for messages about it: the .env read, and the settings.
+    env_file: Path | None = None
+    loaded: Settings | None = None
+    implied_run: bool = False  # started with no command, so running 'run'
+
+    def path(self, path: Path) -> Path:
+        """A path given on the command line, relative to the folder the command was started in."""
+        return path if path.is_absolute() else self.cwd / path
 
     def settings(self, args: argparse.Namespace, command: str, **overrides: Any) -> Settings:
-        env_file = find_env_file(args.env_file, self.cwd, self.executable_dir)
+        explicit = None if args.env_file is None else self.path(args.env_file)
+        self.env_file = find_env_file(explicit, self.cwd, self.executable_dir)
         if args.log_dir is not None:
-            overrides["log_dir"] = args.log_dir
+            overrides["log_dir"] = self.path(args.log_dir)
         if args.verbose:
             overrides["debug"] = True
-        settings = load_settings(command=command, environ=self.environ, env_file=env_file, overrides=overrides)
+        try:
+            settings = load_settings(
+                command=command, environ=self.environ, env_file=self.env_file, overrides=overrides, cwd=self.cwd
+            )
+        except ConfigError as exc:
+            if self.env_file is None and explicit is None:
+                raise ConfigError([no_env_file_found(self.cwd, self.executable_dir), *exc.problems]) from None
+            raise
+        self.loaded = settings
         self.secrets.extend(secret.reveal() for secret in settings.secrets())
         return settings
+
+    def error_log_folders(self) -> list[Path]:
+        """Where a failed start leaves its trace: the default log folder, else beside the exe, else here."""
+        folders = []
+        if self.env_file is not None:
+            folders.append(self.env_file.parent / "logs")
+        if self.frozen:
+            folders.append(self.executable_dir / "logs")
+        folders.append(self.cwd / "logs")
+        return list(dict.fromkeys(folders))
 
     def masked(self, text: str, *, patterns: bool = False) -> str:
         """``text`` with every secret known to this process hidden: the settings', and any learnt since (tokens).
@@ -106,7 +138,9 @@ def cmd_init_db(args: argparse.Namespace, ctx: Context) -> int:
 
     # --print with --dialect needs no connection, so no DB_CONNECTION_STRING either.
     command = "init-db --print" if args.print and args.dialect else "init-db"
-    return init_db(ctx.settings(args, command), ctx, args.print, dialect=args.dialect)
+    return init_db(
+        ctx.settings(args, command), ctx, args.print, dialect=args.dialect, sample=args.sample, append=args.append
+    )
 
 
 def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
@@ -167,6 +201,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _mode(text: str) -> str:
+    """``--mode``: ``deltas``, the earlier sender's name for partial, is accepted as it."""
+    value = text.strip().lower()
+    return "partial" if value == "deltas" else value
+
+
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     """Options accepted before or after the command name."""
 
@@ -222,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
             parents=[common],
             help=help_text,
             description=description,
-            epilog=EXIT_CODES_HELP,
+            epilog=COMMAND_EPILOG,
             formatter_class=argparse.RawDescriptionHelpFormatter,
             **extra,
         )
@@ -254,8 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--mode",
+        type=_mode,
         choices=("full", "partial"),
-        help="full: whole records; partial: only what changed. Env: USE_PARTIAL_PAYLOAD (default: partial).",
+        help="full: whole records; partial: only what changed (the earlier tool's 'deltas' means the same). "
+        "Env: USE_PARTIAL_PAYLOAD (default: partial).",
     )
 
     validate = add(
@@ -317,9 +359,23 @@ def build_parser() -> argparse.ArgumentParser:
         "Create the staging table, ledger and run lock table where missing.",
         "Creates only what is missing, for SQL Server, PostgreSQL or SQLite: the staging table (with an index on "
         "person_id, unique except on SQL Server), the submission ledger and the run lock table. Never drops or alters "
-        "a table.",
+        "a table. The only command that creates a new SQLite database file. With --sample N, then adds N synthetic "
+        "children for a rehearsal.",
     )
     init.add_argument("--print", action="store_true", help="Print the DDL for a DBA to review instead of running it.")
+    init.add_argument(
+        "--sample",
+        type=_positive_int,
+        metavar="N",
+        help="Then fill the staging table with N synthetic children, as your council's SQL adds new ones "
+        "(Pending, New), for a rehearsal. Only into an empty table whose name ends in _anon, which is never "
+        "sent to DfE's live receiver.",
+    )
+    init.add_argument(
+        "--append",
+        action="store_true",
+        help="With --sample: add the sample children to a table that already has rows.",
+    )
     init.add_argument(
         "--dialect",
         choices=("mssql", "postgresql", "sqlite"),
@@ -342,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--json",
         action="store_true",
-        help="Print one JSON object instead, for monitoring tools (its keys are listed in the docs).",
+        help="Print one JSON object instead, for monitoring tools. Its keys are listed in the documentation's "
+        "command-line reference, under 'status --json'.",
     )
 
     sim = add(
@@ -350,7 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_simulate_api,
         "Run the built-in DfE simulator on this machine, for a rehearsal.",
         "Serves a DfE CSC API stand-in (token endpoint and receiver) on 127.0.0.1 until Ctrl+C, and prints "
-        "the settings to point a .env at it. Nothing leaves this machine.",
+        "the settings to point a .env at it. Nothing leaves this machine. It accepts only its own made-up "
+        "credentials: CLIENT_ID=sim-client, CLIENT_SECRET=sim-secret, SCOPE=api://csc-simulator/.default and "
+        "SUPPLIER_KEY=sim-supplier-key, tokens from TOKEN_ENDPOINT=http://127.0.0.1:PORT/sim-tenant/oauth2/v2.0/token, "
+        "and records for LA_CODE=999 (or --la-code) at "
+        "API_ENDPOINT=http://127.0.0.1:PORT/children-in-social-care-data-receiver-test/1.",
     )
     sim.add_argument("--port", type=int, default=8765, help="Port on 127.0.0.1 (default: 8765).")
     sim.add_argument("--la-code", default="999", help="LA code the simulator accepts (default: 999).")
@@ -365,16 +426,21 @@ def build_parser() -> argparse.ArgumentParser:
         "set-secret",
         cmd_set_secret,
         "Store a secret in the Windows Credential Manager, so the .env file holds none.",
-        "Asks for the secret twice without showing it, stores it in the Windows Credential Manager (the "
+        "Checks there is a keyring, asks for the secret twice without showing it, stores it in the Windows "
+        "Credential Manager (the "
         "keyring of the account running this command) and prints the NAME=keyring:SERVICE/NAME line to put "
         "in .env instead of the secret. Run it as the account that runs the scheduled task: only that account "
         "can read the secret. Reads no settings and sends nothing.",
     )
+    from api_pipeline.credentials import keyring_variables
+
+    names = keyring_variables()
     secret.add_argument(
         "name",
         metavar="NAME",
-        help="The setting to store: CLIENT_SECRET, CLIENT_SECRET_SECONDARY, SUPPLIER_KEY, SUPPLIER_KEY_SECONDARY, "
-        "PROXY_URL, HTTPS_PROXY, DB_PASSWORD or DB_CONNECTION_STRING.",
+        type=str.upper,
+        choices=names,
+        help=f"The setting to store, one of: {', '.join(names)} (any case).",
     )
     secret.add_argument(
         "--service",
@@ -385,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+NO_COMMAND_NOTE = "no command was given, so 'run' was started (as the earlier tool did); --help lists every command"
+
+
 def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -> int:
     """Parse, dispatch, and turn every error into one line and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -392,18 +461,32 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
         _tolerant_console()
     ctx = context or Context(environ=os.environ, cwd=Path.cwd(), out=sys.stdout, err=sys.stderr)
     parser = build_parser()
+    usage = io.StringIO()
     try:
-        args = parser.parse_args(argv)
+        with contextlib.redirect_stderr(usage):
+            args = parser.parse_args(argv)
+            if not getattr(args, "func", None):  # no command means run (DESIGN §2)
+                args = parser.parse_args([*argv, "run"])
+                ctx.implied_run = True
     except SystemExit as exc:  # argparse: --help/--version exit 0, usage errors exit 2
-        return int(exc.code or 0)
-    if not getattr(args, "func", None):
-        parser.print_help(ctx.err)
-        return ExitCode.USAGE
+        ctx.err.write(usage.getvalue())
+        code = int(exc.code or 0)
+        if code == ExitCode.USAGE:
+            _leave_a_trace(ctx, "the command line", usage.getvalue().splitlines())
+        return code
     try:
         return int(args.func(args, ctx))
     except PipelineError as exc:
-        for line in str(exc).splitlines() or [exc.__class__.__name__]:
-            print(f"error: {ctx.masked(line)}", file=ctx.err, flush=True)
+        lines = str(exc).splitlines() or [exc.__class__.__name__]
+        if isinstance(exc, DatabaseError):
+            lines += _where_the_database_is(ctx, str(exc))
+        if isinstance(exc, ConfigError) and ctx.implied_run:
+            lines.append(NO_COMMAND_NOTE)
+        lines = [ctx.masked(line) for line in lines]
+        for line in lines:
+            print(f"error: {line}", file=ctx.err, flush=True)
+        if exc.exit_code == ExitCode.USAGE:
+            _leave_a_trace(ctx, f"'{args.command}'", [f"error: {line}" for line in lines])
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: rows not yet acknowledged stay pending and are sent next run", file=ctx.err)
@@ -417,6 +500,23 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
         from api_pipeline.logs import close_logging
 
         close_logging()
+
+
+def _where_the_database_is(ctx: Context, message: str) -> list[str]:
+    """A database error names the SQLite file it is about, as an absolute path."""
+    path = ctx.loaded.sqlite_file if ctx.loaded is not None else None
+    if path is None or str(path) in message:
+        return []
+    return [f"(the SQLite database: {path})"]
+
+
+def _leave_a_trace(ctx: Context, what: str, lines: list[str]) -> None:
+    """Exit 2 happens before any run log exists: copy the messages to the error log as well as stderr."""
+    from api_pipeline.logs import append_error_log
+
+    source = f"settings from {ctx.env_file}" if ctx.env_file is not None else "no .env found"
+    header = f"{APP_NAME} {__version__}: {what} stopped with exit code 2 ({source}; started in {ctx.cwd})"
+    append_error_log(ctx.error_log_folders(), [header, *lines])
 
 
 def _tolerant_console() -> None:

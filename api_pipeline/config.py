@@ -7,6 +7,7 @@ default. Nothing else in the package reads ``os.environ``.
 from __future__ import annotations
 
 import io
+import os
 import re
 import sys
 import unicodedata
@@ -79,6 +80,8 @@ class Option:
     # Older or more general names read only when no source has ``env`` or an alias:
     # PROXY_URL in the .env beats a machine-wide HTTPS_PROXY in the environment.
     fallbacks: tuple[str, ...] = ()
+    # A file or folder: a relative one is read from the folder of the .env that sets it.
+    is_path: bool = False
 
 
 def _parse_bool(text: str) -> bool:
@@ -90,42 +93,72 @@ def _parse_bool(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _whole_number(text: str, expected: str) -> int:
+    """``int(text)``, with a sentence saying what is expected instead of Python's message."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"is not a whole number: {expected}") from None
+
+
 def _parse_batch_size(text: str) -> int:
-    value = int(text)
+    expected = f"must be between 1 and {MAX_BATCH_SIZE} (DfE rejects larger batches with 413)"
+    value = _whole_number(text, expected)
     if not 1 <= value <= MAX_BATCH_SIZE:
-        raise ValueError(f"must be between 1 and {MAX_BATCH_SIZE} (DfE rejects larger batches with 413)")
+        raise ValueError(expected)
     return value
 
 
 def _parse_in_flight(text: str) -> int:
-    value = int(text)
+    expected = f"must be between 1 and {MAX_IN_FLIGHT}"
+    value = _whole_number(text, expected)
     if not 1 <= value <= MAX_IN_FLIGHT:
-        raise ValueError(f"must be between 1 and {MAX_IN_FLIGHT}")
+        raise ValueError(expected)
     return value
 
 
 def _parse_timeout(text: str) -> float:
-    value = float(text)
+    expected = f"must be a number of seconds above 0 and at most {MAX_HTTP_TIMEOUT:g}, for example 60 or 2.5"
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"is not a number: {expected}") from None
     if not 0 < value <= MAX_HTTP_TIMEOUT:  # NaN and infinity fail this too
-        raise ValueError(f"must be a number of seconds above 0 and at most {MAX_HTTP_TIMEOUT:g}, for example 60")
+        raise ValueError(expected)
     return value
 
 
 def _parse_non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text, "must be 0 or more, for example 5")
     if value < 0:
         raise ValueError("must be zero or more")
     return value
 
 
+_DURATION_UNITS = {
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds", ""), 1),
+}
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*")
+DURATION_FORMS = "4h, 4 hours, 90m, 90 minutes, 1h30m, 3600s or 3600 (seconds)"
+
+
 def _parse_duration(text: str) -> float:
-    """``14400``, ``240m``, ``4h``, ``90s`` → seconds."""
+    """``14400``, ``240m``, ``4h``, ``4 hours``, ``1h 30m``, ``90s`` → seconds."""
     value = text.strip().lower()
-    unit = {"s": 1, "m": 60, "h": 3600}.get(value[-1:])
-    number = float(value[:-1] if unit else value) * (unit or 1)
-    if not 0 < number <= MAX_DURATION:  # NaN and infinity fail this too
-        raise ValueError("must be a positive duration of at most a week, for example 4h, 240m or 14400 (seconds)")
-    return number
+    total, position, parts = 0.0, 0, 0
+    while position < len(value):
+        match = _DURATION_PART.match(value, position)
+        if match is None or match.end() == position or match.group(2) not in _DURATION_UNITS:
+            raise ValueError(f"is not a duration this tool reads; write it like {DURATION_FORMS}")
+        if match.group(2) == "" and (parts or match.end() < len(value)):  # a bare number stands alone
+            raise ValueError(f"is not a duration this tool reads; write it like {DURATION_FORMS}")
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        position, parts = match.end(), parts + 1
+    if not parts or not 0 < total <= MAX_DURATION:
+        raise ValueError(f"must be a positive duration of at most a week, for example {DURATION_FORMS}")
+    return total
 
 
 def _parse_header_secret(text: str) -> str:
@@ -213,11 +246,20 @@ OPTIONS: tuple[Option, ...] = (
         "DB_CONNECTION_STRING",
         "db_connection_string",
         "Where the staging table lives: sqlite:///path/to/file.db, or an ODBC connection string "
-        "for SQL Server or PostgreSQL. Passwords in it are treated as secrets.",
+        "for SQL Server or PostgreSQL. Passwords in it are treated as secrets. A relative SQLite path is "
+        "read from the folder of the .env file that sets it (from the current folder when set otherwise).",
         parse=str.strip,
         secret=True,
         aliases=("SQL_CONN_STR",),
         needed_for=DATABASE,
+    ),
+    Option(
+        "DB_USER",
+        "db_user",
+        "A SQL Server login's user name (with DB_PASSWORD), as the earlier tool's sender took it: with "
+        "USER_SERVER and USER_DATABASE it makes an SQL-login connection instead of Windows authentication; "
+        "with a DB_CONNECTION_STRING that names no user, it is added to it as UID={...}.",
+        parse=str.strip,
     ),
     Option(
         "DB_PASSWORD",
@@ -341,7 +383,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "MAX_RUNTIME",
         "max_runtime",
-        "Longest a run may take, e.g. 4h, 90m or 3600 (seconds). When reached, the run stops cleanly after "
+        f"Longest a run may take, written like {DURATION_FORMS}. When reached, the run stops cleanly after "
         "the current batch; what is left stays pending for the next run.",
         default=4 * 3600.0,
         parse=_parse_duration,
@@ -372,12 +414,15 @@ OPTIONS: tuple[Option, ...] = (
         "A PEM file of extra certificate authorities to trust (for example your firewall's). "
         "TLS verification is always on.",
         parse=lambda text: Path(text.strip()),
+        is_path=True,
     ),
     Option(
         "LOG_DIR",
         "log_dir",
-        "Folder for log files. Default: a 'logs' folder next to the .env file (or the current folder).",
+        "Folder for log files. Default: a 'logs' folder next to the .env file (or the current folder). "
+        "A relative path, like every path in the .env file, is read from the .env file's folder.",
         parse=lambda text: Path(text.strip()),
+        is_path=True,
     ),
     Option(
         "PAYLOAD_SCHEMA",
@@ -385,6 +430,7 @@ OPTIONS: tuple[Option, ...] = (
         "Path to a newer DfE openapi.json (or a JSON Schema for one record) to validate against, "
         "instead of the schema built into this version.",
         parse=lambda text: Path(text.strip()),
+        is_path=True,
     ),
 )
 
@@ -396,6 +442,7 @@ class Settings:
     """Everything the tool needs to know, validated. Build with :func:`load_settings`."""
 
     db_connection_string: Secret | None = None
+    db_user: str | None = None
     db_password: Secret | None = None
     table_name: str = "ssd_api_data_staging"
     api_endpoint: str | None = None
@@ -422,6 +469,13 @@ class Settings:
     log_dir: Path | None = None
     payload_schema: Path | None = None
     env_file: Path | None = field(default=None, compare=False)
+
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The SQLite database file DB_CONNECTION_STRING names (absolute once loaded), else None."""
+        if self.db_connection_string is None:
+            return None
+        return sqlite_file_of(self.db_connection_string.reveal())
 
     @property
     def ledger_table(self) -> str:
@@ -452,20 +506,71 @@ class Settings:
         return Settings(**values)
 
 
+# ``env.txt``: the earlier tool's name for the file, read where there is no ``.env``.
+ENV_FILE_NAMES = (".env", "env.txt")
+
+
+def env_file_folders(cwd: Path, executable_dir: Path) -> list[Path]:
+    """Where ``.env`` is looked for, in order: the current folder, then the program's."""
+    return [cwd] if executable_dir == cwd else [cwd, executable_dir]
+
+
 def find_env_file(explicit: Path | None, cwd: Path, executable_dir: Path) -> Path | None:
     """``--env-file`` if given, else ``.env`` in the current folder, else next to the executable.
 
-    Task Scheduler starts programs in System32, so the last place matters.
+    Task Scheduler starts programs in System32, so the last place matters. In each folder,
+    ``env.txt`` (the earlier tool's name) is read when there is no ``.env``.
     """
     if explicit is not None:
         if not explicit.is_file():
             raise ConfigError(f"--env-file: {explicit} does not exist or is not a file")
         return explicit
-    for folder in (cwd, executable_dir):
-        candidate = folder / ".env"
-        if candidate.is_file():
-            return candidate
+    for folder in env_file_folders(cwd, executable_dir):
+        for name in ENV_FILE_NAMES:
+            candidate = folder / name
+            if candidate.is_file():
+                return candidate
     return None
+
+
+def no_env_file_found(cwd: Path, executable_dir: Path) -> str:
+    """The line that says where ``.env`` was looked for, shown before the settings it would have had."""
+    folders = ", ".join(str(folder) for folder in env_file_folders(cwd, executable_dir))
+    return (
+        f"no .env found; looked in: {folders} (for .env, then env.txt). Put .env next to the program, "
+        "or give its path with --env-file"
+    )
+
+
+SQLITE_URL_PREFIX = "sqlite:///"
+_WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|[\\/]{2})")
+
+
+def sqlite_file_of(connection_string: str) -> Path | None:
+    """``sqlite:///staging.db`` → ``staging.db``; None for ODBC strings and in-memory databases."""
+    text = connection_string.strip()
+    if not text.lower().startswith(SQLITE_URL_PREFIX):
+        return None
+    rest = text[len(SQLITE_URL_PREFIX) :]
+    return None if rest in ("", ":memory:") else Path(rest)
+
+
+def _absolute(path: Path, base: Path) -> Path:
+    """``path`` made absolute against ``base``; a Windows drive path counts as absolute everywhere."""
+    if path.is_absolute() or _WINDOWS_ABSOLUTE.match(str(path)):
+        return path
+    return Path(os.path.abspath(base / path))
+
+
+def _absolute_sqlite(connection_string: str, base: Path) -> str:
+    """A relative ``sqlite:///`` path made absolute against ``base``; anything else unchanged."""
+    path = sqlite_file_of(connection_string)
+    if path is None:
+        return connection_string
+    absolute = _absolute(path, base)
+    if absolute is path:
+        return connection_string.strip()
+    return SQLITE_URL_PREFIX + absolute.as_posix()
 
 
 def executable_dir() -> Path:
@@ -522,16 +627,25 @@ def load_settings(
     environ: Mapping[str, str],
     env_file: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    cwd: Path | None = None,
 ) -> Settings:
     """Build Settings for ``command`` from flags, environment and ``.env``; report every problem at once.
 
     ``overrides`` maps attribute names to values already parsed from command-line flags.
+    Relative paths (a SQLite file, LOG_DIR, CA_BUNDLE, PAYLOAD_SCHEMA) become absolute: against
+    the folder of ``env_file`` when it set them, else against ``cwd`` (default: the current
+    folder), so a task started in System32 never creates or reads files there by accident.
     """
     file_values = read_env_file(env_file)
+    from_parts = False  # the connection string was built from USER_SERVER and USER_DATABASE
+    here = Path.cwd() if cwd is None else cwd
+    env_folder = env_file.parent if env_file is not None else here
     overrides = dict(overrides or {})
     values: dict[str, Any] = {}
     problems: list[str] = env_file_problems(env_file)
     where = f" (in {env_file})" if env_file else ""
+
+    from_file: set[str] = set()  # attributes whose value came from the .env file
 
     def lookup(option: Option) -> tuple[str, str] | None:
         for names in ((option.env, *option.aliases), option.fallbacks):
@@ -540,6 +654,7 @@ def load_settings(
                     return name, environ[name]
             for name in names:
                 if file_values.get(name, "").strip():
+                    from_file.add(option.attr)
                     return name, file_values[name]
         return None
 
@@ -550,6 +665,9 @@ def load_settings(
         found = lookup(option)
         if found is None and option.env == "DB_CONNECTION_STRING":
             found = _integrated_security_string(environ, file_values)
+            from_parts = found is not None
+            if found is not None and any(not environ.get(n, "").strip() for n in ("USER_SERVER", "USER_DATABASE")):
+                from_file.add(option.attr)
         if found is None:
             if command in option.needed_for:
                 problems.append(f"{option.env}: not set{where}. {option.help}")
@@ -566,10 +684,21 @@ def load_settings(
             shown = "<hidden>" if option.secret else repr(text.strip())
             problems.append(f"{name}: {shown} {exc}")
             continue
+        base = env_folder if option.attr in from_file else here
+        if option.is_path and isinstance(value, Path):
+            value = _absolute(value, base)
+        elif option.attr == "db_connection_string":
+            value = _absolute_sqlite(value, base)
         values[option.attr] = Secret(value) if option.secret else value
 
     if values.get("db_connection_string") is not None and not isinstance(values["db_connection_string"], Secret):
         values["db_connection_string"] = Secret(values["db_connection_string"])
+    if values.get("db_user") and values.get("db_connection_string") is not None:
+        with_user = add_db_user(values["db_connection_string"], values["db_user"], from_parts, problems)
+        if with_user is not None:
+            values["db_connection_string"] = with_user
+        if values.get("db_password") is None:
+            problems.append("DB_USER: an SQL login needs its password too: set DB_PASSWORD (or remove DB_USER)")
     if values.get("db_password") is not None and values.get("db_connection_string") is not None:
         combined = add_db_password(values["db_connection_string"], values["db_password"], problems)
         if combined is not None:
@@ -636,6 +765,38 @@ _ODBC_INTEGRATED = re.compile(
 )
 
 
+_ODBC_USER_KEY = re.compile(r"(?i)(?:^|;)\s*(?:uid|user\s+id|user)\s*=")
+_TRUSTED_CONNECTION = re.compile(r"(?i)trusted_connection\s*=\s*yes;?")
+
+
+def _odbc_braced(value: str) -> str:
+    return "{" + value.replace("}", "}}") + "}"
+
+
+def add_db_user(connection: Secret, user: str, from_parts: bool, problems: list[str]) -> Secret | None:
+    """The connection string with DB_USER as ``UID={...}``; None with a problem when that cannot be right.
+
+    From USER_SERVER + USER_DATABASE the SQL login replaces Windows authentication, as in the
+    earlier tool's sender; a connection string of the user's own must not name a user already.
+    """
+    text = connection.reveal().strip()
+    if text.lower().startswith("sqlite:"):
+        problems.append("DB_USER: a SQLite file has no login; remove DB_USER")
+        return None
+    if _ODBC_USER_KEY.search(text):
+        problems.append("DB_USER: DB_CONNECTION_STRING already names a user (UID= or User ID=); keep only one")
+        return None
+    if from_parts:
+        text = _TRUSTED_CONNECTION.sub("", text)
+    elif _ODBC_INTEGRATED.search(text):
+        problems.append(
+            "DB_USER: DB_CONNECTION_STRING uses Windows integrated security, which needs no user; "
+            "remove DB_USER or the Trusted_Connection setting"
+        )
+        return None
+    return Secret(f"{text.rstrip(';')};UID={_odbc_braced(user)};")
+
+
 def add_db_password(connection: Secret, password: Secret, problems: list[str]) -> Secret | None:
     """DB_CONNECTION_STRING with DB_PASSWORD added as ``PWD={...}``; None with a problem when that cannot be right.
 
@@ -662,7 +823,10 @@ def add_db_password(connection: Secret, password: Secret, problems: list[str]) -
 
 
 def _integrated_security_string(environ: Mapping[str, str], file_values: Mapping[str, str]) -> tuple[str, str] | None:
-    """Upstream's USER_SERVER + USER_DATABASE form: SQL Server with Windows integrated security."""
+    """Upstream's USER_SERVER + USER_DATABASE form: SQL Server with Windows integrated security.
+
+    With DB_USER, :func:`add_db_user` turns it into an SQL login (DB_PASSWORD adds the password).
+    """
 
     def get(name: str) -> str:
         return (environ.get(name) or file_values.get(name) or "").strip()

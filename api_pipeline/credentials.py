@@ -96,6 +96,10 @@ def set_secret_command(
     service = service.strip().strip("/")
     if not service:
         raise ConfigError("set-secret: --service must not be empty")
+    try:  # before asking for anything: a machine with no keyring cannot store what is typed
+        _backend()
+    except KeyringUnavailable as exc:
+        raise ConfigError(f"set-secret: cannot store {variable}: {exc}") from None
     ask = prompt or getpass.getpass
     first = ask(f"{variable} (what you type is not shown): ")
     if not first.strip():

@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from api_pipeline.config import TABLE_NAME_PATTERN, Secret
+from api_pipeline.config import TABLE_NAME_PATTERN, Secret, sqlite_file_of
 from api_pipeline.dialects import (  # noqa: F401 - re-exported: callers import them from here
     BINARY,
     DIALECTS,
@@ -270,6 +270,22 @@ class Database:
     # -- opening -----------------------------------------------------------------
 
     @classmethod
+    def open_existing(cls, connection_string: Secret | str) -> Database:
+        """:meth:`connect`, except that a SQLite file that does not exist is an error, not a new empty database.
+
+        Every command but ``init-db`` opens the database this way.
+        """
+        text = connection_string.reveal() if isinstance(connection_string, Secret) else connection_string
+        path = sqlite_file_of(text)
+        if path is not None and not path.is_file():
+            shown = path.absolute()
+            raise DatabaseError(
+                f"the SQLite database {shown} does not exist. Check DB_CONNECTION_STRING (a relative path is "
+                "read from the folder of the .env file that sets it); only init-db creates a new database."
+            )
+        return cls.connect(connection_string)
+
+    @classmethod
     def connect(cls, connection_string: Secret | str) -> Database:
         text = connection_string.reveal() if isinstance(connection_string, Secret) else connection_string
         if text.lower().startswith("sqlite:"):
@@ -284,12 +300,13 @@ class Database:
     @classmethod
     def open_sqlite(cls, path: str | Path) -> Database:
         path = str(path)
-        if path != ":memory:" and not Path(path).parent.exists():
-            raise DatabaseError(f"SQLite database folder does not exist: {Path(path).parent}")
+        if path != ":memory:" and not Path(path).absolute().parent.exists():
+            shown = Path(path).absolute()
+            raise DatabaseError(f"the SQLite database's folder does not exist: {shown.parent} (for {shown})")
         try:
             conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
-            raise DatabaseError(f"cannot open SQLite database {path}: {exc}") from None
+            raise DatabaseError(f"cannot open SQLite database {Path(path).absolute()}: {exc}") from None
         return cls(conn, SQLITE, description=f"SQLite {sqlite3.sqlite_version} ({path})", path=path)
 
     @classmethod

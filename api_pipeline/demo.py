@@ -20,6 +20,7 @@ from api_pipeline.db import BINARY, Database, StagingTable
 from api_pipeline.errors import ExitCode
 from api_pipeline.logs import configure_logging, new_run_id
 from api_pipeline.payload import records_equal
+from api_pipeline.wording import plural
 
 DEMO_TABLE = "ssd_api_data_staging"
 DEMO_MARK = ".csc_api_pipeline_demo"  # in a folder the demo made: it may replace its own files there
@@ -223,5 +224,6 @@ def _describe(title: str, summary: Any) -> str:
     o = summary.outcomes
     return (
         f"{title}: sent {o['sent']}, purged {o['purged']}, unchanged {o['unchanged']}, invalid {o['invalid']}, "
-        f"rejected {o['rejected']}, failed {o['failed']} — {summary.requests} requests, {summary.seconds:.2f} s"
+        f"rejected {o['rejected']}, failed {o['failed']} — {plural(summary.requests, 'request')}, "
+        f"{summary.seconds:.2f} s"
     )

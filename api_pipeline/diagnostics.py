@@ -20,6 +20,7 @@ from api_pipeline.db import (
 from api_pipeline.dialects import person_index_name
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode
 from api_pipeline.logs import hide_secrets, known_secrets, remember_secret
+from api_pipeline.wording import plural
 
 
 def _connection_string(settings: Settings, command: str) -> Secret:
@@ -30,7 +31,7 @@ def _connection_string(settings: Settings, command: str) -> Secret:
 
 def test_db(settings: Settings, ctx: Any) -> int:
     """Connect, ``SELECT 1``, and report what we are talking to and who we are logged in as."""
-    with Database.connect(_connection_string(settings, "test-db")) as db:
+    with Database.open_existing(_connection_string(settings, "test-db")) as db:
         if db.scalar("SELECT 1") != 1:
             raise DatabaseError("SELECT 1 did not return 1")
         info = db.server_info()
@@ -49,13 +50,14 @@ def test_schema(settings: Settings, ctx: Any) -> int:
     this DBMS. Exit 3 when the tool could not run against the table as it is.
     """
     problems = 0
-    with Database.connect(_connection_string(settings, "test-schema")) as db:
+    with Database.open_existing(_connection_string(settings, "test-schema")) as db:
         table = StagingTable(db, settings.table_name, settings.ledger_table)
         d = db.dialect
         issues = table.column_issues()
         if issues is None:
             problems += 1
-            ctx.print(f"staging table {settings.table_name}: NOT FOUND in {d.label}")
+            where = f"the SQLite database {settings.sqlite_file}" if settings.sqlite_file else d.label
+            ctx.print(f"staging table {settings.table_name}: NOT FOUND in {where}")
             ctx.print("  check TABLE_NAME (schema-qualify it, e.g. ssd_development.ssd_api_data_staging), or for a")
             ctx.print("  new set-up create it with 'init-db', or have a DBA run:")
             for statement in (staging_ddl(d, settings.table_name), staging_index_ddl(d, settings.table_name)):
@@ -137,14 +139,30 @@ def _person_index(dialect: Dialect) -> str:
     return "unique index on person_id" if dialect.person_index_unique else "index on person_id"
 
 
-def init_db(settings: Settings, ctx: Any, print_only: bool, *, dialect: str | None = None) -> int:
+SAMPLE_SUFFIX = "_anon"
+
+
+def init_db(
+    settings: Settings,
+    ctx: Any,
+    print_only: bool,
+    *,
+    dialect: str | None = None,
+    sample: int | None = None,
+    append: bool = False,
+) -> int:
     """Create the staging table (with its person_id index), the ledger and the run lock table.
 
     Creates only what is missing; never drops or alters an existing table.
     ``print_only`` prints the DDL for a DBA to review instead; with ``dialect``
-    (mssql, postgresql, sqlite) it needs no connection at all.
+    (mssql, postgresql, sqlite) it needs no connection at all. ``sample`` then fills the
+    table with that many synthetic children, as the council's SQL adds new ones.
     """
     table = settings.table_name
+    if sample is not None:
+        _check_sample_target(table, print_only)
+    elif append:
+        raise ConfigError("init-db --append adds sample children, so it needs --sample N")
     if print_only and dialect:
         _print_ddl(ctx, dialect_named(dialect), table)
         return ExitCode.OK
@@ -181,7 +199,47 @@ def init_db(settings: Settings, ctx: Any, print_only: bool, *, dialect: str | No
                 ctx.print(f"  {PERSON_INDEX_NOTE}")
         if staging_existed:
             ctx.print("Run test-schema to check the existing staging table's columns.")
+        if sample is not None:
+            _add_sample(db, table, sample, append, ctx)
     return ExitCode.OK
+
+
+def _check_sample_target(table: str, print_only: bool) -> None:
+    """Rehearsal data goes only where it can never reach DfE's live receiver: a table named ``*_anon``."""
+    if print_only:
+        raise ConfigError("init-db --sample fills a table, so it cannot be combined with --print")
+    if not table.lower().endswith(SAMPLE_SUFFIX):
+        raise ConfigError(
+            f"init-db --sample: TABLE_NAME is {table}, but sample children go only into a rehearsal table whose "
+            f"name ends in {SAMPLE_SUFFIX}, which this tool never sends to DfE's live receiver. "
+            f"Set TABLE_NAME={table}{SAMPLE_SUFFIX}"
+        )
+
+
+def _add_sample(db: Database, table: str, count: int, append: bool, ctx: Any) -> None:
+    from api_pipeline.sample import load_sample_children
+    from api_pipeline.synthetic import make_children
+
+    existing = int(db.scalar(f"SELECT COUNT(*) FROM {table}") or 0)
+    if existing and not append:
+        raise ConfigError(
+            f"init-db --sample: the table {table} already has {plural(existing, 'row')}, so no sample children "
+            "were added. Empty it first, or add them to what is there with --append"
+        )
+    first = 1
+    if existing:  # after the highest sample id already there, so no child is added twice
+        taken = [str(p or "") for (p,) in db.query(f"SELECT person_id FROM {table}")]
+        first = 1 + max((int(p[1:]) for p in taken if re.fullmatch(r"C\d{7}", p)), default=0)
+    added = load_sample_children(db, table, make_children(count, seed=SAMPLE_SEED + first, first=first))
+    last = first + added - 1
+    ctx.print(
+        f"sample: {plural(added, 'synthetic child')} added to {table} (person_id C{first:07d} to C{last:07d}), as "
+        "the council's SQL adds new children: submission_status Pending, row_state New"
+    )
+    ctx.print("Next: simulate-api in another window, then run against it (see the rehearsal guide).")
+
+
+SAMPLE_SEED = 2026
 
 
 def _print_ddl(ctx: Any, dialect: Dialect, table: str) -> None:

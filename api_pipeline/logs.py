@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -144,8 +145,18 @@ def why_not(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    """``20260301T020000.123Z-7f3a9c``: the start time in UTC to the millisecond, and a random suffix.
+
+    Unique even for runs started in the same millisecond (each run has its own log, summary
+    and batch ids), and names sort by start time.
+    """
+    now = _utc_now()
+    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
 
 
 def configure_logging(
@@ -185,6 +196,33 @@ def configure_logging(
         logger.addHandler(file_handler)
         prune_logs(log_dir)
     return masking, log_file
+
+
+ERROR_LOG_NAME = "csc_api_pipeline.errors.log"  # outside prune_logs' pattern: kept, and capped instead
+ERROR_LOG_LIMIT = 256 * 1024
+
+
+def append_error_log(folders: Iterable[Path], lines: Iterable[str]) -> Path | None:
+    """Append a failed start's messages to ``csc_api_pipeline.errors.log`` in the first folder that takes it.
+
+    A configuration error stops the tool before its run log exists; under Task Scheduler
+    stderr goes nowhere, so this file is the only trace. Past :data:`ERROR_LOG_LIMIT` bytes
+    it is renamed to ``.old`` (replacing the last one) and started afresh. Never raises.
+    """
+    text = "".join(f"{line}\n" for line in lines)
+    stamp = _utc_now().strftime("%Y-%m-%d %H:%M:%S UTC")
+    for folder in folders:
+        path = folder / ERROR_LOG_NAME
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if path.is_file() and path.stat().st_size > ERROR_LOG_LIMIT:
+                path.replace(path.with_name(path.name + ".old"))
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(f"{stamp}\n{text}")
+        except OSError:
+            continue
+        return path
+    return None
 
 
 def prune_logs(log_dir: Path, keep: int = KEEP_LOGS) -> None:

@@ -41,6 +41,7 @@ from api_pipeline.payload import (
     normalise,
 )
 from api_pipeline.schema import RecordValidator, generalise_path
+from api_pipeline.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +147,17 @@ class RunSummary:
         o = self.outcomes
         head = "dry run (nothing sent)" if self.dry_run else f"{self.mode} run"
         return [
-            f"{head} finished in {self.seconds:.1f} s: {self.rows_read} rows read, {self.batches} batches, "
-            f"{self.requests} requests, {sum(self.retries.values())} retries",
+            f"{head} finished in {self.seconds:.1f} s: {plural(self.rows_read, 'row')} read, "
+            f"{plural(self.batches, 'batch')}, {plural(self.requests, 'request')}, "
+            f"{plural(sum(self.retries.values()), 'retry', 'retries')}",
             f"  sent {o['sent']}, purged {o['purged']}, already up to date {o['unchanged']}, "
             f"invalid {o['invalid']}, skipped {o['skipped']}, rejected by DfE {o['rejected']}, "
             f"not sent (will retry) {o['failed']}, changed during the run {o['changed_during_run']}"
-            + (f", written for review {o['dry_run']}" if self.dry_run else ""),
+            + (f", written for review {o['dry_run']}" if self.dry_run else "")
+            + (f", not reached (stopped early) {o['not_reached']}" if self.stopped_early else ""),
             *(
-                f"  problem: {key}: {count} row(s), e.g. row id {', '.join(map(str, self.examples.get(key, [])))}"
+                f"  problem: {key}: {plural(count, 'row')}, "
+                f"e.g. row id {', '.join(map(str, self.examples.get(key, [])))}"
                 for key, count in self.invalid_reasons.most_common(10)
             ),
         ]
@@ -298,6 +302,8 @@ class Pipeline:
         self._updates: list[RowUpdate] = []
         self._batch_counter = 0
         self._unknown_statuses: set[str] = set()
+        self._send_seconds: dict[str, float] = {}  # batch id -> how long its sending took, retries included
+        self._last_row_id = 0  # the highest row id read: rows after it were not reached if the run stops
         # Batches are sent on a pool of MAX_IN_FLIGHT threads (one, by default: one request at a
         # time), and their outcomes written back on one more thread, in the order they were
         # sent, while this thread reads and prepares the next batches. The database connection
@@ -321,7 +327,31 @@ class Pipeline:
 
     def run(self) -> RunSummary:
         with _fewer_collections():
-            return self._run()
+            try:
+                return self._run()
+            except BaseException:
+                # Stopped by an error (DfE unreachable, the database, Ctrl+C): the rows read
+                # but not yet handed to the sender are left unsent too.
+                self.summary.stopped_early = True
+                self.summary.outcomes["failed"] += len(self._batch)
+                self._batch = []
+                raise
+            finally:
+                if self.summary.stopped_early:
+                    self._count_not_reached()
+
+    def _count_not_reached(self) -> None:
+        """After an early stop: how many rows the run would still have read (best effort, counts only)."""
+        source, wanted = self.table.candidate_source(all_rows=self.options.all_rows)
+        sql = f"SELECT COUNT(*) FROM {source} WHERE t.id > ? AND ({wanted})"
+        try:
+            left = int(self.table.db.scalar(sql, (self._last_row_id,)) or 0)
+        except PipelineError as exc:  # the database may be why the run stopped
+            log.debug("rows not reached could not be counted: %s", exc)
+            return
+        if self.options.limit is not None:
+            left = min(left, max(0, self.options.limit - self.summary.rows_read))
+        self.summary.outcomes["not_reached"] = left
 
     def _run(self) -> RunSummary:
         started = time.monotonic()
@@ -427,6 +457,7 @@ class Pipeline:
         return row.with_ledger(entry)
 
     def _take(self, row: StagingRow) -> None:
+        self._last_row_id = max(self._last_row_id, row.id)
         try:
             item = self._prepare(row)
         except _Later:
@@ -724,11 +755,14 @@ class Pipeline:
         if self._failed.is_set():
             raise CancelledError  # never sent: its rows stay pending
         assert self.sender is not None
+        started = time.monotonic()  # the batch's own time, not its wait in the queue
         try:
             return self.sender.send(records, bodies, batch_id=batch_id)
         except BaseException:
             self._failed.set()
             raise
+        finally:
+            self._send_seconds[batch_id] = time.monotonic() - started
 
     def _complete(self, flight: _InFlight) -> None:
         """Wait for one batch's answer and write its outcomes back, in one transaction."""
@@ -736,11 +770,13 @@ class Pipeline:
         try:
             outcomes = flight.future.result()
         except CancelledError:  # never sent, as the run stopped first: its rows stay pending
+            self.summary.outcomes["failed"] += len(flight.batch)
             self._write(flight.updates, ledger)
             return
         except PipelineError as exc:
             # The run stops (its send thread has said so); first record what DfE did acknowledge.
             settled = getattr(exc, "partial_outcomes", None) or []
+            self.summary.outcomes["failed"] += len(flight.batch) - len(settled)  # left pending
             self._apply_outcomes([(flight.batch[o.index], o) for o in settled], flight.updates, ledger)
             self._write(flight.updates, ledger)
             raise
@@ -750,7 +786,7 @@ class Pipeline:
             flight.batch_id,
             len(flight.batch),
             ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
-            time.monotonic() - flight.started,
+            self._send_seconds.pop(flight.batch_id, time.monotonic() - flight.started),
         )
         self._write(flight.updates, ledger)
 

@@ -42,8 +42,9 @@ OUTCOME_LABELS = (
     ("rejected", "Refused by DfE"),
     ("failed", "Not sent this time; will be tried again at the next run"),
     ("changed_during_run", "Changed in the table during the run; will be sent at the next run"),
+    ("not_reached", "Not reached before the run stopped; will be sent at the next run"),
 )
-PROBLEM_OUTCOMES = ("invalid", "skipped", "rejected", "failed")
+PROBLEM_OUTCOMES = ("invalid", "skipped", "rejected", "failed", "not_reached")
 RETRY_LABELS = {
     "401": "the access token was renewed (HTTP 401)",
     "403": "DfE's gateway refused or throttled us (HTTP 403)",
@@ -99,15 +100,20 @@ def load_summary(path: Path) -> dict[str, Any]:
 
 
 def read_history(log_dir: Path, *, limit: int = CHART_RUNS) -> list[dict[str, Any]]:
-    """The newest ``limit`` readable run summaries in ``log_dir``, oldest first."""
+    """The newest ``limit`` readable summaries of real runs in ``log_dir``, oldest first.
+
+    Dry runs send nothing, so they are left out of the history (and its chart).
+    """
     found: list[dict[str, Any]] = []
     for path in sorted(log_dir.glob(SUMMARY_GLOB), key=lambda p: p.name, reverse=True):
         if len(found) >= limit:
             break
         try:
-            found.append(load_summary(path))
+            data = load_summary(path)
         except (OSError, ValueError, RecursionError):
             continue
+        if not data.get("dry_run"):
+            found.append(data)
     return found[::-1]
 
 
@@ -121,7 +127,8 @@ def write_report(summary_path: Path) -> Path:
 def write_report_for(summary: Mapping[str, Any], log_dir: Path) -> Path:
     """The same from a summary dict (``RunSummary.to_dict()``), for a run whose summary file is not written."""
     run_id = str(summary.get("run_id") or "unknown")
-    history = [h for h in read_history(log_dir) if h.get("run_id") != run_id][-(CHART_RUNS - 1) :] + [dict(summary)]
+    history = [h for h in read_history(log_dir) if h.get("run_id") != run_id]
+    history = history[-(CHART_RUNS - 1) :] + [dict(summary)] if not summary.get("dry_run") else history
     path = log_dir / f"csc_api_pipeline_{run_id}{REPORT_SUFFIX}"
     return _write(path, render_report(summary, history, log_name=f"csc_api_pipeline_{run_id}.log"))
 
@@ -189,6 +196,33 @@ def short_date(text: Any) -> str:
     return "?" if value is None else f"{value.day} {value:%b}"
 
 
+def chart_labels(started: Sequence[Any]) -> list[str]:
+    """One label per run: ``1 Mar``; ``1 Mar 02:00`` where runs share a day; seconds, then a count, if need be."""
+    times = [parse_time(text) for text in started]
+    formats = ("", " %H:%M", " %H:%M:%S")
+
+    def label(value: datetime | None, level: int) -> str:
+        return "?" if value is None else f"{value.day} {value:%b}" + (f"{value:{formats[level]}}" if level else "")
+
+    labels = [label(t, 0) for t in times]
+    for level in (1, 2):
+        labels = [label(t, level) if labels.count(labels[i]) > 1 else labels[i] for i, t in enumerate(times)]
+    repeated = {text for text in labels if labels.count(text) > 1}  # runs started in one second: number them
+    seen: dict[str, int] = {}
+    for i, text in enumerate(labels):
+        if text in repeated:
+            seen[text] = seen.get(text, 0) + 1
+            labels[i] = f"{text} ({seen[text]})"
+    return labels
+
+
+def last_runs(count: int) -> str:
+    """``the last 12 runs``; ``the last run``; ``no runs yet``."""
+    if count == 0:
+        return "no runs yet"
+    return "the last run" if count == 1 else f"the last {count} runs"
+
+
 def duration(seconds: Any, *, unknown: str = "not recorded", unit: str = "seconds") -> str:
     """``12.5 seconds``, ``1 min 05 s``, ``1 h 06 min``; shared with ``status``."""
     if not isinstance(seconds, (int, float)):
@@ -251,19 +285,29 @@ def _nice_ceiling(value: int) -> int:
     return 10 * power
 
 
+SMALL_BAR = 0.12  # of the plot's height: below this a bar also shows its number
+MIN_BAR = 3.0  # pixels: a count of 1 next to one of 10,000 still shows
+
+
 def render_chart(history: Sequence[Mapping[str, Any]], current_run_id: str | None) -> str:
-    """Sent (with purges) and problems per run as grouped bars, newest on the right; inline SVG."""
+    """Sent (with purges) and problems per run as grouped bars, newest on the right; inline SVG.
+
+    Dry runs send nothing and are left out. Runs of the same day are told apart by their
+    start time; a short bar carries its number, so a small run beside a large one is readable.
+    """
     width, height = 1000, 320
     left, right, top, bottom = 56, 16, 24, 64
     plot_w, plot_h = width - left - right, height - top - bottom
-    runs = history[-CHART_RUNS:]
+    runs = [r for r in history if not r.get("dry_run")][-CHART_RUNS:]
+    labels = chart_labels([r.get("started_at") for r in runs])
     top_value = _nice_ceiling(max([max(sent_count(r), problem_count(r)) for r in runs] or [1]))
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" role="img" '
         'aria-labelledby="chart-title chart-desc">',
         '<title id="chart-title">Records sent and records with problems, per run</title>',
-        f'<desc id="chart-desc">Bar chart of the last {len(runs)} runs, oldest on the left. Blue bars: records '
-        "sent to DfE and acknowledged (including deletions). Red bars: records not sent because of a problem.</desc>",
+        f'<desc id="chart-desc">Bar chart of {last_runs(len(runs))}, oldest on the left. Blue bars: records '
+        "sent to DfE and acknowledged (including deletions). Red bars: records not sent because of a problem. "
+        "Dry runs are not shown.</desc>",
     ]
     for i in range(5):
         value = top_value * i / 4
@@ -286,16 +330,23 @@ def render_chart(history: Sequence[Mapping[str, Any]], current_run_id: str | Non
             (bar, problem_count(run), PROBLEM_COLOUR, "with problems"),
         ):
             h = plot_h * value / top_value
-            if value and h < 2:
-                h = 2.0  # a small count stays visible next to a large one
+            if value and h < MIN_BAR:
+                h = MIN_BAR  # a small count stays visible next to a large one
             y = top + plot_h - h
             parts.append(
                 f'<rect x="{x0 + offset:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" fill="{colour}">'
                 f"<title>{esc(f'{kind} of {when}: {value} {what}')}</title></rect>"
             )
+            if value and h < plot_h * SMALL_BAR:
+                bx, by = x0 + offset + bar / 2, y - 3
+                turn = f' transform="rotate(-90 {bx:.1f} {by:.1f})"' if rotate else ""
+                anchor = "start" if rotate else "middle"
+                parts.append(
+                    f'<text x="{bx:.1f}" y="{by:.1f}" class="value" text-anchor="{anchor}"{turn}>{value}</text>'
+                )
         cx = left + slot * index + slot / 2
         ly = top + plot_h + 16
-        label = esc(short_date(run.get("started_at")))
+        label = esc(labels[index])
         weight = ' font-weight="bold"' if this_run else ""
         if rotate:
             parts.append(
@@ -336,6 +387,7 @@ th{background:#f3f2f1}
 .legend span{display:inline-block;width:14px;height:14px;margin:0 6px 0 16px;vertical-align:-2px}
 svg .grid{stroke:#dddddd;stroke-width:1}svg .baseline{stroke:#0b0c0c;stroke-width:1}
 svg .axis{font-size:12px;fill:#505a5f}svg .current{fill:none;stroke:#0b0c0c;stroke-dasharray:4 3}
+svg .value{font-size:10px;fill:#0b0c0c}
 footer{color:#505a5f;font-size:.9rem;margin-top:32px}
 """
 
@@ -439,6 +491,7 @@ def render_report(
         first_line = str(summary.get("fatal_error")).splitlines()[0]
         stopped = f"<p><strong>Why the run stopped:</strong> {esc(first_line)}</p>"
 
+    charted = [r for r in history if not r.get("dry_run")][-CHART_RUNS:]
     chart_rows = [
         (
             long_time(r.get("started_at")) + (" (this run)" if r.get("run_id") == run_id else ""),
@@ -446,8 +499,9 @@ def render_report(
             problem_count(r),
             "-" if r.get("exit_code") is None else r.get("exit_code"),
         )
-        for r in reversed(history[-CHART_RUNS:])
+        for r in reversed(charted)
     ]
+    dry_note = " This dry run, like every dry run, is not in the chart: it sent nothing." if dry else ""
     log_note = f" ({esc(log_name)})" if log_name else ""
     title = f"{APP_NAME} run report: {short_date(summary.get('started_at'))}"
     return f"""<!DOCTYPE html>
@@ -490,7 +544,8 @@ Only the newest 30 logs and reports are kept.</li>
 <h2>Timings</h2>
 <table>{_rows(timing_rows, numeric=False)}</table>
 
-<h2>The last {len(history[-CHART_RUNS:])} runs</h2>
+<h2>{esc(last_runs(len(charted)).capitalize())}</h2>
+<p>Runs that sent records, oldest on the left. Dry runs are left out.{esc(dry_note)}</p>
 <p class="legend"><span style="background:{SENT_COLOUR}"></span>sent and acknowledged (including deletions)
 <span style="background:{PROBLEM_COLOUR}"></span>not sent because of a problem (invalid, refused, skipped or to be
 retried)</p>

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from api_pipeline.config import Settings
 from api_pipeline.db import Database, StagingTable
-from api_pipeline.errors import ConfigError, ExitCode, PipelineError
+from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, PipelineError
 from api_pipeline.lock import RunLock
 from api_pipeline.logs import (
     configure_logging,
@@ -30,6 +30,7 @@ from api_pipeline.pipeline import Pipeline, RunOptions, RunSummary, utc_now
 from api_pipeline.progress import progress_for
 from api_pipeline.report import write_report
 from api_pipeline.schema import RecordValidator
+from api_pipeline.wording import plural
 
 log = logging.getLogger("api_pipeline.run")
 
@@ -80,7 +81,7 @@ def execute_run(
         prepare_review_folder(dry_run_dir)
     validator = RecordValidator.from_settings(settings.payload_schema)
     assert settings.db_connection_string is not None
-    with Database.connect(settings.db_connection_string) as db:
+    with Database.open_existing(settings.db_connection_string) as db:
         table = StagingTable(db, settings.table_name, settings.ledger_table)
         missing = table.missing_columns()
         if missing is None:
@@ -209,6 +210,7 @@ def run_command(
     """The ``run`` command: log file, masking, the run, the summary and the exit code."""
     run_id = new_run_id()
     log_dir = default_log_dir(settings, ctx.cwd)
+    verbosity = max(verbosity, 1 if settings.debug else 0)  # DEBUG=true is -v, on the console and in the log
     masking, log_file = configure_logging(verbosity=verbosity, quiet=quiet, log_dir=log_dir, run_id=run_id)
     masking.add(*settings.secrets())
     log.info(
@@ -217,6 +219,7 @@ def run_command(
         "partial" if settings.use_partial_payload else "full",
         ", dry run" if dry_run_dir else "",
     )
+    _log_where_settings_came_from(settings, ctx)
     summary = RunSummary(
         run_id=run_id, mode="partial" if settings.use_partial_payload else "full", dry_run=dry_run_dir is not None
     )
@@ -233,9 +236,12 @@ def run_command(
         return exit_code
     except PipelineError as exc:
         exit_code = exc.exit_code
+        summary.stopped_early = True
         first_line = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         summary.fatal_error = hide_secrets(first_line, masking.secrets)  # the token included, once it was issued
         log.error("run stopped: %s", summary.fatal_error)
+        if isinstance(exc, DatabaseError) and settings.sqlite_file and str(settings.sqlite_file) not in str(exc):
+            log.error("the SQLite database: %s", settings.sqlite_file)
         raise
     except KeyboardInterrupt:
         exit_code = ExitCode.INTERRUPTED
@@ -266,13 +272,31 @@ def run_command(
                 log.warning("could not write the run report: %s", exc)
 
 
+def _log_where_settings_came_from(settings: Settings, ctx: Any) -> None:
+    if getattr(ctx, "implied_run", False):
+        log.info("no command was given: running 'run', as the earlier tool did")
+    env_file = settings.env_file
+    if env_file is None:
+        log.info("settings: from the environment only (no .env file found)")
+    elif env_file.name.lower() == "env.txt":
+        log.info(
+            "settings: from %s, the earlier tool's env.txt, as there is no .env beside it; rename it to .env "
+            "when convenient",
+            env_file,
+        )
+    else:
+        log.info("settings: from %s", env_file)
+    if settings.sqlite_file is not None:
+        log.info("database: SQLite file %s", settings.sqlite_file)
+
+
 def validate_command(settings: Settings, ctx: Any, *, all_rows: bool, limit: int | None) -> int:
     """The ``validate`` command: the run's checks without sending or writing anything."""
     configure_logging(quiet=True)
     summary = execute_run(settings, validate_only=True, all_rows=all_rows, limit=limit, progress_stream=ctx.err)
     o = summary.outcomes
     ctx.print(
-        f"checked {summary.rows_read} rows: {o['valid']} would be sent, {o['unchanged']} already up to date, "
+        f"checked {plural(summary.rows_read, 'row')}: {o['valid']} would be sent, {o['unchanged']} already up to date, "
         f"{o['invalid']} invalid, {o['skipped']} skipped"
     )
     if summary.invalid_reasons:

@@ -28,6 +28,7 @@ from api_pipeline.db import Database, FirstContact, StagingTable
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode
 from api_pipeline.report import duration, load_summary
 from api_pipeline.schema import generalise_path, load_bundled_schema, load_schema
+from api_pipeline.wording import plural
 
 STATUS_FORMAT_VERSION = 1
 EXAMPLE_IDS = 5
@@ -225,6 +226,60 @@ def _iso(value: datetime | None) -> str | None:
 
 # -- the report ------------------------------------------------------------------------------
 
+# Every key of ``status --json``, as a path (``[]`` marks a list of objects), and what it means.
+# The documentation's table is generated from this, and a test checks it against to_dict().
+STATUS_JSON_KEYS: dict[str, str] = {
+    "format_version": f"{STATUS_FORMAT_VERSION}. Changes only if a key is removed or changes meaning; "
+    "new keys may be added.",
+    "generated_at": "When the status was taken: UTC, ISO 8601 ending in Z.",
+    "table": "The staging table (TABLE_NAME).",
+    "total_rows": "Rows in the staging table.",
+    "counts": "One entry per submission_status and row_state combination, compared case-insensitively.",
+    "counts[].submission_status": "As the table spells it; (empty) for NULL or blank.",
+    "counts[].row_state": "As the table spells it; (empty) for NULL or blank.",
+    "counts[].rows": "Rows with that combination.",
+    "problems": "Invalid, rejected and not-sent rows grouped by reason, most rows first.",
+    "problems[].submission_status": "The rows' status, as the table spells it.",
+    "problems[].reason": "A reason key such as invalid: child_details.postcode: field names only, never a value.",
+    "problems[].rows": "Rows with that status and reason.",
+    "problems[].example_row_ids": f"Up to {EXAMPLE_IDS} row ids (the id column) to look at.",
+    "pending": "The rows the next run would read.",
+    "pending.rows": "How many.",
+    "pending.oldest_last_updated": "The oldest last_updated among them, or null.",
+    "pending.oldest_age_seconds": "How long ago that was, in seconds, or null.",
+    "pending.last_updated_column": "false when the table has no last_updated column (no age can be given).",
+    "ledger": "The submission ledger: what DfE has acknowledged.",
+    "ledger.table": "The ledger table's name.",
+    "ledger.exists": "false until the first run creates it.",
+    "ledger.children_acknowledged": "Children whose current record DfE acknowledged; null without a ledger.",
+    "ledger.children_purged": "Children whose deletion DfE acknowledged; null without a ledger.",
+    "ledger.last_acknowledged_at": "The latest acknowledgement, or null.",
+    "ledger.rows_without_entry": "Rows whose child has no ledger entry yet (as after switching from an earlier "
+    "tool), by what the next run does with them.",
+    "ledger.rows_without_entry.adopt": "Marked sent by an earlier tool and unchanged since: recorded, not sent.",
+    "ledger.rows_without_entry.changed_since_sent": "Marked sent but changed since: sent whole, with purges.",
+    "ledger.rows_without_entry.with_purges": "Waiting, with previous_json_payload: sent whole, with purges for "
+    "what it has and the record lacks.",
+    "ledger.rows_without_entry.whole": "Waiting, never sent: sent whole.",
+    "ledger.rows_without_entry.purge": "Deleted children: purged.",
+    "runs": "The latest runs, from the run summaries in the log folder.",
+    "runs.log_dir": "The log folder read.",
+    "runs.recent": "One entry per run, newest first (status --runs N: how many).",
+    "runs.recent[].run_id": "The run's id, as in its log file's name.",
+    "runs.recent[].started_at": "When it started (UTC).",
+    "runs.recent[].seconds": "How long it took, or null.",
+    "runs.recent[].dry_run": "true for run --dry-run (nothing sent).",
+    "runs.recent[].rows_read": "Rows it read.",
+    "runs.recent[].sent": "Records DfE acknowledged.",
+    "runs.recent[].purged": "Deletions DfE acknowledged.",
+    "runs.recent[].failed": "Records not sent this time; sent again next run.",
+    "runs.recent[].invalid": "Records that fail DfE's schema (not sent until their data changes).",
+    "runs.recent[].rejected": "Records DfE refused.",
+    "runs.recent[].skipped": "Rows skipped because of a problem with the row itself.",
+    "runs.recent[].exit_code": "The run's exit code, or null if it did not record one.",
+    "runs.unreadable_summaries": "Summary files that could not be read and were left out.",
+}
+
 
 @dataclass
 class StatusReport:
@@ -409,6 +464,11 @@ def collect_status(
             f"the staging table {table.table} was not found. Check TABLE_NAME and DB_CONNECTION_STRING "
             "(run test-schema for details)."
         )
+    missing = table.missing_columns()
+    if missing:  # the same message as run's, pointing at test-schema
+        from api_pipeline.runner import _columns_missing
+
+        raise _columns_missing(table.table, missing)
     report = StatusReport(table=table.table, ledger_table=table.ledger, log_dir=str(log_dir))
     report.counts = collect_counts(table)
     report.total_rows = sum(c["rows"] for c in report.counts)
@@ -507,7 +567,7 @@ def format_status(report: StatusReport) -> list[str]:
         )
     else:
         why = "the table has no last_updated column" if not report.last_updated_column else "last_updated is empty"
-        out.append(f"Waiting to be sent: {report.pending_rows} rows (age unknown: {why}).")
+        out.append(f"Waiting to be sent: {plural(report.pending_rows, 'row')} (age unknown: {why}).")
 
     out.append("")
     if report.problems:
@@ -529,7 +589,8 @@ def format_status(report: StatusReport) -> list[str]:
     if report.ledger_exists:
         last = f"; last acknowledgement {_when(report.last_acknowledged)}" if report.last_acknowledged else ""
         out.append(
-            f"Submission ledger {report.ledger_table}: {report.children_acknowledged} children acknowledged by DfE, "
+            f"Submission ledger {report.ledger_table}: {plural(report.children_acknowledged or 0, 'child')} "
+            "acknowledged by DfE, "
             f"{report.children_purged} purged{last}."
         )
     else:
@@ -567,7 +628,8 @@ def format_status(report: StatusReport) -> list[str]:
     else:
         out.append(f"No run summaries in {report.log_dir} yet.")
     if report.unreadable_summaries:
-        out.append(f"({report.unreadable_summaries} run summary file(s) could not be read and were left out.)")
+        n = report.unreadable_summaries
+        out.append(f"({plural(n, 'run summary file')} could not be read and {'was' if n == 1 else 'were'} left out.)")
     return out
 
 
@@ -596,7 +658,7 @@ def status_command(settings: Settings, ctx: Any, *, runs: int = 10, as_json: boo
     if settings.db_connection_string is None:
         raise ConfigError(["DB_CONNECTION_STRING: not set. status reads the staging table it names."])
     log_dir = default_log_dir(settings, ctx.cwd)
-    with Database.connect(settings.db_connection_string) as db:
+    with Database.open_existing(settings.db_connection_string) as db:
         report = collect_status(db, settings, log_dir, runs=runs)
     for skipped in scan_run_summaries(log_dir, runs)[1]:
         print(f"warning: run summary {skipped}; it is left out", file=ctx.err, flush=True)

@@ -393,10 +393,10 @@ def make_child(rng: random.Random, index: int) -> dict:
     return record
 
 
-def make_children(n: int, seed: int = 1) -> Iterator[dict]:
-    """``n`` children (``C0000001``...), the same for the same seed."""
+def make_children(n: int, seed: int = 1, *, first: int = 1) -> Iterator[dict]:
+    """``n`` children (``C0000001``... from ``first``), the same for the same seed."""
     rng = random.Random(seed)  # noqa: S311 - reproducible test data, not security
-    for index in range(1, n + 1):
+    for index in range(first, first + n):
         yield make_child(rng, index)
 
 

@@ -20,6 +20,25 @@ from api_pipeline.simulator import Simulator
 
 TABLE = "ssd_api_data_staging"
 
+# DfE's OpenAPI document and the staging SQL's sample rows, which the project does not ship.
+REFERENCE_ENV = "CSC_REFERENCE_DIR"
+
+
+def reference_dir() -> Path:
+    """Where the reference files are: CSC_REFERENCE_DIR, else a ``shared/reference`` folder two levels up."""
+    text = os.environ.get(REFERENCE_ENV, "").strip()
+    return Path(text) if text else Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+def reference_missing(what: str) -> str:
+    """A skip reason that says what to fetch and where to point the tests at it."""
+    return (
+        f"{what} not found in {reference_dir()}. To run this test, put DfE's OpenAPI document "
+        "dfe-csc-openapi-1.0.1.json (github.com/DFE-Digital/children-in-social-care-schemas) and the "
+        "staging SQL's sample rows as samples/*.json (record0_*.json to record4_*.json, from "
+        f"github.com/data-to-insight/dfe-csc-api-data-flows) in one folder and set {REFERENCE_ENV} to it"
+    )
+
 
 @pytest.fixture
 def simulator() -> Iterator[Simulator]:
@@ -140,7 +159,10 @@ def postgres_odbc() -> str:
     required = bool(os.environ.get("CSC_TEST_POSTGRES_REQUIRED"))
     problem = None
     if not text:
-        problem = f"PostgreSQL tests need {POSTGRES_ENV}, an ODBC connection string (.ci/postgres.sh sets one up)"
+        problem = (
+            f"PostgreSQL tests need {POSTGRES_ENV}, an ODBC connection string to a PostgreSQL test database "
+            "(needs PostgreSQL, unixODBC and psqlODBC; as root, 'source .ci/postgres.sh' sets up all three)"
+        )
     else:
         try:
             with Database.connect(text) as db:

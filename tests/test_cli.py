@@ -20,10 +20,11 @@ def sim_env(sim, db_path: Path, **extra: str) -> dict[str, str]:
     return dict(sim.settings_env()) | db_env(db_path) | {"MAX_RETRIES": "1", "HTTP_TIMEOUT": "5"} | extra
 
 
-def test_no_command_prints_help_and_exits_2(tmp_path):
+def test_no_command_means_run_and_says_so_when_settings_are_missing(tmp_path):
     result = run_cli([], cwd=tmp_path)
     assert result.code == 2
-    assert "usage:" in result.err and "run" in result.err
+    assert "error: DB_CONNECTION_STRING: not set" in result.err
+    assert "no command was given, so 'run' was started" in result.err and "--help" in result.err
 
 
 def test_version(tmp_path, capsys):
@@ -31,11 +32,15 @@ def test_version(tmp_path, capsys):
     assert __version__ in capsys.readouterr().out
 
 
-def test_help_documents_exit_codes(tmp_path, capsys):
+def test_help_documents_exit_codes_once_on_the_top_level(tmp_path, capsys):
+    assert run_cli(["--help"], cwd=tmp_path).code == 0
+    text = capsys.readouterr().out
+    for code in ("0 ", "1 ", "2 ", "3 ", "4 ", "5 ", "6 ", "130"):
+        assert f"\n  {code}" in text
     assert run_cli(["run", "--help"], cwd=tmp_path).code == 0
     text = capsys.readouterr().out
-    for code in ("0 ", "1 ", "2 ", "3 ", "4 ", "5 ", "130"):
-        assert code in text
+    assert "exit codes:" not in text and "130" not in text
+    assert "--help" in text.split("usage:")[-1].split("options:")[-1]  # points at the top-level list
 
 
 def test_unknown_option_is_a_usage_error(tmp_path):
@@ -114,6 +119,7 @@ def test_run_with_api_unreachable_exits_5(db_path, tmp_path):
 
 
 def test_run_with_missing_table_exits_3(simulator, tmp_path):
+    (tmp_path / "empty.db").touch()
     environ = sim_env(simulator, tmp_path / "empty.db")
     result = run_cli(["run"], environ=environ, cwd=tmp_path)
     assert result.code == 3
@@ -157,8 +163,8 @@ def test_demo(tmp_path):
 def test_installed_entry_points(tmp_path):
     python = subprocess.run([sys.executable, "-m", "api_pipeline", "--version"], capture_output=True, text=True)
     assert python.returncode == 0 and __version__ in python.stdout
-    nothing = subprocess.run([sys.executable, "-m", "api_pipeline"], capture_output=True, text=True)
-    assert nothing.returncode == 2
+    nothing = subprocess.run([sys.executable, "-m", "api_pipeline"], capture_output=True, text=True, cwd=tmp_path)
+    assert nothing.returncode == 2 and "no command was given, so 'run' was started" in nothing.stderr
     script = shutil.which("csc-api-pipeline")
     if script is None:
         pytest.skip("csc-api-pipeline console script not installed (pip install . to test it)")

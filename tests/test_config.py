@@ -86,7 +86,7 @@ def test_precedence_flag_over_environment_over_file(tmp_path: Path):
 
 def test_aliases_accepted():
     s = load_settings(command="test-db", environ={"SQL_CONN_STR": "sqlite:///a.db"})
-    assert s.db_connection_string == Secret("sqlite:///a.db")
+    assert s.db_connection_string == Secret(f"sqlite:///{(Path.cwd() / 'a.db').as_posix()}")
     s = load_settings(command="test-db", environ={"USER_SERVER": "SQL01", "USER_DATABASE": "Reporting"})
     assert "Trusted_Connection=yes" in s.db_connection_string.reveal()
 

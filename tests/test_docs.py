@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from api_pipeline.errors import ExitCode
+from conftest import reference_dir, reference_missing
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
-SHARED_SAMPLES = REPO.parent / "shared" / "reference" / "samples"
+SHARED_SAMPLES = reference_dir() / "samples"
 
 
 def _load_docgen():
@@ -138,7 +139,7 @@ def test_worked_example_delta_is_the_one_design_describes():
 @pytest.mark.parametrize("name", ["record4_previous_json_payload.json", "record4_updated_pending.json"])
 def test_worked_example_files_are_the_reference_samples(name):
     if not SHARED_SAMPLES.is_dir():
-        pytest.skip(f"reference samples not found at {SHARED_SAMPLES}")
+        pytest.skip(reference_missing("The staging SQL's sample rows"))
     ours = json.loads((DOCS / "examples" / name).read_text(encoding="utf-8"))
     assert ours == json.loads((SHARED_SAMPLES / name).read_text(encoding="utf-8"))
 

@@ -25,9 +25,10 @@ from api_pipeline.payload import (
     records_equal,
 )
 from api_pipeline.synthetic import make_children, mutate
+from conftest import reference_dir, reference_missing
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "samples"
+SHARED_SAMPLES = reference_dir() / "samples"
 SCHEMA = json.loads((REPO / "api_pipeline" / "data" / "csc_record.schema.json").read_text("utf-8"))
 VALIDATOR = Draft7Validator(SCHEMA, format_checker=Draft7Validator.FORMAT_CHECKER)
 
@@ -812,7 +813,7 @@ def test_worked_example_inline() -> None:
 
 def test_worked_example_from_shared_samples() -> None:
     if not SHARED_SAMPLES.is_dir():
-        pytest.skip(f"reference samples not found at {SHARED_SAMPLES} (the shared folder is absent)")
+        pytest.skip(reference_missing("The staging SQL's sample rows"))
     previous = json.loads((SHARED_SAMPLES / "record4_previous_json_payload.json").read_text("utf-8"))
     updated = json.loads((SHARED_SAMPLES / "record4_updated_pending.json").read_text("utf-8"))
     assert previous == RECORD4_PREVIOUS  # the inline copy is faithful
@@ -837,7 +838,7 @@ def test_worked_example_with_a_removed_cp_plan() -> None:
 
 def test_shared_samples_are_stable_under_normal_form() -> None:
     if not SHARED_SAMPLES.is_dir():
-        pytest.skip(f"reference samples not found at {SHARED_SAMPLES} (the shared folder is absent)")
+        pytest.skip(reference_missing("The staging SQL's sample rows"))
     for path in sorted(SHARED_SAMPLES.glob("*.json")):
         record = json.loads(path.read_text("utf-8"))
         assert build_delta(record, record) is None, path.name

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-from pathlib import Path
 
 import pytest
 
@@ -13,9 +12,9 @@ from api_pipeline import simulator as sim_module
 from api_pipeline.errors import ConfigError
 from api_pipeline.schema import RecordValidator, load_bundled_schema, load_schema
 from api_pipeline.synthetic import make_children, mutate
-from conftest import db_env, insert, rows, run_cli
+from conftest import db_env, insert, reference_dir, reference_missing, rows, run_cli
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
+SHARED = reference_dir()
 OFFICIAL = SHARED / "dfe-csc-openapi-1.0.1.json"
 
 
@@ -66,7 +65,7 @@ def corpus() -> list[dict]:
 
 def test_bundled_schema_matches_dfe_official_document():
     if not OFFICIAL.is_file():
-        pytest.skip(f"DfE's OpenAPI document is not available at {OFFICIAL} (../shared is absent)")
+        pytest.skip(reference_missing("DfE's OpenAPI document"))
     bundled = RecordValidator(load_bundled_schema())
     official = RecordValidator(load_schema(OFFICIAL))
     records = corpus()
@@ -118,7 +117,7 @@ def test_messages_name_the_field_never_personal_values():
 
 def test_payload_schema_override_takes_dfe_document(tmp_path):
     if not OFFICIAL.is_file():
-        pytest.skip(f"DfE's OpenAPI document is not available at {OFFICIAL} (../shared is absent)")
+        pytest.skip(reference_missing("DfE's OpenAPI document"))
     document = json.loads(OFFICIAL.read_text(encoding="utf-8"))
     episode = document["components"]["schemas"]["CSC"]["items"]["properties"]["social_care_episodes"]["items"]
     episode["properties"]["referral_source"]["maxLength"] = 1  # a stricter future DfE version

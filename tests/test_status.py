@@ -197,7 +197,7 @@ def test_status_text_output(known_state, tmp_path):
     assert "skipped: duplicate child" in out
     assert f"Submission ledger {t}_ledger: 3 children acknowledged by DfE, 1 purged" in out
     assert "Last 3 runs" in out and "2026-03-10 02:00" in out and "1 h 06 min" in out and "1 min 15 s" in out
-    assert "(1 run summary file(s) could not be read" in out
+    assert "(1 run summary file could not be read and was left out.)" in out
 
 
 def test_status_never_shows_values(known_state, tmp_path):

@@ -134,6 +134,15 @@ def _visible(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     ]
 
 
+def positionals(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """A command's positional arguments (``set-secret NAME``)."""
+    return [
+        a
+        for a in parser._actions
+        if not a.option_strings and a.help != argparse.SUPPRESS and not isinstance(a, argparse._SubParsersAction)
+    ]
+
+
 def global_options(parser: argparse.ArgumentParser | None = None) -> list[argparse.Action]:
     return _visible(parser or build_parser())
 
@@ -221,9 +230,18 @@ def exit_code_values() -> dict[str, int]:
 def _options_table(parser: argparse.ArgumentParser, actions: list[argparse.Action], command: str = "") -> str:
     rows = []
     for action in actions:
-        ident = anchor("option", f"{command} {action.option_strings[-1]}".strip())
-        rows.append([f'<span id="{ident}"></span>{code(_invocation(parser, action))}', cell(_help(parser, action))])
-    return table(["option", "what it does"], rows)
+        name = action.option_strings[-1] if action.option_strings else str(action.metavar or action.dest)
+        ident = anchor("option", f"{command} {name}".strip())
+        meaning = cell(_help(parser, action))
+        if (
+            not action.option_strings
+            and action.choices
+            and not all(str(c) in (action.help or "") for c in action.choices)
+        ):
+            meaning += "<br>one of: " + ", ".join(code(str(c)) for c in action.choices)
+        invocation = _invocation(parser, action) if action.option_strings else name
+        rows.append([f'<span id="{ident}"></span>{code(invocation)}', meaning])
+    return table(["argument" if actions and not actions[0].option_strings else "option", "what it does"], rows)
 
 
 def cli_reference() -> str:
@@ -242,8 +260,10 @@ def cli_reference() -> str:
         + "; the commands and options are identical. "
         + cell(parser.description or ""),
         "",
-        "Running the program with no command prints this help and exits with code 2; "
-        "it never starts a run by default. `COMMAND --help` shows a command's own options.",
+        "Running the program with no command is the same as `run` (so scheduled tasks set up for the "
+        "earlier tool, which had no commands, keep sending); `--help` prints the help. Started by a "
+        "double-click in Explorer, the exe waits for Enter before its window closes; never under Task "
+        "Scheduler or in a console. `COMMAND --help` shows a command's own options.",
         "",
         "## Global options",
         "",
@@ -274,12 +294,24 @@ def cli_reference() -> str:
         if command.aliases:
             out += ["Also accepted as " + ", ".join(code(a) for a in command.aliases) + ".", ""]
         out += ["```text", usage, "```", ""]
+        arguments = positionals(command.parser)
+        if arguments:
+            out += [_options_table(parser, arguments, command.name), ""]
         own = command_options(command, parser)
         if own:
             out += [_options_table(parser, own, command.name), ""]
         else:
             out += ["This command has no options of its own; it accepts the global options.", ""]
+        if command.name == "status":
+            out += ["Its `--json` keys are listed [below](#status-json).", ""]
     out += [
+        "## `status --json` { #status-json }",
+        "",
+        "`status --json` prints one JSON object for monitoring tools. Its keys (a `[]` marks a list of "
+        "objects, each with the keys below it):",
+        "",
+        status_json_keys(),
+        "",
         "## Exit codes",
         "",
         "Every command ends with one of these codes (Windows Task Scheduler shows it as the "
@@ -288,6 +320,13 @@ def cli_reference() -> str:
         table(["code", "meaning"], [[code(str(c)), cell(meaning)] for c, meaning in exit_codes()]),
     ]
     return "\n".join(out)
+
+
+def status_json_keys() -> str:
+    """The ``status --json`` keys and what each means, from ``status.STATUS_JSON_KEYS``."""
+    from api_pipeline.status import STATUS_JSON_KEYS
+
+    return table(["key", "what it is"], [[code(key), cell(meaning)] for key, meaning in STATUS_JSON_KEYS.items()])
 
 
 # ---------------------------------------------------------------------------
@@ -799,7 +838,7 @@ def summary_example() -> str:
     """What a run's ``.summary.json`` looks like, from the class that writes it."""
     from api_pipeline.pipeline import RunSummary
 
-    summary = RunSummary(run_id="20260301T020000Z", mode="partial")
+    summary = RunSummary(run_id="20260301T020000.123Z-7f3a9c", mode="partial")
     summary.started_at, summary.finished_at, summary.seconds = "2026-03-01T02:00:00Z", "2026-03-01T02:03:12Z", 192.4
     summary.rows_read, summary.batches, summary.requests = 1460, 15, 16
     summary.outcomes.update({"sent": 1432, "purged": 12, "unchanged": 9, "invalid": 7})

@@ -1,0 +1,174 @@
+"""Double-clicked from Explorer, the exe waits for Enter before its console window closes.
+
+Windows gives a program started by a double-click a console window of its own, and closes it
+the moment the program ends: the analyst sees a flash and no message. So the exe waits for
+Enter then, and only then. Waiting anywhere else would be worse than a vanished window: under
+Task Scheduler it would hang the night's run forever. So the decision (:func:`should_wait`)
+needs every sign of a double-click at once, and the facts behind it (:func:`launch_facts`)
+come from Windows through ctypes, where any error at all means "do not wait".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+EXPLORER = "explorer.exe"
+PROMPT = "Press Enter to close this window."
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How this process was started, as far as Windows says; every unknown is the safe answer."""
+
+    frozen_on_windows: bool = False  # the exe, on Windows (not python, not wine's Linux side)
+    console_to_itself: bool = False  # no process but this program is attached to its console
+    stdin_is_console: bool = False  # a person could press Enter (not a file, a pipe or NUL)
+    launcher: str = ""  # the program that started this one (the one-file exe's own parent skipped)
+    quiet: bool = False  # -q/--quiet or --json: the output is not for a person watching
+
+
+def should_wait(launch: Launch) -> bool:
+    """Wait for Enter only when every sign says a person double-clicked the exe in Explorer."""
+    return (
+        launch.frozen_on_windows
+        and launch.console_to_itself
+        and launch.stdin_is_console
+        and launch.launcher.lower() == EXPLORER
+        and not launch.quiet
+    )
+
+
+def is_quiet(argv: Sequence[str]) -> bool:
+    """``-q``, ``--quiet`` (also inside ``-vq``) or ``--json``: nobody is reading the window."""
+    for arg in argv:
+        if arg in ("--quiet", "--json") or (arg.startswith("-") and not arg.startswith("--") and "q" in arg[1:]):
+            return True
+    return False
+
+
+def launch_facts(argv: Sequence[str]) -> Launch:
+    """The facts for :func:`should_wait`; anything Windows cannot tell us counts as "do not wait"."""
+    quiet = is_quiet(argv)
+    if sys.platform != "win32" or not getattr(sys, "frozen", False):
+        return Launch(quiet=quiet)
+    try:
+        stdin_is_console = sys.stdin is not None and sys.stdin.isatty()
+        processes = _windows_processes()
+        own_name = os.path.basename(sys.executable).lower()
+        ours, launcher = _family(os.getpid(), own_name, processes)
+        on_console = _windows_console_processes()
+    except Exception:  # noqa: BLE001 - any doubt at all: never wait
+        return Launch(frozen_on_windows=True, quiet=quiet)
+    return Launch(
+        frozen_on_windows=True,
+        console_to_itself=bool(on_console) and set(on_console) <= ours,
+        stdin_is_console=stdin_is_console,
+        launcher=launcher,
+        quiet=quiet,
+    )
+
+
+def _family(pid: int, own_name: str, processes: dict[int, tuple[int, str]]) -> tuple[set[int], str]:
+    """This process and the ancestors that are this same program (the one-file exe starts itself
+    once more); and the name of the first ancestor that is not, or "" if it has gone."""
+    ours = {pid}
+    current = pid
+    for _ in range(8):  # no loops through reused process ids
+        entry = processes.get(current)
+        if entry is None:
+            return ours, ""
+        parent = entry[0]
+        found = processes.get(parent)
+        if found is None or parent in ours:
+            return ours, ""
+        if found[1].lower() != own_name:
+            return ours, found[1]
+        ours.add(parent)
+        current = parent
+    return ours, ""
+
+
+def wait_if_double_clicked(
+    argv: Sequence[str],
+    *,
+    facts: Callable[[Sequence[str]], Launch] = launch_facts,
+    read: Callable[[], Any] = input,
+    out: TextIO | None = None,
+) -> bool:
+    """Wait for Enter when :func:`should_wait` says so; True if it waited. Never raises."""
+    try:
+        if not should_wait(facts(argv)):
+            return False
+    except Exception:  # noqa: BLE001 - in doubt, never wait
+        return False
+    with contextlib.suppress(Exception, KeyboardInterrupt):  # closing the window must never fail
+        print(f"\n{PROMPT}", file=out or sys.stdout, flush=True)
+        read()
+    return True
+
+
+# -- Windows only: the ctypes glue ---------------------------------------------------------------
+
+
+def _windows_processes() -> dict[int, tuple[int, str]]:
+    """Every process: id -> (parent id, exe file name), from a Toolhelp snapshot."""
+    import ctypes
+    from ctypes import wintypes
+
+    class ProcessEntry(ctypes.Structure):
+        _fields_ = [
+            ("dwSize", wintypes.DWORD),
+            ("cntUsage", wintypes.DWORD),
+            ("th32ProcessID", wintypes.DWORD),
+            ("th32DefaultHeapID", ctypes.c_size_t),
+            ("th32ModuleID", wintypes.DWORD),
+            ("cntThreads", wintypes.DWORD),
+            ("th32ParentProcessID", wintypes.DWORD),
+            ("pcPriClassBase", ctypes.c_long),
+            ("dwFlags", wintypes.DWORD),
+            ("szExeFile", ctypes.c_wchar * 260),
+        ]
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32.CreateToolhelp32Snapshot.restype = wintypes.HANDLE
+    kernel32.CreateToolhelp32Snapshot.argtypes = [wintypes.DWORD, wintypes.DWORD]
+    kernel32.Process32FirstW.argtypes = [wintypes.HANDLE, ctypes.POINTER(ProcessEntry)]
+    kernel32.Process32NextW.argtypes = [wintypes.HANDLE, ctypes.POINTER(ProcessEntry)]
+    kernel32.CloseHandle.argtypes = [wintypes.HANDLE]
+    snapshot = kernel32.CreateToolhelp32Snapshot(0x2, 0)  # TH32CS_SNAPPROCESS
+    if snapshot is None or snapshot == wintypes.HANDLE(-1).value:
+        raise OSError("no process snapshot")
+    try:
+        entry = ProcessEntry()
+        entry.dwSize = ctypes.sizeof(ProcessEntry)
+        found: dict[int, tuple[int, str]] = {}
+        more = kernel32.Process32FirstW(snapshot, ctypes.byref(entry))
+        while more:
+            found[int(entry.th32ProcessID)] = (int(entry.th32ParentProcessID), str(entry.szExeFile))
+            more = kernel32.Process32NextW(snapshot, ctypes.byref(entry))
+    finally:
+        kernel32.CloseHandle(snapshot)
+    if not found:
+        raise OSError("empty process snapshot")
+    return found
+
+
+def _windows_console_processes() -> list[int]:
+    """The ids of the processes attached to this console (none: no console)."""
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32.GetConsoleProcessList.argtypes = [ctypes.POINTER(wintypes.DWORD), wintypes.DWORD]
+    kernel32.GetConsoleProcessList.restype = wintypes.DWORD
+    size = 16
+    buffer = (wintypes.DWORD * size)()
+    count = int(kernel32.GetConsoleProcessList(buffer, size))
+    if count == 0 or count > size:  # an error, or more processes than a double-click makes
+        return [] if count == 0 else [0] * count
+    return [int(buffer[i]) for i in range(count)]
