@@ -216,7 +216,7 @@ def test_max_runtime_reads_the_ways_people_write_it(simulator, db_path, tmp_path
             "is not a duration this tool reads; write it like 4h, 4 hours, 90m, 90 minutes, 1h30m, 3600s or 3600",
         ),
         ("MAX_RUNTIME", "four hours", "is not a duration this tool reads; write it like 4h, 4 hours"),
-        ("HTTP_TIMEOUT", "a minute", "is not a number: must be a positive number of seconds, for example 60"),
+        ("HTTP_TIMEOUT", "a minute", "is not a number: must be a number of seconds above 0 and at most 3600"),
         ("BATCH_SIZE", "lots", "is not a whole number: must be between 1 and 100"),
         ("MAX_RETRIES", "five", "is not a whole number: must be 0 or more"),
         ("MAX_IN_FLIGHT", "2.5", "is not a whole number: must be between 1 and 8"),
