@@ -304,6 +304,7 @@ class Pipeline:
         self._unknown_statuses: set[str] = set()
         self._send_seconds: dict[str, float] = {}  # batch id -> how long its sending took, retries included
         self._last_row_id = 0  # the highest row id read: rows after it were not reached if the run stops
+        self._second_look_left = 0  # rows of the second look not yet taken
         # Batches are sent on a pool of MAX_IN_FLIGHT threads (one, by default: one request at a
         # time), and their outcomes written back on one more thread, in the order they were
         # sent, while this thread reads and prepares the next batches. The database connection
@@ -351,6 +352,8 @@ class Pipeline:
             return
         if self.options.limit is not None:
             left = min(left, max(0, self.options.limit - self.summary.rows_read))
+        # Rows read once and kept for the second look, which the run did not get back to.
+        left += len(self._later) + self._second_look_left
         self.summary.outcomes["not_reached"] = left
 
     def _run(self) -> RunSummary:
@@ -378,6 +381,8 @@ class Pipeline:
         for row in rows:
             if count:
                 self.summary.rows_read += 1
+            else:
+                self._second_look_left -= 1
             self._take(row)
             if len(self._batch) >= self.options.batch_size:
                 self._flush()
@@ -437,6 +442,7 @@ class Pipeline:
         taken = self._known_person_ids()
         self.duplicates.update(child for child, n in claims.items() if n > 1 or child in taken)
         self._second_look = True
+        self._second_look_left = len(later)
         return self.table.rows_by_id([row_id for row_id, _ in later])
 
     def _ledger_elsewhere(self, row: StagingRow, child: str) -> StagingRow:

@@ -429,3 +429,24 @@ def test_status_and_test_schema_say_what_the_next_run_does_for_children_without_
     execute_run(settings_for(simulator, staging))
     assert "no ledger entry" not in run_cli(["status"], environ=env, cwd=tmp_path).out
     assert "no ledger entry" not in run_cli(["test-schema"], environ=env, cwd=tmp_path).out
+
+
+def test_a_run_stopped_early_counts_the_rows_kept_for_the_second_look(simulator, db_path, tmp_path):
+    from conftest import insert, run_cli
+
+    insert(db_path, list(make_children(30, seed=65)))
+    staging = Staging.sqlite(db_path)
+    for row in rows(staging)[:5]:
+        _set(staging, row["id"], person_id=f"P-{row['id']}")  # read first, kept to be sent after the others
+    log_dir = tmp_path / "logs"
+    environ = simulator.settings_env() | staging.env | {"BATCH_SIZE": "10", "MAX_RUNTIME": "1s"}
+    simulator.latency = 1.2  # MAX_RUNTIME passes while the second batch waits for the first
+    try:
+        assert run_cli(["run", "--log-dir", str(log_dir)], environ=environ, cwd=tmp_path).code == 1
+    finally:
+        simulator.latency = 0.0
+    (summary_file,) = log_dir.glob("*.summary.json")
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    o = summary["outcomes"]
+    assert summary["stopped_early"] is True
+    assert o["not_reached"] >= 5 and o["sent"] + o.get("failed", 0) + o["not_reached"] == 30, o
