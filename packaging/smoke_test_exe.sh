@@ -119,7 +119,7 @@ check() {
             return
         fi
     done
-    if grep -qE "Traceback|unexpected error" <<<"$OUT"; then
+    if grep -qE "Traceback|unexpected error:" <<<"$OUT"; then
         not_ok "$name: crashed"
         return
     fi
