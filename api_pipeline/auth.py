@@ -20,20 +20,22 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from api_pipeline import bounded
-from api_pipeline.api import (
-    PROMOTE_SECONDARY_CLIENT_ADVICE,
-    AnswerMask,
-    describe_network_error,
-    mask_text,
-    parse_json,
-    parse_retry_after,
-    redirect_host,
-    session_proxy,
-)
 from api_pipeline.bounded import MAX_ANSWER_BYTES, AnswerTooLarge, AnswerTooSlow, describe_size
 from api_pipeline.config import Secret, Settings
 from api_pipeline.errors import AuthError, ConfigError, FatalApiError, RetriableApiError
-from api_pipeline.proxy import proxy_address, proxy_auth_advice
+from api_pipeline.transport import (
+    AnswerMask,
+    TransientNetworkError,
+    describe_network_error,
+    mask_answer,
+    parse_json,
+    parse_retry_after,
+    proxy_address,
+    proxy_auth_advice,
+    reaching,
+    redirect_host,
+    session_proxy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,12 @@ _ERROR_ADVICE: dict[str, str] = {
         "The token endpoint says this client may not use client credentials. Check CLIENT_ID with DfE."
     ),
 }
+
+
+PROMOTE_SECONDARY_CLIENT_ADVICE = (
+    "The token endpoint accepted CLIENT_SECRET_SECONDARY but not CLIENT_SECRET: promote it. Put the secondary "
+    "secret's value in CLIENT_SECRET and remove CLIENT_SECRET_SECONDARY (or set it to DfE's next secret)"
+)
 
 
 class _TokenEndpointBusy(RetriableApiError):
@@ -108,11 +116,11 @@ def explain_token_error(status: int, payload: Any, mask: AnswerMask | None = Non
     error = payload.get("error")
     error = error if isinstance(error, str) else ""
     code = aadsts_code(payload)
-    label = f"AADSTS{code}" if code else (mask_text(error, 60, mask) or f"HTTP {status}")
+    label = f"AADSTS{code}" if code else (mask_answer(error, 60, mask) or f"HTTP {status}")
     advice = _ADVICE.get(code) or _ERROR_ADVICE.get(error)
     if advice:
         return f"{advice} ({label})"
-    said = mask_text(_AADSTS.sub("", _first_sentence(description)).strip(" :"), limit=160, mask=mask)
+    said = mask_answer(_AADSTS.sub("", _first_sentence(description)).strip(" :"), limit=160, mask=mask)
     said = f": {said}" if said else ""
     return (
         f"The token endpoint refused the request ({label}{said}). Check CLIENT_ID, CLIENT_SECRET, "
@@ -276,14 +284,15 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
         self.token_fetches += 1
         asked_at = self.clock()  # the lifetime counts from the ask, so we renew a little early
         try:
-            response = bounded.post(
-                self.session,
-                self.token_endpoint,
-                seconds=self.timeout[1],
-                data=form,
-                timeout=self.timeout,
-                headers={"Accept": "application/json"},
-            )
+            with reaching("the token endpoint", self._describe):
+                response = bounded.post(
+                    self.session,
+                    self.token_endpoint,
+                    seconds=self.timeout[1],
+                    data=form,
+                    timeout=self.timeout,
+                    headers={"Accept": "application/json"},
+                )
         except AnswerTooSlow:
             raise _TokenEndpointBusy(
                 f"timeout: {self.host} did not finish answering within {self.timeout[1]:g} seconds (HTTP_TIMEOUT)"
@@ -293,22 +302,10 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
                 f"The token endpoint's answer was larger than {describe_size(MAX_ANSWER_BYTES)}, so it was not read. "
                 "Check TOKEN_ENDPOINT is the OAuth2 v2.0 token URL DfE gave you"
             ) from None
-        except (requests.exceptions.SSLError, requests.exceptions.ProxyError) as exc:
-            _, sentence = self._describe(exc)
-            raise FatalApiError(f"Cannot reach the token endpoint: {sentence}") from None
-        except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            cause, sentence = self._describe(exc)
-            if cause in {"dns", "connection refused"}:
-                raise FatalApiError(f"Cannot reach the token endpoint: {sentence}") from None
-            raise _TokenEndpointBusy(f"{cause}: {sentence}") from None
-        except requests.RequestException as exc:
-            _, sentence = self._describe(exc)
-            raise FatalApiError(f"Cannot reach the token endpoint: {sentence}") from None
-        except OSError as exc:
-            raise FatalApiError(
-                f"Cannot reach the token endpoint: a local file needed for TLS could not be used "
-                f"({type(exc).__name__}). Check CA_BUNDLE"
-            ) from None
+        except TransientNetworkError as exc:
+            if exc.cause in {"dns", "connection refused"}:
+                raise FatalApiError(str(exc)) from None
+            raise _TokenEndpointBusy(f"{exc.cause}: {exc.detail}") from None
 
         status = response.status_code
         if 300 <= status <= 399:

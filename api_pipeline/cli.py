@@ -99,10 +99,10 @@ class Context:
         ``patterns`` also hides what looks like a password or a bearer token (for a traceback,
         whose text the tool did not write).
         """
-        from api_pipeline.logs import hide_secrets, known_secrets, mask_text
+        from api_pipeline.logs import hide_secrets, known_secrets, mask_secrets
 
         secrets = [*self.secrets, *known_secrets()]
-        return mask_text(text, secrets) if patterns else hide_secrets(text, secrets)
+        return mask_secrets(text, secrets) if patterns else hide_secrets(text, secrets)
 
     def print(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)

@@ -21,7 +21,7 @@ from api_pipeline.errors import ConfigError
 
 TABLE_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 LA_CODE_PATTERN = re.compile(r"^[0-9]{3}$")
-LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 MAX_BATCH_SIZE = 100
 MAX_IN_FLIGHT = 8
 MAX_HTTP_TIMEOUT = 3600.0  # seconds: an hour for one request is already far longer than DfE needs

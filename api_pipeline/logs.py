@@ -38,7 +38,7 @@ def hide_secrets(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
+def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:
     """Hide secrets, connection-string passwords, proxy passwords and bearer tokens."""
     text = hide_secrets(text, secrets)
     text = _CONN_PASSWORD.sub(lambda m: f"{m.group(1)}={MASK}", text)
@@ -62,9 +62,9 @@ class SecretMaskingFilter(logging.Filter):
         message = record.getMessage()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        masked = mask_text(message, self.secrets)
+        masked = mask_secrets(message, self.secrets)
         if record.exc_text:
-            record.exc_text = mask_text(record.exc_text, self.secrets)
+            record.exc_text = mask_secrets(record.exc_text, self.secrets)
         record.msg, record.args = masked, None
         return True
 

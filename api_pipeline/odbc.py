@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from api_pipeline.errors import DatabaseError
-from api_pipeline.logs import mask_text
+from api_pipeline.logs import mask_secrets
 
 FETCH_ROWS = 500  # rows per round trip when psqlODBC streams a result
 
@@ -500,4 +500,4 @@ def explain_odbc_error(exc: BaseException, context: OdbcContext | None = None) -
         )
     else:
         text = "the database reported an error"
-    return DatabaseError(mask_text(text + said, context.secrets), kind=kind)
+    return DatabaseError(mask_secrets(text + said, context.secrets), kind=kind)

@@ -97,8 +97,9 @@ def execute_run(
                 return Pipeline(table, None, validator, options, summary, on_progress=progress.update).run()
             table.ensure_ledger()
             check_ledger(table)
-            from api_pipeline.api import ApiClient, make_session
+            from api_pipeline.api import ApiClient
             from api_pipeline.auth import ClientCredentialsAuth
+            from api_pipeline.transport import make_session
 
             with RunLock(db, settings.table_name, run_id=run_id) as lock:
 

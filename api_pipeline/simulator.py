@@ -29,13 +29,14 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .errors import ConfigError
-from .payload import loads_record
+from api_pipeline.config import LOOPBACK_HOSTS
+from api_pipeline.errors import ConfigError
+from api_pipeline.payload import loads_record
 
 RECEIVER_BASE_PATH = "/children-in-social-care-data-receiver-test/1"
 MAX_RECORDS_PER_REQUEST = 100
 MAX_BODY_BYTES = 64 * 1024 * 1024
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
+LISTEN_HOSTS = LOOPBACK_HOSTS - {"::1"}  # the server is IPv4: it cannot listen on ::1
 
 _RECEIVER_PATH = re.compile(re.escape(RECEIVER_BASE_PATH) + r"/children_social_care_data/([^/]*)/children")
 _TOKEN_PATH = re.compile(r"/([^/]+)/oauth2/v2\.0/token")
@@ -499,7 +500,7 @@ class Simulator:
         expired_secret: bool = False,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
-        if host not in LOOPBACK_HOSTS:
+        if host not in LISTEN_HOSTS:
             raise ValueError("the simulator listens on loopback only (127.0.0.1 or localhost)")
         if receipt_style not in {"dfe", "uuid"}:
             raise ValueError("receipt_style must be 'dfe' or 'uuid'")

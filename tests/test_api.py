@@ -32,17 +32,13 @@ from api_pipeline.api import (
     PayloadTooLarge,
     RetriesExhausted,
     Unauthorized,
-    _bypasses_proxy,
     classify,
-    encode_record,
-    make_session,
-    mask_text,
     parse_indexes,
     parse_receipt_time,
-    parse_retry_after,
 )
 from api_pipeline.auth import ClientCredentialsAuth
 from api_pipeline.config import Secret, Settings, load_settings
+from api_pipeline.diagnostics import check_endpoint
 from api_pipeline.errors import (
     AuthError,
     ConfigError,
@@ -50,7 +46,9 @@ from api_pipeline.errors import (
     FatalApiError,
     RetriableApiError,
 )
+from api_pipeline.payload import encode_record
 from api_pipeline.simulator import Simulator
+from api_pipeline.transport import _bypasses_proxy, make_session, mask_answer, parse_retry_after
 
 SECRET = "sim-secret-Do-Not-Show-7f3a"
 SUPPLIER_KEY = "sim-supplier-key-Do-Not-Show-91c2"
@@ -331,7 +329,7 @@ def test_parse_receipt_time() -> None:
 
 
 def test_mask_text() -> None:
-    masked = mask_text('name "Zoë O\'Brien" born 2015-03-02, mail a.b@example.org ' + "z" * 400)
+    masked = mask_answer('name "Zoë O\'Brien" born 2015-03-02, mail a.b@example.org ' + "z" * 400)
     assert "Zoë" not in masked and "2015-03-02" not in masked and "example.org" not in masked
     assert len(masked) <= 200
 
@@ -616,7 +614,7 @@ def test_proxy_asking_for_credentials(tmp_path: Path) -> None:
             https_proxy=Secret(proxy_url),
             http_timeout=5.0,
         )
-        check = client_for(settings).test_endpoint()
+        check = check_endpoint(client_for(settings))
         assert not check.ok and check.stage == "token" and check.exit_code == ExitCode.API
         assert "407" in check.message and "PROXY_URL" in check.message
         assert "proxy-pw-77" not in "\n".join(check.lines())
@@ -669,7 +667,7 @@ def test_tls_failure_suggests_ca_bundle_and_ca_bundle_fixes_it(scripted, tls_fil
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     https = scripted(receipts_for, tls=context).settings
-    check = client_for(https).test_endpoint()
+    check = check_endpoint(client_for(https))
     assert not check.ok and "CA_BUNDLE" in check.message and "certificate" in check.message
 
     trusted = client_for(https.replace(ca_bundle=cert))
@@ -690,7 +688,7 @@ def test_tls_error_on_the_receiver_is_fatal(scripted) -> None:
 
 
 def test_endpoint_check_passes_and_sends_no_record(sim: Simulator, client: ApiClient) -> None:
-    check = client.test_endpoint()
+    check = check_endpoint(client)
     assert check.ok and check.status == 204 and check.exit_code == ExitCode.OK
     assert "PASS" in check.lines()[0]
     calls = receiver_calls(sim)
@@ -700,7 +698,7 @@ def test_endpoint_check_passes_and_sends_no_record(sim: Simulator, client: ApiCl
 
 def test_endpoint_check_400_on_empty_body_is_a_pass_with_note(scripted) -> None:
     server = scripted(lambda records: (400, {}, b"Payload was malformed: at least one record is required"))
-    check = client_for(server.settings).test_endpoint()
+    check = check_endpoint(client_for(server.settings))
     assert check.ok and check.status == 400 and "auth works, body refused" in check.message
     assert check.note and "empty" in check.note
 
@@ -718,7 +716,7 @@ def test_endpoint_check_failures_name_the_cause(
     sim: Simulator, env: dict, stage: str, status: int | None, exit_code: int, words: list[str]
 ) -> None:
     env = {k: v.format(base=sim.base_url) for k, v in env.items()}
-    check = client_for(settings_for(sim, **env)).test_endpoint()
+    check = check_endpoint(client_for(settings_for(sim, **env)))
     assert not check.ok and check.stage == stage and check.status == status and check.exit_code == exit_code
     for word in words:
         assert word in check.message
@@ -739,7 +737,7 @@ def test_endpoint_check_network_failure(sleeps: Sleeps) -> None:
             supplier_key=Secret(SUPPLIER_KEY),
             http_timeout=2.0,
         )
-        check = client_for(settings, sleeps).test_endpoint()
+        check = check_endpoint(client_for(settings, sleeps))
     assert not check.ok and check.stage == "token" and "refused" in check.message
 
 
