@@ -18,6 +18,14 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from api_pipeline.errors import ConfigError
+from api_pipeline.secret_store import (
+    KEYRING_PREFIX,
+    KeyringUnavailable,
+    is_keyring_reference,
+    keyring_place,
+    parse_keyring_reference,
+    read_secret,
+)
 
 TABLE_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 LA_CODE_PATTERN = re.compile(r"^[0-9]{3}$")
@@ -712,21 +720,6 @@ def load_settings(
 # Secrets kept in the operating system's keyring (Windows Credential Manager).
 # ---------------------------------------------------------------------------
 
-KEYRING_PREFIX = "keyring:"
-
-
-def is_keyring_reference(text: str) -> bool:
-    return text.strip().lower().startswith(KEYRING_PREFIX)
-
-
-def parse_keyring_reference(text: str) -> tuple[str, str]:
-    """``keyring:<service>/<name>`` -> (service, name). Raises ValueError naming the expected form."""
-    body = text.strip()[len(KEYRING_PREFIX) :]
-    service, _, name = body.rpartition("/")
-    if not service.strip() or not name.strip():
-        raise ValueError("expected keyring:<service>/<name>, for example keyring:csc-api-pipeline/CLIENT_SECRET")
-    return service.strip(), name.strip()
-
 
 def resolve_keyring_reference(variable: str, text: str, problems: list[str]) -> str | None:
     """The secret a ``keyring:`` value points at, or None with the reason added to ``problems``.
@@ -738,8 +731,6 @@ def resolve_keyring_reference(variable: str, text: str, problems: list[str]) -> 
     except ValueError as exc:
         problems.append(f"{variable}: {exc}")
         return None
-    from api_pipeline.credentials import KeyringUnavailable, keyring_place, read_secret
-
     reference = f"{KEYRING_PREFIX}{service}/{name}"
     try:
         value = read_secret(service, name)
