@@ -25,22 +25,10 @@ from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, PipelineEr
 
 log = logging.getLogger("api_pipeline.cli")
 
-EXIT_CODES_HELP = """\
-exit codes:
-  0    everything sent, or nothing to do
-  1    finished, but some records failed or are invalid; or an unexpected error
-  2    usage or configuration error
-  3    database error
-  4    authentication error (token endpoint, or 401 from the API)
-  5    API unreachable or refused (network, TLS, proxy, 403 after retries)
-  6    another run is already working on the same table (this one did nothing)
-  130  interrupted (Ctrl+C)
-"""
+EXIT_CODES_HELP = "exit codes:\n" + "".join(f"  {code.value:<4} {code.meaning}\n" for code in ExitCode)
 
 # Each command's help points at the one list of exit codes, on the top-level help.
 COMMAND_EPILOG = f"The exit codes are listed once, by '{APP_NAME} --help'."
-
-COMMAND_ALIASES = {"test-db-connection": "test-db"}
 
 
 @dataclass

@@ -17,13 +17,13 @@ import html
 import json
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from api_pipeline import APP_NAME, __version__
+from api_pipeline.errors import ExitCode
 from api_pipeline.logs import make_private_dir, write_private
 
 CHART_RUNS = 30
@@ -55,19 +55,10 @@ RETRY_LABELS = {
 SENT_COLOUR = "#1d70b8"
 PROBLEM_COLOUR = "#d4351c"
 
-_EXIT_LINE = re.compile(r"^\s+(\d+)\s+(.+)$")
-
 
 def exit_code_meanings() -> dict[int, str]:
-    """The meaning of each exit code, read from the CLI's help so the two cannot differ."""
-    from api_pipeline.cli import EXIT_CODES_HELP
-
-    found = {}
-    for line in EXIT_CODES_HELP.splitlines():
-        match = _EXIT_LINE.match(line)
-        if match:
-            found[int(match.group(1))] = match.group(2).strip()
-    return found
+    """The meaning of each exit code, as the CLI's help gives it (:class:`ExitCode`)."""
+    return {code.value: code.meaning for code in ExitCode}
 
 
 def report_path_for(summary_path: Path) -> Path:

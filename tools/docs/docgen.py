@@ -2,7 +2,7 @@
 
 Every function here returns Markdown built from the package itself: the command line from
 ``api_pipeline.cli.build_parser()``, the settings from ``api_pipeline.config.OPTIONS``, the
-exit codes from ``api_pipeline.errors.ExitCode`` and the ``--help`` epilog, the worked delta
+exit codes and their meanings from ``api_pipeline.errors.ExitCode`` (as the ``--help`` epilog), the worked delta
 example from ``api_pipeline.payload.build_delta``, and the catalogue of messages from the
 source of ``api_pipeline`` itself.
 
@@ -214,17 +214,17 @@ def env_flags(parser: argparse.ArgumentParser | None = None) -> dict[str, list[s
 
 
 def exit_codes() -> list[tuple[int, str]]:
-    """(code, meaning) from the exit-code list every ``--help`` shows."""
-    from api_pipeline.cli import EXIT_CODES_HELP
+    """(code, meaning) of every exit code, from ``errors.ExitCode`` as ``--help`` shows them."""
+    from api_pipeline.errors import ExitCode
 
-    return [(int(m.group(1)), m.group(2).strip()) for m in re.finditer(r"^\s+(\d+)\s+(.+)$", EXIT_CODES_HELP, re.M)]
+    return [(code.value, code.meaning) for code in ExitCode]
 
 
 def exit_code_values() -> dict[str, int]:
     """Every code the tool defines (``errors.ExitCode``), by name."""
     from api_pipeline.errors import ExitCode
 
-    return {name: value for name, value in vars(ExitCode).items() if name.isupper() and isinstance(value, int)}
+    return {code.name: code.value for code in ExitCode}
 
 
 def _options_table(parser: argparse.ArgumentParser, actions: list[argparse.Action], command: str = "") -> str:
