@@ -931,6 +931,20 @@ class StagingTable:
             return None
         return [c for c in REQUIRED_COLUMNS if c not in present]
 
+    def require_columns(self) -> None:
+        """Raise the DatabaseError that says so when the staging table, or a column the tool needs, is missing."""
+        missing = self.missing_columns()
+        if missing is None:
+            raise DatabaseError(
+                f"the staging table {self.table} was not found. Check TABLE_NAME and DB_CONNECTION_STRING "
+                "(run test-schema for details)."
+            )
+        if missing:
+            raise DatabaseError(
+                f"the staging table {self.table} lacks required column(s): {', '.join(missing)} "
+                "(run test-schema for the fix)"
+            )
+
     def column_issues(self) -> list[ColumnIssue] | None:
         """Missing or unusable staging columns with the DDL to fix each; None when the table is missing."""
         present = self.db.columns(self.table)
@@ -989,6 +1003,16 @@ class StagingTable:
             f"OR ({_STATE} <> 'deleted' AND {_STATUS} = 'sent' AND {unknown})"
         )
         return source, wanted
+
+    def candidates_from_where(self, *, all_rows: bool = False) -> str:
+        """``FROM … WHERE …`` selecting the rows a run would read (no parameters)."""
+        source, wanted = self.candidate_source(all_rows=all_rows)
+        return f"FROM {source} WHERE {wanted}"
+
+    def count_candidates(self, *, all_rows: bool = False, limit: int | None = None) -> int:
+        """How many rows the next run (or ``validate``) will read: one cheap COUNT, for the progress bar."""
+        found = int(self.db.scalar(f"SELECT COUNT(*) {self.candidates_from_where(all_rows=all_rows)}") or 0)
+        return found if limit is None else min(found, limit)
 
     def _joined(self) -> tuple[str, str, str]:
         """The staging table ``t`` joined to the ledger ``l``; the conditions "the ledger has

@@ -18,8 +18,9 @@ from typing import Any
 from api_pipeline.config import load_settings
 from api_pipeline.db import BINARY, Database, StagingTable
 from api_pipeline.errors import ExitCode
-from api_pipeline.logs import configure_logging, new_run_id
+from api_pipeline.logs import configure_logging
 from api_pipeline.payload import records_equal
+from api_pipeline.runs import make_private_dir, new_run_id, why_not
 from api_pipeline.wording import plural
 
 DEMO_TABLE = "ssd_api_data_staging"
@@ -140,7 +141,6 @@ def prepare_demo_folder(folder: Path) -> None:
     The demo never deletes a folder: ``--dir .`` or a folder of someone's files is refused.
     """
     from api_pipeline.errors import ConfigError
-    from api_pipeline.logs import make_private_dir, why_not
 
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"demo --dir: {folder} is a file; give a new or empty folder for the demo")

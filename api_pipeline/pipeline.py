@@ -19,14 +19,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from api_pipeline.api import parse_receipt_time
 from api_pipeline.db import LEDGER_SPEC, LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.errors import PipelineError
-from api_pipeline.logs import write_private
 from api_pipeline.odbc import UnreadableText
 from api_pipeline.payload import (
     MAX_NESTING,
@@ -40,13 +39,13 @@ from api_pipeline.payload import (
     nesting_exceeds,
     normalise,
 )
+from api_pipeline.runs import RunSummary, write_private
 from api_pipeline.schema import RecordValidator, generalise_path
-from api_pipeline.wording import plural
+from api_pipeline.timestamps import utc_now, utc_stamp
 
 log = logging.getLogger(__name__)
 
 MAX_RECORD_BYTES = 1_000_000
-EXAMPLES_PER_REASON = 5
 KNOWN_ROW_STATES = frozenset({"new", "updated", "unchanged", "deleted", ""})
 KNOWN_STATUSES = frozenset({"pending", "sent", "error", "invalid", ""})
 
@@ -67,10 +66,6 @@ def in_case_of(example: str | None, word: str) -> str:
     return word
 
 
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
 @dataclass
 class RunOptions:
     partial: bool = True
@@ -86,81 +81,6 @@ class RunOptions:
     def writes(self) -> bool:
         """Whether this run sends and writes outcomes back (not a dry run or a validation)."""
         return self.dry_run_dir is None and not self.validate_only
-
-
-@dataclass
-class RunSummary:
-    """What happened, for the console, the log and the summary file. Counts only."""
-
-    run_id: str
-    mode: str
-    dry_run: bool = False
-    started_at: str = field(default_factory=lambda: utc_now().isoformat(timespec="seconds") + "Z")
-    finished_at: str | None = None
-    seconds: float = 0.0
-    rows_read: int = 0
-    outcomes: Counter = field(default_factory=Counter)
-    invalid_reasons: Counter = field(default_factory=Counter)
-    examples: dict[str, list[int]] = field(default_factory=dict)
-    batches: int = 0
-    requests: int = 0
-    retries: dict[str, int] = field(default_factory=dict)
-    bytes_sent: int = 0
-    fatal_error: str | None = None
-    exit_code: int | None = None
-    stopped_early: bool = False
-
-    @property
-    def problems(self) -> int:
-        o = self.outcomes
-        return o["invalid"] + o["rejected"] + o["failed"] + o["skipped"] + int(self.stopped_early)
-
-    def note_problem(self, key: str, row_id: int) -> None:
-        """Count a problem by its reason and keep the first few row ids as examples."""
-        self.invalid_reasons[key] += 1
-        examples = self.examples.setdefault(key, [])
-        if len(examples) < EXAMPLES_PER_REASON:
-            examples.append(row_id)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "mode": self.mode,
-            "dry_run": self.dry_run,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "seconds": round(self.seconds, 3),
-            "rows_read": self.rows_read,
-            "outcomes": dict(self.outcomes),
-            "invalid_reasons": dict(self.invalid_reasons),
-            "examples": self.examples,
-            "batches": self.batches,
-            "requests": self.requests,
-            "retries": self.retries,
-            "bytes_sent": self.bytes_sent,
-            "fatal_error": self.fatal_error,
-            "exit_code": self.exit_code,
-            "stopped_early": self.stopped_early,
-        }
-
-    def lines(self) -> list[str]:
-        o = self.outcomes
-        head = "dry run (nothing sent)" if self.dry_run else f"{self.mode} run"
-        return [
-            f"{head} finished in {self.seconds:.1f} s: {plural(self.rows_read, 'row')} read, "
-            f"{plural(self.batches, 'batch')}, {plural(self.requests, 'request')}, "
-            f"{plural(sum(self.retries.values()), 'retry', 'retries')}",
-            f"  sent {o['sent']}, purged {o['purged']}, already up to date {o['unchanged']}, "
-            f"invalid {o['invalid']}, skipped {o['skipped']}, rejected by DfE {o['rejected']}, "
-            f"not sent (will retry) {o['failed']}, changed during the run {o['changed_during_run']}"
-            + (f", written for review {o['dry_run']}" if self.dry_run else "")
-            + (f", not reached (stopped early) {o['not_reached']}" if self.stopped_early else ""),
-            *(
-                f"  problem: {key}: {plural(count, 'row')}, "
-                f"e.g. row id {', '.join(map(str, self.examples.get(key, [])))}"
-                for key, count in self.invalid_reasons.most_common(10)
-            ),
-        ]
 
 
 @dataclass
@@ -370,7 +290,7 @@ class Pipeline:
                 if pool is not None:
                     pool.shutdown(wait=True, cancel_futures=True)
             self.summary.seconds = time.monotonic() - started
-            self.summary.finished_at = utc_now().isoformat(timespec="seconds") + "Z"
+            self.summary.finished_at = utc_stamp()
         return self.summary
 
     def _take_all(self, rows: Iterator[StagingRow], deadline: float | None, *, count: bool) -> bool:

@@ -24,12 +24,16 @@ from typing import Any
 
 from api_pipeline import APP_NAME, __version__
 from api_pipeline.errors import ExitCode
-from api_pipeline.logs import make_private_dir, write_private
+from api_pipeline.runs import (
+    PROBLEM_OUTCOMES,
+    REPORT_SUFFIX,
+    make_private_dir,
+    read_summaries,
+    report_path_for,
+    write_private,
+)
 
 CHART_RUNS = 30
-SUMMARY_SUFFIX = ".summary.json"
-REPORT_SUFFIX = ".report.html"
-SUMMARY_GLOB = "csc_api_pipeline_*" + SUMMARY_SUFFIX
 
 OUTCOME_LABELS = (
     ("sent", "Sent to DfE and acknowledged"),
@@ -44,7 +48,6 @@ OUTCOME_LABELS = (
     ("changed_during_run", "Changed in the table during the run; will be sent at the next run"),
     ("not_reached", "Not reached before the run stopped; will be sent at the next run"),
 )
-PROBLEM_OUTCOMES = ("invalid", "skipped", "rejected", "failed", "not_reached")
 RETRY_LABELS = {
     "401": "the access token was renewed (HTTP 401)",
     "403": "DfE's gateway refused or throttled us (HTTP 403)",
@@ -61,50 +64,12 @@ def exit_code_meanings() -> dict[int, str]:
     return {code.value: code.meaning for code in ExitCode}
 
 
-def report_path_for(summary_path: Path) -> Path:
-    """``csc_api_pipeline_<run_id>.summary.json`` → ``csc_api_pipeline_<run_id>.report.html``."""
-    name = summary_path.name
-    stem = name[: -len(SUMMARY_SUFFIX)] if name.endswith(SUMMARY_SUFFIX) else summary_path.stem
-    return summary_path.with_name(stem + REPORT_SUFFIX)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is too large a number")
-    return value
-
-
-def load_summary(path: Path) -> dict[str, Any]:
-    """A run summary as strict JSON: an object, and no NaN or infinite numbers (a hand edit can add them).
-
-    Raises OSError or ValueError, with the reason, for a file that cannot be used.
-    """
-    data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant, parse_float=_finite)
-    if not isinstance(data, dict):
-        raise ValueError(f"it is a JSON {type(data).__name__}, not an object")
-    return data
-
-
 def read_history(log_dir: Path, *, limit: int = CHART_RUNS) -> list[dict[str, Any]]:
     """The newest ``limit`` readable summaries of real runs in ``log_dir``, oldest first.
 
     Dry runs send nothing, so they are left out of the history (and its chart).
     """
-    found: list[dict[str, Any]] = []
-    for path in sorted(log_dir.glob(SUMMARY_GLOB), key=lambda p: p.name, reverse=True):
-        if len(found) >= limit:
-            break
-        try:
-            data = load_summary(path)
-        except (OSError, ValueError, RecursionError):
-            continue
-        if not data.get("dry_run"):
-            found.append(data)
+    found, _ = read_summaries(log_dir, limit, keep=lambda summary: not summary.get("dry_run"))
     return found[::-1]
 
 
@@ -113,15 +78,6 @@ def write_report(summary_path: Path) -> Path:
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     history = read_history(summary_path.parent)
     return _write(report_path_for(summary_path), render_report(summary, history, log_name=_log_name(summary_path)))
-
-
-def write_report_for(summary: Mapping[str, Any], log_dir: Path) -> Path:
-    """The same from a summary dict (``RunSummary.to_dict()``), for a run whose summary file is not written."""
-    run_id = str(summary.get("run_id") or "unknown")
-    history = [h for h in read_history(log_dir) if h.get("run_id") != run_id]
-    history = history[-(CHART_RUNS - 1) :] + [dict(summary)] if not summary.get("dry_run") else history
-    path = log_dir / f"csc_api_pipeline_{run_id}{REPORT_SUFFIX}"
-    return _write(path, render_report(summary, history, log_name=f"csc_api_pipeline_{run_id}.log"))
 
 
 def _log_name(summary_path: Path) -> str:

@@ -6,7 +6,6 @@ parses), so ``demo``, the tests and the benchmarks start runs the same way.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,26 +19,17 @@ from api_pipeline.lock import RunLock
 from api_pipeline.logs import (
     configure_logging,
     hide_secrets,
-    make_private_dir,
-    new_run_id,
     remember_secret,
-    why_not,
-    write_private,
 )
-from api_pipeline.pipeline import Pipeline, RunOptions, RunSummary, utc_now
+from api_pipeline.pipeline import Pipeline, RunOptions
 from api_pipeline.progress import progress_for
 from api_pipeline.report import write_report
+from api_pipeline.runs import RunSummary, default_log_dir, make_private_dir, new_run_id, why_not, write_summary
 from api_pipeline.schema import RecordValidator
+from api_pipeline.timestamps import utc_stamp
 from api_pipeline.wording import plural
 
 log = logging.getLogger("api_pipeline.run")
-
-
-def default_log_dir(settings: Settings, cwd: Path) -> Path:
-    if settings.log_dir is not None:
-        return settings.log_dir
-    base = settings.env_file.parent if settings.env_file is not None else cwd
-    return base / "logs"
 
 
 def execute_run(
@@ -83,11 +73,7 @@ def execute_run(
     assert settings.db_connection_string is not None
     with Database.open_existing(settings.db_connection_string) as db:
         table = StagingTable(db, settings.table_name, settings.ledger_table)
-        missing = table.missing_columns()
-        if missing is None:
-            raise _table_missing(settings.table_name)
-        if missing:
-            raise _columns_missing(settings.table_name, missing)
+        table.require_columns()
         if options.writes:
             db.prepare_for_bulk_writes()
         what = "checking" if validate_only else "preparing" if dry_run_dir is not None else "sending"
@@ -152,8 +138,6 @@ def check_ledger(table: StagingTable) -> None:
     blocking = [issue for issue in table.ledger_issues() or [] if issue.blocking]
     if blocking:
         first = blocking[0]
-        from api_pipeline.errors import DatabaseError
-
         raise DatabaseError(
             f"the ledger table {table.ledger} cannot hold what the tool writes to it: {first.column} {first.reason}. "
             "Nothing was sent. Run test-schema for the statement that fixes it"
@@ -180,23 +164,6 @@ def _copy_client_counters(client: Any, summary: RunSummary) -> None:
     summary.requests = int(getattr(client, "requests", 0))
     summary.retries = dict(getattr(client, "retries", {}) or {})
     summary.bytes_sent = int(getattr(client, "bytes_sent", 0))
-
-
-def _table_missing(table: str) -> PipelineError:
-    from api_pipeline.errors import DatabaseError
-
-    return DatabaseError(
-        f"the staging table {table} was not found. Check TABLE_NAME and DB_CONNECTION_STRING "
-        "(run test-schema for details)."
-    )
-
-
-def _columns_missing(table: str, missing: list[str]) -> PipelineError:
-    from api_pipeline.errors import DatabaseError
-
-    return DatabaseError(
-        f"the staging table {table} lacks required column(s): {', '.join(missing)} (run test-schema for the fix)"
-    )
 
 
 def run_command(
@@ -260,12 +227,11 @@ def run_command(
         raise
     finally:
         summary.exit_code = exit_code
-        summary.finished_at = summary.finished_at or utc_now().isoformat(timespec="seconds") + "Z"
+        summary.finished_at = summary.finished_at or utc_stamp()
         for line in summary.lines():
             log.info("%s", line)
         if log_file is not None:
-            summary_path = log_file.with_suffix(".summary.json")
-            write_private(summary_path, json.dumps(summary.to_dict(), indent=2))
+            summary_path = write_summary(log_file, summary)
             log.info("log: %s", log_file)
             try:
                 log.info("report: %s", write_report(summary_path))

@@ -25,33 +25,18 @@ from typing import Any
 
 from api_pipeline.config import Settings
 from api_pipeline.db import Database, FirstContact, StagingTable
-from api_pipeline.errors import ConfigError, DatabaseError, ExitCode
-from api_pipeline.report import duration, load_summary
+from api_pipeline.errors import ConfigError, ExitCode
+from api_pipeline.report import duration
+from api_pipeline.runs import default_log_dir, read_summaries
 from api_pipeline.schema import generalise_path, load_bundled_schema, load_schema
 from api_pipeline.wording import plural
 
 STATUS_FORMAT_VERSION = 1
 EXAMPLE_IDS = 5
-SUMMARY_GLOB = "csc_api_pipeline_*.summary.json"
 STATE_ORDER = ("new", "updated", "unchanged", "deleted")
 STATUS_ORDER = ("pending", "sent", "error", "invalid")
 NONE_SHOWN = "(empty)"
 HIDDEN_REASON = "reason not shown (the text may contain record content)"
-
-# -- what is waiting to be sent: the same rows StagingTable.iter_candidates reads -----------
-
-
-def candidates_from_where(table: StagingTable, *, all_rows: bool = False) -> str:
-    """``FROM … WHERE …`` selecting the rows a run would read (no parameters)."""
-    source, wanted = table.candidate_source(all_rows=all_rows)
-    return f"FROM {source} WHERE {wanted}"
-
-
-def count_candidates(table: StagingTable, *, all_rows: bool = False, limit: int | None = None) -> int:
-    """How many rows the next run (or ``validate``) will read: one cheap COUNT, for the progress bar."""
-    found = int(table.db.scalar(f"SELECT COUNT(*) {candidates_from_where(table, all_rows=all_rows)}") or 0)
-    return found if limit is None else min(found, limit)
-
 
 # -- reason keys ----------------------------------------------------------------------------
 
@@ -391,33 +376,18 @@ def collect_problems(table: StagingTable, keys: ReasonKeys) -> list[dict[str, An
     ]
 
 
-def read_run_summaries(log_dir: Path, limit: int) -> tuple[list[dict[str, Any]], int]:
-    """The newest ``limit`` usable run summaries (newest first) and how many were skipped."""
-    found, skipped = scan_run_summaries(log_dir, limit)
-    return found, len(skipped)
-
-
-def scan_run_summaries(log_dir: Path, limit: int) -> tuple[list[dict[str, Any]], list[str]]:
+def read_run_summaries(log_dir: Path, limit: int) -> tuple[list[dict[str, Any]], list[str]]:
     """The newest ``limit`` usable run summaries (newest first), and ``"file: why"`` for each one skipped.
 
-    A summary that is not strict JSON, or whose fields are not of their kind (a hand edit:
-    ``NaN``, a list where a mapping belongs), is skipped rather than stopping ``status``.
+    A summary whose fields are not of their kind (a hand edit: a list where a mapping belongs)
+    is skipped rather than stopping ``status``, like one that is not strict JSON.
     """
-    if not log_dir.is_dir():
-        return [], []
-    found: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    for path in sorted(log_dir.glob(SUMMARY_GLOB), key=lambda p: p.name, reverse=True):
-        if len(found) >= limit:
-            break
-        try:
-            summary = load_summary(path)
-            run_row(summary)  # every field status shows is of its kind
-        except (OSError, ValueError, RecursionError) as exc:
-            skipped.append(f"{path.name}: {exc}" if isinstance(exc, ValueError) else f"{path.name}: unreadable")
-            continue
-        found.append(summary)
-    return found, skipped
+
+    def usable(summary: dict[str, Any]) -> bool:
+        run_row(summary)  # every field status shows is of its kind, or ValueError
+        return True
+
+    return read_summaries(log_dir, limit, keep=usable)
 
 
 def _of_kind(summary: dict[str, Any], key: str, kinds: tuple[type, ...]) -> Any:
@@ -458,24 +428,15 @@ def collect_status(
 ) -> StatusReport:
     """Gather the status of the table named in ``settings``; raises DatabaseError if it is missing."""
     table = StagingTable(db, settings.table_name, settings.ledger_table)
-    columns = db.column_names(table.table)
-    if columns is None:
-        raise DatabaseError(
-            f"the staging table {table.table} was not found. Check TABLE_NAME and DB_CONNECTION_STRING "
-            "(run test-schema for details)."
-        )
-    missing = table.missing_columns()
-    if missing:  # the same message as run's, pointing at test-schema
-        from api_pipeline.runner import _columns_missing
-
-        raise _columns_missing(table.table, missing)
+    table.require_columns()  # the same messages as run's, pointing at test-schema
+    columns = db.column_names(table.table) or []
     report = StatusReport(table=table.table, ledger_table=table.ledger, log_dir=str(log_dir))
     report.counts = collect_counts(table)
     report.total_rows = sum(c["rows"] for c in report.counts)
     report.problems = collect_problems(table, ReasonKeys.from_settings(settings))
 
     report.ledger_exists = table.has_ledger()
-    where = candidates_from_where(table)
+    where = table.candidates_from_where()
     report.last_updated_column = "last_updated" in columns
     if report.last_updated_column:
         for rows, oldest in db.query(f"SELECT COUNT(*), MIN(t.last_updated) {where}"):
@@ -499,7 +460,8 @@ def collect_status(
             report.last_acknowledged = parse_timestamp(last)
 
     report.first_contact = table.first_contact()
-    summaries, report.unreadable_summaries = read_run_summaries(log_dir, runs)
+    summaries, skipped = read_run_summaries(log_dir, runs)
+    report.unreadable_summaries = len(skipped)
     report.runs = [run_row(s) for s in summaries]
     return report
 
@@ -653,14 +615,12 @@ def status_command(settings: Settings, ctx: Any, *, runs: int = 10, as_json: boo
     - ``runs``: ``{log_dir, recent: [{run_id, started_at, seconds, dry_run, rows_read, sent,
       purged, failed, invalid, rejected, skipped, exit_code}], unreadable_summaries}``, newest first
     """
-    from api_pipeline.runner import default_log_dir
-
     if settings.db_connection_string is None:
         raise ConfigError(["DB_CONNECTION_STRING: not set. status reads the staging table it names."])
     log_dir = default_log_dir(settings, ctx.cwd)
     with Database.open_existing(settings.db_connection_string) as db:
         report = collect_status(db, settings, log_dir, runs=runs)
-    for skipped in scan_run_summaries(log_dir, runs)[1]:
+    for skipped in read_run_summaries(log_dir, runs)[1]:
         print(f"warning: run summary {skipped}; it is left out", file=ctx.err, flush=True)
     if as_json:
         ctx.print(json.dumps(report.to_dict(), indent=2, sort_keys=True))

@@ -51,7 +51,8 @@ from api_pipeline.db import (  # noqa: E402
 from api_pipeline.errors import DatabaseError, RunLocked  # noqa: E402
 from api_pipeline.lock import RunLock  # noqa: E402
 from api_pipeline.odbc import UnreadableText, decode_wide_text  # noqa: E402
-from api_pipeline.pipeline import Pipeline, RunOptions, RunSummary  # noqa: E402
+from api_pipeline.pipeline import Pipeline, RunOptions  # noqa: E402
+from api_pipeline.runs import RunSummary  # noqa: E402
 from api_pipeline.schema import RecordValidator  # noqa: E402
 from api_pipeline.synthetic import make_children  # noqa: E402
 

@@ -20,7 +20,6 @@ from api_pipeline.status import (
     ReasonKeys,
     age_seconds,
     collect_status,
-    count_candidates,
     describe_age,
     format_status,
     parse_timestamp,
@@ -234,9 +233,9 @@ def test_count_candidates_matches_what_a_run_reads(known_state):
     with known_state.open() as db:
         table = StagingTable(db, known_state.table)
         read = [row.id for row in table.iter_candidates()]
-        assert count_candidates(table) == len(read) == 6
-        assert count_candidates(table, limit=4) == 4
-        assert count_candidates(table, all_rows=True) == 12
+        assert table.count_candidates() == len(read) == 6
+        assert table.count_candidates(limit=4) == 4
+        assert table.count_candidates(all_rows=True) == 12
 
 
 def test_reason_keys_show_only_schema_fields_and_the_tools_own_words():

@@ -836,7 +836,7 @@ def release_flags() -> set[str]:
 
 def summary_example() -> str:
     """What a run's ``.summary.json`` looks like, from the class that writes it."""
-    from api_pipeline.pipeline import RunSummary
+    from api_pipeline.runs import RunSummary
 
     summary = RunSummary(run_id="20260301T020000.123Z-7f3a9c", mode="partial")
     summary.started_at, summary.finished_at, summary.seconds = "2026-03-01T02:00:00Z", "2026-03-01T02:03:12Z", 192.4
