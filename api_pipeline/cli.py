@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from api_pipeline import APP_NAME, __version__
 from api_pipeline.config import Settings, executable_dir, find_env_file, load_settings, no_env_file_found
+from api_pipeline.dialects import DIALECTS
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, PipelineError
 
 log = logging.getLogger("api_pipeline.cli")
@@ -366,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument(
         "--dialect",
-        choices=("mssql", "postgresql", "sqlite"),
+        choices=tuple(DIALECTS),
         help="With --print: write the DDL for this database system without connecting "
         "(default: the one DB_CONNECTION_STRING reaches).",
     )

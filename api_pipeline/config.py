@@ -486,11 +486,6 @@ class Settings:
         return sqlite_file_of(self.db_connection_string.reveal())
 
     @property
-    def ledger_table(self) -> str:
-        """The submission ledger lives beside the staging table, named after it."""
-        return f"{self.table_name}_ledger"
-
-    @property
     def is_test_receiver(self) -> bool:
         """DfE's test receivers have '-test' in their host name or path (the simulator's path too).
 

@@ -49,6 +49,7 @@ from api_pipeline.dialects import (  # noqa: F401 - re-exported: callers import 
     dialect_named,
     ledger_ddl,
     ledger_index_ddl,
+    ledger_name,
     person_index_name,
     sqlite_column_info,
     staging_ddl,
@@ -879,7 +880,7 @@ class StagingTable:
         self.db = db
         self.table = validate_table_name(table)
         check_table_name_length(db.dialect, self.table)
-        self.ledger = validate_table_name(ledger or f"{table}_ledger")
+        self.ledger = validate_table_name(ledger or ledger_name(table))
         self._has_ledger: bool | None = None
         self._current_hash: bool | None = None
         self._upsert_ledger = True

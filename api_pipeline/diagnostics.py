@@ -24,7 +24,7 @@ from api_pipeline.db import (
     staging_ddl,
     staging_index_ddl,
 )
-from api_pipeline.dialects import person_index_name
+from api_pipeline.dialects import ledger_name, lock_ddl, lock_table_name, person_index_name
 from api_pipeline.errors import (
     ApiError,
     AuthError,
@@ -68,7 +68,7 @@ def test_schema(settings: Settings, ctx: Any) -> int:
     """
     problems = 0
     with Database.open_existing(_connection_string(settings, "test-schema")) as db:
-        table = StagingTable(db, settings.table_name, settings.ledger_table)
+        table = StagingTable(db, settings.table_name)
         d = db.dialect
         issues = table.column_issues()
         if issues is None:
@@ -84,11 +84,11 @@ def test_schema(settings: Settings, ctx: Any) -> int:
             _report_filtered_indexes(ctx, db, settings.table_name)
         ledger_issues = table.ledger_issues()
         if ledger_issues is None:
-            ctx.print(f"ledger table {settings.ledger_table}: not created yet; 'run' creates it, or a DBA runs:")
-            for statement in (ledger_ddl(d, settings.ledger_table), ledger_index_ddl(d, settings.ledger_table)):
+            ctx.print(f"ledger table {table.ledger}: not created yet; 'run' creates it, or a DBA runs:")
+            for statement in (ledger_ddl(d, table.ledger), ledger_index_ddl(d, table.ledger)):
                 ctx.print(_indent(format_ddl(statement) + ";", "    "))
         else:
-            problems += _report(ctx, f"ledger table {settings.ledger_table}", ledger_issues)
+            problems += _report(ctx, f"ledger table {table.ledger}", ledger_issues)
         if issues is not None and not any(i.blocking for i in issues):
             first = table.first_contact()
             if first.total:
@@ -138,17 +138,14 @@ def _report_filtered_indexes(ctx: Any, db: Database, table: str) -> None:
 
 def tables_ddl(dialect: Dialect, table: str) -> list[tuple[str, str, str]]:
     """(what, name, DDL) for every table the tool uses, in creation order. Each DDL creates only if missing."""
-    from api_pipeline.lock import lock_ddl
-
     check_table_name_length(dialect, table)
-    ledger, lock = f"{table}_ledger", f"{table}_run_lock"
-    offline = Database(None, dialect, description=f"{dialect.label} (DDL only)")
+    ledger, lock = ledger_name(table), lock_table_name(table)
     return [
         ("staging table", table, staging_ddl(dialect, table)),
         (_person_index(dialect), table, staging_index_ddl(dialect, table)),
         ("ledger table", ledger, ledger_ddl(dialect, ledger)),
         ("index on staging_id", ledger, ledger_index_ddl(dialect, ledger)),
-        ("run lock table", lock, lock_ddl(offline, lock)),
+        ("run lock table", lock, lock_ddl(dialect, lock)),
     ]
 
 

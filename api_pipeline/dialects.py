@@ -485,7 +485,7 @@ POSTGRES = Dialect(
     whoami_sql="SELECT current_user, current_database()",
     max_identifier=63,  # bytes; the table name is ASCII
 )
-DIALECTS = {d.name: d for d in (SQLITE, MSSQL, POSTGRES)}
+DIALECTS = {d.name: d for d in (MSSQL, POSTGRES, SQLITE)}  # in the order the docs and --dialect list them
 
 
 def dialect_named(name: str) -> Dialect:
@@ -502,11 +502,32 @@ def staging_ddl(dialect: Dialect, table: str) -> str:
     return dialect.create_table_if_missing(table, body)
 
 
-# The tool names what it makes after the staging table's own name: <name>_ledger,
-# <name>_run_lock, the index ux_<name>_person_id and ix_<name>_ledger_staging_id on the ledger.
-# The longest adds this much.
+# ---------------------------------------------------------------------------
+# What the tool makes beside the staging table, named after it: the one place those names are made.
+# ---------------------------------------------------------------------------
+
+
+def ledger_name(table: str) -> str:
+    """The submission ledger lives beside the staging table: ``<table>_ledger``."""
+    return f"{table}_ledger"
+
+
+def lock_table_name(table: str) -> str:
+    """The run lock table beside the staging table: ``<table>_run_lock``."""
+    return f"{table}_run_lock"
+
+
+def person_index_name(table: str, *, unique: bool = True) -> str:
+    return f"{'ux' if unique else 'ix'}_{table.rsplit('.', 1)[-1]}_person_id"
+
+
+def ledger_index_name(ledger: str) -> str:
+    return f"ix_{ledger.rsplit('.', 1)[-1]}_staging_id"
+
+
+# The longest of those names adds this much to the staging table's own name.
 DERIVED_NAME_EXTRA = max(
-    len("_ledger"), len("_run_lock"), len("ux_") + len("_person_id"), len("ix_") + len("_ledger_staging_id")
+    len(ledger_name("")), len(lock_table_name("")), len(person_index_name("")), len(ledger_index_name(ledger_name("")))
 )
 
 
@@ -527,10 +548,6 @@ def check_table_name_length(dialect: Dialect, table: str) -> None:
         )
 
 
-def person_index_name(table: str, *, unique: bool = True) -> str:
-    return f"{'ux' if unique else 'ix'}_{table.rsplit('.', 1)[-1]}_person_id"
-
-
 def staging_index_ddl(dialect: Dialect, table: str) -> str:
     """An index on person_id: unique (one row per child; NULLs allowed, as rows being built have none)
     where the DBMS allows that without conditions on the sessions that write the table."""
@@ -549,7 +566,21 @@ def ledger_ddl(dialect: Dialect, ledger: str) -> str:
 def ledger_index_ddl(dialect: Dialect, ledger: str) -> str:
     """The ledger by staging row: how a run knows a row whose person_id is not its child's
     la_child_id already has its entry, without reading the row's record."""
-    return dialect.create_index_if_missing(f"ix_{ledger.rsplit('.', 1)[-1]}_staging_id", ledger, "staging_id")
+    return dialect.create_index_if_missing(ledger_index_name(ledger), ledger, "staging_id")
+
+
+LOCK_NAME_SIZE = 128  # the run lock table's lock_name column
+LOCK_HOLDER_SIZE = 200
+
+
+def lock_ddl(dialect: Dialect, lock_table: str) -> str:
+    """The run lock table: one row per staging table being worked on (see ``lock.RunLock``)."""
+    body = (
+        f"lock_name {dialect.short_text.format(n=LOCK_NAME_SIZE)} NOT NULL PRIMARY KEY, "
+        f"holder {dialect.short_text.format(n=LOCK_HOLDER_SIZE)} NOT NULL, "
+        f"acquired_at {dialect.timestamp} NOT NULL, heartbeat_at {dialect.timestamp} NOT NULL"
+    )
+    return dialect.create_table_if_missing(lock_table, body)
 
 
 @dataclass(frozen=True)

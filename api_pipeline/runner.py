@@ -72,7 +72,7 @@ def execute_run(
     validator = RecordValidator.from_settings(settings.payload_schema)
     assert settings.db_connection_string is not None
     with Database.open_existing(settings.db_connection_string) as db:
-        table = StagingTable(db, settings.table_name, settings.ledger_table)
+        table = StagingTable(db, settings.table_name)
         table.require_columns()
         if options.writes:
             db.prepare_for_bulk_writes()

@@ -427,7 +427,7 @@ def collect_status(
     db: Database, settings: Settings, log_dir: Path, *, runs: int = 10, now: datetime | None = None
 ) -> StatusReport:
     """Gather the status of the table named in ``settings``; raises DatabaseError if it is missing."""
-    table = StagingTable(db, settings.table_name, settings.ledger_table)
+    table = StagingTable(db, settings.table_name)
     table.require_columns()  # the same messages as run's, pointing at test-schema
     columns = db.column_names(table.table) or []
     report = StatusReport(table=table.table, ledger_table=table.ledger, log_dir=str(log_dir))

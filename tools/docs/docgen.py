@@ -487,33 +487,22 @@ def _toml_list(text: str, key: str) -> list[str]:
 
 
 def ddl_markdown() -> str:
-    """CREATE TABLE statements for the staging table and the ledger, per database system."""
-    from api_pipeline import db
+    """CREATE TABLE statements for the staging table, the ledger and the run lock table, per database system."""
+    from api_pipeline import dialects
 
     names = {"mssql": "SQL Server", "postgresql": "PostgreSQL", "sqlite": "SQLite"}
     table_name = "ssd_api_data_staging"
     out = []
-    for dialect in (db.MSSQL, db.POSTGRES, db.SQLITE):
-        statements = [db.staging_ddl(dialect, table_name), db.ledger_ddl(dialect, f"{table_name}_ledger")]
-        lock_ddl = _optional_attr("api_pipeline.lock", "lock_ddl")
-        if lock_ddl is not None:
-            statements.append(lock_ddl(_DialectHolder(dialect), f"{table_name}_run_lock"))
+    for dialect in dialects.DIALECTS.values():
+        statements = [
+            dialects.staging_ddl(dialect, table_name),
+            dialects.ledger_ddl(dialect, dialects.ledger_name(table_name)),
+            dialects.lock_ddl(dialect, dialects.lock_table_name(table_name)),
+        ]
         body = ";\n\n".join(_pretty_ddl(s) for s in statements) + ";"
         lang = "tsql" if dialect.name == "mssql" else "sql"
         out += [f"**{names[dialect.name]}**", "", f"```{lang}", body, "```", ""]
     return "\n".join(out)
-
-
-@dataclass(frozen=True)
-class _DialectHolder:
-    dialect: Any
-
-
-def _optional_attr(module: str, name: str) -> Any:
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
 
 
 def _pretty_ddl(statement: str) -> str:
