@@ -35,6 +35,8 @@ from api_pipeline.errors import (
     RetriableApiError,
 )
 from api_pipeline.logs import hide_secrets, known_secrets, remember_secret
+from api_pipeline.sample import load_sample_children
+from api_pipeline.synthetic import make_children
 from api_pipeline.tls import CertificateReport, inspect_certificate
 from api_pipeline.transport import make_session, proxy_address, session_proxy, user_agent
 from api_pipeline.wording import plural
@@ -231,9 +233,6 @@ def _check_sample_target(table: str, print_only: bool) -> None:
 
 
 def _add_sample(db: Database, table: str, count: int, append: bool, ctx: Any) -> None:
-    from api_pipeline.sample import load_sample_children
-    from api_pipeline.synthetic import make_children
-
     existing = int(db.scalar(f"SELECT COUNT(*) FROM {table}") or 0)
     if existing and not append:
         raise ConfigError(
