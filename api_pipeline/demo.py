@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from api_pipeline.config import load_settings
-from api_pipeline.db import BINARY, Database, StagingTable
+from api_pipeline.db import Database
+from api_pipeline.dialects import BINARY
 from api_pipeline.errors import ConfigError, ExitCode
 from api_pipeline.logs import configure_logging
 from api_pipeline.payload import records_equal
 from api_pipeline.runner import execute_run
 from api_pipeline.runs import make_private_dir, new_run_id, why_not
 from api_pipeline.simulator import Simulator
+from api_pipeline.staging import StagingTable
 from api_pipeline.synthetic import make_children, mutate
 from api_pipeline.wording import plural
 

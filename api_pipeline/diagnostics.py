@@ -13,18 +13,20 @@ from typing import Any
 from api_pipeline.api import PROMOTE_SECONDARY_KEY_ADVICE, ApiClient, BatchRejected, Forbidden, Unauthorized, classify
 from api_pipeline.auth import PROMOTE_SECONDARY_CLIENT_ADVICE, ClientCredentialsAuth
 from api_pipeline.config import Secret, Settings
-from api_pipeline.db import (
-    Database,
+from api_pipeline.db import Database
+from api_pipeline.dialects import (
     Dialect,
-    StagingTable,
     check_table_name_length,
     dialect_named,
     ledger_ddl,
     ledger_index_ddl,
+    ledger_name,
+    lock_ddl,
+    lock_table_name,
+    person_index_name,
     staging_ddl,
     staging_index_ddl,
 )
-from api_pipeline.dialects import ledger_name, lock_ddl, lock_table_name, person_index_name
 from api_pipeline.errors import (
     ApiError,
     AuthError,
@@ -36,6 +38,7 @@ from api_pipeline.errors import (
 )
 from api_pipeline.logs import hide_secrets, known_secrets, remember_secret
 from api_pipeline.sample import load_sample_children
+from api_pipeline.staging import StagingTable
 from api_pipeline.synthetic import make_children
 from api_pipeline.tls import CertificateReport, inspect_certificate
 from api_pipeline.transport import make_session, proxy_address, session_proxy, user_agent

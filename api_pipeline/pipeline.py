@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from api_pipeline.api import parse_receipt_time
-from api_pipeline.db import LEDGER_SPEC, LedgerEntry, RowUpdate, StagingRow, StagingTable
+from api_pipeline.dialects import LEDGER_SPEC
 from api_pipeline.errors import PipelineError
 from api_pipeline.odbc import UnreadableText
 from api_pipeline.payload import (
@@ -41,6 +41,7 @@ from api_pipeline.payload import (
 )
 from api_pipeline.runs import RunSummary, write_private
 from api_pipeline.schema import RecordValidator, generalise_path
+from api_pipeline.staging import LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.timestamps import utc_now, utc_stamp
 
 log = logging.getLogger(__name__)

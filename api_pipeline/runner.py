@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from api_pipeline.config import Settings
-from api_pipeline.db import Database, StagingTable
+from api_pipeline.db import Database
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, PipelineError
 from api_pipeline.lock import RunLock
 from api_pipeline.logs import (
@@ -26,6 +26,7 @@ from api_pipeline.progress import progress_for
 from api_pipeline.report import write_report
 from api_pipeline.runs import RunSummary, default_log_dir, make_private_dir, new_run_id, why_not, write_summary
 from api_pipeline.schema import RecordValidator
+from api_pipeline.staging import StagingTable
 from api_pipeline.timestamps import utc_stamp
 from api_pipeline.wording import plural
 

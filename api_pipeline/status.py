@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from api_pipeline.config import Settings
-from api_pipeline.db import Database, FirstContact, StagingTable
+from api_pipeline.db import Database
 from api_pipeline.errors import ConfigError, ExitCode
 from api_pipeline.report import duration
 from api_pipeline.runs import default_log_dir, read_summaries
 from api_pipeline.schema import generalise_path, load_bundled_schema, load_schema
+from api_pipeline.staging import FirstContact, StagingTable
 from api_pipeline.wording import plural
 
 STATUS_FORMAT_VERSION = 1

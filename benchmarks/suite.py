@@ -69,10 +69,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_run import TABLE, run_child  # noqa: E402
 
 from api_pipeline.config import load_settings  # noqa: E402
-from api_pipeline.db import Database, StagingTable  # noqa: E402
+from api_pipeline.db import Database  # noqa: E402
 from api_pipeline.demo import apply_nightly_changes, check_convergence, load_children  # noqa: E402
 from api_pipeline.logs import configure_logging  # noqa: E402
 from api_pipeline.runner import execute_run  # noqa: E402
+from api_pipeline.staging import StagingTable  # noqa: E402
 from api_pipeline.synthetic import make_children  # noqa: E402
 
 BATCH = 100

@@ -13,10 +13,11 @@ import pytest
 
 from api_pipeline.cli import Context, main
 from api_pipeline.config import Settings, load_settings
-from api_pipeline.db import Database, StagingTable
+from api_pipeline.db import Database
 from api_pipeline.demo import load_children
 from api_pipeline.errors import PipelineError
 from api_pipeline.simulator import Simulator
+from api_pipeline.staging import StagingTable
 
 TABLE = "ssd_api_data_staging"
 

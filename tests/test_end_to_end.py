@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.db import Database, DatabaseError, StagingTable
+from api_pipeline.db import Database
 from api_pipeline.demo import apply_nightly_changes, check_convergence, return_children
+from api_pipeline.errors import DatabaseError
 from api_pipeline.runner import execute_run
+from api_pipeline.staging import StagingTable
 from api_pipeline.synthetic import make_children
 from conftest import TABLE, Staging, insert, ledger, mark_deleted, rows, run_cli, set_payload, settings_for
 
@@ -243,8 +245,8 @@ def test_write_back_replaces_ledger_entries(staging: Staging, keyed: bool, caplo
     not: a ledger made by hand without the key gets a warning and the delete-and-insert way."""
     from datetime import datetime
 
-    from api_pipeline.db import LedgerEntry, StagingTable
     from api_pipeline.dialects import ledger_ddl
+    from api_pipeline.staging import LedgerEntry, StagingTable
 
     at = datetime(2026, 3, 8, 21, 4, 33)
 

@@ -38,22 +38,15 @@ from api_pipeline import diagnostics  # noqa: E402
 from api_pipeline.api import Outcome  # noqa: E402
 from api_pipeline.cli import Context  # noqa: E402
 from api_pipeline.config import load_settings  # noqa: E402
-from api_pipeline.db import (  # noqa: E402
-    LEDGER_SPEC,
-    MSSQL,
-    STAGING_SPEC,
-    ColumnInfo,
-    Database,
-    RowUpdate,
-    StagingTable,
-    check_columns,
-)
+from api_pipeline.db import Database
+from api_pipeline.dialects import LEDGER_SPEC, MSSQL, STAGING_SPEC, ColumnInfo, check_columns
 from api_pipeline.errors import DatabaseError, RunLocked  # noqa: E402
 from api_pipeline.lock import RunLock  # noqa: E402
 from api_pipeline.odbc import UnreadableText, decode_wide_text  # noqa: E402
 from api_pipeline.pipeline import Pipeline, RunOptions  # noqa: E402
 from api_pipeline.runs import RunSummary  # noqa: E402
 from api_pipeline.schema import RecordValidator  # noqa: E402
+from api_pipeline.staging import RowUpdate, StagingTable
 from api_pipeline.synthetic import make_children  # noqa: E402
 
 LEDGER = f"{TABLE}_ledger"

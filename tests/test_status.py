@@ -11,10 +11,11 @@ import pytest
 
 from api_pipeline.cli import Context, build_parser
 from api_pipeline.config import load_settings
-from api_pipeline.db import Database, LedgerEntry, StagingTable
+from api_pipeline.db import Database
 from api_pipeline.demo import load_children
 from api_pipeline.errors import DatabaseError, ExitCode
 from api_pipeline.schema import load_bundled_schema
+from api_pipeline.staging import LedgerEntry, StagingTable
 from api_pipeline.status import (
     HIDDEN_REASON,
     ReasonKeys,

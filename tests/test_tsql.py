@@ -22,16 +22,9 @@ from sqlglot.errors import ErrorLevel, ParseError  # noqa: E402
 from api_pipeline import diagnostics  # noqa: E402
 from api_pipeline.cli import Context  # noqa: E402
 from api_pipeline.config import Secret, load_settings  # noqa: E402
-from api_pipeline.db import (  # noqa: E402
-    MSSQL,
-    STAGING_SPEC,
-    ColumnInfo,
-    Database,
-    LedgerEntry,
-    RowUpdate,
-    StagingTable,
-    check_columns,
-)
+from api_pipeline.db import Database  # noqa: E402
+from api_pipeline.dialects import MSSQL, STAGING_SPEC, ColumnInfo, check_columns  # noqa: E402
+from api_pipeline.staging import LedgerEntry, RowUpdate, StagingTable  # noqa: E402
 
 TABLE = "ssd_development.ssd_api_data_staging"
 

@@ -528,7 +528,7 @@ def _split_columns(text: str) -> list[str]:
 
 
 def staging_columns_markdown() -> str:
-    from api_pipeline import db
+    from api_pipeline import dialects as db
 
     rows = [[code(c), "required" if c in db.REQUIRED_COLUMNS else "optional"] for c in db.STAGING_COLUMNS]
     return table(["column", "the tool needs it"], rows)
