@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from api_pipeline.config import TABLE_NAME_PATTERN, Secret, sqlite_file_of
-from api_pipeline.dialects import MSSQL, SQLITE, ColumnInfo, Dialect, Kinds, dialect_for_dbms, sqlite_column_info
+from api_pipeline.dialects import SQLITE, ColumnInfo, Dialect, Kinds, dialect_for_dbms, sqlite_column_info
 from api_pipeline.errors import ConfigError, DatabaseError
 from api_pipeline.odbc import (
     CONFLICT,
@@ -43,7 +43,6 @@ from api_pipeline.odbc import (
     decode_datetimeoffset,
     decode_wide_text,
     explain_odbc_error,
-    is_microsoft_sql_driver,
     is_psqlodbc,
     odbc_value,
     parse_odbc_string,
@@ -196,6 +195,9 @@ class Database:
         self.description = description
         self.driver_file = driver_file
         self._odbc = odbc
+        # The standard library's sqlite3 (a SQLite file): SQLite's own statements (PRAGMA, BEGIN
+        # IMMEDIATE) and tuning apply; everything else is ODBC, whose SQL differs by dialect.
+        self._sqlite = isinstance(connection, sqlite3.Connection)
         self._context = context or OdbcContext()
         self._path = path
         self._errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
@@ -204,7 +206,7 @@ class Database:
         # fast_executemany sends a whole parameter array at once; proven with Microsoft's
         # SQL Server drivers only (it crashes the SQLite ODBC driver; FreeTDS and psqlODBC
         # gain nothing or misbehave), so only there.
-        self.fast_executemany = odbc is not None and dialect.name == "mssql" and is_microsoft_sql_driver(driver_file)
+        self.fast_executemany = odbc is not None and dialect.uses_microsoft_driver(driver_file)
         self._in_transaction = False
         self._open_queries = 0
         # One thread at a time on the connection (a run writes back on a thread of its own, and
@@ -303,7 +305,7 @@ class Database:
             dialect = dialect_for_dbms(dbms)
             version = str(conn.getinfo(module.SQL_DBMS_VER) or "")
             driver_version = str(conn.getinfo(module.SQL_DRIVER_VER) or "")
-            if dialect is MSSQL and is_microsoft_sql_driver(driver_file):
+            if dialect.uses_microsoft_driver(driver_file):
                 cls._add_output_converters(conn)
         except module.Error as exc:
             conn.close()
@@ -376,7 +378,7 @@ class Database:
         queued behind it. :meth:`finish_bulk_writes` copies the rest before the run ends.
         Pages of rows are read on a third connection (see :attr:`reader`).
         """
-        if self.dialect.name != "sqlite" or self._odbc is not None or self._path in (None, ":memory:"):
+        if not self._sqlite or self._path in (None, ":memory:"):
             return
         try:
             with self.lock:
@@ -443,7 +445,7 @@ class Database:
                 return
             self._in_transaction = True
             try:
-                if self.dialect.name == "sqlite" and self._odbc is None:
+                if self._sqlite:
                     self._run(lambda: self._conn.execute("BEGIN IMMEDIATE"))
                 yield
                 self._run(self._conn.commit)
@@ -614,7 +616,7 @@ class Database:
     def columns(self, table: str) -> list[ColumnInfo] | None:
         """The table's columns (names in lower case), or None when the table does not exist."""
         validate_table_name(table)
-        if self.dialect.name == "sqlite":
+        if self._sqlite:
             if "." in table:
                 schema, name = table.split(".", 1)
                 rows = list(self.query(f"PRAGMA {schema}.table_info({name})"))
@@ -652,7 +654,7 @@ class Database:
         search order), or None when there is no such table. ``SSD_Staging``, ``dbo.ssd_staging``
         and ``ssd_staging`` can all be one table; this gives each of them the same name."""
         validate_table_name(table)
-        if self.dialect.name == "sqlite":
+        if self._sqlite:
             return self._resolve_sqlite_table(table)
         sql = self.dialect.resolve_table_sql()
         for schema, name in self.query(sql or "", (table,)):
@@ -686,7 +688,7 @@ class Database:
 
     def server_info(self) -> ServerInfo:
         """DBMS, version, driver and who we are logged in as, for test-db."""
-        if self._odbc is None:
+        if self._sqlite:
             return ServerInfo(
                 dbms="SQLite",
                 version=sqlite3.sqlite_version,

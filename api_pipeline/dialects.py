@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from api_pipeline.errors import ConfigError, DatabaseError
-from api_pipeline.odbc import utf16_digest
+from api_pipeline.odbc import is_microsoft_sql_driver, utf16_digest
 
 HASH_BYTES = 32  # SHA-256
 # The longest receipt the tool accepts from DfE (api.py) and so the least the ledger's receipt column holds.
@@ -269,6 +269,36 @@ class Dialect:
         if self.name == "postgresql":
             return (f"SET lock_timeout = {int(lock_wait_ms)}",)
         return ()
+
+    def uses_microsoft_driver(self, driver_file: str) -> bool:
+        """SQL Server through one of Microsoft's own ODBC drivers: their output converters and
+        ``fast_executemany`` (a whole parameter array at once) are proven there only; they crash
+        the SQLite ODBC driver, and FreeTDS and psqlODBC gain nothing or misbehave."""
+        return self.name == "mssql" and is_microsoft_sql_driver(driver_file)
+
+    @property
+    def naive_timestamps_are_utc(self) -> bool:
+        """SQLite's CURRENT_TIMESTAMP is UTC (and the demo writes UTC); elsewhere a naive DATETIME is
+        the server's local time (GETDATE(), now())."""
+        return self.name == "sqlite"
+
+    @property
+    def upserts(self) -> bool:
+        """``INSERT ... ON CONFLICT (key) DO UPDATE`` (SQLite, PostgreSQL); SQL Server deletes and inserts."""
+        return self.name in ("sqlite", "postgresql")
+
+    @property
+    def set_based_updates(self) -> bool:
+        """Many rows' updates in one ``UPDATE ... FROM (VALUES ...)`` (PostgreSQL: psqlODBC's executemany
+        makes one round trip per row)."""
+        return self.name == "postgresql"
+
+    def select_for_update(self, columns: str, table: str, rest: str) -> str:
+        """``SELECT <columns> FROM <table> WHERE <rest>`` that locks the rows read until the transaction
+        ends. SQLite's ``BEGIN IMMEDIATE`` already holds the write lock."""
+        hint = " WITH (UPDLOCK, ROWLOCK)" if self.name == "mssql" else ""
+        tail = " FOR UPDATE" if self.name == "postgresql" else ""
+        return f"SELECT {columns} FROM {table}{hint} WHERE {rest}{tail}"
 
     @property
     def person_index_unique(self) -> bool:

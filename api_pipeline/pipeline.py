@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from api_pipeline.api import parse_receipt_time
-from api_pipeline.dialects import LEDGER_SPEC
+from api_pipeline.dialects import MAX_RECEIPT_LENGTH
 from api_pipeline.errors import PipelineError
 from api_pipeline.odbc import UnreadableText
 from api_pipeline.payload import (
@@ -562,7 +562,7 @@ class Pipeline:
         self.summary.outcomes["adopted"] += 1
         if not self.options.writes:
             return
-        receipt = (row.api_response or "").strip()[:_RECEIPT_LENGTH]
+        receipt = (row.api_response or "").strip()[:MAX_RECEIPT_LENGTH]
         at = _as_datetime(row.submission_timestamp) or utc_now()
         self._adopted.append(
             LedgerEntry(la_child_id, mis_child_id, row.id, ledger_json, ledger_hash, receipt, at, False)
@@ -823,9 +823,6 @@ class Pipeline:
         path = folder / f"batch_{batch_id}.json"
         write_private(path, b"[" + b",".join(i.body for i in batch) + b"]")  # whole records: the owner's only
         log.info("batch %s: %d request records written to %s for review", batch_id, len(batch), path)
-
-
-_RECEIPT_LENGTH = next(c.size for c in LEDGER_SPEC if c.name == "receipt")
 
 
 def _unchanged_since_sent(row: StagingRow) -> bool:

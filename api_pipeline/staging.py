@@ -307,6 +307,47 @@ class StagingTable:
         found = int(self.db.scalar(f"SELECT COUNT(*) {self.candidates_from_where(all_rows=all_rows)}") or 0)
         return found if limit is None else min(found, limit)
 
+    # -- what status shows ---------------------------------------------------------
+
+    def counts_by_status_and_state(self) -> list[tuple[Any, Any, int]]:
+        """``(submission_status, row_state, rows)``, compared case-insensitively, spelt as the table has them."""
+        sql = (
+            "SELECT MIN(submission_status), MIN(row_state), COUNT(*) FROM "
+            f"{self.table} GROUP BY LOWER(COALESCE(submission_status, '')), LOWER(COALESCE(row_state, ''))"
+        )
+        return [(status, state, int(rows)) for status, state, rows in self.db.query(sql)]
+
+    def problem_rows(self) -> Iterator[tuple[int, Any, Any]]:
+        """``(id, submission_status, api_response)`` of invalid and error rows, and of rows whose last
+        attempt was not sent, in id order (streamed)."""
+        sql = (
+            f"SELECT id, submission_status, api_response FROM {self.table} "
+            "WHERE LOWER(COALESCE(submission_status, '')) IN ('invalid', 'error') OR api_response LIKE 'not sent%' "
+            "ORDER BY id"
+        )
+        for row_id, status, response in self.db.query(sql):
+            yield int(row_id), status, response
+
+    def pending(self, *, oldest: bool = True) -> tuple[int, Any]:
+        """How many rows the next run would read, and (with ``oldest``, which needs a last_updated
+        column) the oldest last_updated among them as the driver gives it."""
+        where = self.candidates_from_where()
+        if not oldest:
+            return int(self.db.scalar(f"SELECT COUNT(*) {where}") or 0), None
+        for rows, first in self.db.query(f"SELECT COUNT(*), MIN(t.last_updated) {where}"):
+            return int(rows or 0), first
+        return 0, None
+
+    def ledger_totals(self) -> tuple[int, int, Any]:
+        """Children acknowledged, children purged and the latest acknowledgement, from the ledger."""
+        sql = (
+            "SELECT SUM(CASE WHEN purged = 0 THEN 1 ELSE 0 END), SUM(CASE WHEN purged = 0 THEN 0 ELSE 1 END), "
+            f"MAX(acknowledged_at) FROM {self.ledger}"
+        )
+        for acknowledged, purged, last in self.db.query(sql):
+            return int(acknowledged or 0), int(purged or 0), last
+        return 0, 0, None
+
     def _joined(self) -> tuple[str, str, str]:
         """The staging table ``t`` joined to the ledger ``l``; the conditions "the ledger has
         no entry for this row's child" and "the ledger has not recorded its purge"."""
@@ -429,13 +470,11 @@ class StagingTable:
         """
         found: dict[int, tuple[Any, str | None]] = {}
         d = self.db.dialect
-        hint = " WITH (UPDLOCK, ROWLOCK)" if d.name == "mssql" else ""
-        tail = " FOR UPDATE" if d.name == "postgresql" else ""
         payload = d.stored_text("json_payload")
         for chunk in _chunks(sorted(set(row_ids)), MAX_PARAMETERS):
             marks = ", ".join("?" * len(chunk))
             # In id order, so concurrent writers that also go in id order cannot deadlock with it.
-            sql = f"SELECT id, {payload}, row_state FROM {self.table}{hint} WHERE id IN ({marks}) ORDER BY id{tail}"
+            sql = d.select_for_update(f"id, {payload}, row_state", self.table, f"id IN ({marks}) ORDER BY id")
             for row_id, stored, state in self.db.query(sql, chunk, chunk=len(chunk)):
                 found[int(row_id)] = (None if stored is None else d.comparable(stored), state)
         return found
@@ -448,7 +487,7 @@ class StagingTable:
         SQL Server, and a ledger whose ``la_child_id`` is not a key, delete and insert.
         """
         d = self.db.dialect
-        upsert = self._upsert_ledger and d.name in ("sqlite", "postgresql")
+        upsert = self._upsert_ledger and d.upserts
         if not upsert:
             for chunk in _chunks([e.la_child_id for e in ledger], MAX_PARAMETERS):
                 marks = ", ".join("?" * len(chunk))
@@ -601,7 +640,7 @@ class StagingTable:
                 if checked == 0:
                     skipped += 1
             for kind, rows in together.items():
-                if d.name == "postgresql" and len(rows) > 1:
+                if d.set_based_updates and len(rows) > 1:
                     set_based(kind, rows)
                     continue
                 sql, kinds, _ = statements[kind]

@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from api_pipeline.report import duration
 from api_pipeline.runs import default_log_dir, read_summaries
 from api_pipeline.schema import generalise_path, load_bundled_schema, load_schema
 from api_pipeline.staging import FirstContact, StagingTable
+from api_pipeline.timestamps import parse_timestamp
 from api_pipeline.wording import plural
 
 STATUS_FORMAT_VERSION = 1
@@ -148,26 +149,6 @@ class ReasonKeys:
 
 
 # -- timestamps -----------------------------------------------------------------------------
-
-_FRACTION = re.compile(r"(\.\d{6})\d+")
-
-
-def parse_timestamp(value: Any) -> datetime | None:
-    """A DATETIME as the driver returns it (datetime, or text from SQLite) → datetime, or None."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day)
-    text = str(value).strip()
-    if not text:
-        return None
-    text = _FRACTION.sub(r"\1", text.replace("Z", "+00:00"))  # SQL Server text has 7 fraction digits
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
 
 
 def age_seconds(value: datetime, *, naive_is_utc: bool, now: datetime | None = None) -> float:
@@ -328,17 +309,13 @@ def _order(known: tuple[str, ...], value: str) -> tuple[int, str]:
 
 def collect_counts(table: StagingTable) -> list[dict[str, Any]]:
     """Rows by status × row_state, compared case-insensitively, shown as the table spells them."""
-    sql = (
-        "SELECT MIN(submission_status), MIN(row_state), COUNT(*) FROM "
-        f"{table.table} GROUP BY LOWER(COALESCE(submission_status, '')), LOWER(COALESCE(row_state, ''))"
-    )
     found: list[dict[str, Any]] = [
         {
             "submission_status": str(status or "").strip() or NONE_SHOWN,
             "row_state": str(state or "").strip() or NONE_SHOWN,
             "rows": int(rows),
         }
-        for status, state, rows in table.db.query(sql)
+        for status, state, rows in table.counts_by_status_and_state()
     ]
     found.sort(
         key=lambda c: (
@@ -354,15 +331,10 @@ def collect_problems(table: StagingTable, keys: ReasonKeys) -> list[dict[str, An
 
     Streams the rows; only keys, counts and a few row ids are kept.
     """
-    sql = (
-        f"SELECT id, submission_status, api_response FROM {table.table} "
-        "WHERE LOWER(COALESCE(submission_status, '')) IN ('invalid', 'error') OR api_response LIKE 'not sent%' "
-        "ORDER BY id"
-    )
     counts: Counter[tuple[str, str]] = Counter()
     shown: dict[str, str] = {}
     examples: dict[tuple[str, str], list[int]] = {}
-    for row_id, status, response in table.db.query(sql):
+    for row_id, status, response in table.problem_rows():
         status_key = (status or "").strip().lower()
         shown.setdefault(status_key, (status or "").strip() or NONE_SHOWN)
         group = (status_key, keys.key(response))
@@ -437,28 +409,18 @@ def collect_status(
     report.problems = collect_problems(table, ReasonKeys.from_settings(settings))
 
     report.ledger_exists = table.has_ledger()
-    where = table.candidates_from_where()
     report.last_updated_column = "last_updated" in columns
-    if report.last_updated_column:
-        for rows, oldest in db.query(f"SELECT COUNT(*), MIN(t.last_updated) {where}"):
-            report.pending_rows = int(rows or 0)
-            report.oldest_pending = parse_timestamp(oldest)
-    else:
-        report.pending_rows = int(db.scalar(f"SELECT COUNT(*) {where}") or 0)
+    report.pending_rows, oldest = table.pending(oldest=report.last_updated_column)
+    report.oldest_pending = parse_timestamp(oldest)
     if report.oldest_pending is not None:
         report.oldest_pending_age = age_seconds(
-            report.oldest_pending, naive_is_utc=db.dialect.name == "sqlite", now=now
+            report.oldest_pending, naive_is_utc=db.dialect.naive_timestamps_are_utc, now=now
         )
 
     if report.ledger_exists:
-        sql = (
-            "SELECT SUM(CASE WHEN purged = 0 THEN 1 ELSE 0 END), SUM(CASE WHEN purged = 0 THEN 0 ELSE 1 END), "
-            f"MAX(acknowledged_at) FROM {table.ledger}"
-        )
-        for acknowledged, purged, last in db.query(sql):
-            report.children_acknowledged = int(acknowledged or 0)
-            report.children_purged = int(purged or 0)
-            report.last_acknowledged = parse_timestamp(last)
+        acknowledged, purged, last = table.ledger_totals()
+        report.children_acknowledged, report.children_purged = acknowledged, purged
+        report.last_acknowledged = parse_timestamp(last)
 
     report.first_contact = table.first_contact()
     summaries, skipped = read_run_summaries(log_dir, runs)

@@ -23,11 +23,11 @@ from api_pipeline.status import (
     collect_status,
     describe_age,
     format_status,
-    parse_timestamp,
     schema_field_names,
     status_command,
 )
 from api_pipeline.synthetic import make_children
+from api_pipeline.timestamps import parse_timestamp
 from conftest import TABLE, Staging, run_cli
 
 # Values that must never be shown, whatever the table's api_response says.
