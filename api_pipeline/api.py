@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
-from api_pipeline import bounded
+from api_pipeline import bounded, reasons
 from api_pipeline.auth import ClientCredentialsAuth
 from api_pipeline.bounded import MAX_ANSWER_BYTES, AnswerTooLarge, AnswerTooSlow, describe_size
 from api_pipeline.config import Settings
@@ -154,7 +154,7 @@ def classify(response: requests.Response, mask: AnswerMask | None = None) -> Non
         )
     summary = summarise(response, mask)
     if status == 400:
-        raise BatchRejected(parse_indexes(body_text(response), mask), f"DfE rejected the request: {summary}")
+        raise BatchRejected(parse_indexes(body_text(response), mask), f"{reasons.DFE_REJECTED_REQUEST}: {summary}")
     if status == 401:
         raise Unauthorized(f"DfE refused the credentials: {summary}")
     if status == 403:
@@ -562,7 +562,7 @@ class ApiClient:
             if len(positions) == 1:
                 outcomes[positions[0]] = Outcome(
                     positions[0],
-                    error=f"DfE refused this record as too large even on its own: {exc}",
+                    error=f"{reasons.TOO_LARGE_ALONE}: {exc}",
                     rejected=True,
                 )
                 return
@@ -608,7 +608,9 @@ class ApiClient:
             self._split(positions, bodies, batch_id, outcomes)
             return
         for i, reason in named.items():
-            outcomes[positions[i]] = Outcome(positions[i], error=f"DfE rejected this record: {reason}", rejected=True)
+            outcomes[positions[i]] = Outcome(
+                positions[i], error=f"{reasons.DFE_REJECTED_RECORD}{reason}", rejected=True
+            )
         rest = [p for i, p in enumerate(positions) if i not in named]
         self.logger.warning(
             "batch %s: DfE rejected %d of %d records (400); re-sending the other %d",

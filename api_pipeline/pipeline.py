@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from api_pipeline import reasons
 from api_pipeline.api import parse_receipt_time
 from api_pipeline.dialects import MAX_RECEIPT_LENGTH
 from api_pipeline.errors import PipelineError
@@ -132,12 +133,7 @@ class _Later(Exception):
     """Look at this row again once every other row has been read (its person_id is not its child's id)."""
 
 
-DUPLICATE_CHILD = (
-    "another row of the staging table is the same child (the same la_child_id, or person_id); none of its rows "
-    "is sent until the staging SQL keeps exactly one row per child",
-    "duplicate child",
-)
-SKIP_NOTE = "not sent: "
+DUPLICATE_CHILD = (reasons.DUPLICATE_CHILD, "duplicate child")
 
 
 def _parse_payload(text: Any, column: str = "json_payload") -> dict:
@@ -155,19 +151,22 @@ def _parse_payload(text: Any, column: str = "json_payload") -> dict:
     if text is not None and not isinstance(text, str):
         raise _Invalid(f"{column} is a {type(text).__name__}, not JSON text", "not text")
     if text is None or not text.strip():
-        raise _Invalid(f"{column} is empty", "empty payload")
+        raise _Invalid(reasons.PAYLOAD_EMPTY.format(column=column), "empty payload")
     if len(text) > MAX_RECORD_BYTES // 4 and len(text.encode("utf-8", "surrogatepass")) > MAX_RECORD_BYTES:
-        raise _Invalid(f"{column} is larger than {MAX_RECORD_BYTES // 1_000_000} MB", "record too large")
+        too_large = reasons.PAYLOAD_TOO_LARGE.format(column=column, megabytes=MAX_RECORD_BYTES // 1_000_000)
+        raise _Invalid(too_large, "record too large")
     if nesting_exceeds(text, MAX_NESTING):
         raise _Invalid(f"{column} is nested more than {MAX_NESTING} levels deep", "nested too deeply")
     try:
         record = loads_record(text)
     except json.JSONDecodeError as exc:
-        raise _Invalid(f"{column} is not valid JSON (line {exc.lineno}, column {exc.colno})", "not JSON") from None
+        not_json = reasons.PAYLOAD_NOT_JSON.format(column=column)
+        raise _Invalid(f"{not_json} (line {exc.lineno}, column {exc.colno})", "not JSON") from None
     except (ValueError, RecursionError) as exc:  # NaN or Infinity
-        raise _Invalid(f"{column} is not valid JSON: {exc}", "not JSON") from None
+        raise _Invalid(f"{reasons.PAYLOAD_NOT_JSON.format(column=column)}: {exc}", "not JSON") from None
     if not isinstance(record, dict):
-        raise _Invalid(f"{column} is a JSON {type(record).__name__}, not an object", "not a JSON object")
+        kind = type(record).__name__
+        raise _Invalid(reasons.PAYLOAD_NOT_OBJECT.format(column=column, kind=kind), "not a JSON object")
     return record
 
 
@@ -175,7 +174,7 @@ def _child_of(record: dict) -> str:
     """The record's ``la_child_id``, as DfE will see it; :class:`_Invalid` when it has none."""
     la_child_id = record.get("la_child_id")
     if not isinstance(la_child_id, str) or not la_child_id.strip():
-        raise _Invalid("la_child_id is missing from json_payload", "la_child_id missing")
+        raise _Invalid(reasons.NO_CHILD_ID, "la_child_id missing")
     return la_child_id
 
 
@@ -390,12 +389,12 @@ class Pipeline:
             # DfE's last answer (a receipt, or why it refused the record) stays in api_response;
             # only an empty one, or this tool's own earlier note, gets the reason.
             earlier = (row.api_response or "").strip()
-            if self.options.writes and (not earlier or earlier.startswith(SKIP_NOTE)):
+            if self.options.writes and (not earlier or earlier.startswith(reasons.SKIPPED)):
                 self._updates.append(
                     RowUpdate(
                         row_id=row.id,
                         status="",
-                        api_response=f"{SKIP_NOTE}{problem.reason}"[:4000],
+                        api_response=f"{reasons.SKIPPED}{problem.reason}"[:4000],
                         expect_payload=row.json_payload,
                     )
                 )
@@ -410,7 +409,7 @@ class Pipeline:
                     RowUpdate(
                         row_id=row.id,
                         status=in_case_of(row.submission_status, "invalid"),
-                        api_response=f"invalid: {problem.reason}"[:4000],
+                        api_response=f"{reasons.INVALID}{problem.reason}"[:4000],
                         expect_payload=row.json_payload,
                     )
                 )
@@ -431,7 +430,7 @@ class Pipeline:
         state = (row.row_state or "").strip().lower()
         if state not in KNOWN_ROW_STATES:
             raise _Skip(
-                f"row_state {row.row_state!r} is not one of New, Updated, Unchanged, Deleted; fix the staging SQL",
+                reasons.UNKNOWN_ROW_STATE.format(state=row.row_state),
                 "unknown row_state",
             )
         status = (row.submission_status or "").strip().lower()
@@ -491,7 +490,7 @@ class Pipeline:
                 record = normalise(record)
                 full = encode_record(record)
         except ValueError:
-            raise _Invalid("json_payload contains text that cannot be encoded as UTF-8 JSON", "bad text") from None
+            raise _Invalid(reasons.NOT_ENCODABLE, "bad text") from None
         mis = record.get("mis_child_id")
         mis_child_id = mis if isinstance(mis, str) else None
         # What DfE will hold once it acknowledges: the normalised record (``full``).
@@ -525,9 +524,9 @@ class Pipeline:
         if body is record:  # a first send: the record itself, validated above
             encoded = full
         else:  # a delta or purges: the request itself must be valid too
-            reasons = self.validator.errors(body)
-            if reasons:
-                raise _Invalid("the request built for this record is invalid: " + "; ".join(reasons), "request invalid")
+            errors = self.validator.errors(body)
+            if errors:
+                raise _Invalid(f"{reasons.REQUEST_INVALID}: " + "; ".join(errors), "request invalid")
             encoded = encode_record(body)
         return _Item(
             row=row,
@@ -579,14 +578,14 @@ class Pipeline:
         except _Invalid:
             pass  # a deleted child's purge needs only its id
         if not la_child_id:
-            raise _Invalid("deleted row has no person_id to purge", "purge without id")
+            raise _Invalid(reasons.PURGE_WITHOUT_ID, "purge without id")
         row = self._identify(row, la_child_id.strip())
         if row.ledger_purged:
             return None  # found by its la_child_id: DfE has already deleted this child
         body = build_purge(la_child_id, mis_child_id)
-        reasons = self.validator.errors(body)
-        if reasons:
-            raise _Invalid("purge request is invalid: " + "; ".join(reasons), "purge schema")
+        errors = self.validator.errors(body)
+        if errors:
+            raise _Invalid(f"{reasons.PURGE_INVALID}: " + "; ".join(errors), "purge schema")
         return _Item(
             row=row,
             la_child_id=la_child_id,
@@ -799,7 +798,7 @@ class Pipeline:
                     RowUpdate(
                         row_id=row.id,
                         status=in_case_of(row.submission_status, "error"),
-                        api_response=f"rejected by DfE: {outcome.error}"[:4000],
+                        api_response=f"{reasons.REJECTED}{outcome.error}"[:4000],
                         expect_payload=row.json_payload,
                     )
                 )
@@ -809,7 +808,7 @@ class Pipeline:
                     RowUpdate(
                         row_id=row.id,
                         status="",
-                        api_response=f"not sent, will retry next run: {outcome.error}"[:4000],
+                        api_response=f"{reasons.WILL_RETRY}: {outcome.error}"[:4000],
                         expect_payload=row.json_payload,
                     )
                 )

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from api_pipeline import reasons
 from api_pipeline.config import Settings
 from api_pipeline.db import Database
 from api_pipeline.errors import ConfigError, ExitCode
@@ -43,34 +44,14 @@ HIDDEN_REASON = "reason not shown (the text may contain record content)"
 # -- reason keys ----------------------------------------------------------------------------
 
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[\d*\])*(\.[A-Za-z_][A-Za-z0-9_]*(\[\d*\])*)*$")
-# The tool's own wording for problems that name no field (pipeline._Invalid / _Skip), matched
-# after digits are replaced by N and parentheses dropped.
-_TOOL_PHRASES = (
-    "json_payload is empty",
-    "json_payload is larger than N MB",
-    "json_payload is not valid JSON",
-    "json_payload is a JSON list, not an object",
-    "json_payload is a JSON str, not an object",
-    "json_payload is a JSON int, not an object",
-    "json_payload is a JSON float, not an object",
-    "json_payload is a JSON bool, not an object",
-    "json_payload is a JSON NoneType, not an object",
-    "la_child_id is missing from json_payload",
-    "the request built for this record is invalid",
-    "purge request is invalid",
-    "deleted row has no person_id to purge",
-    "json_payload contains text that cannot be encoded as UTF-N JSON",
-    "DfE rejected the request",
-    "DfE refused this record as too large even on its own",
-)
 _SKIP_REASONS = (
     ("row_state ", "row_state is not New, Updated, Unchanged or Deleted"),
-    ("another row of the staging table is the same child", "duplicate child"),
+    (reasons.DUPLICATE_CHILD_START, "duplicate child"),
     # Notes an earlier version of this tool wrote.
     ("person_id is used by more than one row", "duplicate child"),
     ("person_id does not match", "person_id does not match la_child_id"),
 )
-_INNER_PREFIXES = ("DfE rejected this record: ",)
+_TOOL_PHRASES = reasons.shown_phrases()
 
 
 def schema_field_names(schema: Any) -> frozenset[str]:
@@ -116,29 +97,27 @@ class ReasonKeys:
 
     @staticmethod
     def _phrase(text: str) -> str | None:
-        plain = re.sub(r"\s*\([^)]*\)", "", text).strip()
-        plain = re.sub(r"\d+", "N", plain)
+        plain = reasons.comparable(text)
         return plain if plain in _TOOL_PHRASES else None
 
     def _head(self, rest: str) -> str | None:
-        for prefix in _INNER_PREFIXES:
-            if rest.startswith(prefix):
-                rest = rest[len(prefix) :]
+        if rest.startswith(reasons.DFE_REJECTED_RECORD):
+            rest = rest[len(reasons.DFE_REJECTED_RECORD) :]
         head = rest.split(":", 1)[0]
         return self._path(head) or self._phrase(head)
 
     def key(self, api_response: Any) -> str:
         text = "" if api_response is None else str(api_response).strip()
-        if text.startswith("invalid: "):
-            head = self._head(text[len("invalid: ") :])
+        if text.startswith(reasons.INVALID):
+            head = self._head(text[len(reasons.INVALID) :])
             return f"invalid: {head or HIDDEN_REASON}"
-        if text.startswith("rejected by DfE: "):
-            head = self._head(text[len("rejected by DfE: ") :])
+        if text.startswith(reasons.REJECTED):
+            head = self._head(text[len(reasons.REJECTED) :])
             return f"rejected by DfE: {head or HIDDEN_REASON}"
-        if text.startswith("not sent, will retry next run"):
+        if text.startswith(reasons.WILL_RETRY):
             return "not sent, will be retried next run"
-        if text.startswith("not sent: "):
-            rest = text[len("not sent: ") :]
+        if text.startswith(reasons.SKIPPED):
+            rest = text[len(reasons.SKIPPED) :]
             for start, key in _SKIP_REASONS:
                 if rest.startswith(start):
                     return f"skipped: {key}"
