@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from api_pipeline.config import LOOPBACK_HOSTS
 from api_pipeline.errors import ConfigError
-from api_pipeline.payload import loads_record
+from api_pipeline.payload import RECORD, STRUCTURE, loads_record
 
 RECEIVER_BASE_PATH = "/children-in-social-care-data-receiver-test/1"
 MAX_RECORDS_PER_REQUEST = 100
@@ -43,23 +43,14 @@ _TOKEN_PATH = re.compile(r"/([^/]+)/oauth2/v2\.0/token")
 
 # --- The merge model (DESIGN §5) ---
 
-# Child collections of an entity: name -> id key for id'd lists, None for blocks.
-_EPISODE_CHILDREN: dict[str, str | None] = {
-    "child_and_family_assessments": "child_and_family_assessment_id",
-    "child_in_need_plans": "child_in_need_plan_id",
-    "section_47_assessments": "section_47_assessment_id",
-    "child_protection_plans": "child_protection_plan_id",
-    "child_looked_after_placements": "child_looked_after_placement_id",
-    "adoption": None,
-    "care_leavers": None,
-}
-_RECORD_CHILDREN: dict[str, str | None] = {
-    "child_details": None,
-    "health_and_wellbeing": None,
-    "social_care_episodes": "social_care_episode_id",
-}
+# Child collections of an entity: name -> id key for id'd lists, None for blocks. The record's
+# structure is declared once, in payload.STRUCTURE: the simulator merges by the same model the
+# pipeline builds deltas for, so a change to the model is one change to both.
+_RECORD_CHILDREN: dict[str, str | None] = dict(STRUCTURE[RECORD])
 # Items of these id'd lists have child collections of their own; items of the others do not.
-_ITEM_CHILDREN: dict[str, dict[str, str | None]] = {"social_care_episodes": _EPISODE_CHILDREN}
+_ITEM_CHILDREN: dict[str, dict[str, str | None]] = {
+    level: dict(children) for level, children in STRUCTURE.items() if level != RECORD
+}
 
 
 def apply_record(held: dict | None, sent: dict, *, share: bool = False) -> dict | None:
