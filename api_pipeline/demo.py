@@ -98,20 +98,6 @@ def apply_nightly_changes(
     return changes
 
 
-def return_children(db: Database, table: str, la_child_ids: Iterable[str]) -> list[str]:
-    """Children who come back into the cohort after being deleted: ``Pending``/``New`` again."""
-    back = []
-    with db.transaction():
-        for la_child_id in la_child_ids:
-            db.execute(
-                f"UPDATE {table} SET row_state = 'New', submission_status = 'Pending', last_updated = ? "
-                "WHERE person_id = ?",
-                (_now(), la_child_id),
-            )
-            back.append(la_child_id)
-    return back
-
-
 @dataclass
 class Convergence:
     total: int

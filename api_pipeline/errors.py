@@ -112,11 +112,3 @@ class RunLocked(PipelineError):
     """Another run is working on the same staging table: this one does nothing."""
 
     exit_code = ExitCode.RUN_IN_PROGRESS
-
-
-class RecordRejected(PipelineError):
-    """One record cannot be sent as it is: mark its row and carry on."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.reason = message

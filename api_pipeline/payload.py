@@ -1,4 +1,4 @@
-"""Full, delta and purge payloads; canonical JSON and hashing (DESIGN §5).
+"""Full, delta and purge payloads; canonical comparison and the JSON sent (DESIGN §5).
 
 Everything here works on plain ``dict``/``list`` records as ``json.loads`` gives them and is
 written for the pipeline's hot path: one pass per record, ids matched through dicts, no
@@ -15,7 +15,6 @@ Every other key is part of its parent *entity* (scalars and id-less lists such a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -177,22 +176,6 @@ def _same(a: Any, b: Any) -> bool:
     if len(ta) != len(tb) or b"[" not in ta or ta.count(b"[") != tb.count(b"["):
         return False
     return _canon(a) == _canon(b)
-
-
-def canonical_json(record: dict) -> str:
-    """Normalised, key-sorted, list-sorted compact JSON: equal data gives equal text.
-
-    This decides "changed" (DESIGN §5) and feeds :func:`record_hash`, so its output must
-    never change for the same data, across runs and versions.
-    """
-    return _canon(normalise(record))
-
-
-def record_hash(record: dict) -> bytes:
-    """SHA-256 of :func:`canonical_json`: the 32-byte fingerprint kept in the table and ledger."""
-    # surrogatepass: a lone surrogate (json.loads accepts "\\ud800") must hash, not crash the
-    # run; validation or sending reports that record on its own.
-    return hashlib.sha256(canonical_json(record).encode("utf-8", "surrogatepass")).digest()
 
 
 def records_equal(a: dict | None, b: dict | None) -> bool:

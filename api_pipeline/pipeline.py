@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from api_pipeline import reasons
-from api_pipeline.api import parse_receipt_time
+from api_pipeline.api import Outcome
 from api_pipeline.dialects import MAX_RECEIPT_LENGTH
 from api_pipeline.errors import PipelineError
 from api_pipeline.odbc import UnreadableText
@@ -741,14 +741,14 @@ class Pipeline:
             self.on_progress(self.summary)
 
     def _apply_outcomes(
-        self, pairs: list[tuple[_Item, Any]], updates: list[RowUpdate], ledger: list[LedgerEntry]
+        self, pairs: list[tuple[_Item, Outcome]], updates: list[RowUpdate], ledger: list[LedgerEntry]
     ) -> Counter:
         counts: Counter = Counter()
         now = utc_now()
         for item, outcome in pairs:
             row = item.row
             if outcome.receipt:
-                at = parse_receipt_time(outcome.receipt) or now
+                at = outcome.received_at or now
                 sent = in_case_of(row.submission_status, "sent")
                 if item.purge:
                     counts["purged"] += 1

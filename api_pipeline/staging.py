@@ -30,7 +30,6 @@ from api_pipeline.dialects import (
     ledger_index_ddl,
     ledger_name,
     staging_ddl,
-    staging_index_ddl,
 )
 from api_pipeline.errors import DatabaseError
 
@@ -183,10 +182,6 @@ class StagingTable:
         """The table as councils' DDL makes it (no unique index: existing tables may lack one)."""
         with self.db.transaction():
             self.db.execute(staging_ddl(self.db.dialect, self.table))
-
-    def create_person_id_index(self) -> None:
-        with self.db.transaction():
-            self.db.execute(staging_index_ddl(self.db.dialect, self.table))
 
     def create_ledger(self) -> None:
         with self.db.transaction():

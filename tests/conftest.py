@@ -242,3 +242,18 @@ def run_cli(argv: list[str], *, environ: dict[str, str] | None = None, cwd: Path
     ctx = Context(environ=environ or {}, cwd=cwd, out=out, err=err, executable_dir=cwd / "no-exe-dir")
     code = main(argv, context=ctx)
     return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def canonical_json(record: dict) -> str:
+    """Normalised, key-sorted, list-sorted compact JSON: equal data gives equal text (what
+    ``payload.records_equal`` compares by), for assertions and their messages."""
+    from api_pipeline.payload import _canon, normalise
+
+    return _canon(normalise(record))
+
+
+def record_hash(record: dict) -> bytes:
+    """SHA-256 of :func:`canonical_json` (surrogatepass: a lone surrogate must hash, not crash)."""
+    import hashlib
+
+    return hashlib.sha256(canonical_json(record).encode("utf-8", "surrogatepass")).digest()

@@ -11,12 +11,14 @@ import json
 import random
 import threading
 import time
+from collections.abc import Iterable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from api_pipeline.db import Database
-from api_pipeline.demo import apply_nightly_changes, check_convergence, return_children
+from api_pipeline.demo import apply_nightly_changes, check_convergence
 from api_pipeline.errors import DatabaseError
 from api_pipeline.runner import execute_run
 from api_pipeline.staging import StagingTable
@@ -36,6 +38,20 @@ def sent_records(sim) -> list[dict]:
         if entry.path.endswith("/children") and entry.status == 200:
             records.extend(json.loads(entry.body))
     return records
+
+
+def return_children(db: Database, table: str, la_child_ids: Iterable[str]) -> list[str]:
+    """Children who come back into the cohort after being deleted: ``Pending``/``New`` again."""
+    back = []
+    with db.transaction():
+        for la_child_id in la_child_ids:
+            db.execute(
+                f"UPDATE {table} SET row_state = 'New', submission_status = 'Pending', last_updated = ? "
+                "WHERE person_id = ?",
+                (datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), la_child_id),
+            )
+            back.append(la_child_id)
+    return back
 
 
 def test_full_load_sends_every_child_and_fills_the_ledger(simulator, staging):

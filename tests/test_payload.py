@@ -17,15 +17,13 @@ from api_pipeline.payload import (
     build_delta,
     build_full,
     build_purge,
-    canonical_json,
     encode_record,
     frame_body,
     normalise,
-    record_hash,
     records_equal,
 )
 from api_pipeline.synthetic import make_children, mutate
-from conftest import reference_dir, reference_missing
+from conftest import canonical_json, record_hash, reference_dir, reference_missing
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SAMPLES = reference_dir() / "samples"
