@@ -35,7 +35,7 @@ from api_pipeline.errors import (
     PipelineError,
     RetriableApiError,
 )
-from api_pipeline.payload import encode_record, frame_body
+from api_pipeline.payload import frame_body
 from api_pipeline.transport import (
     AnswerMask,
     TransientNetworkError,
@@ -98,6 +98,20 @@ class UnusableReceipts(TransientNetworkError):
     def __init__(self, message: str, *, response: requests.Response) -> None:
         super().__init__(message, cause="unusable answer")
         self.response = response
+
+
+class BatchAborted(PipelineError):
+    """A batch stopped by an error that stops the run (auth, fatal, retries exhausted).
+
+    ``error`` is that error; ``outcomes`` are the batch's records settled before it, in order
+    (DfE's answers for them stand: acknowledged, or rejected). The message and exit code are the error's.
+    """
+
+    def __init__(self, error: PipelineError, outcomes: list[Outcome]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.outcomes = outcomes
+        self.exit_code = error.exit_code
 
 
 class RetriesExhausted(ApiError):
@@ -527,26 +541,20 @@ class ApiClient:
         return response
 
     # -- batches ---------------------------------------------------------------------
-    def send(self, records: list[dict], bodies: list[bytes] | None = None, *, batch_id: str) -> list[Outcome]:
-        """Send up to 100 records; one :class:`Outcome` per record, in order.
+    def send(self, bodies: list[bytes], batch_id: str) -> list[Outcome]:
+        """Send up to 100 records, each already encoded (``payload.encode_record``), so splits never
+        re-serialise; one :class:`Outcome` per record, in order.
 
-        ``bodies`` are the records already encoded (so splits never re-serialise); by default
-        each record is encoded compactly as UTF-8. A 400 naming records rejects just those and
-        re-sends the rest; a 400 naming none, or a 413, halves the batch until single records.
-        Errors that stop the run (auth, fatal, retries exhausted) propagate with the outcomes
-        settled so far attached as ``partial_outcomes``.
+        A 400 naming records rejects just those and re-sends the rest; a 400 naming none, or a
+        413, halves the batch until single records. An error that stops the run (auth, fatal,
+        retries exhausted) is raised as :class:`BatchAborted`, with the outcomes settled before it.
         """
-        if bodies is None:
-            bodies = [encode_record(record) for record in records]
-        if len(bodies) != len(records):
-            raise ValueError("records and bodies must be the same length")
         outcomes: dict[int, Outcome] = {}
         try:
             if bodies:
                 self._send_positions(list(range(len(bodies))), bodies, batch_id, outcomes)
         except PipelineError as exc:
-            exc.partial_outcomes = [outcomes[i] for i in sorted(outcomes)]  # type: ignore[attr-defined]
-            raise
+            raise BatchAborted(exc, [outcomes[i] for i in sorted(outcomes)]) from exc
         return [outcomes[i] for i in range(len(bodies))]
 
     def _send_positions(

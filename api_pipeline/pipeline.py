@@ -24,21 +24,22 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from api_pipeline import reasons
-from api_pipeline.api import Outcome
+from api_pipeline.api import BatchAborted, Outcome
 from api_pipeline.dialects import MAX_RECEIPT_LENGTH
 from api_pipeline.errors import PipelineError
 from api_pipeline.odbc import UnreadableText
 from api_pipeline.payload import (
     MAX_NESTING,
     build_purge,
-    compact_has_empty_container,
-    delta_of_normal,
     duplicate_ids,
     encode_record,
-    full_of_normal,
+    frame_body,
+    load_normal,
     loads_record,
     nesting_exceeds,
+    normal_form,
     normalise,
+    request_for,
 )
 from api_pipeline.runs import RunSummary, write_private
 from api_pipeline.schema import RecordValidator, generalise_path
@@ -53,9 +54,10 @@ KNOWN_STATUSES = frozenset({"pending", "sent", "error", "invalid", ""})
 
 
 class Sender(Protocol):
-    """What the pipeline needs from the API client (api.ApiClient)."""
+    """What the pipeline needs from the API client (api.ApiClient): one Outcome per encoded record,
+    in order, or :class:`~api_pipeline.api.BatchAborted` with those settled before the run had to stop."""
 
-    def send(self, records: list[dict], bodies: list[bytes] | None = None, *, batch_id: str) -> list[Any]: ...
+    def send(self, bodies: list[bytes], batch_id: str) -> list[Outcome]: ...
 
 
 def in_case_of(example: str | None, word: str) -> str:
@@ -485,10 +487,7 @@ class Pipeline:
         # The record in normal form (empty objects and lists dropped) is what DfE will hold:
         # it is validated whole, its JSON goes in the ledger, and the request is built from it.
         try:
-            full = encode_record(record)
-            if compact_has_empty_container(full):
-                record = normalise(record)
-                full = encode_record(record)
+            record, full = normal_form(record)
         except ValueError:
             raise _Invalid(reasons.NOT_ENCODABLE, "bad text") from None
         mis = record.get("mis_child_id")
@@ -514,10 +513,9 @@ class Pipeline:
         if not row.ledger_found:
             # First contact (DESIGN §4): the whole record, plus purges for whatever the earlier
             # tool's last copy has and the record now lacks, in either mode.
-            body = full_of_normal(record, inherited)
+            body = request_for(record, inherited, delta=False)
         else:
-            baseline = self._baseline(row)
-            body = delta_of_normal(record, baseline) if self.options.partial else full_of_normal(record, baseline)
+            body = request_for(record, self._baseline(row), delta=self.options.partial)
         if body is None:
             self._mark_unchanged(row)
             return None
@@ -600,13 +598,11 @@ class Pipeline:
         if row.ledger_json is None or row.ledger_purged:
             return None
         try:
-            baseline = loads_record(row.ledger_json)
+            baseline = load_normal(row.ledger_json)
         except ValueError:
             log.warning("ledger entry for child %s is unreadable; sending the whole record", row.person_id)
             return None
-        if not isinstance(baseline, dict):
-            return None
-        return normalise(baseline) if compact_has_empty_container(row.ledger_json) else baseline
+        return baseline if isinstance(baseline, dict) else None
 
     def _mark_unchanged(self, row: StagingRow) -> None:
         """DfE already holds exactly this record: record that, send nothing."""
@@ -650,11 +646,11 @@ class Pipeline:
             self._write(updates, adopted)
             return
         assert self.sender is not None
-        records, bodies = [i.record for i in batch], [i.body for i in batch]
+        bodies = [i.body for i in batch]
         assert self._executor is not None and self._writer is not None
         if self._failed.is_set():  # an earlier batch failed for good: send no more
             self._drain()
-        future = self._executor.submit(self._send, records, bodies, batch_id)
+        future = self._executor.submit(self._send, bodies, batch_id)
         while self._sends and self._sends[0].done():
             self._sends.popleft()
         self._sends.append(future)
@@ -665,7 +661,7 @@ class Pipeline:
         while len(self._written) >= 2 * self.options.max_in_flight:
             self._await_oldest()
 
-    def _send(self, records: list[dict], bodies: list[bytes], batch_id: str) -> list[Any]:
+    def _send(self, bodies: list[bytes], batch_id: str) -> list[Outcome]:
         """One batch's request, on a send thread; none once a batch has failed for good.
 
         A send thread takes the next queued batch as soon as its last one ends, before the
@@ -677,7 +673,7 @@ class Pipeline:
         assert self.sender is not None
         started = time.monotonic()  # the batch's own time, not its wait in the queue
         try:
-            return self.sender.send(records, bodies, batch_id=batch_id)
+            return self.sender.send(bodies, batch_id)
         except BaseException:
             self._failed.set()
             raise
@@ -693,12 +689,12 @@ class Pipeline:
             self.summary.outcomes["failed"] += len(flight.batch)
             self._write(flight.updates, ledger)
             return
-        except PipelineError as exc:
+        except BatchAborted as exc:
             # The run stops (its send thread has said so); first record what DfE did acknowledge.
-            settled = getattr(exc, "partial_outcomes", None) or []
-            self.summary.outcomes["failed"] += len(flight.batch) - len(settled)  # left pending
-            self._apply_outcomes([(flight.batch[o.index], o) for o in settled], flight.updates, ledger)
-            self._write(flight.updates, ledger)
+            self._settle_aborted(flight, exc.outcomes, ledger)
+            raise exc.error from None
+        except PipelineError:  # stopped before sending (the run lock was lost): nothing settled
+            self._settle_aborted(flight, [], ledger)
             raise
         counts = self._apply_outcomes(list(zip(flight.batch, outcomes, strict=True)), flight.updates, ledger)
         log.info(
@@ -708,6 +704,11 @@ class Pipeline:
             ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
             self._send_seconds.pop(flight.batch_id, time.monotonic() - flight.started),
         )
+        self._write(flight.updates, ledger)
+
+    def _settle_aborted(self, flight: _InFlight, settled: list[Outcome], ledger: list[LedgerEntry]) -> None:
+        self.summary.outcomes["failed"] += len(flight.batch) - len(settled)  # left pending
+        self._apply_outcomes([(flight.batch[o.index], o) for o in settled], flight.updates, ledger)
         self._write(flight.updates, ledger)
 
     def _await_oldest(self) -> None:
@@ -820,7 +821,7 @@ class Pipeline:
         assert folder is not None
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"batch_{batch_id}.json"
-        write_private(path, b"[" + b",".join(i.body for i in batch) + b"]")  # whole records: the owner's only
+        write_private(path, frame_body(i.body for i in batch))  # whole records: the owner's only
         log.info("batch %s: %d request records written to %s for review", batch_id, len(batch), path)
 
 

@@ -116,9 +116,9 @@ class _HoldingLock:
         self.client = client
         self.lock = lock
 
-    def send(self, records: list[dict], bodies: list[bytes] | None = None, *, batch_id: str) -> list[Any]:
+    def send(self, bodies: list[bytes], batch_id: str) -> list[Any]:
         self.lock.heartbeat()
-        return self.client.send(records, bodies, batch_id=batch_id)
+        return self.client.send(bodies, batch_id)
 
 
 def prepare_review_folder(folder: Path) -> None:

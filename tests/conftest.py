@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -257,3 +259,21 @@ def record_hash(record: dict) -> bytes:
     import hashlib
 
     return hashlib.sha256(canonical_json(record).encode("utf-8", "surrogatepass")).digest()
+
+
+def encoded(records: Iterable[dict]) -> list[bytes]:
+    """Records as the API client sends them (``ApiClient.send`` takes encoded records)."""
+    from api_pipeline.payload import encode_record
+
+    return [encode_record(record) for record in records]
+
+
+@contextlib.contextmanager
+def aborted(kind: type[BaseException], match: str | None = None) -> Iterator[Any]:
+    """``pytest.raises`` for an error that stops a batch: ``ApiClient.send`` raises it as
+    ``BatchAborted`` (with the outcomes settled before it), whose message and exit code are its own."""
+    from api_pipeline.api import BatchAborted
+
+    with pytest.raises(BatchAborted, match=match) as caught:
+        yield caught
+    assert isinstance(caught.value.error, kind), caught.value.error

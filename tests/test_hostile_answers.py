@@ -30,7 +30,7 @@ from api_pipeline.errors import ApiError, AuthError, ExitCode, FatalApiError
 from api_pipeline.simulator import Simulator
 from api_pipeline.synthetic import make_children
 from api_pipeline.transport import make_session, mask_answer, summarise
-from conftest import db_env, insert, rows, run_cli
+from conftest import db_env, encoded, insert, rows, run_cli
 
 FAST = {"MAX_RETRIES": "0", "HTTP_TIMEOUT": "1"}
 
@@ -258,7 +258,7 @@ def test_normal_answers_still_work_with_keep_alive(sim_client) -> None:
     sim, client = sim_client
     records = list(make_children(5, seed=158))
     for n in range(3):
-        outcomes = client.send(records, batch_id=f"b{n}")
+        outcomes = client.send(encoded(records), batch_id=f"b{n}")
         assert all(o.acknowledged for o in outcomes)
     assert len(sim.snapshot()) == 5
 

@@ -28,7 +28,7 @@ from api_pipeline.logs import mask_secrets
 from api_pipeline.simulator import Simulator
 from api_pipeline.synthetic import make_children
 from api_pipeline.transport import make_session
-from conftest import db_env, insert, run_cli
+from conftest import aborted, db_env, encoded, insert, run_cli
 
 keyring = pytest.importorskip("keyring")
 from keyring.backend import KeyringBackend  # noqa: E402
@@ -360,8 +360,8 @@ def test_both_keys_refused_is_an_auth_error_naming_both() -> None:
         client = ApiClient(
             settings, session, ClientCredentialsAuth.from_settings(settings, session), sleep=lambda s: None
         )
-        with pytest.raises(AuthError, match="refused both SUPPLIER_KEY and SUPPLIER_KEY_SECONDARY"):
-            client.send([next(iter(make_children(1, seed=9)))], batch_id="b")
+        with aborted(AuthError, match="refused both SUPPLIER_KEY and SUPPLIER_KEY_SECONDARY"):
+            client.send(encoded([next(iter(make_children(1, seed=9)))]), batch_id="b")
         check = check_endpoint(client, inspect_tls=False)
     assert not check.ok and "SUPPLIER_KEY and SUPPLIER_KEY_SECONDARY" in check.message
 

@@ -114,11 +114,11 @@ class Receipts:
     def __init__(self) -> None:
         self.sent: list[str] = []
 
-    def send(self, records: list[dict], bodies: list[bytes] | None = None, *, batch_id: str) -> list[Outcome]:
-        self.sent += [r["la_child_id"] for r in records]
+    def send(self, bodies: list[bytes], batch_id: str) -> list[Outcome]:
+        self.sent += [json.loads(body)["la_child_id"] for body in bodies]
         return [
             Outcome(i, receipt=f"2026-03-01_21:04:33.12_{i:08d}-aaaa-bbbb-cccc-000000000000.json")
-            for i in range(len(records))
+            for i in range(len(bodies))
         ]
 
 
