@@ -40,15 +40,12 @@ from api_pipeline.transport import (
     AnswerMask,
     TransientNetworkError,
     body_text,
-    describe_network_error,
     mask_answer,
     parse_json,
     parse_retry_after,
-    proxy_address,
     proxy_auth_advice,
     reaching,
     redirect_host,
-    session_proxy,
     summarise,
 )
 
@@ -365,7 +362,7 @@ class ApiClient:
         self.requests += 1
         self.bytes_sent += len(body)
         try:
-            with reaching("DfE", self._describe):
+            with reaching("DfE", self.session, self.url, timeout=self.settings.http_timeout):
                 return bounded.post(
                     self.session,
                     self.url,
@@ -400,10 +397,6 @@ class ApiClient:
         secrets = [secret.reveal() for secret in self.settings.secrets()]
         secrets.extend(self.auth.live_secrets())
         return AnswerMask(tuple(secrets), sent)
-
-    def _describe(self, exc: requests.RequestException) -> tuple[str, str]:
-        proxy = proxy_address(session_proxy(self.session, self.url))
-        return describe_network_error(exc, host=self.host, timeout=self.settings.http_timeout, proxy=proxy)
 
     def _attempt(self, body: bytes, state: _Attempt) -> requests.Response:
         """One tenacity attempt: POST, renew the token once on 401 (or switch key), classify."""

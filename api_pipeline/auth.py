@@ -26,15 +26,12 @@ from api_pipeline.errors import AuthError, ConfigError, FatalApiError, Retriable
 from api_pipeline.transport import (
     AnswerMask,
     TransientNetworkError,
-    describe_network_error,
     mask_answer,
     parse_json,
     parse_retry_after,
-    proxy_address,
     proxy_auth_advice,
     reaching,
     redirect_host,
-    session_proxy,
 )
 
 log = logging.getLogger(__name__)
@@ -250,10 +247,6 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
                 "The sign-in service may be down; try again later"
             ) from None
 
-    def _describe(self, exc: requests.RequestException) -> tuple[str, str]:
-        proxy = proxy_address(session_proxy(self.session, self.token_endpoint))
-        return describe_network_error(exc, host=self.host, timeout=self.timeout[1], proxy=proxy)
-
     def _use_secondary(self) -> bool:
         """After CLIENT_SECRET was refused as wrong or expired: switch to the secondary, once. False if none."""
         if self._secondary_secret is None or self.secondary_in_use:
@@ -284,7 +277,7 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
         self.token_fetches += 1
         asked_at = self.clock()  # the lifetime counts from the ask, so we renew a little early
         try:
-            with reaching("the token endpoint", self._describe):
+            with reaching("the token endpoint", self.session, self.token_endpoint, timeout=self.timeout[1]):
                 response = bounded.post(
                     self.session,
                     self.token_endpoint,

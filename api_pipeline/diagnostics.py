@@ -387,6 +387,10 @@ def _check_endpoint(client: ApiClient) -> EndpointCheck:
     except PipelineError as exc:  # TLS, proxy, DNS, refused, timeout
         return EndpointCheck(False, "endpoint", str(exc), exit_code=exc.exit_code, url=client.url)
     status = response.status_code
+
+    def refused(message: str, exit_code: int) -> EndpointCheck:
+        return EndpointCheck(False, "endpoint", message, status=status, exit_code=exit_code, url=client.url)
+
     try:
         classify(response, client.answer_mask())
     except BatchRejected as exc:
@@ -400,34 +404,18 @@ def _check_endpoint(client: ApiClient) -> EndpointCheck:
         )
     except Unauthorized as exc:
         keys = "SUPPLIER_KEY and SUPPLIER_KEY_SECONDARY" if client.secondary_key_in_use else "SUPPLIER_KEY"
-        return EndpointCheck(
-            False,
-            "endpoint",
-            f"{_sentence(exc)}. A token was issued, so check {keys}, and that CLIENT_ID and SCOPE "
-            "are the ones DfE issued for this API",
-            status=status,
-            exit_code=ExitCode.AUTH,
-            url=client.url,
+        advice = (
+            f"A token was issued, so check {keys}, and that CLIENT_ID and SCOPE are the ones DfE issued for this API"
         )
+        return refused(f"{_sentence(exc)}. {advice}", ExitCode.AUTH)
     except Forbidden as exc:
-        return EndpointCheck(
-            False,
-            "endpoint",
-            f"{_sentence(exc)}. Check that this machine's public IP address is on DfE's allow-list, "
-            "that SUPPLIER_KEY is right and that LA_CODE is your council's",
-            status=status,
-            exit_code=ExitCode.API,
-            url=client.url,
+        advice = (
+            "Check that this machine's public IP address is on DfE's allow-list, that SUPPLIER_KEY is right "
+            "and that LA_CODE is your council's"
         )
+        return refused(f"{_sentence(exc)}. {advice}", ExitCode.API)
     except RetriableApiError as exc:
-        return EndpointCheck(
-            False,
-            "endpoint",
-            f"{_sentence(exc)}. Try again later",
-            status=status,
-            exit_code=ExitCode.API,
-            url=client.url,
-        )
+        return refused(f"{_sentence(exc)}. Try again later", ExitCode.API)
     except PipelineError as exc:  # 404, 407, 413, anything else unexpected
         return EndpointCheck(False, "endpoint", str(exc), status=status, exit_code=exc.exit_code, url=client.url)
     return EndpointCheck(

@@ -88,14 +88,20 @@ def known_secrets() -> frozenset[str]:
     return found
 
 
-def configure_logging(
-    *, verbosity: int = 0, quiet: bool = False, log_dir: Path | None = None, run_id: str | None = None
-) -> tuple[SecretMaskingFilter, Path | None]:
-    """Set up console and (optionally) file logging; returns the masking filter and the log file."""
+def _without_handlers() -> logging.Logger:
+    """The package's logger with its handlers removed and closed."""
     logger = logging.getLogger(LOGGER_NAME)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
+    return logger
+
+
+def configure_logging(
+    *, verbosity: int = 0, quiet: bool = False, log_dir: Path | None = None, run_id: str | None = None
+) -> tuple[SecretMaskingFilter, Path | None]:
+    """Set up console and (optionally) file logging; returns the masking filter and the log file."""
+    logger = _without_handlers()
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
     masking = SecretMaskingFilter()
@@ -156,9 +162,6 @@ def append_error_log(folders: Iterable[Path], lines: Iterable[str]) -> Path | No
 
 def close_logging() -> None:
     """Undo :func:`configure_logging`: handlers closed, the logger as Python's default again."""
-    logger = logging.getLogger(LOGGER_NAME)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+    logger = _without_handlers()
     logger.setLevel(logging.NOTSET)
     logger.propagate = True

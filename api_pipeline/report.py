@@ -18,7 +18,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from api_pipeline.runs import (
     report_path_for,
     write_private,
 )
+from api_pipeline.timestamps import parse_utc
 
 CHART_RUNS = 30
 
@@ -121,31 +122,21 @@ def problem_count(summary: Mapping[str, Any]) -> int:
     return sum(o.get(k, 0) for k in PROBLEM_OUTCOMES)
 
 
-def parse_time(text: Any) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
 def long_time(text: Any) -> str:
-    value = parse_time(text)
+    value = parse_utc(text)
     if value is None:
         return "not recorded"
     return f"{value:%A} {value.day} {value:%B %Y} at {value:%H:%M:%S} UTC"
 
 
 def short_date(text: Any) -> str:
-    value = parse_time(text)
+    value = parse_utc(text)
     return "?" if value is None else f"{value.day} {value:%b}"
 
 
 def chart_labels(started: Sequence[Any]) -> list[str]:
     """One label per run: ``1 Mar``; ``1 Mar 02:00`` where runs share a day; seconds, then a count, if need be."""
-    times = [parse_time(text) for text in started]
+    times = [parse_utc(text) for text in started]
     formats = ("", " %H:%M", " %H:%M:%S")
 
     def label(value: datetime | None, level: int) -> str:

@@ -292,13 +292,20 @@ def redirect_host(response: requests.Response) -> str:
 
 
 @contextmanager
-def reaching(place: str, describe: Callable[[requests.RequestException], tuple[str, str]]) -> Iterator[None]:
-    """Turn a failed request to ``place`` ("DfE", "the token endpoint") into the error that says what to do.
+def reaching(place: str, session: requests.Session, url: str, *, timeout: float) -> Iterator[None]:
+    """Turn a failed request to ``place`` ("DfE", "the token endpoint") at ``url`` into the error that
+    says what to do.
 
     Timeouts, resets and other connection failures are :class:`TransientNetworkError` (retried);
-    TLS, proxy and anything else :class:`FatalApiError`. ``describe`` names the cause (see
-    :func:`describe_network_error`). An answer too slow or too large (``bounded``) is the caller's.
+    TLS, proxy and anything else :class:`FatalApiError`, the cause named by
+    :func:`describe_network_error` with the host and the proxy ``session`` uses for ``url``. An
+    answer too slow or too large (``bounded``) is the caller's.
     """
+
+    def describe(exc: requests.RequestException) -> tuple[str, str]:
+        proxy = proxy_address(session_proxy(session, url))
+        return describe_network_error(exc, host=urlsplit(url).hostname or url, timeout=timeout, proxy=proxy)
+
     try:
         yield
     except (requests.exceptions.SSLError, requests.exceptions.ProxyError) as exc:
