@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from api_pipeline import reasons
 from api_pipeline.api import BatchAborted, Outcome
+from api_pipeline.config import Settings
 from api_pipeline.dialects import MAX_RECEIPT_LENGTH
 from api_pipeline.errors import PipelineError
 from api_pipeline.odbc import UnreadableText
@@ -72,14 +73,30 @@ def in_case_of(example: str | None, word: str) -> str:
 
 @dataclass
 class RunOptions:
-    partial: bool = True
+    """How this run goes: the settings that shape it (defaults: the settings' own) and the command's flags.
+
+    ``max_runtime`` None: no limit (library callers and tests; a run from the command line has MAX_RUNTIME).
+    """
+
+    partial: bool = Settings.use_partial_payload
     limit: int | None = None
     dry_run_dir: Path | None = None
-    batch_size: int = 100
+    batch_size: int = Settings.batch_size
     validate_only: bool = False
     all_rows: bool = False
     max_runtime: float | None = None
-    max_in_flight: int = 1
+    max_in_flight: int = Settings.max_in_flight
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, partial: bool | None = None, **flags: Any) -> RunOptions:
+        """The options for a run with these settings; ``partial`` (--mode) overrides USE_PARTIAL_PAYLOAD."""
+        return cls(
+            partial=settings.use_partial_payload if partial is None else partial,
+            batch_size=settings.batch_size,
+            max_runtime=settings.max_runtime,
+            max_in_flight=settings.max_in_flight,
+            **flags,
+        )
 
     @property
     def writes(self) -> bool:

@@ -53,19 +53,13 @@ def execute_run(
     is filled in as the run goes, so the caller still has the counts if the run fails.
     """
     run_id = run_id or (summary.run_id if summary else new_run_id())
-    partial = settings.use_partial_payload if partial is None else partial
-    if summary is None:
-        summary = RunSummary(run_id=run_id, mode="partial" if partial else "full", dry_run=dry_run_dir is not None)
-    options = RunOptions(
-        partial=partial,
-        limit=limit,
-        dry_run_dir=dry_run_dir,
-        batch_size=settings.batch_size,
-        validate_only=validate_only,
-        all_rows=all_rows,
-        max_runtime=settings.max_runtime,
-        max_in_flight=settings.max_in_flight,
+    options = RunOptions.from_settings(
+        settings, partial=partial, limit=limit, dry_run_dir=dry_run_dir, validate_only=validate_only, all_rows=all_rows
     )
+    if summary is None:
+        summary = RunSummary(
+            run_id=run_id, mode="partial" if options.partial else "full", dry_run=dry_run_dir is not None
+        )
     if options.writes:
         check_live_interlock(settings)
     if dry_run_dir is not None:
