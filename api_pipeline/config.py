@@ -586,7 +586,7 @@ def executable_dir() -> Path:
 def read_env_file(path: Path | None) -> dict[str, str]:
     if path is None:
         return {}
-    from dotenv import dotenv_values
+    from dotenv import dotenv_values  # start-up: only when there is a .env file
 
     try:
         values = dotenv_values(path, interpolate=False)
@@ -605,7 +605,7 @@ def env_file_problems(path: Path | None) -> list[str]:
     """
     if path is None:
         return []
-    from dotenv.parser import parse_stream
+    from dotenv.parser import parse_stream  # start-up: only when there is a .env file
 
     try:
         text = path.read_text(encoding="utf-8")

@@ -103,7 +103,7 @@ def sqlite_path(connection_string: str) -> str:
 def import_pyodbc() -> Any:
     """pyodbc, imported only for ODBC strings: SQLite works on a machine with no ODBC at all."""
     try:
-        import pyodbc
+        import pyodbc  # optional: only for ODBC strings (SQLite needs no ODBC driver manager)
     except ImportError as exc:
         raise DatabaseError(
             "DB_CONNECTION_STRING is an ODBC connection string, but pyodbc could not be loaded "

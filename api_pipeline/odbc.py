@@ -220,7 +220,7 @@ def process_identity() -> str:
     """The account this process runs as (``DOMAIN\\user`` on Windows): what integrated security logs in as."""
     if sys.platform == "win32":
         try:
-            import ctypes
+            import ctypes  # Windows only
 
             secur32 = ctypes.windll.secur32  # type: ignore[attr-defined]
             size = ctypes.c_ulong(0)

@@ -94,7 +94,7 @@ class Progress:
         self._swapped: list[tuple[logging.StreamHandler, Any]] = []
         if not enabled:
             return
-        from tqdm import tqdm
+        from tqdm import tqdm  # start-up: only when a bar is shown
 
         self._bar = tqdm(
             total=total,

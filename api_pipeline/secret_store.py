@@ -40,7 +40,7 @@ def keyring_place() -> str:
 def keyring_backend() -> Any:
     """The keyring backend to use, or :class:`KeyringUnavailable` saying why there is none."""
     try:
-        import keyring
+        import keyring  # start-up: only for keyring: values and set-secret
         from keyring.backends import fail
     except ImportError:
         raise KeyringUnavailable("keyring support is not installed (pip install keyring)") from None

@@ -44,12 +44,12 @@ def build_ssl_context(ca_bundle: Path | None) -> TrustedContext:
     """The operating system's store (truststore), else certifi's bundle; plus CA_BUNDLE when set."""
     context: ssl.SSLContext
     try:
-        import truststore
+        import truststore  # optional, and loaded only by commands that talk to DfE (start-up)
 
         context = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         description = "the operating system's certificate store"
     except ImportError:
-        import certifi
+        import certifi  # the fallback, only without truststore
 
         log.debug("truststore is not available: trusting certifi's CA bundle instead of the system store")
         context = ssl.create_default_context(cafile=certifi.where())
