@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from api_pipeline import APP_NAME, __version__
-from api_pipeline.config import Settings, executable_dir, find_env_file, load_settings, no_env_file_found
+from api_pipeline.config import Settings, load_settings
 from api_pipeline.credentials import DEFAULT_SERVICE, keyring_variables, set_secret_command
 from api_pipeline.dialects import DIALECTS
+from api_pipeline.envfile import executable_dir, find_env_file, no_env_file_found
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, PipelineError
 from api_pipeline.logs import append_error_log, close_logging, hide_secrets, known_secrets, mask_secrets
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.config import OPTIONS, Secret, Settings, find_env_file, load_settings
+from api_pipeline.config import OPTIONS, Secret, Settings, load_settings
 from api_pipeline.dialects import ledger_name
+from api_pipeline.envfile import find_env_file
 from api_pipeline.errors import ConfigError
 
 FULL = {
