@@ -19,20 +19,10 @@ from urllib.parse import urlsplit
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from api_pipeline import bounded
+from api_pipeline import bounded, transport
 from api_pipeline.bounded import MAX_ANSWER_BYTES, AnswerTooLarge, AnswerTooSlow, describe_size
 from api_pipeline.config import Secret, Settings
 from api_pipeline.errors import AuthError, ConfigError, FatalApiError, RetriableApiError
-from api_pipeline.transport import (
-    AnswerMask,
-    TransientNetworkError,
-    mask_answer,
-    parse_json,
-    parse_retry_after,
-    proxy_auth_advice,
-    reaching,
-    redirect_host,
-)
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +87,7 @@ def aadsts_code(payload: Any) -> str:
     return match.group(1) if match else ""
 
 
-def explain_token_error(status: int, payload: Any, mask: AnswerMask | None = None) -> str:
+def explain_token_error(status: int, payload: Any, mask: transport.AnswerMask | None = None) -> str:
     """A sentence for a refused token request, built from the AADSTS code and ``error``.
 
     Only the code and the masked first sentence of ``error_description`` are kept: the rest of
@@ -113,11 +103,11 @@ def explain_token_error(status: int, payload: Any, mask: AnswerMask | None = Non
     error = payload.get("error")
     error = error if isinstance(error, str) else ""
     code = aadsts_code(payload)
-    label = f"AADSTS{code}" if code else (mask_answer(error, 60, mask) or f"HTTP {status}")
+    label = f"AADSTS{code}" if code else (transport.mask_answer(error, 60, mask) or f"HTTP {status}")
     advice = _ADVICE.get(code) or _ERROR_ADVICE.get(error)
     if advice:
         return f"{advice} ({label})"
-    said = mask_answer(_AADSTS.sub("", _first_sentence(description)).strip(" :"), limit=160, mask=mask)
+    said = transport.mask_answer(_AADSTS.sub("", _first_sentence(description)).strip(" :"), limit=160, mask=mask)
     said = f": {said}" if said else ""
     return (
         f"The token endpoint refused the request ({label}{said}). Check CLIENT_ID, CLIENT_SECRET, "
@@ -277,7 +267,7 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
         self.token_fetches += 1
         asked_at = self.clock()  # the lifetime counts from the ask, so we renew a little early
         try:
-            with reaching("the token endpoint", self.session, self.token_endpoint, timeout=self.timeout[1]):
+            with transport.reaching("the token endpoint", self.session, self.token_endpoint, timeout=self.timeout[1]):
                 response = bounded.post(
                     self.session,
                     self.token_endpoint,
@@ -295,30 +285,31 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
                 f"The token endpoint's answer was larger than {describe_size(MAX_ANSWER_BYTES)}, so it was not read. "
                 "Check TOKEN_ENDPOINT is the OAuth2 v2.0 token URL DfE gave you"
             ) from None
-        except TransientNetworkError as exc:
+        except transport.TransientNetworkError as exc:
             if exc.cause in {"dns", "connection refused"}:
                 raise FatalApiError(str(exc)) from None
             raise _TokenEndpointBusy(f"{exc.cause}: {exc.detail}") from None
 
         status = response.status_code
         if 300 <= status <= 399:
+            where = transport.redirect_host(response)
             raise FatalApiError(
-                f"The token endpoint answered HTTP {status}, a redirect to {redirect_host(response)}, which is not "
+                f"The token endpoint answered HTTP {status}, a redirect to {where}, which is not "
                 "followed: CLIENT_SECRET goes only to TOKEN_ENDPOINT. Check TOKEN_ENDPOINT is the OAuth2 v2.0 "
                 "token URL DfE gave you, and ask IT whether a proxy or firewall redirects it"
             )
         if status == 429 or status >= 500:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            retry_after = transport.parse_retry_after(response.headers.get("Retry-After"))
             raise _TokenEndpointBusy(f"HTTP {status}", status=status, retry_after=retry_after)
-        payload = parse_json(response.content)
+        payload = transport.parse_json(response.content)
         if status == 407:
-            raise FatalApiError(f"Cannot reach the token endpoint: {proxy_auth_advice()}")
+            raise FatalApiError(f"Cannot reach the token endpoint: {transport.proxy_auth_advice()}")
         if status != 200 and aadsts_code(payload) in SECRET_REFUSED_CODES and self._use_secondary():
             self._request_token()
             log.warning("%s", PROMOTE_SECONDARY_CLIENT_ADVICE)
             return
         if status != 200:
-            refused = explain_token_error(status, payload, AnswerMask(self.live_secrets()))
+            refused = explain_token_error(status, payload, transport.AnswerMask(self.live_secrets()))
             if self.secondary_in_use:
                 refused = f"CLIENT_SECRET_SECONDARY was refused too. {refused}"
             raise AuthError(f"Could not get a token: {refused}")

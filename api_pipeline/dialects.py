@@ -343,31 +343,21 @@ class Dialect:
             return f"IF OBJECT_ID(N'{table}', N'U') IS NULL CREATE TABLE {table} ({body})"
         return f"CREATE TABLE IF NOT EXISTS {table} ({body})"
 
-    def create_unique_index_if_missing(self, index: str, table: str, column: str) -> str:
-        """A unique index on one column. SQL Server's ignores NULLs, as PostgreSQL's and SQLite's do."""
+    def create_index_if_missing(self, index: str, table: str, column: str, *, unique: bool = False) -> str:
+        """An index on one column. A unique one ignores NULLs: SQL Server's is filtered to, as PostgreSQL's
+        and SQLite's do by themselves."""
+        kind = "UNIQUE INDEX" if unique else "INDEX"
         if self.name == "mssql":
+            where = f" WHERE {column} IS NOT NULL" if unique else ""
             return (
                 f"IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'{index}' "
                 f"AND object_id = OBJECT_ID(N'{table}')) "
-                f"CREATE UNIQUE INDEX {index} ON {table} ({column}) WHERE {column} IS NOT NULL"
+                f"CREATE {kind} {index} ON {table} ({column}){where}"
             )
         if self.name == "sqlite" and "." in table:
             schema, name = table.split(".", 1)
-            return f"CREATE UNIQUE INDEX IF NOT EXISTS {schema}.{index} ON {name} ({column})"
-        return f"CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {table} ({column})"
-
-    def create_index_if_missing(self, index: str, table: str, column: str) -> str:
-        """A plain (not unique) index on one column."""
-        if self.name == "mssql":
-            return (
-                f"IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'{index}' "
-                f"AND object_id = OBJECT_ID(N'{table}')) "
-                f"CREATE INDEX {index} ON {table} ({column})"
-            )
-        if self.name == "sqlite" and "." in table:
-            schema, name = table.split(".", 1)
-            return f"CREATE INDEX IF NOT EXISTS {schema}.{index} ON {name} ({column})"
-        return f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({column})"
+            return f"CREATE {kind} IF NOT EXISTS {schema}.{index} ON {name} ({column})"
+        return f"CREATE {kind} IF NOT EXISTS {index} ON {table} ({column})"
 
     def column_type(self, column: Column) -> str:
         return {
@@ -582,7 +572,7 @@ def staging_index_ddl(dialect: Dialect, table: str) -> str:
     """An index on person_id: unique (one row per child; NULLs allowed, as rows being built have none)
     where the DBMS allows that without conditions on the sessions that write the table."""
     if dialect.person_index_unique:
-        return dialect.create_unique_index_if_missing(person_index_name(table), table, "person_id")
+        return dialect.create_index_if_missing(person_index_name(table), table, "person_id", unique=True)
     return dialect.create_index_if_missing(person_index_name(table, unique=False), table, "person_id")
 
 
