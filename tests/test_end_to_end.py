@@ -382,3 +382,14 @@ def test_during_bulk_writes_pages_are_read_while_a_batch_is_being_written(db_pat
         assert list(table.iter_candidates()) == []  # committed now
         db.finish_bulk_writes()
         assert db.reader is db
+
+
+def test_a_runs_outcomes_are_counted_under_the_summarys_outcome_keys(simulator, staging):
+    from api_pipeline.runs import OUTCOME_KEYS
+
+    insert(staging, list(make_children(30, seed=5)))
+    first = execute_run(settings_for(simulator, staging))
+    with staging.open() as db:
+        apply_nightly_changes(db, staging.table, random.Random(5))
+    second = execute_run(settings_for(simulator, staging))
+    assert set(first.outcomes) | set(second.outcomes) <= set(OUTCOME_KEYS)

@@ -267,3 +267,13 @@ def test_report_renders_in_headless_chromium(real_run, tmp_path):
     keep = os.environ.get("CSC_TEST_KEEP_SCREENSHOT")
     if keep:
         shutil.copyfile(shot, keep)
+
+
+def test_the_report_and_the_progress_bar_use_the_run_summarys_outcome_keys():
+    from api_pipeline.progress import SHOWN_OUTCOMES
+    from api_pipeline.report import OUTCOME_LABELS
+    from api_pipeline.runs import OUTCOME_KEYS, PROBLEM_OUTCOMES
+
+    assert {key for key, _ in OUTCOME_LABELS} <= set(OUTCOME_KEYS)
+    assert {key for key, _ in SHOWN_OUTCOMES} <= set(OUTCOME_KEYS)
+    assert set(PROBLEM_OUTCOMES) <= set(OUTCOME_KEYS)
