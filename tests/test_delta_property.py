@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft7Validator
 
+from api_pipeline.dfe_model import apply_record
 from api_pipeline.payload import (
     STRUCTURE,
     build_delta,
@@ -25,7 +26,6 @@ from api_pipeline.payload import (
     normalise,
     records_equal,
 )
-from api_pipeline.simulator import apply_record
 from api_pipeline.synthetic import make_child, mutate
 from conftest import canonical_json
 
