@@ -292,11 +292,11 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
 
         status = response.status_code
         if 300 <= status <= 399:
-            where = transport.redirect_host(response)
             raise FatalApiError(
-                f"The token endpoint answered HTTP {status}, a redirect to {where}, which is not "
-                "followed: CLIENT_SECRET goes only to TOKEN_ENDPOINT. Check TOKEN_ENDPOINT is the OAuth2 v2.0 "
-                "token URL DfE gave you, and ask IT whether a proxy or firewall redirects it"
+                f"The token endpoint answered HTTP {status}, a redirect to "
+                f"{transport.redirect_host(response)}, which is not followed: CLIENT_SECRET goes only to "
+                "TOKEN_ENDPOINT. Check TOKEN_ENDPOINT is the OAuth2 v2.0 token URL DfE gave you, and ask IT "
+                "whether a proxy or firewall redirects it"
             )
         if status == 429 or status >= 500:
             retry_after = transport.parse_retry_after(response.headers.get("Retry-After"))

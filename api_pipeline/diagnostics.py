@@ -404,16 +404,17 @@ def _check_endpoint(client: ApiClient) -> EndpointCheck:
         )
     except Unauthorized as exc:
         keys = "SUPPLIER_KEY and SUPPLIER_KEY_SECONDARY" if client.secondary_key_in_use else "SUPPLIER_KEY"
-        advice = (
-            f"A token was issued, so check {keys}, and that CLIENT_ID and SCOPE are the ones DfE issued for this API"
+        return refused(
+            f"{_sentence(exc)}. A token was issued, so check {keys}, and that CLIENT_ID and SCOPE "
+            "are the ones DfE issued for this API",
+            ExitCode.AUTH,
         )
-        return refused(f"{_sentence(exc)}. {advice}", ExitCode.AUTH)
     except Forbidden as exc:
-        advice = (
-            "Check that this machine's public IP address is on DfE's allow-list, that SUPPLIER_KEY is right "
-            "and that LA_CODE is your council's"
+        return refused(
+            f"{_sentence(exc)}. Check that this machine's public IP address is on DfE's allow-list, "
+            "that SUPPLIER_KEY is right and that LA_CODE is your council's",
+            ExitCode.API,
         )
-        return refused(f"{_sentence(exc)}. {advice}", ExitCode.API)
     except RetriableApiError as exc:
         return refused(f"{_sentence(exc)}. Try again later", ExitCode.API)
     except PipelineError as exc:  # 404, 407, 413, anything else unexpected

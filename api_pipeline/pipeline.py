@@ -172,20 +172,23 @@ def _parse_payload(text: Any, column: str = "json_payload") -> dict:
     if text is None or not text.strip():
         raise _Invalid(reasons.PAYLOAD_EMPTY.format(column=column), "empty payload")
     if len(text) > MAX_RECORD_BYTES // 4 and len(text.encode("utf-8", "surrogatepass")) > MAX_RECORD_BYTES:
-        too_large = reasons.PAYLOAD_TOO_LARGE.format(column=column, megabytes=MAX_RECORD_BYTES // 1_000_000)
-        raise _Invalid(too_large, "record too large")
+        raise _Invalid(
+            reasons.PAYLOAD_TOO_LARGE.format(column=column, megabytes=MAX_RECORD_BYTES // 1_000_000), "record too large"
+        )
     if nesting_exceeds(text, MAX_NESTING):
         raise _Invalid(f"{column} is nested more than {MAX_NESTING} levels deep", "nested too deeply")
     try:
         record = loads_record(text)
     except json.JSONDecodeError as exc:
-        not_json = reasons.PAYLOAD_NOT_JSON.format(column=column)
-        raise _Invalid(f"{not_json} (line {exc.lineno}, column {exc.colno})", "not JSON") from None
+        raise _Invalid(
+            f"{reasons.PAYLOAD_NOT_JSON.format(column=column)} (line {exc.lineno}, column {exc.colno})", "not JSON"
+        ) from None
     except (ValueError, RecursionError) as exc:  # NaN or Infinity
         raise _Invalid(f"{reasons.PAYLOAD_NOT_JSON.format(column=column)}: {exc}", "not JSON") from None
     if not isinstance(record, dict):
-        kind = type(record).__name__
-        raise _Invalid(reasons.PAYLOAD_NOT_OBJECT.format(column=column, kind=kind), "not a JSON object")
+        raise _Invalid(
+            reasons.PAYLOAD_NOT_OBJECT.format(column=column, kind=type(record).__name__), "not a JSON object"
+        )
     return record
 
 

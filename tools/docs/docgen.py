@@ -577,6 +577,7 @@ _FRIENDLY = {
     "id": "row id",
     "person_id": "la_child_id",
     "strerror": "reason",
+    "place": "DfE or the token endpoint",
 }
 
 
@@ -612,17 +613,42 @@ class _Namer:
         return name.strip("_").replace("_", " ") or "…"
 
 
+_PLACEHOLDER = re.compile(r"\{(\w+)(?:![rsa])?\}")
+
+
+def _named_text(node: ast.AST | None, namer: Callable[[ast.expr], str]) -> str | None:
+    """The text a sentence named in another module stands for (``reasons.NO_CHILD_ID``), or a
+    ``.format(...)`` of one, with ``⟨name⟩`` for each value it is given; None for anything else."""
+    module = getattr(namer, "module", None)
+    values: dict[str, str] = {}
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format":
+        values = {k.arg: namer(k.value) for k in node.keywords if k.arg}
+        node = node.func.value
+    if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.attr.isupper()):
+        return None
+    owner = getattr(module, node.value.id, None)
+    constant = getattr(owner, node.attr, None) if owner is not None else None
+    if not isinstance(constant, str):
+        return None
+    return _PLACEHOLDER.sub(lambda m: f"⟨{values.get(m.group(1), m.group(1))}⟩", constant)
+
+
 def _text(node: ast.AST | None, namer: Callable[[ast.expr], str]) -> str | None:
-    """A string literal or f-string as a template, with ``⟨name⟩`` for each value."""
+    """A string literal or f-string as a template, with ``⟨name⟩`` for each value; a named sentence
+    (``reasons.X``, ``reasons.X.format(...)``) is shown as its text."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return node.value
+    named = _named_text(node, namer)
+    if named is not None:
+        return named
     if isinstance(node, ast.JoinedStr):
         parts = []
         for value in node.values:
             if isinstance(value, ast.Constant):
                 parts.append(str(value.value))
             elif isinstance(value, ast.FormattedValue):
-                parts.append(f"⟨{namer(value.value)}⟩")
+                inner = _named_text(value.value, namer)
+                parts.append(inner if inner is not None else f"⟨{namer(value.value)}⟩")
         return "".join(parts)
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
         left, right = _text(node.left, namer), _text(node.right, namer)
@@ -699,6 +725,8 @@ def _messages_in(path: Path) -> Iterator[Message]:
                 yield Message("skipped", first, source)
             elif name == "EndpointCheck" and len(node.args) >= 3 and _text(node.args[2], namer):
                 yield Message("endpoint", str(_text(node.args[2], namer)), source)
+            elif name == "refused" and first:  # test-endpoint's failures (diagnostics._check_endpoint)
+                yield Message("endpoint", first, source)
             elif name in {"warning", "error"} and isinstance(node.func, ast.Attribute) and _is_logger(node.func.value):
                 template = _text(node.args[0], namer) if node.args else None
                 if template:
