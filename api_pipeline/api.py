@@ -1,32 +1,29 @@
-"""Talking to the DfE CSC API (DESIGN §6): the session, response classification, retries, sending.
+"""Sending batches to the DfE CSC API (DESIGN §6): classification, receipts, retries, splitting.
 
-One :class:`requests.Session` per run (:func:`make_session`), one function that turns a
-response into an outcome (:func:`classify`), and :class:`ApiClient`, which posts batches with
-tenacity retries and splits batches when DfE rejects some of their records. Nothing here logs
-or raises with a request body, a token or a secret; DfE's answers are masked before they are
-shown (DESIGN §9).
+One function turns a response into an outcome (:func:`classify`); :class:`ApiClient` posts
+batches with tenacity retries and splits them when DfE rejects some of their records, and each
+record's fate is an :class:`Outcome`. The HTTP session, proxies, transport failures and the
+masking of DfE's answers are :mod:`api_pipeline.transport`'s. Nothing here logs or raises with a
+request body, a token or a secret (DESIGN §9).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
-import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
-from api_pipeline import APP_NAME, __version__, bounded
+from api_pipeline import bounded, reasons
+from api_pipeline.auth import ClientCredentialsAuth
 from api_pipeline.bounded import MAX_ANSWER_BYTES, AnswerTooLarge, AnswerTooSlow, describe_size
 from api_pipeline.config import Settings
 from api_pipeline.dialects import MAX_RECEIPT_LENGTH
@@ -34,26 +31,30 @@ from api_pipeline.errors import (
     ApiError,
     AuthError,
     ConfigError,
-    ExitCode,
     FatalApiError,
     PipelineError,
     RetriableApiError,
 )
-from api_pipeline.payload import encode_record, frame_body
-from api_pipeline.proxy import describe_proxy_error, proxy_address, proxy_auth_advice
-from api_pipeline.tls import CertificateReport, TrustStoreAdapter, build_ssl_context, inspect_certificate
-
-if TYPE_CHECKING:
-    from api_pipeline.auth import ClientCredentialsAuth
+from api_pipeline.payload import frame_body
+from api_pipeline.transport import (
+    AnswerMask,
+    TransientNetworkError,
+    body_text,
+    mask_answer,
+    parse_json,
+    parse_retry_after,
+    proxy_auth_advice,
+    reaching,
+    redirect_host,
+    summarise,
+)
 
 log = logging.getLogger(__name__)
 
-SUMMARY_LIMIT = 200  # characters of a (masked) DfE answer we are willing to show
 MAX_RETRY_AFTER = 300.0  # seconds: never let a server park the run for longer per retry
 BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 60.0
 MAX_FORBIDDEN_RETRIES = 3  # 403 is sometimes DfE's throttle, usually a real refusal
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 # ---------------------------------------------------------------------------
@@ -86,14 +87,6 @@ class PayloadTooLarge(ApiError):
     """DfE answered 413: the batch is too big; halve it."""
 
 
-class TransientNetworkError(RetriableApiError):
-    """A timeout or dropped connection: worth retrying. ``cause`` is a short label for logs."""
-
-    def __init__(self, message: str, *, cause: str) -> None:
-        super().__init__(message)
-        self.cause = cause
-
-
 class UnusableReceipts(TransientNetworkError):
     """DfE answered 200 without one usable receipt per record: nobody is acknowledged, so the
     batch is sent again (DfE upserts), like any other transient failure. ``response`` is the
@@ -102,6 +95,20 @@ class UnusableReceipts(TransientNetworkError):
     def __init__(self, message: str, *, response: requests.Response) -> None:
         super().__init__(message, cause="unusable answer")
         self.response = response
+
+
+class BatchAborted(PipelineError):
+    """A batch stopped by an error that stops the run (auth, fatal, retries exhausted).
+
+    ``error`` is that error; ``outcomes`` are the batch's records settled before it, in order
+    (DfE's answers for them stand: acknowledged, or rejected). The message and exit code are the error's.
+    """
+
+    def __init__(self, error: PipelineError, outcomes: list[Outcome]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.outcomes = outcomes
+        self.exit_code = error.exit_code
 
 
 class RetriesExhausted(ApiError):
@@ -113,134 +120,9 @@ class RetriesExhausted(ApiError):
         self.attempts = attempts
 
 
-# ---------------------------------------------------------------------------
-# Masking and describing what went wrong, shared with auth.py.
-# ---------------------------------------------------------------------------
-
-# Every pattern here is matched in linear time: no quantified group can overlap the one after
-# it, so a hostile body of any shape costs one pass (an e-mail is found from its "@" outwards).
-_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|‘[^‘’\n]*’|“[^“”\n]*”")
-_DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T _]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b")
-_LOCAL_PART_REVERSED = re.compile(r"[\w.+-]+")
-_DOMAIN = re.compile(r"[\w-]+(?:\.[\w-]+)+\b")
-_WORD = re.compile(r"\w+")
-_SPACE = re.compile(r"\s+")
 # A record marker is "[n]" not glued to a name: "[3] child_details.sex: ..." names record 3,
 # while "social_care_episodes[0]" inside the path is an item index and is not a record.
 _INDEX_MARKER = re.compile(r"(?<![\w\]])\[(\d+)\]")
-MIN_ECHO_WORD = 2  # single characters of a record (codes like "M", "F") identify nobody and collide with text
-ECHO = "…"
-
-
-def _mask_emails(text: str) -> str:
-    """``name@host.example`` → ``<email>``, working outwards from each "@" (one pass)."""
-    if "@" not in text:
-        return text
-    pieces = text.split("@")
-    out: list[str] = []
-    left = pieces[0]
-    for right in pieces[1:]:
-        local = _LOCAL_PART_REVERSED.match(left[::-1])
-        domain = _DOMAIN.match(right)
-        name = local.group()[::-1].lstrip(".+-") if local else ""
-        if name and domain:
-            out.append(left[: len(left) - len(name)] + "<email>")
-            left = right[domain.end() :]
-        else:
-            out.append(left + "@")
-            left = right
-    out.append(left)
-    return "".join(out)
-
-
-@dataclass(frozen=True)
-class AnswerMask:
-    """What must not be echoed from an answer: the run's secrets, and the words of the request sent.
-
-    DfE's and the gateway's messages can repeat the token, the SupplierKey or a record's values
-    (a name, a postcode, a UPN), quoted or not. The request's words are read from its body only
-    when an answer needs masking, which successful answers never do.
-    """
-
-    secrets: tuple[str, ...] = ()
-    sent: bytes = b""
-
-    @functools.cached_property
-    def words(self) -> frozenset[str]:
-        if not self.sent:
-            return frozenset()
-        try:
-            document = json.loads(self.sent.decode("utf-8", errors="replace"))
-        except (ValueError, RecursionError):
-            document = None
-        texts = _strings(document) if document is not None else iter([self.sent.decode("utf-8", "replace")])
-        return frozenset(w for text in texts for w in _WORD.findall(text) if len(w) >= MIN_ECHO_WORD)
-
-
-def mask_text(text: str, limit: int = SUMMARY_LIMIT, mask: AnswerMask | None = None) -> str:
-    """Hide secrets, quoted values, dates, e-mail addresses and echoed record words; cap the length.
-
-    DfE's messages can echo the value that failed (a name, a date of birth); what is left
-    (field paths, rule names, status words) is enough to act on and safe to log.
-    """
-    from api_pipeline.logs import mask_text as hide_secrets
-
-    text = hide_secrets(text, mask.secrets if mask else ())
-    text = _DATE.sub("<date>", text)
-    text = _mask_emails(text)
-    text = _QUOTED.sub("'…'", text)
-    words = mask.words if mask else frozenset()
-    if words:
-        text = _WORD.sub(lambda m: ECHO if m.group() in words else m.group(), text)
-    text = _SPACE.sub(" ", text).strip()
-    if len(text) > limit:
-        text = text[: limit - 1].rstrip() + "…"
-    return text
-
-
-def _strings(value: Any) -> Iterator[str]:
-    """Every string inside a parsed JSON answer, in document order (no recursion: any depth)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            yield item
-        elif isinstance(item, dict):
-            stack.extend(reversed(list(item.values())))
-        elif isinstance(item, list):
-            stack.extend(reversed(item))
-
-
-def parse_json(content: bytes) -> Any:
-    """An answer's JSON, or None when it is not JSON (or nested deeper than the parser goes)."""
-    try:
-        return json.loads(content.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-
-
-def _body_text(response: requests.Response) -> str:
-    """The answer as plain text: JSON error documents are flattened to their strings."""
-    try:
-        text = response.content.decode("utf-8", errors="replace")
-    except requests.RequestException:  # a body we cannot even read says nothing useful
-        return ""
-    stripped = text.strip()
-    if stripped[:1] in ("{", "["):
-        try:
-            return "\n".join(_strings(json.loads(stripped)))
-        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
-            pass
-    return text
-
-
-def summarise(response: requests.Response, mask: AnswerMask | None = None) -> str:
-    """``HTTP 503 Service Unavailable: <masked first 200 characters>`` for messages and logs."""
-    head = f"HTTP {response.status_code}"
-    if response.reason:
-        head += f" {mask_text(str(response.reason), 60, mask)}"
-    text = mask_text(_body_text(response), mask=mask)
-    return f"{head}: {text}" if text else head
 
 
 def parse_indexes(text: str, mask: AnswerMask | None = None) -> dict[int, str]:
@@ -251,211 +133,19 @@ def parse_indexes(text: str, mask: AnswerMask | None = None) -> dict[int, str]:
         if marker is None:
             continue
         index = int(marker.group(1))
-        message = mask_text(line[marker.end() :].strip(" :-;,"), mask=mask)
+        message = mask_answer(line[marker.end() :].strip(" :-;,"), mask=mask)
         if not message:
             found.setdefault(index, "rejected by DfE (no reason given)")
         elif index in found:
-            found[index] = mask_text(f"{found[index]}; {message}")
+            found[index] = mask_answer(f"{found[index]}; {message}")
         else:
             found[index] = message
     return found
 
 
-def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP-date."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, when.timestamp() - now())
-
-
-def _chain(exc: BaseException) -> str:
-    """All the text of an exception and its causes, for recognising the cause (never shown)."""
-    parts: list[str] = []
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        parts.append(f"{type(current).__name__}: {current}")
-        current = current.__cause__ or current.__context__
-    for arg in exc.args:
-        if isinstance(arg, BaseException):
-            parts.append(f"{type(arg).__name__}: {arg}")
-    return " | ".join(parts)
-
-
-def describe_network_error(
-    exc: requests.RequestException, *, host: str, timeout: float, proxy: str | None = None
-) -> tuple[str, str]:
-    """A short cause label and a sentence naming what failed and what to check.
-
-    Only fixed sentences, the host name and the proxy's ``host:port`` are returned: ``str(exc)``
-    can carry a proxy URL with its password, so it is read but never shown.
-    """
-    detail = _chain(exc)
-    lowered = detail.lower()
-    if isinstance(exc, requests.exceptions.SSLError):
-        if "certificate" in lowered or "verify" in lowered:
-            return "tls", (
-                f"the TLS certificate of {host} could not be verified. If your network inspects TLS "
-                "(a firewall or proxy that re-signs traffic), set CA_BUNDLE to a PEM file with its "
-                "certificate authority, or ask IT to install it in the Windows certificate store; "
-                "test-endpoint shows who issued the certificate. TLS verification is never turned off"
-            )
-        return "tls", (
-            f"the TLS handshake with {host} failed. Check PROXY_URL and CA_BUNDLE, and ask IT "
-            "whether a firewall inspects or blocks TLS to this host"
-        )
-    if isinstance(exc, requests.exceptions.ProxyError):
-        return "proxy", describe_proxy_error(detail, host, proxy)
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return "connect timeout", (
-            f"no connection to {host} within the connect timeout. Check the network, firewall and "
-            "whether a proxy is needed (PROXY_URL)"
-        )
-    if isinstance(exc, requests.exceptions.Timeout):
-        return "timeout", f"{host} did not answer within {timeout:g} seconds (HTTP_TIMEOUT)"
-    if any(
-        word in lowered
-        for word in (
-            "name or service not known",
-            "nodename nor servname",
-            "getaddrinfo",
-            "name resolution",
-            "failed to resolve",
-            "no address associated",
-        )
-    ):
-        return "dns", (
-            f"the host name {host} could not be resolved (DNS). Check the URL, the network, and "
-            "whether a proxy is needed (PROXY_URL)"
-        )
-    if "refused" in lowered:
-        return "connection refused", (
-            f"{host} refused the connection. Check the URL and port, and whether a proxy or firewall is in the way"
-        )
-    if any(
-        word in lowered
-        for word in (
-            "reset",
-            "aborted",
-            "remotedisconnected",
-            "broken pipe",
-            "connection closed",
-            "connection broken",
-            "without response",
-        )
-    ):
-        return "connection reset", f"the connection to {host} was dropped before an answer came"
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        return "connection error", f"could not talk to {host} (network error)"
-    return "request error", f"the request to {host} could not be made ({type(exc).__name__})"
-
-
-# ---------------------------------------------------------------------------
-# The session.
-# ---------------------------------------------------------------------------
-
-
-def _bypasses_proxy(host: str, no_proxy: str | None) -> bool:
-    """Loopback, ``*`` and ``NO_PROXY`` entries (``host``, ``.suffix``, ``suffix``, CIDR) go direct."""
-    host = host.lower().strip("[]")
-    if host in LOOPBACK_HOSTS:
-        return True
-    for entry in (no_proxy or "").replace(";", ",").split(","):
-        entry = entry.strip().lower()
-        if not entry:
-            continue
-        if entry == "*":
-            return True
-        if "/" in entry and requests.utils.is_valid_cidr(entry):
-            if requests.utils.is_ipv4_address(host) and requests.utils.address_in_network(host, entry):
-                return True
-            continue
-        entry = entry.split(":")[0] if entry.count(":") == 1 else entry  # host:port
-        suffix = entry.lstrip(".")
-        if host == suffix or host.endswith("." + suffix):
-            return True
-    return False
-
-
-class _PipelineSession(requests.Session):
-    """A Session whose proxy and CA choices come from Settings only, never the environment."""
-
-    def __init__(self, no_proxy: str | None) -> None:
-        super().__init__()
-        self._no_proxy = no_proxy
-        self.ssl_context: ssl.SSLContext | None = None
-        self.trust = ""
-
-    def proxy_for(self, url: str) -> str | None:
-        """The proxy URL this session uses for ``url`` (with its credentials), or None for a direct connection."""
-        if _bypasses_proxy(urlsplit(url).hostname or "", self._no_proxy):
-            return None
-        return self.proxies.get(urlsplit(url).scheme) or None
-
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[no-untyped-def]
-        merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        if _bypasses_proxy(urlsplit(url).hostname or "", self._no_proxy):
-            merged["proxies"] = {}
-        return merged
-
-
-def user_agent() -> str:
-    """An honest User-Agent: the tool, its version and the HTTP library (DESIGN §6)."""
-    return f"{APP_NAME}/{__version__} (+python-requests/{requests.__version__})"
-
-
-def make_session(settings: Settings) -> requests.Session:
-    """The one HTTP session for a run: keep-alive, User-Agent, trust and proxy from Settings.
-
-    Trust is the operating system's certificate store plus ``CA_BUNDLE`` (see :mod:`api_pipeline.tls`),
-    on this session only. ``trust_env`` is off so that Settings (flags > environment > .env) is the
-    only source of proxy and CA choices; TLS verification is always on.
-    """
-    trusted = build_ssl_context(settings.ca_bundle)
-    session = _PipelineSession(settings.no_proxy)
-    session.trust_env = False
-    session.headers["User-Agent"] = user_agent()
-    session.verify = True
-    session.ssl_context, session.trust = trusted.context, trusted.description
-    adapter = TrustStoreAdapter(trusted.context)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    if settings.https_proxy is not None and settings.https_proxy:
-        proxy = settings.https_proxy.reveal()
-        session.proxies = {"https": proxy, "http": proxy}
-    return session
-
-
 # ---------------------------------------------------------------------------
 # Classification: the one place a response becomes an outcome.
 # ---------------------------------------------------------------------------
-
-
-def redirect_host(response: requests.Response) -> str:
-    """The host a 3xx answer points at (its ``Location``), for the message; never its path or credentials."""
-    location = response.headers.get("Location", "").strip()
-    if not location:
-        return "nowhere (no Location header)"
-    try:
-        parts = urlsplit(urljoin(response.url or "", location))
-        host = parts.hostname or ""
-    except ValueError:
-        host = ""
-    if not host:
-        return "an address that is not a URL"
-    return f"{parts.scheme}://{host}" if parts.scheme in ("http", "https") else host
 
 
 def classify(response: requests.Response, mask: AnswerMask | None = None) -> None:
@@ -475,7 +165,7 @@ def classify(response: requests.Response, mask: AnswerMask | None = None) -> Non
         )
     summary = summarise(response, mask)
     if status == 400:
-        raise BatchRejected(parse_indexes(_body_text(response), mask), f"DfE rejected the request: {summary}")
+        raise BatchRejected(parse_indexes(body_text(response), mask), f"{reasons.DFE_REJECTED_REQUEST}: {summary}")
     if status == 401:
         raise Unauthorized(f"DfE refused the credentials: {summary}")
     if status == 403:
@@ -528,68 +218,18 @@ class Outcome:
         return parse_receipt_time(self.receipt) if self.receipt else None
 
 
-@dataclass(frozen=True)
-class EndpointCheck:
-    """The result of ``test-endpoint``: whether token and endpoint work, and why not."""
-
-    ok: bool
-    stage: str  # "token" or "endpoint": where it stopped
-    message: str
-    status: int | None = None
-    note: str | None = None
-    exit_code: int = ExitCode.OK
-    url: str = ""
-    warnings: tuple[str, ...] = ()
-    proxy: str | None = None  # host:port, never credentials
-    trust: str = ""
-    certificates: tuple[CertificateReport, ...] = ()
-
-    def lines(self) -> list[str]:
-        """What ``test-endpoint`` prints: verdict, where, warnings, note, then the network path and certificates."""
-        verdict = "PASS" if self.ok else f"FAIL ({self.stage})"
-        shown = [f"{verdict}: {self.message}"]
-        if self.url:
-            shown.append(f"{'token endpoint' if self.stage == 'token' else 'endpoint'}: POST {self.url}")
-        shown.extend(f"warning: {text}" for text in self.warnings)
-        if self.note:
-            shown.append(f"note: {self.note}")
-        if self.certificates:
-            shown.append(f"proxy: {self.proxy}" if self.proxy else "proxy: none (direct connection)")
-        if self.trust and any(not c.plain_http for c in self.certificates):
-            shown.append(f"trusted certificate authorities: {self.trust}")
-        shown.extend(report.line() for report in self.certificates)
-        return shown
-
-
 PROMOTE_SECONDARY_KEY_ADVICE = (
     "DfE accepted SUPPLIER_KEY_SECONDARY but not SUPPLIER_KEY: DfE has changed keys. Promote it: put the "
     "secondary key's value in SUPPLIER_KEY and remove SUPPLIER_KEY_SECONDARY (or set it to DfE's next key)"
 )
-PROMOTE_SECONDARY_CLIENT_ADVICE = (
-    "The token endpoint accepted CLIENT_SECRET_SECONDARY but not CLIENT_SECRET: promote it. Put the secondary "
-    "secret's value in CLIENT_SECRET and remove CLIENT_SECRET_SECONDARY (or set it to DfE's next secret)"
-)
-
-
-def session_proxy(session: requests.Session, url: str) -> str | None:
-    """The proxy URL ``session`` uses for ``url``; works for a plain Session too (tests build those)."""
-    chooser = getattr(session, "proxy_for", None)
-    if chooser is not None:
-        return chooser(url)
-    return session.proxies.get(urlsplit(url).scheme) or None
 
 
 def _names_subscription_key(response: requests.Response) -> bool:
     """Azure API Management says "invalid subscription key" when it is the SupplierKey, not the token."""
-    return "subscription key" in _body_text(response).lower()
+    return "subscription key" in body_text(response).lower()
 
 
 _RECEIPT_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2})_(\d{2}:\d{2}:\d{2})(?:\.(\d{1,6}))?_")
-
-
-def _sentence(exc: BaseException) -> str:
-    """An error's message ready to have advice appended after a full stop."""
-    return str(exc).rstrip(". ")
 
 
 def parse_receipt_time(receipt: str) -> datetime | None:
@@ -679,8 +319,6 @@ class ApiClient:
         # is made as the run starts, so its clock is the run's).
         self._retry_deadline = time.monotonic() + settings.max_runtime
 
-    parse_receipt_time = staticmethod(parse_receipt_time)
-
     # -- one HTTP exchange ---------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
         return {"SupplierKey": self._supplier_key.reveal(), "Content-Type": "application/json"}
@@ -724,15 +362,16 @@ class ApiClient:
         self.requests += 1
         self.bytes_sent += len(body)
         try:
-            return bounded.post(
-                self.session,
-                self.url,
-                seconds=self.settings.http_timeout,
-                data=body,
-                headers=self._headers(),
-                auth=self.auth,
-                timeout=self.timeout,
-            )
+            with reaching("DfE", self.session, self.url, timeout=self.settings.http_timeout):
+                return bounded.post(
+                    self.session,
+                    self.url,
+                    seconds=self.settings.http_timeout,
+                    data=body,
+                    headers=self._headers(),
+                    auth=self.auth,
+                    timeout=self.timeout,
+                )
         except AnswerTooSlow:
             raise TransientNetworkError(
                 f"Cannot reach DfE: {self.host} did not finish answering within "
@@ -744,30 +383,20 @@ class ApiClient:
                 f"DfE's answer was larger than {describe_size(MAX_ANSWER_BYTES)}, so it was not read: nothing is "
                 "counted as acknowledged. Check API_ENDPOINT is DfE's receiver"
             ) from None
-        except (requests.exceptions.SSLError, requests.exceptions.ProxyError) as exc:
-            _, sentence = self._describe(exc)
-            raise FatalApiError(f"Cannot reach DfE: {sentence}") from None
-        except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            cause, sentence = self._describe(exc)
-            raise TransientNetworkError(f"Cannot reach DfE: {sentence}", cause=cause) from None
-        except requests.RequestException as exc:
-            _, sentence = self._describe(exc)
-            raise FatalApiError(f"Cannot reach DfE: {sentence}") from None
-        except OSError as exc:  # e.g. an unreadable CA bundle, raised by the TLS layer
-            raise FatalApiError(
-                f"Cannot reach DfE: a local file needed for TLS could not be used ({type(exc).__name__}). "
-                "Check CA_BUNDLE"
-            ) from None
+
+    def probe(self, body: bytes) -> requests.Response:
+        """One POST with no retries and no classification, for test-endpoint: a 401 switches to
+        SUPPLIER_KEY_SECONDARY once, as a run would. Transport failures raise as in a run."""
+        response = self._request(body)
+        if response.status_code == 401 and self._use_secondary_key():
+            response = self._request(body)
+        return response
 
     def answer_mask(self, sent: bytes = b"") -> AnswerMask:
         """What an answer to ``sent`` must not echo: the run's secrets (live tokens too) and the request's words."""
         secrets = [secret.reveal() for secret in self.settings.secrets()]
         secrets.extend(self.auth.live_secrets())
         return AnswerMask(tuple(secrets), sent)
-
-    def _describe(self, exc: requests.RequestException) -> tuple[str, str]:
-        proxy = proxy_address(session_proxy(self.session, self.url))
-        return describe_network_error(exc, host=self.host, timeout=self.settings.http_timeout, proxy=proxy)
 
     def _attempt(self, body: bytes, state: _Attempt) -> requests.Response:
         """One tenacity attempt: POST, renew the token once on 401 (or switch key), classify."""
@@ -905,26 +534,20 @@ class ApiClient:
         return response
 
     # -- batches ---------------------------------------------------------------------
-    def send(self, records: list[dict], bodies: list[bytes] | None = None, *, batch_id: str) -> list[Outcome]:
-        """Send up to 100 records; one :class:`Outcome` per record, in order.
+    def send(self, bodies: list[bytes], batch_id: str) -> list[Outcome]:
+        """Send up to 100 records, each already encoded (``payload.encode_record``), so splits never
+        re-serialise; one :class:`Outcome` per record, in order.
 
-        ``bodies`` are the records already encoded (so splits never re-serialise); by default
-        each record is encoded compactly as UTF-8. A 400 naming records rejects just those and
-        re-sends the rest; a 400 naming none, or a 413, halves the batch until single records.
-        Errors that stop the run (auth, fatal, retries exhausted) propagate with the outcomes
-        settled so far attached as ``partial_outcomes``.
+        A 400 naming records rejects just those and re-sends the rest; a 400 naming none, or a
+        413, halves the batch until single records. An error that stops the run (auth, fatal,
+        retries exhausted) is raised as :class:`BatchAborted`, with the outcomes settled before it.
         """
-        if bodies is None:
-            bodies = [encode_record(record) for record in records]
-        if len(bodies) != len(records):
-            raise ValueError("records and bodies must be the same length")
         outcomes: dict[int, Outcome] = {}
         try:
             if bodies:
                 self._send_positions(list(range(len(bodies))), bodies, batch_id, outcomes)
         except PipelineError as exc:
-            exc.partial_outcomes = [outcomes[i] for i in sorted(outcomes)]  # type: ignore[attr-defined]
-            raise
+            raise BatchAborted(exc, [outcomes[i] for i in sorted(outcomes)]) from exc
         return [outcomes[i] for i in range(len(bodies))]
 
     def _send_positions(
@@ -940,7 +563,7 @@ class ApiClient:
             if len(positions) == 1:
                 outcomes[positions[0]] = Outcome(
                     positions[0],
-                    error=f"DfE refused this record as too large even on its own: {exc}",
+                    error=f"{reasons.TOO_LARGE_ALONE}: {exc}",
                     rejected=True,
                 )
                 return
@@ -986,7 +609,9 @@ class ApiClient:
             self._split(positions, bodies, batch_id, outcomes)
             return
         for i, reason in named.items():
-            outcomes[positions[i]] = Outcome(positions[i], error=f"DfE rejected this record: {reason}", rejected=True)
+            outcomes[positions[i]] = Outcome(
+                positions[i], error=f"{reasons.DFE_REJECTED_RECORD}{reason}", rejected=True
+            )
         rest = [p for i, p in enumerate(positions) if i not in named]
         self.logger.warning(
             "batch %s: DfE rejected %d of %d records (400); re-sending the other %d",
@@ -1002,126 +627,3 @@ class ApiClient:
         middle = len(positions) // 2
         self._send_positions(positions[:middle], bodies, f"{batch_id}.1", outcomes)
         self._send_positions(positions[middle:], bodies, f"{batch_id}.2", outcomes)
-
-    # -- test-endpoint ---------------------------------------------------------------
-    def test_endpoint(self, *, inspect_tls: bool = True) -> EndpointCheck:
-        """Get a token and POST ``[]``: proves credentials, key, URL, LA code, proxy and TLS at once.
-
-        Never GETs the endpoint and never sends a record; no retries, so a failure is shown as is.
-        With ``inspect_tls``, also reports the proxy and each host's certificate and issuer.
-        """
-        check = self._check_endpoint()
-        warnings = list(check.warnings)
-        if getattr(self.auth, "secondary_in_use", False):
-            warnings.append(PROMOTE_SECONDARY_CLIENT_ADVICE)
-        if self.secondary_key_in_use and check.ok:
-            warnings.append(PROMOTE_SECONDARY_KEY_ADVICE)
-        return replace(check, warnings=tuple(warnings), **self._network_report(inspect_tls))
-
-    def _network_report(self, inspect_tls: bool) -> dict[str, Any]:
-        """The proxy in use and the certificates the token and API hosts present (for test-endpoint)."""
-        context = getattr(self.session, "ssl_context", None)
-        if not inspect_tls or context is None:
-            return {}
-        reports = []
-        for label, url in (("token host", self.auth.token_endpoint), ("API host", self.url)):
-            reports.append(
-                inspect_certificate(
-                    label,
-                    url,
-                    context=context,
-                    proxy=session_proxy(self.session, url),
-                    timeout=self.settings.connect_timeout,
-                    user_agent=user_agent(),
-                )
-            )
-        return {
-            "proxy": proxy_address(session_proxy(self.session, self.url)),
-            "trust": getattr(self.session, "trust", ""),
-            "certificates": tuple(reports),
-        }
-
-    def _check_endpoint(self) -> EndpointCheck:
-        try:
-            self.auth.get_token()
-        except (AuthError, ApiError) as exc:
-            token_url = self.auth.token_endpoint
-            return EndpointCheck(False, "token", str(exc), exit_code=exc.exit_code, url=token_url)
-        try:
-            response = self._request(b"[]")
-            if response.status_code == 401 and self._use_secondary_key():
-                response = self._request(b"[]")
-        except PipelineError as exc:  # TLS, proxy, DNS, refused, timeout
-            return EndpointCheck(False, "endpoint", str(exc), exit_code=exc.exit_code, url=self.url)
-        status = response.status_code
-        try:
-            classify(response, self.answer_mask())
-        except BatchRejected as exc:
-            return EndpointCheck(
-                True,
-                "endpoint",
-                "Token, SupplierKey, URL and LA code accepted: auth works, body refused.",
-                status=status,
-                note=f"DfE objected to the empty test body, which proves access but not the format: {exc}",
-                url=self.url,
-            )
-        except Unauthorized as exc:
-            keys = "SUPPLIER_KEY and SUPPLIER_KEY_SECONDARY" if self.secondary_key_in_use else "SUPPLIER_KEY"
-            return EndpointCheck(
-                False,
-                "endpoint",
-                f"{_sentence(exc)}. A token was issued, so check {keys}, and that CLIENT_ID and SCOPE "
-                "are the ones DfE issued for this API",
-                status=status,
-                exit_code=ExitCode.AUTH,
-                url=self.url,
-            )
-        except Forbidden as exc:
-            return EndpointCheck(
-                False,
-                "endpoint",
-                f"{_sentence(exc)}. Check that this machine's public IP address is on DfE's allow-list, "
-                "that SUPPLIER_KEY is right and that LA_CODE is your council's",
-                status=status,
-                exit_code=ExitCode.API,
-                url=self.url,
-            )
-        except RetriableApiError as exc:
-            return EndpointCheck(
-                False,
-                "endpoint",
-                f"{_sentence(exc)}. Try again later",
-                status=status,
-                exit_code=ExitCode.API,
-                url=self.url,
-            )
-        except PipelineError as exc:  # 404, 407, 413, anything else unexpected
-            return EndpointCheck(False, "endpoint", str(exc), status=status, exit_code=exc.exit_code, url=self.url)
-        return EndpointCheck(
-            True,
-            "endpoint",
-            f"Token, SupplierKey, URL and LA code accepted (HTTP {response.status_code}; nothing stored).",
-            status=response.status_code,
-            url=self.url,
-        )
-
-
-__all__ = [
-    "ApiClient",
-    "BatchRejected",
-    "EndpointCheck",
-    "Forbidden",
-    "Outcome",
-    "PayloadTooLarge",
-    "RetriesExhausted",
-    "TransientNetworkError",
-    "Unauthorized",
-    "classify",
-    "describe_network_error",
-    "encode_record",
-    "make_session",
-    "mask_text",
-    "parse_indexes",
-    "parse_receipt_time",
-    "parse_retry_after",
-]

@@ -19,21 +19,10 @@ from urllib.parse import urlsplit
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from api_pipeline import bounded
-from api_pipeline.api import (
-    PROMOTE_SECONDARY_CLIENT_ADVICE,
-    AnswerMask,
-    describe_network_error,
-    mask_text,
-    parse_json,
-    parse_retry_after,
-    redirect_host,
-    session_proxy,
-)
+from api_pipeline import bounded, transport
 from api_pipeline.bounded import MAX_ANSWER_BYTES, AnswerTooLarge, AnswerTooSlow, describe_size
 from api_pipeline.config import Secret, Settings
 from api_pipeline.errors import AuthError, ConfigError, FatalApiError, RetriableApiError
-from api_pipeline.proxy import proxy_address, proxy_auth_advice
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +58,12 @@ _ERROR_ADVICE: dict[str, str] = {
 }
 
 
+PROMOTE_SECONDARY_CLIENT_ADVICE = (
+    "The token endpoint accepted CLIENT_SECRET_SECONDARY but not CLIENT_SECRET: promote it. Put the secondary "
+    "secret's value in CLIENT_SECRET and remove CLIENT_SECRET_SECONDARY (or set it to DfE's next secret)"
+)
+
+
 class _TokenEndpointBusy(RetriableApiError):
     """A 5xx/429, timeout or reset from the token endpoint: tried again a couple of times."""
 
@@ -92,7 +87,7 @@ def aadsts_code(payload: Any) -> str:
     return match.group(1) if match else ""
 
 
-def explain_token_error(status: int, payload: Any, mask: AnswerMask | None = None) -> str:
+def explain_token_error(status: int, payload: Any, mask: transport.AnswerMask | None = None) -> str:
     """A sentence for a refused token request, built from the AADSTS code and ``error``.
 
     Only the code and the masked first sentence of ``error_description`` are kept: the rest of
@@ -108,11 +103,11 @@ def explain_token_error(status: int, payload: Any, mask: AnswerMask | None = Non
     error = payload.get("error")
     error = error if isinstance(error, str) else ""
     code = aadsts_code(payload)
-    label = f"AADSTS{code}" if code else (mask_text(error, 60, mask) or f"HTTP {status}")
+    label = f"AADSTS{code}" if code else (transport.mask_answer(error, 60, mask) or f"HTTP {status}")
     advice = _ADVICE.get(code) or _ERROR_ADVICE.get(error)
     if advice:
         return f"{advice} ({label})"
-    said = mask_text(_AADSTS.sub("", _first_sentence(description)).strip(" :"), limit=160, mask=mask)
+    said = transport.mask_answer(_AADSTS.sub("", _first_sentence(description)).strip(" :"), limit=160, mask=mask)
     said = f": {said}" if said else ""
     return (
         f"The token endpoint refused the request ({label}{said}). Check CLIENT_ID, CLIENT_SECRET, "
@@ -242,10 +237,6 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
                 "The sign-in service may be down; try again later"
             ) from None
 
-    def _describe(self, exc: requests.RequestException) -> tuple[str, str]:
-        proxy = proxy_address(session_proxy(self.session, self.token_endpoint))
-        return describe_network_error(exc, host=self.host, timeout=self.timeout[1], proxy=proxy)
-
     def _use_secondary(self) -> bool:
         """After CLIENT_SECRET was refused as wrong or expired: switch to the secondary, once. False if none."""
         if self._secondary_secret is None or self.secondary_in_use:
@@ -276,14 +267,15 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
         self.token_fetches += 1
         asked_at = self.clock()  # the lifetime counts from the ask, so we renew a little early
         try:
-            response = bounded.post(
-                self.session,
-                self.token_endpoint,
-                seconds=self.timeout[1],
-                data=form,
-                timeout=self.timeout,
-                headers={"Accept": "application/json"},
-            )
+            with transport.reaching("the token endpoint", self.session, self.token_endpoint, timeout=self.timeout[1]):
+                response = bounded.post(
+                    self.session,
+                    self.token_endpoint,
+                    seconds=self.timeout[1],
+                    data=form,
+                    timeout=self.timeout,
+                    headers={"Accept": "application/json"},
+                )
         except AnswerTooSlow:
             raise _TokenEndpointBusy(
                 f"timeout: {self.host} did not finish answering within {self.timeout[1]:g} seconds (HTTP_TIMEOUT)"
@@ -293,42 +285,31 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
                 f"The token endpoint's answer was larger than {describe_size(MAX_ANSWER_BYTES)}, so it was not read. "
                 "Check TOKEN_ENDPOINT is the OAuth2 v2.0 token URL DfE gave you"
             ) from None
-        except (requests.exceptions.SSLError, requests.exceptions.ProxyError) as exc:
-            _, sentence = self._describe(exc)
-            raise FatalApiError(f"Cannot reach the token endpoint: {sentence}") from None
-        except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            cause, sentence = self._describe(exc)
-            if cause in {"dns", "connection refused"}:
-                raise FatalApiError(f"Cannot reach the token endpoint: {sentence}") from None
-            raise _TokenEndpointBusy(f"{cause}: {sentence}") from None
-        except requests.RequestException as exc:
-            _, sentence = self._describe(exc)
-            raise FatalApiError(f"Cannot reach the token endpoint: {sentence}") from None
-        except OSError as exc:
-            raise FatalApiError(
-                f"Cannot reach the token endpoint: a local file needed for TLS could not be used "
-                f"({type(exc).__name__}). Check CA_BUNDLE"
-            ) from None
+        except transport.TransientNetworkError as exc:
+            if exc.cause in {"dns", "connection refused"}:
+                raise FatalApiError(str(exc)) from None
+            raise _TokenEndpointBusy(f"{exc.cause}: {exc.detail}") from None
 
         status = response.status_code
         if 300 <= status <= 399:
             raise FatalApiError(
-                f"The token endpoint answered HTTP {status}, a redirect to {redirect_host(response)}, which is not "
-                "followed: CLIENT_SECRET goes only to TOKEN_ENDPOINT. Check TOKEN_ENDPOINT is the OAuth2 v2.0 "
-                "token URL DfE gave you, and ask IT whether a proxy or firewall redirects it"
+                f"The token endpoint answered HTTP {status}, a redirect to "
+                f"{transport.redirect_host(response)}, which is not followed: CLIENT_SECRET goes only to "
+                "TOKEN_ENDPOINT. Check TOKEN_ENDPOINT is the OAuth2 v2.0 token URL DfE gave you, and ask IT "
+                "whether a proxy or firewall redirects it"
             )
         if status == 429 or status >= 500:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            retry_after = transport.parse_retry_after(response.headers.get("Retry-After"))
             raise _TokenEndpointBusy(f"HTTP {status}", status=status, retry_after=retry_after)
-        payload = parse_json(response.content)
+        payload = transport.parse_json(response.content)
         if status == 407:
-            raise FatalApiError(f"Cannot reach the token endpoint: {proxy_auth_advice()}")
+            raise FatalApiError(f"Cannot reach the token endpoint: {transport.proxy_auth_advice()}")
         if status != 200 and aadsts_code(payload) in SECRET_REFUSED_CODES and self._use_secondary():
             self._request_token()
             log.warning("%s", PROMOTE_SECONDARY_CLIENT_ADVICE)
             return
         if status != 200:
-            refused = explain_token_error(status, payload, AnswerMask(self.live_secrets()))
+            refused = explain_token_error(status, payload, transport.AnswerMask(self.live_secrets()))
             if self.secondary_in_use:
                 refused = f"CLIENT_SECRET_SECONDARY was refused too. {refused}"
             raise AuthError(f"Could not get a token: {refused}")

@@ -20,27 +20,19 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from api_pipeline import APP_NAME, __version__
-from api_pipeline.config import Settings, executable_dir, find_env_file, load_settings, no_env_file_found
+from api_pipeline.config import Settings, load_settings
+from api_pipeline.credentials import DEFAULT_SERVICE, keyring_variables, set_secret_command
+from api_pipeline.dialects import DIALECTS
+from api_pipeline.envfile import executable_dir, find_env_file, no_env_file_found
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, PipelineError
+from api_pipeline.logs import append_error_log, close_logging, hide_secrets, known_secrets, mask_secrets
 
 log = logging.getLogger("api_pipeline.cli")
 
-EXIT_CODES_HELP = """\
-exit codes:
-  0    everything sent, or nothing to do
-  1    finished, but some records failed or are invalid; or an unexpected error
-  2    usage or configuration error
-  3    database error
-  4    authentication error (token endpoint, or 401 from the API)
-  5    API unreachable or refused (network, TLS, proxy, 403 after retries)
-  6    another run is already working on the same table (this one did nothing)
-  130  interrupted (Ctrl+C)
-"""
+EXIT_CODES_HELP = "exit codes:\n" + "".join(f"  {code.value:<4} {code.meaning}\n" for code in ExitCode)
 
 # Each command's help points at the one list of exit codes, on the top-level help.
 COMMAND_EPILOG = f"The exit codes are listed once, by '{APP_NAME} --help'."
-
-COMMAND_ALIASES = {"test-db-connection": "test-db"}
 
 
 @dataclass
@@ -99,10 +91,8 @@ class Context:
         ``patterns`` also hides what looks like a password or a bearer token (for a traceback,
         whose text the tool did not write).
         """
-        from api_pipeline.logs import hide_secrets, known_secrets, mask_text
-
         secrets = [*self.secrets, *known_secrets()]
-        return mask_text(text, secrets) if patterns else hide_secrets(text, secrets)
+        return mask_secrets(text, secrets) if patterns else hide_secrets(text, secrets)
 
     def print(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -110,11 +100,14 @@ class Context:
 
 # ---------------------------------------------------------------------------
 # Command handlers: each takes (args, context) and returns an exit code.
+#
+# Each imports its command's module when it runs (start-up time): --help, --version and every
+# command load only what they use, not requests, jsonschema or the simulator for all of them.
 # ---------------------------------------------------------------------------
 
 
 def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
-    from api_pipeline.runner import run_command
+    from api_pipeline.runner import run_command  # start-up: only for this command
 
     overrides: dict[str, Any] = {}
     if args.mode is not None:
@@ -128,13 +121,13 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, ctx: Context) -> int:
-    from api_pipeline.runner import validate_command
+    from api_pipeline.runner import validate_command  # start-up: only for this command
 
     return validate_command(ctx.settings(args, "validate"), ctx, all_rows=args.all, limit=args.limit)
 
 
 def cmd_init_db(args: argparse.Namespace, ctx: Context) -> int:
-    from api_pipeline.diagnostics import init_db
+    from api_pipeline.diagnostics import init_db  # start-up: only for this command
 
     # --print with --dialect needs no connection, so no DB_CONNECTION_STRING either.
     command = "init-db --print" if args.print and args.dialect else "init-db"
@@ -144,44 +137,42 @@ def cmd_init_db(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
-    from api_pipeline.status import status_command
+    from api_pipeline.status import status_command  # start-up: only for this command
 
     return status_command(ctx.settings(args, "status"), ctx, runs=args.runs, as_json=args.json)
 
 
 def cmd_set_secret(args: argparse.Namespace, ctx: Context) -> int:
-    from api_pipeline.credentials import set_secret_command
-
     return set_secret_command(args.name, ctx, service=args.service)
 
 
 def cmd_test_endpoint(args: argparse.Namespace, ctx: Context) -> int:
-    from api_pipeline.diagnostics import test_endpoint
+    from api_pipeline.diagnostics import test_endpoint  # start-up: only for this command
 
     return test_endpoint(ctx.settings(args, "test-endpoint"), ctx)
 
 
 def cmd_test_db(args: argparse.Namespace, ctx: Context) -> int:
-    from api_pipeline.diagnostics import test_db
+    from api_pipeline.diagnostics import test_db  # start-up: only for this command
 
     return test_db(ctx.settings(args, "test-db"), ctx)
 
 
 def cmd_test_schema(args: argparse.Namespace, ctx: Context) -> int:
-    from api_pipeline.diagnostics import test_schema
+    from api_pipeline.diagnostics import test_schema  # start-up: only for this command
 
     return test_schema(ctx.settings(args, "test-schema"), ctx)
 
 
 def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
-    from api_pipeline.demo import run_demo
+    from api_pipeline.demo import run_demo  # start-up: only for this command
 
     folder = ctx.cwd / (args.dir if args.dir is not None else "csc_api_pipeline_demo")
     return run_demo(folder, ctx, children=args.children, seed=args.seed, verbosity=args.verbose, quiet=args.quiet)
 
 
 def cmd_simulate_api(args: argparse.Namespace, ctx: Context) -> int:
-    from api_pipeline.simulator import run_simulator
+    from api_pipeline.simulator import run_simulator  # start-up: only for this command
 
     return run_simulator(port=args.port, la_code=args.la_code, latency=args.latency, out=ctx.print)
 
@@ -378,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument(
         "--dialect",
-        choices=("mssql", "postgresql", "sqlite"),
+        choices=tuple(DIALECTS),
         help="With --print: write the DDL for this database system without connecting "
         "(default: the one DB_CONNECTION_STRING reaches).",
     )
@@ -432,7 +423,6 @@ def build_parser() -> argparse.ArgumentParser:
         "in .env instead of the secret. Run it as the account that runs the scheduled task: only that account "
         "can read the secret. Reads no settings and sends nothing.",
     )
-    from api_pipeline.credentials import keyring_variables
 
     names = keyring_variables()
     secret.add_argument(
@@ -444,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     secret.add_argument(
         "--service",
-        default="csc-api-pipeline",
+        default=DEFAULT_SERVICE,
         metavar="SERVICE",
         help="The keyring service name to store it under (default: csc-api-pipeline).",
     )
@@ -497,8 +487,6 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
             print(ctx.masked(traceback.format_exc(), patterns=True), file=ctx.err, end="", flush=True)
         return ExitCode.RECORDS_FAILED
     finally:
-        from api_pipeline.logs import close_logging
-
         close_logging()
 
 
@@ -512,8 +500,6 @@ def _where_the_database_is(ctx: Context, message: str) -> list[str]:
 
 def _leave_a_trace(ctx: Context, what: str, lines: list[str]) -> None:
     """Exit 2 happens before any run log exists: copy the messages to the error log as well as stderr."""
-    from api_pipeline.logs import append_error_log
-
     source = f"settings from {ctx.env_file}" if ctx.env_file is not None else "no .env found"
     header = f"{APP_NAME} {__version__}: {what} stopped with exit code 2 ({source}; started in {ctx.cwd})"
     append_error_log(ctx.error_log_folders(), [header, *lines])

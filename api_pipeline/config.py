@@ -6,10 +6,8 @@ default. Nothing else in the package reads ``os.environ``.
 
 from __future__ import annotations
 
-import io
 import os
 import re
-import sys
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -17,11 +15,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from api_pipeline.envfile import env_file_problems, read_env_file
 from api_pipeline.errors import ConfigError
+from api_pipeline.secret_store import (
+    KEYRING_PREFIX,
+    KeyringUnavailable,
+    is_keyring_reference,
+    keyring_place,
+    parse_keyring_reference,
+    read_secret,
+)
 
 TABLE_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 LA_CODE_PATTERN = re.compile(r"^[0-9]{3}$")
-LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 MAX_BATCH_SIZE = 100
 MAX_IN_FLIGHT = 8
 MAX_HTTP_TIMEOUT = 3600.0  # seconds: an hour for one request is already far longer than DfE needs
@@ -478,11 +485,6 @@ class Settings:
         return sqlite_file_of(self.db_connection_string.reveal())
 
     @property
-    def ledger_table(self) -> str:
-        """The submission ledger lives beside the staging table, named after it."""
-        return f"{self.table_name}_ledger"
-
-    @property
     def is_test_receiver(self) -> bool:
         """DfE's test receivers have '-test' in their host name or path (the simulator's path too).
 
@@ -504,42 +506,6 @@ class Settings:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return Settings(**values)
-
-
-# ``env.txt``: the earlier tool's name for the file, read where there is no ``.env``.
-ENV_FILE_NAMES = (".env", "env.txt")
-
-
-def env_file_folders(cwd: Path, executable_dir: Path) -> list[Path]:
-    """Where ``.env`` is looked for, in order: the current folder, then the program's."""
-    return [cwd] if executable_dir == cwd else [cwd, executable_dir]
-
-
-def find_env_file(explicit: Path | None, cwd: Path, executable_dir: Path) -> Path | None:
-    """``--env-file`` if given, else ``.env`` in the current folder, else next to the executable.
-
-    Task Scheduler starts programs in System32, so the last place matters. In each folder,
-    ``env.txt`` (the earlier tool's name) is read when there is no ``.env``.
-    """
-    if explicit is not None:
-        if not explicit.is_file():
-            raise ConfigError(f"--env-file: {explicit} does not exist or is not a file")
-        return explicit
-    for folder in env_file_folders(cwd, executable_dir):
-        for name in ENV_FILE_NAMES:
-            candidate = folder / name
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def no_env_file_found(cwd: Path, executable_dir: Path) -> str:
-    """The line that says where ``.env`` was looked for, shown before the settings it would have had."""
-    folders = ", ".join(str(folder) for folder in env_file_folders(cwd, executable_dir))
-    return (
-        f"no .env found; looked in: {folders} (for .env, then env.txt). Put .env next to the program, "
-        "or give its path with --env-file"
-    )
 
 
 SQLITE_URL_PREFIX = "sqlite:///"
@@ -571,54 +537,6 @@ def _absolute_sqlite(connection_string: str, base: Path) -> str:
     if absolute is path:
         return connection_string.strip()
     return SQLITE_URL_PREFIX + absolute.as_posix()
-
-
-def executable_dir() -> Path:
-    """The folder of the frozen exe, or of the current script when run from source."""
-    if getattr(sys, "frozen", False):
-        return Path(sys.executable).resolve().parent
-    return Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] else Path.cwd()
-
-
-def read_env_file(path: Path | None) -> dict[str, str]:
-    if path is None:
-        return {}
-    from dotenv import dotenv_values
-
-    try:
-        values = dotenv_values(path, interpolate=False)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--env-file: cannot read {path}: {exc.__class__.__name__}") from None
-    return {key: value for key, value in values.items() if value is not None}
-
-
-_ENV_LINE_NAME = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=")
-
-
-def env_file_problems(path: Path | None) -> list[str]:
-    """One line per ``.env`` line that python-dotenv cannot read (it would drop it with a warning).
-
-    Names the variable and the line, never the value: the line may hold a secret.
-    """
-    if path is None:
-        return []
-    from dotenv.parser import parse_stream
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return []  # read_env_file reports it
-    problems = []
-    for binding in parse_stream(io.StringIO(text)):
-        if not binding.error:
-            continue
-        named = _ENV_LINE_NAME.match(binding.original.string)
-        name = named.group(1) if named else "a setting"
-        problems.append(
-            f"{name}: line {binding.original.line} of {path} cannot be read, so it would be ignored. "
-            "Check its quotes: a value that starts with a quote must end with the same quote on that line"
-        )
-    return problems
 
 
 def load_settings(
@@ -712,21 +630,6 @@ def load_settings(
 # Secrets kept in the operating system's keyring (Windows Credential Manager).
 # ---------------------------------------------------------------------------
 
-KEYRING_PREFIX = "keyring:"
-
-
-def is_keyring_reference(text: str) -> bool:
-    return text.strip().lower().startswith(KEYRING_PREFIX)
-
-
-def parse_keyring_reference(text: str) -> tuple[str, str]:
-    """``keyring:<service>/<name>`` -> (service, name). Raises ValueError naming the expected form."""
-    body = text.strip()[len(KEYRING_PREFIX) :]
-    service, _, name = body.rpartition("/")
-    if not service.strip() or not name.strip():
-        raise ValueError("expected keyring:<service>/<name>, for example keyring:csc-api-pipeline/CLIENT_SECRET")
-    return service.strip(), name.strip()
-
 
 def resolve_keyring_reference(variable: str, text: str, problems: list[str]) -> str | None:
     """The secret a ``keyring:`` value points at, or None with the reason added to ``problems``.
@@ -738,8 +641,6 @@ def resolve_keyring_reference(variable: str, text: str, problems: list[str]) -> 
     except ValueError as exc:
         problems.append(f"{variable}: {exc}")
         return None
-    from api_pipeline.credentials import KeyringUnavailable, keyring_place, read_secret
-
     reference = f"{KEYRING_PREFIX}{service}/{name}"
     try:
         value = read_secret(service, name)

@@ -117,7 +117,7 @@ def wait_if_double_clicked(
 
 def _windows_processes() -> dict[int, tuple[int, str]]:
     """Every process: id -> (parent id, exe file name), from a Toolhelp snapshot."""
-    import ctypes
+    import ctypes  # Windows only
     from ctypes import wintypes
 
     class ProcessEntry(ctypes.Structure):
@@ -160,7 +160,7 @@ def _windows_processes() -> dict[int, tuple[int, str]]:
 
 def _windows_console_processes() -> list[int]:
     """The ids of the processes attached to this console (none: no console)."""
-    import ctypes
+    import ctypes  # Windows only
     from ctypes import wintypes
 
     kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]

@@ -1,26 +1,27 @@
-"""Secrets kept in the operating system's keyring instead of the ``.env`` file.
+"""``set-secret``: put a secret in the operating system's keyring, so the ``.env`` file holds none.
 
-On Windows the keyring is the Credential Manager of the account that runs the tool, so a
-secret stored by ``set-secret`` is readable only by that Windows account. A setting refers
-to one as ``keyring:<service>/<name>`` (the whole value); :func:`api_pipeline.config.load_settings`
-resolves it. ``keyring`` is imported only when such a value, or ``set-secret``, needs it.
+Which settings may live there comes from :data:`api_pipeline.config.OPTIONS`; reading and
+storing is :mod:`api_pipeline.secret_store`'s.
 """
 
 from __future__ import annotations
 
 import getpass
-import sys
 from collections.abc import Callable
 from typing import Any
 
-from api_pipeline.config import KEYRING_PREFIX, OPTIONS, is_keyring_reference
+from api_pipeline.config import OPTIONS
 from api_pipeline.errors import ConfigError, ExitCode
+from api_pipeline.secret_store import (
+    KEYRING_PREFIX,
+    KeyringUnavailable,
+    is_keyring_reference,
+    keyring_backend,
+    keyring_place,
+    store_secret,
+)
 
 DEFAULT_SERVICE = "csc-api-pipeline"
-
-
-class KeyringUnavailable(Exception):
-    """The keyring cannot be used on this machine; the message says why, never a secret."""
 
 
 def keyring_variables() -> tuple[str, ...]:
@@ -30,51 +31,6 @@ def keyring_variables() -> tuple[str, ...]:
         if option.secret:
             names.extend((option.env, *option.fallbacks))
     return tuple(names)
-
-
-def keyring_place() -> str:
-    """Where the secret goes, in words an officer recognises."""
-    return "the Windows Credential Manager" if sys.platform == "win32" else "the keyring"
-
-
-def _backend() -> Any:
-    """The keyring backend to use, or :class:`KeyringUnavailable` saying why there is none."""
-    try:
-        import keyring
-        from keyring.backends import fail
-    except ImportError:
-        raise KeyringUnavailable("keyring support is not installed (pip install keyring)") from None
-    backend = keyring.get_keyring()
-    if isinstance(backend, fail.Keyring) and sys.platform == "win32":
-        # A frozen exe may lack the package metadata keyring uses to find backends; the
-        # Credential Manager backend is always there on Windows, so ask for it by name.
-        from keyring.backends.Windows import WinVaultKeyring
-
-        backend = WinVaultKeyring()
-    if isinstance(backend, fail.Keyring):
-        raise KeyringUnavailable(
-            "no keyring is available on this machine (on Windows it is the Credential Manager; on Linux a "
-            "Secret Service such as GNOME Keyring is needed)"
-        )
-    return backend
-
-
-def read_secret(service: str, name: str) -> str | None:
-    """The stored secret, None if there is none, or :class:`KeyringUnavailable`."""
-    backend = _backend()
-    try:
-        value = backend.get_password(service, name)
-    except Exception as exc:  # backends raise their own errors (DBus, Win32); the class name is enough
-        raise KeyringUnavailable(f"the keyring could not be read ({type(exc).__name__})") from None
-    return value if isinstance(value, str) else None
-
-
-def store_secret(service: str, name: str, value: str) -> None:
-    backend = _backend()
-    try:
-        backend.set_password(service, name, value)
-    except Exception as exc:
-        raise KeyringUnavailable(f"the keyring refused to store it ({type(exc).__name__})") from None
 
 
 def set_secret_command(
@@ -97,7 +53,7 @@ def set_secret_command(
     if not service:
         raise ConfigError("set-secret: --service must not be empty")
     try:  # before asking for anything: a machine with no keyring cannot store what is typed
-        _backend()
+        keyring_backend()
     except KeyringUnavailable as exc:
         raise ConfigError(f"set-secret: cannot store {variable}: {exc}") from None
     ask = prompt or getpass.getpass

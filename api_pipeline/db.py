@@ -22,38 +22,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from api_pipeline.config import TABLE_NAME_PATTERN, Secret, sqlite_file_of
-from api_pipeline.dialects import (  # noqa: F401 - re-exported: callers import them from here
-    BINARY,
-    DIALECTS,
-    LEDGER_SPEC,
-    LONG_TEXT,
-    MSSQL,
-    POSTGRES,
-    REQUIRED_COLUMNS,
-    SQLITE,
-    STAGING_COLUMNS,
-    STAGING_SPEC,
-    ColumnInfo,
-    ColumnIssue,
-    Dialect,
-    Kinds,
-    check_columns,
-    check_table_name_length,
-    dialect_for_dbms,
-    dialect_named,
-    ledger_ddl,
-    ledger_index_ddl,
-    person_index_name,
-    sqlite_column_info,
-    staging_ddl,
-    staging_index_ddl,
-)
+from api_pipeline.dialects import SQLITE, ColumnInfo, Dialect, Kinds, dialect_for_dbms, sqlite_column_info
 from api_pipeline.errors import ConfigError, DatabaseError
 from api_pipeline.odbc import (
     CONFLICT,
@@ -69,7 +43,6 @@ from api_pipeline.odbc import (
     decode_datetimeoffset,
     decode_wide_text,
     explain_odbc_error,
-    is_microsoft_sql_driver,
     is_psqlodbc,
     odbc_value,
     parse_odbc_string,
@@ -80,20 +53,11 @@ from api_pipeline.odbc import (
 log = logging.getLogger(__name__)
 
 SQLITE_PREFIX = "sqlite:///"
-PAGE_SIZE = 500
 # SQLite, for a run's write-backs (Database.prepare_for_bulk_writes).
 BULK_CACHE_KIB = 16 * 1024
 CHECKPOINT_EVERY = 0.25  # seconds between the background checkpointer's passes
 RESTART_FRAMES = 8_000  # log pages (~32 MB) after which it restarts the log, so the file stops growing
 BULK_CHECKPOINT_PAGES = 40_000  # the run connection's own checkpoint, should the background one fall behind
-# Parameters per statement in bulk writes: under SQLite's historical limit of 999.
-MAX_PARAMETERS = 900
-# The ledger's columns after its key, in the order write-back binds them.
-_LEDGER_VALUES = tuple(c.name for c in LEDGER_SPEC[1:])
-# How SQLite and PostgreSQL refuse ON CONFLICT (la_child_id) when that column is not a key.
-_STATE = "LOWER(COALESCE(t.row_state, ''))"
-_STATUS = "LOWER(COALESCE(t.submission_status, ''))"
-_NO_CONFLICT_KEY = re.compile(r"ON CONFLICT clause does not match|no unique or exclusion constraint|42P10", re.I)
 # Lock waits (SQL Server, PostgreSQL): one statement waits at most LOCK_WAIT_SECONDS for a lock
 # another session holds, then fails and is tried again, LOCK_WAIT_ATTEMPTS times in all (half an
 # hour), the run lock's heartbeat written between tries. A deadlock victim's work is tried again
@@ -104,11 +68,6 @@ CONFLICT_ATTEMPTS = 5
 CONFLICT_PAUSE = 0.5  # seconds before the second attempt
 
 T = TypeVar("T")
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
 
 
 def _sqlite_error(exc: BaseException) -> DatabaseError:
@@ -144,7 +103,7 @@ def sqlite_path(connection_string: str) -> str:
 def import_pyodbc() -> Any:
     """pyodbc, imported only for ODBC strings: SQLite works on a machine with no ODBC at all."""
     try:
-        import pyodbc
+        import pyodbc  # optional: only for ODBC strings (SQLite needs no ODBC driver manager)
     except ImportError as exc:
         raise DatabaseError(
             "DB_CONNECTION_STRING is an ODBC connection string, but pyodbc could not be loaded "
@@ -236,6 +195,9 @@ class Database:
         self.description = description
         self.driver_file = driver_file
         self._odbc = odbc
+        # The standard library's sqlite3 (a SQLite file): SQLite's own statements (PRAGMA, BEGIN
+        # IMMEDIATE) and tuning apply; everything else is ODBC, whose SQL differs by dialect.
+        self._sqlite = isinstance(connection, sqlite3.Connection)
         self._context = context or OdbcContext()
         self._path = path
         self._errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
@@ -244,7 +206,7 @@ class Database:
         # fast_executemany sends a whole parameter array at once; proven with Microsoft's
         # SQL Server drivers only (it crashes the SQLite ODBC driver; FreeTDS and psqlODBC
         # gain nothing or misbehave), so only there.
-        self.fast_executemany = odbc is not None and dialect.name == "mssql" and is_microsoft_sql_driver(driver_file)
+        self.fast_executemany = odbc is not None and dialect.uses_microsoft_driver(driver_file)
         self._in_transaction = False
         self._open_queries = 0
         # One thread at a time on the connection (a run writes back on a thread of its own, and
@@ -343,7 +305,7 @@ class Database:
             dialect = dialect_for_dbms(dbms)
             version = str(conn.getinfo(module.SQL_DBMS_VER) or "")
             driver_version = str(conn.getinfo(module.SQL_DRIVER_VER) or "")
-            if dialect is MSSQL and is_microsoft_sql_driver(driver_file):
+            if dialect.uses_microsoft_driver(driver_file):
                 cls._add_output_converters(conn)
         except module.Error as exc:
             conn.close()
@@ -416,7 +378,7 @@ class Database:
         queued behind it. :meth:`finish_bulk_writes` copies the rest before the run ends.
         Pages of rows are read on a third connection (see :attr:`reader`).
         """
-        if self.dialect.name != "sqlite" or self._odbc is not None or self._path in (None, ":memory:"):
+        if not self._sqlite or self._path in (None, ":memory:"):
             return
         try:
             with self.lock:
@@ -483,7 +445,7 @@ class Database:
                 return
             self._in_transaction = True
             try:
-                if self.dialect.name == "sqlite" and self._odbc is None:
+                if self._sqlite:
                     self._run(lambda: self._conn.execute("BEGIN IMMEDIATE"))
                 yield
                 self._run(self._conn.commit)
@@ -654,7 +616,7 @@ class Database:
     def columns(self, table: str) -> list[ColumnInfo] | None:
         """The table's columns (names in lower case), or None when the table does not exist."""
         validate_table_name(table)
-        if self.dialect.name == "sqlite":
+        if self._sqlite:
             if "." in table:
                 schema, name = table.split(".", 1)
                 rows = list(self.query(f"PRAGMA {schema}.table_info({name})"))
@@ -692,7 +654,7 @@ class Database:
         search order), or None when there is no such table. ``SSD_Staging``, ``dbo.ssd_staging``
         and ``ssd_staging`` can all be one table; this gives each of them the same name."""
         validate_table_name(table)
-        if self.dialect.name == "sqlite":
+        if self._sqlite:
             return self._resolve_sqlite_table(table)
         sql = self.dialect.resolve_table_sql()
         for schema, name in self.query(sql or "", (table,)):
@@ -726,7 +688,7 @@ class Database:
 
     def server_info(self) -> ServerInfo:
         """DBMS, version, driver and who we are logged in as, for test-db."""
-        if self._odbc is None:
+        if self._sqlite:
             return ServerInfo(
                 dbms="SQLite",
                 version=sqlite3.sqlite_version,
@@ -752,541 +714,3 @@ class Database:
             login=login,
             database=database,
         )
-
-
-# ---------------------------------------------------------------------------
-# The staging table and the ledger
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StagingRow:
-    """A candidate row, with what the ledger says DfE holds for that child."""
-
-    id: int
-    person_id: str | None
-    json_payload: Any  # text, or whatever an odd column type gave (the pipeline checks)
-    submission_status: str | None
-    row_state: str | None
-    ledger_json: str | None
-    ledger_purged: bool
-    ledger_receipt: str | None
-    ledger_acknowledged_at: Any
-    # Whether the ledger has an entry for this child at all (a purged child's has no record).
-    ledger_found: bool = False
-    # What an earlier tool left: the record before the council's latest change (usually what
-    # that tool sent), its answer and the time of it. Used only for a child with no ledger entry.
-    previous_json_payload: Any = None
-    api_response: str | None = None
-    submission_timestamp: Any = None
-
-    @property
-    def is_deleted(self) -> bool:
-        return (self.row_state or "").strip().lower() == "deleted"
-
-    @property
-    def is_sent(self) -> bool:
-        return (self.submission_status or "").strip().lower() == "sent"
-
-    def with_ledger(self, entry: LedgerEntry | None) -> StagingRow:
-        """This row with ``entry`` as what DfE holds (for a child the join by person_id could not find)."""
-        if entry is None:
-            return replace(
-                self,
-                ledger_json=None,
-                ledger_purged=False,
-                ledger_receipt=None,
-                ledger_acknowledged_at=None,
-                ledger_found=False,
-            )
-        return replace(
-            self,
-            ledger_json=entry.record_json,
-            ledger_purged=entry.purged,
-            ledger_receipt=entry.receipt,
-            ledger_acknowledged_at=entry.acknowledged_at,
-            ledger_found=True,
-        )
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """What DfE acknowledged for one child."""
-
-    la_child_id: str
-    mis_child_id: str | None
-    staging_id: int
-    record_json: str | None
-    record_hash: bytes | None
-    receipt: str
-    acknowledged_at: datetime
-    purged: bool
-
-
-@dataclass(frozen=True)
-class FirstContact:
-    """Rows whose child has no ledger entry yet, by what the next run does with them (DESIGN §4)."""
-
-    adopt: int  # an earlier tool sent it and it is unchanged: recorded in the ledger, not sent
-    changed_since_sent: int  # marked sent but changed since: sent whole, with purges
-    with_purges: int  # waiting, with the earlier tool's last copy: sent whole, with purges for what it lost
-    whole: int  # waiting, never sent: sent whole
-    purge: int  # deleted: purged
-
-    @property
-    def total(self) -> int:
-        return self.adopt + self.changed_since_sent + self.with_purges + self.whole + self.purge
-
-    def lines(self) -> list[str]:
-        """What the next run will do for these children, in words."""
-        if not self.total:
-            return []
-        parts = [
-            (self.adopt, "recorded as DfE already holds them (an earlier tool sent them), not sent again"),
-            (
-                self.changed_since_sent + self.with_purges,
-                "sent whole, with purges for what previous_json_payload has and the record now lacks",
-            ),
-            (self.whole, "sent whole"),
-            (self.purge, "purged (deleted children)"),
-        ]
-        return [f"  {n} {'row' if n == 1 else 'rows'}: {what}" for n, what in parts if n]
-
-
-@dataclass(frozen=True)
-class RowUpdate:
-    """The outcome to write to one staging row.
-
-    ``expect_payload`` is the ``json_payload`` text read at the start: the
-    update only applies if the council's SQL has not changed it since.
-    """
-
-    row_id: int
-    status: str
-    api_response: str
-    expect_payload: str | None
-    submission_timestamp: datetime | None = None
-    mark_sent: bool = False
-    previous_hash: bytes | None = None
-    row_state: str | None = None
-    purge: bool = False
-
-
-class StagingTable:
-    """Reads candidates from the staging table and writes outcomes back, with the ledger."""
-
-    def __init__(self, db: Database, table: str, ledger: str | None = None) -> None:
-        self.db = db
-        self.table = validate_table_name(table)
-        check_table_name_length(db.dialect, self.table)
-        self.ledger = validate_table_name(ledger or f"{table}_ledger")
-        self._has_ledger: bool | None = None
-        self._current_hash: bool | None = None
-        self._upsert_ledger = True
-
-    # -- schema -------------------------------------------------------------
-
-    def create_staging_table(self) -> None:
-        """The table as councils' DDL makes it (no unique index: existing tables may lack one)."""
-        with self.db.transaction():
-            self.db.execute(staging_ddl(self.db.dialect, self.table))
-
-    def create_person_id_index(self) -> None:
-        with self.db.transaction():
-            self.db.execute(staging_index_ddl(self.db.dialect, self.table))
-
-    def create_ledger(self) -> None:
-        with self.db.transaction():
-            self.db.execute(ledger_ddl(self.db.dialect, self.ledger))
-            self.db.execute(ledger_index_ddl(self.db.dialect, self.ledger))
-        self._has_ledger = True
-
-    def _has_current_hash(self) -> bool:
-        if self._current_hash is None:
-            self._current_hash = "current_hash" in (self.db.column_names(self.table) or [])
-        return self._current_hash
-
-    def has_ledger(self) -> bool:
-        if self._has_ledger is None:
-            self._has_ledger = self.db.column_names(self.ledger) is not None
-        return self._has_ledger
-
-    def ensure_ledger(self) -> None:
-        """Create the ledger when it is missing; never alters an existing table."""
-        if self.has_ledger():
-            return
-        try:
-            self.create_ledger()
-        except DatabaseError as exc:
-            raise DatabaseError(
-                f"the submission ledger table {self.ledger} does not exist and could not be created "
-                f"({exc}). Ask your DBA to create it: csc-api-pipeline init-db --print"
-            ) from None
-        log.info("created the submission ledger table %s", self.ledger)
-
-    def missing_columns(self) -> list[str] | None:
-        """Required columns the staging table lacks; None when the table itself is missing."""
-        present = self.db.column_names(self.table)
-        if present is None:
-            return None
-        return [c for c in REQUIRED_COLUMNS if c not in present]
-
-    def column_issues(self) -> list[ColumnIssue] | None:
-        """Missing or unusable staging columns with the DDL to fix each; None when the table is missing."""
-        present = self.db.columns(self.table)
-        return None if present is None else check_columns(self.db.dialect, self.table, STAGING_SPEC, present)
-
-    def ledger_issues(self) -> list[ColumnIssue] | None:
-        """The same for the ledger; None when it does not exist yet."""
-        present = self.db.columns(self.ledger)
-        return None if present is None else check_columns(self.db.dialect, self.ledger, LEDGER_SPEC, present)
-
-    # -- reading --------------------------------------------------------------
-
-    def duplicate_person_ids(self) -> frozenset[str]:
-        """person_id values (spaces trimmed) on more than one row: the tool cannot tell which row is the child."""
-        trimmed = self.db.dialect.trim("person_id")
-        sql = (
-            f"SELECT {trimmed} FROM {self.table} WHERE person_id IS NOT NULL AND {trimmed} <> '' "
-            f"GROUP BY {trimmed} HAVING COUNT(*) > 1"
-        )
-        return frozenset(str(row[0]).strip() for row in self.db.query(sql))
-
-    def person_ids(self) -> frozenset[str]:
-        """Every row's person_id, spaces trimmed: whose la_child_id each matching row claims."""
-        sql = f"SELECT person_id FROM {self.table} WHERE person_id IS NOT NULL"
-        return frozenset(text for row in self.db.query(sql, chunk=2000) if (text := str(row[0]).strip()))
-
-    def rows_without_person_id(self) -> Iterator[tuple[int, Any]]:
-        """``(id, json_payload)`` of rows whose person_id is NULL or blank: only their record says who they are."""
-        sql = (
-            f"SELECT id, json_payload FROM {self.table} "
-            f"WHERE person_id IS NULL OR {self.db.dialect.trim('person_id')} = '' ORDER BY id"
-        )
-        for row_id, payload in self.db.query(sql):
-            yield int(row_id), payload
-
-    def payload_of(self, row_id: int) -> Any:
-        """One row's json_payload (None when the row is gone)."""
-        return self.db.scalar(f"SELECT json_payload FROM {self.table} WHERE id = ?", (row_id,))
-
-    def candidate_source(self, *, all_rows: bool = False) -> tuple[str, str]:
-        """``(FROM source, WHERE condition)`` for the rows a run reads; the one definition of them.
-
-        Candidates: every row not yet ``sent``/``invalid`` (any case); deleted children whose
-        purge DfE has not acknowledged; and rows an earlier tool marked ``sent`` whose child
-        has no ledger entry yet (switch-over: adopted into the ledger, DESIGN §4). The ledger
-        is joined as ``l`` on the trimmed person_id (its columns are NULL when it does not exist
-        yet: read-only runs do not create it). A row whose person_id is not its record's
-        la_child_id is found in the ledger by its staging id instead.
-        """
-        source, unknown, not_purged = self._joined()
-        if all_rows:
-            return source, "1 = 1"
-        wanted = (
-            f"({_STATE} <> 'deleted' AND {_STATUS} NOT IN ('sent', 'invalid')) "
-            f"OR ({_STATE} = 'deleted' AND {not_purged}) "
-            f"OR ({_STATE} <> 'deleted' AND {_STATUS} = 'sent' AND {unknown})"
-        )
-        return source, wanted
-
-    def _joined(self) -> tuple[str, str, str]:
-        """The staging table ``t`` joined to the ledger ``l``; the conditions "the ledger has
-        no entry for this row's child" and "the ledger has not recorded its purge"."""
-        if not self.has_ledger():
-            source = (
-                f"{self.table} t LEFT JOIN (SELECT NULL AS la_child_id, NULL AS record_json, "
-                "CAST(NULL AS INTEGER) AS purged, NULL AS receipt, NULL AS acknowledged_at) l ON 1 = 0"
-            )
-            return source, "1 = 1", "1 = 1"
-        source = f"{self.table} t LEFT JOIN {self.ledger} l ON l.la_child_id = {self.db.dialect.trim('t.person_id')}"
-        by_row = f"SELECT 1 FROM {self.ledger} r WHERE r.staging_id = t.id"
-        unknown = f"l.la_child_id IS NULL AND NOT EXISTS ({by_row})"
-        not_purged = f"(l.purged IS NULL OR l.purged = 0) AND NOT EXISTS ({by_row} AND r.purged = 1)"
-        return source, unknown, not_purged
-
-    def first_contact(self) -> FirstContact:
-        """Children the ledger has no entry for yet (switch-over), by what the next run will do."""
-        source, unknown, _ = self._joined()
-        same = self.db.dialect.same_columns("t.previous_json_payload", "t.json_payload")
-        live = f"{_STATE} <> 'deleted'"
-        cases = (
-            f"{live} AND {_STATUS} = 'sent' AND (t.previous_json_payload IS NULL OR {same})",
-            f"{live} AND {_STATUS} = 'sent' AND t.previous_json_payload IS NOT NULL AND NOT ({same})",
-            f"{live} AND {_STATUS} NOT IN ('sent', 'invalid') AND t.previous_json_payload IS NOT NULL",
-            f"{live} AND {_STATUS} NOT IN ('sent', 'invalid') AND t.previous_json_payload IS NULL",
-            f"{_STATE} = 'deleted'",
-        )
-        sums = ", ".join(f"SUM(CASE WHEN {case} THEN 1 ELSE 0 END)" for case in cases)
-        for row in self.db.query(f"SELECT {sums} FROM {source} WHERE {unknown}"):
-            return FirstContact(*(int(n or 0) for n in row))
-        return FirstContact(0, 0, 0, 0, 0)
-
-    _CANDIDATE_COLUMNS = (
-        "t.id, t.person_id, t.json_payload, t.submission_status, t.row_state, "
-        "l.record_json, l.purged, l.receipt, l.acknowledged_at, l.la_child_id, "
-        "t.previous_json_payload, t.api_response, t.submission_timestamp"
-    )
-
-    @staticmethod
-    def _candidate(row: Sequence[Any]) -> StagingRow:
-        return StagingRow(
-            id=int(row[0]),
-            person_id=None if row[1] is None else str(row[1]).strip(),
-            json_payload=row[2],
-            submission_status=row[3],
-            row_state=row[4],
-            ledger_json=row[5],
-            ledger_purged=bool(row[6]),
-            ledger_receipt=row[7],
-            ledger_acknowledged_at=row[8],
-            ledger_found=row[9] is not None,
-            previous_json_payload=row[10],
-            api_response=row[11],
-            submission_timestamp=row[12],
-        )
-
-    def iter_candidates(
-        self, *, page_size: int = PAGE_SIZE, limit: int | None = None, all_rows: bool = False
-    ) -> Iterator[StagingRow]:
-        """Rows that may need sending (:meth:`candidate_source`), in id order, one page at a time.
-
-        Keyset pagination (``id > last``) keeps memory flat, lets the writes of
-        earlier batches commit between pages, and never re-reads a row.
-        """
-        source, wanted = self.candidate_source(all_rows=all_rows)
-        rest = f"FROM {source} WHERE t.id > ? AND ({wanted}) ORDER BY t.id"
-        sql = self.db.dialect.select_top(self._CANDIDATE_COLUMNS, rest)
-        last_id, produced = 0, 0
-        reader = self.db.reader
-        while limit is None or produced < limit:
-            size = page_size if limit is None else min(page_size, limit - produced)
-            params = (size, last_id) if self.db.dialect.limit_first() else (last_id, size)
-            with reader.lock:  # the whole page: on a shared connection, no write-back interleaves
-                page = reader.fetch_all(sql, params)
-            for row in page:
-                produced += 1
-                yield self._candidate(row)
-            if len(page) < size:
-                return
-            last_id = int(page[-1][0])
-
-    def rows_by_id(self, row_ids: Sequence[int]) -> Iterator[StagingRow]:
-        """These rows, as :meth:`iter_candidates` gives them, in id order (the pipeline's second look)."""
-        source, _ = self.candidate_source(all_rows=True)
-        for chunk in _chunks(sorted(row_ids), MAX_PARAMETERS):
-            marks = ", ".join("?" * len(chunk))
-            sql = f"SELECT {self._CANDIDATE_COLUMNS} FROM {source} WHERE t.id IN ({marks}) ORDER BY t.id"
-            with self.db.reader.lock:
-                page = list(self.db.reader.query(sql, chunk))
-            yield from (self._candidate(row) for row in page)
-
-    def ledger_entry(self, la_child_id: str) -> LedgerEntry | None:
-        """The ledger's entry for one child, or None (always None before the ledger exists)."""
-        if not self.has_ledger():
-            return None
-        sql = (
-            "SELECT la_child_id, mis_child_id, staging_id, record_json, record_hash, receipt, "
-            f"acknowledged_at, purged FROM {self.ledger} WHERE la_child_id = ?"
-        )
-        for row in self.db.query(sql, (la_child_id,)):
-            return LedgerEntry(
-                la_child_id=row[0],
-                mis_child_id=row[1],
-                staging_id=row[2],
-                record_json=row[3],
-                record_hash=None if row[4] is None else bytes(row[4]),
-                receipt=row[5],
-                acknowledged_at=row[6],
-                purged=bool(row[7]),
-            )
-        return None
-
-    # -- writing --------------------------------------------------------------
-
-    def _locked_rows(self, row_ids: Sequence[int]) -> dict[int, tuple[Any, str | None]]:
-        """``json_payload`` (as :meth:`Dialect.stored_text` reads it: SQL Server, its SHA-256, so no
-        payload travels back) and ``row_state`` of these rows, locked until the transaction ends.
-
-        SQLite's ``BEGIN IMMEDIATE`` already holds the write lock; the others lock the rows read.
-        """
-        found: dict[int, tuple[Any, str | None]] = {}
-        d = self.db.dialect
-        hint = " WITH (UPDLOCK, ROWLOCK)" if d.name == "mssql" else ""
-        tail = " FOR UPDATE" if d.name == "postgresql" else ""
-        payload = d.stored_text("json_payload")
-        for chunk in _chunks(sorted(set(row_ids)), MAX_PARAMETERS):
-            marks = ", ".join("?" * len(chunk))
-            # In id order, so concurrent writers that also go in id order cannot deadlock with it.
-            sql = f"SELECT id, {payload}, row_state FROM {self.table}{hint} WHERE id IN ({marks}) ORDER BY id{tail}"
-            for row_id, stored, state in self.db.query(sql, chunk, chunk=len(chunk)):
-                found[int(row_id)] = (None if stored is None else d.comparable(stored), state)
-        return found
-
-    def _write_ledger(self, ledger: Sequence[LedgerEntry]) -> None:
-        """Replace these children's ledger entries (inside the caller's transaction).
-
-        SQLite and PostgreSQL update each entry in place (``ON CONFLICT ... DO UPDATE``), which
-        leaves the key's index alone and dirties half the pages a delete and insert would;
-        SQL Server, and a ledger whose ``la_child_id`` is not a key, delete and insert.
-        """
-        d = self.db.dialect
-        upsert = self._upsert_ledger and d.name in ("sqlite", "postgresql")
-        if not upsert:
-            for chunk in _chunks([e.la_child_id for e in ledger], MAX_PARAMETERS):
-                marks = ", ".join("?" * len(chunk))
-                self.db.execute(f"DELETE FROM {self.ledger} WHERE la_child_id IN ({marks})", chunk)
-        ledger_kinds = (None, None, None, LONG_TEXT, BINARY, None, None, None)
-        values = [
-            (
-                e.la_child_id,
-                e.mis_child_id,
-                e.staging_id,
-                e.record_json,
-                e.record_hash,
-                e.receipt,
-                d.timestamp_param(e.acknowledged_at),
-                1 if e.purged else 0,
-            )
-            for e in ledger
-        ]
-        insert = f"INSERT INTO {self.ledger} (la_child_id, {', '.join(_LEDGER_VALUES)}) VALUES "
-        marks = "(?, ?, ?, ?, ?, ?, ?, ?)"
-        on_conflict = ""
-        if upsert:
-            updates = ", ".join(f"{c} = excluded.{c}" for c in _LEDGER_VALUES)
-            on_conflict = f" ON CONFLICT (la_child_id) DO UPDATE SET {updates}"
-        if self.db.fast_executemany:  # one parameter array: as fast as it gets
-            self.db.executemany(insert + marks + on_conflict, values, kinds=ledger_kinds)
-        else:  # a multi-row VALUES: one round trip where executemany makes one per row
-            for rows in _chunks(values, MAX_PARAMETERS // len(ledger_kinds)):
-                self.db.execute(
-                    insert + ", ".join([marks] * len(rows)) + on_conflict,
-                    [value for row in rows for value in row],
-                    kinds=ledger_kinds * len(rows),
-                )
-
-    def write_back(self, updates: Sequence[RowUpdate], ledger: Sequence[LedgerEntry]) -> int:
-        """Write one batch's outcomes and ledger entries in one transaction.
-
-        Returns how many row updates were skipped because the council's SQL
-        changed the row since it was read (those rows stay pending). A transaction the
-        database rolled back as a deadlock victim, or one that waited too long for the
-        staging SQL's locks, is written again from the start (Database.retry_conflicts).
-        """
-        return self.db.retry_conflicts(lambda: self._write_back_once(updates, ledger), "writing back a batch")
-
-    def _write_back_once(self, updates: Sequence[RowUpdate], ledger: Sequence[LedgerEntry]) -> int:
-        try:
-            return self._write_back(updates, ledger)
-        except DatabaseError as exc:
-            # A ledger made by hand without its primary key: nothing was written (the
-            # transaction rolled back); delete and insert from now on.
-            if not (self._upsert_ledger and ledger and _NO_CONFLICT_KEY.search(str(exc))):
-                raise
-            self._upsert_ledger = False
-            log.warning(
-                "the ledger table %s has no primary key on la_child_id; writing it the slower way. "
-                "csc-api-pipeline init-db --print shows the DDL it should have",
-                self.ledger,
-            )
-            return self._write_back(updates, ledger)
-
-    def _write_back(self, updates: Sequence[RowUpdate], ledger: Sequence[LedgerEntry]) -> int:
-        d = self.db.dialect
-        t = self.table
-        # previous_hash takes current_hash, as the earlier tools and the council's SQL do;
-        # a table without current_hash gets the hash of the record sent.
-        copy_hash = self._has_current_hash()
-        # Each statement in two forms: for rows re-read under the transaction's lock and found
-        # as they were (the lock keeps them so: no check needed), and with the optimistic check
-        # for any other row, so the database's own comparison decides.
-        same_payload = f" AND {d.same_stored_text('json_payload')}"
-        # kind -> (the columns set from parameters, as (column, PostgreSQL type), in parameter
-        # order before the row id; what else is set; the optimistic check).
-        shapes: dict[str, tuple[tuple[tuple[str, str], ...], str, str]] = {
-            "sent": (
-                (
-                    ("submission_status", "TEXT"),
-                    ("api_response", "TEXT"),
-                    ("submission_timestamp", "TIMESTAMP"),
-                    *(() if copy_hash else (("previous_hash", "BYTEA"),)),
-                    ("row_state", "TEXT"),
-                ),
-                "previous_json_payload = json_payload, partial_json_payload = NULL"
-                + (", previous_hash = current_hash" if copy_hash else ""),
-                same_payload,
-            ),
-            "purge": (
-                (("submission_status", "TEXT"), ("api_response", "TEXT"), ("submission_timestamp", "TIMESTAMP")),
-                "",
-                " AND LOWER(row_state) = 'deleted'",
-            ),
-            "outcome": ((("submission_status", "TEXT"), ("api_response", "TEXT")), "", same_payload),
-            "note": ((("api_response", "TEXT"),), "", same_payload),
-        }
-        kinds_of = {"TEXT": None, "TIMESTAMP": None, "BYTEA": BINARY}
-        statements: dict[str, tuple[str, tuple[Any, ...], str]] = {}
-        for kind, (columns, also, check) in shapes.items():
-            assignments = ", ".join([*(f"{column} = ?" for column, _ in columns), *([also] if also else [])])
-            param_kinds = tuple(LONG_TEXT if c == "api_response" else kinds_of[pg] for c, pg in columns) + (None,)
-            statements[kind] = (f"UPDATE {t} SET {assignments} WHERE id = ?", param_kinds, check)
-
-        def set_based(kind: str, rows: list[tuple[Any, ...]]) -> None:
-            """PostgreSQL: many rows' updates in one statement, one round trip (psqlODBC's
-            executemany makes one per row). Every parameter is cast: psqlODBC sends them untyped."""
-            columns, also, _ = shapes[kind]
-            names = [column for column, _ in columns]
-            casts = [f"CAST(? AS {pg})" for _, pg in columns] + ["CAST(? AS INTEGER)"]
-            row_marks = "(" + ", ".join(casts) + ")"
-            assignments = ", ".join([*(f"{n} = v.{n}" for n in names), *([also] if also else [])])
-            for chunk in _chunks(rows, MAX_PARAMETERS // len(casts)):
-                self.db.execute(
-                    f"UPDATE {t} SET {assignments} FROM (VALUES {', '.join([row_marks] * len(chunk))}) "
-                    f"AS v({', '.join([*names, 'row_id'])}) WHERE {t}.id = v.row_id",
-                    [value for row in chunk for value in row],
-                )
-
-        def plan(u: RowUpdate) -> tuple[str, tuple[Any, ...]]:
-            if u.purge:
-                return "purge", (u.status, u.api_response, d.timestamp_param(u.submission_timestamp), u.row_id)
-            if u.mark_sent:
-                hashed = () if copy_hash else (u.previous_hash,)
-                params = (u.status, u.api_response, d.timestamp_param(u.submission_timestamp), *hashed, u.row_state)
-                return "sent", (*params, u.row_id)
-            if u.status:
-                return "outcome", (u.status, u.api_response, u.row_id)
-            return "note", (u.api_response, u.row_id)
-
-        skipped = 0
-        with self.db.transaction():
-            if ledger:
-                self._write_ledger(ledger)
-            # The optimistic check, in bulk: the batch's rows are read once under a write lock;
-            # those still as they were read are updated together (executemany); any other
-            # row is updated on its own so the database's own comparison decides and is counted.
-            current = self._locked_rows([u.row_id for u in updates])
-            together: dict[str, list[tuple[Any, ...]]] = {}
-            for u in updates:
-                kind, params = plan(u)
-                payload, state = current.get(u.row_id, (None, None))
-                # The text read, as stored_text reads it (SQL Server: its hash; the text of a row
-                # that was not valid as stored is never bound back, only the hash of its bytes).
-                expected = None if u.purge else d.expected_text(u.expect_payload)
-                if u.row_id in current and ((state or "").lower() == "deleted" if u.purge else payload == expected):
-                    together.setdefault(kind, []).append(params)
-                    continue
-                sql, kinds, check = statements[kind]
-                if u.purge:
-                    checked = self.db.execute(sql + check, params, kinds=kinds)
-                else:
-                    checked = self.db.execute(sql + check, (*params, expected), kinds=(*kinds, d.expected_kind))
-                if checked == 0:
-                    skipped += 1
-            for kind, rows in together.items():
-                if d.name == "postgresql" and len(rows) > 1:
-                    set_based(kind, rows)
-                    continue
-                sql, kinds, _ = statements[kind]
-                self.db.executemany(sql, rows, kinds=kinds)
-        return skipped

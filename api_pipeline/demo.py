@@ -16,10 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from api_pipeline.config import load_settings
-from api_pipeline.db import BINARY, Database, StagingTable
-from api_pipeline.errors import ExitCode
-from api_pipeline.logs import configure_logging, new_run_id
+from api_pipeline.db import Database
+from api_pipeline.dialects import BINARY
+from api_pipeline.errors import ConfigError, ExitCode
+from api_pipeline.logs import configure_logging
 from api_pipeline.payload import records_equal
+from api_pipeline.runner import execute_run
+from api_pipeline.runs import make_private_dir, new_run_id, why_not
+from api_pipeline.simulator import Simulator
+from api_pipeline.staging import StagingTable
+from api_pipeline.synthetic import make_children, mutate
 from api_pipeline.wording import plural
 
 DEMO_TABLE = "ssd_api_data_staging"
@@ -68,8 +74,6 @@ def apply_nightly_changes(
     db: Database, table: str, rng: random.Random, *, update_fraction: float = 0.2, delete_fraction: float = 0.03
 ) -> NightlyChanges:
     """Edit and delete children the way a council's nightly SQL marks them (DESIGN §4)."""
-    from api_pipeline.synthetic import mutate
-
     rows = list(
         db.query(f"SELECT id, person_id, json_payload, row_state FROM {table} ORDER BY id")  # noqa: S608
     )
@@ -92,20 +96,6 @@ def apply_nightly_changes(
             db.execute(f"UPDATE {table} SET row_state = 'Deleted', last_updated = ? WHERE id = ?", (_now(), row_id))
             changes.deleted.append(person_id)
     return changes
-
-
-def return_children(db: Database, table: str, la_child_ids: Iterable[str]) -> list[str]:
-    """Children who come back into the cohort after being deleted: ``Pending``/``New`` again."""
-    back = []
-    with db.transaction():
-        for la_child_id in la_child_ids:
-            db.execute(
-                f"UPDATE {table} SET row_state = 'New', submission_status = 'Pending', last_updated = ? "
-                "WHERE person_id = ?",
-                (_now(), la_child_id),
-            )
-            back.append(la_child_id)
-    return back
 
 
 @dataclass
@@ -139,9 +129,6 @@ def prepare_demo_folder(folder: Path) -> None:
 
     The demo never deletes a folder: ``--dir .`` or a folder of someone's files is refused.
     """
-    from api_pipeline.errors import ConfigError
-    from api_pipeline.logs import make_private_dir, why_not
-
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"demo --dir: {folder} is a file; give a new or empty folder for the demo")
     if folder.is_dir():
@@ -166,10 +153,6 @@ def run_demo(
     folder: Path, ctx: Any, *, children: int = 300, seed: int = 2026, verbosity: int = 0, quiet: bool = False
 ) -> int:
     """The ``demo`` command (DESIGN §2). Returns 0 only if DfE's view converged."""
-    from api_pipeline.runner import execute_run
-    from api_pipeline.simulator import Simulator
-    from api_pipeline.synthetic import make_children
-
     say = ctx.print
     prepare_demo_folder(folder)
     db_path = folder / "staging.db"

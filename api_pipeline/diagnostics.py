@@ -1,25 +1,47 @@
-"""``test-endpoint``, ``test-db``, ``test-schema``, ``init-db``: prove or prepare a setup without sending records."""
+"""``test-endpoint``, ``test-db``, ``test-schema``, ``init-db``: prove or prepare a setup without sending records.
+
+``test-endpoint``'s checks (:func:`check_endpoint`, :class:`EndpointCheck`) live here, beside the
+other checks; they use the API client's one-POST :meth:`~api_pipeline.api.ApiClient.probe`.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, replace
 from typing import Any
 
+from api_pipeline.api import PROMOTE_SECONDARY_KEY_ADVICE, ApiClient, BatchRejected, Forbidden, Unauthorized, classify
+from api_pipeline.auth import PROMOTE_SECONDARY_CLIENT_ADVICE, ClientCredentialsAuth
 from api_pipeline.config import Secret, Settings
-from api_pipeline.db import (
-    Database,
+from api_pipeline.db import Database
+from api_pipeline.dialects import (
     Dialect,
-    StagingTable,
     check_table_name_length,
     dialect_named,
     ledger_ddl,
     ledger_index_ddl,
+    ledger_name,
+    lock_ddl,
+    lock_table_name,
+    person_index_name,
     staging_ddl,
     staging_index_ddl,
 )
-from api_pipeline.dialects import person_index_name
-from api_pipeline.errors import ConfigError, DatabaseError, ExitCode
+from api_pipeline.errors import (
+    ApiError,
+    AuthError,
+    ConfigError,
+    DatabaseError,
+    ExitCode,
+    PipelineError,
+    RetriableApiError,
+)
 from api_pipeline.logs import hide_secrets, known_secrets, remember_secret
+from api_pipeline.sample import load_sample_children
+from api_pipeline.staging import StagingTable
+from api_pipeline.synthetic import make_children
+from api_pipeline.tls import CertificateReport, inspect_certificate
+from api_pipeline.transport import make_session, proxy_address, session_proxy, user_agent
 from api_pipeline.wording import plural
 
 
@@ -51,7 +73,7 @@ def test_schema(settings: Settings, ctx: Any) -> int:
     """
     problems = 0
     with Database.open_existing(_connection_string(settings, "test-schema")) as db:
-        table = StagingTable(db, settings.table_name, settings.ledger_table)
+        table = StagingTable(db, settings.table_name)
         d = db.dialect
         issues = table.column_issues()
         if issues is None:
@@ -67,11 +89,11 @@ def test_schema(settings: Settings, ctx: Any) -> int:
             _report_filtered_indexes(ctx, db, settings.table_name)
         ledger_issues = table.ledger_issues()
         if ledger_issues is None:
-            ctx.print(f"ledger table {settings.ledger_table}: not created yet; 'run' creates it, or a DBA runs:")
-            for statement in (ledger_ddl(d, settings.ledger_table), ledger_index_ddl(d, settings.ledger_table)):
+            ctx.print(f"ledger table {table.ledger}: not created yet; 'run' creates it, or a DBA runs:")
+            for statement in (ledger_ddl(d, table.ledger), ledger_index_ddl(d, table.ledger)):
                 ctx.print(_indent(format_ddl(statement) + ";", "    "))
         else:
-            problems += _report(ctx, f"ledger table {settings.ledger_table}", ledger_issues)
+            problems += _report(ctx, f"ledger table {table.ledger}", ledger_issues)
         if issues is not None and not any(i.blocking for i in issues):
             first = table.first_contact()
             if first.total:
@@ -121,17 +143,14 @@ def _report_filtered_indexes(ctx: Any, db: Database, table: str) -> None:
 
 def tables_ddl(dialect: Dialect, table: str) -> list[tuple[str, str, str]]:
     """(what, name, DDL) for every table the tool uses, in creation order. Each DDL creates only if missing."""
-    from api_pipeline.lock import lock_ddl
-
     check_table_name_length(dialect, table)
-    ledger, lock = f"{table}_ledger", f"{table}_run_lock"
-    offline = Database(None, dialect, description=f"{dialect.label} (DDL only)")
+    ledger, lock = ledger_name(table), lock_table_name(table)
     return [
         ("staging table", table, staging_ddl(dialect, table)),
         (_person_index(dialect), table, staging_index_ddl(dialect, table)),
         ("ledger table", ledger, ledger_ddl(dialect, ledger)),
         ("index on staging_id", ledger, ledger_index_ddl(dialect, ledger)),
-        ("run lock table", lock, lock_ddl(offline, lock)),
+        ("run lock table", lock, lock_ddl(dialect, lock)),
     ]
 
 
@@ -217,9 +236,6 @@ def _check_sample_target(table: str, print_only: bool) -> None:
 
 
 def _add_sample(db: Database, table: str, count: int, append: bool, ctx: Any) -> None:
-    from api_pipeline.sample import load_sample_children
-    from api_pipeline.synthetic import make_children
-
     existing = int(db.scalar(f"SELECT COUNT(*) FROM {table}") or 0)
     if existing and not append:
         raise ConfigError(
@@ -275,17 +291,143 @@ def _indent(text: str, prefix: str) -> str:
 
 def test_endpoint(settings: Settings, ctx: Any) -> int:
     """Token + ``POST []``: proves credentials, key, URL, LA code, proxy and TLS; sends no record."""
-    from api_pipeline.api import ApiClient, make_session
-    from api_pipeline.auth import ClientCredentialsAuth
-
     session = make_session(settings)
     try:
         auth = ClientCredentialsAuth.from_settings(settings, session, on_token=remember_secret)
         client = ApiClient(settings, session, auth)
-        check = client.test_endpoint()
+        check = check_endpoint(client)
     finally:
         session.close()
     secrets = [*client.answer_mask().secrets, *known_secrets()]
     for line in check.lines():
         ctx.print(hide_secrets(line, secrets))
     return ExitCode.OK if check.ok else check.exit_code
+
+
+@dataclass(frozen=True)
+class EndpointCheck:
+    """The result of ``test-endpoint``: whether token and endpoint work, and why not."""
+
+    ok: bool
+    stage: str  # "token" or "endpoint": where it stopped
+    message: str
+    status: int | None = None
+    note: str | None = None
+    exit_code: int = ExitCode.OK
+    url: str = ""
+    warnings: tuple[str, ...] = ()
+    proxy: str | None = None  # host:port, never credentials
+    trust: str = ""
+    certificates: tuple[CertificateReport, ...] = ()
+
+    def lines(self) -> list[str]:
+        """What ``test-endpoint`` prints: verdict, where, warnings, note, then the network path and certificates."""
+        verdict = "PASS" if self.ok else f"FAIL ({self.stage})"
+        shown = [f"{verdict}: {self.message}"]
+        if self.url:
+            shown.append(f"{'token endpoint' if self.stage == 'token' else 'endpoint'}: POST {self.url}")
+        shown.extend(f"warning: {text}" for text in self.warnings)
+        if self.note:
+            shown.append(f"note: {self.note}")
+        if self.certificates:
+            shown.append(f"proxy: {self.proxy}" if self.proxy else "proxy: none (direct connection)")
+        if self.trust and any(not c.plain_http for c in self.certificates):
+            shown.append(f"trusted certificate authorities: {self.trust}")
+        shown.extend(report.line() for report in self.certificates)
+        return shown
+
+
+def check_endpoint(client: ApiClient, *, inspect_tls: bool = True) -> EndpointCheck:
+    """Get a token and POST ``[]``: proves credentials, key, URL, LA code, proxy and TLS at once.
+
+    Never GETs the endpoint and never sends a record; no retries, so a failure is shown as is.
+    With ``inspect_tls``, also reports the proxy and each host's certificate and issuer.
+    """
+    check = _check_endpoint(client)
+    warnings = list(check.warnings)
+    if client.auth.secondary_in_use:
+        warnings.append(PROMOTE_SECONDARY_CLIENT_ADVICE)
+    if client.secondary_key_in_use and check.ok:
+        warnings.append(PROMOTE_SECONDARY_KEY_ADVICE)
+    return replace(check, warnings=tuple(warnings), **_network_report(client, inspect_tls))
+
+
+def _network_report(client: ApiClient, inspect_tls: bool) -> dict[str, Any]:
+    """The proxy in use and the certificates the token and API hosts present (for test-endpoint)."""
+    context = getattr(client.session, "ssl_context", None)
+    if not inspect_tls or context is None:
+        return {}
+    reports = []
+    for label, url in (("token host", client.auth.token_endpoint), ("API host", client.url)):
+        reports.append(
+            inspect_certificate(
+                label,
+                url,
+                context=context,
+                proxy=session_proxy(client.session, url),
+                timeout=client.settings.connect_timeout,
+                user_agent=user_agent(),
+            )
+        )
+    return {
+        "proxy": proxy_address(session_proxy(client.session, client.url)),
+        "trust": getattr(client.session, "trust", ""),
+        "certificates": tuple(reports),
+    }
+
+
+def _check_endpoint(client: ApiClient) -> EndpointCheck:
+    try:
+        client.auth.get_token()
+    except (AuthError, ApiError) as exc:
+        token_url = client.auth.token_endpoint
+        return EndpointCheck(False, "token", str(exc), exit_code=exc.exit_code, url=token_url)
+    try:
+        response = client.probe(b"[]")
+    except PipelineError as exc:  # TLS, proxy, DNS, refused, timeout
+        return EndpointCheck(False, "endpoint", str(exc), exit_code=exc.exit_code, url=client.url)
+    status = response.status_code
+
+    def refused(message: str, exit_code: int) -> EndpointCheck:
+        return EndpointCheck(False, "endpoint", message, status=status, exit_code=exit_code, url=client.url)
+
+    try:
+        classify(response, client.answer_mask())
+    except BatchRejected as exc:
+        return EndpointCheck(
+            True,
+            "endpoint",
+            "Token, SupplierKey, URL and LA code accepted: auth works, body refused.",
+            status=status,
+            note=f"DfE objected to the empty test body, which proves access but not the format: {exc}",
+            url=client.url,
+        )
+    except Unauthorized as exc:
+        keys = "SUPPLIER_KEY and SUPPLIER_KEY_SECONDARY" if client.secondary_key_in_use else "SUPPLIER_KEY"
+        return refused(
+            f"{_sentence(exc)}. A token was issued, so check {keys}, and that CLIENT_ID and SCOPE "
+            "are the ones DfE issued for this API",
+            ExitCode.AUTH,
+        )
+    except Forbidden as exc:
+        return refused(
+            f"{_sentence(exc)}. Check that this machine's public IP address is on DfE's allow-list, "
+            "that SUPPLIER_KEY is right and that LA_CODE is your council's",
+            ExitCode.API,
+        )
+    except RetriableApiError as exc:
+        return refused(f"{_sentence(exc)}. Try again later", ExitCode.API)
+    except PipelineError as exc:  # 404, 407, 413, anything else unexpected
+        return EndpointCheck(False, "endpoint", str(exc), status=status, exit_code=exc.exit_code, url=client.url)
+    return EndpointCheck(
+        True,
+        "endpoint",
+        f"Token, SupplierKey, URL and LA code accepted (HTTP {response.status_code}; nothing stored).",
+        status=response.status_code,
+        url=client.url,
+    )
+
+
+def _sentence(exc: BaseException) -> str:
+    """An error's message ready to have advice appended after a full stop."""
+    return str(exc).rstrip(". ")

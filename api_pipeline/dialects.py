@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from api_pipeline.errors import ConfigError, DatabaseError
-from api_pipeline.odbc import utf16_digest
+from api_pipeline.odbc import is_microsoft_sql_driver, utf16_digest
 
 HASH_BYTES = 32  # SHA-256
 # The longest receipt the tool accepts from DfE (api.py) and so the least the ledger's receipt column holds.
@@ -270,6 +270,36 @@ class Dialect:
             return (f"SET lock_timeout = {int(lock_wait_ms)}",)
         return ()
 
+    def uses_microsoft_driver(self, driver_file: str) -> bool:
+        """SQL Server through one of Microsoft's own ODBC drivers: their output converters and
+        ``fast_executemany`` (a whole parameter array at once) are proven there only; they crash
+        the SQLite ODBC driver, and FreeTDS and psqlODBC gain nothing or misbehave."""
+        return self.name == "mssql" and is_microsoft_sql_driver(driver_file)
+
+    @property
+    def naive_timestamps_are_utc(self) -> bool:
+        """SQLite's CURRENT_TIMESTAMP is UTC (and the demo writes UTC); elsewhere a naive DATETIME is
+        the server's local time (GETDATE(), now())."""
+        return self.name == "sqlite"
+
+    @property
+    def upserts(self) -> bool:
+        """``INSERT ... ON CONFLICT (key) DO UPDATE`` (SQLite, PostgreSQL); SQL Server deletes and inserts."""
+        return self.name in ("sqlite", "postgresql")
+
+    @property
+    def set_based_updates(self) -> bool:
+        """Many rows' updates in one ``UPDATE ... FROM (VALUES ...)`` (PostgreSQL: psqlODBC's executemany
+        makes one round trip per row)."""
+        return self.name == "postgresql"
+
+    def select_for_update(self, columns: str, table: str, rest: str) -> str:
+        """``SELECT <columns> FROM <table> WHERE <rest>`` that locks the rows read until the transaction
+        ends. SQLite's ``BEGIN IMMEDIATE`` already holds the write lock."""
+        hint = " WITH (UPDLOCK, ROWLOCK)" if self.name == "mssql" else ""
+        tail = " FOR UPDATE" if self.name == "postgresql" else ""
+        return f"SELECT {columns} FROM {table}{hint} WHERE {rest}{tail}"
+
     @property
     def person_index_unique(self) -> bool:
         """Whether init-db's person_id index enforces one row per child.
@@ -313,31 +343,21 @@ class Dialect:
             return f"IF OBJECT_ID(N'{table}', N'U') IS NULL CREATE TABLE {table} ({body})"
         return f"CREATE TABLE IF NOT EXISTS {table} ({body})"
 
-    def create_unique_index_if_missing(self, index: str, table: str, column: str) -> str:
-        """A unique index on one column. SQL Server's ignores NULLs, as PostgreSQL's and SQLite's do."""
+    def create_index_if_missing(self, index: str, table: str, column: str, *, unique: bool = False) -> str:
+        """An index on one column. A unique one ignores NULLs: SQL Server's is filtered to, as PostgreSQL's
+        and SQLite's do by themselves."""
+        kind = "UNIQUE INDEX" if unique else "INDEX"
         if self.name == "mssql":
+            where = f" WHERE {column} IS NOT NULL" if unique else ""
             return (
                 f"IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'{index}' "
                 f"AND object_id = OBJECT_ID(N'{table}')) "
-                f"CREATE UNIQUE INDEX {index} ON {table} ({column}) WHERE {column} IS NOT NULL"
+                f"CREATE {kind} {index} ON {table} ({column}){where}"
             )
         if self.name == "sqlite" and "." in table:
             schema, name = table.split(".", 1)
-            return f"CREATE UNIQUE INDEX IF NOT EXISTS {schema}.{index} ON {name} ({column})"
-        return f"CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {table} ({column})"
-
-    def create_index_if_missing(self, index: str, table: str, column: str) -> str:
-        """A plain (not unique) index on one column."""
-        if self.name == "mssql":
-            return (
-                f"IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'{index}' "
-                f"AND object_id = OBJECT_ID(N'{table}')) "
-                f"CREATE INDEX {index} ON {table} ({column})"
-            )
-        if self.name == "sqlite" and "." in table:
-            schema, name = table.split(".", 1)
-            return f"CREATE INDEX IF NOT EXISTS {schema}.{index} ON {name} ({column})"
-        return f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({column})"
+            return f"CREATE {kind} IF NOT EXISTS {schema}.{index} ON {name} ({column})"
+        return f"CREATE {kind} IF NOT EXISTS {index} ON {table} ({column})"
 
     def column_type(self, column: Column) -> str:
         return {
@@ -485,7 +505,7 @@ POSTGRES = Dialect(
     whoami_sql="SELECT current_user, current_database()",
     max_identifier=63,  # bytes; the table name is ASCII
 )
-DIALECTS = {d.name: d for d in (SQLITE, MSSQL, POSTGRES)}
+DIALECTS = {d.name: d for d in (MSSQL, POSTGRES, SQLITE)}  # in the order the docs and --dialect list them
 
 
 def dialect_named(name: str) -> Dialect:
@@ -502,11 +522,32 @@ def staging_ddl(dialect: Dialect, table: str) -> str:
     return dialect.create_table_if_missing(table, body)
 
 
-# The tool names what it makes after the staging table's own name: <name>_ledger,
-# <name>_run_lock, the index ux_<name>_person_id and ix_<name>_ledger_staging_id on the ledger.
-# The longest adds this much.
+# ---------------------------------------------------------------------------
+# What the tool makes beside the staging table, named after it: the one place those names are made.
+# ---------------------------------------------------------------------------
+
+
+def ledger_name(table: str) -> str:
+    """The submission ledger lives beside the staging table: ``<table>_ledger``."""
+    return f"{table}_ledger"
+
+
+def lock_table_name(table: str) -> str:
+    """The run lock table beside the staging table: ``<table>_run_lock``."""
+    return f"{table}_run_lock"
+
+
+def person_index_name(table: str, *, unique: bool = True) -> str:
+    return f"{'ux' if unique else 'ix'}_{table.rsplit('.', 1)[-1]}_person_id"
+
+
+def ledger_index_name(ledger: str) -> str:
+    return f"ix_{ledger.rsplit('.', 1)[-1]}_staging_id"
+
+
+# The longest of those names adds this much to the staging table's own name.
 DERIVED_NAME_EXTRA = max(
-    len("_ledger"), len("_run_lock"), len("ux_") + len("_person_id"), len("ix_") + len("_ledger_staging_id")
+    len(ledger_name("")), len(lock_table_name("")), len(person_index_name("")), len(ledger_index_name(ledger_name("")))
 )
 
 
@@ -527,15 +568,11 @@ def check_table_name_length(dialect: Dialect, table: str) -> None:
         )
 
 
-def person_index_name(table: str, *, unique: bool = True) -> str:
-    return f"{'ux' if unique else 'ix'}_{table.rsplit('.', 1)[-1]}_person_id"
-
-
 def staging_index_ddl(dialect: Dialect, table: str) -> str:
     """An index on person_id: unique (one row per child; NULLs allowed, as rows being built have none)
     where the DBMS allows that without conditions on the sessions that write the table."""
     if dialect.person_index_unique:
-        return dialect.create_unique_index_if_missing(person_index_name(table), table, "person_id")
+        return dialect.create_index_if_missing(person_index_name(table), table, "person_id", unique=True)
     return dialect.create_index_if_missing(person_index_name(table, unique=False), table, "person_id")
 
 
@@ -549,7 +586,21 @@ def ledger_ddl(dialect: Dialect, ledger: str) -> str:
 def ledger_index_ddl(dialect: Dialect, ledger: str) -> str:
     """The ledger by staging row: how a run knows a row whose person_id is not its child's
     la_child_id already has its entry, without reading the row's record."""
-    return dialect.create_index_if_missing(f"ix_{ledger.rsplit('.', 1)[-1]}_staging_id", ledger, "staging_id")
+    return dialect.create_index_if_missing(ledger_index_name(ledger), ledger, "staging_id")
+
+
+LOCK_NAME_SIZE = 128  # the run lock table's lock_name column
+LOCK_HOLDER_SIZE = 200
+
+
+def lock_ddl(dialect: Dialect, lock_table: str) -> str:
+    """The run lock table: one row per staging table being worked on (see ``lock.RunLock``)."""
+    body = (
+        f"lock_name {dialect.short_text.format(n=LOCK_NAME_SIZE)} NOT NULL PRIMARY KEY, "
+        f"holder {dialect.short_text.format(n=LOCK_HOLDER_SIZE)} NOT NULL, "
+        f"acquired_at {dialect.timestamp} NOT NULL, heartbeat_at {dialect.timestamp} NOT NULL"
+    )
+    return dialect.create_table_if_missing(lock_table, body)
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,15 @@ secrets or personal data.
 
 from __future__ import annotations
 
+from enum import IntEnum
 
-class ExitCode:
-    """Process exit codes (DESIGN §10). Task Scheduler shows these."""
+
+class ExitCode(IntEnum):
+    """Process exit codes (DESIGN §10). Task Scheduler shows these.
+
+    Each code's :attr:`meaning` is the one sentence for it: the CLI's ``--help``, the run
+    report and the documentation are all rendered from it.
+    """
 
     OK = 0
     RECORDS_FAILED = 1
@@ -20,6 +26,25 @@ class ExitCode:
     API = 5
     RUN_IN_PROGRESS = 6
     INTERRUPTED = 130
+
+    def __str__(self) -> str:  # "3", as on Python 3.11+, whatever the version
+        return str(self.value)
+
+    @property
+    def meaning(self) -> str:
+        return _EXIT_CODE_MEANINGS[self]
+
+
+_EXIT_CODE_MEANINGS = {
+    ExitCode.OK: "everything sent, or nothing to do",
+    ExitCode.RECORDS_FAILED: "finished, but some records failed or are invalid; or an unexpected error",
+    ExitCode.USAGE: "usage or configuration error",
+    ExitCode.DATABASE: "database error",
+    ExitCode.AUTH: "authentication error (token endpoint, or 401 from the API)",
+    ExitCode.API: "API unreachable or refused (network, TLS, proxy, 403 after retries)",
+    ExitCode.RUN_IN_PROGRESS: "another run is already working on the same table (this one did nothing)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl+C)",
+}
 
 
 class PipelineError(Exception):
@@ -87,11 +112,3 @@ class RunLocked(PipelineError):
     """Another run is working on the same staging table: this one does nothing."""
 
     exit_code = ExitCode.RUN_IN_PROGRESS
-
-
-class RecordRejected(PipelineError):
-    """One record cannot be sent as it is: mark its row and carry on."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.reason = message

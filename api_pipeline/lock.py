@@ -23,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from api_pipeline.db import Database, validate_table_name
+from api_pipeline.dialects import LOCK_HOLDER_SIZE, LOCK_NAME_SIZE, lock_ddl, lock_table_name
 from api_pipeline.errors import ConfigError, DatabaseError, RunLocked
 from api_pipeline.odbc import KEY_VIOLATION
 
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STALE_AFTER = timedelta(hours=1)
 BEAT_EVERY = timedelta(minutes=1)  # far inside stale_after; saves a commit per batch
-LOCK_NAME_SIZE = 128  # lock_name's column size
 
 
 def lock_key(resolved: str) -> str:
@@ -45,22 +45,12 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
 
 
-def lock_ddl(db: Database, lock_table: str) -> str:
-    d = db.dialect
-    text = d.short_text.format(n=200)
-    body = (
-        f"lock_name {d.short_text.format(n=128)} NOT NULL PRIMARY KEY, holder {text} NOT NULL, "
-        f"acquired_at {d.timestamp} NOT NULL, heartbeat_at {d.timestamp} NOT NULL"
-    )
-    return d.create_table_if_missing(lock_table, body)
-
-
 def process_alive(pid: int) -> bool:
     """Whether a process with this id is running on this machine."""
     if pid <= 0:
         return False
     if sys.platform == "win32":
-        import ctypes
+        import ctypes  # Windows only
 
         kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
         handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
@@ -106,8 +96,8 @@ class RunLock:
         self.table = validate_table_name(table)
         # Both set again in acquire(), from the table as the database resolves its name.
         self.name = table
-        self.lock_table = validate_table_name(f"{table}_run_lock")
-        self.holder = f"{socket.gethostname()} pid {os.getpid()} run {run_id}"[:200]
+        self.lock_table = validate_table_name(lock_table_name(table))
+        self.holder = f"{socket.gethostname()} pid {os.getpid()} run {run_id}"[:LOCK_HOLDER_SIZE]
         self.stale_after = stale_after
         self.clock = clock
         self._held = False
@@ -125,7 +115,7 @@ class RunLock:
             return
         self.name = lock_key(resolved)
         try:
-            self.lock_table = validate_table_name(f"{resolved}_run_lock")
+            self.lock_table = validate_table_name(lock_table_name(resolved))
         except ConfigError:  # a schema name no TABLE_NAME could spell (CORP\user): keep the table given
             log.debug("run lock table kept as %s", self.lock_table)
 
@@ -134,7 +124,7 @@ class RunLock:
         if self.db.column_names(self.lock_table) is None:
             try:
                 with self.db.transaction():
-                    self.db.execute(lock_ddl(self.db, self.lock_table))
+                    self.db.execute(lock_ddl(self.db.dialect, self.lock_table))
             except DatabaseError as exc:
                 raise DatabaseError(
                     f"the run lock table {self.lock_table} does not exist and could not be created ({exc}). "

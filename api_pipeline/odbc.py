@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from api_pipeline.errors import DatabaseError
-from api_pipeline.logs import mask_text
+from api_pipeline.logs import mask_secrets
 
 FETCH_ROWS = 500  # rows per round trip when psqlODBC streams a result
 
@@ -220,7 +220,7 @@ def process_identity() -> str:
     """The account this process runs as (``DOMAIN\\user`` on Windows): what integrated security logs in as."""
     if sys.platform == "win32":
         try:
-            import ctypes
+            import ctypes  # Windows only
 
             secur32 = ctypes.windll.secur32  # type: ignore[attr-defined]
             size = ctypes.c_ulong(0)
@@ -500,4 +500,4 @@ def explain_odbc_error(exc: BaseException, context: OdbcContext | None = None) -
         )
     else:
         text = "the database reported an error"
-    return DatabaseError(mask_text(text + said, context.secrets), kind=kind)
+    return DatabaseError(mask_secrets(text + said, context.secrets), kind=kind)

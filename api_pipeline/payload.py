@@ -1,4 +1,4 @@
-"""Full, delta and purge payloads; canonical JSON and hashing (DESIGN §5).
+"""Full, delta and purge payloads; canonical comparison and the JSON sent (DESIGN §5).
 
 Everything here works on plain ``dict``/``list`` records as ``json.loads`` gives them and is
 written for the pipeline's hot path: one pass per record, ids matched through dicts, no
@@ -15,7 +15,6 @@ Every other key is part of its parent *entity* (scalars and id-less lists such a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -84,7 +83,7 @@ def normalise(record: dict) -> dict:
     return _norm_dict(record)
 
 
-def compact_has_empty_container(text: str | bytes) -> bool:
+def _may_hold_empty_container(text: str | bytes) -> bool:
     """Whether compact JSON text (as :func:`encode_record` writes it, and the ledger holds it)
     may hold an empty object or list. False means its parse is already in normal form, so the
     copy :func:`normalise` makes can be skipped; True may be a false alarm (``"[]"`` inside a
@@ -179,22 +178,6 @@ def _same(a: Any, b: Any) -> bool:
     return _canon(a) == _canon(b)
 
 
-def canonical_json(record: dict) -> str:
-    """Normalised, key-sorted, list-sorted compact JSON: equal data gives equal text.
-
-    This decides "changed" (DESIGN §5) and feeds :func:`record_hash`, so its output must
-    never change for the same data, across runs and versions.
-    """
-    return _canon(normalise(record))
-
-
-def record_hash(record: dict) -> bytes:
-    """SHA-256 of :func:`canonical_json`: the 32-byte fingerprint kept in the table and ledger."""
-    # surrogatepass: a lone surrogate (json.loads accepts "\\ud800") must hash, not crash the
-    # run; validation or sending reports that record on its own.
-    return hashlib.sha256(canonical_json(record).encode("utf-8", "surrogatepass")).digest()
-
-
 def records_equal(a: dict | None, b: dict | None) -> bool:
     """Canonical equality; ``None`` (no record) equals only ``None``."""
     if a is None or b is None:
@@ -275,10 +258,10 @@ def build_full(current: dict, baseline: dict | None) -> dict:
     ``baseline`` is the record DfE last acknowledged per the ledger, or ``None`` when DfE
     holds nothing (new child, or one that returns after a purge: it is sent whole).
     """
-    return full_of_normal(normalise(current), None if baseline is None else normalise(baseline))
+    return _full_of_normal(normalise(current), None if baseline is None else normalise(baseline))
 
 
-def full_of_normal(cur: dict, base: dict | None) -> dict:
+def _full_of_normal(cur: dict, base: dict | None) -> dict:
     """:func:`build_full` for records already in normal form (the result may share ``cur``'s parts)."""
     if base is None:
         return cur
@@ -364,14 +347,47 @@ def build_delta(current: dict, baseline: dict | None) -> dict | None:
     always sent; every other entity only when it (or, for an episode, something under it)
     changed. Removals become purges. With no baseline this is :func:`build_full`.
     """
-    return delta_of_normal(normalise(current), None if baseline is None else normalise(baseline))
+    return _delta_of_normal(normalise(current), None if baseline is None else normalise(baseline))
 
 
-def delta_of_normal(cur: dict, base: dict | None) -> dict | None:
+def _delta_of_normal(cur: dict, base: dict | None) -> dict | None:
     """:func:`build_delta` for records already in normal form (the result may share ``cur``'s parts)."""
     if base is None:
         return cur
     return _delta_node(cur, base, RECORD, ALWAYS_SENT)
+
+
+def normal_form(record: dict) -> tuple[dict, bytes]:
+    """The record as DfE will hold it (normal form: :func:`normalise`) and its compact UTF-8 JSON.
+
+    What is validated, sent whole and kept in the ledger. Cheap when the record has no empty
+    object or list to drop (almost every record): then it is encoded once and not copied.
+    Raises ValueError for what JSON cannot carry (see :func:`encode_record`).
+    """
+    encoded = encode_record(record)
+    if not _may_hold_empty_container(encoded):
+        return record, encoded
+    record = normalise(record)
+    return record, encode_record(record)
+
+
+def load_normal(text: str | bytes) -> Any:
+    """Parse JSON that :func:`normal_form` wrote (the ledger's record) and put it in normal form,
+    which it usually is already (then no copy is made). Raises ValueError, as :func:`loads_record`."""
+    value = loads_record(text)
+    if type(value) is dict and _may_hold_empty_container(text):
+        return normalise(value)
+    return value
+
+
+def request_for(current: dict, held: dict | None, *, delta: bool) -> dict | None:
+    """The record to send for ``current`` when DfE holds ``held`` (both in normal form; None: nothing).
+
+    ``delta``: the entity-level delta (:func:`build_delta`), None when nothing changed; otherwise
+    the whole record with purges (:func:`build_full`). The result may share ``current``'s parts,
+    and is ``current`` itself when DfE holds nothing.
+    """
+    return _delta_of_normal(current, held) if delta else _full_of_normal(current, held)
 
 
 def build_purge(la_child_id: str, mis_child_id: str | None = None) -> dict:

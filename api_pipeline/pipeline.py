@@ -19,42 +19,46 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from api_pipeline.api import parse_receipt_time
-from api_pipeline.db import LEDGER_SPEC, LedgerEntry, RowUpdate, StagingRow, StagingTable
+from api_pipeline import reasons
+from api_pipeline.api import BatchAborted, Outcome
+from api_pipeline.config import Settings
+from api_pipeline.dialects import MAX_RECEIPT_LENGTH
 from api_pipeline.errors import PipelineError
-from api_pipeline.logs import write_private
 from api_pipeline.odbc import UnreadableText
 from api_pipeline.payload import (
     MAX_NESTING,
     build_purge,
-    compact_has_empty_container,
-    delta_of_normal,
     duplicate_ids,
     encode_record,
-    full_of_normal,
+    frame_body,
+    load_normal,
     loads_record,
     nesting_exceeds,
+    normal_form,
     normalise,
+    request_for,
 )
+from api_pipeline.runs import RunSummary, write_private
 from api_pipeline.schema import RecordValidator, generalise_path
-from api_pipeline.wording import plural
+from api_pipeline.staging import LedgerEntry, RowUpdate, StagingRow, StagingTable
+from api_pipeline.timestamps import utc_now, utc_stamp
 
 log = logging.getLogger(__name__)
 
 MAX_RECORD_BYTES = 1_000_000
-EXAMPLES_PER_REASON = 5
 KNOWN_ROW_STATES = frozenset({"new", "updated", "unchanged", "deleted", ""})
 KNOWN_STATUSES = frozenset({"pending", "sent", "error", "invalid", ""})
 
 
 class Sender(Protocol):
-    """What the pipeline needs from the API client (api.ApiClient)."""
+    """What the pipeline needs from the API client (api.ApiClient): one Outcome per encoded record,
+    in order, or :class:`~api_pipeline.api.BatchAborted` with those settled before the run had to stop."""
 
-    def send(self, records: list[dict], bodies: list[bytes] | None = None, *, batch_id: str) -> list[Any]: ...
+    def send(self, bodies: list[bytes], batch_id: str) -> list[Outcome]: ...
 
 
 def in_case_of(example: str | None, word: str) -> str:
@@ -67,100 +71,37 @@ def in_case_of(example: str | None, word: str) -> str:
     return word
 
 
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
 @dataclass
 class RunOptions:
-    partial: bool = True
+    """How this run goes: the settings that shape it (defaults: the settings' own) and the command's flags.
+
+    ``max_runtime`` None: no limit (library callers and tests; a run from the command line has MAX_RUNTIME).
+    """
+
+    partial: bool = Settings.use_partial_payload
     limit: int | None = None
     dry_run_dir: Path | None = None
-    batch_size: int = 100
+    batch_size: int = Settings.batch_size
     validate_only: bool = False
     all_rows: bool = False
     max_runtime: float | None = None
-    max_in_flight: int = 1
+    max_in_flight: int = Settings.max_in_flight
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, partial: bool | None = None, **flags: Any) -> RunOptions:
+        """The options for a run with these settings; ``partial`` (--mode) overrides USE_PARTIAL_PAYLOAD."""
+        return cls(
+            partial=settings.use_partial_payload if partial is None else partial,
+            batch_size=settings.batch_size,
+            max_runtime=settings.max_runtime,
+            max_in_flight=settings.max_in_flight,
+            **flags,
+        )
 
     @property
     def writes(self) -> bool:
         """Whether this run sends and writes outcomes back (not a dry run or a validation)."""
         return self.dry_run_dir is None and not self.validate_only
-
-
-@dataclass
-class RunSummary:
-    """What happened, for the console, the log and the summary file. Counts only."""
-
-    run_id: str
-    mode: str
-    dry_run: bool = False
-    started_at: str = field(default_factory=lambda: utc_now().isoformat(timespec="seconds") + "Z")
-    finished_at: str | None = None
-    seconds: float = 0.0
-    rows_read: int = 0
-    outcomes: Counter = field(default_factory=Counter)
-    invalid_reasons: Counter = field(default_factory=Counter)
-    examples: dict[str, list[int]] = field(default_factory=dict)
-    batches: int = 0
-    requests: int = 0
-    retries: dict[str, int] = field(default_factory=dict)
-    bytes_sent: int = 0
-    fatal_error: str | None = None
-    exit_code: int | None = None
-    stopped_early: bool = False
-
-    @property
-    def problems(self) -> int:
-        o = self.outcomes
-        return o["invalid"] + o["rejected"] + o["failed"] + o["skipped"] + int(self.stopped_early)
-
-    def note_problem(self, key: str, row_id: int) -> None:
-        """Count a problem by its reason and keep the first few row ids as examples."""
-        self.invalid_reasons[key] += 1
-        examples = self.examples.setdefault(key, [])
-        if len(examples) < EXAMPLES_PER_REASON:
-            examples.append(row_id)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "mode": self.mode,
-            "dry_run": self.dry_run,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "seconds": round(self.seconds, 3),
-            "rows_read": self.rows_read,
-            "outcomes": dict(self.outcomes),
-            "invalid_reasons": dict(self.invalid_reasons),
-            "examples": self.examples,
-            "batches": self.batches,
-            "requests": self.requests,
-            "retries": self.retries,
-            "bytes_sent": self.bytes_sent,
-            "fatal_error": self.fatal_error,
-            "exit_code": self.exit_code,
-            "stopped_early": self.stopped_early,
-        }
-
-    def lines(self) -> list[str]:
-        o = self.outcomes
-        head = "dry run (nothing sent)" if self.dry_run else f"{self.mode} run"
-        return [
-            f"{head} finished in {self.seconds:.1f} s: {plural(self.rows_read, 'row')} read, "
-            f"{plural(self.batches, 'batch')}, {plural(self.requests, 'request')}, "
-            f"{plural(sum(self.retries.values()), 'retry', 'retries')}",
-            f"  sent {o['sent']}, purged {o['purged']}, already up to date {o['unchanged']}, "
-            f"invalid {o['invalid']}, skipped {o['skipped']}, rejected by DfE {o['rejected']}, "
-            f"not sent (will retry) {o['failed']}, changed during the run {o['changed_during_run']}"
-            + (f", written for review {o['dry_run']}" if self.dry_run else "")
-            + (f", not reached (stopped early) {o['not_reached']}" if self.stopped_early else ""),
-            *(
-                f"  problem: {key}: {plural(count, 'row')}, "
-                f"e.g. row id {', '.join(map(str, self.examples.get(key, [])))}"
-                for key, count in self.invalid_reasons.most_common(10)
-            ),
-        ]
 
 
 @dataclass
@@ -211,12 +152,7 @@ class _Later(Exception):
     """Look at this row again once every other row has been read (its person_id is not its child's id)."""
 
 
-DUPLICATE_CHILD = (
-    "another row of the staging table is the same child (the same la_child_id, or person_id); none of its rows "
-    "is sent until the staging SQL keeps exactly one row per child",
-    "duplicate child",
-)
-SKIP_NOTE = "not sent: "
+DUPLICATE_CHILD = (reasons.DUPLICATE_CHILD, "duplicate child")
 
 
 def _parse_payload(text: Any, column: str = "json_payload") -> dict:
@@ -234,19 +170,25 @@ def _parse_payload(text: Any, column: str = "json_payload") -> dict:
     if text is not None and not isinstance(text, str):
         raise _Invalid(f"{column} is a {type(text).__name__}, not JSON text", "not text")
     if text is None or not text.strip():
-        raise _Invalid(f"{column} is empty", "empty payload")
+        raise _Invalid(reasons.PAYLOAD_EMPTY.format(column=column), "empty payload")
     if len(text) > MAX_RECORD_BYTES // 4 and len(text.encode("utf-8", "surrogatepass")) > MAX_RECORD_BYTES:
-        raise _Invalid(f"{column} is larger than {MAX_RECORD_BYTES // 1_000_000} MB", "record too large")
+        raise _Invalid(
+            reasons.PAYLOAD_TOO_LARGE.format(column=column, megabytes=MAX_RECORD_BYTES // 1_000_000), "record too large"
+        )
     if nesting_exceeds(text, MAX_NESTING):
         raise _Invalid(f"{column} is nested more than {MAX_NESTING} levels deep", "nested too deeply")
     try:
         record = loads_record(text)
     except json.JSONDecodeError as exc:
-        raise _Invalid(f"{column} is not valid JSON (line {exc.lineno}, column {exc.colno})", "not JSON") from None
+        raise _Invalid(
+            f"{reasons.PAYLOAD_NOT_JSON.format(column=column)} (line {exc.lineno}, column {exc.colno})", "not JSON"
+        ) from None
     except (ValueError, RecursionError) as exc:  # NaN or Infinity
-        raise _Invalid(f"{column} is not valid JSON: {exc}", "not JSON") from None
+        raise _Invalid(f"{reasons.PAYLOAD_NOT_JSON.format(column=column)}: {exc}", "not JSON") from None
     if not isinstance(record, dict):
-        raise _Invalid(f"{column} is a JSON {type(record).__name__}, not an object", "not a JSON object")
+        raise _Invalid(
+            reasons.PAYLOAD_NOT_OBJECT.format(column=column, kind=type(record).__name__), "not a JSON object"
+        )
     return record
 
 
@@ -254,7 +196,7 @@ def _child_of(record: dict) -> str:
     """The record's ``la_child_id``, as DfE will see it; :class:`_Invalid` when it has none."""
     la_child_id = record.get("la_child_id")
     if not isinstance(la_child_id, str) or not la_child_id.strip():
-        raise _Invalid("la_child_id is missing from json_payload", "la_child_id missing")
+        raise _Invalid(reasons.NO_CHILD_ID, "la_child_id missing")
     return la_child_id
 
 
@@ -373,7 +315,7 @@ class Pipeline:
                 if pool is not None:
                     pool.shutdown(wait=True, cancel_futures=True)
             self.summary.seconds = time.monotonic() - started
-            self.summary.finished_at = utc_now().isoformat(timespec="seconds") + "Z"
+            self.summary.finished_at = utc_stamp()
         return self.summary
 
     def _take_all(self, rows: Iterator[StagingRow], deadline: float | None, *, count: bool) -> bool:
@@ -475,12 +417,12 @@ class Pipeline:
             # DfE's last answer (a receipt, or why it refused the record) stays in api_response;
             # only an empty one, or this tool's own earlier note, gets the reason.
             earlier = (row.api_response or "").strip()
-            if self.options.writes and (not earlier or earlier.startswith(SKIP_NOTE)):
+            if self.options.writes and (not earlier or earlier.startswith(reasons.SKIPPED)):
                 self._updates.append(
                     RowUpdate(
                         row_id=row.id,
                         status="",
-                        api_response=f"{SKIP_NOTE}{problem.reason}"[:4000],
+                        api_response=f"{reasons.SKIPPED}{problem.reason}"[:4000],
                         expect_payload=row.json_payload,
                     )
                 )
@@ -495,7 +437,7 @@ class Pipeline:
                     RowUpdate(
                         row_id=row.id,
                         status=in_case_of(row.submission_status, "invalid"),
-                        api_response=f"invalid: {problem.reason}"[:4000],
+                        api_response=f"{reasons.INVALID}{problem.reason}"[:4000],
                         expect_payload=row.json_payload,
                     )
                 )
@@ -516,7 +458,7 @@ class Pipeline:
         state = (row.row_state or "").strip().lower()
         if state not in KNOWN_ROW_STATES:
             raise _Skip(
-                f"row_state {row.row_state!r} is not one of New, Updated, Unchanged, Deleted; fix the staging SQL",
+                reasons.UNKNOWN_ROW_STATE.format(state=row.row_state),
                 "unknown row_state",
             )
         status = (row.submission_status or "").strip().lower()
@@ -571,12 +513,9 @@ class Pipeline:
         # The record in normal form (empty objects and lists dropped) is what DfE will hold:
         # it is validated whole, its JSON goes in the ledger, and the request is built from it.
         try:
-            full = encode_record(record)
-            if compact_has_empty_container(full):
-                record = normalise(record)
-                full = encode_record(record)
+            record, full = normal_form(record)
         except ValueError:
-            raise _Invalid("json_payload contains text that cannot be encoded as UTF-8 JSON", "bad text") from None
+            raise _Invalid(reasons.NOT_ENCODABLE, "bad text") from None
         mis = record.get("mis_child_id")
         mis_child_id = mis if isinstance(mis, str) else None
         # What DfE will hold once it acknowledges: the normalised record (``full``).
@@ -600,19 +539,18 @@ class Pipeline:
         if not row.ledger_found:
             # First contact (DESIGN §4): the whole record, plus purges for whatever the earlier
             # tool's last copy has and the record now lacks, in either mode.
-            body = full_of_normal(record, inherited)
+            body = request_for(record, inherited, delta=False)
         else:
-            baseline = self._baseline(row)
-            body = delta_of_normal(record, baseline) if self.options.partial else full_of_normal(record, baseline)
+            body = request_for(record, self._baseline(row), delta=self.options.partial)
         if body is None:
             self._mark_unchanged(row)
             return None
         if body is record:  # a first send: the record itself, validated above
             encoded = full
         else:  # a delta or purges: the request itself must be valid too
-            reasons = self.validator.errors(body)
-            if reasons:
-                raise _Invalid("the request built for this record is invalid: " + "; ".join(reasons), "request invalid")
+            errors = self.validator.errors(body)
+            if errors:
+                raise _Invalid(f"{reasons.REQUEST_INVALID}: " + "; ".join(errors), "request invalid")
             encoded = encode_record(body)
         return _Item(
             row=row,
@@ -647,7 +585,7 @@ class Pipeline:
         self.summary.outcomes["adopted"] += 1
         if not self.options.writes:
             return
-        receipt = (row.api_response or "").strip()[:_RECEIPT_LENGTH]
+        receipt = (row.api_response or "").strip()[:MAX_RECEIPT_LENGTH]
         at = _as_datetime(row.submission_timestamp) or utc_now()
         self._adopted.append(
             LedgerEntry(la_child_id, mis_child_id, row.id, ledger_json, ledger_hash, receipt, at, False)
@@ -664,14 +602,14 @@ class Pipeline:
         except _Invalid:
             pass  # a deleted child's purge needs only its id
         if not la_child_id:
-            raise _Invalid("deleted row has no person_id to purge", "purge without id")
+            raise _Invalid(reasons.PURGE_WITHOUT_ID, "purge without id")
         row = self._identify(row, la_child_id.strip())
         if row.ledger_purged:
             return None  # found by its la_child_id: DfE has already deleted this child
         body = build_purge(la_child_id, mis_child_id)
-        reasons = self.validator.errors(body)
-        if reasons:
-            raise _Invalid("purge request is invalid: " + "; ".join(reasons), "purge schema")
+        errors = self.validator.errors(body)
+        if errors:
+            raise _Invalid(f"{reasons.PURGE_INVALID}: " + "; ".join(errors), "purge schema")
         return _Item(
             row=row,
             la_child_id=la_child_id,
@@ -686,13 +624,11 @@ class Pipeline:
         if row.ledger_json is None or row.ledger_purged:
             return None
         try:
-            baseline = loads_record(row.ledger_json)
+            baseline = load_normal(row.ledger_json)
         except ValueError:
             log.warning("ledger entry for child %s is unreadable; sending the whole record", row.person_id)
             return None
-        if not isinstance(baseline, dict):
-            return None
-        return normalise(baseline) if compact_has_empty_container(row.ledger_json) else baseline
+        return baseline if isinstance(baseline, dict) else None
 
     def _mark_unchanged(self, row: StagingRow) -> None:
         """DfE already holds exactly this record: record that, send nothing."""
@@ -736,11 +672,11 @@ class Pipeline:
             self._write(updates, adopted)
             return
         assert self.sender is not None
-        records, bodies = [i.record for i in batch], [i.body for i in batch]
+        bodies = [i.body for i in batch]
         assert self._executor is not None and self._writer is not None
         if self._failed.is_set():  # an earlier batch failed for good: send no more
             self._drain()
-        future = self._executor.submit(self._send, records, bodies, batch_id)
+        future = self._executor.submit(self._send, bodies, batch_id)
         while self._sends and self._sends[0].done():
             self._sends.popleft()
         self._sends.append(future)
@@ -751,7 +687,7 @@ class Pipeline:
         while len(self._written) >= 2 * self.options.max_in_flight:
             self._await_oldest()
 
-    def _send(self, records: list[dict], bodies: list[bytes], batch_id: str) -> list[Any]:
+    def _send(self, bodies: list[bytes], batch_id: str) -> list[Outcome]:
         """One batch's request, on a send thread; none once a batch has failed for good.
 
         A send thread takes the next queued batch as soon as its last one ends, before the
@@ -763,7 +699,7 @@ class Pipeline:
         assert self.sender is not None
         started = time.monotonic()  # the batch's own time, not its wait in the queue
         try:
-            return self.sender.send(records, bodies, batch_id=batch_id)
+            return self.sender.send(bodies, batch_id)
         except BaseException:
             self._failed.set()
             raise
@@ -779,12 +715,12 @@ class Pipeline:
             self.summary.outcomes["failed"] += len(flight.batch)
             self._write(flight.updates, ledger)
             return
-        except PipelineError as exc:
+        except BatchAborted as exc:
             # The run stops (its send thread has said so); first record what DfE did acknowledge.
-            settled = getattr(exc, "partial_outcomes", None) or []
-            self.summary.outcomes["failed"] += len(flight.batch) - len(settled)  # left pending
-            self._apply_outcomes([(flight.batch[o.index], o) for o in settled], flight.updates, ledger)
-            self._write(flight.updates, ledger)
+            self._settle_aborted(flight, exc.outcomes, ledger)
+            raise exc.error from None
+        except PipelineError:  # stopped before sending (the run lock was lost): nothing settled
+            self._settle_aborted(flight, [], ledger)
             raise
         counts = self._apply_outcomes(list(zip(flight.batch, outcomes, strict=True)), flight.updates, ledger)
         log.info(
@@ -794,6 +730,11 @@ class Pipeline:
             ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
             self._send_seconds.pop(flight.batch_id, time.monotonic() - flight.started),
         )
+        self._write(flight.updates, ledger)
+
+    def _settle_aborted(self, flight: _InFlight, settled: list[Outcome], ledger: list[LedgerEntry]) -> None:
+        self.summary.outcomes["failed"] += len(flight.batch) - len(settled)  # left pending
+        self._apply_outcomes([(flight.batch[o.index], o) for o in settled], flight.updates, ledger)
         self._write(flight.updates, ledger)
 
     def _await_oldest(self) -> None:
@@ -827,14 +768,14 @@ class Pipeline:
             self.on_progress(self.summary)
 
     def _apply_outcomes(
-        self, pairs: list[tuple[_Item, Any]], updates: list[RowUpdate], ledger: list[LedgerEntry]
+        self, pairs: list[tuple[_Item, Outcome]], updates: list[RowUpdate], ledger: list[LedgerEntry]
     ) -> Counter:
         counts: Counter = Counter()
         now = utc_now()
         for item, outcome in pairs:
             row = item.row
             if outcome.receipt:
-                at = parse_receipt_time(outcome.receipt) or now
+                at = outcome.received_at or now
                 sent = in_case_of(row.submission_status, "sent")
                 if item.purge:
                     counts["purged"] += 1
@@ -884,7 +825,7 @@ class Pipeline:
                     RowUpdate(
                         row_id=row.id,
                         status=in_case_of(row.submission_status, "error"),
-                        api_response=f"rejected by DfE: {outcome.error}"[:4000],
+                        api_response=f"{reasons.REJECTED}{outcome.error}"[:4000],
                         expect_payload=row.json_payload,
                     )
                 )
@@ -894,7 +835,7 @@ class Pipeline:
                     RowUpdate(
                         row_id=row.id,
                         status="",
-                        api_response=f"not sent, will retry next run: {outcome.error}"[:4000],
+                        api_response=f"{reasons.WILL_RETRY}: {outcome.error}"[:4000],
                         expect_payload=row.json_payload,
                     )
                 )
@@ -906,11 +847,8 @@ class Pipeline:
         assert folder is not None
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"batch_{batch_id}.json"
-        write_private(path, b"[" + b",".join(i.body for i in batch) + b"]")  # whole records: the owner's only
+        write_private(path, frame_body(i.body for i in batch))  # whole records: the owner's only
         log.info("batch %s: %d request records written to %s for review", batch_id, len(batch), path)
-
-
-_RECEIPT_LENGTH = next(c.size for c in LEDGER_SPEC if c.name == "receipt")
 
 
 def _unchanged_since_sent(row: StagingRow) -> bool:

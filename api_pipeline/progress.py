@@ -20,6 +20,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Protocol, TextIO
 
+from api_pipeline.errors import DatabaseError
 from api_pipeline.logs import LOGGER_NAME
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ UNKNOWN_TOTAL_FORMAT = "{desc}: {n_fmt} records [{elapsed}, {rate_fmt}{postfix}]
 
 
 class SummaryLike(Protocol):
-    """What the bar reads from pipeline.RunSummary after each batch."""
+    """What the bar reads from runs.RunSummary after each batch."""
 
     @property
     def rows_read(self) -> int: ...
@@ -93,7 +94,7 @@ class Progress:
         self._swapped: list[tuple[logging.StreamHandler, Any]] = []
         if not enabled:
             return
-        from tqdm import tqdm
+        from tqdm import tqdm  # start-up: only when a bar is shown
 
         self._bar = tqdm(
             total=total,
@@ -173,12 +174,9 @@ def progress_for(
     """
     if stream is None or quiet or not is_terminal(stream):
         return make_progress(None, stream=None)
-    from api_pipeline.errors import DatabaseError
-    from api_pipeline.status import count_candidates
-
     total: int | None
     try:
-        total = count_candidates(table, all_rows=all_rows, limit=limit)
+        total = table.count_candidates(all_rows=all_rows, limit=limit)
     except DatabaseError:
         log.debug("counting the rows to send failed; the progress bar has no total", exc_info=True)
         total = None

@@ -17,19 +17,24 @@ import html
 import json
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from api_pipeline import APP_NAME, __version__
-from api_pipeline.logs import make_private_dir, write_private
+from api_pipeline.errors import ExitCode
+from api_pipeline.runs import (
+    PROBLEM_OUTCOMES,
+    REPORT_SUFFIX,
+    make_private_dir,
+    read_summaries,
+    report_path_for,
+    write_private,
+)
+from api_pipeline.timestamps import parse_utc
 
 CHART_RUNS = 30
-SUMMARY_SUFFIX = ".summary.json"
-REPORT_SUFFIX = ".report.html"
-SUMMARY_GLOB = "csc_api_pipeline_*" + SUMMARY_SUFFIX
 
 OUTCOME_LABELS = (
     ("sent", "Sent to DfE and acknowledged"),
@@ -44,7 +49,6 @@ OUTCOME_LABELS = (
     ("changed_during_run", "Changed in the table during the run; will be sent at the next run"),
     ("not_reached", "Not reached before the run stopped; will be sent at the next run"),
 )
-PROBLEM_OUTCOMES = ("invalid", "skipped", "rejected", "failed", "not_reached")
 RETRY_LABELS = {
     "401": "the access token was renewed (HTTP 401)",
     "403": "DfE's gateway refused or throttled us (HTTP 403)",
@@ -55,48 +59,10 @@ RETRY_LABELS = {
 SENT_COLOUR = "#1d70b8"
 PROBLEM_COLOUR = "#d4351c"
 
-_EXIT_LINE = re.compile(r"^\s+(\d+)\s+(.+)$")
-
 
 def exit_code_meanings() -> dict[int, str]:
-    """The meaning of each exit code, read from the CLI's help so the two cannot differ."""
-    from api_pipeline.cli import EXIT_CODES_HELP
-
-    found = {}
-    for line in EXIT_CODES_HELP.splitlines():
-        match = _EXIT_LINE.match(line)
-        if match:
-            found[int(match.group(1))] = match.group(2).strip()
-    return found
-
-
-def report_path_for(summary_path: Path) -> Path:
-    """``csc_api_pipeline_<run_id>.summary.json`` → ``csc_api_pipeline_<run_id>.report.html``."""
-    name = summary_path.name
-    stem = name[: -len(SUMMARY_SUFFIX)] if name.endswith(SUMMARY_SUFFIX) else summary_path.stem
-    return summary_path.with_name(stem + REPORT_SUFFIX)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is too large a number")
-    return value
-
-
-def load_summary(path: Path) -> dict[str, Any]:
-    """A run summary as strict JSON: an object, and no NaN or infinite numbers (a hand edit can add them).
-
-    Raises OSError or ValueError, with the reason, for a file that cannot be used.
-    """
-    data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant, parse_float=_finite)
-    if not isinstance(data, dict):
-        raise ValueError(f"it is a JSON {type(data).__name__}, not an object")
-    return data
+    """The meaning of each exit code, as the CLI's help gives it (:class:`ExitCode`)."""
+    return {code.value: code.meaning for code in ExitCode}
 
 
 def read_history(log_dir: Path, *, limit: int = CHART_RUNS) -> list[dict[str, Any]]:
@@ -104,16 +70,7 @@ def read_history(log_dir: Path, *, limit: int = CHART_RUNS) -> list[dict[str, An
 
     Dry runs send nothing, so they are left out of the history (and its chart).
     """
-    found: list[dict[str, Any]] = []
-    for path in sorted(log_dir.glob(SUMMARY_GLOB), key=lambda p: p.name, reverse=True):
-        if len(found) >= limit:
-            break
-        try:
-            data = load_summary(path)
-        except (OSError, ValueError, RecursionError):
-            continue
-        if not data.get("dry_run"):
-            found.append(data)
+    found, _ = read_summaries(log_dir, limit, keep=lambda summary: not summary.get("dry_run"))
     return found[::-1]
 
 
@@ -122,15 +79,6 @@ def write_report(summary_path: Path) -> Path:
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     history = read_history(summary_path.parent)
     return _write(report_path_for(summary_path), render_report(summary, history, log_name=_log_name(summary_path)))
-
-
-def write_report_for(summary: Mapping[str, Any], log_dir: Path) -> Path:
-    """The same from a summary dict (``RunSummary.to_dict()``), for a run whose summary file is not written."""
-    run_id = str(summary.get("run_id") or "unknown")
-    history = [h for h in read_history(log_dir) if h.get("run_id") != run_id]
-    history = history[-(CHART_RUNS - 1) :] + [dict(summary)] if not summary.get("dry_run") else history
-    path = log_dir / f"csc_api_pipeline_{run_id}{REPORT_SUFFIX}"
-    return _write(path, render_report(summary, history, log_name=f"csc_api_pipeline_{run_id}.log"))
 
 
 def _log_name(summary_path: Path) -> str:
@@ -174,31 +122,21 @@ def problem_count(summary: Mapping[str, Any]) -> int:
     return sum(o.get(k, 0) for k in PROBLEM_OUTCOMES)
 
 
-def parse_time(text: Any) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
 def long_time(text: Any) -> str:
-    value = parse_time(text)
+    value = parse_utc(text)
     if value is None:
         return "not recorded"
     return f"{value:%A} {value.day} {value:%B %Y} at {value:%H:%M:%S} UTC"
 
 
 def short_date(text: Any) -> str:
-    value = parse_time(text)
+    value = parse_utc(text)
     return "?" if value is None else f"{value.day} {value:%b}"
 
 
 def chart_labels(started: Sequence[Any]) -> list[str]:
     """One label per run: ``1 Mar``; ``1 Mar 02:00`` where runs share a day; seconds, then a count, if need be."""
-    times = [parse_time(text) for text in started]
+    times = [parse_utc(text) for text in started]
     formats = ("", " %H:%M", " %H:%M:%S")
 
     def label(value: datetime | None, level: int) -> str:

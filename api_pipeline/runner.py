@@ -6,7 +6,6 @@ parses), so ``demo``, the tests and the benchmarks start runs the same way.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -14,32 +13,24 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from api_pipeline.config import Settings
-from api_pipeline.db import Database, StagingTable
+from api_pipeline.db import Database
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, PipelineError
 from api_pipeline.lock import RunLock
 from api_pipeline.logs import (
     configure_logging,
     hide_secrets,
-    make_private_dir,
-    new_run_id,
     remember_secret,
-    why_not,
-    write_private,
 )
-from api_pipeline.pipeline import Pipeline, RunOptions, RunSummary, utc_now
+from api_pipeline.pipeline import Pipeline, RunOptions
 from api_pipeline.progress import progress_for
 from api_pipeline.report import write_report
+from api_pipeline.runs import RunSummary, default_log_dir, make_private_dir, new_run_id, why_not, write_summary
 from api_pipeline.schema import RecordValidator
+from api_pipeline.staging import StagingTable
+from api_pipeline.timestamps import utc_stamp
 from api_pipeline.wording import plural
 
 log = logging.getLogger("api_pipeline.run")
-
-
-def default_log_dir(settings: Settings, cwd: Path) -> Path:
-    if settings.log_dir is not None:
-        return settings.log_dir
-    base = settings.env_file.parent if settings.env_file is not None else cwd
-    return base / "logs"
 
 
 def execute_run(
@@ -62,19 +53,13 @@ def execute_run(
     is filled in as the run goes, so the caller still has the counts if the run fails.
     """
     run_id = run_id or (summary.run_id if summary else new_run_id())
-    partial = settings.use_partial_payload if partial is None else partial
-    if summary is None:
-        summary = RunSummary(run_id=run_id, mode="partial" if partial else "full", dry_run=dry_run_dir is not None)
-    options = RunOptions(
-        partial=partial,
-        limit=limit,
-        dry_run_dir=dry_run_dir,
-        batch_size=settings.batch_size,
-        validate_only=validate_only,
-        all_rows=all_rows,
-        max_runtime=settings.max_runtime,
-        max_in_flight=settings.max_in_flight,
+    options = RunOptions.from_settings(
+        settings, partial=partial, limit=limit, dry_run_dir=dry_run_dir, validate_only=validate_only, all_rows=all_rows
     )
+    if summary is None:
+        summary = RunSummary(
+            run_id=run_id, mode="partial" if options.partial else "full", dry_run=dry_run_dir is not None
+        )
     if options.writes:
         check_live_interlock(settings)
     if dry_run_dir is not None:
@@ -82,12 +67,8 @@ def execute_run(
     validator = RecordValidator.from_settings(settings.payload_schema)
     assert settings.db_connection_string is not None
     with Database.open_existing(settings.db_connection_string) as db:
-        table = StagingTable(db, settings.table_name, settings.ledger_table)
-        missing = table.missing_columns()
-        if missing is None:
-            raise _table_missing(settings.table_name)
-        if missing:
-            raise _columns_missing(settings.table_name, missing)
+        table = StagingTable(db, settings.table_name)
+        table.require_columns()
         if options.writes:
             db.prepare_for_bulk_writes()
         what = "checking" if validate_only else "preparing" if dry_run_dir is not None else "sending"
@@ -97,8 +78,9 @@ def execute_run(
                 return Pipeline(table, None, validator, options, summary, on_progress=progress.update).run()
             table.ensure_ledger()
             check_ledger(table)
-            from api_pipeline.api import ApiClient, make_session
+            from api_pipeline.api import ApiClient
             from api_pipeline.auth import ClientCredentialsAuth
+            from api_pipeline.transport import make_session
 
             with RunLock(db, settings.table_name, run_id=run_id) as lock:
 
@@ -128,9 +110,9 @@ class _HoldingLock:
         self.client = client
         self.lock = lock
 
-    def send(self, records: list[dict], bodies: list[bytes] | None = None, *, batch_id: str) -> list[Any]:
+    def send(self, bodies: list[bytes], batch_id: str) -> list[Any]:
         self.lock.heartbeat()
-        return self.client.send(records, bodies, batch_id=batch_id)
+        return self.client.send(bodies, batch_id)
 
 
 def prepare_review_folder(folder: Path) -> None:
@@ -151,8 +133,6 @@ def check_ledger(table: StagingTable) -> None:
     blocking = [issue for issue in table.ledger_issues() or [] if issue.blocking]
     if blocking:
         first = blocking[0]
-        from api_pipeline.errors import DatabaseError
-
         raise DatabaseError(
             f"the ledger table {table.ledger} cannot hold what the tool writes to it: {first.column} {first.reason}. "
             "Nothing was sent. Run test-schema for the statement that fixes it"
@@ -179,23 +159,6 @@ def _copy_client_counters(client: Any, summary: RunSummary) -> None:
     summary.requests = int(getattr(client, "requests", 0))
     summary.retries = dict(getattr(client, "retries", {}) or {})
     summary.bytes_sent = int(getattr(client, "bytes_sent", 0))
-
-
-def _table_missing(table: str) -> PipelineError:
-    from api_pipeline.errors import DatabaseError
-
-    return DatabaseError(
-        f"the staging table {table} was not found. Check TABLE_NAME and DB_CONNECTION_STRING "
-        "(run test-schema for details)."
-    )
-
-
-def _columns_missing(table: str, missing: list[str]) -> PipelineError:
-    from api_pipeline.errors import DatabaseError
-
-    return DatabaseError(
-        f"the staging table {table} lacks required column(s): {', '.join(missing)} (run test-schema for the fix)"
-    )
 
 
 def run_command(
@@ -259,12 +222,11 @@ def run_command(
         raise
     finally:
         summary.exit_code = exit_code
-        summary.finished_at = summary.finished_at or utc_now().isoformat(timespec="seconds") + "Z"
+        summary.finished_at = summary.finished_at or utc_stamp()
         for line in summary.lines():
             log.info("%s", line)
         if log_file is not None:
-            summary_path = log_file.with_suffix(".summary.json")
-            write_private(summary_path, json.dumps(summary.to_dict(), indent=2))
+            summary_path = write_summary(log_file, summary)
             log.info("log: %s", log_file)
             try:
                 log.info("report: %s", write_report(summary_path))

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from api_pipeline.db import BINARY, LONG_TEXT, Database
+from api_pipeline.db import Database
+from api_pipeline.dialects import BINARY, LONG_TEXT
 
 
 def load_sample_children(db: Database, table: str, records: Iterable[dict], *, chunk: int = 500) -> int:

@@ -106,14 +106,14 @@ class RecordValidator:
     """
 
     def __init__(self, schema: dict[str, Any]) -> None:
-        from jsonschema import Draft7Validator
+        from jsonschema import Draft7Validator  # start-up: only for commands that validate
 
         Draft7Validator.check_schema(schema)
         self._validator = Draft7Validator(schema, format_checker=Draft7Validator.FORMAT_CHECKER)
         self._is_valid = self._validator.is_valid
         self._keys = schema_keys(schema)
         try:
-            import jsonschema_rs
+            import jsonschema_rs  # optional fast path; loaded with jsonschema (start-up)
         except ImportError:
             return
         self._is_valid = jsonschema_rs.Draft7Validator(schema, validate_formats=True).is_valid

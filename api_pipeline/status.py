@@ -19,71 +19,39 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from api_pipeline import reasons
 from api_pipeline.config import Settings
-from api_pipeline.db import Database, FirstContact, StagingTable
-from api_pipeline.errors import ConfigError, DatabaseError, ExitCode
-from api_pipeline.report import duration, load_summary
+from api_pipeline.db import Database
+from api_pipeline.errors import ConfigError, ExitCode
+from api_pipeline.report import duration
+from api_pipeline.runs import default_log_dir, read_summaries
 from api_pipeline.schema import generalise_path, load_bundled_schema, load_schema
+from api_pipeline.staging import FirstContact, StagingTable
+from api_pipeline.timestamps import parse_timestamp
 from api_pipeline.wording import plural
 
 STATUS_FORMAT_VERSION = 1
 EXAMPLE_IDS = 5
-SUMMARY_GLOB = "csc_api_pipeline_*.summary.json"
 STATE_ORDER = ("new", "updated", "unchanged", "deleted")
 STATUS_ORDER = ("pending", "sent", "error", "invalid")
 NONE_SHOWN = "(empty)"
 HIDDEN_REASON = "reason not shown (the text may contain record content)"
 
-# -- what is waiting to be sent: the same rows StagingTable.iter_candidates reads -----------
-
-
-def candidates_from_where(table: StagingTable, *, all_rows: bool = False) -> str:
-    """``FROM … WHERE …`` selecting the rows a run would read (no parameters)."""
-    source, wanted = table.candidate_source(all_rows=all_rows)
-    return f"FROM {source} WHERE {wanted}"
-
-
-def count_candidates(table: StagingTable, *, all_rows: bool = False, limit: int | None = None) -> int:
-    """How many rows the next run (or ``validate``) will read: one cheap COUNT, for the progress bar."""
-    found = int(table.db.scalar(f"SELECT COUNT(*) {candidates_from_where(table, all_rows=all_rows)}") or 0)
-    return found if limit is None else min(found, limit)
-
-
 # -- reason keys ----------------------------------------------------------------------------
 
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[\d*\])*(\.[A-Za-z_][A-Za-z0-9_]*(\[\d*\])*)*$")
-# The tool's own wording for problems that name no field (pipeline._Invalid / _Skip), matched
-# after digits are replaced by N and parentheses dropped.
-_TOOL_PHRASES = (
-    "json_payload is empty",
-    "json_payload is larger than N MB",
-    "json_payload is not valid JSON",
-    "json_payload is a JSON list, not an object",
-    "json_payload is a JSON str, not an object",
-    "json_payload is a JSON int, not an object",
-    "json_payload is a JSON float, not an object",
-    "json_payload is a JSON bool, not an object",
-    "json_payload is a JSON NoneType, not an object",
-    "la_child_id is missing from json_payload",
-    "the request built for this record is invalid",
-    "purge request is invalid",
-    "deleted row has no person_id to purge",
-    "json_payload contains text that cannot be encoded as UTF-N JSON",
-    "DfE rejected the request",
-    "DfE refused this record as too large even on its own",
-)
 _SKIP_REASONS = (
     ("row_state ", "row_state is not New, Updated, Unchanged or Deleted"),
-    ("another row of the staging table is the same child", "duplicate child"),
+    (reasons.DUPLICATE_CHILD_START, "duplicate child"),
     # Notes an earlier version of this tool wrote.
     ("person_id is used by more than one row", "duplicate child"),
     ("person_id does not match", "person_id does not match la_child_id"),
 )
-_INNER_PREFIXES = ("DfE rejected this record: ",)
+_TOOL_PHRASES = reasons.shown_phrases()
 
 
 def schema_field_names(schema: Any) -> frozenset[str]:
@@ -129,29 +97,27 @@ class ReasonKeys:
 
     @staticmethod
     def _phrase(text: str) -> str | None:
-        plain = re.sub(r"\s*\([^)]*\)", "", text).strip()
-        plain = re.sub(r"\d+", "N", plain)
+        plain = reasons.comparable(text)
         return plain if plain in _TOOL_PHRASES else None
 
     def _head(self, rest: str) -> str | None:
-        for prefix in _INNER_PREFIXES:
-            if rest.startswith(prefix):
-                rest = rest[len(prefix) :]
+        if rest.startswith(reasons.DFE_REJECTED_RECORD):
+            rest = rest[len(reasons.DFE_REJECTED_RECORD) :]
         head = rest.split(":", 1)[0]
         return self._path(head) or self._phrase(head)
 
     def key(self, api_response: Any) -> str:
         text = "" if api_response is None else str(api_response).strip()
-        if text.startswith("invalid: "):
-            head = self._head(text[len("invalid: ") :])
+        if text.startswith(reasons.INVALID):
+            head = self._head(text[len(reasons.INVALID) :])
             return f"invalid: {head or HIDDEN_REASON}"
-        if text.startswith("rejected by DfE: "):
-            head = self._head(text[len("rejected by DfE: ") :])
+        if text.startswith(reasons.REJECTED):
+            head = self._head(text[len(reasons.REJECTED) :])
             return f"rejected by DfE: {head or HIDDEN_REASON}"
-        if text.startswith("not sent, will retry next run"):
+        if text.startswith(reasons.WILL_RETRY):
             return "not sent, will be retried next run"
-        if text.startswith("not sent: "):
-            rest = text[len("not sent: ") :]
+        if text.startswith(reasons.SKIPPED):
+            rest = text[len(reasons.SKIPPED) :]
             for start, key in _SKIP_REASONS:
                 if rest.startswith(start):
                     return f"skipped: {key}"
@@ -162,26 +128,6 @@ class ReasonKeys:
 
 
 # -- timestamps -----------------------------------------------------------------------------
-
-_FRACTION = re.compile(r"(\.\d{6})\d+")
-
-
-def parse_timestamp(value: Any) -> datetime | None:
-    """A DATETIME as the driver returns it (datetime, or text from SQLite) → datetime, or None."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day)
-    text = str(value).strip()
-    if not text:
-        return None
-    text = _FRACTION.sub(r"\1", text.replace("Z", "+00:00"))  # SQL Server text has 7 fraction digits
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
 
 
 def age_seconds(value: datetime, *, naive_is_utc: bool, now: datetime | None = None) -> float:
@@ -342,17 +288,13 @@ def _order(known: tuple[str, ...], value: str) -> tuple[int, str]:
 
 def collect_counts(table: StagingTable) -> list[dict[str, Any]]:
     """Rows by status × row_state, compared case-insensitively, shown as the table spells them."""
-    sql = (
-        "SELECT MIN(submission_status), MIN(row_state), COUNT(*) FROM "
-        f"{table.table} GROUP BY LOWER(COALESCE(submission_status, '')), LOWER(COALESCE(row_state, ''))"
-    )
     found: list[dict[str, Any]] = [
         {
             "submission_status": str(status or "").strip() or NONE_SHOWN,
             "row_state": str(state or "").strip() or NONE_SHOWN,
             "rows": int(rows),
         }
-        for status, state, rows in table.db.query(sql)
+        for status, state, rows in table.counts_by_status_and_state()
     ]
     found.sort(
         key=lambda c: (
@@ -368,15 +310,10 @@ def collect_problems(table: StagingTable, keys: ReasonKeys) -> list[dict[str, An
 
     Streams the rows; only keys, counts and a few row ids are kept.
     """
-    sql = (
-        f"SELECT id, submission_status, api_response FROM {table.table} "
-        "WHERE LOWER(COALESCE(submission_status, '')) IN ('invalid', 'error') OR api_response LIKE 'not sent%' "
-        "ORDER BY id"
-    )
     counts: Counter[tuple[str, str]] = Counter()
     shown: dict[str, str] = {}
     examples: dict[tuple[str, str], list[int]] = {}
-    for row_id, status, response in table.db.query(sql):
+    for row_id, status, response in table.problem_rows():
         status_key = (status or "").strip().lower()
         shown.setdefault(status_key, (status or "").strip() or NONE_SHOWN)
         group = (status_key, keys.key(response))
@@ -391,33 +328,18 @@ def collect_problems(table: StagingTable, keys: ReasonKeys) -> list[dict[str, An
     ]
 
 
-def read_run_summaries(log_dir: Path, limit: int) -> tuple[list[dict[str, Any]], int]:
-    """The newest ``limit`` usable run summaries (newest first) and how many were skipped."""
-    found, skipped = scan_run_summaries(log_dir, limit)
-    return found, len(skipped)
-
-
-def scan_run_summaries(log_dir: Path, limit: int) -> tuple[list[dict[str, Any]], list[str]]:
+def read_run_summaries(log_dir: Path, limit: int) -> tuple[list[dict[str, Any]], list[str]]:
     """The newest ``limit`` usable run summaries (newest first), and ``"file: why"`` for each one skipped.
 
-    A summary that is not strict JSON, or whose fields are not of their kind (a hand edit:
-    ``NaN``, a list where a mapping belongs), is skipped rather than stopping ``status``.
+    A summary whose fields are not of their kind (a hand edit: a list where a mapping belongs)
+    is skipped rather than stopping ``status``, like one that is not strict JSON.
     """
-    if not log_dir.is_dir():
-        return [], []
-    found: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    for path in sorted(log_dir.glob(SUMMARY_GLOB), key=lambda p: p.name, reverse=True):
-        if len(found) >= limit:
-            break
-        try:
-            summary = load_summary(path)
-            run_row(summary)  # every field status shows is of its kind
-        except (OSError, ValueError, RecursionError) as exc:
-            skipped.append(f"{path.name}: {exc}" if isinstance(exc, ValueError) else f"{path.name}: unreadable")
-            continue
-        found.append(summary)
-    return found, skipped
+
+    def usable(summary: dict[str, Any]) -> bool:
+        run_row(summary)  # every field status shows is of its kind, or ValueError
+        return True
+
+    return read_summaries(log_dir, limit, keep=usable)
 
 
 def _of_kind(summary: dict[str, Any], key: str, kinds: tuple[type, ...]) -> Any:
@@ -457,49 +379,31 @@ def collect_status(
     db: Database, settings: Settings, log_dir: Path, *, runs: int = 10, now: datetime | None = None
 ) -> StatusReport:
     """Gather the status of the table named in ``settings``; raises DatabaseError if it is missing."""
-    table = StagingTable(db, settings.table_name, settings.ledger_table)
-    columns = db.column_names(table.table)
-    if columns is None:
-        raise DatabaseError(
-            f"the staging table {table.table} was not found. Check TABLE_NAME and DB_CONNECTION_STRING "
-            "(run test-schema for details)."
-        )
-    missing = table.missing_columns()
-    if missing:  # the same message as run's, pointing at test-schema
-        from api_pipeline.runner import _columns_missing
-
-        raise _columns_missing(table.table, missing)
+    table = StagingTable(db, settings.table_name)
+    table.require_columns()  # the same messages as run's, pointing at test-schema
+    columns = db.column_names(table.table) or []
     report = StatusReport(table=table.table, ledger_table=table.ledger, log_dir=str(log_dir))
     report.counts = collect_counts(table)
     report.total_rows = sum(c["rows"] for c in report.counts)
     report.problems = collect_problems(table, ReasonKeys.from_settings(settings))
 
     report.ledger_exists = table.has_ledger()
-    where = candidates_from_where(table)
     report.last_updated_column = "last_updated" in columns
-    if report.last_updated_column:
-        for rows, oldest in db.query(f"SELECT COUNT(*), MIN(t.last_updated) {where}"):
-            report.pending_rows = int(rows or 0)
-            report.oldest_pending = parse_timestamp(oldest)
-    else:
-        report.pending_rows = int(db.scalar(f"SELECT COUNT(*) {where}") or 0)
+    report.pending_rows, oldest = table.pending(oldest=report.last_updated_column)
+    report.oldest_pending = parse_timestamp(oldest)
     if report.oldest_pending is not None:
         report.oldest_pending_age = age_seconds(
-            report.oldest_pending, naive_is_utc=db.dialect.name == "sqlite", now=now
+            report.oldest_pending, naive_is_utc=db.dialect.naive_timestamps_are_utc, now=now
         )
 
     if report.ledger_exists:
-        sql = (
-            "SELECT SUM(CASE WHEN purged = 0 THEN 1 ELSE 0 END), SUM(CASE WHEN purged = 0 THEN 0 ELSE 1 END), "
-            f"MAX(acknowledged_at) FROM {table.ledger}"
-        )
-        for acknowledged, purged, last in db.query(sql):
-            report.children_acknowledged = int(acknowledged or 0)
-            report.children_purged = int(purged or 0)
-            report.last_acknowledged = parse_timestamp(last)
+        acknowledged, purged, last = table.ledger_totals()
+        report.children_acknowledged, report.children_purged = acknowledged, purged
+        report.last_acknowledged = parse_timestamp(last)
 
     report.first_contact = table.first_contact()
-    summaries, report.unreadable_summaries = read_run_summaries(log_dir, runs)
+    summaries, skipped = read_run_summaries(log_dir, runs)
+    report.unreadable_summaries = len(skipped)
     report.runs = [run_row(s) for s in summaries]
     return report
 
@@ -653,14 +557,12 @@ def status_command(settings: Settings, ctx: Any, *, runs: int = 10, as_json: boo
     - ``runs``: ``{log_dir, recent: [{run_id, started_at, seconds, dry_run, rows_read, sent,
       purged, failed, invalid, rejected, skipped, exit_code}], unreadable_summaries}``, newest first
     """
-    from api_pipeline.runner import default_log_dir
-
     if settings.db_connection_string is None:
         raise ConfigError(["DB_CONNECTION_STRING: not set. status reads the staging table it names."])
     log_dir = default_log_dir(settings, ctx.cwd)
     with Database.open_existing(settings.db_connection_string) as db:
         report = collect_status(db, settings, log_dir, runs=runs)
-    for skipped in scan_run_summaries(log_dir, runs)[1]:
+    for skipped in read_run_summaries(log_dir, runs)[1]:
         print(f"warning: run summary {skipped}; it is left out", file=ctx.err, flush=True)
     if as_json:
         ctx.print(json.dumps(report.to_dict(), indent=2, sort_keys=True))

@@ -69,10 +69,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_run import TABLE, run_child  # noqa: E402
 
 from api_pipeline.config import load_settings  # noqa: E402
-from api_pipeline.db import Database, StagingTable  # noqa: E402
+from api_pipeline.db import Database  # noqa: E402
 from api_pipeline.demo import apply_nightly_changes, check_convergence, load_children  # noqa: E402
 from api_pipeline.logs import configure_logging  # noqa: E402
 from api_pipeline.runner import execute_run  # noqa: E402
+from api_pipeline.staging import StagingTable  # noqa: E402
 from api_pipeline.synthetic import make_children  # noqa: E402
 
 BATCH = 100
@@ -185,8 +186,8 @@ def floor_main(spec_path: str) -> int:
 
     _collect_less()  # as run does: the floor pays for no more than the unavoidable work
 
-    from api_pipeline.api import encode_record, user_agent
-    from api_pipeline.payload import loads_record
+    from api_pipeline.payload import encode_record, loads_record
+    from api_pipeline.transport import user_agent
 
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     env = spec["env"]
@@ -286,7 +287,7 @@ def planned_requests(
 
 def body_bytes(records: list[dict]) -> int:
     """Bytes on the wire for these records sent in batches of 100, as ApiClient frames them."""
-    from api_pipeline.api import encode_record
+    from api_pipeline.payload import encode_record
 
     sizes = [len(encode_record(r)) for r in records]
     batches = [sizes[i : i + BATCH] for i in range(0, len(sizes), BATCH)]

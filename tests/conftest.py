@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from api_pipeline.cli import Context, main
 from api_pipeline.config import Settings, load_settings
-from api_pipeline.db import Database, StagingTable
+from api_pipeline.db import Database
 from api_pipeline.demo import load_children
 from api_pipeline.errors import PipelineError
 from api_pipeline.simulator import Simulator
+from api_pipeline.staging import StagingTable
 
 TABLE = "ssd_api_data_staging"
 
@@ -241,3 +244,36 @@ def run_cli(argv: list[str], *, environ: dict[str, str] | None = None, cwd: Path
     ctx = Context(environ=environ or {}, cwd=cwd, out=out, err=err, executable_dir=cwd / "no-exe-dir")
     code = main(argv, context=ctx)
     return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def canonical_json(record: dict) -> str:
+    """Normalised, key-sorted, list-sorted compact JSON: equal data gives equal text (what
+    ``payload.records_equal`` compares by), for assertions and their messages."""
+    from api_pipeline.payload import _canon, normalise
+
+    return _canon(normalise(record))
+
+
+def record_hash(record: dict) -> bytes:
+    """SHA-256 of :func:`canonical_json` (surrogatepass: a lone surrogate must hash, not crash)."""
+    import hashlib
+
+    return hashlib.sha256(canonical_json(record).encode("utf-8", "surrogatepass")).digest()
+
+
+def encoded(records: Iterable[dict]) -> list[bytes]:
+    """Records as the API client sends them (``ApiClient.send`` takes encoded records)."""
+    from api_pipeline.payload import encode_record
+
+    return [encode_record(record) for record in records]
+
+
+@contextlib.contextmanager
+def aborted(kind: type[BaseException], match: str | None = None) -> Iterator[Any]:
+    """``pytest.raises`` for an error that stops a batch: ``ApiClient.send`` raises it as
+    ``BatchAborted`` (with the outcomes settled before it), whose message and exit code are its own."""
+    from api_pipeline.api import BatchAborted
+
+    with pytest.raises(BatchAborted, match=match) as caught:
+        yield caught
+    assert isinstance(caught.value.error, kind), caught.value.error

@@ -32,17 +32,13 @@ from api_pipeline.api import (
     PayloadTooLarge,
     RetriesExhausted,
     Unauthorized,
-    _bypasses_proxy,
     classify,
-    encode_record,
-    make_session,
-    mask_text,
     parse_indexes,
     parse_receipt_time,
-    parse_retry_after,
 )
 from api_pipeline.auth import ClientCredentialsAuth
 from api_pipeline.config import Secret, Settings, load_settings
+from api_pipeline.diagnostics import check_endpoint
 from api_pipeline.errors import (
     AuthError,
     ConfigError,
@@ -50,7 +46,10 @@ from api_pipeline.errors import (
     FatalApiError,
     RetriableApiError,
 )
+from api_pipeline.payload import encode_record
 from api_pipeline.simulator import Simulator
+from api_pipeline.transport import _bypasses_proxy, make_session, mask_answer, parse_retry_after
+from conftest import aborted, encoded
 
 SECRET = "sim-secret-Do-Not-Show-7f3a"
 SUPPLIER_KEY = "sim-supplier-key-Do-Not-Show-91c2"
@@ -331,7 +330,7 @@ def test_parse_receipt_time() -> None:
 
 
 def test_mask_text() -> None:
-    masked = mask_text('name "Zoë O\'Brien" born 2015-03-02, mail a.b@example.org ' + "z" * 400)
+    masked = mask_answer('name "Zoë O\'Brien" born 2015-03-02, mail a.b@example.org ' + "z" * 400)
     assert "Zoë" not in masked and "2015-03-02" not in masked and "example.org" not in masked
     assert len(masked) <= 200
 
@@ -346,7 +345,7 @@ def test_parse_indexes_ignores_item_indexes_inside_paths() -> None:
 def test_send_acknowledges_every_record_with_exact_bytes(sim: Simulator, client: ApiClient) -> None:
     records = [child(n) for n in range(10)]
     bodies = [encode_record(r) for r in records]
-    outcomes = client.send(records, bodies, batch_id="run-1")
+    outcomes = client.send(bodies, batch_id="run-1")
     assert [o.index for o in outcomes] == list(range(10))
     assert all(o.acknowledged and not o.rejected and o.error is None for o in outcomes)
     assert all(o.received_at is not None for o in outcomes)
@@ -361,14 +360,14 @@ def test_send_acknowledges_every_record_with_exact_bytes(sim: Simulator, client:
 
 def test_bare_uuid_receipts_are_accepted(sleeps: Sleeps) -> None:
     with Simulator(receipt_style="uuid") as sim:
-        outcomes = client_for(settings_for(sim), sleeps).send([child(1), child(2)], batch_id="b")
+        outcomes = client_for(settings_for(sim), sleeps).send(encoded([child(1), child(2)]), batch_id="b")
     assert all(o.acknowledged and o.received_at is None for o in outcomes)
 
 
 def test_expired_token_is_renewed_once_on_401(sim: Simulator, client: ApiClient) -> None:
     client.auth.get_token()
     sim.inject("expire_tokens")
-    outcomes = client.send([child(1)], batch_id="b")
+    outcomes = client.send(encoded([child(1)]), batch_id="b")
     assert outcomes[0].acknowledged
     assert client.auth.token_fetches == 2
     assert client.retries == {"401": 1}
@@ -377,8 +376,8 @@ def test_expired_token_is_renewed_once_on_401(sim: Simulator, client: ApiClient)
 
 def test_second_401_is_an_auth_error_naming_the_supplier_key(sim: Simulator, sleeps: Sleeps) -> None:
     client = client_for(settings_for(sim, SUPPLIER_KEY="not-the-key-xyz"), sleeps)
-    with pytest.raises(AuthError) as caught:
-        client.send([child(1)], batch_id="b")
+    with aborted(AuthError) as caught:
+        client.send(encoded([child(1)]), batch_id="b")
     assert caught.value.exit_code == ExitCode.AUTH
     assert "SUPPLIER_KEY" in str(caught.value) and "CLIENT_ID" in str(caught.value)
     assert "not-the-key-xyz" not in str(caught.value)
@@ -388,7 +387,7 @@ def test_second_401_is_an_auth_error_naming_the_supplier_key(sim: Simulator, sle
 
 def test_429_waits_as_long_as_the_server_asks(sim: Simulator, client: ApiClient, sleeps: Sleeps) -> None:
     sim.inject("429", retry_after=7)
-    assert client.send([child(1)], batch_id="b")[0].acknowledged
+    assert client.send(encoded([child(1)]), batch_id="b")[0].acknowledged
     assert sleeps == [7.0]
     assert client.retries == {"429": 1}
 
@@ -398,7 +397,7 @@ def test_three_500s_then_success(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="api_pipeline")
     sim.inject("500", times=3)
-    assert client.send([child(1), child(2)], batch_id="night-7")[1].acknowledged
+    assert client.send(encoded([child(1), child(2)]), batch_id="night-7")[1].acknowledged
     assert len(sleeps) == 3
     assert all(0 < s <= 60 for s in sleeps)
     assert sleeps[2] >= 4  # exponential: 1, 2, 4 (+ jitter)
@@ -412,15 +411,15 @@ def test_three_500s_then_success(
 @pytest.mark.parametrize("fault", ["502", "503"])
 def test_gateway_errors_are_retried(sim: Simulator, client: ApiClient, fault: str) -> None:
     sim.inject(fault)
-    assert client.send([child(1)], batch_id="b")[0].acknowledged
+    assert client.send(encoded([child(1)]), batch_id="b")[0].acknowledged
     assert client.retries == {fault: 1}
 
 
 def test_retries_run_out(sim: Simulator, sleeps: Sleeps) -> None:
     client = client_for(settings_for(sim, MAX_RETRIES="2"), sleeps)
     sim.inject("503", times=5)
-    with pytest.raises(RetriesExhausted) as caught:
-        client.send([child(1)], batch_id="b-9")
+    with aborted(RetriesExhausted) as caught:
+        client.send(encoded([child(1)]), batch_id="b-9")
     assert caught.value.exit_code == ExitCode.API
     assert "b-9" in str(caught.value) and "3 attempts" in str(caught.value) and "503" in str(caught.value)
     assert len(sleeps) == 2 and client.requests == 3
@@ -428,7 +427,7 @@ def test_retries_run_out(sim: Simulator, sleeps: Sleeps) -> None:
 
 def test_dropped_connection_is_retried(sim: Simulator, client: ApiClient) -> None:
     sim.inject("drop")
-    assert client.send([child(1)], batch_id="b")[0].acknowledged
+    assert client.send(encoded([child(1)]), batch_id="b")[0].acknowledged
     assert client.retries == {"connection reset": 1}
 
 
@@ -436,20 +435,20 @@ def test_read_timeout_is_retried(sim: Simulator, sleeps: Sleeps) -> None:
     client = client_for(settings_for(sim, HTTP_TIMEOUT="0.3"), sleeps)
     client.auth.get_token()
     sim.inject("slow", seconds=0.8)
-    assert client.send([child(1)], batch_id="b")[0].acknowledged
+    assert client.send(encoded([child(1)]), batch_id="b")[0].acknowledged
     assert client.retries == {"timeout": 1}
 
 
 def test_a_garbage_answer_is_sent_again_within_the_run(sim: Simulator, client: ApiClient) -> None:
     sim.inject("garbage")
-    outcomes = client.send([child(1), child(2)], batch_id="b")
+    outcomes = client.send(encoded([child(1), child(2)]), batch_id="b")
     assert all(o.acknowledged for o in outcomes)
     assert len(receiver_calls(sim)) == 2 and client.retries == {"unusable answer": 1}
 
 
 def test_short_receipts_are_sent_again_within_the_run(sim: Simulator, client: ApiClient) -> None:
     sim.inject("short_receipts")
-    outcomes = client.send([child(n) for n in range(3)], batch_id="b")
+    outcomes = client.send(encoded([child(n) for n in range(3)]), batch_id="b")
     assert all(o.acknowledged for o in outcomes)
     assert len(receiver_calls(sim)) == 2 and client.retries == {"unusable answer": 1}
 
@@ -457,7 +456,7 @@ def test_short_receipts_are_sent_again_within_the_run(sim: Simulator, client: Ap
 def test_garbage_answers_past_the_retries_acknowledge_nobody(sim: Simulator, sleeps: Sleeps) -> None:
     client = client_for(settings_for(sim, MAX_RETRIES="2"), sleeps)
     sim.inject("garbage", times=3)
-    outcomes = client.send([child(1), child(2)], batch_id="b")
+    outcomes = client.send(encoded([child(1), child(2)]), batch_id="b")
     assert all(not o.acknowledged and not o.rejected for o in outcomes)
     assert "not JSON" in (outcomes[0].error or "")
     assert len(receiver_calls(sim)) == 3 and len(sleeps) == 2
@@ -467,7 +466,7 @@ def test_one_bad_record_among_ten(sim: Simulator, client: ApiClient, caplog: pyt
     caplog.set_level(logging.DEBUG)
     records = [child(n) for n in range(10)]
     records[6] = bad_child(6)
-    outcomes = client.send(records, batch_id="b")
+    outcomes = client.send(encoded(records), batch_id="b")
     assert [o.index for o in outcomes] == list(range(10))
     assert sum(o.acknowledged for o in outcomes) == 9
     assert outcomes[6].rejected and not outcomes[6].acknowledged
@@ -482,7 +481,7 @@ def test_several_bad_records_map_back_to_their_positions(sim: Simulator, client:
     records = [child(n) for n in range(12)]
     for n in (0, 5, 11):
         records[n] = bad_child(n)
-    outcomes = client.send(records, batch_id="b")
+    outcomes = client.send(encoded(records), batch_id="b")
     assert [o.index for o in outcomes if o.rejected] == [0, 5, 11]
     assert sum(o.acknowledged for o in outcomes) == 9
 
@@ -490,7 +489,7 @@ def test_several_bad_records_map_back_to_their_positions(sim: Simulator, client:
 def test_413_halves_the_batch(sim: Simulator, client: ApiClient, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     sim.inject("413")
-    outcomes = client.send([child(n) for n in range(7)], batch_id="b")
+    outcomes = client.send(encoded([child(n) for n in range(7)]), batch_id="b")
     assert all(o.acknowledged for o in outcomes)
     assert [c.record_count for c in receiver_calls(sim)] == [7, 3, 4]
     assert "413" in caplog.text
@@ -498,15 +497,15 @@ def test_413_halves_the_batch(sim: Simulator, client: ApiClient, caplog: pytest.
 
 def test_413_for_a_single_record_rejects_it(sim: Simulator, client: ApiClient) -> None:
     sim.inject("413", times=2)
-    outcomes = client.send([child(1), child(2)], batch_id="b")
+    outcomes = client.send(encoded([child(1), child(2)]), batch_id="b")
     assert outcomes[0].rejected and "too large" in (outcomes[0].error or "")
     assert outcomes[1].acknowledged
 
 
 def test_403_is_retried_a_bounded_number_of_times_then_fatal(sim: Simulator, client: ApiClient, sleeps: Sleeps) -> None:
     sim.inject("403", times=20)
-    with pytest.raises(FatalApiError) as caught:
-        client.send([child(1)], batch_id="b")
+    with aborted(FatalApiError) as caught:
+        client.send(encoded([child(1)]), batch_id="b")
     message = str(caught.value)
     assert caught.value.exit_code == ExitCode.API
     assert "allow-list" in message and "SUPPLIER_KEY" in message and "LA_CODE" in message
@@ -515,14 +514,14 @@ def test_403_is_retried_a_bounded_number_of_times_then_fatal(sim: Simulator, cli
 
 def test_403_once_is_throttling(sim: Simulator, client: ApiClient) -> None:
     sim.inject("403")
-    assert client.send([child(1)], batch_id="b")[0].acknowledged
+    assert client.send(encoded([child(1)]), batch_id="b")[0].acknowledged
     assert client.retries == {"403": 1}
 
 
 def test_wrong_path_is_404_naming_the_settings(sim: Simulator, sleeps: Sleeps) -> None:
     client = client_for(settings_for(sim, API_ENDPOINT=sim.base_url + "/wrong/1"), sleeps)
-    with pytest.raises(FatalApiError) as caught:
-        client.send([child(1)], batch_id="b")
+    with aborted(FatalApiError) as caught:
+        client.send(encoded([child(1)]), batch_id="b")
     assert "API_ENDPOINT" in str(caught.value) and "LA_CODE" in str(caught.value)
     assert sleeps == []
 
@@ -539,7 +538,7 @@ def test_400_naming_no_record_splits_down_to_the_bad_one(scripted) -> None:
     server = scripted(answer)
     records = [child(n) for n in range(5)]
     records[3]["mis_child_id"] = "MIS-BAD"
-    outcomes = client_for(server.settings).send(records, batch_id="b")
+    outcomes = client_for(server.settings).send(encoded(records), batch_id="b")
     assert [o.index for o in outcomes if o.rejected] == [3]
     assert [o.receipt for o in outcomes if o.acknowledged] == ["r-T0000", "r-T0001", "r-T0002", "r-T0004"]
     assert [len(call) for call in server.calls] == [5, 2, 3, 1, 2, 1, 1]
@@ -554,7 +553,7 @@ def test_http_date_retry_after_and_cap(scripted) -> None:
     )
     server = scripted(lambda records: next(answers, None) or receipts_for(records))
     sleeps = Sleeps()
-    assert client_for(server.settings, sleeps).send([child(1)], batch_id="b")[0].acknowledged
+    assert client_for(server.settings, sleeps).send(encoded([child(1)]), batch_id="b")[0].acknowledged
     assert 28 <= sleeps[0] <= 31
     assert sleeps[1] == 300
 
@@ -573,7 +572,7 @@ def test_http_date_retry_after_and_cap(scripted) -> None:
 )
 def test_unusable_success_answers_acknowledge_nobody(scripted, reply: Reply, reason: str) -> None:
     server = scripted(lambda records: reply)
-    outcomes = client_for(server.settings).send([child(n) for n in range(3)], batch_id="b")
+    outcomes = client_for(server.settings).send(encoded([child(n) for n in range(3)]), batch_id="b")
     assert all(not o.acknowledged and not o.rejected and reason in (o.error or "") for o in outcomes)
     # A 204 stored nothing and is not sent again within the run; a garbled 200 is, MAX_RETRIES times.
     assert len(server.calls) == (1 if reply[0] == 204 else 1 + server.settings.max_retries)
@@ -582,9 +581,9 @@ def test_unusable_success_answers_acknowledge_nobody(scripted, reply: Reply, rea
 def test_run_stopping_error_carries_the_outcomes_settled_so_far(scripted) -> None:
     answers: Iterator[Reply] = iter([(400, {}, b"[0] la_child_id: bad")])
     server = scripted(lambda records: next(answers, None) or (403, {}, b"Forbidden"))
-    with pytest.raises(FatalApiError) as caught:
-        client_for(server.settings).send([child(1), child(2)], batch_id="b")
-    (settled,) = getattr(caught.value, "partial_outcomes")
+    with aborted(FatalApiError) as caught:
+        client_for(server.settings).send(encoded([child(1), child(2)]), batch_id="b")
+    (settled,) = caught.value.outcomes
     assert settled.index == 0 and settled.rejected
 
 
@@ -616,7 +615,7 @@ def test_proxy_asking_for_credentials(tmp_path: Path) -> None:
             https_proxy=Secret(proxy_url),
             http_timeout=5.0,
         )
-        check = client_for(settings).test_endpoint()
+        check = check_endpoint(client_for(settings))
         assert not check.ok and check.stage == "token" and check.exit_code == ExitCode.API
         assert "407" in check.message and "PROXY_URL" in check.message
         assert "proxy-pw-77" not in "\n".join(check.lines())
@@ -626,8 +625,8 @@ def test_proxy_asking_for_credentials(tmp_path: Path) -> None:
         client.auth._token = Secret("pretend-token")  # skip the token: test the receiver through the proxy
         client.auth._expires_at = client.auth.clock() + 3600
         client.auth._lifetime = 3600
-        with pytest.raises(FatalApiError, match="PROXY_URL"):
-            client.send([child(1)], batch_id="b")
+        with aborted(FatalApiError, match="PROXY_URL"):
+            client.send(encoded([child(1)]), batch_id="b")
     finally:
         proxy.shutdown()
         proxy.server_close()
@@ -669,19 +668,19 @@ def test_tls_failure_suggests_ca_bundle_and_ca_bundle_fixes_it(scripted, tls_fil
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     https = scripted(receipts_for, tls=context).settings
-    check = client_for(https).test_endpoint()
+    check = check_endpoint(client_for(https))
     assert not check.ok and "CA_BUNDLE" in check.message and "certificate" in check.message
 
     trusted = client_for(https.replace(ca_bundle=cert))
-    assert trusted.send([child(1)], batch_id="b")[0].acknowledged
+    assert trusted.send(encoded([child(1)]), batch_id="b")[0].acknowledged
 
 
 def test_tls_error_on_the_receiver_is_fatal(scripted) -> None:
     server = scripted(receipts_for)
     settings = server.settings.replace(api_endpoint=server.settings.api_endpoint.replace("http://", "https://"))
     client = client_for(settings)
-    with pytest.raises(FatalApiError) as caught:
-        client.send([child(1)], batch_id="b")  # an https handshake against a plain-http server
+    with aborted(FatalApiError) as caught:
+        client.send(encoded([child(1)]), batch_id="b")  # an https handshake against a plain-http server
     assert "TLS" in str(caught.value)
     assert client.retries == {}
 
@@ -690,7 +689,7 @@ def test_tls_error_on_the_receiver_is_fatal(scripted) -> None:
 
 
 def test_endpoint_check_passes_and_sends_no_record(sim: Simulator, client: ApiClient) -> None:
-    check = client.test_endpoint()
+    check = check_endpoint(client)
     assert check.ok and check.status == 204 and check.exit_code == ExitCode.OK
     assert "PASS" in check.lines()[0]
     calls = receiver_calls(sim)
@@ -700,7 +699,7 @@ def test_endpoint_check_passes_and_sends_no_record(sim: Simulator, client: ApiCl
 
 def test_endpoint_check_400_on_empty_body_is_a_pass_with_note(scripted) -> None:
     server = scripted(lambda records: (400, {}, b"Payload was malformed: at least one record is required"))
-    check = client_for(server.settings).test_endpoint()
+    check = check_endpoint(client_for(server.settings))
     assert check.ok and check.status == 400 and "auth works, body refused" in check.message
     assert check.note and "empty" in check.note
 
@@ -718,7 +717,7 @@ def test_endpoint_check_failures_name_the_cause(
     sim: Simulator, env: dict, stage: str, status: int | None, exit_code: int, words: list[str]
 ) -> None:
     env = {k: v.format(base=sim.base_url) for k, v in env.items()}
-    check = client_for(settings_for(sim, **env)).test_endpoint()
+    check = check_endpoint(client_for(settings_for(sim, **env)))
     assert not check.ok and check.stage == stage and check.status == status and check.exit_code == exit_code
     for word in words:
         assert word in check.message
@@ -739,7 +738,7 @@ def test_endpoint_check_network_failure(sleeps: Sleeps) -> None:
             supplier_key=Secret(SUPPLIER_KEY),
             http_timeout=2.0,
         )
-        check = client_for(settings, sleeps).test_endpoint()
+        check = check_endpoint(client_for(settings, sleeps))
     assert not check.ok and check.stage == "token" and "refused" in check.message
 
 
@@ -755,17 +754,17 @@ def test_no_secret_token_or_record_content_in_logs(
     records[2] = bad_child(2)
     sim.inject("expire_tokens")
     sim.inject("429", retry_after=1)
-    client.send(records, batch_id="b")
+    client.send(encoded(records), batch_id="b")
     sim.inject("500", times=3)
     messages: list[str] = []
-    with pytest.raises(RetriesExhausted) as caught:
-        client.send([child(9)], batch_id="c")
+    with aborted(RetriesExhausted) as caught:
+        client.send(encoded([child(9)]), batch_id="c")
     messages.append(str(caught.value))
     bad = client_for(settings_for(sim, SUPPLIER_KEY="wrong-key-Do-Not-Show"), sleeps)
-    with pytest.raises(AuthError) as auth_error:
-        bad.send([child(1)], batch_id="d")
+    with aborted(AuthError) as auth_error:
+        bad.send(encoded([child(1)]), batch_id="d")
     messages.append(str(auth_error.value))
-    messages.extend(o.error or "" for o in client.send([bad_child(5)], batch_id="e"))
+    messages.extend(o.error or "" for o in client.send(encoded([bad_child(5)]), batch_id="e"))
 
     token = client.auth.get_token()
     text = caplog.text + "\n".join(messages)

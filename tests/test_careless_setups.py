@@ -19,10 +19,11 @@ import pytest
 from hostile import Exchange, Hostile
 
 from api_pipeline.config import load_settings
-from api_pipeline.db import Database, StagingTable
+from api_pipeline.db import Database
 from api_pipeline.dialects import LEDGER_SPEC, POSTGRES, ledger_ddl
 from api_pipeline.errors import ConfigError, ExitCode
 from api_pipeline.simulator import Simulator
+from api_pipeline.staging import StagingTable
 from api_pipeline.synthetic import make_children
 from conftest import Staging, db_env, insert, ledger, rows, run_cli, unique_table
 

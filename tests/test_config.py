@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.config import OPTIONS, Secret, Settings, find_env_file, load_settings
+from api_pipeline.config import OPTIONS, Secret, Settings, load_settings
+from api_pipeline.dialects import ledger_name
+from api_pipeline.envfile import find_env_file
 from api_pipeline.errors import ConfigError
 
 FULL = {
@@ -27,7 +29,7 @@ def test_full_environment_loads():
     assert s.la_code == "846"
     assert s.client_secret == Secret("client-secret-for-tests")
     assert s.use_partial_payload is True and s.batch_size == 100
-    assert s.ledger_table == "ssd_api_data_staging_ledger"
+    assert ledger_name(s.table_name) == "ssd_api_data_staging_ledger"
 
 
 def test_every_missing_variable_reported_at_once():

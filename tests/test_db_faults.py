@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 
-from api_pipeline.db import StagingTable
 from api_pipeline.errors import ExitCode, PipelineError
 from api_pipeline.payload import records_equal
 from api_pipeline.runner import execute_run
+from api_pipeline.staging import StagingTable
 from api_pipeline.synthetic import make_children
 from conftest import rows, settings_for
 

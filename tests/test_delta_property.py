@@ -17,17 +17,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft7Validator
 
+from api_pipeline.dfe_model import apply_record
 from api_pipeline.payload import (
     STRUCTURE,
     build_delta,
     build_full,
     build_purge,
-    canonical_json,
     normalise,
     records_equal,
 )
-from api_pipeline.simulator import apply_record
 from api_pipeline.synthetic import make_child, mutate
+from conftest import canonical_json
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((REPO / "api_pipeline" / "data" / "csc_record.schema.json").read_text("utf-8"))

@@ -11,13 +11,17 @@ import json
 import random
 import threading
 import time
+from collections.abc import Iterable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from api_pipeline.db import Database, DatabaseError, StagingTable
-from api_pipeline.demo import apply_nightly_changes, check_convergence, return_children
+from api_pipeline.db import Database
+from api_pipeline.demo import apply_nightly_changes, check_convergence
+from api_pipeline.errors import DatabaseError
 from api_pipeline.runner import execute_run
+from api_pipeline.staging import StagingTable
 from api_pipeline.synthetic import make_children
 from conftest import TABLE, Staging, insert, ledger, mark_deleted, rows, run_cli, set_payload, settings_for
 
@@ -34,6 +38,20 @@ def sent_records(sim) -> list[dict]:
         if entry.path.endswith("/children") and entry.status == 200:
             records.extend(json.loads(entry.body))
     return records
+
+
+def return_children(db: Database, table: str, la_child_ids: Iterable[str]) -> list[str]:
+    """Children who come back into the cohort after being deleted: ``Pending``/``New`` again."""
+    back = []
+    with db.transaction():
+        for la_child_id in la_child_ids:
+            db.execute(
+                f"UPDATE {table} SET row_state = 'New', submission_status = 'Pending', last_updated = ? "
+                "WHERE person_id = ?",
+                (datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), la_child_id),
+            )
+            back.append(la_child_id)
+    return back
 
 
 def test_full_load_sends_every_child_and_fills_the_ledger(simulator, staging):
@@ -243,8 +261,8 @@ def test_write_back_replaces_ledger_entries(staging: Staging, keyed: bool, caplo
     not: a ledger made by hand without the key gets a warning and the delete-and-insert way."""
     from datetime import datetime
 
-    from api_pipeline.db import LedgerEntry, StagingTable
     from api_pipeline.dialects import ledger_ddl
+    from api_pipeline.staging import LedgerEntry, StagingTable
 
     at = datetime(2026, 3, 8, 21, 4, 33)
 
@@ -364,3 +382,14 @@ def test_during_bulk_writes_pages_are_read_while_a_batch_is_being_written(db_pat
         assert list(table.iter_candidates()) == []  # committed now
         db.finish_bulk_writes()
         assert db.reader is db
+
+
+def test_a_runs_outcomes_are_counted_under_the_summarys_outcome_keys(simulator, staging):
+    from api_pipeline.runs import OUTCOME_KEYS
+
+    insert(staging, list(make_children(30, seed=5)))
+    first = execute_run(settings_for(simulator, staging))
+    with staging.open() as db:
+        apply_nightly_changes(db, staging.table, random.Random(5))
+    second = execute_run(settings_for(simulator, staging))
+    assert set(first.outcomes) | set(second.outcomes) <= set(OUTCOME_KEYS)

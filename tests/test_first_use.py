@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline import logs
+from api_pipeline import runs
 from api_pipeline.synthetic import make_children
 from conftest import db_env, insert, run_cli
 
@@ -32,7 +32,7 @@ def test_two_runs_started_in_the_same_second_keep_their_own_log_summary_and_batc
     simulator, db_path, tmp_path, monkeypatch
 ):
     instant = datetime(2026, 3, 1, 2, 0, 0, 123456, tzinfo=timezone.utc)
-    monkeypatch.setattr(logs, "_utc_now", lambda: instant)  # the same millisecond, even
+    monkeypatch.setattr(runs, "_utc_now", lambda: instant)  # the same millisecond, even
     insert(db_path, list(make_children(4, seed=1)))
     log_dir = tmp_path / "logs"
     environ = sim_env(simulator, db_path, BATCH_SIZE="2")
@@ -53,7 +53,7 @@ def test_two_runs_started_in_the_same_second_keep_their_own_log_summary_and_batc
 
 
 def test_run_ids_are_unique_in_a_tight_loop():
-    ids = {logs.new_run_id() for _ in range(2000)}
+    ids = {runs.new_run_id() for _ in range(2000)}
     assert len(ids) > 1995  # 6 random hex digits per millisecond
 
 

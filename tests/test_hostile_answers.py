@@ -23,13 +23,14 @@ from hostile import (
     trickle_headers,
 )
 
-from api_pipeline.api import ApiClient, classify, make_session, mask_text, summarise
+from api_pipeline.api import ApiClient, classify
 from api_pipeline.auth import ClientCredentialsAuth
 from api_pipeline.config import load_settings
 from api_pipeline.errors import ApiError, AuthError, ExitCode, FatalApiError
 from api_pipeline.simulator import Simulator
 from api_pipeline.synthetic import make_children
-from conftest import db_env, insert, rows, run_cli
+from api_pipeline.transport import make_session, mask_answer, summarise
+from conftest import db_env, encoded, insert, rows, run_cli
 
 FAST = {"MAX_RETRIES": "0", "HTTP_TIMEOUT": "1"}
 
@@ -162,7 +163,7 @@ def test_an_endless_token_answer_is_cut_off_at_the_size_cap() -> None:
 
 
 def test_a_receipt_answer_of_100_records_fits_comfortably() -> None:
-    from api_pipeline.api import MAX_ANSWER_BYTES
+    from api_pipeline.bounded import MAX_ANSWER_BYTES
 
     assert MAX_ANSWER_BYTES == 1024 * 1024
     receipt = "2026-03-01_21:04:33.12_" + "0" * 36 + ".json"
@@ -182,16 +183,16 @@ def test_masking_a_huge_error_body_takes_linear_time() -> None:
     ]
     started = time.monotonic()
     for text in shapes:
-        assert len(mask_text(text, limit=10_000_000)) <= len(text) + 10
+        assert len(mask_answer(text, limit=10_000_000)) <= len(text) + 10
     assert time.monotonic() - started < 10
 
 
 def test_masking_still_hides_what_it_hid() -> None:
     text = "bad value 'Zoë' for date 2015-03-02 from zoe.smith@example.org.uk, see “Jane Doe” and ‘x’"
-    masked = mask_text(text)
+    masked = mask_answer(text)
     assert "Zoë" not in masked and "2015-03-02" not in masked and "zoe.smith" not in masked
     assert "Jane" not in masked and "<email>" in masked and "<date>" in masked
-    assert mask_text("a@b and c@d.e, f@@g.h") == "a@b and <email>, f@@g.h"
+    assert mask_answer("a@b and c@d.e, f@@g.h") == "a@b and <email>, f@@g.h"
 
 
 def test_a_huge_error_body_is_masked_and_the_run_goes_on(db_path) -> None:
@@ -257,7 +258,7 @@ def test_normal_answers_still_work_with_keep_alive(sim_client) -> None:
     sim, client = sim_client
     records = list(make_children(5, seed=158))
     for n in range(3):
-        outcomes = client.send(records, batch_id=f"b{n}")
+        outcomes = client.send(encoded(records), batch_id=f"b{n}")
         assert all(o.acknowledged for o in outcomes)
     assert len(sim.snapshot()) == 5
 

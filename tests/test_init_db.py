@@ -16,9 +16,10 @@ import pytest
 from api_pipeline import diagnostics
 from api_pipeline.cli import Context
 from api_pipeline.config import load_settings
-from api_pipeline.db import Database, StagingTable
+from api_pipeline.db import Database
 from api_pipeline.diagnostics import init_db
 from api_pipeline.errors import ConfigError, DatabaseError
+from api_pipeline.staging import StagingTable
 from api_pipeline.synthetic import make_children
 from conftest import TABLE, insert
 

@@ -37,7 +37,8 @@ def marker_children() -> list[dict]:
 
 def test_nothing_secret_or_personal_is_written_anywhere(tmp_path):
     db_path = tmp_path / "staging.db"
-    from api_pipeline.db import Database, StagingTable
+    from api_pipeline.db import Database
+    from api_pipeline.staging import StagingTable
 
     with Database.open_sqlite(db_path) as db:
         StagingTable(db, "ssd_api_data_staging").create_staging_table()

@@ -185,12 +185,13 @@ def test_vv_tracebacks_and_error_lines_are_masked(tmp_path: Path, monkeypatch: p
 
 
 def test_an_answer_is_masked_with_the_words_of_the_request_it_answers() -> None:
-    from api_pipeline.api import AnswerMask, mask_text, parse_indexes
+    from api_pipeline.api import parse_indexes
+    from api_pipeline.transport import AnswerMask, mask_answer
 
     sent = json.dumps([{"la_child_id": "C1", "child_details": {"first_name": "Jo", "postcode": "N1 9GU"}}]).encode()
     mask = AnswerMask(("a-secret-token",), sent)
     text = "[0] child_details.first_name: Jo (N1 9GU) refused for a-secret-token; sex: F"
-    masked = mask_text(text, mask=mask)
+    masked = mask_answer(text, mask=mask)
     assert "Jo" not in masked and "N1" not in masked and "9GU" not in masked and "a-secret-token" not in masked
     assert "child_details.first_name" in masked and "refused" in masked
-    assert parse_indexes(text, mask) == {0: mask_text(text[4:], mask=mask)}
+    assert parse_indexes(text, mask) == {0: mask_answer(text[4:], mask=mask)}

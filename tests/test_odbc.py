@@ -299,10 +299,10 @@ def test_unrecognised_errors_keep_the_drivers_first_line_only():
 
 
 def test_braced_passwords_with_escaped_braces_are_masked_whole():
-    from api_pipeline.logs import mask_text
+    from api_pipeline.logs import mask_secrets
 
     text = "Driver={PostgreSQL Unicode};Server=db;Uid=csc;Pwd={pa;ss}}word-Do-Not-Show};Database=csc"
-    masked = mask_text(text)
+    masked = mask_secrets(text)
     assert "Do-Not-Show" not in masked and "pa;ss" not in masked
     assert masked.endswith(";Database=csc")
 

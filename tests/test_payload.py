@@ -17,15 +17,13 @@ from api_pipeline.payload import (
     build_delta,
     build_full,
     build_purge,
-    canonical_json,
     encode_record,
     frame_body,
     normalise,
-    record_hash,
     records_equal,
 )
 from api_pipeline.synthetic import make_children, mutate
-from conftest import reference_dir, reference_missing
+from conftest import canonical_json, record_hash, reference_dir, reference_missing
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SAMPLES = reference_dir() / "samples"
@@ -932,7 +930,7 @@ def test_record_level_purge_false_is_kept_as_data() -> None:
 
 
 def test_compact_text_without_an_empty_container_is_already_normal() -> None:
-    """compact_has_empty_container may say True needlessly, but never False for a record that needs normalising."""
+    """_may_hold_empty_container may say True needlessly, but never False for a record that needs normalising."""
     rng = random.Random(11)
     for record in make_children(80, seed=12):
         emptied = copy.deepcopy(record)
@@ -945,10 +943,10 @@ def test_compact_text_without_an_empty_container_is_already_normal() -> None:
         for value in (record, emptied):
             needs = normalise(value) != value
             text = payload.encode_record(value)
-            assert payload.compact_has_empty_container(text) or not needs
-            assert payload.compact_has_empty_container(text.decode("utf-8")) or not needs
-    assert payload.compact_has_empty_container(b'{"a":{"b":[]}}')
-    assert not payload.compact_has_empty_container('{"a":[1],"b":{"c":"x"}}')
+            assert payload._may_hold_empty_container(text) or not needs
+            assert payload._may_hold_empty_container(text.decode("utf-8")) or not needs
+    assert payload._may_hold_empty_container(b'{"a":{"b":[]}}')
+    assert not payload._may_hold_empty_container('{"a":[1],"b":{"c":"x"}}')
 
 
 def test_entity_comparison_ignores_key_and_list_order_but_not_types() -> None:

@@ -27,9 +27,11 @@ import pytest
 from api_pipeline import diagnostics
 from api_pipeline.cli import Context
 from api_pipeline.config import load_settings
-from api_pipeline.db import POSTGRES, Database, LedgerEntry, RowUpdate, StagingTable
+from api_pipeline.db import Database
+from api_pipeline.dialects import POSTGRES
 from api_pipeline.errors import DatabaseError
 from api_pipeline.runner import execute_run
+from api_pipeline.staging import LedgerEntry, RowUpdate, StagingTable
 from api_pipeline.synthetic import make_children
 from conftest import Staging, run_cli, settings_for
 

@@ -8,6 +8,7 @@ import shutil
 import struct
 import subprocess
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,15 @@ import pytest
 
 from api_pipeline.errors import ExitCode
 from api_pipeline.report import (
+    CHART_RUNS,
     PROBLEM_COLOUR,
     SENT_COLOUR,
     read_history,
     render_report,
-    report_path_for,
     write_report,
-    write_report_for,
 )
 from api_pipeline.runner import execute_run
+from api_pipeline.runs import REPORT_SUFFIX, report_path_for, write_private
 from api_pipeline.synthetic import make_children
 from conftest import insert, ledger, settings_for
 
@@ -135,6 +136,16 @@ def test_everything_shown_is_escaped(tmp_path):
     for raw in ("<b>x</b>", "<img", "<script", "<i>", "<iframe"):
         assert raw not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "stopped &lt;iframe&gt;" in text
+
+
+def write_report_for(summary: Mapping[str, Any], log_dir: Path) -> Path:
+    """A report from a summary dict (``RunSummary.to_dict()``), for a run whose summary file is not written."""
+    run_id = str(summary.get("run_id") or "unknown")
+    history = [h for h in read_history(log_dir) if h.get("run_id") != run_id]
+    history = history[-(CHART_RUNS - 1) :] + [dict(summary)] if not summary.get("dry_run") else history
+    path = log_dir / f"csc_api_pipeline_{run_id}{REPORT_SUFFIX}"
+    write_private(path, render_report(summary, history, log_name=f"csc_api_pipeline_{run_id}.log"))
+    return path
 
 
 def test_report_from_a_summary_dict_and_history_order(tmp_path):
@@ -256,3 +267,13 @@ def test_report_renders_in_headless_chromium(real_run, tmp_path):
     keep = os.environ.get("CSC_TEST_KEEP_SCREENSHOT")
     if keep:
         shutil.copyfile(shot, keep)
+
+
+def test_the_report_and_the_progress_bar_use_the_run_summarys_outcome_keys():
+    from api_pipeline.progress import SHOWN_OUTCOMES
+    from api_pipeline.report import OUTCOME_LABELS
+    from api_pipeline.runs import OUTCOME_KEYS, PROBLEM_OUTCOMES
+
+    assert {key for key, _ in OUTCOME_LABELS} <= set(OUTCOME_KEYS)
+    assert {key for key, _ in SHOWN_OUTCOMES} <= set(OUTCOME_KEYS)
+    assert set(PROBLEM_OUTCOMES) <= set(OUTCOME_KEYS)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from api_pipeline.dialects import LOCK_NAME_SIZE
 from api_pipeline.errors import DatabaseError, ExitCode, RunLocked
-from api_pipeline.lock import LOCK_NAME_SIZE, RunLock, lock_key
+from api_pipeline.lock import RunLock, lock_key
 from api_pipeline.simulator import Simulator
 from api_pipeline.synthetic import make_children
 from conftest import Staging, run_cli

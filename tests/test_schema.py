@@ -154,7 +154,8 @@ def test_validate_command(db_path, tmp_path, simulator):
     assert simulator.request_log() == []
     clean = [c for i, c in enumerate(children) if i not in (1, 5, 6)]
     other = tmp_path / "clean.db"
-    from api_pipeline.db import Database, StagingTable
+    from api_pipeline.db import Database
+    from api_pipeline.staging import StagingTable
 
     with Database.open_sqlite(other) as db:
         StagingTable(db, "ssd_api_data_staging").create_staging_table()

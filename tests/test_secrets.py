@@ -17,16 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.api import ApiClient, make_session
+from api_pipeline.api import ApiClient
 from api_pipeline.auth import SECRET_REFUSED_CODES, ClientCredentialsAuth
 from api_pipeline.cli import Context
 from api_pipeline.config import Secret, load_settings
 from api_pipeline.credentials import DEFAULT_SERVICE, keyring_variables, set_secret_command
+from api_pipeline.diagnostics import check_endpoint
 from api_pipeline.errors import AuthError, ConfigError, ExitCode
-from api_pipeline.logs import mask_text
+from api_pipeline.logs import mask_secrets
 from api_pipeline.simulator import Simulator
 from api_pipeline.synthetic import make_children
-from conftest import db_env, insert, run_cli
+from api_pipeline.transport import make_session
+from conftest import aborted, db_env, encoded, insert, run_cli
 
 keyring = pytest.importorskip("keyring")
 from keyring.backend import KeyringBackend  # noqa: E402
@@ -260,7 +262,7 @@ def test_db_password_is_added_to_the_odbc_string(memory_keyring: MemoryKeyring) 
     settings = load_settings(command="test-db", environ=environ)
     assert settings.db_connection_string == Secret(odbc + "PWD={db-pa;ss}}word-Do-Not-Show-55};")
     assert settings.db_password == Secret(DB_SECRET)
-    assert DB_SECRET not in mask_text(f"connecting with {settings.db_connection_string.reveal()}", [DB_SECRET])
+    assert DB_SECRET not in mask_secrets(f"connecting with {settings.db_connection_string.reveal()}", [DB_SECRET])
 
 
 @pytest.mark.parametrize(
@@ -358,9 +360,9 @@ def test_both_keys_refused_is_an_auth_error_naming_both() -> None:
         client = ApiClient(
             settings, session, ClientCredentialsAuth.from_settings(settings, session), sleep=lambda s: None
         )
-        with pytest.raises(AuthError, match="refused both SUPPLIER_KEY and SUPPLIER_KEY_SECONDARY"):
-            client.send([next(iter(make_children(1, seed=9)))], batch_id="b")
-        check = client.test_endpoint(inspect_tls=False)
+        with aborted(AuthError, match="refused both SUPPLIER_KEY and SUPPLIER_KEY_SECONDARY"):
+            client.send(encoded([next(iter(make_children(1, seed=9)))]), batch_id="b")
+        check = check_endpoint(client, inspect_tls=False)
     assert not check.ok and "SUPPLIER_KEY and SUPPLIER_KEY_SECONDARY" in check.message
 
 

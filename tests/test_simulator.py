@@ -16,13 +16,11 @@ from typing import Any
 import pytest
 import requests
 
+from api_pipeline.dfe_model import RecordValidator, apply_record, load_default_schema
 from api_pipeline.errors import ConfigError
 from api_pipeline.simulator import (
     Fault,
-    RecordValidator,
     Simulator,
-    apply_record,
-    load_default_schema,
     run_simulator,
     serve_forever_cli,
 )

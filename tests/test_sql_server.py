@@ -38,21 +38,15 @@ from api_pipeline import diagnostics  # noqa: E402
 from api_pipeline.api import Outcome  # noqa: E402
 from api_pipeline.cli import Context  # noqa: E402
 from api_pipeline.config import load_settings  # noqa: E402
-from api_pipeline.db import (  # noqa: E402
-    LEDGER_SPEC,
-    MSSQL,
-    STAGING_SPEC,
-    ColumnInfo,
-    Database,
-    RowUpdate,
-    StagingTable,
-    check_columns,
-)
+from api_pipeline.db import Database
+from api_pipeline.dialects import LEDGER_SPEC, MSSQL, STAGING_SPEC, ColumnInfo, check_columns
 from api_pipeline.errors import DatabaseError, RunLocked  # noqa: E402
 from api_pipeline.lock import RunLock  # noqa: E402
 from api_pipeline.odbc import UnreadableText, decode_wide_text  # noqa: E402
-from api_pipeline.pipeline import Pipeline, RunOptions, RunSummary  # noqa: E402
+from api_pipeline.pipeline import Pipeline, RunOptions  # noqa: E402
+from api_pipeline.runs import RunSummary  # noqa: E402
 from api_pipeline.schema import RecordValidator  # noqa: E402
+from api_pipeline.staging import RowUpdate, StagingTable
 from api_pipeline.synthetic import make_children  # noqa: E402
 
 LEDGER = f"{TABLE}_ledger"
@@ -120,11 +114,11 @@ class Receipts:
     def __init__(self) -> None:
         self.sent: list[str] = []
 
-    def send(self, records: list[dict], bodies: list[bytes] | None = None, *, batch_id: str) -> list[Outcome]:
-        self.sent += [r["la_child_id"] for r in records]
+    def send(self, bodies: list[bytes], batch_id: str) -> list[Outcome]:
+        self.sent += [json.loads(body)["la_child_id"] for body in bodies]
         return [
             Outcome(i, receipt=f"2026-03-01_21:04:33.12_{i:08d}-aaaa-bbbb-cccc-000000000000.json")
-            for i in range(len(records))
+            for i in range(len(bodies))
         ]
 
 

@@ -11,23 +11,23 @@ import pytest
 
 from api_pipeline.cli import Context, build_parser
 from api_pipeline.config import load_settings
-from api_pipeline.db import Database, LedgerEntry, StagingTable
+from api_pipeline.db import Database
 from api_pipeline.demo import load_children
 from api_pipeline.errors import DatabaseError, ExitCode
 from api_pipeline.schema import load_bundled_schema
+from api_pipeline.staging import LedgerEntry, StagingTable
 from api_pipeline.status import (
     HIDDEN_REASON,
     ReasonKeys,
     age_seconds,
     collect_status,
-    count_candidates,
     describe_age,
     format_status,
-    parse_timestamp,
     schema_field_names,
     status_command,
 )
 from api_pipeline.synthetic import make_children
+from api_pipeline.timestamps import parse_timestamp
 from conftest import TABLE, Staging, run_cli
 
 # Values that must never be shown, whatever the table's api_response says.
@@ -234,9 +234,9 @@ def test_count_candidates_matches_what_a_run_reads(known_state):
     with known_state.open() as db:
         table = StagingTable(db, known_state.table)
         read = [row.id for row in table.iter_candidates()]
-        assert count_candidates(table) == len(read) == 6
-        assert count_candidates(table, limit=4) == 4
-        assert count_candidates(table, all_rows=True) == 12
+        assert table.count_candidates() == len(read) == 6
+        assert table.count_candidates(limit=4) == 4
+        assert table.count_candidates(all_rows=True) == 12
 
 
 def test_reason_keys_show_only_schema_fields_and_the_tools_own_words():

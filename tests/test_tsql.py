@@ -22,16 +22,9 @@ from sqlglot.errors import ErrorLevel, ParseError  # noqa: E402
 from api_pipeline import diagnostics  # noqa: E402
 from api_pipeline.cli import Context  # noqa: E402
 from api_pipeline.config import Secret, load_settings  # noqa: E402
-from api_pipeline.db import (  # noqa: E402
-    MSSQL,
-    STAGING_SPEC,
-    ColumnInfo,
-    Database,
-    LedgerEntry,
-    RowUpdate,
-    StagingTable,
-    check_columns,
-)
+from api_pipeline.db import Database  # noqa: E402
+from api_pipeline.dialects import MSSQL, STAGING_SPEC, ColumnInfo, check_columns, staging_index_ddl  # noqa: E402
+from api_pipeline.staging import LedgerEntry, RowUpdate, StagingTable  # noqa: E402
 
 TABLE = "ssd_development.ssd_api_data_staging"
 
@@ -261,7 +254,7 @@ def gather_sql_server_statements(rec: Recorder) -> list[str]:
     with Database.connect(settings.db_connection_string) as db:  # type: ignore[arg-type]
         table = StagingTable(db, TABLE)
         table.create_staging_table()
-        table.create_person_id_index()
+        db.execute(staging_index_ddl(db.dialect, TABLE))  # as init-db makes it
         list(table.iter_candidates(limit=5))  # the read-only shape: no ledger yet
         table.ensure_ledger()  # missing in the catalogue: created
         rec.tables["ssd_api_data_staging_ledger"] = [("la_child_id", "nvarchar", 36)]

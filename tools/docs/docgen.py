@@ -2,7 +2,7 @@
 
 Every function here returns Markdown built from the package itself: the command line from
 ``api_pipeline.cli.build_parser()``, the settings from ``api_pipeline.config.OPTIONS``, the
-exit codes from ``api_pipeline.errors.ExitCode`` and the ``--help`` epilog, the worked delta
+exit codes and their meanings from ``api_pipeline.errors.ExitCode`` (as the ``--help`` epilog), the worked delta
 example from ``api_pipeline.payload.build_delta``, and the catalogue of messages from the
 source of ``api_pipeline`` itself.
 
@@ -214,17 +214,17 @@ def env_flags(parser: argparse.ArgumentParser | None = None) -> dict[str, list[s
 
 
 def exit_codes() -> list[tuple[int, str]]:
-    """(code, meaning) from the exit-code list every ``--help`` shows."""
-    from api_pipeline.cli import EXIT_CODES_HELP
+    """(code, meaning) of every exit code, from ``errors.ExitCode`` as ``--help`` shows them."""
+    from api_pipeline.errors import ExitCode
 
-    return [(int(m.group(1)), m.group(2).strip()) for m in re.finditer(r"^\s+(\d+)\s+(.+)$", EXIT_CODES_HELP, re.M)]
+    return [(code.value, code.meaning) for code in ExitCode]
 
 
 def exit_code_values() -> dict[str, int]:
     """Every code the tool defines (``errors.ExitCode``), by name."""
     from api_pipeline.errors import ExitCode
 
-    return {name: value for name, value in vars(ExitCode).items() if name.isupper() and isinstance(value, int)}
+    return {code.name: code.value for code in ExitCode}
 
 
 def _options_table(parser: argparse.ArgumentParser, actions: list[argparse.Action], command: str = "") -> str:
@@ -487,33 +487,22 @@ def _toml_list(text: str, key: str) -> list[str]:
 
 
 def ddl_markdown() -> str:
-    """CREATE TABLE statements for the staging table and the ledger, per database system."""
-    from api_pipeline import db
+    """CREATE TABLE statements for the staging table, the ledger and the run lock table, per database system."""
+    from api_pipeline import dialects
 
     names = {"mssql": "SQL Server", "postgresql": "PostgreSQL", "sqlite": "SQLite"}
     table_name = "ssd_api_data_staging"
     out = []
-    for dialect in (db.MSSQL, db.POSTGRES, db.SQLITE):
-        statements = [db.staging_ddl(dialect, table_name), db.ledger_ddl(dialect, f"{table_name}_ledger")]
-        lock_ddl = _optional_attr("api_pipeline.lock", "lock_ddl")
-        if lock_ddl is not None:
-            statements.append(lock_ddl(_DialectHolder(dialect), f"{table_name}_run_lock"))
+    for dialect in dialects.DIALECTS.values():
+        statements = [
+            dialects.staging_ddl(dialect, table_name),
+            dialects.ledger_ddl(dialect, dialects.ledger_name(table_name)),
+            dialects.lock_ddl(dialect, dialects.lock_table_name(table_name)),
+        ]
         body = ";\n\n".join(_pretty_ddl(s) for s in statements) + ";"
         lang = "tsql" if dialect.name == "mssql" else "sql"
         out += [f"**{names[dialect.name]}**", "", f"```{lang}", body, "```", ""]
     return "\n".join(out)
-
-
-@dataclass(frozen=True)
-class _DialectHolder:
-    dialect: Any
-
-
-def _optional_attr(module: str, name: str) -> Any:
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
 
 
 def _pretty_ddl(statement: str) -> str:
@@ -539,7 +528,7 @@ def _split_columns(text: str) -> list[str]:
 
 
 def staging_columns_markdown() -> str:
-    from api_pipeline import db
+    from api_pipeline import dialects as db
 
     rows = [[code(c), "required" if c in db.REQUIRED_COLUMNS else "optional"] for c in db.STAGING_COLUMNS]
     return table(["column", "the tool needs it"], rows)
@@ -588,6 +577,7 @@ _FRIENDLY = {
     "id": "row id",
     "person_id": "la_child_id",
     "strerror": "reason",
+    "place": "DfE or the token endpoint",
 }
 
 
@@ -623,17 +613,42 @@ class _Namer:
         return name.strip("_").replace("_", " ") or "…"
 
 
+_PLACEHOLDER = re.compile(r"\{(\w+)(?:![rsa])?\}")
+
+
+def _named_text(node: ast.AST | None, namer: Callable[[ast.expr], str]) -> str | None:
+    """The text a sentence named in another module stands for (``reasons.NO_CHILD_ID``), or a
+    ``.format(...)`` of one, with ``⟨name⟩`` for each value it is given; None for anything else."""
+    module = getattr(namer, "module", None)
+    values: dict[str, str] = {}
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format":
+        values = {k.arg: namer(k.value) for k in node.keywords if k.arg}
+        node = node.func.value
+    if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.attr.isupper()):
+        return None
+    owner = getattr(module, node.value.id, None)
+    constant = getattr(owner, node.attr, None) if owner is not None else None
+    if not isinstance(constant, str):
+        return None
+    return _PLACEHOLDER.sub(lambda m: f"⟨{values.get(m.group(1), m.group(1))}⟩", constant)
+
+
 def _text(node: ast.AST | None, namer: Callable[[ast.expr], str]) -> str | None:
-    """A string literal or f-string as a template, with ``⟨name⟩`` for each value."""
+    """A string literal or f-string as a template, with ``⟨name⟩`` for each value; a named sentence
+    (``reasons.X``, ``reasons.X.format(...)``) is shown as its text."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return node.value
+    named = _named_text(node, namer)
+    if named is not None:
+        return named
     if isinstance(node, ast.JoinedStr):
         parts = []
         for value in node.values:
             if isinstance(value, ast.Constant):
                 parts.append(str(value.value))
             elif isinstance(value, ast.FormattedValue):
-                parts.append(f"⟨{namer(value.value)}⟩")
+                inner = _named_text(value.value, namer)
+                parts.append(inner if inner is not None else f"⟨{namer(value.value)}⟩")
         return "".join(parts)
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
         left, right = _text(node.left, namer), _text(node.right, namer)
@@ -710,6 +725,8 @@ def _messages_in(path: Path) -> Iterator[Message]:
                 yield Message("skipped", first, source)
             elif name == "EndpointCheck" and len(node.args) >= 3 and _text(node.args[2], namer):
                 yield Message("endpoint", str(_text(node.args[2], namer)), source)
+            elif name == "refused" and first:  # test-endpoint's failures (diagnostics._check_endpoint)
+                yield Message("endpoint", first, source)
             elif name in {"warning", "error"} and isinstance(node.func, ast.Attribute) and _is_logger(node.func.value):
                 template = _text(node.args[0], namer) if node.args else None
                 if template:
@@ -836,7 +853,7 @@ def release_flags() -> set[str]:
 
 def summary_example() -> str:
     """What a run's ``.summary.json`` looks like, from the class that writes it."""
-    from api_pipeline.pipeline import RunSummary
+    from api_pipeline.runs import RunSummary
 
     summary = RunSummary(run_id="20260301T020000.123Z-7f3a9c", mode="partial")
     summary.started_at, summary.finished_at, summary.seconds = "2026-03-01T02:00:00Z", "2026-03-01T02:03:12Z", 192.4
