@@ -58,6 +58,8 @@ def launch_facts(argv: Sequence[str]) -> Launch:
         return Launch(quiet=quiet)
     try:
         stdin_is_console = sys.stdin is not None and sys.stdin.isatty()
+        if not stdin_is_console:  # nobody could press Enter: ask Windows nothing more
+            return Launch(frozen_on_windows=True, quiet=quiet)
         processes = _windows_processes()
         own_name = os.path.basename(sys.executable).lower()
         ours, launcher = _family(os.getpid(), own_name, processes)
