@@ -719,9 +719,9 @@ def _messages_in(path: Path) -> Iterator[Message]:
                 yield Message(_GROUP_BY_EXIT.get(classes[name], "records"), first, source)
             elif name == "ValueError" and first and function.startswith("_parse") and source == "config.py":
                 yield Message("settings", f"⟨SETTING⟩: ⟨value⟩ {first}", source)
-            elif name == "_Invalid" and first:
+            elif name == "Invalid" and first:
                 yield Message("invalid", first, source)
-            elif name == "_Skip" and first:
+            elif name == "Skip" and first:
                 yield Message("skipped", first, source)
             elif name == "EndpointCheck" and len(node.args) >= 3 and _text(node.args[2], namer):
                 yield Message("endpoint", str(_text(node.args[2], namer)), source)

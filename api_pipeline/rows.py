@@ -1,0 +1,216 @@
+"""Reading one staging row: its record parsed within bounds, the child it speaks for, and
+whether it is that child's only row (DESIGN §4).
+
+What cannot be sent is said with one of three exceptions, which the run turns into the
+row's outcome: :class:`Invalid` (the record's content), :class:`Skip` (the row itself, or a
+child with more than one row) and :class:`Later` (look again once every row is read).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from api_pipeline import reasons
+from api_pipeline.payload import MAX_NESTING, loads_record, nesting_exceeds
+from api_pipeline.staging import StagingRow, StagingTable
+
+log = logging.getLogger(__name__)
+
+MAX_RECORD_BYTES = 1_000_000
+KNOWN_ROW_STATES = frozenset({"new", "updated", "unchanged", "deleted", ""})
+KNOWN_STATUSES = frozenset({"pending", "sent", "error", "invalid", ""})
+
+
+class Invalid(Exception):
+    """The record's content cannot be sent: the row becomes ``invalid`` until its payload changes."""
+
+    def __init__(self, reason: str, *keys: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.keys = keys or (reason,)
+
+
+class Skip(Exception):
+    """The row itself is inconsistent: leave its status, explain, look again next run."""
+
+    def __init__(self, reason: str, key: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.key = key
+
+
+class Later(Exception):
+    """Look at this row again once every other row has been read (its person_id is not its child's id)."""
+
+
+DUPLICATE_CHILD = (reasons.DUPLICATE_CHILD, "duplicate child")
+
+
+def parse_payload(text: Any, column: str = "json_payload") -> dict:
+    """A staging column's record, or :class:`Invalid` saying why it cannot be one.
+
+    The column may hold anything its declared type lets it: SQLite stores a bare number in a
+    column declared ``JSON`` as a number, and a driver may give bytes. Nesting is checked
+    before parsing (:data:`MAX_NESTING`), so no record can exhaust the parser's stack.
+    """
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            raise Invalid(f"{column} is binary data, not UTF-8 text", "not text") from None
+    if text is not None and not isinstance(text, str):
+        raise Invalid(f"{column} is a {type(text).__name__}, not JSON text", "not text")
+    if text is None or not text.strip():
+        raise Invalid(reasons.PAYLOAD_EMPTY.format(column=column), "empty payload")
+    if len(text) > MAX_RECORD_BYTES // 4 and len(text.encode("utf-8", "surrogatepass")) > MAX_RECORD_BYTES:
+        raise Invalid(
+            reasons.PAYLOAD_TOO_LARGE.format(column=column, megabytes=MAX_RECORD_BYTES // 1_000_000), "record too large"
+        )
+    if nesting_exceeds(text, MAX_NESTING):
+        raise Invalid(f"{column} is nested more than {MAX_NESTING} levels deep", "nested too deeply")
+    try:
+        record = loads_record(text)
+    except json.JSONDecodeError as exc:
+        raise Invalid(
+            f"{reasons.PAYLOAD_NOT_JSON.format(column=column)} (line {exc.lineno}, column {exc.colno})", "not JSON"
+        ) from None
+    except (ValueError, RecursionError) as exc:  # NaN or Infinity
+        raise Invalid(f"{reasons.PAYLOAD_NOT_JSON.format(column=column)}: {exc}", "not JSON") from None
+    if not isinstance(record, dict):
+        raise Invalid(reasons.PAYLOAD_NOT_OBJECT.format(column=column, kind=type(record).__name__), "not a JSON object")
+    return record
+
+
+def child_of(record: dict) -> str:
+    """The record's ``la_child_id``, as DfE will see it; :class:`Invalid` when it has none."""
+    la_child_id = record.get("la_child_id")
+    if not isinstance(la_child_id, str) or not la_child_id.strip():
+        raise Invalid(reasons.NO_CHILD_ID, "la_child_id missing")
+    return la_child_id
+
+
+class Identities:
+    """Who is who in one run: the child each row speaks for, and the children more than one row claims.
+
+    A child is its record's ``la_child_id`` (spaces trimmed), normally also the row's
+    ``person_id``. No row of a child that more than one row claims is sent.
+    """
+
+    def __init__(self, table: StagingTable) -> None:
+        self.table = table
+        # Children (la_child_id, spaces trimmed) that more than one row claims: none of their rows is sent.
+        self.duplicates: set[str] = set()
+        self._person_ids: frozenset[str] | None = None  # every row's person_id, read when first needed
+        # Rows whose person_id is not their record's la_child_id: (row id, child), looked at last.
+        self._later: list[tuple[int, str]] = []
+        self._second_look = False
+        self._second_look_left = 0  # rows of the second look not yet taken
+        self._unknown_statuses: set[str] = set()
+
+    @property
+    def waiting(self) -> int:
+        """Rows kept for the second look and not taken yet (not reached, should the run stop now)."""
+        return len(self._later) + self._second_look_left
+
+    @property
+    def has_later(self) -> bool:
+        return bool(self._later)
+
+    def find_duplicates(self) -> None:
+        """Children claimed by more than one row, known before anything is sent (DESIGN §4).
+
+        A person_id on several rows is found by one query; a row with no person_id is known by
+        its record, read here; a row whose person_id is some other id is known only once its
+        record is parsed, so such rows are sent after all others (:meth:`second_look_rows`),
+        when every claim on their child is known.
+        """
+        self.duplicates = set(self.table.duplicate_person_ids())
+        claims: Counter = Counter()
+        for _row_id, payload in self.table.rows_without_person_id():
+            try:
+                claims[child_of(parse_payload(payload)).strip()] += 1
+            except Invalid:
+                continue  # the row is reported on its own when it is read
+        if claims:
+            taken = self._known_person_ids()
+            self.duplicates.update(child for child, n in claims.items() if n > 1 or child in taken)
+        if self.duplicates:
+            log.warning(
+                "%d children have more than one row in the staging table; none of their rows is sent",
+                len(self.duplicates),
+            )
+
+    def _known_person_ids(self) -> frozenset[str]:
+        if self._person_ids is None:
+            self._person_ids = self.table.person_ids()
+        return self._person_ids
+
+    def second_look_rows(self) -> Iterator[StagingRow]:
+        """Rows whose person_id is not their child's la_child_id, now that all claims are known."""
+        later, self._later = self._later, []
+        log.warning(
+            "%d %s a person_id that differs from their record's la_child_id; each is sent under its "
+            "la_child_id. The staging SQL should set person_id to the la_child_id",
+            len(later),
+            "row has" if len(later) == 1 else "rows have",
+        )
+        claims = Counter(child for _, child in later)
+        taken = self._known_person_ids()
+        self.duplicates.update(child for child, n in claims.items() if n > 1 or child in taken)
+        self._second_look = True
+        self._second_look_left = len(later)
+        return self.table.rows_by_id([row_id for row_id, _ in later])
+
+    def took_second_look_row(self) -> None:
+        self._second_look_left -= 1
+
+    def check_row(self, row: StagingRow) -> None:
+        """Problems with the row rather than the record: not the data's fault, so not ``invalid``."""
+        state = (row.row_state or "").strip().lower()
+        if state not in KNOWN_ROW_STATES:
+            raise Skip(reasons.UNKNOWN_ROW_STATE.format(state=row.row_state), "unknown row_state")
+        status = (row.submission_status or "").strip().lower()
+        if status not in KNOWN_STATUSES and status not in self._unknown_statuses:
+            self._unknown_statuses.add(status)
+            log.warning("submission_status %r is not a status this tool writes; treating it as pending", status)
+        if row.person_id and row.person_id in self.duplicates:
+            raise Skip(*DUPLICATE_CHILD)
+
+    def identify(self, row: StagingRow, child: str) -> StagingRow:
+        """Check ``child`` (the record's la_child_id, trimmed) is this row's alone; find its ledger entry.
+
+        :class:`Later` for a row whose person_id is another id, until the second look.
+        """
+        if child in self.duplicates:
+            raise Skip(*DUPLICATE_CHILD)
+        if row.person_id == child:
+            return row  # the ledger was joined by person_id
+        if row.person_id and not self._second_look:
+            if child in self._known_person_ids():
+                # Another row's person_id says it is this child: hold that row back too, if it
+                # is still to come (one read before this is already on its way to DfE).
+                self.duplicates.add(child)
+            self._later.append((row.id, child))
+            raise Later
+        return self._ledger_elsewhere(row, child)
+
+    def _ledger_elsewhere(self, row: StagingRow, child: str) -> StagingRow:
+        """``row`` with the ledger entry of ``child``, for a row the join by person_id could not match.
+
+        The ledger names the row that last sent each child: another row that still holds the
+        same child makes this one a duplicate.
+        """
+        entry = self.table.ledger_entry(child)
+        if entry is not None and entry.staging_id is not None and int(entry.staging_id) != row.id:
+            try:
+                other = child_of(parse_payload(self.table.payload_of(int(entry.staging_id)))).strip()
+            except Invalid:
+                other = None
+            if other == child:
+                self.duplicates.add(child)
+                raise Skip(*DUPLICATE_CHILD)
+        return row.with_ledger(entry)
