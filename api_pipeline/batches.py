@@ -71,6 +71,7 @@ class _InFlight:
     adopted: list[LedgerEntry] = field(default_factory=list)  # written with the batch, whatever its fate
 
 
+@dataclass
 class Batches:
     """The batches of one run between the sender and the table.
 
@@ -78,26 +79,18 @@ class Batches:
     connection is shared with the run's reading, one user at a time.
     """
 
-    def __init__(
-        self,
-        table: StagingTable,
-        sender: Sender | None,
-        summary: RunSummary,
-        *,
-        max_in_flight: int,
-        writes: bool,
-        on_progress: Callable[[RunSummary], None] | None = None,
-    ) -> None:
-        self.table = table
-        self.sender = sender
-        self.summary = summary
-        self.max_in_flight = max_in_flight
-        self.writes = writes
-        self.on_progress = on_progress
+    table: StagingTable
+    sender: Sender | None
+    summary: RunSummary
+    max_in_flight: int
+    writes: bool  # whether outcomes are written to the table (not a dry run or a validation)
+    on_progress: Callable[[RunSummary], None] | None = None
+
+    def __post_init__(self) -> None:
         # Batches are sent on a pool of MAX_IN_FLIGHT threads (one, by default: one request at a
         # time), and their outcomes written back on one more thread, in the order they were sent.
-        sending = sender is not None
-        self._executor = ThreadPoolExecutor(max_in_flight, thread_name_prefix="send") if sending else None
+        sending = self.sender is not None
+        self._executor = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="send") if sending else None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="write-back") if sending else None
         self._sends: deque[Future] = deque()  # send futures not known to be finished
         self._written: deque[Future] = deque()  # write-back futures, oldest first
@@ -268,21 +261,9 @@ def settle(pairs: list[tuple[Item, Outcome]], updates: list[RowUpdate], ledger: 
             counts["rejected"] += 1
             log.warning("row %s (child %s) rejected by DfE: %s", row.id, item.la_child_id, outcome.error)
             updates.append(
-                RowUpdate(
-                    row_id=row.id,
-                    status=in_case_of(row.submission_status, "error"),
-                    api_response=f"{reasons.REJECTED}{outcome.error}"[:4000],
-                    expect_payload=row.json_payload,
-                )
+                RowUpdate.unsent(row, in_case_of(row.submission_status, "error"), f"{reasons.REJECTED}{outcome.error}")
             )
         else:
             counts["failed"] += 1
-            updates.append(
-                RowUpdate(
-                    row_id=row.id,
-                    status="",
-                    api_response=f"{reasons.WILL_RETRY}: {outcome.error}"[:4000],
-                    expect_payload=row.json_payload,
-                )
-            )
+            updates.append(RowUpdate.unsent(row, "", f"{reasons.WILL_RETRY}: {outcome.error}"))
     return counts

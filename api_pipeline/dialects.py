@@ -20,6 +20,7 @@ from api_pipeline.odbc import is_microsoft_sql_driver, utf16_digest
 HASH_BYTES = 32  # SHA-256
 # The longest receipt the tool accepts from DfE (api.py) and so the least the ledger's receipt column holds.
 MAX_RECEIPT_LENGTH = 255
+MAX_NOTE_LENGTH = 4000  # api_response: what this tool writes there is cut to this; the column holds at least as much
 
 # Parameter kinds: the few parameters a driver cannot bind well by guessing from the Python value.
 LONG_TEXT = "long_text"  # stored in, or compared with, an NVARCHAR(MAX) / TEXT column
@@ -68,7 +69,7 @@ STAGING_SPEC = (
     Column("previous_hash", "hash"),
     Column("submission_status", "text", 50, min_size=7, default="'Pending'"),
     Column("submission_timestamp", "timestamp"),
-    Column("api_response", "long_text", min_size=4000),
+    Column("api_response", "long_text", min_size=MAX_NOTE_LENGTH),
     Column("row_state", "text", 10, min_size=9, default="'New'"),
     Column("last_updated", "timestamp", required=False, default="CURRENT_TIMESTAMP"),
 )

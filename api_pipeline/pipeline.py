@@ -114,11 +114,9 @@ class Pipeline:
         on_progress: Callable[[RunSummary], None] | None = None,
     ) -> None:
         self.table = table
-        self.sender = sender
         self.validator = validator
         self.options = options
         self.summary = summary
-        self.on_progress = on_progress
         self._batch: list[Item] = []
         self._updates: list[RowUpdate] = []
         self._batch_counter = 0
@@ -128,14 +126,7 @@ class Pipeline:
         self.identities = Identities(table)
         # Batches are sent and written back on threads of their own while this thread reads
         # and prepares the next ones.
-        self.batches = Batches(
-            table,
-            sender,
-            summary,
-            max_in_flight=options.max_in_flight,
-            writes=options.writes,
-            on_progress=on_progress,
-        )
+        self.batches = Batches(table, sender, summary, options.max_in_flight, options.writes, on_progress)
 
     # -- the run ---------------------------------------------------------------
 
@@ -222,14 +213,7 @@ class Pipeline:
             # only an empty one, or this tool's own earlier note, gets the reason.
             earlier = (row.api_response or "").strip()
             if self.options.writes and (not earlier or earlier.startswith(reasons.SKIPPED)):
-                self._updates.append(
-                    RowUpdate(
-                        row_id=row.id,
-                        status="",
-                        api_response=f"{reasons.SKIPPED}{problem.reason}"[:4000],
-                        expect_payload=row.json_payload,
-                    )
-                )
+                self._updates.append(RowUpdate.unsent(row, "", f"{reasons.SKIPPED}{problem.reason}"))
             return
         except Invalid as problem:
             self.summary.outcomes["invalid"] += 1
@@ -237,14 +221,8 @@ class Pipeline:
                 self.summary.note_problem(key, row.id)
             log.warning("row %s (child %s) is invalid: %s", row.id, row.person_id, problem.reason)
             if self.options.writes:
-                self._updates.append(
-                    RowUpdate(
-                        row_id=row.id,
-                        status=in_case_of(row.submission_status, "invalid"),
-                        api_response=f"{reasons.INVALID}{problem.reason}"[:4000],
-                        expect_payload=row.json_payload,
-                    )
-                )
+                status = in_case_of(row.submission_status, "invalid")
+                self._updates.append(RowUpdate.unsent(row, status, f"{reasons.INVALID}{problem.reason}"))
             return
         if item is not None:
             child = item.la_child_id.strip()

@@ -21,6 +21,7 @@ from api_pipeline.dialects import (
     BINARY,
     LEDGER_SPEC,
     LONG_TEXT,
+    MAX_NOTE_LENGTH,
     REQUIRED_COLUMNS,
     STAGING_SPEC,
     ColumnIssue,
@@ -162,6 +163,11 @@ class RowUpdate:
     previous_hash: bytes | None = None
     row_state: str | None = None
     purge: bool = False
+
+    @classmethod
+    def unsent(cls, row: StagingRow, status: str, note: str) -> RowUpdate:
+        """The row stays unsent with ``status`` (``""``: as it is) and ``note`` saying why in api_response."""
+        return cls(row_id=row.id, status=status, api_response=note[:MAX_NOTE_LENGTH], expect_payload=row.json_payload)
 
 
 class StagingTable:
