@@ -1,4 +1,4 @@
-"""The database: connections, transactions, the staging table and the ledger.
+"""The database: connections, transactions, SQLite tuning (what tables and columns exist: ``catalogue``).
 
 Nothing outside this module touches ``sqlite3`` or ``pyodbc``; what differs
 between the DBMSs is in ``dialects``, ODBC strings and errors in ``odbc``. All values go in
@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from api_pipeline.config import TABLE_NAME_PATTERN, Secret, sqlite_file_of
-from api_pipeline.dialects import SQLITE, ColumnInfo, Dialect, Kinds, dialect_for_dbms, sqlite_column_info
+from api_pipeline.dialects import SQLITE, Dialect, Kinds, dialect_for_dbms
 from api_pipeline.errors import ConfigError, DatabaseError
 from api_pipeline.odbc import (
     CONFLICT,
@@ -46,13 +43,13 @@ from api_pipeline.odbc import (
     is_psqlodbc,
     odbc_value,
     parse_odbc_string,
-    process_identity,
     with_psqlodbc_defaults,
 )
 
 log = logging.getLogger(__name__)
 
 SQLITE_PREFIX = "sqlite:///"
+SQLITE_VERSION = sqlite3.sqlite_version  # the SQLite library under the standard library's sqlite3
 # SQLite, for a run's write-backs (Database.prepare_for_bulk_writes).
 BULK_CACHE_KIB = 16 * 1024
 CHECKPOINT_EVERY = 0.25  # seconds between the background checkpointer's passes
@@ -112,18 +109,6 @@ def import_pyodbc() -> Any:
             "reinstall this tool (pip install csc-api-pipeline). The Windows csc_api_pipeline.exe includes it."
         ) from None
     return pyodbc
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """What test-db reports."""
-
-    dbms: str
-    version: str
-    driver: str
-    driver_version: str
-    login: str
-    database: str
 
 
 class _Checkpointer:
@@ -197,9 +182,9 @@ class Database:
         self._odbc = odbc
         # The standard library's sqlite3 (a SQLite file): SQLite's own statements (PRAGMA, BEGIN
         # IMMEDIATE) and tuning apply; everything else is ODBC, whose SQL differs by dialect.
-        self._sqlite = isinstance(connection, sqlite3.Connection)
+        self.is_sqlite = isinstance(connection, sqlite3.Connection)
         self._context = context or OdbcContext()
-        self._path = path
+        self.path = path  # SQLite: the file, or ":memory:"; None for ODBC
         self._errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
         if odbc is not None:
             self._errors += (odbc.Error,)
@@ -378,7 +363,7 @@ class Database:
         queued behind it. :meth:`finish_bulk_writes` copies the rest before the run ends.
         Pages of rows are read on a third connection (see :attr:`reader`).
         """
-        if not self._sqlite or self._path in (None, ":memory:"):
+        if not self.is_sqlite or self.path in (None, ":memory:"):
             return
         try:
             with self.lock:
@@ -391,9 +376,9 @@ class Database:
             return
         log.debug("SQLite journal mode: %s", mode[0] if mode else "unknown")
         if mode and str(mode[0]).lower() == "wal" and self._checkpointer is None:
-            self._checkpointer = _Checkpointer(str(self._path))
+            self._checkpointer = _Checkpointer(str(self.path))
             self._checkpointer.start()
-            self._reader = self._open_reader(str(self._path))
+            self._reader = self._open_reader(str(self.path))
 
     @staticmethod
     def _open_reader(path: str) -> Database | None:
@@ -445,7 +430,7 @@ class Database:
                 return
             self._in_transaction = True
             try:
-                if self._sqlite:
+                if self.is_sqlite:
                     self._run(lambda: self._conn.execute("BEGIN IMMEDIATE"))
                 yield
                 self._run(self._conn.commit)
@@ -559,6 +544,10 @@ class Database:
         """All the rows of a (small) result; tried again while another session's locks block it."""
         return self.retry_conflicts(lambda: list(self.query(sql, params, retry=False)), "reading rows")
 
+    def odbc_info(self, name: str) -> str:
+        """The ODBC driver's ``SQLGetInfo`` answer for ``name`` (``SQL_DBMS_NAME``...), as text."""
+        return str(self._run(lambda: self._conn.getinfo(getattr(self._odbc, name))) or "")
+
     def retry_conflicts(self, action: Callable[[], T], what: str) -> T:
         """``action`` (whole transactions, or reads outside one), tried again when it was a deadlock
         victim or a serialization failure (a few times, pausing a little longer each time) or timed
@@ -610,107 +599,3 @@ class Database:
             self.while_waiting()
         finally:
             self._in_wait_hook = False
-
-    # -- the catalogue -------------------------------------------------------------
-
-    def columns(self, table: str) -> list[ColumnInfo] | None:
-        """The table's columns (names in lower case), or None when the table does not exist."""
-        validate_table_name(table)
-        if self._sqlite:
-            if "." in table:
-                schema, name = table.split(".", 1)
-                rows = list(self.query(f"PRAGMA {schema}.table_info({name})"))
-            else:
-                rows = list(self.query(f"PRAGMA table_info({table})"))
-            return [
-                sqlite_column_info(str(r[1]), str(r[2] or ""), nullable=not r[3], key=bool(r[5])) for r in rows
-            ] or None
-        qualified = "." in table
-        names = table.split(".", 1) if qualified else [table]
-        params = [self.dialect.catalogue_name(n) for n in names]
-        found: list[ColumnInfo] = []
-        schema_seen = None
-        for schema, name, data_type, length, nullable, key in self.query(self.dialect.columns_sql(qualified), params):
-            if schema_seen is None:
-                schema_seen = schema
-            if schema != schema_seen:  # the same table name in a schema further down the search order
-                break
-            size = None if length is None or int(length) < 0 else int(length)
-            if str(data_type).lower() in ("text", "ntext", "bytea"):
-                size = None
-            found.append(
-                ColumnInfo(
-                    str(name).lower(),
-                    str(data_type).lower(),
-                    size,
-                    nullable=None if nullable is None else str(nullable).upper() == "YES",
-                    key=bool(key),
-                )
-            )
-        return found or None
-
-    def resolve_table(self, table: str) -> str | None:
-        """``schema.table`` as the database resolves ``table`` (its spelling, default schema and
-        search order), or None when there is no such table. ``SSD_Staging``, ``dbo.ssd_staging``
-        and ``ssd_staging`` can all be one table; this gives each of them the same name."""
-        validate_table_name(table)
-        if self._sqlite:
-            return self._resolve_sqlite_table(table)
-        sql = self.dialect.resolve_table_sql()
-        for schema, name in self.query(sql or "", (table,)):
-            if schema is not None and name is not None:
-                return f"{schema}.{name}"
-        return None
-
-    def _resolve_sqlite_table(self, table: str) -> str | None:
-        schemas = [str(row[1]) for row in self.query("PRAGMA database_list")]
-        if "." in table:
-            wanted, name = table.split(".", 1)
-            order = [s for s in schemas if s.lower() == wanted.lower()]
-        else:  # temp first, then main, then attached databases in the order they were attached
-            name = table
-            order = [s for s in schemas if s == "temp"] + [s for s in schemas if s != "temp"]
-        for schema in order:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", schema):  # it goes into SQL text
-                continue
-            catalogue = "sqlite_temp_master" if schema == "temp" else f"{schema}.sqlite_master"
-            for (stored,) in self.query(
-                f"SELECT name FROM {catalogue} WHERE type IN ('table', 'view') AND name = ? COLLATE NOCASE",  # noqa: S608
-                (name,),
-            ):
-                return f"{schema}.{stored}"
-        return None
-
-    def column_names(self, table: str) -> list[str] | None:
-        """The table's columns in lower case, or None when the table does not exist."""
-        columns = self.columns(table)
-        return None if columns is None else [c.name for c in columns]
-
-    def server_info(self) -> ServerInfo:
-        """DBMS, version, driver and who we are logged in as, for test-db."""
-        if self._sqlite:
-            return ServerInfo(
-                dbms="SQLite",
-                version=sqlite3.sqlite_version,
-                driver="Python sqlite3 module",
-                driver_version=sys.version.split()[0],
-                login=f"file access as {process_identity()}",
-                database=self._path or "",
-            )
-        module = self._odbc
-
-        def info(name: str) -> str:
-            return str(self._run(lambda: self._conn.getinfo(getattr(module, name))) or "")
-
-        login, database = "", ""
-        if self.dialect.whoami_sql:
-            for row in self.query(self.dialect.whoami_sql):
-                login, database = str(row[0] or ""), str(row[1] or "")
-        return ServerInfo(
-            dbms=info("SQL_DBMS_NAME"),
-            version=info("SQL_DBMS_VER"),
-            driver=info("SQL_DRIVER_NAME"),
-            driver_version=info("SQL_DRIVER_VER"),
-            login=login,
-            database=database,
-        )

@@ -25,7 +25,8 @@ from api_pipeline.runner import execute_run
 from api_pipeline.runs import make_private_dir, new_run_id, why_not
 from api_pipeline.simulator import Simulator
 from api_pipeline.staging import StagingTable
-from api_pipeline.synthetic import make_children, mutate
+from api_pipeline.synthetic import make_children
+from api_pipeline.synthetic_changes import mutate
 from api_pipeline.wording import plural
 
 DEMO_TABLE = "ssd_api_data_staging"

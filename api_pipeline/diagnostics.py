@@ -12,6 +12,7 @@ from typing import Any
 
 from api_pipeline.api import PROMOTE_SECONDARY_KEY_ADVICE, ApiClient, BatchRejected, Forbidden, Unauthorized, classify
 from api_pipeline.auth import PROMOTE_SECONDARY_CLIENT_ADVICE, ClientCredentialsAuth
+from api_pipeline.catalogue import column_names, server_info
 from api_pipeline.config import Secret, Settings
 from api_pipeline.db import Database
 from api_pipeline.dialects import (
@@ -56,7 +57,7 @@ def test_db(settings: Settings, ctx: Any) -> int:
     with Database.open_existing(_connection_string(settings, "test-db")) as db:
         if db.scalar("SELECT 1") != 1:
             raise DatabaseError("SELECT 1 did not return 1")
-        info = db.server_info()
+        info = server_info(db)
         ctx.print(f"database: OK ({db.dialect.label}, SELECT 1 answered)")
         ctx.print(f"  DBMS:     {info.dbms} {info.version}")
         ctx.print(f"  driver:   {info.driver} {info.driver_version}")
@@ -197,13 +198,13 @@ def init_db(
             _print_ddl(ctx, db.dialect, table)
             return ExitCode.OK
         ctx.print(f"database: {db.description}")
-        staging_existed = db.column_names(table) is not None
+        staging_existed = column_names(db, table) is not None
         existed: dict[str, bool] = {}
         for what, name, statement in tables_ddl(db.dialect, table):
             if "index" in what:
                 if existed[name]:
                     continue  # an existing table is left exactly as it is
-            elif db.column_names(name) is not None:
+            elif column_names(db, name) is not None:
                 existed[name] = True
                 ctx.print(f"{what} {name}: already exists, left as it is")
                 continue

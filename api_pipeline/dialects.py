@@ -322,7 +322,7 @@ class Dialect:
     def resolve_table_sql(self) -> str | None:
         """``(schema, table)`` as the database resolves a table name, with the name as the one parameter.
 
-        SQLite has no such function (``Database.resolve_table`` reads its catalogue instead).
+        SQLite has no such function (``catalogue.resolve_table`` reads its catalogue instead).
         """
         if self.name == "mssql":
             return (

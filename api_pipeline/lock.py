@@ -22,6 +22,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from api_pipeline.catalogue import column_names, resolve_table
 from api_pipeline.db import Database, validate_table_name
 from api_pipeline.dialects import LOCK_HOLDER_SIZE, LOCK_NAME_SIZE, lock_ddl, lock_table_name
 from api_pipeline.errors import ConfigError, DatabaseError, RunLocked
@@ -110,7 +111,7 @@ class RunLock:
     def _resolve(self) -> None:
         """Key the lock on the table the database means (one lock per table, however TABLE_NAME spells
         it) and keep the lock table beside it."""
-        resolved = self.db.resolve_table(self.table)
+        resolved = resolve_table(self.db, self.table)
         if resolved is None:  # no such table (the run checks first): key on the spelling given
             return
         self.name = lock_key(resolved)
@@ -121,7 +122,7 @@ class RunLock:
 
     def acquire(self) -> None:
         self._resolve()
-        if self.db.column_names(self.lock_table) is None:
+        if column_names(self.db, self.lock_table) is None:
             try:
                 with self.db.transaction():
                     self.db.execute(lock_ddl(self.db.dialect, self.lock_table))

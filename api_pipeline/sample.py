@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
+from api_pipeline.catalogue import column_names
 from api_pipeline.db import Database
 from api_pipeline.dialects import BINARY, LONG_TEXT
 
@@ -25,7 +26,7 @@ def load_sample_children(db: Database, table: str, records: Iterable[dict], *, c
     the record's ``mis_child_id`` and ``last_updated`` now. Optional columns the table lacks
     are left out.
     """
-    present = set(db.column_names(table) or ())
+    present = set(column_names(db, table) or ())
     optional = [c for c in ("legacy_id", "current_hash", "last_updated") if c in present]
     columns = ["person_id", "json_payload", "submission_status", "row_state", *optional]
     kinds = [None, LONG_TEXT, None, None, *(BINARY if c == "current_hash" else None for c in optional)]

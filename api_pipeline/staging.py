@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from api_pipeline import catalogue
 from api_pipeline.db import Database, validate_table_name
 from api_pipeline.dialects import (
     BINARY,
@@ -197,12 +198,12 @@ class StagingTable:
 
     def _has_current_hash(self) -> bool:
         if self._current_hash is None:
-            self._current_hash = "current_hash" in (self.db.column_names(self.table) or [])
+            self._current_hash = "current_hash" in (catalogue.column_names(self.db, self.table) or [])
         return self._current_hash
 
     def has_ledger(self) -> bool:
         if self._has_ledger is None:
-            self._has_ledger = self.db.column_names(self.ledger) is not None
+            self._has_ledger = catalogue.column_names(self.db, self.ledger) is not None
         return self._has_ledger
 
     def ensure_ledger(self) -> None:
@@ -220,7 +221,7 @@ class StagingTable:
 
     def missing_columns(self) -> list[str] | None:
         """Required columns the staging table lacks; None when the table itself is missing."""
-        present = self.db.column_names(self.table)
+        present = catalogue.column_names(self.db, self.table)
         if present is None:
             return None
         return [c for c in REQUIRED_COLUMNS if c not in present]
@@ -241,12 +242,12 @@ class StagingTable:
 
     def column_issues(self) -> list[ColumnIssue] | None:
         """Missing or unusable staging columns with the DDL to fix each; None when the table is missing."""
-        present = self.db.columns(self.table)
+        present = catalogue.columns(self.db, self.table)
         return None if present is None else check_columns(self.db.dialect, self.table, STAGING_SPEC, present)
 
     def ledger_issues(self) -> list[ColumnIssue] | None:
         """The same for the ledger; None when it does not exist yet."""
-        present = self.db.columns(self.ledger)
+        present = catalogue.columns(self.db, self.ledger)
         return None if present is None else check_columns(self.db.dialect, self.ledger, LEDGER_SPEC, present)
 
     # -- reading --------------------------------------------------------------

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from api_pipeline import reasons
+from api_pipeline.catalogue import column_names
 from api_pipeline.config import Settings
 from api_pipeline.db import Database
 from api_pipeline.errors import ConfigError, ExitCode
@@ -381,7 +382,7 @@ def collect_status(
     """Gather the status of the table named in ``settings``; raises DatabaseError if it is missing."""
     table = StagingTable(db, settings.table_name)
     table.require_columns()  # the same messages as run's, pointing at test-schema
-    columns = db.column_names(table.table) or []
+    columns = column_names(db, table.table) or []
     report = StatusReport(table=table.table, ledger_table=table.ledger, log_dir=str(log_dir))
     report.counts = collect_counts(table)
     report.total_rows = sum(c["rows"] for c in report.counts)

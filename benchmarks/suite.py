@@ -68,6 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_run import TABLE, run_child  # noqa: E402
 
+from api_pipeline.catalogue import column_names  # noqa: E402
 from api_pipeline.config import load_settings  # noqa: E402
 from api_pipeline.db import Database  # noqa: E402
 from api_pipeline.demo import apply_nightly_changes, check_convergence, load_children  # noqa: E402
@@ -145,18 +146,18 @@ def save_state(connection: str, table: str, name: str) -> None:
     with Database.connect(connection) as db:
         for source in _tables(table):
             db.execute(f"DROP TABLE IF EXISTS {source}_{name}")
-            if db.column_names(source) is not None:
+            if column_names(db, source) is not None:
                 db.execute(f"CREATE TABLE {source}_{name} AS SELECT * FROM {source}")
 
 
 def restore_state(connection: str, table: str, name: str) -> None:
     with Database.connect(connection) as db, db.transaction():
         for source in _tables(table):
-            if db.column_names(source) is None:
+            if column_names(db, source) is None:
                 continue
             clear = "TRUNCATE TABLE" if db.dialect.name == "postgresql" else "DELETE FROM"
             db.execute(f"{clear} {source}")
-            if db.column_names(f"{source}_{name}") is not None:
+            if column_names(db, f"{source}_{name}") is not None:
                 db.execute(f"INSERT INTO {source} SELECT * FROM {source}_{name}")
             if db.dialect.name == "postgresql":
                 db.execute(f"ANALYZE {source}")  # fresh statistics, as autovacuum would have by the night's run

@@ -39,7 +39,8 @@ from api_pipeline.demo import apply_nightly_changes, check_convergence, load_chi
 from api_pipeline.runner import execute_run  # noqa: E402
 from api_pipeline.simulator import Simulator  # noqa: E402
 from api_pipeline.staging import StagingTable  # noqa: E402
-from api_pipeline.synthetic import make_children, mutate  # noqa: E402
+from api_pipeline.synthetic import make_children  # noqa: E402
+from api_pipeline.synthetic_changes import mutate  # noqa: E402
 from earlier_tool import send_as_earlier_tool  # noqa: E402
 
 NEW_CHILDREN = 200

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from hostile import Exchange, Hostile
 
+from api_pipeline.catalogue import column_names
 from api_pipeline.config import load_settings
 from api_pipeline.db import Database
 from api_pipeline.dialects import LEDGER_SPEC, POSTGRES, ledger_ddl
@@ -182,7 +183,7 @@ def test_a_table_name_too_long_for_postgresql_is_refused(postgres_odbc: str, tmp
         assert result.code == ExitCode.USAGE, (command, result.err)
         assert result.err.startswith("error: TABLE_NAME:") and "63" in result.err and "PostgreSQL" in result.err
     with Database.connect(postgres_odbc) as db:
-        assert db.column_names(name[:63]) is None and db.column_names(name) is None  # nothing was made
+        assert column_names(db, name[:63]) is None and column_names(db, name) is None  # nothing was made
     printed = run_cli(["init-db", "--print", "--dialect", "postgresql"], environ={"TABLE_NAME": name}, cwd=tmp_path)
     assert printed.code == ExitCode.USAGE
 
@@ -198,7 +199,7 @@ def test_the_longest_table_name_postgresql_allows_works(postgres_odbc: str, tmp_
         assert result.code == ExitCode.OK, result.err
         with Database.connect(postgres_odbc) as db:
             table = StagingTable(db, name)
-            assert table.has_ledger() and db.column_names(f"{name}_run_lock") is not None
+            assert table.has_ledger() and column_names(db, f"{name}_run_lock") is not None
     finally:
         staging.drop()
 

@@ -26,7 +26,8 @@ from api_pipeline.payload import (
     normalise,
     records_equal,
 )
-from api_pipeline.synthetic import make_child, mutate
+from api_pipeline.synthetic import make_child
+from api_pipeline.synthetic_changes import mutate
 from conftest import canonical_json
 
 REPO = Path(__file__).resolve().parents[1]

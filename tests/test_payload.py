@@ -22,7 +22,8 @@ from api_pipeline.payload import (
     normalise,
     records_equal,
 )
-from api_pipeline.synthetic import make_children, mutate
+from api_pipeline.synthetic import make_children
+from api_pipeline.synthetic_changes import mutate
 from conftest import canonical_json, record_hash, reference_dir, reference_missing
 
 REPO = Path(__file__).resolve().parents[1]

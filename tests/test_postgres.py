@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from api_pipeline import diagnostics
+from api_pipeline.catalogue import column_names
 from api_pipeline.cli import Context
 from api_pipeline.config import load_settings
 from api_pipeline.db import Database
@@ -238,7 +239,7 @@ def test_init_db_print_for_postgresql_runs_as_printed(postgres_odbc, schema):
         for statement in statements:
             db.execute(statement)
         names = {table, f"{table}_ledger", f"{table}_run_lock"}
-        assert all(db.column_names(name) for name in names)
+        assert all(column_names(db, name) for name in names)
         assert StagingTable(db, table).column_issues() == []
 
 

@@ -11,7 +11,8 @@ import pytest
 from api_pipeline import simulator as sim_module
 from api_pipeline.errors import ConfigError
 from api_pipeline.schema import RecordValidator, load_bundled_schema, load_schema
-from api_pipeline.synthetic import make_children, mutate
+from api_pipeline.synthetic import make_children
+from api_pipeline.synthetic_changes import mutate
 from conftest import db_env, insert, reference_dir, reference_missing, rows, run_cli
 
 SHARED = reference_dir()

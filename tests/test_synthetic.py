@@ -1,4 +1,4 @@
-"""Tests for api_pipeline.synthetic: schema-valid, plausible, deterministic, awkward names included."""
+"""Tests for synthetic and synthetic_changes: schema-valid, plausible, deterministic, awkward names included."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Any
 from jsonschema import Draft7Validator
 
 from api_pipeline.payload import STRUCTURE, build_delta, build_full
-from api_pipeline.synthetic import TODAY, make_child, make_children, mutate
+from api_pipeline.synthetic import TODAY, make_child, make_children
+from api_pipeline.synthetic_changes import mutate
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((REPO / "api_pipeline" / "data" / "csc_record.schema.json").read_text("utf-8"))

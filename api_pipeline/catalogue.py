@@ -1,0 +1,127 @@
+"""What tables and columns exist, and the server's name and version: the database's catalogue.
+
+Questions asked of a :class:`~api_pipeline.db.Database`. The SQL that differs between the DBMSs
+is in ``dialects``; a SQLite file is read with SQLite's own PRAGMAs and catalogue tables.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+
+from api_pipeline.db import SQLITE_VERSION, Database, validate_table_name
+from api_pipeline.dialects import ColumnInfo, sqlite_column_info
+from api_pipeline.odbc import process_identity
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What test-db reports."""
+
+    dbms: str
+    version: str
+    driver: str
+    driver_version: str
+    login: str
+    database: str
+
+
+def columns(db: Database, table: str) -> list[ColumnInfo] | None:
+    """The table's columns (names in lower case), or None when the table does not exist."""
+    validate_table_name(table)
+    if db.is_sqlite:
+        if "." in table:
+            schema, name = table.split(".", 1)
+            rows = list(db.query(f"PRAGMA {schema}.table_info({name})"))
+        else:
+            rows = list(db.query(f"PRAGMA table_info({table})"))
+        return [sqlite_column_info(str(r[1]), str(r[2] or ""), nullable=not r[3], key=bool(r[5])) for r in rows] or None
+    qualified = "." in table
+    names = table.split(".", 1) if qualified else [table]
+    params = [db.dialect.catalogue_name(n) for n in names]
+    found: list[ColumnInfo] = []
+    schema_seen = None
+    for schema, name, data_type, length, nullable, key in db.query(db.dialect.columns_sql(qualified), params):
+        if schema_seen is None:
+            schema_seen = schema
+        if schema != schema_seen:  # the same table name in a schema further down the search order
+            break
+        size = None if length is None or int(length) < 0 else int(length)
+        if str(data_type).lower() in ("text", "ntext", "bytea"):
+            size = None
+        found.append(
+            ColumnInfo(
+                str(name).lower(),
+                str(data_type).lower(),
+                size,
+                nullable=None if nullable is None else str(nullable).upper() == "YES",
+                key=bool(key),
+            )
+        )
+    return found or None
+
+
+def resolve_table(db: Database, table: str) -> str | None:
+    """``schema.table`` as the database resolves ``table`` (its spelling, default schema and
+    search order), or None when there is no such table. ``SSD_Staging``, ``dbo.ssd_staging``
+    and ``ssd_staging`` can all be one table; this gives each of them the same name."""
+    validate_table_name(table)
+    if db.is_sqlite:
+        return _resolve_sqlite_table(db, table)
+    sql = db.dialect.resolve_table_sql()
+    for schema, name in db.query(sql or "", (table,)):
+        if schema is not None and name is not None:
+            return f"{schema}.{name}"
+    return None
+
+
+def _resolve_sqlite_table(db: Database, table: str) -> str | None:
+    schemas = [str(row[1]) for row in db.query("PRAGMA database_list")]
+    if "." in table:
+        wanted, name = table.split(".", 1)
+        order = [s for s in schemas if s.lower() == wanted.lower()]
+    else:  # temp first, then main, then attached databases in the order they were attached
+        name = table
+        order = [s for s in schemas if s == "temp"] + [s for s in schemas if s != "temp"]
+    for schema in order:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", schema):  # it goes into SQL text
+            continue
+        catalogue = "sqlite_temp_master" if schema == "temp" else f"{schema}.sqlite_master"
+        for (stored,) in db.query(
+            f"SELECT name FROM {catalogue} WHERE type IN ('table', 'view') AND name = ? COLLATE NOCASE",  # noqa: S608
+            (name,),
+        ):
+            return f"{schema}.{stored}"
+    return None
+
+
+def column_names(db: Database, table: str) -> list[str] | None:
+    """The table's columns in lower case, or None when the table does not exist."""
+    found = columns(db, table)
+    return None if found is None else [c.name for c in found]
+
+
+def server_info(db: Database) -> ServerInfo:
+    """DBMS, version, driver and who we are logged in as, for test-db."""
+    if db.is_sqlite:
+        return ServerInfo(
+            dbms="SQLite",
+            version=SQLITE_VERSION,
+            driver="Python sqlite3 module",
+            driver_version=sys.version.split()[0],
+            login=f"file access as {process_identity()}",
+            database=db.path or "",
+        )
+    login, database = "", ""
+    if db.dialect.whoami_sql:
+        for row in db.query(db.dialect.whoami_sql):
+            login, database = str(row[0] or ""), str(row[1] or "")
+    return ServerInfo(
+        dbms=db.odbc_info("SQL_DBMS_NAME"),
+        version=db.odbc_info("SQL_DBMS_VER"),
+        driver=db.odbc_info("SQL_DRIVER_NAME"),
+        driver_version=db.odbc_info("SQL_DRIVER_VER"),
+        login=login,
+        database=database,
+    )
