@@ -6,7 +6,6 @@ default. Nothing else in the package reads ``os.environ``.
 
 from __future__ import annotations
 
-import os
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -18,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 from api_pipeline.db_login import add_db_password, add_db_user, integrated_security_string
 from api_pipeline.envfile import env_file_problems, read_env_file
 from api_pipeline.errors import ConfigError
+from api_pipeline.paths import absolute_path, absolute_sqlite, sqlite_file_of
 from api_pipeline.secret_store import is_keyring_reference, resolve_keyring_reference
 
 TABLE_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
@@ -502,37 +502,6 @@ class Settings:
         return Settings(**values)
 
 
-SQLITE_URL_PREFIX = "sqlite:///"
-_WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|[\\/]{2})")
-
-
-def sqlite_file_of(connection_string: str) -> Path | None:
-    """``sqlite:///staging.db`` → ``staging.db``; None for ODBC strings and in-memory databases."""
-    text = connection_string.strip()
-    if not text.lower().startswith(SQLITE_URL_PREFIX):
-        return None
-    rest = text[len(SQLITE_URL_PREFIX) :]
-    return None if rest in ("", ":memory:") else Path(rest)
-
-
-def _absolute(path: Path, base: Path) -> Path:
-    """``path`` made absolute against ``base``; a Windows drive path counts as absolute everywhere."""
-    if path.is_absolute() or _WINDOWS_ABSOLUTE.match(str(path)):
-        return path
-    return Path(os.path.abspath(base / path))
-
-
-def _absolute_sqlite(connection_string: str, base: Path) -> str:
-    """A relative ``sqlite:///`` path made absolute against ``base``; anything else unchanged."""
-    path = sqlite_file_of(connection_string)
-    if path is None:
-        return connection_string
-    absolute = _absolute(path, base)
-    if absolute is path:
-        return connection_string.strip()
-    return SQLITE_URL_PREFIX + absolute.as_posix()
-
-
 def load_settings(
     *,
     command: str,
@@ -598,9 +567,9 @@ def load_settings(
             continue
         base = env_folder if option.attr in from_file else here
         if option.is_path and isinstance(value, Path):
-            value = _absolute(value, base)
+            value = absolute_path(value, base)
         elif option.attr == "db_connection_string":
-            value = _absolute_sqlite(value, base)
+            value = absolute_sqlite(value, base)
         values[option.attr] = Secret(value) if option.secret else value
 
     if values.get("db_connection_string") is not None and not isinstance(values["db_connection_string"], Secret):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from api_pipeline.config import TABLE_NAME_PATTERN, Secret, sqlite_file_of
+from api_pipeline.config import TABLE_NAME_PATTERN, Secret
 from api_pipeline.dialects import SQLITE, ColumnInfo, Dialect, Kinds, dialect_for_dbms, sqlite_column_info
 from api_pipeline.errors import ConfigError, DatabaseError
 from api_pipeline.odbc import (
@@ -49,6 +49,7 @@ from api_pipeline.odbc import (
     process_identity,
     with_psqlodbc_defaults,
 )
+from api_pipeline.paths import sqlite_file_of
 
 log = logging.getLogger(__name__)
 
