@@ -6,7 +6,6 @@ default. Nothing else in the package reads ``os.environ``.
 
 from __future__ import annotations
 
-import os
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -15,16 +14,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from api_pipeline.db_login import add_db_password, add_db_user, integrated_security_string
 from api_pipeline.envfile import env_file_problems, read_env_file
 from api_pipeline.errors import ConfigError
-from api_pipeline.secret_store import (
-    KEYRING_PREFIX,
-    KeyringUnavailable,
-    is_keyring_reference,
-    keyring_place,
-    parse_keyring_reference,
-    read_secret,
-)
+from api_pipeline.paths import absolute_path, absolute_sqlite, sqlite_file_of
+from api_pipeline.secret_store import is_keyring_reference, resolve_keyring_reference
 
 TABLE_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 LA_CODE_PATTERN = re.compile(r"^[0-9]{3}$")
@@ -508,37 +502,6 @@ class Settings:
         return Settings(**values)
 
 
-SQLITE_URL_PREFIX = "sqlite:///"
-_WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|[\\/]{2})")
-
-
-def sqlite_file_of(connection_string: str) -> Path | None:
-    """``sqlite:///staging.db`` → ``staging.db``; None for ODBC strings and in-memory databases."""
-    text = connection_string.strip()
-    if not text.lower().startswith(SQLITE_URL_PREFIX):
-        return None
-    rest = text[len(SQLITE_URL_PREFIX) :]
-    return None if rest in ("", ":memory:") else Path(rest)
-
-
-def _absolute(path: Path, base: Path) -> Path:
-    """``path`` made absolute against ``base``; a Windows drive path counts as absolute everywhere."""
-    if path.is_absolute() or _WINDOWS_ABSOLUTE.match(str(path)):
-        return path
-    return Path(os.path.abspath(base / path))
-
-
-def _absolute_sqlite(connection_string: str, base: Path) -> str:
-    """A relative ``sqlite:///`` path made absolute against ``base``; anything else unchanged."""
-    path = sqlite_file_of(connection_string)
-    if path is None:
-        return connection_string
-    absolute = _absolute(path, base)
-    if absolute is path:
-        return connection_string.strip()
-    return SQLITE_URL_PREFIX + absolute.as_posix()
-
-
 def load_settings(
     *,
     command: str,
@@ -582,7 +545,7 @@ def load_settings(
             continue
         found = lookup(option)
         if found is None and option.env == "DB_CONNECTION_STRING":
-            found = _integrated_security_string(environ, file_values)
+            found = integrated_security_string(environ, file_values)
             from_parts = found is not None
             if found is not None and any(not environ.get(n, "").strip() for n in ("USER_SERVER", "USER_DATABASE")):
                 from_file.add(option.attr)
@@ -604,135 +567,23 @@ def load_settings(
             continue
         base = env_folder if option.attr in from_file else here
         if option.is_path and isinstance(value, Path):
-            value = _absolute(value, base)
+            value = absolute_path(value, base)
         elif option.attr == "db_connection_string":
-            value = _absolute_sqlite(value, base)
+            value = absolute_sqlite(value, base)
         values[option.attr] = Secret(value) if option.secret else value
 
     if values.get("db_connection_string") is not None and not isinstance(values["db_connection_string"], Secret):
         values["db_connection_string"] = Secret(values["db_connection_string"])
     if values.get("db_user") and values.get("db_connection_string") is not None:
-        with_user = add_db_user(values["db_connection_string"], values["db_user"], from_parts, problems)
+        with_user = add_db_user(values["db_connection_string"].reveal(), values["db_user"], from_parts, problems)
         if with_user is not None:
-            values["db_connection_string"] = with_user
+            values["db_connection_string"] = Secret(with_user)
         if values.get("db_password") is None:
             problems.append("DB_USER: an SQL login needs its password too: set DB_PASSWORD (or remove DB_USER)")
     if values.get("db_password") is not None and values.get("db_connection_string") is not None:
-        combined = add_db_password(values["db_connection_string"], values["db_password"], problems)
+        combined = add_db_password(values["db_connection_string"].reveal(), values["db_password"].reveal(), problems)
         if combined is not None:
-            values["db_connection_string"] = combined
+            values["db_connection_string"] = Secret(combined)
     if problems:
         raise ConfigError(problems)
     return Settings(env_file=env_file, **values)
-
-
-# ---------------------------------------------------------------------------
-# Secrets kept in the operating system's keyring (Windows Credential Manager).
-# ---------------------------------------------------------------------------
-
-
-def resolve_keyring_reference(variable: str, text: str, problems: list[str]) -> str | None:
-    """The secret a ``keyring:`` value points at, or None with the reason added to ``problems``.
-
-    ``keyring`` is imported only here, so a .env without keyring references never loads it.
-    """
-    try:
-        service, name = parse_keyring_reference(text)
-    except ValueError as exc:
-        problems.append(f"{variable}: {exc}")
-        return None
-    reference = f"{KEYRING_PREFIX}{service}/{name}"
-    try:
-        value = read_secret(service, name)
-    except KeyringUnavailable as exc:
-        problems.append(f"{variable}: cannot read {reference}: {exc}")
-        return None
-    if value is None:
-        problems.append(
-            f"{variable}: {reference} is not in {keyring_place()}. Store it with: "
-            f"csc_api_pipeline.exe set-secret {name} --service {service} (as the Windows account that runs the tool)"
-        )
-        return None
-    if not value.strip():
-        problems.append(f"{variable}: {reference} is empty in {keyring_place()}")
-        return None
-    return value
-
-
-_ODBC_PASSWORD_KEY = re.compile(r"(?i)(?:^|;)\s*(?:pwd|password)\s*=")
-_ODBC_INTEGRATED = re.compile(
-    r"(?i)(?:^|;)\s*(?:trusted_connection\s*=\s*yes|integrated\s+security\s*=\s*(?:sspi|true)"
-    r"|authentication\s*=\s*activedirectoryintegrated)"
-)
-
-
-_ODBC_USER_KEY = re.compile(r"(?i)(?:^|;)\s*(?:uid|user\s+id|user)\s*=")
-_TRUSTED_CONNECTION = re.compile(r"(?i)trusted_connection\s*=\s*yes;?")
-
-
-def _odbc_braced(value: str) -> str:
-    return "{" + value.replace("}", "}}") + "}"
-
-
-def add_db_user(connection: Secret, user: str, from_parts: bool, problems: list[str]) -> Secret | None:
-    """The connection string with DB_USER as ``UID={...}``; None with a problem when that cannot be right.
-
-    From USER_SERVER + USER_DATABASE the SQL login replaces Windows authentication, as in the
-    earlier tool's sender; a connection string of the user's own must not name a user already.
-    """
-    text = connection.reveal().strip()
-    if text.lower().startswith("sqlite:"):
-        problems.append("DB_USER: a SQLite file has no login; remove DB_USER")
-        return None
-    if _ODBC_USER_KEY.search(text):
-        problems.append("DB_USER: DB_CONNECTION_STRING already names a user (UID= or User ID=); keep only one")
-        return None
-    if from_parts:
-        text = _TRUSTED_CONNECTION.sub("", text)
-    elif _ODBC_INTEGRATED.search(text):
-        problems.append(
-            "DB_USER: DB_CONNECTION_STRING uses Windows integrated security, which needs no user; "
-            "remove DB_USER or the Trusted_Connection setting"
-        )
-        return None
-    return Secret(f"{text.rstrip(';')};UID={_odbc_braced(user)};")
-
-
-def add_db_password(connection: Secret, password: Secret, problems: list[str]) -> Secret | None:
-    """DB_CONNECTION_STRING with DB_PASSWORD added as ``PWD={...}``; None with a problem when that cannot be right.
-
-    One rule: the password is in exactly one place. A connection string that has its own
-    ``PWD=``/``Password=``, uses Windows integrated security, or is SQLite gets no DB_PASSWORD.
-    """
-    text = connection.reveal().strip()
-    if text.lower().startswith("sqlite:"):
-        problems.append("DB_PASSWORD: a SQLite file has no password; remove DB_PASSWORD")
-        return None
-    if _ODBC_PASSWORD_KEY.search(text):
-        problems.append(
-            "DB_PASSWORD: DB_CONNECTION_STRING already has a password (PWD= or Password=); keep only one of them"
-        )
-        return None
-    if _ODBC_INTEGRATED.search(text):
-        problems.append(
-            "DB_PASSWORD: DB_CONNECTION_STRING uses Windows integrated security, which needs no password; "
-            "remove DB_PASSWORD or the Trusted_Connection setting"
-        )
-        return None
-    quoted = "{" + password.reveal().replace("}", "}}") + "}"
-    return Secret(f"{text.rstrip(';')};PWD={quoted};")
-
-
-def _integrated_security_string(environ: Mapping[str, str], file_values: Mapping[str, str]) -> tuple[str, str] | None:
-    """Upstream's USER_SERVER + USER_DATABASE form: SQL Server with Windows integrated security.
-
-    With DB_USER, :func:`add_db_user` turns it into an SQL login (DB_PASSWORD adds the password).
-    """
-
-    def get(name: str) -> str:
-        return (environ.get(name) or file_values.get(name) or "").strip()
-
-    server, database = get("USER_SERVER"), get("USER_DATABASE")
-    if server and database:
-        return "USER_SERVER", f"SERVER={server};DATABASE={database};Trusted_Connection=yes;"
-    return None

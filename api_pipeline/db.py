@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from api_pipeline.config import TABLE_NAME_PATTERN, Secret, sqlite_file_of
+from api_pipeline.config import TABLE_NAME_PATTERN, Secret
 from api_pipeline.dialects import SQLITE, Dialect, Kinds, dialect_for_dbms
 from api_pipeline.errors import ConfigError, DatabaseError
 from api_pipeline.odbc import (
@@ -45,6 +45,7 @@ from api_pipeline.odbc import (
     parse_odbc_string,
     with_psqlodbc_defaults,
 )
+from api_pipeline.paths import sqlite_file_of
 
 log = logging.getLogger(__name__)
 

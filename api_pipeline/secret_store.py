@@ -3,8 +3,8 @@
 On Windows the keyring is the Credential Manager of the account that runs the tool, so a
 secret stored by ``set-secret`` is readable only by that Windows account. A setting refers
 to one as ``keyring:<service>/<name>`` (the whole value); :func:`api_pipeline.config.load_settings`
-resolves it. ``keyring`` is imported only when such a value, or ``set-secret``, needs it
-(imports inside functions here keep it lazy).
+resolves it with :func:`resolve_keyring_reference`. ``keyring`` is imported only when such a value,
+or ``set-secret``, needs it (imports inside functions here keep it lazy).
 """
 
 from __future__ import annotations
@@ -75,3 +75,31 @@ def store_secret(service: str, name: str, value: str) -> None:
         backend.set_password(service, name, value)
     except Exception as exc:
         raise KeyringUnavailable(f"the keyring refused to store it ({type(exc).__name__})") from None
+
+
+def resolve_keyring_reference(variable: str, text: str, problems: list[str]) -> str | None:
+    """The secret a ``keyring:`` value points at, or None with the reason added to ``problems``.
+
+    ``keyring`` is imported only here, so a .env without keyring references never loads it.
+    """
+    try:
+        service, name = parse_keyring_reference(text)
+    except ValueError as exc:
+        problems.append(f"{variable}: {exc}")
+        return None
+    reference = f"{KEYRING_PREFIX}{service}/{name}"
+    try:
+        value = read_secret(service, name)
+    except KeyringUnavailable as exc:
+        problems.append(f"{variable}: cannot read {reference}: {exc}")
+        return None
+    if value is None:
+        problems.append(
+            f"{variable}: {reference} is not in {keyring_place()}. Store it with: "
+            f"csc_api_pipeline.exe set-secret {name} --service {service} (as the Windows account that runs the tool)"
+        )
+        return None
+    if not value.strip():
+        problems.append(f"{variable}: {reference} is empty in {keyring_place()}")
+        return None
+    return value
