@@ -214,49 +214,29 @@ def settle(pairs: list[tuple[Item, Outcome]], updates: list[RowUpdate], ledger: 
     for item, outcome in pairs:
         row = item.row
         if outcome.receipt:
+            # DfE holds the record now (a purge item has no record: the ledger says the child is gone).
             at = outcome.received_at or now
-            sent = in_case_of(row.submission_status, "sent")
-            if item.purge:
-                counts["purged"] += 1
-                updates.append(
-                    RowUpdate(
-                        row_id=row.id,
-                        status=sent,
-                        api_response=outcome.receipt,
-                        expect_payload=None,
-                        submission_timestamp=at,
-                        purge=True,
-                    )
+            purge = item.purge
+            counts["purged" if purge else "sent"] += 1
+            updates.append(
+                RowUpdate(
+                    row_id=row.id,
+                    status=in_case_of(row.submission_status, "sent"),
+                    api_response=outcome.receipt,
+                    expect_payload=None if purge else row.json_payload,
+                    submission_timestamp=at,
+                    mark_sent=not purge,
+                    previous_hash=None if purge else item.ledger_hash,
+                    row_state=None if purge else in_case_of(row.row_state, "unchanged"),
+                    purge=purge,
                 )
-                ledger.append(
-                    LedgerEntry(item.la_child_id, item.mis_child_id, row.id, None, None, outcome.receipt, at, True)
+            )
+            ledger_json, ledger_hash = (None, None) if purge else (item.ledger_json, item.ledger_hash)
+            ledger.append(
+                LedgerEntry(
+                    item.la_child_id, item.mis_child_id, row.id, ledger_json, ledger_hash, outcome.receipt, at, purge
                 )
-            else:
-                counts["sent"] += 1
-                updates.append(
-                    RowUpdate(
-                        row_id=row.id,
-                        status=sent,
-                        api_response=outcome.receipt,
-                        expect_payload=row.json_payload,
-                        submission_timestamp=at,
-                        mark_sent=True,
-                        previous_hash=item.ledger_hash,
-                        row_state=in_case_of(row.row_state, "unchanged"),
-                    )
-                )
-                ledger.append(
-                    LedgerEntry(
-                        item.la_child_id,
-                        item.mis_child_id,
-                        row.id,
-                        item.ledger_json,
-                        item.ledger_hash,
-                        outcome.receipt,
-                        at,
-                        False,
-                    )
-                )
+            )
         elif outcome.rejected:
             counts["rejected"] += 1
             log.warning("row %s (child %s) rejected by DfE: %s", row.id, item.la_child_id, outcome.error)
