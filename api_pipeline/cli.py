@@ -172,7 +172,7 @@ def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_simulate_api(args: argparse.Namespace, ctx: Context) -> int:
-    from api_pipeline.simulator import run_simulator  # start-up: only for this command
+    from api_pipeline.demo import run_simulator  # start-up: only for this command
 
     return run_simulator(port=args.port, la_code=args.la_code, latency=args.latency, out=ctx.print)
 

@@ -1,4 +1,5 @@
-"""``demo``: the whole job on synthetic children, SQLite and the built-in simulator.
+"""``demo``: the whole job on synthetic children, SQLite and the built-in simulator; and
+``simulate-api``: the simulator alone, as a rehearsal target for a council's own table.
 
 Also the council-SQL stand-ins (load a cohort, apply a night's changes) and the
 convergence check, which the tests and benchmarks use too.
@@ -9,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -211,3 +214,46 @@ def _describe(title: str, summary: Any) -> str:
         f"rejected {o['rejected']}, failed {o['failed']} — {plural(summary.requests, 'request')}, "
         f"{summary.seconds:.2f} s"
     )
+
+
+# --- simulate-api: the simulator alone, for a rehearsal with the council's own table ---
+
+
+def serve_forever_cli(
+    simulator: Simulator, out: Callable[[str], Any] = print, stop: threading.Event | None = None
+) -> int:
+    """Run a started-or-not simulator until Ctrl+C (or ``stop`` is set), then summarise."""
+    if not simulator.running:
+        simulator.start()
+    out(f"CSC API simulator listening on {simulator.base_url} (this machine only; nothing is sent anywhere).")
+    out("For a rehearsal, put these in your .env (the simulator's own demo credentials, not real ones):")
+    out("")
+    for name, value in simulator.settings_env().items():
+        out(f"{name}={value}")
+    out("")
+    out("Press Ctrl+C to stop.")
+    try:
+        while not (stop is not None and stop.is_set()):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        simulator.stop()
+    requests, tokens = len(simulator.request_log()), simulator.token_requests
+    out(
+        f"Simulator stopped: {requests} requests ({tokens} token, {requests - tokens} other), "
+        f"{simulator.records_accepted} records accepted, {len(simulator.snapshot())} children held."
+    )
+    return 0
+
+
+def run_simulator(port: int, la_code: str, latency: float, out: Callable[[str], Any] = print) -> int:
+    """Entry for ``simulate-api``: a council's rehearsal target on 127.0.0.1:``port``."""
+    simulator = Simulator(la_code=la_code, port=port, latency=latency, keep_request_bodies=False)
+    try:
+        simulator.start()
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot listen on 127.0.0.1:{port} ({exc.strerror or exc}); choose another port with --port."
+        ) from exc
+    return serve_forever_cli(simulator, out)

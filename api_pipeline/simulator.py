@@ -21,7 +21,6 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,7 +29,6 @@ from urllib.parse import parse_qs, urlsplit
 
 from api_pipeline.config import LOOPBACK_HOSTS
 from api_pipeline.dfe_model import RecordValidator, apply_record, clone, load_default_schema
-from api_pipeline.errors import ConfigError
 from api_pipeline.payload import loads_record
 
 RECEIVER_BASE_PATH = "/children-in-social-care-data-receiver-test/1"
@@ -396,6 +394,10 @@ class Simulator:
             self._log.clear()
 
     @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
     def token_requests(self) -> int:
         with self._lock:
             return self._token_requests
@@ -587,47 +589,3 @@ class Simulator:
             return receipt
         now = dt.datetime.now(dt.timezone.utc)
         return f"{now:%Y-%m-%d_%H:%M:%S}.{now.microsecond // 10000:02d}_{receipt}.json"
-
-
-# --- The simulate-api command ---
-
-
-def serve_forever_cli(
-    simulator: Simulator, out: Callable[[str], Any] = print, stop: threading.Event | None = None
-) -> int:
-    """Run a started-or-not simulator until Ctrl+C (or ``stop`` is set), then summarise."""
-    if simulator._server is None:
-        simulator.start()
-    out(f"CSC API simulator listening on {simulator.base_url} (this machine only; nothing is sent anywhere).")
-    out("For a rehearsal, put these in your .env (the simulator's own demo credentials, not real ones):")
-    out("")
-    for name, value in simulator.settings_env().items():
-        out(f"{name}={value}")
-    out("")
-    out("Press Ctrl+C to stop.")
-    try:
-        while not (stop is not None and stop.is_set()):
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        simulator.stop()
-    log = simulator.request_log()
-    tokens = sum(1 for entry in log if _TOKEN_PATH.fullmatch(entry.path))
-    out(
-        f"Simulator stopped: {len(log)} requests ({tokens} token, {len(log) - tokens} other), "
-        f"{simulator.records_accepted} records accepted, {len(simulator.snapshot())} children held."
-    )
-    return 0
-
-
-def run_simulator(port: int, la_code: str, latency: float, out: Callable[[str], Any] = print) -> int:
-    """Entry for ``simulate-api``: a council's rehearsal target on 127.0.0.1:``port``."""
-    simulator = Simulator(la_code=la_code, port=port, latency=latency, keep_request_bodies=False)
-    try:
-        simulator.start()
-    except OSError as exc:
-        raise ConfigError(
-            f"Cannot listen on 127.0.0.1:{port} ({exc.strerror or exc}); choose another port with --port."
-        ) from exc
-    return serve_forever_cli(simulator, out)
