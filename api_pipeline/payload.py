@@ -80,7 +80,7 @@ def normalise(record: dict) -> dict:
     data, and DfE's schema forbids nothing-objects we would otherwise send. ``None`` is
     kept on purpose so validation sees and rejects it. Order is left alone.
     """
-    return _norm_dict(record)
+    return _pruned(record)
 
 
 def _may_hold_empty_container(text: str | bytes) -> bool:
@@ -93,34 +93,29 @@ def _may_hold_empty_container(text: str | bytes) -> bool:
     return "{}" in text or "[]" in text
 
 
-def _norm_dict(d: dict) -> dict:
-    out = {}
-    for key, value in d.items():
-        if type(value) is dict:
-            value = _norm_dict(value)
-            if not value:
-                continue
-        elif type(value) is list:
-            value = _norm_list(value)
-            if not value:
-                continue
-        out[key] = value
-    return out
+def _pruned(value: Any) -> Any:
+    """``value`` (an object or a list) with every empty object and list inside it dropped,
+    innermost first, so an object left empty by that goes too.
 
-
-def _norm_list(items: list) -> list:
-    out = []
-    for value in items:
-        if type(value) is dict:
-            value = _norm_dict(value)
-            if not value:
+    Written out for objects and lists alike, with no call for a leaf: a record has thousands
+    of leaves, and this runs for every record that holds an empty container."""
+    if type(value) is dict:
+        out = {}
+        for key, item in value.items():
+            if type(item) is dict or type(item) is list:
+                item = _pruned(item)
+                if not item:
+                    continue
+            out[key] = item
+        return out
+    kept = []
+    for item in value:
+        if type(item) is dict or type(item) is list:
+            item = _pruned(item)
+            if not item:
                 continue
-        elif type(value) is list:
-            value = _norm_list(value)
-            if not value:
-                continue
-        out.append(value)
-    return out
+        kept.append(item)
+    return kept
 
 
 def _dumps(value: Any) -> str:
