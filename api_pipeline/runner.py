@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from api_pipeline.api import ApiClient
+from api_pipeline.auth import ClientCredentialsAuth
 from api_pipeline.config import Settings
 from api_pipeline.db import Database
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, PipelineError
@@ -28,6 +30,7 @@ from api_pipeline.runs import RunSummary, default_log_dir, make_private_dir, new
 from api_pipeline.schema import RecordValidator
 from api_pipeline.staging import StagingTable
 from api_pipeline.timestamps import utc_stamp
+from api_pipeline.transport import make_session
 from api_pipeline.wording import plural
 
 log = logging.getLogger("api_pipeline.run")
@@ -78,10 +81,6 @@ def execute_run(
                 return Pipeline(table, None, validator, options, summary, on_progress=progress.update).run()
             table.ensure_ledger()
             check_ledger(table)
-            from api_pipeline.api import ApiClient
-            from api_pipeline.auth import ClientCredentialsAuth
-            from api_pipeline.transport import make_session
-
             with RunLock(db, settings.table_name, run_id=run_id) as lock:
 
                 def after_batch(so_far: RunSummary) -> None:
