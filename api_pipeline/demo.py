@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from api_pipeline.simulator import Simulator
 from api_pipeline.staging import StagingTable
 from api_pipeline.synthetic import make_children
 from api_pipeline.synthetic_changes import mutate
+from api_pipeline.timestamps import utc_now
 from api_pipeline.wording import plural
 
 DEMO_TABLE = "ssd_api_data_staging"
@@ -38,7 +38,7 @@ DEMO_DATABASE_FILES = ("staging.db", "staging.db-wal", "staging.db-shm", "stagin
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return utc_now().isoformat(sep=" ", timespec="seconds")
 
 
 def load_children(db: Database, table: str, records: Iterable[dict], *, chunk: int = 1000) -> int:

@@ -19,7 +19,7 @@ import os
 import re
 import socket
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from api_pipeline.catalogue import column_names, resolve_table
@@ -27,6 +27,7 @@ from api_pipeline.db import Database, validate_table_name
 from api_pipeline.dialects import LOCK_HOLDER_SIZE, LOCK_NAME_SIZE, lock_ddl, lock_table_name
 from api_pipeline.errors import ConfigError, DatabaseError, RunLocked
 from api_pipeline.odbc import KEY_VIOLATION
+from api_pipeline.timestamps import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ def lock_key(resolved: str) -> str:
     return f"{resolved[: LOCK_NAME_SIZE - len(digest) - 1]}~{digest}"
 
 
-def _utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+def _utc_second() -> datetime:
+    return utc_now().replace(microsecond=0)
 
 
 def process_alive(pid: int) -> bool:
@@ -91,7 +92,7 @@ class RunLock:
         *,
         run_id: str,
         stale_after: timedelta = DEFAULT_STALE_AFTER,
-        clock: Any = _utc_now,
+        clock: Any = _utc_second,
     ) -> None:
         self.db = db
         self.table = validate_table_name(table)

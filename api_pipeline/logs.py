@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from pathlib import Path
 
 from api_pipeline.config import Secret
 from api_pipeline.errors import ConfigError
 from api_pipeline.runs import create_private, log_path, make_private_dir, new_run_id, prune_run_files, why_not
+from api_pipeline.timestamps import utc_now
 
 LOGGER_NAME = "api_pipeline"
 MASK = "<hidden>"
@@ -145,7 +145,7 @@ def append_error_log(folders: Iterable[Path], lines: Iterable[str]) -> Path | No
     it is renamed to ``.old`` (replacing the last one) and started afresh. Never raises.
     """
     text = "".join(f"{line}\n" for line in lines)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    stamp = utc_now().strftime("%Y-%m-%d %H:%M:%S UTC")
     for folder in folders:
         path = folder / ERROR_LOG_NAME
         try:

@@ -18,12 +18,11 @@ import secrets
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from api_pipeline.config import Settings
-from api_pipeline.timestamps import utc_stamp
+from api_pipeline.timestamps import utc_now, utc_stamp
 from api_pipeline.wording import plural
 
 KEEP_RUNS = 30
@@ -66,12 +65,8 @@ def new_run_id() -> str:
     Unique even for runs started in the same millisecond (each run has its own log, summary
     and batch ids), and names sort by start time.
     """
-    now = _utc_now()
+    now = utc_now()
     return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
-
-
-def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def default_log_dir(settings: Settings, cwd: Path) -> Path:

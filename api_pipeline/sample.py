@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from typing import Any
 
 from api_pipeline.catalogue import column_names
 from api_pipeline.db import Database
 from api_pipeline.dialects import BINARY, LONG_TEXT
+from api_pipeline.timestamps import utc_now
 
 
 def load_sample_children(db: Database, table: str, records: Iterable[dict], *, chunk: int = 500) -> int:
@@ -31,7 +31,7 @@ def load_sample_children(db: Database, table: str, records: Iterable[dict], *, c
     columns = ["person_id", "json_payload", "submission_status", "row_state", *optional]
     kinds = [None, LONG_TEXT, None, None, *(BINARY if c == "current_hash" else None for c in optional)]
     sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-    now = db.dialect.timestamp_param(datetime.now(timezone.utc).replace(tzinfo=None))
+    now = db.dialect.timestamp_param(utc_now())
     total = 0
     rows: list[tuple[Any, ...]] = []
 

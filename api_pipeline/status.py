@@ -32,7 +32,7 @@ from api_pipeline.report import duration
 from api_pipeline.runs import default_log_dir, read_summaries
 from api_pipeline.schema import generalise_path, load_bundled_schema, load_schema
 from api_pipeline.staging import FirstContact, StagingTable
-from api_pipeline.timestamps import parse_timestamp
+from api_pipeline.timestamps import parse_timestamp, utc_now, utc_stamp
 from api_pipeline.wording import plural
 
 STATUS_FORMAT_VERSION = 1
@@ -143,7 +143,7 @@ def age_seconds(value: datetime, *, naive_is_utc: bool, now: datetime | None = N
     if now is not None:
         current = now.astimezone(timezone.utc).replace(tzinfo=None) if naive_is_utc else now.replace(tzinfo=None)
     else:
-        current = datetime.now(timezone.utc).replace(tzinfo=None) if naive_is_utc else datetime.now()
+        current = utc_now() if naive_is_utc else datetime.now()
     return max(0.0, (current - value).total_seconds())
 
 
@@ -249,9 +249,7 @@ class StatusReport:
     log_dir: str = ""
     runs: list[dict[str, Any]] = field(default_factory=list)
     unreadable_summaries: int = 0
-    generated_at: str = field(
-        default_factory=lambda: datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
-    )
+    generated_at: str = field(default_factory=utc_stamp)
 
     def to_dict(self) -> dict[str, Any]:
         return {

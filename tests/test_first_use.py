@@ -32,7 +32,7 @@ def test_two_runs_started_in_the_same_second_keep_their_own_log_summary_and_batc
     simulator, db_path, tmp_path, monkeypatch
 ):
     instant = datetime(2026, 3, 1, 2, 0, 0, 123456, tzinfo=timezone.utc)
-    monkeypatch.setattr(runs, "_utc_now", lambda: instant)  # the same millisecond, even
+    monkeypatch.setattr(runs, "utc_now", lambda: instant)  # the same millisecond, even
     insert(db_path, list(make_children(4, seed=1)))
     log_dir = tmp_path / "logs"
     environ = sim_env(simulator, db_path, BATCH_SIZE="2")
