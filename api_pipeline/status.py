@@ -248,7 +248,7 @@ class StatusReport:
     first_contact: FirstContact | None = None
     log_dir: str = ""
     runs: list[dict[str, Any]] = field(default_factory=list)
-    unreadable_summaries: int = 0
+    skipped_summaries: list[str] = field(default_factory=list)  # "file: why" for each summary left out
     generated_at: str = field(default_factory=utc_stamp)
 
     def to_dict(self) -> dict[str, Any]:
@@ -276,7 +276,7 @@ class StatusReport:
             "runs": {
                 "log_dir": self.log_dir,
                 "recent": self.runs,
-                "unreadable_summaries": self.unreadable_summaries,
+                "unreadable_summaries": len(self.skipped_summaries),
             },
         }
 
@@ -401,8 +401,7 @@ def collect_status(
         report.last_acknowledged = parse_timestamp(last)
 
     report.first_contact = table.first_contact()
-    summaries, skipped = read_run_summaries(log_dir, runs)
-    report.unreadable_summaries = len(skipped)
+    summaries, report.skipped_summaries = read_run_summaries(log_dir, runs)
     report.runs = [run_row(s) for s in summaries]
     return report
 
@@ -530,8 +529,8 @@ def format_status(report: StatusReport) -> list[str]:
         )
     else:
         out.append(f"No run summaries in {report.log_dir} yet.")
-    if report.unreadable_summaries:
-        n = report.unreadable_summaries
+    if report.skipped_summaries:
+        n = len(report.skipped_summaries)
         out.append(f"({plural(n, 'run summary file')} could not be read and {'was' if n == 1 else 'were'} left out.)")
     return out
 
@@ -561,7 +560,7 @@ def status_command(settings: Settings, ctx: Any, *, runs: int = 10, as_json: boo
     log_dir = default_log_dir(settings, ctx.cwd)
     with Database.open_existing(settings.db_connection_string) as db:
         report = collect_status(db, settings, log_dir, runs=runs)
-    for skipped in read_run_summaries(log_dir, runs)[1]:
+    for skipped in report.skipped_summaries:
         print(f"warning: run summary {skipped}; it is left out", file=ctx.err, flush=True)
     if as_json:
         ctx.print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
