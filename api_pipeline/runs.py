@@ -17,7 +17,7 @@ import os
 import secrets
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -122,30 +122,31 @@ def make_private_dir(folder: Path) -> None:
         path.mkdir(mode=PRIVATE_DIR, exist_ok=True)
 
 
-def write_private(path: Path, data: str | bytes) -> None:
-    """Write ``path`` (text as UTF-8) so that only this account can read it (POSIX 0600).
+def _open_private(path: Path, flags: int) -> int:
+    """``path`` opened (created if missing) with ``flags``, readable by this account only (POSIX 0600).
 
-    Logs, summaries, reports and dry-run files name children or hold their records: a file
-    that exists already is made private too. On Windows the file's permissions come from
-    its folder, as before.
+    A file that exists already keeps its mode on open, so it is made private too. On Windows
+    the file's permissions come from its folder, as before.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), PRIVATE_FILE)
-    with open(fd, "wb") as handle:
-        if hasattr(os, "fchmod"):
-            with contextlib.suppress(OSError):
-                os.fchmod(handle.fileno(), PRIVATE_FILE)
+    fd = os.open(path, flags | os.O_CREAT, PRIVATE_FILE)
+    if hasattr(os, "fchmod"):
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, PRIVATE_FILE)
+    return fd
+
+
+def write_private(path: Path, data: str | bytes) -> None:
+    """Write ``path`` (text as UTF-8) so that only this account can read it.
+
+    Logs, summaries, reports and dry-run files name children or hold their records.
+    """
+    with open(_open_private(path, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_BINARY", 0)), "wb") as handle:
         handle.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def create_private(path: Path) -> None:
     """An empty private file, for a handler that then appends to it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
-    try:
-        if hasattr(os, "fchmod"):
-            with contextlib.suppress(OSError):
-                os.fchmod(fd, PRIVATE_FILE)
-    finally:
-        os.close(fd)
+    os.close(_open_private(path, os.O_WRONLY | os.O_APPEND))
 
 
 def why_not(exc: OSError) -> str:
@@ -199,24 +200,11 @@ class RunSummary:
             examples.append(row_id)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "mode": self.mode,
-            "dry_run": self.dry_run,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
+        """The summary file's document: every field, in order, as plain JSON values."""
+        return asdict(self) | {
             "seconds": round(self.seconds, 3),
-            "rows_read": self.rows_read,
             "outcomes": dict(self.outcomes),
             "invalid_reasons": dict(self.invalid_reasons),
-            "examples": self.examples,
-            "batches": self.batches,
-            "requests": self.requests,
-            "retries": self.retries,
-            "bytes_sent": self.bytes_sent,
-            "fatal_error": self.fatal_error,
-            "exit_code": self.exit_code,
-            "stopped_early": self.stopped_early,
         }
 
     def lines(self) -> list[str]:
