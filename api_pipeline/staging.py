@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from api_pipeline import catalogue
+from api_pipeline import catalogue, reasons
 from api_pipeline.db import Database, validate_table_name
 from api_pipeline.dialects import (
     BINARY,
@@ -324,19 +324,19 @@ class StagingTable:
         attempt was not sent, in id order (streamed)."""
         sql = (
             f"SELECT id, submission_status, api_response FROM {self.table} "
-            "WHERE LOWER(COALESCE(submission_status, '')) IN ('invalid', 'error') OR api_response LIKE 'not sent%' "
-            "ORDER BY id"
+            "WHERE LOWER(COALESCE(submission_status, '')) IN ('invalid', 'error') "
+            "OR api_response LIKE ? OR api_response LIKE ? ORDER BY id"
         )
-        for row_id, status, response in self.db.query(sql):
+        not_sent = (reasons.WILL_RETRY + "%", reasons.SKIPPED + "%")  # the pipeline's own notes
+        for row_id, status, response in self.db.query(sql, not_sent):
             yield int(row_id), status, response
 
     def pending(self, *, oldest: bool = True) -> tuple[int, Any]:
         """How many rows the next run would read, and (with ``oldest``, which needs a last_updated
         column) the oldest last_updated among them as the driver gives it."""
-        where = self.candidates_from_where()
         if not oldest:
-            return int(self.db.scalar(f"SELECT COUNT(*) {where}") or 0), None
-        for rows, first in self.db.query(f"SELECT COUNT(*), MIN(t.last_updated) {where}"):
+            return self.count_candidates(), None
+        for rows, first in self.db.query(f"SELECT COUNT(*), MIN(t.last_updated) {self.candidates_from_where()}"):
             return int(rows or 0), first
         return 0, None
 
