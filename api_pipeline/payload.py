@@ -83,6 +83,15 @@ def normalise(record: dict) -> dict:
     return _pruned(record)
 
 
+def clone(value: Any) -> Any:
+    """Deep copy of JSON data (objects, lists, scalars): several times faster than ``copy.deepcopy``."""
+    if isinstance(value, dict):
+        return {key: clone(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [clone(item) for item in value]
+    return value
+
+
 def _may_hold_empty_container(text: str | bytes) -> bool:
     """Whether compact JSON text (as :func:`encode_record` writes it, and the ledger holds it)
     may hold an empty object or list. False means its parse is already in normal form, so the

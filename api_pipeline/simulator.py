@@ -28,8 +28,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from api_pipeline.config import LOOPBACK_HOSTS
-from api_pipeline.dfe_model import RecordValidator, apply_record, clone, load_default_schema
-from api_pipeline.payload import loads_record
+from api_pipeline.dfe_model import RecordValidator, apply_record, load_default_schema
+from api_pipeline.payload import clone, loads_record
 
 RECEIVER_BASE_PATH = "/children-in-social-care-data-receiver-test/1"
 MAX_RECORDS_PER_REQUEST = 100
