@@ -1,10 +1,14 @@
 """Batches in flight: sent on ``MAX_IN_FLIGHT`` threads, their outcomes written back in the
 order they were sent on one more thread, while the run prepares the next ones.
 
-A row becomes ``sent`` only when DfE returned a receipt for it (DESIGN §7). Each batch's
-outcomes and ledger entries are written in one transaction. A batch that fails for good
-stops the sending: nothing queued after it goes to DfE, and what the batches already sent
-did get acknowledged is still written back.
+A row becomes ``sent`` only when DfE returned a receipt for it (DESIGN §7). Before a batch
+is sent, its children are recorded in the in-flight table, with what DfE may hold once it
+lands; each batch's outcomes, ledger entries and the settling of those records are written
+in one transaction after DfE answers. A child whose record is never settled (the answer or
+its write-back lost, the process stopped) is *in doubt*, and the next run sends what makes
+DfE equal the table from either version. A batch that fails for good stops the sending:
+nothing queued after it goes to DfE, and what the batches already sent did get
+acknowledged is still written back.
 """
 
 from __future__ import annotations
@@ -15,14 +19,14 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from api_pipeline import reasons
 from api_pipeline.api import BatchAborted, Outcome
 from api_pipeline.errors import PipelineError
 from api_pipeline.runs import RunSummary
-from api_pipeline.staging import LedgerEntry, RowUpdate, StagingRow, StagingTable
+from api_pipeline.staging import InFlight, LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.timestamps import utc_now
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,7 @@ class Item:
     record: dict
     body: bytes
     purge: bool
+    outline_json: str  # what DfE may hold once the request lands, for the in-flight table
     ledger_json: str | None = None
     ledger_hash: bytes | None = None  # SHA-256 of ledger_json's UTF-8 text
 
@@ -65,10 +70,8 @@ class _InFlight:
 
     batch_id: str
     batch: list[Item]
-    updates: list[RowUpdate]
     future: Future
     started: float
-    adopted: list[LedgerEntry] = field(default_factory=list)  # written with the batch, whatever its fate
 
 
 @dataclass
@@ -97,20 +100,30 @@ class Batches:
         self._failed = threading.Event()  # set by a send thread when its batch failed for good
         self._send_seconds: dict[str, float] = {}  # batch id -> how long its sending took, retries included
 
-    def submit(self, batch_id: str, batch: list[Item], updates: list[RowUpdate], adopted: list[LedgerEntry]) -> None:
-        """Hand a batch to the send pool; its outcomes are written back with ``updates`` and ``adopted``.
+    def submit(
+        self,
+        batch_id: str,
+        batch: list[Item],
+        updates: list[RowUpdate],
+        adopted: list[LedgerEntry],
+        in_flight: list[InFlight],
+    ) -> None:
+        """Record ``in_flight`` (with ``updates`` and ``adopted``, in the same transaction), then hand
+        the batch to the send pool; its outcomes are written back once DfE answers.
 
+        Nothing is sent unless its children are recorded first (DESIGN §7, batches in doubt).
         Waits while twice ``MAX_IN_FLIGHT`` batches are not yet written back; raises the first
         batch's failure for good.
         """
         assert self._executor is not None and self._writer is not None
         if self._failed.is_set():  # an earlier batch failed for good: send no more
             self.drain()
+        self.write(updates, adopted, in_flight=in_flight)
         future = self._executor.submit(self._send, [i.body for i in batch], batch_id)
         while self._sends and self._sends[0].done():
             self._sends.popleft()
         self._sends.append(future)
-        flight = _InFlight(batch_id, batch, updates, future, time.monotonic(), adopted)
+        flight = _InFlight(batch_id, batch, future, time.monotonic())
         self._written.append(self._writer.submit(self._complete, flight))
         # The send pool keeps MAX_IN_FLIGHT requests going; as many batches again may wait
         # their turn, so the run keeps preparing while the writer catches up.
@@ -128,10 +141,18 @@ class Batches:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    def write(self, updates: list[RowUpdate], ledger: list[LedgerEntry]) -> None:
-        """Write row updates and ledger entries in one transaction (when the run writes), then report progress."""
-        if self.writes and (updates or ledger):
-            skipped = self.table.write_back(updates, ledger)
+    def write(
+        self,
+        updates: list[RowUpdate],
+        ledger: list[LedgerEntry],
+        *,
+        in_flight: list[InFlight] | None = None,
+        settled: list[str] | None = None,
+    ) -> None:
+        """Write row updates, ledger entries and in-flight changes in one transaction (when the
+        run writes), then report progress."""
+        if self.writes and (updates or ledger or in_flight or settled):
+            skipped = self.table.write_back(updates, ledger, in_flight=in_flight or (), settled=settled or ())
             if skipped:
                 self.summary.outcomes["changed_during_run"] += skipped
                 log.info("%d rows changed in the table during the run; they stay pending for the next run", skipped)
@@ -159,21 +180,23 @@ class Batches:
 
     def _complete(self, flight: _InFlight) -> None:
         """Wait for one batch's answer and write its outcomes back, in one transaction."""
-        ledger: list[LedgerEntry] = list(flight.adopted)
+        updates: list[RowUpdate] = []
+        ledger: list[LedgerEntry] = []
         try:
             outcomes = flight.future.result()
         except CancelledError:  # never sent, as the run stopped first: its rows stay pending
             self.summary.outcomes["failed"] += len(flight.batch)
-            self.write(flight.updates, ledger)
+            self.write(updates, ledger, settled=[i.la_child_id for i in flight.batch if not i.row.in_doubt])
             return
         except BatchAborted as exc:
             # The run stops (its send thread has said so); first record what DfE did acknowledge.
-            self._settle_aborted(flight, exc.outcomes, ledger)
+            self._settle_aborted(flight, exc.outcomes)
             raise exc.error from None
         except PipelineError:  # stopped before sending (the run lock was lost): nothing settled
-            self._settle_aborted(flight, [], ledger)
+            self._settle_aborted(flight, [])
             raise
-        counts = settle(list(zip(flight.batch, outcomes, strict=True)), flight.updates, ledger)
+        settled: list[str] = []
+        counts = settle(list(zip(flight.batch, outcomes, strict=True)), updates, ledger, settled)
         self.summary.outcomes.update(counts)
         log.info(
             "batch %s: %d records, %s (%.2f s)",
@@ -182,12 +205,16 @@ class Batches:
             ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
             self._send_seconds.pop(flight.batch_id, time.monotonic() - flight.started),
         )
-        self.write(flight.updates, ledger)
+        self.write(updates, ledger, settled=settled)
 
-    def _settle_aborted(self, flight: _InFlight, settled: list[Outcome], ledger: list[LedgerEntry]) -> None:
-        self.summary.outcomes["failed"] += len(flight.batch) - len(settled)  # left pending
-        self.summary.outcomes.update(settle([(flight.batch[o.index], o) for o in settled], flight.updates, ledger))
-        self.write(flight.updates, ledger)
+    def _settle_aborted(self, flight: _InFlight, outcomes: list[Outcome]) -> None:
+        """Write back what DfE answered before the batch had to stop; its other children stay in flight."""
+        updates: list[RowUpdate] = []
+        ledger: list[LedgerEntry] = []
+        settled: list[str] = []
+        self.summary.outcomes["failed"] += len(flight.batch) - len(outcomes)  # left pending
+        self.summary.outcomes.update(settle([(flight.batch[o.index], o) for o in outcomes], updates, ledger, settled))
+        self.write(updates, ledger, settled=settled)
 
     def _await_oldest(self) -> None:
         """Wait until the oldest batch is written back; if it failed, stop sending and settle the rest."""
@@ -206,9 +233,17 @@ class Batches:
             raise
 
 
-def settle(pairs: list[tuple[Item, Outcome]], updates: list[RowUpdate], ledger: list[LedgerEntry]) -> Counter:
+def settle(
+    pairs: list[tuple[Item, Outcome]], updates: list[RowUpdate], ledger: list[LedgerEntry], settled: list[str]
+) -> Counter:
     """What DfE's answers make of the rows: a row update each (and a ledger entry for each
-    receipt) added to ``updates`` and ``ledger``; returns the count of each outcome."""
+    receipt) added to ``updates`` and ``ledger``; returns the count of each outcome.
+
+    A receipt settles its child's in-flight record (the ledger says what DfE holds). So does a
+    rejection, which DfE stored nothing of, for a child that was not in doubt before the batch
+    (``settled``); one that was stays in doubt. Any other answer may have been stored or not:
+    the child stays in flight, in doubt, until a later run settles it.
+    """
     counts: Counter = Counter()
     now = utc_now()
     for item, outcome in pairs:
@@ -243,6 +278,8 @@ def settle(pairs: list[tuple[Item, Outcome]], updates: list[RowUpdate], ledger: 
             updates.append(
                 RowUpdate.unsent(row, in_case_of(row.submission_status, "error"), f"{reasons.REJECTED}{outcome.error}")
             )
+            if not row.in_doubt:
+                settled.append(item.la_child_id)
         else:
             counts["failed"] += 1
             updates.append(RowUpdate.unsent(row, "", f"{reasons.WILL_RETRY}: {outcome.error}"))

@@ -19,6 +19,9 @@ from api_pipeline.dialects import (
     Dialect,
     check_table_name_length,
     dialect_named,
+    in_flight_ddl,
+    in_flight_index_ddl,
+    in_flight_name,
     ledger_ddl,
     ledger_index_ddl,
     ledger_name,
@@ -67,7 +70,8 @@ def test_db(settings: Settings, ctx: Any) -> int:
 
 
 def test_schema(settings: Settings, ctx: Any) -> int:
-    """Check the staging table (the live one or an ``_anon`` copy: it is just TABLE_NAME) and the ledger.
+    """Check the staging table (the live one or an ``_anon`` copy: it is just TABLE_NAME), the ledger
+    and the in-flight table.
 
     Lists every missing or unusable column with the exact DDL that fixes it for
     this DBMS. Exit 3 when the tool could not run against the table as it is.
@@ -95,6 +99,13 @@ def test_schema(settings: Settings, ctx: Any) -> int:
                 ctx.print(_indent(format_ddl(statement) + ";", "    "))
         else:
             problems += _report(ctx, f"ledger table {table.ledger}", ledger_issues)
+        in_flight_issues = table.in_flight_issues()
+        if in_flight_issues is None:
+            ctx.print(f"in-flight table {table.in_flight}: not created yet; 'run' creates it, or a DBA runs:")
+            for statement in (in_flight_ddl(d, table.in_flight), in_flight_index_ddl(d, table.in_flight)):
+                ctx.print(_indent(format_ddl(statement) + ";", "    "))
+        else:
+            problems += _report(ctx, f"in-flight table {table.in_flight}", in_flight_issues)
         if issues is not None and not any(i.blocking for i in issues):
             first = table.first_contact()
             if first.total:
@@ -145,12 +156,14 @@ def _report_filtered_indexes(ctx: Any, db: Database, table: str) -> None:
 def tables_ddl(dialect: Dialect, table: str) -> list[tuple[str, str, str]]:
     """(what, name, DDL) for every table the tool uses, in creation order. Each DDL creates only if missing."""
     check_table_name_length(dialect, table)
-    ledger, lock = ledger_name(table), lock_table_name(table)
+    ledger, in_flight, lock = ledger_name(table), in_flight_name(table), lock_table_name(table)
     return [
         ("staging table", table, staging_ddl(dialect, table)),
         (_person_index(dialect), table, staging_index_ddl(dialect, table)),
         ("ledger table", ledger, ledger_ddl(dialect, ledger)),
         ("index on staging_id", ledger, ledger_index_ddl(dialect, ledger)),
+        ("in-flight table", in_flight, in_flight_ddl(dialect, in_flight)),
+        ("index on staging_id", in_flight, in_flight_index_ddl(dialect, in_flight)),
         ("run lock table", lock, lock_ddl(dialect, lock)),
     ]
 
@@ -171,7 +184,7 @@ def init_db(
     sample: int | None = None,
     append: bool = False,
 ) -> int:
-    """Create the staging table (with its person_id index), the ledger and the run lock table.
+    """Create the staging table (with its person_id index), the ledger, the in-flight table and the run lock table.
 
     Creates only what is missing; never drops or alters an existing table.
     ``print_only`` prints the DDL for a DBA to review instead; with ``dialect``

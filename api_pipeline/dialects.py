@@ -1,8 +1,9 @@
 """SQL dialects and table definitions: every difference between SQLite, SQL Server and PostgreSQL.
 
-The staging table's and the ledger's columns are declared once (:data:`STAGING_SPEC`,
-:data:`LEDGER_SPEC`); the DDL that creates them, the checks that say whether an
-existing table can be used and the DDL that fixes one are all derived from that.
+The staging table's, the ledger's and the in-flight table's columns are declared once
+(:data:`STAGING_SPEC`, :data:`LEDGER_SPEC`, :data:`IN_FLIGHT_SPEC`); the DDL that creates
+them, the checks that say whether an existing table can be used and the DDL that fixes one
+are all derived from that.
 """
 
 from __future__ import annotations
@@ -82,6 +83,16 @@ LEDGER_SPEC = (
     Column("receipt", "text", MAX_RECEIPT_LENGTH, min_size=MAX_RECEIPT_LENGTH),
     Column("acknowledged_at", "timestamp"),
     Column("purged", "flag", nullable=False, default="0"),
+)
+# Children in a batch sent (or about to be) whose outcome is not written back yet: written before
+# the batch goes, deleted with the batch's write-back. An entry left behind is a child in doubt
+# (DESIGN §7): DfE holds the ledger's record or what the outline adds to it.
+IN_FLIGHT_SPEC = (
+    Column("la_child_id", "text", 36, min_size=20, nullable=False),
+    Column("staging_id", "int"),
+    Column("batch_id", "text", 64, min_size=40),
+    Column("outline_json", "long_text", nullable=False),
+    Column("recorded_at", "timestamp"),
 )
 STAGING_COLUMNS = tuple(c.name for c in STAGING_SPEC)
 # Columns the tool cannot work without; legacy_id, current_hash and last_updated are optional.
@@ -533,6 +544,15 @@ def ledger_name(table: str) -> str:
     return f"{table}_ledger"
 
 
+def in_flight_name(table: str) -> str:
+    """Batches in flight, and in doubt once left behind: ``<table>_in_flight``."""
+    return f"{table}_in_flight"
+
+
+def in_flight_index_name(in_flight: str) -> str:
+    return f"ix_{in_flight.rsplit('.', 1)[-1]}_row"
+
+
 def lock_table_name(table: str) -> str:
     """The run lock table beside the staging table: ``<table>_run_lock``."""
     return f"{table}_run_lock"
@@ -548,7 +568,11 @@ def ledger_index_name(ledger: str) -> str:
 
 # The longest of those names adds this much to the staging table's own name.
 DERIVED_NAME_EXTRA = max(
-    len(ledger_name("")), len(lock_table_name("")), len(person_index_name("")), len(ledger_index_name(ledger_name("")))
+    len(ledger_name("")),
+    len(lock_table_name("")),
+    len(person_index_name("")),
+    len(ledger_index_name(ledger_name(""))),
+    len(in_flight_index_name(in_flight_name(""))),
 )
 
 
@@ -562,8 +586,8 @@ def check_table_name_length(dialect: Dialect, table: str) -> None:
     if len(name) > longest or len(schema) > limit:
         raise ConfigError(
             f"TABLE_NAME: {table} is too long for {dialect.label}, which keeps names of at most {limit} "
-            "characters: the ledger, run lock table and index the tool makes beside the staging table are "
-            f"named after it (..._ledger, ..._run_lock, ix_..._ledger_staging_id), so its name may have at most "
+            "characters: the tables and indexes the tool makes beside the staging table are named after it "
+            f"(..._ledger, ..._in_flight, ..._run_lock, ix_..._ledger_staging_id), so its name may have at most "
             f"{longest} characters (this one has {max(len(name), len(schema))}). Use a shorter name for the staging "
             "table"
         )
@@ -588,6 +612,18 @@ def ledger_index_ddl(dialect: Dialect, ledger: str) -> str:
     """The ledger by staging row: how a run knows a row whose person_id is not its child's
     la_child_id already has its entry, without reading the row's record."""
     return dialect.create_index_if_missing(ledger_index_name(ledger), ledger, "staging_id")
+
+
+def in_flight_ddl(dialect: Dialect, in_flight: str) -> str:
+    """Children in batches sent and not yet settled (DESIGN §7, batches in doubt)."""
+    columns = [dialect.column_definition(c) for c in IN_FLIGHT_SPEC]
+    columns[0] += " PRIMARY KEY"
+    return dialect.create_table_if_missing(in_flight, ", ".join(columns))
+
+
+def in_flight_index_ddl(dialect: Dialect, in_flight: str) -> str:
+    """The entries by staging row, for a row whose person_id is not its child's la_child_id."""
+    return dialect.create_index_if_missing(in_flight_index_name(in_flight), in_flight, "staging_id")
 
 
 LOCK_NAME_SIZE = 128  # the run lock table's lock_name column

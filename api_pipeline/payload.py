@@ -394,6 +394,75 @@ def request_for(current: dict, held: dict | None, *, delta: bool) -> dict | None
     return _delta_of_normal(current, held) if delta else _full_of_normal(current, held)
 
 
+# --------------------------------------------------------------------------------------
+# outlines: what a child's record may leave DfE holding, as far as purges care
+
+
+def outline(record: Any) -> dict:
+    """The parts of ``record`` a purge can name: its blocks (as ``True``) and the ids of its
+    id'd items, level by level (DESIGN §7, batches in doubt).
+
+    Of a request, what DfE holds from it once it lands, beyond what DfE held before: purged
+    items and blocks are left out, and a child purge outlines to ``{}``. Of a whole record
+    (the ledger's), what DfE holds. Sending the whole current record with purges for every
+    part in an outline (:func:`request_for` with the outline as ``held``) makes DfE equal the
+    record whatever subset of those parts it holds.
+    """
+    if type(record) is not dict or record.get(PURGE) is True:
+        return {}
+    return _outline(record, RECORD)
+
+
+def _outline(node: dict, level: str) -> dict:
+    out: dict[str, Any] = {}
+    for key, id_key in STRUCTURE[level].items():
+        held = node.get(key, _MISSING)
+        if held is _MISSING:
+            continue
+        if id_key is None:
+            if not (type(held) is dict and held.get(PURGE) is True):
+                out[key] = True
+            continue
+        if type(held) is not list:
+            continue
+        sub = key if key in STRUCTURE else None
+        items = []
+        for item in held:
+            if type(item) is not dict or type(item.get(id_key)) is not str or item.get(PURGE) is True:
+                continue
+            part = {id_key: item[id_key]}
+            if sub is not None:
+                part.update(_outline(item, sub))
+            items.append(part)
+        if items:
+            out[key] = items
+    return out
+
+
+def outline_union(a: dict, b: dict) -> dict:
+    """Every part either outline (or record: see :func:`outline`) names, as one outline."""
+    return _union(outline(a), outline(b), RECORD)
+
+
+def _union(a: dict, b: dict, level: str) -> dict:
+    out = dict(a)
+    for key, id_key in STRUCTURE[level].items():
+        if key not in b:
+            continue
+        if id_key is None or key not in a:
+            out[key] = b[key]
+            continue
+        by_id = {item[id_key]: item for item in a[key]}
+        for item in b[key]:
+            ident = item[id_key]
+            if ident in by_id and key in STRUCTURE:
+                by_id[ident] = _union(by_id[ident], item, key)
+            else:
+                by_id.setdefault(ident, item)
+        out[key] = list(by_id.values())
+    return out
+
+
 def build_purge(la_child_id: str, mis_child_id: str | None = None) -> dict:
     """The record that makes DfE delete a child (``mis_child_id`` only when known)."""
     out: dict[str, Any] = {"la_child_id": la_child_id}

@@ -35,12 +35,14 @@ from api_pipeline.payload import (
     load_normal,
     normal_form,
     normalise,
+    outline,
+    outline_union,
     request_for,
 )
 from api_pipeline.rows import DUPLICATE_CHILD, Identities, Invalid, Later, Skip, child_of, parse_payload
 from api_pipeline.runs import RunSummary, write_private
 from api_pipeline.schema import RecordValidator, generalise_path
-from api_pipeline.staging import LedgerEntry, RowUpdate, StagingRow, StagingTable
+from api_pipeline.staging import InFlight, LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.timestamps import utc_now, utc_stamp
 
 log = logging.getLogger(__name__)
@@ -274,7 +276,7 @@ class Pipeline:
         ledger_json, ledger_hash = full.decode("utf-8"), hashlib.sha256(full).digest()
         inherited = None
         if not row.ledger_found:
-            if row.is_sent and _unchanged_since_sent(row):
+            if row.is_sent and _unchanged_since_sent(row) and not row.in_doubt:
                 self._adopt(row, la_child_id, mis_child_id, ledger_json, ledger_hash)
                 return None
             inherited = self._inherited(row, la_child_id)
@@ -288,12 +290,20 @@ class Pipeline:
         if duplicates:
             raise Invalid(f"{duplicates[0]}: the same id appears twice in this list", "duplicate id in a list")
         body: dict | None
-        if not row.ledger_found:
+        held = inherited if not row.ledger_found else self._baseline(row)
+        if row.in_doubt:
+            # DfE holds what the ledger says or what a batch whose answer was lost made of it
+            # (DESIGN §7): the whole record, with purges for every part either may hold, makes
+            # it equal the table from both. Never "already up to date".
+            self.summary.resent_in_doubt += 1
+            log.info("row %s (child %s): DfE's copy is in doubt; sending the whole record", row.id, row.person_id)
+            body = request_for(record, outline_union(held or {}, self._in_flight_outline(row)), delta=False)
+        elif not row.ledger_found:
             # First contact (DESIGN §4): the whole record, plus purges for whatever the earlier
             # tool's last copy has and the record now lacks, in either mode.
             body = request_for(record, inherited, delta=False)
         else:
-            body = request_for(record, self._baseline(row), delta=self.options.partial)
+            body = request_for(record, held, delta=self.options.partial)
         if body is None:
             self._mark_unchanged(row)
             return None
@@ -311,9 +321,30 @@ class Pipeline:
             record=body,
             body=encoded,
             purge=False,
+            outline_json=self._outline_json(row, body),
             ledger_json=ledger_json,
             ledger_hash=ledger_hash,
         )
+
+    def _in_flight_outline(self, row: StagingRow) -> dict:
+        """What a batch in doubt may have left DfE holding for this row's child, beyond the ledger."""
+        try:
+            found = load_normal(row.in_flight_outline or "{}")
+        except ValueError:
+            found = None
+        if not isinstance(found, dict):
+            # Not what this tool writes: nothing to purge by, but the record still goes whole.
+            log.warning("row %s: the in-flight entry for child %s is unreadable", row.id, row.person_id)
+            return {}
+        return found
+
+    def _outline_json(self, row: StagingRow, body: dict) -> str:
+        """The in-flight entry for sending ``body`` (DESIGN §7): what DfE may hold once it lands,
+        beyond the ledger's record, with what an earlier batch in doubt may have left."""
+        parts = outline(body)
+        if row.in_doubt:
+            parts = outline_union(self._in_flight_outline(row), parts)
+        return encode_record(parts).decode("utf-8")
 
     def _inherited(self, row: StagingRow, la_child_id: str) -> dict | None:
         """What an earlier tool last sent for a child this tool has not: ``previous_json_payload``
@@ -356,7 +387,7 @@ class Pipeline:
         if not la_child_id:
             raise Invalid(reasons.PURGE_WITHOUT_ID, "purge without id")
         row = self.identities.identify(row, la_child_id.strip())
-        if row.ledger_purged:
+        if row.ledger_purged and not row.in_doubt:
             return None  # found by its la_child_id: DfE has already deleted this child
         body = build_purge(la_child_id, mis_child_id)
         errors = self.validator.errors(body)
@@ -369,6 +400,7 @@ class Pipeline:
             record=body,
             body=encode_record(body),
             purge=True,
+            outline_json=self._outline_json(row, body),
         )
 
     def _baseline(self, row: StagingRow) -> dict | None:
@@ -423,7 +455,9 @@ class Pipeline:
                 self.summary.outcomes["dry_run"] += len(batch)
             self.batches.write(updates, adopted)
             return
-        self.batches.submit(batch_id, batch, updates, adopted)
+        now = utc_now()
+        in_flight = [InFlight(i.la_child_id, i.row.id, batch_id, i.outline_json, now) for i in batch]
+        self.batches.submit(batch_id, batch, updates, adopted, in_flight)
 
     def _write_for_review(self, batch_id: str, batch: list[Item]) -> None:
         folder = self.options.dry_run_dir

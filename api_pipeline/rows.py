@@ -199,7 +199,7 @@ class Identities:
         return self._ledger_elsewhere(row, child)
 
     def _ledger_elsewhere(self, row: StagingRow, child: str) -> StagingRow:
-        """``row`` with the ledger entry of ``child``, for a row the join by person_id could not match.
+        """``row`` with the ledger and in-flight entries of ``child``, for a row the join by person_id could not match.
 
         The ledger names the row that last sent each child: another row that still holds the
         same child makes this one a duplicate.
@@ -213,4 +213,4 @@ class Identities:
             if other == child:
                 self.duplicates.add(child)
                 raise Skip(*DUPLICATE_CHILD)
-        return row.with_ledger(entry)
+        return row.with_ledger(entry, self.table.in_flight_outline(child))

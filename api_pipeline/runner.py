@@ -125,17 +125,22 @@ def prepare_review_folder(folder: Path) -> None:
 
 
 def check_ledger(table: StagingTable) -> None:
-    """Refuse before sending when the ledger cannot hold what is written to it (a receipt too long).
+    """Refuse before sending when the ledger or the in-flight table cannot hold what is written
+    to it (a receipt too long).
 
     Found only at write-back, that would be after DfE had taken the records: every run.
     """
-    blocking = [issue for issue in table.ledger_issues() or [] if issue.blocking]
-    if blocking:
-        first = blocking[0]
-        raise DatabaseError(
-            f"the ledger table {table.ledger} cannot hold what the tool writes to it: {first.column} {first.reason}. "
-            "Nothing was sent. Run test-schema for the statement that fixes it"
-        )
+    for what, name, issues in (
+        ("ledger table", table.ledger, table.ledger_issues()),
+        ("in-flight table", table.in_flight, table.in_flight_issues()),
+    ):
+        blocking = [issue for issue in issues or [] if issue.blocking]
+        if blocking:
+            first = blocking[0]
+            raise DatabaseError(
+                f"the {what} {name} cannot hold what the tool writes to it: {first.column} {first.reason}. "
+                "Nothing was sent. Run test-schema for the statement that fixes it"
+            )
 
 
 def check_live_interlock(settings: Settings) -> None:

@@ -186,6 +186,9 @@ class RunSummary:
     fatal_error: str | None = None
     exit_code: int | None = None
     stopped_early: bool = False
+    # Children whose copy at DfE was in doubt (an earlier batch's answer was not recorded),
+    # sent whole with purges for whatever that batch may have left (DESIGN §7).
+    resent_in_doubt: int = 0
 
     @property
     def problems(self) -> int:
@@ -219,6 +222,14 @@ class RunSummary:
             f"not sent (will retry) {o['failed']}, changed during the run {o['changed_during_run']}"
             + (f", written for review {o['dry_run']}" if self.dry_run else "")
             + (f", not reached (stopped early) {o['not_reached']}" if self.stopped_early else ""),
+            *(
+                [
+                    f"  {plural(self.resent_in_doubt, 'child', 'children')} in doubt from an earlier run (its answer "
+                    "was not recorded) sent whole, with purges for whatever that batch may have left"
+                ]
+                if self.resent_in_doubt
+                else []
+            ),
             *(
                 f"  problem: {key}: {plural(count, 'row')}, "
                 f"e.g. row id {', '.join(map(str, self.examples.get(key, [])))}"

@@ -55,6 +55,7 @@ class Fault(str, Enum):
     DROP = "drop"  # the connection is closed with no response at all
     GARBAGE = "garbage"  # 200 with an HTML body; nothing stored
     SHORT_RECEIPTS = "short_receipts"  # stored normally, one receipt too few
+    LOST_ANSWER = "lost_answer"  # stored normally, then the connection is closed with no response
     EXPIRE_TOKENS = "expire_tokens"  # every issued token is revoked first
     TOKEN_500 = "token_500"  # noqa: S105 (not a password) - consumed by the next token POST instead
 
@@ -527,6 +528,8 @@ class Simulator:
         problems = self._problems(records) or self._store_batch(records)
         if problems:
             return _Reply(400, "\n".join(problems).encode("utf-8"), "text/plain; charset=utf-8")
+        if fault is Fault.LOST_ANSWER:
+            return _Reply(0, drop=True)
         receipts = [self._receipt() for _ in records]
         if fault is Fault.SHORT_RECEIPTS:
             receipts.pop()

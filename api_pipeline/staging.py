@@ -20,14 +20,19 @@ from api_pipeline import catalogue, reasons
 from api_pipeline.db import Database, validate_table_name
 from api_pipeline.dialects import (
     BINARY,
+    IN_FLIGHT_SPEC,
     LEDGER_SPEC,
     LONG_TEXT,
     MAX_NOTE_LENGTH,
     REQUIRED_COLUMNS,
     STAGING_SPEC,
     ColumnIssue,
+    Kinds,
     check_columns,
     check_table_name_length,
+    in_flight_ddl,
+    in_flight_index_ddl,
+    in_flight_name,
     ledger_ddl,
     ledger_index_ddl,
     ledger_name,
@@ -40,8 +45,9 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 500
 # Parameters per statement in bulk writes: under SQLite's historical limit of 999.
 MAX_PARAMETERS = 900
-# The ledger's columns after its key, in the order write-back binds them.
+# The ledger's and the in-flight table's columns after their key, in the order write-back binds them.
 _LEDGER_VALUES = tuple(c.name for c in LEDGER_SPEC[1:])
+_IN_FLIGHT_VALUES = tuple(c.name for c in IN_FLIGHT_SPEC[1:])
 _STATE = "LOWER(COALESCE(t.row_state, ''))"
 _STATUS = "LOWER(COALESCE(t.submission_status, ''))"
 # How SQLite and PostgreSQL refuse ON CONFLICT (la_child_id) when that column is not a key.
@@ -51,6 +57,17 @@ _NO_CONFLICT_KEY = re.compile(r"ON CONFLICT clause does not match|no unique or e
 def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
+
+
+@dataclass(frozen=True)
+class _Joined:
+    """The staging table ``t`` joined to the ledger ``l`` and the in-flight table ``f``, and what
+    the joins say of a row's child, as SQL conditions."""
+
+    source: str
+    unknown: str  # the ledger has no entry for the child
+    not_purged: str  # the ledger has not recorded the child's purge
+    in_doubt: str  # the in-flight table has an entry for the child (or for the row)
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,13 @@ class StagingRow:
     previous_json_payload: Any = None
     api_response: str | None = None
     submission_timestamp: Any = None
+    # The in-flight table's outline for this child (DESIGN §7): a batch that carried it was sent
+    # and never settled, so DfE may hold what it outlines besides the ledger's record. None: not in doubt.
+    in_flight_outline: str | None = None
+
+    @property
+    def in_doubt(self) -> bool:
+        return self.in_flight_outline is not None
 
     @property
     def is_deleted(self) -> bool:
@@ -82,8 +106,9 @@ class StagingRow:
     def is_sent(self) -> bool:
         return (self.submission_status or "").strip().lower() == "sent"
 
-    def with_ledger(self, entry: LedgerEntry | None) -> StagingRow:
-        """This row with ``entry`` as what DfE holds (for a child the join by person_id could not find)."""
+    def with_ledger(self, entry: LedgerEntry | None, in_flight_outline: str | None) -> StagingRow:
+        """This row with ``entry`` as what DfE holds and ``in_flight_outline`` as what it may hold
+        besides (for a child the join by person_id could not find)."""
         if entry is None:
             return replace(
                 self,
@@ -92,6 +117,7 @@ class StagingRow:
                 ledger_receipt=None,
                 ledger_acknowledged_at=None,
                 ledger_found=False,
+                in_flight_outline=in_flight_outline,
             )
         return replace(
             self,
@@ -100,6 +126,7 @@ class StagingRow:
             ledger_receipt=entry.receipt,
             ledger_acknowledged_at=entry.acknowledged_at,
             ledger_found=True,
+            in_flight_outline=in_flight_outline,
         )
 
 
@@ -115,6 +142,22 @@ class LedgerEntry:
     receipt: str
     acknowledged_at: datetime
     purged: bool
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """One child of a batch about to be sent: what DfE may hold once it lands (DESIGN §7).
+
+    ``outline_json`` is :func:`api_pipeline.payload.outline` of the request (with what an earlier
+    entry for the child outlined, if any): with the ledger's record, every part DfE may then
+    hold, which is all a run needs to make DfE equal the table whichever version it has.
+    """
+
+    la_child_id: str
+    staging_id: int
+    batch_id: str
+    outline_json: str
+    recorded_at: datetime
 
 
 @dataclass(frozen=True)
@@ -179,9 +222,11 @@ class StagingTable:
         self.table = validate_table_name(table)
         check_table_name_length(db.dialect, self.table)
         self.ledger = validate_table_name(ledger or ledger_name(table))
+        self.in_flight = validate_table_name(in_flight_name(table))
         self._has_ledger: bool | None = None
+        self._has_in_flight: bool | None = None
         self._current_hash: bool | None = None
-        self._upsert_ledger = True
+        self._keyed = {self.ledger: True, self.in_flight: True}  # False: made by hand with no key to upsert on
 
     # -- schema -------------------------------------------------------------
 
@@ -191,10 +236,14 @@ class StagingTable:
             self.db.execute(staging_ddl(self.db.dialect, self.table))
 
     def create_ledger(self) -> None:
+        """The ledger and the in-flight table beside it (each only if missing)."""
+        d = self.db.dialect
         with self.db.transaction():
-            self.db.execute(ledger_ddl(self.db.dialect, self.ledger))
-            self.db.execute(ledger_index_ddl(self.db.dialect, self.ledger))
-        self._has_ledger = True
+            self.db.execute(ledger_ddl(d, self.ledger))
+            self.db.execute(ledger_index_ddl(d, self.ledger))
+            self.db.execute(in_flight_ddl(d, self.in_flight))
+            self.db.execute(in_flight_index_ddl(d, self.in_flight))
+        self._has_ledger = self._has_in_flight = True
 
     def _has_current_hash(self) -> bool:
         if self._current_hash is None:
@@ -206,18 +255,26 @@ class StagingTable:
             self._has_ledger = catalogue.column_names(self.db, self.ledger) is not None
         return self._has_ledger
 
+    def has_in_flight(self) -> bool:
+        if self._has_in_flight is None:
+            self._has_in_flight = catalogue.column_names(self.db, self.in_flight) is not None
+        return self._has_in_flight
+
     def ensure_ledger(self) -> None:
-        """Create the ledger when it is missing; never alters an existing table."""
-        if self.has_ledger():
+        """Create the ledger and the in-flight table where missing; never alters an existing table."""
+        tables = ((self.ledger, self.has_ledger()), (self.in_flight, self.has_in_flight()))
+        missing = [name for name, there in tables if not there]
+        if not missing:
             return
         try:
             self.create_ledger()
         except DatabaseError as exc:
             raise DatabaseError(
-                f"the submission ledger table {self.ledger} does not exist and could not be created "
-                f"({exc}). Ask your DBA to create it: csc-api-pipeline init-db --print"
+                f"the table{'s' if len(missing) > 1 else ''} {' and '.join(missing)} the tool keeps beside the "
+                f"staging table could not be created ({exc}). Ask your DBA to create "
+                f"{'them' if len(missing) > 1 else 'it'}: csc-api-pipeline init-db --print"
             ) from None
-        log.info("created the submission ledger table %s", self.ledger)
+        log.info("created %s", " and ".join(missing))
 
     def missing_columns(self) -> list[str] | None:
         """Required columns the staging table lacks; None when the table itself is missing."""
@@ -249,6 +306,11 @@ class StagingTable:
         """The same for the ledger; None when it does not exist yet."""
         present = catalogue.columns(self.db, self.ledger)
         return None if present is None else check_columns(self.db.dialect, self.ledger, LEDGER_SPEC, present)
+
+    def in_flight_issues(self) -> list[ColumnIssue] | None:
+        """The same for the in-flight table; None when it does not exist yet."""
+        present = catalogue.columns(self.db, self.in_flight)
+        return None if present is None else check_columns(self.db.dialect, self.in_flight, IN_FLIGHT_SPEC, present)
 
     # -- reading --------------------------------------------------------------
 
@@ -284,20 +346,23 @@ class StagingTable:
 
         Candidates: every row not yet ``sent``/``invalid`` (any case); deleted children whose
         purge DfE has not acknowledged; and rows an earlier tool marked ``sent`` whose child
-        has no ledger entry yet (switch-over: adopted into the ledger, DESIGN §4). The ledger
-        is joined as ``l`` on the trimmed person_id (its columns are NULL when it does not exist
-        yet: read-only runs do not create it). A row whose person_id is not its record's
-        la_child_id is found in the ledger by its staging id instead.
+        has no ledger entry yet (switch-over: adopted into the ledger, DESIGN §4); and children
+        in doubt (DESIGN §7), whatever their status says, unless their record is ``invalid``.
+        The ledger is joined as ``l`` and the in-flight table as ``f`` on the trimmed person_id
+        (their columns are NULL when they do not exist yet: read-only runs do not create them).
+        A row whose person_id is not its record's la_child_id is found in both by its staging
+        id instead.
         """
-        source, unknown, not_purged = self._joined()
+        j = self._joined()
         if all_rows:
-            return source, "1 = 1"
+            return j.source, "1 = 1"
         wanted = (
             f"({_STATE} <> 'deleted' AND {_STATUS} NOT IN ('sent', 'invalid')) "
-            f"OR ({_STATE} = 'deleted' AND {not_purged}) "
-            f"OR ({_STATE} <> 'deleted' AND {_STATUS} = 'sent' AND {unknown})"
+            f"OR ({_STATE} = 'deleted' AND {j.not_purged}) "
+            f"OR ({_STATE} <> 'deleted' AND {_STATUS} = 'sent' AND {j.unknown}) "
+            f"OR ({j.in_doubt} AND ({_STATE} = 'deleted' OR {_STATUS} <> 'invalid'))"
         )
-        return source, wanted
+        return j.source, wanted
 
     def candidates_from_where(self, *, all_rows: bool = False) -> str:
         """``FROM … WHERE …`` selecting the rows a run would read (no parameters)."""
@@ -350,24 +415,35 @@ class StagingTable:
             return int(acknowledged or 0), int(purged or 0), last
         return 0, 0, None
 
-    def _joined(self) -> tuple[str, str, str]:
-        """The staging table ``t`` joined to the ledger ``l``; the conditions "the ledger has
-        no entry for this row's child" and "the ledger has not recorded its purge"."""
-        if not self.has_ledger():
+    def _joined(self) -> _Joined:
+        """The staging table ``t`` joined to the ledger ``l`` and the in-flight table ``f``."""
+        person = self.db.dialect.trim("t.person_id")
+        if self.has_ledger():
+            source = f"{self.table} t LEFT JOIN {self.ledger} l ON l.la_child_id = {person}"
+            by_row = f"SELECT 1 FROM {self.ledger} r WHERE r.staging_id = t.id"
+            unknown = f"l.la_child_id IS NULL AND NOT EXISTS ({by_row})"
+            not_purged = f"(l.purged IS NULL OR l.purged = 0) AND NOT EXISTS ({by_row} AND r.purged = 1)"
+        else:
             source = (
                 f"{self.table} t LEFT JOIN (SELECT NULL AS la_child_id, NULL AS record_json, "
                 "CAST(NULL AS INTEGER) AS purged, NULL AS receipt, NULL AS acknowledged_at) l ON 1 = 0"
             )
-            return source, "1 = 1", "1 = 1"
-        source = f"{self.table} t LEFT JOIN {self.ledger} l ON l.la_child_id = {self.db.dialect.trim('t.person_id')}"
-        by_row = f"SELECT 1 FROM {self.ledger} r WHERE r.staging_id = t.id"
-        unknown = f"l.la_child_id IS NULL AND NOT EXISTS ({by_row})"
-        not_purged = f"(l.purged IS NULL OR l.purged = 0) AND NOT EXISTS ({by_row} AND r.purged = 1)"
-        return source, unknown, not_purged
+            unknown = not_purged = "1 = 1"
+        if self.has_in_flight():
+            source += f" LEFT JOIN {self.in_flight} f ON f.la_child_id = {person}"
+            in_doubt = (
+                f"(f.la_child_id IS NOT NULL OR EXISTS (SELECT 1 FROM {self.in_flight} g WHERE g.staging_id = t.id))"
+            )
+        else:
+            source += " LEFT JOIN (SELECT NULL AS la_child_id, NULL AS outline_json) f ON 1 = 0"
+            in_doubt = "1 = 0"
+        return _Joined(source, unknown, not_purged, in_doubt)
 
     def first_contact(self) -> FirstContact:
-        """Children the ledger has no entry for yet (switch-over), by what the next run will do."""
-        source, unknown, _ = self._joined()
+        """Children the ledger has no entry for yet (switch-over), by what the next run will do
+        (children in doubt aside: they are sent whole, with purges, whatever else holds)."""
+        j = self._joined()
+        source, unknown = j.source, f"{j.unknown} AND NOT {j.in_doubt}"
         same = self.db.dialect.same_columns("t.previous_json_payload", "t.json_payload")
         live = f"{_STATE} <> 'deleted'"
         cases = (
@@ -385,7 +461,7 @@ class StagingTable:
     _CANDIDATE_COLUMNS = (
         "t.id, t.person_id, t.json_payload, t.submission_status, t.row_state, "
         "l.record_json, l.purged, l.receipt, l.acknowledged_at, l.la_child_id, "
-        "t.previous_json_payload, t.api_response, t.submission_timestamp"
+        "t.previous_json_payload, t.api_response, t.submission_timestamp, f.outline_json"
     )
 
     @staticmethod
@@ -404,6 +480,7 @@ class StagingTable:
             previous_json_payload=row[10],
             api_response=row[11],
             submission_timestamp=row[12],
+            in_flight_outline=None if row[13] is None else str(row[13]),
         )
 
     def iter_candidates(
@@ -462,6 +539,21 @@ class StagingTable:
             )
         return None
 
+    def in_flight_outline(self, la_child_id: str) -> str | None:
+        """The in-flight table's outline for one child: not None means the child is in doubt."""
+        if not self.has_in_flight():
+            return None
+        found = self.db.scalar(f"SELECT outline_json FROM {self.in_flight} WHERE la_child_id = ?", (la_child_id,))
+        return None if found is None else str(found)
+
+    def in_doubt_totals(self) -> tuple[int, Any]:
+        """Children in doubt, and when the oldest of their batches was recorded (``status``)."""
+        if not self.has_in_flight():
+            return 0, None
+        for children, oldest in self.db.query(f"SELECT COUNT(*), MIN(recorded_at) FROM {self.in_flight}"):
+            return int(children or 0), oldest
+        return 0, None
+
     # -- writing --------------------------------------------------------------
 
     def _locked_rows(self, row_ids: Sequence[int]) -> dict[int, tuple[Any, str | None]]:
@@ -482,19 +574,8 @@ class StagingTable:
         return found
 
     def _write_ledger(self, ledger: Sequence[LedgerEntry]) -> None:
-        """Replace these children's ledger entries (inside the caller's transaction).
-
-        SQLite and PostgreSQL update each entry in place (``ON CONFLICT ... DO UPDATE``), which
-        leaves the key's index alone and dirties half the pages a delete and insert would;
-        SQL Server, and a ledger whose ``la_child_id`` is not a key, delete and insert.
-        """
+        """Replace these children's ledger entries (inside the caller's transaction)."""
         d = self.db.dialect
-        upsert = self._upsert_ledger and d.upserts
-        if not upsert:
-            for chunk in _chunks([e.la_child_id for e in ledger], MAX_PARAMETERS):
-                marks = ", ".join("?" * len(chunk))
-                self.db.execute(f"DELETE FROM {self.ledger} WHERE la_child_id IN ({marks})", chunk)
-        ledger_kinds = (None, None, None, LONG_TEXT, BINARY, None, None, None)
         values = [
             (
                 e.la_child_id,
@@ -508,49 +589,105 @@ class StagingTable:
             )
             for e in ledger
         ]
-        insert = f"INSERT INTO {self.ledger} (la_child_id, {', '.join(_LEDGER_VALUES)}) VALUES "
-        marks = "(?, ?, ?, ?, ?, ?, ?, ?)"
+        self._upsert(self.ledger, _LEDGER_VALUES, values, (None, None, None, LONG_TEXT, BINARY, None, None, None))
+
+    def _write_in_flight(self, entries: Sequence[InFlight]) -> None:
+        """Record these children as in flight (inside the caller's transaction)."""
+        d = self.db.dialect
+        values = [
+            (e.la_child_id, e.staging_id, e.batch_id, e.outline_json, d.timestamp_param(e.recorded_at)) for e in entries
+        ]
+        self._upsert(self.in_flight, _IN_FLIGHT_VALUES, values, (None, None, None, LONG_TEXT, None))
+
+    def _settle_in_flight(self, children: Sequence[str]) -> None:
+        """These children's batches are settled: DfE's copy is known again (inside the caller's transaction)."""
+        for chunk in _chunks(sorted(set(children)), MAX_PARAMETERS):
+            marks = ", ".join("?" * len(chunk))
+            self.db.execute(f"DELETE FROM {self.in_flight} WHERE la_child_id IN ({marks})", chunk)
+
+    def _upsert(self, table: str, columns: Sequence[str], values: list[tuple[Any, ...]], kinds: Kinds) -> None:
+        """Insert these rows into ``table`` (the ledger or the in-flight table, keyed on la_child_id,
+        the first value of each row), replacing any with the same key (inside the caller's transaction).
+
+        SQLite and PostgreSQL update each row in place (``ON CONFLICT ... DO UPDATE``), which
+        leaves the key's index alone and dirties half the pages a delete and insert would;
+        SQL Server, and a table whose ``la_child_id`` is not a key, delete and insert.
+        """
+        upsert = self._keyed[table] and self.db.dialect.upserts
+        if not upsert:
+            for chunk in _chunks([row[0] for row in values], MAX_PARAMETERS):
+                marks = ", ".join("?" * len(chunk))
+                self.db.execute(f"DELETE FROM {table} WHERE la_child_id IN ({marks})", chunk)
+        insert = f"INSERT INTO {table} (la_child_id, {', '.join(columns)}) VALUES "
+        marks = "(" + ", ".join("?" * len(kinds)) + ")"
         on_conflict = ""
         if upsert:
-            updates = ", ".join(f"{c} = excluded.{c}" for c in _LEDGER_VALUES)
+            updates = ", ".join(f"{c} = excluded.{c}" for c in columns)
             on_conflict = f" ON CONFLICT (la_child_id) DO UPDATE SET {updates}"
         if self.db.fast_executemany:  # one parameter array: as fast as it gets
-            self.db.executemany(insert + marks + on_conflict, values, kinds=ledger_kinds)
+            self.db.executemany(insert + marks + on_conflict, values, kinds=kinds)
         else:  # a multi-row VALUES: one round trip where executemany makes one per row
-            for rows in _chunks(values, MAX_PARAMETERS // len(ledger_kinds)):
+            for rows in _chunks(values, MAX_PARAMETERS // len(kinds)):
                 self.db.execute(
                     insert + ", ".join([marks] * len(rows)) + on_conflict,
                     [value for row in rows for value in row],
-                    kinds=ledger_kinds * len(rows),
+                    kinds=tuple(kinds) * len(rows),
                 )
 
-    def write_back(self, updates: Sequence[RowUpdate], ledger: Sequence[LedgerEntry]) -> int:
-        """Write one batch's outcomes and ledger entries in one transaction.
+    def write_back(
+        self,
+        updates: Sequence[RowUpdate],
+        ledger: Sequence[LedgerEntry],
+        *,
+        in_flight: Sequence[InFlight] = (),
+        settled: Sequence[str] = (),
+    ) -> int:
+        """Write row updates, ledger entries and the in-flight table's changes in one transaction.
 
-        Returns how many row updates were skipped because the council's SQL
-        changed the row since it was read (those rows stay pending). A transaction the
-        database rolled back as a deadlock victim, or one that waited too long for the
+        Before a batch is sent: ``in_flight``, its children (DESIGN §7), with any notes and
+        adoptions that are ready. After DfE answered: the batch's outcomes and ledger entries,
+        and ``settled``, the children whose batch no longer leaves DfE's copy in doubt (a ledger
+        entry settles its child too). Returns how many row updates were skipped because the
+        council's SQL changed the row since it was read (those rows stay pending). A transaction
+        the database rolled back as a deadlock victim, or one that waited too long for the
         staging SQL's locks, is written again from the start (Database.retry_conflicts).
         """
-        return self.db.retry_conflicts(lambda: self._write_back_once(updates, ledger), "writing back a batch")
+        return self.db.retry_conflicts(
+            lambda: self._write_back_once(updates, ledger, in_flight, settled), "writing back a batch"
+        )
 
-    def _write_back_once(self, updates: Sequence[RowUpdate], ledger: Sequence[LedgerEntry]) -> int:
-        try:
-            return self._write_back(updates, ledger)
-        except DatabaseError as exc:
-            # A ledger made by hand without its primary key: nothing was written (the
-            # transaction rolled back); delete and insert from now on.
-            if not (self._upsert_ledger and ledger and _NO_CONFLICT_KEY.search(str(exc))):
-                raise
-            self._upsert_ledger = False
-            log.warning(
-                "the ledger table %s has no primary key on la_child_id; writing it the slower way. "
-                "csc-api-pipeline init-db --print shows the DDL it should have",
-                self.ledger,
-            )
-            return self._write_back(updates, ledger)
+    def _write_back_once(
+        self,
+        updates: Sequence[RowUpdate],
+        ledger: Sequence[LedgerEntry],
+        in_flight: Sequence[InFlight],
+        settled: Sequence[str],
+    ) -> int:
+        while True:
+            try:
+                return self._write_back(updates, ledger, in_flight, settled)
+            except DatabaseError as exc:
+                # A table made by hand without its primary key: nothing was written (the
+                # transaction rolled back); delete and insert from now on.
+                keyless = [t for t, rows in ((self.ledger, ledger), (self.in_flight, in_flight)) if rows]
+                keyless = [t for t in keyless if self._keyed[t]]
+                if not (keyless and _NO_CONFLICT_KEY.search(str(exc))):
+                    raise
+                for table in keyless:
+                    self._keyed[table] = False
+                log.warning(
+                    "the table %s has no primary key on la_child_id; writing it the slower way. "
+                    "csc-api-pipeline init-db --print shows the DDL it should have",
+                    " or ".join(keyless),
+                )
 
-    def _write_back(self, updates: Sequence[RowUpdate], ledger: Sequence[LedgerEntry]) -> int:
+    def _write_back(
+        self,
+        updates: Sequence[RowUpdate],
+        ledger: Sequence[LedgerEntry],
+        in_flight: Sequence[InFlight],
+        settled: Sequence[str],
+    ) -> int:
         d = self.db.dialect
         t = self.table
         # previous_hash takes current_hash, as the earlier tools and the council's SQL do;
@@ -620,6 +757,11 @@ class StagingTable:
         with self.db.transaction():
             if ledger:
                 self._write_ledger(ledger)
+            done = [e.la_child_id for e in ledger] + list(settled)
+            if done and self.has_in_flight():
+                self._settle_in_flight(done)
+            if in_flight:
+                self._write_in_flight(in_flight)
             # The optimistic check, in bulk: the batch's rows are read once under a write lock;
             # those still as they were read are updated together (executemany); any other
             # row is updated on its own so the database's own comparison decides and is counted.

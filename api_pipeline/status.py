@@ -209,6 +209,10 @@ STATUS_JSON_KEYS: dict[str, str] = {
     "what it has and the record lacks.",
     "ledger.rows_without_entry.whole": "Waiting, never sent: sent whole.",
     "ledger.rows_without_entry.purge": "Deleted children: purged.",
+    "ledger.children_in_doubt": "Children in a batch that was sent but whose answer was never recorded: DfE may "
+    "hold the ledger's record or the batch's. The next run sends each whole, with purges for whatever that batch "
+    "may have left.",
+    "ledger.in_doubt_since": "When the oldest of those batches was sent, or null.",
     "runs": "The latest runs, from the run summaries in the log folder.",
     "runs.log_dir": "The log folder read.",
     "runs.recent": "One entry per run, newest first (status --runs N: how many).",
@@ -246,6 +250,8 @@ class StatusReport:
     children_purged: int | None = None
     last_acknowledged: datetime | None = None
     first_contact: FirstContact | None = None
+    children_in_doubt: int = 0
+    in_doubt_since: datetime | None = None
     log_dir: str = ""
     runs: list[dict[str, Any]] = field(default_factory=list)
     skipped_summaries: list[str] = field(default_factory=list)  # "file: why" for each summary left out
@@ -272,6 +278,8 @@ class StatusReport:
                 "children_purged": self.children_purged,
                 "last_acknowledged_at": _iso(self.last_acknowledged),
                 "rows_without_entry": None if self.first_contact is None else asdict(self.first_contact),
+                "children_in_doubt": self.children_in_doubt,
+                "in_doubt_since": _iso(self.in_doubt_since),
             },
             "runs": {
                 "log_dir": self.log_dir,
@@ -401,6 +409,8 @@ def collect_status(
         report.last_acknowledged = parse_timestamp(last)
 
     report.first_contact = table.first_contact()
+    report.children_in_doubt, since = table.in_doubt_totals()
+    report.in_doubt_since = parse_timestamp(since)
     summaries, report.skipped_summaries = read_run_summaries(log_dir, runs)
     report.runs = [run_row(s) for s in summaries]
     return report
@@ -503,6 +513,13 @@ def format_status(report: StatusReport) -> list[str]:
     if report.first_contact is not None and report.first_contact.total:
         out.append(f"Rows whose child has no ledger entry yet: {report.first_contact.total}. The next run:")
         out.extend(report.first_contact.lines())
+    if report.children_in_doubt:
+        since = f" (the oldest since {_when(report.in_doubt_since)})" if report.in_doubt_since else ""
+        out.append(
+            f"In doubt: {plural(report.children_in_doubt, 'child', 'children')} in a batch that was sent but whose "
+            f"answer was never recorded{since}. DfE holds the ledger's record or that batch's; the next run sends "
+            "each whole, with purges for whatever the batch may have left."
+        )
 
     out.append("")
     if report.runs:
@@ -549,9 +566,10 @@ def status_command(settings: Settings, ctx: Any, *, runs: int = 10, as_json: boo
     - ``pending``: ``{rows, oldest_last_updated, oldest_age_seconds, last_updated_column}``:
       the rows the next run would read; the oldest ``last_updated`` among them, or null
     - ``ledger``: ``{table, exists, children_acknowledged, children_purged, last_acknowledged_at,
-      rows_without_entry}`` (counts null when the ledger does not exist yet); ``rows_without_entry``
-      is ``{adopt, changed_since_sent, with_purges, whole, purge}``: rows whose child has no ledger
-      entry yet (as after switching from an earlier tool), by what the next run does with them
+      rows_without_entry, children_in_doubt, in_doubt_since}`` (counts null when the ledger does not
+      exist yet); ``rows_without_entry`` is ``{adopt, changed_since_sent, with_purges, whole, purge}``:
+      rows whose child has no ledger entry yet (as after switching from an earlier tool), by what the
+      next run does with them; ``children_in_doubt``: children in a batch sent but never settled
     - ``runs``: ``{log_dir, recent: [{run_id, started_at, seconds, dry_run, rows_read, sent,
       purged, failed, invalid, rejected, skipped, exit_code}], unreadable_summaries}``, newest first
     """

@@ -24,7 +24,10 @@ from api_pipeline.payload import (
     build_full,
     build_purge,
     normalise,
+    outline,
+    outline_union,
     records_equal,
+    request_for,
 )
 from api_pipeline.synthetic import make_child
 from api_pipeline.synthetic_changes import mutate
@@ -269,6 +272,50 @@ def test_delta_is_order_blind(pair: tuple[dict, dict]) -> None:
     shuffled.get("social_care_episodes", []).reverse()
     assert build_delta(shuffled, new) is None
     assert (build_delta(shuffled, old) is None) == (build_delta(new, old) is None)
+
+
+@st.composite
+def nights_in_doubt(draw: st.DrawFn) -> tuple[dict, list[dict]]:
+    """What DfE acknowledged for a child (the ledger), then one to three records for it, each
+    sent in a batch whose answer was lost: each a blend of the one before and a fresh one."""
+    ledger, first = draw(PAIRS)
+    later = [first]
+    for _ in range(draw(st.integers(0, 2))):
+        later.append(_blend(draw, later[-1], draw(SMALL_RECORD), level=""))
+    return ledger, later
+
+
+@PROPERTY_SETTINGS
+@given(nights_in_doubt(), st.booleans(), st.booleans())
+def test_a_child_in_doubt_converges_whichever_version_dfe_holds(
+    case: tuple[dict, list[dict]], partial: bool, purged_before: bool
+) -> None:
+    """DESIGN §7: after batches whose answers were lost, DfE holds the ledger's record or what
+    any of them made of it; the request built from the ledger and the in-flight outline makes
+    DfE hold the table's current record from every one of those, and the outline stays small."""
+    ledger_record, versions = case
+    held = None if purged_before else normalise(ledger_record)
+    possible: list[dict | None] = [None if held is None else held_by_dfe(held)]
+    pending: dict | None = None  # the in-flight table's outline: None until a batch is lost
+    for current in versions:
+        current = normalise(current)
+        if pending is None:
+            sent = request_for(current, held, delta=partial)
+        else:
+            sent = request_for(current, outline_union(held or {}, pending), delta=False)
+        if sent is None:  # nothing to send: DfE holds the current record already
+            assert pending is None and records_equal(held, current)
+            continue
+        # The answer is lost: DfE holds any of the earlier possibilities, or what this request made of one.
+        landed = [after(version or {}, sent) for version in possible]
+        assert all(records_equal(version, current) for version in landed)
+        possible += landed
+        pending = outline_union(pending or {}, outline(sent))
+    final = normalise(versions[-1])
+    if pending is not None:
+        settled = request_for(final, outline_union(held or {}, pending), delta=False)
+        for version in possible:
+            assert records_equal(after(version or {}, settled), final), canonical_json(version or {})
 
 
 # Small JSON values whose lists are often only reordered and whose strings hold "[" too, so

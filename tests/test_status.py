@@ -15,7 +15,7 @@ from api_pipeline.db import Database
 from api_pipeline.demo import load_children
 from api_pipeline.errors import DatabaseError, ExitCode
 from api_pipeline.schema import load_bundled_schema
-from api_pipeline.staging import LedgerEntry, StagingTable
+from api_pipeline.staging import InFlight, LedgerEntry, StagingTable
 from api_pipeline.status import (
     HIDDEN_REASON,
     ReasonKeys,
@@ -110,6 +110,9 @@ def known_state(staging: Staging) -> Staging:
         ]
         entries.append(LedgerEntry(children[6]["la_child_id"], None, 7, None, None, "receipt-p", at, True))
         table.write_back([], entries)
+        # 5 (Sent) was in a later batch whose answer was lost: in doubt, so read again.
+        lost = datetime(2026, 3, 9, 2, 0, 5)
+        table.write_back([], [], in_flight=[InFlight(children[4]["la_child_id"], 5, "run-00002", "{}", lost)])
     return staging
 
 
@@ -155,8 +158,8 @@ def test_status_json_has_counts_problems_age_ledger_and_runs(known_state, tmp_pa
         ("Error", f"rejected by DfE: {HIDDEN_REASON}"): (1, [12]),
         ("Pending", "skipped: duplicate child"): (1, [2]),
     }
-    # Pending: 1, 2, 3 (new), 8 (updated), 9 (deleted, purge not acknowledged), 12 (error: retried).
-    assert report["pending"]["rows"] == 6
+    # Pending: 1, 2, 3 (new), 5 (in doubt), 8 (updated), 9 (deleted, purge not acknowledged), 12 (error: retried).
+    assert report["pending"]["rows"] == 7
     assert report["pending"]["oldest_last_updated"] == "2026-03-07T08:00:00"
     assert report["pending"]["oldest_age_seconds"] == (3 * 24 + 4) * 3600
     assert report["ledger"] == {
@@ -167,6 +170,8 @@ def test_status_json_has_counts_problems_age_ledger_and_runs(known_state, tmp_pa
         "last_acknowledged_at": "2026-03-08T21:04:33",
         # Rows whose child the ledger does not know: 1, 2, 3, 8 and 12 are sent whole, 9 purged.
         "rows_without_entry": {"adopt": 0, "changed_since_sent": 0, "with_purges": 0, "whole": 5, "purge": 1},
+        "children_in_doubt": 1,
+        "in_doubt_since": "2026-03-09T02:00:05",
     }
     recent = report["runs"]["recent"]
     assert [r["run_id"] for r in recent] == ["20260310T020000Z", "20260309T020000Z"]  # newest first, --runs 2
@@ -192,10 +197,11 @@ def test_status_text_output(known_state, tmp_path):
     row = {line.split()[0]: line.split()[1:] for line in matrix}
     assert row["Pending"] == ["3", "1", "-", "1", "5"]
     assert row["total"] == ["6", "1", "3", "2", "12"]
-    assert "Waiting to be sent: 6 rows; the oldest was last updated" in out
+    assert "Waiting to be sent: 7 rows; the oldest was last updated" in out
     assert "invalid: social_care_episodes[].child_protection_plans[].end_reason" in out
     assert "skipped: duplicate child" in out
     assert f"Submission ledger {t}_ledger: 3 children acknowledged by DfE, 1 purged" in out
+    assert "In doubt: 1 child in a batch that was sent but whose answer was never recorded" in out
     assert "Last 3 runs" in out and "2026-03-10 02:00" in out and "1 h 06 min" in out and "1 min 15 s" in out
     assert "(1 run summary file could not be read and was left out.)" in out
 
@@ -234,7 +240,8 @@ def test_count_candidates_matches_what_a_run_reads(known_state):
     with known_state.open() as db:
         table = StagingTable(db, known_state.table)
         read = [row.id for row in table.iter_candidates()]
-        assert table.count_candidates() == len(read) == 6
+        assert table.count_candidates() == len(read) == 7
+        assert 5 in read  # sent, but in doubt
         assert table.count_candidates(limit=4) == 4
         assert table.count_candidates(all_rows=True) == 12
 

@@ -1,0 +1,248 @@
+"""Batches in doubt (DESIGN §7, issue 22): DfE took a batch, but the table never learnt it.
+
+The answer is lost on the wire (DfE stored the batch, then every retry got a 500), or the
+write-back of the answer fails. The council's SQL then changes those children again, back to
+what the ledger says or onwards, before the next run. Each time, the next run must make DfE
+hold exactly the table's data, whichever version DfE ended up with, and the run after that
+must send nothing. Against the real simulator over loopback, on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from api_pipeline.dfe_model import load_default_schema
+from api_pipeline.errors import ExitCode, PipelineError
+from api_pipeline.payload import clone, records_equal
+from api_pipeline.runner import execute_run
+from api_pipeline.simulator import Simulator
+from api_pipeline.staging import StagingTable
+from api_pipeline.synthetic import make_children
+from conftest import Staging, settings_for
+
+CHILDREN = 30
+
+
+def no_wait(_seconds: float) -> None:
+    """Retries wait for nothing in these tests."""
+
+
+def grown(record: dict, tag: str) -> dict:
+    """The record after a night that added parts: a new episode, a new item in every episode,
+    an adoption block, and a changed detail. Every new id carries ``tag``."""
+    out = clone(record)
+    episodes = out["social_care_episodes"]
+    for number, episode in enumerate(episodes):
+        episode.setdefault("child_protection_plans", []).append(
+            {"child_protection_plan_id": f"P{tag}{number}", "start_date": "2026-04-01", "purge": False}
+        )
+        episode["adoption"] = {"initial_decision_date": "2026-04-02"}
+    extra = clone(episodes[0])
+    extra["social_care_episode_id"] = f"E{tag}"
+    episodes.append(extra)
+    out["child_details"]["postcode"] = "ZZ9 9ZZ"
+    return out
+
+
+def onwards(record: dict, tag: str) -> dict:
+    """A later night that changed the record again and no longer has what ``grown`` added."""
+    out = clone(record)
+    out["child_details"]["first_name"] = f"Name{tag}"
+    return out
+
+
+def lose_the_answer(sim: Simulator) -> None:
+    """DfE stores the next batch but its answer never arrives; every retry then gets a 500."""
+    sim.inject("lost_answer")
+    sim.inject("500", times=10)
+
+
+def children_posts(sim: Simulator) -> int:
+    return sum(1 for e in sim.request_log() if e.path.endswith("/children"))
+
+
+def converged(sim: Simulator, staging: Staging) -> list[str]:
+    """Children whose record at DfE is not the table's (deleted children must be gone)."""
+    held = sim.snapshot()
+    wrong = []
+    for row in staging.rows():
+        record = json.loads(row["json_payload"])
+        child = record["la_child_id"]
+        if (row["row_state"] or "").lower() == "deleted":
+            if child in held:
+                wrong.append(child)
+        elif not records_equal(held.get(child), record):
+            wrong.append(child)
+    return wrong
+
+
+def in_flight(staging: Staging) -> dict[str, dict]:
+    with staging.open() as db:
+        table = StagingTable(db, staging.table)
+        return {
+            row[0]: json.loads(row[1]) for row in db.query(f"SELECT la_child_id, outline_json FROM {table.in_flight}")
+        }
+
+
+def assert_settled(sim: Simulator, staging: Staging, settings) -> None:
+    """The table and DfE agree, nothing is in doubt, and the next run sends nothing."""
+    assert converged(sim, staging) == []
+    assert in_flight(staging) == {}
+    sim.clear_log()
+    again = execute_run(settings)
+    assert children_posts(sim) == 0
+    assert again.problems == 0 and again.outcomes["sent"] == 0
+    assert converged(sim, staging) == []
+
+
+@pytest.mark.parametrize("direction", ["back", "onwards"])
+@pytest.mark.parametrize("mode", ["partial", "full"])
+def test_a_lost_answer_then_the_councils_change_still_converges(staging: Staging, direction: str, mode: str) -> None:
+    children = list(make_children(CHILDREN, seed=221))
+    staging.insert(children)
+    with Simulator() as sim:
+        settings = settings_for(sim, staging, USE_PARTIAL_PAYLOAD="true" if mode == "partial" else "false")
+        first = execute_run(settings)
+        assert first.outcomes["sent"] == CHILDREN
+
+        # The council's SQL adds parts to every child; DfE takes the batch, the answer is lost.
+        second = {c["la_child_id"]: grown(c, "2") for c in children}
+        for child, record in second.items():
+            staging.set_payload(child, record)
+        lose_the_answer(sim)
+        with pytest.raises(PipelineError) as stopped:
+            execute_run(settings, sleep=no_wait)
+        assert stopped.value.exit_code == ExitCode.API
+        held = sim.snapshot()
+        assert all(records_equal(held[child], record) for child, record in second.items())
+        assert {row["submission_status"] for row in staging.rows()} == {"Pending"}
+        assert set(in_flight(staging)) == set(second)  # every child of the batch is in doubt
+        sim.clear_faults()
+
+        # Before the next run, the council's SQL changes them again.
+        for child in children:
+            later = child if direction == "back" else onwards(child, "3")
+            staging.set_payload(child["la_child_id"], later)
+        third = execute_run(settings)
+        assert third.outcomes["sent"] == CHILDREN and third.outcomes["unchanged"] == 0
+        assert third.resent_in_doubt == CHILDREN
+        assert_settled(sim, staging, settings)
+
+
+def test_a_child_purged_then_back_then_deleted_while_in_doubt_is_purged(staging: Staging) -> None:
+    children = list(make_children(6, seed=222))
+    staging.insert(children)
+    gone = children[0]["la_child_id"]
+    with Simulator() as sim:
+        settings = settings_for(sim, staging)
+        execute_run(settings)
+        staging.mark_deleted(gone)
+        assert execute_run(settings).outcomes["purged"] == 1
+        assert staging.ledger()[gone]["purged"]
+
+        # The child comes back; DfE takes it whole, but the answer is lost.
+        staging.set_payload(gone, grown(children[0], "2"))
+        lose_the_answer(sim)
+        with pytest.raises(PipelineError):
+            execute_run(settings, sleep=no_wait)
+        assert gone in sim.snapshot()
+        sim.clear_faults()
+
+        # Deleted again: the ledger says DfE purged it, but DfE may hold it since.
+        staging.mark_deleted(gone)
+        purged = execute_run(settings)
+        assert purged.outcomes["purged"] == 1 and gone not in sim.snapshot()
+        assert_settled(sim, staging, settings)
+
+
+def test_a_lost_purge_then_the_child_back_as_the_ledger_has_it_is_sent(staging: Staging) -> None:
+    children = list(make_children(6, seed=223))
+    staging.insert(children)
+    child = children[1]["la_child_id"]
+    with Simulator() as sim:
+        settings = settings_for(sim, staging)
+        execute_run(settings)
+        staging.mark_deleted(child)
+        lose_the_answer(sim)
+        with pytest.raises(PipelineError):
+            execute_run(settings, sleep=no_wait)
+        assert child not in sim.snapshot()  # DfE purged it; the ledger still has its record
+        sim.clear_faults()
+
+        # The council restores the child exactly as the ledger has it.
+        staging.set_payload(child, children[1])
+        back = execute_run(settings)
+        assert back.outcomes["sent"] == 1 and back.outcomes["unchanged"] == 0
+        assert_settled(sim, staging, settings)
+
+
+def test_a_first_send_in_doubt_purges_what_it_may_have_added(staging: Staging) -> None:
+    """No ledger entry yet: DfE holds nothing or the lost batch's record."""
+    children = list(make_children(8, seed=224))
+    first = [grown(c, "1") for c in children]
+    staging.insert(first)
+    with Simulator() as sim:
+        settings = settings_for(sim, staging)
+        lose_the_answer(sim)
+        with pytest.raises(PipelineError):
+            execute_run(settings, sleep=no_wait)
+        assert len(sim.snapshot()) == len(children)
+        assert staging.ledger() == {}
+        sim.clear_faults()
+
+        # Two nights of changes: previous_json_payload (the earlier tools' baseline) is not what
+        # was sent, and the record now lacks the parts the lost batch carried.
+        for record in children:
+            staging.set_payload(record["la_child_id"], grown(record, "x"))
+            staging.set_payload(record["la_child_id"], record)
+        assert execute_run(settings).outcomes["sent"] == len(children)
+        assert_settled(sim, staging, settings)
+
+
+def test_only_what_dfe_may_hold_stays_in_doubt(staging: Staging) -> None:
+    """A receipt or a rejection settles a child; a batch never sent leaves nothing behind."""
+    children = list(make_children(12, seed=225))
+    children[3]["child_details"]["first_name"] = "Bartholomew-Christopher"
+    # DfE's check is stricter than the published schema here: it refuses that one child.
+    schema = load_default_schema()
+    schema["properties"]["child_details"]["properties"]["first_name"]["maxLength"] = 20
+    staging.insert(children)
+    with Simulator(schema=schema) as sim:
+        settings = settings_for(sim, staging, BATCH_SIZE="4")
+        first = execute_run(settings)
+        assert first.outcomes["sent"] == 11 and first.outcomes["rejected"] == 1
+        assert in_flight(staging) == {}
+
+        # Two batches: the first is lost, the second never goes (the run stops first).
+        for record in children[:8]:
+            night = grown(record, "2")
+            night["child_details"]["first_name"] = "Ann"
+            staging.set_payload(record["la_child_id"], night)
+        lose_the_answer(sim)
+        with pytest.raises(PipelineError):
+            execute_run(settings, sleep=no_wait)
+        assert set(in_flight(staging)) == {c["la_child_id"] for c in children[:4]}
+        sim.clear_faults()
+        execute_run(settings)
+        assert_settled(sim, staging, settings)
+
+
+def test_the_outline_names_only_ids_and_blocks(staging: Staging) -> None:
+    """What the in-flight table holds is no child's data: ids and which blocks exist."""
+    children = list(make_children(3, seed=226))
+    staging.insert(children)
+    with Simulator() as sim:
+        settings = settings_for(sim, staging)
+        lose_the_answer(sim)
+        with pytest.raises(PipelineError):
+            execute_run(settings, sleep=no_wait)
+        entries = in_flight(staging)
+    record = children[0]
+    outline = entries[record["la_child_id"]]
+    text = json.dumps(outline)
+    assert record["child_details"]["first_name"] not in text and record["child_details"]["date_of_birth"] not in text
+    assert outline["child_details"] is True
+    episode = record["social_care_episodes"][0]
+    assert outline["social_care_episodes"][0]["social_care_episode_id"] == episode["social_care_episode_id"]
