@@ -321,8 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
         "test-schema",
         cmd_test_schema,
         "Check the staging table and ledger have the columns the tool needs.",
-        "Checks TABLE_NAME exists with the required columns, and the submission ledger and in-flight table "
-        "beside it; lists anything missing and how to fix it.",
+        "Checks TABLE_NAME exists with the required columns, and the submission ledger and the in-flight and "
+        "in-doubt tables beside it; lists anything missing and how to fix it.",
     )
     demo = add(
         "demo",
@@ -347,11 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     init = add(
         "init-db",
         cmd_init_db,
-        "Create the staging table, ledger, in-flight and run lock tables where missing.",
+        "Create the staging table, ledger, in-flight, in-doubt and run lock tables where missing.",
         "Creates only what is missing, for SQL Server, PostgreSQL or SQLite: the staging table (with an index on "
-        "person_id, unique except on SQL Server), the submission ledger, the in-flight table and the run lock table. "
-        "Never drops or alters a table. The only command that creates a new SQLite database file. With --sample N, "
-        "then adds N synthetic children for a rehearsal.",
+        "person_id, unique except on SQL Server), the submission ledger, the in-flight and in-doubt tables and the "
+        "run lock table. Never drops or alters a table. The only command that creates a new SQLite database file. "
+        "With --sample N, then adds N synthetic children for a rehearsal.",
     )
     init.add_argument("--print", action="store_true", help="Print the DDL for a DBA to review instead of running it.")
     init.add_argument(

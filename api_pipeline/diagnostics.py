@@ -19,8 +19,10 @@ from api_pipeline.dialects import (
     Dialect,
     check_table_name_length,
     dialect_named,
+    in_doubt_ddl,
+    in_doubt_index_ddl,
+    in_doubt_name,
     in_flight_ddl,
-    in_flight_index_ddl,
     in_flight_name,
     ledger_ddl,
     ledger_index_ddl,
@@ -71,7 +73,7 @@ def test_db(settings: Settings, ctx: Any) -> int:
 
 def test_schema(settings: Settings, ctx: Any) -> int:
     """Check the staging table (the live one or an ``_anon`` copy: it is just TABLE_NAME), the ledger
-    and the in-flight table.
+    and the in-flight and in-doubt tables.
 
     Lists every missing or unusable column with the exact DDL that fixes it for
     this DBMS. Exit 3 when the tool could not run against the table as it is.
@@ -99,13 +101,21 @@ def test_schema(settings: Settings, ctx: Any) -> int:
                 ctx.print(_indent(format_ddl(statement) + ";", "    "))
         else:
             problems += _report(ctx, f"ledger table {table.ledger}", ledger_issues)
-        in_flight_issues = table.in_flight_issues()
-        if in_flight_issues is None:
-            ctx.print(f"in-flight table {table.in_flight}: not created yet; 'run' creates it, or a DBA runs:")
-            for statement in (in_flight_ddl(d, table.in_flight), in_flight_index_ddl(d, table.in_flight)):
-                ctx.print(_indent(format_ddl(statement) + ";", "    "))
-        else:
-            problems += _report(ctx, f"in-flight table {table.in_flight}", in_flight_issues)
+        for what, name, found, statements in (
+            ("in-flight table", table.in_flight, table.in_flight_issues(), (in_flight_ddl(d, table.in_flight),)),
+            (
+                "in-doubt table",
+                table.in_doubt,
+                table.in_doubt_issues(),
+                (in_doubt_ddl(d, table.in_doubt), in_doubt_index_ddl(d, table.in_doubt)),
+            ),
+        ):
+            if found is None:
+                ctx.print(f"{what} {name}: not created yet; 'run' creates it, or a DBA runs:")
+                for statement in statements:
+                    ctx.print(_indent(format_ddl(statement) + ";", "    "))
+            else:
+                problems += _report(ctx, f"{what} {name}", found)
         if issues is not None and not any(i.blocking for i in issues):
             first = table.first_contact()
             if first.total:
@@ -156,14 +166,16 @@ def _report_filtered_indexes(ctx: Any, db: Database, table: str) -> None:
 def tables_ddl(dialect: Dialect, table: str) -> list[tuple[str, str, str]]:
     """(what, name, DDL) for every table the tool uses, in creation order. Each DDL creates only if missing."""
     check_table_name_length(dialect, table)
-    ledger, in_flight, lock = ledger_name(table), in_flight_name(table), lock_table_name(table)
+    ledger, lock = ledger_name(table), lock_table_name(table)
+    in_flight, in_doubt = in_flight_name(table), in_doubt_name(table)
     return [
         ("staging table", table, staging_ddl(dialect, table)),
         (_person_index(dialect), table, staging_index_ddl(dialect, table)),
         ("ledger table", ledger, ledger_ddl(dialect, ledger)),
         ("index on staging_id", ledger, ledger_index_ddl(dialect, ledger)),
         ("in-flight table", in_flight, in_flight_ddl(dialect, in_flight)),
-        ("index on staging_id", in_flight, in_flight_index_ddl(dialect, in_flight)),
+        ("in-doubt table", in_doubt, in_doubt_ddl(dialect, in_doubt)),
+        ("index on staging_id", in_doubt, in_doubt_index_ddl(dialect, in_doubt)),
         ("run lock table", lock, lock_ddl(dialect, lock)),
     ]
 
@@ -184,7 +196,8 @@ def init_db(
     sample: int | None = None,
     append: bool = False,
 ) -> int:
-    """Create the staging table (with its person_id index), the ledger, the in-flight table and the run lock table.
+    """Create the staging table (with its person_id index), the ledger, the in-flight and in-doubt tables and
+    the run lock table.
 
     Creates only what is missing; never drops or alters an existing table.
     ``print_only`` prints the DDL for a DBA to review instead; with ``dialect``

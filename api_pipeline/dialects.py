@@ -1,9 +1,9 @@
 """SQL dialects and table definitions: every difference between SQLite, SQL Server and PostgreSQL.
 
-The staging table's, the ledger's and the in-flight table's columns are declared once
-(:data:`STAGING_SPEC`, :data:`LEDGER_SPEC`, :data:`IN_FLIGHT_SPEC`); the DDL that creates
-them, the checks that say whether an existing table can be used and the DDL that fixes one
-are all derived from that.
+The columns of the staging table and of the tables the tool keeps beside it are declared once
+(:data:`STAGING_SPEC`, :data:`LEDGER_SPEC`, :data:`IN_FLIGHT_SPEC`, :data:`IN_DOUBT_SPEC`); the
+DDL that creates them, the checks that say whether an existing table can be used and the DDL
+that fixes one are all derived from that.
 """
 
 from __future__ import annotations
@@ -84,14 +84,22 @@ LEDGER_SPEC = (
     Column("acknowledged_at", "timestamp"),
     Column("purged", "flag", nullable=False, default="0"),
 )
-# Children in a batch sent (or about to be) whose outcome is not written back yet: written before
-# the batch goes, deleted with the batch's write-back. An entry left behind is a child in doubt
-# (DESIGN §7): DfE holds the ledger's record or what the outline adds to it.
+# A batch about to be sent, or sent and not yet written back (DESIGN §7): one row, written before
+# the batch goes and deleted with its write-back; ``children_json`` is each child's id, staging row
+# and outline. A row left behind is a batch in doubt: the next run moves its children to the
+# in-doubt table.
 IN_FLIGHT_SPEC = (
+    Column("batch_id", "text", 64, min_size=40, nullable=False),
+    Column("recorded_at", "timestamp"),
+    Column("children_json", "long_text", nullable=False),
+)
+# Children whose copy at DfE is in doubt: DfE holds the ledger's record, or what a batch whose
+# answer was never recorded made of it, which the outline bounds (its ids and blocks).
+IN_DOUBT_SPEC = (
     Column("la_child_id", "text", 36, min_size=20, nullable=False),
     Column("staging_id", "int"),
-    Column("batch_id", "text", 64, min_size=40),
     Column("outline_json", "long_text", nullable=False),
+    Column("batch_id", "text", 64, min_size=40),
     Column("recorded_at", "timestamp"),
 )
 STAGING_COLUMNS = tuple(c.name for c in STAGING_SPEC)
@@ -545,12 +553,17 @@ def ledger_name(table: str) -> str:
 
 
 def in_flight_name(table: str) -> str:
-    """Batches in flight, and in doubt once left behind: ``<table>_in_flight``."""
+    """Batches being sent: ``<table>_in_flight``."""
     return f"{table}_in_flight"
 
 
-def in_flight_index_name(in_flight: str) -> str:
-    return f"ix_{in_flight.rsplit('.', 1)[-1]}_row"
+def in_doubt_name(table: str) -> str:
+    """Children whose copy at DfE is in doubt: ``<table>_in_doubt``."""
+    return f"{table}_in_doubt"
+
+
+def in_doubt_index_name(in_doubt: str) -> str:
+    return f"ix_{in_doubt.rsplit('.', 1)[-1]}_row"
 
 
 def lock_table_name(table: str) -> str:
@@ -572,7 +585,8 @@ DERIVED_NAME_EXTRA = max(
     len(lock_table_name("")),
     len(person_index_name("")),
     len(ledger_index_name(ledger_name(""))),
-    len(in_flight_index_name(in_flight_name(""))),
+    len(in_flight_name("")),
+    len(in_doubt_index_name(in_doubt_name(""))),
 )
 
 
@@ -587,7 +601,7 @@ def check_table_name_length(dialect: Dialect, table: str) -> None:
         raise ConfigError(
             f"TABLE_NAME: {table} is too long for {dialect.label}, which keeps names of at most {limit} "
             "characters: the tables and indexes the tool makes beside the staging table are named after it "
-            f"(..._ledger, ..._in_flight, ..._run_lock, ix_..._ledger_staging_id), so its name may have at most "
+            f"(..._ledger, ..._in_doubt, ..._run_lock, ix_..._ledger_staging_id), so its name may have at most "
             f"{longest} characters (this one has {max(len(name), len(schema))}). Use a shorter name for the staging "
             "table"
         )
@@ -615,15 +629,22 @@ def ledger_index_ddl(dialect: Dialect, ledger: str) -> str:
 
 
 def in_flight_ddl(dialect: Dialect, in_flight: str) -> str:
-    """Children in batches sent and not yet settled (DESIGN §7, batches in doubt)."""
+    """Batches sent and not yet written back (DESIGN §7, batches in doubt)."""
     columns = [dialect.column_definition(c) for c in IN_FLIGHT_SPEC]
     columns[0] += " PRIMARY KEY"
     return dialect.create_table_if_missing(in_flight, ", ".join(columns))
 
 
-def in_flight_index_ddl(dialect: Dialect, in_flight: str) -> str:
-    """The entries by staging row, for a row whose person_id is not its child's la_child_id."""
-    return dialect.create_index_if_missing(in_flight_index_name(in_flight), in_flight, "staging_id")
+def in_doubt_ddl(dialect: Dialect, in_doubt: str) -> str:
+    """Children whose copy at DfE is in doubt (DESIGN §7)."""
+    columns = [dialect.column_definition(c) for c in IN_DOUBT_SPEC]
+    columns[0] += " PRIMARY KEY"
+    return dialect.create_table_if_missing(in_doubt, ", ".join(columns))
+
+
+def in_doubt_index_ddl(dialect: Dialect, in_doubt: str) -> str:
+    """The children in doubt by staging row, for a row whose person_id is not its child's la_child_id."""
+    return dialect.create_index_if_missing(in_doubt_index_name(in_doubt), in_doubt, "staging_id")
 
 
 LOCK_NAME_SIZE = 128  # the run lock table's lock_name column

@@ -471,8 +471,8 @@ def explain_odbc_error(exc: BaseException, context: OdbcContext | None = None) -
     ):
         text = (
             "the login lacks a permission the tool needs. It needs SELECT and UPDATE on the staging table and "
-            "SELECT, INSERT, UPDATE and DELETE on the tables beside it (ledger, in-flight, run lock), and CREATE "
-            "TABLE only to create them (or a DBA runs 'init-db --print')."
+            "SELECT, INSERT, UPDATE and DELETE on the tables beside it (ledger, in-flight, in-doubt, run lock), and "
+            "CREATE TABLE only to create them (or a DBA runs 'init-db --print')."
         )
     elif state == "22001" or natives & {2628, 8152}:
         text = "a value is too long for its column in the database. Run test-schema to see which column is too small."

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from api_pipeline.payload import (
 from api_pipeline.rows import DUPLICATE_CHILD, Identities, Invalid, Later, Skip, child_of, parse_payload
 from api_pipeline.runs import RunSummary, write_private
 from api_pipeline.schema import RecordValidator, generalise_path
-from api_pipeline.staging import InFlight, LedgerEntry, RowUpdate, StagingRow, StagingTable
+from api_pipeline.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.timestamps import utc_now, utc_stamp
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,8 @@ class Pipeline:
 
     def _run(self) -> RunSummary:
         started = time.monotonic()
+        if self.options.writes:
+            self._take_in_doubt()
         self.identities.find_duplicates()
         deadline = None if self.options.max_runtime is None else started + self.options.max_runtime
         try:
@@ -200,6 +202,43 @@ class Pipeline:
                     )
                     return False
         return True
+
+    def _take_in_doubt(self) -> None:
+        """Batches an earlier run recorded and never wrote back leave their children in doubt
+        (DESIGN §7): moved to the in-doubt table before any row is read, so that each is read
+        again, whatever its status says, and sent whole."""
+        left = self.table.left_in_flight()
+        if not left:
+            return
+        merged: dict[str, InDoubt] = {}
+        for batch in left:
+            if not batch.readable:
+                log.warning(
+                    "the in-flight record of batch %s in %s is not one this tool wrote and is left as it is; its "
+                    "children cannot be told apart, so DfE's copy of them may differ from the table",
+                    batch.batch_id,
+                    self.table.in_flight,
+                )
+                continue
+            for child in batch.children:
+                earlier = merged.get(child.la_child_id)
+                known = earlier.outline_json if earlier else self.table.doubt_outline(child.la_child_id)
+                if known is not None:
+                    what = f"the in-doubt entry for child {child.la_child_id}"
+                    union = outline_union(_outline_of(known, what), _outline_of(child.outline_json, what))
+                    child = replace(child, outline_json=encode_record(union).decode("utf-8"))
+                merged[child.la_child_id] = child
+        landed = [batch.batch_id for batch in left if batch.readable]
+        self.table.write_back([], [], doubt=Doubt(landed=landed, in_doubt=list(merged.values())))
+        log.warning(
+            "%d %s sent by an earlier run never had %s answer recorded (the run stopped, or the answer or the "
+            "database was lost): %s in doubt and sent whole, with purges for whatever %s may have left",
+            len(landed),
+            "batch" if len(landed) == 1 else "batches",
+            "its" if len(landed) == 1 else "their",
+            f"{len(merged)} {'child is' if len(merged) == 1 else 'children are'}",
+            "it" if len(landed) == 1 else "they",
+        )
 
     def _take(self, row: StagingRow) -> None:
         self._last_row_id = max(self._last_row_id, row.id)
@@ -297,7 +336,7 @@ class Pipeline:
             # it equal the table from both. Never "already up to date".
             self.summary.resent_in_doubt += 1
             log.info("row %s (child %s): DfE's copy is in doubt; sending the whole record", row.id, row.person_id)
-            body = request_for(record, outline_union(held or {}, self._in_flight_outline(row)), delta=False)
+            body = request_for(record, outline_union(held or {}, self._doubt_outline(row)), delta=False)
         elif not row.ledger_found:
             # First contact (DESIGN §4): the whole record, plus purges for whatever the earlier
             # tool's last copy has and the record now lacks, in either mode.
@@ -326,24 +365,16 @@ class Pipeline:
             ledger_hash=ledger_hash,
         )
 
-    def _in_flight_outline(self, row: StagingRow) -> dict:
+    def _doubt_outline(self, row: StagingRow) -> dict:
         """What a batch in doubt may have left DfE holding for this row's child, beyond the ledger."""
-        try:
-            found = load_normal(row.in_flight_outline or "{}")
-        except ValueError:
-            found = None
-        if not isinstance(found, dict):
-            # Not what this tool writes: nothing to purge by, but the record still goes whole.
-            log.warning("row %s: the in-flight entry for child %s is unreadable", row.id, row.person_id)
-            return {}
-        return found
+        return _outline_of(row.doubt_outline or "{}", f"row {row.id}: the in-doubt entry for child {row.person_id}")
 
     def _outline_json(self, row: StagingRow, body: dict) -> str:
         """The in-flight entry for sending ``body`` (DESIGN §7): what DfE may hold once it lands,
         beyond the ledger's record, with what an earlier batch in doubt may have left."""
         parts = outline(body)
         if row.in_doubt:
-            parts = outline_union(self._in_flight_outline(row), parts)
+            parts = outline_union(self._doubt_outline(row), parts)
         return encode_record(parts).decode("utf-8")
 
     def _inherited(self, row: StagingRow, la_child_id: str) -> dict | None:
@@ -456,7 +487,7 @@ class Pipeline:
             self.batches.write(updates, adopted)
             return
         now = utc_now()
-        in_flight = [InFlight(i.la_child_id, i.row.id, batch_id, i.outline_json, now) for i in batch]
+        in_flight = [InDoubt(i.la_child_id, i.row.id, i.outline_json, batch_id, now) for i in batch]
         self.batches.submit(batch_id, batch, updates, adopted, in_flight)
 
     def _write_for_review(self, batch_id: str, batch: list[Item]) -> None:
@@ -466,6 +497,19 @@ class Pipeline:
         path = folder / f"batch_{batch_id}.json"
         write_private(path, frame_body(i.body for i in batch))  # whole records: the owner's only
         log.info("batch %s: %d request records written to %s for review", batch_id, len(batch), path)
+
+
+def _outline_of(text: str, what: str) -> dict:
+    """An outline as the tool wrote it; ``{}`` (with a warning naming ``what``) for anything else:
+    nothing to purge by, but the record still goes whole."""
+    try:
+        found = load_normal(text)
+    except ValueError:
+        found = None
+    if not isinstance(found, dict):
+        log.warning("%s is unreadable; the record is sent whole without purges for it", what)
+        return {}
+    return found
 
 
 def _unchanged_since_sent(row: StagingRow) -> bool:

@@ -213,4 +213,4 @@ class Identities:
             if other == child:
                 self.duplicates.add(child)
                 raise Skip(*DUPLICATE_CHILD)
-        return row.with_ledger(entry, self.table.in_flight_outline(child))
+        return row.with_ledger(entry, self.table.doubt_outline(child))

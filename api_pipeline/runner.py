@@ -125,14 +125,15 @@ def prepare_review_folder(folder: Path) -> None:
 
 
 def check_ledger(table: StagingTable) -> None:
-    """Refuse before sending when the ledger or the in-flight table cannot hold what is written
-    to it (a receipt too long).
+    """Refuse before sending when the ledger, or the in-flight or in-doubt table, cannot hold what
+    is written to it (a receipt too long).
 
     Found only at write-back, that would be after DfE had taken the records: every run.
     """
     for what, name, issues in (
         ("ledger table", table.ledger, table.ledger_issues()),
         ("in-flight table", table.in_flight, table.in_flight_issues()),
+        ("in-doubt table", table.in_doubt, table.in_doubt_issues()),
     ):
         blocking = [issue for issue in issues or [] if issue.blocking]
         if blocking:

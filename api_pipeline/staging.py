@@ -9,29 +9,34 @@ DBMSs are :mod:`api_pipeline.dialects`'; the connection is :class:`api_pipeline.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Any
 
 from api_pipeline import catalogue, reasons
 from api_pipeline.db import Database, validate_table_name
 from api_pipeline.dialects import (
     BINARY,
+    IN_DOUBT_SPEC,
     IN_FLIGHT_SPEC,
     LEDGER_SPEC,
     LONG_TEXT,
     MAX_NOTE_LENGTH,
     REQUIRED_COLUMNS,
     STAGING_SPEC,
+    ColumnInfo,
     ColumnIssue,
     Kinds,
     check_columns,
     check_table_name_length,
+    in_doubt_ddl,
+    in_doubt_index_ddl,
+    in_doubt_name,
     in_flight_ddl,
-    in_flight_index_ddl,
     in_flight_name,
     ledger_ddl,
     ledger_index_ddl,
@@ -39,15 +44,16 @@ from api_pipeline.dialects import (
     staging_ddl,
 )
 from api_pipeline.errors import DatabaseError
+from api_pipeline.timestamps import parse_timestamp, utc_now
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 500
 # Parameters per statement in bulk writes: under SQLite's historical limit of 999.
 MAX_PARAMETERS = 900
-# The ledger's and the in-flight table's columns after their key, in the order write-back binds them.
+# The ledger's and the in-doubt table's columns after their key, in the order write-back binds them.
 _LEDGER_VALUES = tuple(c.name for c in LEDGER_SPEC[1:])
-_IN_FLIGHT_VALUES = tuple(c.name for c in IN_FLIGHT_SPEC[1:])
+_IN_DOUBT_VALUES = tuple(c.name for c in IN_DOUBT_SPEC[1:])
 _STATE = "LOWER(COALESCE(t.row_state, ''))"
 _STATUS = "LOWER(COALESCE(t.submission_status, ''))"
 # How SQLite and PostgreSQL refuse ON CONFLICT (la_child_id) when that column is not a key.
@@ -67,7 +73,33 @@ class _Joined:
     source: str
     unknown: str  # the ledger has no entry for the child
     not_purged: str  # the ledger has not recorded the child's purge
-    in_doubt: str  # the in-flight table has an entry for the child (or for the row)
+    in_doubt: str  # the in-doubt table has an entry for the child (or for the row)
+
+
+def _naive(value: datetime) -> datetime:
+    """Comparable with a naive UTC time, whatever the column's type gave."""
+    return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo is not None else value
+
+
+def _children_of(batch_id: str, recorded_at: Any, text: Any) -> list[InDoubt] | None:
+    """The children an in-flight row records; None when it is not what the tool writes."""
+    at = parse_timestamp(recorded_at) or utc_now()
+    try:
+        found = json.loads(str(text))
+        children = [
+            InDoubt(
+                str(child),
+                int(staging_id),
+                json.dumps(outline, ensure_ascii=False, separators=(",", ":")),
+                batch_id,
+                at,
+            )
+            for child, staging_id, outline in found
+            if isinstance(child, str) and isinstance(outline, dict)
+        ]
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return children if len(children) == len(found) else None
 
 
 @dataclass(frozen=True)
@@ -90,13 +122,13 @@ class StagingRow:
     previous_json_payload: Any = None
     api_response: str | None = None
     submission_timestamp: Any = None
-    # The in-flight table's outline for this child (DESIGN §7): a batch that carried it was sent
+    # The in-doubt table's outline for this child (DESIGN §7): a batch that carried it was sent
     # and never settled, so DfE may hold what it outlines besides the ledger's record. None: not in doubt.
-    in_flight_outline: str | None = None
+    doubt_outline: str | None = None
 
     @property
     def in_doubt(self) -> bool:
-        return self.in_flight_outline is not None
+        return self.doubt_outline is not None
 
     @property
     def is_deleted(self) -> bool:
@@ -106,8 +138,8 @@ class StagingRow:
     def is_sent(self) -> bool:
         return (self.submission_status or "").strip().lower() == "sent"
 
-    def with_ledger(self, entry: LedgerEntry | None, in_flight_outline: str | None) -> StagingRow:
-        """This row with ``entry`` as what DfE holds and ``in_flight_outline`` as what it may hold
+    def with_ledger(self, entry: LedgerEntry | None, doubt_outline: str | None) -> StagingRow:
+        """This row with ``entry`` as what DfE holds and ``doubt_outline`` as what it may hold
         besides (for a child the join by person_id could not find)."""
         if entry is None:
             return replace(
@@ -117,7 +149,7 @@ class StagingRow:
                 ledger_receipt=None,
                 ledger_acknowledged_at=None,
                 ledger_found=False,
-                in_flight_outline=in_flight_outline,
+                doubt_outline=doubt_outline,
             )
         return replace(
             self,
@@ -126,7 +158,7 @@ class StagingRow:
             ledger_receipt=entry.receipt,
             ledger_acknowledged_at=entry.acknowledged_at,
             ledger_found=True,
-            in_flight_outline=in_flight_outline,
+            doubt_outline=doubt_outline,
         )
 
 
@@ -145,19 +177,44 @@ class LedgerEntry:
 
 
 @dataclass(frozen=True)
-class InFlight:
-    """One child of a batch about to be sent: what DfE may hold once it lands (DESIGN §7).
+class InDoubt:
+    """One child of a batch in flight, or in doubt: what DfE may hold if the batch landed (DESIGN §7).
 
-    ``outline_json`` is :func:`api_pipeline.payload.outline` of the request (with what an earlier
-    entry for the child outlined, if any): with the ledger's record, every part DfE may then
-    hold, which is all a run needs to make DfE equal the table whichever version it has.
+    ``outline_json`` is :func:`api_pipeline.payload.outline` of the request (with what the child's
+    earlier doubt outlined, if any): with the ledger's record, every part DfE may then hold,
+    which is all a run needs to make DfE equal the table whichever version it has.
     """
 
     la_child_id: str
     staging_id: int
-    batch_id: str
     outline_json: str
+    batch_id: str
     recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class Doubt:
+    """What a write-back changes in the in-flight and in-doubt tables (DESIGN §7, batches in doubt).
+
+    Before a batch is sent: ``in_flight``, its children (one row a batch). Once its outcomes are
+    written back, or it is known never to have been sent: ``landed``, the batch ids whose
+    in-flight rows go; ``in_doubt``, its children DfE may or may not hold it for (no receipt,
+    and no refusal either); ``resolved``, children in doubt before whose receipt came back.
+    """
+
+    in_flight: list[InDoubt] = field(default_factory=list)
+    landed: list[str] = field(default_factory=list)
+    in_doubt: list[InDoubt] = field(default_factory=list)
+    resolved: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LeftInFlight:
+    """A batch an earlier run recorded before sending and never wrote back: its children are in doubt."""
+
+    batch_id: str
+    children: list[InDoubt]  # empty when the record could not be read
+    readable: bool = True
 
 
 @dataclass(frozen=True)
@@ -223,10 +280,11 @@ class StagingTable:
         check_table_name_length(db.dialect, self.table)
         self.ledger = validate_table_name(ledger or ledger_name(table))
         self.in_flight = validate_table_name(in_flight_name(table))
-        self._has_ledger: bool | None = None
-        self._has_in_flight: bool | None = None
+        self.in_doubt = validate_table_name(in_doubt_name(table))
+        # The columns of the tables the tool keeps beside the staging table, read once (None: missing).
+        self._side_columns: dict[str, list[ColumnInfo] | None] = {}
         self._current_hash: bool | None = None
-        self._keyed = {self.ledger: True, self.in_flight: True}  # False: made by hand with no key to upsert on
+        self._keyed = {self.ledger: True, self.in_doubt: True}  # False: made by hand with no key to upsert on
 
     # -- schema -------------------------------------------------------------
 
@@ -236,34 +294,38 @@ class StagingTable:
             self.db.execute(staging_ddl(self.db.dialect, self.table))
 
     def create_ledger(self) -> None:
-        """The ledger and the in-flight table beside it (each only if missing)."""
+        """The ledger and the in-flight and in-doubt tables beside it (each only if missing)."""
         d = self.db.dialect
         with self.db.transaction():
             self.db.execute(ledger_ddl(d, self.ledger))
             self.db.execute(ledger_index_ddl(d, self.ledger))
             self.db.execute(in_flight_ddl(d, self.in_flight))
-            self.db.execute(in_flight_index_ddl(d, self.in_flight))
-        self._has_ledger = self._has_in_flight = True
+            self.db.execute(in_doubt_ddl(d, self.in_doubt))
+            self.db.execute(in_doubt_index_ddl(d, self.in_doubt))
+        self._side_columns.clear()
+        for name in (self.ledger, self.in_flight, self.in_doubt):  # as made (or as they already were)
+            self._columns_of(name)
 
     def _has_current_hash(self) -> bool:
         if self._current_hash is None:
             self._current_hash = "current_hash" in (catalogue.column_names(self.db, self.table) or [])
         return self._current_hash
 
+    def _columns_of(self, side_table: str) -> list[ColumnInfo] | None:
+        if side_table not in self._side_columns:
+            self._side_columns[side_table] = catalogue.columns(self.db, side_table)
+        return self._side_columns[side_table]
+
     def has_ledger(self) -> bool:
-        if self._has_ledger is None:
-            self._has_ledger = catalogue.column_names(self.db, self.ledger) is not None
-        return self._has_ledger
+        return self._columns_of(self.ledger) is not None
 
     def has_in_flight(self) -> bool:
-        if self._has_in_flight is None:
-            self._has_in_flight = catalogue.column_names(self.db, self.in_flight) is not None
-        return self._has_in_flight
+        """Whether the in-flight and in-doubt tables both exist."""
+        return all(self._columns_of(name) is not None for name in (self.in_flight, self.in_doubt))
 
     def ensure_ledger(self) -> None:
-        """Create the ledger and the in-flight table where missing; never alters an existing table."""
-        tables = ((self.ledger, self.has_ledger()), (self.in_flight, self.has_in_flight()))
-        missing = [name for name, there in tables if not there]
+        """Create the ledger and the in-flight and in-doubt tables where missing; never alters an existing table."""
+        missing = [name for name in (self.ledger, self.in_flight, self.in_doubt) if self._columns_of(name) is None]
         if not missing:
             return
         try:
@@ -304,13 +366,18 @@ class StagingTable:
 
     def ledger_issues(self) -> list[ColumnIssue] | None:
         """The same for the ledger; None when it does not exist yet."""
-        present = catalogue.columns(self.db, self.ledger)
+        present = self._columns_of(self.ledger)
         return None if present is None else check_columns(self.db.dialect, self.ledger, LEDGER_SPEC, present)
 
     def in_flight_issues(self) -> list[ColumnIssue] | None:
         """The same for the in-flight table; None when it does not exist yet."""
-        present = catalogue.columns(self.db, self.in_flight)
+        present = self._columns_of(self.in_flight)
         return None if present is None else check_columns(self.db.dialect, self.in_flight, IN_FLIGHT_SPEC, present)
+
+    def in_doubt_issues(self) -> list[ColumnIssue] | None:
+        """The same for the in-doubt table; None when it does not exist yet."""
+        present = self._columns_of(self.in_doubt)
+        return None if present is None else check_columns(self.db.dialect, self.in_doubt, IN_DOUBT_SPEC, present)
 
     # -- reading --------------------------------------------------------------
 
@@ -430,9 +497,9 @@ class StagingTable:
             )
             unknown = not_purged = "1 = 1"
         if self.has_in_flight():
-            source += f" LEFT JOIN {self.in_flight} f ON f.la_child_id = {person}"
+            source += f" LEFT JOIN {self.in_doubt} f ON f.la_child_id = {person}"
             in_doubt = (
-                f"(f.la_child_id IS NOT NULL OR EXISTS (SELECT 1 FROM {self.in_flight} g WHERE g.staging_id = t.id))"
+                f"(f.la_child_id IS NOT NULL OR EXISTS (SELECT 1 FROM {self.in_doubt} g WHERE g.staging_id = t.id))"
             )
         else:
             source += " LEFT JOIN (SELECT NULL AS la_child_id, NULL AS outline_json) f ON 1 = 0"
@@ -480,7 +547,7 @@ class StagingTable:
             previous_json_payload=row[10],
             api_response=row[11],
             submission_timestamp=row[12],
-            in_flight_outline=None if row[13] is None else str(row[13]),
+            doubt_outline=None if row[13] is None else str(row[13]),
         )
 
     def iter_candidates(
@@ -539,20 +606,38 @@ class StagingTable:
             )
         return None
 
-    def in_flight_outline(self, la_child_id: str) -> str | None:
-        """The in-flight table's outline for one child: not None means the child is in doubt."""
+    def doubt_outline(self, la_child_id: str) -> str | None:
+        """The in-doubt table's outline for one child: not None means the child is in doubt."""
         if not self.has_in_flight():
             return None
-        found = self.db.scalar(f"SELECT outline_json FROM {self.in_flight} WHERE la_child_id = ?", (la_child_id,))
+        found = self.db.scalar(f"SELECT outline_json FROM {self.in_doubt} WHERE la_child_id = ?", (la_child_id,))
         return None if found is None else str(found)
 
-    def in_doubt_totals(self) -> tuple[int, Any]:
-        """Children in doubt, and when the oldest of their batches was recorded (``status``)."""
+    def left_in_flight(self) -> list[LeftInFlight]:
+        """Batches recorded before they were sent and never written back (by a run that stopped), oldest first."""
+        if not self.has_in_flight():
+            return []
+        sql = f"SELECT batch_id, recorded_at, children_json FROM {self.in_flight} ORDER BY recorded_at, batch_id"
+        found = []
+        for batch_id, recorded_at, text in self.db.query(sql):
+            children = _children_of(str(batch_id), recorded_at, text)
+            found.append(LeftInFlight(str(batch_id), children or [], readable=children is not None))
+        return found
+
+    def in_doubt_totals(self) -> tuple[int, datetime | None]:
+        """Children in doubt (with those of batches an earlier run left in flight: at most, as a child may
+        be in both), and when the oldest of their batches was recorded (``status``)."""
         if not self.has_in_flight():
             return 0, None
-        for children, oldest in self.db.query(f"SELECT COUNT(*), MIN(recorded_at) FROM {self.in_flight}"):
-            return int(children or 0), oldest
-        return 0, None
+        children, oldest = 0, None
+        for count, first in self.db.query(f"SELECT COUNT(*), MIN(recorded_at) FROM {self.in_doubt}"):
+            children, oldest = int(count or 0), parse_timestamp(first)
+        for batch in self.left_in_flight():
+            children += len(batch.children)
+            first = batch.children[0].recorded_at if batch.children else None
+            if first is not None and (oldest is None or _naive(first) < _naive(oldest)):
+                oldest = first
+        return children, oldest
 
     # -- writing --------------------------------------------------------------
 
@@ -591,19 +676,48 @@ class StagingTable:
         ]
         self._upsert(self.ledger, _LEDGER_VALUES, values, (None, None, None, LONG_TEXT, BINARY, None, None, None))
 
-    def _write_in_flight(self, entries: Sequence[InFlight]) -> None:
-        """Record these children as in flight (inside the caller's transaction)."""
+    def _write_in_flight(self, children: Sequence[InDoubt]) -> None:
+        """Record batches before they are sent: one row a batch, whatever its size (inside the
+        caller's transaction)."""
+        batches: dict[str, list[InDoubt]] = {}
+        for child in children:
+            batches.setdefault(child.batch_id, []).append(child)
+        rows = [
+            (
+                batch_id,
+                self.db.dialect.timestamp_param(batch[0].recorded_at),
+                # [[la_child_id, staging_id, outline], ...]: each outline is JSON already.
+                "["
+                + ",".join(
+                    f"[{json.dumps(c.la_child_id, ensure_ascii=False)},{int(c.staging_id)},{c.outline_json}]"
+                    for c in batch
+                )
+                + "]",
+            )
+            for batch_id, batch in batches.items()
+        ]
+        insert = f"INSERT INTO {self.in_flight} (batch_id, recorded_at, children_json) VALUES "
+        for chunk in _chunks(rows, MAX_PARAMETERS // 3):
+            self.db.execute(
+                insert + ", ".join(["(?, ?, ?)"] * len(chunk)),
+                [value for row in chunk for value in row],
+                kinds=(None, None, LONG_TEXT) * len(chunk),
+            )
+
+    def _write_in_doubt(self, children: Sequence[InDoubt]) -> None:
+        """These children are in doubt, with these outlines (inside the caller's transaction)."""
         d = self.db.dialect
         values = [
-            (e.la_child_id, e.staging_id, e.batch_id, e.outline_json, d.timestamp_param(e.recorded_at)) for e in entries
+            (c.la_child_id, c.staging_id, c.outline_json, c.batch_id, d.timestamp_param(c.recorded_at))
+            for c in children
         ]
-        self._upsert(self.in_flight, _IN_FLIGHT_VALUES, values, (None, None, None, LONG_TEXT, None))
+        self._upsert(self.in_doubt, _IN_DOUBT_VALUES, values, (None, None, LONG_TEXT, None, None))
 
-    def _settle_in_flight(self, children: Sequence[str]) -> None:
-        """These children's batches are settled: DfE's copy is known again (inside the caller's transaction)."""
+    def _resolve(self, children: Sequence[str]) -> None:
+        """These children are no longer in doubt: the ledger says what DfE holds (inside the caller's transaction)."""
         for chunk in _chunks(sorted(set(children)), MAX_PARAMETERS):
             marks = ", ".join("?" * len(chunk))
-            self.db.execute(f"DELETE FROM {self.in_flight} WHERE la_child_id IN ({marks})", chunk)
+            self.db.execute(f"DELETE FROM {self.in_doubt} WHERE la_child_id IN ({marks})", chunk)
 
     def _upsert(self, table: str, columns: Sequence[str], values: list[tuple[Any, ...]], kinds: Kinds) -> None:
         """Insert these rows into ``table`` (the ledger or the in-flight table, keyed on la_child_id,
@@ -639,37 +753,26 @@ class StagingTable:
         updates: Sequence[RowUpdate],
         ledger: Sequence[LedgerEntry],
         *,
-        in_flight: Sequence[InFlight] = (),
-        settled: Sequence[str] = (),
+        doubt: Doubt | None = None,
     ) -> int:
-        """Write row updates, ledger entries and the in-flight table's changes in one transaction.
+        """Write row updates, ledger entries and what ``doubt`` says in one transaction.
 
-        Before a batch is sent: ``in_flight``, its children (DESIGN §7), with any notes and
-        adoptions that are ready. After DfE answered: the batch's outcomes and ledger entries,
-        and ``settled``, the children whose batch no longer leaves DfE's copy in doubt (a ledger
-        entry settles its child too). Returns how many row updates were skipped because the
-        council's SQL changed the row since it was read (those rows stay pending). A transaction
-        the database rolled back as a deadlock victim, or one that waited too long for the
-        staging SQL's locks, is written again from the start (Database.retry_conflicts).
+        Returns how many row updates were skipped because the council's SQL changed the row
+        since it was read (those rows stay pending). A transaction the database rolled back as a
+        deadlock victim, or one that waited too long for the staging SQL's locks, is written
+        again from the start (Database.retry_conflicts).
         """
-        return self.db.retry_conflicts(
-            lambda: self._write_back_once(updates, ledger, in_flight, settled), "writing back a batch"
-        )
+        doubt = doubt or Doubt()
+        return self.db.retry_conflicts(lambda: self._write_back_once(updates, ledger, doubt), "writing back a batch")
 
-    def _write_back_once(
-        self,
-        updates: Sequence[RowUpdate],
-        ledger: Sequence[LedgerEntry],
-        in_flight: Sequence[InFlight],
-        settled: Sequence[str],
-    ) -> int:
+    def _write_back_once(self, updates: Sequence[RowUpdate], ledger: Sequence[LedgerEntry], doubt: Doubt) -> int:
         while True:
             try:
-                return self._write_back(updates, ledger, in_flight, settled)
+                return self._write_back(updates, ledger, doubt)
             except DatabaseError as exc:
                 # A table made by hand without its primary key: nothing was written (the
                 # transaction rolled back); delete and insert from now on.
-                keyless = [t for t, rows in ((self.ledger, ledger), (self.in_flight, in_flight)) if rows]
+                keyless = [t for t, rows in ((self.ledger, ledger), (self.in_doubt, doubt.in_doubt)) if rows]
                 keyless = [t for t in keyless if self._keyed[t]]
                 if not (keyless and _NO_CONFLICT_KEY.search(str(exc))):
                     raise
@@ -681,13 +784,7 @@ class StagingTable:
                     " or ".join(keyless),
                 )
 
-    def _write_back(
-        self,
-        updates: Sequence[RowUpdate],
-        ledger: Sequence[LedgerEntry],
-        in_flight: Sequence[InFlight],
-        settled: Sequence[str],
-    ) -> int:
+    def _write_back(self, updates: Sequence[RowUpdate], ledger: Sequence[LedgerEntry], doubt: Doubt) -> int:
         d = self.db.dialect
         t = self.table
         # previous_hash takes current_hash, as the earlier tools and the council's SQL do;
@@ -757,11 +854,14 @@ class StagingTable:
         with self.db.transaction():
             if ledger:
                 self._write_ledger(ledger)
-            done = [e.la_child_id for e in ledger] + list(settled)
-            if done and self.has_in_flight():
-                self._settle_in_flight(done)
-            if in_flight:
-                self._write_in_flight(in_flight)
+            if doubt.resolved:
+                self._resolve(doubt.resolved)
+            if doubt.in_doubt:
+                self._write_in_doubt(doubt.in_doubt)
+            if doubt.in_flight:
+                self._write_in_flight(doubt.in_flight)
+            for batch_id in doubt.landed:  # after the records: a batch recorded and landed at once leaves none
+                self.db.execute(f"DELETE FROM {self.in_flight} WHERE batch_id = ?", (batch_id,))
             # The optimistic check, in bulk: the batch's rows are read once under a write lock;
             # those still as they were read are updated together (executemany); any other
             # row is updated on its own so the database's own comparison decides and is counted.

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if args.db == "postgresql":
                 with Database.connect(connection) as db:
-                    for name in (table, f"{table}_ledger", f"{table}_in_flight", f"{table}_run_lock"):
+                    for name in (table, *(f"{table}_{n}" for n in ("ledger", "in_flight", "in_doubt", "run_lock"))):
                         db.execute(f"DROP TABLE IF EXISTS {name}")
     print(f"database: {args.db}" + (", each run in its own process" if args.separate_process else ""))
     print(f"children: {args.children:,} (generated and loaded in {generate_s:.1f} s)")

@@ -137,12 +137,12 @@ class SimulatorProcess:
 # --- table state --------------------------------------------------------------------------
 
 
-def _tables(table: str) -> tuple[str, str, str]:
-    return table, f"{table}_ledger", f"{table}_in_flight"
+def _tables(table: str) -> tuple[str, ...]:
+    return table, f"{table}_ledger", f"{table}_in_flight", f"{table}_in_doubt"
 
 
 def save_state(connection: str, table: str, name: str) -> None:
-    """Copy the staging table, the ledger and the in-flight table (when they exist) to ``<table>_<name>`` copies."""
+    """Copy the staging table and the tables beside it (when they exist) to ``<table>_<name>`` copies."""
     with Database.connect(connection) as db:
         for source in _tables(table):
             db.execute(f"DROP TABLE IF EXISTS {source}_{name}")

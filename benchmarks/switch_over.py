@@ -60,7 +60,7 @@ def _drop(connection: str, table: str) -> None:
     if connection.startswith("sqlite:"):
         return
     with Database.connect(connection) as db, db.transaction():
-        for suffix in ("", "_ledger", "_in_flight", "_run_lock"):
+        for suffix in ("", "_ledger", "_in_flight", "_in_doubt", "_run_lock"):
             db.execute(f"DROP TABLE IF EXISTS {table}{suffix}")
 
 

@@ -94,7 +94,7 @@ class Staging:
         if self.kind == "sqlite":
             return
         with self.open() as db, db.transaction():
-            for suffix in ("", "_ledger", "_in_flight", "_run_lock"):
+            for suffix in ("", "_ledger", "_in_flight", "_in_doubt", "_run_lock"):
                 db.execute(f"DROP TABLE IF EXISTS {self.table}{suffix}")
 
     def insert(self, records: list[dict], *, status: str = "Pending", state: str = "New") -> None:

@@ -20,8 +20,8 @@ def test_connection_lost_mid_run_stops_with_exit_3_and_nothing_wrongly_marked(si
     real_write_back = StagingTable.write_back
     written: list[int] = []
 
-    def write_back_then_lose_the_server(self: StagingTable, updates, ledger, **in_flight) -> int:
-        skipped = real_write_back(self, updates, ledger, **in_flight)
+    def write_back_then_lose_the_server(self: StagingTable, updates, ledger, **doubt) -> int:
+        skipped = real_write_back(self, updates, ledger, **doubt)
         if not ledger:
             return skipped  # a batch's children recorded before it is sent
         written.append(len(updates))

@@ -10,6 +10,11 @@ must send nothing. Against the real simulator over loopback, on SQLite and Postg
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -23,6 +28,7 @@ from api_pipeline.synthetic import make_children
 from conftest import Staging, settings_for
 
 CHILDREN = 30
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def no_wait(_seconds: float) -> None:
@@ -78,18 +84,22 @@ def converged(sim: Simulator, staging: Staging) -> list[str]:
     return wrong
 
 
-def in_flight(staging: Staging) -> dict[str, dict]:
+def in_doubt(staging: Staging) -> dict[str, dict]:
+    """Children in doubt, with their outlines: in the in-doubt table, or in a batch left in flight."""
     with staging.open() as db:
         table = StagingTable(db, staging.table)
-        return {
-            row[0]: json.loads(row[1]) for row in db.query(f"SELECT la_child_id, outline_json FROM {table.in_flight}")
+        found = {
+            row[0]: json.loads(row[1]) for row in db.query(f"SELECT la_child_id, outline_json FROM {table.in_doubt}")
         }
+        for batch in table.left_in_flight():
+            found.update((c.la_child_id, json.loads(c.outline_json)) for c in batch.children)
+        return found
 
 
 def assert_settled(sim: Simulator, staging: Staging, settings) -> None:
     """The table and DfE agree, nothing is in doubt, and the next run sends nothing."""
     assert converged(sim, staging) == []
-    assert in_flight(staging) == {}
+    assert in_doubt(staging) == {}
     sim.clear_log()
     again = execute_run(settings)
     assert children_posts(sim) == 0
@@ -118,7 +128,7 @@ def test_a_lost_answer_then_the_councils_change_still_converges(staging: Staging
         held = sim.snapshot()
         assert all(records_equal(held[child], record) for child, record in second.items())
         assert {row["submission_status"] for row in staging.rows()} == {"Pending"}
-        assert set(in_flight(staging)) == set(second)  # every child of the batch is in doubt
+        assert set(in_doubt(staging)) == set(second)  # every child of the batch is in doubt
         sim.clear_faults()
 
         # Before the next run, the council's SQL changes them again.
@@ -213,7 +223,7 @@ def test_only_what_dfe_may_hold_stays_in_doubt(staging: Staging) -> None:
         settings = settings_for(sim, staging, BATCH_SIZE="4")
         first = execute_run(settings)
         assert first.outcomes["sent"] == 11 and first.outcomes["rejected"] == 1
-        assert in_flight(staging) == {}
+        assert in_doubt(staging) == {}
 
         # Two batches: the first is lost, the second never goes (the run stops first).
         for record in children[:8]:
@@ -223,7 +233,7 @@ def test_only_what_dfe_may_hold_stays_in_doubt(staging: Staging) -> None:
         lose_the_answer(sim)
         with pytest.raises(PipelineError):
             execute_run(settings, sleep=no_wait)
-        assert set(in_flight(staging)) == {c["la_child_id"] for c in children[:4]}
+        assert set(in_doubt(staging)) == {c["la_child_id"] for c in children[:4]}
         sim.clear_faults()
         execute_run(settings)
         assert_settled(sim, staging, settings)
@@ -238,7 +248,7 @@ def test_the_outline_names_only_ids_and_blocks(staging: Staging) -> None:
         lose_the_answer(sim)
         with pytest.raises(PipelineError):
             execute_run(settings, sleep=no_wait)
-        entries = in_flight(staging)
+        entries = in_doubt(staging)
     record = children[0]
     outline = entries[record["la_child_id"]]
     text = json.dumps(outline)
@@ -246,3 +256,43 @@ def test_the_outline_names_only_ids_and_blocks(staging: Staging) -> None:
     assert outline["child_details"] is True
     episode = record["social_care_episodes"][0]
     assert outline["social_care_episodes"][0]["social_care_episode_id"] == episode["social_care_episode_id"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")
+def test_a_run_killed_while_dfe_answers_leaves_its_batch_in_doubt(staging: Staging, tmp_path) -> None:
+    """The process stopped between DfE storing the batch and the write-back: the next run finds
+    the batch's record left in flight, and its children in doubt."""
+    children = list(make_children(20, seed=227))
+    staging.insert(children)
+    with Simulator() as sim:
+        settings = settings_for(sim, staging)
+        execute_run(settings)
+        for record in children:
+            staging.set_payload(record["la_child_id"], grown(record, "2"))
+        sim.latency = 60.0  # DfE stores the batch at once, and answers a minute later
+        stored = sim.records_accepted
+        env = os.environ | sim.settings_env() | staging.env | {"LOG_DIR": str(tmp_path / "logs")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+        run = subprocess.Popen(
+            [sys.executable, "-m", "api_pipeline", "-q", "run"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while sim.records_accepted < stored + len(children):
+                assert run.poll() is None and time.monotonic() < deadline, "the run never got its batch to DfE"
+                time.sleep(0.05)
+        finally:
+            run.send_signal(signal.SIGKILL)
+            run.wait(timeout=30)
+        sim.latency = 0.0
+        assert set(in_doubt(staging)) == {c["la_child_id"] for c in children}
+
+        for record in children:  # back to what the ledger says
+            staging.set_payload(record["la_child_id"], record)
+        again = execute_run(settings)
+        assert again.outcomes["sent"] == len(children) and again.resent_in_doubt == len(children)
+        assert_settled(sim, staging, settings)

@@ -50,6 +50,7 @@ def test_init_db_creates_everything_on_a_new_sqlite_database(tmp_path):
         f"unique index on person_id on {TABLE}: created",
         f"ledger table {TABLE}_ledger: created",
         f"in-flight table {TABLE}_in_flight: created",
+        f"in-doubt table {TABLE}_in_doubt: created",
         f"run lock table {TABLE}_run_lock: created",
     ):
         assert line in text
@@ -61,7 +62,7 @@ def test_init_db_creates_everything_on_a_new_sqlite_database(tmp_path):
         insert(tmp_path / "new.db", children[:1])
     again = ctx()
     assert init_db(settings, again, False) == 0
-    assert again.out.getvalue().count("already exists, left as it is") == 4
+    assert again.out.getvalue().count("already exists, left as it is") == 5
 
 
 def test_init_db_leaves_an_existing_table_exactly_as_it_is(db_path):
@@ -83,7 +84,7 @@ def test_init_db_leaves_an_existing_table_exactly_as_it_is(db_path):
 
 def test_printed_sqlite_ddl_runs_and_makes_a_usable_table(tmp_path):
     statements = printed("sqlite")
-    assert len(statements) == 7
+    assert len(statements) == 8
     with sqlite3.connect(tmp_path / "printed.db") as conn:
         for statement in statements:
             conn.execute(statement)
@@ -96,7 +97,7 @@ def test_printed_sql_server_ddl_is_valid_tsql():
     from test_tsql import assert_tsql
 
     statements = printed("mssql", "ssd_development.ssd_api_data_staging")
-    assert len(statements) == 7
+    assert len(statements) == 8
     assert statements[0].startswith("IF OBJECT_ID(N'ssd_development.ssd_api_data_staging', N'U') IS NULL")
     assert "json_payload NVARCHAR(MAX) NOT NULL" in statements[0]
     for statement in statements:

@@ -209,7 +209,7 @@ def test_init_db_then_test_schema_and_a_run_on_a_schema_qualified_anon_table(pos
     assert "unique index on person_id" in output(first) and f"ledger table {table}_ledger: created" in output(first)
     again = ctx()
     assert diagnostics.init_db(settings, again, False) == 0  # never drops or alters
-    assert output(again).count("already exists, left as it is") == 4
+    assert output(again).count("already exists, left as it is") == 5
 
     checked = ctx()
     assert diagnostics.test_schema(settings, checked) == 0
@@ -234,11 +234,11 @@ def test_init_db_print_for_postgresql_runs_as_printed(postgres_odbc, schema):
     assert diagnostics.init_db(settings, printed, True, dialect="postgresql") == 0
     script = re.sub(r"(?m)^--.*\n", "", output(printed))
     statements = [s for s in script.split(";\n") if s.strip()]
-    assert len(statements) == 7
+    assert len(statements) == 8
     with Database.connect(postgres_odbc) as db:
         for statement in statements:
             db.execute(statement)
-        names = {table, f"{table}_ledger", f"{table}_in_flight", f"{table}_run_lock"}
+        names = {table, f"{table}_ledger", f"{table}_in_flight", f"{table}_in_doubt", f"{table}_run_lock"}
         assert all(column_names(db, name) for name in names)
         assert StagingTable(db, table).column_issues() == []
 

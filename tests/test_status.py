@@ -15,7 +15,7 @@ from api_pipeline.db import Database
 from api_pipeline.demo import load_children
 from api_pipeline.errors import DatabaseError, ExitCode
 from api_pipeline.schema import load_bundled_schema
-from api_pipeline.staging import InFlight, LedgerEntry, StagingTable
+from api_pipeline.staging import Doubt, InDoubt, LedgerEntry, StagingTable
 from api_pipeline.status import (
     HIDDEN_REASON,
     ReasonKeys,
@@ -112,7 +112,9 @@ def known_state(staging: Staging) -> Staging:
         table.write_back([], entries)
         # 5 (Sent) was in a later batch whose answer was lost: in doubt, so read again.
         lost = datetime(2026, 3, 9, 2, 0, 5)
-        table.write_back([], [], in_flight=[InFlight(children[4]["la_child_id"], 5, "run-00002", "{}", lost)])
+        table.write_back(
+            [], [], doubt=Doubt(in_doubt=[InDoubt(children[4]["la_child_id"], 5, "{}", "run-00002", lost)])
+        )
     return staging
 
 

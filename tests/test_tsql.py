@@ -24,7 +24,7 @@ from api_pipeline.cli import Context  # noqa: E402
 from api_pipeline.config import Secret, load_settings  # noqa: E402
 from api_pipeline.db import Database  # noqa: E402
 from api_pipeline.dialects import MSSQL, STAGING_SPEC, ColumnInfo, check_columns, staging_index_ddl  # noqa: E402
-from api_pipeline.staging import InFlight, LedgerEntry, RowUpdate, StagingTable  # noqa: E402
+from api_pipeline.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingTable  # noqa: E402
 
 TABLE = "ssd_development.ssd_api_data_staging"
 
@@ -258,7 +258,8 @@ def gather_sql_server_statements(rec: Recorder) -> list[str]:
         list(table.iter_candidates(limit=5))  # the read-only shape: no ledger yet
         table.ensure_ledger()  # missing in the catalogue: created
         rec.tables["ssd_api_data_staging_ledger"] = [("la_child_id", "nvarchar", 36)]
-        rec.tables["ssd_api_data_staging_in_flight"] = [("la_child_id", "nvarchar", 36)]
+        rec.tables["ssd_api_data_staging_in_flight"] = [("batch_id", "nvarchar", 64)]
+        rec.tables["ssd_api_data_staging_in_doubt"] = [("la_child_id", "nvarchar", 36)]
         table = StagingTable(db, TABLE)
         list(table.iter_candidates())  # the normal shape, joined to the ledger
         list(table.iter_candidates(all_rows=True))
@@ -268,14 +269,15 @@ def gather_sql_server_statements(rec: Recorder) -> list[str]:
         list(table.rows_by_id([1, 2]))
         table.payload_of(1)
         table.ledger_entry("C1001")
-        table.in_flight_outline("C1001")
+        table.doubt_outline("C1001")
+        table.left_in_flight()
         table.in_doubt_totals()
         now = datetime(2026, 3, 1, 21, 4, 33)
         # Before a batch is sent: its children in flight (with a note for a row left unsent).
         table.write_back(
             [RowUpdate(5, "Invalid", "invalid: reason", "{}")],
             [],
-            in_flight=[InFlight("C1001", 1, "r1-00001", '{"child_details":true}', now)],
+            doubt=Doubt(in_flight=[InDoubt("C1001", 1, '{"child_details":true}', "r1-00001", now)]),
         )
         table.write_back(
             [
@@ -297,7 +299,11 @@ def gather_sql_server_statements(rec: Recorder) -> list[str]:
                 LedgerEntry("C1001", "M1", 1, "{}", b"\0" * 32, "receipt.json", now, False),
                 LedgerEntry("C1002", None, 2, None, None, "receipt.json", now, True),
             ],
-            settled=["C1003"],
+            doubt=Doubt(
+                landed=["r1-00001"],
+                in_doubt=[InDoubt("C1003", 3, "{}", "r1-00001", now)],
+                resolved=["C1004"],
+            ),
         )
         from api_pipeline.lock import RunLock
 
@@ -331,10 +337,12 @@ def test_every_sql_server_statement_is_valid_tsql(recorder):
     assert any("TOP (?)" in s for s in statements)
     assert any("LEFT JOIN (SELECT NULL AS la_child_id" in s for s in statements)  # no ledger yet
     assert any("CREATE INDEX ix_ssd_api_data_staging_ledger_staging_id" in s for s in statements)
-    assert any("CREATE INDEX ix_ssd_api_data_staging_in_flight_row" in s for s in statements)
+    assert any("CREATE INDEX ix_ssd_api_data_staging_in_doubt_row" in s for s in statements)
     assert any(s.startswith(f"INSERT INTO {TABLE}_in_flight") for s in statements)
-    assert any(s.startswith(f"DELETE FROM {TABLE}_in_flight WHERE la_child_id IN") for s in statements)
-    assert any(f"LEFT JOIN {TABLE}_in_flight f" in s for s in statements)
+    assert any(s.startswith(f"DELETE FROM {TABLE}_in_flight WHERE batch_id = ?") for s in statements)
+    assert any(s.startswith(f"INSERT INTO {TABLE}_in_doubt") for s in statements)
+    assert any(s.startswith(f"DELETE FROM {TABLE}_in_doubt WHERE la_child_id IN") for s in statements)
+    assert any(f"LEFT JOIN {TABLE}_in_doubt f" in s for s in statements)
     assert any("LTRIM(RTRIM(t.person_id))" in s and "NOT EXISTS" in s for s in statements)
     assert any("HASHBYTES('SHA2_256', CAST(json_payload AS NVARCHAR(MAX))) = ?" in s for s in statements)
     assert any("CREATE INDEX ix_ssd_api_data_staging_person_id" in s for s in statements)
