@@ -303,6 +303,41 @@ class Dialect:
         return self.name == "sqlite"
 
     @property
+    def server_utc_now(self) -> str:
+        """SQL for the database server's time now, in UTC, in the form the tool stores times in.
+
+        For the run lock, whose ages must not depend on any one machine's clock (DESIGN §7).
+        SQL Server: ``SYSUTCDATETIME()`` (DATETIME2), which a DATETIME column rounds to its
+        1/300 s, so a time just written may read up to 2 ms ahead; into a DATETIMEOFFSET column
+        it goes as +00:00. PostgreSQL: ``clock_timestamp()``, the time the statement runs (``now()``
+        is when the transaction began), as UTC wall-clock time for a TIMESTAMP column. SQLite
+        has no server: the time of the machine running the tool, which is where its file is,
+        as the text ``YYYY-MM-DD HH:MM:SS.SSS`` that :meth:`timestamp_param` writes.
+        """
+        if self.name == "mssql":
+            return "SYSUTCDATETIME()"
+        if self.name == "postgresql":
+            return "(clock_timestamp() AT TIME ZONE 'UTC')"
+        return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+    def seconds_since(self, column: str) -> str:
+        """SQL for the seconds from the time in ``column`` to :attr:`server_utc_now`: negative when it
+        is ahead of the server's clock; NULL when SQLite cannot read it as a time.
+
+        Worked out by the server, so nothing depends on how a driver returns the column's type.
+        SQL Server: ``DATEDIFF`` in seconds (whole seconds crossed; an ``int`` lasts 68 years),
+        which compares a DATETIMEOFFSET in UTC. PostgreSQL: a TIMESTAMP WITH TIME ZONE column
+        gets the UTC time through the session's time zone when written and again here, so the
+        two agree. SQLite: ``julianday`` reads the text the tool writes, with or without
+        fractions of a second.
+        """
+        if self.name == "mssql":
+            return f"DATEDIFF(SECOND, {column}, {self.server_utc_now})"
+        if self.name == "postgresql":
+            return f"CAST(EXTRACT(EPOCH FROM {self.server_utc_now} - {column}) AS DOUBLE PRECISION)"
+        return f"(julianday('now') - julianday({column})) * 86400.0"
+
+    @property
     def upserts(self) -> bool:
         """``INSERT ... ON CONFLICT (key) DO UPDATE`` (SQLite, PostgreSQL); SQL Server deletes and inserts."""
         return self.name in ("sqlite", "postgresql")

@@ -9,6 +9,14 @@ for the staging SQL's locks; at most once a minute); a lock whose heartbeat is o
 ``stale_after`` belongs to a run that crashed or was killed, and the next run takes it
 over. Each heartbeat checks that this run still holds the lock: a run that was taken
 over stops.
+
+Every time in the lock table is the database server's (``Dialect.server_utc_now``), and
+so is every age: the server works it out in the statement that reads the lock. Machines'
+clocks differ, by hours when one is wrong, and a lock judged by them was once taken from a
+live run by a machine whose clock was ahead of that run's. The only local clock the lock
+reads is a monotonic one, to space heartbeats out: it never steps back, so a machine's clock
+being put back cannot silence a run. SQLite has no server: its times are those of the
+machine running the tool, which is the machine its file is on.
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ import os
 import re
 import socket
 import sys
-from datetime import datetime, timedelta
+import time
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from api_pipeline.catalogue import column_names, resolve_table
@@ -27,12 +37,14 @@ from api_pipeline.db import Database, validate_table_name
 from api_pipeline.dialects import LOCK_HOLDER_SIZE, LOCK_NAME_SIZE, lock_ddl, lock_table_name
 from api_pipeline.errors import ConfigError, DatabaseError, RunLocked
 from api_pipeline.odbc import KEY_VIOLATION
-from api_pipeline.timestamps import utc_now
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STALE_AFTER = timedelta(hours=1)
 BEAT_EVERY = timedelta(minutes=1)  # far inside stale_after; saves a commit per batch
+# A heartbeat this far ahead of the server's clock was written by another clock: see RunLock._age.
+# Below it: SQL Server's DATETIME rounding (2 ms) and DATEDIFF's whole seconds.
+SKEW_TOLERANCE = timedelta(seconds=2)
 
 
 def lock_key(resolved: str) -> str:
@@ -41,10 +53,6 @@ def lock_key(resolved: str) -> str:
         return resolved
     digest = hashlib.sha256(resolved.encode("utf-8")).hexdigest()[:32]
     return f"{resolved[: LOCK_NAME_SIZE - len(digest) - 1]}~{digest}"
-
-
-def _utc_second() -> datetime:
-    return utc_now().replace(microsecond=0)
 
 
 def process_alive(pid: int) -> bool:
@@ -76,14 +84,12 @@ def process_alive(pid: int) -> bool:
 _HOLDER = re.compile(r"^(?P<host>\S+) pid (?P<pid>\d+) run ")
 
 
-def _as_datetime(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=None)
-    return datetime.fromisoformat(str(value))
-
-
 class RunLock:
-    """``with RunLock(db, table):`` — raises :class:`RunLocked` if a live run holds it."""
+    """``with RunLock(db, table):`` — raises :class:`RunLocked` if a live run holds it.
+
+    ``stale_after`` defaults to :data:`DEFAULT_STALE_AFTER`. ``monotonic`` is the clock that
+    spaces heartbeats out (seconds; tests pass one they move by hand): never a wall clock.
+    """
 
     def __init__(
         self,
@@ -91,8 +97,8 @@ class RunLock:
         table: str,
         *,
         run_id: str,
-        stale_after: timedelta = DEFAULT_STALE_AFTER,
-        clock: Any = _utc_second,
+        stale_after: timedelta | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
         self.table = validate_table_name(table)
@@ -100,14 +106,11 @@ class RunLock:
         self.name = table
         self.lock_table = validate_table_name(lock_table_name(table))
         self.holder = f"{socket.gethostname()} pid {os.getpid()} run {run_id}"[:LOCK_HOLDER_SIZE]
-        self.stale_after = stale_after
-        self.clock = clock
+        self.stale_after = DEFAULT_STALE_AFTER if stale_after is None else stale_after
+        self.monotonic = monotonic
         self._held = False
-        self._last_beat: datetime | None = None
+        self._last_beat: float | None = None
         self._lost: RunLocked | None = None  # why this run no longer holds the lock, once it knows
-
-    def _ts(self, value: datetime) -> Any:
-        return self.db.dialect.timestamp_param(value)
 
     def _resolve(self) -> None:
         """Key the lock on the table the database means (one lock per table, however TABLE_NAME spells
@@ -132,11 +135,13 @@ class RunLock:
                     f"the run lock table {self.lock_table} does not exist and could not be created ({exc}). "
                     "Ask your DBA to create it: csc-api-pipeline init-db --print"
                 ) from None
-        now = self.clock()
+        now = self.db.dialect.server_utc_now
+        refused: RunLocked | None = None
         with self.db.transaction():
             row = next(
                 self.db.query(
-                    f"SELECT holder, heartbeat_at FROM {self.lock_table} WHERE lock_name = ?",  # noqa: S608
+                    f"SELECT holder, {self.db.dialect.seconds_since('heartbeat_at')} "  # noqa: S608
+                    f"FROM {self.lock_table} WHERE lock_name = ?",
                     (self.name,),
                 ),
                 None,
@@ -145,8 +150,8 @@ class RunLock:
                 try:
                     self.db.execute(
                         f"INSERT INTO {self.lock_table} (lock_name, holder, acquired_at, heartbeat_at) "
-                        "VALUES (?, ?, ?, ?)",
-                        (self.name, self.holder, self._ts(now), self._ts(now)),
+                        f"VALUES (?, ?, {now}, {now})",
+                        (self.name, self.holder),
                     )
                 except DatabaseError as exc:
                     if exc.kind != KEY_VIOLATION:  # e.g. no INSERT permission: not another run
@@ -155,34 +160,72 @@ class RunLock:
                         f"another run took the lock on {self.table} at the same moment; this one did nothing"
                     ) from None
             else:
-                holder, heartbeat = row[0], _as_datetime(row[1])
-                age = now - heartbeat
-                if age < self.stale_after and not self._holder_is_dead(holder):
-                    raise RunLocked(
-                        f"another run is already working on {self.table} ({holder}, last active "
-                        f"{int(age.total_seconds())} s ago). Only one run per table at a time; this one did "
-                        f"nothing. If that run crashed, its lock expires {int(self.stale_after.total_seconds() // 60)} "
-                        "minutes after its last activity."
+                holder = row[0]
+                age, ahead = self._age(row[1])
+                if not self._holder_is_dead(holder) and (ahead is not None or age < self.stale_after.total_seconds()):
+                    if ahead is not None:
+                        self._count_from_now(holder)
+                    # Raised once the transaction is committed, with _count_from_now's change.
+                    refused = RunLocked(
+                        f"another run is already working on {self.table} ({holder}, last active {int(age)} s ago "
+                        f"by the database's clock{_skew_note(ahead)}). Only one run per table at a time; this one "
+                        f"did nothing. If that run crashed, its lock expires "
+                        f"{int(self.stale_after.total_seconds() // 60)} minutes after its last activity"
+                        f"{', counted from now' if ahead is not None else ''}."
                     )
-                taken = self.db.execute(
-                    f"UPDATE {self.lock_table} SET holder = ?, acquired_at = ?, heartbeat_at = ? "
-                    "WHERE lock_name = ? AND holder = ?",
-                    (self.holder, self._ts(now), self._ts(now), self.name, holder),
-                )
-                if taken != 1:
-                    raise RunLocked(
-                        f"another run took the lock on {self.table} at the same moment; this one did nothing"
+                else:
+                    taken = self.db.execute(
+                        f"UPDATE {self.lock_table} SET holder = ?, acquired_at = {now}, heartbeat_at = {now} "
+                        "WHERE lock_name = ? AND holder = ?",
+                        (self.holder, self.name, holder),
                     )
-                log.warning(
-                    "took over the run lock on %s from a run that stopped without releasing it (%s, last active "
-                    "%d s ago)",
-                    self.table,
-                    holder,
-                    int(age.total_seconds()),
-                )
+                    if taken != 1:
+                        raise RunLocked(
+                            f"another run took the lock on {self.table} at the same moment; this one did nothing"
+                        )
+                    log.warning(
+                        "took over the run lock on %s from a run that stopped without releasing it (%s, last active "
+                        "%d s ago by the database's clock%s)",
+                        self.table,
+                        holder,
+                        int(age),
+                        _skew_note(ahead),
+                    )
+        if refused is not None:
+            raise refused
         self._held = True
-        self._last_beat = self.clock()
+        self._last_beat = self.monotonic()
         self.db.while_waiting = self.heartbeat
+
+    @staticmethod
+    def _age(seconds: Any) -> tuple[float, float | None]:
+        """How long ago a heartbeat was, by the server's clock, never negative; and, for one that
+        is not in the server's past, how far ahead of it it is (``inf``: not a time at all).
+
+        Only another clock writes a heartbeat ahead of the server's: an earlier version of this
+        tool wrote the clock of the machine it ran on, and a server's (or, for SQLite, the
+        machine's) clock may have been put back since. How long ago such a heartbeat really
+        was cannot be known, only that it was no later than now: so it counts as written now
+        (:meth:`_count_from_now`), and unless its holder is known to be dead the lock is refused.
+        Counting it as stale could take a live run's lock; leaving it as it is would block every
+        run for as long as that clock was ahead (days, if it was days).
+        """
+        if seconds is None:
+            return 0.0, float("inf")
+        age = float(seconds)
+        if age < -SKEW_TOLERANCE.total_seconds():
+            return 0.0, -age
+        return max(age, 0.0), None
+
+    def _count_from_now(self, holder: str) -> None:
+        """Rewrite a heartbeat that is ahead of the server's clock (:meth:`_age`) as the server's
+        now, the latest it can really have been: the lock then expires ``stale_after`` from
+        here by the server's clock, unless its run shows signs of life, whatever clock it came from."""
+        self.db.execute(
+            f"UPDATE {self.lock_table} SET heartbeat_at = {self.db.dialect.server_utc_now} "
+            "WHERE lock_name = ? AND holder = ?",
+            (self.name, holder),
+        )
 
     @staticmethod
     def _holder_is_dead(holder: str) -> bool:
@@ -208,16 +251,17 @@ class RunLock:
             raise RunLocked(str(self._lost))
         if not self._held:
             return
-        now = self.clock()
-        if not force and self._last_beat is not None and now - self._last_beat < BEAT_EVERY:
+        now = self.monotonic()
+        if not force and self._last_beat is not None and now - self._last_beat < BEAT_EVERY.total_seconds():
             return
         self._last_beat = now
 
         def beat() -> int:
             with self.db.transaction():
                 return self.db.execute(
-                    f"UPDATE {self.lock_table} SET heartbeat_at = ? WHERE lock_name = ? AND holder = ?",
-                    (self._ts(now), self.name, self.holder),
+                    f"UPDATE {self.lock_table} SET heartbeat_at = {self.db.dialect.server_utc_now} "
+                    "WHERE lock_name = ? AND holder = ?",
+                    (self.name, self.holder),
                 )
 
         with self.db.lock:  # the send, write-back and reading threads share the connection
@@ -266,3 +310,15 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _skew_note(ahead: float | None) -> str:
+    """What to add to "last active N s ago" for a heartbeat that was ahead of the server's clock."""
+    if ahead is None:
+        return ""
+    if ahead == float("inf"):
+        return "; its last heartbeat is not a time the database can read"
+    return (
+        f"; its last heartbeat was {int(ahead)} s ahead of the database's clock, written by another clock "
+        "(a machine's, by an earlier version of this tool)"
+    )

@@ -8,7 +8,7 @@ gone a second run converges.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -171,13 +171,15 @@ def test_stale_lock_is_taken_over(db_path):
         crashed = RunLock(db, TABLE, run_id="crashed")
         crashed.holder = "some-other-host pid 1 run crashed"
         crashed.acquire()
-        later = datetime.utcnow() + timedelta(minutes=61)
-        taker = RunLock(db, TABLE, run_id="next", clock=lambda: later)
+        with db.transaction():  # its last sign of life, 61 minutes ago by the database's clock
+            db.execute(
+                f"UPDATE {TABLE}_run_lock SET heartbeat_at = strftime('%Y-%m-%d %H:%M:%f', 'now', '-61 minutes')"
+            )
+        taker = RunLock(db, TABLE, run_id="next")
         taker.holder = live_holder("next")
         taker.acquire()
-        soon = datetime.utcnow() + timedelta(minutes=5)
-        with pytest.raises(PipelineError):
-            RunLock(db, TABLE, run_id="third", clock=lambda: soon).acquire()
+        with pytest.raises(PipelineError, match=r"last active 0 s ago"):
+            RunLock(db, TABLE, run_id="third").acquire()
 
 
 def test_lock_of_a_dead_process_on_this_machine_is_taken_over_at_once(db_path):
@@ -191,24 +193,28 @@ def test_lock_of_a_dead_process_on_this_machine_is_taken_over_at_once(db_path):
 
 
 def test_heartbeat_is_written_at_most_once_a_minute(db_path):
+    """Spaced out by a monotonic clock (here one moved by hand); what is written is the database's time."""
     from api_pipeline.lock import BEAT_EVERY
 
-    now = [datetime(2026, 11, 26, 2, 0, 0)]
+    ticks = [1000.0]
     with Database.open_sqlite(db_path) as db:
-        lock = RunLock(db, TABLE, run_id="beats", clock=lambda: now[0])
+        lock = RunLock(db, TABLE, run_id="beats", monotonic=lambda: ticks[0])
         lock.acquire()
+        long_ago = "2000-01-01 00:00:00.000"
 
         def stored() -> str:
             ((beat,),) = db.query(f"SELECT heartbeat_at FROM {TABLE}_run_lock")
             return str(beat)
 
-        first = stored()
-        now[0] += BEAT_EVERY / 2
+        with db.transaction():
+            db.execute(f"UPDATE {TABLE}_run_lock SET heartbeat_at = ?", (long_ago,))
+        ticks[0] += BEAT_EVERY.total_seconds() / 2
         lock.heartbeat()  # too soon: no write, no commit
-        assert stored() == first
-        now[0] += BEAT_EVERY
+        assert stored() == long_ago
+        ticks[0] += BEAT_EVERY.total_seconds()
         lock.heartbeat()
-        assert stored() != first and stored().startswith("2026-11-26 02:01:30")
+        written = datetime.fromisoformat(stored())
+        assert abs(written - datetime.now(timezone.utc).replace(tzinfo=None)) < timedelta(seconds=5)
         lock.release()
 
 

@@ -5,8 +5,10 @@ another run holds it. The SQL Server side is in test_sql_server.py."""
 from __future__ import annotations
 
 import os
+import re
 import socket
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,37 @@ def test_a_lock_taken_over_mid_run_stops_the_run_and_marks_nothing_wrongly(
     assert all(r["submission_status"] == "Pending" for r in rows if r["person_id"] not in held)
     with staging.open() as db:  # the thief's lock is left alone
         assert db.scalar(f"SELECT holder FROM {staging.table}_run_lock") == thief
+
+
+def test_a_heartbeat_ahead_of_the_database_clock_counts_from_now(staging: Staging):
+    """Issue 22.3: an earlier version wrote its machine's clock; one 2 days fast left a lock that read
+    "last active -172800 s ago" and blocked every run for 2 days. Such a heartbeat now counts as
+    written when it is found, by the database's clock: refused with a sane age, then stale as any."""
+    ahead = timedelta(days=2)
+    with staging.open() as db:
+        left = RunLock(db, staging.table, run_id="fast")
+        left.holder = "otherhost pid 7 run fast"
+        left.acquire()
+        with db.transaction():
+            db.execute(
+                f"UPDATE {staging.table}_run_lock SET heartbeat_at = ?",
+                (db.dialect.timestamp_param(datetime.now(timezone.utc) + ahead),),
+            )
+        with pytest.raises(RunLocked) as refused:
+            RunLock(db, staging.table, run_id="next").acquire()
+        message = str(refused.value)
+        assert "(otherhost pid 7 run fast, last active 0 s ago by the database's clock" in message
+        skew = re.search(r"its last heartbeat was (\d+) s ahead of the database's clock", message)
+        assert skew and abs(int(skew[1]) - ahead.total_seconds()) < 60, message
+        assert message.endswith("expires 60 minutes after its last activity, counted from now.")
+        ((stored, age),) = db.fetch_all(
+            f"SELECT heartbeat_at, {db.dialect.seconds_since('heartbeat_at')} FROM {staging.table}_run_lock"
+        )
+        assert 0 <= age < 60  # rewritten as the database's now
+        if staging.kind == "sqlite":  # in the form the tool's own times take there
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}", stored), stored
+        time.sleep(1.1)
+        RunLock(db, staging.table, run_id="later", stale_after=timedelta(seconds=1)).acquire()  # stale by now
 
 
 def test_a_lock_row_removed_mid_run_stops_the_run_too(staging: Staging):

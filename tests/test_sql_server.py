@@ -247,24 +247,28 @@ def offset(value: datetime, hours: int) -> Offset:
     )
 
 
-def test_a_dba_made_lock_table_with_datetimeoffset_is_read(monkeypatch):
-    """pyodbc cannot fetch ODBC type -155 by itself; the converter reads it as naive UTC."""
-    now = datetime(2026, 3, 1, 3, 0, 0)
+def test_a_datetimeoffset_column_is_read_as_naive_utc(monkeypatch):
+    """pyodbc cannot fetch ODBC type -155 by itself; the converter reads it as naive UTC. Here it is
+    the oldest pending last_updated that status reports. (A DBA-made run lock table with a
+    datetimeoffset heartbeat_at is never read: SQL Server works the lock's ages out itself.)"""
     rec = Recorder()
-    rec.tables[f"{TABLE.rsplit('.', 1)[1]}_run_lock"] = [
-        ("lock_name", "nvarchar", 128),
-        ("heartbeat_at", "datetimeoffset", None),
+    rec.tables["ssd_api_data_staging"] = [
+        c if c[0] != "last_updated" else ("last_updated", "datetimeoffset", None, "YES", 0) for c in SQL_SERVER_COLUMNS
     ]
-    # Last heartbeat 02:30 local at +01:00 = 01:30 UTC: 90 minutes ago, so stale and taken over.
-    rec.lock_row = ("otherhost pid 1 run r0", offset(datetime(2026, 3, 1, 2, 30), 1))
+
+    def oldest(sql: str, params: tuple) -> list[tuple] | None:
+        if "MIN(t.last_updated)" in sql:  # 02:30 local at +01:00 = 01:30 UTC
+            return [(3, offset(datetime(2026, 3, 1, 2, 30), 1))]
+        return None
+
+    rec.more = oldest
     with connect(rec) as db:
-        lock = RunLock(db, TABLE, run_id="r1", clock=lambda: now)
-        lock.acquire()
+        assert StagingTable(db, TABLE).pending() == (3, datetime(2026, 3, 1, 1, 30))
     # Without the converter (pyodbc as it is), the same read is an error that names the type.
     monkeypatch.setattr("test_tsql.FakeConnection.add_output_converter", lambda self, t, f: None)
     rec.converters.clear()
     with connect(rec) as db, pytest.raises(DatabaseError, match="datetimeoffset"):
-        RunLock(db, TABLE, run_id="r2", clock=lambda: now).acquire()
+        StagingTable(db, TABLE).pending()
 
 
 def test_test_schema_accepts_datetimeoffset_now_that_it_is_read():

@@ -305,13 +305,18 @@ def gather_sql_server_statements(rec: Recorder) -> list[str]:
                 resolved=["C1004"],
             ),
         )
+        from api_pipeline.errors import RunLocked
         from api_pipeline.lock import RunLock
 
         with RunLock(db, TABLE, run_id="r1") as lock:  # a fresh lock: INSERT
             lock.heartbeat(force=True)
-        rec.lock_row = ("otherhost pid 1 run r0", now - timedelta(days=1))
-        with RunLock(db, TABLE, run_id="r2", clock=lambda: now):  # a stale lock: taken over
+        # The lock row as SQL Server answers: its holder, and its age in seconds by the server's clock.
+        rec.lock_row = ("otherhost pid 1 run r0", int(timedelta(days=1).total_seconds()))
+        with RunLock(db, TABLE, run_id="r2"):  # a stale lock: taken over
             pass
+        rec.lock_row = ("otherhost pid 1 run r0", -int(timedelta(days=2).total_seconds()))
+        with pytest.raises(RunLocked, match="ahead of the database's clock"):  # a heartbeat ahead: from now
+            RunLock(db, TABLE, run_id="r3").acquire()
     # The fixes test-schema prints for a table that is wrong in every way it can be.
     bad = [
         ColumnInfo("id", "nvarchar", 10),
@@ -346,6 +351,16 @@ def test_every_sql_server_statement_is_valid_tsql(recorder):
     assert any("LTRIM(RTRIM(t.person_id))" in s and "NOT EXISTS" in s for s in statements)
     assert any("HASHBYTES('SHA2_256', CAST(json_payload AS NVARCHAR(MAX))) = ?" in s for s in statements)
     assert any("CREATE INDEX ix_ssd_api_data_staging_person_id" in s for s in statements)
+    # The run lock's times and ages are SQL Server's own (DESIGN §7): no time is sent as a parameter.
+    lock_statements = [s for s in statements if "_run_lock " in s and not s.startswith("IF ")]
+    assert {s.split(" ", 1)[0] for s in lock_statements} == {"SELECT", "INSERT", "UPDATE", "DELETE"}
+    assert any("DATEDIFF(SECOND, heartbeat_at, SYSUTCDATETIME())" in s for s in lock_statements)
+    assert any("VALUES (?, ?, SYSUTCDATETIME(), SYSUTCDATETIME())" in s for s in lock_statements)
+    assert any("SET heartbeat_at = SYSUTCDATETIME() WHERE" in s for s in lock_statements)
+    assert any("acquired_at = SYSUTCDATETIME(), heartbeat_at = SYSUTCDATETIME()" in s for s in lock_statements)
+    for sql, params in zip(recorder.statements, recorder.params):
+        if "_run_lock " in sql:
+            assert not any(isinstance(value, datetime) for value in params), sql
     assert not any(
         "UNIQUE INDEX" in s or ("CREATE INDEX" in s and " WHERE " in s.split("CREATE INDEX")[1]) for s in statements
     )
