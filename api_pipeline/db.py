@@ -295,7 +295,7 @@ class Database:
                 cls._add_output_converters(conn)
         except module.Error as exc:
             conn.close()
-            raise explain_odbc_error(exc, context) from None
+            raise explain_odbc_error(exc, context, connected=True) from None
         except DatabaseError:
             conn.close()
             raise
@@ -454,7 +454,7 @@ class Database:
             if self._odbc is not None and isinstance(exc, self._odbc.Error):
                 if not self._in_transaction:
                     self._rollback_quietly()  # PostgreSQL refuses everything after an error until then
-                raise explain_odbc_error(exc, self._context) from None
+                raise explain_odbc_error(exc, self._context, connected=True) from None
             raise _sqlite_error(exc) from None
 
     def _cursor(self, kinds: Kinds | None) -> Any:
