@@ -14,6 +14,7 @@ path serves SQL Server and PostgreSQL.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sqlite3
 import threading
@@ -85,6 +86,16 @@ def _sqlite_error(exc: BaseException) -> DatabaseError:
     elif isinstance(exc, sqlite3.OperationalError) and ("database is locked" in text or "table is locked" in text):
         kind = LOCK_TIMEOUT
     return DatabaseError(f"database error: {text}", kind=kind)
+
+
+def _file_identity(path: str | Path) -> tuple[int, int] | None:
+    """A file's device and inode numbers (on Windows, volume serial number and file index):
+    they stay the same while it is the same file, whatever is written to it. None: no such file."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def validate_table_name(name: str) -> str:
@@ -195,6 +206,9 @@ class Database:
         self.is_sqlite = isinstance(connection, sqlite3.Connection)
         self._context = context or OdbcContext()
         self.path = path  # SQLite: the file, or ":memory:"; None for ODBC
+        # SQLite: the file this connection opened, and its identity then (checked before each commit).
+        self._file = None if not self.is_sqlite or path in (None, ":memory:") else Path(str(path)).absolute()
+        self._file_identity = None if self._file is None else _file_identity(self._file)
         # ODBC: opens a new connection like this one, for when the server ends the session mid-run.
         self._open_again = open_again
         self._reconnects_left = RECONNECTS
@@ -443,13 +457,42 @@ class Database:
         the rest of the log into the database now (without waiting for readers), so the run's
         time includes that work and the next reader does not pay for it."""
         self._close_reader()
-        if not self._stop_checkpointer():
+        if self._stop_checkpointer():
+            try:
+                with self.lock:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:  # another connection may hold it: SQLite checkpoints later
+                log.debug("SQLite checkpoint not done: %s", exc)
+        self.check_file()  # the run's last write-back, too, went to the file at the path
+
+    def check_file(self) -> None:
+        """SQLite: raise if the file at the path this connection opened is no longer the file it has open.
+
+        A file deleted, or replaced by another (a copy put in its place), while the connection is
+        open leaves the connection working on the old one, which nothing else will read again:
+        everything committed from then on would be lost without a word. So before each commit (one
+        ``stat`` per transaction) and at the end of a run, the file's identity is compared with the
+        one it had when the connection was opened.
+        """
+        if self._file is None or self._file_identity is None:
             return
-        try:
-            with self.lock:
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as exc:  # another connection may hold it: SQLite checkpoints later
-            log.debug("SQLite checkpoint not done: %s", exc)
+        now = _file_identity(self._file)
+        if now is None:
+            raise DatabaseError(
+                f"the SQLite database file {self._file} was deleted or moved away while the run was working, so the "
+                "run stopped: what it wrote back went to the file it had open, which is no longer there, and DfE has "
+                "the records it sent all the same. Find out what removed the file (a clean-up or sync job, antivirus, "
+                "a person) before the next run: see 'The SQLite file was deleted or replaced' in Troubleshooting."
+            )
+        # A file index of 0 (some Windows file systems) identifies nothing: then only the device is compared.
+        if now != self._file_identity and (now[0] != self._file_identity[0] or self._file_identity[1] != 0):
+            raise DatabaseError(
+                f"the SQLite database file {self._file} was replaced by another file while the run was working, so "
+                "the run stopped: what it wrote back went to the file it had open, not to the one now at that path, "
+                "which does not record the batches this run sent to DfE. Find out what replaced it (a restore, a "
+                "copy, a sync tool) before the next run: see 'The SQLite file was deleted or replaced' in "
+                "Troubleshooting."
+            )
 
     # -- transactions and statements ---------------------------------------------
 
@@ -465,6 +508,7 @@ class Database:
                 if self.is_sqlite:
                     self._run(lambda: self._conn.execute("BEGIN IMMEDIATE"))
                 yield
+                self.check_file()
                 self._run(self._conn.commit)
             except BaseException:
                 self._rollback_quietly()

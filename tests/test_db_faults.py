@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import shutil
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +34,7 @@ from api_pipeline.runner import execute_run
 from api_pipeline.simulator import Simulator
 from api_pipeline.staging import StagingTable
 from api_pipeline.synthetic import make_children
-from conftest import Staging, rows, run_cli, settings_for
+from conftest import Staging, db_env, insert, rows, run_cli, settings_for
 
 RECONNECTED = "connected again, and carrying on"
 
@@ -344,3 +347,74 @@ def test_rows_half_read_when_the_connection_goes_are_not_read_again_from_the_sta
         assert caught.value.kind == CONNECTION_LOST
         assert seen == list(range(1, len(seen) + 1)) and len(seen) < 5000
         assert db.scalar("SELECT COUNT(*) FROM generate_series(1, 5000)") == 5000
+
+
+# ---------------------------------------------------------------------------
+# SQLite: the file deleted or replaced under the run
+# ---------------------------------------------------------------------------
+
+
+def companions(path: Path) -> list[Path]:
+    return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+
+
+def on_second_request(simulator: Simulator, action: Callable[[], None]) -> None:
+    """``action`` runs when DfE receives the second batch, before it answers: the first batch has
+    been answered, and may or may not have been written back yet."""
+    real = simulator._receive
+    received = [0]
+
+    def receive(*args, **kwargs):
+        received[0] += 1
+        if received[0] == 2:
+            action()
+        return real(*args, **kwargs)
+
+    simulator._receive = receive  # type: ignore[method-assign]
+
+
+def run_stopped_on_the_file(simulator: Simulator, db_path: Path, words: str) -> None:
+    environ = simulator.settings_env() | db_env(db_path) | {"BATCH_SIZE": "10", "MAX_RETRIES": "0"}
+    result = run_cli(["run"], environ=environ, cwd=db_path.parent)
+    assert result.code == ExitCode.DATABASE, result.err
+    (line,) = [line for line in result.err.splitlines() if line.startswith("error:")]
+    assert str(db_path) in line and words in line
+    assert "The SQLite file was deleted or replaced" in line
+    (summary_file,) = (db_path.parent / "logs").glob("*.summary.json")
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    assert summary["exit_code"] == 3 and summary["stopped_early"] and words in summary["fatal_error"]
+    (report,) = (db_path.parent / "logs").glob("*.report.html")
+    assert "finished normally" not in report.read_text(encoding="utf-8")
+
+
+def test_a_sqlite_file_deleted_mid_run_stops_the_run_naming_the_file(simulator, db_path):
+    insert(db_path, list(make_children(50, seed=95)))
+    on_second_request(simulator, lambda: [each.unlink(missing_ok=True) for each in companions(db_path)])
+    run_stopped_on_the_file(simulator, db_path, "was deleted or moved away while the run was working")
+    assert not db_path.exists()
+
+
+def test_a_sqlite_file_replaced_mid_run_stops_the_run_naming_the_file(simulator, db_path):
+    insert(db_path, list(make_children(50, seed=96)))
+    older = db_path.with_name("older-copy.db")
+    shutil.copyfile(db_path, older)  # the table before the run, as a backup would have it
+
+    def put_back_the_copy() -> None:
+        os.replace(older, db_path)
+        for each in companions(db_path)[1:]:
+            each.unlink(missing_ok=True)
+
+    on_second_request(simulator, put_back_the_copy)
+    run_stopped_on_the_file(simulator, db_path, "was replaced by another file while the run was working")
+    # The file now at the path is the copy: nothing the run wrote went into it.
+    assert {row["submission_status"] for row in rows(db_path)} == {"Pending"}
+
+
+def test_a_sqlite_file_deleted_after_the_last_write_back_is_noticed_when_the_run_ends(db_path):
+    with Database.open_sqlite(db_path) as db:
+        db.prepare_for_bulk_writes()
+        StagingTable(db, "ssd_api_data_staging").create_ledger()
+        for each in companions(db_path):
+            each.unlink(missing_ok=True)
+        with pytest.raises(DatabaseError, match="was deleted or moved away"):
+            db.finish_bulk_writes()
