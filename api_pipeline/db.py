@@ -534,6 +534,9 @@ class Database:
                 elif not self._in_transaction:
                     self._rollback_quietly()  # PostgreSQL refuses everything after an error until then
                 raise error from None
+            # Outside WAL mode, SQLite itself refuses to write to a file that has been deleted or
+            # moved ("attempt to write a readonly database"): say what happened instead.
+            self.check_file()
             raise _sqlite_error(exc) from None
 
     def _cursor(self, kinds: Kinds | None) -> Any:

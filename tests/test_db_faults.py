@@ -418,3 +418,12 @@ def test_a_sqlite_file_deleted_after_the_last_write_back_is_noticed_when_the_run
             each.unlink(missing_ok=True)
         with pytest.raises(DatabaseError, match="was deleted or moved away"):
             db.finish_bulk_writes()
+
+
+def test_a_sqlite_file_deleted_outside_wal_mode_is_named_not_called_read_only(db_path):
+    """Outside WAL mode SQLite itself refuses the write (SQLITE_READONLY_DBMOVED): the message says why."""
+    with Database.open_sqlite(db_path) as db:
+        db_path.unlink()
+        with pytest.raises(DatabaseError, match="was deleted or moved away") as caught:
+            StagingTable(db, "ssd_api_data_staging").create_ledger()
+    assert "readonly" not in str(caught.value)
