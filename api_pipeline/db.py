@@ -9,6 +9,10 @@ table name and the names derived from it (config.TABLE_NAME_PATTERN).
 ODBC connection string: ``pyodbc`` is imported only then, and the DBMS the
 connection reports (``SQL_DBMS_NAME``) picks the :class:`Dialect`, so one code
 path serves SQL Server and PostgreSQL.
+
+A session the server ends mid-run is opened again, once a run, for work that may be done
+twice (:meth:`Database.retry_conflicts`); a SQLite file deleted or replaced under its
+connection stops the work before the next commit (:meth:`Database.check_file`).
 """
 
 from __future__ import annotations
