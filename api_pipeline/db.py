@@ -9,11 +9,16 @@ table name and the names derived from it (config.TABLE_NAME_PATTERN).
 ODBC connection string: ``pyodbc`` is imported only then, and the DBMS the
 connection reports (``SQL_DBMS_NAME``) picks the :class:`Dialect`, so one code
 path serves SQL Server and PostgreSQL.
+
+A session the server ends mid-run is opened again, once a run, for work that may be done
+twice (:meth:`Database.retry_conflicts`); a SQLite file deleted or replaced under its
+connection stops the work before the next commit (:meth:`Database.check_file`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sqlite3
 import threading
@@ -28,17 +33,21 @@ from api_pipeline.dialects import SQLITE, Dialect, Kinds, dialect_for_dbms
 from api_pipeline.errors import ConfigError, DatabaseError
 from api_pipeline.odbc import (
     CONFLICT,
+    CONNECTION_LOST,
     KEY_VIOLATION,
     LOCK_TIMEOUT,
+    LOST_CONNECTION,
     SQL_SERVER_DRIVER_PREFERENCE,
     SQL_SS_TIMESTAMPOFFSET,
     SQL_WCHAR,
     SQL_WLONGVARCHAR,
     SQL_WVARCHAR,
+    UNREACHABLE,
     OdbcContext,
     choose_sql_server_driver,
     decode_datetimeoffset,
     decode_wide_text,
+    driver_said,
     explain_odbc_error,
     is_psqlodbc,
     odbc_value,
@@ -64,6 +73,10 @@ LOCK_WAIT_SECONDS = 30
 LOCK_WAIT_ATTEMPTS = 60
 CONFLICT_ATTEMPTS = 5
 CONFLICT_PAUSE = 0.5  # seconds before the second attempt
+# A connection the server ended (or the network dropped) during a run is opened again, once a run:
+# tried at once and then after these pauses (seconds), as a restarting server comes back.
+RECONNECTS = 1
+RECONNECT_PAUSES = (0.0, 2.0, 8.0, 20.0)
 
 T = TypeVar("T")
 
@@ -77,6 +90,16 @@ def _sqlite_error(exc: BaseException) -> DatabaseError:
     elif isinstance(exc, sqlite3.OperationalError) and ("database is locked" in text or "table is locked" in text):
         kind = LOCK_TIMEOUT
     return DatabaseError(f"database error: {text}", kind=kind)
+
+
+def _file_identity(path: str | Path) -> tuple[int, int] | None:
+    """A file's device and inode numbers (on Windows, volume serial number and file index):
+    they stay the same while it is the same file, whatever is written to it. None: no such file."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def validate_table_name(name: str) -> str:
@@ -175,6 +198,7 @@ class Database:
         driver_file: str = "",
         context: OdbcContext | None = None,
         path: str | None = None,
+        open_again: Callable[[], Any] | None = None,
     ) -> None:
         self._conn = connection
         self.dialect = dialect
@@ -186,6 +210,14 @@ class Database:
         self.is_sqlite = isinstance(connection, sqlite3.Connection)
         self._context = context or OdbcContext()
         self.path = path  # SQLite: the file, or ":memory:"; None for ODBC
+        # SQLite: the file this connection opened, and its identity then (checked before each commit).
+        self._file = None if not self.is_sqlite or path in (None, ":memory:") else Path(str(path)).absolute()
+        self._file_identity = None if self._file is None else _file_identity(self._file)
+        # ODBC: opens a new connection like this one, for when the server ends the session mid-run.
+        self._open_again = open_again
+        self._reconnects_left = RECONNECTS
+        self._broken = False  # the connection was lost: every statement on it fails
+        self._lost_said = ""  # the driver's words when it was lost
         self._errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
         if odbc is not None:
             self._errors += (odbc.Error,)
@@ -295,12 +327,29 @@ class Database:
                 cls._add_output_converters(conn)
         except module.Error as exc:
             conn.close()
-            raise explain_odbc_error(exc, context) from None
+            raise explain_odbc_error(exc, context, connected=True) from None
         except DatabaseError:
             conn.close()
             raise
         description = f"{dbms} {version} via ODBC driver {driver_file} {driver_version}"
-        db = cls(conn, dialect, description=description, odbc=module, driver_file=driver_file, context=context)
+        microsoft = dialect.uses_microsoft_driver(driver_file)
+
+        def open_again() -> Any:
+            """A new connection as this one was made (raises the driver's error)."""
+            again = module.connect(text, autocommit=False)
+            if microsoft:
+                cls._add_output_converters(again)
+            return again
+
+        db = cls(
+            conn,
+            dialect,
+            description=description,
+            odbc=module,
+            driver_file=driver_file,
+            context=context,
+            open_again=open_again,
+        )
         try:
             db._start_session()
         except DatabaseError:
@@ -412,13 +461,42 @@ class Database:
         the rest of the log into the database now (without waiting for readers), so the run's
         time includes that work and the next reader does not pay for it."""
         self._close_reader()
-        if not self._stop_checkpointer():
+        if self._stop_checkpointer():
+            try:
+                with self.lock:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:  # another connection may hold it: SQLite checkpoints later
+                log.debug("SQLite checkpoint not done: %s", exc)
+        self.check_file()  # the run's last write-back, too, went to the file at the path
+
+    def check_file(self) -> None:
+        """SQLite: raise if the file at the path this connection opened is no longer the file it has open.
+
+        A file deleted, or replaced by another (a copy put in its place), while the connection is
+        open leaves the connection working on the old one, which nothing else will read again:
+        everything committed from then on would be lost without a word. So before each commit (one
+        ``stat`` per transaction) and at the end of a run, the file's identity is compared with the
+        one it had when the connection was opened.
+        """
+        if self._file is None or self._file_identity is None:
             return
-        try:
-            with self.lock:
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as exc:  # another connection may hold it: SQLite checkpoints later
-            log.debug("SQLite checkpoint not done: %s", exc)
+        now = _file_identity(self._file)
+        if now is None:
+            raise DatabaseError(
+                f"the SQLite database file {self._file} was deleted or moved away while the run was working, so the "
+                "run stopped: what it wrote back went to the file it had open, which is no longer there, and DfE has "
+                "the records it sent all the same. Find out what removed the file (a clean-up or sync job, antivirus, "
+                "a person) before the next run: see 'The SQLite file was deleted or replaced' in Troubleshooting."
+            )
+        # A file index of 0 (some Windows file systems) identifies nothing: then only the device is compared.
+        if now != self._file_identity and (now[0] != self._file_identity[0] or self._file_identity[1] != 0):
+            raise DatabaseError(
+                f"the SQLite database file {self._file} was replaced by another file while the run was working, so "
+                "the run stopped: what it wrote back went to the file it had open, not to the one now at that path, "
+                "which does not record the batches this run sent to DfE. Find out what replaced it (a restore, a "
+                "copy, a sync tool) before the next run: see 'The SQLite file was deleted or replaced' in "
+                "Troubleshooting."
+            )
 
     # -- transactions and statements ---------------------------------------------
 
@@ -434,6 +512,7 @@ class Database:
                 if self.is_sqlite:
                     self._run(lambda: self._conn.execute("BEGIN IMMEDIATE"))
                 yield
+                self.check_file()
                 self._run(self._conn.commit)
             except BaseException:
                 self._rollback_quietly()
@@ -452,9 +531,16 @@ class Database:
             return action()
         except self._errors as exc:
             if self._odbc is not None and isinstance(exc, self._odbc.Error):
-                if not self._in_transaction:
+                error = explain_odbc_error(exc, self._context, connected=True)
+                if error.kind == CONNECTION_LOST:
+                    self._broken = True
+                    self._lost_said = driver_said(exc, self._context)
+                elif not self._in_transaction:
                     self._rollback_quietly()  # PostgreSQL refuses everything after an error until then
-                raise explain_odbc_error(exc, self._context) from None
+                raise error from None
+            # Outside WAL mode, SQLite itself refuses to write to a file that has been deleted or
+            # moved ("attempt to write a readonly database"): say what happened instead.
+            self.check_file()
             raise _sqlite_error(exc) from None
 
     def _cursor(self, kinds: Kinds | None) -> Any:
@@ -510,18 +596,26 @@ class Database:
         write-back, the run lock's heartbeat) waits rather than use the connection under it.
         Outside a transaction, an ODBC read ends its implicit transaction when the
         last open query finishes, so no snapshot or lock is held across HTTP sends; and a
-        statement that another session's locks hold up (a deadlock, the lock time-out) is
-        run again (:meth:`retry_conflicts`) unless ``retry`` is off.
+        statement that another session's locks hold up (a deadlock, the lock time-out), or that
+        found the connection lost, is run again (:meth:`retry_conflicts`) unless ``retry`` is off.
+        Only the statement is: once rows have been handed out, a failure is the caller's.
         """
         with self.lock:  # one thread at a time on the connection, for as long as the result is open
-            cursor = self._run(lambda: self._cursor(kinds))
+            cursor: Any = None
             self._open_queries += 1
+
+            def start() -> None:
+                nonlocal cursor
+                if cursor is not None:  # an attempt that failed (on a connection since replaced)
+                    self._close_cursor(cursor)
+                cursor = self._run(lambda: self._cursor(kinds))
+                self._run(lambda: cursor.execute(sql, tuple(params)))
+
             try:
-                run = lambda: self._run(lambda: cursor.execute(sql, tuple(params)))  # noqa: E731
                 if retry and not self._in_transaction:
-                    self.retry_conflicts(run, "reading from the database")
+                    self._retry(start, "reading from the database", own_queries=1)
                 else:
-                    run()
+                    start()
                 while True:
                     rows = self._run(lambda: cursor.fetchmany(chunk))
                     if not rows:
@@ -529,12 +623,24 @@ class Database:
                     yield from (tuple(row) for row in rows)
             finally:
                 self._open_queries -= 1
-                try:
-                    cursor.close()
-                except Exception:  # noqa: BLE001
-                    log.debug("closing a cursor failed", exc_info=True)
-                if self._odbc is not None and not self._in_transaction and self._open_queries == 0:
-                    self._run(self._conn.commit)
+                if cursor is not None:
+                    self._close_cursor(cursor)
+                if self._odbc is not None and not self._in_transaction and self._open_queries == 0 and not self._broken:
+                    try:
+                        self._run(self._conn.commit)
+                    except DatabaseError as exc:
+                        if exc.kind != CONNECTION_LOST:
+                            raise
+                        # The rows were read (or the caller stopped reading them): the next statement
+                        # finds the connection lost and deals with it.
+                        log.debug("ending a read: %s", exc)
+
+    @staticmethod
+    def _close_cursor(cursor: Any) -> None:
+        try:
+            cursor.close()
+        except Exception:  # noqa: BLE001
+            log.debug("closing a cursor failed", exc_info=True)
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         for row in self.query(sql, params, chunk=1):
@@ -553,12 +659,24 @@ class Database:
         """``action`` (whole transactions, or reads outside one), tried again when it was a deadlock
         victim or a serialization failure (a few times, pausing a little longer each time) or timed
         out waiting for another session's locks (for up to half an hour); between tries, the
-        :attr:`while_waiting` hook runs. The last failure is raised, saying how often it was tried."""
+        :attr:`while_waiting` hook runs. The last failure is raised, saying how often it was tried.
+
+        Also tried again, on a new connection, when the server ended the session (ODBC, once a
+        run: :meth:`_connected_again`). Whether a commit under way then happened cannot be known,
+        so ``action`` must be a read or leave the same result when it is done twice: setting
+        rows to values is, adding to them is not.
+        """
+        return self._retry(action, what, own_queries=0)
+
+    def _retry(self, action: Callable[[], T], what: str, *, own_queries: int) -> T:
+        """:meth:`retry_conflicts`; ``own_queries``: the open query results that are the action's own."""
         conflicts = waits = 0
         while True:
             try:
                 return action()
             except DatabaseError as exc:
+                if exc.kind == CONNECTION_LOST and self._connected_again(exc, what, own_queries):
+                    continue
                 if exc.kind == CONFLICT and conflicts + 1 < CONFLICT_ATTEMPTS:
                     conflicts += 1
                     pause = CONFLICT_PAUSE * 2 ** (conflicts - 1) * random.uniform(0.75, 1.25)  # noqa: S311
@@ -589,6 +707,70 @@ class Database:
             self._waited()
             if pause:
                 self.sleep(pause)
+
+    def _connected_again(self, exc: DatabaseError, what: str, own_queries: int) -> bool:
+        """After the connection was lost: whether ``what`` may be tried again, on a connection opened
+        here (at most :data:`RECONNECTS` times a run) or by another thread since it failed.
+
+        Not when it is part of a larger unit of work: inside a transaction, or while another query's
+        rows are being read (their cursor went with the connection); that unit fails instead.
+        """
+        if self._open_again is None:
+            return False
+        with self.lock:
+            if self._in_transaction or self._open_queries > own_queries:
+                return False
+            if not self._broken:
+                return True
+            if self._reconnects_left <= 0:
+                raise DatabaseError(
+                    f"{exc}. The run had already lost its connection once and connected again; it does that only "
+                    "once a run, so it stopped",
+                    kind=CONNECTION_LOST,
+                ) from None
+            self._reconnects_left -= 1
+            self._connect_again(what)
+            return True
+
+    def _connect_again(self, what: str) -> None:
+        """A new connection in place of the lost one, with the session settings; raises when none can be had."""
+        assert self._open_again is not None
+        lost = self._lost_said
+        try:
+            self._conn.close()
+        except Exception:  # noqa: BLE001 - a lost connection may not close cleanly
+            log.debug("closing the lost connection failed", exc_info=True)
+        failure: BaseException | None = None
+        for pause in RECONNECT_PAUSES:
+            if pause:
+                self.sleep(pause)
+            try:
+                self._conn = self._open_again()
+            except self._errors as exc:
+                failure = exc
+                if explain_odbc_error(exc, self._context).kind == UNREACHABLE:
+                    continue  # still restarting, or not reachable yet
+                break
+            self._broken = False
+            self._start_session()
+            log.warning(
+                "the connection to the database server was lost while %s (%s); connected again, and carrying on "
+                "(the run does that once at most)",
+                what,
+                lost,
+            )
+            return
+        assert failure is not None
+        self._open_again = None  # this run has no connection any more: what follows fails as it is
+        explained = explain_odbc_error(failure, self._context)
+        if explained.kind == UNREACHABLE:
+            why = (
+                f"for {sum(RECONNECT_PAUSES):.0f} s ({driver_said(failure, self._context)}): the server may still be "
+                "restarting, or the network is down. Run again once the server is back"
+            )
+        else:
+            why = f"too: {explained}"
+        raise DatabaseError(f"{LOST_CONNECTION} ({lost}). Connecting again failed {why}", kind=CONNECTION_LOST)
 
     def _waited(self) -> None:
         """Run the :attr:`while_waiting` hook: not from inside itself (it may wait too), nor while

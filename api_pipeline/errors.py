@@ -68,7 +68,9 @@ class DatabaseError(PipelineError):
 
     ``kind`` says when retrying may help: ``"conflict"`` (chosen as a deadlock victim, or a
     serialization failure: the transaction was rolled back), ``"lock_timeout"`` (waited too
-    long for a lock another session holds), ``"key_violation"`` (a duplicate key); None otherwise.
+    long for a lock another session holds), ``"key_violation"`` (a duplicate key),
+    ``"connection_lost"`` (the server ended a session that worked, or the network dropped it),
+    ``"unreachable"`` (no connection could be opened); None otherwise.
     """
 
     exit_code = ExitCode.DATABASE

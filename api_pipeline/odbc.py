@@ -26,6 +26,10 @@ FETCH_ROWS = 500  # rows per round trip when psqlODBC streams a result
 CONFLICT = "conflict"  # a deadlock victim or a serialization failure: the transaction was rolled back
 LOCK_TIMEOUT = "lock_timeout"  # waited longer than the lock time-out for a lock another session holds
 KEY_VIOLATION = "key_violation"  # a duplicate primary or unique key
+# The connection worked, then the server ended the session or the network dropped it: whatever was
+# not committed is gone, and a commit that was under way may or may not have happened.
+CONNECTION_LOST = "connection_lost"
+UNREACHABLE = "unreachable"  # no connection could be opened: the server did not answer, or is starting or stopping
 
 # ODBC SQL type codes of the columns read through output converters (ODBC specification; msodbcsql.h).
 SQL_WCHAR, SQL_WVARCHAR, SQL_WLONGVARCHAR = -8, -9, -10
@@ -305,7 +309,7 @@ _RISK = (
 )
 
 
-def _certificate_advice(message: str, lower: str, natives: set[int], context: OdbcContext) -> str | None:
+def _certificate_advice(message: str, lower: str, natives: frozenset[int], context: OdbcContext) -> str | None:
     """Driver 18's certificate checks: the chain is not trusted, or the certificate names another server."""
     mismatch = (
         _WRONG_PRINCIPAL in natives
@@ -354,30 +358,111 @@ def _certificate_advice(message: str, lower: str, natives: set[int], context: Od
     return text
 
 
-def explain_odbc_error(exc: BaseException, context: OdbcContext | None = None) -> DatabaseError:
+# A session that worked and then went, told by the failure of a statement on it (never by a failed
+# connect, which means the server could not be reached at all). ODBC's class 08 (08S01 communication
+# link failure, 08003 connection does not exist, 08007 connection failure during a transaction);
+# IMC01-IMC06, Microsoft's drivers giving up restoring a broken idle connection ("connection
+# resiliency"); PostgreSQL ending the session (57P01 administrator command or server shutdown, 57P02
+# crash of another server process, 57P03 cannot connect now); SQL Server's 596 (the session was
+# KILLed) and Windows' socket errors 10053/10054 (connection aborted, reset); and the words psqlODBC
+# (passing libpq's on) and Microsoft's drivers use when the socket went. psqlODBC reports the first
+# statement of a transaction on a connection the server has ended as "internal SAVEPOINT failed"
+# (HY000): it sends its statement-rollback SAVEPOINT first. Nothing else makes that fail in the
+# tool's transactions, and were it ever something else, the transaction is rolled back either way
+# and doing it again on a new connection is what the tool would do for a lost one.
+_LOST_STATE_PREFIXES = ("08", "IMC")
+_LOST_STATES = frozenset({"57P01", "57P02", "57P03"})
+_LOST_NATIVES = frozenset({596, 10053, 10054})
+_LOST_WORDS = (
+    "server closed the connection unexpectedly",
+    "could not send data to server",
+    "could not receive data from server",
+    "connection has been lost",
+    "the connection lost",
+    "no connection to the server",
+    "communication link failure",
+    "terminating connection",
+    "connection reset",
+    "broken pipe",
+    "forcibly closed",
+    "ssl syscall error",
+    "session is in the kill state",
+    "internal savepoint failed",
+)
+# PostgreSQL refusing connections while it starts, stops or recovers (psqlODBC reports them as 08001).
+_STARTING_OR_STOPPING = ("database system is starting up", "database system is shutting down", "in recovery mode")
+LOST_CONNECTION = (
+    "the connection to the database server was lost while the run was working: the server ended the session "
+    "(it was restarted or failed over, or an administrator or a time-out ended it) or the network dropped it. "
+    "Nothing was marked wrongly: the rows not yet written back stay pending and are sent again next run"
+)
+
+
+@dataclass(frozen=True)
+class _Diagnosis:
+    """A pyodbc error taken apart: SQLSTATE, the driver's message and the native error numbers in it."""
+
+    state: str
+    message: str
+    natives: frozenset[int]
+
+    @classmethod
+    def of(cls, exc: BaseException) -> _Diagnosis:
+        args: tuple[Any, ...] = tuple(getattr(exc, "args", ()) or ())
+        if len(args) >= 2:
+            state, message = str(args[0]), str(args[1])
+            if _SQLSTATE.match(message) and not _SQLSTATE.match(state):
+                state, message = message, state  # pyodbc's own errors are (message, SQLSTATE)
+        else:
+            message = str(args[0]) if args else str(exc)
+            found = re.match(r"\s*\[(\w{5})\]", message)
+            state = found.group(1) if found else ""
+        return cls(state, message, frozenset(int(code) for code in _NATIVE_CODE.findall(message)))
+
+    @property
+    def said(self) -> str:
+        """``the driver said: <its first line>; SQLSTATE <state>, native error <n>``."""
+        numbers = "/".join(str(n) for n in sorted(self.natives - {0}))
+        code = (f"SQLSTATE {self.state}" if self.state else "") + (
+            f", native error {numbers}" if self.state and numbers else ""
+        )
+        return f"the driver said: {_driver_detail(self.message)}{'; ' + code if code else ''}"
+
+    @property
+    def lost(self) -> bool:
+        """Whether this says the connection itself is gone (see _LOST_STATES)."""
+        lower = self.message.lower()
+        return (
+            self.state.startswith(_LOST_STATE_PREFIXES)
+            or self.state in _LOST_STATES
+            or bool(self.natives & _LOST_NATIVES)
+            or any(words in lower for words in _LOST_WORDS)
+        )
+
+
+def driver_said(exc: BaseException, context: OdbcContext | None = None) -> str:
+    """The driver's words in short (first line and codes), passwords masked, for a message of the caller's own."""
+    return mask_secrets(_Diagnosis.of(exc).said, (context or OdbcContext()).secrets)
+
+
+def explain_odbc_error(
+    exc: BaseException, context: OdbcContext | None = None, *, connected: bool = False
+) -> DatabaseError:
     """Turn a pyodbc error (SQLSTATE + the driver's message) into something a council officer can act on.
 
     The one place ODBC error shapes are recognised, for SQL Server's drivers and
     psqlODBC alike (psqlODBC reports every connection failure as 08001, so the
     server's words decide). Passwords are masked; record values never appear.
-    The returned error's ``kind`` marks deadlocks, lock time-outs and duplicate keys.
+    ``connected``: the error came from a connection that was open (a statement, a commit), not
+    from opening one, so the server was reached and a connection failure means it was lost.
+    The returned error's ``kind`` marks deadlocks, lock time-outs, duplicate keys, a connection
+    lost during the run and a server that could not be reached.
     """
     context = context or OdbcContext()
-    args: tuple[Any, ...] = tuple(getattr(exc, "args", ()) or ())
-    if len(args) >= 2:
-        state, message = str(args[0]), str(args[1])
-        if _SQLSTATE.match(message) and not _SQLSTATE.match(state):
-            state, message = message, state  # pyodbc's own errors are (message, SQLSTATE)
-    else:
-        message = str(args[0]) if args else str(exc)
-        found = re.match(r"\s*\[(\w{5})\]", message)
-        state = found.group(1) if found else ""
-    natives = {int(code) for code in _NATIVE_CODE.findall(message)}
+    diagnosis = _Diagnosis.of(exc)
+    state, message, natives = diagnosis.state, diagnosis.message, diagnosis.natives
     lower = message.lower()
-    detail = _driver_detail(message)
-    numbers = "/".join(str(n) for n in sorted(natives - {0}))
-    code = (f"SQLSTATE {state}" if state else "") + (f", native error {numbers}" if state and numbers else "")
-    said = f" (the driver said: {detail}{'; ' + code if code else ''})"
+    said = f" ({diagnosis.said})"
     kind = None
 
     def named(*words: str) -> str:
@@ -403,6 +488,9 @@ def explain_odbc_error(exc: BaseException, context: OdbcContext | None = None) -
             )
     elif (certificate := _certificate_advice(message, lower, natives, context)) is not None:
         text = certificate
+    elif connected and diagnosis.lost:
+        kind = CONNECTION_LOST
+        text = LOST_CONNECTION
     elif 1205 in natives or state in ("40001", "40P01"):
         kind = CONFLICT
         text = (
@@ -487,13 +575,20 @@ def explain_odbc_error(exc: BaseException, context: OdbcContext | None = None) -
     elif natives & {2627, 2601} or state == "23505":
         kind = KEY_VIOLATION
         text = "the database refused a duplicate key"
-    elif (
+    elif not connected and (state == "57P03" or any(words in lower for words in _STARTING_OR_STOPPING)):
+        kind = UNREACHABLE
+        text = (
+            "the database server is starting up or shutting down (a restart or a failover is under way): "
+            "run again once it is back"
+        )
+    elif not connected and (
         state in ("08001", "08S01", "HYT00", "08004")
         or "connection refused" in lower
         or "could not translate host name" in lower
         or "timeout expired" in lower
         or "server was not found" in lower
     ):
+        kind = UNREACHABLE
         text = (
             "cannot reach the database server. Check SERVER= (and port) in DB_CONNECTION_STRING, that the "
             "server is running and accepts TCP/IP connections, and that no firewall is in the way."

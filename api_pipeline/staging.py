@@ -54,6 +54,7 @@ MAX_PARAMETERS = 900
 # The ledger's and the in-doubt table's columns after their key, in the order write-back binds them.
 _LEDGER_VALUES = tuple(c.name for c in LEDGER_SPEC[1:])
 _IN_DOUBT_VALUES = tuple(c.name for c in IN_DOUBT_SPEC[1:])
+_IN_FLIGHT_VALUES = tuple(c.name for c in IN_FLIGHT_SPEC[1:])
 _STATE = "LOWER(COALESCE(t.row_state, ''))"
 _STATUS = "LOWER(COALESCE(t.submission_status, ''))"
 # How SQLite and PostgreSQL refuse ON CONFLICT (la_child_id) when that column is not a key.
@@ -284,7 +285,8 @@ class StagingTable:
         # The columns of the tables the tool keeps beside the staging table, read once (None: missing).
         self._side_columns: dict[str, list[ColumnInfo] | None] = {}
         self._current_hash: bool | None = None
-        self._keyed = {self.ledger: True, self.in_doubt: True}  # False: made by hand with no key to upsert on
+        # False: made by hand with no key to upsert on.
+        self._keyed = {self.ledger: True, self.in_flight: True, self.in_doubt: True}
 
     # -- schema -------------------------------------------------------------
 
@@ -696,13 +698,8 @@ class StagingTable:
             )
             for batch_id, batch in batches.items()
         ]
-        insert = f"INSERT INTO {self.in_flight} (batch_id, recorded_at, children_json) VALUES "
-        for chunk in _chunks(rows, MAX_PARAMETERS // 3):
-            self.db.execute(
-                insert + ", ".join(["(?, ?, ?)"] * len(chunk)),
-                [value for row in chunk for value in row],
-                kinds=(None, None, LONG_TEXT) * len(chunk),
-            )
+        # Upserted: a write-back redone (its COMMIT's answer lost) must leave the same rows.
+        self._upsert(self.in_flight, _IN_FLIGHT_VALUES, rows, (None, None, LONG_TEXT), key="batch_id")
 
     def _write_in_doubt(self, children: Sequence[InDoubt]) -> None:
         """These children are in doubt, with these outlines (inside the caller's transaction)."""
@@ -719,25 +716,27 @@ class StagingTable:
             marks = ", ".join("?" * len(chunk))
             self.db.execute(f"DELETE FROM {self.in_doubt} WHERE la_child_id IN ({marks})", chunk)
 
-    def _upsert(self, table: str, columns: Sequence[str], values: list[tuple[Any, ...]], kinds: Kinds) -> None:
-        """Insert these rows into ``table`` (the ledger or the in-flight table, keyed on la_child_id,
-        the first value of each row), replacing any with the same key (inside the caller's transaction).
+    def _upsert(
+        self, table: str, columns: Sequence[str], values: list[tuple[Any, ...]], kinds: Kinds, key: str = "la_child_id"
+    ) -> None:
+        """Insert these rows into ``table`` (keyed on ``key``, the first value of each row), replacing
+        any with the same key (inside the caller's transaction).
 
         SQLite and PostgreSQL update each row in place (``ON CONFLICT ... DO UPDATE``), which
         leaves the key's index alone and dirties half the pages a delete and insert would;
-        SQL Server, and a table whose ``la_child_id`` is not a key, delete and insert.
+        SQL Server, and a table whose key is not declared one, delete and insert.
         """
         upsert = self._keyed[table] and self.db.dialect.upserts
         if not upsert:
             for chunk in _chunks([row[0] for row in values], MAX_PARAMETERS):
                 marks = ", ".join("?" * len(chunk))
-                self.db.execute(f"DELETE FROM {table} WHERE la_child_id IN ({marks})", chunk)
-        insert = f"INSERT INTO {table} (la_child_id, {', '.join(columns)}) VALUES "
+                self.db.execute(f"DELETE FROM {table} WHERE {key} IN ({marks})", chunk)
+        insert = f"INSERT INTO {table} ({key}, {', '.join(columns)}) VALUES "
         marks = "(" + ", ".join("?" * len(kinds)) + ")"
         on_conflict = ""
         if upsert:
             updates = ", ".join(f"{c} = excluded.{c}" for c in columns)
-            on_conflict = f" ON CONFLICT (la_child_id) DO UPDATE SET {updates}"
+            on_conflict = f" ON CONFLICT ({key}) DO UPDATE SET {updates}"
         if self.db.fast_executemany:  # one parameter array: as fast as it gets
             self.db.executemany(insert + marks + on_conflict, values, kinds=kinds)
         else:  # a multi-row VALUES: one round trip where executemany makes one per row
@@ -772,7 +771,8 @@ class StagingTable:
             except DatabaseError as exc:
                 # A table made by hand without its primary key: nothing was written (the
                 # transaction rolled back); delete and insert from now on.
-                keyless = [t for t, rows in ((self.ledger, ledger), (self.in_doubt, doubt.in_doubt)) if rows]
+                written = ((self.ledger, ledger), (self.in_flight, doubt.in_flight), (self.in_doubt, doubt.in_doubt))
+                keyless = [t for t, rows in written if rows]
                 keyless = [t for t in keyless if self._keyed[t]]
                 if not (keyless and _NO_CONFLICT_KEY.search(str(exc))):
                     raise

@@ -19,9 +19,11 @@ from api_pipeline.db import Database
 from api_pipeline.errors import DatabaseError
 from api_pipeline.odbc import (
     CONFLICT,
+    CONNECTION_LOST,
     KEY_VIOLATION,
     LOCK_TIMEOUT,
     PSQLODBC_DEFAULTS,
+    UNREACHABLE,
     OdbcContext,
     UnreadableText,
     choose_sql_server_driver,
@@ -449,6 +451,88 @@ def test_deadlocks_lock_timeouts_and_duplicate_keys_are_told_apart(state, messag
         assert "deadlock" in text and "none of it was kept" in text
     if kind == LOCK_TIMEOUT:
         assert "lock time-out" in text and "staging SQL" in text
+
+
+# A session that worked and went: the shapes drivers give. psqlODBC's are the ones the real server
+# gives after pg_terminate_backend (test_db_faults.py); SQL Server's are the Microsoft driver's
+# 08S01 "Communication link failure" after the server reset the socket (Windows' 10054), its
+# connection-resiliency IMC06, and the error of a statement in a session a DBA KILLed (596).
+LOST_SHAPES = [
+    (
+        "57P01",
+        "[57P01] FATAL: terminating connection due to administrator command;\nThe connection has been lost (35) "
+        "(SQLExecDirectW)",
+    ),
+    ("57P02", "[57P02] FATAL: terminating connection because of crash of another server process (35)"),
+    ("08S01", "[08S01] SQLExecDirectW unable due to the connection lost (35) (SQLExecDirectW)"),
+    ("HY000", "[HY000] The connection has been lost (1) (SQLEndTran)"),
+    ("HY000", "[HY000] internal SAVEPOINT failed (8) (SQLExecDirectW)"),
+    (
+        "HY000",
+        "[HY000] server closed the connection unexpectedly\n\tThis probably means the server terminated abnormally"
+        "\n\tbefore or while processing the request.\n (26) (SQLExecDirectW)",
+    ),
+    (
+        "08S01",
+        f"[08S01] {MS18}TCP Provider: An existing connection was forcibly closed by the remote host.\r\n (10054) "
+        f"(SQLExecDirectW); [08S01] {MS18}Communication link failure (10054)",
+    ),
+    (
+        "IMC06",
+        f"[IMC06] {MS18}The connection is broken and recovery is not possible. The connection is marked by the "
+        "client driver as unrecoverable. No attempt was made to restore the connection. (0) (SQLExecDirectW)",
+    ),
+    (
+        "HY000",
+        f"[HY000] {MS18}[SQL Server]Cannot continue the execution because the session is in the kill state. (596) "
+        "(SQLExecDirectW)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("state", "message"), LOST_SHAPES)
+def test_a_connection_lost_during_the_run_is_not_a_wrong_address(state, message):
+    error = explain_odbc_error(pyodbc.Error(state, message), OdbcContext(), connected=True)
+    assert error.kind == CONNECTION_LOST
+    text = str(error)
+    assert text.startswith("the connection to the database server was lost while the run was working")
+    assert "stay pending and are sent again next run" in text
+    assert "SERVER=" not in text and "firewall" not in text
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ("42P01", '[42P01] ERROR: relation "x" does not exist;\nError while executing the query (1)'),
+        ("40P01", "[40P01] ERROR: deadlock detected;\nError while executing the query (1)"),
+        ("23505", '[23505] ERROR: duplicate key value violates unique constraint "ux"; (1)'),
+        ("HYT00", f"[HYT00] {MS18}Query timeout expired (0) (SQLExecDirectW)"),
+    ],
+)
+def test_other_errors_on_an_open_connection_are_not_taken_for_a_lost_one(state, message):
+    error = explain_odbc_error(pyodbc.Error(state, message), OdbcContext(), connected=True)
+    assert error.kind != CONNECTION_LOST
+    assert "cannot reach" not in str(error) and "was lost" not in str(error)
+
+
+def test_a_connection_that_never_opened_keeps_the_advice_about_the_address():
+    message = f"[08S01] {MS18}TCP Provider: An existing connection was forcibly closed by the remote host. (10054)"
+    error = explain_odbc_error(pyodbc.Error("08S01", message), OdbcContext())
+    assert error.kind == UNREACHABLE and "Check SERVER=" in str(error) and "was lost" not in str(error)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        '[08001] connection to server at "db" (10.0.0.5), port 5432 failed: FATAL:  the database system is starting '
+        "up\n (101) (SQLDriverConnect)",
+        '[08001] connection to server at "db", port 5432 failed: FATAL:  the database system is shutting down (101)',
+    ],
+)
+def test_a_server_starting_or_stopping_says_so(message):
+    error = explain_odbc_error(pyodbc.Error("08001", message), OdbcContext())
+    assert error.kind == UNREACHABLE
+    assert "starting up or shutting down" in str(error) and "Check SERVER=" not in str(error)
 
 
 def test_pyodbcs_own_unsupported_type_error_names_datetimeoffset():
