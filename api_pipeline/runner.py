@@ -26,7 +26,15 @@ from api_pipeline.logs import (
 from api_pipeline.pipeline import Pipeline, RunOptions
 from api_pipeline.progress import progress_for
 from api_pipeline.report import write_report
-from api_pipeline.runs import RunSummary, default_log_dir, make_private_dir, new_run_id, why_not, write_summary
+from api_pipeline.runs import (
+    RunSummary,
+    default_log_dir,
+    make_private_dir,
+    new_run_id,
+    summary_path_for,
+    why_not,
+    write_summary,
+)
 from api_pipeline.schema import RecordValidator
 from api_pipeline.staging import StagingTable
 from api_pipeline.timestamps import utc_stamp
@@ -169,7 +177,11 @@ def run_command(
     verbosity: int,
     quiet: bool,
 ) -> int:
-    """The ``run`` command: log file, masking, the run, the summary and the exit code."""
+    """The ``run`` command: log file, masking, the run, the summary and the exit code.
+
+    The exit code is the run's own: a log file, summary or report that cannot be written is a
+    warning (DESIGN §7).
+    """
     run_id = new_run_id()
     log_dir = default_log_dir(settings, ctx.cwd)
     verbosity = max(verbosity, 1 if settings.debug else 0)  # DEBUG=true is -v, on the console and in the log
@@ -225,12 +237,22 @@ def run_command(
         for line in summary.lines():
             log.info("%s", line)
         if log_file is not None:
-            summary_path = write_summary(log_file, summary)
-            log.info("log: %s", log_file)
-            try:
-                log.info("report: %s", write_report(summary_path))
-            except (OSError, ValueError) as exc:  # the report must never change the run's outcome
-                log.warning("could not write the run report: %s", exc)
+            _write_run_files(log_file, summary)
+
+
+def _write_run_files(log_file: Path, summary: RunSummary) -> None:
+    """The summary and the report beside the run's log; either failing is a warning, never a new exit code."""
+    try:
+        summary_path = write_summary(log_file, summary)
+    except OSError as exc:
+        summary_path = summary_path_for(log_file)
+        log.warning("could not write the run summary in %s: %s", log_file.parent, why_not(exc))
+    log.info("log: %s", log_file)
+    try:
+        log.info("report: %s", write_report(summary_path, summary.to_dict()))
+    except (OSError, ValueError) as exc:
+        reason = why_not(exc) if isinstance(exc, OSError) else str(exc)
+        log.warning("could not write the run report in %s: %s", log_file.parent, reason)
 
 
 def _log_where_settings_came_from(settings: Settings, ctx: Any) -> None:
