@@ -123,10 +123,12 @@ class Batches:
             self._await_oldest()
 
     def shutdown(self) -> None:
-        """Stop the threads; batches not started are cancelled (their rows stay pending)."""
-        for pool in (self._executor, self._writer):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the threads; batches not started are cancelled (their rows stay pending), and every
+        batch that was sent is written back (Ctrl+C or SIGTERM while batches are in flight)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._writer is not None:  # a write-back waiting its turn is for a batch sent, or one just cancelled
+            self._writer.shutdown(wait=True, cancel_futures=False)
 
     def write(self, updates: list[RowUpdate], ledger: list[LedgerEntry]) -> None:
         """Write row updates and ledger entries in one transaction (when the run writes), then report progress."""
