@@ -416,3 +416,26 @@ def test_console_events_are_named_and_ctrl_c_is_left_to_the_c_runtime() -> None:
         6: "Windows shutting down",
     }
     assert CTRL_C_EVENT not in CONSOLE_EVENTS and CTRL_BREAK_EVENT not in CONSOLE_EVENTS
+
+
+def test_a_signal_in_the_middle_of_a_transaction_rolls_it_back(staging) -> None:
+    """Where a run may be interrupted, its main thread's database work is transactions: a signal
+    half way through one leaves nothing of it, and the connection goes on working."""
+    stop = StopRequest()
+    with staging.open() as db:
+        with stopping_on_signals(stop), pytest.raises(Interrupted), db.transaction():
+            db.execute(
+                f"INSERT INTO {staging.table} (person_id, json_payload, submission_status, row_state) "
+                "VALUES (?, ?, ?, ?)",
+                ("C1", "{}", "Pending", "New"),
+            )
+            signal.raise_signal(signal.SIGTERM)
+            db.execute(f"UPDATE {staging.table} SET row_state = 'Updated'")
+        assert db.scalar(f"SELECT COUNT(*) FROM {staging.table}") == 0
+        with db.transaction():
+            db.execute(
+                f"INSERT INTO {staging.table} (person_id, json_payload, submission_status, row_state) "
+                "VALUES (?, ?, ?, ?)",
+                ("C2", "{}", "Pending", "New"),
+            )
+        assert db.scalar(f"SELECT person_id FROM {staging.table}") == "C2"
