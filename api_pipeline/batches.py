@@ -159,8 +159,8 @@ class Batches:
             self._await_oldest()
 
     def shutdown(self) -> None:
-        """Stop the threads; batches not started are cancelled (their rows stay pending), and what
-        the others' answers say is written back first."""
+        """Stop the threads; batches not started are cancelled (their rows stay pending), and every
+        batch that was sent is written back (Ctrl+C or SIGTERM while batches are in flight)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
         if self._writer is not None:

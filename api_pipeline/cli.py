@@ -1,8 +1,10 @@
 """Command line: one parser, one small function per command, one error boundary.
 
 ``main`` is the only place that catches: a :class:`PipelineError` becomes one
-line on stderr and its exit code (DESIGN §10); Ctrl+C becomes 130; anything
-else is reported as an unexpected error, with a traceback only at ``-vv``.
+line on stderr and its exit code (DESIGN §10); Ctrl+C becomes 130, and so do SIGTERM,
+SIGHUP and Windows' console close, logoff and shutdown events, which stop a command the
+same way while it runs (:mod:`api_pipeline.stopping`); anything else is reported as an
+unexpected error, with a traceback only at ``-vv``.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from api_pipeline.config import Settings, load_settings
 from api_pipeline.credentials import DEFAULT_SERVICE, keyring_variables, set_secret_command
 from api_pipeline.dialects import DIALECTS
 from api_pipeline.envfile import executable_dir, find_env_file, no_env_file_found
-from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, PipelineError
+from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, Interrupted, PipelineError
 from api_pipeline.logs import append_error_log, close_logging, hide_secrets, known_secrets, mask_secrets
+from api_pipeline.stopping import StopRequest, stopping_on_signals
 
 log = logging.getLogger("api_pipeline.cli")
 
@@ -51,6 +54,8 @@ class Context:
     env_file: Path | None = None
     loaded: Settings | None = None
     implied_run: bool = False  # started with no command, so running 'run'
+    # Ctrl+C or the system asking the command to stop: main installs the signal handlers that note it.
+    stop: StopRequest = field(default_factory=StopRequest)
 
     def path(self, path: Path) -> Path:
         """A path given on the command line, relative to the folder the command was started in."""
@@ -465,7 +470,8 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
             _leave_a_trace(ctx, "the command line", usage.getvalue().splitlines())
         return code
     try:
-        return int(args.func(args, ctx))
+        with stopping_on_signals(ctx.stop):
+            return int(args.func(args, ctx))
     except PipelineError as exc:
         lines = str(exc).splitlines() or [exc.__class__.__name__]
         if isinstance(exc, DatabaseError):
@@ -478,8 +484,9 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
         if exc.exit_code == ExitCode.USAGE:
             _leave_a_trace(ctx, f"'{args.command}'", [f"error: {line}" for line in lines])
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: rows not yet acknowledged stay pending and are sent next run", file=ctx.err)
+    except KeyboardInterrupt as exc:
+        reason = exc.reason if isinstance(exc, Interrupted) else "Ctrl+C"
+        print(f"stopped by {reason}: rows not yet acknowledged stay pending and are sent next run", file=ctx.err)
         return ExitCode.INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the one boundary that must not crash
         print(f"unexpected error: {exc.__class__.__name__}. Run again with -vv for details.", file=ctx.err)

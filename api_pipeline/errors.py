@@ -43,7 +43,10 @@ _EXIT_CODE_MEANINGS = {
     ExitCode.AUTH: "authentication error (token endpoint, or 401 from the API)",
     ExitCode.API: "API unreachable or refused (network, TLS, proxy, 403 after retries)",
     ExitCode.RUN_IN_PROGRESS: "another run is already working on the same table (this one did nothing)",
-    ExitCode.INTERRUPTED: "interrupted (Ctrl+C)",
+    ExitCode.INTERRUPTED: (
+        "interrupted: stopped by Ctrl+C or by the system (SIGTERM, SIGHUP; on Windows the console window "
+        "closing, logoff or shutdown)"
+    ),
 }
 
 
@@ -114,3 +117,25 @@ class RunLocked(PipelineError):
     """Another run is working on the same staging table: this one does nothing."""
 
     exit_code = ExitCode.RUN_IN_PROGRESS
+
+
+class RunStopped(PipelineError):
+    """The run was asked to stop (:class:`Interrupted`), seen by a thread that was waiting to send.
+
+    Raised on a send thread, so that a batch waiting to be retried stops there: what DfE has
+    not acknowledged stays pending and is sent next run.
+    """
+
+    exit_code = ExitCode.INTERRUPTED
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl+C, or the system asking the process to stop: SIGTERM, SIGHUP, Windows' console events.
+
+    A ``KeyboardInterrupt``, so every ``except KeyboardInterrupt`` treats a stop by the system as
+    it treats Ctrl+C. ``reason`` names what asked: ``"Ctrl+C"``, ``"SIGTERM"``, ...
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -1,14 +1,18 @@
 """Logging, configured once per process (DESIGN §9).
 
 Console: human lines on stderr. File: one log per run in the log folder (named, kept
-private and pruned as :mod:`api_pipeline.runs` says). A filter masks every known secret
-wherever it would appear. Callers log ids, counts and statuses only, never record content.
+private and pruned as :mod:`api_pipeline.runs` says); a folder that fills up or turns
+read-only part way stops the file, with one warning, never the run (:class:`RunLogFile`).
+A filter masks every known secret wherever it would appear. Callers log ids, counts and
+statuses only, never record content.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -62,6 +66,60 @@ class SecretMaskingFilter(logging.Filter):
             record.exc_text = mask_secrets(record.exc_text, self.secrets)
         record.msg, record.args = masked, None
         return True
+
+
+class RunLogFile(logging.FileHandler):
+    """The run's log file. Once the OS refuses to write it (the disk is full, the folder turned
+    read-only, a network share went away), it says so once, with the folder and the OS's reason,
+    and writes no more: the run goes on, and its log goes on on the console.
+
+    Python's own handler would print a "--- Logging error ---" traceback for every line instead,
+    and fail again on closing.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.failure: str | None = None  # why the file stopped, once it has
+        self._ended = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failure is None and not self._ended:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            self._give_up(exc)
+        else:  # a fault in a message or its formatting: reported as Python reports it
+            super().handleError(record)
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as exc:
+            self._give_up(exc)
+
+    def close(self) -> None:
+        self._ended = True
+        try:
+            super().close()
+        except OSError as exc:  # the last lines, which the OS took but could not store
+            self.stream = None  # type: ignore[assignment]
+            self._give_up(exc)
+
+    def _give_up(self, exc: OSError) -> None:
+        if self.failure is not None:
+            return
+        self.failure = why_not(exc)
+        stream, self.stream = self.stream, None  # type: ignore[assignment]
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stream.close()  # the lines it still holds cannot be written: dropped with it
+        logging.getLogger(LOGGER_NAME).warning(
+            "could not write the log file in %s (%s): the run goes on, and its log is on the console only from now",
+            Path(self.baseFilename).parent,
+            self.failure,
+        )
 
 
 def _masking_filters() -> list[SecretMaskingFilter]:
@@ -119,7 +177,7 @@ def configure_logging(
         try:
             make_private_dir(log_dir)
             create_private(log_file)
-            file_handler = logging.FileHandler(log_file, encoding="utf-8")
+            file_handler = RunLogFile(log_file)
         except OSError as exc:
             raise ConfigError(
                 f"LOG_DIR (or --log-dir): cannot keep the log files in {log_dir}: {why_not(exc)}. "

@@ -16,7 +16,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -29,8 +28,8 @@ from api_pipeline.runs import (
     REPORT_SUFFIX,
     make_private_dir,
     read_summaries,
+    replace_private,
     report_path_for,
-    write_private,
 )
 from api_pipeline.timestamps import parse_utc
 
@@ -74,10 +73,19 @@ def read_history(log_dir: Path, *, limit: int = CHART_RUNS) -> list[dict[str, An
     return found[::-1]
 
 
-def write_report(summary_path: Path) -> Path:
-    """Write the report for the run whose summary file is ``summary_path``; returns the report's path."""
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+def write_report(summary_path: Path, summary: Mapping[str, Any] | None = None) -> Path:
+    """Write the report for the run whose summary file is ``summary_path``; returns the report's path.
+
+    ``summary``, when given, is that run's summary, so the report does not depend on the file:
+    a run whose summary could not be written (a full disk) still gets its report if there is
+    room for that. Written whole or not at all. Raises OSError, or ValueError for a summary file
+    that is not JSON.
+    """
+    if summary is None:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
     history = read_history(summary_path.parent)
+    if not summary.get("dry_run") and all(h.get("run_id") != summary.get("run_id") for h in history):
+        history = [*history, dict(summary)][-CHART_RUNS:]  # this run, whose summary file is missing
     return _write(report_path_for(summary_path), render_report(summary, history, log_name=_log_name(summary_path)))
 
 
@@ -87,9 +95,7 @@ def _log_name(summary_path: Path) -> str:
 
 def _write(path: Path, text: str) -> Path:
     make_private_dir(path.parent)
-    partial = path.with_name(path.name + ".tmp")
-    write_private(partial, text)  # the report names children (row and child ids): its reader only
-    os.replace(partial, path)
+    replace_private(path, text)  # the report names children (row and child ids): its reader only
     return path
 
 

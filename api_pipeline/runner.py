@@ -6,6 +6,7 @@ parses), so ``demo``, the tests and the benchmarks start runs the same way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from api_pipeline.api import ApiClient
 from api_pipeline.auth import ClientCredentialsAuth
 from api_pipeline.config import Settings
 from api_pipeline.db import Database
-from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, PipelineError
+from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, Interrupted, PipelineError
 from api_pipeline.lock import RunLock
 from api_pipeline.logs import (
     configure_logging,
@@ -26,9 +27,18 @@ from api_pipeline.logs import (
 from api_pipeline.pipeline import Pipeline, RunOptions
 from api_pipeline.progress import progress_for
 from api_pipeline.report import write_report
-from api_pipeline.runs import RunSummary, default_log_dir, make_private_dir, new_run_id, why_not, write_summary
+from api_pipeline.runs import (
+    RunSummary,
+    default_log_dir,
+    make_private_dir,
+    new_run_id,
+    summary_path_for,
+    why_not,
+    write_summary,
+)
 from api_pipeline.schema import RecordValidator
 from api_pipeline.staging import StagingTable
+from api_pipeline.stopping import StopRequest
 from api_pipeline.timestamps import utc_stamp
 from api_pipeline.transport import make_session
 from api_pipeline.wording import plural
@@ -45,16 +55,26 @@ def execute_run(
     partial: bool | None = None,
     validate_only: bool = False,
     all_rows: bool = False,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
     progress_stream: TextIO | None = None,
     summary: RunSummary | None = None,
+    stop: StopRequest | None = None,
 ) -> RunSummary:
     """One run of the pipeline with everything built from ``settings``. Raises on fatal errors.
 
-    ``sleep`` is how retries wait; tests pass one that records the waits instead.
-    ``progress_stream`` gets a progress bar when it is a terminal. ``summary``, when given,
-    is filled in as the run goes, so the caller still has the counts if the run fails.
+    ``sleep`` is how retries wait (default: ``stop.sleep``, else ``time.sleep``); tests pass one
+    that records the waits instead. ``progress_stream`` gets a progress bar when it is a
+    terminal. ``summary``, when given, is filled in as the run goes, so the caller still has the
+    counts if the run fails. ``stop``, the command line's (:mod:`~api_pipeline.stopping`): a
+    signal stops the run only while it reads, sends and writes back rows, never while it
+    connects or takes or releases the run lock; once a stop is asked no batch is sent and no
+    retry made.
     """
+    if sleep is None:
+        sleep = stop.sleep if stop is not None else time.sleep
+    # Where a signal may stop the run: only inside ``interruptible()``, around the pipeline itself.
+    uninterrupted = stop.uninterrupted if stop is not None else contextlib.nullcontext
+    interruptible = stop.interruptible if stop is not None else contextlib.nullcontext
     run_id = run_id or (summary.run_id if summary else new_run_id())
     options = RunOptions.from_settings(
         settings, partial=partial, limit=limit, dry_run_dir=dry_run_dir, validate_only=validate_only, all_rows=all_rows
@@ -69,7 +89,7 @@ def execute_run(
         prepare_review_folder(dry_run_dir)
     validator = RecordValidator.from_settings(settings.payload_schema)
     assert settings.db_connection_string is not None
-    with Database.open_existing(settings.db_connection_string) as db:
+    with uninterrupted(), Database.open_existing(settings.db_connection_string) as db:
         table = StagingTable(db, settings.table_name)
         table.require_columns()
         if options.writes:
@@ -78,7 +98,8 @@ def execute_run(
         progress = progress_for(table, stream=progress_stream, all_rows=all_rows, limit=limit, description=what)
         with progress:
             if not options.writes:
-                return Pipeline(table, None, validator, options, summary, on_progress=progress.update).run()
+                with interruptible():
+                    return Pipeline(table, None, validator, options, summary, on_progress=progress.update).run()
             table.ensure_ledger()
             check_ledger(table)
             with RunLock(db, settings.table_name, run_id=run_id) as lock:
@@ -91,10 +112,11 @@ def execute_run(
                 try:
                     auth = ClientCredentialsAuth.from_settings(settings, session, sleep=sleep, on_token=remember_secret)
                     client = ApiClient(settings, session, auth, sleep=sleep)
-                    sender = _HoldingLock(client, lock)
+                    sender = _HoldingLock(client, lock, stop)
                     pipeline = Pipeline(table, sender, validator, options, summary, on_progress=after_batch)
                     try:
-                        return pipeline.run()
+                        with interruptible():
+                            return pipeline.run()
                     finally:
                         _copy_client_counters(client, summary)
                 finally:
@@ -102,14 +124,18 @@ def execute_run(
 
 
 class _HoldingLock:
-    """The API client, sending only while this run holds the run lock: the heartbeat before each
-    send (at most once a minute) stops the run if another run has taken the lock over."""
+    """The API client, sending only while this run holds the run lock and has not been asked to
+    stop: the heartbeat before each send (at most once a minute) stops the run if another run has
+    taken the lock over, and a batch whose turn comes after Ctrl+C or SIGTERM is not sent."""
 
-    def __init__(self, client: Any, lock: RunLock) -> None:
+    def __init__(self, client: Any, lock: RunLock, stop: StopRequest | None = None) -> None:
         self.client = client
         self.lock = lock
+        self.stop = stop
 
     def send(self, bodies: list[bytes], batch_id: str) -> list[Any]:
+        if self.stop is not None:
+            self.stop.check()
         self.lock.heartbeat()
         return self.client.send(bodies, batch_id)
 
@@ -175,7 +201,37 @@ def run_command(
     verbosity: int,
     quiet: bool,
 ) -> int:
-    """The ``run`` command: log file, masking, the run, the summary and the exit code."""
+    """The ``run`` command: log file, masking, the run, the summary and the exit code.
+
+    The exit code is the run's own: a log file, summary or report that cannot be written is a
+    warning (DESIGN §7). Ctrl+C or SIGTERM (``ctx.stop``) stops only the run's work, where
+    :func:`execute_run` allows; the log, the summary and the report around it are written whole,
+    and once they are, a signal changes nothing.
+    """
+    stop: StopRequest = getattr(ctx, "stop", None) or StopRequest()
+    stop.announcement = (
+        "stopping. A batch being sent is answered and written back first (HTTP_TIMEOUT at most); nothing "
+        "more is sent, and what DfE has not acknowledged stays pending for the next run"
+    )
+    with stop.uninterrupted():
+        try:
+            return _run_and_record(
+                settings, ctx, stop, limit=limit, dry_run_dir=dry_run_dir, verbosity=verbosity, quiet=quiet
+            )
+        finally:
+            stop.finish()
+
+
+def _run_and_record(
+    settings: Settings,
+    ctx: Any,
+    stop: StopRequest,
+    *,
+    limit: int | None,
+    dry_run_dir: Path | None,
+    verbosity: int,
+    quiet: bool,
+) -> int:
     run_id = new_run_id()
     log_dir = default_log_dir(settings, ctx.cwd)
     verbosity = max(verbosity, 1 if settings.debug else 0)  # DEBUG=true is -v, on the console and in the log
@@ -199,6 +255,7 @@ def run_command(
             dry_run_dir=dry_run_dir,
             progress_stream=None if quiet else ctx.err,
             summary=summary,
+            stop=stop,
         )
         exit_code = ExitCode.RECORDS_FAILED if summary.problems else ExitCode.OK
         return exit_code
@@ -211,9 +268,11 @@ def run_command(
         if isinstance(exc, DatabaseError) and settings.sqlite_file and str(settings.sqlite_file) not in str(exc):
             log.error("the SQLite database: %s", settings.sqlite_file)
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         exit_code = ExitCode.INTERRUPTED
-        summary.fatal_error = "interrupted"
+        summary.stopped_early = True
+        summary.fatal_error = f"stopped by {exc.reason if isinstance(exc, Interrupted) else 'Ctrl+C'}"
+        log.warning("run %s: what DfE did not acknowledge stays pending and is sent next run", summary.fatal_error)
         raise
     except Exception as exc:
         # A fault in the tool: cli.main exits 1 for it, and the summary and report must say so.
@@ -226,17 +285,29 @@ def run_command(
         log.error("run stopped: %s", summary.fatal_error)
         raise
     finally:
+        if stop.reason is not None and exit_code != ExitCode.INTERRUPTED:
+            log.info("%s arrived as the run was ending; it ended as it would have anyway", stop.reason)
         summary.exit_code = exit_code
         summary.finished_at = summary.finished_at or utc_stamp()
         for line in summary.lines():
             log.info("%s", line)
         if log_file is not None:
-            summary_path = write_summary(log_file, summary)
-            log.info("log: %s", log_file)
-            try:
-                log.info("report: %s", write_report(summary_path))
-            except (OSError, ValueError) as exc:  # the report must never change the run's outcome
-                log.warning("could not write the run report: %s", exc)
+            _write_run_files(log_file, summary)
+
+
+def _write_run_files(log_file: Path, summary: RunSummary) -> None:
+    """The summary and the report beside the run's log; either failing is a warning, never a new exit code."""
+    try:
+        summary_path = write_summary(log_file, summary)
+    except OSError as exc:
+        summary_path = summary_path_for(log_file)
+        log.warning("could not write the run summary in %s: %s", log_file.parent, why_not(exc))
+    log.info("log: %s", log_file)
+    try:
+        log.info("report: %s", write_report(summary_path, summary.to_dict()))
+    except (OSError, ValueError) as exc:
+        reason = why_not(exc) if isinstance(exc, OSError) else str(exc)
+        log.warning("could not write the run report in %s: %s", log_file.parent, reason)
 
 
 def _log_where_settings_came_from(settings: Settings, ctx: Any) -> None:

@@ -3,6 +3,8 @@
 One log per run, its end-of-run summary (``*.summary.json``) and its HTML report, all in the
 log folder, all named after the run id (:func:`new_run_id`) and kept private to the account
 that runs the tool, as are dry-run files; the newest :data:`KEEP_RUNS` of each kind are kept.
+Summaries and reports are written whole or not at all (:func:`replace_private`): a folder that
+fills up or turns read-only never leaves an empty or half-written one for ``status`` to trip on.
 :class:`RunSummary` is what a run counts; :func:`read_summaries` reads summaries back for the
 run report's history and for ``status``. Outcome keys (:data:`OUTCOME_KEYS`) are the words the
 summary, the progress bar, the report and ``status`` share.
@@ -15,6 +17,7 @@ import json
 import math
 import os
 import secrets
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -35,6 +38,8 @@ LOG_SUFFIX = ".log"
 SUMMARY_SUFFIX = ".summary.json"
 REPORT_SUFFIX = ".report.html"
 SUMMARY_GLOB = RUN_FILE_PREFIX + "*" + SUMMARY_SUFFIX
+TEMP_SUFFIX = ".tmp"  # a summary or report being written; renamed into place when whole
+STALE_TEMP_SECONDS = 3600  # a temporary file this old was left by a run that was killed while writing it
 
 # What can happen to a row in a run: the keys of RunSummary.outcomes.
 OUTCOME_KEYS = (
@@ -94,12 +99,21 @@ def report_path_for(summary_path: Path) -> Path:
 
 
 def prune_run_files(log_dir: Path, keep: int = KEEP_RUNS) -> None:
-    """Keep only the newest ``keep`` run logs, summaries and reports."""
-    for suffix in (LOG_SUFFIX, SUMMARY_SUFFIX, REPORT_SUFFIX):
-        files = sorted(log_dir.glob(RUN_FILE_PREFIX + "*" + suffix), key=lambda p: p.name, reverse=True)
-        for old in files[keep:]:
+    """Keep only the newest ``keep`` run logs, summaries and reports, and remove temporary files
+    left by runs killed while writing one. Best effort: a folder that cannot be listed is left alone."""
+    try:
+        for suffix in (LOG_SUFFIX, SUMMARY_SUFFIX, REPORT_SUFFIX):
+            files = sorted(log_dir.glob(RUN_FILE_PREFIX + "*" + suffix), key=lambda p: p.name, reverse=True)
+            for old in files[keep:]:
+                with contextlib.suppress(OSError):
+                    old.unlink()
+        # Not one another run is writing at this moment (runs on other tables may share the folder).
+        for left in log_dir.glob(RUN_FILE_PREFIX + "*" + TEMP_SUFFIX):
             with contextlib.suppress(OSError):
-                old.unlink()
+                if time.time() - left.stat().st_mtime > STALE_TEMP_SECONDS:
+                    left.unlink()
+    except OSError:
+        return
 
 
 # ---------------------------------------------------------------------------
@@ -142,6 +156,26 @@ def write_private(path: Path, data: str | bytes) -> None:
     """
     with open(_open_private(path, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_BINARY", 0)), "wb") as handle:
         handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def replace_private(path: Path, data: str | bytes) -> None:
+    """:func:`write_private`, whole or not at all: written to a temporary file beside ``path``,
+    flushed to the disk, then renamed over it.
+
+    A folder that fills up or turns read-only part way (or a power cut) leaves ``path`` as it
+    was, never empty or half written; the temporary file is removed. Raises OSError.
+    """
+    partial = path.with_name(path.name + TEMP_SUFFIX)
+    try:
+        with open(_open_private(partial, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_BINARY", 0)), "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
 
 
 def create_private(path: Path) -> None:
@@ -239,9 +273,9 @@ class RunSummary:
 
 
 def write_summary(log_file: Path, summary: RunSummary) -> Path:
-    """The summary beside the run's log file; returns its path."""
+    """The summary beside the run's log file, written whole or not at all; returns its path. Raises OSError."""
     path = summary_path_for(log_file)
-    write_private(path, json.dumps(summary.to_dict(), indent=2))
+    replace_private(path, json.dumps(summary.to_dict(), indent=2))
     return path
 
 
@@ -278,9 +312,13 @@ def read_summaries(
     """
     if not log_dir.is_dir():
         return [], []
+    try:
+        paths = sorted(log_dir.glob(SUMMARY_GLOB), key=lambda p: p.name, reverse=True)
+    except OSError as exc:  # a folder that went away or turned unreadable: no history, said so
+        return [], [f"{log_dir}: cannot be read ({why_not(exc)})"]
     found: list[dict[str, Any]] = []
     skipped: list[str] = []
-    for path in sorted(log_dir.glob(SUMMARY_GLOB), key=lambda p: p.name, reverse=True):
+    for path in paths:
         if len(found) >= limit:
             break
         try:

@@ -109,7 +109,8 @@ def test_a_session_ended_inside_a_write_back_writes_the_whole_batch_again(
     def locked_rows(self: StagingTable, row_ids):
         found = real(self, row_ids)
         calls[0] += bool(row_ids)  # a batch's outcomes (a record alone locks no rows)
-        if calls[0] == 2 and row_ids:  # the second batch's rows are locked, its ledger entries written: not yet committed
+        # The second batch's rows are locked, its ledger entries written: not yet committed.
+        if calls[0] == 2 and row_ids:
             end_session(postgres_table, self.db)
         return found
 
