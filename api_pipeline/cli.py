@@ -121,7 +121,13 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         overrides["allow_live"] = True
     settings = ctx.settings(args, "run", **overrides)
     return run_command(
-        settings, ctx, limit=args.limit, dry_run_dir=args.dry_run, verbosity=args.verbose, quiet=args.quiet
+        settings,
+        ctx,
+        limit=args.limit,
+        dry_run_dir=args.dry_run,
+        verbosity=args.verbose,
+        quiet=args.quiet,
+        resend_all=args.resend_all,
     )
 
 
@@ -294,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("full", "partial"),
         help="full: whole records; partial: only what changed (the earlier tool's 'deltas' means the same). "
         "Env: USE_PARTIAL_PAYLOAD (default: partial).",
+    )
+    run.add_argument(
+        "--resend-all",
+        action="store_true",
+        help="Send every child's whole record again, with purges for all the ledger says DfE holds and the record "
+        "lacks, and every deleted child's purge, whatever the table and the ledger say was sent. For once after "
+        "restoring an older copy of the database (see the troubleshooting guide).",
     )
 
     validate = add(

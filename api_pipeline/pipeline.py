@@ -63,6 +63,9 @@ class RunOptions:
     all_rows: bool = False
     max_runtime: float | None = None
     max_in_flight: int = Settings.max_in_flight
+    # Every child as if DfE's copy were in doubt: sent whole, with purges for all the ledger says
+    # it holds (run --resend-all, after restoring an older copy of the tables).
+    resend_all: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings, *, partial: bool | None = None, **flags: Any) -> RunOptions:
@@ -155,6 +158,7 @@ class Pipeline:
             left = int(self.table.db.scalar(sql, (self._last_row_id,)) or 0)
         except PipelineError as exc:  # the database may be why the run stopped
             log.debug("rows not reached could not be counted: %s", exc)
+            self.summary.not_reached_unknown = True
             return
         if self.options.limit is not None:
             left = min(left, max(0, self.options.limit - self.summary.rows_read))
@@ -302,7 +306,7 @@ class Pipeline:
             return self._prepare_purge(row)
         record = parse_payload(row.json_payload)
         la_child_id = child_of(record)
-        row = self.identities.identify(row, la_child_id.strip())
+        row = self._resending(self.identities.identify(row, la_child_id.strip()))
         # The record in normal form (empty objects and lists dropped) is what DfE will hold:
         # it is validated whole, its JSON goes in the ledger, and the request is built from it.
         try:
@@ -377,6 +381,12 @@ class Pipeline:
             parts = outline_union(self._doubt_outline(row), parts)
         return encode_record(parts).decode("utf-8")
 
+    def _resending(self, row: StagingRow) -> StagingRow:
+        """With --resend-all, ``row`` as a child in doubt (with nothing known beyond the ledger)."""
+        if self.options.resend_all and not row.in_doubt:
+            return replace(row, doubt_outline="{}")
+        return row
+
     def _inherited(self, row: StagingRow, la_child_id: str) -> dict | None:
         """What an earlier tool last sent for a child this tool has not: ``previous_json_payload``
         in normal form, when it is a record of this child (DESIGN §4). None otherwise."""
@@ -417,7 +427,7 @@ class Pipeline:
             pass  # a deleted child's purge needs only its id
         if not la_child_id:
             raise Invalid(reasons.PURGE_WITHOUT_ID, "purge without id")
-        row = self.identities.identify(row, la_child_id.strip())
+        row = self._resending(self.identities.identify(row, la_child_id.strip()))
         if row.ledger_purged and not row.in_doubt:
             return None  # found by its la_child_id: DfE has already deleted this child
         body = build_purge(la_child_id, mis_child_id)

@@ -46,6 +46,7 @@ OUTCOME_LABELS = (
     ("rejected", "Refused by DfE"),
     ("failed", "Not sent this time; will be tried again at the next run"),
     ("changed_during_run", "Changed in the table during the run; will be sent at the next run"),
+    ("in_doubt", "Acknowledged by DfE, but the table could not record it; will be sent whole at the next run"),
     ("not_reached", "Not reached before the run stopped; will be sent at the next run"),
 )
 RETRY_LABELS = {
@@ -379,9 +380,13 @@ def render_report(
     rate = f"{rows_read / seconds:.1f} records a second" if isinstance(seconds, (int, float)) and seconds > 0 else "-"
     code = summary.get("exit_code")
 
-    outcome_rows = [(label, outcomes[key]) for key, label in OUTCOME_LABELS if outcomes.get(key)]
+    outcome_rows: list[tuple[str, int | str]] = [
+        (label, outcomes[key]) for key, label in OUTCOME_LABELS if outcomes.get(key)
+    ]
     known = {key for key, _ in OUTCOME_LABELS}
     outcome_rows += [(key.replace("_", " "), n) for key, n in sorted(outcomes.items()) if key not in known and n]
+    if summary.get("not_reached_unknown") is True:  # the database was gone: the rows left could not be counted
+        outcome_rows.append((dict(OUTCOME_LABELS)["not_reached"], "unknown"))
     outcomes_html = (
         '<table><tr><th>What happened</th><th class="num">Records</th></tr>' + _rows(outcome_rows) + "</table>"
         if outcome_rows

@@ -55,6 +55,7 @@ def execute_run(
     partial: bool | None = None,
     validate_only: bool = False,
     all_rows: bool = False,
+    resend_all: bool = False,
     sleep: Callable[[float], None] | None = None,
     progress_stream: TextIO | None = None,
     summary: RunSummary | None = None,
@@ -65,7 +66,9 @@ def execute_run(
     ``sleep`` is how retries wait (default: ``stop.sleep``, else ``time.sleep``); tests pass one
     that records the waits instead. ``progress_stream`` gets a progress bar when it is a
     terminal. ``summary``, when given, is filled in as the run goes, so the caller still has the
-    counts if the run fails. ``stop``, the command line's (:mod:`~api_pipeline.stopping`): a
+    counts if the run fails. ``resend_all``: every row is read and every child sent whole, as if
+    DfE's copy of each were in doubt (after restoring an older copy of the tables). ``stop``,
+    the command line's (:mod:`~api_pipeline.stopping`): a
     signal stops the run only while it reads, sends and writes back rows, never while it
     connects or takes or releases the run lock; once a stop is asked no batch is sent and no
     retry made.
@@ -76,8 +79,15 @@ def execute_run(
     uninterrupted = stop.uninterrupted if stop is not None else contextlib.nullcontext
     interruptible = stop.interruptible if stop is not None else contextlib.nullcontext
     run_id = run_id or (summary.run_id if summary else new_run_id())
+    all_rows = all_rows or resend_all
     options = RunOptions.from_settings(
-        settings, partial=partial, limit=limit, dry_run_dir=dry_run_dir, validate_only=validate_only, all_rows=all_rows
+        settings,
+        partial=partial,
+        limit=limit,
+        dry_run_dir=dry_run_dir,
+        validate_only=validate_only,
+        all_rows=all_rows,
+        resend_all=resend_all,
     )
     if summary is None:
         summary = RunSummary(
@@ -200,6 +210,7 @@ def run_command(
     dry_run_dir: Path | None,
     verbosity: int,
     quiet: bool,
+    resend_all: bool = False,
 ) -> int:
     """The ``run`` command: log file, masking, the run, the summary and the exit code.
 
@@ -216,7 +227,14 @@ def run_command(
     with stop.uninterrupted():
         try:
             return _run_and_record(
-                settings, ctx, stop, limit=limit, dry_run_dir=dry_run_dir, verbosity=verbosity, quiet=quiet
+                settings,
+                ctx,
+                stop,
+                limit=limit,
+                dry_run_dir=dry_run_dir,
+                verbosity=verbosity,
+                quiet=quiet,
+                resend_all=resend_all,
             )
         finally:
             stop.finish()
@@ -231,6 +249,7 @@ def _run_and_record(
     dry_run_dir: Path | None,
     verbosity: int,
     quiet: bool,
+    resend_all: bool,
 ) -> int:
     run_id = new_run_id()
     log_dir = default_log_dir(settings, ctx.cwd)
@@ -238,10 +257,11 @@ def _run_and_record(
     masking, log_file = configure_logging(verbosity=verbosity, quiet=quiet, log_dir=log_dir, run_id=run_id)
     masking.add(*settings.secrets())
     log.info(
-        "run %s started (%s mode)%s",
+        "run %s started (%s mode)%s%s",
         run_id,
         "partial" if settings.use_partial_payload else "full",
         ", dry run" if dry_run_dir else "",
+        ", every child sent whole again (--resend-all)" if resend_all else "",
     )
     _log_where_settings_came_from(settings, ctx)
     summary = RunSummary(
@@ -256,6 +276,7 @@ def _run_and_record(
             progress_stream=None if quiet else ctx.err,
             summary=summary,
             stop=stop,
+            resend_all=resend_all,
         )
         exit_code = ExitCode.RECORDS_FAILED if summary.problems else ExitCode.OK
         return exit_code

@@ -54,9 +54,12 @@ OUTCOME_KEYS = (
     "rejected",  # DfE refused it
     "failed",  # not sent this time; sent again next run
     "changed_during_run",  # the council's SQL changed it after it was read; sent next run
+    # DfE acknowledged it, but the table could not record that (the database was lost): sent
+    # whole next run, as a child in doubt (DESIGN §7)
+    "in_doubt",
     "not_reached",  # the run stopped before reading it
 )
-PROBLEM_OUTCOMES = ("invalid", "skipped", "rejected", "failed", "not_reached")
+PROBLEM_OUTCOMES = ("invalid", "skipped", "rejected", "failed", "in_doubt", "not_reached")
 
 
 # ---------------------------------------------------------------------------
@@ -223,11 +226,18 @@ class RunSummary:
     # Children whose copy at DfE was in doubt (an earlier batch's answer was not recorded),
     # sent whole with purges for whatever that batch may have left (DESIGN §7).
     resent_in_doubt: int = 0
+    # A run that stopped early could not count the rows it did not reach (the database was gone).
+    not_reached_unknown: bool = False
 
     @property
     def problems(self) -> int:
         o = self.outcomes
-        return o["invalid"] + o["rejected"] + o["failed"] + o["skipped"] + int(self.stopped_early)
+        return o["invalid"] + o["rejected"] + o["failed"] + o["skipped"] + o["in_doubt"] + int(self.stopped_early)
+
+    def _not_reached(self) -> str:
+        if self.not_reached_unknown:
+            return "unknown (the database could not be asked)"
+        return str(self.outcomes["not_reached"])
 
     def note_problem(self, key: str, row_id: int) -> None:
         """Count a problem by its reason and keep the first few row ids as examples."""
@@ -255,11 +265,13 @@ class RunSummary:
             f"invalid {o['invalid']}, skipped {o['skipped']}, rejected by DfE {o['rejected']}, "
             f"not sent (will retry) {o['failed']}, changed during the run {o['changed_during_run']}"
             + (f", written for review {o['dry_run']}" if self.dry_run else "")
-            + (f", not reached (stopped early) {o['not_reached']}" if self.stopped_early else ""),
+            + (f", acknowledged by DfE but not recorded (in doubt) {o['in_doubt']}" if o["in_doubt"] else "")
+            + (f", not reached (stopped early) {self._not_reached()}" if self.stopped_early else ""),
             *(
                 [
-                    f"  {plural(self.resent_in_doubt, 'child', 'children')} in doubt from an earlier run (its answer "
-                    "was not recorded) sent whole, with purges for whatever that batch may have left"
+                    f"  {plural(self.resent_in_doubt, 'child', 'children')} sent whole because DfE's copy was in doubt "
+                    "(an earlier batch's answer was never recorded, or run --resend-all), with purges for whatever "
+                    "DfE may hold"
                 ]
                 if self.resent_in_doubt
                 else []

@@ -22,10 +22,11 @@ from api_pipeline.dfe_model import load_default_schema
 from api_pipeline.errors import ExitCode, PipelineError
 from api_pipeline.payload import clone, records_equal
 from api_pipeline.runner import execute_run
+from api_pipeline.runs import RunSummary
 from api_pipeline.simulator import Simulator
 from api_pipeline.staging import StagingTable
 from api_pipeline.synthetic import make_children
-from conftest import Staging, settings_for
+from conftest import Staging, insert, set_payload, settings_for
 
 CHILDREN = 30
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -296,3 +297,87 @@ def test_a_run_killed_while_dfe_answers_leaves_its_batch_in_doubt(staging: Stagi
         again = execute_run(settings)
         assert again.outcomes["sent"] == len(children) and again.resent_in_doubt == len(children)
         assert_settled(sim, staging, settings)
+
+
+def test_counts_after_the_database_is_lost_say_what_was_recorded(postgres_table, monkeypatch, caplog) -> None:
+    """Issue 22.5: sent counts only what the table recorded; what DfE acknowledged but the table
+    could not record is counted in doubt; the rows left are unknown when the database is gone."""
+    from test_db_faults import end_session
+
+    children = list(make_children(60, seed=228))
+    postgres_table.insert(children)
+    real = StagingTable.write_back
+    outcomes_written = [0]
+
+    def lose_the_session_first(self: StagingTable, updates, ledger, **doubt) -> int:
+        if ledger:  # a batch's outcomes: the first loss is reconnected, the second stops the run
+            outcomes_written[0] += 1
+            if outcomes_written[0] in (1, 2):
+                end_session(postgres_table, self.db)
+        return real(self, updates, ledger, **doubt)
+
+    with Simulator() as sim:
+        settings = settings_for(sim, postgres_table, BATCH_SIZE="10")
+        monkeypatch.setattr(StagingTable, "write_back", lose_the_session_first)
+        summary = RunSummary(run_id="lost", mode="partial")
+        with pytest.raises(PipelineError) as stopped:
+            execute_run(settings, summary=summary)
+        monkeypatch.undo()
+        assert stopped.value.exit_code == ExitCode.DATABASE
+        marked = [row["person_id"] for row in postgres_table.rows() if row["submission_status"] == "Sent"]
+        held = sim.snapshot()
+        assert summary.outcomes["sent"] == len(marked) == 10  # the first batch, written after reconnecting
+        assert summary.outcomes["in_doubt"] == len(held) - len(marked) >= 10  # the second at least
+        assert summary.not_reached_unknown
+        lines = "\n".join(summary.lines())
+        assert f"sent {len(marked)}," in lines and "not reached (stopped early) unknown" in lines
+        assert f"acknowledged by DfE but not recorded (in doubt) {summary.outcomes['in_doubt']}" in lines
+
+        again = execute_run(settings)
+        assert again.resent_in_doubt == summary.outcomes["in_doubt"]
+        assert again.outcomes["sent"] == len(children) - len(marked)
+        assert_settled(sim, postgres_table, settings)
+
+
+def without_first_item(record: dict) -> dict:
+    """The record after a night that closed the first assessment of its first episode."""
+    out = clone(record)
+    episode = out["social_care_episodes"][0]
+    for key in ("child_and_family_assessments", "section_47_assessments", "child_protection_plans"):
+        if episode.get(key):
+            episode[key] = episode[key][1:] or None
+            if episode[key] is None:
+                del episode[key]
+            break
+    out["child_details"]["postcode"] = "ZZ9 9ZZ"
+    return out
+
+
+def test_resend_all_after_restoring_an_older_copy_of_the_tables(db_path, tmp_path) -> None:
+    """An older copy of the table and ledger put back: the ledger no longer says what DfE holds,
+    and a normal run leaves DfE wrong; run --resend-all sends every child whole against it."""
+    import sqlite3
+
+    children = list(make_children(10, seed=229))
+    insert(db_path, children)
+    backup = tmp_path / "backup.db"
+    with Simulator() as sim:
+        settings = settings_for(sim, db_path)
+        execute_run(settings)
+        with sqlite3.connect(db_path) as live, sqlite3.connect(backup) as copy:
+            live.backup(copy)  # the night's backup
+        for record in children:
+            set_payload(db_path, record["la_child_id"], without_first_item(record))
+        assert execute_run(settings).outcomes["sent"] == len(children)
+
+        with sqlite3.connect(backup) as copy, sqlite3.connect(db_path) as live:
+            copy.backup(live)  # restored: the ledger says DfE holds the first night's records
+        # The council's SQL then runs: half the children are as the copy has them, half changed again.
+        for record in children[5:]:
+            set_payload(db_path, record["la_child_id"], onwards(record, "3"))
+        execute_run(settings)
+        assert len(converged(sim, Staging.sqlite(db_path))) == len(children)  # every child wrong at DfE
+
+        resent = execute_run(settings, resend_all=True)
+        assert resent.outcomes["sent"] == len(children) and resent.resent_in_doubt == len(children)
+        assert_settled(sim, Staging.sqlite(db_path), settings)

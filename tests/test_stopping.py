@@ -229,7 +229,10 @@ def test_batches_in_flight_together_are_all_written_back(simulator, db_path, mon
         conn.close()
 
     def take_then_signal(self, row) -> None:
-        if self.summary.rows_read == 45:  # four batches of ten are at DfE
+        if self.summary.rows_read == 45:  # four batches of ten are at DfE (each sent once recorded)
+            deadline = time.monotonic() + 10
+            while simulator.records_accepted < 40 and time.monotonic() < deadline:
+                time.sleep(0.01)
             threading.Thread(target=hold_the_table).start()
             council_sql.wait(10)
             assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)  # else this would end pytest
