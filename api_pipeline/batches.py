@@ -27,6 +27,7 @@ from api_pipeline.api import BatchAborted, Outcome
 from api_pipeline.errors import PipelineError
 from api_pipeline.runs import RunSummary
 from api_pipeline.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingRow, StagingTable
+from api_pipeline.stopping import signals_to_the_main_thread
 from api_pipeline.timestamps import utc_now
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,11 @@ class Batches:
         # Batches are sent on a pool of MAX_IN_FLIGHT threads (one, by default: one request at a
         # time); their records and outcomes are written on one more thread.
         sending = self.sender is not None
-        self._executor = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="send") if sending else None
+        self._executor = (
+            ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="send", initializer=signals_to_the_main_thread)
+            if sending
+            else None
+        )
         self._changed = threading.Condition()  # a record to write, a send finished, or stopping
         self._to_record: deque[_InFlight] = deque()  # batches whose record is not written yet
         self._to_write: deque[_InFlight] = deque()  # batches whose outcomes are not written yet, oldest first
@@ -220,6 +225,7 @@ class Batches:
     def _write_loop(self) -> None:
         """Write outcomes in the order the batches were sent, with every record waiting; and
         records alone when a send thread waits for one."""
+        signals_to_the_main_thread()
         while True:
             with self._changed:
                 while not (

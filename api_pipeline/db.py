@@ -55,6 +55,7 @@ from api_pipeline.odbc import (
     with_psqlodbc_defaults,
 )
 from api_pipeline.paths import sqlite_file_of
+from api_pipeline.stopping import signals_to_the_main_thread
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class _Checkpointer:
         self._thread.join()
 
     def _loop(self) -> None:
+        signals_to_the_main_thread()
         try:
             # No busy timeout: a pass that meets a reader, or the run's connection writing,
             # copies what it can and returns rather than wait (a RESTART would hold every

@@ -128,6 +128,9 @@ class Pipeline:
         self._last_row_id = 0  # the highest row id read: rows after it were not reached if the run stops
         self._adopted: list[LedgerEntry] = []  # ledger entries for rows an earlier tool sent
         self._in_batch: set[str] = set()  # the children in the batch being filled
+        # A read-only run (validate, a dry run) moves nothing: the children of batches an earlier
+        # run left in flight are known in doubt from here instead (child -> outline).
+        self._left_in_flight: dict[str, str] = {}
         self.identities = Identities(table)
         # Batches are sent and written back on threads of their own while this thread reads
         # and prepares the next ones.
@@ -170,6 +173,12 @@ class Pipeline:
         started = time.monotonic()
         if self.options.writes:
             self._take_in_doubt()
+        else:
+            self._left_in_flight = {
+                child.la_child_id: child.outline_json
+                for batch in self.table.left_in_flight()
+                for child in batch.children
+            }
         self.identities.find_duplicates()
         deadline = None if self.options.max_runtime is None else started + self.options.max_runtime
         try:
@@ -306,7 +315,7 @@ class Pipeline:
             return self._prepare_purge(row)
         record = parse_payload(row.json_payload)
         la_child_id = child_of(record)
-        row = self._resending(self.identities.identify(row, la_child_id.strip()))
+        row = self._resending(self.identities.identify(row, la_child_id.strip()), la_child_id)
         # The record in normal form (empty objects and lists dropped) is what DfE will hold:
         # it is validated whole, its JSON goes in the ledger, and the request is built from it.
         try:
@@ -381,9 +390,15 @@ class Pipeline:
             parts = outline_union(self._doubt_outline(row), parts)
         return encode_record(parts).decode("utf-8")
 
-    def _resending(self, row: StagingRow) -> StagingRow:
-        """With --resend-all, ``row`` as a child in doubt (with nothing known beyond the ledger)."""
-        if self.options.resend_all and not row.in_doubt:
+    def _resending(self, row: StagingRow, la_child_id: str) -> StagingRow:
+        """``row`` as a child in doubt when a batch left in flight carried it (a read-only run), or
+        with --resend-all (with nothing known beyond the ledger)."""
+        if row.in_doubt:
+            return row
+        left = self._left_in_flight.get(la_child_id)
+        if left is not None:
+            return replace(row, doubt_outline=left)
+        if self.options.resend_all:
             return replace(row, doubt_outline="{}")
         return row
 
@@ -427,7 +442,7 @@ class Pipeline:
             pass  # a deleted child's purge needs only its id
         if not la_child_id:
             raise Invalid(reasons.PURGE_WITHOUT_ID, "purge without id")
-        row = self._resending(self.identities.identify(row, la_child_id.strip()))
+        row = self._resending(self.identities.identify(row, la_child_id.strip()), la_child_id)
         if row.ledger_purged and not row.in_doubt:
             return None  # found by its la_child_id: DfE has already deleted this child
         body = build_purge(la_child_id, mis_child_id)

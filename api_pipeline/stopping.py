@@ -47,6 +47,25 @@ CONSOLE_EVENTS = {
 }
 
 
+def signals_to_the_main_thread() -> None:
+    """Keep the signals that stop a command away from the calling thread (one of the tool's own,
+    first thing it does), so that they reach the main thread.
+
+    POSIX gives a process's signal to any one thread that does not block it, and Python acts on
+    it only in the main thread, and only once that thread runs again: a signal given to a send
+    thread while the main thread waits for a batch would go unheard until that batch was
+    written back, and the next batch could be sent meanwhile. Blocked everywhere else, it
+    interrupts the main thread's wait at once. Windows has no such thing (nothing to do there).
+    """
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+
+
+_STOP_SIGNALS = frozenset(
+    signum for name in SIGNALS if (signum := getattr(signal, name, None)) is not None and name != "SIGBREAK"
+)
+
+
 def signal_name(signum: int) -> str:
     """``"SIGTERM"``; ``"Ctrl+C"`` for SIGINT."""
     for name, described in SIGNALS.items():
@@ -183,6 +202,7 @@ def stopping_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
 def _announce(stop: StopRequest) -> None:
     """Say at once that the command is stopping, on a thread of its own: a signal handler must
     not write to a stream the main thread may be in the middle of writing to."""
+    signals_to_the_main_thread()
     if stop.wait() and stop.announcement:
         log.warning("%s: %s", stop.reason, stop.announcement)
 

@@ -442,3 +442,31 @@ def test_a_signal_in_the_middle_of_a_transaction_rolls_it_back(staging) -> None:
                 ("C2", "{}", "Pending", "New"),
             )
         assert db.scalar(f"SELECT person_id FROM {staging.table}") == "C2"
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_the_runs_own_threads_leave_stopping_signals_to_the_main_thread(simulator, db_path, monkeypatch) -> None:
+    """A signal the kernel gives a send or write-back thread would go unheard while the main thread
+    waits for a batch, and the next batch could be sent meanwhile: those threads block them."""
+    from api_pipeline.api import ApiClient
+    from api_pipeline.batches import Batches
+
+    insert(db_path, list(make_children(5, seed=229)))
+    masks: dict[str, set[int]] = {}
+    send, write_loop = ApiClient.send, Batches._write_loop
+
+    def send_noting_the_mask(self, bodies, batch_id):
+        masks["send"] = set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        return send(self, bodies, batch_id)
+
+    def write_loop_noting_the_mask(self):
+        write_loop(self)
+        masks["write-back"] = set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+    monkeypatch.setattr(ApiClient, "send", send_noting_the_mask)
+    monkeypatch.setattr(Batches, "_write_loop", write_loop_noting_the_mask)
+    result = run_cli(["run"], environ=run_env(simulator, db_path), cwd=db_path.parent)
+    assert result.code == ExitCode.OK, result.err
+    stopping = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    assert stopping <= masks["send"] and stopping <= masks["write-back"]
+    assert not stopping & set(signal.pthread_sigmask(signal.SIG_BLOCK, []))  # the main thread hears them
