@@ -13,18 +13,21 @@ and what the batches already sent did get acknowledged is still written back.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from api_pipeline import reasons
 from api_pipeline.api import BatchAborted, Outcome
 from api_pipeline.errors import PipelineError
+from api_pipeline.payload import encode_record, load_outline, outline, outline_union
 from api_pipeline.runs import RunSummary
 from api_pipeline.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.stopping import signals_to_the_main_thread
@@ -60,13 +63,25 @@ class Item:
     record: dict
     body: bytes
     purge: bool
-    outline_json: str  # what DfE may hold once the request lands, for the in-flight table
     ledger_json: str | None = None
     ledger_hash: bytes | None = None  # SHA-256 of ledger_json's UTF-8 text
 
-    def in_doubt(self, batch_id: str) -> InDoubt:
+    @functools.cached_property
+    def outline_json(self) -> str:
+        """For the in-flight table: what DfE may hold once the request lands, beyond the ledger's
+        record (:func:`~api_pipeline.payload.outline`), with what the child's earlier doubt
+        outlined. Worked out on the thread that records the batch, not the one reading rows."""
+        parts = outline(self.record)
+        if self.row.doubt_outline is not None:
+            earlier = load_outline(self.row.doubt_outline)
+            if earlier is None:
+                log.warning("row %s: the in-doubt entry for child %s is unreadable", self.row.id, self.la_child_id)
+            parts = outline_union(earlier or {}, parts)
+        return encode_record(parts).decode("utf-8")
+
+    def in_doubt(self, batch_id: str, at: datetime | None = None) -> InDoubt:
         """This child, as the in-flight record of batch ``batch_id`` has it."""
-        return InDoubt(self.la_child_id, self.row.id, self.outline_json, batch_id, utc_now())
+        return InDoubt(self.la_child_id, self.row.id, self.outline_json, batch_id, at or utc_now())
 
 
 @dataclass
@@ -75,14 +90,10 @@ class _InFlight:
 
     batch_id: str
     batch: list[Item]
-    updates: list[RowUpdate]  # notes for rows left unsent, written with the batch's record
+    updates: list[RowUpdate]  # notes for rows left unsent, written with the batch's outcomes
     adopted: list[LedgerEntry]  # ledger entries for rows an earlier tool sent, likewise
-    in_flight: list[InDoubt]  # the batch's record: written before it may be sent
+    future: Future
     started: float
-    awaited: bool = False  # a send thread waits for the record (guarded by Batches._changed)
-    future: Future = field(default_factory=Future)  # the send: DfE's outcomes
-    recorded: Future = field(default_factory=Future)  # the record written: the send may start
-    written: Future = field(default_factory=Future)  # the outcomes written back
 
 
 @dataclass
@@ -92,11 +103,10 @@ class Batches:
     Without a sender (a dry run, a validation), only :meth:`write` is used. The database
     connection is shared with the run's reading, one user at a time.
 
-    With a sender, one thread writes to the table: each batch's record before it is sent, and
-    its outcomes once DfE answered, in the order the batches were sent. A record waits to go
-    in the same transaction as the next batch's outcomes unless a send thread is free and
-    waiting for it: on a run that keeps every send thread busy, a record costs no transaction
-    of its own, and sending never waits longer than one write-back.
+    Each batch is recorded in the in-flight table before it is sent, on a thread of its own and
+    on ``recorder``: the table on a connection of the run's own for that (``table`` itself when
+    there is none). A batch's record is written while the batch before it is at DfE, so it
+    waits neither for another batch's write-back nor for the run to read the next rows.
     """
 
     table: StagingTable
@@ -105,25 +115,20 @@ class Batches:
     max_in_flight: int
     writes: bool  # whether outcomes are written to the table (not a dry run or a validation)
     on_progress: Callable[[RunSummary], None] | None = None
+    recorder: StagingTable | None = None
 
     def __post_init__(self) -> None:
         # Batches are sent on a pool of MAX_IN_FLIGHT threads (one, by default: one request at a
-        # time); their records and outcomes are written on one more thread.
+        # time), and their outcomes written back on one more thread, in the order they were sent.
         sending = self.sender is not None
-        self._executor = (
-            ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="send", initializer=signals_to_the_main_thread)
-            if sending
-            else None
-        )
-        self._changed = threading.Condition()  # a record to write, a send finished, or stopping
-        self._to_record: deque[_InFlight] = deque()  # batches whose record is not written yet
-        self._to_write: deque[_InFlight] = deque()  # batches whose outcomes are not written yet, oldest first
-        self._stopping = False
-        self._writer: threading.Thread | None = None
+        self._executor = self._writer = self._recording = None
         if sending:
-            self._writer = threading.Thread(target=self._write_loop, name="write-back", daemon=True)
-            self._writer.start()
-        self._written: deque[_InFlight] = deque()  # batches the run has not seen written back, oldest first
+            quiet = signals_to_the_main_thread
+            self._executor = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="send", initializer=quiet)
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="write-back", initializer=quiet)
+            self._recording = ThreadPoolExecutor(1, thread_name_prefix="record", initializer=quiet)
+        self._sends: deque[Future] = deque()  # send futures not known to be finished
+        self._written: deque[Future] = deque()  # write-back futures, oldest first
         self._failed = threading.Event()  # set by a send thread when its batch failed for good
         self._send_seconds: dict[str, float] = {}  # batch id -> how long its sending took, retries included
 
@@ -133,26 +138,26 @@ class Batches:
         batch: list[Item],
         updates: list[RowUpdate],
         adopted: list[LedgerEntry],
-        in_flight: list[InDoubt],
     ) -> None:
-        """Hand a batch to the send pool, once its record (``in_flight``, with ``updates`` and
-        ``adopted``) is written; its outcomes are written back once DfE answers.
+        """Record the batch (DESIGN §7, batches in doubt) and hand it to the send pool,
+        which sends it once it is recorded; its outcomes are written back with ``updates`` and
+        ``adopted`` once DfE answers.
 
-        Nothing is sent unless it is recorded first (DESIGN §7, batches in doubt). Waits while
-        twice ``MAX_IN_FLIGHT`` batches are not yet written back; raises the first batch's failure
-        for good.
+        Nothing is sent unless it is recorded first: a record that cannot be written stops the
+        batch as a failure for good does.
+        Waits while twice ``MAX_IN_FLIGHT`` batches are not yet written back; raises the first
+        batch's failure for good.
         """
-        assert self._executor is not None
+        assert self._executor is not None and self._writer is not None and self._recording is not None
         if self._failed.is_set():  # an earlier batch failed for good: send no more
             self.drain()
-        flight = _InFlight(batch_id, batch, updates, adopted, in_flight, time.monotonic())
-        flight.future = self._executor.submit(self._send, [i.body for i in batch], flight)
-        flight.future.add_done_callback(self._wake)
-        with self._changed:
-            self._to_record.append(flight)
-            self._to_write.append(flight)
-            self._changed.notify()
-        self._written.append(flight)
+        recorded = self._recording.submit(self._record, batch_id, batch)
+        future = self._executor.submit(self._send, [i.body for i in batch], batch_id, recorded)
+        while self._sends and self._sends[0].done():
+            self._sends.popleft()
+        self._sends.append(future)
+        flight = _InFlight(batch_id, batch, updates, adopted, future, time.monotonic())
+        self._written.append(self._writer.submit(self._complete, flight))
         # The send pool keeps MAX_IN_FLIGHT requests going; as many batches again may wait
         # their turn, so the run keeps preparing while the writer catches up.
         while len(self._written) >= 2 * self.max_in_flight:
@@ -168,11 +173,10 @@ class Batches:
         batch that was sent is written back (Ctrl+C or SIGTERM while batches are in flight)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
-        if self._writer is not None:
-            with self._changed:
-                self._stopping = True
-                self._changed.notify()
-            self._writer.join()
+        if self._writer is not None:  # a write-back waiting its turn is for a batch sent, or one just cancelled
+            self._writer.shutdown(wait=True, cancel_futures=False)
+        if self._recording is not None:  # a record still to write is for a batch that will not be sent
+            self._recording.shutdown(wait=True, cancel_futures=True)
 
     def write(self, updates: list[RowUpdate], ledger: list[LedgerEntry], doubt: Doubt | None = None) -> None:
         """Write row updates, ledger entries and what ``doubt`` says in one transaction (when the
@@ -185,13 +189,14 @@ class Batches:
         if self.on_progress:
             self.on_progress(self.summary)
 
-    def _wake(self, _future: Future) -> None:
-        with self._changed:
-            self._changed.notify()
+    def _record(self, batch_id: str, batch: list[Item]) -> None:
+        """Write the batch's record in the in-flight table, on the recording thread."""
+        now = utc_now()
+        in_flight = [item.in_doubt(batch_id, now) for item in batch]
+        (self.recorder or self.table).write_back([], [], doubt=Doubt(in_flight=in_flight))
 
-    def _send(self, bodies: list[bytes], flight: _InFlight) -> list[Outcome]:
-        """One batch's request, on a send thread, once its record is written; none once a batch
-        has failed for good.
+    def _send(self, bodies: list[bytes], batch_id: str, recorded: Future) -> list[Outcome]:
+        """One batch's request, on a send thread, once ``recorded``; none once a batch has failed for good.
 
         A send thread takes the next queued batch as soon as its last one ends, before the
         write-back thread has seen that one's failure; this check is what keeps "a batch that
@@ -199,12 +204,8 @@ class Batches:
         """
         if self._failed.is_set():
             raise CancelledError  # never sent: its rows stay pending
-        if not flight.recorded.done():
-            with self._changed:  # the writer need not wait for the next write-back to write it
-                flight.awaited = True
-                self._changed.notify()
         try:
-            flight.recorded.result()  # a record that could not be written raises: never sent
+            recorded.result()  # the batch's record, written: or never sent
         except BaseException:
             self._failed.set()
             raise
@@ -213,87 +214,35 @@ class Batches:
         assert self.sender is not None
         started = time.monotonic()  # the batch's own time, not its wait in the queue
         try:
-            return self.sender.send(bodies, flight.batch_id)
+            return self.sender.send(bodies, batch_id)
         except BaseException:
             self._failed.set()
             raise
         finally:
-            self._send_seconds[flight.batch_id] = time.monotonic() - started
+            self._send_seconds[batch_id] = time.monotonic() - started
 
-    # -- the write-back thread -----------------------------------------------------
-
-    def _write_loop(self) -> None:
-        """Write outcomes in the order the batches were sent, with every record waiting; and
-        records alone when a send thread waits for one."""
-        signals_to_the_main_thread()
-        while True:
-            with self._changed:
-                while not (
-                    (self._to_write and self._to_write[0].future.done())
-                    or any(flight.awaited for flight in self._to_record)
-                    or self._stopping
-                ):
-                    self._changed.wait()
-                records = list(self._to_record)
-                self._to_record.clear()
-                answered = self._to_write.popleft() if self._to_write and self._to_write[0].future.done() else None
-                if not records and answered is None:
-                    if not self._to_write:
-                        return  # stopping, and nothing left
-                    # Stopping with a send still running (the send pool's shutdown waits for it).
-                    self._changed.wait(0.05)
-                    continue
-            try:
-                self._write_step(records, answered)
-            except BaseException as exc:  # a fault in the tool: no batch may wait for ever
-                log.debug("the write-back thread failed", exc_info=True)
-                for flight in [*records, *([answered] if answered is not None else [])]:
-                    for future in (flight.recorded, flight.written):
-                        if not future.done():
-                            future.set_exception(exc)
-
-    def _write_step(self, records: list[_InFlight], answered: _InFlight | None) -> None:
-        """One transaction: the records of ``records`` and the outcomes of ``answered``. Never raises:
-        each batch's futures say how it went."""
-        # A send that ended before its record was written never reached DfE (it waits for the record):
-        # no record needed.
-        records = [r for r in records if not r.future.done()]
-        updates: list[RowUpdate] = []
-        ledger: list[LedgerEntry] = []
-        doubt = Doubt()
-        for flight in records:
-            updates += flight.updates
-            ledger += flight.adopted
-            doubt.in_flight.extend(flight.in_flight)
-        outcome = _Outcome(Counter(), None, answered=False)
-        if answered is not None:
-            outcome = self._outcomes(answered, updates, ledger, doubt)
+    def _complete(self, flight: _InFlight) -> None:
+        """Wait for one batch's answer and write its outcomes back, in one transaction; counted
+        once written (what DfE acknowledged but the table could not record is in doubt)."""
+        updates, ledger = list(flight.updates), list(flight.adopted)
+        doubt = Doubt(landed=[flight.batch_id])
+        outcome = self._outcomes(flight, updates, ledger, doubt)
         try:
             self.write(updates, ledger, doubt)
-        except BaseException as exc:
-            for flight in records:
-                flight.recorded.set_exception(exc)
-            if answered is not None:
-                self._count_unwritten(answered, outcome.counts)
-                answered.written.set_exception(exc)
-            return
-        for flight in records:
-            flight.recorded.set_result(None)
-        if answered is None:
-            return
+        except BaseException:
+            self._count_unwritten(flight, outcome.counts)
+            raise
         self.summary.outcomes.update(outcome.counts)
         if outcome.answered:
             log.info(
                 "batch %s: %d records, %s (%.2f s)",
-                answered.batch_id,
-                len(answered.batch),
+                flight.batch_id,
+                len(flight.batch),
                 ", ".join(f"{k} {v}" for k, v in sorted(outcome.counts.items())),
-                self._send_seconds.pop(answered.batch_id, time.monotonic() - answered.started),
+                self._send_seconds.pop(flight.batch_id, time.monotonic() - flight.started),
             )
         if outcome.error is not None:
-            answered.written.set_exception(outcome.error)
-        else:
-            answered.written.set_result(None)
+            raise outcome.error
 
     def _outcomes(
         self, flight: _InFlight, updates: list[RowUpdate], ledger: list[LedgerEntry], doubt: Doubt
@@ -334,18 +283,17 @@ class Batches:
     def _await_oldest(self) -> None:
         """Wait until the oldest batch is written back; if it failed, stop sending and settle the rest."""
         try:
-            self._written.popleft().written.result()
+            self._written.popleft().result()
         except BaseException:
-            for flight in self._written:
-                flight.future.cancel()  # only those not started yet: nothing more goes to DfE
+            for send in self._sends:
+                send.cancel()  # only those not started yet: nothing more goes to DfE
             while self._written:  # record what the batches already sent did get acknowledged
                 try:
-                    self._written.popleft().written.result()
-                except (PipelineError, CancelledError) as exc:
-                    if isinstance(exc, PipelineError):
-                        log.warning(
-                            "another batch in flight also failed: %s", str(exc).splitlines()[0] if str(exc) else exc
-                        )
+                    self._written.popleft().result()
+                except PipelineError as exc:
+                    log.warning(
+                        "another batch in flight also failed: %s", str(exc).splitlines()[0] if str(exc) else exc
+                    )
             raise
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from api_pipeline.db import SQLITE_VERSION, Database, validate_table_name
 from api_pipeline.dialects import ColumnInfo, sqlite_column_info
@@ -29,37 +30,54 @@ class ServerInfo:
 
 def columns(db: Database, table: str) -> list[ColumnInfo] | None:
     """The table's columns (names in lower case), or None when the table does not exist."""
-    validate_table_name(table)
+    return columns_of(db, [table])[table]
+
+
+def columns_of(db: Database, tables: list[str]) -> dict[str, list[ColumnInfo] | None]:
+    """Each table's columns (names in lower case), or None for a table that does not exist; one
+    query for them all when they are named alike (all in one schema, or none qualified)."""
+    for table in tables:
+        validate_table_name(table)
     if db.is_sqlite:
-        if "." in table:
-            schema, name = table.split(".", 1)
-            rows = list(db.query(f"PRAGMA {schema}.table_info({name})"))
-        else:
-            rows = list(db.query(f"PRAGMA table_info({table})"))
-        return [sqlite_column_info(str(r[1]), str(r[2] or ""), nullable=not r[3], key=bool(r[5])) for r in rows] or None
-    qualified = "." in table
-    names = table.split(".", 1) if qualified else [table]
-    params = [db.dialect.catalogue_name(n) for n in names]
-    found: list[ColumnInfo] = []
-    schema_seen = None
-    for schema, name, data_type, length, nullable, key in db.query(db.dialect.columns_sql(qualified), params):
-        if schema_seen is None:
-            schema_seen = schema
-        if schema != schema_seen:  # the same table name in a schema further down the search order
-            break
+        return {table: _sqlite_columns(db, table) for table in tables}
+    schemas = {table.split(".", 1)[0] if "." in table else None for table in tables}
+    if len(schemas) > 1:
+        return {table: columns_of(db, [table])[table] for table in tables}
+    schema_name: str | None = next(iter(schemas))
+    wanted = {db.dialect.catalogue_name(table.rsplit(".", 1)[-1]).lower(): table for table in tables}
+    params = ([db.dialect.catalogue_name(schema_name)] if schema_name else []) + [
+        db.dialect.catalogue_name(table.rsplit(".", 1)[-1]) for table in tables
+    ]
+    found: dict[str, list[ColumnInfo] | None] = dict.fromkeys(tables)
+    schema_seen: dict[str, Any] = {}
+    sql = db.dialect.columns_sql(schema_name is not None, len(tables))
+    for table_name, schema, name, data_type, length, nullable, key in db.query(sql, params):
+        owner = wanted.get(str(table_name).lower())
+        if owner is None:
+            continue
+        if schema_seen.setdefault(owner, schema) != schema:  # the same name in a schema further down the search
+            continue
         size = None if length is None or int(length) < 0 else int(length)
         if str(data_type).lower() in ("text", "ntext", "bytea"):
             size = None
-        found.append(
-            ColumnInfo(
-                str(name).lower(),
-                str(data_type).lower(),
-                size,
-                nullable=None if nullable is None else str(nullable).upper() == "YES",
-                key=bool(key),
-            )
+        info = ColumnInfo(
+            str(name).lower(),
+            str(data_type).lower(),
+            size,
+            nullable=None if nullable is None else str(nullable).upper() == "YES",
+            key=bool(key),
         )
-    return found or None
+        found[owner] = [*(found[owner] or []), info]
+    return found
+
+
+def _sqlite_columns(db: Database, table: str) -> list[ColumnInfo] | None:
+    if "." in table:
+        schema, name = table.split(".", 1)
+        rows = list(db.query(f"PRAGMA {schema}.table_info({name})"))
+    else:
+        rows = list(db.query(f"PRAGMA table_info({table})"))
+    return [sqlite_column_info(str(r[1]), str(r[2] or ""), nullable=not r[3], key=bool(r[5])) for r in rows] or None
 
 
 def resolve_table(db: Database, table: str) -> str | None:

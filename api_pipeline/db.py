@@ -359,6 +359,47 @@ class Database:
             raise
         return db
 
+    def another(self) -> Database | None:
+        """A second connection to the same database, set up as this one is for a run, for work
+        that must not wait for this connection's transactions (recording batches before they are
+        sent); the caller closes it. SQLite: the same file (in WAL mode after
+        :meth:`prepare_for_bulk_writes`, synced at checkpoints as this one is). None when there is
+        no second connection to have: a database held in memory, or a connection made elsewhere."""
+        if self.is_sqlite:
+            if self.path in (None, ":memory:"):
+                return None
+            other = Database.open_sqlite(str(self.path))
+            try:
+                with other.lock:
+                    mode = other._conn.execute("PRAGMA journal_mode").fetchone()
+                    if mode and str(mode[0]).lower() == "wal":
+                        other._conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error as exc:
+                other.close()
+                raise _sqlite_error(exc) from None
+            return other
+        if self._open_again is None:
+            return None
+        try:
+            connection = self._open_again()
+        except self._errors as exc:
+            raise explain_odbc_error(exc, self._context) from None
+        other = Database(
+            connection,
+            self.dialect,
+            description=self.description,
+            odbc=self._odbc,
+            driver_file=self.driver_file,
+            context=self._context,
+            open_again=self._open_again,
+        )
+        try:
+            other._start_session()
+        except DatabaseError:
+            other.close()
+            raise
+        return other
+
     @staticmethod
     def _add_output_converters(conn: Any) -> None:
         """Microsoft's drivers: read Unicode text so that one lone surrogate cannot stop a run (pyodbc

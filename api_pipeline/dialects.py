@@ -458,11 +458,14 @@ class Dialect:
 
     # -- catalogue ---------------------------------------------------------------
 
-    def columns_sql(self, qualified: bool) -> str:
-        """Columns of one table in order: (schema, name, type, max length, nullable YES/NO, in the
-        primary key 1/0); parameters (schema?, table)."""
+    def columns_sql(self, qualified: bool, tables: int = 1) -> str:
+        """Columns of ``tables`` tables (of one schema when ``qualified``), table by table, each in
+        order: (table, schema, name, type, max length, nullable YES/NO, in the primary key 1/0);
+        parameters (schema?, table, table, ...)."""
+        names = "(" + ", ".join("?" * tables) + ")"
         select = (
-            "SELECT c.TABLE_SCHEMA, c.COLUMN_NAME, c.DATA_TYPE, c.CHARACTER_MAXIMUM_LENGTH, c.IS_NULLABLE, "
+            "SELECT c.TABLE_NAME, c.TABLE_SCHEMA, c.COLUMN_NAME, c.DATA_TYPE, c.CHARACTER_MAXIMUM_LENGTH, "
+            "c.IS_NULLABLE, "
             "CASE WHEN EXISTS (SELECT 1 FROM INFORMATION_SCHEMA.TABLE_CONSTRAINTS tc "
             "JOIN INFORMATION_SCHEMA.KEY_COLUMN_USAGE k ON k.CONSTRAINT_SCHEMA = tc.CONSTRAINT_SCHEMA "
             "AND k.CONSTRAINT_NAME = tc.CONSTRAINT_NAME "
@@ -471,17 +474,17 @@ class Dialect:
             "FROM INFORMATION_SCHEMA.COLUMNS c WHERE "
         )
         if qualified:
-            return select + "c.TABLE_SCHEMA = ? AND c.TABLE_NAME = ? ORDER BY c.ORDINAL_POSITION"
+            return select + f"c.TABLE_SCHEMA = ? AND c.TABLE_NAME IN {names} ORDER BY c.TABLE_NAME, c.ORDINAL_POSITION"
         if self.name == "mssql":
             # Unqualified names resolve to the login's default schema, then dbo.
             return (
-                select + "c.TABLE_SCHEMA IN (SCHEMA_NAME(), 'dbo') AND c.TABLE_NAME = ? "
-                "ORDER BY CASE WHEN c.TABLE_SCHEMA = SCHEMA_NAME() THEN 0 ELSE 1 END, c.ORDINAL_POSITION"
+                select + f"c.TABLE_SCHEMA IN (SCHEMA_NAME(), 'dbo') AND c.TABLE_NAME IN {names} ORDER BY c.TABLE_NAME, "
+                "CASE WHEN c.TABLE_SCHEMA = SCHEMA_NAME() THEN 0 ELSE 1 END, c.ORDINAL_POSITION"
             )
         # PostgreSQL: the first schema on the search_path that has the table.
         return (
-            select + "c.TABLE_SCHEMA = ANY (current_schemas(false)) AND c.TABLE_NAME = ? "
-            "ORDER BY array_position(current_schemas(false), c.TABLE_SCHEMA::name), c.ORDINAL_POSITION"
+            select + f"c.TABLE_SCHEMA = ANY (current_schemas(false)) AND c.TABLE_NAME IN {names} ORDER BY "
+            "c.TABLE_NAME, array_position(current_schemas(false), c.TABLE_SCHEMA::name), c.ORDINAL_POSITION"
         )
 
     def catalogue_name(self, name: str) -> str:

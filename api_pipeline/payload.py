@@ -397,16 +397,21 @@ def request_for(current: dict, held: dict | None, *, delta: bool) -> dict | None
 # --------------------------------------------------------------------------------------
 # outlines: what a child's record may leave DfE holding, as far as purges care
 
+# Per level: (collection key, id key or None for a block, whether its items have collections).
+_PARTS: Final[Mapping[str, tuple[tuple[str, str | None, bool], ...]]] = {
+    level: tuple((key, id_key, key in STRUCTURE) for key, id_key in children.items())
+    for level, children in STRUCTURE.items()
+}
+
 
 def outline(record: Any) -> dict:
-    """The parts of ``record`` a purge can name: its blocks (as ``True``) and the ids of its
-    id'd items, level by level (DESIGN §7, batches in doubt).
+    """The parts of ``record`` a purge can name, and nothing else (DESIGN §7, batches in doubt).
 
-    Of a request, what DfE holds from it once it lands, beyond what DfE held before: purged
-    items and blocks are left out, and a child purge outlines to ``{}``. Of a whole record
-    (the ledger's), what DfE holds. Sending the whole current record with purges for every
-    part in an outline (:func:`request_for` with the outline as ``held``) makes DfE equal the
-    record whatever subset of those parts it holds.
+    Level by level: a block present is ``1``; an id'd list is the list of its items' ids, or,
+    for a list whose items have collections of their own (episodes), an object from each id to
+    that item's outline. Of a request: what DfE holds from it once it lands, beyond what DfE
+    held before (purged items and blocks are left out; a child purge outlines to ``{}``). Of a
+    whole record: what DfE holds. Ids and structure only: no value of the record.
     """
     if type(record) is not dict or record.get(PURGE) is True:
         return {}
@@ -415,52 +420,100 @@ def outline(record: Any) -> dict:
 
 def _outline(node: dict, level: str) -> dict:
     out: dict[str, Any] = {}
-    for key, id_key in STRUCTURE[level].items():
-        held = node.get(key, _MISSING)
-        if held is _MISSING:
+    for key, id_key, nested in _PARTS[level]:
+        held = node.get(key)
+        if held is None:
             continue
         if id_key is None:
-            if not (type(held) is dict and held.get(PURGE) is True):
-                out[key] = True
-            continue
-        if type(held) is not list:
-            continue
-        sub = key if key in STRUCTURE else None
-        items = []
-        for item in held:
-            if type(item) is not dict or type(item.get(id_key)) is not str or item.get(PURGE) is True:
-                continue
-            part = {id_key: item[id_key]}
-            if sub is not None:
-                part.update(_outline(item, sub))
-            items.append(part)
-        if items:
-            out[key] = items
+            if type(held) is not dict or held.get(PURGE) is not True:
+                out[key] = 1
+        elif type(held) is list:
+            if nested:
+                items = {
+                    ident: _outline(item, key)
+                    for item in held
+                    if type(item) is dict and type(ident := item.get(id_key)) is str and item.get(PURGE) is not True
+                }
+            else:
+                items = [  # type: ignore[assignment]
+                    ident
+                    for item in held
+                    if type(item) is dict and type(ident := item.get(id_key)) is str and item.get(PURGE) is not True
+                ]
+            if items:
+                out[key] = items
     return out
 
 
 def outline_union(a: dict, b: dict) -> dict:
-    """Every part either outline (or record: see :func:`outline`) names, as one outline."""
-    return _union(outline(a), outline(b), RECORD)
+    """Every part either outline names, as one outline."""
+    return _union(a, b, RECORD)
 
 
 def _union(a: dict, b: dict, level: str) -> dict:
     out = dict(a)
-    for key, id_key in STRUCTURE[level].items():
+    for key, id_key, nested in _PARTS[level]:
         if key not in b:
             continue
         if id_key is None or key not in a:
             out[key] = b[key]
-            continue
-        by_id = {item[id_key]: item for item in a[key]}
-        for item in b[key]:
-            ident = item[id_key]
-            if ident in by_id and key in STRUCTURE:
-                by_id[ident] = _union(by_id[ident], item, key)
-            else:
-                by_id.setdefault(ident, item)
-        out[key] = list(by_id.values())
+        elif nested:
+            merged = dict(a[key])
+            for ident, part in b[key].items():
+                merged[ident] = _union(merged[ident], part, key) if ident in merged else part
+            out[key] = merged
+        else:
+            out[key] = list(dict.fromkeys([*a[key], *b[key]]))
     return out
+
+
+def load_outline(text: str | bytes) -> dict | None:
+    """An outline as :func:`outline` writes it, from JSON; only its well-formed parts (a table's
+    text may be anything). None when the text is not a JSON object at all."""
+    try:
+        value = loads_record(text)
+    except (ValueError, RecursionError):
+        return None
+    return _clean(value, RECORD) if type(value) is dict else None
+
+
+def _clean(node: dict, level: str) -> dict:
+    out: dict[str, Any] = {}
+    for key, id_key, nested in _PARTS[level]:
+        part = node.get(key)
+        if part is None:
+            continue
+        if id_key is None:
+            out[key] = 1
+        elif nested and type(part) is dict:
+            out[key] = {ident: _clean(sub, key) if type(sub) is dict else {} for ident, sub in part.items()}
+        elif not nested and type(part) is list:
+            out[key] = [ident for ident in part if type(ident) is str]
+    return out
+
+
+def _as_held(node: dict, level: str) -> dict:
+    """An outline in the shape of a record (an id'd list of items, each with its id), for the builders."""
+    out: dict[str, Any] = {}
+    for key, id_key, nested in _PARTS[level]:
+        part = node.get(key)
+        if part is None:
+            continue
+        if id_key is None:
+            out[key] = {}
+        elif nested:
+            out[key] = [{id_key: ident, **_as_held(sub, key)} for ident, sub in part.items()]
+        else:
+            out[key] = [{id_key: ident} for ident in part]
+    return out
+
+
+def request_in_doubt(current: dict, held: dict | None, doubt: dict) -> dict:
+    """The record to send for ``current`` (normal form) when DfE holds ``held`` (the ledger's
+    record, or None) or what the outline ``doubt`` adds to it: the whole record, with a purge
+    for every part either may hold and ``current`` lacks. Right whichever DfE holds."""
+    possible = outline_union(outline(held) if held is not None else {}, doubt)
+    return _full_node(current, _as_held(possible, RECORD), RECORD)
 
 
 def build_purge(la_child_id: str, mis_child_id: str | None = None) -> dict:

@@ -33,11 +33,12 @@ from api_pipeline.payload import (
     encode_record,
     frame_body,
     load_normal,
+    load_outline,
     normal_form,
     normalise,
-    outline,
     outline_union,
     request_for,
+    request_in_doubt,
 )
 from api_pipeline.rows import DUPLICATE_CHILD, Identities, Invalid, Later, Skip, child_of, parse_payload
 from api_pipeline.runs import RunSummary, write_private
@@ -117,7 +118,10 @@ class Pipeline:
         summary: RunSummary,
         *,
         on_progress: Callable[[RunSummary], None] | None = None,
+        recorder: StagingTable | None = None,
     ) -> None:
+        """``recorder``: ``table`` on a connection of the run's own for recording batches before
+        they are sent (see :class:`~api_pipeline.batches.Batches`); ``table`` itself when None."""
         self.table = table
         self.validator = validator
         self.options = options
@@ -134,7 +138,7 @@ class Pipeline:
         self.identities = Identities(table)
         # Batches are sent and written back on threads of their own while this thread reads
         # and prepares the next ones.
-        self.batches = Batches(table, sender, summary, options.max_in_flight, options.writes, on_progress)
+        self.batches = Batches(table, sender, summary, options.max_in_flight, options.writes, on_progress, recorder)
 
     # -- the run ---------------------------------------------------------------
 
@@ -349,7 +353,7 @@ class Pipeline:
             # it equal the table from both. Never "already up to date".
             self.summary.resent_in_doubt += 1
             log.info("row %s (child %s): DfE's copy is in doubt; sending the whole record", row.id, row.person_id)
-            body = request_for(record, outline_union(held or {}, self._doubt_outline(row)), delta=False)
+            body = request_in_doubt(record, held, self._doubt_outline(row))
         elif not row.ledger_found:
             # First contact (DESIGN §4): the whole record, plus purges for whatever the earlier
             # tool's last copy has and the record now lacks, in either mode.
@@ -373,7 +377,6 @@ class Pipeline:
             record=body,
             body=encoded,
             purge=False,
-            outline_json=self._outline_json(row, body),
             ledger_json=ledger_json,
             ledger_hash=ledger_hash,
         )
@@ -381,14 +384,6 @@ class Pipeline:
     def _doubt_outline(self, row: StagingRow) -> dict:
         """What a batch in doubt may have left DfE holding for this row's child, beyond the ledger."""
         return _outline_of(row.doubt_outline or "{}", f"row {row.id}: the in-doubt entry for child {row.person_id}")
-
-    def _outline_json(self, row: StagingRow, body: dict) -> str:
-        """The in-flight entry for sending ``body`` (DESIGN §7): what DfE may hold once it lands,
-        beyond the ledger's record, with what an earlier batch in doubt may have left."""
-        parts = outline(body)
-        if row.in_doubt:
-            parts = outline_union(self._doubt_outline(row), parts)
-        return encode_record(parts).decode("utf-8")
 
     def _resending(self, row: StagingRow, la_child_id: str) -> StagingRow:
         """``row`` as a child in doubt when a batch left in flight carried it (a read-only run), or
@@ -456,7 +451,6 @@ class Pipeline:
             record=body,
             body=encode_record(body),
             purge=True,
-            outline_json=self._outline_json(row, body),
         )
 
     def _baseline(self, row: StagingRow) -> dict | None:
@@ -511,9 +505,7 @@ class Pipeline:
                 self.summary.outcomes["dry_run"] += len(batch)
             self.batches.write(updates, adopted)
             return
-        now = utc_now()
-        in_flight = [InDoubt(i.la_child_id, i.row.id, i.outline_json, batch_id, now) for i in batch]
-        self.batches.submit(batch_id, batch, updates, adopted, in_flight)
+        self.batches.submit(batch_id, batch, updates, adopted)
 
     def _write_for_review(self, batch_id: str, batch: list[Item]) -> None:
         folder = self.options.dry_run_dir
@@ -527,11 +519,8 @@ class Pipeline:
 def _outline_of(text: str, what: str) -> dict:
     """An outline as the tool wrote it; ``{}`` (with a warning naming ``what``) for anything else:
     nothing to purge by, but the record still goes whole."""
-    try:
-        found = load_normal(text)
-    except ValueError:
-        found = None
-    if not isinstance(found, dict):
+    found = load_outline(text)
+    if found is None:
         log.warning("%s is unreadable; the record is sent whole without purges for it", what)
         return {}
     return found

@@ -123,12 +123,20 @@ def execute_run(
                     auth = ClientCredentialsAuth.from_settings(settings, session, sleep=sleep, on_token=remember_secret)
                     client = ApiClient(settings, session, auth, sleep=sleep)
                     sender = _HoldingLock(client, lock, stop)
-                    pipeline = Pipeline(table, sender, validator, options, summary, on_progress=after_batch)
+                    # Batches are recorded before they are sent on a connection of their own, so that
+                    # recording one never waits for another's write-back (DESIGN §7).
+                    recording = db.another()
                     try:
+                        recorder = None if recording is None else table.on(recording)
+                        pipeline = Pipeline(
+                            table, sender, validator, options, summary, on_progress=after_batch, recorder=recorder
+                        )
                         with interruptible():
                             return pipeline.run()
                     finally:
                         _copy_client_counters(client, summary)
+                        if recording is not None:
+                            recording.close()
                 finally:
                     session.close()
 

@@ -288,6 +288,14 @@ class StagingTable:
         # False: made by hand with no key to upsert on.
         self._keyed = {self.ledger: True, self.in_flight: True, self.in_doubt: True}
 
+    def on(self, db: Database) -> StagingTable:
+        """This table on another connection to the same database, with what is known of the tables
+        beside it (so none is looked up again)."""
+        other = StagingTable(db, self.table, self.ledger)
+        other._side_columns = dict(self._side_columns)
+        other._keyed = dict(self._keyed)
+        return other
+
     # -- schema -------------------------------------------------------------
 
     def create_staging_table(self) -> None:
@@ -314,8 +322,8 @@ class StagingTable:
         return self._current_hash
 
     def _columns_of(self, side_table: str) -> list[ColumnInfo] | None:
-        if side_table not in self._side_columns:
-            self._side_columns[side_table] = catalogue.columns(self.db, side_table)
+        if side_table not in self._side_columns:  # the three are looked up together, in one query
+            self._side_columns.update(catalogue.columns_of(self.db, [self.ledger, self.in_flight, self.in_doubt]))
         return self._side_columns[side_table]
 
     def has_ledger(self) -> bool:

@@ -453,18 +453,18 @@ def test_the_runs_own_threads_leave_stopping_signals_to_the_main_thread(simulato
 
     insert(db_path, list(make_children(5, seed=229)))
     masks: dict[str, set[int]] = {}
-    send, write_loop = ApiClient.send, Batches._write_loop
+    send, complete = ApiClient.send, Batches._complete
 
     def send_noting_the_mask(self, bodies, batch_id):
         masks["send"] = set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
         return send(self, bodies, batch_id)
 
-    def write_loop_noting_the_mask(self):
-        write_loop(self)
+    def complete_noting_the_mask(self, flight):
         masks["write-back"] = set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        return complete(self, flight)
 
     monkeypatch.setattr(ApiClient, "send", send_noting_the_mask)
-    monkeypatch.setattr(Batches, "_write_loop", write_loop_noting_the_mask)
+    monkeypatch.setattr(Batches, "_complete", complete_noting_the_mask)
     result = run_cli(["run"], environ=run_env(simulator, db_path), cwd=db_path.parent)
     assert result.code == ExitCode.OK, result.err
     stopping = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}

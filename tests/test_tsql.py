@@ -100,9 +100,12 @@ class Recorder:
             rows = self.more(sql, params)
             if rows is not None:
                 return rows
-        if "INFORMATION_SCHEMA.COLUMNS" in sql:
-            name = params[-1]
-            return [("ssd_development", *c) + ("YES", 0) * (len(c) == 3) for c in self.tables.get(name, [])]
+        if "INFORMATION_SCHEMA.COLUMNS" in sql:  # (table, schema, column, type, length, nullable, key)
+            return [
+                (name, "ssd_development", *c) + ("YES", 0) * (len(c) == 3)
+                for name in params
+                for c in self.tables.get(name, [])
+            ]
         if "FROM sys.objects" in sql:  # OBJECT_ID(?): as SQL Server resolves the name
             name = params[0].rsplit(".", 1)[-1].lower()
             return [("ssd_development", name)] if name in self.tables else []
