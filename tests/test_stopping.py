@@ -76,6 +76,20 @@ def posts(sim: Simulator) -> int:
     return sum(1 for entry in sim.request_log() if entry.path.endswith("/children"))
 
 
+def posts_after(sim: Simulator, moment: float) -> list[tuple[int, int]]:
+    """(status, records) of each POST that reached DfE after ``moment`` (wall clock)."""
+    return [
+        (entry.status, entry.record_count)
+        for entry in sim.request_log()
+        if entry.path.endswith("/children") and entry.arrived > moment
+    ]
+
+
+def request_history(sim: Simulator) -> list[tuple[str, int, int]]:
+    """Every request the simulator saw, for a failure's message: (path's end, status, records)."""
+    return [(entry.path.rsplit("/", 1)[-1], entry.status, entry.record_count) for entry in sim.request_log()]
+
+
 def run_files(db_path: Path) -> tuple[dict, str, str]:
     logs = db_path.parent / "logs"
     (summary,) = logs.glob("*.summary.json")
@@ -129,9 +143,11 @@ def test_a_signal_mid_run_stops_it_as_ctrl_c_does(db_path, monkeypatch, signum, 
         env = run_env(sim, db_path)
         started = threading.Event()
         procs: list[subprocess.Popen] = []
+        signalled: list[float] = []
 
         def signal_the_run() -> None:
             started.wait(10)
+            signalled.append(time.time())
             procs[0].send_signal(signum)
 
         on_stored_batch(sim, monkeypatch, 2, signal_the_run)
@@ -144,7 +160,9 @@ def test_a_signal_mid_run_stops_it_as_ctrl_c_does(db_path, monkeypatch, signum, 
             f"stopped by {reason}: rows not yet acknowledged stay pending and are sent next run"
         )
         assert f"{reason}: stopping." in err  # said at once, before the batch in flight is answered
-        assert posts(sim) == 2  # the batch in flight was answered; nothing was sent after the signal
+        # The batch in flight was answered; nothing was sent after the signal.
+        assert posts_after(sim, signalled[0]) == [], (request_history(sim), err)
+        assert posts(sim) >= 2, (request_history(sim), err)
         assert_settled(sim, db_path)
         assert len(sent_children(db_path)) == 40
         assert lock_rows(db_path) == []
