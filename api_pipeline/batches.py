@@ -225,7 +225,7 @@ class Batches:
         """Wait for one batch's answer and write its outcomes back, in one transaction; counted
         once written (what DfE acknowledged but the table could not record is in doubt)."""
         updates, ledger = list(flight.updates), list(flight.adopted)
-        doubt = Doubt(landed=[flight.batch_id])
+        doubt = Doubt()
         outcome = self._outcomes(flight, updates, ledger, doubt)
         try:
             self.write(updates, ledger, doubt)
