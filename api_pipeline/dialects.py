@@ -653,11 +653,16 @@ def staging_index_ddl(dialect: Dialect, table: str) -> str:
     return dialect.create_index_if_missing(person_index_name(table, unique=False), table, "person_id")
 
 
+def _keyed_table_ddl(dialect: Dialect, table: str, spec: Sequence[Column]) -> str:
+    """A table of ``spec`` whose first column is its primary key (created only if missing)."""
+    columns = [dialect.column_definition(c) for c in spec]
+    columns[0] += " PRIMARY KEY"
+    return dialect.create_table_if_missing(table, ", ".join(columns))
+
+
 def ledger_ddl(dialect: Dialect, ledger: str) -> str:
     """The submission ledger: per child, what DfE last acknowledged (DESIGN §4)."""
-    columns = [dialect.column_definition(c) for c in LEDGER_SPEC]
-    columns[0] += " PRIMARY KEY"
-    return dialect.create_table_if_missing(ledger, ", ".join(columns))
+    return _keyed_table_ddl(dialect, ledger, LEDGER_SPEC)
 
 
 def ledger_index_ddl(dialect: Dialect, ledger: str) -> str:
@@ -668,16 +673,12 @@ def ledger_index_ddl(dialect: Dialect, ledger: str) -> str:
 
 def in_flight_ddl(dialect: Dialect, in_flight: str) -> str:
     """Batches sent and not yet written back (DESIGN §7, batches in doubt)."""
-    columns = [dialect.column_definition(c) for c in IN_FLIGHT_SPEC]
-    columns[0] += " PRIMARY KEY"
-    return dialect.create_table_if_missing(in_flight, ", ".join(columns))
+    return _keyed_table_ddl(dialect, in_flight, IN_FLIGHT_SPEC)
 
 
 def in_doubt_ddl(dialect: Dialect, in_doubt: str) -> str:
     """Children whose copy at DfE is in doubt (DESIGN §7)."""
-    columns = [dialect.column_definition(c) for c in IN_DOUBT_SPEC]
-    columns[0] += " PRIMARY KEY"
-    return dialect.create_table_if_missing(in_doubt, ", ".join(columns))
+    return _keyed_table_ddl(dialect, in_doubt, IN_DOUBT_SPEC)
 
 
 def in_doubt_index_ddl(dialect: Dialect, in_doubt: str) -> str:
