@@ -73,15 +73,23 @@ class Item:
         outlined. Worked out on the thread that records the batch, not the one reading rows."""
         parts = outline(self.record)
         if self.row.doubt_outline is not None:
-            earlier = load_outline(self.row.doubt_outline)
-            if earlier is None:
-                log.warning("row %s: the in-doubt entry for child %s is unreadable", self.row.id, self.la_child_id)
-            parts = outline_union(earlier or {}, parts)
+            what = f"row {self.row.id}: the in-doubt entry for child {self.la_child_id}"
+            parts = outline_union(outline_of(self.row.doubt_outline, what), parts)
         return encode_record(parts).decode("utf-8")
 
     def in_doubt(self, batch_id: str, at: datetime | None = None) -> InDoubt:
         """This child, as the in-flight record of batch ``batch_id`` has it."""
         return InDoubt(self.la_child_id, self.row.id, self.outline_json, batch_id, at or utc_now())
+
+
+def outline_of(text: str, what: str) -> dict:
+    """An outline as the tool wrote it; ``{}`` (with a warning naming ``what``) for anything else:
+    nothing to purge by, but the record still goes whole."""
+    found = load_outline(text)
+    if found is None:
+        log.warning("%s is unreadable; the record is sent whole without purges for it", what)
+        return {}
+    return found
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from api_pipeline import reasons
-from api_pipeline.batches import Batches, Item, Sender, in_case_of
+from api_pipeline.batches import Batches, Item, Sender, in_case_of, outline_of
 from api_pipeline.config import Settings
 from api_pipeline.dialects import MAX_RECEIPT_LENGTH
 from api_pipeline.errors import PipelineError
@@ -33,7 +33,6 @@ from api_pipeline.payload import (
     encode_record,
     frame_body,
     load_normal,
-    load_outline,
     normal_form,
     normalise,
     outline_union,
@@ -242,7 +241,7 @@ class Pipeline:
                 known = earlier.outline_json if earlier else self.table.doubt_outline(child.la_child_id)
                 if known is not None:
                     what = f"the in-doubt entry for child {child.la_child_id}"
-                    union = outline_union(_outline_of(known, what), _outline_of(child.outline_json, what))
+                    union = outline_union(outline_of(known, what), outline_of(child.outline_json, what))
                     child = replace(child, outline_json=encode_record(union).decode("utf-8"))
                 merged[child.la_child_id] = child
         landed = [batch.batch_id for batch in left if batch.readable]
@@ -383,7 +382,7 @@ class Pipeline:
 
     def _doubt_outline(self, row: StagingRow) -> dict:
         """What a batch in doubt may have left DfE holding for this row's child, beyond the ledger."""
-        return _outline_of(row.doubt_outline or "{}", f"row {row.id}: the in-doubt entry for child {row.person_id}")
+        return outline_of(row.doubt_outline or "{}", f"row {row.id}: the in-doubt entry for child {row.person_id}")
 
     def _resending(self, row: StagingRow, la_child_id: str) -> StagingRow:
         """``row`` as a child in doubt when a batch left in flight carried it (a read-only run), or
@@ -514,16 +513,6 @@ class Pipeline:
         path = folder / f"batch_{batch_id}.json"
         write_private(path, frame_body(i.body for i in batch))  # whole records: the owner's only
         log.info("batch %s: %d request records written to %s for review", batch_id, len(batch), path)
-
-
-def _outline_of(text: str, what: str) -> dict:
-    """An outline as the tool wrote it; ``{}`` (with a warning naming ``what``) for anything else:
-    nothing to purge by, but the record still goes whole."""
-    found = load_outline(text)
-    if found is None:
-        log.warning("%s is unreadable; the record is sent whole without purges for it", what)
-        return {}
-    return found
 
 
 def _unchanged_since_sent(row: StagingRow) -> bool:
