@@ -68,7 +68,7 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
 
 @dataclass(frozen=True)
 class _Joined:
-    """The staging table ``t`` joined to the ledger ``l`` and the in-flight table ``f``, and what
+    """The staging table ``t`` joined to the ledger ``l`` and the in-doubt table ``f``, and what
     the joins say of a row's child, as SQL conditions."""
 
     source: str
@@ -197,7 +197,7 @@ class InDoubt:
 class Doubt:
     """What a write-back changes in the in-flight and in-doubt tables (DESIGN §7, batches in doubt).
 
-    Before a batch is sent: ``in_flight``, its children (one row a batch). Once its outcomes are
+    Before a batch is sent: ``in_flight``, its children (one row). Once its outcomes are
     written back, or it is known never to have been sent: ``landed``, the batch ids whose
     in-flight rows go; ``in_doubt``, its children DfE may or may not hold it for (no receipt,
     and no refusal either); ``resolved``, children in doubt before whose receipt came back.
@@ -425,7 +425,7 @@ class StagingTable:
         purge DfE has not acknowledged; and rows an earlier tool marked ``sent`` whose child
         has no ledger entry yet (switch-over: adopted into the ledger, DESIGN §4); and children
         in doubt (DESIGN §7), whatever their status says, unless their record is ``invalid``.
-        The ledger is joined as ``l`` and the in-flight table as ``f`` on the trimmed person_id
+        The ledger is joined as ``l`` and the in-doubt table as ``f`` on the trimmed person_id
         (their columns are NULL when they do not exist yet: read-only runs do not create them).
         A row whose person_id is not its record's la_child_id is found in both by its staging
         id instead.
@@ -493,7 +493,7 @@ class StagingTable:
         return 0, 0, None
 
     def _joined(self) -> _Joined:
-        """The staging table ``t`` joined to the ledger ``l`` and the in-flight table ``f``."""
+        """The staging table ``t`` joined to the ledger ``l`` and the in-doubt table ``f``."""
         person = self.db.dialect.trim("t.person_id")
         if self.has_ledger():
             source = f"{self.table} t LEFT JOIN {self.ledger} l ON l.la_child_id = {person}"
@@ -686,28 +686,17 @@ class StagingTable:
         ]
         self._upsert(self.ledger, _LEDGER_VALUES, values, (None, None, None, LONG_TEXT, BINARY, None, None, None))
 
-    def _write_in_flight(self, children: Sequence[InDoubt]) -> None:
-        """Record batches before they are sent: one row a batch, whatever its size (inside the
-        caller's transaction)."""
-        batches: dict[str, list[InDoubt]] = {}
-        for child in children:
-            batches.setdefault(child.batch_id, []).append(child)
-        rows = [
-            (
-                batch_id,
-                self.db.dialect.timestamp_param(batch[0].recorded_at),
-                # [[la_child_id, staging_id, outline], ...]: each outline is JSON already.
-                "["
-                + ",".join(
-                    f"[{json.dumps(c.la_child_id, ensure_ascii=False)},{int(c.staging_id)},{c.outline_json}]"
-                    for c in batch
-                )
-                + "]",
-            )
-            for batch_id, batch in batches.items()
-        ]
-        # Upserted: a write-back redone (its COMMIT's answer lost) must leave the same rows.
-        self._upsert(self.in_flight, _IN_FLIGHT_VALUES, rows, (None, None, LONG_TEXT), key="batch_id")
+    def _write_in_flight(self, batch: Sequence[InDoubt]) -> None:
+        """Record one batch before it is sent: one row, whatever its size (inside the caller's transaction)."""
+        first = batch[0]
+        assert all(child.batch_id == first.batch_id for child in batch), "one batch's children"
+        # [[la_child_id, staging_id, outline], ...]: each outline is JSON already.
+        children = ",".join(
+            f"[{json.dumps(c.la_child_id, ensure_ascii=False)},{int(c.staging_id)},{c.outline_json}]" for c in batch
+        )
+        row = (first.batch_id, self.db.dialect.timestamp_param(first.recorded_at), f"[{children}]")
+        # Upserted: a write-back redone (its COMMIT's answer lost) must leave the same row.
+        self._upsert(self.in_flight, _IN_FLIGHT_VALUES, [row], (None, None, LONG_TEXT), key="batch_id")
 
     def _write_in_doubt(self, children: Sequence[InDoubt]) -> None:
         """These children are in doubt, with these outlines (inside the caller's transaction)."""
