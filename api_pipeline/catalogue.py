@@ -51,7 +51,7 @@ def columns_of(db: Database, tables: list[str]) -> dict[str, list[ColumnInfo] | 
     found: dict[str, list[ColumnInfo] | None] = dict.fromkeys(tables)
     schema_seen: dict[str, Any] = {}
     sql = db.dialect.columns_sql(schema_name is not None, len(tables))
-    for table_name, schema, name, data_type, length, nullable, key in db.query(sql, params):
+    for table_name, schema, name, data_type, length, nullable, collation, key in db.query(sql, params):
         owner = wanted.get(str(table_name).lower())
         if owner is None:
             continue
@@ -66,6 +66,7 @@ def columns_of(db: Database, tables: list[str]) -> dict[str, list[ColumnInfo] | 
             size,
             nullable=None if nullable is None else str(nullable).upper() == "YES",
             key=bool(key),
+            collation=None if collation is None else str(collation),
         )
         found[owner] = [*(found[owner] or []), info]
     return found

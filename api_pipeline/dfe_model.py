@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 from api_pipeline.payload import RECORD, STRUCTURE, clone
+from api_pipeline.schema import ecma_pattern
 
 # ---------------------------------------------------------------------------
 # The merge model (DESIGN §5)
@@ -166,7 +167,7 @@ class RecordValidator:
         if pattern is not None:
             compiled = self._patterns.get(pattern)
             if compiled is None:
-                compiled = self._patterns[pattern] = re.compile(pattern)
+                compiled = self._patterns[pattern] = ecma_pattern(pattern)  # as JSON Schema matches patterns
             if not compiled.search(value):
                 found.append((path, f"does not match pattern {pattern}"))
         if schema.get("format") == "date" and not _is_strict_date(value):

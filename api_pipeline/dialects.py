@@ -21,6 +21,10 @@ from api_pipeline.odbc import is_microsoft_sql_driver, utf16_digest
 HASH_BYTES = 32  # SHA-256
 # The longest receipt the tool accepts from DfE (api.py) and so the least the ledger's receipt column holds.
 MAX_RECEIPT_LENGTH = 255
+# SQL Server compares text by the column's collation, usually case-insensitive (Latin1_General_CI_AS):
+# the keys the tool keeps (a child's id, the run lock's name) are given this one, which compares
+# character for character, so ids that differ only in case are two keys, as they are in Python.
+BINARY_COLLATION = "Latin1_General_100_BIN2"
 MAX_NOTE_LENGTH = 4000  # api_response: what this tool writes there is cut to this; the column holds at least as much
 
 # Parameter kinds: the few parameters a driver cannot bind well by guessing from the Python value.
@@ -57,6 +61,9 @@ class Column:
     required: bool = True
     # A JSON column: PostgreSQL's JSON and JSONB types also do (the earlier PostgreSQL builder's DDL).
     json: bool = False
+    # A key compared character for character: a child's id, whose letter case matters (DfE may take
+    # AB12 and ab12 for two children). SQL Server gives it a binary collation (BINARY_COLLATION).
+    exact: bool = False
 
 
 STAGING_SPEC = (
@@ -75,7 +82,7 @@ STAGING_SPEC = (
     Column("last_updated", "timestamp", required=False, default="CURRENT_TIMESTAMP"),
 )
 LEDGER_SPEC = (
-    Column("la_child_id", "text", 36, min_size=20, nullable=False),
+    Column("la_child_id", "text", 36, min_size=20, nullable=False, exact=True),
     Column("mis_child_id", "text", 36, min_size=36),
     Column("staging_id", "int"),
     Column("record_json", "long_text"),
@@ -96,7 +103,7 @@ IN_FLIGHT_SPEC = (
 # Children whose copy at DfE is in doubt: DfE holds the ledger's record, or what a batch whose
 # answer was never recorded made of it, which the outline bounds (its ids and blocks).
 IN_DOUBT_SPEC = (
-    Column("la_child_id", "text", 36, min_size=20, nullable=False),
+    Column("la_child_id", "text", 36, min_size=20, nullable=False, exact=True),
     Column("staging_id", "int"),
     Column("outline_json", "long_text", nullable=False),
     Column("batch_id", "text", 64, min_size=40),
@@ -116,6 +123,7 @@ class ColumnInfo:
     length: int | None = None
     nullable: bool | None = None  # None: not known
     key: bool = False  # part of the table's primary key
+    collation: str | None = None  # None: not text, not known, or the database's default (SQLite)
 
     def shown(self) -> str:
         if self.data_type in _SIZED_TYPES:
@@ -207,6 +215,14 @@ class Dialect:
         if self.name == "postgresql":
             return f"CAST({a} AS TEXT) = CAST({b} AS TEXT)"
         return f"{a} = {b}"
+
+    def exact(self, expression: str) -> str:
+        """A text ``expression`` compared character for character with a key column that is
+        (:data:`BINARY_COLLATION`): on SQL Server, also what keeps a council's case-insensitive
+        column from meeting the key's collation in one comparison, which SQL Server refuses."""
+        if self.name == "mssql":
+            return f"{expression} COLLATE {BINARY_COLLATION}"
+        return expression
 
     def trim(self, expression: str) -> str:
         """Leading and trailing spaces removed (SQL Server 2016 has no ``TRIM``)."""
@@ -430,7 +446,10 @@ class Dialect:
         if column.kind == "id":
             return f"{column.name} {self.identity_pk}"
         nullable = column.nullable or (for_add and column.default is None)
-        parts = [column.name, self.column_type(column), "NULL" if nullable else "NOT NULL"]
+        parts = [column.name, self.column_type(column)]
+        if column.exact and self.name == "mssql":
+            parts.append(f"COLLATE {BINARY_COLLATION}")
+        parts.append("NULL" if nullable else "NOT NULL")
         if column.default is not None:
             parts.append(f"DEFAULT {column.default}")
         return " ".join(parts)
@@ -460,12 +479,12 @@ class Dialect:
 
     def columns_sql(self, qualified: bool, tables: int = 1) -> str:
         """Columns of ``tables`` tables (of one schema when ``qualified``), table by table, each in
-        order: (table, schema, name, type, max length, nullable YES/NO, in the primary key 1/0);
+        order: (table, schema, name, type, max length, nullable YES/NO, collation, in the primary key 1/0);
         parameters (schema?, table, table, ...)."""
         names = "(" + ", ".join("?" * tables) + ")"
         select = (
             "SELECT c.TABLE_NAME, c.TABLE_SCHEMA, c.COLUMN_NAME, c.DATA_TYPE, c.CHARACTER_MAXIMUM_LENGTH, "
-            "c.IS_NULLABLE, "
+            "c.IS_NULLABLE, c.COLLATION_NAME, "
             "CASE WHEN EXISTS (SELECT 1 FROM INFORMATION_SCHEMA.TABLE_CONSTRAINTS tc "
             "JOIN INFORMATION_SCHEMA.KEY_COLUMN_USAGE k ON k.CONSTRAINT_SCHEMA = tc.CONSTRAINT_SCHEMA "
             "AND k.CONSTRAINT_NAME = tc.CONSTRAINT_NAME "
@@ -517,7 +536,13 @@ class Dialect:
         return None
 
     def warning(self, column: Column, info: ColumnInfo) -> str | None:
-        """Works, but may damage data: SQL Server's non-Unicode text types."""
+        """Works, but may damage data: SQL Server's non-Unicode text types, and a key that ignores case."""
+        if self.name == "mssql" and column.exact and info.collation and not _is_binary_collation(info.collation):
+            return (
+                f"compares ignoring letter case or accents (collation {info.collation}), so ids that differ only in "
+                "case would be one child here (the write-back would fail on the second); the table has to be "
+                f"rebuilt with the column COLLATE {BINARY_COLLATION} (ask your DBA; 'init-db --print' shows it)"
+            )
         if self.name == "mssql" and column.kind == "long_text" and info.data_type in ("varchar", "char"):
             return (
                 f"is {info.shown()}: letters outside the server's code page (Łukasz, emoji) are stored as '?'; "
@@ -564,6 +589,12 @@ POSTGRES = Dialect(
     max_identifier=63,  # bytes; the table name is ASCII
 )
 DIALECTS = {d.name: d for d in (MSSQL, POSTGRES, SQLITE)}  # in the order the docs and --dialect list them
+
+
+def _is_binary_collation(name: str) -> bool:
+    """A SQL Server collation that compares code points (``…_BIN2``, ``…_BIN``; Babelfish reports
+    ``bbf_unicode_bin2``)."""
+    return bool(re.search(r"_bin2?$", name, re.IGNORECASE))
 
 
 def dialect_named(name: str) -> Dialect:
@@ -692,8 +723,9 @@ LOCK_HOLDER_SIZE = 200
 
 def lock_ddl(dialect: Dialect, lock_table: str) -> str:
     """The run lock table: one row per staging table being worked on (see ``lock.RunLock``)."""
+    collate = f" COLLATE {BINARY_COLLATION}" if dialect.name == "mssql" else ""
     body = (
-        f"lock_name {dialect.short_text.format(n=LOCK_NAME_SIZE)} NOT NULL PRIMARY KEY, "
+        f"lock_name {dialect.short_text.format(n=LOCK_NAME_SIZE)}{collate} NOT NULL PRIMARY KEY, "
         f"holder {dialect.short_text.format(n=LOCK_HOLDER_SIZE)} NOT NULL, "
         f"acquired_at {dialect.timestamp} NOT NULL, heartbeat_at {dialect.timestamp} NOT NULL"
     )

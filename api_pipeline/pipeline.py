@@ -39,7 +39,7 @@ from api_pipeline.payload import (
     request_for,
     request_in_doubt,
 )
-from api_pipeline.rows import DUPLICATE_CHILD, Identities, Invalid, Later, Skip, child_of, parse_payload
+from api_pipeline.rows import DUPLICATE_CHILD, Identities, Invalid, Later, Skip, child_key, child_of, parse_payload
 from api_pipeline.runs import RunSummary, write_private
 from api_pipeline.schema import RecordValidator, generalise_path
 from api_pipeline.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingRow, StagingTable
@@ -282,7 +282,7 @@ class Pipeline:
                 self._updates.append(RowUpdate.unsent(row, status, f"{reasons.INVALID}{problem.reason}"))
             return
         if item is not None:
-            child = item.la_child_id.strip()
+            child = child_key(item.la_child_id)
             if child in self._in_batch:  # never one child twice in a request (DESIGN §4)
                 self.identities.duplicates.add(child)
                 self.summary.outcomes["skipped"] += 1
@@ -318,7 +318,7 @@ class Pipeline:
             return self._prepare_purge(row)
         record = parse_payload(row.json_payload)
         la_child_id = child_of(record)
-        row = self._resending(self.identities.identify(row, la_child_id.strip()), la_child_id)
+        row = self._resending(self.identities.identify(row, la_child_id), la_child_id)
         # The record in normal form (empty objects and lists dropped) is what DfE will hold:
         # it is validated whole, its JSON goes in the ledger, and the request is built from it.
         try:
@@ -436,7 +436,7 @@ class Pipeline:
             pass  # a deleted child's purge needs only its id
         if not la_child_id:
             raise Invalid(reasons.PURGE_WITHOUT_ID, "purge without id")
-        row = self._resending(self.identities.identify(row, la_child_id.strip()), la_child_id)
+        row = self._resending(self.identities.identify(row, la_child_id), la_child_id)
         if row.ledger_purged and not row.in_doubt:
             return None  # found by its la_child_id: DfE has already deleted this child
         body = build_purge(la_child_id, mis_child_id)

@@ -28,6 +28,10 @@ PAYLOAD_TOO_LARGE = "{column} is larger than {megabytes} MB"
 PAYLOAD_NOT_JSON = "{column} is not valid JSON"
 PAYLOAD_NOT_OBJECT = "{column} is a JSON {kind}, not an object"
 NO_CHILD_ID = "la_child_id is missing from json_payload"
+CHILD_ID_PADDED = (
+    "la_child_id has a space or line break at its start or end; the child's id is sent exactly as the record "
+    "has it, so fix it in the staging SQL"
+)
 NOT_ENCODABLE = "json_payload contains text that cannot be encoded as UTF-8 JSON"
 REQUEST_INVALID = "the request built for this record is invalid"
 PURGE_INVALID = "purge request is invalid"
@@ -38,8 +42,9 @@ JSON_KINDS = ("list", "str", "int", "float", "bool", "NoneType")  # what json.lo
 UNKNOWN_ROW_STATE = "row_state {state!r} is not one of New, Updated, Unchanged, Deleted; fix the staging SQL"
 DUPLICATE_CHILD_START = "another row of the staging table is the same child"
 DUPLICATE_CHILD = (
-    f"{DUPLICATE_CHILD_START} (the same la_child_id, or person_id); none of its rows is sent until the staging SQL "
-    "keeps exactly one row per child"
+    f"{DUPLICATE_CHILD_START} (the same la_child_id or person_id, or ids that differ only in letter case, which SQL "
+    "Server and perhaps DfE take for one child); none of its rows is sent until the staging SQL keeps exactly one "
+    "row per child"
 )
 
 
@@ -58,6 +63,7 @@ def shown_phrases() -> frozenset[str]:
         PAYLOAD_NOT_JSON.format(column=column),
         *(PAYLOAD_NOT_OBJECT.format(column=column, kind=kind) for kind in JSON_KINDS),
         NO_CHILD_ID,
+        CHILD_ID_PADDED,
         REQUEST_INVALID,
         PURGE_INVALID,
         PURGE_WITHOUT_ID,

@@ -86,27 +86,42 @@ def parse_payload(text: Any, column: str = "json_payload") -> dict:
 
 
 def child_of(record: dict) -> str:
-    """The record's ``la_child_id``, as DfE will see it; :class:`Invalid` when it has none."""
+    """The record's ``la_child_id``: the child's identity, exactly as DfE will be sent it.
+
+    That one spelling is compared for duplicates, keys the ledger and goes in the request, so
+    an id with a space or line break at either end is :class:`Invalid` (DfE's pattern refuses
+    it too) rather than tidied: tidied, it would be compared as one child and sent as another.
+    """
     la_child_id = record.get("la_child_id")
     if not isinstance(la_child_id, str) or not la_child_id.strip():
         raise Invalid(reasons.NO_CHILD_ID, "la_child_id missing")
+    if la_child_id != la_child_id.strip():
+        raise Invalid(reasons.CHILD_ID_PADDED, "la_child_id padded")
     return la_child_id
+
+
+def child_key(child_id: str) -> str:
+    """What two ids share when a database that ignores case and trailing spaces (SQL Server's
+    usual collation) would take them for one child: rows whose ids share it are held back together."""
+    return child_id.strip().casefold()
 
 
 class Identities:
     """Who is who in one run: the child each row speaks for, and the children more than one row claims.
 
-    A child is its record's ``la_child_id`` (spaces trimmed), normally also the row's
-    ``person_id``. No row of a child that more than one row claims is sent.
+    A child is its record's ``la_child_id`` (:func:`child_of`), normally also the row's
+    ``person_id``. No row of a child that more than one row claims is sent, and ids that differ
+    only in letter case or trailing spaces count as one child (:func:`child_key`): a database
+    that ignores case would take them for one, and so may DfE.
     """
 
     def __init__(self, table: StagingTable) -> None:
         self.table = table
-        # Children (la_child_id, spaces trimmed) that more than one row claims: none of their rows is sent.
+        # Children (by child_key) that more than one row claims: none of their rows is sent.
         self.duplicates: set[str] = set()
-        self._person_ids: frozenset[str] | None = None  # every row's person_id, read when first needed
-        # Rows whose person_id is not their record's la_child_id: (row id, child), looked at last.
-        self._later: list[tuple[int, str]] = []
+        self._person_ids: Counter | None = None  # rows per person_id's child_key, read when first needed
+        # Rows whose person_id is not their record's la_child_id: (row id, child, its person_id), looked at last.
+        self._later: list[tuple[int, str, str]] = []
         self._second_look = False
         self._second_look_left = 0  # rows of the second look not yet taken
         self._unknown_statuses: set[str] = set()
@@ -128,26 +143,31 @@ class Identities:
         record is parsed, so such rows are sent after all others (:meth:`second_look_rows`),
         when every claim on their child is known.
         """
-        self.duplicates = set(self.table.duplicate_person_ids())
+        self.duplicates = {child_key(person_id) for person_id in self.table.duplicate_person_ids()}
         claims: Counter = Counter()
         for _row_id, payload in self.table.rows_without_person_id():
             try:
-                claims[child_of(parse_payload(payload)).strip()] += 1
+                claims[child_key(child_of(parse_payload(payload)))] += 1
             except Invalid:
                 continue  # the row is reported on its own when it is read
         if claims:
             taken = self._known_person_ids()
-            self.duplicates.update(child for child, n in claims.items() if n > 1 or child in taken)
+            self.duplicates.update(key for key, n in claims.items() if n > 1 or key in taken)
         if self.duplicates:
             log.warning(
                 "%d children have more than one row in the staging table; none of their rows is sent",
                 len(self.duplicates),
             )
 
-    def _known_person_ids(self) -> frozenset[str]:
+    def _known_person_ids(self) -> Counter:
+        """Rows per person_id, by :func:`child_key`."""
         if self._person_ids is None:
-            self._person_ids = self.table.person_ids()
+            self._person_ids = Counter(child_key(person_id) for person_id in self.table.person_ids())
         return self._person_ids
+
+    def _claimed_elsewhere(self, key: str, person_id: str) -> bool:
+        """Whether a row other than the one whose person_id is ``person_id`` has a person_id of child ``key``."""
+        return self._known_person_ids()[key] > (1 if child_key(person_id) == key else 0)
 
     def second_look_rows(self) -> Iterator[StagingRow]:
         """Rows whose person_id is not their child's la_child_id, now that all claims are known."""
@@ -158,12 +178,14 @@ class Identities:
             len(later),
             "row has" if len(later) == 1 else "rows have",
         )
-        claims = Counter(child for _, child in later)
-        taken = self._known_person_ids()
-        self.duplicates.update(child for child, n in claims.items() if n > 1 or child in taken)
+        claims = Counter(child_key(child) for _, child, _ in later)
+        for _, child, person_id in later:
+            key = child_key(child)
+            if claims[key] > 1 or self._claimed_elsewhere(key, person_id):
+                self.duplicates.add(key)
         self._second_look = True
         self._second_look_left = len(later)
-        return self.table.rows_by_id([row_id for row_id, _ in later])
+        return self.table.rows_by_id([row_id for row_id, _, _ in later])
 
     def took_second_look_row(self) -> None:
         self._second_look_left -= 1
@@ -177,24 +199,25 @@ class Identities:
         if status not in KNOWN_STATUSES and status not in self._unknown_statuses:
             self._unknown_statuses.add(status)
             log.warning("submission_status %r is not a status this tool writes; treating it as pending", status)
-        if row.person_id and row.person_id in self.duplicates:
+        if row.person_id and child_key(row.person_id) in self.duplicates:
             raise Skip(*DUPLICATE_CHILD)
 
     def identify(self, row: StagingRow, child: str) -> StagingRow:
-        """Check ``child`` (the record's la_child_id, trimmed) is this row's alone; find its ledger entry.
+        """Check ``child`` (the record's la_child_id, :func:`child_of`) is this row's alone; find its ledger entry.
 
-        :class:`Later` for a row whose person_id is another id, until the second look.
+        :class:`Later` for a row whose person_id is another id (or the same in another case), until the second look.
         """
-        if child in self.duplicates:
+        key = child_key(child)
+        if key in self.duplicates:
             raise Skip(*DUPLICATE_CHILD)
         if row.person_id == child:
             return row  # the ledger was joined by person_id
         if row.person_id and not self._second_look:
-            if child in self._known_person_ids():
+            if self._claimed_elsewhere(key, row.person_id):
                 # Another row's person_id says it is this child: hold that row back too, if it
                 # is still to come (one read before this is already on its way to DfE).
-                self.duplicates.add(child)
-            self._later.append((row.id, child))
+                self.duplicates.add(key)
+            self._later.append((row.id, child, row.person_id))
             raise Later
         return self._ledger_elsewhere(row, child)
 
@@ -207,10 +230,10 @@ class Identities:
         entry = self.table.ledger_entry(child)
         if entry is not None and entry.staging_id is not None and int(entry.staging_id) != row.id:
             try:
-                other = child_of(parse_payload(self.table.payload_of(int(entry.staging_id)))).strip()
+                other = child_key(child_of(parse_payload(self.table.payload_of(int(entry.staging_id)))))
             except Invalid:
                 other = None
-            if other == child:
-                self.duplicates.add(child)
+            if other == child_key(child):
+                self.duplicates.add(other)
                 raise Skip(*DUPLICATE_CHILD)
         return row.with_ledger(entry, self.table.doubt_outline(child))

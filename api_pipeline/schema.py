@@ -8,8 +8,10 @@ Schema, so a council can follow a DfE change without a new release.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,21 @@ def format_path(parts: Any) -> str:
     return text or "(record)"
 
 
+def formats_of(schema: Any) -> frozenset[str]:
+    """Every ``format`` the schema names, at any depth."""
+    found: set[str] = set()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("format"), str):
+                found.add(node["format"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return frozenset(found)
+
+
 def schema_keys(schema: Any) -> frozenset[str]:
     """Every property name the schema declares, at any depth: the keys a message may name."""
     found: set[str] = set()
@@ -93,30 +110,100 @@ def schema_keys(schema: Any) -> frozenset[str]:
 
 UNKNOWN_KEY = "<key not in the schema>"
 
+# ECMA-262's \s: the white space and line terminators JavaScript knows (Python's, under re.ASCII,
+# are only the ASCII ones).
+_ECMA_SPACE = "\\t\\n\\v\\f\\r \\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
+
+
+def ecma_pattern(pattern: str) -> re.Pattern[str]:
+    """``pattern`` compiled to match as JSON Schema says patterns match: as ECMA-262 regular
+    expressions, which jsonschema-rs (and DfE's schema check) follow and Python's ``re`` does not.
+
+    Three differences matter for a schema like DfE's: ``$`` matches only at the very end (Python's
+    also matches before a final newline, so ``"C0000001\\n"`` passed ``^[A-Za-z0-9]+$``); ``\\d``
+    and ``\\w`` are ASCII only; ``\\s`` is ECMA's set of spaces. ``\\S`` inside a character class
+    keeps Python's (ASCII) meaning.
+    """
+    out: list[str] = []
+    in_class = False
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\" and i + 1 < len(pattern):
+            pair = pattern[i : i + 2]
+            if pair == "\\s":
+                out.append(_ECMA_SPACE if in_class else f"[{_ECMA_SPACE}]")
+            elif pair == "\\S" and not in_class:
+                out.append(f"[^{_ECMA_SPACE}]")
+            else:
+                out.append(pair)
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "$":
+            char = "\\Z"
+        out.append(char)
+        i += 1
+    return re.compile("".join(out), re.ASCII)
+
+
+def _ecma_pattern_keyword(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    """jsonschema's ``pattern`` keyword, matching as :func:`ecma_pattern` does."""
+    from jsonschema.exceptions import ValidationError  # loaded with jsonschema (start-up)
+
+    if validator.is_type(instance, "string") and not _compiled(pattern).search(instance):
+        yield ValidationError(f"does not match {pattern!r}")
+
+
+_compiled = functools.lru_cache(maxsize=256)(ecma_pattern)
+
+DISAGREEMENT = (
+    "the two schema checks disagree about this record, so it is not sent (DfE's may refuse it too); "
+    "please report this to the tool's maintainers with the run's log"
+)
+
 
 class RecordValidator:
     """Validates one record at a time and explains failures without any value from the record.
 
     A message names the field's path and the rule, and says "a value" where a validator
     would quote the data; a key the schema does not declare (which could itself be data) is
-    counted, not named. ``jsonschema-rs`` answers "is it valid?" (about 170 times faster than
-    the reference implementation on this schema, and equally strict, formats included:
-    see benchmarks/bench_validators.py). The reference ``jsonschema`` explains the
-    records that fail, which are few. Without ``jsonschema-rs`` the reference does both.
+    counted, not named. ``jsonschema-rs`` answers "is it valid?" (about 150 times faster than
+    the reference implementation on this schema: see benchmarks/bench_validators.py). The
+    reference ``jsonschema`` explains the records that fail, which are few. Without
+    ``jsonschema-rs`` the reference does both.
+
+    The two must judge alike, so each is given the other's rules where they differ: the
+    reference matches patterns as ECMA-262 does (:func:`ecma_pattern`, as jsonschema-rs does),
+    and jsonschema-rs checks formats with the reference's own format checker (it took
+    ``0000-01-01`` for a date). Should they still disagree about a record, it is invalid
+    (:data:`DISAGREEMENT`): a record is sent only when both would pass it.
     """
 
-    def __init__(self, schema: dict[str, Any]) -> None:
-        from jsonschema import Draft7Validator  # start-up: only for commands that validate
+    def __init__(self, schema: dict[str, Any], *, fast: bool = True) -> None:
+        """``fast=False``: the reference alone (what runs without jsonschema-rs)."""
+        from jsonschema import Draft7Validator, validators  # start-up: only for commands that validate
 
         Draft7Validator.check_schema(schema)
-        self._validator = Draft7Validator(schema, format_checker=Draft7Validator.FORMAT_CHECKER)
+        reference = validators.extend(Draft7Validator, {"pattern": _ecma_pattern_keyword})
+        checker = Draft7Validator.FORMAT_CHECKER
+        self._validator = reference(schema, format_checker=checker)
         self._is_valid = self._validator.is_valid
         self._keys = schema_keys(schema)
+        if not fast:
+            return
         try:
             import jsonschema_rs  # optional fast path; loaded with jsonschema (start-up)
         except ImportError:
             return
-        self._is_valid = jsonschema_rs.Draft7Validator(schema, validate_formats=True).is_valid
+        formats: dict[str, Callable[..., bool]] = {
+            name: functools.partial(checker.conforms, format=name) for name in formats_of(schema)
+        }
+        quick = jsonschema_rs.Draft7Validator(schema, validate_formats=True, formats=formats)
+        self._is_valid = quick.is_valid
 
     @classmethod
     def from_settings(cls, payload_schema: Path | None) -> RecordValidator:
@@ -128,9 +215,14 @@ class RecordValidator:
 
     def problems(self, record: Any) -> list[tuple[str, str]]:
         """``(json path, reason)`` per problem (at most MAX_REASONS); empty when valid."""
-        if self._is_valid(record):
-            return []
+        try:
+            if self._is_valid(record):
+                return []
+        except (ValueError, TypeError, OverflowError):  # jsonschema-rs on text or numbers Rust cannot hold
+            pass
         found = sorted(self._validator.iter_errors(record), key=lambda e: [str(p) for p in e.absolute_path])
+        if not found:
+            return [(format_path(()), DISAGREEMENT)]
         return [(self._path(error.absolute_path), self._explain(error)) for error in found[:MAX_REASONS]]
 
     def _path(self, parts: Any) -> str:

@@ -392,8 +392,9 @@ class StagingTable:
     # -- reading --------------------------------------------------------------
 
     def duplicate_person_ids(self) -> frozenset[str]:
-        """person_id values (spaces trimmed) on more than one row: the tool cannot tell which row is the child."""
-        trimmed = self.db.dialect.trim("person_id")
+        """person_id values on more than one row, spaces trimmed and letter case ignored (ids that differ
+        only in case are one key to a case-insensitive database): the tool cannot tell which row is the child."""
+        trimmed = f"LOWER({self.db.dialect.trim('person_id')})"
         sql = (
             f"SELECT {trimmed} FROM {self.table} WHERE person_id IS NOT NULL AND {trimmed} <> '' "
             f"GROUP BY {trimmed} HAVING COUNT(*) > 1"
@@ -494,7 +495,7 @@ class StagingTable:
 
     def _joined(self) -> _Joined:
         """The staging table ``t`` joined to the ledger ``l`` and the in-doubt table ``f``."""
-        person = self.db.dialect.trim("t.person_id")
+        person = self.db.dialect.exact(self.db.dialect.trim("t.person_id"))
         if self.has_ledger():
             source = f"{self.table} t LEFT JOIN {self.ledger} l ON l.la_child_id = {person}"
             by_row = f"SELECT 1 FROM {self.ledger} r WHERE r.staging_id = t.id"

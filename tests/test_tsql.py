@@ -77,6 +77,15 @@ SQL_SERVER_COLUMNS = [
 ]
 
 
+def _catalogue_row(table: str, column: tuple) -> tuple:
+    """A column as INFORMATION_SCHEMA.COLUMNS gives it, from (name, type, length[, nullable, key[, collation]]):
+    text columns in the usual case-insensitive collation unless given one."""
+    name, data_type, length = column[:3]
+    nullable, key = column[3:5] if len(column) >= 5 else ("YES", 0)
+    collation = column[5] if len(column) >= 6 else ("Latin1_General_CI_AS" if "char" in data_type else None)
+    return (table, "ssd_development", name, data_type, length, nullable, collation, key)
+
+
 class Recorder:
     """What the fake connection saw, and which tables it pretends exist."""
 
@@ -100,12 +109,8 @@ class Recorder:
             rows = self.more(sql, params)
             if rows is not None:
                 return rows
-        if "INFORMATION_SCHEMA.COLUMNS" in sql:  # (table, schema, column, type, length, nullable, key)
-            return [
-                (name, "ssd_development", *c) + ("YES", 0) * (len(c) == 3)
-                for name in params
-                for c in self.tables.get(name, [])
-            ]
+        if "INFORMATION_SCHEMA.COLUMNS" in sql:  # (table, schema, column, type, length, nullable, collation, key)
+            return [_catalogue_row(name, c) for name in params for c in self.tables.get(name, [])]
         if "FROM sys.objects" in sql:  # OBJECT_ID(?): as SQL Server resolves the name
             name = params[0].rsplit(".", 1)[-1].lower()
             return [("ssd_development", name)] if name in self.tables else []
