@@ -15,7 +15,6 @@ import io
 import logging
 import os
 import sys
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,16 @@ from api_pipeline.credentials import DEFAULT_SERVICE, keyring_variables, set_sec
 from api_pipeline.dialects import DIALECTS
 from api_pipeline.envfile import executable_dir, find_env_file, no_env_file_found
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, Interrupted, PipelineError
-from api_pipeline.logs import append_error_log, close_logging, hide_secrets, known_secrets, mask_secrets
+from api_pipeline.logs import (
+    append_error_log,
+    close_logging,
+    format_traceback,
+    hide_secrets,
+    known_secrets,
+    mask_secrets,
+)
 from api_pipeline.stopping import StopRequest, stopping_on_signals
+from api_pipeline.wording import printable
 
 log = logging.getLogger("api_pipeline.cli")
 
@@ -100,7 +107,8 @@ class Context:
         return mask_secrets(text, secrets) if patterns else hide_secrets(text, secrets)
 
     def print(self, text: str = "") -> None:
-        print(text, file=self.out, flush=True)
+        """Print a command's output: its lines as they are, any other control character escaped."""
+        print("\n".join(printable(line) for line in text.split("\n")), file=self.out, flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -486,12 +494,12 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
         with stopping_on_signals(ctx.stop):
             return int(args.func(args, ctx))
     except PipelineError as exc:
-        lines = str(exc).splitlines() or [exc.__class__.__name__]
+        lines = str(exc).split("\n") if str(exc) else [exc.__class__.__name__]
         if isinstance(exc, DatabaseError):
             lines += _where_the_database_is(ctx, str(exc))
         if isinstance(exc, ConfigError) and ctx.implied_run:
             lines.append(NO_COMMAND_NOTE)
-        lines = [ctx.masked(line) for line in lines]
+        lines = [printable(ctx.masked(line)) for line in lines]  # one line each, whatever they quote
         for line in lines:
             print(f"error: {line}", file=ctx.err, flush=True)
         if exc.exit_code == ExitCode.USAGE:
@@ -504,7 +512,7 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
     except Exception as exc:  # noqa: BLE001 - the one boundary that must not crash
         print(f"unexpected error: {exc.__class__.__name__}. Run again with -vv for details.", file=ctx.err)
         if args.verbose >= 2:
-            print(ctx.masked(traceback.format_exc(), patterns=True), file=ctx.err, end="", flush=True)
+            print(ctx.masked(format_traceback(sys.exc_info()), patterns=True), file=ctx.err, flush=True)
         return ExitCode.RECORDS_FAILED
     finally:
         close_logging()

@@ -203,8 +203,37 @@ def _parse_la_code(text: str) -> str:
     return value
 
 
+def _reads_two_ways(url: str) -> str | None:
+    """Why ``url`` could reach another address than the one it reads as, or None.
+
+    requests resolves ``.`` and ``..`` path segments before sending, passes ``%2e%2e`` on as
+    ``..`` for the server to resolve, and ends the host at a backslash (``https://a\\@b-test/``
+    reads as host b-test and connects to a); servers may read a backslash as ``/`` and ``..;`` as
+    ``..``. So ``https://host/x-test/../children-in-social-care-data-receiver/1`` reads as a test
+    receiver and posts to the live one. No address DfE or Azure gives has any of these, so they
+    are refused rather than resolved as one client or server would resolve them.
+    """
+    if "\\" in url:
+        return "contains a backslash"
+    path = urlsplit(url).path
+    while (decoded := unquote(path)) != path:  # %252e%252e is ".." decoded twice; each pass shortens it
+        path = decoded
+    if "\\" in path:
+        return "contains a backslash (%5c)"
+    if any(segment.split(";", 1)[0] in (".", "..") for segment in path.split("/")):
+        return "has a '.' or '..' segment in its path (perhaps written %2e%2e)"
+    return None
+
+
 def _parse_https_url(text: str) -> str:
     value = text.strip().rstrip("/")
+    problem = _reads_two_ways(value)
+    if problem:
+        raise ValueError(
+            f"{problem}, so requests or the server would read it as another address than the one written "
+            "(for API_ENDPOINT, perhaps DfE's live receiver). Write the address exactly as DfE (or Azure) "
+            "gives it, without '.' or '..' parts or backslashes"
+        )
     parts = urlsplit(value)
     if parts.scheme not in {"https", "http"} or not parts.hostname:
         raise ValueError("must be a full URL starting https://")
@@ -483,8 +512,11 @@ class Settings:
         """DfE's test receivers have '-test' in their host name or path (the simulator's path too).
 
         Only the host and path count: not a user name, query or fragment, and not a loopback
-        host on its own, which may be a relay to the live receiver.
+        host on its own, which may be a relay to the live receiver. An address that could reach
+        another than it reads as (``/x-test/../``; refused when settings are loaded) counts as live.
         """
+        if _reads_two_ways(self.api_endpoint or ""):
+            return False
         parts = urlsplit(self.api_endpoint or "")
         return "-test" in (parts.hostname or "").lower() or "-test" in unquote(parts.path).lower()
 

@@ -3,8 +3,9 @@
 Console: human lines on stderr. File: one log per run in the log folder (named, kept
 private and pruned as :mod:`api_pipeline.runs` says); a folder that fills up or turns
 read-only part way stops the file, with one warning, never the run (:class:`RunLogFile`).
-A filter masks every known secret wherever it would appear. Callers log ids, counts and
-statuses only, never record content.
+A filter masks every known secret wherever it would appear, and each record is written as one
+line whatever it quotes (:class:`OneLineFormatter`). Callers log ids, counts and statuses only,
+never record content.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import contextlib
 import logging
 import re
 import sys
-from collections.abc import Iterable
+import traceback
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from api_pipeline.config import Secret
 from api_pipeline.errors import ConfigError
 from api_pipeline.runs import create_private, log_path, make_private_dir, new_run_id, prune_run_files, why_not
 from api_pipeline.timestamps import utc_now
+from api_pipeline.wording import printable
 
 LOGGER_NAME = "api_pipeline"
 MASK = "<hidden>"
@@ -60,12 +64,56 @@ class SecretMaskingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = format_traceback(record.exc_info)
         masked = mask_secrets(message, self.secrets)
         if record.exc_text:
             record.exc_text = mask_secrets(record.exc_text, self.secrets)
         record.msg, record.args = masked, None
         return True
+
+
+def _exceptions(exc: BaseException | None) -> Iterator[BaseException]:
+    """This exception and every one chained to it (its cause, its context, a group's members), once each."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        each = stack.pop()
+        if each is None or id(each) in seen:
+            continue
+        seen.add(id(each))
+        yield each
+        stack.extend([each.__cause__, each.__context__, *getattr(each, "exceptions", ())])
+
+
+def format_traceback(exc_info: Any) -> str:
+    """Python's traceback, where what each exception says (which may quote anything: a value, an
+    answer) is one line with its control characters escaped (:func:`~api_pipeline.wording.printable`).
+
+    The traceback keeps its own lines, for a person to read; only the exceptions' words were not
+    the tool's, and a newline in them could otherwise add a line that looks like a log record.
+    """
+    kind, exc, trace = exc_info
+    text = "".join(traceback.format_exception(kind, exc, trace))
+    for each in _exceptions(exc):
+        said = "".join(traceback.format_exception_only(type(each), each))
+        text = text.replace(said, printable(said.rstrip("\n")) + "\n")
+    return "\n".join(printable(line) for line in text.rstrip("\n").split("\n"))
+
+
+class OneLineFormatter(logging.Formatter):
+    """Each record on one line, its control characters escaped: an id from the table or DfE's words
+    holding a newline, an escape sequence or a bidi override can neither forge a log line nor drive
+    the console. A traceback (``-v``) is written as :func:`format_traceback` gives it.
+
+    The tool's own messages are single lines, so they read as they are.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        return format_traceback(ei)
 
 
 class RunLogFile(logging.FileHandler):
@@ -167,7 +215,7 @@ def configure_logging(
     console = logging.StreamHandler()
     console_level = logging.WARNING if quiet else logging.INFO if verbosity == 0 else logging.DEBUG
     console.setLevel(console_level)
-    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    console.setFormatter(OneLineFormatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
     console.addFilter(masking)
     logger.addHandler(console)
 
@@ -184,7 +232,7 @@ def configure_logging(
                 "Choose a folder this account can create and write to"
             ) from None
         file_handler.setLevel(logging.DEBUG if verbosity else logging.INFO)
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        file_handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         file_handler.addFilter(masking)
         logger.addHandler(file_handler)
         prune_run_files(log_dir)

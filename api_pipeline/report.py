@@ -32,6 +32,7 @@ from api_pipeline.runs import (
     report_path_for,
 )
 from api_pipeline.timestamps import parse_utc
+from api_pipeline.wording import printable
 
 CHART_RUNS = 30
 
@@ -104,7 +105,9 @@ def _write(path: Path, text: str) -> Path:
 
 
 def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+    """Text for the page: HTML-escaped, and its control characters shown as escapes (a bidi
+    override would otherwise turn the words around it)."""
+    return html.escape(printable("" if value is None else str(value)), quote=True)
 
 
 def _int(value: Any) -> int:

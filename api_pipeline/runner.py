@@ -41,7 +41,7 @@ from api_pipeline.staging import StagingTable
 from api_pipeline.stopping import StopRequest
 from api_pipeline.timestamps import utc_stamp
 from api_pipeline.transport import make_session
-from api_pipeline.wording import plural
+from api_pipeline.wording import plural, printable
 
 log = logging.getLogger("api_pipeline.run")
 
@@ -291,8 +291,9 @@ def _run_and_record(
     except PipelineError as exc:
         exit_code = exc.exit_code
         summary.stopped_early = True
-        first_line = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        summary.fatal_error = hide_secrets(first_line, masking.secrets)  # the token included, once it was issued
+        first_line = str(exc).split("\n")[0] if str(exc) else exc.__class__.__name__
+        # Secrets hidden (the token included, once it was issued), control characters escaped.
+        summary.fatal_error = printable(hide_secrets(first_line, masking.secrets))
         log.error("run stopped: %s", summary.fatal_error)
         if isinstance(exc, DatabaseError) and settings.sqlite_file and str(settings.sqlite_file) not in str(exc):
             log.error("the SQLite database: %s", settings.sqlite_file)

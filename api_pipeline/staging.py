@@ -45,6 +45,7 @@ from api_pipeline.dialects import (
 )
 from api_pipeline.errors import DatabaseError
 from api_pipeline.timestamps import parse_timestamp, utc_now
+from api_pipeline.wording import printable
 
 log = logging.getLogger(__name__)
 
@@ -268,8 +269,10 @@ class RowUpdate:
 
     @classmethod
     def unsent(cls, row: StagingRow, status: str, note: str) -> RowUpdate:
-        """The row stays unsent with ``status`` (``""``: as it is) and ``note`` saying why in api_response."""
-        return cls(row_id=row.id, status=status, api_response=note[:MAX_NOTE_LENGTH], expect_payload=row.json_payload)
+        """The row stays unsent with ``status`` (``""``: as it is) and ``note`` saying why in api_response,
+        on one line with its control characters escaped (it may quote DfE, or the row)."""
+        note = printable(note)[:MAX_NOTE_LENGTH]
+        return cls(row_id=row.id, status=status, api_response=note, expect_payload=row.json_payload)
 
 
 class StagingTable:

@@ -33,7 +33,7 @@ from api_pipeline.runs import default_log_dir, read_summaries
 from api_pipeline.schema import generalise_path, load_bundled_schema, load_schema
 from api_pipeline.staging import FirstContact, StagingTable
 from api_pipeline.timestamps import parse_timestamp, utc_now, utc_stamp
-from api_pipeline.wording import plural
+from api_pipeline.wording import plural, printable
 
 STATUS_FORMAT_VERSION = 1
 EXAMPLE_IDS = 5
@@ -579,10 +579,10 @@ def status_command(settings: Settings, ctx: Any, *, runs: int = 10, as_json: boo
     with Database.open_existing(settings.db_connection_string) as db:
         report = collect_status(db, settings, log_dir, runs=runs)
     for skipped in report.skipped_summaries:
-        print(f"warning: run summary {skipped}; it is left out", file=ctx.err, flush=True)
+        print(printable(f"warning: run summary {skipped}; it is left out"), file=ctx.err, flush=True)
     if as_json:
-        ctx.print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+        ctx.print(json.dumps(report.to_dict(), indent=2, sort_keys=True))  # ASCII: every control character escaped
     else:
         for line in format_status(report):
-            ctx.print(line)
+            ctx.print(printable(line))  # statuses as the table spells them: one line each, whatever they hold
     return ExitCode.OK

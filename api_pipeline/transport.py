@@ -31,6 +31,7 @@ from api_pipeline.config import LOOPBACK_HOSTS, Settings
 from api_pipeline.errors import FatalApiError, RetriableApiError
 from api_pipeline.logs import mask_secrets
 from api_pipeline.tls import TrustStoreAdapter, build_ssl_context
+from api_pipeline.wording import printable
 
 SUMMARY_LIMIT = 200  # characters of a (masked) answer we are willing to show
 
@@ -107,10 +108,13 @@ class AnswerMask:
 
 
 def mask_answer(text: str, limit: int = SUMMARY_LIMIT, mask: AnswerMask | None = None) -> str:
-    """Hide secrets, quoted values, dates, e-mail addresses and echoed record words; cap the length.
+    """Hide secrets, quoted values, dates, e-mail addresses and echoed record words; one line, with
+    control characters escaped; cap the length.
 
     DfE's messages can echo the value that failed (a name, a date of birth); what is left
-    (field paths, rule names, status words) is enough to act on and safe to log.
+    (field paths, rule names, status words) is enough to act on and safe to log. Every answer
+    shown, logged or stored in ``api_response`` passes here, so an escape sequence in one (a clear
+    screen, a window title) reaches no console or log as itself.
     """
     text = mask_secrets(text, mask.secrets if mask else ())
     text = _DATE.sub("<date>", text)
@@ -119,7 +123,7 @@ def mask_answer(text: str, limit: int = SUMMARY_LIMIT, mask: AnswerMask | None =
     words = mask.words if mask else frozenset()
     if words:
         text = _WORD.sub(lambda m: ECHO if m.group() in words else m.group(), text)
-    text = _SPACE.sub(" ", text).strip()
+    text = printable(_SPACE.sub(" ", text).strip())
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"
     return text
@@ -288,7 +292,7 @@ def redirect_host(response: requests.Response) -> str:
         host = ""
     if not host:
         return "an address that is not a URL"
-    return f"{parts.scheme}://{host}" if parts.scheme in ("http", "https") else host
+    return printable(f"{parts.scheme}://{host}" if parts.scheme in ("http", "https") else host)
 
 
 @contextmanager

@@ -55,8 +55,10 @@ class Exchange:
             return False
         return True
 
-    def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        head = f"HTTP/1.1 {status} Whatever\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+    def reply(
+        self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, *, reason: str = "Whatever"
+    ) -> None:
+        head = f"HTTP/1.1 {status} {reason}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
         head += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         self.write(head.encode("latin-1") + b"\r\n" + body)
 

@@ -174,6 +174,58 @@ def test_the_simulator_is_still_the_test_receiver() -> None:
         assert load_settings(command="run", environ=sim.settings_env() | {"DB_CONNECTION_STRING": "x"}).is_test_receiver
 
 
+# Issue 23, item 8: an address that reads as the test receiver but resolves to the live one.
+LIVE_PATH = "/children-in-social-care-data-receiver/1"
+TWO_WAYS = [
+    "/x-test/.." + LIVE_PATH,
+    "/x-test/%2e%2e" + LIVE_PATH,
+    "/x-test/%2E%2E" + LIVE_PATH,
+    "/x-test/.%2e" + LIVE_PATH,
+    "/x-test/%252e%252e" + LIVE_PATH,
+    "/x-test%2f..%2f" + LIVE_PATH.lstrip("/"),
+    "/x-test/..;" + LIVE_PATH,
+    "/x-test/./.." + LIVE_PATH,
+    "/x-test\\.." + LIVE_PATH,
+    "/x-test%5c.." + LIVE_PATH,
+]
+
+
+@pytest.mark.parametrize("path", TWO_WAYS)
+@pytest.mark.parametrize("variable", ["API_ENDPOINT", "TOKEN_ENDPOINT"])
+def test_an_address_with_dot_segments_or_a_backslash_is_refused(variable: str, path: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(command="demo", environ={variable: "https://api.example.invalid" + path})
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"{variable}: ") and "as DfE (or Azure) gives it" in problem
+
+
+def test_a_backslash_that_moves_the_host_is_refused() -> None:
+    # urlsplit reads the host as receiver-test.example.invalid; requests connects to api.example.invalid.
+    endpoint = "https://api.example.invalid\\@receiver-test.example.invalid" + LIVE_PATH
+    with pytest.raises(ConfigError, match="API_ENDPOINT: .* contains a backslash"):
+        load_settings(command="demo", environ={"API_ENDPOINT": endpoint})
+
+
+@pytest.mark.parametrize("path", TWO_WAYS)
+def test_an_address_that_reads_two_ways_counts_as_live(path: str) -> None:
+    from api_pipeline.config import Settings
+
+    assert not Settings(api_endpoint="https://api.example.invalid" + path).is_test_receiver
+
+
+@pytest.mark.parametrize("path", ["/x-test/.." + LIVE_PATH, "/x-test/%2e%2e" + LIVE_PATH])
+def test_dot_segments_cannot_reach_the_live_receiver_unasked(db_path: Path, path: str) -> None:
+    insert(db_path, list(make_children(1, seed=231)))
+    with Hostile(lambda exchange: exchange.receipts()) as relay:
+        environ = relay.env() | db_env(db_path) | {"API_ENDPOINT": relay.base_url + path}
+        refused = run_cli(["run"], environ=environ, cwd=db_path.parent)
+        also_live = run_cli(["run", "--live"], environ=environ, cwd=db_path.parent)
+    assert refused.code == ExitCode.USAGE and "API_ENDPOINT" in refused.err and "'..'" in refused.err
+    assert also_live.code == ExitCode.USAGE  # written as it is sent, or not at all
+    assert relay.seen == []  # not even a token was asked for
+    assert [r["submission_status"] for r in rows(db_path)] == ["Pending"]
+
+
 def test_a_table_name_too_long_for_postgresql_is_refused(postgres_odbc: str, tmp_path: Path) -> None:
     name = (unique_table("pg") + "_" + "x" * 63)[:63]  # PostgreSQL would cut name_ledger back to name itself
     staging = Staging("postgresql", postgres_odbc, name)
