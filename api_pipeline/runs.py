@@ -5,6 +5,7 @@ log folder, all named after the run id (:func:`new_run_id`) and kept private to 
 that runs the tool, as are dry-run files; the newest :data:`KEEP_RUNS` of each kind are kept.
 Summaries and reports are written whole or not at all (:func:`replace_private`): a folder that
 fills up or turns read-only never leaves an empty or half-written one for ``status`` to trip on.
+No file is written through a link put in its place (the private files section below).
 :class:`RunSummary` is what a run counts; :func:`read_summaries` reads summaries back for the
 run report's history and for ``status``. Outcome keys (:data:`OUTCOME_KEYS`) are the words the
 summary, the progress bar, the report and ``status`` share.
@@ -13,10 +14,12 @@ summary, the progress bar, the report and ``status`` share.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import secrets
+import stat
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -38,8 +41,9 @@ LOG_SUFFIX = ".log"
 SUMMARY_SUFFIX = ".summary.json"
 REPORT_SUFFIX = ".report.html"
 SUMMARY_GLOB = RUN_FILE_PREFIX + "*" + SUMMARY_SUFFIX
-TEMP_SUFFIX = ".tmp"  # a summary or report being written; renamed into place when whole
+TEMP_SUFFIX = ".tmp"  # a file being written (its name ends <name>.<random>.tmp); renamed into place when whole
 STALE_TEMP_SECONDS = 3600  # a temporary file this old was left by a run that was killed while writing it
+SUMMARY_LIMIT = 8 * 1024 * 1024  # bytes: far more than any summary the tool writes
 
 # What can happen to a row in a run: the keys of RunSummary.outcomes.
 OUTCOME_KEYS = (
@@ -113,7 +117,7 @@ def prune_run_files(log_dir: Path, keep: int = KEEP_RUNS) -> None:
         # Not one another run is writing at this moment (runs on other tables may share the folder).
         for left in log_dir.glob(RUN_FILE_PREFIX + "*" + TEMP_SUFFIX):
             with contextlib.suppress(OSError):
-                if time.time() - left.stat().st_mtime > STALE_TEMP_SECONDS:
+                if time.time() - left.lstat().st_mtime > STALE_TEMP_SECONDS:
                     left.unlink()
     except OSError:
         return
@@ -121,7 +125,23 @@ def prune_run_files(log_dir: Path, keep: int = KEEP_RUNS) -> None:
 
 # ---------------------------------------------------------------------------
 # Private files.
+#
+# Logs, summaries, reports and dry-run files name children or hold their records: each is
+# readable by the account running the tool only (POSIX 0600, in folders made 0700; on Windows
+# they take their folder's permissions, as before). And each is written where it is meant to
+# be, never through a link someone put in its place: a new file is made exclusively (O_EXCL,
+# which never follows a link, and O_NOFOLLOW where the system has it), a file is replaced by
+# renaming a new one over it within its folder (which replaces a link, not what it points to),
+# and a file added to (the error log) must be a plain file of its own.
 # ---------------------------------------------------------------------------
+
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)  # POSIX: a link as the last part of the path is refused, not followed
+_NO_WAIT = getattr(os, "O_NONBLOCK", 0)  # POSIX: a named pipe put where a file belongs is refused, not waited on
+_BINARY = getattr(os, "O_BINARY", 0)  # Windows: the bytes as given
+
+
+class NotAPlainFile(OSError):
+    """Where the tool would add to or read a file of its own, something else is: a link, a pipe, a folder."""
 
 
 def make_private_dir(folder: Path) -> None:
@@ -139,38 +159,43 @@ def make_private_dir(folder: Path) -> None:
         path.mkdir(mode=PRIVATE_DIR, exist_ok=True)
 
 
-def _open_private(path: Path, flags: int) -> int:
-    """``path`` opened (created if missing) with ``flags``, readable by this account only (POSIX 0600).
-
-    A file that exists already keeps its mode on open, so it is made private too. On Windows
-    the file's permissions come from its folder, as before.
-    """
-    fd = os.open(path, flags | os.O_CREAT, PRIVATE_FILE)
+def _made_private(fd: int) -> int:
     if hasattr(os, "fchmod"):
         with contextlib.suppress(OSError):
             os.fchmod(fd, PRIVATE_FILE)
     return fd
 
 
-def write_private(path: Path, data: str | bytes) -> None:
-    """Write ``path`` (text as UTF-8) so that only this account can read it.
+def _refuse_links_by_looking(path: Path) -> None:
+    """Where there is no O_NOFOLLOW (Windows), look first: a link at ``path`` is refused."""
+    if not _NO_FOLLOW and os.path.islink(path):
+        raise NotAPlainFile(errno.EEXIST, "is a link", str(path))
 
-    Logs, summaries, reports and dry-run files name children or hold their records.
+
+def create_private(path: Path) -> int:
+    """A new empty file at ``path``, readable by this account only, open for writing; returns its descriptor.
+
+    Made now or not at all: whatever is at ``path`` already, a link above all, raises
+    FileExistsError and is left as it is, so nothing is written through a link put there.
     """
-    with open(_open_private(path, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_BINARY", 0)), "wb") as handle:
-        handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+    if not _NO_FOLLOW and os.path.islink(path):
+        raise FileExistsError(errno.EEXIST, "a link is in the way", str(path))
+    return _made_private(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW | _BINARY, PRIVATE_FILE))
 
 
 def replace_private(path: Path, data: str | bytes) -> None:
-    """:func:`write_private`, whole or not at all: written to a temporary file beside ``path``,
-    flushed to the disk, then renamed over it.
+    """Write ``path`` (text as UTF-8), readable by this account only, whole or not at all.
 
-    A folder that fills up or turns read-only part way (or a power cut) leaves ``path`` as it
-    was, never empty or half written; the temporary file is removed. Raises OSError.
+    The data goes to a new temporary file beside ``path`` with a name no one can guess (made by
+    :func:`create_private`), is flushed to the disk, and the file is renamed over ``path``. A
+    folder that fills up or turns read-only part way (or a power cut) leaves ``path`` as it was,
+    never empty or half written, and the temporary file is removed; a link at ``path`` is
+    replaced, never written through. Raises OSError.
     """
-    partial = path.with_name(path.name + TEMP_SUFFIX)
+    partial = path.with_name(f"{path.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}")
+    fd = create_private(partial)
     try:
-        with open(_open_private(partial, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_BINARY", 0)), "wb") as handle:
+        with open(fd, "wb") as handle:
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -181,9 +206,58 @@ def replace_private(path: Path, data: str | bytes) -> None:
         raise
 
 
-def create_private(path: Path) -> None:
-    """An empty private file, for a handler that then appends to it."""
-    os.close(_open_private(path, os.O_WRONLY | os.O_APPEND))
+def _plain(path: Path, found: os.stat_result, *, one_name: bool = False) -> None:
+    if stat.S_ISLNK(found.st_mode):
+        raise NotAPlainFile(errno.ELOOP, "is a link", str(path))
+    if not stat.S_ISREG(found.st_mode):
+        raise NotAPlainFile(errno.EINVAL, "is not a plain file", str(path))
+    if one_name and found.st_nlink > 1:  # written to, a hard link changes the file under its other name too
+        raise NotAPlainFile(errno.EMLINK, "is a hard link (the file has another name too)", str(path))
+
+
+def append_private(path: Path) -> int:
+    """``path`` opened to add to its end (made if missing), readable by this account only; returns its descriptor.
+
+    For a file kept from run to run (the error log). A link, or anything but a plain file with
+    one name, raises :class:`NotAPlainFile` and is left as it is.
+    """
+    _refuse_links_by_looking(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NO_FOLLOW | _NO_WAIT | _BINARY, PRIVATE_FILE)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path):  # EMLINK: the BSDs' word for it
+            raise NotAPlainFile(errno.ELOOP, "is a link", str(path)) from None
+        if exc.errno == errno.ENXIO:  # a named pipe nobody reads
+            raise NotAPlainFile(errno.EINVAL, "is not a plain file", str(path)) from None
+        raise
+    try:
+        _plain(path, os.fstat(fd), one_name=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return _made_private(fd)
+
+
+def read_plain(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``, a plain file of at most ``limit`` bytes; ValueError, saying why, for anything else.
+
+    A link, a named pipe or a device where a run file belongs (put there by someone who can write
+    to the folder) is neither followed nor waited on.
+    """
+    try:
+        _plain(path, path.lstat())
+        fd = os.open(path, os.O_RDONLY | _NO_FOLLOW | _NO_WAIT | _BINARY)
+    except NotAPlainFile as exc:
+        raise ValueError(f"it {exc.strerror}") from None
+    with open(fd, "rb") as handle:
+        try:
+            _plain(path, os.fstat(handle.fileno()))
+        except NotAPlainFile as exc:
+            raise ValueError(f"it {exc.strerror}") from None
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"it is larger than {limit} bytes")
+    return data
 
 
 def why_not(exc: OSError) -> str:
@@ -192,6 +266,8 @@ def why_not(exc: OSError) -> str:
         return "a file is in the way (a folder is needed there)"
     if isinstance(exc, IsADirectoryError):
         return "a folder is in the way (a file is needed there)"
+    if isinstance(exc, NotAPlainFile):
+        return f"it {exc.strerror}"
     if isinstance(exc, PermissionError):
         return "permission denied"
     return exc.strerror or type(exc).__name__
@@ -305,9 +381,11 @@ def _finite(text: str) -> float:
 def load_summary(path: Path) -> dict[str, Any]:
     """A run summary as strict JSON: an object, and no NaN or infinite numbers (a hand edit can add them).
 
-    Raises OSError or ValueError, with the reason, for a file that cannot be used.
+    Raises OSError or ValueError, with the reason, for a file that cannot be used: a link, a
+    pipe or a file far larger than a summary included (:func:`read_plain`).
     """
-    data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant, parse_float=_finite)
+    text = read_plain(path, SUMMARY_LIMIT).decode("utf-8")
+    data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
     if not isinstance(data, dict):
         raise ValueError(f"it is a JSON {type(data).__name__}, not an object")
     return data
