@@ -201,7 +201,7 @@ def configure_logging(
             file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
             file_handler.addFilter(masking)
             logger.addHandler(file_handler)
-        prune_run_files(log_dir)
+        prune_run_files(log_dir, current=log_file)
     return masking, log_file
 
 

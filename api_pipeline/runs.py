@@ -2,7 +2,8 @@
 
 One log per run, its end-of-run summary (``*.summary.json``) and its HTML report, all in the
 log folder, all named after the run id (:func:`new_run_id`) and kept private to the account
-that runs the tool, as are dry-run files; the newest :data:`KEEP_RUNS` of each kind are kept.
+that runs the tool, as are dry-run files. The newest :data:`KEEP_RUNS` runs' files are kept,
+newest by the start time each summary records, never by name (:func:`runs_in`).
 Summaries and reports are written whole or not at all (:func:`replace_private`): a folder that
 fills up or turns read-only never leaves an empty or half-written one for ``status`` to trip on.
 No file is written through a link put in its place (the private files section below).
@@ -24,11 +25,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from api_pipeline.config import Settings
-from api_pipeline.timestamps import utc_now, utc_stamp
+from api_pipeline.timestamps import parse_utc, utc_now, utc_stamp
 from api_pipeline.wording import plural
 
 KEEP_RUNS = 30
@@ -40,9 +42,12 @@ RUN_FILE_PREFIX = "csc_api_pipeline_"
 LOG_SUFFIX = ".log"
 SUMMARY_SUFFIX = ".summary.json"
 REPORT_SUFFIX = ".report.html"
-SUMMARY_GLOB = RUN_FILE_PREFIX + "*" + SUMMARY_SUFFIX
+RUN_SUFFIXES = (LOG_SUFFIX, SUMMARY_SUFFIX, REPORT_SUFFIX)
 TEMP_SUFFIX = ".tmp"  # a file being written (its name ends <name>.<random>.tmp); renamed into place when whole
 STALE_TEMP_SECONDS = 3600  # a temporary file this old was left by a run that was killed while writing it
+# A run dated further ahead of the clock than this is "in the future": a clock that ran fast, or
+# files put in the log folder by someone else. A day covers local time taken for UTC, anywhere.
+FUTURE_GRACE = timedelta(days=1)
 SUMMARY_LIMIT = 8 * 1024 * 1024  # bytes: far more than any summary the tool writes
 
 # What can happen to a row in a run: the keys of RunSummary.outcomes.
@@ -105,22 +110,96 @@ def report_path_for(summary_path: Path) -> Path:
     return summary_path.with_name(stem + REPORT_SUFFIX)
 
 
-def prune_run_files(log_dir: Path, keep: int = KEEP_RUNS) -> None:
-    """Keep only the newest ``keep`` run logs, summaries and reports, and remove temporary files
-    left by runs killed while writing one. Best effort: a folder that cannot be listed is left alone."""
+def prune_run_files(log_dir: Path, keep: int = KEEP_RUNS, *, current: Path | None = None) -> None:
+    """Keep the newest ``keep`` runs' logs, summaries and reports (:func:`runs_in` says which are
+    newest), never the files of the run whose log is ``current``, and remove temporary files left by
+    runs killed while writing one. Best effort: a folder that cannot be listed is left alone.
+    """
+    own = current.name[: -len(LOG_SUFFIX)] if current is not None and current.name.endswith(LOG_SUFFIX) else None
     try:
-        for suffix in (LOG_SUFFIX, SUMMARY_SUFFIX, REPORT_SUFFIX):
-            files = sorted(log_dir.glob(RUN_FILE_PREFIX + "*" + suffix), key=lambda p: p.name, reverse=True)
-            for old in files[keep:]:
-                with contextlib.suppress(OSError):
-                    old.unlink()
-        # Not one another run is writing at this moment (runs on other tables may share the folder).
+        found = runs_in(log_dir)
+    except OSError:
+        return
+    room = keep - any(run.stem == own for run in found)  # the current run is one of those kept
+    for run in found:
+        if run.stem == own:
+            continue
+        if room > 0:
+            room -= 1
+            continue
+        for path in run.paths:  # a link among them is removed itself: unlinking never follows one
+            with contextlib.suppress(OSError):
+                path.unlink()
+    # Not one another run is writing at this moment (runs on other tables may share the folder).
+    with contextlib.suppress(OSError):
         for left in log_dir.glob(RUN_FILE_PREFIX + "*" + TEMP_SUFFIX):
             with contextlib.suppress(OSError):
                 if time.time() - left.lstat().st_mtime > STALE_TEMP_SECONDS:
                     left.unlink()
-    except OSError:
-        return
+
+
+@dataclass
+class RunFiles:
+    """One run's files in the log folder (its log, summary and report), and when it started."""
+
+    stem: str  # csc_api_pipeline_<run id>
+    paths: list[Path] = field(default_factory=list)
+    summary: dict[str, Any] | None = None  # None: no summary, or one that could not be used (``problem``)
+    problem: str | None = None
+    started: datetime | None = None  # UTC; None only when its files went away while being looked at
+    in_future: bool = False  # started more than FUTURE_GRACE ahead of the clock
+
+    @property
+    def summary_path(self) -> Path | None:
+        return next((p for p in self.paths if p.name.endswith(SUMMARY_SUFFIX)), None)
+
+
+def runs_in(log_dir: Path, now: datetime | None = None) -> list[RunFiles]:
+    """Every run's files in ``log_dir``, newest first, by when each run started.
+
+    That is the ``started_at`` its summary records. A run without one (still going, killed before
+    its summary was written, or a summary that cannot be read) counts as started when its newest
+    file was last changed. Names are never used: they are only as right as the clock that named
+    them, and anyone who can write to the folder can choose them. Runs dated more than
+    :data:`FUTURE_GRACE` ahead of ``now`` (UTC if naive; default: this computer's clock) come last, as the
+    oldest: a clock that ran fast, or files put there, must not push real runs out. Raises
+    OSError if the folder cannot be listed.
+    """
+    runs: dict[str, RunFiles] = {}
+    for path in log_dir.glob(RUN_FILE_PREFIX + "*"):
+        suffix = next((s for s in RUN_SUFFIXES if path.name.endswith(s)), None)
+        if suffix is not None:
+            stem = path.name[: -len(suffix)]
+            runs.setdefault(stem, RunFiles(stem)).paths.append(path)
+    clock = now or utc_now()
+    latest_real = (clock if clock.tzinfo else clock.replace(tzinfo=timezone.utc)) + FUTURE_GRACE
+    for run in runs.values():
+        _date(run)
+        run.in_future = run.started is not None and run.started > latest_real
+
+    def newest_first(run: RunFiles) -> tuple[bool, bool, float]:
+        return run.in_future, run.started is None, -run.started.timestamp() if run.started else 0.0
+
+    return sorted(runs.values(), key=newest_first)
+
+
+def _date(run: RunFiles) -> None:
+    """Read the run's summary, if any, and set when the run started: from the summary, else its files' time."""
+    summary_path = run.summary_path
+    if summary_path is not None:
+        try:
+            run.summary = load_summary(summary_path)
+        except (OSError, ValueError, RecursionError) as exc:
+            run.problem = str(exc) if isinstance(exc, ValueError) else "unreadable"
+    run.started = parse_utc(run.summary.get("started_at")) if run.summary is not None else None
+    if run.started is None:
+        times = []
+        for path in run.paths:
+            with contextlib.suppress(OSError):
+                times.append(path.lstat().st_mtime)
+        if times:
+            with contextlib.suppress(OverflowError, OSError, ValueError):
+                run.started = datetime.fromtimestamp(max(times), timezone.utc)
 
 
 # ---------------------------------------------------------------------------
@@ -391,32 +470,56 @@ def load_summary(path: Path) -> dict[str, Any]:
     return data
 
 
+@dataclass
+class Summaries:
+    """Run summaries read back from the log folder (:func:`read_summaries`)."""
+
+    recent: list[dict[str, Any]] = field(default_factory=list)  # newest first
+    in_future: list[dict[str, Any]] = field(default_factory=list)  # dated in the future, latest first
+    in_future_total: int = 0  # all of those, not only the ones read
+    skipped: list[str] = field(default_factory=list)  # "file: why" for each that could not be used
+
+
 def read_summaries(
-    log_dir: Path, limit: int, *, keep: Callable[[dict[str, Any]], bool] | None = None
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """The newest ``limit`` readable summaries in ``log_dir`` that ``keep`` accepts (newest first),
-    and ``"file: why"`` for each one that could not be used.
+    log_dir: Path,
+    limit: int,
+    *,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
+    now: datetime | None = None,
+) -> Summaries:
+    """The newest ``limit`` usable summaries in ``log_dir`` that ``keep`` accepts, newest first by
+    when each run started (:func:`runs_in`), and, apart from them, those dated in the future.
 
     A summary that is not strict JSON (a hand edit: ``NaN``), or that ``keep`` refuses with a
-    ValueError, is skipped rather than stopping the caller.
+    ValueError, is skipped rather than stopping the caller, and named in ``skipped``.
     """
+    found = Summaries()
     if not log_dir.is_dir():
-        return [], []
+        return found
     try:
-        paths = sorted(log_dir.glob(SUMMARY_GLOB), key=lambda p: p.name, reverse=True)
+        runs = runs_in(log_dir, now)
     except OSError as exc:  # a folder that went away or turned unreadable: no history, said so
-        return [], [f"{log_dir}: cannot be read ({why_not(exc)})"]
-    found: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    for path in paths:
-        if len(found) >= limit:
-            break
-        try:
-            summary = load_summary(path)
-            wanted = keep is None or keep(summary)
-        except (OSError, ValueError, RecursionError) as exc:
-            skipped.append(f"{path.name}: {exc}" if isinstance(exc, ValueError) else f"{path.name}: unreadable")
+        found.skipped.append(f"{log_dir}: cannot be read ({why_not(exc)})")
+        return found
+    for run in runs:
+        path = run.summary_path
+        if path is None:
             continue
-        if wanted:
-            found.append(summary)
-    return found, skipped
+        if run.summary is None:
+            found.skipped.append(f"{path.name}: {run.problem}")
+            continue
+        try:
+            wanted = keep is None or keep(run.summary)
+        except ValueError as exc:
+            found.skipped.append(f"{path.name}: {exc}")
+            continue
+        if not wanted:
+            continue
+        if run.in_future:
+            found.in_future_total += 1
+            shelf = found.in_future
+        else:
+            shelf = found.recent
+        if len(shelf) < limit:
+            shelf.append(run.summary)
+    return found
