@@ -530,7 +530,11 @@ def _leave_a_trace(ctx: Context, what: str, lines: list[str]) -> None:
     """Exit 2 happens before any run log exists: copy the messages to the error log as well as stderr."""
     source = f"settings from {ctx.env_file}" if ctx.env_file is not None else "no .env found"
     header = f"{APP_NAME} {__version__}: {what} stopped with exit code 2 ({source}; started in {ctx.cwd})"
-    append_error_log(ctx.error_log_folders(), [header, *lines])
+    append_error_log(
+        ctx.error_log_folders(),
+        [header, *lines],
+        warn=lambda message: print(f"warning: {message}", file=ctx.err, flush=True),
+    )
 
 
 def _tolerant_console() -> None:

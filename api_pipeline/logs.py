@@ -11,17 +11,28 @@ never record content.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import re
+import stat
 import sys
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from api_pipeline.config import Secret
 from api_pipeline.errors import ConfigError
-from api_pipeline.runs import create_private, log_path, make_private_dir, new_run_id, prune_run_files, why_not
+from api_pipeline.runs import (
+    NotAPlainFile,
+    append_private,
+    create_private,
+    log_path,
+    make_private_dir,
+    new_run_id,
+    prune_run_files,
+    why_not,
+)
 from api_pipeline.timestamps import utc_now
 from api_pipeline.wording import printable
 
@@ -123,12 +134,22 @@ class RunLogFile(logging.FileHandler):
 
     Python's own handler would print a "--- Logging error ---" traceback for every line instead,
     and fail again on closing.
+
+    ``fd``: the file as :func:`~api_pipeline.runs.create_private` made it for this run, written
+    through that descriptor rather than opened again by name (by then a link could be there).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fd: int | None = None) -> None:
+        self._fd = fd
         super().__init__(path, encoding="utf-8")
         self.failure: str | None = None  # why the file stopped, once it has
         self._ended = False
+
+    def _open(self) -> io.TextIOWrapper:
+        if self._fd is None:
+            return super()._open()
+        fd, self._fd = self._fd, None
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)  # the handler closes it
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.failure is None and not self._ended:
@@ -222,44 +243,81 @@ def configure_logging(
     log_file = None
     if log_dir is not None:
         log_file = log_path(log_dir, run_id or new_run_id())
-        try:
-            make_private_dir(log_dir)
-            create_private(log_file)
-            file_handler = RunLogFile(log_file)
-        except OSError as exc:
-            raise ConfigError(
-                f"LOG_DIR (or --log-dir): cannot keep the log files in {log_dir}: {why_not(exc)}. "
-                "Choose a folder this account can create and write to"
-            ) from None
-        file_handler.setLevel(logging.DEBUG if verbosity else logging.INFO)
-        file_handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        file_handler.addFilter(masking)
-        logger.addHandler(file_handler)
-        prune_run_files(log_dir)
+        file_handler = _run_log_file(log_dir, log_file)
+        if file_handler is not None:
+            file_handler.setLevel(logging.DEBUG if verbosity else logging.INFO)
+            file_handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+            file_handler.addFilter(masking)
+            logger.addHandler(file_handler)
+        prune_run_files(log_dir, current=log_file)
     return masking, log_file
+
+
+def _run_log_file(log_dir: Path, log_file: Path) -> RunLogFile | None:
+    """The run's new log file; None, with a warning, when something is already at its name.
+
+    A folder that cannot be made or written to is a configuration error (exit 2, before any work).
+    """
+    try:
+        make_private_dir(log_dir)
+        return RunLogFile(log_file, create_private(log_file))
+    except FileExistsError:
+        if not log_dir.is_dir():  # a file where the folder belongs
+            raise _unusable_log_dir(log_dir, "a file is in the way (a folder is needed there)") from None
+    except OSError as exc:
+        raise _unusable_log_dir(log_dir, why_not(exc)) from None
+    # The run's id is new and partly random, so whatever is at its log's name was put there: a
+    # link, to have the log written through it to somewhere else. It is neither followed nor removed.
+    logging.getLogger(LOGGER_NAME).warning(
+        "the log file %s was there before this run (a link, or a file put there by something else): it is left "
+        "as it is, and this run's log is on the console only",
+        log_file,
+    )
+    return None
+
+
+def _unusable_log_dir(log_dir: Path, why: str) -> ConfigError:
+    return ConfigError(
+        f"LOG_DIR (or --log-dir): cannot keep the log files in {log_dir}: {why}. "
+        "Choose a folder this account can create and write to"
+    )
 
 
 ERROR_LOG_NAME = "csc_api_pipeline.errors.log"  # outside the run files' patterns: kept, and capped instead
 ERROR_LOG_LIMIT = 256 * 1024
 
 
-def append_error_log(folders: Iterable[Path], lines: Iterable[str]) -> Path | None:
+def append_error_log(
+    folders: Iterable[Path], lines: Iterable[str], *, warn: Callable[[str], None] | None = None
+) -> Path | None:
     """Append a failed start's messages to ``csc_api_pipeline.errors.log`` in the first folder that takes it.
 
     A configuration error stops the tool before its run log exists; under Task Scheduler
     stderr goes nowhere, so this file is the only trace. Past :data:`ERROR_LOG_LIMIT` bytes
-    it is renamed to ``.old`` (replacing the last one) and started afresh. Never raises.
+    it is renamed to ``.old`` (replacing the last one) and started afresh. The folder and the
+    file are the owner's alone, like the run logs. An error log that is a link (or anything but
+    a plain file) is never written through: ``warn`` is told, and the next folder is tried.
+    Never raises.
     """
     text = "".join(f"{line}\n" for line in lines)
     stamp = utc_now().strftime("%Y-%m-%d %H:%M:%S UTC")
     for folder in folders:
         path = folder / ERROR_LOG_NAME
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            if path.is_file() and path.stat().st_size > ERROR_LOG_LIMIT:
-                path.replace(path.with_name(path.name + ".old"))
-            with path.open("a", encoding="utf-8") as handle:
+            make_private_dir(folder)
+            with contextlib.suppress(FileNotFoundError):
+                found = path.lstat()
+                if stat.S_ISREG(found.st_mode) and found.st_size > ERROR_LOG_LIMIT:
+                    path.replace(path.with_name(path.name + ".old"))  # a rename: a link at .old is replaced
+            with open(append_private(path), "a", encoding="utf-8") as handle:
                 handle.write(f"{stamp}\n{text}")
+        except NotAPlainFile as exc:
+            if warn is not None:
+                warn(
+                    f"{path} {exc.strerror}: it is left as it is, and nothing was written through it. Remove it to "
+                    "have the tool keep its error log there again"
+                )
+            continue
         except OSError:
             continue
         return path

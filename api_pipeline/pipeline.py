@@ -40,7 +40,7 @@ from api_pipeline.payload import (
     request_in_doubt,
 )
 from api_pipeline.rows import DUPLICATE_CHILD, Identities, Invalid, Later, Skip, child_key, child_of, parse_payload
-from api_pipeline.runs import RunSummary, write_private
+from api_pipeline.runs import RunSummary, make_private_dir, replace_private
 from api_pipeline.schema import RecordValidator, generalise_path
 from api_pipeline.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.timestamps import utc_now, utc_stamp
@@ -509,9 +509,9 @@ class Pipeline:
     def _write_for_review(self, batch_id: str, batch: list[Item]) -> None:
         folder = self.options.dry_run_dir
         assert folder is not None
-        folder.mkdir(parents=True, exist_ok=True)
+        make_private_dir(folder)
         path = folder / f"batch_{batch_id}.json"
-        write_private(path, frame_body(i.body for i in batch))  # whole records: the owner's only
+        replace_private(path, frame_body(i.body for i in batch))  # whole records: the owner's only
         log.info("batch %s: %d request records written to %s for review", batch_id, len(batch), path)
 
 

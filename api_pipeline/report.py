@@ -69,10 +69,10 @@ def exit_code_meanings() -> dict[int, str]:
 def read_history(log_dir: Path, *, limit: int = CHART_RUNS) -> list[dict[str, Any]]:
     """The newest ``limit`` readable summaries of real runs in ``log_dir``, oldest first.
 
-    Dry runs send nothing, so they are left out of the history (and its chart).
+    Dry runs send nothing, so they are left out of the history (and its chart); so are summaries
+    dated in the future, which say nothing true about when a run happened.
     """
-    found, _ = read_summaries(log_dir, limit, keep=lambda summary: not summary.get("dry_run"))
-    return found[::-1]
+    return read_summaries(log_dir, limit, keep=lambda summary: not summary.get("dry_run")).recent[::-1]
 
 
 def write_report(summary_path: Path, summary: Mapping[str, Any] | None = None) -> Path:

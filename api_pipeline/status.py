@@ -29,7 +29,7 @@ from api_pipeline.config import Settings
 from api_pipeline.db import Database
 from api_pipeline.errors import ConfigError, ExitCode
 from api_pipeline.report import duration
-from api_pipeline.runs import default_log_dir, read_summaries
+from api_pipeline.runs import FUTURE_GRACE, Summaries, default_log_dir, read_summaries
 from api_pipeline.schema import generalise_path, load_bundled_schema, load_schema
 from api_pipeline.staging import FirstContact, StagingTable
 from api_pipeline.timestamps import parse_timestamp, utc_now, utc_stamp
@@ -229,6 +229,12 @@ STATUS_JSON_KEYS: dict[str, str] = {
     "runs.recent[].skipped": "Rows skipped because of a problem with the row itself.",
     "runs.recent[].exit_code": "The run's exit code, or null if it did not record one.",
     "runs.unreadable_summaries": "Summary files that could not be read and were left out.",
+    "runs.dated_in_future": f"Run summaries dated more than {FUTURE_GRACE.days} day ahead of the clock of the "
+    "computer status ran on: a clock that ran fast, or files put in the log folder by someone else. They are left "
+    "out of recent, and are the first to be deleted when old runs' files are.",
+    "runs.dated_in_future.summaries": "How many (0 normally).",
+    "runs.dated_in_future.latest_started_at": "The latest start time any of them records, or null.",
+    "runs.dated_in_future.run_ids": "Their run ids, latest first (status --runs N: how many).",
 }
 
 
@@ -255,6 +261,8 @@ class StatusReport:
     log_dir: str = ""
     runs: list[dict[str, Any]] = field(default_factory=list)
     skipped_summaries: list[str] = field(default_factory=list)  # "file: why" for each summary left out
+    future_runs: list[dict[str, Any]] = field(default_factory=list)  # dated in the future, latest first
+    future_total: int = 0
     generated_at: str = field(default_factory=utc_stamp)
 
     def to_dict(self) -> dict[str, Any]:
@@ -285,6 +293,11 @@ class StatusReport:
                 "log_dir": self.log_dir,
                 "recent": self.runs,
                 "unreadable_summaries": len(self.skipped_summaries),
+                "dated_in_future": {
+                    "summaries": self.future_total,
+                    "latest_started_at": self.future_runs[0]["started_at"] if self.future_runs else None,
+                    "run_ids": [r["run_id"] for r in self.future_runs],
+                },
             },
         }
 
@@ -335,8 +348,9 @@ def collect_problems(table: StagingTable, keys: ReasonKeys) -> list[dict[str, An
     ]
 
 
-def read_run_summaries(log_dir: Path, limit: int) -> tuple[list[dict[str, Any]], list[str]]:
-    """The newest ``limit`` usable run summaries (newest first), and ``"file: why"`` for each one skipped.
+def read_run_summaries(log_dir: Path, limit: int, now: datetime | None = None) -> Summaries:
+    """The newest ``limit`` usable run summaries (newest first), those dated in the future apart,
+    and ``"file: why"`` for each one skipped.
 
     A summary whose fields are not of their kind (a hand edit: a list where a mapping belongs)
     is skipped rather than stopping ``status``, like one that is not strict JSON.
@@ -346,7 +360,7 @@ def read_run_summaries(log_dir: Path, limit: int) -> tuple[list[dict[str, Any]],
         run_row(summary)  # every field status shows is of its kind, or ValueError
         return True
 
-    return read_summaries(log_dir, limit, keep=usable)
+    return read_summaries(log_dir, limit, keep=usable, now=now)
 
 
 def _of_kind(summary: dict[str, Any], key: str, kinds: tuple[type, ...]) -> Any:
@@ -411,8 +425,11 @@ def collect_status(
     report.first_contact = table.first_contact()
     report.children_in_doubt, since = table.in_doubt_totals()
     report.in_doubt_since = parse_timestamp(since)
-    summaries, report.skipped_summaries = read_run_summaries(log_dir, runs)
-    report.runs = [run_row(s) for s in summaries]
+    summaries = read_run_summaries(log_dir, runs, now)
+    report.runs = [run_row(s) for s in summaries.recent]
+    report.future_runs = [run_row(s) for s in summaries.in_future]
+    report.future_total = summaries.in_future_total
+    report.skipped_summaries = summaries.skipped
     return report
 
 
@@ -546,6 +563,15 @@ def format_status(report: StatusReport) -> list[str]:
         )
     else:
         out.append(f"No run summaries in {report.log_dir} yet.")
+    if report.future_total:
+        n = report.future_total
+        latest = _when(report.future_runs[0]["started_at"]) if report.future_runs else "?"
+        out.append(
+            f"Warning: {plural(n, 'run summary', 'run summaries')} {'is' if n == 1 else 'are'} dated in the future "
+            f"(the latest {latest}): a clock that ran fast, or files put in {report.log_dir} by someone else. "
+            f"{'It is' if n == 1 else 'They are'} left out of the runs above, and the first to be deleted when old "
+            "runs' files are."
+        )
     if report.skipped_summaries:
         n = len(report.skipped_summaries)
         out.append(f"({plural(n, 'run summary file')} could not be read and {'was' if n == 1 else 'were'} left out.)")
@@ -571,7 +597,9 @@ def status_command(settings: Settings, ctx: Any, *, runs: int = 10, as_json: boo
       rows whose child has no ledger entry yet (as after switching from an earlier tool), by what the
       next run does with them; ``children_in_doubt``: children in a batch sent but never settled
     - ``runs``: ``{log_dir, recent: [{run_id, started_at, seconds, dry_run, rows_read, sent,
-      purged, failed, invalid, rejected, skipped, exit_code}], unreadable_summaries}``, newest first
+      purged, failed, invalid, rejected, skipped, exit_code}], unreadable_summaries, dated_in_future:
+      {summaries, latest_started_at, run_ids}}``, newest first by the start time each summary
+      records; summaries dated in the future are counted apart, not listed in ``recent``
     """
     if settings.db_connection_string is None:
         raise ConfigError(["DB_CONNECTION_STRING: not set. status reads the staging table it names."])

@@ -24,7 +24,7 @@ from api_pipeline.report import (
     write_report,
 )
 from api_pipeline.runner import execute_run
-from api_pipeline.runs import REPORT_SUFFIX, report_path_for, write_private
+from api_pipeline.runs import REPORT_SUFFIX, replace_private, report_path_for
 from api_pipeline.synthetic import make_children
 from conftest import insert, ledger, settings_for
 
@@ -144,7 +144,7 @@ def write_report_for(summary: Mapping[str, Any], log_dir: Path) -> Path:
     history = [h for h in read_history(log_dir) if h.get("run_id") != run_id]
     history = history[-(CHART_RUNS - 1) :] + [dict(summary)] if not summary.get("dry_run") else history
     path = log_dir / f"csc_api_pipeline_{run_id}{REPORT_SUFFIX}"
-    write_private(path, render_report(summary, history, log_name=f"csc_api_pipeline_{run_id}.log"))
+    replace_private(path, render_report(summary, history, log_name=f"csc_api_pipeline_{run_id}.log"))
     return path
 
 
