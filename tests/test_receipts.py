@@ -243,3 +243,22 @@ def test_a_lone_surrogate_in_a_receipt_leaves_the_rows_pending_and_the_next_run_
         again = run_cli(["run"], environ=sim.settings_env() | staging.env, cwd=tmp_path)
     assert again.code == ExitCode.OK, again.err
     assert statuses(staging) == ["sent"] * 3
+
+
+def test_a_lone_surrogate_in_dfes_reason_for_refusing_is_written_back(staging: Staging, tmp_path: Path) -> None:
+    refusal = json.dumps({"errors": ["[0] child_details.sex: bad value \ud800 here"]}).encode()
+    insert(staging, list(make_children(2, seed=239)))
+
+    def refuse_the_first(exchange: Exchange) -> None:
+        if len(exchange.records) == 2:
+            exchange.reply(400, refusal, {"Content-Type": "application/json"})
+        else:
+            exchange.receipts()
+
+    with Hostile(refuse_the_first) as host:
+        result = run_cli(["run"], environ=host.env() | staging.env | FAST, cwd=tmp_path)
+    assert result.code == ExitCode.RECORDS_FAILED, result.err
+    assert "unexpected" not in result.err
+    assert statuses(staging) == ["error", "sent"]
+    note = str(rows(staging)[0]["api_response"])
+    assert "child_details.sex: bad value \ufffd here" in note and "\ud800" not in note
