@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
 import requests
@@ -237,6 +237,10 @@ _RECEIPT_UUID = re.compile("[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-f
 _RECEIPT_NAME = re.compile(
     r"([0-9]{4}-[0-9]{2}-[0-9]{2})_([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,6}))?_[0-9A-Za-z][0-9A-Za-z-]*\.json"
 )
+# A receipt's time is believed only within this window; outside it the tool's own clock is recorded.
+# DfE's API did not exist before 2020, and DfE's clock may be minutes ahead of this computer's, not days.
+EARLIEST_RECEIPT_TIME = datetime(2020, 1, 1, tzinfo=timezone.utc)
+RECEIPT_CLOCK_AHEAD = timedelta(days=1)
 
 
 def _receipt_problem(item: object) -> str | None:
@@ -274,6 +278,21 @@ def parse_receipt_time(receipt: str) -> datetime | None:
     if not match:
         return None
     return _receipt_moment(*match.groups())
+
+
+def recorded_time(receipt: str, now: datetime) -> tuple[datetime, bool]:
+    """When to record ``receipt`` as received: the time in its name, else ``now`` (this computer's
+    clock, naive UTC). True when the name held a time that was set aside: not a real moment,
+    before 2020, or more than a day ahead of ``now`` (a year-9999 receipt would otherwise be the
+    "last acknowledgement" for ever, and year 1 does not fit SQL Server's DATETIME)."""
+    match = _RECEIPT_NAME.fullmatch(receipt)
+    if match is None:
+        return now, False  # a bare uuid carries no time
+    moment = _receipt_moment(*match.groups())
+    clock = now if now.tzinfo is not None else now.replace(tzinfo=timezone.utc)
+    if moment is None or not EARLIEST_RECEIPT_TIME <= moment <= clock + RECEIPT_CLOCK_AHEAD:
+        return now, True
+    return moment, False
 
 
 @functools.lru_cache(maxsize=256)  # a batch's receipts share a handful of timestamps

@@ -3,8 +3,9 @@
 DfE's OpenAPI document declares the 200 body as one uuid for the request; the earlier tools read a
 list of ``date_time_uuid.json`` names, one per record. Both acknowledge every record. Anything
 else in a receipt (control characters, a lone surrogate, text of no known shape, too long) is no
-receipt, and the warning says what is wrong without repeating it. The answers come from the
-simulator, or from ``tests/hostile.py``'s server, over loopback HTTP; the runs are the real CLI.
+receipt, and the warning says what is wrong without repeating it. A receipt's time is believed
+only from 2020 to a day ahead of the tool's clock. The answers come from the simulator, or from
+``tests/hostile.py``'s server, over loopback HTTP; the runs are the real CLI.
 """
 
 from __future__ import annotations
@@ -262,3 +263,102 @@ def test_a_lone_surrogate_in_dfes_reason_for_refusing_is_written_back(staging: S
     assert statuses(staging) == ["error", "sent"]
     note = str(rows(staging)[0]["api_response"])
     assert "child_details.sex: bad value \ufffd here" in note and "\ud800" not in note
+
+
+# -- receipt times outside a sane window ------------------------------------------------------------------------
+
+
+def named(moment: str) -> str:
+    return f"{moment}_{uuid.uuid4()}.json"
+
+
+@pytest.mark.parametrize(
+    "moment",
+    ["9999-12-31_23:59:59.99", "0001-01-01_00:00:00.00", "2019-12-31_23:59:59", "2026-13-45_25:61:61", "ahead"],
+)
+def test_a_receipt_time_outside_the_window_is_replaced_by_the_tools_clock(
+    staging: Staging, tmp_path: Path, moment: str
+) -> None:
+    if moment == "ahead":  # two days ahead of this computer's clock
+        moment = f"{utc_now() + timedelta(days=2):%Y-%m-%d_%H:%M:%S}"
+    insert(staging, list(make_children(3, seed=240)))
+    started = utc_now()
+    with Hostile(each_record(lambda n: named(moment))) as host:
+        result = run_cli(["run"], environ=host.env() | staging.env | FAST, cwd=tmp_path)
+    assert result.code == ExitCode.OK, result.err
+    assert statuses(staging) == ["sent"] * 3
+    times = acknowledged_times(staging)
+    assert len(times) == 6 and all(started - timedelta(seconds=5) <= t <= utc_now() for t in times), times
+    log = run_log(tmp_path)
+    assert log.count("carried a time before 2020 or more than a day ahead of this computer's clock") == 1
+    assert "3 receipts from DfE carried a time" in log and moment[:10] not in log
+    status = run_cli(["status", "--json"], environ=staging.env, cwd=tmp_path)
+    last = parse_timestamp(json.loads(status.out)["ledger"]["last_acknowledged_at"])
+    assert last is not None and abs(last.replace(tzinfo=None) - utc_now()) < timedelta(minutes=5)
+
+
+def test_a_receipt_time_within_the_window_is_kept(staging: Staging, tmp_path: Path) -> None:
+    moments = [utc_now() - timedelta(days=400), utc_now() - timedelta(hours=1), utc_now() + timedelta(hours=1)]
+    moments = [m.replace(microsecond=120000) for m in moments]
+    insert(staging, list(make_children(3, seed=241)))
+    with Hostile(each_record(lambda n: named(f"{moments[n]:%Y-%m-%d_%H:%M:%S}.12"))) as host:
+        result = run_cli(["run"], environ=host.env() | staging.env | FAST, cwd=tmp_path)
+    assert result.code == ExitCode.OK, result.err
+    assert sorted(acknowledged_times(staging)) == sorted(moments * 2)
+    assert "carried a time" not in run_log(tmp_path)
+
+
+class OddTimes:
+    """Stands in for the API client: DfE acknowledges every record, with receipts dated year 1 and 9999."""
+
+    def send(self, bodies: list[bytes], batch_id: str) -> list:
+        from api_pipeline.api import Outcome
+
+        moments = ["0001-01-01_00:00:00.00", "9999-12-31_23:59:59.99"]
+        return [Outcome(i, receipt=named(moments[i % 2])) for i in range(len(bodies))]
+
+
+def test_receipt_times_outside_the_window_never_reach_sql_servers_datetime() -> None:
+    """SQL Server's DATETIME holds 1753-01-01 to 9999-12-31 23:59:59.997: year 1 is refused, and
+    9999-12-31 23:59:59.99 rounds past it. Every time bound is this computer's own."""
+    pytest.importorskip("sqlglot")
+    import hashlib
+
+    from test_sql_server import TABLE, connect, every_bound_value, wide
+    from test_tsql import Recorder, Wide
+
+    from api_pipeline.pipeline import Pipeline, RunOptions
+    from api_pipeline.runs import RunSummary
+    from api_pipeline.schema import RecordValidator
+    from api_pipeline.staging import StagingTable
+
+    children = list(make_children(2, seed=242))
+    stored = {i + 1: json.dumps(c, ensure_ascii=False).encode("utf-16-le") for i, c in enumerate(children)}
+    rec = Recorder()
+
+    def candidate(i: int, column: str) -> Any:
+        return {
+            "t.id": i,
+            "t.person_id": wide(children[i - 1]["la_child_id"]),
+            "t.json_payload": Wide(stored[i]),
+            "t.submission_status": wide("Pending"),
+            "t.row_state": wide("New"),
+        }.get(column)
+
+    def answer(sql: str, params: tuple) -> list[tuple] | None:
+        if "TOP (?)" in sql:  # the candidate page, as the driver returns it (NULL for the ledger's columns)
+            columns = sql.split("TOP (?) ", 1)[1].split(" FROM ", 1)[0].split(", ")
+            return [tuple(candidate(i, c) for c in columns) for i in (1, 2) if i > params[1]]
+        if "WITH (UPDLOCK, ROWLOCK)" in sql:  # write-back: the hash of what is stored
+            return [(i, hashlib.sha256(stored[i]).digest(), wide("New")) for i in params]
+        return None
+
+    rec.more = answer
+    started = utc_now()
+    summary = RunSummary(run_id="r23", mode="partial")
+    with connect(rec) as db:
+        Pipeline(StagingTable(db, TABLE), OddTimes(), RecordValidator.from_settings(None), RunOptions(), summary).run()
+    assert summary.outcomes["sent"] == 2
+    bound = [v for v in every_bound_value(rec) if isinstance(v, datetime)]
+    assert len(bound) >= 4  # each row's submission_timestamp and each ledger entry's acknowledged_at
+    assert all(started - timedelta(seconds=5) <= v.replace(tzinfo=None) <= utc_now() for v in bound), bound
