@@ -187,13 +187,13 @@ class Batches:
         if self._recording is not None:  # a record still to write is for a batch that will not be sent
             self._recording.shutdown(wait=True, cancel_futures=True)
         if self._times_set_aside:  # said once a run, with no receipt's text: it came from the answer
+            count, self._times_set_aside = self._times_set_aside, 0
             log.warning(
-                "%d %s from DfE carried a time before 2020 or more than a day ahead of this computer's clock; "
-                "this computer's time was recorded instead, in submission_timestamp and the ledger",
-                self._times_set_aside,
-                "receipt" if self._times_set_aside == 1 else "receipts",
+                "receipts from DfE whose time was not believable (not a real date, before 2020, or more than a day "
+                "ahead of this computer's clock): %d; "
+                "this computer's time was recorded for them instead, in submission_timestamp and the ledger",
+                count,
             )
-            self._times_set_aside = 0
 
     def write(self, updates: list[RowUpdate], ledger: list[LedgerEntry], doubt: Doubt | None = None) -> None:
         """Write row updates, ledger entries and what ``doubt`` says in one transaction (when the
