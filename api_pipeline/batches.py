@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Protocol
 
 from api_pipeline import reasons
-from api_pipeline.api import BatchAborted, Outcome
+from api_pipeline.api import BatchAborted, Outcome, recorded_time
 from api_pipeline.errors import PipelineError
 from api_pipeline.payload import encode_record, load_outline, outline, outline_union
 from api_pipeline.runs import RunSummary
@@ -139,6 +139,7 @@ class Batches:
         self._written: deque[Future] = deque()  # write-back futures, oldest first
         self._failed = threading.Event()  # set by a send thread when its batch failed for good
         self._send_seconds: dict[str, float] = {}  # batch id -> how long its sending took, retries included
+        self._times_set_aside = 0  # receipts whose time was not believed (written back on the writer thread)
 
     def submit(
         self,
@@ -185,6 +186,14 @@ class Batches:
             self._writer.shutdown(wait=True, cancel_futures=False)
         if self._recording is not None:  # a record still to write is for a batch that will not be sent
             self._recording.shutdown(wait=True, cancel_futures=True)
+        if self._times_set_aside:  # said once a run, with no receipt's text: it came from the answer
+            count, self._times_set_aside = self._times_set_aside, 0
+            log.warning(
+                "receipts from DfE whose time was not believable (not a real date, before 2020, or more than a day "
+                "ahead of this computer's clock): %d; "
+                "this computer's time was recorded for them instead, in submission_timestamp and the ledger",
+                count,
+            )
 
     def write(self, updates: list[RowUpdate], ledger: list[LedgerEntry], doubt: Doubt | None = None) -> None:
         """Write row updates, ledger entries and what ``doubt`` says in one transaction (when the
@@ -241,6 +250,7 @@ class Batches:
             self._count_unwritten(flight, outcome.counts)
             raise
         self.summary.outcomes.update(outcome.counts)
+        self._times_set_aside += outcome.times_set_aside
         if outcome.answered:
             log.info(
                 "batch %s: %d records, %s (%.2f s)",
@@ -266,14 +276,16 @@ class Batches:
             # The run stops (its send thread has said so); first record what DfE did acknowledge.
             answered = {o.index for o in exc.outcomes}
             unanswered = [item for index, item in enumerate(flight.batch) if index not in answered]
-            counts = settle([(flight.batch[o.index], o) for o in exc.outcomes], updates, ledger, doubt, flight.batch_id)
+            settled = [(flight.batch[o.index], o) for o in exc.outcomes]
+            counts, set_aside = settle(settled, updates, ledger, doubt, flight.batch_id)
             counts["failed"] += len(unanswered)  # left pending, and in doubt: the request may have landed
             doubt.in_doubt.extend(item.in_doubt(flight.batch_id) for item in unanswered)
-            return _Outcome(counts, exc.error, answered=False)
+            return _Outcome(counts, exc.error, answered=False, times_set_aside=set_aside)
         except BaseException as exc:  # stopped before sending (the record, or the run lock, was lost)
             return _Outcome(Counter(failed=len(flight.batch)), exc, answered=False)
-        counts = settle(list(zip(flight.batch, outcomes, strict=True)), updates, ledger, doubt, flight.batch_id)
-        return _Outcome(counts, None, answered=True)
+        settled = list(zip(flight.batch, outcomes, strict=True))
+        counts, set_aside = settle(settled, updates, ledger, doubt, flight.batch_id)
+        return _Outcome(counts, None, answered=True, times_set_aside=set_aside)
 
     def _count_unwritten(self, flight: _InFlight, counts: Counter) -> None:
         """The write-back of ``flight`` failed: what DfE acknowledged is in doubt, the rest not sent."""
@@ -312,6 +324,7 @@ class _Outcome:
     counts: Counter
     error: BaseException | None
     answered: bool  # DfE answered the whole batch (not stopped part-way, not cancelled)
+    times_set_aside: int = 0  # receipts whose own time was not believed (see api.recorded_time)
 
 
 def settle(
@@ -320,9 +333,10 @@ def settle(
     ledger: list[LedgerEntry],
     doubt: Doubt,
     batch_id: str,
-) -> Counter:
+) -> tuple[Counter, int]:
     """What DfE's answers make of the rows: a row update each (and a ledger entry for each
-    receipt) added to ``updates`` and ``ledger``; returns the count of each outcome.
+    receipt) added to ``updates`` and ``ledger``; returns the count of each outcome, and how many
+    receipts carried a time that was set aside for this computer's (see :func:`~api_pipeline.api.recorded_time`).
 
     A receipt ends a child's doubt, if it was in doubt (``doubt.resolved``): the ledger says
     what DfE holds. A refusal leaves the child as it was: DfE stored nothing of the request.
@@ -330,12 +344,14 @@ def settle(
     until a later run's receipt.
     """
     counts: Counter = Counter()
+    set_aside = 0
     now = utc_now()
     for item, outcome in pairs:
         row = item.row
         if outcome.receipt:
             # DfE holds the record now (a purge item has no record: the ledger says the child is gone).
-            at = outcome.received_at or now
+            at, odd_time = recorded_time(outcome.receipt, now)
+            set_aside += odd_time
             purge = item.purge
             counts["purged" if purge else "sent"] += 1
             updates.append(
@@ -369,4 +385,4 @@ def settle(
             counts["failed"] += 1
             updates.append(RowUpdate.unsent(row, "", f"{reasons.WILL_RETRY}: {outcome.error}"))
             doubt.in_doubt.append(item.in_doubt(batch_id))
-    return counts
+    return counts, set_aside

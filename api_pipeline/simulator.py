@@ -36,6 +36,11 @@ MAX_RECORDS_PER_REQUEST = 100
 MAX_BODY_BYTES = 64 * 1024 * 1024
 LISTEN_HOSTS = LOOPBACK_HOSTS - {"::1"}  # the server is IPv4: it cannot listen on ::1
 
+# How a 200 acknowledges a request: "dfe", a list of one ``date_time_uuid.json`` name per record, in
+# order (as the earlier tools read DfE's answers); "uuid", a list of one bare uuid per record;
+# "openapi", one uuid for the whole request, as DfE's OpenAPI document declares it (``Receipt``).
+RECEIPT_STYLES = ("dfe", "uuid", "openapi")
+
 _RECEIVER_PATH = re.compile(re.escape(RECEIVER_BASE_PATH) + r"/children_social_care_data/([^/]*)/children")
 _TOKEN_PATH = re.compile(r"/([^/]+)/oauth2/v2\.0/token")
 
@@ -54,7 +59,7 @@ class Fault(str, Enum):
     SLOW = "slow"  # params: seconds (default 5), then the request is processed normally
     DROP = "drop"  # the connection is closed with no response at all
     GARBAGE = "garbage"  # 200 with an HTML body; nothing stored
-    SHORT_RECEIPTS = "short_receipts"  # stored normally, one receipt too few
+    SHORT_RECEIPTS = "short_receipts"  # stored normally, a list one receipt too few (in any receipt style)
     LOST_ANSWER = "lost_answer"  # stored normally, then the connection is closed with no response
     EXPIRE_TOKENS = "expire_tokens"  # every issued token is revoked first
     TOKEN_500 = "token_500"  # noqa: S105 (not a password) - consumed by the next token POST instead
@@ -268,6 +273,7 @@ class Simulator:
 
     Use as a context manager, or ``start()``/``stop()``. All public methods are thread-safe.
     With ``tls_context`` (``ssl.PROTOCOL_TLS_SERVER`` with a certificate loaded) it serves HTTPS.
+    ``receipt_style`` is how a 200 acknowledges a request (:data:`RECEIPT_STYLES`).
     """
 
     def __init__(
@@ -292,8 +298,8 @@ class Simulator:
     ) -> None:
         if host not in LISTEN_HOSTS:
             raise ValueError("the simulator listens on loopback only (127.0.0.1 or localhost)")
-        if receipt_style not in {"dfe", "uuid"}:
-            raise ValueError("receipt_style must be 'dfe' or 'uuid'")
+        if receipt_style not in RECEIPT_STYLES:
+            raise ValueError("receipt_style must be " + " or ".join(f"'{style}'" for style in RECEIPT_STYLES))
         self.la_code, self.client_id, self.client_secret = la_code, client_id, client_secret
         self.supplier_key, self.scope, self.tenant = supplier_key, scope, tenant
         self.token_ttl, self.receipt_style, self.latency = token_ttl, receipt_style, latency
@@ -530,6 +536,8 @@ class Simulator:
             return _Reply(400, "\n".join(problems).encode("utf-8"), "text/plain; charset=utf-8")
         if fault is Fault.LOST_ANSWER:
             return _Reply(0, drop=True)
+        if self.receipt_style == "openapi" and fault is not Fault.SHORT_RECEIPTS:
+            return _json_reply(200, str(uuid.uuid4()))  # one receipt for the whole request
         receipts = [self._receipt() for _ in records]
         if fault is Fault.SHORT_RECEIPTS:
             receipts.pop()

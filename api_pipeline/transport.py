@@ -52,6 +52,7 @@ class TransientNetworkError(RetriableApiError):
 
 # Every pattern here is matched in linear time: no quantified group can overlap the one after
 # it, so a hostile body of any shape costs one pass (an e-mail is found from its "@" outwards).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|‘[^‘’\n]*’|“[^“”\n]*”")
 _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T _]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b")
 _LOCAL_PART_REVERSED = re.compile(r"[\w.+-]+")
@@ -159,9 +160,12 @@ def body_text(response: requests.Response) -> str:
     stripped = text.strip()
     if stripped[:1] in ("{", "["):
         try:
-            return "\n".join(_strings(json.loads(stripped)))
+            flat = "\n".join(_strings(json.loads(stripped)))
         except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
-            pass
+            return text
+        # JSON may escape half a surrogate pair ("\ud800"), which no UTF-8 log line, console or
+        # column can hold: shown as U+FFFD, as the bytes' decoding above shows what it cannot read.
+        return _LONE_SURROGATE.sub("\ufffd", flat)
     return text
 
 

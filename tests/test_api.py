@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from email.utils import formatdate
@@ -180,11 +181,16 @@ def scripted() -> Iterator[Callable[..., ScriptedDfE]]:
         server.close()
 
 
+def receipt_of(la_child_id: str) -> str:
+    """A uuid that names the child, so a test can tell which receipt went to which record."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, la_child_id))
+
+
 def receipts_for(records: list) -> Reply:
     return (
         200,
         {"Content-Type": "application/json"},
-        json.dumps([f"r-{r['la_child_id']}" for r in records]).encode(),
+        json.dumps([receipt_of(r["la_child_id"]) for r in records]).encode(),
     )
 
 
@@ -540,7 +546,7 @@ def test_400_naming_no_record_splits_down_to_the_bad_one(scripted) -> None:
     records[3]["mis_child_id"] = "MIS-BAD"
     outcomes = client_for(server.settings).send(encoded(records), batch_id="b")
     assert [o.index for o in outcomes if o.rejected] == [3]
-    assert [o.receipt for o in outcomes if o.acknowledged] == ["r-T0000", "r-T0001", "r-T0002", "r-T0004"]
+    assert [o.receipt for o in outcomes if o.acknowledged] == [receipt_of(f"T000{n}") for n in (0, 1, 2, 4)]
     assert [len(call) for call in server.calls] == [5, 2, 3, 1, 2, 1, 1]
 
 
@@ -566,8 +572,8 @@ def test_http_date_retry_after_and_cap(scripted) -> None:
             (200, {}, b'["0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "1f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"]'),
             "2 receipts for 3 records",
         ),
-        ((200, {}, b"[1, 2, 3]"), "not with a list of receipts"),
-        ((200, {}, b'{"ok": true}'), "not with a list of receipts"),
+        ((200, {}, b"[1, 2, 3]"), "receipt 1 of 3 is a number, not text"),
+        ((200, {}, b'{"ok": true}'), "not with a receipt or a list of receipts"),
     ],
 )
 def test_unusable_success_answers_acknowledge_nobody(scripted, reply: Reply, reason: str) -> None:
