@@ -248,6 +248,9 @@ def test_count_candidates_matches_what_a_run_reads(known_state):
         assert 5 in read  # sent, but in doubt
         assert table.count_candidates(limit=4) == 4
         assert table.count_candidates(all_rows=True) == 12
+        # validate's: the rows held back as invalid too (10 and 11), counted as read.
+        checked = [row.id for row in table.iter_candidates(held_back=True)]
+        assert table.count_candidates(held_back=True) == len(checked) == 9 and {10, 11} <= set(checked)
 
 
 def test_reason_keys_show_only_schema_fields_and_the_tools_own_words():
