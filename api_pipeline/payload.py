@@ -597,7 +597,8 @@ NUMBER_TOO_LARGE: Final = "number too large"
 # The integers orjson, and so a request, can carry exactly; beyond them the record cannot be sent as it is.
 _SMALLEST_INT: Final = -(2**63)
 _LARGEST_INT: Final = 2**64 - 1
-_MAYBE_ESCAPED_COLON: Final = "\\u003"  # the start of \\u003a or \\u003A (or of a digit, escaped)
+# A colon may be written \u003a or \u003A: any escape starting so sends a record the slow way (rare).
+_MAYBE_ESCAPED_COLON: Final = "\\u003"
 
 
 def unclear_part(text: str, record: Any) -> tuple[str, tuple[str | int, ...]] | None:
@@ -610,7 +611,8 @@ def unclear_part(text: str, record: Any) -> tuple[str, tuple[str | int, ...]] | 
     Cheap whenever nothing is amiss, so every record can be checked. In JSON text every key is
     followed by exactly one ``:`` outside strings, and the parsed record's strings all come from
     the text's; so, with no ``\\u003a`` escape in the text (a colon written another way), as many
-    colons in the record written out again as in the text means no key was lost to a duplicate.
+    colons in the record written out again as in the text means no key was lost to a duplicate
+    (a lost key takes at least its own colon with it).
     Only when the counts differ (a duplicate, or a value that is dropped or escaped) is the text
     parsed again, keeping every key, to find the path; only when writing out fails or writes a
     ``null`` (what orjson makes of infinity) are the numbers looked at.
