@@ -320,12 +320,19 @@ def build_parser() -> argparse.ArgumentParser:
     validate = add(
         "validate",
         cmd_validate,
-        "Check pending records against DfE's schema; sends nothing, changes nothing.",
-        "Builds the request for every pending row (or every row with --all) exactly as run would, and "
-        "validates it and the child's whole record against DfE's schema. Prints how many records fail on "
-        "each field, with example row ids. Sends nothing and changes no status. Exit 1 if any are invalid.",
+        "Check the records waiting to be sent, and those held back as invalid, against DfE's schema; sends "
+        "nothing, changes nothing.",
+        "Builds the request for every row waiting to be sent, and every row a run marked invalid (which stays "
+        "so until your SQL changes it and sets it back to Pending), exactly as run would, or for every row with "
+        "--all, and validates it and the child's whole record against DfE's schema. Prints how many records "
+        "fail on each field, with example row ids. Sends nothing and changes no status. Exit 1 if any are "
+        "invalid.",
     )
-    validate.add_argument("--all", action="store_true", help="Check every row, not only those waiting to be sent.")
+    validate.add_argument(
+        "--all",
+        action="store_true",
+        help="Check every row, not only those waiting to be sent or held back as invalid.",
+    )
     validate.add_argument("--limit", type=_positive_int, metavar="N", help="Check at most N rows (default: all).")
 
     add(

@@ -592,6 +592,113 @@ def loads_record(text: str | bytes) -> Any:
     return _DECODER.decode(data.decode("utf-8") if isinstance(text, bytes) else text)
 
 
+DUPLICATE_KEY: Final = "duplicate key"
+NUMBER_TOO_LARGE: Final = "number too large"
+# The integers orjson, and so a request, can carry exactly; beyond them the record cannot be sent as it is.
+_SMALLEST_INT: Final = -(2**63)
+_LARGEST_INT: Final = 2**64 - 1
+# A colon may be written \u003a or \u003A: any escape starting so sends a record the slow way (rare).
+_MAYBE_ESCAPED_COLON: Final = "\\u003"
+
+
+def unclear_part(text: str, record: Any) -> tuple[str, tuple[str | int, ...]] | None:
+    """Where ``record``, which :func:`loads_record` parsed from ``text``, would not mean the same to
+    every reader: ``(DUPLICATE_KEY, path)`` for the first key that appears twice in one object (this
+    parser keeps the last, SQL Server's ``JSON_VALUE`` reads the first), ``(NUMBER_TOO_LARGE, path)``
+    for the first number no request can carry exactly (an integer beyond 64 bits, or one beyond a
+    double's range, read as infinity); None for almost every record.
+
+    Cheap whenever nothing is amiss, so every record can be checked. In JSON text every key is
+    followed by exactly one ``:`` outside strings, and the parsed record's strings all come from
+    the text's; so, with no ``\\u003a`` escape in the text (a colon written another way), as many
+    colons in the record written out again as in the text means no key was lost to a duplicate
+    (a lost key takes at least its own colon with it).
+    Only when the counts differ (a duplicate, or a value that is dropped or escaped) is the text
+    parsed again, keeping every key, to find the path; only when writing out fails or writes a
+    ``null`` (what orjson makes of infinity) are the numbers looked at.
+    """
+    try:
+        encoded: bytes | None = orjson.dumps(record)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, or a lone surrogate
+        encoded = None
+    if encoded is None or text.count(":") != encoded.count(b":") or _MAYBE_ESCAPED_COLON in text:
+        path = _duplicate_key_path(text)
+        if path is not None:
+            return DUPLICATE_KEY, path
+    if encoded is None or (b"null" in encoded and _has_non_finite(record)):
+        path = _too_large_number_path(record, ())
+        if path is not None:
+            return NUMBER_TOO_LARGE, path
+    return None
+
+
+class _Object(dict):
+    """An object as the duplicate-key parse builds it: it remembers the path (from itself) of the
+    first key that appears twice in it or below it."""
+
+    __slots__ = ("duplicate",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.duplicate: tuple[str | int, ...] | None = None
+
+
+def _keep_pairs(pairs: list[tuple[str, Any]]) -> _Object:
+    found = _Object()
+    for key, value in pairs:
+        if found.duplicate is None:
+            if key in found:
+                found.duplicate = (key,)
+            else:
+                below = _duplicate_in(value)
+                if below is not None:
+                    found.duplicate = (key, *below)
+        found[key] = value
+    return found
+
+
+def _duplicate_in(value: Any) -> tuple[str | int, ...] | None:
+    if type(value) is _Object:
+        return value.duplicate
+    if type(value) is list:
+        for index, item in enumerate(value):
+            below = _duplicate_in(item)
+            if below is not None:
+                return (index, *below)
+    return None
+
+
+_PAIRS_DECODER: Final = json.JSONDecoder(object_pairs_hook=_keep_pairs, parse_constant=_refuse_constant)
+
+
+def _duplicate_key_path(text: str) -> tuple[str | int, ...] | None:
+    """The path of the first key that appears twice in one object of ``text``: a parse that keeps every key."""
+    try:
+        return _duplicate_in(_PAIRS_DECODER.decode(text))
+    except (ValueError, RecursionError):  # loads_record parsed it: cannot happen, and then nothing to name
+        return None
+
+
+def _too_large_number_path(value: Any, path: tuple[str | int, ...]) -> tuple[str | int, ...] | None:
+    """The path of the first number in ``value`` that no request can carry exactly."""
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            found = _too_large_number_path(item, (*path, key))
+            if found is not None:
+                return found
+    elif kind is list:
+        for index, item in enumerate(value):
+            found = _too_large_number_path(item, (*path, index))
+            if found is not None:
+                return found
+    elif kind is int:
+        return None if _SMALLEST_INT <= value <= _LARGEST_INT else path
+    elif kind is float:
+        return None if math.isfinite(value) else path
+    return None
+
+
 def encode_record(record: Any) -> bytes:
     """One record as compact UTF-8 JSON, exactly as the data says (``Zoë`` stays ``Zoë``).
 

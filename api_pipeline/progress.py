@@ -164,6 +164,7 @@ def progress_for(
     stream: TextIO | None,
     quiet: bool = False,
     all_rows: bool = False,
+    held_back: bool = False,
     limit: int | None = None,
     description: str = "working",
 ) -> Progress:
@@ -176,7 +177,7 @@ def progress_for(
         return make_progress(None, stream=None)
     total: int | None
     try:
-        total = table.count_candidates(all_rows=all_rows, limit=limit)
+        total = table.count_candidates(all_rows=all_rows, held_back=held_back, limit=limit)
     except DatabaseError:
         log.debug("counting the rows to send failed; the progress bar has no total", exc_info=True)
         total = None

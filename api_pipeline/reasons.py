@@ -27,12 +27,25 @@ PAYLOAD_EMPTY = "{column} is empty"
 PAYLOAD_TOO_LARGE = "{column} is larger than {megabytes} MB"
 PAYLOAD_NOT_JSON = "{column} is not valid JSON"
 PAYLOAD_NOT_OBJECT = "{column} is a JSON {kind}, not an object"
+PAYLOAD_BYTE_ORDER_MARK = (
+    "{column} starts with a byte-order mark (U+FEFF): an invisible character that SQL Server's JSON functions "
+    "refuse too, often left by a file saved as 'UTF-8 with BOM'; remove it in the staging SQL"
+)
 NO_CHILD_ID = "la_child_id is missing from json_payload"
 CHILD_ID_PADDED = (
     "la_child_id has a space or line break at its start or end; the child's id is sent exactly as the record "
     "has it, so fix it in the staging SQL"
 )
 NOT_ENCODABLE = "json_payload contains text that cannot be encoded as UTF-8 JSON"
+# After a field path ({path}: never a key the schema does not declare, nor a value).
+DUPLICATE_KEY = (
+    "{path}: this key appears more than once in one object of {column}, so the record says two things "
+    "(SQL Server's JSON_VALUE reads the first, this tool the last); the staging SQL must write each key once"
+)
+NUMBER_TOO_LARGE = (
+    "{path}: {column} holds a number too large to send exactly (an integer beyond 64 bits, or a number beyond "
+    "about 1.8e308)"
+)
 REQUEST_INVALID = "the request built for this record is invalid"
 PURGE_INVALID = "purge request is invalid"
 PURGE_WITHOUT_ID = "deleted row has no person_id to purge"
@@ -61,6 +74,7 @@ def shown_phrases() -> frozenset[str]:
         PAYLOAD_EMPTY.format(column=column),
         PAYLOAD_TOO_LARGE.format(column=column, megabytes=1),
         PAYLOAD_NOT_JSON.format(column=column),
+        PAYLOAD_BYTE_ORDER_MARK.format(column=column).split(":", 1)[0],
         *(PAYLOAD_NOT_OBJECT.format(column=column, kind=kind) for kind in JSON_KINDS),
         NO_CHILD_ID,
         CHILD_ID_PADDED,

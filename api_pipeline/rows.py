@@ -8,6 +8,7 @@ child with more than one row) and :class:`Later` (look again once every row is r
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import Counter
@@ -15,7 +16,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from api_pipeline import reasons
-from api_pipeline.payload import MAX_NESTING, loads_record, nesting_exceeds
+from api_pipeline.payload import DUPLICATE_KEY, MAX_NESTING, loads_record, nesting_exceeds, unclear_part
+from api_pipeline.schema import UNKNOWN_KEY, format_path, generalise_path, load_bundled_schema, schema_keys
 from api_pipeline.staging import StagingRow, StagingTable
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,9 @@ def parse_payload(text: Any, column: str = "json_payload") -> dict:
 
     The column may hold anything its declared type lets it: SQLite stores a bare number in a
     column declared ``JSON`` as a number, and a driver may give bytes. Nesting is checked
-    before parsing (:data:`MAX_NESTING`), so no record can exhaust the parser's stack.
+    before parsing (:data:`MAX_NESTING`), so no record can exhaust the parser's stack. A record
+    that readers would take differently (a key twice in one object, a number too large) is
+    invalid, as is one that starts with a byte-order mark: each says so, naming the field.
     """
     if isinstance(text, (bytes, bytearray, memoryview)):
         try:
@@ -75,6 +79,8 @@ def parse_payload(text: Any, column: str = "json_payload") -> dict:
     try:
         record = loads_record(text)
     except json.JSONDecodeError as exc:
+        if text.lstrip(_JSON_WHITESPACE).startswith(_BYTE_ORDER_MARK):
+            raise Invalid(reasons.PAYLOAD_BYTE_ORDER_MARK.format(column=column), "byte-order mark") from None
         raise Invalid(
             f"{reasons.PAYLOAD_NOT_JSON.format(column=column)} (line {exc.lineno}, column {exc.colno})", "not JSON"
         ) from None
@@ -82,7 +88,36 @@ def parse_payload(text: Any, column: str = "json_payload") -> dict:
         raise Invalid(f"{reasons.PAYLOAD_NOT_JSON.format(column=column)}: {exc}", "not JSON") from None
     if not isinstance(record, dict):
         raise Invalid(reasons.PAYLOAD_NOT_OBJECT.format(column=column, kind=type(record).__name__), "not a JSON object")
+    unclear = unclear_part(text, record)
+    if unclear is not None:
+        raise _unclear(*unclear, column)
     return record
+
+
+_JSON_WHITESPACE = " \t\r\n"
+# Refused, not stripped: SQL Server's JSON functions refuse it too, and the row is the council's
+# to correct, so what the tool sends is what the table holds.
+_BYTE_ORDER_MARK = "\ufeff"
+
+
+def _unclear(kind: str, parts: tuple[str | int, ...], column: str) -> Invalid:
+    """:class:`Invalid` for a record that readers would take differently (:func:`payload.unclear_part`),
+    naming the path: a key the schema does not declare is not named (it may be data), nor any value."""
+    path = _shown_path(parts)
+    sentence = reasons.DUPLICATE_KEY if kind == DUPLICATE_KEY else reasons.NUMBER_TOO_LARGE
+    return Invalid(sentence.format(path=path, column=column), f"{kind}: {generalise_path(path)}")
+
+
+@functools.cache
+def _schema_keys() -> frozenset[str]:
+    """The bundled schema's keys: DfE's field names, which a message may show (a PAYLOAD_SCHEMA's
+    extra keys are shown as not in the schema: still nothing of the record's)."""
+    return schema_keys(load_bundled_schema())
+
+
+def _shown_path(parts: tuple[str | int, ...]) -> str:
+    known = _schema_keys()
+    return format_path(p if isinstance(p, int) or p in known else UNKNOWN_KEY for p in parts)
 
 
 def child_of(record: dict) -> str:

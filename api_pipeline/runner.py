@@ -105,7 +105,9 @@ def execute_run(
         if options.writes:
             db.prepare_for_bulk_writes()
         what = "checking" if validate_only else "preparing" if dry_run_dir is not None else "sending"
-        progress = progress_for(table, stream=progress_stream, all_rows=all_rows, limit=limit, description=what)
+        progress = progress_for(
+            table, stream=progress_stream, all_rows=all_rows, held_back=validate_only, limit=limit, description=what
+        )
         with progress:
             if not options.writes:
                 with interruptible():
@@ -362,11 +364,7 @@ def validate_command(settings: Settings, ctx: Any, *, all_rows: bool, limit: int
     """The ``validate`` command: the run's checks without sending or writing anything."""
     configure_logging(quiet=True)
     summary = execute_run(settings, validate_only=True, all_rows=all_rows, limit=limit, progress_stream=ctx.err)
-    o = summary.outcomes
-    ctx.print(
-        f"checked {plural(summary.rows_read, 'row')}: {o['valid']} would be sent, {o['unchanged']} already up to date, "
-        f"{o['invalid']} invalid, {o['skipped']} skipped"
-    )
+    ctx.print(validation_line(summary))
     if summary.invalid_reasons:
         width = max(len(key) for key in summary.invalid_reasons)
         ctx.print("")
@@ -375,3 +373,27 @@ def validate_command(settings: Settings, ctx: Any, *, all_rows: bool, limit: int
             examples = ", ".join(str(i) for i in summary.examples.get(key, []))
             ctx.print(f"{key:<{width}}  {count:>6}  {examples}")
     return ExitCode.RECORDS_FAILED if summary.problems else ExitCode.OK
+
+
+# What validate says of each outcome, after its count; any other outcome is named by its key.
+_VALIDATION_WORDS = {
+    "valid": "would be sent",
+    "unchanged": "already up to date",
+    "invalid": "invalid",
+    "skipped": "skipped",
+    "adopted": "sent by an earlier tool and unchanged (not sent again)",
+    "held_back_passes": "held back as invalid but passing now (sent once your SQL sets them back to Pending)",
+}
+_ALWAYS_SAID = ("valid", "unchanged", "invalid", "skipped")
+
+
+def validation_line(summary: RunSummary) -> str:
+    """``checked N rows: …``, with a count for every outcome of a row checked, so that the counts add up to N."""
+    o = summary.outcomes
+    said = [key for key in _VALIDATION_WORDS if key in _ALWAYS_SAID or o[key]]
+    said += [key for key in sorted(o) if o[key] and key not in _VALIDATION_WORDS and key != "not_reached"]
+    parts = [f"{o[key]} {_VALIDATION_WORDS.get(key, key.replace('_', ' '))}" for key in said]
+    line = f"checked {plural(summary.rows_read, 'row')}: {', '.join(parts)}"
+    if summary.stopped_early:
+        line += f"; stopped early, not reached: {summary.outcomes['not_reached']}"
+    return line

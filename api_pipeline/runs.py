@@ -57,6 +57,7 @@ OUTCOME_KEYS = (
     "unchanged",  # DfE already holds exactly this record
     "adopted",  # an earlier tool sent it and it is unchanged: recorded in the ledger, not sent
     "valid",  # validate: would be sent
+    "held_back_passes",  # validate: marked invalid by a run, passes now; sent once set back to pending
     "dry_run",  # run --dry-run: written for review
     "invalid",  # fails DfE's schema: not sent until the data changes
     "skipped",  # a problem with the staging row itself

@@ -140,6 +140,11 @@ class StagingRow:
     def is_sent(self) -> bool:
         return (self.submission_status or "").strip().lower() == "sent"
 
+    @property
+    def held_back(self) -> bool:
+        """Marked ``invalid`` by a run: not read again until the council's SQL sets it back to pending."""
+        return not self.is_deleted and (self.submission_status or "").strip().lower() == "invalid"
+
     def with_ledger(self, entry: LedgerEntry | None, doubt_outline: str | None) -> StagingRow:
         """This row with ``entry`` as what DfE holds and ``doubt_outline`` as what it may hold
         besides (for a child the join by person_id could not find)."""
@@ -422,13 +427,15 @@ class StagingTable:
         """One row's json_payload (None when the row is gone)."""
         return self.db.scalar(f"SELECT json_payload FROM {self.table} WHERE id = ?", (row_id,))
 
-    def candidate_source(self, *, all_rows: bool = False) -> tuple[str, str]:
+    def candidate_source(self, *, all_rows: bool = False, held_back: bool = False) -> tuple[str, str]:
         """``(FROM source, WHERE condition)`` for the rows a run reads; the one definition of them.
 
         Candidates: every row not yet ``sent``/``invalid`` (any case); deleted children whose
         purge DfE has not acknowledged; and rows an earlier tool marked ``sent`` whose child
         has no ledger entry yet (switch-over: adopted into the ledger, DESIGN §4); and children
         in doubt (DESIGN §7), whatever their status says, unless their record is ``invalid``.
+        ``held_back`` (``validate``): rows marked ``invalid`` too, which a run leaves until the
+        council's SQL sets them back to pending.
         The ledger is joined as ``l`` and the in-doubt table as ``f`` on the trimmed person_id
         (their columns are NULL when they do not exist yet: read-only runs do not create them).
         A row whose person_id is not its record's la_child_id is found in both by its staging
@@ -437,22 +444,24 @@ class StagingTable:
         j = self._joined()
         if all_rows:
             return j.source, "1 = 1"
+        settled = "'sent'" if held_back else "'sent', 'invalid'"
         wanted = (
-            f"({_STATE} <> 'deleted' AND {_STATUS} NOT IN ('sent', 'invalid')) "
+            f"({_STATE} <> 'deleted' AND {_STATUS} NOT IN ({settled})) "
             f"OR ({_STATE} = 'deleted' AND {j.not_purged}) "
             f"OR ({_STATE} <> 'deleted' AND {_STATUS} = 'sent' AND {j.unknown}) "
             f"OR ({j.in_doubt} AND ({_STATE} = 'deleted' OR {_STATUS} <> 'invalid'))"
         )
         return j.source, wanted
 
-    def candidates_from_where(self, *, all_rows: bool = False) -> str:
+    def candidates_from_where(self, *, all_rows: bool = False, held_back: bool = False) -> str:
         """``FROM … WHERE …`` selecting the rows a run would read (no parameters)."""
-        source, wanted = self.candidate_source(all_rows=all_rows)
+        source, wanted = self.candidate_source(all_rows=all_rows, held_back=held_back)
         return f"FROM {source} WHERE {wanted}"
 
-    def count_candidates(self, *, all_rows: bool = False, limit: int | None = None) -> int:
+    def count_candidates(self, *, all_rows: bool = False, held_back: bool = False, limit: int | None = None) -> int:
         """How many rows the next run (or ``validate``) will read: one cheap COUNT, for the progress bar."""
-        found = int(self.db.scalar(f"SELECT COUNT(*) {self.candidates_from_where(all_rows=all_rows)}") or 0)
+        where = self.candidates_from_where(all_rows=all_rows, held_back=held_back)
+        found = int(self.db.scalar(f"SELECT COUNT(*) {where}") or 0)
         return found if limit is None else min(found, limit)
 
     # -- what status shows ---------------------------------------------------------
@@ -565,14 +574,14 @@ class StagingTable:
         )
 
     def iter_candidates(
-        self, *, page_size: int = PAGE_SIZE, limit: int | None = None, all_rows: bool = False
+        self, *, page_size: int = PAGE_SIZE, limit: int | None = None, all_rows: bool = False, held_back: bool = False
     ) -> Iterator[StagingRow]:
         """Rows that may need sending (:meth:`candidate_source`), in id order, one page at a time.
 
         Keyset pagination (``id > last``) keeps memory flat, lets the writes of
         earlier batches commit between pages, and never re-reads a row.
         """
-        source, wanted = self.candidate_source(all_rows=all_rows)
+        source, wanted = self.candidate_source(all_rows=all_rows, held_back=held_back)
         rest = f"FROM {source} WHERE t.id > ? AND ({wanted}) ORDER BY t.id"
         sql = self.db.dialect.select_top(self._CANDIDATE_COLUMNS, rest)
         last_id, produced = 0, 0

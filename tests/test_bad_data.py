@@ -32,6 +32,13 @@ def _set_row(db_path, **columns) -> None:
         db.execute(f"UPDATE {TABLE} SET {assignments} WHERE person_id = ?", (*columns.values(), BAD_ID))
 
 
+def _text_with(old: str, new: str) -> str:
+    """The bad row's record as JSON text with one edit that a dict cannot hold (a key written twice)."""
+    text = json.dumps(_record())
+    assert old in text
+    return text.replace(old, new, 1)
+
+
 # (case id, how to break the row, expected status, words expected in api_response)
 CASES = [
     ("not json", {"json_payload": '{"la_child_id": "BADROW001", '}, "Invalid", "not valid JSON"),
@@ -96,6 +103,43 @@ CASES = [
         "Invalid",
         "social_care_episodes[1].social_care_episode_id: the same id appears twice",
     ),
+    # A key twice in one object: SQL Server's JSON_VALUE reads the first, a JSON parser the last.
+    (
+        "la_child_id twice",
+        {"json_payload": _text_with('"la_child_id": "BADROW001"', '"la_child_id": "BADROW001", "la_child_id": "C7"')},
+        "Invalid",
+        "la_child_id: this key appears more than once in one object",
+    ),
+    (
+        "a key twice in an episode",
+        {"json_payload": _text_with('"referral_source": "', '"referral_source": "1B", "referral_source": "')},
+        "Invalid",
+        "social_care_episodes[0].referral_source: this key appears more than once",
+    ),
+    (
+        "a key the schema does not declare, twice",
+        {"json_payload": _text_with('"sex": ', '"AAAA_secret": 1, "AAAA_secret": 2, "sex": ')},
+        "Invalid",
+        "child_details.<key not in the schema>: this key appears more than once",
+    ),
+    (
+        "byte-order mark",
+        {"json_payload": "\ufeff" + json.dumps(_record())},
+        "Invalid",
+        "json_payload starts with a byte-order mark (U+FEFF)",
+    ),
+    (
+        "an integer beyond 64 bits",
+        {"json_payload": _text_with('"score": ', '"score": 184467440737095516160, "x": ')},
+        "Invalid",
+        "health_and_wellbeing.sdq_assessments[0].score: json_payload holds a number too large",
+    ),
+    (
+        "a number beyond a double",
+        {"json_payload": _text_with('"score": ', '"score": 1e400, "x": ')},
+        "Invalid",
+        "health_and_wellbeing.sdq_assessments[0].score: json_payload holds a number too large",
+    ),
 ]
 
 
@@ -111,8 +155,9 @@ def test_bad_row_is_isolated(simulator, db_path, case, change, status, reason):
     (bad,) = [r for r in rows(db_path) if r["person_id"] not in {c["la_child_id"] for c in good}]
     assert bad["submission_status"] == status
     assert reason in bad["api_response"]
-    # Nothing personal in the reason, whatever the case.
+    # Nothing personal in the reason, whatever the case: no value, no key the schema does not declare.
     assert "AAAA" not in bad["api_response"] and "2024-02-30" not in bad["api_response"]
+    assert "18446744" not in bad["api_response"] and "1e400" not in bad["api_response"]
     # A later run does not resend invalid rows; skipped rows are looked at again (and skipped again).
     simulator.clear_log()
     again = execute_run(settings_for(simulator, db_path))
@@ -193,3 +238,23 @@ def test_summary_counts_invalid_records_by_reason(simulator, db_path):
     assert summary.invalid_reasons["schema: child_details.sex"] == 2
     assert summary.invalid_reasons["schema: social_care_episodes[].referral_source"] == 1
     assert len(summary.examples["schema: child_details.sex"]) == 2
+
+
+def test_a_record_naming_two_children_claims_neither(simulator, db_path):
+    """Rows without a person_id are known by their record when duplicates are looked for: one whose
+    la_child_id is written twice (SQL Server reads the first, a JSON parser the last) is invalid, and
+    does not hold back the child its second la_child_id names."""
+    children = list(make_children(3, seed=37))
+    other = children[2]["la_child_id"]
+    insert(db_path, children + [_record()])
+    text = json.dumps(_record()).replace(
+        f'"la_child_id": "{BAD_ID}"', f'"la_child_id": "{BAD_ID}", "la_child_id": "{other}"'
+    )
+    with Database.open_sqlite(db_path) as db, db.transaction():
+        db.execute(f"UPDATE {TABLE} SET json_payload = ?, person_id = NULL WHERE person_id = ?", (text, BAD_ID))
+        db.execute(f"UPDATE {TABLE} SET person_id = NULL WHERE person_id = ?", (other,))
+    summary = execute_run(settings_for(simulator, db_path))
+    assert summary.outcomes["sent"] == 3 and summary.outcomes["invalid"] == 1 and summary.outcomes["skipped"] == 0
+    assert simulator.snapshot()[other]["child_details"] == children[2]["child_details"]
+    (bad,) = [r for r in rows(db_path) if r["submission_status"] == "Invalid"]
+    assert bad["api_response"].startswith("invalid: la_child_id: this key appears more than once")

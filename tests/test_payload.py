@@ -388,6 +388,105 @@ def test_loads_record_keeps_a_lone_surrogate_for_encoding_to_refuse() -> None:
     assert payload.loads_record('{"s": "\ud800"}') == {"s": "\ud800"}  # a str that is not UTF-8
 
 
+class _Pairs(list):
+    """A JSON object's (key, value) pairs, in order, every key kept."""
+
+
+def _first_duplicate_key(text: str) -> tuple | None:
+    """The slow, obvious answer: parse keeping every key, and walk in document order."""
+
+    def walk(value: Any, path: tuple) -> tuple | None:
+        if isinstance(value, _Pairs):
+            seen: set[str] = set()
+            for key, item in value:
+                if key in seen:
+                    return (*path, key)
+                seen.add(key)
+                found = walk(item, (*path, key))
+                if found:
+                    return found
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                found = walk(item, (*path, index))
+                if found:
+                    return found
+        return None
+
+    return walk(json.loads(text, object_pairs_hook=_Pairs), ())
+
+
+def test_a_key_twice_in_one_object_is_found_wherever_it_is() -> None:
+    """unclear_part agrees with a parse that keeps every key, on records written every way a
+    council's SQL might (compact, indented, \\u escapes, colons in values and keys, a colon
+    escaped as \\u003a), with and without a key written twice."""
+    rng = random.Random(23)
+    texts: list[str] = []
+    for record in make_children(150, seed=24):
+        record["child_details"]["postcode"] = rng.choice(["AB1 2CD", "12:30", "a:b:c", ":", "Zoë"])
+        compact = payload.encode_record(record).decode()
+        texts += [
+            compact,
+            json.dumps(record, indent=rng.choice([1, "\t"])),
+            json.dumps(record).replace('"12:30"', '"12\\u003a30"').replace('"a:b:c"', '"a\\u003Ab:c"'),
+        ]
+        # A key written twice: at the top, in an episode, in child_details, its value alike or not.
+        key = rng.choice(list(record))
+        texts.append(compact[:-1] + f',"{key}":{json.dumps(record[key])}}}')
+        texts.append(compact.replace('"referral_date":', '"referral_date":"2020-01-01","referral_date":', 1))
+        texts.append(compact.replace('"sex":', '"sex":"F", "sex":', 1))
+    texts += [
+        '{"a": 1, "a": 2}',
+        '{"a": {"b": [1, {"c": 1, "d": {"e": 1}, "c": 2}]}}',
+        '{"a:b": 1, "a:b": 2}',
+        '{"a": "x", "b": "\\u003a", "a": ":"}',  # colons traded: the counts alone would match
+        '{"a": "\\u003A", "a": "y"}',
+        '{"a\\u0062": 1, "ab": 2}',  # the same key, written two ways
+        '{"a": [[{"x": 1, "x": 1}]]}',
+        '{"s": "\\ud800", "s": 1}',
+        '{"n": 123456789012345678901234567890, "n": 1}',
+        '{"a": {}, "b": [], "a": {}}',
+    ]
+    found = 0
+    for text in texts:
+        expected = _first_duplicate_key(text)
+        answer = payload.unclear_part(text, payload.loads_record(text))
+        got = answer[1] if answer and answer[0] == payload.DUPLICATE_KEY else None
+        assert got == expected, text[:200]
+        found += expected is not None
+    assert found > 300  # the cases above, and the keys added
+
+
+def test_a_record_with_nothing_amiss_is_parsed_once(monkeypatch) -> None:
+    """The check costs a write-out and two counts: the second parse is only for records that may hold a duplicate."""
+    second: list[str] = []
+    slow = payload._duplicate_key_path
+    monkeypatch.setattr(payload, "_duplicate_key_path", lambda text: second.append(text) or slow(text))
+    for record in make_children(100, seed=25):
+        for text in (payload.encode_record(record).decode(), json.dumps(record, indent=2)):
+            assert payload.unclear_part(text, payload.loads_record(text)) is None
+    assert second == []
+    assert payload.unclear_part('{"a": 1, "a": 2}', {"a": 2}) == (payload.DUPLICATE_KEY, ("a",))
+    assert len(second) == 1
+
+
+@pytest.mark.parametrize(
+    "text,path",
+    [
+        ('{"n": 18446744073709551616}', ("n",)),
+        ('{"a": [1, {"n": -9223372036854775809}]}', ("a", 1, "n")),
+        ('{"a": {"n": 1e400}}', ("a", "n")),
+        ('{"a": [-1e400]}', ("a", 0)),
+    ],
+)
+def test_a_number_no_request_can_carry_is_found(text: str, path: tuple) -> None:
+    assert payload.unclear_part(text, payload.loads_record(text)) == (payload.NUMBER_TOO_LARGE, path)
+
+
+@pytest.mark.parametrize("text", ['{"n": 18446744073709551615}', '{"n": -9223372036854775808}', '{"n": 1e308}'])
+def test_numbers_a_request_can_carry_are_not_refused(text: str) -> None:
+    assert payload.unclear_part(text, payload.loads_record(text)) is None
+
+
 # --------------------------------------------------------------------------------------
 # build_full
 

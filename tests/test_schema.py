@@ -10,10 +10,11 @@ import pytest
 
 from api_pipeline import simulator as sim_module
 from api_pipeline.errors import ConfigError
+from api_pipeline.runner import execute_run
 from api_pipeline.schema import RecordValidator, load_bundled_schema, load_schema
 from api_pipeline.synthetic import make_children
 from api_pipeline.synthetic_changes import mutate
-from conftest import db_env, insert, reference_dir, reference_missing, rows, run_cli
+from conftest import db_env, insert, reference_dir, reference_missing, rows, run_cli, set_payload, settings_for
 
 SHARED = reference_dir()
 OFFICIAL = SHARED / "dfe-csc-openapi-1.0.1.json"
@@ -162,3 +163,44 @@ def test_validate_command(db_path, tmp_path, simulator):
         StagingTable(db, "ssd_api_data_staging").create_staging_table()
     insert(other, clean)
     assert run_cli(["validate", "--all"], environ=db_env(other), cwd=tmp_path).code == 0
+
+
+def _counts_add_up(line: str) -> None:
+    """``checked N rows: a x, b y, …``: every row checked is counted once."""
+    head, counts = line.split(": ", 1)
+    checked = int(head.split()[1])
+    assert sum(int(part.split()[0]) for part in counts.split(", ")) == checked, line
+
+
+def test_validate_after_a_run_lists_the_rows_it_held_back(staging, tmp_path, simulator):
+    """A run marks a row invalid and leaves it until the council's SQL sets it back to pending:
+    validate still checks it, lists it by field and exits 1, until the data is fixed."""
+    children = list(make_children(5, seed=42))
+    children[3]["child_details"]["sex"] = "Female"
+    insert(staging, children)
+    execute_run(settings_for(simulator, staging))
+    (held,) = [r for r in rows(staging) if r["submission_status"] == "Invalid"]
+    result = run_cli(["validate"], environ=db_env(staging), cwd=tmp_path)
+    assert result.code == 1
+    assert "checked 1 row: 0 would be sent, 0 already up to date, 1 invalid, 0 skipped" in result.out
+    assert f"schema: child_details.sex       1  {held['id']}" in result.out
+    _counts_add_up(result.out.splitlines()[0])
+    # --all checks the sent rows too.
+    everything = run_cli(["validate", "--all"], environ=db_env(staging), cwd=tmp_path)
+    assert everything.code == 1 and "checked 5 rows: 0 would be sent, 4 already up to date, 1 invalid" in everything.out
+    _counts_add_up(everything.out.splitlines()[0])
+    # The data fixed, but the status left as it is: it passes, and validate says what a run needs.
+    children[3]["child_details"]["sex"] = "F"
+    with staging.open() as db, db.transaction():
+        db.execute(f"UPDATE {staging.table} SET json_payload = ? WHERE id = ?", (json.dumps(children[3]), held["id"]))
+    result = run_cli(["validate"], environ=db_env(staging), cwd=tmp_path)
+    assert result.code == 0
+    assert "1 held back as invalid but passing now (sent once your SQL sets them back to Pending)" in result.out
+    _counts_add_up(result.out.splitlines()[0])
+    # As the council's SQL fixes it: the data changed and the status set back to Pending.
+    set_payload(staging, children[3]["la_child_id"], children[3])
+    result = run_cli(["validate"], environ=db_env(staging), cwd=tmp_path)
+    assert result.code == 0 and result.out.splitlines()[0] == (
+        "checked 1 row: 1 would be sent, 0 already up to date, 0 invalid, 0 skipped"
+    )
+    assert execute_run(settings_for(simulator, staging)).outcomes["sent"] == 1

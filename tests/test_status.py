@@ -14,6 +14,8 @@ from api_pipeline.config import load_settings
 from api_pipeline.db import Database
 from api_pipeline.demo import load_children
 from api_pipeline.errors import DatabaseError, ExitCode
+from api_pipeline.reasons import INVALID
+from api_pipeline.rows import Invalid, parse_payload
 from api_pipeline.schema import load_bundled_schema
 from api_pipeline.staging import Doubt, InDoubt, LedgerEntry, StagingTable
 from api_pipeline.status import (
@@ -246,6 +248,9 @@ def test_count_candidates_matches_what_a_run_reads(known_state):
         assert 5 in read  # sent, but in doubt
         assert table.count_candidates(limit=4) == 4
         assert table.count_candidates(all_rows=True) == 12
+        # validate's: the rows held back as invalid too (10 and 11), counted as read.
+        checked = [row.id for row in table.iter_candidates(held_back=True)]
+        assert table.count_candidates(held_back=True) == len(checked) == 9 and {10, 11} <= set(checked)
 
 
 def test_reason_keys_show_only_schema_fields_and_the_tools_own_words():
@@ -270,6 +275,28 @@ def test_reason_keys_show_only_schema_fields_and_the_tools_own_words():
         "skipped: row_state"
     )
     assert keys.key(None) == "no reason recorded"
+
+
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ('{"la_child_id": "C1", "la_child_id": "C2"}', "invalid: la_child_id"),
+        ('{"child_details": {"sex": "F", "sex": "M"}}', "invalid: child_details.sex"),
+        (f'{{"child_details": {{"{MARKER_NAME}": 1, "{MARKER_NAME}": 2}}}}', f"invalid: {HIDDEN_REASON}"),
+        ('\ufeff{"la_child_id": "C1"}', "invalid: json_payload starts with a byte-order mark"),
+        (
+            '{"health_and_wellbeing": {"sdq_assessments": [{"score": 1e400}]}}',
+            "invalid: health_and_wellbeing.sdq_assessments[].score",
+        ),
+    ],
+)
+def test_status_names_a_record_that_means_two_things_by_its_field(text, key):
+    """What the run writes for a key written twice, a byte-order mark or a number too large, as status shows it."""
+    with pytest.raises(Invalid) as problem:
+        parse_payload(text)
+    keys = ReasonKeys(schema_field_names(load_bundled_schema()))
+    assert keys.key(INVALID + problem.value.reason) == key
+    assert MARKER_NAME not in problem.value.reason and "1e400" not in problem.value.reason
 
 
 def test_timestamps_from_sqlite_text_and_odbc_datetimes():

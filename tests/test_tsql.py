@@ -271,6 +271,8 @@ def gather_sql_server_statements(rec: Recorder) -> list[str]:
         table = StagingTable(db, TABLE)
         list(table.iter_candidates())  # the normal shape, joined to the ledger
         list(table.iter_candidates(all_rows=True))
+        list(table.iter_candidates(held_back=True))  # validate's: the rows held back as invalid too
+        table.count_candidates(held_back=True)
         table.duplicate_person_ids()
         table.person_ids()
         list(table.rows_without_person_id())
