@@ -26,7 +26,6 @@ from api_pipeline.batches import Batches, Item, Sender, in_case_of, outline_of
 from api_pipeline.config import Settings
 from api_pipeline.dialects import MAX_RECEIPT_LENGTH
 from api_pipeline.errors import PipelineError
-from api_pipeline.odbc import UnreadableText
 from api_pipeline.payload import (
     build_purge,
     duplicate_ids,
@@ -306,13 +305,6 @@ class Pipeline:
             ) from None
 
     def _prepare_row(self, row: StagingRow) -> Item | None:
-        if isinstance(row.json_payload, UnreadableText):  # read with U+FFFD for what was stored: never sent
-            raise Invalid(
-                f"json_payload (character {row.json_payload.position + 1}) holds text that is not valid Unicode as "
-                "stored (a lone UTF-16 surrogate: often half an emoji, cut by LEFT() or SUBSTRING() in the staging "
-                "SQL); fix the staging SQL",
-                "text not valid Unicode",
-            )
         self.identities.check_row(row)
         if row.is_deleted:
             return self._prepare_purge(row)

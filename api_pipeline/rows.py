@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from api_pipeline import reasons
+from api_pipeline.odbc import UTF16, UnreadableText
 from api_pipeline.payload import MAX_NESTING, loads_record, nesting_exceeds
 from api_pipeline.staging import StagingRow, StagingTable
 
@@ -50,13 +51,29 @@ class Later(Exception):
 DUPLICATE_CHILD = (reasons.DUPLICATE_CHILD, "duplicate child")
 
 
+def unreadable(column: str, text: UnreadableText) -> tuple[str, str]:
+    """Why ``column``'s text cannot be used, and the reason key: where it goes wrong, never what it holds."""
+    if text.encoding == UTF16:
+        return (
+            f"{column} (character {text.position + 1}) holds text that is not valid Unicode as stored (a lone "
+            "UTF-16 surrogate: often half an emoji, cut by LEFT() or SUBSTRING() in the staging SQL); fix the "
+            "staging SQL",
+            "text not valid Unicode",
+        )
+    key = reasons.NOT_UTF8.format(column=column)
+    return f"{key} (byte {text.position + 1}): {reasons.NOT_UTF8_ADVICE}", key
+
+
 def parse_payload(text: Any, column: str = "json_payload") -> dict:
     """A staging column's record, or :class:`Invalid` saying why it cannot be one.
 
     The column may hold anything its declared type lets it: SQLite stores a bare number in a
-    column declared ``JSON`` as a number, and a driver may give bytes. Nesting is checked
+    column declared ``JSON`` as a number, and a driver may give bytes. Text that is not valid
+    as stored is never parsed (what it reads as is not what the table holds). Nesting is checked
     before parsing (:data:`MAX_NESTING`), so no record can exhaust the parser's stack.
     """
+    if isinstance(text, UnreadableText):
+        raise Invalid(*unreadable(column, text))
     if isinstance(text, (bytes, bytearray, memoryview)):
         try:
             text = bytes(text).decode("utf-8")
@@ -110,6 +127,7 @@ class Identities:
         self._second_look = False
         self._second_look_left = 0  # rows of the second look not yet taken
         self._unknown_statuses: set[str] = set()
+        self._unreadable_status_said = False
 
     @property
     def waiting(self) -> int:
@@ -169,14 +187,31 @@ class Identities:
         self._second_look_left -= 1
 
     def check_row(self, row: StagingRow) -> None:
-        """Problems with the row rather than the record: not the data's fault, so not ``invalid``."""
+        """Problems with the row rather than the record: not the data's fault, so not ``invalid``.
+
+        A person_id or row_state that is not valid text as stored says nothing the run can trust
+        (which child, whether to purge it): the row waits until it is fixed. A submission_status
+        that is not is only compared, and it is treated as an unknown status: pending.
+        """
+        for column, value in (("person_id", row.person_id), ("row_state", row.row_state)):
+            if isinstance(value, UnreadableText):
+                raise Skip(*unreadable(column, value))
         state = (row.row_state or "").strip().lower()
         if state not in KNOWN_ROW_STATES:
             raise Skip(reasons.UNKNOWN_ROW_STATE.format(state=row.row_state), "unknown row_state")
-        status = (row.submission_status or "").strip().lower()
-        if status not in KNOWN_STATUSES and status not in self._unknown_statuses:
-            self._unknown_statuses.add(status)
-            log.warning("submission_status %r is not a status this tool writes; treating it as pending", status)
+        if isinstance(row.submission_status, UnreadableText):
+            if not self._unreadable_status_said:
+                self._unreadable_status_said = True
+                log.warning(
+                    "row %s: submission_status is not valid text as stored (not shown; other rows may have the "
+                    "same); treating it as pending",
+                    row.id,
+                )
+        else:
+            status = (row.submission_status or "").strip().lower()
+            if status not in KNOWN_STATUSES and status not in self._unknown_statuses:
+                self._unknown_statuses.add(status)
+                log.warning("submission_status %r is not a status this tool writes; treating it as pending", status)
         if row.person_id and row.person_id in self.duplicates:
             raise Skip(*DUPLICATE_CHILD)
 

@@ -44,6 +44,7 @@ from api_pipeline.dialects import (
     staging_ddl,
 )
 from api_pipeline.errors import DatabaseError
+from api_pipeline.odbc import UnreadableText
 from api_pipeline.timestamps import parse_timestamp, utc_now
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,14 @@ def _children_of(batch_id: str, recorded_at: Any, text: Any) -> list[InDoubt] | 
     except (ValueError, TypeError, RecursionError):
         return None
     return children if len(children) == len(found) else None
+
+
+def _person_id(value: Any) -> str | None:
+    """A row's person_id, spaces trimmed; text that is not valid as stored stays as it was read, so
+    that it is known for what it is (:class:`~api_pipeline.odbc.UnreadableText`)."""
+    if value is None or isinstance(value, UnreadableText):
+        return value
+    return str(value).strip()
 
 
 @dataclass(frozen=True)
@@ -545,7 +554,7 @@ class StagingTable:
     def _candidate(row: Sequence[Any]) -> StagingRow:
         return StagingRow(
             id=int(row[0]),
-            person_id=None if row[1] is None else str(row[1]).strip(),
+            person_id=_person_id(row[1]),
             json_payload=row[2],
             submission_status=row[3],
             row_state=row[4],

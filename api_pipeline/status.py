@@ -46,6 +46,7 @@ HIDDEN_REASON = "reason not shown (the text may contain record content)"
 
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[\d*\])*(\.[A-Za-z_][A-Za-z0-9_]*(\[\d*\])*)*$")
 _SKIP_REASONS = (
+    *((reasons.NOT_UTF8.format(column=c), reasons.NOT_UTF8.format(column=c)) for c in ("person_id", "row_state")),
     ("row_state ", "row_state is not New, Updated, Unchanged or Deleted"),
     (reasons.DUPLICATE_CHILD_START, "duplicate child"),
     # Notes an earlier version of this tool wrote.
