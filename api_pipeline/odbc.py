@@ -342,12 +342,12 @@ _VALUE_FOLLOWS = re.compile(
 # shows the bytes around the bad one, which may be the letters of a name.
 _BYTES = re.compile(r"\b0x[0-9A-Fa-f]{2}(?:\s+0x[0-9A-Fa-f]{2})*")
 # The words after which a quoted name is an object's, not a value: 'column "x"', "table 'dbo.t'",
-# 'for encoding "UTF8"', "Invalid object name 'x'", "syntax error at or near "SELECT"" (the tool's
-# own SQL, which holds no values).
+# 'for encoding "UTF8"', "Invalid object name 'x'", 'connection to server at "db"', "syntax error
+# at or near "SELECT"" (the tool's own SQL, which holds no values).
 _NAME_BEFORE = re.compile(
     r"(?i)\b(?:column|table|relation|database|schema|constraint|index|name|user|login|role|function|type|"
     r"encoding|sequence|trigger|view|procedure|statement|collation|operator|file|server|savepoint|cursor|"
-    r"parameter|option|object|near)\s*$"
+    r"parameter|option|object|host|at|near)\s*$"
 )
 
 

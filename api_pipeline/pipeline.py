@@ -266,9 +266,10 @@ class Pipeline:
             self.summary.note_problem(problem.key, row.id)
             log.warning("row %s skipped: %s", row.id, problem.reason)
             # DfE's last answer (a receipt, or why it refused the record) stays in api_response;
-            # only an empty one, or this tool's own earlier note, gets the reason.
+            # only an empty one, or this tool's own earlier note, gets the reason. A row the server
+            # cannot send as text cannot be matched by the write-back's check: it gets nothing.
             earlier = (row.api_response or "").strip()
-            if self.options.writes and (not earlier or earlier.startswith(reasons.SKIPPED)):
+            if self.options.writes and row.writable and (not earlier or earlier.startswith(reasons.SKIPPED)):
                 self._updates.append(RowUpdate.unsent(row, "", f"{reasons.SKIPPED}{problem.reason}"))
             return
         except Invalid as problem:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from api_pipeline import reasons
@@ -62,6 +62,18 @@ def unreadable(column: str, text: UnreadableText) -> tuple[str, str]:
         )
     key = reasons.NOT_UTF8.format(column=column)
     return f"{key} (byte {text.position + 1}): {reasons.NOT_UTF8_ADVICE}", key
+
+
+def unsendable(columns: Sequence[str]) -> tuple[str, str]:
+    """Why a row whose ``columns`` the database server could not send as text is left as it is, and the
+    reason key (:attr:`~api_pipeline.staging.StagingRow.unreadable`)."""
+    key = f"{' and '.join(columns)} cannot be read as text"
+    return (
+        f"{key}: the database server could not convert {'it' if len(columns) == 1 else 'them'} to UTF-8 (bytes that "
+        "are not valid in the database's encoding, often a name saved as Windows-1252 in a SQL_ASCII database); "
+        "the row is left as it is until that is corrected",
+        key,
+    )
 
 
 def parse_payload(text: Any, column: str = "json_payload") -> dict:
@@ -191,8 +203,14 @@ class Identities:
 
         A person_id or row_state that is not valid text as stored says nothing the run can trust
         (which child, whether to purge it): the row waits until it is fixed. A submission_status
-        that is not is only compared, and it is treated as an unknown status: pending.
+        that is not is only compared, and it is treated as an unknown status: pending. The same
+        for what the server could not send as text (:attr:`StagingRow.unreadable`), where the
+        record too waits, as nothing can be written to its row.
         """
+        if {"person_id", "json_payload", "row_state"} & set(row.unreadable):
+            raise Skip(*unsendable(row.unreadable))
+        if row.unreadable:  # an earlier tool's copy or note, a status: read as empty
+            log.warning("row %s: %s", row.id, unsendable(row.unreadable)[0].split(";")[0] + "; read as empty")
         for column, value in (("person_id", row.person_id), ("row_state", row.row_state)):
             if isinstance(value, UnreadableText):
                 raise Skip(*unreadable(column, value))

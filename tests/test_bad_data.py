@@ -299,3 +299,22 @@ def test_the_optimistic_check_compares_text_that_is_not_utf8_by_its_bytes(db_pat
         note = RowUpdate.unsent(row, "Invalid", "invalid: ...")
         assert table.write_back([note], []) == 1
     assert rows(db_path)[0]["submission_status"] == "Pending"
+
+
+def test_sqlites_own_message_about_text_it_cannot_decode_is_never_shown():
+    """Behind the text factory, a guard: sqlite3's own decoding fails with the start of the value in its
+    message, and the error the tool makes of it (what stderr, the log and the report show) names the column only."""
+    import sqlite3
+
+    from api_pipeline.db import _sqlite_error
+
+    raw = windows_1252_record()[1]
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        conn.execute("CREATE TABLE t (json_payload TEXT)")
+        conn.execute("INSERT INTO t VALUES (CAST(? AS TEXT))", (raw,))
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            conn.execute("SELECT json_payload FROM t").fetchall()
+    assert BAD_ID in str(caught.value)  # what sqlite3 says
+    error = _sqlite_error(caught.value)
+    assert error.kind == "undecodable"
+    assert str(error) == "database error: Could not decode to UTF-8 column 'json_payload'"
