@@ -37,6 +37,7 @@ from api_pipeline.odbc import (
     KEY_VIOLATION,
     LOCK_TIMEOUT,
     LOST_CONNECTION,
+    SQL_CHAR,
     SQL_SERVER_DRIVER_PREFERENCE,
     SQL_SS_TIMESTAMPOFFSET,
     SQL_WCHAR,
@@ -102,8 +103,7 @@ def _sqlite_error(exc: BaseException) -> DatabaseError:
 def _undecodable_error(exc: UnicodeDecodeError) -> DatabaseError:
     """pyodbc could not decode the bytes a driver gave for a text value: said without the bytes."""
     return DatabaseError(
-        f"a text value could not be read: the ODBC driver gave bytes that are not valid {exc.encoding} text "
-        "(run test-schema: a VARCHAR column read through a driver that does not convert it to Unicode can do this)",
+        f"a text value in the table could not be read: the ODBC driver gave bytes that are not valid {exc.encoding}",
         kind=UNDECODABLE,
     )
 
@@ -423,10 +423,13 @@ class Database:
     def _add_output_converters(conn: Any) -> None:
         """Microsoft's drivers: read Unicode text so that one lone surrogate cannot stop a run (pyodbc
         decodes strictly: a UnicodeDecodeError, which is no database error), and datetimeoffset,
-        which pyodbc cannot read at all."""
+        which pyodbc cannot read at all. VARCHAR text is asked for as UTF-16, which the driver
+        converts to from the column's code page: as pyodbc's default SQL_C_CHAR, Windows' driver
+        gives it in the ANSI code page, which pyodbc would decode as UTF-8."""
         for sql_type in (SQL_WCHAR, SQL_WVARCHAR, SQL_WLONGVARCHAR):
             conn.add_output_converter(sql_type, decode_wide_text)
         conn.add_output_converter(SQL_SS_TIMESTAMPOFFSET, decode_datetimeoffset)
+        conn.setdecoding(SQL_CHAR, encoding="utf-16le", ctype=SQL_WCHAR)
 
     def _start_session(self) -> None:
         """The dialect's session settings (row counts, deadlock priority, lock time-out), committed:

@@ -37,6 +37,7 @@ UNDECODABLE = "undecodable"
 
 # ODBC SQL type codes of the columns read through output converters (ODBC specification; msodbcsql.h).
 SQL_WCHAR, SQL_WVARCHAR, SQL_WLONGVARCHAR = -8, -9, -10
+SQL_CHAR = 1  # pyodbc's setdecoding: every non-Unicode text type (CHAR, VARCHAR, LONGVARCHAR)
 SQL_SS_TIMESTAMPOFFSET = -155  # SQL Server's datetimeoffset, which pyodbc cannot read by itself
 
 

@@ -28,6 +28,7 @@ from test_tsql import (  # noqa: E402
     TABLE,
     FakeOdbcError,
     FakePyodbc,
+    Narrow,
     Offset,
     Recorder,
     Wide,
@@ -503,3 +504,22 @@ def test_text_pyodbc_cannot_decode_holds_back_its_row_and_the_rest_are_sent(monk
     assert "Sent" in bound and not [v for v in bound if isinstance(v, str) and v.startswith("not sent")]
     for sql in rec.statements:
         assert_tsql(sql)
+
+
+def test_varchar_text_is_read_as_unicode_through_microsofts_driver():
+    """A VARCHAR json_payload (test-schema warns of it, and the tool works with it) holding é in the server's
+    code page: read as SQL_C_CHAR, pyodbc would take the driver's code-page bytes for UTF-8 and every such
+    row would be unreadable. The driver is asked for UTF-16, which it converts to from the column's code page."""
+    record = next(make_children(1, seed=24))
+    record["child_details"]["first_name"] = "Zoë"
+    text = json.dumps(record, ensure_ascii=False)
+    rec = Recorder()
+    rec.more = candidate_answers(
+        {1: {"t.person_id": wide(record["la_child_id"]), "t.json_payload": Narrow(text.encode("cp1252"))}}
+    )
+    with connect(rec) as db:
+        assert rec.decodings == {1: ("utf-16le", -8)}  # SQL_CHAR, read as SQL_C_WCHAR
+        (row,) = StagingTable(db, TABLE).iter_candidates()
+    assert type(row.json_payload) is str and row.json_payload == text
+    with pytest.raises(UnicodeDecodeError):  # as pyodbc reads it by default
+        Narrow(text.encode("cp1252")).decode("utf-8")
