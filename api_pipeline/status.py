@@ -99,8 +99,10 @@ class ReasonKeys:
 
     @staticmethod
     def _phrase(text: str) -> str | None:
-        plain = reasons.comparable(text)
-        return plain if plain in _TOOL_PHRASES else None
+        """One of the tool's own sentences, as written (``UTF-8`` stays), without what it gave in parentheses."""
+        if reasons.comparable(text) not in _TOOL_PHRASES:
+            return None
+        return re.sub(r"\s*\([^)]*\)", "", text).strip()
 
     def _head(self, rest: str) -> str | None:
         if rest.startswith(reasons.DFE_REJECTED_RECORD):
