@@ -10,6 +10,7 @@
 # Exports:
 #   CSC_TEST_POSTGRES_ODBC         ODBC string for the test database's owner (tests create tables)
 #   CSC_TEST_POSTGRES_ODBC_READER  ODBC string for a role that may connect and SELECT, nothing else
+#   CSC_TEST_POSTGRES_ODBC_SQL_ASCII  ODBC string for the owner's second database, in SQL_ASCII
 #   CSC_TEST_POSTGRES_REQUIRED     1: the PostgreSQL tests fail rather than skip if the server is unusable
 #
 # Listens on 127.0.0.1 only. The passwords are for this throwaway local server only.
@@ -78,6 +79,11 @@ SQL
     if [ "$(_csc_psql -c "SELECT 1 FROM pg_database WHERE datname = '$database'")" != "1" ]; then
         _csc_psql -c "CREATE DATABASE $database OWNER $role ENCODING 'UTF8' TEMPLATE template0" || return 1
     fi
+    # A second database in SQL_ASCII, which stores whatever bytes it is given (as old databases may):
+    # what the tool does with text there that is not UTF-8 is tested for real (test_postgres.py).
+    if [ "$(_csc_psql -c "SELECT 1 FROM pg_database WHERE datname = '${database}_sql_ascii'")" != "1" ]; then
+        _csc_psql -c "CREATE DATABASE ${database}_sql_ascii OWNER $role ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0" || return 1
+    fi
     # The reader may look but not change: new tables the owner creates are readable to it.
     _csc_psql -d "$database" <<SQL || return 1
 GRANT CONNECT ON DATABASE $database TO $reader;
@@ -90,6 +96,7 @@ SQL
     export CSC_TEST_POSTGRES_REQUIRED=1
     export CSC_TEST_POSTGRES_ODBC="Driver={PostgreSQL Unicode};Server=127.0.0.1;Port=$port;Database=$database;Uid=$role;Pwd=$password;"
     export CSC_TEST_POSTGRES_ODBC_READER="Driver={PostgreSQL Unicode};Server=127.0.0.1;Port=$port;Database=$database;Uid=$reader;Pwd=$password;"
+    export CSC_TEST_POSTGRES_ODBC_SQL_ASCII="Driver={PostgreSQL Unicode};Server=127.0.0.1;Port=$port;Database=${database}_sql_ascii;Uid=$role;Pwd=$password;"
     echo "postgres.sh: PostgreSQL $version on 127.0.0.1:$port, database $database, ODBC driver 'PostgreSQL Unicode'"
 }
 

@@ -37,15 +37,18 @@ from api_pipeline.odbc import (
     KEY_VIOLATION,
     LOCK_TIMEOUT,
     LOST_CONNECTION,
+    SQL_CHAR,
     SQL_SERVER_DRIVER_PREFERENCE,
     SQL_SS_TIMESTAMPOFFSET,
     SQL_WCHAR,
     SQL_WLONGVARCHAR,
     SQL_WVARCHAR,
+    UNDECODABLE,
     UNREACHABLE,
     OdbcContext,
     choose_sql_server_driver,
     decode_datetimeoffset,
+    decode_utf8_text,
     decode_wide_text,
     driver_said,
     explain_odbc_error,
@@ -53,6 +56,7 @@ from api_pipeline.odbc import (
     odbc_value,
     parse_odbc_string,
     with_psqlodbc_defaults,
+    without_values,
 )
 from api_pipeline.paths import sqlite_file_of
 from api_pipeline.stopping import signals_to_the_main_thread
@@ -83,14 +87,25 @@ T = TypeVar("T")
 
 
 def _sqlite_error(exc: BaseException) -> DatabaseError:
-    """SQLite's error, with the ``kind`` of the few that callers tell apart."""
+    """SQLite's error, with the ``kind`` of the few that callers tell apart, and without any value
+    it quotes from a row (:func:`~api_pipeline.odbc.without_values`)."""
     text = str(exc)
     kind = None
     if isinstance(exc, sqlite3.IntegrityError) and ("UNIQUE constraint" in text or "PRIMARY KEY" in text):
         kind = KEY_VIOLATION
     elif isinstance(exc, sqlite3.OperationalError) and ("database is locked" in text or "table is locked" in text):
         kind = LOCK_TIMEOUT
-    return DatabaseError(f"database error: {text}", kind=kind)
+    elif "could not decode" in text.lower():
+        kind = UNDECODABLE
+    return DatabaseError(f"database error: {without_values(text)}", kind=kind)
+
+
+def _undecodable_error(exc: UnicodeDecodeError) -> DatabaseError:
+    """pyodbc could not decode the bytes a driver gave for a text value: said without the bytes."""
+    return DatabaseError(
+        f"a text value in the table could not be read: the ODBC driver gave bytes that are not valid {exc.encoding}",
+        kind=UNDECODABLE,
+    )
 
 
 def _file_identity(path: str | Path) -> tuple[int, int] | None:
@@ -210,6 +225,10 @@ class Database:
         # The standard library's sqlite3 (a SQLite file): SQLite's own statements (PRAGMA, BEGIN
         # IMMEDIATE) and tuning apply; everything else is ODBC, whose SQL differs by dialect.
         self.is_sqlite = isinstance(connection, sqlite3.Connection)
+        if self.is_sqlite:
+            # Text that is not UTF-8 reads as an UnreadableText (the row is reported), not an error
+            # that fails the whole query and quotes the value.
+            connection.text_factory = decode_utf8_text
         self._context = context or OdbcContext()
         self.path = path  # SQLite: the file, or ":memory:"; None for ODBC
         # SQLite: the file this connection opened, and its identity then (checked before each commit).
@@ -404,10 +423,13 @@ class Database:
     def _add_output_converters(conn: Any) -> None:
         """Microsoft's drivers: read Unicode text so that one lone surrogate cannot stop a run (pyodbc
         decodes strictly: a UnicodeDecodeError, which is no database error), and datetimeoffset,
-        which pyodbc cannot read at all."""
+        which pyodbc cannot read at all. VARCHAR text is asked for as UTF-16, which the driver
+        converts to from the column's code page: as pyodbc's default SQL_C_CHAR, Windows' driver
+        gives it in the ANSI code page, which pyodbc would decode as UTF-8."""
         for sql_type in (SQL_WCHAR, SQL_WVARCHAR, SQL_WLONGVARCHAR):
             conn.add_output_converter(sql_type, decode_wide_text)
         conn.add_output_converter(SQL_SS_TIMESTAMPOFFSET, decode_datetimeoffset)
+        conn.setdecoding(SQL_CHAR, encoding="utf-16le", ctype=SQL_WCHAR)
 
     def _start_session(self) -> None:
         """The dialect's session settings (row counts, deadlock priority, lock time-out), committed:
@@ -585,6 +607,12 @@ class Database:
             # moved ("attempt to write a readonly database"): say what happened instead.
             self.check_file()
             raise _sqlite_error(exc) from None
+        except UnicodeDecodeError as exc:  # pyodbc decoding a driver's bytes: not an odbc.Error
+            if self._odbc is None:
+                raise
+            if not self._in_transaction:
+                self._rollback_quietly()
+            raise _undecodable_error(exc) from None
 
     def _cursor(self, kinds: Kinds | None) -> Any:
         cursor = self._conn.cursor()

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from api_pipeline.errors import ConfigError, DatabaseError
-from api_pipeline.odbc import is_microsoft_sql_driver, utf16_digest
+from api_pipeline.odbc import UnreadableText, is_microsoft_sql_driver, utf16_digest
 
 HASH_BYTES = 32  # SHA-256
 # The longest receipt the tool accepts from DfE (api.py) and so the least the ledger's receipt column holds.
@@ -265,10 +265,14 @@ class Dialect:
 
         SQL Server: the parameter is the SHA-256 of the text as NVARCHAR (``HASHBYTES``), so no
         payload is sent back to the server (issue 18.8), and the comparison is exact whatever the
-        column's collation. Elsewhere the text itself, as :meth:`same_text` compares it.
+        column's collation. Elsewhere the text itself, as :meth:`same_text` compares it; on
+        SQLite, or the bytes of text that is not UTF-8 as stored (:class:`UnreadableText`),
+        which ``CAST`` makes text again, byte for byte.
         """
         if self.name == "mssql":
             return f"{self.stored_text(column)} = ?"
+        if self.name == "sqlite":
+            return f"{column} = CAST(? AS TEXT)"
         return self.same_text(column)
 
     def stored_text(self, column: str) -> str:
@@ -280,10 +284,15 @@ class Dialect:
 
     def expected_text(self, text: str | None) -> Any:
         """The value :meth:`stored_text` has when the column holds ``text`` (see :meth:`same_text`)."""
-        return utf16_digest(text) if self.name == "mssql" else text
+        if self.name == "mssql":
+            return utf16_digest(text)
+        return self.comparable(text)
 
     def comparable(self, stored: Any) -> Any:
-        """A value :meth:`stored_text` read, as :meth:`expected_text` gives it (drivers return bytearray)."""
+        """A value :meth:`stored_text` read, as :meth:`expected_text` gives it (drivers return bytearray;
+        text that is not valid as stored compares as its bytes)."""
+        if isinstance(stored, UnreadableText):
+            return stored.raw
         return bytes(stored) if isinstance(stored, (bytes, bytearray, memoryview)) else stored
 
     @property

@@ -30,9 +30,14 @@ KEY_VIOLATION = "key_violation"  # a duplicate primary or unique key
 # not committed is gone, and a commit that was under way may or may not have happened.
 CONNECTION_LOST = "connection_lost"
 UNREACHABLE = "unreachable"  # no connection could be opened: the server did not answer, or is starting or stopping
+# A text value could not be read as text: its bytes are not valid in the encoding they are said to
+# be in (PostgreSQL refusing to send it, a driver's bytes that pyodbc cannot decode). The row it is
+# in can still be found and read column by column (staging.StagingTable).
+UNDECODABLE = "undecodable"
 
 # ODBC SQL type codes of the columns read through output converters (ODBC specification; msodbcsql.h).
 SQL_WCHAR, SQL_WVARCHAR, SQL_WLONGVARCHAR = -8, -9, -10
+SQL_CHAR = 1  # pyodbc's setdecoding: every non-Unicode text type (CHAR, VARCHAR, LONGVARCHAR)
 SQL_SS_TIMESTAMPOFFSET = -155  # SQL Server's datetimeoffset, which pyodbc cannot read by itself
 
 
@@ -107,22 +112,43 @@ def is_microsoft_sql_driver(driver_file: str) -> bool:
 
 
 # ---------------------------------------------------------------------------
-# Reading SQL Server's values: output converters (pyodbc hands them the bytes the driver
-# returns for the column read as SQL_C_BINARY: UTF-16LE for NCHAR/NVARCHAR/NTEXT, and
-# SQL_SS_TIMESTAMPOFFSET_STRUCT for datetimeoffset).
+# Reading text as stored. SQL Server's values come through output converters (pyodbc hands them
+# the bytes the driver returns for the column read as SQL_C_BINARY: UTF-16LE for
+# NCHAR/NVARCHAR/NTEXT, and SQL_SS_TIMESTAMPOFFSET_STRUCT for datetimeoffset); SQLite's text
+# through the connection's text factory (db.Database), which gets the bytes the file holds.
 # ---------------------------------------------------------------------------
+
+UTF8, UTF16 = "UTF-8", "UTF-16"
 
 
 class UnreadableText(str):
-    """Text that is not valid UTF-16 as SQL Server stores it (a lone surrogate), made readable.
+    """Text a column holds that is not valid in the encoding it is stored in, made readable.
 
-    Each bad code unit reads as U+FFFD. ``digest`` is the SHA-256 of the bytes as stored, which
-    is what ``HASHBYTES('SHA2_256', column)`` gives, so the row can still be matched without its
-    (altered) text ever being bound back; ``position`` is the first bad character's index.
+    Each bad part reads as U+FFFD, so the value prints, logs and encodes, and nothing that reads
+    it stops. It is never sent, nor bound back as text: ``raw`` is the bytes as stored (UTF-16LE
+    as SQL Server's NVARCHAR holds them; on SQLite, what should have been UTF-8), which SQLite
+    compares as they are, and ``digest`` their SHA-256, which is what
+    ``HASHBYTES('SHA2_256', column)`` gives on SQL Server. ``position`` is where the first bad
+    part starts, from 0: a character as SQL Server's SUBSTRING() counts them (UTF-16), or a byte
+    (UTF-8).
     """
 
-    digest: bytes
+    raw: bytes
     position: int
+    encoding: str
+
+    @classmethod
+    def of(cls, raw: bytes, encoding: str, error: UnicodeDecodeError) -> UnreadableText:
+        codec = "utf-16-le" if encoding == UTF16 else "utf-8"
+        text = cls(raw.decode(codec, "replace"))
+        text.raw = raw
+        text.encoding = encoding
+        text.position = error.start // 2 if encoding == UTF16 else error.start
+        return text
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.raw).digest()
 
 
 def decode_wide_text(raw: bytes) -> str:
@@ -130,10 +156,16 @@ def decode_wide_text(raw: bytes) -> str:
     try:
         return raw.decode("utf-16-le")
     except UnicodeDecodeError as exc:
-        text = UnreadableText(raw.decode("utf-16-le", "replace"))
-        text.digest = hashlib.sha256(raw).digest()
-        text.position = exc.start // 2
-        return text
+        return UnreadableText.of(raw, UTF16, exc)
+
+
+def decode_utf8_text(raw: bytes) -> str:
+    """SQLite's TEXT: Python's sqlite3 decodes strictly, and one value that is not UTF-8 (a name
+    saved as Windows-1252) fails the whole query, with the start of the value in its message."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return UnreadableText.of(raw, UTF8, exc)
 
 
 def utf16_digest(text: str | None) -> bytes | None:
@@ -294,8 +326,63 @@ def _driver_detail(message: str) -> str:
     first = re.sub(r"^(?:ERROR|FATAL):\s+", "", first.strip())
     first = first.split("\n", 1)[0].strip().rstrip(";")
     first = _DIAG_SUFFIX.sub("", first)
-    first = re.sub(r"(?i)truncated value: '.*", "", first)  # SQL Server 2628 quotes the (personal) value
-    return first[:300]
+    return without_values(first)[:300]
+
+
+# Where a driver's message goes on to quote a value it read or was given: everything from here
+# on is dropped. Python's sqlite3 ("Could not decode to UTF-8 column 'x' with text '...'"), SQL
+# Server's 2628 ("Truncated value: '...'") and 2627/2601 ("The duplicate key value is (...)"),
+# PostgreSQL's DETAIL and CONTEXT lines ("Key (x)=(...)", "JSON data, line 1: ...") and JSON
+# errors ('Token "..." is invalid').
+_VALUE_FOLLOWS = re.compile(
+    r"(?i)\s*(?:\bwith text\s*['\"]|\btruncated value\s*:|\bthe duplicate key value is\b|\bdetail:|\bcontext:"
+    r"|\bjson data, line\b|\btoken\s*['\"]).*",
+    re.DOTALL,
+)
+# Bytes quoted in hexadecimal: PostgreSQL's 'invalid byte sequence for encoding "UTF8": 0xe9 0x6e'
+# shows the bytes around the bad one, which may be the letters of a name.
+_BYTES = re.compile(r"\b0x[0-9A-Fa-f]{2}(?:\s+0x[0-9A-Fa-f]{2})*")
+# The words after which a quoted name is an object's, not a value: 'column "x"', "table 'dbo.t'",
+# 'for encoding "UTF8"', "Invalid object name 'x'", 'connection to server at "db"', "syntax error
+# at or near "SELECT"" (the tool's own SQL, which holds no values).
+_NAME_BEFORE = re.compile(
+    r"(?i)\b(?:column|table|relation|database|schema|constraint|index|name|user|login|role|function|type|"
+    r"encoding|sequence|trigger|view|procedure|statement|collation|operator|file|server|savepoint|cursor|"
+    r"parameter|option|object|host|at|near)\s*$"
+)
+
+
+def without_values(message: str) -> str:
+    """A database driver's message with any value it quotes from a row taken out.
+
+    A driver may quote what it read or was given: SQL Server's "Conversion failed when converting
+    the nvarchar value 'Smith' to data type int", PostgreSQL's 'invalid input syntax for type
+    integer: "Smith"', Python's sqlite3 quoting the start of a record it cannot decode. Names of
+    tables, columns, constraints and encodings stay (they say what to fix); anything else in
+    quotes becomes '…', from its opening quote to the last quote of that kind in the message (a
+    value may hold the quote itself: 'O'Brien'); hexadecimal bytes go too.
+    """
+    text = _BYTES.sub("(bytes not shown)", _VALUE_FOLLOWS.sub("", message))
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        quote = text[i]
+        if quote not in "'\"":
+            out.append(quote)
+            i += 1
+            continue
+        closing = text.find(quote, i + 1)
+        if closing < 0:  # an unpaired quote: what follows may be a value cut short
+            out.append(quote + "…")
+            break
+        if _NAME_BEFORE.search("".join(out)):
+            out.append(text[i : closing + 1])
+            i = closing + 1
+            continue
+        last = text.rfind(quote)
+        out.append(quote + "…" + quote)
+        i = last + 1
+    return "".join(out).rstrip(" :;,")
 
 
 _SQLSTATE = re.compile(r"^[0-9A-Z]{5}$")
@@ -561,6 +648,12 @@ def explain_odbc_error(
             "the login lacks a permission the tool needs. It needs SELECT and UPDATE on the staging table and "
             "SELECT, INSERT, UPDATE and DELETE on the tables beside it (ledger, in-flight, in-doubt, run lock), and "
             "CREATE TABLE only to create them (or a DBA runs 'init-db --print')."
+        )
+    elif state in ("22021", "22P05"):
+        kind = UNDECODABLE
+        text = (
+            "a text value in the table could not be read: its bytes are not valid in the database's encoding, or "
+            "have no equivalent in UTF-8 (for example a name saved as Windows-1252 in a SQL_ASCII database)"
         )
     elif state == "22001" or natives & {2628, 8152}:
         text = "a value is too long for its column in the database. Run test-schema to see which column is too small."

@@ -26,7 +26,6 @@ from api_pipeline.batches import Batches, Item, Sender, in_case_of, outline_of
 from api_pipeline.config import Settings
 from api_pipeline.dialects import MAX_RECEIPT_LENGTH
 from api_pipeline.errors import PipelineError
-from api_pipeline.odbc import UnreadableText
 from api_pipeline.payload import (
     build_purge,
     duplicate_ids,
@@ -272,9 +271,10 @@ class Pipeline:
             self.summary.note_problem(problem.key, row.id)
             log.warning("row %s skipped: %s", row.id, problem.reason)
             # DfE's last answer (a receipt, or why it refused the record) stays in api_response;
-            # only an empty one, or this tool's own earlier note, gets the reason.
+            # only an empty one, or this tool's own earlier note, gets the reason. A row the server
+            # cannot send as text cannot be matched by the write-back's check: it gets nothing.
             earlier = (row.api_response or "").strip()
-            if self.options.writes and (not earlier or earlier.startswith(reasons.SKIPPED)):
+            if self.options.writes and row.writable and (not earlier or earlier.startswith(reasons.SKIPPED)):
                 self._updates.append(RowUpdate.unsent(row, "", f"{reasons.SKIPPED}{problem.reason}"))
             return
         except Invalid as problem:
@@ -315,13 +315,6 @@ class Pipeline:
             ) from None
 
     def _prepare_row(self, row: StagingRow) -> Item | None:
-        if isinstance(row.json_payload, UnreadableText):  # read with U+FFFD for what was stored: never sent
-            raise Invalid(
-                f"json_payload (character {row.json_payload.position + 1}) holds text that is not valid Unicode as "
-                "stored (a lone UTF-16 surrogate: often half an emoji, cut by LEFT() or SUBSTRING() in the staging "
-                "SQL); fix the staging SQL",
-                "text not valid Unicode",
-            )
         self.identities.check_row(row)
         if row.is_deleted:
             return self._prepare_purge(row)

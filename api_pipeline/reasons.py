@@ -49,6 +49,12 @@ NUMBER_TOO_LARGE = (
 REQUEST_INVALID = "the request built for this record is invalid"
 PURGE_INVALID = "purge request is invalid"
 PURGE_WITHOUT_ID = "deleted row has no person_id to purge"
+# Text that is not UTF-8 as stored (SQLite): the sentence is NOT_UTF8, " (byte N): ", NOT_UTF8_ADVICE.
+NOT_UTF8 = "{column} is not UTF-8 text"
+NOT_UTF8_ADVICE = (
+    "it holds characters saved in another encoding, often Windows-1252 (where é is one byte); correct them "
+    "where the staging SQL reads them from, or convert them in the staging SQL"
+)
 JSON_KINDS = ("list", "str", "int", "float", "bool", "NoneType")  # what json.loads can give that is not an object
 
 # Problems with the row rather than the record (after SKIPPED).
@@ -82,6 +88,7 @@ def shown_phrases() -> frozenset[str]:
         PURGE_INVALID,
         PURGE_WITHOUT_ID,
         NOT_ENCODABLE,
+        NOT_UTF8.format(column=column),
         DFE_REJECTED_REQUEST,
         TOO_LARGE_ALONE,
     ]

@@ -12,10 +12,11 @@ import functools
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from api_pipeline import reasons
+from api_pipeline.odbc import UTF16, UnreadableText
 from api_pipeline.payload import DUPLICATE_KEY, MAX_NESTING, loads_record, nesting_exceeds, unclear_part
 from api_pipeline.schema import UNKNOWN_KEY, format_path, generalise_path, load_bundled_schema, schema_keys
 from api_pipeline.staging import StagingRow, StagingTable
@@ -52,15 +53,43 @@ class Later(Exception):
 DUPLICATE_CHILD = (reasons.DUPLICATE_CHILD, "duplicate child")
 
 
+def unreadable(column: str, text: UnreadableText) -> tuple[str, str]:
+    """Why ``column``'s text cannot be used, and the reason key: where it goes wrong, never what it holds."""
+    if text.encoding == UTF16:
+        return (
+            f"{column} (character {text.position + 1}) holds text that is not valid Unicode as stored (a lone "
+            "UTF-16 surrogate: often half an emoji, cut by LEFT() or SUBSTRING() in the staging SQL); fix the "
+            "staging SQL",
+            "text not valid Unicode",
+        )
+    key = reasons.NOT_UTF8.format(column=column)
+    return f"{key} (byte {text.position + 1}): {reasons.NOT_UTF8_ADVICE}", key
+
+
+def unsendable(columns: Sequence[str]) -> tuple[str, str]:
+    """Why a row whose ``columns`` the database server could not send as text is left as it is, and the
+    reason key (:attr:`~api_pipeline.staging.StagingRow.unreadable`)."""
+    key = f"{' and '.join(columns)} cannot be read as text"
+    return (
+        f"{key}: the database server could not convert {'it' if len(columns) == 1 else 'them'} to UTF-8 (bytes that "
+        "are not valid in the database's encoding, often a name saved as Windows-1252 in a SQL_ASCII database); "
+        "the row is left as it is until that is corrected",
+        key,
+    )
+
+
 def parse_payload(text: Any, column: str = "json_payload") -> dict:
     """A staging column's record, or :class:`Invalid` saying why it cannot be one.
 
     The column may hold anything its declared type lets it: SQLite stores a bare number in a
-    column declared ``JSON`` as a number, and a driver may give bytes. Nesting is checked
+    column declared ``JSON`` as a number, and a driver may give bytes. Text that is not valid
+    as stored is never parsed (what it reads as is not what the table holds). Nesting is checked
     before parsing (:data:`MAX_NESTING`), so no record can exhaust the parser's stack. A record
     that readers would take differently (a key twice in one object, a number too large) is
     invalid, as is one that starts with a byte-order mark: each says so, naming the field.
     """
+    if isinstance(text, UnreadableText):
+        raise Invalid(*unreadable(column, text))
     if isinstance(text, (bytes, bytearray, memoryview)):
         try:
             text = bytes(text).decode("utf-8")
@@ -160,6 +189,7 @@ class Identities:
         self._second_look = False
         self._second_look_left = 0  # rows of the second look not yet taken
         self._unknown_statuses: set[str] = set()
+        self._unreadable_status_said = False
 
     @property
     def waiting(self) -> int:
@@ -226,14 +256,37 @@ class Identities:
         self._second_look_left -= 1
 
     def check_row(self, row: StagingRow) -> None:
-        """Problems with the row rather than the record: not the data's fault, so not ``invalid``."""
+        """Problems with the row rather than the record: not the data's fault, so not ``invalid``.
+
+        A person_id or row_state that is not valid text as stored says nothing the run can trust
+        (which child, whether to purge it): the row waits until it is fixed. A submission_status
+        that is not is only compared, and it is treated as an unknown status: pending. The same
+        for what the server could not send as text (:attr:`StagingRow.unreadable`), where the
+        record too waits, as nothing can be written to its row.
+        """
+        if {"person_id", "json_payload", "row_state"} & set(row.unreadable):
+            raise Skip(*unsendable(row.unreadable))
+        if row.unreadable:  # an earlier tool's copy or note, a status: read as empty
+            log.warning("row %s: %s", row.id, unsendable(row.unreadable)[0].split(";")[0] + "; read as empty")
+        for column, value in (("person_id", row.person_id), ("row_state", row.row_state)):
+            if isinstance(value, UnreadableText):
+                raise Skip(*unreadable(column, value))
         state = (row.row_state or "").strip().lower()
         if state not in KNOWN_ROW_STATES:
             raise Skip(reasons.UNKNOWN_ROW_STATE.format(state=row.row_state), "unknown row_state")
-        status = (row.submission_status or "").strip().lower()
-        if status not in KNOWN_STATUSES and status not in self._unknown_statuses:
-            self._unknown_statuses.add(status)
-            log.warning("submission_status %r is not a status this tool writes; treating it as pending", status)
+        if isinstance(row.submission_status, UnreadableText):
+            if not self._unreadable_status_said:
+                self._unreadable_status_said = True
+                log.warning(
+                    "row %s: submission_status is not valid text as stored (not shown; other rows may have the "
+                    "same); treating it as pending",
+                    row.id,
+                )
+        else:
+            status = (row.submission_status or "").strip().lower()
+            if status not in KNOWN_STATUSES and status not in self._unknown_statuses:
+                self._unknown_statuses.add(status)
+                log.warning("submission_status %r is not a status this tool writes; treating it as pending", status)
         if row.person_id and child_key(row.person_id) in self.duplicates:
             raise Skip(*DUPLICATE_CHILD)
 

@@ -44,6 +44,7 @@ from api_pipeline.dialects import (
     staging_ddl,
 )
 from api_pipeline.errors import DatabaseError
+from api_pipeline.odbc import UNDECODABLE, UnreadableText
 from api_pipeline.timestamps import parse_timestamp, utc_now
 from api_pipeline.wording import printable
 
@@ -104,6 +105,14 @@ def _children_of(batch_id: str, recorded_at: Any, text: Any) -> list[InDoubt] | 
     return children if len(children) == len(found) else None
 
 
+def _person_id(value: Any) -> str | None:
+    """A row's person_id, spaces trimmed; text that is not valid as stored stays as it was read, so
+    that it is known for what it is (:class:`~api_pipeline.odbc.UnreadableText`)."""
+    if value is None or isinstance(value, UnreadableText):
+        return value
+    return str(value).strip()
+
+
 @dataclass(frozen=True)
 class StagingRow:
     """A candidate row, with what the ledger says DfE holds for that child."""
@@ -127,10 +136,18 @@ class StagingRow:
     # The in-doubt table's outline for this child (DESIGN §7): a batch that carried it was sent
     # and never settled, so DfE may hold what it outlines besides the ledger's record. None: not in doubt.
     doubt_outline: str | None = None
+    # Columns the database server could not send as text (ODBC: bytes not valid in the database's
+    # encoding), read as None.
+    unreadable: tuple[str, ...] = ()
 
     @property
     def in_doubt(self) -> bool:
         return self.doubt_outline is not None
+
+    @property
+    def writable(self) -> bool:
+        """Whether the write-back can match this row: its check reads json_payload and row_state back."""
+        return not {"json_payload", "row_state"} & set(self.unreadable)
 
     @property
     def is_deleted(self) -> bool:
@@ -415,13 +432,26 @@ class StagingTable:
         return frozenset(text for row in self.db.query(sql, chunk=2000) if (text := str(row[0]).strip()))
 
     def rows_without_person_id(self) -> Iterator[tuple[int, Any]]:
-        """``(id, json_payload)`` of rows whose person_id is NULL or blank: only their record says who they are."""
-        sql = (
-            f"SELECT id, json_payload FROM {self.table} "
-            f"WHERE person_id IS NULL OR {self.db.dialect.trim('person_id')} = '' ORDER BY id"
-        )
-        for row_id, payload in self.db.query(sql):
-            yield int(row_id), payload
+        """``(id, json_payload)`` of rows whose person_id is NULL or blank: only their record says who they are.
+
+        A payload the server cannot send as text (:data:`~api_pipeline.odbc.UNDECODABLE`) is left
+        out: its row is reported when it is read as a candidate.
+        """
+        rest = f"FROM {self.table} WHERE (person_id IS NULL OR {self.db.dialect.trim('person_id')} = '') AND id > ?"
+        last = 0
+        try:
+            for row_id, payload in self.db.query(f"SELECT id, json_payload {rest} ORDER BY id", (last,)):
+                last = int(row_id)
+                yield last, payload
+        except DatabaseError as exc:
+            if exc.kind != UNDECODABLE:
+                raise
+            for (row_id,) in self.db.fetch_all(f"SELECT id {rest} ORDER BY id", (last,)):
+                try:
+                    yield int(row_id), self.payload_of(int(row_id))
+                except DatabaseError as one:
+                    if one.kind != UNDECODABLE:
+                        raise
 
     def payload_of(self, row_id: int) -> Any:
         """One row's json_payload (None when the row is gone)."""
@@ -558,7 +588,7 @@ class StagingTable:
     def _candidate(row: Sequence[Any]) -> StagingRow:
         return StagingRow(
             id=int(row[0]),
-            person_id=None if row[1] is None else str(row[1]).strip(),
+            person_id=_person_id(row[1]),
             json_payload=row[2],
             submission_status=row[3],
             row_state=row[4],
@@ -584,29 +614,79 @@ class StagingTable:
         source, wanted = self.candidate_source(all_rows=all_rows, held_back=held_back)
         rest = f"FROM {source} WHERE t.id > ? AND ({wanted}) ORDER BY t.id"
         sql = self.db.dialect.select_top(self._CANDIDATE_COLUMNS, rest)
+        ids = self.db.dialect.select_top("t.id", rest)
         last_id, produced = 0, 0
         reader = self.db.reader
         while limit is None or produced < limit:
             size = page_size if limit is None else min(page_size, limit - produced)
             params = (size, last_id) if self.db.dialect.limit_first() else (last_id, size)
             with reader.lock:  # the whole page: on a shared connection, no write-back interleaves
-                page = reader.fetch_all(sql, params)
+                page, read = self._page(reader, sql, ids, params)
             for row in page:
                 produced += 1
-                yield self._candidate(row)
-            if len(page) < size:
+                yield row
+            if len(read) < size:
                 return
-            last_id = int(page[-1][0])
+            last_id = read[-1]
 
     def rows_by_id(self, row_ids: Sequence[int]) -> Iterator[StagingRow]:
         """These rows, as :meth:`iter_candidates` gives them, in id order (the pipeline's second look)."""
         source, _ = self.candidate_source(all_rows=True)
         for chunk in _chunks(sorted(row_ids), MAX_PARAMETERS):
             marks = ", ".join("?" * len(chunk))
-            sql = f"SELECT {self._CANDIDATE_COLUMNS} FROM {source} WHERE t.id IN ({marks}) ORDER BY t.id"
+            rest = f"FROM {source} WHERE t.id IN ({marks}) ORDER BY t.id"
+            sql = f"SELECT {self._CANDIDATE_COLUMNS} {rest}"
             with self.db.reader.lock:
-                page = list(self.db.reader.query(sql, chunk))
-            yield from (self._candidate(row) for row in page)
+                page, _ = self._page(self.db.reader, sql, f"SELECT t.id {rest}", chunk)
+            yield from page
+
+    def _page(
+        self, reader: Database, sql: str, ids_sql: str, params: Sequence[Any]
+    ) -> tuple[list[StagingRow], list[int]]:
+        """The rows ``sql`` selects, and the ids it found (a row deleted since may be missing from the rows).
+
+        When the server cannot send a text value of one of them as text (ODBC: bytes not valid in
+        the database's encoding, :data:`~api_pipeline.odbc.UNDECODABLE`), the whole read fails
+        and says nothing of which row: then the rows are read one at a time (``ids_sql`` selects
+        their ids with the same parameters), so only that row is set aside (:meth:`_row_alone`).
+        """
+        try:
+            page = [self._candidate(row) for row in reader.fetch_all(sql, params)]
+            return page, [row.id for row in page]
+        except DatabaseError as exc:
+            if exc.kind != UNDECODABLE:
+                raise
+        row_ids = [int(found[0]) for found in reader.fetch_all(ids_sql, params)]
+        log.debug("reading %d rows one at a time: one of them holds text the server cannot send", len(row_ids))
+        alone = [self._row_alone(reader, row_id) for row_id in row_ids]
+        return [row for row in alone if row is not None], row_ids
+
+    def _row_alone(self, reader: Database, row_id: int) -> StagingRow | None:
+        """One candidate row by its id (None when it is gone); a column the server cannot send as text is
+        read as None and named in :attr:`StagingRow.unreadable`, so its row is reported, not the run stopped."""
+        source, _ = self.candidate_source(all_rows=True)
+        where = f"FROM {source} WHERE t.id = ?"
+        try:
+            found = reader.fetch_all(f"SELECT {self._CANDIDATE_COLUMNS} {where}", (row_id,))
+            return self._candidate(found[0]) if found else None
+        except DatabaseError as exc:
+            if exc.kind != UNDECODABLE:
+                raise
+        values: list[Any] = []
+        unreadable: list[str] = []
+        for column in self._CANDIDATE_COLUMNS.split(", "):
+            try:
+                found = reader.fetch_all(f"SELECT {column} {where}", (row_id,))
+            except DatabaseError as exc:
+                if exc.kind != UNDECODABLE:
+                    raise
+                unreadable.append(column.split(".", 1)[1])
+                values.append(None)
+                continue
+            if not found:
+                return None
+            values.append(found[0][0])
+        return replace(self._candidate(values), unreadable=tuple(unreadable))
 
     def ledger_entry(self, la_child_id: str) -> LedgerEntry | None:
         """The ledger's entry for one child, or None (always None before the ledger exists)."""

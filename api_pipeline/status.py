@@ -46,6 +46,7 @@ HIDDEN_REASON = "reason not shown (the text may contain record content)"
 
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[\d*\])*(\.[A-Za-z_][A-Za-z0-9_]*(\[\d*\])*)*$")
 _SKIP_REASONS = (
+    *((reasons.NOT_UTF8.format(column=c), reasons.NOT_UTF8.format(column=c)) for c in ("person_id", "row_state")),
     ("row_state ", "row_state is not New, Updated, Unchanged or Deleted"),
     (reasons.DUPLICATE_CHILD_START, "duplicate child"),
     # Notes an earlier version of this tool wrote.
@@ -98,8 +99,10 @@ class ReasonKeys:
 
     @staticmethod
     def _phrase(text: str) -> str | None:
-        plain = reasons.comparable(text)
-        return plain if plain in _TOOL_PHRASES else None
+        """One of the tool's own sentences, as written (``UTF-8`` stays), without what it gave in parentheses."""
+        if reasons.comparable(text) not in _TOOL_PHRASES:
+            return None
+        return re.sub(r"\s*\([^)]*\)", "", text).strip()
 
     def _head(self, rest: str) -> str | None:
         if rest.startswith(reasons.DFE_REJECTED_RECORD):

@@ -7,12 +7,15 @@ received nothing for it, and that every other record of the same batch was accep
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
 
 from api_pipeline.db import Database
+from api_pipeline.odbc import UnreadableText
 from api_pipeline.runner import execute_run
+from api_pipeline.staging import RowUpdate, StagingTable
 from api_pipeline.synthetic import make_children
 from conftest import TABLE, insert, rows, settings_for
 
@@ -258,3 +261,125 @@ def test_a_record_naming_two_children_claims_neither(simulator, db_path):
     assert simulator.snapshot()[other]["child_details"] == children[2]["child_details"]
     (bad,) = [r for r in rows(db_path) if r["submission_status"] == "Invalid"]
     assert bad["api_response"].startswith("invalid: la_child_id: this key appears more than once")
+
+
+# ---------------------------------------------------------------------------
+# Text that is not UTF-8 as stored (issue 23.2): a name saved as Windows-1252 in SQLite
+# ---------------------------------------------------------------------------
+
+PLANTED_NAME = "Bront\u00e9"  # é is one byte (0xE9) in Windows-1252, which is not UTF-8
+PLANTED_UPN = "LEAKUPN000023"
+
+
+def windows_1252_record() -> tuple[dict, bytes]:
+    """A record holding a planted name and UPN, and its JSON as Windows-1252 bytes."""
+    record = _record()
+    record["child_details"].update(first_name=PLANTED_NAME, unique_pupil_number=PLANTED_UPN)
+    return record, json.dumps(record, ensure_ascii=False).encode("cp1252")
+
+
+def store_bytes(path, column: str, raw: bytes, *, row_id: int) -> None:
+    """Put ``raw`` in a TEXT column as it is: SQLite stores it without checking it is UTF-8."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(f"UPDATE {TABLE} SET {column} = CAST(? AS TEXT) WHERE id = ?", (raw, row_id))
+        assert conn.execute(f"SELECT typeof({column}) FROM {TABLE} WHERE id = ?", (row_id,)).fetchone() == ("text",)
+
+
+def test_a_payload_that_is_not_utf8_is_invalid_and_the_rest_are_sent(simulator, db_path):
+    good = list(make_children(6, seed=37))
+    record, raw = windows_1252_record()
+    insert(db_path, good[:3] + [record] + good[3:])
+    store_bytes(db_path, "json_payload", raw, row_id=4)
+    summary = execute_run(settings_for(simulator, db_path))
+    assert summary.outcomes["sent"] == 6 and summary.outcomes["invalid"] == 1
+    assert set(simulator.snapshot()) == {c["la_child_id"] for c in good}
+    assert summary.invalid_reasons == {"json_payload is not UTF-8 text": 1}
+    (bad,) = [r for r in rows(db_path) if r["id"] == 4]
+    byte = raw.index(b"\xe9") + 1
+    assert bad["submission_status"] == "Invalid"
+    assert bad["api_response"].startswith(f"invalid: json_payload is not UTF-8 text (byte {byte}): ")
+    assert "Windows-1252" in bad["api_response"]
+    # Marked by its bytes as stored (no altered copy was written over them), and not read again.
+    assert bad["json_payload"].raw == raw
+    again = execute_run(settings_for(simulator, db_path))
+    assert again.rows_read == 0 and again.outcomes["sent"] == 0
+
+
+@pytest.mark.parametrize(
+    "column, status, reason",
+    [
+        ("person_id", "Pending", "not sent: person_id is not UTF-8 text (byte 6): "),
+        ("row_state", "Pending", "not sent: row_state is not UTF-8 text (byte 3): "),
+    ],
+)
+def test_a_key_column_that_is_not_utf8_holds_its_row_back_and_the_rest_are_sent(
+    simulator, db_path, column, status, reason
+):
+    good = list(make_children(4, seed=38))
+    insert(db_path, good[:2] + [_record()] + good[2:])
+    store_bytes(db_path, column, {"person_id": b"Bront\xe9", "row_state": b"Ne\xe9"}[column], row_id=3)
+    summary = execute_run(settings_for(simulator, db_path))
+    assert summary.outcomes["sent"] == 4 and summary.outcomes["skipped"] == 1
+    assert set(simulator.snapshot()) == {c["la_child_id"] for c in good}
+    assert summary.invalid_reasons == {f"{column} is not UTF-8 text": 1}
+    (held,) = [r for r in rows(db_path) if r["id"] == 3]
+    assert held["submission_status"] == status and held["api_response"].startswith(reason)
+    # Looked at again next run, and sent once the column is fixed.
+    with Database.open_sqlite(db_path) as db, db.transaction():
+        db.execute(f"UPDATE {TABLE} SET person_id = ?, row_state = 'New' WHERE id = 3", (BAD_ID,))
+    assert execute_run(settings_for(simulator, db_path)).outcomes["sent"] == 1
+    assert BAD_ID in simulator.snapshot()
+
+
+def test_other_columns_that_are_not_utf8_do_not_stop_the_row(simulator, db_path):
+    """A status that is not UTF-8 is an unknown status (pending); an earlier tool's copy or note
+    that is not says nothing usable, and the record is sent whole."""
+    children = list(make_children(3, seed=39))
+    insert(db_path, children)
+    store_bytes(db_path, "submission_status", b"Pend\xe9", row_id=1)
+    store_bytes(db_path, "previous_json_payload", windows_1252_record()[1], row_id=2)
+    store_bytes(db_path, "api_response", b"caf\xe9", row_id=3)
+    summary = execute_run(settings_for(simulator, db_path))
+    assert summary.outcomes["sent"] == 3 and not summary.problems
+    assert [r["submission_status"] for r in rows(db_path)] == ["Sent", "Sent", "Sent"]
+
+
+def test_the_optimistic_check_compares_text_that_is_not_utf8_by_its_bytes(db_path):
+    """The write-back's check binds the bytes as stored, never the text as read (with U+FFFD)."""
+    insert(db_path, [_record()])
+    raw = windows_1252_record()[1]
+    store_bytes(db_path, "json_payload", raw, row_id=1)
+    with Database.open_sqlite(db_path) as db:
+        table = StagingTable(db, TABLE)
+        (row,) = table.iter_candidates()
+        assert isinstance(row.json_payload, UnreadableText) and row.json_payload.raw == raw
+        d = db.dialect
+        same = f"SELECT COUNT(*) FROM {TABLE} WHERE id = 1 AND {d.same_stored_text('json_payload')}"
+        assert db.scalar(same, (d.expected_text(row.json_payload),)) == 1
+        assert db.scalar(same, (str(row.json_payload),)) == 0  # the text as read is not what is stored
+        # Changed by the council's SQL since it was read (still not UTF-8): the row is left alone.
+        store_bytes(db_path, "json_payload", raw.replace(b"\xe9", b"\xe8"), row_id=1)
+        note = RowUpdate.unsent(row, "Invalid", "invalid: ...")
+        assert table.write_back([note], []) == 1
+    assert rows(db_path)[0]["submission_status"] == "Pending"
+
+
+def test_sqlites_own_message_about_text_it_cannot_decode_is_never_shown():
+    """Behind the text factory, a guard: sqlite3's own decoding fails with the start of the value in its
+    message, and the error the tool makes of it (what stderr, the log and the report show) names the column only."""
+    import sqlite3
+
+    from api_pipeline.db import _sqlite_error
+
+    raw = windows_1252_record()[1]
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        conn.execute("CREATE TABLE t (json_payload TEXT)")
+        conn.execute("INSERT INTO t VALUES (CAST(? AS TEXT))", (raw,))
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            conn.execute("SELECT json_payload FROM t").fetchall()
+    assert BAD_ID in str(caught.value)  # what sqlite3 says
+    error = _sqlite_error(caught.value)
+    assert error.kind == "undecodable"
+    assert str(error) == "database error: Could not decode to UTF-8 column 'json_payload'"

@@ -6,11 +6,12 @@ secrets and a marker child, then searches everything they wrote.
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from api_pipeline.simulator import Simulator
 from api_pipeline.synthetic import make_children
-from conftest import db_env, insert, run_cli
+from conftest import CliResult, db_env, insert, run_cli
 
 CLIENT_SECRET = "Leak-client-secret-7f3a"
 SUPPLIER_KEY = "Leak-supplier-key-91c2"
@@ -90,4 +91,49 @@ def test_nothing_secret_or_personal_is_written_anywhere(tmp_path):
     ]
     assert tokens
     for value in forbidden:
+        assert value not in written, f"{value!r} leaked"
+
+
+def test_a_record_that_is_not_utf8_is_written_nowhere_and_stops_nothing(tmp_path):
+    """Issue 23.2: a record saved as Windows-1252 in SQLite. sqlite3's own error quotes the start of
+    the value it cannot decode; the row is reported by its id and position alone, the others are sent."""
+    import sqlite3
+
+    from api_pipeline.db import Database
+    from api_pipeline.staging import StagingTable
+
+    db_path = tmp_path / "staging.db"
+    with Database.open_sqlite(db_path) as db:
+        StagingTable(db, "ssd_api_data_staging").create_staging_table()
+    children = list(make_children(5, seed=71))
+    children[2]["child_details"].update(MARKER, first_name="Bront\u00e9")
+    insert(db_path, children)
+    raw = json.dumps(children[2], ensure_ascii=False).encode("cp1252")
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute("UPDATE ssd_api_data_staging SET json_payload = CAST(? AS TEXT) WHERE id = 3", (raw,))
+    logs = tmp_path / "logs"
+    outputs: list[str] = []
+    with Simulator() as sim:
+        base = dict(sim.settings_env()) | db_env(db_path) | {"LOG_DIR": str(logs)}
+
+        def cli(*argv: str) -> CliResult:
+            result = run_cli(list(argv), environ=base, cwd=tmp_path)
+            outputs.extend([result.out, result.err])
+            return result
+
+        checked = cli("validate")
+        assert checked.code == 1, checked.err
+        assert "checked 5 rows: 4 would be sent" in checked.out and "1 invalid" in checked.out
+        (line,) = [line for line in checked.out.splitlines() if "not UTF-8" in line]
+        assert line.split() == ["json_payload", "is", "not", "UTF-8", "text", "1", "3"]
+        ran = cli("-vv", "run")
+        assert ran.code == 1, ran.err  # finished, with a record invalid (docs/exit-codes.md)
+        assert set(sim.snapshot()) == {c["la_child_id"] for i, c in enumerate(children) if i != 2}
+        assert cli("-vv", "run").code == 0  # nothing left to send
+
+    files = sorted(logs.glob("*"))
+    assert {f.suffix for f in files} >= {".log", ".json", ".html"}
+    written = "\n".join([*outputs, *(f.read_text(encoding="utf-8") for f in files)])
+    assert "json_payload is not UTF-8 text" in written
+    for value in [*MARKER.values(), "Bront", '{"la_child_id"', "with text"]:
         assert value not in written, f"{value!r} leaked"

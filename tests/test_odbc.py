@@ -35,6 +35,7 @@ from api_pipeline.odbc import (
     parse_odbc_string,
     utf16_digest,
     with_psqlodbc_defaults,
+    without_values,
 )
 
 pyodbc = pytest.importorskip("pyodbc", reason="pyodbc cannot be loaded: install unixODBC (apt-get install unixodbc)")
@@ -584,3 +585,77 @@ def test_datetimeoffset_is_read_as_naive_utc():
     west = struct.pack("<h5HI2h", 2026, 3, 1, 21, 4, 33, 0, -5, -30)
     assert decode_datetimeoffset(west) == datetime(2026, 3, 2, 2, 34, 33)
     assert decode_datetimeoffset("2026-03-01 21:04:33 +01:00".encode("ascii")) == datetime(2026, 3, 1, 20, 4, 33)
+
+
+# ---------------------------------------------------------------------------
+# Issue 23.2: a driver's message may quote a value from a row; what the tool shows never does
+# ---------------------------------------------------------------------------
+
+PLANTED = "Bront\u00e9 O'Brien LEAKUPN000023"
+
+
+@pytest.mark.parametrize(
+    ("state", "message", "kept"),
+    [
+        (  # SQL Server 245
+            "22018",
+            f"[22018] {MS18}[SQL Server]Conversion failed when converting the nvarchar value '{PLANTED}' to data type "
+            "int. (245) (SQLExecDirectW)",
+            "converting the nvarchar value '…' to data type int",
+        ),
+        (  # SQL Server 2627: the key's value
+            "23000",
+            f"[23000] {MS18}[SQL Server]Violation of PRIMARY KEY constraint 'PK_ledger'. Cannot insert duplicate key "
+            f"in object 'dbo.ssd_api_data_staging_ledger'. The duplicate key value is ({PLANTED}). (2627)",
+            "Cannot insert duplicate key in object 'dbo.ssd_api_data_staging_ledger'",
+        ),
+        (  # SQL Server 13609, JSON_VALUE on a record that is not JSON
+            "42000",
+            f"[42000] {MS18}[SQL Server]JSON text is not properly formatted. Unexpected character '{PLANTED[0]}' is "
+            "found at position 12. (13609) (SQLExecDirectW)",
+            "Unexpected character '…' is found at position 12",
+        ),
+        (  # PostgreSQL 22P02
+            "22P02",
+            f'[22P02] ERROR: invalid input syntax for type integer: "{PLANTED}";\nError while executing the query (1)',
+            'invalid input syntax for type integer: "…"',
+        ),
+        (  # PostgreSQL 22021, as psqlODBC gave it for a SQL_ASCII database (test_postgres.py): the bytes around
+            "22021",
+            '[22021] ERROR: invalid byte sequence for encoding "UTF8": 0xe9 0x20 0x4f;\nError while executing the '
+            "query (1) (SQLExecDirectW)",
+            'invalid byte sequence for encoding "UTF8"',
+        ),
+        (  # PostgreSQL's JSON errors: the token, and the record itself in CONTEXT
+            "22P02",
+            f'[22P02] ERROR: invalid input syntax for type json\nDETAIL:  Token "{PLANTED}" is invalid.\nCONTEXT:  '
+            f'JSON data, line 1: {{"la_child_id": "{PLANTED}";\nError while executing the query (1)',
+            "invalid input syntax for type json",
+        ),
+    ],
+)
+def test_a_drivers_message_never_shows_a_value_it_quotes(state, message, kept):
+    text = explain(state, message)
+    assert kept in text
+    for part in (*PLANTED.split(), "0xe9", "0x4f", "Brien", "la_child_id"):
+        assert part not in text
+
+
+def test_driver_messages_lose_their_values_and_keep_the_names_that_say_what_to_fix():
+    assert without_values(
+        'Could not decode to UTF-8 column \'json_payload\' with text \'{"la_child_id": "C1", "first_name": "Bront'
+    ) == ("Could not decode to UTF-8 column 'json_payload'")
+    assert without_values('character with byte sequence 0x81 in encoding "WIN1252" has no equivalent') == (
+        'character with byte sequence (bytes not shown) in encoding "WIN1252" has no equivalent'
+    )
+    for message in (
+        'relation "ssd_development.ssd_api_data_staging" does not exist',
+        "Invalid object name 'dbo.ssd_api_data_staging'.",
+        "UNIQUE constraint failed: ssd_api_data_staging_ledger.la_child_id",
+        'near "SELEC": syntax error',
+        'connection to server at "db01", port 5432 failed',
+        'The INSERT statement conflicted with the CHECK constraint "CK_status". The conflict occurred in database '
+        '"HDM", table "dbo.t", column \'submission_status\'.',
+    ):
+        assert without_values(message) == message
+    assert without_values("a value 'cut short") == "a value '…"

@@ -34,7 +34,7 @@ from api_pipeline.errors import DatabaseError
 from api_pipeline.runner import execute_run
 from api_pipeline.staging import LedgerEntry, RowUpdate, StagingTable
 from api_pipeline.synthetic import make_children
-from conftest import Staging, run_cli, settings_for
+from conftest import Staging, run_cli, settings_for, unique_table
 
 NAMES = {"first_name": "Zoë Łukasz 🙂", "surname": "O'Brien-Żółć"}
 
@@ -425,3 +425,96 @@ def test_the_output_converter_gets_the_drivers_bytes_through_pyodbc(postgres_odb
             connection.clear_output_converters()
     assert isinstance(value, UnreadableText) and value == "Zoë \ufffd!"
     assert value.digest == hashlib.sha256(raw).digest()
+
+
+# ---------------------------------------------------------------------------
+# Issue 23.2: text that is not UTF-8, in a SQL_ASCII database (which stores whatever bytes it is given)
+# ---------------------------------------------------------------------------
+
+SQL_ASCII_ENV = "CSC_TEST_POSTGRES_ODBC_SQL_ASCII"
+
+
+@pytest.fixture
+def sql_ascii_table(postgres_odbc: str) -> Iterator[Staging]:
+    """A fresh staging table in the test server's SQL_ASCII database (.ci/postgres.sh makes it; without
+    CSC_TEST_POSTGRES_ODBC_SQL_ASCII, the test database's name with _sql_ascii after it)."""
+    text = os.environ.get(SQL_ASCII_ENV, "").strip()
+    if not text:
+        database = re.search(r"(?i)\bdatabase=([^;]*)", postgres_odbc)
+        text = with_value(postgres_odbc, "Database", f"{database.group(1) if database else 'csc_test'}_sql_ascii")
+    problem = None
+    try:
+        with Database.connect(text) as db:
+            encoding = db.scalar("SHOW server_encoding")
+        if encoding != "SQL_ASCII":
+            problem = f"the database of {SQL_ASCII_ENV} is in {encoding}, not SQL_ASCII"
+    except DatabaseError as exc:
+        problem = f"no SQL_ASCII test database ({str(exc).splitlines()[0]}): source .ci/postgres.sh to make one"
+    if problem:
+        if os.environ.get(SQL_ASCII_ENV) and os.environ.get("CSC_TEST_POSTGRES_REQUIRED"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    staging = Staging("postgresql", text, unique_table("ascii"))
+    staging.create()
+    try:
+        yield staging
+    finally:
+        staging.drop()
+
+
+def test_text_the_server_cannot_send_as_utf8_holds_back_its_row_only(sql_ascii_table: Staging, simulator, tmp_path):
+    """PostgreSQL refuses to send a value that is not valid UTF-8 (SQLSTATE 22021), failing the whole
+    read and naming no row, with the bytes around the bad one in its message. The page is read again
+    row by row: the rows that hold such text are reported and left as they are, the others are sent."""
+    from test_leaks import MARKER
+
+    children = list(make_children(6, seed=72))
+    for child in children[1], children[4]:
+        child["child_details"].update(MARKER, first_name="Bront\u00e9")
+    sql_ascii_table.insert(children)
+    with sql_ascii_table.open() as db, db.transaction():
+        for row_id in (2, 5):
+            raw = json.dumps(children[row_id - 1], ensure_ascii=False).encode("cp1252")
+            db.execute(
+                f"UPDATE {sql_ascii_table.table} SET json_payload = convert_from(CAST(? AS BYTEA), 'SQL_ASCII') "
+                "WHERE id = ?",
+                (raw, row_id),
+            )
+        # Row 5 has no person_id: only its record could say who it is (find_duplicates reads it).
+        db.execute(f"UPDATE {sql_ascii_table.table} SET person_id = NULL WHERE id = 5")
+    with sql_ascii_table.open() as db, pytest.raises(DatabaseError) as caught:  # what the server does
+        db.fetch_all(f"SELECT json_payload FROM {sql_ascii_table.table} ORDER BY id")
+    assert caught.value.kind == "undecodable" and "0xe9" not in str(caught.value)
+
+    logs = tmp_path / "logs"
+    environ = dict(simulator.settings_env()) | sql_ascii_table.env | {"LOG_DIR": str(logs)}
+    checked = run_cli(["validate"], environ=environ, cwd=tmp_path)
+    assert checked.code == 1 and "checked 6 rows: 4 would be sent" in checked.out and "2 skipped" in checked.out
+    assert "json_payload cannot be read as text       2  2, 5" in checked.out
+    ran = run_cli(["-vv", "run"], environ=environ, cwd=tmp_path)
+    assert ran.code == 1, ran.err
+    assert set(simulator.snapshot()) == {c["la_child_id"] for i, c in enumerate(children) if i not in (1, 4)}
+    with sql_ascii_table.open() as db:
+        states = db.fetch_all(f"SELECT id, submission_status, api_response FROM {sql_ascii_table.table} ORDER BY id")
+    assert [state for state in states if state[0] in (2, 5)] == [(2, "Pending", None), (5, "Pending", None)]
+    again = execute_run(settings_for(simulator, sql_ascii_table))
+    assert again.outcomes["skipped"] == 2 and again.outcomes["sent"] == 0
+
+    written = "\n".join([checked.out, checked.err, ran.out, ran.err, *(f.read_text("utf-8") for f in logs.glob("*"))])
+    assert "json_payload cannot be read as text" in written
+    for value in [*MARKER.values(), "Bront", "0xe9"]:
+        assert value not in written, f"{value!r} leaked"
+
+
+def test_a_status_or_note_the_server_cannot_send_is_read_as_empty(sql_ascii_table: Staging, simulator):
+    children = list(make_children(3, seed=73))
+    sql_ascii_table.insert(children)
+    with sql_ascii_table.open() as db, db.transaction():
+        db.execute(
+            f"UPDATE {sql_ascii_table.table} SET api_response = convert_from(CAST(? AS BYTEA), 'SQL_ASCII') "
+            "WHERE id = 2",
+            (b"caf\xe9",),
+        )
+    summary = execute_run(settings_for(simulator, sql_ascii_table))
+    assert summary.outcomes["sent"] == 3 and not summary.problems
+    assert [r["submission_status"] for r in sql_ascii_table.rows()] == ["Sent"] * 3

@@ -28,6 +28,7 @@ from test_tsql import (  # noqa: E402
     TABLE,
     FakeOdbcError,
     FakePyodbc,
+    Narrow,
     Offset,
     Recorder,
     Wide,
@@ -434,3 +435,91 @@ def test_a_stolen_lock_stops_the_run_at_its_next_heartbeat():
             lock.heartbeat(force=True)
         lock.release()  # nothing to release: it is not ours
     assert not any(s.startswith("DELETE") for s in rec.statements)
+
+
+# ---------------------------------------------------------------------------
+# Issue 23.2: text pyodbc cannot decode stops nothing and shows nothing
+# ---------------------------------------------------------------------------
+
+
+def candidate_answers(values: dict[int, dict[str, Any]]) -> Any:
+    """Answers to the candidate page, its ids and each row read alone (``values``: row id → column → value,
+    as the driver returns them; the ledger's columns are NULL)."""
+
+    def answer(sql: str, params: tuple) -> list[tuple] | None:
+        if "TOP (?)" in sql:
+            columns = sql.split("TOP (?) ", 1)[1].split(" FROM ", 1)[0].split(", ")
+            return [tuple(row.get(c, i if c == "t.id" else None) for c in columns) for i, row in values.items()]
+        if sql.startswith("SELECT ") and sql.endswith("WHERE t.id = ?"):
+            columns = sql[len("SELECT ") :].split(" FROM ", 1)[0].split(", ")
+            return [tuple(values[params[0]].get(c, params[0] if c == "t.id" else None) for c in columns)]
+        return None
+
+    return answer
+
+
+def test_text_pyodbc_cannot_decode_holds_back_its_row_and_the_rest_are_sent(monkeypatch):
+    """Through FreeTDS (no output converters), pyodbc decodes text strictly: one lone surrogate raises
+    UnicodeDecodeError from the fetch, which is no database error and names no row. The page is read
+    again one row at a time, and that row's columns one at a time: the row is reported and left as it is."""
+    monkeypatch.setattr(
+        "test_tsql.FakeConnection.getinfo", lambda self, code: "Microsoft SQL Server" if code == 17 else "libtdsodbc.so"
+    )
+    bad_child, good_child = make_children(2, seed=23)
+    people = {1: bad_child["la_child_id"], 2: good_child["la_child_id"]}
+    stored = {1: damaged(bad_child), 2: json.dumps(good_child, ensure_ascii=False).encode("utf-16-le")}
+    rec = Recorder()
+    answers = candidate_answers(
+        {
+            i: {
+                "t.person_id": wide(people[i]),
+                "t.json_payload": Wide(stored[i]),
+                "t.submission_status": wide("Pending"),
+                "t.row_state": wide("New"),
+            }
+            for i in (1, 2)
+        }
+    )
+
+    def answer(sql: str, params: tuple) -> list[tuple] | None:
+        if "WITH (UPDLOCK, ROWLOCK)" in sql:
+            return [(i, hashlib.sha256(stored[i]).digest(), wide("New")) for i in params]
+        return answers(sql, params)
+
+    rec.more = answer
+    with connect(rec, "DRIVER={FreeTDS};SERVER=s;DATABASE=d;UID=u;PWD=p;") as db:
+        assert rec.converters == {}
+        table = StagingTable(db, TABLE)
+        with pytest.raises(DatabaseError) as caught:  # what the page read itself now says
+            db.fetch_all(f"SELECT t.json_payload FROM {TABLE} t WHERE t.id = ?", (1,))
+        assert caught.value.kind == "undecodable" and "utf-16" in str(caught.value)
+        sender = Receipts()
+        summary = RunSummary(run_id="r23", mode="partial")
+        Pipeline(table, sender, RecordValidator.from_settings(None), RunOptions(), summary).run()
+    assert sender.sent == [good_child["la_child_id"]]
+    assert summary.outcomes["sent"] == 1 and summary.outcomes["skipped"] == 1
+    assert summary.invalid_reasons == {"json_payload cannot be read as text": 1}
+    # Nothing was written to the row that could not be read (no note: its check could not match it).
+    bound = every_bound_value(rec)
+    assert "Sent" in bound and not [v for v in bound if isinstance(v, str) and v.startswith("not sent")]
+    for sql in rec.statements:
+        assert_tsql(sql)
+
+
+def test_varchar_text_is_read_as_unicode_through_microsofts_driver():
+    """A VARCHAR json_payload (test-schema warns of it, and the tool works with it) holding é in the server's
+    code page: read as SQL_C_CHAR, pyodbc would take the driver's code-page bytes for UTF-8 and every such
+    row would be unreadable. The driver is asked for UTF-16, which it converts to from the column's code page."""
+    record = next(make_children(1, seed=24))
+    record["child_details"]["first_name"] = "Zoë"
+    text = json.dumps(record, ensure_ascii=False)
+    rec = Recorder()
+    rec.more = candidate_answers(
+        {1: {"t.person_id": wide(record["la_child_id"]), "t.json_payload": Narrow(text.encode("cp1252"))}}
+    )
+    with connect(rec) as db:
+        assert rec.decodings == {1: ("utf-16le", -8)}  # SQL_CHAR, read as SQL_C_WCHAR
+        (row,) = StagingTable(db, TABLE).iter_candidates()
+    assert type(row.json_payload) is str and row.json_payload == text
+    with pytest.raises(UnicodeDecodeError):  # as pyodbc reads it by default
+        Narrow(text.encode("cp1252")).decode("utf-8")

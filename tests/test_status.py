@@ -299,6 +299,20 @@ def test_status_names_a_record_that_means_two_things_by_its_field(text, key):
     assert MARKER_NAME not in problem.value.reason and "1e400" not in problem.value.reason
 
 
+def test_reason_keys_for_text_that_is_not_utf8_name_the_column_and_nothing_it_holds():
+    from api_pipeline import reasons
+    from api_pipeline.odbc import decode_utf8_text
+    from api_pipeline.rows import unreadable
+
+    keys = ReasonKeys(schema_field_names(load_bundled_schema()))
+    text = decode_utf8_text(b'{"first_name": "Bront\xe9"}')
+    payload, _ = unreadable("json_payload", text)
+    assert keys.key(reasons.INVALID + payload) == "invalid: json_payload is not UTF-8 text"
+    for column in ("person_id", "row_state"):
+        reason, _ = unreadable(column, text)
+        assert keys.key(reasons.SKIPPED + reason) == f"skipped: {column} is not UTF-8 text"
+
+
 def test_timestamps_from_sqlite_text_and_odbc_datetimes():
     assert parse_timestamp("2026-03-01 21:04:33") == datetime(2026, 3, 1, 21, 4, 33)
     assert parse_timestamp("2026-03-01 21:04:33.1234567") == datetime(2026, 3, 1, 21, 4, 33, 123456)

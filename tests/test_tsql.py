@@ -46,9 +46,20 @@ class Offset(bytes):
     """A datetimeoffset value as the driver returns it: SQL_SS_TIMESTAMPOFFSET_STRUCT."""
 
 
-def as_pyodbc_reads(value: Any, converters: dict[int, Any]) -> Any:
+class Narrow(bytes):
+    """A VARCHAR value as it is stored, in the column's code page (Windows-1252 here). Asked for it as
+    SQL_C_CHAR (pyodbc's default), Microsoft's driver on Windows gives these bytes in the ANSI code page,
+    which pyodbc decodes as UTF-8; asked for SQL_C_WCHAR, it converts them to UTF-16 itself."""
+
+
+def as_pyodbc_reads(value: Any, converters: dict[int, Any], decodings: dict[int, Any] | None = None) -> Any:
     """What pyodbc makes of a column value: its output converter for the type, when one is registered,
-    gets the raw bytes; otherwise it decodes Unicode text strictly and cannot read datetimeoffset."""
+    gets the raw bytes; otherwise it decodes Unicode text strictly and cannot read datetimeoffset.
+    VARCHAR is decoded as ``setdecoding(SQL_CHAR, ...)`` says (``decodings``; by default UTF-8)."""
+    if isinstance(value, Narrow):
+        if (decodings or {}).get(1) == ("utf-16le", -8):
+            return bytes(value).decode("cp1252").encode("utf-16-le").decode("utf-16-le")
+        return bytes(value).decode("utf-8")
     if isinstance(value, Wide):
         return converters[-9](bytes(value)) if -9 in converters else bytes(value).decode("utf-16-le")
     if isinstance(value, Offset):
@@ -97,6 +108,7 @@ class Recorder:
         self.tables = tables if tables is not None else {}
         self.lock_row: tuple | None = None
         self.converters: dict[int, Any] = {}
+        self.decodings: dict[int, Any] = {}  # setdecoding(sql type, encoding, ctype)
         self.filtered_indexes: list[str] = []
         self.params: list[tuple] = []
         self.many_params: list[list[tuple]] = []
@@ -149,7 +161,9 @@ class FakeCursor:
 
     def fetchmany(self, n: int) -> list[tuple]:
         rows, self._rows = self._rows[:n], self._rows[n:]
-        return [tuple(as_pyodbc_reads(v, self.recorder.converters) for v in row) for row in rows]
+        return [
+            tuple(as_pyodbc_reads(v, self.recorder.converters, self.recorder.decodings) for v in row) for row in rows
+        ]
 
     def close(self) -> None:
         pass
@@ -161,6 +175,9 @@ class FakeConnection:
 
     def add_output_converter(self, sql_type: int, func: Any) -> None:
         self.recorder.converters[sql_type] = func
+
+    def setdecoding(self, sql_type: int, encoding: str | None = None, ctype: int | None = None) -> None:
+        self.recorder.decodings[sql_type] = (encoding, ctype)
 
     def cursor(self) -> FakeCursor:
         return FakeCursor(self.recorder)
