@@ -43,6 +43,7 @@ from api_pipeline.runs import RunSummary, make_private_dir, replace_private
 from api_pipeline.schema import RecordValidator, generalise_path
 from api_pipeline.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.timestamps import utc_now, utc_stamp
+from api_pipeline.wording import printable
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +421,8 @@ class Pipeline:
         self.summary.outcomes["adopted"] += 1
         if not self.options.writes:
             return
-        receipt = (row.api_response or "").strip()[:MAX_RECEIPT_LENGTH]
+        # The earlier tool's note, kept as this child's receipt: shown escaped wherever it goes next.
+        receipt = printable((row.api_response or "").strip())[:MAX_RECEIPT_LENGTH]
         at = _as_datetime(row.submission_timestamp) or utc_now()
         self._adopted.append(
             LedgerEntry(la_child_id, mis_child_id, row.id, ledger_json, ledger_hash, receipt, at, False)

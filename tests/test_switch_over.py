@@ -212,6 +212,19 @@ def test_rows_the_earlier_tool_sent_are_adopted_without_sending(simulator, stagi
         assert row["submission_status"] == "sent"  # the row itself is left as the earlier tool wrote it
 
 
+def test_an_adopted_rows_note_is_kept_as_its_receipt_with_control_characters_escaped(simulator, staging):
+    """The earlier tool's api_response becomes the ledger's receipt and goes back to api_response
+    when the child is next unchanged: an escape sequence or line break in it is stored escaped."""
+    load_children_into(staging, list(make_children(2, seed=46)))
+    with staging.open() as db:
+        send_as_earlier_tool(simulator, db, staging.table)
+        with db.transaction():
+            db.execute(f"UPDATE {staging.table} SET api_response = ?", ("ok\x1b[2J\n18:00:00 INFO forged",))
+    execute_run(settings_for(simulator, staging))
+    for entry in ledger(staging).values():
+        assert entry["receipt"] == "ok\\x1b[2J\\n18:00:00 INFO forged"
+
+
 # ---------------------------------------------------------------------------
 # Tables as councils really have them (issue 14 item 4, issue 15 item 3)
 # ---------------------------------------------------------------------------
