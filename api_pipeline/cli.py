@@ -4,7 +4,9 @@
 line on stderr and its exit code (DESIGN §10); Ctrl+C becomes 130, and so do SIGTERM,
 SIGHUP and Windows' console close, logoff and shutdown events, which stop a command the
 same way while it runs (:mod:`api_pipeline.stopping`); anything else is reported as an
-unexpected error, with a traceback only at ``-vv``.
+unexpected error, with a traceback only at ``-vv``. Output whose reader stops reading
+(``status | head``) is dropped from then on and the command carries on, so that a closed
+pipe is never mistaken for the command's own outcome (:class:`api_pipeline.console.ReaderMayLeave`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, TextIO
 
 from api_pipeline import APP_NAME, __version__
 from api_pipeline.config import Settings, load_settings
+from api_pipeline.console import readers_may_leave
 from api_pipeline.credentials import DEFAULT_SERVICE, keyring_variables, set_secret_command
 from api_pipeline.dialects import DIALECTS
 from api_pipeline.envfile import executable_dir, find_env_file, no_env_file_found
@@ -478,11 +481,20 @@ NO_COMMAND_NOTE = "no command was given, so 'run' was started (as the earlier to
 
 
 def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -> int:
-    """Parse, dispatch, and turn every error into one line and an exit code."""
+    """Parse, dispatch, and turn every error into one line and an exit code.
+
+    Without a ``context`` (the program itself, not a test), output whose reader stops reading
+    (``status | head``) is cut short quietly and the command carries on: its exit code is its own.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if context is None:
-        _tolerant_console()
-    ctx = context or Context(environ=os.environ, cwd=Path.cwd(), out=sys.stdout, err=sys.stderr)
+    if context is not None:
+        return _main(argv, context)
+    _tolerant_console()
+    with readers_may_leave() as (out, err):
+        return _main(argv, Context(environ=os.environ, cwd=Path.cwd(), out=out, err=err))
+
+
+def _main(argv: list[str], ctx: Context) -> int:
     parser = build_parser()
     usage = io.StringIO()
     try:

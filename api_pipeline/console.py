@@ -1,4 +1,9 @@
-"""Double-clicked from Explorer, the exe waits for Enter before its console window closes.
+"""The console the tool writes to: a reader that leaves early, and the exe's double-click wait.
+
+Output piped to a program that stops reading (``status | head``) is cut short quietly: the
+command carries on to its end and its exit code is its own (:class:`ReaderMayLeave`).
+
+Double-clicked from Explorer, the exe waits for Enter before its console window closes.
 
 Windows gives a program started by a double-click a console window of its own, and closes it
 the moment the program ends: the analyst sees a flash and no message. So the exe waits for
@@ -11,11 +16,110 @@ come from Windows through ctypes, where any error at all means "do not wait".
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
+
+
+class ReaderMayLeave(io.TextIOBase):
+    """stdout or stderr, whose reader may stop reading before the command ends (``status | head``).
+
+    Writing to a pipe nobody reads any more raises ``BrokenPipeError``. Raised into a command,
+    it would end a read-only command with "unexpected error" and exit 1, and could stop a
+    ``run`` part-way, hiding its outcome. Here it ends the output instead: this write and every
+    later one are dropped, and the command carries on to its end with its own exit code (the
+    shell convention of 141 for a program killed by SIGPIPE would say "stopped", which a run
+    that went on to send and write back was not). The stream's file descriptor is pointed at
+    the null device, so the interpreter's last flush, at exit, has nowhere to fail either.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+        self.reader_left = False
+
+    def write(self, text: str) -> int:
+        if not self.reader_left:
+            try:
+                self.stream.write(text)
+            except OSError as exc:
+                self._left_or_raise(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_left:
+            try:
+                self.stream.flush()
+            except OSError as exc:
+                self._left_or_raise(exc)
+
+    def _left_or_raise(self, exc: OSError) -> None:
+        if not reader_has_gone(exc):
+            raise exc
+        self.reader_left = True
+        with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            nowhere = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(nowhere, self.stream.fileno())
+            finally:
+                os.close(nowhere)
+
+    # Asked of the stream by what writes to it: the progress bar, the logging handler, argparse.
+    def isatty(self) -> bool:
+        return not self.reader_left and self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return getattr(self.stream, "errors", None)
+
+
+def reader_has_gone(exc: OSError) -> bool:
+    """The error of writing to a pipe whose reader has closed it.
+
+    Windows reports it as EPIPE, or, for some pipes, as EINVAL from the flush.
+    """
+    if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
+        return True
+    return sys.platform == "win32" and exc.errno == errno.EINVAL
+
+
+@contextlib.contextmanager
+def readers_may_leave() -> Iterator[tuple[TextIO, TextIO]]:
+    """sys.stdout and sys.stderr as :class:`ReaderMayLeave`, for the duration; yields the two.
+
+    Everything the command writes goes through them: its own lines, the console log handler
+    (made while they are in place), the progress bar, argparse's help and usage.
+    """
+    saved = sys.stdout, sys.stderr
+    out, err = _guarded(saved[0]), _guarded(saved[1])
+    sys.stdout, sys.stderr = out, err
+    try:
+        yield out, err
+    finally:
+        for stream in (out, err):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        sys.stdout, sys.stderr = saved
+
+
+def _guarded(stream: TextIO) -> TextIO:
+    """``stream`` as :class:`ReaderMayLeave`; a missing one (no console at all) stays missing."""
+    return cast(TextIO, ReaderMayLeave(stream)) if stream is not None else stream
+
 
 EXPLORER = "explorer.exe"
 PROMPT = "Press Enter to close this window."
