@@ -341,6 +341,42 @@ def _parse_receipts(response: requests.Response, expected: int) -> tuple[list[st
 # ---------------------------------------------------------------------------
 
 
+class Pacer:
+    """Spaces the starts of POSTs at least ``interval`` seconds apart (MIN_REQUEST_INTERVAL_MS),
+    whichever thread sends them: retries, split halves and batches in flight together included.
+
+    ``clock`` (monotonic seconds) and ``sleep`` are injectable, so that a test can prove the
+    spacing on a clock of its own, whatever the machine's speed.
+    """
+
+    def __init__(
+        self,
+        interval: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.sleep = sleep
+        self._lock = threading.Lock()
+        self._last_start = float("-inf")
+
+    def wait_turn(self) -> float:
+        """Wait until ``interval`` has passed since the previous start; returns this start's time.
+
+        The start is read after the wait (a sleep may overrun), under the lock that orders them.
+        """
+        if self.interval <= 0:
+            return self.clock()
+        with self._lock:
+            wait = self._last_start + self.interval - self.clock()
+            if wait > 0:
+                self.sleep(wait)
+            self._last_start = self.clock()
+            return self._last_start
+
+
 @dataclass
 class _Attempt:
     """Per-call state shared by tenacity's attempts."""
@@ -361,6 +397,7 @@ class ApiClient:
         *,
         sleep: Callable[[float], None] = time.sleep,
         logger: logging.Logger = log,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not settings.api_endpoint or not settings.la_code or settings.supplier_key is None:
             raise ConfigError("API_ENDPOINT, LA_CODE and SUPPLIER_KEY are needed to talk to DfE")
@@ -368,6 +405,7 @@ class ApiClient:
         self.session = session
         self.auth = auth
         self.sleep = sleep
+        self.clock = clock  # monotonic seconds: MAX_RUNTIME's bound on retries, and request pacing
         self.logger = logger
         base = settings.api_endpoint.rstrip("/")
         self.url = f"{base}/children_social_care_data/{settings.la_code}/children"
@@ -381,12 +419,10 @@ class ApiClient:
         self._supplier_key = settings.supplier_key
         self.secondary_key_in_use = False
         # MIN_REQUEST_INTERVAL_MS spaces every POST (retries and split halves too), across threads.
-        self._interval = settings.min_request_interval_ms / 1000
-        self._pace_lock = threading.Lock()
-        self._last_start = float("-inf")
+        self.pacer = Pacer(settings.min_request_interval_ms / 1000, clock=clock, sleep=sleep)
         # MAX_RUNTIME bounds retries too: past it, a failing batch is not tried again (the client
         # is made as the run starts, so its clock is the run's).
-        self._retry_deadline = time.monotonic() + settings.max_runtime
+        self._retry_deadline = clock() + settings.max_runtime
 
     # -- one HTTP exchange ---------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
@@ -411,14 +447,10 @@ class ApiClient:
 
     def _pace(self) -> None:
         """Wait until MIN_REQUEST_INTERVAL_MS has passed since the previous POST started."""
-        if self._interval <= 0:
+        if self.pacer.interval <= 0:
             return
         self.auth.get_token()  # a token fetch must not eat into the spacing of the POST after it
-        with self._pace_lock:
-            wait = self._last_start + self._interval - time.monotonic()
-            if wait > 0:
-                self.sleep(wait)
-            self._last_start = time.monotonic()
+        self.pacer.wait_turn()
 
     def _request(self, body: bytes) -> requests.Response:
         """One POST, within HTTP_TIMEOUT start to finish, its answer read whole (at most MAX_ANSWER_BYTES).
@@ -519,7 +551,7 @@ class ApiClient:
         return retry_state.attempt_number > limit or self._out_of_time()
 
     def _out_of_time(self) -> bool:
-        return time.monotonic() >= self._retry_deadline
+        return self.clock() >= self._retry_deadline
 
     _backoff = wait_exponential_jitter(initial=BACKOFF_INITIAL, max=BACKOFF_MAX, jitter=BACKOFF_INITIAL)
 
@@ -530,7 +562,7 @@ class ApiClient:
             wait = min(exc.retry_after, MAX_RETRY_AFTER)
         else:
             wait = min(float(self._backoff(retry_state)), BACKOFF_MAX)
-        return max(0.0, min(wait, self._retry_deadline - time.monotonic()))  # never wait past MAX_RUNTIME
+        return max(0.0, min(wait, self._retry_deadline - self.clock()))  # never wait past MAX_RUNTIME
 
     def _before_sleep(self, state: _Attempt) -> Callable[[RetryCallState], None]:
         def log_retry(retry_state: RetryCallState) -> None:
