@@ -387,19 +387,24 @@ def test_a_read_blocked_by_the_councils_sql_waits_in_bounded_steps_and_beats(
     monkeypatch.setattr("api_pipeline.db.LOCK_WAIT_SECONDS", 0.5)
     postgres_table.insert(list(make_children(3, seed=183)))
     beats: list[float] = []
-    locked = threading.Event()
+    locked, beaten = threading.Event(), threading.Event()
 
-    def council_sql() -> None:  # e.g. a TRUNCATE and reload, or an ALTER, for two seconds
+    def beat() -> None:
+        beats.append(time.monotonic())
+        if len(beats) >= 3:
+            beaten.set()
+
+    def council_sql() -> None:  # e.g. a TRUNCATE and reload, or an ALTER, until the run has waited 3 times
         with postgres_table.open() as council, council.transaction():
             council.execute(f"LOCK TABLE {postgres_table.table} IN ACCESS EXCLUSIVE MODE")
             locked.set()
-            time.sleep(2.2)
+            beaten.wait(30)  # held for as many bounded waits as the test needs, however slow the machine
 
     council = threading.Thread(target=council_sql, daemon=True)
     council.start()
     assert locked.wait(10)
     with postgres_table.open() as run:
-        run.while_waiting = lambda: beats.append(time.monotonic())
+        run.while_waiting = beat
         if read == "any other query":
             found = [run.scalar(f"SELECT COUNT(*) FROM {postgres_table.table}")] * 3
         else:

@@ -72,6 +72,22 @@ def on_stored_batch(sim: Simulator, monkeypatch: pytest.MonkeyPatch, nth: int, a
     monkeypatch.setattr(sim, "_store_batch", store_then_act)
 
 
+def until_the_run_says_it_is_stopping(db_path: Path, reason: str) -> None:
+    """Wait, DfE's answer to the batch in flight with it, until the run has logged that it is stopping.
+
+    The run hears a signal once its main thread runs again, which a busy machine may put off
+    for longer than DfE takes to answer; its next batch could then go before the stop was
+    heard. Holding the answer until the run has said it is stopping tests what happens once it
+    has, whatever the machine's speed.
+    """
+    deadline = time.monotonic() + STOPPED_IN
+    while time.monotonic() < deadline:
+        for log_file in (db_path.parent / "logs").glob("*.log"):
+            if f"{reason}: stopping." in log_file.read_text(encoding="utf-8", errors="replace"):
+                return
+        time.sleep(0.02)
+
+
 def posts(sim: Simulator) -> int:
     return sum(1 for entry in sim.request_log() if entry.path.endswith("/children"))
 
@@ -149,6 +165,7 @@ def test_a_signal_mid_run_stops_it_as_ctrl_c_does(db_path, monkeypatch, signum, 
             started.wait(10)
             signalled.append(time.time())
             procs[0].send_signal(signum)
+            until_the_run_says_it_is_stopping(db_path, reason)
 
         on_stored_batch(sim, monkeypatch, 2, signal_the_run)
         procs.append(start(env, db_path.parent))
@@ -189,7 +206,11 @@ def test_a_second_signal_while_stopping_does_not_cut_it_short(db_path, monkeypat
                 procs[0].send_signal(signum)
                 time.sleep(0.2)
 
-        on_stored_batch(sim, monkeypatch, 1, lambda: threading.Thread(target=signal_three_times).start())
+        def signal_three_times_and_wait() -> None:
+            threading.Thread(target=signal_three_times).start()
+            until_the_run_says_it_is_stopping(db_path, "SIGTERM")
+
+        on_stored_batch(sim, monkeypatch, 1, signal_three_times_and_wait)
         procs.append(start(env, db_path.parent))
         started.set()
         err = procs[0].communicate(timeout=STOPPED_IN)[1].decode("utf-8", "replace")
@@ -419,7 +440,12 @@ def test_windows_console_events_stop_the_run_as_ctrl_c_does(db_path, monkeypatch
     )
     trigger = db_path.parent / "close-the-console"
     with Simulator(latency=0.5) as sim:
-        on_stored_batch(sim, monkeypatch, 1, trigger.touch)
+
+        def close_the_console() -> None:
+            trigger.touch()
+            until_the_run_says_it_is_stopping(db_path, "the console window closing")
+
+        on_stored_batch(sim, monkeypatch, 1, close_the_console)
         proc = start(run_env(sim, db_path), db_path.parent, sys.executable, "-c", script, str(trigger))
         err = proc.communicate(timeout=STOPPED_IN)[1].decode("utf-8", "replace")
         assert proc.returncode == 130, err
