@@ -167,29 +167,58 @@ def redirect_to(url: str, status: int = 307) -> Answer:
     return answer
 
 
-def trickle_body(seconds: float = 30.0, every: float = 0.2) -> Answer:
+class Trickle:
+    """An answer that comes a byte every ``every`` seconds, for up to ``seconds``, after ``head``.
+
+    ``ends`` says how each exchange ended: the client hung up, or the trickle ran its course (or
+    the server closed). A client that gives up on a slow answer is told apart from one that
+    waited it out by what happened, not by how long the test took.
+    """
+
+    HUNG_UP = "the client hung up"
+    RAN_ITS_COURSE = "the trickle ran its course"
+    CLOSED = "the server closed"
+
+    def __init__(self, head: bytes, byte: bytes, seconds: float, every: float) -> None:
+        self.head, self.byte, self.seconds, self.every = head, byte, seconds, every
+        self.ends: list[str] = []
+        self._ended = threading.Condition()
+
+    def __call__(self, exchange: Exchange) -> None:
+        end = self._trickle(exchange)
+        with self._ended:
+            self.ends.append(end)
+            self._ended.notify_all()
+
+    def _trickle(self, exchange: Exchange) -> str:
+        if not exchange.write(self.head):
+            return self.HUNG_UP
+        started = time.monotonic()
+        while time.monotonic() - started < self.seconds:
+            if not exchange.sleep(self.every):
+                return self.CLOSED
+            if not exchange.write(self.byte):  # the first write after a hang-up may still succeed
+                return self.HUNG_UP
+        return self.RAN_ITS_COURSE
+
+    def wait_for_ends(self, count: int) -> list[str]:
+        """How the first ``count`` exchanges ended, once they have (a hang-up is noticed at the
+        next byte or the one after); waits at most a little past ``seconds``."""
+        with self._ended:
+            self._ended.wait_for(lambda: len(self.ends) >= count, timeout=self.seconds + 10)
+            return list(self.ends)
+
+
+def trickle_body(seconds: float = 30.0, every: float = 0.2) -> Trickle:
     """200 whose promised body comes a byte at a time, for up to ``seconds``."""
-
-    def answer(exchange: Exchange) -> None:
-        count = int(seconds / every) + 10
-        exchange.write(f"HTTP/1.1 200 OK\r\nContent-Length: {count}\r\nConnection: close\r\n\r\n".encode())
-        started = time.monotonic()
-        while time.monotonic() - started < seconds and exchange.sleep(every) and exchange.write(b"["):
-            pass
-
-    return answer
+    count = int(seconds / every) + 10
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {count}\r\nConnection: close\r\n\r\n".encode()
+    return Trickle(head, b"[", seconds, every)
 
 
-def trickle_headers(seconds: float = 30.0, every: float = 0.2) -> Answer:
+def trickle_headers(seconds: float = 30.0, every: float = 0.2) -> Trickle:
     """A status line, then one header that never ends, a byte at a time, for up to ``seconds``."""
-
-    def answer(exchange: Exchange) -> None:
-        exchange.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-        started = time.monotonic()
-        while time.monotonic() - started < seconds and exchange.sleep(every) and exchange.write(b"z"):
-            pass
-
-    return answer
+    return Trickle(b"HTTP/1.1 200 OK\r\nX-Slow: ", b"z", seconds, every)
 
 
 def endless_body(limit: int = 64 * 1024 * 1024) -> Answer:
