@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 from api_pipeline.db_login import add_db_password, add_db_user, integrated_security_string
 from api_pipeline.envfile import env_file_problems, read_env_file
 from api_pipeline.errors import ConfigError
-from api_pipeline.paths import absolute_path, absolute_sqlite, sqlite_file_of
+from api_pipeline.paths import absolute_path, absolute_sqlite, sqlite_file_of, sqlite_url_for_file
 from api_pipeline.secret_store import is_keyring_reference, resolve_keyring_reference
 
 TABLE_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
@@ -58,6 +58,27 @@ class Secret:
 
     def __bool__(self) -> bool:
         return bool(self._value)
+
+
+class ConnectionString(Secret):
+    """The database connection string, a secret that remembers which setting gave it, so that a
+    message about the connection names what the council set: DB_CONNECTION_STRING, the earlier
+    tool's SQL_CONN_STR, or its USER_SERVER and USER_DATABASE (``setting`` is then
+    :data:`FROM_SERVER_AND_DATABASE`)."""
+
+    __slots__ = ("setting",)
+
+    def __init__(self, value: str, setting: str = "DB_CONNECTION_STRING") -> None:
+        super().__init__(value)
+        self.setting = setting
+
+
+FROM_SERVER_AND_DATABASE = "USER_SERVER"  # the setting of a connection string built from USER_SERVER + USER_DATABASE
+
+
+def connection_setting(connection_string: Secret | str) -> str:
+    """The setting ``connection_string`` came from: DB_CONNECTION_STRING unless it says otherwise."""
+    return connection_string.setting if isinstance(connection_string, ConnectionString) else "DB_CONNECTION_STRING"
 
 
 # ---------------------------------------------------------------------------
@@ -551,6 +572,7 @@ def load_settings(
     """
     file_values = read_env_file(env_file)
     from_parts = False  # the connection string was built from USER_SERVER and USER_DATABASE
+    db_setting = "DB_CONNECTION_STRING"  # the setting the connection string came from, for messages
     here = Path.cwd() if cwd is None else cwd
     env_folder = env_file.parent if env_file is not None else here
     overrides = dict(overrides or {})
@@ -586,6 +608,8 @@ def load_settings(
                 problems.append(f"{option.env}: not set{where}. {option.help}")
             continue
         name, text = found
+        if option.attr == "db_connection_string":
+            db_setting = name
         if option.secret and is_keyring_reference(text):
             resolved = resolve_keyring_reference(name, text, problems)
             if resolved is None:
@@ -601,6 +625,9 @@ def load_settings(
         if option.is_path and isinstance(value, Path):
             value = absolute_path(value, base)
         elif option.attr == "db_connection_string":
+            if "=" not in value and not value.lower().startswith("sqlite:"):
+                problems.append(_not_a_connection_string(name, value, base))
+                continue
             value = absolute_sqlite(value, base)
         values[option.attr] = Secret(value) if option.secret else value
 
@@ -618,4 +645,22 @@ def load_settings(
             values["db_connection_string"] = Secret(combined)
     if problems:
         raise ConfigError(problems)
+    if values.get("db_connection_string") is not None:
+        values["db_connection_string"] = ConnectionString(values["db_connection_string"].reveal(), db_setting)
     return Settings(env_file=env_file, **values)
+
+
+def _not_a_connection_string(name: str, value: str, base: Path) -> str:
+    """The problem with a connection string that has no KEY=value in it, so is no ODBC string:
+    a file's path, with the sqlite:/// address it was probably meant to be, or else what to write."""
+    suggestion = sqlite_url_for_file(value, base)
+    if suggestion is not None:
+        return (
+            f"{name}: {value} reads as a file's path, not a connection string: for a SQLite database, did you mean "
+            f"{name}={suggestion}? (a relative path is read from the folder of the .env file that sets it)"
+        )
+    return (
+        f"{name}: not a connection string (it has no KEY=value in it): give sqlite:///path/to/file.db for a "
+        "SQLite database, or an ODBC connection string such as DRIVER={ODBC Driver 18 for SQL Server};"
+        "SERVER=...;DATABASE=...;Trusted_Connection=yes; for SQL Server"
+    )

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from api_pipeline.config import TABLE_NAME_PATTERN, Secret
+from api_pipeline.config import FROM_SERVER_AND_DATABASE, TABLE_NAME_PATTERN, Secret, connection_setting
 from api_pipeline.dialects import SQLITE, Dialect, Kinds, dialect_for_dbms
 from api_pipeline.errors import ConfigError, DatabaseError
 from api_pipeline.odbc import (
@@ -129,26 +129,46 @@ def validate_table_name(name: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-def sqlite_path(connection_string: str) -> str:
+def sqlite_path(connection_string: str, setting: str = "DB_CONNECTION_STRING") -> str:
     """``sqlite:///relative.db`` → ``relative.db``; ``sqlite:////abs.db`` → ``/abs.db``."""
     path = connection_string[len(SQLITE_PREFIX) :]
     if not path:
-        raise ConfigError("DB_CONNECTION_STRING: sqlite:/// needs a file path, e.g. sqlite:///staging.db")
+        raise ConfigError(f"{setting}: sqlite:/// needs a file path, e.g. sqlite:///staging.db")
     return path
 
 
-def import_pyodbc() -> Any:
+def import_pyodbc(setting: str = "DB_CONNECTION_STRING") -> Any:
     """pyodbc, imported only for ODBC strings: SQLite works on a machine with no ODBC at all."""
     try:
         import pyodbc  # optional: only for ODBC strings (SQLite needs no ODBC driver manager)
     except ImportError as exc:
+        what = (
+            "USER_SERVER and USER_DATABASE connect to SQL Server through ODBC"
+            if setting == FROM_SERVER_AND_DATABASE
+            else f"{setting} is an ODBC connection string"
+        )
         raise DatabaseError(
-            "DB_CONNECTION_STRING is an ODBC connection string, but pyodbc could not be loaded "
+            f"{what}, but pyodbc could not be loaded "
             f"({exc.__class__.__name__}: {exc}). On Linux, install the ODBC driver manager (unixODBC: "
             "apt-get install unixodbc) and your database's ODBC driver; if pyodbc itself is missing, "
             "reinstall this tool (pip install csc-api-pipeline). The Windows csc_api_pipeline.exe includes it."
         ) from None
     return pyodbc
+
+
+def _no_sql_server_driver(setting: str, installed: Sequence[str]) -> str:
+    """A connection string naming no driver means SQL Server, and this machine has no driver for it."""
+    looked = f"(looked for {', '.join(SQL_SERVER_DRIVER_PREFERENCE)}; installed: {', '.join(installed) or 'none'})"
+    if setting == FROM_SERVER_AND_DATABASE:
+        return (
+            "USER_SERVER and USER_DATABASE connect to SQL Server, and no SQL Server ODBC driver is installed on this "
+            f"machine {looked}. Install Microsoft 'ODBC Driver 18 for SQL Server', or set DB_CONNECTION_STRING "
+            "instead, naming an installed driver with DRIVER={...}."
+        )
+    return (
+        f"{setting} names no ODBC driver and no SQL Server driver is installed {looked}. Install Microsoft "
+        f"'ODBC Driver 18 for SQL Server', or add DRIVER={{...}} to {setting}."
+    )
 
 
 class _Checkpointer:
@@ -280,23 +300,25 @@ class Database:
         path = sqlite_file_of(text)
         if path is not None and not path.is_file():
             shown = path.absolute()
+            setting = connection_setting(connection_string)
             raise DatabaseError(
-                f"the SQLite database {shown} does not exist. Check DB_CONNECTION_STRING (a relative path is "
-                "read from the folder of the .env file that sets it); only init-db creates a new database."
+                f"the SQLite database {shown} does not exist. Check {setting} (a relative path is read from the "
+                "folder of the .env file that sets it); only init-db creates a new database."
             )
         return cls.connect(connection_string)
 
     @classmethod
     def connect(cls, connection_string: Secret | str) -> Database:
+        """The database ``connection_string`` names; its messages name the setting it came from."""
         text = connection_string.reveal() if isinstance(connection_string, Secret) else connection_string
+        setting = connection_setting(connection_string)
         if text.lower().startswith("sqlite:"):
             if not text.lower().startswith(SQLITE_PREFIX):
                 raise ConfigError(
-                    "DB_CONNECTION_STRING: SQLite strings look like sqlite:///relative/path.db "
-                    "or sqlite:////absolute/path.db"
+                    f"{setting}: SQLite strings look like sqlite:///relative/path.db or sqlite:////absolute/path.db"
                 )
-            return cls.open_sqlite(sqlite_path(text))
-        return cls.open_odbc(text)
+            return cls.open_sqlite(sqlite_path(text, setting))
+        return cls.open_odbc(text, setting=setting)
 
     @classmethod
     def open_sqlite(cls, path: str | Path) -> Database:
@@ -311,27 +333,26 @@ class Database:
         return cls(conn, SQLITE, description=f"SQLite {sqlite3.sqlite_version} ({path})", path=path)
 
     @classmethod
-    def open_odbc(cls, text: str, *, odbc: Any = None) -> Database:
-        """Connect through ODBC; ``odbc`` is the pyodbc module (tests may pass a stand-in)."""
-        module = odbc if odbc is not None else import_pyodbc()
+    def open_odbc(cls, text: str, *, odbc: Any = None, setting: str = "DB_CONNECTION_STRING") -> Database:
+        """Connect through ODBC; ``odbc`` is the pyodbc module (tests may pass a stand-in).
+
+        ``setting`` is the setting ``text`` came from, for the messages (see ``config.ConnectionString``).
+        """
+        module = odbc if odbc is not None else import_pyodbc(setting)
         pairs = parse_odbc_string(text)
         chosen = not any(key.lower() in ("driver", "dsn", "filedsn") for key, _ in pairs)
         if chosen:
             # No driver named: SQL Server (e.g. the USER_SERVER + USER_DATABASE form).
             driver = choose_sql_server_driver(module.drivers())
             if driver is None:
-                raise DatabaseError(
-                    "DB_CONNECTION_STRING names no ODBC driver and no SQL Server driver is installed "
-                    f"(looked for {', '.join(SQL_SERVER_DRIVER_PREFERENCE)}; installed: "
-                    f"{', '.join(module.drivers()) or 'none'}). Install Microsoft 'ODBC Driver 18 for SQL Server', "
-                    "or add DRIVER={...} to DB_CONNECTION_STRING."
-                )
-            log.info("DB_CONNECTION_STRING names no ODBC driver: using %s, the newest SQL Server driver here", driver)
+                raise DatabaseError(_no_sql_server_driver(setting, module.drivers()))
+            named = "USER_SERVER and USER_DATABASE name" if setting == FROM_SERVER_AND_DATABASE else f"{setting} names"
+            log.info("%s no ODBC driver: using %s, the newest SQL Server driver here", named, driver)
             text = f"DRIVER={{{driver}}};{text}"
         tuned = is_psqlodbc(odbc_value(parse_odbc_string(text), "DRIVER"))
         if tuned:
             text = with_psqlodbc_defaults(text)
-        context = OdbcContext.from_string(text, installed_drivers=module.drivers, driver_chosen=chosen)
+        context = OdbcContext.from_string(text, installed_drivers=module.drivers, driver_chosen=chosen, setting=setting)
         conn = cls._odbc_connect(module, text, context)
         try:
             dbms = str(conn.getinfo(module.SQL_DBMS_NAME) or "")

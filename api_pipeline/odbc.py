@@ -289,6 +289,18 @@ class OdbcContext:
     # The tool chose the driver (the string named none, as in the USER_SERVER + USER_DATABASE
     # form): the connection string it used, password hidden, to print as the line to put in .env.
     chosen_string: str | None = None
+    # The setting the connection string came from: DB_CONNECTION_STRING, SQL_CONN_STR, or
+    # USER_SERVER (with USER_DATABASE; see config.ConnectionString). Messages name it.
+    setting: str = "DB_CONNECTION_STRING"
+
+    @property
+    def from_server_and_database(self) -> bool:
+        """Built from the earlier tool's USER_SERVER and USER_DATABASE."""
+        return self.setting == "USER_SERVER"
+
+    def check(self, key: str, part: str) -> str:
+        """Where to check ``key`` (SERVER=, DATABASE=): in the setting used, or its own setting ``part``."""
+        return part if self.from_server_and_database else f"{key} in {self.setting}"
 
     @classmethod
     def from_string(
@@ -297,6 +309,7 @@ class OdbcContext:
         installed_drivers: Callable[[], Sequence[str]] | None = None,
         *,
         driver_chosen: bool = False,
+        setting: str = "DB_CONNECTION_STRING",
     ) -> OdbcContext:
         pairs = parse_odbc_string(text)
         password = odbc_value(pairs, "PWD", "Password")
@@ -311,6 +324,7 @@ class OdbcContext:
             server=odbc_value(pairs, "SERVER", "Address", "Addr"),
             foreign_integrated=not integrated and odbc_value(pairs, "Integrated Security") is not None,
             chosen_string=_odbc_text(pairs) if driver_chosen else None,
+            setting=setting,
         )
 
 
@@ -435,13 +449,13 @@ def _certificate_advice(message: str, lower: str, natives: frozenset[int], conte
         )
         extra = "TrustServerCertificate=yes;"
     if context.chosen_string:
+        named = "USER_SERVER and USER_DATABASE" if context.from_server_and_database else context.setting
         text += (
-            " The connection string named no driver (as with USER_SERVER and USER_DATABASE), so the tool chose "
-            f"{driver}. For the last fix, put this line in .env (in place of USER_SERVER and USER_DATABASE, if you "
-            f"set those): DB_CONNECTION_STRING={context.chosen_string}{extra}"
+            f" {named} named no driver, so the tool chose {driver}. For the last fix, put this line in .env in "
+            f"place of {named}: DB_CONNECTION_STRING={context.chosen_string}{extra}"
         )
     else:
-        text += " Each of these goes in DB_CONNECTION_STRING."
+        text += f" Each of these goes in {context.setting}."
     return text
 
 
@@ -563,7 +577,7 @@ def explain_odbc_error(
     if state == "IM002" or "can't open lib" in lower or "data source name not found" in lower:
         if context.dsn and not context.driver:
             text = (
-                f"the ODBC data source (DSN) {context.dsn!r} named in DB_CONNECTION_STRING does not exist on this "
+                f"the ODBC data source (DSN) {context.dsn!r} named in {context.setting} does not exist on this "
                 "machine. Create it in 'ODBC Data Sources (64-bit)', or give DRIVER={...} and SERVER=... instead."
             )
         else:
@@ -571,7 +585,7 @@ def explain_odbc_error(
             text = (
                 f"the ODBC driver {context.driver or '(none named)'!r} is not installed on this machine. "
                 f"Installed ODBC drivers: {installed or 'none'}. Install Microsoft 'ODBC Driver 18 for SQL Server' "
-                "(or psqlODBC for PostgreSQL), or name an installed one with DRIVER={...} in DB_CONNECTION_STRING."
+                f"(or psqlODBC for PostgreSQL), or name an installed one with DRIVER={{...}} in {context.setting}."
             )
     elif (certificate := _certificate_advice(message, lower, natives, context)) is not None:
         text = certificate
@@ -594,8 +608,8 @@ def explain_odbc_error(
         )
     elif 4060 in natives or state == "3D000" or re.search(r'database "[^"]*" does not exist', message):
         text = (
-            f"the database {named('database')}was not found, or this login may not open it. Check DATABASE= in "
-            "DB_CONNECTION_STRING (or USER_DATABASE), and that the login is a user in that database."
+            f"the database {named('database')}was not found, or this login may not open it. Check "
+            f"{context.check('DATABASE=', 'USER_DATABASE')}, and that the login is a user in that database."
         )
     elif (
         state in ("28000", "28P01")
@@ -608,7 +622,7 @@ def explain_odbc_error(
         user = login.group(1) if login else context.user or ""
         if context.foreign_integrated and not user:
             text = (
-                "DB_CONNECTION_STRING says Integrated Security=..., a setting of .NET and OLE DB connection strings "
+                f"{context.setting} says Integrated Security=..., a setting of .NET and OLE DB connection strings "
                 "that Microsoft's ODBC driver does not know: it ignored it and tried a SQL Server login with no user "
                 "name. For Windows authentication, replace it with Trusted_Connection=yes."
             )
@@ -623,8 +637,9 @@ def explain_odbc_error(
                 text += " 'ANONYMOUS LOGON' means Windows could not pass the account on (Kerberos delegation)."
         else:
             text = (
-                f"the database refused the login for user {user!r}: check UID and PWD in DB_CONNECTION_STRING "
-                "(the password is not shown here), and that the login is enabled and allowed to connect "
+                f"the database refused the login for user {user!r}: check "
+                f"{context.check('UID and PWD', 'DB_USER and DB_PASSWORD')} (the password is not shown here), "
+                "and that the login is enabled and allowed to connect "
                 "from this machine."
             )
     elif state == "3F000" or 2760 in natives or re.search(r'schema "[^"]*" does not exist', message):
@@ -683,8 +698,8 @@ def explain_odbc_error(
     ):
         kind = UNREACHABLE
         text = (
-            "cannot reach the database server. Check SERVER= (and port) in DB_CONNECTION_STRING, that the "
-            "server is running and accepts TCP/IP connections, and that no firewall is in the way."
+            f"cannot reach the database server. Check {context.check('SERVER= (and port)', 'USER_SERVER')}, that "
+            "the server is running and accepts TCP/IP connections, and that no firewall is in the way."
         )
     else:
         text = "the database reported an error"

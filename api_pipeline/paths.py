@@ -11,6 +11,8 @@ from pathlib import Path
 
 SQLITE_URL_PREFIX = "sqlite:///"
 _WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|[\\/]{2})")
+# What SQLite database files are usually called: a setting ending so is a file's name.
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3", ".db3", ".s3db", ".sdb")
 
 
 def sqlite_file_of(connection_string: str) -> Path | None:
@@ -38,3 +40,19 @@ def absolute_sqlite(connection_string: str, base: Path) -> str:
     if absolute is path:
         return connection_string.strip()
     return SQLITE_URL_PREFIX + absolute.as_posix()
+
+
+def sqlite_url_for_file(text: str, base: Path) -> str | None:
+    """``sqlite:///`` + ``text``, when ``text`` reads as a file's path: a SQLite file's usual
+    suffix, a folder in it, or a file of that name there (against ``base``); else None."""
+    text = text.strip()
+    if not text or any(mark in text for mark in ("=", ";", "://", "@")):  # a URL of another database, say
+        return None
+    named_like_one = text.lower().endswith(SQLITE_SUFFIXES) or "/" in text or "\\" in text
+    if not named_like_one:
+        try:
+            if not absolute_path(Path(text), base).is_file():
+                return None
+        except (OSError, ValueError):  # a name no file could have
+            return None
+    return SQLITE_URL_PREFIX + text.replace("\\", "/")

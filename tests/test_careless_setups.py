@@ -171,7 +171,9 @@ def test_a_loopback_relay_to_live_needs_permission(db_path: Path) -> None:
 
 def test_the_simulator_is_still_the_test_receiver() -> None:
     with Simulator() as sim:
-        assert load_settings(command="run", environ=sim.settings_env() | {"DB_CONNECTION_STRING": "x"}).is_test_receiver
+        assert load_settings(
+            command="run", environ=sim.settings_env() | {"DB_CONNECTION_STRING": "sqlite:///x.db"}
+        ).is_test_receiver
 
 
 # Issue 23, item 8: an address that reads as the test receiver but resolves to the live one.

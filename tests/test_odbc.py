@@ -351,7 +351,7 @@ def test_untrusted_certificate_explains_the_fixes_and_the_risk():
 @pytest.mark.parametrize("message", [UNTRUSTED, WRONG_NAME])
 def test_driver_the_tool_chose_gets_the_whole_line_to_put_in_env(message):
     """USER_SERVER + USER_DATABASE: the council never set DB_CONNECTION_STRING, so it is given the line."""
-    context = OdbcContext.from_string(USER_SERVER_STRING, driver_chosen=True)
+    context = OdbcContext.from_string(USER_SERVER_STRING, driver_chosen=True, setting="USER_SERVER")
     text = str(explain_odbc_error(pyodbc.Error("08001", message), context))
     line = re.search(r"DB_CONNECTION_STRING=(.+)$", text.split(" (the driver said")[0])
     assert line is not None, text

@@ -276,7 +276,7 @@ class FakeOdbc:
 
 def test_db_user_and_password_with_user_server_and_database_make_an_sql_login(tmp_path, monkeypatch):
     fake = FakeOdbc()
-    monkeypatch.setattr("api_pipeline.db.import_pyodbc", lambda: fake)
+    monkeypatch.setattr("api_pipeline.db.import_pyodbc", lambda setting="": fake)
     environ = {
         "USER_SERVER": "sql01.council.local",
         "USER_DATABASE": "HDM_Local",
@@ -322,7 +322,7 @@ def test_the_earlier_tools_env_example_filled_in_works_as_it_is(simulator, tmp_p
 
 def test_the_earlier_tools_env_with_its_empty_sql_conn_str_uses_user_server(simulator, tmp_path, monkeypatch):
     fake = FakeOdbc()
-    monkeypatch.setattr("api_pipeline.db.import_pyodbc", lambda: fake)
+    monkeypatch.setattr("api_pipeline.db.import_pyodbc", lambda setting="": fake)
     (tmp_path / ".env").write_text(earlier_env_example(simulator, sql_conn_str=""), encoding="utf-8")
     result = run_cli(["test-db"], cwd=tmp_path)
     assert result.code == 3  # no SQL Server here: but the string is the earlier tool's
