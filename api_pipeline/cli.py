@@ -186,6 +186,35 @@ def cmd_test_schema(args: argparse.Namespace, ctx: Context) -> int:
     return test_schema(ctx.settings(args, "test-schema"), ctx)
 
 
+# The earlier Python tool's run-smoke checked the database, then a token and a POST, then the
+# staging table: the same checks as these three commands, run here in that order.
+SMOKE_CHECKS = (("test-db", cmd_test_db), ("test-endpoint", cmd_test_endpoint), ("test-schema", cmd_test_schema))
+
+
+def cmd_run_smoke(args: argparse.Namespace, ctx: Context) -> int:
+    """The earlier tool's ``run-smoke``: test-db, test-endpoint and test-schema, each run whatever
+    the others found; the exit code is the first failure's (in that order), else 0."""
+    results: list[tuple[str, int]] = []
+    for name, check in SMOKE_CHECKS:
+        ctx.print(f"== {name} ==")
+        try:
+            code = int(check(args, ctx))
+        except PipelineError as exc:
+            lines = [f"error: {line}" for line in _error_lines(ctx, exc)]
+            for line in lines:
+                print(line, file=ctx.err, flush=True)
+            code = exc.exit_code
+            if code == ExitCode.USAGE:
+                _leave_a_trace(ctx, f"'{name}' (in run-smoke)", lines)
+        results.append((name, code))
+        ctx.print()
+    ctx.print(
+        "run-smoke: "
+        + "; ".join(f"{name} {'passed' if code == 0 else f'FAILED (exit {code})'}" for name, code in results)
+    )
+    return next((code for _, code in results if code != 0), ExitCode.OK)
+
+
 def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
     from api_pipeline.demo import run_demo  # start-up: only for this command
 
@@ -196,7 +225,8 @@ def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_simulate_api(args: argparse.Namespace, ctx: Context) -> int:
     from api_pipeline.demo import run_simulator  # start-up: only for this command
 
-    return run_simulator(port=args.port, la_code=args.la_code, latency=args.latency, out=ctx.print)
+    state = ctx.path(args.state) if args.state is not None else None
+    return run_simulator(port=args.port, la_code=args.la_code, latency=args.latency, out=ctx.print, state=state)
 
 
 # ---------------------------------------------------------------------------
@@ -360,6 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Checks TABLE_NAME exists with the required columns, and the submission ledger and the in-flight and "
         "in-doubt tables beside it; lists anything missing and how to fix it.",
     )
+    add(
+        "run-smoke",
+        cmd_run_smoke,
+        "The earlier tool's smoke test: test-db, test-endpoint and test-schema, in that order.",
+        "Runs test-db, test-endpoint and test-schema one after the other, as the earlier Python tool's "
+        "run-smoke checked the database, a token and a POST, and the staging table. Each runs whatever the "
+        "others found; a summary line says which passed. Sends no record. Exit code: the first failure's, "
+        "in that order, else 0.",
+    )
     demo = add(
         "demo",
         cmd_demo,
@@ -449,6 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="How long each POST takes to answer, the simulator's own work included (default: 0).",
     )
+    sim.add_argument(
+        "--state",
+        type=Path,
+        metavar="FILE",
+        help="Keep DfE's view across restarts: hold the children saved in FILE (if it exists) when starting, and "
+        "save those held there when stopped (Ctrl+C, or its window closing). Without it, the simulator starts "
+        "empty every time. The file is readable by this account only.",
+    )
     secret = add(
         "set-secret",
         cmd_set_secret,
@@ -513,12 +560,7 @@ def _main(argv: list[str], ctx: Context) -> int:
         with stopping_on_signals(ctx.stop):
             return int(args.func(args, ctx))
     except PipelineError as exc:
-        lines = str(exc).split("\n") if str(exc) else [exc.__class__.__name__]
-        if isinstance(exc, DatabaseError):
-            lines += _where_the_database_is(ctx, str(exc))
-        if isinstance(exc, ConfigError) and ctx.implied_run:
-            lines.append(NO_COMMAND_NOTE)
-        lines = [printable(ctx.masked(line)) for line in lines]  # one line each, whatever they quote
+        lines = _error_lines(ctx, exc)
         for line in lines:
             print(f"error: {line}", file=ctx.err, flush=True)
         if exc.exit_code == ExitCode.USAGE:
@@ -535,6 +577,17 @@ def _main(argv: list[str], ctx: Context) -> int:
         return ExitCode.RECORDS_FAILED
     finally:
         close_logging()
+
+
+def _error_lines(ctx: Context, exc: PipelineError) -> list[str]:
+    """What an error says on stderr, a line each (after ``error: ``): secrets hidden, control
+    characters escaped, the SQLite file named, and a note when 'run' was started for no command."""
+    lines = str(exc).split("\n") if str(exc) else [exc.__class__.__name__]
+    if isinstance(exc, DatabaseError):
+        lines += _where_the_database_is(ctx, str(exc))
+    if isinstance(exc, ConfigError) and ctx.implied_run:
+        lines.append(NO_COMMAND_NOTE)
+    return [printable(ctx.masked(line)) for line in lines]  # one line each, whatever they quote
 
 
 def _where_the_database_is(ctx: Context, message: str) -> list[str]:

@@ -24,7 +24,7 @@ from api_pipeline.errors import ConfigError, ExitCode
 from api_pipeline.logs import configure_logging
 from api_pipeline.payload import records_equal
 from api_pipeline.runner import execute_run
-from api_pipeline.runs import make_private_dir, new_run_id, why_not
+from api_pipeline.runs import make_private_dir, new_run_id, replace_private, why_not
 from api_pipeline.simulator import Simulator
 from api_pipeline.staging import StagingTable
 from api_pipeline.synthetic import make_children
@@ -247,13 +247,68 @@ def serve_forever_cli(
     return 0
 
 
-def run_simulator(port: int, la_code: str, latency: float, out: Callable[[str], Any] = print) -> int:
-    """Entry for ``simulate-api``: a council's rehearsal target on 127.0.0.1:``port``."""
+def run_simulator(
+    port: int, la_code: str, latency: float, out: Callable[[str], Any] = print, *, state: Path | None = None
+) -> int:
+    """Entry for ``simulate-api``: a council's rehearsal target on 127.0.0.1:``port``.
+
+    With ``state``, DfE's view lasts across restarts: the children held are read from that file
+    as the simulator starts (when it exists) and written to it when it stops.
+    """
+    held = load_simulator_state(state) if state is not None else {}
     simulator = Simulator(la_code=la_code, port=port, latency=latency, keep_request_bodies=False)
+    simulator.restore(held)
     try:
         simulator.start()
     except OSError as exc:
         raise ConfigError(
             f"Cannot listen on 127.0.0.1:{port} ({exc.strerror or exc}); choose another port with --port."
         ) from exc
-    return serve_forever_cli(simulator, out)
+    if state is not None:
+        out(
+            f"Holding {plural(len(held), 'child', 'children')} from {state}, as when the simulator last stopped."
+            if held
+            else f"Holding no children yet; what it holds is saved in {state} when it stops."
+        )
+    code = serve_forever_cli(simulator, out)
+    if state is not None:
+        children = simulator.snapshot()
+        save_simulator_state(state, children)
+        held_now = plural(len(children), "child", "children")
+        out(f"Saved the {held_now} it holds in {state}: start it with --state {state} again to go on from them.")
+    return code
+
+
+STATE_FORMAT = "csc-api-pipeline simulator state 1"
+
+
+def load_simulator_state(path: Path) -> dict[str, dict]:
+    """The children a simulator held when it last stopped (``simulate-api --state``); none for a new file.
+
+    Checked before the simulator starts: a file it could not use now, or save to later, is a
+    configuration error, not a surprise at the end.
+    """
+    if not path.parent.is_dir():
+        raise ConfigError(f"--state: the folder {path.parent} does not exist (for {path})")
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        reason = why_not(exc) if isinstance(exc, OSError) else "not JSON"
+        raise ConfigError(f"--state: cannot read {path}: {reason}") from None
+    children = data.get("children") if isinstance(data, dict) and data.get("format") == STATE_FORMAT else None
+    if not isinstance(children, dict) or not all(isinstance(r, dict) for r in children.values()):
+        raise ConfigError(
+            f"--state: {path} is not a file simulate-api saved; give the name of a new file, or of one it saved"
+        )
+    return children
+
+
+def save_simulator_state(path: Path, children: dict[str, dict]) -> None:
+    """Write what the simulator holds to ``path``, whole or not at all, readable by this account only
+    (a rehearsal's children are made up, but a council could point a copy of real rows at it)."""
+    try:
+        replace_private(path, json.dumps({"format": STATE_FORMAT, "children": children}, ensure_ascii=False))
+    except OSError as exc:
+        raise ConfigError(f"--state: could not save what the simulator holds in {path}: {why_not(exc)}") from None

@@ -392,6 +392,11 @@ class Simulator:
         with self._lock:
             return clone(self._store)
 
+    def restore(self, held: dict[str, dict]) -> None:
+        """Hold ``held`` (la_child_id -> record, as :meth:`snapshot` gives it) in place of what it holds."""
+        with self._lock:
+            self._store = clone(held)
+
     def request_log(self) -> list[LoggedRequest]:
         with self._lock:
             return list(self._log)
