@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from api_pipeline.errors import ConfigError
+from api_pipeline.wording import plural, printable
 
 # Values of these fields identify a child. No message shows a value of any field (see
 # RecordValidator); these are the ones that matter most.
@@ -32,6 +33,16 @@ PERSONAL_FIELDS = frozenset(
     }
 )
 MAX_REASONS = 5
+# An enumeration's allowed values are listed in a reason (DfE's code lists, never record data),
+# the first this many of them, each cut to ALLOWED_VALUE_LENGTH characters.
+MAX_ALLOWED_VALUES = 12
+ALLOWED_VALUE_LENGTH = 40
+# The form a value of each format takes, for the reason of one that is not.
+FORMAT_SHAPES = {
+    "date": "YYYY-MM-DD",
+    "date-time": "YYYY-MM-DDThh:mm:ss with a time zone, e.g. 2026-03-01T21:04:33Z",
+    "time": "hh:mm:ss with a time zone",
+}
 
 
 def load_bundled_schema() -> dict[str, Any]:
@@ -248,16 +259,16 @@ class RecordValidator:
         kind = error.validator
         limit = error.validator_value
         if kind == "maxLength":
-            return f"a value is longer than {limit} characters"
+            return f"a value is longer than {plural(limit, 'character')}"
         if kind == "minLength":
-            return f"a value is shorter than {limit} characters"
+            return f"a value is shorter than {plural(limit, 'character')}"
         if kind == "pattern":
-            return f"a value has characters that are not allowed (pattern {limit})"
+            return f"a value has characters that are not allowed (pattern {printable(str(limit))})"
         if kind == "type":
             got = "null" if error.instance is None else type(error.instance).__name__
             return f"expected {limit}, got {got}"
         if kind == "format":
-            shape = " (YYYY-MM-DD)" if limit == "date" else ""
+            shape = f" ({FORMAT_SHAPES[limit]})" if limit in FORMAT_SHAPES else ""
             return f"a value is not a valid {limit}{shape}"
         if kind == "additionalProperties":
             extra = len(set(error.instance) - set(error.schema.get("properties", {})))
@@ -265,8 +276,10 @@ class RecordValidator:
         if kind == "required":
             missing = [name for name in error.validator_value if isinstance(name, str) and name not in error.instance]
             return f"required key missing: {', '.join(missing)}" if missing else "a required key is missing"
-        if kind in ("enum", "const"):
-            return "a value is not one of those allowed"
+        if kind == "enum":
+            return f"a value is not one of those allowed: {_allowed(limit)}"
+        if kind == "const":
+            return f"a value is not the one allowed: {_allowed([limit])}"
         if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
             return f"a value is out of range ({kind} {limit})"
         if kind == "maxItems":
@@ -274,3 +287,16 @@ class RecordValidator:
         if kind == "uniqueItems":
             return "items are not unique"
         return f"fails '{kind}' check"
+
+
+def _allowed(values: Any) -> str:
+    """The schema's allowed values, as JSON (quoted, control characters escaped), the first
+    :data:`MAX_ALLOWED_VALUES` of a longer list; from the schema, never from the record."""
+    if not isinstance(values, list):
+        return "(the schema's list)"
+    shown = []
+    for value in values[:MAX_ALLOWED_VALUES]:
+        text = printable(json.dumps(value, ensure_ascii=False))
+        shown.append(text if len(text) <= ALLOWED_VALUE_LENGTH else text[: ALLOWED_VALUE_LENGTH - 1] + "…")
+    more = len(values) - len(shown)
+    return ", ".join(shown) + (f" and {more} more (see the schema)" if more > 0 else "")
