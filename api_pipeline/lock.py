@@ -169,9 +169,7 @@ class RunLock:
                     refused = RunLocked(
                         f"another run is already working on {self.table} ({holder}, last active {int(age)} s ago "
                         f"by the database's clock{_skew_note(ahead)}). Only one run per table at a time; this one "
-                        f"did nothing. If that run crashed, its lock expires "
-                        f"{int(self.stale_after.total_seconds() // 60)} minutes after its last activity"
-                        f"{', counted from now' if ahead is not None else ''}."
+                        f"did nothing. {self._when_it_is_free(holder, counted_from_now=ahead is not None)}"
                     )
                 else:
                     taken = self.db.execute(
@@ -225,6 +223,26 @@ class RunLock:
             f"UPDATE {self.lock_table} SET heartbeat_at = {self.db.dialect.server_utc_now} "
             "WHERE lock_name = ? AND holder = ?",
             (self.name, holder),
+        )
+
+    def _when_it_is_free(self, holder: str, *, counted_from_now: bool) -> str:
+        """When the next run may have the lock a live holder keeps: as soon as its process ends, for
+        one on this machine (whose process is seen to be still there); else once it has been silent
+        for ``stale_after``."""
+        expires = (
+            f"{int(self.stale_after.total_seconds() // 60)} minutes after its last activity"
+            f"{', counted from now' if counted_from_now else ''}"
+        )
+        match = _HOLDER.match(holder or "")
+        if match is None or match["host"] != socket.gethostname():
+            return f"If that run crashed, its lock expires {expires}."
+        pid = match["pid"]
+        return (
+            f"Its process, pid {pid}, is still running on this computer: the next run takes the lock over as "
+            f"soon as that process has ended. If no run should be working, see what pid {pid} is (Task "
+            "Manager's Details tab on Windows): the one-file exe runs as two processes, and Windows gives a "
+            f"process id to a new process once its owner has ended. Should it go on running, the lock expires "
+            f"{expires}."
         )
 
     @staticmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -235,3 +236,51 @@ def test_an_invalid_records_reason_lists_the_allowed_values_the_length_and_the_d
     assert "child_details.date_of_birth: a value is not a valid date (YYYY-MM-DD)" in born
     for text in (sex, ethnicity, born):  # what is allowed, never what the record held
         assert "Female" not in text and "ZZZZ" not in text and "01/02/2015" not in text
+
+
+# -- (f) a lock kept by a process on this computer says so, and when it is free -----------------------------
+
+
+def test_a_lock_held_on_this_computer_says_its_process_is_running_and_is_free_once_it_ends(
+    simulator, db_path, tmp_path
+):
+    """A run that crashed leaves its lock; straight after, on the same computer, its process may
+    still be there (the one-file exe's second process, or another program given its id)."""
+    from api_pipeline.db import Database
+    from api_pipeline.lock import RunLock
+
+    insert(db_path, list(make_children(3, seed=254)))
+    still_there = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        with Database.open_sqlite(db_path) as db:
+            crashed = RunLock(db, "ssd_api_data_staging", run_id="crashed")
+            crashed.holder = f"{socket.gethostname()} pid {still_there.pid} run crashed"
+            crashed.acquire()  # and never released
+        environ = dict(simulator.settings_env()) | db_env(db_path)
+        refused = run_cli(["run"], environ=environ, cwd=tmp_path)
+        assert refused.code == 6
+        assert f"Its process, pid {still_there.pid}, is still running on this computer" in refused.err
+        assert "takes the lock over as soon as that process has ended" in refused.err
+        assert "If that run crashed" not in refused.err
+    finally:
+        still_there.kill()
+        still_there.wait(10)
+    taken = run_cli(["run", "--log-dir", str(tmp_path / "after")], environ=environ, cwd=tmp_path)
+    assert taken.code == 0, taken.err
+    (log_file,) = (tmp_path / "after").glob("*.log")
+    assert "took over the run lock" in log_file.read_text(encoding="utf-8")  # at once, its process gone
+
+
+def test_a_lock_held_on_another_computer_still_expires_after_its_silence(simulator, db_path, tmp_path):
+    from api_pipeline.db import Database
+    from api_pipeline.lock import RunLock
+
+    insert(db_path, list(make_children(1, seed=255)))
+    with Database.open_sqlite(db_path) as db:
+        elsewhere = RunLock(db, "ssd_api_data_staging", run_id="elsewhere")
+        elsewhere.holder = "otherhost pid 7 run elsewhere"
+        elsewhere.acquire()
+    refused = run_cli(["run"], environ=dict(simulator.settings_env()) | db_env(db_path), cwd=tmp_path)
+    assert refused.code == 6
+    assert "If that run crashed, its lock expires 60 minutes after its last activity." in refused.err
+    assert "still running on this computer" not in refused.err
