@@ -505,7 +505,7 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
         if isinstance(exc, DatabaseError):
             lines += _where_the_database_is(ctx, str(exc))
         if isinstance(exc, ConfigError) and ctx.implied_run:
-            lines.append(NO_COMMAND_NOTE)
+            lines.insert(0, NO_COMMAND_NOTE)  # what was started, before what it lacks
         lines = [printable(ctx.masked(line)) for line in lines]  # one line each, whatever they quote
         for line in lines:
             print(f"error: {line}", file=ctx.err, flush=True)

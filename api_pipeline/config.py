@@ -236,7 +236,10 @@ def _parse_https_url(text: str) -> str:
         )
     parts = urlsplit(value)
     if parts.scheme not in {"https", "http"} or not parts.hostname:
-        raise ValueError("must be a full URL starting https://")
+        raise ValueError(
+            "must be a full URL starting https:// (or http:// to this machine, such as http://127.0.0.1:8765 for the "
+            "simulator)"
+        )
     if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
         raise ValueError("must use https:// (plain http is only allowed to this machine, for the simulator)")
     return value

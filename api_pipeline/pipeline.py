@@ -43,7 +43,7 @@ from api_pipeline.runs import RunSummary, make_private_dir, replace_private
 from api_pipeline.schema import RecordValidator, generalise_path
 from api_pipeline.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.timestamps import utc_now, utc_stamp
-from api_pipeline.wording import printable
+from api_pipeline.wording import plural, printable
 
 log = logging.getLogger(__name__)
 
@@ -529,7 +529,7 @@ class Pipeline:
         make_private_dir(folder)
         path = folder / f"batch_{batch_id}.json"
         replace_private(path, frame_body(i.body for i in batch))  # whole records: the owner's only
-        log.info("batch %s: %d request records written to %s for review", batch_id, len(batch), path)
+        log.info("batch %s: %s written to %s for review", batch_id, plural(len(batch), "record"), path)
 
 
 def _unchanged_since_sent(row: StagingRow) -> bool:

@@ -366,7 +366,7 @@ def test_per_batch_times_are_the_time_each_batch_took(simulator, db_path, tmp_pa
     finally:
         simulator.latency = 0.0
     (log_file,) = log_dir.glob("*.log")
-    times = [float(t) for t in re.findall(r"batch \S+: 2 records, sent 2 \((\d+\.\d+) s\)", log_file.read_text())]
+    times = [float(t) for t in re.findall(r"batch \S+: 2 records: 2 sent \((\d+\.\d+) s\)", log_file.read_text())]
     assert len(times) == 5
     assert all(0.29 <= t < 0.45 for t in times), times  # one request at a time: not the wait behind the last
 
