@@ -136,8 +136,10 @@ def test_a_first_load_adds_up(rehearsal: Rehearsal) -> None:
     rehearsal.staging.insert(list(make_children(12, seed=251)))
     waiting = rehearsal.status_waiting()
     assert (waiting["rows"], waiting["records"], waiting["deletions"], waiting["adopt"]) == (12, 12, 0, 0)
+    rehearsal.staging.insert([{**next(make_children(1, seed=258)), "la_child_id": "C 1"}])  # invalid: not sent
+    assert rehearsal.run("--dry-run", str(rehearsal.tmp_path / "review"))["outcomes"] == {"dry_run": 12, "invalid": 1}
     summary = rehearsal.run()
-    assert summary["outcomes"] == {"sent": 12}
+    assert summary["outcomes"] == {"sent": 12, "invalid": 1}
 
 
 def test_a_night_of_changes_with_purges_adds_up(rehearsal: Rehearsal) -> None:
