@@ -83,6 +83,9 @@ class Context:
             if self.env_file is None and explicit is None:
                 raise ConfigError([no_env_file_found(self.cwd, self.executable_dir), *exc.problems]) from None
             raise
+        if command != "run":  # a run writes them in its log, on the console and in the log file
+            for warning in settings.warnings:
+                self.warn(warning)
         self.loaded = settings
         self.secrets.extend(secret.reveal() for secret in settings.secrets())
         return settings
@@ -105,6 +108,10 @@ class Context:
         """
         secrets = [*self.secrets, *known_secrets()]
         return mask_secrets(text, secrets) if patterns else hide_secrets(text, secrets)
+
+    def warn(self, text: str) -> None:
+        """A warning on stderr: one line, secrets hidden, before the command's own output."""
+        print(f"warning: {printable(self.masked(text))}", file=self.err, flush=True)
 
     def print(self, text: str = "") -> None:
         """Print a command's output: its lines as they are, any other control character escaped."""
@@ -507,10 +514,14 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
         if isinstance(exc, ConfigError) and ctx.implied_run:
             lines.append(NO_COMMAND_NOTE)
         lines = [printable(ctx.masked(line)) for line in lines]  # one line each, whatever they quote
+        warnings = [printable(ctx.masked(line)) for line in getattr(exc, "warnings", [])]
+        for line in warnings:
+            print(f"warning: {line}", file=ctx.err, flush=True)
         for line in lines:
             print(f"error: {line}", file=ctx.err, flush=True)
         if exc.exit_code == ExitCode.USAGE:
-            _leave_a_trace(ctx, f"'{args.command}'", [f"error: {line}" for line in lines])
+            said = [f"warning: {line}" for line in warnings] + [f"error: {line}" for line in lines]
+            _leave_a_trace(ctx, f"'{args.command}'", said)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         reason = exc.reason if isinstance(exc, Interrupted) else "Ctrl+C"
