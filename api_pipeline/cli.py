@@ -461,7 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Credential Manager (the "
         "keyring of the account running this command) and prints the NAME=keyring:SERVICE/NAME line to put "
         "in .env instead of the secret. Run it as the account that runs the scheduled task: only that account "
-        "can read the secret. Reads no settings and sends nothing.",
+        "can read the secret. With no console to type at (a deployment script, input redirected), it reads the "
+        "secret from the first line of standard input instead, for example 'type secret.txt | csc_api_pipeline.exe "
+        "set-secret CLIENT_SECRET', and stops at once (exit code 2) when there is none. Reads no settings and "
+        "sends nothing.",
     )
 
     names = keyring_variables()
