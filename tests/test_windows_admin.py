@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from api_pipeline.console import NO_CONSOLE_INPUT, read_hidden, read_piped_line
+from api_pipeline.onefile import CLAIMED_SUFFIX, STALE_AFTER, remove_stale_copies
 
 pytest.importorskip("keyring")
 from file_keyring import BACKEND, FILE_VARIABLE  # noqa: E402
@@ -160,3 +161,73 @@ def test_the_windows_console_prompt_reads_a_typed_line_without_showing_it() -> N
         read_hidden("> ", getch=lambda: "x", putch=shown.append, limit=5)
     with pytest.raises(KeyboardInterrupt):
         read_hidden("> ", getch=lambda: "\x03", putch=shown.append)
+
+
+# -- item 4: the one-file exe's copies in %TEMP% ---------------------------------------------------------
+
+NOW = 2_000_000_000.0
+OLD = NOW - STALE_AFTER - 3600
+
+
+def unpacked(temp: Path, name: str, *, mtime: float, own: bool = True) -> Path:
+    """A folder as the one-file exe unpacks itself: the Python DLL, and (when it is this program's) its schema."""
+    folder = temp / name
+    (folder / "api_pipeline" / "data").mkdir(parents=True) if own else folder.mkdir(parents=True)
+    (folder / "python311.dll").write_bytes(b"MZ")
+    if own:
+        (folder / "api_pipeline" / "data" / "schema.json").write_text("{}", encoding="utf-8")
+    os.utime(folder, (mtime, mtime))
+    return folder
+
+
+def refusing_while_in_use(*in_use: Path):
+    """os.rename as Windows does it: a folder with a file open in it (a running copy's DLL) cannot be renamed."""
+
+    def rename(source: Path, target: Path) -> None:
+        if source in in_use:
+            raise PermissionError(13, "The process cannot access the file because it is being used")
+        os.rename(source, target)
+
+    return rename
+
+
+def test_only_stale_unused_copies_of_this_program_are_removed(tmp_path) -> None:
+    temp = tmp_path / "Temp"
+    stale = unpacked(temp, "_MEI123452", mtime=OLD)
+    stale_too = unpacked(temp, "_MEIa1B2c3", mtime=OLD)
+    running = unpacked(temp, "_MEI99992", mtime=OLD)  # this run's own, however old
+    in_use = unpacked(temp, "_MEI55552", mtime=OLD)  # a week-long run still going
+    fresh = unpacked(temp, "_MEI77772", mtime=NOW - 600)  # another run, started ten minutes ago
+    someone_elses = unpacked(temp, "_MEI88882", mtime=OLD, own=False)  # another PyInstaller program's
+    half_removed = unpacked(temp, "_MEI44442" + CLAIMED_SUFFIX, mtime=NOW, own=False)  # a removal cut short
+    not_ours = [unpacked(temp, name, mtime=OLD) for name in ("_MEI", "MEI123", "_MEI1-2", "_mei123")]
+    (temp / "_MEI66662").write_text("a file, not a folder", encoding="utf-8")
+    os.utime(temp / "_MEI66662", (OLD, OLD))
+    (temp / "_MEI33332").symlink_to(unpacked(tmp_path / "elsewhere", "_MEI1", mtime=OLD), target_is_directory=True)
+
+    removed = remove_stale_copies(temp, running, now=NOW, rename=refusing_while_in_use(in_use))
+
+    assert sorted(removed) == ["_MEI123452", "_MEI44442", "_MEIa1B2c3"]
+    assert not stale.exists() and not stale_too.exists() and not half_removed.exists()
+    for kept in (running, in_use, fresh, someone_elses, *not_ours):
+        assert (kept / "python311.dll").is_file(), kept
+    assert (temp / "_MEI66662").is_file() and (tmp_path / "elsewhere" / "_MEI1" / "python311.dll").is_file()
+    assert sorted(path.name for path in temp.iterdir() if path.name.endswith(CLAIMED_SUFFIX)) == []
+
+
+def test_a_temp_folder_that_cannot_be_read_removes_nothing_and_raises_nothing(tmp_path) -> None:
+    assert remove_stale_copies(tmp_path / "missing", None, now=NOW) == []
+
+
+def test_the_cleanup_runs_only_in_the_one_file_exe_on_windows() -> None:
+    from api_pipeline.onefile import clean_up_after_runs_stopped_by_force
+
+    assert not getattr(sys, "frozen", False)
+    assert clean_up_after_runs_stopped_by_force() == []  # python -m api_pipeline: nothing to clean
+    entry_point = (TESTS.parent / "api_pipeline" / "entry_point.py").read_text(encoding="utf-8")
+    assert entry_point.index("clean_up_after_runs_stopped_by_force()") < entry_point.index("code = main()")
+
+
+def test_scheduling_recommends_the_one_folder_build_for_scheduled_tasks() -> None:
+    text = " ".join((TESTS.parent / "docs" / "scheduling.md").read_text(encoding="utf-8").split())
+    assert "one-folder build" in text and "%TEMP%" in text
