@@ -32,6 +32,7 @@ from api_pipeline.logs import (
     format_traceback,
     hide_secrets,
     known_secrets,
+    log_to_files_only,
     mask_secrets,
 )
 from api_pipeline.stopping import StopRequest, stopping_on_signals
@@ -533,7 +534,7 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
     except Exception as exc:  # noqa: BLE001 - the one boundary that must not crash
         print(f"unexpected error: {exc.__class__.__name__}. Run again with -vv for details.", file=ctx.err)
         if args.verbose >= 2:
-            print(ctx.masked(format_traceback(sys.exc_info()), patterns=True), file=ctx.err, flush=True)
+            _keep_the_traceback(ctx, args.command, sys.exc_info())
         return ExitCode.RECORDS_FAILED
     finally:
         close_logging()
@@ -554,6 +555,23 @@ def _leave_a_trace(ctx: Context, what: str, lines: list[str]) -> None:
     append_error_log(
         ctx.error_log_folders(),
         [header, *lines],
+        warn=lambda message: print(f"warning: {message}", file=ctx.err, flush=True),
+    )
+
+
+def _keep_the_traceback(ctx: Context, command: str, exc_info: Any) -> None:
+    """``-vv``: the traceback on the console, in the run's log file and in the error log, masked in each.
+
+    Under Task Scheduler nobody sees the console: the files are where "-vv for details" is read.
+    """
+    text = ctx.masked(format_traceback(exc_info), patterns=True)
+    print(text, file=ctx.err, flush=True)
+    log_to_files_only(f"unexpected error: {exc_info[0].__name__}; its traceback (-vv):", exc_info)
+    header = f"{APP_NAME} {__version__}: '{command}' stopped with an unexpected error (exit code 1); traceback (-vv):"
+    log_dir = [ctx.loaded.log_dir] if ctx.loaded is not None and ctx.loaded.log_dir is not None else []
+    append_error_log(
+        [*log_dir, *ctx.error_log_folders()],
+        [header, *text.split("\n")],
         warn=lambda message: print(f"warning: {message}", file=ctx.err, flush=True),
     )
 

@@ -21,7 +21,11 @@ from pathlib import Path
 import pytest
 
 from api_pipeline.console import NO_CONSOLE_INPUT, read_hidden, read_piped_line
+from api_pipeline.logs import ERROR_LOG_NAME
 from api_pipeline.onefile import CLAIMED_SUFFIX, STALE_AFTER, remove_stale_copies
+from api_pipeline.pipeline import Pipeline
+from api_pipeline.synthetic import make_children
+from conftest import db_env, insert, run_cli
 
 pytest.importorskip("keyring")
 from file_keyring import BACKEND, FILE_VARIABLE  # noqa: E402
@@ -231,3 +235,38 @@ def test_the_cleanup_runs_only_in_the_one_file_exe_on_windows() -> None:
 def test_scheduling_recommends_the_one_folder_build_for_scheduled_tasks() -> None:
     text = " ".join((TESTS.parent / "docs" / "scheduling.md").read_text(encoding="utf-8").split())
     assert "one-folder build" in text and "%TEMP%" in text
+
+
+# -- item 5: -vv tracebacks in the files -----------------------------------------------------------------
+
+
+def test_a_vv_traceback_reaches_the_run_log_and_the_error_log_masked(simulator, db_path, monkeypatch) -> None:
+    insert(db_path, list(make_children(1, seed=265)))
+    secret = simulator.settings_env()["CLIENT_SECRET"]
+
+    def fault(self):  # a bug in the tool, which no test of the real parts can provoke
+        raise RuntimeError(f"quoting {secret}\nERROR forged line")
+
+    monkeypatch.setattr(Pipeline, "run", fault)
+    environ = dict(simulator.settings_env()) | db_env(db_path)
+    result = run_cli(["-vv", "run"], environ=environ, cwd=db_path.parent)
+    assert result.code == 1 and "Traceback (most recent call last):" in result.err
+    error_log = db_path.parent / "logs" / ERROR_LOG_NAME
+    (log_file,) = set((db_path.parent / "logs").glob("*.log")) - {error_log}
+    for text in (log_file.read_text(encoding="utf-8"), error_log.read_text(encoding="utf-8")):
+        assert "Traceback (most recent call last):" in text and "in fault" in text
+        assert secret not in text and "<hidden>" in text
+        assert "\nERROR forged line" not in text  # what the exception says stays on one line
+    assert "'run' stopped with an unexpected error (exit code 1); traceback (-vv):" in error_log.read_text(
+        encoding="utf-8"
+    )
+
+
+def test_without_vv_the_traceback_stays_out_of_the_files(simulator, db_path, monkeypatch) -> None:
+    insert(db_path, list(make_children(1, seed=266)))
+    monkeypatch.setattr(Pipeline, "run", lambda self: {}["missing"])
+    result = run_cli(["run"], environ=dict(simulator.settings_env()) | db_env(db_path), cwd=db_path.parent)
+    assert result.code == 1 and "Traceback" not in result.err
+    (log_file,) = (db_path.parent / "logs").glob("*.log")
+    assert "Traceback" not in log_file.read_text(encoding="utf-8")
+    assert not (db_path.parent / "logs" / ERROR_LOG_NAME).exists()
