@@ -8,11 +8,12 @@ one-file exe on Windows removes the folders of its own that are stale (:func:`re
 
 A folder is removed only when all of these hold: its name is PyInstaller's (``_MEI`` and letters
 or digits); it is a real folder (not a link); it is not this run's (``sys._MEIPASS``); it was
-last changed more than a day ago; it holds this program's files (``api_pipeline\\data``); and
-Windows lets it be renamed, which Windows refuses while any process has a file in it open (a
-running copy has its Python DLL loaded from there). Renamed to ``<name>.removing`` first, so a
-removal cut short is finished by a later start; only this module makes such names. The one-folder
-build runs in place and unpacks nothing.
+last changed more than a day ago; it holds this program's files (``api_pipeline\\data``); its
+Python DLL can be deleted, which Windows refuses while any process has it loaded (every running
+copy has it loaded from its own folder: a run of a week is still running after a day); and it
+can then be renamed, which Windows refuses while any process has a file in it open. Renamed to
+``<name>.removing`` first, so a removal cut short is finished by a later start; only this module
+makes such names. The one-folder build runs in place and unpacks nothing.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ def remove_stale_copies(
     *,
     now: float,
     stale_after: float = STALE_AFTER,
+    delete: Callable[[Path], object] = os.remove,
     rename: Callable[[Path, Path], object] = os.rename,
 ) -> list[str]:
     """Remove this program's unpacked copies in ``temp`` that are stale and not in use; their names.
 
-    ``running`` (this run's own folder) is never touched. ``rename`` is how a folder is claimed
-    before it is removed: on Windows it fails while the folder is in use. Never raises.
+    ``running`` (this run's own folder) is never touched. ``delete`` (of the Python DLL) and
+    ``rename`` (claiming the folder) are what Windows refuses while a copy is running from it.
+    Never raises.
     """
     try:
         entries = list(os.scandir(temp))
@@ -59,6 +62,8 @@ def remove_stale_copies(
             continue
         if not claimed:
             if not _stale(entry, now, stale_after) or not (path / OWN_FILES).is_dir():
+                continue
+            if not _python_dll_deleted(path, delete):
                 continue
             target = path.with_name(entry.name + CLAIMED_SUFFIX)
             try:
@@ -87,6 +92,18 @@ def clean_up_after_runs_stopped_by_force() -> list[str]:
     with contextlib.suppress(Exception):  # housekeeping: it must never stop a run
         return remove_stale_copies(here.parent, here, now=time.time())
     return []
+
+
+def _python_dll_deleted(folder: Path, delete: Callable[[Path], object]) -> bool:
+    """Delete the folder's Python DLLs (python311.dll first); False as soon as one is loaded by a running copy."""
+    for dll in sorted(folder.glob("python3*.dll"), key=lambda path: (-len(path.name), path.name)):
+        try:
+            delete(dll)
+        except FileNotFoundError:
+            continue
+        except OSError:  # Windows: "Access is denied" while a process has the DLL loaded
+            return False
+    return True
 
 
 def _same_folder(path: Path, running: Path | None) -> bool:

@@ -177,18 +177,30 @@ def unpacked(temp: Path, name: str, *, mtime: float, own: bool = True) -> Path:
     """A folder as the one-file exe unpacks itself: the Python DLL, and (when it is this program's) its schema."""
     folder = temp / name
     (folder / "api_pipeline" / "data").mkdir(parents=True) if own else folder.mkdir(parents=True)
-    (folder / "python311.dll").write_bytes(b"MZ")
+    for dll in ("python3.dll", "python311.dll"):
+        (folder / dll).write_bytes(b"MZ")
     if own:
         (folder / "api_pipeline" / "data" / "schema.json").write_text("{}", encoding="utf-8")
     os.utime(folder, (mtime, mtime))
     return folder
 
 
-def refusing_while_in_use(*in_use: Path):
-    """os.rename as Windows does it: a folder with a file open in it (a running copy's DLL) cannot be renamed."""
+def deleting_as_windows_does(*loaded: Path):
+    """os.remove as Windows does it: a DLL a running process has loaded cannot be deleted."""
+
+    def delete(path: Path) -> None:
+        if path.parent in loaded:
+            raise PermissionError(13, "Access is denied")
+        os.remove(path)
+
+    return delete
+
+
+def renaming_as_windows_does(*open_in: Path):
+    """os.rename as Windows does it: a folder with a file open in it cannot be renamed."""
 
     def rename(source: Path, target: Path) -> None:
-        if source in in_use:
+        if source in open_in:
             raise PermissionError(13, "The process cannot access the file because it is being used")
         os.rename(source, target)
 
@@ -200,7 +212,8 @@ def test_only_stale_unused_copies_of_this_program_are_removed(tmp_path) -> None:
     stale = unpacked(temp, "_MEI123452", mtime=OLD)
     stale_too = unpacked(temp, "_MEIa1B2c3", mtime=OLD)
     running = unpacked(temp, "_MEI99992", mtime=OLD)  # this run's own, however old
-    in_use = unpacked(temp, "_MEI55552", mtime=OLD)  # a week-long run still going
+    in_use = unpacked(temp, "_MEI55552", mtime=OLD)  # a week-long run still going: its DLL is loaded
+    open_in = unpacked(temp, "_MEI55553", mtime=OLD)  # a file in it open
     fresh = unpacked(temp, "_MEI77772", mtime=NOW - 600)  # another run, started ten minutes ago
     someone_elses = unpacked(temp, "_MEI88882", mtime=OLD, own=False)  # another PyInstaller program's
     half_removed = unpacked(temp, "_MEI44442" + CLAIMED_SUFFIX, mtime=NOW, own=False)  # a removal cut short
@@ -209,12 +222,19 @@ def test_only_stale_unused_copies_of_this_program_are_removed(tmp_path) -> None:
     os.utime(temp / "_MEI66662", (OLD, OLD))
     (temp / "_MEI33332").symlink_to(unpacked(tmp_path / "elsewhere", "_MEI1", mtime=OLD), target_is_directory=True)
 
-    removed = remove_stale_copies(temp, running, now=NOW, rename=refusing_while_in_use(in_use))
+    removed = remove_stale_copies(
+        temp,
+        running,
+        now=NOW,
+        delete=deleting_as_windows_does(in_use),
+        rename=renaming_as_windows_does(open_in),
+    )
 
     assert sorted(removed) == ["_MEI123452", "_MEI44442", "_MEIa1B2c3"]
     assert not stale.exists() and not stale_too.exists() and not half_removed.exists()
     for kept in (running, in_use, fresh, someone_elses, *not_ours):
-        assert (kept / "python311.dll").is_file(), kept
+        assert (kept / "python311.dll").is_file() and (kept / "python3.dll").is_file(), kept
+    assert (open_in / "api_pipeline" / "data" / "schema.json").is_file()  # its DLLs went; nothing else did
     assert (temp / "_MEI66662").is_file() and (tmp_path / "elsewhere" / "_MEI1" / "python311.dll").is_file()
     assert sorted(path.name for path in temp.iterdir() if path.name.endswith(CLAIMED_SUFFIX)) == []
 
