@@ -358,6 +358,8 @@ def _log_where_settings_came_from(settings: Settings, ctx: Any) -> None:
         )
     else:
         log.info("settings: from %s", env_file)
+    for warning in settings.warnings:
+        log.warning("settings: %s", warning)
     if settings.sqlite_file is not None:
         log.info("database: SQLite file %s", settings.sqlite_file)
 
