@@ -28,10 +28,11 @@ from api_pipeline import reasons
 from api_pipeline.api import BatchAborted, Outcome, recorded_time
 from api_pipeline.errors import PipelineError
 from api_pipeline.payload import encode_record, load_outline, outline, outline_union
-from api_pipeline.runs import RunSummary
+from api_pipeline.runs import OUTCOME_WORDS, RunSummary
 from api_pipeline.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.stopping import signals_to_the_main_thread
 from api_pipeline.timestamps import utc_now
+from api_pipeline.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,11 @@ class Batches:
             skipped = self.table.write_back(updates, ledger, doubt=doubt)
             if skipped:
                 self.summary.outcomes["changed_during_run"] += skipped
-                log.info("%d rows changed in the table during the run; they stay pending for the next run", skipped)
+                log.info(
+                    "%s in the table during the run; %s pending for the next run",
+                    plural(skipped, "row was changed", "rows were changed"),
+                    "it stays" if skipped == 1 else "they stay",
+                )
         if self.on_progress:
             self.on_progress(self.summary)
 
@@ -253,10 +258,10 @@ class Batches:
         self._times_set_aside += outcome.times_set_aside
         if outcome.answered:
             log.info(
-                "batch %s: %d records, %s (%.2f s)",
+                "batch %s: %s: %s (%.2f s)",
                 flight.batch_id,
-                len(flight.batch),
-                ", ".join(f"{k} {v}" for k, v in sorted(outcome.counts.items())),
+                plural(len(flight.batch), "record"),
+                ", ".join(f"{outcome.counts[k]} {words}" for k, words in OUTCOME_WORDS.items() if outcome.counts[k]),
                 self._send_seconds.pop(flight.batch_id, time.monotonic() - flight.started),
             )
         if outcome.error is not None:

@@ -35,6 +35,7 @@ from api_pipeline.logs import (
     format_traceback,
     hide_secrets,
     known_secrets,
+    log_to_files_only,
     mask_secrets,
 )
 from api_pipeline.stopping import StopRequest, stopping_on_signals
@@ -66,6 +67,7 @@ class Context:
     implied_run: bool = False  # started with no command, so running 'run'
     # Ctrl+C or the system asking the command to stop: main installs the signal handlers that note it.
     stop: StopRequest = field(default_factory=StopRequest)
+    warned: set[str] = field(default_factory=set)  # the warnings said already, each said once
 
     def path(self, path: Path) -> Path:
         """A path given on the command line, relative to the folder the command was started in."""
@@ -86,6 +88,9 @@ class Context:
             if self.env_file is None and explicit is None:
                 raise ConfigError([no_env_file_found(self.cwd, self.executable_dir), *exc.problems]) from None
             raise
+        if command != "run":  # a run writes them in its log, on the console and in the log file
+            for warning in settings.warnings:
+                self.warn(warning)
         self.loaded = settings
         self.secrets.extend(secret.reveal() for secret in settings.secrets())
         return settings
@@ -108,6 +113,14 @@ class Context:
         """
         secrets = [*self.secrets, *known_secrets()]
         return mask_secrets(text, secrets) if patterns else hide_secrets(text, secrets)
+
+    def warn(self, text: str) -> None:
+        """A warning on stderr: one line, secrets hidden, before the command's own output; said once
+        (run-smoke loads the settings for each of its three checks)."""
+        if text in self.warned:
+            return
+        self.warned.add(text)
+        print(f"warning: {printable(self.masked(text))}", file=self.err, flush=True)
 
     def print(self, text: str = "") -> None:
         """Print a command's output: its lines as they are, any other control character escaped."""
@@ -200,6 +213,8 @@ def cmd_run_smoke(args: argparse.Namespace, ctx: Context) -> int:
         try:
             code = int(check(args, ctx))
         except PipelineError as exc:
+            for warning in getattr(exc, "warnings", []):
+                ctx.warn(warning)
             lines = [f"error: {line}" for line in _error_lines(ctx, exc)]
             for line in lines:
                 print(line, file=ctx.err, flush=True)
@@ -504,7 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Credential Manager (the "
         "keyring of the account running this command) and prints the NAME=keyring:SERVICE/NAME line to put "
         "in .env instead of the secret. Run it as the account that runs the scheduled task: only that account "
-        "can read the secret. Reads no settings and sends nothing.",
+        "can read the secret. With no console to type at (a deployment script, input redirected), it reads the "
+        "secret from the first line of standard input instead, for example 'type secret.txt | csc_api_pipeline.exe "
+        "set-secret CLIENT_SECRET', and stops at once (exit code 2) when there is none. Reads no settings and "
+        "sends nothing.",
     )
 
     names = keyring_variables()
@@ -560,11 +578,15 @@ def _main(argv: list[str], ctx: Context) -> int:
         with stopping_on_signals(ctx.stop):
             return int(args.func(args, ctx))
     except PipelineError as exc:
+        warnings = [printable(ctx.masked(line)) for line in getattr(exc, "warnings", [])]
+        for line in warnings:
+            print(f"warning: {line}", file=ctx.err, flush=True)
         lines = _error_lines(ctx, exc)
         for line in lines:
             print(f"error: {line}", file=ctx.err, flush=True)
         if exc.exit_code == ExitCode.USAGE:
-            _leave_a_trace(ctx, f"'{args.command}'", [f"error: {line}" for line in lines])
+            said = [f"warning: {line}" for line in warnings] + [f"error: {line}" for line in lines]
+            _leave_a_trace(ctx, f"'{args.command}'", said)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         reason = exc.reason if isinstance(exc, Interrupted) else "Ctrl+C"
@@ -573,7 +595,7 @@ def _main(argv: list[str], ctx: Context) -> int:
     except Exception as exc:  # noqa: BLE001 - the one boundary that must not crash
         print(f"unexpected error: {exc.__class__.__name__}. Run again with -vv for details.", file=ctx.err)
         if args.verbose >= 2:
-            print(ctx.masked(format_traceback(sys.exc_info()), patterns=True), file=ctx.err, flush=True)
+            _keep_the_traceback(ctx, args.command, sys.exc_info())
         return ExitCode.RECORDS_FAILED
     finally:
         close_logging()
@@ -581,12 +603,12 @@ def _main(argv: list[str], ctx: Context) -> int:
 
 def _error_lines(ctx: Context, exc: PipelineError) -> list[str]:
     """What an error says on stderr, a line each (after ``error: ``): secrets hidden, control
-    characters escaped, the SQLite file named, and a note when 'run' was started for no command."""
+    characters escaped, the SQLite file named, and first a note when 'run' was started for no command."""
     lines = str(exc).split("\n") if str(exc) else [exc.__class__.__name__]
     if isinstance(exc, DatabaseError):
         lines += _where_the_database_is(ctx, str(exc))
     if isinstance(exc, ConfigError) and ctx.implied_run:
-        lines.append(NO_COMMAND_NOTE)
+        lines.insert(0, NO_COMMAND_NOTE)  # what was started, before what it lacks
     return [printable(ctx.masked(line)) for line in lines]  # one line each, whatever they quote
 
 
@@ -605,6 +627,23 @@ def _leave_a_trace(ctx: Context, what: str, lines: list[str]) -> None:
     append_error_log(
         ctx.error_log_folders(),
         [header, *lines],
+        warn=lambda message: print(f"warning: {message}", file=ctx.err, flush=True),
+    )
+
+
+def _keep_the_traceback(ctx: Context, command: str, exc_info: Any) -> None:
+    """``-vv``: the traceback on the console, in the run's log file and in the error log, masked in each.
+
+    Under Task Scheduler nobody sees the console: the files are where "-vv for details" is read.
+    """
+    text = ctx.masked(format_traceback(exc_info), patterns=True)
+    print(text, file=ctx.err, flush=True)
+    log_to_files_only(f"unexpected error: {exc_info[0].__name__}; its traceback (-vv):", exc_info)
+    header = f"{APP_NAME} {__version__}: '{command}' stopped with an unexpected error (exit code 1); traceback (-vv):"
+    log_dir = [ctx.loaded.log_dir] if ctx.loaded is not None and ctx.loaded.log_dir is not None else []
+    append_error_log(
+        [*log_dir, *ctx.error_log_folders()],
+        [header, *text.split("\n")],
         warn=lambda message: print(f"warning: {message}", file=ctx.err, flush=True),
     )
 

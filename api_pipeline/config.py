@@ -6,6 +6,7 @@ default. Nothing else in the package reads ``os.environ``.
 
 from __future__ import annotations
 
+import difflib
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -14,8 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from api_pipeline.db_login import add_db_password, add_db_user, integrated_security_string
-from api_pipeline.envfile import env_file_problems, read_env_file
+from api_pipeline.db_login import SERVER_AND_DATABASE, add_db_password, add_db_user, integrated_security_string
+from api_pipeline.envfile import EnvEntry, EnvFile, read_env_file
 from api_pipeline.errors import ConfigError
 from api_pipeline.paths import absolute_path, absolute_sqlite, sqlite_file_of, sqlite_url_for_file
 from api_pipeline.secret_store import is_keyring_reference, resolve_keyring_reference
@@ -257,7 +258,10 @@ def _parse_https_url(text: str) -> str:
         )
     parts = urlsplit(value)
     if parts.scheme not in {"https", "http"} or not parts.hostname:
-        raise ValueError("must be a full URL starting https://")
+        raise ValueError(
+            "must be a full URL starting https:// (or http:// to this machine, such as http://127.0.0.1:8765 for the "
+            "simulator)"
+        )
     if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
         raise ValueError("must use https:// (plain http is only allowed to this machine, for the simulator)")
     return value
@@ -487,6 +491,22 @@ OPTIONS: tuple[Option, ...] = (
 
 OPTIONS_BY_ENV = {option.env: option for option in OPTIONS}
 
+# Every name the tool reads a setting from: each setting's, its older names, and the earlier
+# tool's USER_SERVER and USER_DATABASE. A .env line with another name is warned about.
+NAMES_READ = frozenset(
+    [name for option in OPTIONS for name in (option.env, *option.aliases, *option.fallbacks)] + [*SERVER_AND_DATABASE]
+)
+
+# Names an earlier tool's .env could set that this tool does not read. The earlier tool read its
+# .env into the environment, where its HTTP library (requests) found these; this one reads only its
+# own settings. Each maps to this tool's setting for the same thing.
+EARLIER_NAMES_IGNORED = {
+    "REQUESTS_CA_BUNDLE": "CA_BUNDLE",
+    "CURL_CA_BUNDLE": "CA_BUNDLE",
+    "HTTP_PROXY": "PROXY_URL",
+    "ALL_PROXY": "PROXY_URL",
+}
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -520,6 +540,8 @@ class Settings:
     log_dir: Path | None = None
     payload_schema: Path | None = None
     env_file: Path | None = field(default=None, compare=False)
+    # What is odd in the .env file but stops nothing: a name that is not a setting, an escape in quotes.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def sqlite_file(self) -> Path | None:
@@ -570,14 +592,15 @@ def load_settings(
     the folder of ``env_file`` when it set them, else against ``cwd`` (default: the current
     folder), so a task started in System32 never creates or reads files there by accident.
     """
-    file_values = read_env_file(env_file)
+    env = read_env_file(env_file)
+    file_values = env.values()
     from_parts = False  # the connection string was built from USER_SERVER and USER_DATABASE
     db_setting = "DB_CONNECTION_STRING"  # the setting the connection string came from, for messages
     here = Path.cwd() if cwd is None else cwd
     env_folder = env_file.parent if env_file is not None else here
     overrides = dict(overrides or {})
     values: dict[str, Any] = {}
-    problems: list[str] = env_file_problems(env_file)
+    problems: list[str] = list(env.problems)
     where = f" (in {env_file})" if env_file else ""
 
     from_file: set[str] = set()  # attributes whose value came from the .env file
@@ -590,7 +613,7 @@ def load_settings(
             for name in names:
                 if file_values.get(name, "").strip():
                     from_file.add(option.attr)
-                    return name, file_values[name]
+                    return name, _as_read(option, env.entries[name])
         return None
 
     for option in OPTIONS:
@@ -643,11 +666,12 @@ def load_settings(
         combined = add_db_password(values["db_connection_string"].reveal(), values["db_password"].reveal(), problems)
         if combined is not None:
             values["db_connection_string"] = Secret(combined)
+    warnings = env_file_warnings(env)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, warnings=warnings)
     if values.get("db_connection_string") is not None:
         values["db_connection_string"] = ConnectionString(values["db_connection_string"].reveal(), db_setting)
-    return Settings(env_file=env_file, **values)
+    return Settings(env_file=env_file, warnings=tuple(warnings), **values)
 
 
 def _not_a_connection_string(name: str, value: str, base: Path) -> str:
@@ -664,3 +688,65 @@ def _not_a_connection_string(name: str, value: str, base: Path) -> str:
         "SQLite database, or an ODBC connection string such as DRIVER={ODBC Driver 18 for SQL Server};"
         "SERVER=...;DATABASE=...;Trusted_Connection=yes; for SQL Server"
     )
+
+
+def _is_read_as_written(option: Option, entry: EnvEntry) -> bool:
+    """A file or folder (a SQLite database too) keeps the backslashes written in its quotes."""
+    if option.is_path:
+        return True
+    return option.attr == "db_connection_string" and entry.path_text.strip().lower().startswith("sqlite:")
+
+
+def _as_read(option: Option, entry: EnvEntry) -> str:
+    """A setting's text from the .env: a path's backslashes as written (``"C:\\Logs\\new"`` is a folder,
+    not a new line: :attr:`EnvEntry.path_text`); anything else as python-dotenv reads it, as the earlier
+    tool read it, so its .env files mean what they meant."""
+    return entry.path_text if _is_read_as_written(option, entry) else entry.value
+
+
+def env_file_warnings(env: EnvFile) -> list[str]:
+    """One warning for each .env line the tool ignores or may misread; never an error, never a value.
+
+    A name that is not a setting (a misspelling is ignored without a word otherwise), with the
+    nearest setting; a name an earlier tool read that this one does not, with this one's setting;
+    an escape in double quotes that became a control character in a value that is not a path.
+    """
+    warnings = []
+    for name, entry in env.entries.items():
+        where = f"{name} on line {entry.line} of {env.path}"
+        if name not in NAMES_READ:
+            warnings.append(f"{where} {_why_not_read(name)}")
+            continue
+        option = next((o for o in OPTIONS if name in (o.env, *o.aliases, *o.fallbacks)), None)
+        if option is not None and _is_read_as_written(option, entry):
+            continue
+        escapes = entry.control_escapes()
+        if escapes:
+            shown = (
+                "a backslash escape" if option is not None and option.secret else " and ".join(dict.fromkeys(escapes))
+            )
+            warnings.append(
+                f"{where}: inside double quotes, {shown} is read as a control character (a new line, a tab, ...), "
+                "as python-dotenv and the earlier tool read it. For a backslash there, write it twice (\\\\) or put "
+                "the value in single quotes"
+            )
+    return warnings
+
+
+def _why_not_read(name: str) -> str:
+    """The rest of the warning for a .env name the tool does not read: what it may have meant."""
+    upper = name.upper()
+    if upper in EARLIER_NAMES_IGNORED:
+        capitals = f" (write names in capitals: {upper})" if upper != name else ""
+        return (
+            f"is not read by this tool: the earlier tool's HTTP library took it from the environment. "
+            f"This tool's setting for it is {EARLIER_NAMES_IGNORED[upper]}{capitals}"
+        )
+    if upper in NAMES_READ:
+        return (
+            f"is not read, so it is ignored: write it in capitals, {upper} (the earlier tool read any case on Windows)"
+        )
+    nearest = difflib.get_close_matches(upper, sorted(NAMES_READ), n=1, cutoff=0.7)
+    if nearest:
+        return f"is not a setting, so it is ignored: did you mean {nearest[0]}?"
+    return "is not a setting of this tool, so it is ignored (configuration.md lists every setting)"

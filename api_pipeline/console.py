@@ -1,4 +1,5 @@
-"""The console the tool writes to: a reader that leaves early, and the exe's double-click wait.
+"""The console: a reader that leaves early, whether a person can type at it, reading a secret from
+it, and the double-click wait.
 
 Output piped to a program that stops reading (``status | head``) is cut short quietly: the
 command carries on to its end and its exit code is its own (:class:`ReaderMayLeave`).
@@ -11,6 +12,10 @@ Enter then, and only then. Waiting anywhere else would be worse than a vanished 
 Task Scheduler it would hang the night's run forever. So the decision (:func:`should_wait`)
 needs every sign of a double-click at once, and the facts behind it (:func:`launch_facts`)
 come from Windows through ctypes, where any error at all means "do not wait".
+
+``set-secret`` reads a secret typed at the console without showing it, or, with no console (a
+deployment script, a remote shell, ``< NUL``), the first line of standard input: never waiting for
+ever, and never for more than one bounded line (:func:`read_hidden`, :func:`read_piped_line`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import errno
 import io
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO, cast
@@ -218,7 +224,135 @@ def wait_if_double_clicked(
     return True
 
 
+# -- Reading a secret: typed at a console, or one line from standard input -------------------------
+
+LINE_LIMIT = 4096  # characters or bytes: far more than any secret, key or proxy address
+PIPE_WAIT = 30.0  # seconds a line on standard input is waited for, when there is no console
+NO_CONSOLE_INPUT = "\uffff"  # what msvcrt.getwch returns, at once and for ever, when there is no console to read
+
+
+def stdin_is_interactive() -> bool:
+    """True when a person can type at standard input: a console, not a file, a pipe or NUL.
+
+    On Windows only the console answers GetConsoleMode (``isatty`` is true for NUL too).
+    """
+    stdin = sys.stdin
+    if stdin is None:
+        return False
+    try:
+        if sys.platform == "win32":
+            return _windows_console_input(stdin.fileno())
+        return stdin.isatty()
+    except Exception:  # noqa: BLE001 - a stdin that cannot say is not one a person types at
+        return False
+
+
+def read_hidden(prompt: str, *, getch: Callable[[], str], putch: Callable[[str], Any], limit: int = LINE_LIMIT) -> str:
+    """A line typed at the Windows console, not shown: Enter ends it, Backspace removes, Ctrl+C stops.
+
+    getpass's loop on Windows appends every ``msvcrt.getwch()`` until Enter; with no console to
+    read, getwch answers ``\uffff`` at once, for ever, so that loop never ends and its line
+    grows without bound (set-secret spinning with stdin redirected). Here that answer, or none,
+    is the end of the input (EOFError), and a line longer than ``limit`` is refused (ValueError).
+    """
+    for char in prompt:
+        putch(char)
+    typed: list[str] = []
+    while True:
+        char = getch()
+        if char in ("", NO_CONSOLE_INPUT):
+            raise EOFError("no console input")
+        if char in ("\r", "\n"):
+            break
+        if char == "\x03":
+            raise KeyboardInterrupt
+        if char == "\b":
+            if typed:
+                typed.pop()
+            continue
+        typed.append(char)
+        if len(typed) > limit:
+            raise ValueError(f"more than {limit} characters were typed, which no secret is")
+    putch("\r")
+    putch("\n")
+    return "".join(typed)
+
+
+def read_piped_line(fd: int, *, limit: int = LINE_LIMIT, wait: float = PIPE_WAIT) -> str:
+    """The first line of standard input that is not a console (a pipe, a file, NUL), without its line end.
+
+    At most ``limit`` bytes are read, and the line is waited for ``wait`` seconds at most: a pipe
+    nobody writes to must not hang a deployment script. The read runs on a thread of its own,
+    straight from the file descriptor, so one still waiting holds nothing the program needs to
+    exit. EOFError when nothing came (NUL, an empty file), TimeoutError when nothing came in
+    time, ValueError (saying why) for a line too long or not UTF-8 text.
+    """
+    received: list[bytes] = []
+    failed: list[OSError] = []
+    done = threading.Event()
+
+    def read() -> None:
+        data = b""
+        try:
+            while b"\n" not in data and len(data) <= limit:
+                chunk = os.read(fd, limit + 1 - len(data))
+                if not chunk:
+                    break
+                data += chunk
+        except OSError as exc:
+            failed.append(exc)
+        received.append(data)
+        done.set()
+
+    threading.Thread(target=read, name="stdin-line", daemon=True).start()
+    if not done.wait(wait):
+        raise TimeoutError(f"no line arrived on standard input within {wait:g} seconds")
+    if failed:
+        raise ValueError(f"standard input could not be read ({failed[0].strerror or failed[0].__class__.__name__})")
+    line, end, _ = received[0].partition(b"\n")
+    if not end and len(line) > limit:
+        raise ValueError(f"the first line on standard input is longer than {limit} bytes, which no secret is")
+    line = line.removesuffix(b"\r").removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark from PowerShell
+    if not line.strip():
+        raise EOFError("standard input was empty")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("the line on standard input is not UTF-8 text") from None
+    if any(ord(char) < 32 or ord(char) == 127 for char in text):
+        raise ValueError(
+            "the line on standard input has a control character (a NUL, a tab, ...), which no secret has: "
+            "UTF-16 text, perhaps"
+        )
+    return text
+
+
+def console_secret_prompt() -> Callable[[str], str]:
+    """How to ask for a secret at this console without showing it: :func:`read_hidden` on Windows,
+    :func:`getpass.getpass` elsewhere (it reads the terminal, and ends at end of input)."""
+    if sys.platform == "win32":
+        import msvcrt  # Windows only
+
+        return lambda prompt: read_hidden(prompt, getch=msvcrt.getwch, putch=msvcrt.putwch)  # type: ignore[attr-defined]
+    import getpass  # start-up: only for set-secret
+
+    return lambda prompt: getpass.getpass(prompt)
+
+
 # -- Windows only: the ctypes glue ---------------------------------------------------------------
+
+
+def _windows_console_input(fd: int) -> bool:
+    """Whether ``fd`` is a console's input: GetConsoleMode succeeds for nothing else."""
+    import ctypes  # Windows only
+    import msvcrt
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32.GetConsoleMode.argtypes = [wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD)]
+    kernel32.GetConsoleMode.restype = wintypes.BOOL
+    mode = wintypes.DWORD()
+    return bool(kernel32.GetConsoleMode(wintypes.HANDLE(msvcrt.get_osfhandle(fd)), ctypes.byref(mode)))  # type: ignore[attr-defined]
 
 
 def _windows_processes() -> dict[int, tuple[int, str]]:

@@ -6,11 +6,12 @@ storing is :mod:`api_pipeline.secret_store`'s.
 
 from __future__ import annotations
 
-import getpass
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from api_pipeline.config import OPTIONS
+from api_pipeline.console import console_secret_prompt, read_piped_line, stdin_is_interactive
 from api_pipeline.errors import ConfigError, ExitCode
 from api_pipeline.secret_store import (
     KEYRING_PREFIX,
@@ -42,8 +43,10 @@ def set_secret_command(
 ) -> int:
     """``set-secret NAME``: ask for a secret twice without echo, store it, print the ``.env`` line.
 
-    Reads no settings, so it works before the ``.env`` is complete. ``prompt`` is for tests;
-    by default :func:`getpass.getpass`, which does not show what is typed.
+    Reads no settings, so it works before the ``.env`` is complete. ``prompt`` is for tests; by
+    default the console is asked without showing what is typed. With no console to type at (a
+    deployment script, a remote shell, ``< NUL``), the secret is the first line of standard
+    input, asked once; nothing there (or nothing in time) is exit 2 saying how to run it.
     """
     variable = name.strip().upper()
     allowed = keyring_variables()
@@ -56,13 +59,16 @@ def set_secret_command(
         keyring_backend()
     except KeyringUnavailable as exc:
         raise ConfigError(f"set-secret: cannot store {variable}: {exc}") from None
-    ask = prompt or getpass.getpass
-    first = ask(f"{variable} (what you type is not shown): ")
-    if not first.strip():
-        raise ConfigError("set-secret: nothing was typed, so nothing was stored")
+    ask = prompt or (console_secret_prompt() if stdin_is_interactive() else None)
+    if ask is None:
+        first = _piped_secret(variable)
+    else:
+        first = _typed(ask, f"{variable} (what you type is not shown): ")
+        if not first.strip():
+            raise ConfigError("set-secret: nothing was typed, so nothing was stored")
     if is_keyring_reference(first):
-        raise ConfigError(f"set-secret: type the secret itself, not a {KEYRING_PREFIX} reference")
-    if ask(f"{variable} again, to confirm: ") != first:
+        raise ConfigError(f"set-secret: give the secret itself, not a {KEYRING_PREFIX} reference")
+    if ask is not None and _typed(ask, f"{variable} again, to confirm: ") != first:
         raise ConfigError("set-secret: the two entries differ, so nothing was stored")
     _check_value(variable, first)
     try:
@@ -80,6 +86,45 @@ def set_secret_command(
         "again as the task's account. Then check with test-endpoint (or test-db for DB_PASSWORD)."
     )
     return ExitCode.OK
+
+
+def _typed(ask: Callable[[str], str], prompt: str) -> str:
+    """What was typed; "" when the input ended first; a line too long is refused."""
+    try:
+        return ask(prompt)
+    except EOFError:
+        return ""
+    except ValueError as exc:
+        raise ConfigError(f"set-secret: {exc}; nothing was stored") from None
+
+
+def _piped_secret(variable: str) -> str:
+    """The secret as the first line of standard input, for a run with no console to type at."""
+    how = (
+        "Run set-secret in a console window (Command Prompt or PowerShell) to type it, or give it as one line on "
+        f"standard input, for example: type secret.txt | csc_api_pipeline.exe set-secret {variable}"
+    )
+    try:
+        return read_piped_line(_stdin_fd())
+    except EOFError:
+        raise ConfigError(
+            f"set-secret: there is no console to type {variable} at, and standard input was empty, so nothing was "
+            f"stored. {how}"
+        ) from None
+    except TimeoutError as exc:
+        raise ConfigError(
+            f"set-secret: there is no console to type {variable} at, and {exc}, so nothing was stored. {how}"
+        ) from None
+    except ValueError as exc:
+        raise ConfigError(f"set-secret: {exc}; nothing was stored") from None
+
+
+def _stdin_fd() -> int:
+    """Standard input's file descriptor; EOFError when there is none to read (closed, or replaced)."""
+    try:
+        return sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is both of the last two
+        raise EOFError("no standard input") from None
 
 
 def _check_value(variable: str, value: str) -> None:

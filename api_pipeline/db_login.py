@@ -19,6 +19,8 @@ _ODBC_INTEGRATED = re.compile(
 )
 _ODBC_USER_KEY = re.compile(r"(?i)(?:^|;)\s*(?:uid|user\s+id|user)\s*=")
 _TRUSTED_CONNECTION = re.compile(r"(?i)trusted_connection\s*=\s*yes;?")
+# The earlier tool's two settings that make a connection string, read when no source has one.
+SERVER_AND_DATABASE = ("USER_SERVER", "USER_DATABASE")
 
 
 def _odbc_braced(value: str) -> str:
@@ -82,7 +84,7 @@ def integrated_security_string(environ: Mapping[str, str], file_values: Mapping[
     def get(name: str) -> str:
         return (environ.get(name) or file_values.get(name) or "").strip()
 
-    server, database = get("USER_SERVER"), get("USER_DATABASE")
+    server, database = (get(name) for name in SERVER_AND_DATABASE)
     if server and database:
         return "USER_SERVER", f"SERVER={server};DATABASE={database};Trusted_Connection=yes;"
     return None

@@ -241,8 +241,8 @@ def serve_forever_cli(
         simulator.stop()
     requests, tokens = len(simulator.request_log()), simulator.token_requests
     out(
-        f"Simulator stopped: {requests} requests ({tokens} token, {requests - tokens} other), "
-        f"{simulator.records_accepted} records accepted, {len(simulator.snapshot())} children held."
+        f"Simulator stopped: {plural(requests, 'request')} ({tokens} token, {requests - tokens} other), "
+        f"{plural(simulator.records_accepted, 'record')} accepted, {plural(len(simulator.snapshot()), 'child')} held."
     )
     return 0
 

@@ -275,11 +275,16 @@ def _add_sample(db: Database, table: str, count: int, append: bool, ctx: Any) ->
         first = 1 + max((int(p[1:]) for p in taken if re.fullmatch(r"C\d{7}", p)), default=0)
     added = load_sample_children(db, table, make_children(count, seed=SAMPLE_SEED + first, first=first))
     last = first + added - 1
+    ids = f"C{first:07d}" if added == 1 else f"C{first:07d} to C{last:07d}"
     ctx.print(
-        f"sample: {plural(added, 'synthetic child')} added to {table} (person_id C{first:07d} to C{last:07d}), as "
+        f"sample: {plural(added, 'synthetic child')} added to {table} (person_id {ids}), as "
         "the council's SQL adds new children: submission_status Pending, row_state New"
     )
-    ctx.print("Next: simulate-api in another window, then run against it (see the rehearsal guide).")
+    if existing:  # a rehearsal under way: the simulator is (or should be) running already
+        they = "it" if added == 1 else "them"
+        ctx.print(f"Next: run, to send {they} to the simulator (simulate-api, running in another window).")
+    else:
+        ctx.print("Next: simulate-api in another window, then run against it (see the rehearsal guide).")
 
 
 SAMPLE_SEED = 2026

@@ -8,6 +8,7 @@ secrets or personal data.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum
 
 
@@ -57,12 +58,14 @@ class PipelineError(Exception):
 
 
 class ConfigError(PipelineError):
-    """Settings are missing or wrong. Carries every problem found, one per line."""
+    """Settings are missing or wrong. Carries every problem found, one per line, and the warnings
+    about the settings found on the way (a misspelt name is often why one is missing)."""
 
     exit_code = ExitCode.USAGE
 
-    def __init__(self, problems: list[str] | str) -> None:
+    def __init__(self, problems: list[str] | str, *, warnings: Sequence[str] = ()) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.warnings = list(warnings)
         super().__init__("\n".join(self.problems))
 
 

@@ -191,6 +191,21 @@ class RunLogFile(logging.FileHandler):
         )
 
 
+def log_to_files_only(message: str, exc_info: Any) -> list[Path]:
+    """``message`` and its traceback in the run's log file, not on the console (which had its own copy).
+
+    Masked as every log line is. Returns the files written to: none when no run log is open.
+    """
+    logger = logging.getLogger(LOGGER_NAME)
+    record = logger.makeRecord(f"{LOGGER_NAME}.cli", logging.ERROR, __file__, 0, message, (), exc_info)
+    written = []
+    for handler in logger.handlers:
+        if isinstance(handler, RunLogFile) and handler.failure is None:
+            handler.handle(record)  # its filter masks, its formatter writes the traceback as format_traceback does
+            written.append(Path(handler.baseFilename))
+    return written
+
+
 def _masking_filters() -> list[SecretMaskingFilter]:
     found: list[SecretMaskingFilter] = []
     for handler in logging.getLogger(LOGGER_NAME).handlers:

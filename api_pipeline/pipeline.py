@@ -43,7 +43,7 @@ from api_pipeline.runs import RunSummary, make_private_dir, replace_private
 from api_pipeline.schema import RecordValidator, generalise_path
 from api_pipeline.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingRow, StagingTable
 from api_pipeline.timestamps import utc_now, utc_stamp
-from api_pipeline.wording import printable
+from api_pipeline.wording import plural, printable
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,19 @@ class Pipeline:
                     self._count_not_reached()
 
     def _count_not_reached(self) -> None:
-        """After an early stop: how many rows the run would still have read (best effort, counts only)."""
+        """After an early stop: how many rows the run would still have read (best effort, counts only).
+
+        So that what became of the rows read adds up to them: rows read once and kept for the
+        second look, which the run did not get back to, count as not reached rather than read, and
+        a row read whose outcome was never settled (the run stopped as it was being prepared) as not
+        sent.
+        """
+        waiting = self.identities.waiting
+        read = self.summary.rows_read
+        self.summary.rows_read -= waiting
+        unsettled = self.summary.rows_read - self.summary.accounted
+        if unsettled > 0:
+            self.summary.outcomes["failed"] += unsettled
         source, wanted = self.table.candidate_source(
             all_rows=self.options.all_rows, held_back=self.options.validate_only
         )
@@ -170,10 +182,8 @@ class Pipeline:
             self.summary.not_reached_unknown = True
             return
         if self.options.limit is not None:
-            left = min(left, max(0, self.options.limit - self.summary.rows_read))
-        # Rows read once and kept for the second look, which the run did not get back to.
-        left += self.identities.waiting
-        self.summary.outcomes["not_reached"] = left
+            left = min(left, max(0, self.options.limit - read))
+        self.summary.outcomes["not_reached"] = left + waiting
 
     def _run(self) -> RunSummary:
         started = time.monotonic()
@@ -442,7 +452,10 @@ class Pipeline:
             raise Invalid(reasons.PURGE_WITHOUT_ID, "purge without id")
         row = self._resending(self.identities.identify(row, la_child_id), la_child_id)
         if row.ledger_purged and not row.in_doubt:
-            return None  # found by its la_child_id: DfE has already deleted this child
+            # Found by its la_child_id: DfE has already deleted this child, as the table says
+            # (read by validate --all): already up to date.
+            self.summary.outcomes["unchanged"] += 1
+            return None
         body = build_purge(la_child_id, mis_child_id)
         errors = self.validator.errors(body)
         if errors:
@@ -516,7 +529,7 @@ class Pipeline:
         make_private_dir(folder)
         path = folder / f"batch_{batch_id}.json"
         replace_private(path, frame_body(i.body for i in batch))  # whole records: the owner's only
-        log.info("batch %s: %d request records written to %s for review", batch_id, len(batch), path)
+        log.info("batch %s: %s written to %s for review", batch_id, plural(len(batch), "record"), path)
 
 
 def _unchanged_since_sent(row: StagingRow) -> bool:

@@ -32,6 +32,7 @@ SHOWN_OUTCOMES = (
     ("valid", "valid"),
     ("dry_run", "written"),
     ("unchanged", "up to date"),
+    ("adopted", "already held by DfE"),  # sent by the earlier tool: recorded, not sent
 )
 KNOWN_TOTAL_FORMAT = (
     "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} records [{elapsed}<{remaining}, {rate_fmt}{postfix}]"

@@ -24,15 +24,17 @@ from typing import Any
 from api_pipeline import APP_NAME, __version__
 from api_pipeline.errors import ExitCode
 from api_pipeline.runs import (
+    OUTCOME_KEYS,
     PROBLEM_OUTCOMES,
     REPORT_SUFFIX,
+    ROW_OUTCOMES,
     make_private_dir,
     read_summaries,
     replace_private,
     report_path_for,
 )
 from api_pipeline.timestamps import parse_utc
-from api_pipeline.wording import printable
+from api_pipeline.wording import duration, plural, printable
 
 CHART_RUNS = 30
 
@@ -40,16 +42,17 @@ OUTCOME_LABELS = (
     ("sent", "Sent to DfE and acknowledged"),
     ("purged", "Deletions sent to DfE and acknowledged"),
     ("unchanged", "Already up to date at DfE, so not sent again"),
+    ("adopted", "Recorded as already held by DfE (sent by the earlier tool), so not sent again"),
     ("valid", "Passed the checks (validation only, nothing sent)"),
+    ("held_back_passes", "Held back as invalid, but passing the checks now (validation only, nothing sent)"),
     ("dry_run", "Prepared for review only (dry run, nothing sent)"),
     ("invalid", "Not sent: the record fails DfE's rules (the data needs fixing)"),
     ("skipped", "Not sent: a problem with the staging table row (the staging SQL needs fixing)"),
     ("rejected", "Refused by DfE"),
     ("failed", "Not sent this time; will be tried again at the next run"),
-    ("changed_during_run", "Changed in the table during the run; will be sent at the next run"),
     ("in_doubt", "Acknowledged by DfE, but the table could not record it; will be sent whole at the next run"),
-    ("not_reached", "Not reached before the run stopped; will be sent at the next run"),
 )
+NOT_REACHED = "Not reached before the run stopped"
 RETRY_LABELS = {
     "401": "the access token was renewed (HTTP 401)",
     "403": "DfE's gateway refused or throttled us (HTTP 403)",
@@ -57,6 +60,10 @@ RETRY_LABELS = {
     "413": "a batch was too large and was split (HTTP 413)",
     "429": "DfE asked us to slow down (HTTP 429)",
 }
+# A speed is shown only for a run that read at least this many records and took at least this
+# long: a handful of records in a fraction of a second gives a number that means nothing.
+SPEED_MIN_RECORDS = 100
+SPEED_MIN_SECONDS = 1.0
 SENT_COLOUR = "#1d70b8"
 PROBLEM_COLOUR = "#d4351c"
 
@@ -171,17 +178,15 @@ def last_runs(count: int) -> str:
     return "the last run" if count == 1 else f"the last {count} runs"
 
 
-def duration(seconds: Any, *, unknown: str = "not recorded", unit: str = "seconds") -> str:
-    """``12.5 seconds``, ``1 min 05 s``, ``1 h 06 min``; shared with ``status``."""
-    if not isinstance(seconds, (int, float)):
-        return unknown
-    if seconds < 60:
-        return f"{seconds:.1f} {unit}"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+def speed(rows_read: int, seconds: Any) -> str | None:
+    """``1,460 records read a second``, or None when the run was too small or too quick for a
+    speed to mean anything (:data:`SPEED_MIN_RECORDS`, :data:`SPEED_MIN_SECONDS`)."""
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < SPEED_MIN_SECONDS:
+        return None
+    if rows_read < SPEED_MIN_RECORDS:
+        return None
+    rate = rows_read / seconds
+    return f"{rate:,.0f} records read a second" if rate >= 10 else f"{rate:.1f} records read a second"
 
 
 def size(n: int) -> str:
@@ -317,6 +322,38 @@ def render_chart(history: Sequence[Mapping[str, Any]], current_run_id: str | Non
 
 # -- the page -----------------------------------------------------------------------------------
 
+
+def _outcomes_html(summary: Mapping[str, Any], outcomes: Mapping[str, int], rows_read: int) -> str:
+    """What became of the records read, one row per outcome, adding up to the records read; then
+    the rows changed during the run (already counted once) and those not reached (never read)."""
+    labels = dict(OUTCOME_LABELS)
+    rows: list[tuple[str, int]] = [(labels[key], outcomes[key]) for key in ROW_OUTCOMES if outcomes.get(key)]
+    rows += [(key.replace("_", " "), n) for key, n in sorted(outcomes.items()) if key not in OUTCOME_KEYS and n]
+    if rows:
+        parts = (
+            '<table><tr><th>What happened</th><th class="num">Records</th></tr>'
+            + _rows(rows)
+            + f'<tr><th>Records read from the staging table</th><th class="num">{rows_read}</th></tr></table>'
+        )
+    else:
+        parts = "<p>No records needed sending in this run.</p>"
+    changed = outcomes.get("changed_during_run", 0)
+    if changed:
+        parts += (
+            f"<p>{esc(plural(changed, 'record'))} of these {'was' if changed == 1 else 'were'} changed in the table "
+            f"during the run; {'it' if changed == 1 else 'they'} will be sent at the next run.</p>"
+        )
+    if summary.get("not_reached_unknown") is True:  # the database was gone: the rows left could not be counted
+        parts += f"<p>{NOT_REACHED}: an unknown number of records (the database could not be asked).</p>"
+    elif outcomes.get("not_reached"):
+        left = outcomes["not_reached"]
+        parts += (
+            f"<p>{NOT_REACHED}: {esc(plural(left, 'more record'))}, not among those read; "
+            f"{'it' if left == 1 else 'they'} will be sent at the next run.</p>"
+        )
+    return parts
+
+
 CSS = """
 body{font-family:"Segoe UI",Arial,Helvetica,sans-serif;color:#0b0c0c;background:#fff;margin:0;line-height:1.45}
 main{max-width:1040px;margin:0 auto;padding:24px 32px 48px}
@@ -380,21 +417,8 @@ def render_report(
     verdict_class, verdict = _verdict(summary, meanings)
     seconds = summary.get("seconds")
     rows_read = _int(summary.get("rows_read"))
-    rate = f"{rows_read / seconds:.1f} records a second" if isinstance(seconds, (int, float)) and seconds > 0 else "-"
     code = summary.get("exit_code")
-
-    outcome_rows: list[tuple[str, int | str]] = [
-        (label, outcomes[key]) for key, label in OUTCOME_LABELS if outcomes.get(key)
-    ]
-    known = {key for key, _ in OUTCOME_LABELS}
-    outcome_rows += [(key.replace("_", " "), n) for key, n in sorted(outcomes.items()) if key not in known and n]
-    if summary.get("not_reached_unknown") is True:  # the database was gone: the rows left could not be counted
-        outcome_rows.append((dict(OUTCOME_LABELS)["not_reached"], "unknown"))
-    outcomes_html = (
-        '<table><tr><th>What happened</th><th class="num">Records</th></tr>' + _rows(outcome_rows) + "</table>"
-        if outcome_rows
-        else "<p>No records needed sending in this run.</p>"
-    )
+    outcomes_html = _outcomes_html(summary, outcomes, rows_read)
 
     reasons = summary.get("invalid_reasons")
     reason_items = sorted(
@@ -434,7 +458,7 @@ def render_report(
         ("Started", long_time(summary.get("started_at"))),
         ("Finished", long_time(summary.get("finished_at"))),
         ("Time taken", duration(seconds)),
-        ("Speed", rate),
+        *([("Speed", rate)] if (rate := speed(rows_read, seconds)) else []),
         ("Kind of run", f"{kind}, {'partial (changes only)' if summary.get('mode') == 'partial' else 'full records'}"),
         ("Exit code", "not recorded" if code is None else f"{code}: {_exit_meaning(summary, meanings)}"),
     ]

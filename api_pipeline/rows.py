@@ -20,6 +20,7 @@ from api_pipeline.odbc import UTF16, UnreadableText
 from api_pipeline.payload import DUPLICATE_KEY, MAX_NESTING, loads_record, nesting_exceeds, unclear_part
 from api_pipeline.schema import UNKNOWN_KEY, format_path, generalise_path, load_bundled_schema, schema_keys
 from api_pipeline.staging import StagingRow, StagingTable
+from api_pipeline.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -219,9 +220,11 @@ class Identities:
             taken = self._known_person_ids()
             self.duplicates.update(key for key, n in claims.items() if n > 1 or key in taken)
         if self.duplicates:
+            many = len(self.duplicates) > 1
             log.warning(
-                "%d children have more than one row in the staging table; none of their rows is sent",
-                len(self.duplicates),
+                "%s more than one row in the staging table; none of %s rows is sent",
+                plural(len(self.duplicates), "child has", "children have"),
+                "their" if many else "its",
             )
 
     def _known_person_ids(self) -> Counter:

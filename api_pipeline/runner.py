@@ -28,6 +28,8 @@ from api_pipeline.pipeline import Pipeline, RunOptions
 from api_pipeline.progress import progress_for
 from api_pipeline.report import write_report
 from api_pipeline.runs import (
+    OUTCOME_WORDS,
+    ROW_OUTCOMES,
     RunSummary,
     default_log_dir,
     make_private_dir,
@@ -356,6 +358,8 @@ def _log_where_settings_came_from(settings: Settings, ctx: Any) -> None:
         )
     else:
         log.info("settings: from %s", env_file)
+    for warning in settings.warnings:
+        log.warning("settings: %s", warning)
     if settings.sqlite_file is not None:
         log.info("database: SQLite file %s", settings.sqlite_file)
 
@@ -375,25 +379,20 @@ def validate_command(settings: Settings, ctx: Any, *, all_rows: bool, limit: int
     return ExitCode.RECORDS_FAILED if summary.problems else ExitCode.OK
 
 
-# What validate says of each outcome, after its count; any other outcome is named by its key.
-_VALIDATION_WORDS = {
-    "valid": "would be sent",
-    "unchanged": "already up to date",
-    "invalid": "invalid",
-    "skipped": "skipped",
-    "adopted": "sent by an earlier tool and unchanged (not sent again)",
-    "held_back_passes": "held back as invalid but passing now (sent once your SQL sets them back to Pending)",
-}
-_ALWAYS_SAID = ("valid", "unchanged", "invalid", "skipped")
+# What validate always says, even when none; any other outcome is said when it happened.
+_VALIDATION_SAID = ("valid", "unchanged", "invalid", "skipped")
 
 
 def validation_line(summary: RunSummary) -> str:
     """``checked N rows: …``, with a count for every outcome of a row checked, so that the counts add up to N."""
     o = summary.outcomes
-    said = [key for key in _VALIDATION_WORDS if key in _ALWAYS_SAID or o[key]]
-    said += [key for key in sorted(o) if o[key] and key not in _VALIDATION_WORDS and key != "not_reached"]
-    parts = [f"{o[key]} {_VALIDATION_WORDS.get(key, key.replace('_', ' '))}" for key in said]
+    said = [*_VALIDATION_SAID, *(key for key in ROW_OUTCOMES if o[key] and key not in _VALIDATION_SAID)]
+    said += [key for key in sorted(o) if o[key] and key not in OUTCOME_WORDS]
+    parts = [f"{o[key]} {OUTCOME_WORDS.get(key, key.replace('_', ' '))}" for key in said]
     line = f"checked {plural(summary.rows_read, 'row')}: {', '.join(parts)}"
+    if o["changed_during_run"]:
+        line += f" ({o['changed_during_run']} of them {OUTCOME_WORDS['changed_during_run']})"
     if summary.stopped_early:
-        line += f"; stopped early, not reached: {summary.outcomes['not_reached']}"
+        left = "unknown" if summary.not_reached_unknown else str(o["not_reached"])
+        line += f"; stopped early, not reached: {left}"
     return line

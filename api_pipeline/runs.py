@@ -31,7 +31,7 @@ from typing import Any
 
 from api_pipeline.config import Settings
 from api_pipeline.timestamps import parse_utc, utc_now, utc_stamp
-from api_pipeline.wording import plural
+from api_pipeline.wording import duration, plural
 
 KEEP_RUNS = 30
 PRIVATE_FILE = 0o600  # logs, summaries, reports and dry-run files: the account running the tool only
@@ -50,25 +50,36 @@ STALE_TEMP_SECONDS = 3600  # a temporary file this old was left by a run that wa
 FUTURE_GRACE = timedelta(days=1)
 SUMMARY_LIMIT = 8 * 1024 * 1024  # bytes: far more than any summary the tool writes
 
-# What can happen to a row in a run: the keys of RunSummary.outcomes.
-OUTCOME_KEYS = (
-    "sent",  # DfE acknowledged the record
-    "purged",  # DfE acknowledged the deletion
-    "unchanged",  # DfE already holds exactly this record
-    "adopted",  # an earlier tool sent it and it is unchanged: recorded in the ledger, not sent
-    "valid",  # validate: would be sent
-    "held_back_passes",  # validate: marked invalid by a run, passes now; sent once set back to pending
-    "dry_run",  # run --dry-run: written for review
-    "invalid",  # fails DfE's schema: not sent until the data changes
-    "skipped",  # a problem with the staging row itself
-    "rejected",  # DfE refused it
-    "failed",  # not sent this time; sent again next run
-    "changed_during_run",  # the council's SQL changed it after it was read; sent next run
+# What can happen to a row in a run: the keys of RunSummary.outcomes, each with the words the
+# console's summary, validate and status say after its count.
+OUTCOME_WORDS = {
+    "sent": "sent",  # DfE acknowledged the record
+    "purged": "purged",  # DfE acknowledged the deletion
+    # an earlier tool sent it and it is unchanged: recorded in the ledger, not sent
+    "adopted": "recorded as already held by DfE (sent by the earlier tool)",
+    "unchanged": "already up to date",  # DfE already holds exactly this record (or has deleted this child)
+    "valid": "would be sent",  # validate
+    # validate: marked invalid by a run, passes now; sent once set back to pending
+    "held_back_passes": "held back as invalid but passing now (sent once your SQL sets them back to Pending)",
+    "dry_run": "written for review",  # run --dry-run
+    "invalid": "invalid",  # fails DfE's schema: not sent until the data changes
+    "skipped": "skipped",  # a problem with the staging row itself
+    "rejected": "rejected by DfE",
+    "failed": "not sent (will retry)",  # not sent this time; sent again next run
     # DfE acknowledged it, but the table could not record that (the database was lost): sent
     # whole next run, as a child in doubt (DESIGN §7)
-    "in_doubt",
-    "not_reached",  # the run stopped before reading it
-)
+    "in_doubt": "acknowledged by DfE but not recorded (in doubt)",
+    # Said of rows counted once already: the council's SQL changed the row after it was read, so
+    # what the run did is not written to it and it is sent next run.
+    "changed_during_run": "changed in the table during the run",
+    "not_reached": "not reached (stopped early)",  # the run stopped before reading it: not among the rows read
+}
+OUTCOME_KEYS = tuple(OUTCOME_WORDS)
+# Each row a run reads has exactly one of these, so they add up to rows_read (the rows not reached
+# are beyond it, and a row changed during the run has its own outcome as well).
+ROW_OUTCOMES = tuple(key for key in OUTCOME_KEYS if key not in ("changed_during_run", "not_reached"))
+# Said in the console's summary even when none: the outcomes of an ordinary run.
+_ALWAYS_SAID = ("sent", "purged", "unchanged", "invalid", "skipped", "rejected", "failed")
 PROBLEM_OUTCOMES = ("invalid", "skipped", "rejected", "failed", "in_doubt", "not_reached")
 
 
@@ -390,10 +401,10 @@ class RunSummary:
         o = self.outcomes
         return o["invalid"] + o["rejected"] + o["failed"] + o["skipped"] + o["in_doubt"] + int(self.stopped_early)
 
-    def _not_reached(self) -> str:
-        if self.not_reached_unknown:
-            return "unknown (the database could not be asked)"
-        return str(self.outcomes["not_reached"])
+    @property
+    def accounted(self) -> int:
+        """Rows read that have an outcome: all of them, once the run is over."""
+        return sum(self.outcomes[key] for key in ROW_OUTCOMES)
 
     def note_problem(self, key: str, row_id: int) -> None:
         """Count a problem by its reason and keep the first few row ids as examples."""
@@ -411,33 +422,45 @@ class RunSummary:
         }
 
     def lines(self) -> list[str]:
+        """The end-of-run summary for the console and the log: the rows read, and what became of
+        every one of them, in counts that add up to the rows read."""
         o = self.outcomes
         head = "dry run (nothing sent)" if self.dry_run else f"{self.mode} run"
-        return [
-            f"{head} finished in {self.seconds:.1f} s: {plural(self.rows_read, 'row')} read, "
+        always = (*_ALWAYS_SAID, "dry_run") if self.dry_run else _ALWAYS_SAID
+        said = [key for key in ROW_OUTCOMES if o[key] or key in always]
+        said += [key for key in sorted(o) if o[key] and key not in OUTCOME_WORDS]  # a key from elsewhere
+        lines = [
+            f"{head} finished in {duration(self.seconds, unit='s')}: {plural(self.rows_read, 'row')} read, "
             f"{plural(self.batches, 'batch')}, {plural(self.requests, 'request')}, "
             f"{plural(sum(self.retries.values()), 'retry', 'retries')}",
-            f"  sent {o['sent']}, purged {o['purged']}, already up to date {o['unchanged']}, "
-            f"invalid {o['invalid']}, skipped {o['skipped']}, rejected by DfE {o['rejected']}, "
-            f"not sent (will retry) {o['failed']}, changed during the run {o['changed_during_run']}"
-            + (f", written for review {o['dry_run']}" if self.dry_run else "")
-            + (f", acknowledged by DfE but not recorded (in doubt) {o['in_doubt']}" if o["in_doubt"] else "")
-            + (f", not reached (stopped early) {self._not_reached()}" if self.stopped_early else ""),
-            *(
-                [
-                    f"  {plural(self.resent_in_doubt, 'child', 'children')} sent whole because DfE's copy was in doubt "
-                    "(an earlier batch's answer was never recorded, or run --resend-all), with purges for whatever "
-                    "DfE may hold"
-                ]
-                if self.resent_in_doubt
-                else []
-            ),
-            *(
-                f"  problem: {key}: {plural(count, 'row')}, "
-                f"e.g. row id {', '.join(map(str, self.examples.get(key, [])))}"
-                for key, count in self.invalid_reasons.most_common(10)
-            ),
+            "  of these: " + ", ".join(f"{o[key]} {OUTCOME_WORDS.get(key, key.replace('_', ' '))}" for key in said),
         ]
+        changed = o["changed_during_run"]
+        if changed:
+            one = changed == 1
+            lines.append(
+                f"  {plural(changed, 'row')} of these {'was' if one else 'were'} changed in the table during the run: "
+                f"{'it stays' if one else 'they stay'} pending and {'is' if one else 'are'} sent at the next run"
+            )
+        if self.stopped_early:
+            if self.not_reached_unknown:
+                lines.append("  not reached (stopped early): unknown (the database could not be asked)")
+            else:
+                left = o["not_reached"]
+                lines.append(
+                    f"  not reached (stopped early): {plural(left, 'row')}" + (", read at the next run" if left else "")
+                )
+        if self.resent_in_doubt:
+            lines.append(
+                f"  {plural(self.resent_in_doubt, 'child', 'children')} sent whole because DfE's copy was in doubt "
+                "(an earlier batch's answer was never recorded, or run --resend-all), with purges for whatever "
+                "DfE may hold"
+            )
+        lines += [
+            f"  problem: {key}: {plural(count, 'row')}, e.g. row id {', '.join(map(str, self.examples.get(key, [])))}"
+            for key, count in self.invalid_reasons.most_common(10)
+        ]
+        return lines
 
 
 def write_summary(log_file: Path, summary: RunSummary) -> Path:

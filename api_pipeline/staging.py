@@ -260,7 +260,7 @@ class FirstContact:
         if not self.total:
             return []
         parts = [
-            (self.adopt, "recorded as DfE already holds them (an earlier tool sent them), not sent again"),
+            (self.adopt, "recorded as already held by DfE (sent by the earlier tool), not sent again"),
             (
                 self.changed_since_sent + self.with_purges,
                 "sent whole, with purges for what previous_json_payload has and the record now lacks",
@@ -524,6 +524,25 @@ class StagingTable:
         for rows, first in self.db.query(f"SELECT COUNT(*), MIN(t.last_updated) {self.candidates_from_where()}"):
             return int(rows or 0), first
         return 0, None
+
+    def waiting(self) -> tuple[int, int]:
+        """Of the rows the next run would read (:meth:`pending`): how many are deleted children whose
+        purge it sends, and how many it records as already held by DfE without sending them (an
+        earlier tool sent them and they are unchanged since, DESIGN §4). The rest are records to send."""
+        source, wanted = self.candidate_source()
+        j = self._joined()
+        same = self.db.dialect.same_columns("t.previous_json_payload", "t.json_payload")
+        adopt = (
+            f"{_STATE} <> 'deleted' AND {_STATUS} = 'sent' AND {j.unknown} AND NOT {j.in_doubt} "
+            f"AND (t.previous_json_payload IS NULL OR {same})"
+        )
+        sql = (
+            f"SELECT SUM(CASE WHEN {_STATE} = 'deleted' THEN 1 ELSE 0 END), "
+            f"SUM(CASE WHEN {adopt} THEN 1 ELSE 0 END) FROM {source} WHERE {wanted}"
+        )
+        for deletions, adopt_rows in self.db.query(sql):
+            return int(deletions or 0), int(adopt_rows or 0)
+        return 0, 0
 
     def ledger_totals(self) -> tuple[int, int, Any]:
         """Children acknowledged, children purged and the latest acknowledgement, from the ledger."""

@@ -28,12 +28,19 @@ from api_pipeline.catalogue import column_names
 from api_pipeline.config import Settings
 from api_pipeline.db import Database
 from api_pipeline.errors import ConfigError, ExitCode
-from api_pipeline.report import duration
-from api_pipeline.runs import FUTURE_GRACE, Summaries, default_log_dir, read_summaries
+from api_pipeline.runs import (
+    FUTURE_GRACE,
+    OUTCOME_KEYS,
+    OUTCOME_WORDS,
+    ROW_OUTCOMES,
+    Summaries,
+    default_log_dir,
+    read_summaries,
+)
 from api_pipeline.schema import generalise_path, load_bundled_schema, load_schema
 from api_pipeline.staging import FirstContact, StagingTable
 from api_pipeline.timestamps import parse_timestamp, utc_now, utc_stamp
-from api_pipeline.wording import plural, printable
+from api_pipeline.wording import duration, plural, printable
 
 STATUS_FORMAT_VERSION = 1
 EXAMPLE_IDS = 5
@@ -166,6 +173,13 @@ def describe_age(seconds: float) -> str:
     return unit(minutes, "minute")
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    """A time the tool itself wrote (the ledger's, the in-doubt table's): UTC, naive as DATETIME holds it."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
+
+
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
@@ -194,7 +208,12 @@ STATUS_JSON_KEYS: dict[str, str] = {
     "problems[].rows": "Rows with that status and reason.",
     "problems[].example_row_ids": f"Up to {EXAMPLE_IDS} row ids (the id column) to look at.",
     "pending": "The rows the next run would read.",
-    "pending.rows": "How many.",
+    "pending.rows": "How many: records + deletions + adopt.",
+    "pending.records": "Of those, records to send (whole or as changes; one DfE already holds is found up to date "
+    "and not sent).",
+    "pending.deletions": "Of those, deleted children whose purge DfE has not acknowledged: purges to send.",
+    "pending.adopt": "Of those, rows an earlier tool sent and nobody has changed since: recorded as already held by "
+    "DfE, not sent again.",
     "pending.oldest_last_updated": "The oldest last_updated among them, or null.",
     "pending.oldest_age_seconds": "How long ago that was, in seconds, or null.",
     "pending.last_updated_column": "false when the table has no last_updated column (no age can be given).",
@@ -203,7 +222,7 @@ STATUS_JSON_KEYS: dict[str, str] = {
     "ledger.exists": "false until the first run creates it.",
     "ledger.children_acknowledged": "Children whose current record DfE acknowledged; null without a ledger.",
     "ledger.children_purged": "Children whose deletion DfE acknowledged; null without a ledger.",
-    "ledger.last_acknowledged_at": "The latest acknowledgement, or null.",
+    "ledger.last_acknowledged_at": "The latest acknowledgement (UTC, ending in Z), or null.",
     "ledger.rows_without_entry": "Rows whose child has no ledger entry yet (as after switching from an earlier "
     "tool), by what the next run does with them.",
     "ledger.rows_without_entry.adopt": "Marked sent by an earlier tool and unchanged since: recorded, not sent.",
@@ -215,7 +234,7 @@ STATUS_JSON_KEYS: dict[str, str] = {
     "ledger.children_in_doubt": "Children in a batch that was sent but whose answer was never recorded: DfE may "
     "hold the ledger's record or the batch's. The next run sends each whole, with purges for whatever that batch "
     "may have left.",
-    "ledger.in_doubt_since": "When the oldest of those batches was sent, or null.",
+    "ledger.in_doubt_since": "When the oldest of those batches was sent (UTC, ending in Z), or null.",
     "runs": "The latest runs, from the run summaries in the log folder.",
     "runs.log_dir": "The log folder read.",
     "runs.recent": "One entry per run, newest first (status --runs N: how many).",
@@ -223,13 +242,22 @@ STATUS_JSON_KEYS: dict[str, str] = {
     "runs.recent[].started_at": "When it started (UTC).",
     "runs.recent[].seconds": "How long it took, or null.",
     "runs.recent[].dry_run": "true for run --dry-run (nothing sent).",
-    "runs.recent[].rows_read": "Rows it read.",
+    "runs.recent[].rows_read": "Rows it read: the sum of sent, purged, unchanged, adopted, dry_run, invalid, "
+    "skipped, rejected, failed and in_doubt.",
     "runs.recent[].sent": "Records DfE acknowledged.",
     "runs.recent[].purged": "Deletions DfE acknowledged.",
-    "runs.recent[].failed": "Records not sent this time; sent again next run.",
+    "runs.recent[].unchanged": "Records DfE already held exactly (and children it had already deleted): not sent.",
+    "runs.recent[].adopted": "Records an earlier tool sent, unchanged since: recorded as already held by DfE, not "
+    "sent.",
+    "runs.recent[].written_for_review": "Records written for review (run --dry-run).",
     "runs.recent[].invalid": "Records that fail DfE's schema (not sent until their data changes).",
-    "runs.recent[].rejected": "Records DfE refused.",
     "runs.recent[].skipped": "Rows skipped because of a problem with the row itself.",
+    "runs.recent[].rejected": "Records DfE refused.",
+    "runs.recent[].failed": "Records not sent this time; sent again next run.",
+    "runs.recent[].in_doubt": "Records DfE acknowledged that the table could not record: sent whole next run.",
+    "runs.recent[].changed_during_run": "Of the rows read, those the council's SQL changed during the run (each "
+    "counted under its outcome too): sent next run.",
+    "runs.recent[].not_reached": "Rows the run stopped before reading (not among rows_read): read next run.",
     "runs.recent[].exit_code": "The run's exit code, or null if it did not record one.",
     "runs.unreadable_summaries": "Summary files that could not be read and were left out.",
     "runs.dated_in_future": f"Run summaries dated more than {FUTURE_GRACE.days} day ahead of the clock of the "
@@ -250,6 +278,8 @@ class StatusReport:
     counts: list[dict[str, Any]] = field(default_factory=list)
     problems: list[dict[str, Any]] = field(default_factory=list)
     pending_rows: int = 0
+    pending_deletions: int = 0
+    pending_adopt: int = 0
     oldest_pending: datetime | None = None
     oldest_pending_age: float | None = None
     last_updated_column: bool = True
@@ -268,6 +298,11 @@ class StatusReport:
     future_total: int = 0
     generated_at: str = field(default_factory=utc_stamp)
 
+    @property
+    def pending_records(self) -> int:
+        """Of the rows waiting, the records to send: neither deletions nor rows to record as already held."""
+        return self.pending_rows - self.pending_deletions - self.pending_adopt
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": STATUS_FORMAT_VERSION,
@@ -278,6 +313,9 @@ class StatusReport:
             "problems": self.problems,
             "pending": {
                 "rows": self.pending_rows,
+                "records": self.pending_records,
+                "deletions": self.pending_deletions,
+                "adopt": self.pending_adopt,
                 "oldest_last_updated": _iso(self.oldest_pending),
                 "oldest_age_seconds": None if self.oldest_pending_age is None else round(self.oldest_pending_age),
                 "last_updated_column": self.last_updated_column,
@@ -376,6 +414,15 @@ def _of_kind(summary: dict[str, Any], key: str, kinds: tuple[type, ...]) -> Any:
     return value
 
 
+# The outcomes a run's summary can have (validate writes none), each one's count shown for every run,
+# by its key in the summary and in status --json (dry_run is the run's kind there already).
+RUN_OUTCOMES = {
+    key: "written_for_review" if key == "dry_run" else key
+    for key in OUTCOME_KEYS
+    if key not in ("valid", "held_back_passes")
+}
+
+
 def run_row(summary: dict[str, Any]) -> dict[str, Any]:
     """The few numbers of one run summary that ``status`` shows; ValueError if a field is not of its kind."""
     outcomes = _of_kind(summary, "outcomes", (dict,)) or {}
@@ -389,12 +436,7 @@ def run_row(summary: dict[str, Any]) -> dict[str, Any]:
         "seconds": _of_kind(summary, "seconds", (int, float)),
         "dry_run": bool(_of_kind(summary, "dry_run", (bool,))),
         "rows_read": int(_of_kind(summary, "rows_read", (int,)) or 0),
-        "sent": count("sent"),
-        "purged": count("purged"),
-        "failed": count("failed"),
-        "invalid": count("invalid"),
-        "rejected": count("rejected"),
-        "skipped": count("skipped"),
+        **{shown: count(key) for key, shown in RUN_OUTCOMES.items()},
         "exit_code": _of_kind(summary, "exit_code", (int,)),
     }
 
@@ -414,6 +456,8 @@ def collect_status(
     report.ledger_exists = table.has_ledger()
     report.last_updated_column = "last_updated" in columns
     report.pending_rows, oldest = table.pending(oldest=report.last_updated_column)
+    if report.pending_rows:
+        report.pending_deletions, report.pending_adopt = table.waiting()
     report.oldest_pending = parse_timestamp(oldest)
     if report.oldest_pending is not None:
         report.oldest_pending_age = age_seconds(
@@ -423,11 +467,11 @@ def collect_status(
     if report.ledger_exists:
         acknowledged, purged, last = table.ledger_totals()
         report.children_acknowledged, report.children_purged = acknowledged, purged
-        report.last_acknowledged = parse_timestamp(last)
+        report.last_acknowledged = _utc(parse_timestamp(last))
 
     report.first_contact = table.first_contact()
     report.children_in_doubt, since = table.in_doubt_totals()
-    report.in_doubt_since = parse_timestamp(since)
+    report.in_doubt_since = _utc(parse_timestamp(since))
     summaries = read_run_summaries(log_dir, runs, now)
     report.runs = [run_row(s) for s in summaries.recent]
     report.future_runs = [run_row(s) for s in summaries.in_future]
@@ -464,6 +508,49 @@ def _when(value: Any) -> str:
     return parsed.strftime("%Y-%m-%d %H:%M") + (" UTC" if parsed.tzinfo is not None else "")
 
 
+def _waiting(report: StatusReport) -> str:
+    """What the next run will read, by what it does with them (adding up to the rows), and how long
+    the oldest has waited."""
+    if report.pending_rows == 0:
+        return "Waiting for the next run: nothing."
+    parts = [
+        f"{plural(n, one)} {what}"
+        for n, one, what in (
+            (report.pending_records, "record", "to send"),
+            (report.pending_deletions, "deletion", "to send"),
+        )
+        if n
+    ]
+    if report.pending_adopt:
+        parts.append(
+            f"{report.pending_adopt} to record as already held by DfE (sent by the earlier tool) without sending"
+        )
+    head = f"Waiting for the next run: {plural(report.pending_rows, 'row')}: {', '.join(parts)}"
+    if report.oldest_pending_age is not None:
+        return (
+            f"{head}; the oldest was last updated {describe_age(report.oldest_pending_age)} ago "
+            f"({_when(report.oldest_pending)})."
+        )
+    why = "the table has no last_updated column" if not report.last_updated_column else "last_updated is empty"
+    return f"{head} (age unknown: {why})."
+
+
+def run_outcomes(run: dict[str, Any]) -> str:
+    """``40 read: 8 sent, 2 purged, 30 recorded as already held by DfE (sent by the earlier tool)``:
+    what became of every row a run read (the counts add up to it), then what it did not reach."""
+    parts = [
+        f"{run[shown]} {OUTCOME_WORDS[key]}"
+        for key, shown in RUN_OUTCOMES.items()
+        if key in ROW_OUTCOMES and run.get(shown)
+    ]
+    text = f"{run['rows_read']} read" + (f": {', '.join(parts)}" if parts else "")
+    if run.get("changed_during_run"):
+        text += f" ({run['changed_during_run']} of them {OUTCOME_WORDS['changed_during_run']})"
+    if run.get("not_reached"):
+        text += f"; {run['not_reached']} not reached"
+    return text
+
+
 def format_status(report: StatusReport) -> list[str]:
     """The report as lines for a person."""
     out = [f"Staging table {report.table}: {report.total_rows} row{'' if report.total_rows == 1 else 's'}"]
@@ -489,18 +576,7 @@ def format_status(report: StatusReport) -> list[str]:
         out.extend(_table(headers, rows, "l" + "r" * (len(headers) - 1)))
 
     out.append("")
-    if report.pending_rows == 0:
-        out.append("Waiting to be sent: nothing.")
-    elif report.oldest_pending_age is not None:
-        out.append(
-            f"Waiting to be sent: {report.pending_rows} row{'' if report.pending_rows == 1 else 's'}; "
-            f"the oldest was last updated {describe_age(report.oldest_pending_age)} ago "
-            f"({_when(report.oldest_pending)})."
-        )
-    else:
-        why = "the table has no last_updated column" if not report.last_updated_column else "last_updated is empty"
-        out.append(f"Waiting to be sent: {plural(report.pending_rows, 'row')} (age unknown: {why}).")
-
+    out.append(_waiting(report))
     out.append("")
     if report.problems:
         out.append("Not sent, by reason (field names only, never record content):")
@@ -546,22 +622,18 @@ def format_status(report: StatusReport) -> list[str]:
         out.append(f"Last {len(report.runs)} run{'' if len(report.runs) == 1 else 's'} (logs in {report.log_dir}):")
         out.extend(
             _table(
-                ["started", "duration", "kind", "sent", "purged", "failed", "invalid", "rejected", "exit code"],
+                ["started", "duration", "kind", "exit code", "rows"],
                 [
                     [
                         _when(r["started_at"]),
                         duration(r["seconds"], unknown="?", unit="s"),
                         "dry run" if r["dry_run"] else "run",
-                        str(r["sent"]),
-                        str(r["purged"]),
-                        str(r["failed"]),
-                        str(r["invalid"]),
-                        str(r["rejected"]),
                         "?" if r["exit_code"] is None else str(r["exit_code"]),
+                        run_outcomes(r),
                     ]
                     for r in report.runs
                 ],
-                "lrlrrrrrr",
+                "lrlrl",
             )
         )
     else:
@@ -592,15 +664,19 @@ def status_command(settings: Settings, ctx: Any, *, runs: int = 10, as_json: boo
       case-insensitively and spelt as the table has them (``(empty)`` for NULL or blank)
     - ``problems``: ``[{submission_status, reason, rows, example_row_ids}]``, most rows first;
       ``reason`` is a reason key such as ``invalid: child_details.postcode``, never a value
-    - ``pending``: ``{rows, oldest_last_updated, oldest_age_seconds, last_updated_column}``:
-      the rows the next run would read; the oldest ``last_updated`` among them, or null
+    - ``pending``: ``{rows, records, deletions, adopt, oldest_last_updated, oldest_age_seconds,
+      last_updated_column}``: the rows the next run would read (records to send, purges to send and
+      rows to record as already held by DfE, adding up to ``rows``); the oldest ``last_updated``
+      among them, or null
     - ``ledger``: ``{table, exists, children_acknowledged, children_purged, last_acknowledged_at,
-      rows_without_entry, children_in_doubt, in_doubt_since}`` (counts null when the ledger does not
-      exist yet); ``rows_without_entry`` is ``{adopt, changed_since_sent, with_purges, whole, purge}``:
-      rows whose child has no ledger entry yet (as after switching from an earlier tool), by what the
-      next run does with them; ``children_in_doubt``: children in a batch sent but never settled
+      rows_without_entry, children_in_doubt, in_doubt_since}`` (times in UTC, ending in ``Z``;
+      counts null when the ledger does not exist yet); ``rows_without_entry`` is
+      ``{adopt, changed_since_sent, with_purges, whole, purge}``: rows whose child has no ledger
+      entry yet (as after switching from an earlier tool), by what the next run does with them;
+      ``children_in_doubt``: children in a batch sent but never settled
     - ``runs``: ``{log_dir, recent: [{run_id, started_at, seconds, dry_run, rows_read, sent,
-      purged, failed, invalid, rejected, skipped, exit_code}], unreadable_summaries, dated_in_future:
+      purged, unchanged, adopted, written_for_review, invalid, skipped, rejected, failed, in_doubt,
+      changed_during_run, not_reached, exit_code}], unreadable_summaries, dated_in_future:
       {summaries, latest_started_at, run_ids}}``, newest first by the start time each summary
       records; summaries dated in the future are counted apart, not listed in ``recent``
     """

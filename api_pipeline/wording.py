@@ -1,6 +1,9 @@
-"""How text reads: counts in sentences (``1 request``, ``3 children``), and text from outside shown safely."""
+"""How text reads: counts in sentences (``1 request``, ``3 children``), times taken, and text from outside
+shown safely."""
 
 from __future__ import annotations
+
+import math
 
 _IRREGULAR = {
     "child": "children",
@@ -16,6 +19,28 @@ def plural(count: int, word: str, many: str | None = None) -> str:
     if count == 1:
         return f"{count} {word}"
     return f"{count} {many or _IRREGULAR.get(word) or word + 's'}"
+
+
+def duration(seconds: object, *, unknown: str = "not recorded", unit: str = "seconds") -> str:
+    """``0.04 seconds``, ``12.5 seconds``, ``1 min 05 s``, ``1 h 06 min``: how long a run took, for people.
+
+    As precise as is worth reading: two decimals under ten seconds (a run over a handful of
+    records takes a fraction of a second, which ``0.0`` would hide), one under a minute, whole
+    seconds after that. Shared by the console's end-of-run summary, the run report and ``status``.
+    """
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds < math.inf:
+        return unknown
+    if seconds < 0.01:
+        return f"under 0.01 {unit}"
+    if seconds < 10:
+        return f"{seconds:.2f} {unit}"
+    if seconds < 59.95:
+        return f"{seconds:.1f} {unit}"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 def printable(text: str) -> str:

@@ -56,6 +56,7 @@ else
     cp "$EXE" "$T/bin/"
 fi
 RUN_EXE=$T/bin/$(basename "$EXE")
+EXE_NAME=$(basename "$EXE")
 
 UNSET_SETTINGS=()
 while read -r name; do
@@ -67,10 +68,13 @@ failed=0
 OUT=""
 RC=0
 
-# Runs the exe from the empty work folder with a minimal environment (no settings, but any
-# NAME=VALUE in EXTRA_ENV), stdin from /dev/null and output through a pipe (see wine_run in
-# packaging/wine/common.sh).
+# Runs the exe from the empty work folder (or RUN_DIR) with a minimal environment (no settings,
+# but any NAME=VALUE in EXTRA_ENV), stdin from /dev/null (or, with STDIN_TEXT set, a pipe that
+# gives that text) and output through a pipe (see wine_run in packaging/wine/common.sh), for at
+# most 300 seconds.
 EXTRA_ENV=()
+RUN_DIR=$T/work
+STDIN_TEXT="" # piped to the exe when not empty; never a console either way
 WINE_FAULTS=0
 run_exe() {
     run_exe_once "$@"
@@ -86,15 +90,11 @@ run_exe() {
 
 run_exe_once() {
     set +e
-    if [ "$ON_WINDOWS" = 1 ]; then
-        # Windows programs need much of their environment (SYSTEMROOT, TEMP, ...): drop only
-        # the tool's own settings, every name .env.example documents.
-        OUT=$(cd "$T/work" && env "${UNSET_SETTINGS[@]}" "${EXTRA_ENV[@]}" "$RUN_EXE" "$@" </dev/null 2>&1 | cat
-            exit "${PIPESTATUS[0]}")
+    if [ -n "$STDIN_TEXT" ]; then
+        OUT=$(printf '%s' "$STDIN_TEXT" | run_exe_raw "$@" 2>&1 | cat
+            exit "${PIPESTATUS[1]}")
     else
-        OUT=$(cd "$T/work" && env -i HOME="$HOME" PATH="$PATH" WINEPREFIX="$WINEPREFIX" WINEARCH="$WINEARCH" \
-            WINEDEBUG="$WINEDEBUG" WINEDLLOVERRIDES="$WINEDLLOVERRIDES" "${EXTRA_ENV[@]}" \
-            wine "$RUN_EXE" "$@" </dev/null 2>&1 | cat
+        OUT=$(run_exe_raw "$@" </dev/null 2>&1 | cat
             exit "${PIPESTATUS[0]}")
     fi
     RC=$?
@@ -103,6 +103,19 @@ run_exe_once() {
     # Windows Python writes to a pipe in the ANSI code page (cp1252 here); show it as UTF-8.
     if command -v iconv >/dev/null; then
         OUT=$(printf '%s' "$OUT" | iconv -c -f CP1252 -t UTF-8)
+    fi
+}
+
+# The exe itself, in RUN_DIR, with the environment run_exe describes and the caller's stdin.
+run_exe_raw() {
+    if [ "$ON_WINDOWS" = 1 ]; then
+        # Windows programs need much of their environment (SYSTEMROOT, TEMP, ...): drop only
+        # the tool's own settings, every name .env.example documents.
+        (cd "$RUN_DIR" && exec timeout 300 env "${UNSET_SETTINGS[@]}" "${EXTRA_ENV[@]}" "$RUN_EXE" "$@")
+    else
+        (cd "$RUN_DIR" && exec timeout 300 env -i HOME="$HOME" PATH="$PATH" WINEPREFIX="$WINEPREFIX" \
+            WINEARCH="$WINEARCH" WINEDEBUG="$WINEDEBUG" WINEDLLOVERRIDES="$WINEDLLOVERRIDES" "${EXTRA_ENV[@]}" \
+            wine "$RUN_EXE" "$@")
     fi
 }
 
@@ -149,6 +162,70 @@ check_config_error() {
         not_ok "$name: every line should be 'error: ...'"
     else
         check "$name" 2 "$@"
+    fi
+}
+
+unpacked_folders() {
+    find "$1" -maxdepth 1 -type d -name '_MEI*' 2>/dev/null | sort
+}
+
+# Under wine: starts the one-file exe (simulate-api, which runs until stopped) and ends its first
+# process by force, as Task Scheduler's time limit or a restart does, which leaves its %TEMP%
+# folder behind. Under wine the second process (Python) goes on running; later starts must leave
+# its folder while it runs, and while it is less than a day old, and remove it after that.
+check_killed_run_leftovers() {
+    local temp before left="" waited=0 pid
+    temp=$(winepath -u "$(wine cmd.exe /c echo %TEMP% </dev/null 2>/dev/null | tr -d '\r')" 2>/dev/null)
+    RC=0
+    if [ -z "$temp" ] || [ ! -d "$temp" ]; then
+        OUT="%TEMP% is '$temp'"
+        not_ok "killed one-file run: cannot find %TEMP%"
+        return
+    fi
+    before=$(unpacked_folders "$temp")
+    mkfifo "$T/simulator.out"
+    cat "$T/simulator.out" >/dev/null &
+    (cd "$T/work" && exec env -i HOME="$HOME" PATH="$PATH" WINEPREFIX="$WINEPREFIX" WINEARCH="$WINEARCH" \
+        WINEDEBUG="$WINEDEBUG" WINEDLLOVERRIDES="$WINEDLLOVERRIDES" \
+        wine "$RUN_EXE" simulate-api --port 0 </dev/null >"$T/simulator.out" 2>&1) &
+    pid=$! # exec all the way: this is the exe's first process
+    while [ -z "$left" ] && [ "$waited" -lt 60 ]; do
+        sleep 1
+        waited=$((waited + 1))
+        left=$(comm -13 <(printf '%s\n' "$before") <(unpacked_folders "$temp") | head -n 1)
+        [ -z "$left" ] || [ -f "$left/python311.dll" ] || left=""
+    done
+    sleep 5 # let it finish unpacking and start serving
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    OUT="%TEMP%: $temp; the killed run's folder: ${left:-none appeared}"
+    if [ -z "$left" ] || [ ! -f "$left/python311.dll" ]; then
+        not_ok "killed one-file run: want its _MEI folder left behind in %TEMP%"
+        wine taskkill.exe /F /IM "$EXE_NAME" </dev/null >/dev/null 2>&1 || true
+        return
+    fi
+    touch -d '2 days ago' "$left"
+    run_exe --version
+    if [ ! -f "$left/python311.dll" ]; then
+        not_ok "killed one-file run: a folder still in use by a running copy was removed ($left)"
+    else
+        ok "killed one-file run: its folder is left while a copy runs from it"
+    fi
+    wine taskkill.exe /F /IM "$EXE_NAME" </dev/null >/dev/null 2>&1 || true # now no copy runs from it
+    sleep 2
+    touch "$left"
+    run_exe --version
+    if [ ! -d "$left" ]; then
+        not_ok "killed one-file run: a folder less than a day old was removed ($left)"
+        return
+    fi
+    touch -d '2 days ago' "$left"
+    run_exe --version
+    if [ -e "$left" ] || [ -e "$left.removing" ]; then
+        OUT=$(find "$left" "$left.removing" 2>/dev/null | head)
+        not_ok "killed one-file run: the next start left its day-old folder ($left)"
+    else
+        check "killed one-file run: the next start removes its day-old _MEI folder" 0
     fi
 }
 
@@ -218,6 +295,48 @@ fi
 
 run_exe run --limit 0
 check "run --limit 0: usage error" 2 "usage: |error: "
+
+# --- A Windows admin's habits (issue 26) ---------------------------------------------------
+
+# set-secret with no console: < NUL stops at once (it used to spin for ever), and a line piped
+# in is stored without being shown. The service name keeps the made-up value apart.
+started_secret=$(date +%s)
+run_exe set-secret CLIENT_SECRET --service csc-smoke-test
+if [ $(($(date +%s) - started_secret)) -gt 60 ]; then
+    not_ok "set-secret < NUL: took more than 60 s"
+else
+    check_config_error "set-secret < NUL stops at once" "^error: set-secret: there is no console .*standard input was empty"
+fi
+STDIN_TEXT=$'smoke-test-key-not-a-secret\r\n'
+run_exe set-secret SUPPLIER_KEY --service csc-smoke-test
+STDIN_TEXT=""
+if grep -q "smoke-test-key-not-a-secret" <<<"$OUT"; then
+    not_ok "set-secret with a piped line: the secret was shown"
+else
+    check "set-secret with a piped line stores it" 0 "^SUPPLIER_KEY=keyring:csc-smoke-test/SUPPLIER_KEY\$"
+fi
+
+# A .env saved as UTF-16 (Windows PowerShell 5.1's '>') with a quoted Windows path: read, and the
+# path keeps its backslashes (\n and \t are folder names, not a new line and a tab).
+mkdir -p "$T/utf16"
+{
+    printf '\xff\xfe'
+    printf '# B\xc3\xbcro\r\nDB_CONNECTION_STRING="sqlite:///C:\\data\\new\\test.db"\r\n' | iconv -f UTF-8 -t UTF-16LE
+} >"$T/utf16/.env"
+RUN_DIR=$T/utf16
+run_exe test-db
+RUN_DIR=$T/work
+if grep -qF 'C:\data\new\test.db does not exist' <<<"$OUT"; then
+    check "a UTF-16 .env with a quoted Windows path" 3 "^error: the SQLite database "
+else
+    not_ok "a UTF-16 .env with a quoted Windows path: want 'C:\\data\\new\\test.db does not exist'"
+fi
+
+# The one-file exe killed by force leaves its %TEMP%\_MEI... folder; a later start removes it once
+# it is a day old and no copy runs from it. Under wine only: it kills a process by its Linux id.
+if [ ! -d "$(dirname "$EXE")/_internal" ] && [ "$ON_WINDOWS" = 0 ]; then
+    check_killed_run_leftovers
+fi
 
 run_exe demo
 demo_output=$OUT

@@ -333,7 +333,8 @@ def test_a_run_stopped_by_an_unreachable_dfe_counts_every_row_left_unsent(simula
     assert summary["stopped_early"] is True and summary["exit_code"] == 5
     assert summary["outcomes"].get("failed") == 5 and summary["outcomes"].get("sent", 0) == 0
     (log_file,) = log_dir.glob("*.log")
-    assert "not sent (will retry) 5" in log_file.read_text(encoding="utf-8")
+    said = "of these: 0 sent, 0 purged, 0 already up to date, 0 invalid, 0 skipped, 0 rejected by DfE, 5 not sent"
+    assert said in log_file.read_text(encoding="utf-8")
 
 
 def test_a_run_stopped_part_way_accounts_for_every_row(simulator, db_path, tmp_path):
@@ -366,7 +367,7 @@ def test_per_batch_times_are_the_time_each_batch_took(simulator, db_path, tmp_pa
     environ = sim_env(simulator, db_path, BATCH_SIZE="2", MAX_IN_FLIGHT="1")
     assert run_cli(["run", "--log-dir", str(log_dir)], environ=environ, cwd=tmp_path).code == 0
     (log_file,) = log_dir.glob("*.log")
-    times = [float(t) for t in re.findall(r"batch \S+: 2 records, sent 2 \((\d+\.\d+) s\)", log_file.read_text())]
+    times = [float(t) for t in re.findall(r"batch \S+: 2 records: 2 sent \((\d+\.\d+) s\)", log_file.read_text())]
     assert len(times) == 5
     assert times[0] >= 3.0 and all(t < 2.0 for t in times[1:]), times
 

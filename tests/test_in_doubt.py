@@ -337,8 +337,8 @@ def test_counts_after_the_database_is_lost_say_what_was_recorded(postgres_table,
         assert summary.outcomes["in_doubt"] == len(grown_at_dfe) - len(marked) >= 10  # the second at least
         assert summary.not_reached_unknown
         lines = "\n".join(summary.lines())
-        assert f"sent {len(marked)}," in lines and "not reached (stopped early) unknown" in lines
-        assert f"acknowledged by DfE but not recorded (in doubt) {summary.outcomes['in_doubt']}" in lines
+        assert f"{len(marked)} sent," in lines and "not reached (stopped early): unknown" in lines
+        assert f"{summary.outcomes['in_doubt']} acknowledged by DfE but not recorded (in doubt)" in lines
 
         # The council's SQL changes every child back before the next run.
         for record in children:

@@ -77,6 +77,14 @@ def test_bar_on_a_terminal_shows_count_rate_and_time_left():
     assert "sent 247" in shown and "problems 3" in shown
 
 
+def test_bar_shows_rows_recorded_as_already_held_by_dfe():
+    with terminal() as (tty, master):
+        with make_progress(40, stream=tty) as progress:
+            progress.update(summary_after(40, sent=8, purged=2, adopted=30))
+        shown = screen(master)
+    assert "sent 8, purged 2, already held by DfE 30, problems 0" in shown
+
+
 def test_unknown_total_shows_count_and_rate_only():
     with terminal() as (tty, master):
         with make_progress(None, stream=tty) as progress:

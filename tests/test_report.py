@@ -277,3 +277,28 @@ def test_the_report_and_the_progress_bar_use_the_run_summarys_outcome_keys():
     assert {key for key, _ in OUTCOME_LABELS} <= set(OUTCOME_KEYS)
     assert {key for key, _ in SHOWN_OUTCOMES} <= set(OUTCOME_KEYS)
     assert set(PROBLEM_OUTCOMES) <= set(OUTCOME_KEYS)
+
+
+@pytest.mark.parametrize(
+    "rows_read, seconds, taken, speed",
+    [
+        (11, 0.0038, "under 0.01 seconds", None),  # a handful of records: no speed, and not "0.0 seconds"
+        (11, 0.04, "0.04 seconds", None),
+        (5000, 0.6, "0.60 seconds", None),  # under a second: too quick for a speed to mean anything
+        (60, 4.0, "4.00 seconds", None),  # too few records
+        (1460, 192.4, "3 min 12 s", "7.6 records read a second"),
+        (1460, 12.5, "12.5 seconds", "117 records read a second"),
+        (120000, 40.0, "40.0 seconds", "3,000 records read a second"),
+    ],
+)
+def test_time_taken_has_sensible_precision_and_speed_is_shown_only_when_it_means_something(
+    rows_read, seconds, taken, speed
+):
+    summary = {"run_id": "r", "started_at": "2026-03-01T02:00:00Z", "seconds": seconds, "rows_read": rows_read}
+    summary |= {"outcomes": {"sent": rows_read}, "exit_code": 0}
+    text = render_report(summary, [summary])
+    assert f'Time taken</td><td class="text">{taken}</td>' in text
+    if speed is None:
+        assert "Speed" not in text
+    else:
+        assert f'Speed</td><td class="text">{speed}</td>' in text

@@ -164,6 +164,7 @@ def test_status_json_has_counts_problems_age_ledger_and_runs(known_state, tmp_pa
     }
     # Pending: 1, 2, 3 (new), 5 (in doubt), 8 (updated), 9 (deleted, purge not acknowledged), 12 (error: retried).
     assert report["pending"]["rows"] == 7
+    assert (report["pending"]["records"], report["pending"]["deletions"], report["pending"]["adopt"]) == (6, 1, 0)
     assert report["pending"]["oldest_last_updated"] == "2026-03-07T08:00:00"
     assert report["pending"]["oldest_age_seconds"] == (3 * 24 + 4) * 3600
     assert report["ledger"] == {
@@ -171,19 +172,20 @@ def test_status_json_has_counts_problems_age_ledger_and_runs(known_state, tmp_pa
         "exists": True,
         "children_acknowledged": 3,
         "children_purged": 1,
-        "last_acknowledged_at": "2026-03-08T21:04:33",
+        "last_acknowledged_at": "2026-03-08T21:04:33Z",  # the ledger's times are UTC, as the tool writes them
         # Rows whose child the ledger does not know: 1, 2, 3, 8 and 12 are sent whole, 9 purged.
         "rows_without_entry": {"adopt": 0, "changed_since_sent": 0, "with_purges": 0, "whole": 5, "purge": 1},
         "children_in_doubt": 1,
-        "in_doubt_since": "2026-03-09T02:00:05",
+        "in_doubt_since": "2026-03-09T02:00:05Z",
     }
     recent = report["runs"]["recent"]
     assert [r["run_id"] for r in recent] == ["20260310T020000Z", "20260309T020000Z"]  # newest first, --runs 2
     assert recent[0]["sent"] == 3 and recent[0]["failed"] == 4
     assert recent[0]["exit_code"] == 5 and recent[0]["seconds"] == 4000.0
     assert set(recent[0]) == {
-        "run_id", "started_at", "seconds", "dry_run", "rows_read", "sent", "purged", "failed", "invalid",
-        "rejected", "skipped", "exit_code",
+        "run_id", "started_at", "seconds", "dry_run", "rows_read", "sent", "purged", "unchanged", "adopted",
+        "written_for_review", "invalid", "skipped", "rejected", "failed", "in_doubt", "changed_during_run",
+        "not_reached", "exit_code",
     }  # fmt: skip
 
 
@@ -201,7 +203,9 @@ def test_status_text_output(known_state, tmp_path):
     row = {line.split()[0]: line.split()[1:] for line in matrix}
     assert row["Pending"] == ["3", "1", "-", "1", "5"]
     assert row["total"] == ["6", "1", "3", "2", "12"]
-    assert "Waiting to be sent: 7 rows; the oldest was last updated" in out
+    # The rows waiting add up, as the table above shows them: Pending New, Updated and Error (5), the
+    # child in doubt (Sent, Unchanged), and the deleted child whose purge is not acknowledged.
+    assert "Waiting for the next run: 7 rows: 6 records to send, 1 deletion to send; the oldest was last updated" in out
     assert "invalid: social_care_episodes[].child_protection_plans[].end_reason" in out
     assert "skipped: duplicate child" in out
     assert f"Submission ledger {t}_ledger: 3 children acknowledged by DfE, 1 purged" in out
@@ -332,7 +336,10 @@ def test_format_status_without_last_updated_column():
     from api_pipeline.status import StatusReport
 
     report = StatusReport(table="t", pending_rows=4, last_updated_column=False)
-    assert "Waiting to be sent: 4 rows (age unknown: the table has no last_updated column)." in format_status(report)
+    assert (
+        "Waiting for the next run: 4 rows: 4 records to send (age unknown: the table has no last_updated column)."
+        in format_status(report)
+    )
 
 
 def _status_wired() -> bool:

@@ -417,7 +417,7 @@ def test_status_and_test_schema_say_what_the_next_run_does_for_children_without_
     adopt = 40 - updated - deleted
     assert deleted == 1
     expected = [
-        f"  {adopt} rows: recorded as DfE already holds them (an earlier tool sent them), not sent again",
+        f"  {adopt} rows: recorded as already held by DfE (sent by the earlier tool), not sent again",
         f"  {updated} rows: sent whole, with purges for what previous_json_payload has and the record now lacks",
         f"  {new} rows: sent whole",
         "  1 row: purged (deleted children)",
@@ -464,3 +464,6 @@ def test_a_run_stopped_early_counts_the_rows_kept_for_the_second_look(simulator,
     o = summary["outcomes"]
     assert summary["stopped_early"] is True
     assert o["not_reached"] >= 5 and o["sent"] + o.get("failed", 0) + o["not_reached"] == 30, o
+    # The rows kept for the second look were not reached, so they are not among the rows read either:
+    # what became of the rows read adds up to them.
+    assert summary["rows_read"] == o["sent"] + o.get("failed", 0) and summary["rows_read"] + o["not_reached"] == 30

@@ -197,11 +197,16 @@ def test_waiting_prints_the_prompt_and_reads_a_line_and_never_raises(capsys):
 
 
 def test_the_exe_smoke_test_under_wine_cannot_trigger_the_wait():
-    """Every run of the exe in packaging/smoke_test_exe.sh has stdin from /dev/null: never a console."""
+    """Every run of the exe in packaging/smoke_test_exe.sh has stdin from /dev/null or a pipe: never a console."""
     script = (REPO / "packaging" / "smoke_test_exe.sh").read_text(encoding="utf-8")
-    runs = [line for line in script.splitlines() if '"$RUN_EXE" "$@"' in line]
-    assert len(runs) == 2 and all("</dev/null" in line for line in runs)
-    assert script.count('"$RUN_EXE"') == 2  # no other way in
+    assert script.count('"$RUN_EXE"') == 3  # no other way in: run_exe_raw's two, and the killed simulator
+    (killed,) = [line for line in script.splitlines() if '"$RUN_EXE" simulate-api' in line]
+    assert "</dev/null" in killed
+    calls = [line.strip() for line in script.splitlines() if "run_exe_raw " in line and "()" not in line]
+    assert len(calls) == 2
+    assert all(
+        "</dev/null" in line or line.startswith("OUT=$(printf '%s' \"$STDIN_TEXT\" | run_exe_raw") for line in calls
+    )
 
 
 def test_the_exe_waits_only_through_its_launcher():

@@ -1,0 +1,292 @@
+"""A Windows admin's install (issue 26, items 1, 4 and 5).
+
+``set-secret`` with no console reads one line from standard input, or says at once how to run
+it; it never waits for ever, never shows the secret. The one-file exe removes the copies of
+itself that runs stopped by force left in %TEMP% (the logic, on a made-up TEMP folder here; the
+exe itself under wine in packaging/smoke_test_exe.sh). A ``-vv`` traceback reaches the run's log
+file and the error log, not only a console nobody watches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from api_pipeline.console import NO_CONSOLE_INPUT, read_hidden, read_piped_line
+from api_pipeline.logs import ERROR_LOG_NAME
+from api_pipeline.onefile import CLAIMED_SUFFIX, STALE_AFTER, remove_stale_copies
+from api_pipeline.pipeline import Pipeline
+from api_pipeline.synthetic import make_children
+from conftest import db_env, insert, run_cli
+
+pytest.importorskip("keyring")
+from file_keyring import BACKEND, FILE_VARIABLE  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+SECRET = "piped-Secret-Do-Not-Show-26"
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_propagation() -> Iterator[None]:
+    """The CLI's logging setup stops the package logger propagating; later tests' caplog needs it back."""
+    logger = logging.getLogger("api_pipeline")
+    before = logger.propagate
+    yield
+    logger.propagate = before
+
+
+# -- item 1: set-secret without a console ----------------------------------------------------------------
+
+
+def set_secret(tmp_path: Path, *args: str, stdin, text: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m api_pipeline set-secret ...`` as a deployment script runs it: standard input not a console,
+    and a keyring that keeps its secrets in a file."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("CSC_", "PYTHON_KEYRING"))}
+    environ |= {
+        "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS), environ.get("PYTHONPATH", "")]),
+        "PYTHON_KEYRING_BACKEND": BACKEND,
+        FILE_VARIABLE: str(tmp_path / "keyring.json"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "api_pipeline", "set-secret", *args],
+        cwd=tmp_path,
+        env=environ,
+        stdin=stdin,
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def stored(tmp_path: Path) -> str:
+    path = tmp_path / "keyring.json"
+    return path.read_text(encoding="utf-8") if path.exists() else ""
+
+
+def test_set_secret_with_no_console_stores_the_line_piped_in_without_showing_it(tmp_path) -> None:
+    result = set_secret(tmp_path, "client_secret", stdin=None, text=f"{SECRET}\r\nanything after the line\n")
+    assert result.returncode == 0, result.stderr
+    assert f'"csc-api-pipeline/CLIENT_SECRET": "{SECRET}"' in stored(tmp_path)
+    assert "CLIENT_SECRET=keyring:csc-api-pipeline/CLIENT_SECRET" in result.stdout
+    assert SECRET not in result.stdout + result.stderr
+    assert "not shown" not in result.stdout + result.stderr  # no prompt: nobody is there to read it
+    assert result.stderr == ""  # a deployment script that stops on anything on stderr goes on
+
+
+@pytest.mark.parametrize(
+    ("piped", "says"),
+    [
+        (None, "standard input was empty"),  # < NUL
+        ("", "standard input was empty"),
+        ("\n", "standard input was empty"),
+        ("a" * 5000, "longer than 4096 bytes"),
+        ("sec\x00ret\n", "control character"),
+    ],
+)
+def test_set_secret_with_no_console_and_nothing_usable_piped_in_stops_at_once(tmp_path, piped, says) -> None:
+    started = time.monotonic()
+    result = set_secret(tmp_path, "CLIENT_SECRET", stdin=subprocess.DEVNULL if piped is None else None, text=piped)
+    assert time.monotonic() - started < 20
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: set-secret: ") and says in result.stderr
+    assert "nothing was stored" in result.stderr and stored(tmp_path) == ""
+    assert "Traceback" not in result.stderr
+
+
+def test_set_secret_with_nul_says_how_to_run_it(tmp_path) -> None:
+    result = set_secret(tmp_path, "SUPPLIER_KEY", stdin=subprocess.DEVNULL)
+    assert "Run set-secret in a console window" in result.stderr
+    assert "type secret.txt | csc_api_pipeline.exe set-secret SUPPLIER_KEY" in result.stderr
+
+
+def test_a_pipe_nobody_writes_to_is_waited_for_a_bounded_time() -> None:
+    reading, writing = os.pipe()
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="no line arrived on standard input within 0.3 seconds"):
+            read_piped_line(reading, wait=0.3)
+        assert time.monotonic() - started < 5
+    finally:
+        os.close(writing)
+        os.close(reading)
+
+
+def test_a_line_arriving_in_pieces_is_read_to_its_end_and_no_further() -> None:
+    reading, writing = os.pipe()
+
+    def write_slowly() -> None:
+        for piece in (b"\xef\xbb\xbfpart-", b"one", b"\r\nsecond line\n"):
+            os.write(writing, piece)
+            time.sleep(0.05)
+
+    writer = threading.Thread(target=write_slowly)
+    writer.start()
+    try:
+        assert read_piped_line(reading, wait=10) == "part-one"  # a byte-order mark from PowerShell is dropped
+    finally:
+        writer.join()
+        os.close(writing)
+        os.close(reading)
+
+
+def test_the_windows_console_prompt_ends_when_there_is_no_console() -> None:
+    """getpass on Windows appends msvcrt.getwch()'s answer until Enter; with no console that answer is
+    '\\uffff' at once, for ever: the spin. The prompt here ends there instead."""
+    calls = 0
+
+    def no_console() -> str:
+        nonlocal calls
+        calls += 1
+        if calls > 10_000:
+            raise AssertionError("still reading: the prompt spins")
+        return NO_CONSOLE_INPUT
+
+    shown: list[str] = []
+    with pytest.raises(EOFError):
+        read_hidden("CLIENT_SECRET: ", getch=no_console, putch=shown.append)
+    assert calls == 1 and "".join(shown) == "CLIENT_SECRET: "
+
+
+def test_the_windows_console_prompt_reads_a_typed_line_without_showing_it() -> None:
+    keys = iter("sekx\bret\r")
+    shown: list[str] = []
+    assert read_hidden("> ", getch=lambda: next(keys), putch=shown.append) == "sekret"
+    assert "".join(shown) == "> \r\n"
+    with pytest.raises(ValueError, match="more than 5 characters"):
+        read_hidden("> ", getch=lambda: "x", putch=shown.append, limit=5)
+    with pytest.raises(KeyboardInterrupt):
+        read_hidden("> ", getch=lambda: "\x03", putch=shown.append)
+
+
+# -- item 4: the one-file exe's copies in %TEMP% ---------------------------------------------------------
+
+NOW = 2_000_000_000.0
+OLD = NOW - STALE_AFTER - 3600
+
+
+def unpacked(temp: Path, name: str, *, mtime: float, own: bool = True) -> Path:
+    """A folder as the one-file exe unpacks itself: the Python DLL, and (when it is this program's) its schema."""
+    folder = temp / name
+    (folder / "api_pipeline" / "data").mkdir(parents=True) if own else folder.mkdir(parents=True)
+    for dll in ("python3.dll", "python311.dll"):
+        (folder / dll).write_bytes(b"MZ")
+    if own:
+        (folder / "api_pipeline" / "data" / "schema.json").write_text("{}", encoding="utf-8")
+    os.utime(folder, (mtime, mtime))
+    return folder
+
+
+def deleting_as_windows_does(*loaded: Path):
+    """os.remove as Windows does it: a DLL a running process has loaded cannot be deleted."""
+
+    def delete(path: Path) -> None:
+        if path.parent in loaded:
+            raise PermissionError(13, "Access is denied")
+        os.remove(path)
+
+    return delete
+
+
+def renaming_as_windows_does(*open_in: Path):
+    """os.rename as Windows does it: a folder with a file open in it cannot be renamed."""
+
+    def rename(source: Path, target: Path) -> None:
+        if source in open_in:
+            raise PermissionError(13, "The process cannot access the file because it is being used")
+        os.rename(source, target)
+
+    return rename
+
+
+def test_only_stale_unused_copies_of_this_program_are_removed(tmp_path) -> None:
+    temp = tmp_path / "Temp"
+    stale = unpacked(temp, "_MEI123452", mtime=OLD)
+    stale_too = unpacked(temp, "_MEIa1B2c3", mtime=OLD)
+    running = unpacked(temp, "_MEI99992", mtime=OLD)  # this run's own, however old
+    in_use = unpacked(temp, "_MEI55552", mtime=OLD)  # a week-long run still going: its DLL is loaded
+    open_in = unpacked(temp, "_MEI55553", mtime=OLD)  # a file in it open
+    fresh = unpacked(temp, "_MEI77772", mtime=NOW - 600)  # another run, started ten minutes ago
+    someone_elses = unpacked(temp, "_MEI88882", mtime=OLD, own=False)  # another PyInstaller program's
+    half_removed = unpacked(temp, "_MEI44442" + CLAIMED_SUFFIX, mtime=NOW, own=False)  # a removal cut short
+    not_ours = [unpacked(temp, name, mtime=OLD) for name in ("_MEI", "MEI123", "_MEI1-2", "_mei123")]
+    (temp / "_MEI66662").write_text("a file, not a folder", encoding="utf-8")
+    os.utime(temp / "_MEI66662", (OLD, OLD))
+    (temp / "_MEI33332").symlink_to(unpacked(tmp_path / "elsewhere", "_MEI1", mtime=OLD), target_is_directory=True)
+
+    removed = remove_stale_copies(
+        temp,
+        running,
+        now=NOW,
+        delete=deleting_as_windows_does(in_use),
+        rename=renaming_as_windows_does(open_in),
+    )
+
+    assert sorted(removed) == ["_MEI123452", "_MEI44442", "_MEIa1B2c3"]
+    assert not stale.exists() and not stale_too.exists() and not half_removed.exists()
+    for kept in (running, in_use, fresh, someone_elses, *not_ours):
+        assert (kept / "python311.dll").is_file() and (kept / "python3.dll").is_file(), kept
+    assert (open_in / "api_pipeline" / "data" / "schema.json").is_file()  # its DLLs went; nothing else did
+    assert (temp / "_MEI66662").is_file() and (tmp_path / "elsewhere" / "_MEI1" / "python311.dll").is_file()
+    assert sorted(path.name for path in temp.iterdir() if path.name.endswith(CLAIMED_SUFFIX)) == []
+
+
+def test_a_temp_folder_that_cannot_be_read_removes_nothing_and_raises_nothing(tmp_path) -> None:
+    assert remove_stale_copies(tmp_path / "missing", None, now=NOW) == []
+
+
+def test_the_cleanup_runs_only_in_the_one_file_exe_on_windows() -> None:
+    from api_pipeline.onefile import clean_up_after_runs_stopped_by_force
+
+    assert not getattr(sys, "frozen", False)
+    assert clean_up_after_runs_stopped_by_force() == []  # python -m api_pipeline: nothing to clean
+    entry_point = (TESTS.parent / "api_pipeline" / "entry_point.py").read_text(encoding="utf-8")
+    assert entry_point.index("clean_up_after_runs_stopped_by_force()") < entry_point.index("code = main()")
+
+
+def test_scheduling_recommends_the_one_folder_build_for_scheduled_tasks() -> None:
+    text = " ".join((TESTS.parent / "docs" / "scheduling.md").read_text(encoding="utf-8").split())
+    assert "one-folder build" in text and "%TEMP%" in text
+
+
+# -- item 5: -vv tracebacks in the files -----------------------------------------------------------------
+
+
+def test_a_vv_traceback_reaches_the_run_log_and_the_error_log_masked(simulator, db_path, monkeypatch) -> None:
+    insert(db_path, list(make_children(1, seed=265)))
+    secret = simulator.settings_env()["CLIENT_SECRET"]
+
+    def fault(self):  # a bug in the tool, which no test of the real parts can provoke
+        raise RuntimeError(f"quoting {secret}\nERROR forged line")
+
+    monkeypatch.setattr(Pipeline, "run", fault)
+    environ = dict(simulator.settings_env()) | db_env(db_path)
+    result = run_cli(["-vv", "run"], environ=environ, cwd=db_path.parent)
+    assert result.code == 1 and "Traceback (most recent call last):" in result.err
+    error_log = db_path.parent / "logs" / ERROR_LOG_NAME
+    (log_file,) = set((db_path.parent / "logs").glob("*.log")) - {error_log}
+    for text in (log_file.read_text(encoding="utf-8"), error_log.read_text(encoding="utf-8")):
+        assert "Traceback (most recent call last):" in text and "in fault" in text
+        assert secret not in text and "<hidden>" in text
+        assert "\nERROR forged line" not in text  # what the exception says stays on one line
+    assert "'run' stopped with an unexpected error (exit code 1); traceback (-vv):" in error_log.read_text(
+        encoding="utf-8"
+    )
+
+
+def test_without_vv_the_traceback_stays_out_of_the_files(simulator, db_path, monkeypatch) -> None:
+    insert(db_path, list(make_children(1, seed=266)))
+    monkeypatch.setattr(Pipeline, "run", lambda self: {}["missing"])
+    result = run_cli(["run"], environ=dict(simulator.settings_env()) | db_env(db_path), cwd=db_path.parent)
+    assert result.code == 1 and "Traceback" not in result.err
+    (log_file,) = (db_path.parent / "logs").glob("*.log")
+    assert "Traceback" not in log_file.read_text(encoding="utf-8")
+    assert not (db_path.parent / "logs" / ERROR_LOG_NAME).exists()
