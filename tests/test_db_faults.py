@@ -164,12 +164,18 @@ class CuttingProxy:
             index += 1
 
     def _to_server(self, index: int, client: socket.socket, server: socket.socket) -> None:
+        # Only the COMMIT of a transaction that updated rows is cut: a write-back's, never the one
+        # that records the next batch in flight on the run's other connection, which may come first.
+        updated = False
         with _pumping(client, server):
             while data := client.recv(65536):
-                if self.armed.is_set() and b"Q" in data and b"COMMIT\x00" in data:
-                    with self._lock:
-                        self.armed.clear()
-                        self._cut.add(index)
+                updated = updated or b"UPDATE " in data
+                if b"COMMIT\x00" in data:
+                    if self.armed.is_set() and updated and b"Q" in data:
+                        with self._lock:
+                            self.armed.clear()
+                            self._cut.add(index)
+                    updated = False
                 server.sendall(data)
 
     def _to_client(self, index: int, server: socket.socket, client: socket.socket) -> None:
