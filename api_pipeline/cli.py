@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from api_pipeline import APP_NAME, __version__
 from api_pipeline.config import Settings, load_settings
+from api_pipeline.console import consoles_may_fail, unwritten
 from api_pipeline.credentials import DEFAULT_SERVICE, keyring_variables, set_secret_command
 from api_pipeline.dialects import DIALECTS
 from api_pipeline.envfile import executable_dir, find_env_file, no_env_file_found
@@ -489,11 +490,22 @@ NO_COMMAND_NOTE = "no command was given, so 'run' was started (as the earlier to
 
 
 def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -> int:
-    """Parse, dispatch, and turn every error into one line and an exit code."""
+    """Parse, dispatch, and turn every error into one line and an exit code.
+
+    Without a ``context`` (the program itself, not a test), standard output and standard error
+    are :class:`~api_pipeline.console.ConsoleMayFail`: a console that cannot be written to loses
+    what the command writes to it, never the command's outcome. The run's log file notes it, and
+    an error line the console could not take is put in the error log.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if context is None:
-        _tolerant_console()
-    ctx = context or Context(environ=os.environ, cwd=Path.cwd(), out=sys.stdout, err=sys.stderr)
+    if context is not None:
+        return _main(argv, context)
+    _tolerant_console()
+    with consoles_may_fail(on_failure=_note_in_the_run_log) as (out, err):
+        return _main(argv, Context(environ=os.environ, cwd=Path.cwd(), out=out, err=err))
+
+
+def _main(argv: list[str], ctx: Context) -> int:
     parser = build_parser()
     usage = io.StringIO()
     try:
@@ -503,10 +515,10 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
                 args = parser.parse_args([*argv, "run"])
                 ctx.implied_run = True
     except SystemExit as exc:  # argparse: --help/--version exit 0, usage errors exit 2
-        ctx.err.write(usage.getvalue())
         code = int(exc.code or 0)
-        if code == ExitCode.USAGE:
+        if code == ExitCode.USAGE:  # the error log first: the console may fail, and must not decide what is kept
             _leave_a_trace(ctx, "the command line", usage.getvalue().splitlines())
+        ctx.err.write(usage.getvalue())
         return code
     try:
         with stopping_on_signals(ctx.stop):
@@ -519,25 +531,42 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
             lines.insert(0, NO_COMMAND_NOTE)  # what was started, before what it lacks
         lines = [printable(ctx.masked(line)) for line in lines]  # one line each, whatever they quote
         warnings = [printable(ctx.masked(line)) for line in getattr(exc, "warnings", [])]
-        for line in warnings:
-            print(f"warning: {line}", file=ctx.err, flush=True)
-        for line in lines:
-            print(f"error: {line}", file=ctx.err, flush=True)
-        if exc.exit_code == ExitCode.USAGE:
-            said = [f"warning: {line}" for line in warnings] + [f"error: {line}" for line in lines]
+        said = [f"warning: {line}" for line in warnings] + [f"error: {line}" for line in lines]
+        traced = exc.exit_code == ExitCode.USAGE
+        if traced:  # before the console, which may fail
             _leave_a_trace(ctx, f"'{args.command}'", said)
+        _tell(ctx, said, f"'{args.command}'", exc.exit_code, traced=traced)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         reason = exc.reason if isinstance(exc, Interrupted) else "Ctrl+C"
         print(f"stopped by {reason}: rows not yet acknowledged stay pending and are sent next run", file=ctx.err)
         return ExitCode.INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the one boundary that must not crash
-        print(f"unexpected error: {exc.__class__.__name__}. Run again with -vv for details.", file=ctx.err)
         if args.verbose >= 2:
             _keep_the_traceback(ctx, args.command, sys.exc_info())
+        said = [f"unexpected error: {exc.__class__.__name__}. Run again with -vv for details."]
+        _tell(ctx, said, f"'{args.command}'", ExitCode.RECORDS_FAILED, traced=args.verbose >= 2)
         return ExitCode.RECORDS_FAILED
     finally:
         close_logging()
+
+
+def _tell(ctx: Context, lines: list[str], what: str, code: int, *, traced: bool) -> None:
+    """The error lines on stderr; when stderr could not take them, in the error log instead
+    (unless they are there already), so that a run nobody could see still says why it stopped."""
+    for line in lines:
+        print(line, file=ctx.err, flush=True)
+    failure = unwritten(ctx.err)
+    if failure is not None and not traced:
+        _leave_a_trace(ctx, what, lines, code=code, why=f"the console could not show this ({failure})")
+
+
+def _note_in_the_run_log(stream: str, failure: str) -> None:
+    log_to_files_only(
+        f"the console could not be written to ({stream}: {failure}): this command goes on, and what it "
+        "would have shown there is in this file only",
+        level=logging.WARNING,
+    )
 
 
 def _where_the_database_is(ctx: Context, message: str) -> list[str]:
@@ -548,10 +577,14 @@ def _where_the_database_is(ctx: Context, message: str) -> list[str]:
     return [f"(the SQLite database: {path})"]
 
 
-def _leave_a_trace(ctx: Context, what: str, lines: list[str]) -> None:
-    """Exit 2 happens before any run log exists: copy the messages to the error log as well as stderr."""
+def _leave_a_trace(ctx: Context, what: str, lines: list[str], *, code: int = ExitCode.USAGE, why: str = "") -> None:
+    """Exit 2 happens before any run log exists: copy the messages to the error log as well as stderr.
+
+    Also where an error's message could not be shown on the console (``why`` says so), whatever its exit code.
+    """
     source = f"settings from {ctx.env_file}" if ctx.env_file is not None else "no .env found"
-    header = f"{APP_NAME} {__version__}: {what} stopped with exit code 2 ({source}; started in {ctx.cwd})"
+    because = f"; {why}" if why else ""
+    header = f"{APP_NAME} {__version__}: {what} stopped with exit code {code} ({source}; started in {ctx.cwd}){because}"
     append_error_log(
         ctx.error_log_folders(),
         [header, *lines],
@@ -565,7 +598,6 @@ def _keep_the_traceback(ctx: Context, command: str, exc_info: Any) -> None:
     Under Task Scheduler nobody sees the console: the files are where "-vv for details" is read.
     """
     text = ctx.masked(format_traceback(exc_info), patterns=True)
-    print(text, file=ctx.err, flush=True)
     log_to_files_only(f"unexpected error: {exc_info[0].__name__}; its traceback (-vv):", exc_info)
     header = f"{APP_NAME} {__version__}: '{command}' stopped with an unexpected error (exit code 1); traceback (-vv):"
     log_dir = [ctx.loaded.log_dir] if ctx.loaded is not None and ctx.loaded.log_dir is not None else []
@@ -574,6 +606,7 @@ def _keep_the_traceback(ctx: Context, command: str, exc_info: Any) -> None:
         [header, *text.split("\n")],
         warn=lambda message: print(f"warning: {message}", file=ctx.err, flush=True),
     )
+    print(text, file=ctx.err, flush=True)  # last: the files must not wait for a console that may fail
 
 
 def _tolerant_console() -> None:

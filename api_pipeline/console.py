@@ -1,4 +1,9 @@
-"""The console: whether a person can type at it, reading a secret from it, and the double-click wait.
+"""The console: writing to one that may fail, whether a person can type at it, reading a secret
+from it, and the double-click wait.
+
+A console that cannot be written to (a detached or closed one: ``OSError`` errno 9 under wine)
+never decides a command's outcome: :class:`ConsoleMayFail` drops what cannot be written and the
+command carries on with its own exit code.
 
 Double-clicked from Explorer, the exe waits for Enter before its console window closes.
 
@@ -17,12 +22,121 @@ ever, and never for more than one bounded line (:func:`read_hidden`, :func:`read
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
+
+
+class ConsoleMayFail(io.TextIOBase):
+    """stdout or stderr, which may stop taking what is written to it.
+
+    A console window that was detached or closed, or a handle Windows no longer honours, fails
+    every write (seen under wine as ``OSError: [Errno 9] Bad file descriptor`` from the progress
+    bar). Raised into a command, that would end a night's run as "unexpected error" with exit
+    code 1, and stop a settings error's message (exit 2) before it reached the error log. Here
+    the first failure ends this stream's output instead: that write and every later one are
+    dropped, ``failure`` says why, ``on_failure`` is told once (the run's log file notes it), and
+    the stream's descriptor is pointed at the null device, so the interpreter's last flush at exit
+    cannot fail either. A stream that is missing altogether (closed before the program started)
+    counts as failed from the start.
+    """
+
+    def __init__(self, stream: TextIO | None, *, on_failure: Callable[[str], Any] | None = None) -> None:
+        super().__init__()
+        self.stream = stream
+        self.on_failure = on_failure
+        self.failure: str | None = None if stream is not None else "it was closed before the program started"
+
+    def write(self, text: str) -> int:
+        if self.failure is None:
+            try:
+                self.stream.write(text)  # type: ignore[union-attr]
+            except (OSError, ValueError) as exc:  # ValueError: a stream closed under us
+                self._failed(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.failure is None:
+            try:
+                self.stream.flush()  # type: ignore[union-attr]
+            except (OSError, ValueError) as exc:
+                self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self.failure = _why_unwritable(exc)
+        with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            nowhere = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(nowhere, self.stream.fileno())  # type: ignore[union-attr]
+            finally:
+                os.close(nowhere)
+        if self.on_failure is not None:
+            with contextlib.suppress(Exception):  # telling of a failed console must not fail
+                self.on_failure(self.failure)
+
+    # Asked of the stream by what writes to it: the progress bar, the logging handler, argparse.
+    def isatty(self) -> bool:
+        try:
+            return self.failure is None and bool(self.stream.isatty())  # type: ignore[union-attr]
+        except (OSError, ValueError):
+            return False
+
+    def fileno(self) -> int:
+        if self.stream is None:
+            raise io.UnsupportedOperation("no stream")
+        return self.stream.fileno()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return getattr(self.stream, "errors", None)
+
+
+def _why_unwritable(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or type(exc).__name__} (errno {exc.errno})" if exc.errno else type(exc).__name__
+    return "it was closed"
+
+
+@contextlib.contextmanager
+def consoles_may_fail(on_failure: Callable[[str, str], Any] | None = None) -> Iterator[tuple[TextIO, TextIO]]:
+    """sys.stdout and sys.stderr as :class:`ConsoleMayFail` for the duration; yields the two.
+
+    Everything the command writes goes through them: its own lines, the console log handler
+    (made while they are in place), the progress bar, argparse's help and usage. ``on_failure``
+    is told the stream's name ("standard output", "standard error") and why, once for each.
+    """
+
+    def told(name: str) -> Callable[[str], Any] | None:
+        return None if on_failure is None else (lambda why: on_failure(name, why))
+
+    saved = sys.stdout, sys.stderr
+    out = ConsoleMayFail(saved[0], on_failure=told("standard output"))
+    err = ConsoleMayFail(saved[1], on_failure=told("standard error"))
+    sys.stdout, sys.stderr = cast(TextIO, out), cast(TextIO, err)
+    try:
+        yield cast(TextIO, out), cast(TextIO, err)
+    finally:
+        for stream in (out, err):
+            stream.flush()
+        sys.stdout, sys.stderr = saved
+
+
+def unwritten(stream: Any) -> str | None:
+    """Why ``stream`` (a :class:`ConsoleMayFail`) stopped taking what is written to it; None if it has not."""
+    failure = getattr(stream, "failure", None)
+    return failure if isinstance(failure, str) else None
+
 
 EXPLORER = "explorer.exe"
 PROMPT = "Press Enter to close this window."

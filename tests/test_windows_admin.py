@@ -9,6 +9,7 @@ file and the error log, not only a console nobody watches.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -290,3 +291,66 @@ def test_without_vv_the_traceback_stays_out_of_the_files(simulator, db_path, mon
     (log_file,) = (db_path.parent / "logs").glob("*.log")
     assert "Traceback" not in log_file.read_text(encoding="utf-8")
     assert not (db_path.parent / "logs" / ERROR_LOG_NAME).exists()
+
+
+# -- item 6: a console that cannot be written to ---------------------------------------------------------
+
+
+def the_program(*args: str, cwd: Path, env: dict[str, str] | None = None, console: str) -> subprocess.CompletedProcess:
+    """``python -m api_pipeline ARGS`` with a console that takes no writes, as the program itself meets it.
+
+    ``console="unwritable"``: stdout and stderr are a terminal (so the progress bar is drawn) opened
+    for reading only, so every write fails with OSError errno 9, as a detached console's does under
+    wine. ``console="closed"``: both closed before the program starts (``>&- 2>&-``).
+    """
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("CSC_", "PYTHON_KEYRING"))}
+    environ |= {"PYTHONPATH": os.pathsep.join([str(TESTS.parent), environ.get("PYTHONPATH", "")])} | (env or {})
+    command = [sys.executable, "-m", "api_pipeline", *args]
+    if console == "closed":
+        return subprocess.run(
+            ["bash", "-c", 'exec "$@" >&- 2>&-', "bash", *command], cwd=cwd, env=environ, stdin=subprocess.DEVNULL
+        )
+    controller, terminal = os.openpty()
+    unwritable = os.open(os.ttyname(terminal), os.O_RDONLY | os.O_NOCTTY)
+    try:
+        return subprocess.run(
+            command, cwd=cwd, env=environ, stdin=subprocess.DEVNULL, stdout=unwritable, stderr=unwritable, timeout=120
+        )
+    finally:
+        for fd in (unwritable, terminal, controller):
+            os.close(fd)
+
+
+def test_a_console_that_fails_every_write_never_decides_a_run(simulator, db_path) -> None:
+    insert(db_path, list(make_children(3, seed=2606)))
+    environ = dict(simulator.settings_env()) | db_env(db_path)
+    result = the_program("run", cwd=db_path.parent, env=environ, console="unwritable")
+    assert result.returncode == 0
+    assert len(simulator.snapshot()) == 3
+    (log_file,) = (db_path.parent / "logs").glob("*.log")
+    text = log_file.read_text(encoding="utf-8")
+    assert "the console could not be written to (standard error: Bad file descriptor (errno 9))" in text
+    (summary,) = (db_path.parent / "logs").glob("*.summary.json")
+    summary = json.loads(summary.read_text(encoding="utf-8"))
+    assert summary["exit_code"] == 0 and summary["outcomes"]["sent"] == 3
+    assert not (db_path.parent / "logs" / ERROR_LOG_NAME).exists()
+
+
+@pytest.mark.parametrize("console", ["unwritable", "closed"])
+def test_a_settings_error_with_no_console_still_exits_2_and_reaches_the_error_log(tmp_path, console) -> None:
+    result = the_program("run", cwd=tmp_path, console=console)
+    assert result.returncode == 2
+    text = (tmp_path / "logs" / ERROR_LOG_NAME).read_text(encoding="utf-8")
+    assert "'run' stopped with exit code 2" in text
+    assert "error: DB_CONNECTION_STRING: not set" in text
+
+
+@pytest.mark.parametrize("console", ["unwritable", "closed"])
+def test_an_error_the_console_could_not_show_is_kept_in_the_error_log(tmp_path, console) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("DB_CONNECTION_STRING=sqlite:///missing.db\n", encoding="utf-8")
+    result = the_program("test-db", cwd=tmp_path, console=console)
+    assert result.returncode == 3
+    text = (tmp_path / "logs" / ERROR_LOG_NAME).read_text(encoding="utf-8")
+    assert "'test-db' stopped with exit code 3" in text and "the console could not show this" in text
+    assert "missing.db" in text
