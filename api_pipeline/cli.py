@@ -10,6 +10,7 @@ unexpected error, with a traceback only at ``-vv``.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import io
 import logging
@@ -423,7 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Counts the staging table's rows by submission_status and row_state, lists invalid and rejected rows "
         "by reason (field names only, never record content), shows how long the oldest waiting row has waited, "
         "what the submission ledger holds, and the last runs from the run summaries in the log folder. "
-        "Read-only: it never creates or changes a table.",
+        "Read-only: it never creates or changes a table. A log folder that cannot be reached (a network share "
+        "that is down) or read stops it with exit code 2 before the database is opened, rather than showing "
+        "no runs.",
     )
     status.add_argument(
         "--runs", type=_positive_int, default=10, metavar="N", help="How many recent runs to list (default: 10)."
@@ -500,7 +503,7 @@ def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -
     argv = list(sys.argv[1:] if argv is None else argv)
     if context is not None:
         return _main(argv, context)
-    _tolerant_console()
+    _tolerant_console(os.environ)
     with consoles_may_fail(on_failure=_note_in_the_run_log) as (out, err):
         return _main(argv, Context(environ=os.environ, cwd=Path.cwd(), out=out, err=err))
 
@@ -609,13 +612,36 @@ def _keep_the_traceback(ctx: Context, command: str, exc_info: Any) -> None:
     print(text, file=ctx.err, flush=True)  # last: the files must not wait for a console that may fail
 
 
-def _tolerant_console() -> None:
-    """A console or redirect that cannot show a character gets a '?', not a crashed night run.
+def _tolerant_console(environ: Mapping[str, str]) -> None:
+    """Output redirected to a file or a pipe is UTF-8, and a character a stream cannot show is a '?',
+    not a crashed night run.
 
-    Windows writes redirected output (Task Scheduler, a log file) in the ANSI code page.
+    Windows writes redirected output (``> status.txt``, a pipe) in the ANSI code page, where
+    ``Łódź`` becomes ``?ód?``; the console itself takes Unicode. So output that is not a terminal
+    and not already UTF-8 is switched to UTF-8, unless PYTHONIOENCODING names an encoding, which
+    is then used (by the exe too, which would otherwise ignore it).
     """
+    chosen = environ.get("PYTHONIOENCODING", "").strip()
+    encoding, _, errors = chosen.partition(":")
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
-        if reconfigure is not None:
-            with contextlib.suppress(ValueError, OSError):
+        if reconfigure is None:
+            continue
+        with contextlib.suppress(ValueError, OSError, LookupError):
+            if encoding:
+                reconfigure(encoding=encoding, errors=errors or "replace")
+            elif _redirected_in_a_code_page(stream):
+                reconfigure(encoding="utf-8", errors="replace")
+            else:
                 reconfigure(errors="replace")
+
+
+def _redirected_in_a_code_page(stream: TextIO) -> bool:
+    """Not a terminal, and written in an encoding that cannot hold every character (not UTF-8)."""
+    try:
+        if stream.isatty():
+            return False
+    except (OSError, ValueError):
+        return False
+    name = codecs.lookup(getattr(stream, "encoding", None) or "ascii").name
+    return name not in ("utf-8", "utf-8-sig", "utf-16", "utf-32")

@@ -354,3 +354,53 @@ def test_an_error_the_console_could_not_show_is_kept_in_the_error_log(tmp_path, 
     text = (tmp_path / "logs" / ERROR_LOG_NAME).read_text(encoding="utf-8")
     assert "'test-db' stopped with exit code 3" in text and "the console could not show this" in text
     assert "missing.db" in text
+
+
+# -- item 10: status on a log folder that cannot be reached; redirected output in UTF-8 -------------------
+
+
+def test_status_on_a_log_folder_that_cannot_be_reached_says_so_and_exits_2(db_path) -> None:
+    insert(db_path, list(make_children(1, seed=2610)))
+    share = db_path.parent / "share-not-mounted" / "csc" / "logs"  # as \\server\share\csc\logs when it is down
+    result = run_cli(["status", "--log-dir", str(share)], environ=db_env(db_path), cwd=db_path.parent)
+    assert result.code == 2 and result.out == ""
+    assert (
+        f"error: LOG_DIR (or --log-dir): cannot read the run summaries in {share}: it cannot be reached" in result.err
+    )
+    assert "No run summaries" not in result.err
+
+    blocked = db_path.parent / "a-file"
+    blocked.write_text("", encoding="utf-8")
+    result = run_cli(["status", "--log-dir", str(blocked)], environ=db_env(db_path), cwd=db_path.parent)
+    assert result.code == 2 and "a file is in the way" in result.err
+
+
+def test_status_before_the_first_run_still_says_none_yet(db_path) -> None:
+    insert(db_path, list(make_children(1, seed=2611)))
+    result = run_cli(["status"], environ=db_env(db_path), cwd=db_path.parent)  # logs\ beside it: not made yet
+    assert result.code == 0 and f"No run summaries in {db_path.parent / 'logs'} yet." in result.out
+
+
+def redirected(tmp_path: Path, **env: str) -> bytes:
+    """What ``test-db`` writes to a file, on a system whose redirected output is not UTF-8 (as Windows
+    writes it in the ANSI code page), for a .env naming a database in the folder Łódź."""
+    folder = tmp_path / "start"
+    folder.mkdir(exist_ok=True)
+    (folder / ".env").write_text(f"DB_CONNECTION_STRING=sqlite:///{tmp_path.as_posix()}/Łódź/missing.db\n", "utf-8")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("CSC_", "PYTHONIOENCODING", "LC_", "LANG"))}
+    environ |= {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"} | env
+    out = folder / "out.txt"
+    with out.open("wb") as handle:
+        result = subprocess.run(
+            [sys.executable, "-m", "api_pipeline", "test-db"], cwd=folder, env=environ, stdout=handle, stderr=handle
+        )
+    assert result.returncode == 3
+    return out.read_bytes()
+
+
+def test_redirected_output_is_utf8_whatever_the_code_page(tmp_path) -> None:
+    assert "/Łódź/missing.db does not exist".encode() in redirected(tmp_path)
+
+
+def test_pythonioencoding_still_chooses_the_encoding_of_redirected_output(tmp_path) -> None:
+    assert "/?ód?/missing.db does not exist".encode("cp1252") in redirected(tmp_path, PYTHONIOENCODING="cp1252")
