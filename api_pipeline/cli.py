@@ -47,6 +47,8 @@ EXIT_CODES_HELP = "exit codes:\n" + "".join(f"  {code.value:<4} {code.meaning}\n
 # Each command's help points at the one list of exit codes, on the top-level help.
 COMMAND_EPILOG = f"The exit codes are listed once, by '{APP_NAME} --help'."
 
+DEMO_FOLDER = "csc_api_pipeline_demo"  # in the user's own folder, unless --dir says otherwise
+
 
 @dataclass
 class Context:
@@ -70,6 +72,14 @@ class Context:
     def path(self, path: Path) -> Path:
         """A path given on the command line, relative to the folder the command was started in."""
         return path if path.is_absolute() else self.cwd / path
+
+    def user_folder(self) -> Path:
+        """The user's own folder (%USERPROFILE% on Windows, else $HOME), whatever folder the command started in."""
+        names = ("USERPROFILE", "HOME") if sys.platform == "win32" else ("HOME",)
+        for name in names:
+            if self.environ.get(name, "").strip():
+                return Path(self.environ[name].strip())
+        return Path.home()
 
     def settings(self, args: argparse.Namespace, command: str, **overrides: Any) -> Settings:
         explicit = None if args.env_file is None else self.path(args.env_file)
@@ -196,8 +206,17 @@ def cmd_test_schema(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
     from api_pipeline.demo import run_demo  # start-up: only for this command
 
-    folder = ctx.cwd / (args.dir if args.dir is not None else "csc_api_pipeline_demo")
-    return run_demo(folder, ctx, children=args.children, seed=args.seed, verbosity=args.verbose, quiet=args.quiet)
+    # Not the current folder by default: that is System32 in an administrator's command prompt.
+    folder = ctx.path(args.dir) if args.dir is not None else ctx.user_folder() / DEMO_FOLDER
+    return run_demo(
+        folder,
+        ctx,
+        children=args.children,
+        seed=args.seed,
+        verbosity=args.verbose,
+        quiet=args.quiet,
+        chosen=args.dir is not None,
+    )
 
 
 def cmd_simulate_api(args: argparse.Namespace, ctx: Context) -> int:
@@ -383,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FOLDER",
         help="Demo folder: a new or empty one, or one an earlier demo made, whose database is replaced "
-        "(default: ./csc_api_pipeline_demo). A folder holding anything else is refused, never deleted.",
+        f"(default: {DEMO_FOLDER} in your user folder, %%USERPROFILE%% or $HOME, whichever folder you start in). "
+        "A folder holding anything else is refused, never deleted.",
     )
     demo.add_argument("--seed", type=int, default=2026, help="Random seed for the synthetic data (default: 2026).")
 

@@ -356,6 +356,26 @@ def test_an_error_the_console_could_not_show_is_kept_in_the_error_log(tmp_path, 
     assert "missing.db" in text
 
 
+# -- item 8: demo from an administrator's prompt ----------------------------------------------------------
+
+
+def test_demo_started_in_system32_goes_to_the_users_own_folder_and_says_where(tmp_path) -> None:
+    system32 = tmp_path / "Windows" / "System32"  # where an elevated command prompt opens
+    home = tmp_path / "Users" / "analyst"
+    system32.mkdir(parents=True)
+    home.mkdir(parents=True)
+    result = run_cli(["demo", "--children", "4"], environ={"HOME": str(home), "USERPROFILE": str(home)}, cwd=system32)
+    assert result.code == 0, result.err
+    folder = home / "csc_api_pipeline_demo"
+    assert (folder / "staging.db").is_file() and list(system32.iterdir()) == []
+    assert f"Demo folder: {folder} (in your user folder; --dir FOLDER puts it elsewhere)" in result.out
+    assert result.out.rstrip().endswith(f"Everything the demo made is in {folder}")
+
+    again = run_cli(["demo", "--children", "4", "--dir", "mine"], environ={"HOME": str(home)}, cwd=tmp_path)
+    assert again.code == 0 and (tmp_path / "mine" / "staging.db").is_file()  # --dir: from where it was started
+    assert f"Demo folder: {tmp_path / 'mine'}\n" in again.out
+
+
 # -- item 10: status on a log folder that cannot be reached; redirected output in UTF-8 -------------------
 
 
