@@ -483,9 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_set_secret,
         "Store a secret in the Windows Credential Manager, so the .env file holds none.",
         "Checks there is a keyring, asks for the secret twice without showing it, stores it in the Windows "
-        "Credential Manager (the "
-        "keyring of the account running this command) and prints the NAME=keyring:SERVICE/NAME line to put "
-        "in .env instead of the secret. Run it as the account that runs the scheduled task: only that account "
+        "Credential Manager (the keyring of the account running this command) as a generic credential of its "
+        "own named SERVICE/NAME, reads it back, and prints the NAME=keyring:SERVICE/NAME line to put in .env "
+        "instead of the secret. Run it as the account that runs the scheduled task: only that account "
         "can read the secret. With no console to type at (a deployment script, input redirected), it reads the "
         "secret from the first line of standard input instead, for example 'type secret.txt | csc_api_pipeline.exe "
         "set-secret CLIENT_SECRET', and stops at once (exit code 2) when there is none. Reads no settings and "
@@ -496,9 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     secret.add_argument(
         "name",
         metavar="NAME",
-        type=str.upper,
-        choices=names,
-        help=f"The setting to store, one of: {', '.join(names)} (any case).",
+        help=f"The name to store it under: the setting's, one of {', '.join(names)} (any case), or any other "
+        "name a keyring:SERVICE/NAME value in .env ends with (as written there, such as live_client_secret).",
     )
     secret.add_argument(
         "--service",
