@@ -1,10 +1,14 @@
-"""A Windows admin's install (issue 26, items 1, 4 and 5).
+"""A Windows admin's install (issue 26, items 1, 4 to 8 and 10; item 9 is in test_docs.py).
 
 ``set-secret`` with no console reads one line from standard input, or says at once how to run
 it; it never waits for ever, never shows the secret. The one-file exe removes the copies of
 itself that runs stopped by force left in %TEMP% (the logic, on a made-up TEMP folder here; the
 exe itself under wine in packaging/smoke_test_exe.sh). A ``-vv`` traceback reaches the run's log
-file and the error log, not only a console nobody watches.
+file and the error log, not only a console nobody watches. A console that cannot be written to
+decides nothing. Each secret is a Credential Manager entry of its own (keyring's real Windows
+backend over the stand-in of tests/credential_manager.py here; the real one under wine), and
+the messages about the keyring say what to do. ``demo`` goes to the user's folder, ``status``
+says when its log folder cannot be reached, and redirected output is UTF-8.
 """
 
 from __future__ import annotations
