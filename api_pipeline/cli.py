@@ -6,12 +6,13 @@ SIGHUP and Windows' console close, logoff and shutdown events, which stop a comm
 same way while it runs (:mod:`api_pipeline.stopping`); anything else is reported as an
 unexpected error, with a traceback only at ``-vv``. Output whose reader stops reading
 (``status | head``) is dropped from then on and the command carries on, so that a closed
-pipe is never mistaken for the command's own outcome (:class:`api_pipeline.console.ReaderMayLeave`).
+pipe is never mistaken for the command's own outcome (:class:`api_pipeline.console.ConsoleMayFail`).
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import io
 import logging
@@ -24,7 +25,7 @@ from typing import Any, TextIO
 
 from api_pipeline import APP_NAME, __version__
 from api_pipeline.config import Settings, load_settings
-from api_pipeline.console import readers_may_leave
+from api_pipeline.console import consoles_may_fail, unwritten
 from api_pipeline.credentials import DEFAULT_SERVICE, keyring_variables, set_secret_command
 from api_pipeline.dialects import DIALECTS
 from api_pipeline.envfile import executable_dir, find_env_file, no_env_file_found
@@ -47,6 +48,8 @@ EXIT_CODES_HELP = "exit codes:\n" + "".join(f"  {code.value:<4} {code.meaning}\n
 
 # Each command's help points at the one list of exit codes, on the top-level help.
 COMMAND_EPILOG = f"The exit codes are listed once, by '{APP_NAME} --help'."
+
+DEMO_FOLDER = "csc_api_pipeline_demo"  # in the user's own folder, unless --dir says otherwise
 
 
 @dataclass
@@ -72,6 +75,14 @@ class Context:
     def path(self, path: Path) -> Path:
         """A path given on the command line, relative to the folder the command was started in."""
         return path if path.is_absolute() else self.cwd / path
+
+    def user_folder(self) -> Path:
+        """The user's own folder (%USERPROFILE% on Windows, else $HOME), whatever folder the command started in."""
+        names = ("USERPROFILE", "HOME") if sys.platform == "win32" else ("HOME",)
+        for name in names:
+            if self.environ.get(name, "").strip():
+                return Path(self.environ[name].strip())
+        return Path.home()
 
     def settings(self, args: argparse.Namespace, command: str, **overrides: Any) -> Settings:
         explicit = None if args.env_file is None else self.path(args.env_file)
@@ -233,8 +244,17 @@ def cmd_run_smoke(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
     from api_pipeline.demo import run_demo  # start-up: only for this command
 
-    folder = ctx.cwd / (args.dir if args.dir is not None else "csc_api_pipeline_demo")
-    return run_demo(folder, ctx, children=args.children, seed=args.seed, verbosity=args.verbose, quiet=args.quiet)
+    # Not the current folder by default: that is System32 in an administrator's command prompt.
+    folder = ctx.path(args.dir) if args.dir is not None else ctx.user_folder() / DEMO_FOLDER
+    return run_demo(
+        folder,
+        ctx,
+        children=args.children,
+        seed=args.seed,
+        verbosity=args.verbose,
+        quiet=args.quiet,
+        chosen=args.dir is not None,
+    )
 
 
 def cmd_simulate_api(args: argparse.Namespace, ctx: Context) -> int:
@@ -430,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FOLDER",
         help="Demo folder: a new or empty one, or one an earlier demo made, whose database is replaced "
-        "(default: ./csc_api_pipeline_demo). A folder holding anything else is refused, never deleted.",
+        f"(default: {DEMO_FOLDER} in your user folder, %%USERPROFILE%% or $HOME, whichever folder you start in). "
+        "A folder holding anything else is refused, never deleted.",
     )
     demo.add_argument("--seed", type=int, default=2026, help="Random seed for the synthetic data (default: 2026).")
 
@@ -471,7 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Counts the staging table's rows by submission_status and row_state, lists invalid and rejected rows "
         "by reason (field names only, never record content), shows how long the oldest waiting row has waited, "
         "what the submission ledger holds, and the last runs from the run summaries in the log folder. "
-        "Read-only: it never creates or changes a table.",
+        "Read-only: it never creates or changes a table. A log folder that cannot be reached (a network share "
+        "that is down) or read stops it with exit code 2 before the database is opened, rather than showing "
+        "no runs.",
     )
     status.add_argument(
         "--runs", type=_positive_int, default=10, metavar="N", help="How many recent runs to list (default: 10)."
@@ -516,9 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_set_secret,
         "Store a secret in the Windows Credential Manager, so the .env file holds none.",
         "Checks there is a keyring, asks for the secret twice without showing it, stores it in the Windows "
-        "Credential Manager (the "
-        "keyring of the account running this command) and prints the NAME=keyring:SERVICE/NAME line to put "
-        "in .env instead of the secret. Run it as the account that runs the scheduled task: only that account "
+        "Credential Manager (the keyring of the account running this command) as a generic credential of its "
+        "own named SERVICE/NAME, reads it back, and prints the NAME=keyring:SERVICE/NAME line to put in .env "
+        "instead of the secret. Run it as the account that runs the scheduled task: only that account "
         "can read the secret. With no console to type at (a deployment script, input redirected), it reads the "
         "secret from the first line of standard input instead, for example 'type secret.txt | csc_api_pipeline.exe "
         "set-secret CLIENT_SECRET', and stops at once (exit code 2) when there is none. Reads no settings and "
@@ -529,9 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     secret.add_argument(
         "name",
         metavar="NAME",
-        type=str.upper,
-        choices=names,
-        help=f"The setting to store, one of: {', '.join(names)} (any case).",
+        help=f"The name to store it under: the setting's, one of {', '.join(names)} (any case), or any other "
+        "name a keyring:SERVICE/NAME value in .env ends with (as written there, such as live_client_secret).",
     )
     secret.add_argument(
         "--service",
@@ -548,14 +570,17 @@ NO_COMMAND_NOTE = "no command was given, so 'run' was started (as the earlier to
 def main(argv: Sequence[str] | None = None, *, context: Context | None = None) -> int:
     """Parse, dispatch, and turn every error into one line and an exit code.
 
-    Without a ``context`` (the program itself, not a test), output whose reader stops reading
-    (``status | head``) is cut short quietly and the command carries on: its exit code is its own.
+    Without a ``context`` (the program itself, not a test), standard output and standard error
+    are :class:`~api_pipeline.console.ConsoleMayFail`: a console that cannot be written to, or a
+    reader that stops reading (``status | head``), loses
+    what the command writes to it, never the command's outcome. The run's log file notes it, and
+    an error line the console could not take is put in the error log.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if context is not None:
         return _main(argv, context)
-    _tolerant_console()
-    with readers_may_leave() as (out, err):
+    _tolerant_console(os.environ)
+    with consoles_may_fail(on_failure=_note_in_the_run_log) as (out, err):
         return _main(argv, Context(environ=os.environ, cwd=Path.cwd(), out=out, err=err))
 
 
@@ -569,33 +594,32 @@ def _main(argv: list[str], ctx: Context) -> int:
                 args = parser.parse_args([*argv, "run"])
                 ctx.implied_run = True
     except SystemExit as exc:  # argparse: --help/--version exit 0, usage errors exit 2
-        ctx.err.write(usage.getvalue())
         code = int(exc.code or 0)
-        if code == ExitCode.USAGE:
+        if code == ExitCode.USAGE:  # the error log first: the console may fail, and must not decide what is kept
             _leave_a_trace(ctx, "the command line", usage.getvalue().splitlines())
+        ctx.err.write(usage.getvalue())
         return code
     try:
         with stopping_on_signals(ctx.stop):
             return int(args.func(args, ctx))
     except PipelineError as exc:
         warnings = [printable(ctx.masked(line)) for line in getattr(exc, "warnings", [])]
-        for line in warnings:
-            print(f"warning: {line}", file=ctx.err, flush=True)
         lines = _error_lines(ctx, exc)
-        for line in lines:
-            print(f"error: {line}", file=ctx.err, flush=True)
-        if exc.exit_code == ExitCode.USAGE:
-            said = [f"warning: {line}" for line in warnings] + [f"error: {line}" for line in lines]
+        said = [f"warning: {line}" for line in warnings] + [f"error: {line}" for line in lines]
+        traced = exc.exit_code == ExitCode.USAGE
+        if traced:  # before the console, which may fail
             _leave_a_trace(ctx, f"'{args.command}'", said)
+        _tell(ctx, said, f"'{args.command}'", exc.exit_code, traced=traced)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         reason = exc.reason if isinstance(exc, Interrupted) else "Ctrl+C"
         print(f"stopped by {reason}: rows not yet acknowledged stay pending and are sent next run", file=ctx.err)
         return ExitCode.INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the one boundary that must not crash
-        print(f"unexpected error: {exc.__class__.__name__}. Run again with -vv for details.", file=ctx.err)
         if args.verbose >= 2:
             _keep_the_traceback(ctx, args.command, sys.exc_info())
+        said = [f"unexpected error: {exc.__class__.__name__}. Run again with -vv for details."]
+        _tell(ctx, said, f"'{args.command}'", ExitCode.RECORDS_FAILED, traced=args.verbose >= 2)
         return ExitCode.RECORDS_FAILED
     finally:
         close_logging()
@@ -612,6 +636,24 @@ def _error_lines(ctx: Context, exc: PipelineError) -> list[str]:
     return [printable(ctx.masked(line)) for line in lines]  # one line each, whatever they quote
 
 
+def _tell(ctx: Context, lines: list[str], what: str, code: int, *, traced: bool) -> None:
+    """The error lines on stderr; when stderr could not take them, in the error log instead
+    (unless they are there already), so that a run nobody could see still says why it stopped."""
+    for line in lines:
+        print(line, file=ctx.err, flush=True)
+    failure = unwritten(ctx.err)
+    if failure is not None and not traced:
+        _leave_a_trace(ctx, what, lines, code=code, why=f"the console could not show this ({failure})")
+
+
+def _note_in_the_run_log(stream: str, failure: str) -> None:
+    log_to_files_only(
+        f"the console could not be written to ({stream}: {failure}): this command goes on, and what it "
+        "would have shown there is in this file only",
+        level=logging.WARNING,
+    )
+
+
 def _where_the_database_is(ctx: Context, message: str) -> list[str]:
     """A database error names the SQLite file it is about, as an absolute path."""
     path = ctx.loaded.sqlite_file if ctx.loaded is not None else None
@@ -620,10 +662,14 @@ def _where_the_database_is(ctx: Context, message: str) -> list[str]:
     return [f"(the SQLite database: {path})"]
 
 
-def _leave_a_trace(ctx: Context, what: str, lines: list[str]) -> None:
-    """Exit 2 happens before any run log exists: copy the messages to the error log as well as stderr."""
+def _leave_a_trace(ctx: Context, what: str, lines: list[str], *, code: int = ExitCode.USAGE, why: str = "") -> None:
+    """Exit 2 happens before any run log exists: copy the messages to the error log as well as stderr.
+
+    Also where an error's message could not be shown on the console (``why`` says so), whatever its exit code.
+    """
     source = f"settings from {ctx.env_file}" if ctx.env_file is not None else "no .env found"
-    header = f"{APP_NAME} {__version__}: {what} stopped with exit code 2 ({source}; started in {ctx.cwd})"
+    because = f"; {why}" if why else ""
+    header = f"{APP_NAME} {__version__}: {what} stopped with exit code {code} ({source}; started in {ctx.cwd}){because}"
     append_error_log(
         ctx.error_log_folders(),
         [header, *lines],
@@ -637,7 +683,6 @@ def _keep_the_traceback(ctx: Context, command: str, exc_info: Any) -> None:
     Under Task Scheduler nobody sees the console: the files are where "-vv for details" is read.
     """
     text = ctx.masked(format_traceback(exc_info), patterns=True)
-    print(text, file=ctx.err, flush=True)
     log_to_files_only(f"unexpected error: {exc_info[0].__name__}; its traceback (-vv):", exc_info)
     header = f"{APP_NAME} {__version__}: '{command}' stopped with an unexpected error (exit code 1); traceback (-vv):"
     log_dir = [ctx.loaded.log_dir] if ctx.loaded is not None and ctx.loaded.log_dir is not None else []
@@ -646,15 +691,39 @@ def _keep_the_traceback(ctx: Context, command: str, exc_info: Any) -> None:
         [header, *text.split("\n")],
         warn=lambda message: print(f"warning: {message}", file=ctx.err, flush=True),
     )
+    print(text, file=ctx.err, flush=True)  # last: the files must not wait for a console that may fail
 
 
-def _tolerant_console() -> None:
-    """A console or redirect that cannot show a character gets a '?', not a crashed night run.
+def _tolerant_console(environ: Mapping[str, str]) -> None:
+    """Output redirected to a file or a pipe is UTF-8, and a character a stream cannot show is a '?',
+    not a crashed night run.
 
-    Windows writes redirected output (Task Scheduler, a log file) in the ANSI code page.
+    Windows writes redirected output (``> status.txt``, a pipe) in the ANSI code page, where
+    ``Łódź`` becomes ``?ód?``; the console itself takes Unicode. So output that is not a terminal
+    and not already UTF-8 is switched to UTF-8, unless PYTHONIOENCODING names an encoding, which
+    is then used (by the exe too, which would otherwise ignore it).
     """
+    chosen = environ.get("PYTHONIOENCODING", "").strip()
+    encoding, _, errors = chosen.partition(":")
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
-        if reconfigure is not None:
-            with contextlib.suppress(ValueError, OSError):
+        if reconfigure is None:
+            continue
+        with contextlib.suppress(ValueError, OSError, LookupError):
+            if encoding:
+                reconfigure(encoding=encoding, errors=errors or "replace")
+            elif _redirected_in_a_code_page(stream):
+                reconfigure(encoding="utf-8", errors="replace")
+            else:
                 reconfigure(errors="replace")
+
+
+def _redirected_in_a_code_page(stream: TextIO) -> bool:
+    """Not a terminal, and written in an encoding that cannot hold every character (not UTF-8)."""
+    try:
+        if stream.isatty():
+            return False
+    except (OSError, ValueError):
+        return False
+    name = codecs.lookup(getattr(stream, "encoding", None) or "ascii").name
+    return name not in ("utf-8", "utf-8-sig", "utf-16", "utf-32")

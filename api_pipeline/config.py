@@ -491,6 +491,12 @@ OPTIONS: tuple[Option, ...] = (
 
 OPTIONS_BY_ENV = {option.env: option for option in OPTIONS}
 
+
+def keyring_settings() -> tuple[str, ...]:
+    """The settings whose value may live in the keyring: every secret one, by every name it is read under."""
+    return tuple(name for option in OPTIONS if option.secret for name in (option.env, *option.fallbacks))
+
+
 # Every name the tool reads a setting from: each setting's, its older names, and the earlier
 # tool's USER_SERVER and USER_DATABASE. A .env line with another name is warned about.
 NAMES_READ = frozenset(
@@ -634,7 +640,7 @@ def load_settings(
         if option.attr == "db_connection_string":
             db_setting = name
         if option.secret and is_keyring_reference(text):
-            resolved = resolve_keyring_reference(name, text, problems)
+            resolved = resolve_keyring_reference(name, text, problems, setting_names=keyring_settings())
             if resolved is None:
                 continue
             text = resolved

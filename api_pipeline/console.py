@@ -1,8 +1,10 @@
-"""The console: a reader that leaves early, whether a person can type at it, reading a secret from
-it, and the double-click wait.
+"""The console: writing to one that may fail, whether a person can type at it, reading a secret
+from it, and the double-click wait.
 
-Output piped to a program that stops reading (``status | head``) is cut short quietly: the
-command carries on to its end and its exit code is its own (:class:`ReaderMayLeave`).
+A console that cannot be written to (a detached or closed one: ``OSError`` errno 9 under wine),
+or output piped to a program that stops reading (``status | head``), never decides a command's
+outcome: :class:`ConsoleMayFail` drops what cannot be written and the command carries on with its
+own exit code (a reader leaving quietly; a failing console noted in the run's log).
 
 Double-clicked from Explorer, the exe waits for Enter before its console window closes.
 
@@ -31,54 +33,65 @@ from dataclasses import dataclass
 from typing import Any, TextIO, cast
 
 
-class ReaderMayLeave(io.TextIOBase):
-    """stdout or stderr, whose reader may stop reading before the command ends (``status | head``).
+class ConsoleMayFail(io.TextIOBase):
+    """stdout or stderr, which may stop taking what is written to it.
 
-    Writing to a pipe nobody reads any more raises ``BrokenPipeError``. Raised into a command,
-    it would end a read-only command with "unexpected error" and exit 1, and could stop a
-    ``run`` part-way, hiding its outcome. Here it ends the output instead: this write and every
-    later one are dropped, and the command carries on to its end with its own exit code (the
-    shell convention of 141 for a program killed by SIGPIPE would say "stopped", which a run
-    that went on to send and write back was not). The stream's file descriptor is pointed at
-    the null device, so the interpreter's last flush, at exit, has nowhere to fail either.
+    A console window that was detached or closed, or a handle Windows no longer honours, fails
+    every write (seen under wine as ``OSError: [Errno 9] Bad file descriptor`` from the progress
+    bar). Raised into a command, that would end a night's run as "unexpected error" with exit
+    code 1, and stop a settings error's message (exit 2) before it reached the error log. Here
+    the first failure ends this stream's output instead: that write and every later one are
+    dropped, ``failure`` says why, ``on_failure`` is told once (the run's log file notes it), and
+    the stream's descriptor is pointed at the null device, so the interpreter's last flush at exit
+    cannot fail either. A stream that is missing altogether (closed before the program started)
+    counts as failed from the start.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | None, *, on_failure: Callable[[str], Any] | None = None) -> None:
         super().__init__()
         self.stream = stream
-        self.reader_left = False
+        self.on_failure = on_failure
+        self.failure: str | None = None if stream is not None else "it was closed before the program started"
+        self.reader_left = False  # output piped to a program that stopped reading (status | head)
 
     def write(self, text: str) -> int:
-        if not self.reader_left:
+        if self.failure is None:
             try:
-                self.stream.write(text)
-            except OSError as exc:
-                self._left_or_raise(exc)
+                self.stream.write(text)  # type: ignore[union-attr]
+            except (OSError, ValueError) as exc:  # ValueError: a stream closed under us
+                self._failed(exc)
         return len(text)
 
     def flush(self) -> None:
-        if not self.reader_left:
+        if self.failure is None:
             try:
-                self.stream.flush()
-            except OSError as exc:
-                self._left_or_raise(exc)
+                self.stream.flush()  # type: ignore[union-attr]
+            except (OSError, ValueError) as exc:
+                self._failed(exc)
 
-    def _left_or_raise(self, exc: OSError) -> None:
-        if not reader_has_gone(exc):
-            raise exc
-        self.reader_left = True
+    def _failed(self, exc: Exception) -> None:
+        self.failure = _why_unwritable(exc)
+        self.reader_left = isinstance(exc, OSError) and reader_has_gone(exc)
         with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
             nowhere = os.open(os.devnull, os.O_WRONLY)
             try:
-                os.dup2(nowhere, self.stream.fileno())
+                os.dup2(nowhere, self.stream.fileno())  # type: ignore[union-attr]
             finally:
                 os.close(nowhere)
+        if self.on_failure is not None and not self.reader_left:  # a reader leaving is no failure
+            with contextlib.suppress(Exception):  # telling of a failed console must not fail
+                self.on_failure(self.failure)
 
     # Asked of the stream by what writes to it: the progress bar, the logging handler, argparse.
     def isatty(self) -> bool:
-        return not self.reader_left and self.stream.isatty()
+        try:
+            return self.failure is None and bool(self.stream.isatty())  # type: ignore[union-attr]
+        except (OSError, ValueError):
+            return False
 
     def fileno(self) -> int:
+        if self.stream is None:
+            raise io.UnsupportedOperation("no stream")
         return self.stream.fileno()
 
     def writable(self) -> bool:
@@ -94,7 +107,8 @@ class ReaderMayLeave(io.TextIOBase):
 
 
 def reader_has_gone(exc: OSError) -> bool:
-    """The error of writing to a pipe whose reader has closed it.
+    """The error of writing to a pipe whose reader has closed it (``status | head``): the output
+    ends quietly there, as the shell user asked, with nothing noted anywhere.
 
     Windows reports it as EPIPE, or, for some pipes, as EINVAL from the flush.
     """
@@ -103,28 +117,43 @@ def reader_has_gone(exc: OSError) -> bool:
     return sys.platform == "win32" and exc.errno == errno.EINVAL
 
 
+def _why_unwritable(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or type(exc).__name__} (errno {exc.errno})" if exc.errno else type(exc).__name__
+    return "it was closed"
+
+
 @contextlib.contextmanager
-def readers_may_leave() -> Iterator[tuple[TextIO, TextIO]]:
-    """sys.stdout and sys.stderr as :class:`ReaderMayLeave`, for the duration; yields the two.
+def consoles_may_fail(on_failure: Callable[[str, str], Any] | None = None) -> Iterator[tuple[TextIO, TextIO]]:
+    """sys.stdout and sys.stderr as :class:`ConsoleMayFail` for the duration; yields the two.
 
     Everything the command writes goes through them: its own lines, the console log handler
-    (made while they are in place), the progress bar, argparse's help and usage.
+    (made while they are in place), the progress bar, argparse's help and usage. ``on_failure``
+    is told the stream's name ("standard output", "standard error") and why, once for each.
     """
+
+    def told(name: str) -> Callable[[str], Any] | None:
+        return None if on_failure is None else (lambda why: on_failure(name, why))
+
     saved = sys.stdout, sys.stderr
-    out, err = _guarded(saved[0]), _guarded(saved[1])
-    sys.stdout, sys.stderr = out, err
+    out = ConsoleMayFail(saved[0], on_failure=told("standard output"))
+    err = ConsoleMayFail(saved[1], on_failure=told("standard error"))
+    sys.stdout, sys.stderr = cast(TextIO, out), cast(TextIO, err)
     try:
-        yield out, err
+        yield cast(TextIO, out), cast(TextIO, err)
     finally:
         for stream in (out, err):
-            with contextlib.suppress(Exception):
-                stream.flush()
+            stream.flush()
         sys.stdout, sys.stderr = saved
 
 
-def _guarded(stream: TextIO) -> TextIO:
-    """``stream`` as :class:`ReaderMayLeave`; a missing one (no console at all) stays missing."""
-    return cast(TextIO, ReaderMayLeave(stream)) if stream is not None else stream
+def unwritten(stream: Any) -> str | None:
+    """Why ``stream`` (a :class:`ConsoleMayFail`) stopped taking what is written to it; None if it has
+    not, or if its reader just stopped reading."""
+    if getattr(stream, "reader_left", False):
+        return None
+    failure = getattr(stream, "failure", None)
+    return failure if isinstance(failure, str) else None
 
 
 EXPLORER = "explorer.exe"

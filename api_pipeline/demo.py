@@ -134,12 +134,12 @@ def prepare_demo_folder(folder: Path) -> None:
     The demo never deletes a folder: ``--dir .`` or a folder of someone's files is refused.
     """
     if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"demo --dir: {folder} is a file; give a new or empty folder for the demo")
+        raise ConfigError(f"demo: {folder} is a file; give a new or empty folder for the demo with --dir FOLDER")
     if folder.is_dir():
         if any(folder.iterdir()) and not (folder / DEMO_MARK).is_file():
             raise ConfigError(
-                f"demo --dir: {folder} is not empty and was not made by the demo, so it is left alone. "
-                "Give a new or empty folder, or leave out --dir"
+                f"demo: {folder} is not empty and was not made by the demo, so it is left alone. "
+                "Give a new or empty folder with --dir FOLDER"
             )
         for name in DEMO_DATABASE_FILES:
             (folder / name).unlink(missing_ok=True)
@@ -147,16 +147,29 @@ def prepare_demo_folder(folder: Path) -> None:
         try:
             make_private_dir(folder)
         except OSError as exc:
-            raise ConfigError(f"demo --dir: cannot make the folder {folder}: {why_not(exc)}") from None
+            raise ConfigError(
+                f"demo: cannot make the folder {folder}: {why_not(exc)}. Give one you can write to with --dir FOLDER"
+            ) from None
     (folder / DEMO_MARK).write_text(
         "Made by the CSC API Pipeline demo, which replaces its staging.db here on its next run.\n", encoding="utf-8"
     )
 
 
 def run_demo(
-    folder: Path, ctx: Any, *, children: int = 300, seed: int = 2026, verbosity: int = 0, quiet: bool = False
+    folder: Path,
+    ctx: Any,
+    *,
+    children: int = 300,
+    seed: int = 2026,
+    verbosity: int = 0,
+    quiet: bool = False,
+    chosen: bool = True,
 ) -> int:
-    """The ``demo`` command (DESIGN §2). Returns 0 only if DfE's view converged."""
+    """The ``demo`` command (DESIGN §2). Returns 0 only if DfE's view converged.
+
+    ``chosen``: the folder was given (``--dir``); otherwise it is the default in the user's own
+    folder, and the output says so.
+    """
     say = ctx.print
     prepare_demo_folder(folder)
     db_path = folder / "staging.db"
@@ -164,7 +177,7 @@ def run_demo(
         verbosity=verbosity, quiet=not verbosity, log_dir=folder / "logs", run_id=new_run_id()
     )
     say("CSC API Pipeline demo: synthetic children only; nothing leaves this machine.")
-    say(f"Demo folder: {folder}")
+    say(f"Demo folder: {folder}" + ("" if chosen else " (in your user folder; --dir FOLDER puts it elsewhere)"))
     with Database.open_sqlite(db_path) as db:
         table = StagingTable(db, DEMO_TABLE)
         table.create_staging_table()
@@ -200,6 +213,7 @@ def run_demo(
     say(f"Check: DfE view {verdict} staging data for {result.matching}/{result.total} children")
     if log_file:
         say(f"Log: {log_file}")
+    say(f"Everything the demo made is in {folder}")
     problems = first.problems + second.problems
     if not result.ok:
         say(f"Children that differ: {', '.join(result.mismatched[:10])}")

@@ -191,13 +191,14 @@ class RunLogFile(logging.FileHandler):
         )
 
 
-def log_to_files_only(message: str, exc_info: Any) -> list[Path]:
-    """``message`` and its traceback in the run's log file, not on the console (which had its own copy).
+def log_to_files_only(message: str, exc_info: Any = None, *, level: int = logging.ERROR) -> list[Path]:
+    """``message`` (and its traceback) in the run's log file, not on the console (which had its own
+    copy, or cannot be written to).
 
     Masked as every log line is. Returns the files written to: none when no run log is open.
     """
     logger = logging.getLogger(LOGGER_NAME)
-    record = logger.makeRecord(f"{LOGGER_NAME}.cli", logging.ERROR, __file__, 0, message, (), exc_info)
+    record = logger.makeRecord(f"{LOGGER_NAME}.cli", level, __file__, 0, message, (), exc_info)
     written = []
     for handler in logger.handlers:
         if isinstance(handler, RunLogFile) and handler.failure is None:

@@ -504,6 +504,29 @@ class Summaries:
     skipped: list[str] = field(default_factory=list)  # "file: why" for each that could not be used
 
 
+def unreadable_log_dir(log_dir: Path) -> str | None:
+    """Why the run files in ``log_dir`` cannot be read, in words; None when they can.
+
+    A folder not made yet, whose parent is there, is fine: the first run makes it, and until then
+    there are simply no runs. One whose parent is missing too is a network share that cannot be
+    reached (Windows says "not found" for both) or a mistyped path, and its "no runs yet" would
+    be untrue.
+    """
+    try:
+        with os.scandir(log_dir):
+            return None
+    except FileNotFoundError:
+        parent = log_dir.parent
+        if parent != log_dir and parent.is_dir():
+            return None
+        return (
+            f"it cannot be reached: neither it nor the folder it is in ({parent}) exists (a network share this "
+            "account cannot reach now, or a mistyped path)"
+        )
+    except OSError as exc:
+        return f"it cannot be read ({why_not(exc)})"
+
+
 def read_summaries(
     log_dir: Path,
     limit: int,

@@ -36,6 +36,7 @@ from api_pipeline.runs import (
     Summaries,
     default_log_dir,
     read_summaries,
+    unreadable_log_dir,
 )
 from api_pipeline.schema import generalise_path, load_bundled_schema, load_schema
 from api_pipeline.staging import FirstContact, StagingTable
@@ -654,7 +655,8 @@ def format_status(report: StatusReport) -> list[str]:
 
 
 def status_command(settings: Settings, ctx: Any, *, runs: int = 10, as_json: bool = False) -> int:
-    """The ``status`` command. Exit 0; a missing table or database error raises (exit 3).
+    """The ``status`` command. Exit 0; a missing table or database error raises (exit 3), and so does
+    a log folder that cannot be reached or read (exit 2, as ``run`` refuses one, before the database).
 
     ``--json`` prints one JSON object with these keys (stable; new keys may be added,
     ``format_version`` changes if any is removed or changes meaning):
@@ -683,6 +685,12 @@ def status_command(settings: Settings, ctx: Any, *, runs: int = 10, as_json: boo
     if settings.db_connection_string is None:
         raise ConfigError(["DB_CONNECTION_STRING: not set. status reads the staging table it names."])
     log_dir = default_log_dir(settings, ctx.cwd)
+    unreadable = unreadable_log_dir(log_dir)
+    if unreadable is not None:  # not "no runs yet": a monitoring script would take that for nights not run
+        raise ConfigError(
+            f"LOG_DIR (or --log-dir): cannot read the run summaries in {log_dir}: {unreadable}. Give the folder "
+            "the scheduled task keeps its logs in, as this account can reach it"
+        )
     with Database.open_existing(settings.db_connection_string) as db:
         report = collect_status(db, settings, log_dir, runs=runs)
     for skipped in report.skipped_summaries:

@@ -11,8 +11,11 @@
 # the environment, so no .env or variable can help it. Checked: --version matches this tree,
 # --help lists the commands and exit codes, no command means run (here: exit 2, no settings), every
 # command's --help, every test-* command and `run` fail cleanly without settings (exit 2, one
-# "error: ..." line per problem, no traceback), and `demo` runs end to end (SQLite and the
-# built-in simulator inside the exe) and ends with the convergence line, exit 0.
+# "error: ..." line per problem, no traceback), a Windows admin's habits (set-secret with no console
+# and the Credential Manager entries it makes, a UTF-16 .env, a killed one-file run, output to a
+# pipe as UTF-8, status on a share that cannot be reached), and `demo`, started in System32 under
+# wine, runs end to end in the user's folder (SQLite and the built-in simulator inside the exe)
+# and ends with the convergence line, exit 0.
 # Exit status: 0 when every check passed, 1 otherwise.
 set -euo pipefail
 
@@ -100,10 +103,8 @@ run_exe_once() {
     RC=$?
     set -e
     OUT=${OUT//$'\r'/}
-    # Windows Python writes to a pipe in the ANSI code page (cp1252 here); show it as UTF-8.
-    if command -v iconv >/dev/null; then
-        OUT=$(printf '%s' "$OUT" | iconv -c -f CP1252 -t UTF-8)
-    fi
+    # The tool writes output that goes to a pipe as UTF-8 (Windows would use the ANSI code page),
+    # so it is read as it is; wine's own messages are ASCII.
 }
 
 # The exe itself, in RUN_DIR, with the environment run_exe describes and the caller's stdin.
@@ -300,6 +301,14 @@ check "run --limit 0: usage error" 2 "usage: |error: "
 
 # set-secret with no console: < NUL stops at once (it used to spin for ever), and a line piped
 # in is stored without being shown. The service name keeps the made-up value apart.
+# Under wine, the Credential Manager entries an earlier smoke test left are removed first, so the
+# checks below see only this run's.
+if [ "$ON_WINDOWS" = 0 ]; then
+    for entry in csc-smoke-test/CLIENT_SECRET csc-smoke-test/SUPPLIER_KEY csc-smoke-test \
+        CLIENT_SECRET@csc-smoke-test SUPPLIER_KEY@csc-smoke-test; do
+        wine reg delete "HKCU\\Software\\Wine\\Credential Manager\\Generic: $entry" /f </dev/null >/dev/null 2>&1 || true
+    done
+fi
 started_secret=$(date +%s)
 run_exe set-secret CLIENT_SECRET --service csc-smoke-test
 if [ $(($(date +%s) - started_secret)) -gt 60 ]; then
@@ -313,7 +322,35 @@ STDIN_TEXT=""
 if grep -q "smoke-test-key-not-a-secret" <<<"$OUT"; then
     not_ok "set-secret with a piped line: the secret was shown"
 else
-    check "set-secret with a piped line stores it" 0 "^SUPPLIER_KEY=keyring:csc-smoke-test/SUPPLIER_KEY\$"
+    check "set-secret with a piped line stores it" 0 "^SUPPLIER_KEY=keyring:csc-smoke-test/SUPPLIER_KEY\$" \
+        '^Stored SUPPLIER_KEY in the Windows Credential Manager .*as the generic credential "csc-smoke-test/SUPPLIER_KEY"'
+fi
+
+# Each secret is a generic credential of its own, named as its reference: storing a second one, and
+# one again, moves nothing (keyring's own scheme moved the first to SUPPLIER_KEY@csc-smoke-test).
+# (Under wine, the entries an earlier smoke test left were removed before the first was stored.)
+STDIN_TEXT=$'smoke-test-secret-not-a-secret\r\n'
+run_exe set-secret client_secret --service csc-smoke-test
+run_exe set-secret SUPPLIER_KEY --service csc-smoke-test
+STDIN_TEXT=""
+check "set-secret: a second secret, and one again" 0 "^SUPPLIER_KEY=keyring:csc-smoke-test/SUPPLIER_KEY\$"
+if [ "$ON_WINDOWS" = 0 ]; then # wine keeps its Credential Manager in the registry
+    OUT=$(wine reg query 'HKCU\Software\Wine\Credential Manager' </dev/null 2>&1 | tr -d '\r' | grep -i 'csc-smoke-test' || true)
+    RC=0
+    if grep -qF '@csc-smoke-test/' <<<"$OUT"; then
+        not_ok "Credential Manager: an entry was moved to USER@csc-smoke-test/..."
+    else
+        check "Credential Manager: one entry per secret, named as its reference" 0 \
+            "Generic: csc-smoke-test/CLIENT_SECRET\$" "Generic: csc-smoke-test/SUPPLIER_KEY\$"
+    fi
+fi
+EXTRA_ENV=(CLIENT_SECRET=keyring:csc-smoke-test/CLIENT_SECRET SUPPLIER_KEY=keyring:csc-smoke-test/SUPPLIER_KEY)
+run_exe test-endpoint
+EXTRA_ENV=()
+if grep -qE "^error: (CLIENT_SECRET|SUPPLIER_KEY)" <<<"$OUT"; then
+    not_ok "keyring: references to the stored secrets: want them read"
+else
+    check_config_error "keyring: references to the stored secrets are read (only other settings missing)" "^error: API_ENDPOINT"
 fi
 
 # A .env saved as UTF-16 (Windows PowerShell 5.1's '>') with a quoted Windows path: read, and the
@@ -338,9 +375,35 @@ if [ ! -d "$(dirname "$EXE")/_internal" ] && [ "$ON_WINDOWS" = 0 ]; then
     check_killed_run_leftovers
 fi
 
+# A .env naming a folder the ANSI code page cannot spell, its output going to a pipe: the message
+# arrives as UTF-8 (it used to be '?ód?'). And a log folder on a share that cannot be reached is
+# said to be so by status (exit 2), not "no run summaries yet".
+mkdir -p "$T/letters"
+printf 'DB_CONNECTION_STRING=sqlite:///C:/\xc5\x81\xc3\xb3d\xc5\xba/missing.db\r\n' >"$T/letters/.env"
+RUN_DIR=$T/letters
+run_exe test-db
+check "redirected output is UTF-8" 3 'C:\\Łódź\\missing\.db does not exist'
+run_exe status --log-dir '\\nonexistent.invalid\share\csc\logs'
+RUN_DIR=$T/work
+check_config_error "status with a log folder on a share that cannot be reached" \
+    'cannot read the run summaries in \\\\nonexistent\.invalid\\share\\csc\\logs: it cannot be reached'
+
+# demo started where an administrator's command prompt opens (System32, under wine) goes to the
+# user's own folder, and says so.
+if [ "$ON_WINDOWS" = 0 ]; then
+    RUN_DIR=$WINEPREFIX/drive_c/windows/system32
+    rm -rf "$RUN_DIR/csc_api_pipeline_demo" # an older build's, in the test prefix
+fi
 run_exe demo
 demo_output=$OUT
-check "demo end to end" 0 "^Run 1 .*sent [0-9]+" "^Run 2 " "^Check: DfE view equals staging data for ([0-9]+)/\\1 children$"
+demo_dir=$RUN_DIR
+RUN_DIR=$T/work
+if [ -e "$demo_dir/csc_api_pipeline_demo" ]; then
+    not_ok "demo: it wrote into the folder it was started in ($demo_dir)"
+else
+    check "demo end to end, in the user's folder" 0 "^Demo folder: .*csc_api_pipeline_demo \(in your user folder" \
+        "^Run 1 .*sent [0-9]+" "^Run 2 " "^Check: DfE view equals staging data for ([0-9]+)/\\1 children$"
+fi
 
 echo
 echo "--- demo output ---"

@@ -196,3 +196,44 @@ def test_releasing_page_shows_release_script_usage():
         assert {"--exe", "--no-push"} <= docgen.release_flags()
     else:
         assert "no `release.sh`" in usage
+
+
+# ---------------------------------------------------------------------------
+# A Windows admin's install (issue 26, item 9)
+# ---------------------------------------------------------------------------
+
+
+def _words(page: str) -> str:
+    return " ".join((DOCS / page).read_text(encoding="utf-8").split())
+
+
+def test_security_says_what_an_unsigned_exe_means_and_what_it_can_do():
+    text = _words("security.md")
+    assert "## The program is not signed" in text
+    for needed in (
+        "SmartScreen",
+        "More info",
+        "Run anyway",
+        "Unblock-File",
+        "Unblock",
+        "false positive",
+        "PyInstaller",
+    ):
+        assert needed in text, needed
+    assert "SHA256SUMS" in text and "Get-FileHash" in text and "certutil -hashfile" in text
+    assert "Allow it by its hash" in text and "Allow it by its path" in text
+
+
+def test_the_install_steps_point_at_the_unsigned_exe_and_at_log_dir_under_program_files():
+    for page in ("getting-started.md", "scheduling.md"):
+        text = _words(page)
+        assert "security.md#the-program-is-not-signed" in text, page
+        assert "SHA256SUMS" in text and "nblock" in text, page
+        assert "C:\\Program Files" in text and "LOG_DIR" in text, page
+
+
+def test_scheduling_names_every_file_a_run_writes():
+    text = _words("scheduling.md")
+    assert "Each `run` writes three files" in text
+    for suffix in (".log`", ".summary.json`", ".report.html`"):
+        assert f"csc_api_pipeline_<time>{suffix}" in text, suffix

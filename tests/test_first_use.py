@@ -253,7 +253,7 @@ def test_set_secret_names_its_choices(tmp_path, capsys):
     shown = " ".join(capsys.readouterr().out.split())
     assert all(name in shown for name in keyring_variables())
     wrong = run_cli(["set-secret", "CLIENT_ID"], cwd=tmp_path)
-    assert wrong.code == 2 and "invalid choice: 'CLIENT_ID'" in wrong.err and "CLIENT_SECRET" in wrong.err
+    assert wrong.code == 2 and "CLIENT_ID is not a secret" in wrong.err and "CLIENT_SECRET" in wrong.err
 
 
 def test_counts_of_one_are_singular(simulator, db_path, tmp_path):

@@ -117,7 +117,7 @@ def test_set_secret_stores_and_prints_the_env_line(memory_keyring: MemoryKeyring
     ctx, out = context(tmp_path)
     prompt = answers(NEW_SECRET, NEW_SECRET)
     assert set_secret_command("client_secret", ctx, prompt=prompt) == 0
-    assert memory_keyring.store == {(DEFAULT_SERVICE, "CLIENT_SECRET"): NEW_SECRET}
+    assert memory_keyring.store == {(f"{DEFAULT_SERVICE}/CLIENT_SECRET", "CLIENT_SECRET"): NEW_SECRET}
     printed = out.getvalue()
     assert "\nCLIENT_SECRET=keyring:csc-api-pipeline/CLIENT_SECRET\n" in printed
     assert "svc-csc" in printed and "same account" in printed
@@ -125,7 +125,7 @@ def test_set_secret_stores_and_prints_the_env_line(memory_keyring: MemoryKeyring
 
     ctx, out = context(tmp_path)
     assert set_secret_command("SUPPLIER_KEY", ctx, service="council/csc", prompt=answers(NEW_KEY, NEW_KEY)) == 0
-    assert memory_keyring.store[("council/csc", "SUPPLIER_KEY")] == NEW_KEY
+    assert memory_keyring.store[("council/csc/SUPPLIER_KEY", "SUPPLIER_KEY")] == NEW_KEY
     assert "SUPPLIER_KEY=keyring:council/csc/SUPPLIER_KEY" in out.getvalue()
 
 
