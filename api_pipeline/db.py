@@ -49,6 +49,8 @@ from api_pipeline.odbc import (
     decode_wide_text,
     driver_said,
     explain_odbc_error,
+    for_freetds,
+    is_freetds_driver,
     is_psqlodbc,
     odbc_value,
     parse_odbc_string,
@@ -309,7 +311,10 @@ class Database:
                 )
             log.info("DB_CONNECTION_STRING names no ODBC driver: using %s, the newest SQL Server driver here", driver)
             text = f"DRIVER={{{driver}}};{text}"
-        tuned = is_psqlodbc(odbc_value(parse_odbc_string(text), "DRIVER"))
+        named = odbc_value(parse_odbc_string(text), "DRIVER")
+        if is_freetds_driver(named or "") or "freetds" in (named or "").lower():
+            text = for_freetds(text)
+        tuned = is_psqlodbc(named)
         if tuned:
             text = with_psqlodbc_defaults(text)
         context = OdbcContext.from_string(text, installed_drivers=module.drivers, driver_chosen=chosen)
@@ -589,7 +594,7 @@ class Database:
     def _cursor(self, kinds: Kinds | None) -> Any:
         cursor = self._conn.cursor()
         if self._odbc is not None:
-            sizes = self.dialect.input_sizes(kinds)
+            sizes = self.dialect.input_sizes(kinds, self.driver_file)
             if sizes is not None:
                 cursor.setinputsizes(sizes)
         return cursor

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from api_pipeline.errors import ConfigError, DatabaseError
-from api_pipeline.odbc import is_microsoft_sql_driver, utf16_digest
+from api_pipeline.odbc import is_freetds_driver, is_microsoft_sql_driver, utf16_digest
 
 HASH_BYTES = 32  # SHA-256
 # The longest receipt the tool accepts from DfE (api.py) and so the least the ledger's receipt column holds.
@@ -34,6 +34,7 @@ Kinds = Sequence[str | None]
 
 # ODBC SQL type codes, fixed by the ODBC specification (pyodbc's constants have these values).
 SQL_WVARCHAR = -9
+SQL_WLONGVARCHAR = -10
 SQL_VARBINARY = -3
 
 
@@ -230,23 +231,27 @@ class Dialect:
             return f"LTRIM(RTRIM({expression}))"
         return f"TRIM({expression})"
 
-    def input_sizes(self, kinds: Kinds | None) -> list[Any] | None:
+    def input_sizes(self, kinds: Kinds | None, driver_file: str = "") -> list[Any] | None:
         """``cursor.setinputsizes`` for these parameters, or None when the driver's guesses are right.
 
         SQL Server: pyodbc binds a string over 4,000 characters as ``ntext``, and
-        ``NVARCHAR(MAX) = ntext`` is an error, so long JSON is bound as
-        ``SQL_WVARCHAR`` with size 0, which the Microsoft drivers send as
-        ``NVARCHAR(MAX)`` (streamed, never truncated). Binary parameters are bound
+        ``NVARCHAR(MAX) = ntext`` is an error, so long JSON is bound as ``NVARCHAR(MAX)``
+        (streamed, never truncated). How to ask for that depends on the ODBC driver
+        (``driver_file``): Microsoft's send ``SQL_WVARCHAR`` with size 0 as ``NVARCHAR(MAX)``;
+        FreeTDS refuses a long string bound so ("Invalid string or buffer length", HY090:
+        found running the SQL Server path on a real T-SQL server) and sends ``SQL_WLONGVARCHAR``
+        as ``NVARCHAR(MAX)`` from TDS 7.2 on. Binary parameters are bound
         as ``VARBINARY``, so a NULL hash is a binary NULL: a NULL bound as text is
         refused by a ``BINARY(32)`` column ("implicit conversion from varchar").
         PostgreSQL (psqlODBC) types parameters from the statement: nothing to do.
         """
         if self.name != "mssql" or not kinds or not any(kinds):
             return None
+        long_text = SQL_WLONGVARCHAR if is_freetds_driver(driver_file) else SQL_WVARCHAR
         sizes: list[Any] = []
         for kind in kinds:
             if kind == LONG_TEXT:
-                sizes.append((SQL_WVARCHAR, 0, 0))
+                sizes.append((long_text, 0, 0))
             elif kind == BINARY:
                 sizes.append((SQL_VARBINARY, HASH_BYTES, 0))
             else:

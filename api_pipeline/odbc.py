@@ -106,6 +106,41 @@ def is_microsoft_sql_driver(driver_file: str) -> bool:
     return "msodbcsql" in driver_file.lower()
 
 
+def for_freetds(text: str) -> str:
+    """The connection string as the FreeTDS ODBC driver reads it, or a DatabaseError when it cannot be.
+
+    ODBC writes ``}`` inside a braced value as ``}}`` (``PWD={a}}b}`` is ``a}b``), and so does
+    this tool when it adds DB_USER and DB_PASSWORD. FreeTDS before 1.4 (Debian 12 has 1.3) does
+    not: it ends a braced value at the first ``};`` and keeps ``}}`` as it is, so a password with
+    a ``}`` was refused as a failed login (found logging in to a real T-SQL server through FreeTDS,
+    issue 24), each run one more failed attempt against the account. A value without ``;`` needs
+    no braces, and every FreeTDS reads it alike; one with both ``;`` and ``}`` is read differently
+    by FreeTDS 1.3 and 1.4, so it is refused before any attempt to log in.
+    """
+    pairs = parse_odbc_string(text)
+    if not any("}" in value for _, value in pairs):
+        return text
+    parts = []
+    for key, value in pairs:
+        if "}" not in value:
+            parts.append(f"{key}={{{value}}};" if ";" in value or value[:1] == "{" else f"{key}={value};")
+        elif ";" not in value and value[:1] != "{" and value == value.strip():
+            parts.append(f"{key}={value};")
+        else:
+            raise DatabaseError(
+                f"the {key} value in the connection string holds both ';' and '}}', which the FreeTDS ODBC driver "
+                "cannot be given so that every version of it reads the same value (1.3 and 1.4 differ), so the tool "
+                "did not try to log in. Use a password without one of those two characters, or Microsoft's "
+                "ODBC Driver 18 for SQL Server"
+            )
+    return "".join(parts)
+
+
+def is_freetds_driver(driver_file: str) -> bool:
+    """FreeTDS's ODBC driver (``libtdsodbc.so``; ``tdsodbc.dll`` on Windows), which Linux hosts use for SQL Server."""
+    return "tdsodbc" in driver_file.lower()
+
+
 # ---------------------------------------------------------------------------
 # Reading SQL Server's values: output converters (pyodbc hands them the bytes the driver
 # returns for the column read as SQL_C_BINARY: UTF-16LE for NCHAR/NVARCHAR/NTEXT, and

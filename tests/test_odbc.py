@@ -30,6 +30,7 @@ from api_pipeline.odbc import (
     decode_datetimeoffset,
     decode_wide_text,
     explain_odbc_error,
+    for_freetds,
     is_microsoft_sql_driver,
     odbc_value,
     parse_odbc_string,
@@ -584,3 +585,27 @@ def test_datetimeoffset_is_read_as_naive_utc():
     west = struct.pack("<h5HI2h", 2026, 3, 1, 21, 4, 33, 0, -5, -30)
     assert decode_datetimeoffset(west) == datetime(2026, 3, 2, 2, 34, 33)
     assert decode_datetimeoffset("2026-03-01 21:04:33 +01:00".encode("ascii")) == datetime(2026, 3, 1, 20, 4, 33)
+
+
+@pytest.mark.parametrize(
+    ("given", "freetds_reads"),
+    [
+        ("DRIVER={FreeTDS};SERVER=s;UID={u};PWD={plain};", "DRIVER={FreeTDS};SERVER=s;UID={u};PWD={plain};"),
+        ("DRIVER={FreeTDS};SERVER=s;UID={u};PWD={a}}b=c};", "DRIVER=FreeTDS;SERVER=s;UID=u;PWD=a}b=c;"),
+        (
+            "DRIVER={FreeTDS};SERVER=s;UID={u};PWD={a;b};TDS_Version=7.4;",
+            "DRIVER={FreeTDS};SERVER=s;UID={u};PWD={a;b};TDS_Version=7.4;",
+        ),
+        ("DRIVER={FreeTDS};PWD={x}}};UID={p;q};", "DRIVER=FreeTDS;PWD=x};UID={p;q};"),
+    ],
+)
+def test_values_with_a_closing_brace_are_given_to_freetds_as_every_version_reads_them(given, freetds_reads):
+    """FreeTDS before 1.4 keeps '}}' as it is; unbraced, a value without ';' reads alike everywhere."""
+    assert for_freetds(given) == freetds_reads
+    assert dict(parse_odbc_string(for_freetds(given))) == dict(parse_odbc_string(given))
+
+
+def test_a_value_freetds_versions_read_differently_is_refused_without_showing_it():
+    with pytest.raises(DatabaseError) as refused:
+        for_freetds("DRIVER={FreeTDS};SERVER=s;UID=u;PWD={se;cr}}et};")
+    assert "PWD value" in str(refused.value) and "se;cr" not in str(refused.value)
