@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from api_pipeline.config import TABLE_NAME_PATTERN, Secret
-from api_pipeline.dialects import SQLITE, Dialect, Kinds, dialect_for_dbms
+from api_pipeline.dialects import BABELFISH, MSSQL, SQLITE, Dialect, Kinds, dialect_for_dbms
 from api_pipeline.errors import ConfigError, DatabaseError
 from api_pipeline.odbc import (
     CONFLICT,
@@ -328,6 +328,8 @@ class Database:
                 text = with_psqlodbc_defaults(text)
                 conn = cls._odbc_connect(module, text, context)
             dialect = dialect_for_dbms(dbms)
+            if dialect is MSSQL and cls._says_babelfish(conn):
+                dialect = BABELFISH
             version = str(conn.getinfo(module.SQL_DBMS_VER) or "")
             driver_version = str(conn.getinfo(module.SQL_DRIVER_VER) or "")
             if dialect.uses_microsoft_driver(driver_file):
@@ -404,6 +406,20 @@ class Database:
             other.close()
             raise
         return other
+
+    @staticmethod
+    def _says_babelfish(conn: Any) -> bool:
+        """Whether a server that speaks SQL Server's protocol is Babelfish for PostgreSQL, which names
+        itself in ``@@VERSION`` (its ODBC answers are SQL Server's). It differs where the tool relies
+        on it: see :data:`~api_pipeline.dialects.BABELFISH`."""
+        cursor = conn.cursor()
+        try:
+            cursor.execute("SELECT @@VERSION")
+            row = next(iter(cursor.fetchmany(1)), None)
+        finally:
+            cursor.close()
+        conn.commit()  # autocommit is off: end the read's implicit transaction
+        return row is not None and "babelfish" in str(row[0]).lower()
 
     @staticmethod
     def _add_output_converters(conn: Any) -> None:

@@ -218,7 +218,7 @@ def init_db(
             "to only print the DDL, use: init-db --print --dialect mssql|postgresql|sqlite"
         )
     with Database.connect(settings.db_connection_string) as db:
-        if dialect and dialect_named(dialect) is not db.dialect:
+        if dialect and dialect_named(dialect).name != db.dialect.name:
             raise ConfigError(f"--dialect {dialect} does not match the database, which is {db.dialect.label}")
         if print_only:
             _print_ddl(ctx, db.dialect, table)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -181,6 +181,8 @@ class Dialect:
     whoami_sql: str | None = None
     # The longest name the DBMS keeps whole (PostgreSQL silently cuts longer ones); None: no limit.
     max_identifier: int | None = None
+    # SQL Server's dialect: the bytes ``HASHBYTES`` hashes for NVARCHAR text (see :meth:`expected_text`).
+    nvarchar_bytes: str = "utf-16-le"
 
     # -- queries ---------------------------------------------------------------
 
@@ -284,8 +286,14 @@ class Dialect:
         return column
 
     def expected_text(self, text: str | None) -> Any:
-        """The value :meth:`stored_text` has when the column holds ``text`` (see :meth:`same_text`)."""
-        return utf16_digest(text) if self.name == "mssql" else text
+        """The value :meth:`stored_text` has when the column holds ``text`` (see :meth:`same_text`).
+
+        SQL Server hashes NVARCHAR text as its UTF-16LE code units; Babelfish, which keeps text as
+        PostgreSQL does, hashes its UTF-8 bytes (:data:`BABELFISH`). Hashed any other way, no
+        row would ever pass the optimistic check: every row would stay pending and be sent again
+        each night.
+        """
+        return utf16_digest(text, self.nvarchar_bytes) if self.name == "mssql" else text
 
     def comparable(self, stored: Any) -> Any:
         """A value :meth:`stored_text` read, as :meth:`expected_text` gives it (drivers return bytearray)."""
@@ -580,6 +588,10 @@ MSSQL = Dialect(
     whoami_sql="SELECT SUSER_SNAME(), DB_NAME()",
     max_identifier=128,
 )
+# Babelfish for PostgreSQL (Amazon Aurora's, or built from its sources): SQL Server's dialect over
+# TDS, told apart by @@VERSION (Database.open_odbc). Where it differs from SQL Server in what the
+# tool relies on: HASHBYTES of NVARCHAR text hashes UTF-8 (SQL Server: UTF-16LE).
+BABELFISH = replace(MSSQL, label="Babelfish for PostgreSQL (SQL Server's dialect)", nvarchar_bytes="utf-8")
 POSTGRES = Dialect(
     name="postgresql",
     label="PostgreSQL",

@@ -171,13 +171,16 @@ def decode_wide_text(raw: bytes) -> str:
         return text
 
 
-def utf16_digest(text: str | None) -> bytes | None:
-    """SHA-256 of ``text`` as SQL Server holds an NVARCHAR value: ``HASHBYTES('SHA2_256', ...)`` of it."""
+def utf16_digest(text: str | None, encoding: str = "utf-16-le") -> bytes | None:
+    """SHA-256 of ``text`` as SQL Server holds an NVARCHAR value: ``HASHBYTES('SHA2_256', ...)`` of it.
+
+    ``encoding``: the bytes the server hashes (Babelfish hashes UTF-8; see ``Dialect.expected_text``).
+    """
     if text is None:
         return None
     if isinstance(text, UnreadableText):
         return text.digest
-    return hashlib.sha256(text.encode("utf-16-le", "surrogatepass")).digest()
+    return hashlib.sha256(text.encode(encoding, "surrogatepass")).digest()
 
 
 _OFFSET_STRUCT = struct.Struct("<h5HI2h")  # year, month, day, hour, minute, second, ns, tz hours, tz minutes
@@ -533,6 +536,10 @@ def explain_odbc_error(
             "staging SQL, e.g. its MERGE, running at the same time) and rolled it back: none of it was kept. "
             "Schedule the run so that it does not overlap the staging SQL."
         )
+    # SQL Server's lock time-out is 1222; PostgreSQL's 55P03. Babelfish (SQL Server's dialect on
+    # PostgreSQL) reports it as error 33557097 with PostgreSQL's words ("canceling statement due to
+    # lock timeout"): 33557097 is its number for every error it has no SQL Server number for (a
+    # missing permission, a missing table), so the words decide there, never that number.
     elif 1222 in natives or state == "55P03" or "lock timeout" in lower or "lock request time out" in lower:
         kind = LOCK_TIMEOUT
         text = (

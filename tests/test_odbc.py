@@ -427,6 +427,32 @@ DEADLOCK = (
             "the query (1)",
             KEY_VIOLATION,
         ),
+        # Babelfish through FreeTDS, as it answered (tests/test_babelfish.py): a deadlock is SQL Server's
+        # 1205, a duplicate key 2627; a lock time-out is 33557097, its number for every error it has no
+        # SQL Server number for, so it is known by PostgreSQL's words, never by that number.
+        ("42000", "[42000] [FreeTDS][SQL Server]deadlock detected (1205) (SQLExecDirectW)", CONFLICT),
+        (
+            "42000",
+            "[42000] [FreeTDS][SQL Server]canceling statement due to lock timeout (33557097) (SQLExecDirectW)",
+            LOCK_TIMEOUT,
+        ),
+        (
+            "23000",
+            '[23000] [FreeTDS][SQL Server]duplicate key value violates unique constraint "t_run_lock_pkey" (2627) '
+            "(SQLExecDirectW)",
+            KEY_VIOLATION,
+        ),
+        (
+            "42000",
+            "[42000] [FreeTDS][SQL Server]The user does not have permission to perform this action (33557097) "
+            "(SQLExecDirectW)",
+            None,
+        ),
+        (
+            "42000",
+            '[42000] [FreeTDS][SQL Server]relation "t_run_lock" does not exist (33557097) (SQLExecDirectW)',
+            None,
+        ),
         # Not duplicates: a missing grant, a name too long for its column, a NULL in a NOT NULL column.
         (
             "42000",
