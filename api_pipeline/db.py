@@ -244,6 +244,11 @@ class Database:
         self._in_wait_hook = False
 
     @property
+    def tds_version_asked(self) -> str | None:
+        """The TDS protocol version the ODBC connection string asks FreeTDS for (``TDS_Version``), or None."""
+        return self._context.tds_version
+
+    @property
     def reader(self) -> Database:
         """The connection to read a run's pages of rows on. During a SQLite run in WAL mode,
         a second connection: readers and the writer then never wait for each other, so no

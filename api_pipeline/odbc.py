@@ -295,6 +295,8 @@ class OdbcContext:
     # The tool chose the driver (the string named none, as in the USER_SERVER + USER_DATABASE
     # form): the connection string it used, password hidden, to print as the line to put in .env.
     chosen_string: str | None = None
+    # FreeTDS: the TDS protocol version the string asks for (TDS_Version=7.4), for test-db.
+    tds_version: str | None = None
 
     @classmethod
     def from_string(
@@ -317,6 +319,7 @@ class OdbcContext:
             server=odbc_value(pairs, "SERVER", "Address", "Addr"),
             foreign_integrated=not integrated and odbc_value(pairs, "Integrated Security") is not None,
             chosen_string=_odbc_text(pairs) if driver_chosen else None,
+            tds_version=odbc_value(pairs, "TDS_Version"),
         )
 
 

@@ -287,6 +287,41 @@ def test_babelfish_is_told_apart_and_the_optimistic_check_hashes_text_as_it_does
         assert db.dialect.expected_text("Zoë") == hashlib.sha256("Zoë".encode("utf-16-le")).digest()
 
 
+@pytest.mark.parametrize(
+    ("driver_file", "text", "answer", "shown"),
+    [
+        ("msodbcsql18.dll", CONNECTION, [(0x74000004,)], "protocol: TDS 7.4"),
+        ("msodbcsql18.dll", CONNECTION, [], "protocol: TDS: chosen by the driver (the server did not say which"),
+        (
+            "libtdsodbc.so",
+            "DRIVER={FreeTDS};SERVER=s;PORT=1433;DATABASE=d;UID=u;PWD=p;TDS_Version=7.4;",
+            [],
+            "protocol: TDS 7.4, as DB_CONNECTION_STRING asks (TDS_Version",
+        ),
+        ("libtdsodbc.so", "DRIVER={FreeTDS};SERVER=s;DATABASE=d;UID=u;PWD=p;", [], "protocol: TDS: not set in"),
+        ("libtdsodbc.so", "DRIVER={FreeTDS};SERVER=s;DATABASE=d;UID=u;PWD=p;", [(0x08000000,)], "protocol: TDS 8.0"),
+    ],
+)
+def test_test_db_names_the_tds_version(monkeypatch, driver_file, text, answer, shown):
+    """Which TDS version a connection uses: the server's answer to a login that may ask it (VIEW SERVER
+    STATE), else what the connection string asks FreeTDS for (issue 24, item 5)."""
+    from test_tsql import FakeConnection
+
+    names = {17: "Microsoft SQL Server", 18: "16.00.4135", 6: driver_file, 7: "01.03.0017"}
+    monkeypatch.setattr(FakeConnection, "getinfo", lambda self, code: names[code])
+    rec = Recorder()
+    rec.more = lambda sql, params: answer if "sys.dm_exec_connections" in sql else None
+    out = ctx()
+    settings = load_settings(command="test-db", environ={"DB_CONNECTION_STRING": text})
+    monkeypatch.setattr(Database, "open_existing", classmethod(lambda cls, cs: connect(rec, cs.reveal())))
+    assert diagnostics.test_db(settings, out) == 0
+    printed = out.out.getvalue()  # type: ignore[attr-defined]
+    assert shown in printed
+    assert ("(FreeTDS)" in printed) == (driver_file == "libtdsodbc.so")
+    for sql in rec.statements:
+        assert_tsql(sql)
+
+
 # ---------------------------------------------------------------------------
 # 18.5: datetimeoffset columns are read
 # ---------------------------------------------------------------------------
