@@ -11,20 +11,23 @@
 #   2. Build, once: the engine, the ANTLR C++ runtime and the four extensions are built into
 #      a cache folder keyed by the tarballs' sha256 and this recipe's version
 #      (CSC_BABELFISH_CACHE, default /var/cache/csc-babelfish, kept between runs on the same
-#      machine). About 5 minutes on 2 cores the first time; reused when present.
+#      machine). About 6 minutes on 2 cores the first time; reused when present, and builds
+#      of other keys are removed.
 #   3. Serve: a new cluster in a temporary folder, owned by an unprivileged user (PostgreSQL
-#      refuses root), TDS on 127.0.0.1 at a free port, PostgreSQL itself on a Unix socket
-#      only. About 2 seconds. `csc_babelfish_stop` stops it and removes the folder.
+#      refuses root), TDS and PostgreSQL's own protocol on 127.0.0.1 at free ports, TLS with a
+#      throwaway certificate. About 2 seconds. `csc_babelfish_stop` stops it and removes the
+#      folder.
 #   4. A T-SQL database `csc_test` and a SQL login that owns it, then the exports:
 #        CSC_TEST_SQLSERVER_ODBC      FreeTDS ODBC string for that login and database
 #        CSC_TEST_SQLSERVER_REQUIRED  1: the SQL Server tests fail rather than skip
-#        CSC_BABELFISH_PREFIX         the cached install (for bench and debugging)
+#        CSC_BABELFISH_ADMIN_ODBC     the same for the server's administrator (tests make logins)
+#        CSC_BABELFISH_PREFIX, CSC_BABELFISH_DATA  the cached install and the running cluster
 #
 # Run as a program instead (`bash .ci/babelfish.sh build`), it only builds into the cache.
 # Options (environment): CSC_BABELFISH_SOURCES, CSC_BABELFISH_CACHE, CSC_TEST_SQLSERVER_PASSWORD.
 # The passwords are for this throwaway loopback server only.
 
-# Bump when the build steps change, so an old cache is not reused.
+# Bump when a change to the build steps changes what is installed, so an old cache is not reused.
 CSC_BABELFISH_RECIPE=1
 
 _csc_bbf_log() { echo "babelfish.sh: $*" >&2; }
@@ -51,8 +54,11 @@ _csc_bbf_packages() {
             local driver
             driver="$(find /usr/lib -name libtdsodbc.so 2>/dev/null | head -n 1)"
             [ -n "$driver" ] || { _csc_bbf_log "the FreeTDS ODBC driver (libtdsodbc.so) is missing"; return 1; }
-            printf '[FreeTDS]\nDescription=FreeTDS ODBC driver\nDriver=%s\n' "$driver" >/tmp/csc-freetds.ini
-            odbcinst -i -d -f /tmp/csc-freetds.ini >/dev/null || return 1
+            local ini
+            ini="$(mktemp)" || return 1
+            printf '[FreeTDS]\nDescription=FreeTDS ODBC driver\nDriver=%s\n' "$driver" >"$ini"
+            odbcinst -i -d -f "$ini" >/dev/null || { rm -f "$ini"; return 1; }
+            rm -f "$ini"
         fi
     fi
 }
@@ -75,7 +81,7 @@ _csc_bbf_build() (
     jobs="$(nproc)"
     started=$(date +%s)
     work="$(mktemp -d /var/tmp/csc-babelfish-build.XXXXXX)"
-    trap 'rm -rf "$work"' EXIT
+    trap 'wait; rm -rf "$work"' EXIT  # after what is built beside the engine has stopped too
     rm -rf "$prefix"
     cd "$work"
     tar xzf "$sources"/postgresql_modified_for_babelfish-*.tar.gz
@@ -85,26 +91,43 @@ _csc_bbf_build() (
     local log="$work/build.log"
     # Compilers' output to the log, shown (its end) only when a step fails.
     quiet() { "$@" >>"$log" 2>&1 || { tail -n 40 "$log" >&2; _csc_bbf_log "build step failed: $*"; return 1; }; }
+    phase() { _csc_bbf_log "$* (at $(( $(date +%s) - started )) s)"; }
 
-    _csc_bbf_log "building the engine (PostgreSQL with Babelfish's hooks)"
+    local antlr="$work/antlr4/runtime/Cpp" tsql="$ext/babelfishpg_tsql"
+    # babelfishpg_tsql on gcc 12: the runtime's headers where they are, not /usr/local;
+    # a may-be-uninitialized warning must not stop the build; globals defined twice (-fcommon).
+    sed -i "s|^SET (MYDIR .*|SET (MYDIR $prefix/antlr/include/antlr4-runtime/)|" "$tsql/antlr/CMakeLists.txt"
+    sed -i -e 's/-Werror/-Wno-error/g' -e 's/^PG_CFLAGS += -g /PG_CFLAGS += -fcommon -g /' "$tsql/Makefile"
+    grep -q -- '-fcommon' "$tsql/Makefile" || { _csc_bbf_log "babelfishpg_tsql's Makefile has changed: -fcommon not added"; exit 1; }
+
+    # The ANTLR runtime and the T-SQL parser generated with it need nothing of the engine, and
+    # much of their build (and the engine's configure) keeps one core busy: built beside it.
+    mkdir -p "$antlr/build" "$prefix/antlr/include/antlr4-runtime" "$prefix/antlr/lib"
+    (
+        log="$work/antlr.log"
+        phase "building the ANTLR 4.9.3 C++ runtime, then the T-SQL parser, beside the engine"
+        cd "$antlr/build"
+        quiet cmake .. -DCMAKE_BUILD_TYPE=Release -DWITH_DEMO=False
+        quiet make -j"$jobs" antlr4_shared
+        (cd "$antlr/runtime/src" && find . -name '*.h' -print0 | tar --null -cf - -T -) \
+            | (cd "$prefix/antlr/include/antlr4-runtime" && tar xf -)
+        find "$antlr" -name 'libantlr4-runtime.so*' -exec cp -P {} "$prefix/antlr/lib/" \;
+        cd "$tsql/antlr"
+        export ANTLR4_JAVA_BIN=java  # as babelfishpg_tsql's Makefile exports it for this step
+        quiet cmake .
+        quiet make -j"$jobs"
+        phase "the T-SQL parser is built"
+    ) &
+    local beside=$!
+
+    phase "building the engine (PostgreSQL with Babelfish's hooks)"
     (cd "$engine" && quiet ./configure --prefix="$prefix" --without-readline --with-libxml \
         --with-uuid=ossp --with-icu --with-openssl)
     quiet make -C "$engine" -j"$jobs"
     quiet make -C "$engine" install
     quiet make -C "$engine/contrib/uuid-ossp" -j"$jobs" install
 
-    _csc_bbf_log "building the ANTLR 4.9.3 C++ runtime"
-    local antlr="$work/antlr4/runtime/Cpp"
-    mkdir -p "$antlr/build" "$prefix/antlr/include/antlr4-runtime" "$prefix/antlr/lib"
-    (cd "$antlr/build" && quiet cmake .. -DCMAKE_BUILD_TYPE=Release -DWITH_DEMO=False \
-        && quiet make -j"$jobs" antlr4_shared)
-    (cd "$antlr/runtime/src" && find . -name '*.h' -print0 | tar --null -cf - -T -) \
-        | (cd "$prefix/antlr/include/antlr4-runtime" && tar xf -)
-    find "$antlr" -name 'libantlr4-runtime.so*' -exec cp -P {} "$prefix/antlr/lib/" \;
-    # The engine loads the tsql extension, which links the runtime: next to the engine's libs.
-    cp -P "$prefix"/antlr/lib/libantlr4-runtime.so* "$prefix/lib/"
-
-    _csc_bbf_log "building the extensions"
+    phase "building the extensions"
     local cmake
     cmake="$(command -v cmake)"
     export PG_CONFIG="$prefix/bin/pg_config" PG_SRC="$engine" cmake
@@ -113,15 +136,13 @@ _csc_bbf_build() (
         quiet make -C "$ext/$name" -j"$jobs"
         quiet make -C "$ext/$name" install
     done
-    # babelfishpg_tsql on gcc 12: the runtime's headers where they are, not /usr/local;
-    # a may-be-uninitialized warning must not stop the build; globals defined twice (-fcommon).
-    local tsql="$ext/babelfishpg_tsql"
-    sed -i "s|^SET (MYDIR .*|SET (MYDIR $prefix/antlr/include/antlr4-runtime/)|" "$tsql/antlr/CMakeLists.txt"
-    sed -i -e 's/-Werror/-Wno-error/g' -e 's/^PG_CFLAGS += -g /PG_CFLAGS += -fcommon -g /' "$tsql/Makefile"
-    grep -q -- '-fcommon' "$tsql/Makefile" || { _csc_bbf_log "babelfishpg_tsql's Makefile has changed: -fcommon not added"; exit 1; }
+    wait "$beside" || { _csc_bbf_log "building the ANTLR runtime or the T-SQL parser failed"; exit 1; }
+    # The engine loads the tsql extension, which links the runtime: next to the engine's libs.
+    cp -P "$prefix"/antlr/lib/libantlr4-runtime.so* "$prefix/lib/"
+    phase "building babelfishpg_tsql"
     local antlr_vars=(ANTLR4_RUNTIME_INCLUDE_DIR="$prefix/antlr/include/antlr4-runtime"
         ANTLR4_RUNTIME_LIB_DIR="$prefix/antlr/lib")
-    # Its Makefile misses this dependency under -j: the generated parser first.
+    # Its Makefile misses a dependency under -j: the parser (built above, so this is quick) first.
     quiet make -C "$tsql" "${antlr_vars[@]}" antlr/libantlr_tsql.a
     quiet make -C "$tsql" -j"$jobs" "${antlr_vars[@]}"
     quiet make -C "$tsql" "${antlr_vars[@]}" install
@@ -143,13 +164,20 @@ _csc_bbf_ensure_built() {
             _csc_bbf_log "reusing the build cached in $prefix"
         else
             bash "$_csc_bbf_script" build-into "$sources" "$prefix" || { rm -rf "$prefix"; exit 1; }
+            # Builds of other sources or recipes are not used again (about 70 MB each).
+            find "$cache" -mindepth 1 -maxdepth 1 -type d ! -name "$key" -exec rm -rf {} +
         fi
     ) 9>"$cache/.lock" || return 1
     echo "$prefix"
 }
 
-_csc_bbf_free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+# Two ports nothing listens on, different from each other (both sockets held while asking).
+_csc_bbf_free_ports() {
+    python3 -c 'import socket
+held = [socket.socket() for _ in range(2)]
+for s in held:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in held))'
 }
 
 # Starts a new cluster; sets _csc_bbf_port and exports the connection strings.
@@ -162,7 +190,7 @@ _csc_bbf_start() {
     chown "$user" "$data" && chmod 700 "$data" || return 1
     # Two free ports: TDS, and PostgreSQL's own (Babelfish opens its TDS socket only where
     # PostgreSQL listens on TCP itself; both on loopback only).
-    port="$(_csc_bbf_free_port)" && pgport="$(_csc_bbf_free_port)" || return 1
+    read -r port pgport < <(_csc_bbf_free_ports) && [ -n "$pgport" ] || return 1
     _csc_bbf_as() { runuser -u "$user" -- "$@"; }
     _csc_bbf_as "$prefix/bin/initdb" -D "$data/pg" -U postgres --auth-local=trust --auth-host=md5 \
         -E UTF8 --locale=C.UTF-8 >"$data/initdb.log" 2>&1 \
