@@ -6,6 +6,7 @@ is in ``dialects``; a SQLite file is read with SQLite's own PRAGMAs and catalogu
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from dataclasses import dataclass
@@ -13,7 +14,10 @@ from typing import Any
 
 from api_pipeline.db import SQLITE_VERSION, Database, validate_table_name
 from api_pipeline.dialects import ColumnInfo, sqlite_column_info
-from api_pipeline.odbc import process_identity
+from api_pipeline.errors import DatabaseError
+from api_pipeline.odbc import is_freetds_driver, process_identity
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,8 @@ class ServerInfo:
     driver_version: str
     login: str
     database: str
+    # SQL Server: the TDS protocol version of this connection, and where that was learnt ("" elsewhere).
+    protocol: str = ""
 
 
 def columns(db: Database, table: str) -> list[ColumnInfo] | None:
@@ -143,4 +149,46 @@ def server_info(db: Database) -> ServerInfo:
         driver_version=db.odbc_info("SQL_DRIVER_VER"),
         login=login,
         database=database,
+        protocol=tds_protocol(db) if db.dialect.name == "mssql" else "",
+    )
+
+
+# sys.dm_exec_connections.protocol_version's high byte: 0x70 to 0x74 for TDS 7.0 to 7.4, 0x08 for TDS 8.0.
+_TDS_VERSION_BYTE = re.compile(r"^(?:7[0-4]|08)$")
+
+
+def tds_version(protocol_version: int) -> str | None:
+    """``7.4`` for 0x74000004 (SQL Server's number for the TDS version of a connection), or None."""
+    high = f"{(int(protocol_version) >> 24) & 0xFF:02x}"
+    if not _TDS_VERSION_BYTE.match(high):
+        return None
+    return "8.0" if high == "08" else f"{high[0]}.{high[1]}"
+
+
+def tds_protocol(db: Database) -> str:
+    """The TDS protocol version this SQL Server connection uses, and how that is known.
+
+    The server says, to a login with VIEW SERVER STATE; otherwise only what the connection string
+    asks for is known (FreeTDS's ``TDS_Version``; without it, FreeTDS takes freetds.conf's ``tds
+    version``, ``auto`` unless set: the newest the server accepts). Microsoft's drivers choose it
+    themselves (7.4, or 8.0 with ``Encrypt=strict``).
+    """
+    try:
+        found = db.scalar(
+            "SELECT protocol_version FROM sys.dm_exec_connections WHERE session_id = @@SPID"  # noqa: S608
+        )
+    except DatabaseError as exc:
+        log.debug("the TDS version was not read from the server: %s", exc)
+        found = None
+    version = None if found is None else tds_version(int(found))
+    if version is not None:
+        return f"TDS {version}"
+    asked = db.tds_version_asked
+    if not is_freetds_driver(db.driver_file):
+        return "TDS: chosen by the driver (the server did not say which: that needs VIEW SERVER STATE)"
+    if asked:
+        return f"TDS {asked}, as DB_CONNECTION_STRING asks (TDS_Version; the server did not say which it used)"
+    return (
+        "TDS: not set in DB_CONNECTION_STRING, so FreeTDS's own setting (freetds.conf's 'tds version'; 'auto': "
+        "the newest the server accepts); add TDS_Version=7.4 to be sure"
     )

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from api_pipeline.config import FROM_SERVER_AND_DATABASE, TABLE_NAME_PATTERN, Secret, connection_setting
-from api_pipeline.dialects import SQLITE, Dialect, Kinds, dialect_for_dbms
+from api_pipeline.dialects import BABELFISH, MSSQL, SQLITE, Dialect, Kinds, dialect_for_dbms
 from api_pipeline.errors import ConfigError, DatabaseError
 from api_pipeline.odbc import (
     CONFLICT,
@@ -52,6 +52,8 @@ from api_pipeline.odbc import (
     decode_wide_text,
     driver_said,
     explain_odbc_error,
+    for_freetds,
+    is_freetds_driver,
     is_psqlodbc,
     odbc_value,
     parse_odbc_string,
@@ -281,6 +283,11 @@ class Database:
         self._in_wait_hook = False
 
     @property
+    def tds_version_asked(self) -> str | None:
+        """The TDS protocol version the ODBC connection string asks FreeTDS for (``TDS_Version``), or None."""
+        return self._context.tds_version
+
+    @property
     def reader(self) -> Database:
         """The connection to read a run's pages of rows on. During a SQLite run in WAL mode,
         a second connection: readers and the writer then never wait for each other, so no
@@ -349,7 +356,10 @@ class Database:
             named = "USER_SERVER and USER_DATABASE name" if setting == FROM_SERVER_AND_DATABASE else f"{setting} names"
             log.info("%s no ODBC driver: using %s, the newest SQL Server driver here", named, driver)
             text = f"DRIVER={{{driver}}};{text}"
-        tuned = is_psqlodbc(odbc_value(parse_odbc_string(text), "DRIVER"))
+        driver_named = odbc_value(parse_odbc_string(text), "DRIVER")
+        if is_freetds_driver(driver_named or "") or "freetds" in (driver_named or "").lower():
+            text = for_freetds(text)
+        tuned = is_psqlodbc(driver_named)
         if tuned:
             text = with_psqlodbc_defaults(text)
         context = OdbcContext.from_string(text, installed_drivers=module.drivers, driver_chosen=chosen, setting=setting)
@@ -363,6 +373,8 @@ class Database:
                 text = with_psqlodbc_defaults(text)
                 conn = cls._odbc_connect(module, text, context)
             dialect = dialect_for_dbms(dbms)
+            if dialect is MSSQL and cls._says_babelfish(conn):
+                dialect = BABELFISH
             version = str(conn.getinfo(module.SQL_DBMS_VER) or "")
             driver_version = str(conn.getinfo(module.SQL_DRIVER_VER) or "")
             if dialect.uses_microsoft_driver(driver_file):
@@ -439,6 +451,20 @@ class Database:
             other.close()
             raise
         return other
+
+    @staticmethod
+    def _says_babelfish(conn: Any) -> bool:
+        """Whether a server that speaks SQL Server's protocol is Babelfish for PostgreSQL, which names
+        itself in ``@@VERSION`` (its ODBC answers are SQL Server's). It differs where the tool relies
+        on it: see :data:`~api_pipeline.dialects.BABELFISH`."""
+        cursor = conn.cursor()
+        try:
+            cursor.execute("SELECT @@VERSION")
+            row = next(iter(cursor.fetchmany(1)), None)
+        finally:
+            cursor.close()
+        conn.commit()  # autocommit is off: end the read's implicit transaction
+        return row is not None and "babelfish" in str(row[0]).lower()
 
     @staticmethod
     def _add_output_converters(conn: Any) -> None:
@@ -638,7 +664,7 @@ class Database:
     def _cursor(self, kinds: Kinds | None) -> Any:
         cursor = self._conn.cursor()
         if self._odbc is not None:
-            sizes = self.dialect.input_sizes(kinds)
+            sizes = self.dialect.input_sizes(kinds, self.driver_file)
             if sizes is not None:
                 cursor.setinputsizes(sizes)
         return cursor

@@ -43,6 +43,7 @@ from api_pipeline.errors import (
     RetriableApiError,
 )
 from api_pipeline.logs import hide_secrets, known_secrets, remember_secret
+from api_pipeline.odbc import is_freetds_driver
 from api_pipeline.sample import load_sample_children
 from api_pipeline.staging import StagingTable
 from api_pipeline.synthetic import make_children
@@ -65,7 +66,11 @@ def test_db(settings: Settings, ctx: Any) -> int:
         info = server_info(db)
         ctx.print(f"database: OK ({db.dialect.label}, SELECT 1 answered)")
         ctx.print(f"  DBMS:     {info.dbms} {info.version}")
-        ctx.print(f"  driver:   {info.driver} {info.driver_version}")
+        ctx.print(
+            f"  driver:   {info.driver} {info.driver_version}{' (FreeTDS)' if is_freetds_driver(info.driver) else ''}"
+        )
+        if info.protocol:
+            ctx.print(f"  protocol: {info.protocol}")
         ctx.print(f"  login:    {info.login or '(not reported)'}")
         ctx.print(f"  database: {info.database or '(not reported)'}")
     return ExitCode.OK
@@ -218,7 +223,7 @@ def init_db(
             "to only print the DDL, use: init-db --print --dialect mssql|postgresql|sqlite"
         )
     with Database.connect(settings.db_connection_string) as db:
-        if dialect and dialect_named(dialect) is not db.dialect:
+        if dialect and dialect_named(dialect).name != db.dialect.name:
             raise ConfigError(f"--dialect {dialect} does not match the database, which is {db.dialect.label}")
         if print_only:
             _print_ddl(ctx, db.dialect, table)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from api_pipeline.errors import ConfigError, DatabaseError
-from api_pipeline.odbc import UnreadableText, is_microsoft_sql_driver, utf16_digest
+from api_pipeline.odbc import UnreadableText, is_freetds_driver, is_microsoft_sql_driver, utf16_digest
 
 HASH_BYTES = 32  # SHA-256
 # The longest receipt the tool accepts from DfE (api.py) and so the least the ledger's receipt column holds.
@@ -34,6 +34,7 @@ Kinds = Sequence[str | None]
 
 # ODBC SQL type codes, fixed by the ODBC specification (pyodbc's constants have these values).
 SQL_WVARCHAR = -9
+SQL_WLONGVARCHAR = -10
 SQL_VARBINARY = -3
 
 
@@ -180,6 +181,8 @@ class Dialect:
     whoami_sql: str | None = None
     # The longest name the DBMS keeps whole (PostgreSQL silently cuts longer ones); None: no limit.
     max_identifier: int | None = None
+    # SQL Server's dialect: the bytes ``HASHBYTES`` hashes for NVARCHAR text (see :meth:`expected_text`).
+    nvarchar_bytes: str = "utf-16-le"
 
     # -- queries ---------------------------------------------------------------
 
@@ -230,23 +233,27 @@ class Dialect:
             return f"LTRIM(RTRIM({expression}))"
         return f"TRIM({expression})"
 
-    def input_sizes(self, kinds: Kinds | None) -> list[Any] | None:
+    def input_sizes(self, kinds: Kinds | None, driver_file: str = "") -> list[Any] | None:
         """``cursor.setinputsizes`` for these parameters, or None when the driver's guesses are right.
 
         SQL Server: pyodbc binds a string over 4,000 characters as ``ntext``, and
-        ``NVARCHAR(MAX) = ntext`` is an error, so long JSON is bound as
-        ``SQL_WVARCHAR`` with size 0, which the Microsoft drivers send as
-        ``NVARCHAR(MAX)`` (streamed, never truncated). Binary parameters are bound
+        ``NVARCHAR(MAX) = ntext`` is an error, so long JSON is bound as ``NVARCHAR(MAX)``
+        (streamed, never truncated). How to ask for that depends on the ODBC driver
+        (``driver_file``): Microsoft's send ``SQL_WVARCHAR`` with size 0 as ``NVARCHAR(MAX)``;
+        FreeTDS refuses a long string bound so ("Invalid string or buffer length", HY090:
+        found running the SQL Server path on a real T-SQL server) and sends ``SQL_WLONGVARCHAR``
+        as ``NVARCHAR(MAX)`` from TDS 7.2 on. Binary parameters are bound
         as ``VARBINARY``, so a NULL hash is a binary NULL: a NULL bound as text is
         refused by a ``BINARY(32)`` column ("implicit conversion from varchar").
         PostgreSQL (psqlODBC) types parameters from the statement: nothing to do.
         """
         if self.name != "mssql" or not kinds or not any(kinds):
             return None
+        long_text = SQL_WLONGVARCHAR if is_freetds_driver(driver_file) else SQL_WVARCHAR
         sizes: list[Any] = []
         for kind in kinds:
             if kind == LONG_TEXT:
-                sizes.append((SQL_WVARCHAR, 0, 0))
+                sizes.append((long_text, 0, 0))
             elif kind == BINARY:
                 sizes.append((SQL_VARBINARY, HASH_BYTES, 0))
             else:
@@ -283,10 +290,14 @@ class Dialect:
         return column
 
     def expected_text(self, text: str | None) -> Any:
-        """The value :meth:`stored_text` has when the column holds ``text`` (see :meth:`same_text`)."""
-        if self.name == "mssql":
-            return utf16_digest(text)
-        return self.comparable(text)
+        """The value :meth:`stored_text` has when the column holds ``text`` (see :meth:`same_text`).
+
+        SQL Server hashes NVARCHAR text as its UTF-16LE code units; Babelfish, which keeps text as
+        PostgreSQL does, hashes its UTF-8 bytes (:data:`BABELFISH`). Hashed any other way, no
+        row would ever pass the optimistic check: every row would stay pending and be sent again
+        each night.
+        """
+        return utf16_digest(text, self.nvarchar_bytes) if self.name == "mssql" else self.comparable(text)
 
     def comparable(self, stored: Any) -> Any:
         """A value :meth:`stored_text` read, as :meth:`expected_text` gives it (drivers return bytearray;
@@ -584,6 +595,10 @@ MSSQL = Dialect(
     whoami_sql="SELECT SUSER_SNAME(), DB_NAME()",
     max_identifier=128,
 )
+# Babelfish for PostgreSQL (Amazon Aurora's, or built from its sources): SQL Server's dialect over
+# TDS, told apart by @@VERSION (Database.open_odbc). Where it differs from SQL Server in what the
+# tool relies on: HASHBYTES of NVARCHAR text hashes UTF-8 (SQL Server: UTF-16LE).
+BABELFISH = replace(MSSQL, label="Babelfish for PostgreSQL (SQL Server's dialect)", nvarchar_bytes="utf-8")
 POSTGRES = Dialect(
     name="postgresql",
     label="PostgreSQL",

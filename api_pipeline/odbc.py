@@ -111,6 +111,41 @@ def is_microsoft_sql_driver(driver_file: str) -> bool:
     return "msodbcsql" in driver_file.lower()
 
 
+def for_freetds(text: str) -> str:
+    """The connection string as the FreeTDS ODBC driver reads it, or a DatabaseError when it cannot be.
+
+    ODBC writes ``}`` inside a braced value as ``}}`` (``PWD={a}}b}`` is ``a}b``), and so does
+    this tool when it adds DB_USER and DB_PASSWORD. FreeTDS before 1.4 (Debian 12 has 1.3) does
+    not: it ends a braced value at the first ``};`` and keeps ``}}`` as it is, so a password with
+    a ``}`` was refused as a failed login (found logging in to a real T-SQL server through FreeTDS,
+    issue 24), each run one more failed attempt against the account. A value without ``;`` needs
+    no braces, and every FreeTDS reads it alike; one with both ``;`` and ``}`` is read differently
+    by FreeTDS 1.3 and 1.4, so it is refused before any attempt to log in.
+    """
+    pairs = parse_odbc_string(text)
+    if not any("}" in value for _, value in pairs):
+        return text
+    parts = []
+    for key, value in pairs:
+        if "}" not in value:
+            parts.append(f"{key}={{{value}}};" if ";" in value or value[:1] == "{" else f"{key}={value};")
+        elif ";" not in value and value[:1] != "{" and value == value.strip():
+            parts.append(f"{key}={value};")
+        else:
+            raise DatabaseError(
+                f"the {key} value in the connection string holds both ';' and '}}', which the FreeTDS ODBC driver "
+                "cannot be given so that every version of it reads the same value (1.3 and 1.4 differ), so the tool "
+                "did not try to log in. Use a password without one of those two characters, or Microsoft's "
+                "ODBC Driver 18 for SQL Server"
+            )
+    return "".join(parts)
+
+
+def is_freetds_driver(driver_file: str) -> bool:
+    """FreeTDS's ODBC driver (``libtdsodbc.so``; ``tdsodbc.dll`` on Windows), which Linux hosts use for SQL Server."""
+    return "tdsodbc" in driver_file.lower()
+
+
 # ---------------------------------------------------------------------------
 # Reading text as stored. SQL Server's values come through output converters (pyodbc hands them
 # the bytes the driver returns for the column read as SQL_C_BINARY: UTF-16LE for
@@ -168,13 +203,16 @@ def decode_utf8_text(raw: bytes) -> str:
         return UnreadableText.of(raw, UTF8, exc)
 
 
-def utf16_digest(text: str | None) -> bytes | None:
-    """SHA-256 of ``text`` as SQL Server holds an NVARCHAR value: ``HASHBYTES('SHA2_256', ...)`` of it."""
+def utf16_digest(text: str | None, encoding: str = "utf-16-le") -> bytes | None:
+    """SHA-256 of ``text`` as SQL Server holds an NVARCHAR value: ``HASHBYTES('SHA2_256', ...)`` of it.
+
+    ``encoding``: the bytes the server hashes (Babelfish hashes UTF-8; see ``Dialect.expected_text``).
+    """
     if text is None:
         return None
     if isinstance(text, UnreadableText):
         return text.digest
-    return hashlib.sha256(text.encode("utf-16-le", "surrogatepass")).digest()
+    return hashlib.sha256(text.encode(encoding, "surrogatepass")).digest()
 
 
 _OFFSET_STRUCT = struct.Struct("<h5HI2h")  # year, month, day, hour, minute, second, ns, tz hours, tz minutes
@@ -302,6 +340,9 @@ class OdbcContext:
         """Where to check ``key`` (SERVER=, DATABASE=): in the setting used, or its own setting ``part``."""
         return part if self.from_server_and_database else f"{key} in {self.setting}"
 
+    # FreeTDS: the TDS protocol version the string asks for (TDS_Version=7.4), for test-db.
+    tds_version: str | None = None
+
     @classmethod
     def from_string(
         cls,
@@ -325,6 +366,7 @@ class OdbcContext:
             foreign_integrated=not integrated and odbc_value(pairs, "Integrated Security") is not None,
             chosen_string=_odbc_text(pairs) if driver_chosen else None,
             setting=setting,
+            tds_version=odbc_value(pairs, "TDS_Version"),
         )
 
 
@@ -599,6 +641,10 @@ def explain_odbc_error(
             "staging SQL, e.g. its MERGE, running at the same time) and rolled it back: none of it was kept. "
             "Schedule the run so that it does not overlap the staging SQL."
         )
+    # SQL Server's lock time-out is 1222; PostgreSQL's 55P03. Babelfish (SQL Server's dialect on
+    # PostgreSQL) reports it as error 33557097 with PostgreSQL's words ("canceling statement due to
+    # lock timeout"): 33557097 is its number for every error it has no SQL Server number for (a
+    # missing permission, a missing table), so the words decide there, never that number.
     elif 1222 in natives or state == "55P03" or "lock timeout" in lower or "lock request time out" in lower:
         kind = LOCK_TIMEOUT
         text = (

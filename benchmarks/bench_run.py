@@ -1,4 +1,4 @@
-"""Benchmark: `run` on N synthetic children against the built-in simulator, on SQLite or PostgreSQL.
+"""Benchmark: `run` on N synthetic children against the built-in simulator, on SQLite, PostgreSQL or SQL Server.
 
 Measures the full first load, then a partial round after the council's nightly SQL
 changes 20% of children and deletes 2%. Prints a table and a JSON line. Not a test:
@@ -7,6 +7,7 @@ figures only, no assertions. Peak RSS is the whole process's, simulator included
 
     python benchmarks/bench_run.py --children 10000
     python benchmarks/bench_run.py --children 10000 --db postgresql   # CSC_TEST_POSTGRES_ODBC, or --odbc
+    python benchmarks/bench_run.py --children 10000 --db mssql        # CSC_TEST_SQLSERVER_ODBC (Babelfish), or --odbc
 """
 
 from __future__ import annotations
@@ -108,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--children", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite", help="Where the staging table is.")
+    parser.add_argument(
+        "--db",
+        choices=("sqlite", "postgresql", "mssql"),
+        default="sqlite",
+        help="Where the staging table is (mssql: SQL Server's dialect, e.g. Babelfish from .ci/babelfish.sh).",
+    )
     parser.add_argument(
         "--separate-process",
         action="store_true",
@@ -117,16 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--odbc",
-        default=os.environ.get("CSC_TEST_POSTGRES_ODBC"),
-        help="ODBC connection string for --db postgresql (default: $CSC_TEST_POSTGRES_ODBC). A uniquely named "
-        "table is created in it and dropped afterwards.",
+        help="ODBC connection string for --db postgresql or mssql (default: $CSC_TEST_POSTGRES_ODBC, or "
+        "$CSC_TEST_SQLSERVER_ODBC for mssql). A uniquely named table is created in it and dropped afterwards.",
     )
     args = parser.parse_args(argv)
-    if args.db == "postgresql" and not args.odbc:
-        parser.error("--db postgresql needs --odbc or CSC_TEST_POSTGRES_ODBC (.ci/postgres.sh sets one up)")
+    if args.odbc is None and args.db != "sqlite":
+        args.odbc = os.environ.get("CSC_TEST_POSTGRES_ODBC" if args.db == "postgresql" else "CSC_TEST_SQLSERVER_ODBC")
+    if args.db != "sqlite" and not args.odbc:
+        parser.error(f"--db {args.db} needs --odbc (.ci/postgres.sh or .ci/babelfish.sh sets one up)")
     configure_logging(quiet=True)
     with tempfile.TemporaryDirectory() as folder:
-        if args.db == "postgresql":
+        if args.db != "sqlite":
             connection, table = args.odbc, f"bench_{uuid.uuid4().hex[:10]}"
         else:
             connection, table = f"sqlite:///{Path(folder) / 'bench.db'}", TABLE
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 with Database.connect(connection) as db:
                     converged = check_convergence(db, table, sim.snapshot())
         finally:
-            if args.db == "postgresql":
+            if args.db != "sqlite":
                 with Database.connect(connection) as db:
                     for name in (table, *(f"{table}_{n}" for n in ("ledger", "in_flight", "in_doubt", "run_lock"))):
                         db.execute(f"DROP TABLE IF EXISTS {name}")

@@ -1,4 +1,4 @@
-"""Benchmark suite: ``run`` against its floor, on SQLite and PostgreSQL, at several sizes (issue 8).
+"""Benchmark suite: ``run`` against its floor, on SQLite, PostgreSQL and SQL Server's dialect, at several sizes.
 
 For each database and size N it generates N schema-valid synthetic children and measures:
 
@@ -44,7 +44,9 @@ How two targets are read:
     python benchmarks/suite.py                                 # all sizes, both databases
     python benchmarks/suite.py --sizes 1000,10000 --db sqlite --json-out results.json
 
-PostgreSQL needs an ODBC string: ``--odbc`` or $CSC_TEST_POSTGRES_ODBC (``source .ci/postgres.sh``).
+PostgreSQL needs an ODBC string: ``--odbc`` or $CSC_TEST_POSTGRES_ODBC (``source .ci/postgres.sh``);
+SQL Server's dialect (``--db mssql``) ``--mssql-odbc`` or $CSC_TEST_SQLSERVER_ODBC (``source .ci/babelfish.sh``,
+Babelfish for PostgreSQL through FreeTDS: its timings are Babelfish's, not SQL Server's).
 Targets are printed as PASS/FAIL; the exit code is non-zero only if something crashed or
 did not converge.
 """
@@ -78,6 +80,7 @@ from api_pipeline.staging import StagingTable  # noqa: E402
 from api_pipeline.synthetic import make_children  # noqa: E402
 
 BATCH = 100
+DATABASES = ("sqlite", "postgresql", "mssql")
 LATENCY_IN_FLIGHT = 4
 PACING_MS = 100
 # The pipeline's candidate rows (db.StagingTable.iter_candidates) without the ledger join: on
@@ -147,7 +150,10 @@ def save_state(connection: str, table: str, name: str) -> None:
         for source in _tables(table):
             db.execute(f"DROP TABLE IF EXISTS {source}_{name}")
             if column_names(db, source) is not None:
-                db.execute(f"CREATE TABLE {source}_{name} AS SELECT * FROM {source}")
+                if db.dialect.name == "mssql":
+                    db.execute(f"SELECT * INTO {source}_{name} FROM {source}")
+                else:
+                    db.execute(f"CREATE TABLE {source}_{name} AS SELECT * FROM {source}")
 
 
 def restore_state(connection: str, table: str, name: str) -> None:
@@ -155,9 +161,16 @@ def restore_state(connection: str, table: str, name: str) -> None:
         for source in _tables(table):
             if column_names(db, source) is None:
                 continue
-            clear = "TRUNCATE TABLE" if db.dialect.name == "postgresql" else "DELETE FROM"
+            clear = "DELETE FROM" if db.dialect.name == "sqlite" else "TRUNCATE TABLE"
             db.execute(f"{clear} {source}")
-            if column_names(db, f"{source}_{name}") is not None:
+            if column_names(db, f"{source}_{name}") is None:
+                continue
+            if db.dialect.name == "mssql" and source == table:  # the IDENTITY column's values as they were
+                listed = ", ".join(column_names(db, source) or [])
+                db.execute(f"SET IDENTITY_INSERT {source} ON")
+                db.execute(f"INSERT INTO {source} ({listed}) SELECT {listed} FROM {source}_{name}")
+                db.execute(f"SET IDENTITY_INSERT {source} OFF")
+            else:
                 db.execute(f"INSERT INTO {source} SELECT * FROM {source}_{name}")
             if db.dialect.name == "postgresql":
                 db.execute(f"ANALYZE {source}")  # fresh statistics, as autovacuum would have by the night's run
@@ -326,10 +339,11 @@ def measure_pipeline(folder: Path, label: str, environ: dict[str, str]) -> dict:
 def bench_one(db_name: str, n: int, args: argparse.Namespace, folder: Path) -> list[dict]:
     """Every case for one database and size, against a simulator of its own (an empty DfE)."""
     sim = SimulatorProcess(validate=args.simulator_validates)
-    if db_name == "postgresql":
-        connection, table = args.odbc, f"bench_{uuid.uuid4().hex[:10]}"
-    else:
+    if db_name == "sqlite":
         connection, table = f"sqlite:///{folder / f'bench-{n}.db'}", TABLE
+    else:
+        connection = args.odbc if db_name == "postgresql" else args.mssql_odbc
+        table = f"bench_{uuid.uuid4().hex[:10]}"
     results: list[dict] = []
     try:
         with Database.connect(connection) as db:
@@ -399,7 +413,7 @@ def bench_one(db_name: str, n: int, args: argparse.Namespace, folder: Path) -> l
             results.append(result)
     finally:
         sim.close()
-        if db_name == "postgresql":
+        if db_name != "sqlite":
             drop_all(connection, table, ["s0", "s1", "s2"])
     return results
 
@@ -464,7 +478,7 @@ def targets(results: list[dict]) -> list[tuple[str, bool]]:
                     r["pipeline_over_floor"] <= 3,
                 )
             )
-    for db_name in ("sqlite", "postgresql"):
+    for db_name in DATABASES:
         small = [r["pipeline"]["peak_rss_mb"] for r in pick(db=db_name, children=10_000)]
         large = [r["pipeline"]["peak_rss_mb"] for r in pick(db=db_name, children=100_000)]
         if small and large:
@@ -539,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         "--db",
         type=_csv(str),
         default=["sqlite", "postgresql"],
-        help="Databases, comma-separated: sqlite, postgresql (default: both).",
+        help="Databases, comma-separated: sqlite, postgresql, mssql (default: sqlite,postgresql). mssql is SQL "
+        "Server's dialect through FreeTDS: in CI, Babelfish for PostgreSQL (.ci/babelfish.sh).",
     )
     parser.add_argument(
         "--latencies",
@@ -564,15 +579,22 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("CSC_TEST_POSTGRES_ODBC"),
         help="ODBC string for PostgreSQL (default: $CSC_TEST_POSTGRES_ODBC).",
     )
+    parser.add_argument(
+        "--mssql-odbc",
+        default=os.environ.get("CSC_TEST_SQLSERVER_ODBC"),
+        help="ODBC string for SQL Server or Babelfish (default: $CSC_TEST_SQLSERVER_ODBC).",
+    )
     parser.add_argument("--json-out", type=Path, help="Also write the JSON results to this file.")
     args = parser.parse_args(argv)
     if args.floor_worker:
         return floor_main(args.floor_worker)
-    unknown = set(args.db) - {"sqlite", "postgresql"}
+    unknown = set(args.db) - set(DATABASES)
     if unknown:
         parser.error(f"--db: unknown {', '.join(sorted(unknown))}")
     if "postgresql" in args.db and not args.odbc:
         parser.error("--db postgresql needs --odbc or CSC_TEST_POSTGRES_ODBC (source .ci/postgres.sh sets one up)")
+    if "mssql" in args.db and not args.mssql_odbc:
+        parser.error("--db mssql needs --mssql-odbc or CSC_TEST_SQLSERVER_ODBC (source .ci/babelfish.sh sets one up)")
     configure_logging(quiet=True)
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as folder:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real simulator on loopback and real staging tables (SQLite, and PostgreSQL when available)."""
+"""Shared fixtures: a real simulator on loopback and real staging tables (SQLite, and PostgreSQL and
+SQL Server (Babelfish) when available)."""
 
 from __future__ import annotations
 
@@ -58,12 +59,21 @@ def db_path(tmp_path: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------
-# Staging tables on either database: SQLite always, PostgreSQL through pyodbc
-# when CSC_TEST_POSTGRES_ODBC names one (.ci/postgres.sh sets it up).
+# Staging tables on each database: SQLite always, PostgreSQL through pyodbc and psqlODBC
+# when CSC_TEST_POSTGRES_ODBC names one (.ci/postgres.sh sets it up), and SQL Server's
+# dialect through pyodbc and FreeTDS when CSC_TEST_SQLSERVER_ODBC names one: in CI,
+# Babelfish for PostgreSQL, a T-SQL engine that speaks SQL Server's protocol
+# (.ci/babelfish.sh builds and starts it; tests/test_babelfish.py says where it is not SQL Server).
 # ---------------------------------------------------------------------------
 
 POSTGRES_ENV = "CSC_TEST_POSTGRES_ODBC"
-DATABASES = ["sqlite", "postgresql"]
+SQLSERVER_ENV = "CSC_TEST_SQLSERVER_ODBC"
+# Every database a staging table can be on. Babelfish is slow to open a session and to read
+# its catalogue (a run there takes about ten times as long as on PostgreSQL), so the `staging`
+# fixture runs on it only in the modules that ask for it (`staging_on_every_database`), or in
+# every module when CSC_TEST_SQLSERVER_EVERYWHERE is set (about five minutes more).
+ALL_DATABASES = ["sqlite", "postgresql", "mssql"]
+DATABASES = ALL_DATABASES if os.environ.get("CSC_TEST_SQLSERVER_EVERYWHERE") else ["sqlite", "postgresql"]
 
 
 class Staging:
@@ -90,7 +100,7 @@ class Staging:
             StagingTable(db, self.table).create_staging_table()
 
     def drop(self) -> None:
-        """Drop the table and everything the tool made beside it (PostgreSQL; SQLite files go with tmp_path)."""
+        """Drop the table and everything the tool made beside it (SQLite files go with tmp_path)."""
         if self.kind == "sqlite":
             return
         with self.open() as db, db.transaction():
@@ -179,6 +189,43 @@ def postgres_odbc() -> str:
     return text
 
 
+@pytest.fixture(scope="session")
+def sqlserver_odbc() -> str:
+    """The T-SQL test server's ODBC string (Babelfish through FreeTDS in CI); skips (or, with
+    CSC_TEST_SQLSERVER_REQUIRED set, fails) without one, saying why."""
+    text = os.environ.get(SQLSERVER_ENV, "").strip()
+    required = bool(os.environ.get("CSC_TEST_SQLSERVER_REQUIRED"))
+    problem = None
+    if not text:
+        problem = os.environ.get("CSC_TEST_SQLSERVER_SKIP_REASON", "").strip() or (
+            f"SQL Server tests need {SQLSERVER_ENV}, an ODBC connection string to a SQL Server (or Babelfish) "
+            "test database; as root, 'source .ci/babelfish.sh' builds Babelfish from ../shared/babelfish, "
+            "starts it and sets it"
+        )
+    else:
+        try:
+            with Database.connect(text) as db:
+                db.scalar("SELECT 1")
+        except PipelineError as exc:
+            problem = f"SQL Server from {SQLSERVER_ENV} is not usable: {str(exc).splitlines()[0]}"
+    if problem:
+        if required:
+            pytest.fail(problem)
+        pytest.skip(problem)
+    return text
+
+
+@pytest.fixture
+def sqlserver_table(sqlserver_odbc: str) -> Iterator[Staging]:
+    """A fresh, uniquely named staging table on the T-SQL test server, dropped afterwards."""
+    staging = Staging("mssql", sqlserver_odbc, unique_table("ms"))
+    staging.create()
+    try:
+        yield staging
+    finally:
+        staging.drop()
+
+
 @pytest.fixture
 def postgres_table(postgres_odbc: str) -> Iterator[Staging]:
     """A fresh, uniquely named staging table on the PostgreSQL test server, dropped afterwards."""
@@ -190,18 +237,37 @@ def postgres_table(postgres_odbc: str) -> Iterator[Staging]:
         staging.drop()
 
 
-@pytest.fixture(params=DATABASES)
-def staging(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Staging]:
-    """The same test on SQLite and on PostgreSQL through pyodbc: a fresh staging table on each."""
+def make_staging(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Staging]:
+    """A fresh staging table on the database ``request.param`` names, dropped afterwards."""
     if request.param == "sqlite":
         target = Staging.sqlite(tmp_path / "staging.db")
-    else:
+    elif request.param == "postgresql":
         target = Staging("postgresql", request.getfixturevalue("postgres_odbc"), unique_table("e2e"))
+    else:
+        target = Staging("mssql", request.getfixturevalue("sqlserver_odbc"), unique_table("e2e"))
     target.create()
     try:
         yield target
     finally:
         target.drop()
+
+
+@pytest.fixture(params=DATABASES)
+def staging(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Staging]:
+    """The same test on SQLite and on PostgreSQL through pyodbc (and SQL Server's dialect, see
+    :data:`DATABASES`): a fresh staging table on each."""
+    yield from make_staging(request, tmp_path)
+
+
+def staging_on_every_database() -> Any:
+    """A module's own `staging` fixture that runs on SQL Server's dialect (Babelfish) too:
+    ``staging = staging_on_every_database()`` at the top of a test module."""
+
+    @pytest.fixture(params=ALL_DATABASES, name="staging")
+    def every(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Staging]:
+        yield from make_staging(request, tmp_path)
+
+    return every
 
 
 def db_env(target: Path | Staging) -> dict[str, str]:

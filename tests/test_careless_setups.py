@@ -26,7 +26,10 @@ from api_pipeline.errors import ConfigError, ExitCode
 from api_pipeline.simulator import Simulator
 from api_pipeline.staging import StagingTable
 from api_pipeline.synthetic import make_children
-from conftest import Staging, db_env, insert, ledger, rows, run_cli, unique_table
+from conftest import Staging, db_env, insert, ledger, rows, run_cli, staging_on_every_database, unique_table
+
+# On SQL Server's dialect (Babelfish) too.
+staging = staging_on_every_database()
 
 # -- item 8: receipts as long as the tool accepts fit the ledger ------------------------------------------
 

@@ -25,7 +25,10 @@ from api_pipeline.runner import execute_run
 from api_pipeline.schema import DISAGREEMENT, RecordValidator, ecma_pattern, load_bundled_schema
 from api_pipeline.staging import StagingTable
 from api_pipeline.synthetic import make_children
-from conftest import db_env, insert, rows, run_cli, set_payload, settings_for
+from conftest import db_env, insert, rows, run_cli, set_payload, settings_for, staging_on_every_database
+
+# On SQL Server's dialect (Babelfish) too.
+staging = staging_on_every_database()
 
 FIRST = next(make_children(1, seed=230))
 

@@ -427,6 +427,11 @@ def test_a_batch_that_cannot_be_recorded_is_not_sent(staging: Staging) -> None:
                 f"CREATE TRIGGER no_records BEFORE INSERT ON {table.in_flight} "
                 "BEGIN SELECT RAISE(ABORT, 'no room for the record (test)'); END",
             )
+        elif staging.kind == "mssql":
+            refuse = (
+                f"CREATE TRIGGER no_records ON {table.in_flight} INSTEAD OF INSERT AS "
+                "THROW 50000, 'no room for the record (test)', 1",
+            )
         else:
             refuse = (
                 f"CREATE FUNCTION {staging.table}_no_records() RETURNS trigger AS $$ BEGIN "
@@ -446,7 +451,7 @@ def test_a_batch_that_cannot_be_recorded_is_not_sent(staging: Staging) -> None:
         assert children_posts(sim) == 0 and sim.snapshot() == {}
         assert {row["submission_status"] for row in staging.rows()} == {"Pending"}
         with staging.open() as db, db.transaction():
-            if staging.kind == "sqlite":
+            if staging.kind in ("sqlite", "mssql"):
                 db.execute("DROP TRIGGER no_records")
             else:
                 db.execute(f"DROP TRIGGER no_records ON {table.in_flight}")

@@ -30,6 +30,7 @@ from api_pipeline.odbc import (
     decode_datetimeoffset,
     decode_wide_text,
     explain_odbc_error,
+    for_freetds,
     is_microsoft_sql_driver,
     odbc_value,
     parse_odbc_string,
@@ -427,6 +428,32 @@ DEADLOCK = (
             "the query (1)",
             KEY_VIOLATION,
         ),
+        # Babelfish through FreeTDS, as it answered (tests/test_babelfish.py): a deadlock is SQL Server's
+        # 1205, a duplicate key 2627; a lock time-out is 33557097, its number for every error it has no
+        # SQL Server number for, so it is known by PostgreSQL's words, never by that number.
+        ("42000", "[42000] [FreeTDS][SQL Server]deadlock detected (1205) (SQLExecDirectW)", CONFLICT),
+        (
+            "42000",
+            "[42000] [FreeTDS][SQL Server]canceling statement due to lock timeout (33557097) (SQLExecDirectW)",
+            LOCK_TIMEOUT,
+        ),
+        (
+            "23000",
+            '[23000] [FreeTDS][SQL Server]duplicate key value violates unique constraint "t_run_lock_pkey" (2627) '
+            "(SQLExecDirectW)",
+            KEY_VIOLATION,
+        ),
+        (
+            "42000",
+            "[42000] [FreeTDS][SQL Server]The user does not have permission to perform this action (33557097) "
+            "(SQLExecDirectW)",
+            None,
+        ),
+        (
+            "42000",
+            '[42000] [FreeTDS][SQL Server]relation "t_run_lock" does not exist (33557097) (SQLExecDirectW)',
+            None,
+        ),
         # Not duplicates: a missing grant, a name too long for its column, a NULL in a NOT NULL column.
         (
             "42000",
@@ -659,3 +686,27 @@ def test_driver_messages_lose_their_values_and_keep_the_names_that_say_what_to_f
     ):
         assert without_values(message) == message
     assert without_values("a value 'cut short") == "a value '…"
+
+
+@pytest.mark.parametrize(
+    ("given", "freetds_reads"),
+    [
+        ("DRIVER={FreeTDS};SERVER=s;UID={u};PWD={plain};", "DRIVER={FreeTDS};SERVER=s;UID={u};PWD={plain};"),
+        ("DRIVER={FreeTDS};SERVER=s;UID={u};PWD={a}}b=c};", "DRIVER=FreeTDS;SERVER=s;UID=u;PWD=a}b=c;"),
+        (
+            "DRIVER={FreeTDS};SERVER=s;UID={u};PWD={a;b};TDS_Version=7.4;",
+            "DRIVER={FreeTDS};SERVER=s;UID={u};PWD={a;b};TDS_Version=7.4;",
+        ),
+        ("DRIVER={FreeTDS};PWD={x}}};UID={p;q};", "DRIVER=FreeTDS;PWD=x};UID={p;q};"),
+    ],
+)
+def test_values_with_a_closing_brace_are_given_to_freetds_as_every_version_reads_them(given, freetds_reads):
+    """FreeTDS before 1.4 keeps '}}' as it is; unbraced, a value without ';' reads alike everywhere."""
+    assert for_freetds(given) == freetds_reads
+    assert dict(parse_odbc_string(for_freetds(given))) == dict(parse_odbc_string(given))
+
+
+def test_a_value_freetds_versions_read_differently_is_refused_without_showing_it():
+    with pytest.raises(DatabaseError) as refused:
+        for_freetds("DRIVER={FreeTDS};SERVER=s;UID=u;PWD={se;cr}}et};")
+    assert "PWD value" in str(refused.value) and "se;cr" not in str(refused.value)

@@ -18,7 +18,10 @@ from api_pipeline.errors import DatabaseError, ExitCode, RunLocked
 from api_pipeline.lock import RunLock, lock_key
 from api_pipeline.simulator import Simulator
 from api_pipeline.synthetic import make_children
-from conftest import Staging, run_cli
+from conftest import Staging, run_cli, staging_on_every_database
+
+# On SQL Server's dialect (Babelfish) too.
+staging = staging_on_every_database()
 
 
 def live_holder(run_id: str) -> str:
@@ -28,7 +31,7 @@ def live_holder(run_id: str) -> str:
 
 def spellings(staging: Staging) -> list[str]:
     """Three names for the one table: as created, schema-qualified, and in capitals."""
-    schema = "main" if staging.kind == "sqlite" else "public"
+    schema = {"sqlite": "main", "postgresql": "public", "mssql": "dbo"}[staging.kind]
     return [staging.table, f"{schema}.{staging.table}", staging.table.upper()]
 
 

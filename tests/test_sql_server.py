@@ -40,7 +40,7 @@ from api_pipeline.api import Outcome  # noqa: E402
 from api_pipeline.cli import Context  # noqa: E402
 from api_pipeline.config import load_settings  # noqa: E402
 from api_pipeline.db import Database
-from api_pipeline.dialects import LEDGER_SPEC, MSSQL, STAGING_SPEC, ColumnInfo, check_columns
+from api_pipeline.dialects import BABELFISH, LEDGER_SPEC, MSSQL, STAGING_SPEC, ColumnInfo, check_columns
 from api_pipeline.errors import DatabaseError, RunLocked  # noqa: E402
 from api_pipeline.lock import RunLock  # noqa: E402
 from api_pipeline.odbc import UnreadableText, decode_wide_text  # noqa: E402
@@ -79,8 +79,14 @@ def every_bound_value(rec: Recorder) -> list[Any]:
 def test_each_connection_counts_rows_gives_way_in_deadlocks_and_bounds_lock_waits():
     rec = Recorder()
     connect(rec).close()
-    assert rec.statements[:3] == ["SET NOCOUNT OFF", "SET DEADLOCK_PRIORITY LOW", "SET LOCK_TIMEOUT 30000"]
-    for sql in rec.statements[:3]:
+    # First the question whether the server is Babelfish (whose HASHBYTES differs), then the settings.
+    assert rec.statements[:4] == [
+        "SELECT @@VERSION",
+        "SET NOCOUNT OFF",
+        "SET DEADLOCK_PRIORITY LOW",
+        "SET LOCK_TIMEOUT 30000",
+    ]
+    for sql in rec.statements[:4]:
         assert_tsql(sql)
 
 
@@ -233,6 +239,86 @@ def test_write_back_compares_the_payloads_hash_and_sends_no_payload_back():
     bound = every_bound_value(rec)
     assert not any(isinstance(v, str) and v in (payloads[1], payloads[2]) for v in bound)
     assert hashlib.sha256(payloads[2].encode("utf-16-le")).digest() in bound  # row 2's check, by hash
+    for sql in rec.statements:
+        assert_tsql(sql)
+
+
+def test_babelfish_is_told_apart_and_the_optimistic_check_hashes_text_as_it_does():
+    """Babelfish for PostgreSQL answers ODBC as SQL Server does, but its HASHBYTES hashes NVARCHAR text
+    as UTF-8, not SQL Server's UTF-16LE. Judged by SQL Server's bytes, no row passed the optimistic
+    check: every run left every row pending, to be sent again the next night (found running the SQL
+    Server path on Babelfish, issue 24; tests/test_babelfish.py runs it for real)."""
+    payloads = {1: json.dumps({"la_child_id": "C1", "name": "Zoë 🙂 漢字"}, ensure_ascii=False), 2: "{}"}
+    changed = {2: '{"changed": true}'}
+    rec = Recorder()
+
+    def current(i: int) -> bytes:  # as Babelfish's HASHBYTES('SHA2_256', CAST(... AS NVARCHAR(MAX)))
+        return hashlib.sha256(changed.get(i, payloads[i]).encode("utf-8")).digest()
+
+    def answer(sql: str, params: tuple) -> list[tuple] | None:
+        if sql == "SELECT @@VERSION":
+            return [("Babelfish for PostgreSQL with SQL Server Compatibility - 12.0.2000.8\nPostgreSQL 16.3",)]
+        if "WITH (UPDLOCK, ROWLOCK)" in sql:
+            return [(i, current(i), wide("Updated")) for i in params]
+        return None
+
+    def rowcount(sql: str, params: tuple) -> int:
+        if sql.startswith("UPDATE") and "HASHBYTES" in sql:
+            return int(params[-1] == current(params[-2]))
+        return 1
+
+    rec.more, rec.rowcount_of = answer, rowcount
+    now = datetime(2026, 3, 1, 21, 4, 33)
+    updates = [
+        RowUpdate(
+            i, "Sent", "receipt.json", payloads[i], now, mark_sent=True, previous_hash=b"\0" * 32, row_state="Unchanged"
+        )
+        for i in (1, 2)
+    ]
+    with connect(rec) as db:
+        assert db.dialect is BABELFISH and db.dialect.name == "mssql"
+        skipped = StagingTable(db, TABLE).write_back(updates, [])
+    assert skipped == 1  # row 1 is written back; row 2 changed since it was read and stays pending
+    assert hashlib.sha256(payloads[2].encode("utf-8")).digest() in every_bound_value(rec)
+    # Real SQL Server is unchanged: its banner gives the dialect that hashes UTF-16LE.
+    plain = Recorder()
+    plain.more = lambda sql, params: [("Microsoft SQL Server 2019 (RTM-CU22)",)] if sql == "SELECT @@VERSION" else None
+    with connect(plain) as db:
+        assert db.dialect is MSSQL
+        assert db.dialect.expected_text("Zoë") == hashlib.sha256("Zoë".encode("utf-16-le")).digest()
+
+
+@pytest.mark.parametrize(
+    ("driver_file", "text", "answer", "shown"),
+    [
+        ("msodbcsql18.dll", CONNECTION, [(0x74000004,)], "protocol: TDS 7.4"),
+        ("msodbcsql18.dll", CONNECTION, [], "protocol: TDS: chosen by the driver (the server did not say which"),
+        (
+            "libtdsodbc.so",
+            "DRIVER={FreeTDS};SERVER=s;PORT=1433;DATABASE=d;UID=u;PWD=p;TDS_Version=7.4;",
+            [],
+            "protocol: TDS 7.4, as DB_CONNECTION_STRING asks (TDS_Version",
+        ),
+        ("libtdsodbc.so", "DRIVER={FreeTDS};SERVER=s;DATABASE=d;UID=u;PWD=p;", [], "protocol: TDS: not set in"),
+        ("libtdsodbc.so", "DRIVER={FreeTDS};SERVER=s;DATABASE=d;UID=u;PWD=p;", [(0x08000000,)], "protocol: TDS 8.0"),
+    ],
+)
+def test_test_db_names_the_tds_version(monkeypatch, driver_file, text, answer, shown):
+    """Which TDS version a connection uses: the server's answer to a login that may ask it (VIEW SERVER
+    STATE), else what the connection string asks FreeTDS for (issue 24, item 5)."""
+    from test_tsql import FakeConnection
+
+    names = {17: "Microsoft SQL Server", 18: "16.00.4135", 6: driver_file, 7: "01.03.0017"}
+    monkeypatch.setattr(FakeConnection, "getinfo", lambda self, code: names[code])
+    rec = Recorder()
+    rec.more = lambda sql, params: answer if "sys.dm_exec_connections" in sql else None
+    out = ctx()
+    settings = load_settings(command="test-db", environ={"DB_CONNECTION_STRING": text})
+    monkeypatch.setattr(Database, "open_existing", classmethod(lambda cls, cs: connect(rec, cs.reveal())))
+    assert diagnostics.test_db(settings, out) == 0
+    printed = out.out.getvalue()  # type: ignore[attr-defined]
+    assert shown in printed
+    assert ("(FreeTDS)" in printed) == (driver_file == "libtdsodbc.so")
     for sql in rec.statements:
         assert_tsql(sql)
 

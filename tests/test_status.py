@@ -30,7 +30,10 @@ from api_pipeline.status import (
 )
 from api_pipeline.synthetic import make_children
 from api_pipeline.timestamps import parse_timestamp
-from conftest import TABLE, Staging, run_cli
+from conftest import TABLE, Staging, run_cli, staging_on_every_database
+
+# On SQL Server's dialect (Babelfish) too.
+staging = staging_on_every_database()
 
 # Values that must never be shown, whatever the table's api_response says.
 MARKER_VALUE = "Zqxmarkervalue"

@@ -23,7 +23,15 @@ from api_pipeline import diagnostics  # noqa: E402
 from api_pipeline.cli import Context  # noqa: E402
 from api_pipeline.config import Secret, load_settings  # noqa: E402
 from api_pipeline.db import Database  # noqa: E402
-from api_pipeline.dialects import MSSQL, STAGING_SPEC, ColumnInfo, check_columns, staging_index_ddl  # noqa: E402
+from api_pipeline.dialects import (  # noqa: E402
+    BINARY,
+    LONG_TEXT,
+    MSSQL,
+    STAGING_SPEC,
+    ColumnInfo,
+    check_columns,
+    staging_index_ddl,
+)
 from api_pipeline.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingTable  # noqa: E402
 
 TABLE = "ssd_development.ssd_api_data_staging"
@@ -433,3 +441,21 @@ def test_freetds_gets_no_fast_executemany(monkeypatch):
         assert db.fast_executemany is False
         db.executemany("DELETE FROM t WHERE la_child_id = ?", [("a",), ("b",)])
     assert rec.fast_executemany == [False]
+
+
+def test_freetds_binds_long_json_so_that_it_accepts_it(monkeypatch):
+    """FreeTDS refuses a string over 4,000 characters bound as SQL_WVARCHAR ("Invalid string or buffer
+    length", HY090: every write-back of a batch failed, found on a real T-SQL server through FreeTDS,
+    issue 24); bound as SQL_WLONGVARCHAR it sends NVARCHAR(MAX) from TDS 7.2 on. Microsoft's drivers
+    keep SQL_WVARCHAR size 0, which they send as NVARCHAR(MAX)."""
+    rec = Recorder()
+    monkeypatch.setattr(
+        FakeConnection, "getinfo", lambda self, code: "Microsoft SQL Server" if code == 17 else "libtdsodbc.so"
+    )
+    with Database.open_odbc("DRIVER={FreeTDS};SERVER=s;PORT=1433;DATABASE=d;UID=u;PWD=p;", odbc=FakePyodbc(rec)) as db:
+        db.execute(
+            "UPDATE t SET api_response = ?, previous_hash = ? WHERE id = ?",
+            ("x" * 5000, None, 1),
+            kinds=(LONG_TEXT, BINARY, None),
+        )
+    assert rec.input_sizes[-1] == [(-10, 0, 0), (-3, 32, 0), None]
