@@ -22,7 +22,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,10 +49,51 @@ def run_env(sim: Simulator, db_path: Path, **extra: str) -> dict[str, str]:
     return env | extra
 
 
-def start(env: dict[str, str], cwd: Path, *argv: str, **popen: object) -> subprocess.Popen:
+# The signals these tests send. A process inherits a signal set to be ignored: pytest started
+# with nohup ignores SIGHUP, and one started in the background by a shell without job control
+# ignores SIGINT. A run honours that (test_a_signal_set_to_be_ignored_stays_ignored), so the
+# runs here start with each one's default, as from a terminal, and these tests mean the same
+# wherever pytest was started.
+SENT = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+def as_from_a_terminal() -> None:
+    """In the child before it starts Python: every signal sent here at its default."""
+    for signum in SENT:
+        signal.signal(signum, signal.SIG_DFL)
+
+
+@pytest.fixture(autouse=True)
+def _signals_at_their_defaults() -> Iterator[None]:
+    """The same for the handlers installed in this process by the tests of the stop request."""
+    found = {signum: signal.getsignal(signum) for signum in SENT}
+    for signum, handler in found.items():
+        if handler == signal.SIG_IGN:
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    yield
+    for signum, handler in found.items():
+        signal.signal(signum, handler)
+
+
+def start(
+    env: dict[str, str], cwd: Path, *argv: str, then: Callable[[], object] | None = None, **popen: object
+) -> subprocess.Popen:
+    """Start a run (or ``argv``) as from a terminal; ``then`` runs in the child after that."""
+
+    def before_python() -> None:
+        as_from_a_terminal()
+        if then is not None:
+            then()
+
     command = argv or (sys.executable, "-m", "api_pipeline", "run")
     return subprocess.Popen(
-        list(command), env=os.environ | env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen
+        list(command),
+        env=os.environ | env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=before_python,
+        **popen,
     )
 
 
@@ -360,7 +401,7 @@ def test_a_signal_set_to_be_ignored_stays_ignored(db_path, monkeypatch) -> None:
 
         on_stored_batch(sim, monkeypatch, 1, hang_up)
         ignore_hangups = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)  # noqa: E731
-        procs.append(start(run_env(sim, db_path), db_path.parent, preexec_fn=ignore_hangups))
+        procs.append(start(run_env(sim, db_path), db_path.parent, then=ignore_hangups))
         started.set()
         err = procs[0].communicate(timeout=STOPPED_IN)[1].decode("utf-8", "replace")
         assert procs[0].returncode == 0, err
