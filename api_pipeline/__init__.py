@@ -1,18 +1,19 @@
 """CSC API Pipeline: send children's social care records to the DfE CSC API.
 
-Where to make a change (the layers, top to bottom, are declared in ``pyproject.toml`` and
-checked by ``lint-imports``):
+The package is in rooms, each a subpackage with its own docstring; ``pyproject.toml`` declares
+their order and ``lint-imports`` checks it (a room imports only from rooms below it):
 
-- a database dialect: ``dialects.py`` holds every difference between the DBMSs (SQL forms,
-  table definitions, the lock table, catalogue queries, session settings); ``odbc.py`` only a
-  new driver's connection defaults and error advice;
-- the retry policy: ``api.py`` (``classify``, ``ApiClient``'s stop and wait rules and the
-  backoff constants); the token's own retries are in ``auth.py``;
-- the delta model: ``payload.py`` (``STRUCTURE`` and the builders; the simulator in
-  ``dfe_model.py`` merges by the same structure), and what each row needs in ``pipeline.py``;
-- a setting: its row in ``config.OPTIONS`` (the docs are generated from it; a test checks
-  ``.env.example`` lists it);
-- an exit code: ``errors.ExitCode`` (the help, the run report and the docs render it).
+- ``cli``: the command line, its one error boundary, ``status`` and the diagnostics;
+- ``rehearsal``: the DfE simulator, synthetic children and the demo;
+- ``job``: one run, from the staging table's rows to the receipts written back;
+- ``dfe`` and ``store``: the DfE side (payloads, schema, API client, token, HTTP, TLS) and the
+  database side (connections, dialects, the staging table and ledger, the run lock), which
+  know nothing of each other;
+- ``settings``: the options, the ``.env`` file, the secret store and masking;
+- at the ground, the words every room shares: ``errors``, ``reasons``, ``timestamps``,
+  ``wording``, and ``stopping`` (Ctrl+C and the system's signals).
+
+Where to change what: ``docs/contributing.md``.
 """
 
 __version__ = "0.1.0.dev0"

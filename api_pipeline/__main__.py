@@ -2,7 +2,7 @@
 
 import sys
 
-from api_pipeline.cli import main
+from api_pipeline.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import api_pipeline
-from api_pipeline.config import load_settings
-from api_pipeline.db import Database
-from api_pipeline.demo import apply_nightly_changes, check_convergence, load_children
-from api_pipeline.logs import configure_logging
-from api_pipeline.runner import execute_run
-from api_pipeline.simulator import Simulator
-from api_pipeline.staging import StagingTable
-from api_pipeline.synthetic import make_children
+from api_pipeline.job.logs import configure_logging
+from api_pipeline.job.runner import execute_run
+from api_pipeline.rehearsal.demo import apply_nightly_changes, check_convergence, load_children
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.settings.config import load_settings
+from api_pipeline.store.db import Database
+from api_pipeline.store.staging import StagingTable
 
 TABLE = "ssd_api_data_staging"
 

@@ -20,8 +20,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from api_pipeline.schema import load_bundled_schema
-from api_pipeline.synthetic import make_children
+from api_pipeline.dfe.schema import load_bundled_schema
+from api_pipeline.rehearsal.synthetic import make_children
 
 FORMAT_CASES = {
     "2024-02-29": True,

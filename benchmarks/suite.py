@@ -70,14 +70,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_run import TABLE, run_child  # noqa: E402
 
-from api_pipeline.catalogue import column_names  # noqa: E402
-from api_pipeline.config import load_settings  # noqa: E402
-from api_pipeline.db import Database  # noqa: E402
-from api_pipeline.demo import apply_nightly_changes, check_convergence, load_children  # noqa: E402
-from api_pipeline.logs import configure_logging  # noqa: E402
-from api_pipeline.runner import execute_run  # noqa: E402
-from api_pipeline.staging import StagingTable  # noqa: E402
-from api_pipeline.synthetic import make_children  # noqa: E402
+from api_pipeline.job.logs import configure_logging  # noqa: E402
+from api_pipeline.job.runner import execute_run  # noqa: E402
+from api_pipeline.rehearsal.demo import apply_nightly_changes, check_convergence, load_children  # noqa: E402
+from api_pipeline.rehearsal.synthetic import make_children  # noqa: E402
+from api_pipeline.settings.config import load_settings  # noqa: E402
+from api_pipeline.store.catalogue import column_names  # noqa: E402
+from api_pipeline.store.db import Database  # noqa: E402
+from api_pipeline.store.staging import StagingTable  # noqa: E402
 
 BATCH = 100
 DATABASES = ("sqlite", "postgresql", "mssql")
@@ -96,7 +96,7 @@ CANDIDATES = (
 
 def _simulator_main(conn: Any, validate: bool) -> None:
     """Serve a Simulator and answer the suite's commands over ``conn`` until told to stop."""
-    from api_pipeline.simulator import Simulator
+    from api_pipeline.rehearsal.simulator import Simulator
 
     # The simulator holds every child DfE has (100,000 records: millions of objects) and
     # merges into it; the cyclic collector walking that store would make "DfE" the slow part.
@@ -200,8 +200,8 @@ def floor_main(spec_path: str) -> int:
 
     _collect_less()  # as run does: the floor pays for no more than the unavoidable work
 
-    from api_pipeline.payload import encode_record, loads_record
-    from api_pipeline.transport import user_agent
+    from api_pipeline.dfe.payload import encode_record, loads_record
+    from api_pipeline.dfe.transport import user_agent
 
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     env = spec["env"]
@@ -301,7 +301,7 @@ def planned_requests(
 
 def body_bytes(records: list[dict]) -> int:
     """Bytes on the wire for these records sent in batches of 100, as ApiClient frames them."""
-    from api_pipeline.payload import encode_record
+    from api_pipeline.dfe.payload import encode_record
 
     sizes = [len(encode_record(r)) for r in records]
     batches = [sizes[i : i + BATCH] for i in range(0, len(sizes), BATCH)]

@@ -33,14 +33,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from api_pipeline.config import load_settings  # noqa: E402
-from api_pipeline.db import Database  # noqa: E402
-from api_pipeline.demo import apply_nightly_changes, check_convergence, load_children  # noqa: E402
-from api_pipeline.runner import execute_run  # noqa: E402
-from api_pipeline.simulator import Simulator  # noqa: E402
-from api_pipeline.staging import StagingTable  # noqa: E402
-from api_pipeline.synthetic import make_children  # noqa: E402
-from api_pipeline.synthetic_changes import mutate  # noqa: E402
+from api_pipeline.job.runner import execute_run  # noqa: E402
+from api_pipeline.rehearsal.demo import apply_nightly_changes, check_convergence, load_children  # noqa: E402
+from api_pipeline.rehearsal.simulator import Simulator  # noqa: E402
+from api_pipeline.rehearsal.synthetic import make_children  # noqa: E402
+from api_pipeline.rehearsal.synthetic_changes import mutate  # noqa: E402
+from api_pipeline.settings.config import load_settings  # noqa: E402
+from api_pipeline.store.db import Database  # noqa: E402
+from api_pipeline.store.staging import StagingTable  # noqa: E402
 from earlier_tool import send_as_earlier_tool  # noqa: E402
 
 NEW_CHILDREN = 200

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from api_pipeline.cli import Context, main
-from api_pipeline.config import Settings, load_settings
-from api_pipeline.db import Database
-from api_pipeline.demo import load_children
+from api_pipeline.cli.main import Context, main
 from api_pipeline.errors import PipelineError
-from api_pipeline.simulator import Simulator
-from api_pipeline.staging import StagingTable
+from api_pipeline.rehearsal.demo import load_children
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.settings.config import Settings, load_settings
+from api_pipeline.store.db import Database
+from api_pipeline.store.staging import StagingTable
 
 TABLE = "ssd_api_data_staging"
 
@@ -315,7 +315,7 @@ def run_cli(argv: list[str], *, environ: dict[str, str] | None = None, cwd: Path
 def canonical_json(record: dict) -> str:
     """Normalised, key-sorted, list-sorted compact JSON: equal data gives equal text (what
     ``payload.records_equal`` compares by), for assertions and their messages."""
-    from api_pipeline.payload import _canon, normalise
+    from api_pipeline.dfe.payload import _canon, normalise
 
     return _canon(normalise(record))
 
@@ -329,7 +329,7 @@ def record_hash(record: dict) -> bytes:
 
 def encoded(records: Iterable[dict]) -> list[bytes]:
     """Records as the API client sends them (``ApiClient.send`` takes encoded records)."""
-    from api_pipeline.payload import encode_record
+    from api_pipeline.dfe.payload import encode_record
 
     return [encode_record(record) for record in records]
 
@@ -338,7 +338,7 @@ def encoded(records: Iterable[dict]) -> list[bytes]:
 def aborted(kind: type[BaseException], match: str | None = None) -> Iterator[Any]:
     """``pytest.raises`` for an error that stops a batch: ``ApiClient.send`` raises it as
     ``BatchAborted`` (with the outcomes settled before it), whose message and exit code are its own."""
-    from api_pipeline.api import BatchAborted
+    from api_pipeline.dfe.api import BatchAborted
 
     with pytest.raises(BatchAborted, match=match) as caught:
         yield caught

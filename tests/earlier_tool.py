@@ -11,7 +11,7 @@ from typing import Any
 
 import requests
 
-from api_pipeline.db import Database
+from api_pipeline.store.db import Database
 
 
 def send_as_earlier_tool(sim: Any, db: Database, table: str) -> int:

@@ -26,7 +26,8 @@ import pytest
 import requests
 
 from api_pipeline import __version__
-from api_pipeline.api import (
+from api_pipeline.cli.diagnostics import check_endpoint
+from api_pipeline.dfe.api import (
     ApiClient,
     BatchRejected,
     Forbidden,
@@ -37,9 +38,9 @@ from api_pipeline.api import (
     parse_indexes,
     parse_receipt_time,
 )
-from api_pipeline.auth import ClientCredentialsAuth
-from api_pipeline.config import Secret, Settings, load_settings
-from api_pipeline.diagnostics import check_endpoint
+from api_pipeline.dfe.auth import ClientCredentialsAuth
+from api_pipeline.dfe.payload import encode_record
+from api_pipeline.dfe.transport import _bypasses_proxy, make_session, mask_answer, parse_retry_after
 from api_pipeline.errors import (
     AuthError,
     ConfigError,
@@ -47,9 +48,8 @@ from api_pipeline.errors import (
     FatalApiError,
     RetriableApiError,
 )
-from api_pipeline.payload import encode_record
-from api_pipeline.simulator import Simulator
-from api_pipeline.transport import _bypasses_proxy, make_session, mask_answer, parse_retry_after
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.settings.config import Secret, Settings, load_settings
 from conftest import aborted, encoded
 
 SECRET = "sim-secret-Do-Not-Show-7f3a"

@@ -16,11 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from api_pipeline.auth import ClientCredentialsAuth, explain_token_error
-from api_pipeline.config import Secret, Settings, load_settings
+from api_pipeline.dfe.auth import ClientCredentialsAuth, explain_token_error
+from api_pipeline.dfe.transport import describe_network_error, make_session
 from api_pipeline.errors import AuthError, ExitCode, FatalApiError
-from api_pipeline.simulator import Simulator
-from api_pipeline.transport import describe_network_error, make_session
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.settings.config import Secret, Settings, load_settings
 
 SECRET = "sim-secret-Do-Not-Show-7f3a"
 

@@ -39,16 +39,16 @@ from typing import Any
 import pytest
 from test_switch_over import converged, hand_over, sent_records
 
-from api_pipeline.catalogue import columns, tds_version
-from api_pipeline.db import Database
-from api_pipeline.demo import apply_nightly_changes
-from api_pipeline.dialects import BABELFISH, LOCK_NAME_SIZE
 from api_pipeline.errors import DatabaseError, RunLocked
-from api_pipeline.lock import RunLock
-from api_pipeline.odbc import LOCK_TIMEOUT, odbc_value, parse_odbc_string
-from api_pipeline.runner import execute_run
-from api_pipeline.staging import LedgerEntry, StagingTable
-from api_pipeline.synthetic import make_children
+from api_pipeline.job.runner import execute_run
+from api_pipeline.rehearsal.demo import apply_nightly_changes
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.store.catalogue import columns, tds_version
+from api_pipeline.store.db import Database
+from api_pipeline.store.dialects import BABELFISH, LOCK_NAME_SIZE
+from api_pipeline.store.lock import RunLock
+from api_pipeline.store.odbc import LOCK_TIMEOUT, odbc_value, parse_odbc_string
+from api_pipeline.store.staging import LedgerEntry, StagingTable
 from conftest import Staging, run_cli, settings_for, unique_table
 
 ADMIN_ENV = "CSC_BABELFISH_ADMIN_ODBC"  # .ci/babelfish.sh: the server's administrator, in master
@@ -490,7 +490,7 @@ def test_a_write_blocked_by_the_councils_sql_times_out_in_steps_and_beats(
     any error it has no SQL Server number for, so the tool knows it by the words); SQL Server's
     1222 is covered in test_odbc.py. (Reads are not blocked here: Babelfish reads the last
     committed row, as SQL Server does with READ_COMMITTED_SNAPSHOT on.)"""
-    monkeypatch.setattr("api_pipeline.db.LOCK_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr("api_pipeline.store.db.LOCK_WAIT_SECONDS", 0.5)
     sqlserver_table.insert(list(make_children(3, seed=245)))
     locked, release = threading.Event(), threading.Event()
 

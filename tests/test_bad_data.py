@@ -12,11 +12,11 @@ import json
 
 import pytest
 
-from api_pipeline.db import Database
-from api_pipeline.odbc import UnreadableText
-from api_pipeline.runner import execute_run
-from api_pipeline.staging import RowUpdate, StagingTable
-from api_pipeline.synthetic import make_children
+from api_pipeline.job.runner import execute_run
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.store.db import Database
+from api_pipeline.store.odbc import UnreadableText
+from api_pipeline.store.staging import RowUpdate, StagingTable
 from conftest import TABLE, insert, rows, settings_for
 
 BAD_ID = "BADROW001"
@@ -371,7 +371,7 @@ def test_sqlites_own_message_about_text_it_cannot_decode_is_never_shown():
     message, and the error the tool makes of it (what stderr, the log and the report show) names the column only."""
     import sqlite3
 
-    from api_pipeline.db import _sqlite_error
+    from api_pipeline.store.db import _sqlite_error
 
     raw = windows_1252_record()[1]
     with contextlib.closing(sqlite3.connect(":memory:")) as conn:

@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 from hostile import Exchange, Hostile
 
-from api_pipeline.catalogue import column_names
-from api_pipeline.config import load_settings
-from api_pipeline.db import Database
-from api_pipeline.dialects import LEDGER_SPEC, POSTGRES, ledger_ddl
 from api_pipeline.errors import ConfigError, ExitCode
-from api_pipeline.simulator import Simulator
-from api_pipeline.staging import StagingTable
-from api_pipeline.synthetic import make_children
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.settings.config import load_settings
+from api_pipeline.store.catalogue import column_names
+from api_pipeline.store.db import Database
+from api_pipeline.store.dialects import LEDGER_SPEC, POSTGRES, ledger_ddl
+from api_pipeline.store.staging import StagingTable
 from conftest import Staging, db_env, insert, ledger, rows, run_cli, staging_on_every_database, unique_table
 
 # On SQL Server's dialect (Babelfish) too.
@@ -39,7 +39,7 @@ def long_receipts(exchange: Exchange) -> None:
 
 
 def test_the_ledger_holds_the_longest_receipt_the_tool_accepts() -> None:
-    from api_pipeline.dialects import MAX_RECEIPT_LENGTH
+    from api_pipeline.settings.config import MAX_RECEIPT_LENGTH
 
     (receipt,) = [c for c in LEDGER_SPEC if c.name == "receipt"]
     assert receipt.size >= MAX_RECEIPT_LENGTH and receipt.min_size >= MAX_RECEIPT_LENGTH
@@ -213,7 +213,7 @@ def test_a_backslash_that_moves_the_host_is_refused() -> None:
 
 @pytest.mark.parametrize("path", TWO_WAYS)
 def test_an_address_that_reads_two_ways_counts_as_live(path: str) -> None:
-    from api_pipeline.config import Settings
+    from api_pipeline.settings.config import Settings
 
     assert not Settings(api_endpoint="https://api.example.invalid" + path).is_test_receiver
 
@@ -295,7 +295,7 @@ def test_logs_summaries_reports_and_dry_run_files_are_the_owners_alone(db_path: 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
 def test_a_rewritten_report_and_summary_stay_private(tmp_path: Path) -> None:
-    from api_pipeline.report import write_report
+    from api_pipeline.job.report import write_report
 
     summary = tmp_path / "csc_api_pipeline_20260101T000000Z.summary.json"
     summary.write_text(json.dumps({"run_id": "20260101T000000Z", "exit_code": 0}), encoding="utf-8")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from api_pipeline import __version__
-from api_pipeline.cli import build_parser
-from api_pipeline.synthetic import make_children
+from api_pipeline.cli.main import build_parser
+from api_pipeline.rehearsal.synthetic import make_children
 from conftest import db_env, insert, run_cli
 
 
@@ -109,7 +109,7 @@ def test_run_with_wrong_secret_exits_4(simulator, db_path, tmp_path):
 
 
 def test_run_with_api_unreachable_exits_5(db_path, tmp_path):
-    from api_pipeline.simulator import Simulator
+    from api_pipeline.rehearsal.simulator import Simulator
 
     with Simulator() as sim:
         environ = sim_env(sim, db_path)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.synthetic import make_children
+from api_pipeline.rehearsal.synthetic import make_children
 from conftest import db_env, insert, rows
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from hostile import Exchange, Hostile
 
-from api_pipeline.db import Database
 from api_pipeline.errors import ExitCode
-from api_pipeline.logs import close_logging, configure_logging, format_traceback
-from api_pipeline.synthetic import make_children
+from api_pipeline.job.logs import close_logging, configure_logging, format_traceback
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.store.db import Database
 from api_pipeline.wording import printable
 from conftest import TABLE, db_env, insert, rows, run_cli
 

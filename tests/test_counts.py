@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.synthetic import make_children
+from api_pipeline.rehearsal.synthetic import make_children
 from conftest import Staging, run_cli
 from earlier_tool import send_as_earlier_tool
 

@@ -16,11 +16,11 @@ import time
 
 import pytest
 
-from api_pipeline.db import Database
-from api_pipeline.demo import apply_nightly_changes, check_convergence
-from api_pipeline.payload import records_equal
-from api_pipeline.simulator import Simulator
-from api_pipeline.synthetic import make_children
+from api_pipeline.dfe.payload import records_equal
+from api_pipeline.rehearsal.demo import apply_nightly_changes, check_convergence
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.store.db import Database
 from conftest import TABLE, db_env, insert, ledger, rows
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")

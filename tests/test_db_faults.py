@@ -24,16 +24,16 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.db import Database
-from api_pipeline.demo import check_convergence
+from api_pipeline.dfe.payload import records_equal
 from api_pipeline.errors import DatabaseError, ExitCode
-from api_pipeline.lock import RunLock
-from api_pipeline.odbc import CONNECTION_LOST
-from api_pipeline.payload import records_equal
-from api_pipeline.runner import execute_run
-from api_pipeline.simulator import Simulator
-from api_pipeline.staging import StagingTable
-from api_pipeline.synthetic import make_children
+from api_pipeline.job.runner import execute_run
+from api_pipeline.rehearsal.demo import check_convergence
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.store.db import Database
+from api_pipeline.store.lock import RunLock
+from api_pipeline.store.odbc import CONNECTION_LOST
+from api_pipeline.store.staging import StagingTable
 from conftest import Staging, db_env, insert, rows, run_cli, settings_for
 
 RECONNECTED = "connected again, and carrying on"
@@ -288,7 +288,7 @@ def test_a_server_that_does_not_come_back_stops_the_run_without_the_advice_for_a
     simulator, postgres_table, proxy, monkeypatch
 ):
     """The session ends and the server cannot be reached again (here: the relay stops listening)."""
-    monkeypatch.setattr("api_pipeline.db.RECONNECT_PAUSES", (0.0, 0.2))
+    monkeypatch.setattr("api_pipeline.store.db.RECONNECT_PAUSES", (0.0, 0.2))
     postgres_table.insert(list(make_children(20, seed=94)))
     real = StagingTable.write_back
 

@@ -17,8 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft7Validator
 
-from api_pipeline.dfe_model import apply_record
-from api_pipeline.payload import (
+from api_pipeline.dfe.payload import (
     STRUCTURE,
     build_delta,
     build_full,
@@ -30,8 +29,9 @@ from api_pipeline.payload import (
     request_for,
     request_in_doubt,
 )
-from api_pipeline.synthetic import make_child
-from api_pipeline.synthetic_changes import mutate
+from api_pipeline.rehearsal.dfe_model import apply_record
+from api_pipeline.rehearsal.synthetic import make_child
+from api_pipeline.rehearsal.synthetic_changes import mutate
 from conftest import canonical_json
 
 REPO = Path(__file__).resolve().parents[1]

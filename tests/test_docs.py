@@ -73,7 +73,7 @@ def test_cli_reference_lists_every_exit_code():
 
 
 def test_configuration_reference_names_every_setting_and_alias():
-    from api_pipeline.config import OPTIONS
+    from api_pipeline.settings.config import OPTIONS
 
     page = docgen.config_reference()
     for option in OPTIONS:

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.db import Database
-from api_pipeline.demo import apply_nightly_changes, check_convergence
 from api_pipeline.errors import DatabaseError
-from api_pipeline.runner import execute_run
-from api_pipeline.staging import StagingTable
-from api_pipeline.synthetic import make_children
+from api_pipeline.job.runner import execute_run
+from api_pipeline.rehearsal.demo import apply_nightly_changes, check_convergence
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.store.db import Database
+from api_pipeline.store.staging import StagingTable
 from conftest import (
     TABLE,
     Staging,
@@ -224,8 +224,8 @@ def test_row_changed_during_the_run_stays_pending(simulator, staging):
     newer = copy.deepcopy(children[1])
     newer["child_details"]["ethnicity"] = "WIRI"
 
-    from api_pipeline import runner
-    from api_pipeline.pipeline import Pipeline
+    from api_pipeline.job import runner
+    from api_pipeline.job.pipeline import Pipeline
 
     real_flush = Pipeline._flush
 
@@ -276,8 +276,8 @@ def test_write_back_replaces_ledger_entries(staging: Staging, keyed: bool, caplo
     not: a ledger made by hand without the key gets a warning and the delete-and-insert way."""
     from datetime import datetime
 
-    from api_pipeline.dialects import ledger_ddl
-    from api_pipeline.staging import LedgerEntry, StagingTable
+    from api_pipeline.store.dialects import ledger_ddl
+    from api_pipeline.store.staging import LedgerEntry, StagingTable
 
     at = datetime(2026, 3, 8, 21, 4, 33)
 
@@ -314,7 +314,7 @@ def _checkpointers() -> list[threading.Thread]:
 def test_bulk_writes_tune_sqlite_and_finish_with_the_log_copied_in(db_path, monkeypatch):
     """A run's connection keeps a bigger page cache, and whatever of the write-ahead log is
     not yet in the database is copied in when the run finishes (before its time is taken)."""
-    from api_pipeline import db as db_module
+    from api_pipeline.store import db as db_module
 
     monkeypatch.setattr(db_module, "CHECKPOINT_EVERY", 3600.0)  # no background pass in this test
     insert(db_path, list(make_children(3, seed=16)))
@@ -338,7 +338,7 @@ def test_bulk_writes_tune_sqlite_and_finish_with_the_log_copied_in(db_path, monk
 def test_the_background_checkpointer_copies_the_log_and_keeps_it_short(db_path, monkeypatch):
     """While a run commits, a thread of its own copies the log into the database; once the
     log holds RESTART_FRAMES pages it is started over, so the -wal file stops growing."""
-    from api_pipeline import db as db_module
+    from api_pipeline.store import db as db_module
 
     monkeypatch.setattr(db_module, "CHECKPOINT_EVERY", 0.02)
     monkeypatch.setattr(db_module, "RESTART_FRAMES", 1)
@@ -401,7 +401,7 @@ def test_during_bulk_writes_pages_are_read_while_a_batch_is_being_written(db_pat
 
 
 def test_a_runs_outcomes_are_counted_under_the_summarys_outcome_keys(simulator, staging):
-    from api_pipeline.runs import OUTCOME_KEYS
+    from api_pipeline.job.run_files import OUTCOME_KEYS
 
     insert(staging, list(make_children(30, seed=5)))
     first = execute_run(settings_for(simulator, staging))

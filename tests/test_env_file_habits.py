@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from test_switch_over_habits import earlier_env_example
 
-from api_pipeline.config import load_settings
 from api_pipeline.errors import ConfigError, ExitCode
-from api_pipeline.logs import ERROR_LOG_NAME
-from api_pipeline.synthetic import make_children
+from api_pipeline.job.logs import ERROR_LOG_NAME
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.settings.config import load_settings
 from conftest import db_env, insert, run_cli
 
 REPO = Path(__file__).resolve().parents[1]

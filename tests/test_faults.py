@@ -12,13 +12,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from api_pipeline.db import Database
-from api_pipeline.demo import check_convergence
+from api_pipeline.dfe.payload import records_equal
 from api_pipeline.errors import ExitCode, PipelineError
-from api_pipeline.lock import RunLock
-from api_pipeline.payload import records_equal
-from api_pipeline.runner import execute_run
-from api_pipeline.synthetic import make_children
+from api_pipeline.job.runner import execute_run
+from api_pipeline.rehearsal.demo import check_convergence
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.store.db import Database
+from api_pipeline.store.lock import RunLock
 from conftest import TABLE, insert, rows, run_cli, settings_for
 
 N = 30
@@ -194,7 +194,7 @@ def test_lock_of_a_dead_process_on_this_machine_is_taken_over_at_once(db_path):
 
 def test_heartbeat_is_written_at_most_once_a_minute(db_path):
     """Spaced out by a monotonic clock (here one moved by hand); what is written is the database's time."""
-    from api_pipeline.lock import BEAT_EVERY
+    from api_pipeline.store.lock import BEAT_EVERY
 
     ticks = [1000.0]
     with Database.open_sqlite(db_path) as db:
@@ -245,7 +245,7 @@ def test_anon_table_never_goes_live(simulator, tmp_path):
 
 
 def test_test_receiver_and_simulator_need_no_permission(simulator):
-    from api_pipeline.config import load_settings
+    from api_pipeline.settings.config import load_settings
 
     base = dict(simulator.settings_env()) | {"DB_CONNECTION_STRING": "sqlite:///x.db"}
     assert load_settings(command="run", environ=base).is_test_receiver

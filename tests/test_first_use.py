@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline import runs
-from api_pipeline.synthetic import make_children
+from api_pipeline.job import run_files as runs
+from api_pipeline.rehearsal.synthetic import make_children
 from conftest import db_env, insert, run_cli
 
 
@@ -66,7 +66,7 @@ def run_in(argv, *, cwd: Path, exe_dir: Path, environ=None, frozen: bool = False
     """The CLI as a program at ``exe_dir`` started in ``cwd`` (Task Scheduler: System32)."""
     import io
 
-    from api_pipeline.cli import Context, main
+    from api_pipeline.cli.main import Context, main
     from conftest import CliResult
 
     out, err = io.StringIO(), io.StringIO()
@@ -247,7 +247,7 @@ def test_set_secret_without_a_keyring_says_so_before_asking_for_anything(tmp_pat
 
 
 def test_set_secret_names_its_choices(tmp_path, capsys):
-    from api_pipeline.credentials import keyring_variables
+    from api_pipeline.cli.credentials import keyring_variables
 
     assert run_cli(["set-secret", "--help"], cwd=tmp_path).code == 0
     shown = " ".join(capsys.readouterr().out.split())
@@ -430,7 +430,7 @@ def test_status_json_keys_are_all_in_the_generated_reference(simulator, db_path,
 
 
 def test_the_generated_reference_lists_set_secrets_names(tmp_path):
-    from api_pipeline.credentials import keyring_variables
+    from api_pipeline.cli.credentials import keyring_variables
 
     page = docgen().cli_reference()
     section = page[page.index("### `set-secret`") :]
@@ -441,7 +441,7 @@ def test_the_generated_reference_lists_set_secrets_names(tmp_path):
 
 
 def test_every_command_help_points_at_the_one_exit_code_list(tmp_path, capsys):
-    from api_pipeline.cli import build_parser
+    from api_pipeline.cli.main import build_parser
 
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
@@ -541,7 +541,7 @@ def test_init_db_sample_on_postgresql(postgres_odbc, tmp_path):
 
 
 def test_simulate_api_help_names_the_credentials_it_accepts(tmp_path, capsys):
-    from api_pipeline.simulator import Simulator
+    from api_pipeline.rehearsal.simulator import Simulator
 
     assert run_cli(["simulate-api", "--help"], cwd=tmp_path).code == 0
     shown = " ".join(capsys.readouterr().out.split())
@@ -552,7 +552,7 @@ def test_simulate_api_help_names_the_credentials_it_accepts(tmp_path, capsys):
 
 
 def test_simulate_api_help_gives_the_simulators_own_addresses(tmp_path, capsys):
-    from api_pipeline.simulator import Simulator
+    from api_pipeline.rehearsal.simulator import Simulator
 
     assert run_cli(["simulate-api", "--help"], cwd=tmp_path).code == 0
     shown = "".join(capsys.readouterr().out.split())
@@ -662,7 +662,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_the_readme_lists_every_command():
-    from api_pipeline.cli import build_parser
+    from api_pipeline.cli.main import build_parser
 
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")

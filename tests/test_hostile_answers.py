@@ -24,13 +24,13 @@ from hostile import (
     trickle_headers,
 )
 
-from api_pipeline.api import ApiClient, classify
-from api_pipeline.auth import ClientCredentialsAuth
-from api_pipeline.config import load_settings
+from api_pipeline.dfe.api import ApiClient, classify
+from api_pipeline.dfe.auth import ClientCredentialsAuth
+from api_pipeline.dfe.transport import make_session, mask_answer, summarise
 from api_pipeline.errors import ApiError, AuthError, ExitCode, FatalApiError
-from api_pipeline.simulator import Simulator
-from api_pipeline.synthetic import make_children
-from api_pipeline.transport import make_session, mask_answer, summarise
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.settings.config import load_settings
 from conftest import db_env, encoded, insert, rows, run_cli
 
 FAST = {"MAX_RETRIES": "0", "HTTP_TIMEOUT": "1"}
@@ -179,7 +179,7 @@ def test_an_endless_token_answer_is_cut_off_at_the_size_cap() -> None:
 
 
 def test_a_receipt_answer_of_100_records_fits_comfortably() -> None:
-    from api_pipeline.bounded import MAX_ANSWER_BYTES
+    from api_pipeline.dfe.bounded import MAX_ANSWER_BYTES
 
     assert MAX_ANSWER_BYTES == 1024 * 1024
     receipt = "2026-03-01_21:04:33.12_" + "0" * 36 + ".json"

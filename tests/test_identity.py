@@ -16,15 +16,15 @@ import re
 import pytest
 from test_tsql import SQL_SERVER_COLUMNS, FakePyodbc, Recorder, _ctx, _reveal, _settings, assert_tsql
 
-from api_pipeline import diagnostics
-from api_pipeline.db import Database
-from api_pipeline.dfe_model import RecordValidator as ModelValidator
-from api_pipeline.dfe_model import load_default_schema
-from api_pipeline.dialects import BINARY_COLLATION, LEDGER_SPEC, MSSQL, ColumnInfo, check_columns, ledger_ddl
-from api_pipeline.runner import execute_run
-from api_pipeline.schema import DISAGREEMENT, RecordValidator, ecma_pattern, load_bundled_schema
-from api_pipeline.staging import StagingTable
-from api_pipeline.synthetic import make_children
+from api_pipeline.cli import diagnostics
+from api_pipeline.dfe.schema import DISAGREEMENT, RecordValidator, ecma_pattern, load_bundled_schema
+from api_pipeline.job.runner import execute_run
+from api_pipeline.rehearsal.dfe_model import RecordValidator as ModelValidator
+from api_pipeline.rehearsal.dfe_model import load_default_schema
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.store.db import Database
+from api_pipeline.store.dialects import BINARY_COLLATION, LEDGER_SPEC, MSSQL, ColumnInfo, check_columns, ledger_ddl
+from api_pipeline.store.staging import StagingTable
 from conftest import db_env, insert, rows, run_cli, set_payload, settings_for, staging_on_every_database
 
 # On SQL Server's dialect (Babelfish) too.

@@ -18,14 +18,14 @@ import time
 
 import pytest
 
-from api_pipeline.dfe_model import load_default_schema
+from api_pipeline.dfe.payload import clone, records_equal
 from api_pipeline.errors import ExitCode, PipelineError
-from api_pipeline.payload import clone, records_equal
-from api_pipeline.runner import execute_run
-from api_pipeline.runs import RunSummary
-from api_pipeline.simulator import Simulator
-from api_pipeline.staging import StagingTable
-from api_pipeline.synthetic import make_children
+from api_pipeline.job.run_files import RunSummary
+from api_pipeline.job.runner import execute_run
+from api_pipeline.rehearsal.dfe_model import load_default_schema
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.store.staging import StagingTable
 from conftest import Staging, insert, rows, set_payload, settings_for
 
 CHILDREN = 30

@@ -7,16 +7,16 @@ import threading
 
 import pytest
 
-from api_pipeline.api import ApiClient, Pacer
-from api_pipeline.auth import ClientCredentialsAuth
-from api_pipeline.db import Database
-from api_pipeline.demo import check_convergence
+from api_pipeline.dfe.api import ApiClient, Pacer
+from api_pipeline.dfe.auth import ClientCredentialsAuth
+from api_pipeline.dfe.payload import records_equal
+from api_pipeline.dfe.transport import make_session
 from api_pipeline.errors import ExitCode, PipelineError
-from api_pipeline.payload import records_equal
-from api_pipeline.runner import execute_run
-from api_pipeline.simulator import Simulator
-from api_pipeline.synthetic import make_children
-from api_pipeline.transport import make_session
+from api_pipeline.job.runner import execute_run
+from api_pipeline.rehearsal.demo import check_convergence
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.store.db import Database
 from conftest import TABLE, encoded, insert, rows, settings_for
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 
-from api_pipeline.simulator import Simulator
-from api_pipeline.synthetic import make_children
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
 from conftest import CliResult, db_env, insert, run_cli
 
 CLIENT_SECRET = "Leak-client-secret-7f3a"
@@ -38,8 +38,8 @@ def marker_children() -> list[dict]:
 
 def test_nothing_secret_or_personal_is_written_anywhere(tmp_path):
     db_path = tmp_path / "staging.db"
-    from api_pipeline.db import Database
-    from api_pipeline.staging import StagingTable
+    from api_pipeline.store.db import Database
+    from api_pipeline.store.staging import StagingTable
 
     with Database.open_sqlite(db_path) as db:
         StagingTable(db, "ssd_api_data_staging").create_staging_table()
@@ -99,8 +99,8 @@ def test_a_record_that_is_not_utf8_is_written_nowhere_and_stops_nothing(tmp_path
     the value it cannot decode; the row is reported by its id and position alone, the others are sent."""
     import sqlite3
 
-    from api_pipeline.db import Database
-    from api_pipeline.staging import StagingTable
+    from api_pipeline.store.db import Database
+    from api_pipeline.store.staging import StagingTable
 
     db_path = tmp_path / "staging.db"
     with Database.open_sqlite(db_path) as db:

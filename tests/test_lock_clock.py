@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 
 from api_pipeline.errors import DatabaseError, ExitCode
-from api_pipeline.simulator import Simulator
-from api_pipeline.synthetic import make_children
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
 from conftest import Staging, run_cli
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libfaketime is for Linux")
@@ -49,7 +49,7 @@ FAST = timedelta(days=2)
 # `python -m api_pipeline run` with the heartbeat spaced out by BEAT_EVERY seconds (the first
 # argument) instead of a minute, so a test sees a few of them in seconds.
 QUICK_BEATS = (
-    "import runpy, sys; from datetime import timedelta; import api_pipeline.lock as lock; "
+    "import runpy, sys; from datetime import timedelta; import api_pipeline.store.lock as lock; "
     "lock.BEAT_EVERY = timedelta(seconds=float(sys.argv.pop(1))); "
     "runpy.run_module('api_pipeline', run_name='__main__', alter_sys=True)"
 )
@@ -234,7 +234,7 @@ def test_a_lock_left_by_a_run_whose_clock_is_fast_expires_by_the_database_clock(
             assert ahead is None, first.err
 
         stale_after = timedelta(seconds=3)
-        monkeypatch.setattr("api_pipeline.lock.DEFAULT_STALE_AFTER", stale_after)
+        monkeypatch.setattr("api_pipeline.store.lock.DEFAULT_STALE_AFTER", stale_after)
         time.sleep(stale_after.total_seconds() + 0.5)
         second = run_cli(["run"], environ=environ, cwd=tmp_path)
         assert second.code == 0, second.err

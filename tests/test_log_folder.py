@@ -25,14 +25,14 @@ from typing import NoReturn
 
 import pytest
 
-from api_pipeline.db import Database
-from api_pipeline.demo import check_convergence
 from api_pipeline.errors import ExitCode
-from api_pipeline.logs import LOGGER_NAME, RunLogFile, close_logging, configure_logging
-from api_pipeline.report import write_report
-from api_pipeline.runs import RunSummary, replace_private, summary_path_for
-from api_pipeline.simulator import Simulator
-from api_pipeline.synthetic import make_children
+from api_pipeline.job.logs import LOGGER_NAME, RunLogFile, close_logging, configure_logging
+from api_pipeline.job.report import write_report
+from api_pipeline.job.run_files import RunSummary, replace_private, summary_path_for
+from api_pipeline.rehearsal.demo import check_convergence
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.store.db import Database
 from conftest import TABLE, db_env, insert, rows, run_cli
 
 MOUNT_REQUIRED = "CSC_TEST_MOUNT_REQUIRED"

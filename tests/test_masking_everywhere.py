@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 from hostile import Exchange, Hostile
 
-from api_pipeline import diagnostics
-from api_pipeline.config import load_settings
+from api_pipeline.cli import diagnostics
+from api_pipeline.dfe.schema import RecordValidator, load_bundled_schema
 from api_pipeline.errors import ApiError, ExitCode
-from api_pipeline.logs import close_logging, configure_logging
-from api_pipeline.runner import execute_run
-from api_pipeline.schema import RecordValidator, load_bundled_schema
-from api_pipeline.simulator import Simulator
-from api_pipeline.synthetic import make_children
+from api_pipeline.job.logs import close_logging, configure_logging
+from api_pipeline.job.runner import execute_run
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.settings.config import load_settings
 from conftest import CliResult, db_env, insert, rows, run_cli
 
 MARKER = {
@@ -185,8 +185,8 @@ def test_vv_tracebacks_and_error_lines_are_masked(tmp_path: Path, monkeypatch: p
 
 
 def test_an_answer_is_masked_with_the_words_of_the_request_it_answers() -> None:
-    from api_pipeline.api import parse_indexes
-    from api_pipeline.transport import AnswerMask, mask_answer
+    from api_pipeline.dfe.api import parse_indexes
+    from api_pipeline.dfe.transport import AnswerMask, mask_answer
 
     sent = json.dumps([{"la_child_id": "C1", "child_details": {"first_name": "Jo", "postcode": "N1 9GU"}}]).encode()
     mask = AnswerMask(("a-secret-token",), sent)

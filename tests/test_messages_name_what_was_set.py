@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.synthetic import make_children
+from api_pipeline.rehearsal.synthetic import make_children
 from conftest import db_env, insert, rows, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def sql_server_driver_installed() -> bool:
 
 
 def test_no_sql_server_driver_names_user_server_and_user_database(tmp_path, monkeypatch):
-    monkeypatch.setattr("api_pipeline.db.import_pyodbc", lambda setting="": NoSqlServerDriver())
+    monkeypatch.setattr("api_pipeline.store.db.import_pyodbc", lambda setting="": NoSqlServerDriver())
     (tmp_path / ".env").write_text("USER_SERVER=sql01\nUSER_DATABASE=HDM_Local\n", encoding="utf-8")
     result = run_cli(["test-db"], cwd=tmp_path)
     assert result.code == 3
@@ -60,7 +60,7 @@ def test_no_sql_server_driver_names_user_server_and_user_database(tmp_path, monk
 
 
 def test_sql_conn_str_is_named_when_it_is_what_was_set(tmp_path, monkeypatch):
-    monkeypatch.setattr("api_pipeline.db.import_pyodbc", lambda setting="": NoSqlServerDriver())
+    monkeypatch.setattr("api_pipeline.store.db.import_pyodbc", lambda setting="": NoSqlServerDriver())
     (tmp_path / ".env").write_text("SQL_CONN_STR=SERVER=sql01;DATABASE=HDM_Local;Trusted_Connection=yes;\n")
     result = run_cli(["test-db"], cwd=tmp_path)
     assert result.code == 3
@@ -162,7 +162,7 @@ def test_run_smoke_goes_on_past_a_failure_and_exits_with_the_first(simulator, tm
 def test_d2i_csc_api_is_declared_as_the_same_program():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11 and later
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
-    assert scripts["d2i-csc-api"] == scripts["csc-api-pipeline"] == "api_pipeline.cli:main"
+    assert scripts["d2i-csc-api"] == scripts["csc-api-pipeline"] == "api_pipeline.cli.main:main"
 
 
 @pytest.mark.parametrize(
@@ -199,7 +199,7 @@ ETHNICITY_CODES = [f"E{n:03d}" for n in range(30)]  # a code list longer than a 
 
 def schema_with_code_lists(tmp_path: Path) -> Path:
     """DfE's schema as bundled, with code lists for sex and ethnicity, as a newer DfE schema might have."""
-    from api_pipeline.schema import load_bundled_schema
+    from api_pipeline.dfe.schema import load_bundled_schema
 
     schema = load_bundled_schema()
     details = schema["properties"]["child_details"]["properties"]
@@ -246,8 +246,8 @@ def test_a_lock_held_on_this_computer_says_its_process_is_running_and_is_free_on
 ):
     """A run that crashed leaves its lock; straight after, on the same computer, its process may
     still be there (the one-file exe's second process, or another program given its id)."""
-    from api_pipeline.db import Database
-    from api_pipeline.lock import RunLock
+    from api_pipeline.store.db import Database
+    from api_pipeline.store.lock import RunLock
 
     insert(db_path, list(make_children(3, seed=254)))
     still_there = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
@@ -272,8 +272,8 @@ def test_a_lock_held_on_this_computer_says_its_process_is_running_and_is_free_on
 
 
 def test_a_lock_held_on_another_computer_still_expires_after_its_silence(simulator, db_path, tmp_path):
-    from api_pipeline.db import Database
-    from api_pipeline.lock import RunLock
+    from api_pipeline.store.db import Database
+    from api_pipeline.store.lock import RunLock
 
     insert(db_path, list(make_children(1, seed=255)))
     with Database.open_sqlite(db_path) as db:

@@ -1,4 +1,4 @@
-"""ODBC connection strings, driver choice and error messages (api_pipeline.odbc).
+"""ODBC connection strings, driver choice and error messages (api_pipeline.store.odbc).
 
 The error shapes are the ones pyodbc raises: ``pyodbc.Error(sqlstate, message)``,
 with the driver's message as SQL Server's drivers and psqlODBC write it. The
@@ -15,9 +15,9 @@ from datetime import datetime
 
 import pytest
 
-from api_pipeline.db import Database
 from api_pipeline.errors import DatabaseError
-from api_pipeline.odbc import (
+from api_pipeline.store.db import Database
+from api_pipeline.store.odbc import (
     CONFLICT,
     CONNECTION_LOST,
     KEY_VIOLATION,
@@ -142,7 +142,7 @@ MS18 = "[Microsoft][ODBC Driver 18 for SQL Server]"
 
 
 def test_login_failed_with_integrated_security_names_the_windows_account(monkeypatch):
-    monkeypatch.setattr("api_pipeline.odbc.process_identity", lambda: "CORP\\svc_csc")
+    monkeypatch.setattr("api_pipeline.store.odbc.process_identity", lambda: "CORP\\svc_csc")
     text = explain(
         "28000",
         f"[28000] {MS18}[SQL Server]Login failed for user 'CORP\\svc_csc'. (18456) (SQLDriverConnect)",
@@ -303,7 +303,7 @@ def test_unrecognised_errors_keep_the_drivers_first_line_only():
 
 
 def test_braced_passwords_with_escaped_braces_are_masked_whole():
-    from api_pipeline.logs import mask_secrets
+    from api_pipeline.settings.masking import mask_secrets
 
     text = "Driver={PostgreSQL Unicode};Server=db;Uid=csc;Pwd={pa;ss}}word-Do-Not-Show};Database=csc"
     masked = mask_secrets(text)

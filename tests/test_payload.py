@@ -1,4 +1,4 @@
-"""Unit tests for api_pipeline.payload: normal form, canonical JSON, full/delta/purge (DESIGN §5)."""
+"""Unit tests for api_pipeline.dfe.payload: normal form, canonical JSON, full/delta/purge (DESIGN §5)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from jsonschema import Draft7Validator
 
-from api_pipeline import payload
-from api_pipeline.payload import (
+from api_pipeline.dfe import payload
+from api_pipeline.dfe.payload import (
     build_delta,
     build_full,
     build_purge,
@@ -22,8 +22,8 @@ from api_pipeline.payload import (
     normalise,
     records_equal,
 )
-from api_pipeline.synthetic import make_children
-from api_pipeline.synthetic_changes import mutate
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.rehearsal.synthetic_changes import mutate
 from conftest import canonical_json, record_hash, reference_dir, reference_missing
 
 REPO = Path(__file__).resolve().parents[1]

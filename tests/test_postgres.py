@@ -24,16 +24,16 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline import diagnostics
-from api_pipeline.catalogue import column_names
-from api_pipeline.cli import Context
-from api_pipeline.config import load_settings
-from api_pipeline.db import Database
-from api_pipeline.dialects import POSTGRES
+from api_pipeline.cli import diagnostics
+from api_pipeline.cli.main import Context
 from api_pipeline.errors import DatabaseError
-from api_pipeline.runner import execute_run
-from api_pipeline.staging import LedgerEntry, RowUpdate, StagingTable
-from api_pipeline.synthetic import make_children
+from api_pipeline.job.runner import execute_run
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.settings.config import load_settings
+from api_pipeline.store.catalogue import column_names
+from api_pipeline.store.db import Database
+from api_pipeline.store.dialects import POSTGRES
+from api_pipeline.store.staging import LedgerEntry, RowUpdate, StagingTable
 from conftest import Staging, run_cli, settings_for, unique_table
 
 NAMES = {"first_name": "Zoë Łukasz 🙂", "surname": "O'Brien-Żółć"}
@@ -369,7 +369,7 @@ def test_write_back_chosen_as_a_deadlock_victim_is_written_again(postgres_table:
 def test_write_back_gives_up_after_repeated_deadlocks_and_leaves_nothing_half_written(
     postgres_table: Staging, monkeypatch
 ):
-    monkeypatch.setattr("api_pipeline.db.CONFLICT_ATTEMPTS", 3)
+    monkeypatch.setattr("api_pipeline.store.db.CONFLICT_ATTEMPTS", 3)
     with pytest.raises(DatabaseError) as caught:
         deadlocked_write_back(postgres_table, rounds=3)
     text = str(caught.value)
@@ -384,7 +384,7 @@ def test_a_read_blocked_by_the_councils_sql_waits_in_bounded_steps_and_beats(
     postgres_table: Staging, monkeypatch, read: str
 ):
     """lock_timeout bounds each wait; between tries the run lock's heartbeat is written; then it reads."""
-    monkeypatch.setattr("api_pipeline.db.LOCK_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr("api_pipeline.store.db.LOCK_WAIT_SECONDS", 0.5)
     postgres_table.insert(list(make_children(3, seed=183)))
     beats: list[float] = []
     locked, beaten = threading.Event(), threading.Event()
@@ -417,7 +417,7 @@ def test_a_read_blocked_by_the_councils_sql_waits_in_bounded_steps_and_beats(
 def test_the_output_converter_gets_the_drivers_bytes_through_pyodbc(postgres_odbc):
     """pyodbc hands a registered output converter the column's raw bytes: here a BYTEA holding
     UTF-16LE with a lone surrogate, which the converter reads as SQL Server's text would be read."""
-    from api_pipeline.odbc import UnreadableText, decode_wide_text
+    from api_pipeline.store.odbc import UnreadableText, decode_wide_text
 
     raw = "Zoë ".encode("utf-16-le") + b"\x3d\xd8" + "!".encode("utf-16-le")
     with Database.connect(postgres_odbc) as db:

@@ -16,15 +16,15 @@ from typing import TextIO
 
 import pytest
 
-from api_pipeline.db import Database
-from api_pipeline.demo import load_children
-from api_pipeline.logs import LOGGER_NAME, close_logging, configure_logging
-from api_pipeline.pipeline import Pipeline, RunOptions
-from api_pipeline.progress import Progress, is_terminal, make_progress, progress_for
-from api_pipeline.runs import RunSummary
-from api_pipeline.schema import RecordValidator
-from api_pipeline.staging import StagingTable
-from api_pipeline.synthetic import make_children
+from api_pipeline.dfe.schema import RecordValidator
+from api_pipeline.job.logs import LOGGER_NAME, close_logging, configure_logging
+from api_pipeline.job.pipeline import Pipeline, RunOptions
+from api_pipeline.job.progress import Progress, is_terminal, make_progress, progress_for
+from api_pipeline.job.run_files import RunSummary
+from api_pipeline.rehearsal.demo import load_children
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.store.db import Database
+from api_pipeline.store.staging import StagingTable
 from conftest import TABLE
 
 

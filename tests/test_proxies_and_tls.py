@@ -33,11 +33,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from api_pipeline.config import load_settings
-from api_pipeline.simulator import Simulator
-from api_pipeline.synthetic import make_children
-from api_pipeline.tls import build_ssl_context, parse_certificate
-from api_pipeline.transport import make_session
+from api_pipeline.dfe.tls import build_ssl_context, parse_certificate
+from api_pipeline.dfe.transport import make_session
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.settings.config import load_settings
 from conftest import db_env, insert, run_cli
 
 x509 = pytest.importorskip("cryptography.x509")
@@ -563,7 +563,7 @@ def test_bare_host_and_port_means_http() -> None:
     ],
 )
 def test_proxy_failures_are_explained(detail: str, words: str) -> None:
-    from api_pipeline.transport import describe_proxy_error
+    from api_pipeline.dfe.transport import describe_proxy_error
 
     sentence = describe_proxy_error(detail, "dfe.example", "proxy.local:8080")
     assert words in sentence
@@ -580,6 +580,6 @@ def test_proxy_failures_are_explained(detail: str, words: str) -> None:
     ],
 )
 def test_proxy_address_never_shows_credentials(url: str, shown: str) -> None:
-    from api_pipeline.transport import proxy_address
+    from api_pipeline.dfe.transport import proxy_address
 
     assert proxy_address(url) == shown

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from hostile import Answer, Exchange, Hostile, answer_with
 
-from api_pipeline.dialects import MAX_RECEIPT_LENGTH
 from api_pipeline.errors import ExitCode
-from api_pipeline.simulator import Simulator
-from api_pipeline.synthetic import make_children
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.settings.config import MAX_RECEIPT_LENGTH
 from api_pipeline.timestamps import parse_timestamp
 from conftest import Staging, insert, ledger, rows, run_cli
 
@@ -312,7 +312,7 @@ class OddTimes:
     """Stands in for the API client: DfE acknowledges every record, with receipts dated year 1 and 9999."""
 
     def send(self, bodies: list[bytes], batch_id: str) -> list:
-        from api_pipeline.api import Outcome
+        from api_pipeline.dfe.api import Outcome
 
         moments = ["0001-01-01_00:00:00.00", "9999-12-31_23:59:59.99"]
         return [Outcome(i, receipt=named(moments[i % 2])) for i in range(len(bodies))]
@@ -327,10 +327,10 @@ def test_receipt_times_outside_the_window_never_reach_sql_servers_datetime() -> 
     from test_sql_server import TABLE, connect, every_bound_value, wide
     from test_tsql import Recorder, Wide
 
-    from api_pipeline.pipeline import Pipeline, RunOptions
-    from api_pipeline.runs import RunSummary
-    from api_pipeline.schema import RecordValidator
-    from api_pipeline.staging import StagingTable
+    from api_pipeline.dfe.schema import RecordValidator
+    from api_pipeline.job.pipeline import Pipeline, RunOptions
+    from api_pipeline.job.run_files import RunSummary
+    from api_pipeline.store.staging import StagingTable
 
     children = list(make_children(2, seed=242))
     stored = {i + 1: json.dumps(c, ensure_ascii=False).encode("utf-16-le") for i, c in enumerate(children)}

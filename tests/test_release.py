@@ -186,7 +186,7 @@ def test_windows_pins_cover_the_runtime_dependencies():
 
 def test_spec_builds_from_the_entry_point_with_the_schema():
     spec = (REPO / "packaging" / "csc_api_pipeline.spec").read_text(encoding="utf-8")
-    assert '"api_pipeline" / "entry_point.py"' in spec
+    assert '"api_pipeline" / "cli" / "entry_point.py"' in spec
     assert "upx=False" in spec and "console=True" in spec
     assert 'collect_data_files("api_pipeline", includes=["data/*.json"])' in spec
     assert "version=version_file" in spec

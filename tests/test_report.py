@@ -15,17 +15,10 @@ from typing import Any
 import pytest
 
 from api_pipeline.errors import ExitCode
-from api_pipeline.report import (
-    CHART_RUNS,
-    PROBLEM_COLOUR,
-    SENT_COLOUR,
-    read_history,
-    render_report,
-    write_report,
-)
-from api_pipeline.runner import execute_run
-from api_pipeline.runs import REPORT_SUFFIX, replace_private, report_path_for
-from api_pipeline.synthetic import make_children
+from api_pipeline.job.report import CHART_RUNS, PROBLEM_COLOUR, SENT_COLOUR, read_history, render_report, write_report
+from api_pipeline.job.run_files import REPORT_SUFFIX, replace_private, report_path_for
+from api_pipeline.job.runner import execute_run
+from api_pipeline.rehearsal.synthetic import make_children
 from conftest import insert, ledger, settings_for
 
 MARKERS = {
@@ -270,9 +263,9 @@ def test_report_renders_in_headless_chromium(real_run, tmp_path):
 
 
 def test_the_report_and_the_progress_bar_use_the_run_summarys_outcome_keys():
-    from api_pipeline.progress import SHOWN_OUTCOMES
-    from api_pipeline.report import OUTCOME_LABELS
-    from api_pipeline.runs import OUTCOME_KEYS, PROBLEM_OUTCOMES
+    from api_pipeline.job.progress import SHOWN_OUTCOMES
+    from api_pipeline.job.report import OUTCOME_LABELS
+    from api_pipeline.job.run_files import OUTCOME_KEYS, PROBLEM_OUTCOMES
 
     assert {key for key, _ in OUTCOME_LABELS} <= set(OUTCOME_KEYS)
     assert {key for key, _ in SHOWN_OUTCOMES} <= set(OUTCOME_KEYS)

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline import runner
 from api_pipeline.errors import ExitCode
-from api_pipeline.logs import ERROR_LOG_NAME
-from api_pipeline.runs import (
+from api_pipeline.job import runner
+from api_pipeline.job.logs import ERROR_LOG_NAME
+from api_pipeline.job.run_files import (
     KEEP_RUNS,
     LOG_SUFFIX,
     REPORT_SUFFIX,
@@ -37,8 +37,8 @@ from api_pipeline.runs import (
     read_summaries,
     replace_private,
 )
-from api_pipeline.simulator import Simulator
-from api_pipeline.synthetic import make_children
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
 from conftest import db_env, insert, run_cli
 
 POSIX_MODES = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes; Windows keeps its own ACLs")

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.dialects import LOCK_NAME_SIZE
 from api_pipeline.errors import DatabaseError, ExitCode, RunLocked
-from api_pipeline.lock import RunLock, lock_key
-from api_pipeline.simulator import Simulator
-from api_pipeline.synthetic import make_children
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.store.dialects import LOCK_NAME_SIZE
+from api_pipeline.store.lock import RunLock, lock_key
 from conftest import Staging, run_cli, staging_on_every_database
 
 # On SQL Server's dialect (Babelfish) too.
@@ -63,7 +63,7 @@ def test_a_lock_taken_over_mid_run_stops_the_run_and_marks_nothing_wrongly(
     """Issue 18.4: while the first batch is at DfE, another run takes the lock over (as one would
     after an hour without a heartbeat). The run's next heartbeat sees it no longer holds the lock:
     it sends nothing more, records what DfE acknowledged, and stops with exit code 6."""
-    monkeypatch.setattr("api_pipeline.lock.BEAT_EVERY", timedelta(0))  # beat at every chance
+    monkeypatch.setattr("api_pipeline.store.lock.BEAT_EVERY", timedelta(0))  # beat at every chance
     children = list(make_children(30, seed=184))
     staging.insert(children)
     store = simulator._store_batch

@@ -8,12 +8,12 @@ import random
 
 import pytest
 
-from api_pipeline import simulator as sim_module
+from api_pipeline.dfe.schema import RecordValidator, load_bundled_schema, load_schema
 from api_pipeline.errors import ConfigError
-from api_pipeline.runner import execute_run
-from api_pipeline.schema import RecordValidator, load_bundled_schema, load_schema
-from api_pipeline.synthetic import make_children
-from api_pipeline.synthetic_changes import mutate
+from api_pipeline.job.runner import execute_run
+from api_pipeline.rehearsal import simulator as sim_module
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.rehearsal.synthetic_changes import mutate
 from conftest import db_env, insert, reference_dir, reference_missing, rows, run_cli, set_payload, settings_for
 
 SHARED = reference_dir()
@@ -156,8 +156,8 @@ def test_validate_command(db_path, tmp_path, simulator):
     assert simulator.request_log() == []
     clean = [c for i, c in enumerate(children) if i not in (1, 5, 6)]
     other = tmp_path / "clean.db"
-    from api_pipeline.db import Database
-    from api_pipeline.staging import StagingTable
+    from api_pipeline.store.db import Database
+    from api_pipeline.store.staging import StagingTable
 
     with Database.open_sqlite(other) as db:
         StagingTable(db, "ssd_api_data_staging").create_staging_table()

@@ -17,17 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.api import ApiClient
-from api_pipeline.auth import SECRET_REFUSED_CODES, ClientCredentialsAuth
-from api_pipeline.cli import Context
-from api_pipeline.config import Secret, load_settings
-from api_pipeline.credentials import DEFAULT_SERVICE, keyring_variables, set_secret_command
-from api_pipeline.diagnostics import check_endpoint
+from api_pipeline.cli.credentials import DEFAULT_SERVICE, keyring_variables, set_secret_command
+from api_pipeline.cli.diagnostics import check_endpoint
+from api_pipeline.cli.main import Context
+from api_pipeline.dfe.api import ApiClient
+from api_pipeline.dfe.auth import SECRET_REFUSED_CODES, ClientCredentialsAuth
+from api_pipeline.dfe.transport import make_session
 from api_pipeline.errors import AuthError, ConfigError, ExitCode
-from api_pipeline.logs import mask_secrets
-from api_pipeline.simulator import Simulator
-from api_pipeline.synthetic import make_children
-from api_pipeline.transport import make_session
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.settings.config import Secret, load_settings
+from api_pipeline.settings.masking import mask_secrets
 from conftest import aborted, db_env, encoded, insert, run_cli
 
 keyring = pytest.importorskip("keyring")
@@ -238,7 +238,7 @@ def test_a_failing_keyring_is_a_config_problem_naming_the_variable(tmp_path: Pat
 def test_keyring_is_not_imported_without_a_reference(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from api_pipeline.config import load_settings\n"
+        "from api_pipeline.settings.config import load_settings\n"
         "load_settings(command='demo', environ={'CLIENT_SECRET': 's', 'PROXY_URL': 'http://p:1'})\n"
         "print('keyring' in sys.modules, 'truststore' in sys.modules)\n"
     )

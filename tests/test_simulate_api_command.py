@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from api_pipeline.synthetic import make_children
+from api_pipeline.rehearsal.synthetic import make_children
 from conftest import db_env, insert, run_cli
 
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import requests
 
-from api_pipeline.demo import run_simulator, serve_forever_cli
-from api_pipeline.dfe_model import RecordValidator, apply_record, load_default_schema
 from api_pipeline.errors import ConfigError
-from api_pipeline.simulator import Fault, Simulator
+from api_pipeline.rehearsal.demo import run_simulator, serve_forever_cli
+from api_pipeline.rehearsal.dfe_model import RecordValidator, apply_record, load_default_schema
+from api_pipeline.rehearsal.simulator import Fault, Simulator
 
 DFE_RECEIPT = re.compile(
     r"^\d{4}-\d{2}-\d{2}_\d{2}:\d{2}:\d{2}\.\d{2}_[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\.json$"

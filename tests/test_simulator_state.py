@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.db import Database
-from api_pipeline.demo import check_convergence
-from api_pipeline.synthetic import make_children
+from api_pipeline.rehearsal.demo import check_convergence
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.store.db import Database
 from conftest import TABLE, db_env, insert, mark_deleted, run_cli, set_payload
 
 REPO = Path(__file__).resolve().parents[1]

@@ -35,20 +35,20 @@ from test_tsql import (  # noqa: E402
     assert_tsql,
 )
 
-from api_pipeline import diagnostics  # noqa: E402
-from api_pipeline.api import Outcome  # noqa: E402
-from api_pipeline.cli import Context  # noqa: E402
-from api_pipeline.config import load_settings  # noqa: E402
-from api_pipeline.db import Database
-from api_pipeline.dialects import BABELFISH, LEDGER_SPEC, MSSQL, STAGING_SPEC, ColumnInfo, check_columns
+from api_pipeline.cli import diagnostics  # noqa: E402
+from api_pipeline.cli.main import Context  # noqa: E402
+from api_pipeline.dfe.api import Outcome  # noqa: E402
+from api_pipeline.dfe.schema import RecordValidator  # noqa: E402
 from api_pipeline.errors import DatabaseError, RunLocked  # noqa: E402
-from api_pipeline.lock import RunLock  # noqa: E402
-from api_pipeline.odbc import UnreadableText, decode_wide_text  # noqa: E402
-from api_pipeline.pipeline import Pipeline, RunOptions  # noqa: E402
-from api_pipeline.runs import RunSummary  # noqa: E402
-from api_pipeline.schema import RecordValidator  # noqa: E402
-from api_pipeline.staging import RowUpdate, StagingTable
-from api_pipeline.synthetic import make_children  # noqa: E402
+from api_pipeline.job.pipeline import Pipeline, RunOptions  # noqa: E402
+from api_pipeline.job.run_files import RunSummary  # noqa: E402
+from api_pipeline.rehearsal.synthetic import make_children  # noqa: E402
+from api_pipeline.settings.config import load_settings  # noqa: E402
+from api_pipeline.store.db import Database
+from api_pipeline.store.dialects import BABELFISH, LEDGER_SPEC, MSSQL, STAGING_SPEC, ColumnInfo, check_columns
+from api_pipeline.store.lock import RunLock  # noqa: E402
+from api_pipeline.store.odbc import UnreadableText, decode_wide_text  # noqa: E402
+from api_pipeline.store.staging import RowUpdate, StagingTable
 
 LEDGER = f"{TABLE}_ledger"
 CONNECTION = "DRIVER={ODBC Driver 18 for SQL Server};SERVER=sql01;DATABASE=HDM;Trusted_Connection=yes;"

@@ -27,14 +27,14 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.db import Database
-from api_pipeline.demo import check_convergence
 from api_pipeline.errors import ExitCode, Interrupted, RunStopped
-from api_pipeline.pipeline import Pipeline
-from api_pipeline.runner import execute_run
-from api_pipeline.simulator import Simulator
+from api_pipeline.job.pipeline import Pipeline
+from api_pipeline.job.runner import execute_run
+from api_pipeline.rehearsal.demo import check_convergence
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.stopping import CONSOLE_EVENTS, CTRL_BREAK_EVENT, CTRL_C_EVENT, StopRequest, stopping_on_signals
-from api_pipeline.synthetic import make_children
+from api_pipeline.store.db import Database
 from conftest import TABLE, db_env, insert, rows, run_cli, settings_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="sends POSIX signals")
@@ -332,7 +332,7 @@ def test_batches_in_flight_together_are_all_written_back(simulator, db_path, mon
 def test_a_signal_while_the_run_takes_its_lock_leaves_no_lock_behind(simulator, db_path, monkeypatch) -> None:
     """The signal arrives as the lock row is written: it is noted, the lock is taken whole, and the
     run stops as its work would begin, releasing the lock and sending nothing."""
-    from api_pipeline.lock import RunLock
+    from api_pipeline.store.lock import RunLock
 
     insert(db_path, list(make_children(5, seed=228)))
     acquire = RunLock.acquire
@@ -381,7 +381,7 @@ def test_handlers_are_installed_only_while_a_command_runs(simulator, db_path) ->
 
 def test_importing_the_package_installs_no_handler() -> None:
     code = (
-        "import signal, api_pipeline.cli, api_pipeline.runner, api_pipeline.stopping; "
+        "import signal, api_pipeline.cli.main, api_pipeline.job.runner, api_pipeline.stopping; "
         "print([signal.getsignal(s) == signal.SIG_DFL for s in (signal.SIGTERM, signal.SIGHUP)])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
@@ -462,7 +462,8 @@ def test_windows_console_events_stop_the_run_as_ctrl_c_does(db_path, monkeypatch
         """
         import os, sys, threading, time
         from pathlib import Path
-        from api_pipeline import cli, stopping
+        from api_pipeline import stopping
+        from api_pipeline.cli import main as cli
 
         trigger = Path(sys.argv[1])
         ctx = cli.Context(environ=os.environ, cwd=Path.cwd(), out=sys.stdout, err=sys.stderr)
@@ -533,8 +534,8 @@ def test_a_signal_in_the_middle_of_a_transaction_rolls_it_back(staging) -> None:
 def test_the_runs_own_threads_leave_stopping_signals_to_the_main_thread(simulator, db_path, monkeypatch) -> None:
     """A signal the kernel gives a send or write-back thread would go unheard while the main thread
     waits for a batch, and the next batch could be sent meanwhile: those threads block them."""
-    from api_pipeline.api import ApiClient
-    from api_pipeline.batches import Batches
+    from api_pipeline.dfe.api import ApiClient
+    from api_pipeline.job.batches import Batches
 
     insert(db_path, list(make_children(5, seed=229)))
     masks: dict[str, set[int]] = {}

@@ -14,11 +14,11 @@ import random
 
 import pytest
 
-from api_pipeline.demo import apply_nightly_changes, check_convergence, load_children
-from api_pipeline.payload import STRUCTURE, normalise
-from api_pipeline.runner import execute_run
-from api_pipeline.synthetic import make_children
-from api_pipeline.synthetic_changes import mutate
+from api_pipeline.dfe.payload import STRUCTURE, normalise
+from api_pipeline.job.runner import execute_run
+from api_pipeline.rehearsal.demo import apply_nightly_changes, check_convergence, load_children
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.rehearsal.synthetic_changes import mutate
 from conftest import Staging, ledger, rows, settings_for
 from earlier_tool import send_as_earlier_tool
 

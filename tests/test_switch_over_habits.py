@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.console import Launch, _family, is_quiet, launch_facts, should_wait, wait_if_double_clicked
-from api_pipeline.synthetic import make_children
+from api_pipeline.cli.console import Launch, _family, is_quiet, launch_facts, should_wait, wait_if_double_clicked
+from api_pipeline.rehearsal.synthetic import make_children
 from conftest import db_env, insert, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,7 +210,7 @@ def test_the_exe_smoke_test_under_wine_cannot_trigger_the_wait():
 
 
 def test_the_exe_waits_only_through_its_launcher():
-    launcher = (REPO / "api_pipeline" / "entry_point.py").read_text(encoding="utf-8")
+    launcher = (REPO / "api_pipeline" / "cli" / "entry_point.py").read_text(encoding="utf-8")
     assert "wait_if_double_clicked(sys.argv[1:])" in launcher
     main = (REPO / "api_pipeline" / "__main__.py").read_text(encoding="utf-8")
     assert "wait_if_double_clicked" not in main
@@ -241,7 +241,7 @@ def test_debug_true_gives_what_v_gives_on_the_console_and_in_the_log(simulator, 
 
     assert " DEBUG " not in log_of(quiet_logs) and "DEBUG" not in plain_console
     for log_text, console in ((log_of(debug_logs), debug_console), (log_of(v_logs), v_console)):
-        assert " DEBUG api_pipeline.api batch " in log_text
+        assert " DEBUG api_pipeline.dfe.api batch " in log_text
         assert "DEBUG   batch " in console
 
 
@@ -281,7 +281,7 @@ class FakeOdbc:
 
 def test_db_user_and_password_with_user_server_and_database_make_an_sql_login(tmp_path, monkeypatch):
     fake = FakeOdbc()
-    monkeypatch.setattr("api_pipeline.db.import_pyodbc", lambda setting="": fake)
+    monkeypatch.setattr("api_pipeline.store.db.import_pyodbc", lambda setting="": fake)
     environ = {
         "USER_SERVER": "sql01.council.local",
         "USER_DATABASE": "HDM_Local",
@@ -327,7 +327,7 @@ def test_the_earlier_tools_env_example_filled_in_works_as_it_is(simulator, tmp_p
 
 def test_the_earlier_tools_env_with_its_empty_sql_conn_str_uses_user_server(simulator, tmp_path, monkeypatch):
     fake = FakeOdbc()
-    monkeypatch.setattr("api_pipeline.db.import_pyodbc", lambda setting="": fake)
+    monkeypatch.setattr("api_pipeline.store.db.import_pyodbc", lambda setting="": fake)
     (tmp_path / ".env").write_text(earlier_env_example(simulator, sql_conn_str=""), encoding="utf-8")
     result = run_cli(["test-db"], cwd=tmp_path)
     assert result.code == 3  # no SQL Server here: but the string is the earlier tool's

@@ -12,9 +12,9 @@ from typing import Any
 
 from jsonschema import Draft7Validator
 
-from api_pipeline.payload import STRUCTURE, build_delta, build_full
-from api_pipeline.synthetic import TODAY, make_child, make_children
-from api_pipeline.synthetic_changes import mutate
+from api_pipeline.dfe.payload import STRUCTURE, build_delta, build_full
+from api_pipeline.rehearsal.synthetic import TODAY, make_child, make_children
+from api_pipeline.rehearsal.synthetic_changes import mutate
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((REPO / "api_pipeline" / "data" / "csc_record.schema.json").read_text("utf-8"))

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.config import load_settings
 from api_pipeline.errors import ConfigError, ExitCode
-from api_pipeline.pipeline import Pipeline
-from api_pipeline.simulator import Simulator
-from api_pipeline.synthetic import make_children
+from api_pipeline.job.pipeline import Pipeline
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.settings.config import load_settings
 from conftest import db_env, insert, rows, run_cli
 
 ZERO_WIDTH_SPACE = "\u200b"
@@ -118,7 +118,7 @@ def test_dry_run_under_a_file_is_a_configuration_error(sim, db_path) -> None:
 
 
 def test_a_stopped_run_is_not_reported_as_finished_normally(tmp_path) -> None:
-    from api_pipeline.report import render_report
+    from api_pipeline.job.report import render_report
 
     page = render_report({"run_id": "x", "exit_code": 1, "fatal_error": "unexpected error: KeyError"}, [])
     assert "finished normally" not in page and "finished, but some records" not in page

@@ -19,11 +19,11 @@ sqlglot = pytest.importorskip("sqlglot")
 from sqlglot import exp  # noqa: E402
 from sqlglot.errors import ErrorLevel, ParseError  # noqa: E402
 
-from api_pipeline import diagnostics  # noqa: E402
-from api_pipeline.cli import Context  # noqa: E402
-from api_pipeline.config import Secret, load_settings  # noqa: E402
-from api_pipeline.db import Database  # noqa: E402
-from api_pipeline.dialects import (  # noqa: E402
+from api_pipeline.cli import diagnostics  # noqa: E402
+from api_pipeline.cli.main import Context  # noqa: E402
+from api_pipeline.settings.config import Secret, load_settings  # noqa: E402
+from api_pipeline.store.db import Database  # noqa: E402
+from api_pipeline.store.dialects import (  # noqa: E402
     BINARY,
     LONG_TEXT,
     MSSQL,
@@ -32,7 +32,7 @@ from api_pipeline.dialects import (  # noqa: E402
     check_columns,
     staging_index_ddl,
 )
-from api_pipeline.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingTable  # noqa: E402
+from api_pipeline.store.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingTable  # noqa: E402
 
 TABLE = "ssd_development.ssd_api_data_staging"
 
@@ -341,7 +341,7 @@ def gather_sql_server_statements(rec: Recorder) -> list[str]:
             ),
         )
         from api_pipeline.errors import RunLocked
-        from api_pipeline.lock import RunLock
+        from api_pipeline.store.lock import RunLock
 
         with RunLock(db, TABLE, run_id="r1") as lock:  # a fresh lock: INSERT
             lock.heartbeat(force=True)

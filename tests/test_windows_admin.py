@@ -28,15 +28,15 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.cli import Context
-from api_pipeline.config import load_settings
-from api_pipeline.console import NO_CONSOLE_INPUT, read_hidden, read_piped_line
-from api_pipeline.credentials import set_secret_command
+from api_pipeline.cli.console import NO_CONSOLE_INPUT, read_hidden, read_piped_line
+from api_pipeline.cli.credentials import set_secret_command
+from api_pipeline.cli.main import Context
+from api_pipeline.cli.onefile import CLAIMED_SUFFIX, STALE_AFTER, remove_stale_copies
 from api_pipeline.errors import ConfigError
-from api_pipeline.logs import ERROR_LOG_NAME
-from api_pipeline.onefile import CLAIMED_SUFFIX, STALE_AFTER, remove_stale_copies
-from api_pipeline.pipeline import Pipeline
-from api_pipeline.synthetic import make_children
+from api_pipeline.job.logs import ERROR_LOG_NAME
+from api_pipeline.job.pipeline import Pipeline
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.settings.config import load_settings
 from conftest import db_env, insert, run_cli
 
 keyring = pytest.importorskip("keyring")
@@ -260,11 +260,11 @@ def test_a_temp_folder_that_cannot_be_read_removes_nothing_and_raises_nothing(tm
 
 
 def test_the_cleanup_runs_only_in_the_one_file_exe_on_windows() -> None:
-    from api_pipeline.onefile import clean_up_after_runs_stopped_by_force
+    from api_pipeline.cli.onefile import clean_up_after_runs_stopped_by_force
 
     assert not getattr(sys, "frozen", False)
     assert clean_up_after_runs_stopped_by_force() == []  # python -m api_pipeline: nothing to clean
-    entry_point = (TESTS.parent / "api_pipeline" / "entry_point.py").read_text(encoding="utf-8")
+    entry_point = (TESTS.parent / "api_pipeline" / "cli" / "entry_point.py").read_text(encoding="utf-8")
     assert entry_point.index("clean_up_after_runs_stopped_by_force()") < entry_point.index("code = main()")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.synthetic import make_children
+from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.wording import plural
 from conftest import db_env, insert, run_cli
 

@@ -1,9 +1,9 @@
 """Reference pages generated from the code, so the documentation cannot drift from it.
 
 Every function here returns Markdown built from the package itself: the command line from
-``api_pipeline.cli.build_parser()``, the settings from ``api_pipeline.config.OPTIONS``, the
+``api_pipeline.cli.main.build_parser()``, the settings from ``api_pipeline.settings.config.OPTIONS``, the
 exit codes and their meanings from ``api_pipeline.errors.ExitCode`` (as the ``--help`` epilog), the worked delta
-example from ``api_pipeline.payload.build_delta``, and the catalogue of messages from the
+example from ``api_pipeline.dfe.payload.build_delta``, and the catalogue of messages from the
 source of ``api_pipeline`` itself.
 
 This module imports nothing from MkDocs: the MkDocs hook (``hooks.py``) calls it during a
@@ -88,7 +88,7 @@ class Command:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from api_pipeline.cli import build_parser as real_build_parser
+    from api_pipeline.cli.main import build_parser as real_build_parser
 
     parser = real_build_parser()
     _fixed_width(parser)
@@ -176,7 +176,7 @@ def _help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
 
 def help_problems(parser: argparse.ArgumentParser | None = None) -> list[str]:
     """What lacks help text: commands, their descriptions, options and settings."""
-    from api_pipeline.config import OPTIONS
+    from api_pipeline.settings.config import OPTIONS
 
     parser = parser or build_parser()
     problems = []
@@ -324,7 +324,7 @@ def cli_reference() -> str:
 
 def status_json_keys() -> str:
     """The ``status --json`` keys and what each means, from ``status.STATUS_JSON_KEYS``."""
-    from api_pipeline.status import STATUS_JSON_KEYS
+    from api_pipeline.cli.status import STATUS_JSON_KEYS
 
     return table(["key", "what it is"], [[code(key), cell(meaning)] for key, meaning in STATUS_JSON_KEYS.items()])
 
@@ -345,7 +345,7 @@ def _default(value: Any) -> str:
 
 
 def setting_names() -> list[str]:
-    from api_pipeline.config import OPTIONS
+    from api_pipeline.settings.config import OPTIONS
 
     return [name for option in OPTIONS for name in (option.env, *option.aliases, *_fallbacks(option))]
 
@@ -357,7 +357,7 @@ def _fallbacks(option: Any) -> tuple[str, ...]:
 
 def config_reference() -> str:
     """Every setting, from ``config.OPTIONS``."""
-    from api_pipeline.config import OPTIONS
+    from api_pipeline.settings.config import OPTIONS
 
     flags = env_flags()
     rows = []
@@ -393,8 +393,8 @@ def worked_example() -> dict[str, Any]:
     Raises if the delta does not bring DfE's copy to the updated record: a docs build must
     not show an example that is wrong.
     """
-    from api_pipeline.payload import build_delta, build_full, build_purge
-    from api_pipeline.simulator import apply_record
+    from api_pipeline.dfe.payload import build_delta, build_full, build_purge
+    from api_pipeline.rehearsal.simulator import apply_record
 
     previous, updated = _load(WORKED_PREVIOUS), _load(WORKED_UPDATED)
     delta = build_delta(updated, previous)
@@ -434,7 +434,7 @@ def worked_example_markdown(part: str) -> str:
 
 def structure_markdown() -> str:
     """The parts of a record DfE merges separately (``payload.STRUCTURE``), in council words."""
-    from api_pipeline.payload import RECORD, STRUCTURE
+    from api_pipeline.dfe.payload import RECORD, STRUCTURE
 
     where = {RECORD: "the child's record"}
     rows = []
@@ -466,7 +466,7 @@ def dependencies_markdown() -> str:
 
 def invalid_example() -> str:
     """The ``api_response`` of a row whose date of birth is not a date, as the validator words it."""
-    from api_pipeline.schema import RecordValidator
+    from api_pipeline.dfe.schema import RecordValidator
 
     record = _load(WORKED_UPDATED)
     record["child_details"]["date_of_birth"] = "2005-02-30"
@@ -488,7 +488,7 @@ def _toml_list(text: str, key: str) -> list[str]:
 
 def ddl_markdown() -> str:
     """CREATE TABLE statements for the staging table, the ledger and the run lock table, per database system."""
-    from api_pipeline import dialects
+    from api_pipeline.store import dialects
 
     names = {"mssql": "SQL Server", "postgresql": "PostgreSQL", "sqlite": "SQLite"}
     table_name = "ssd_api_data_staging"
@@ -528,7 +528,7 @@ def _split_columns(text: str) -> list[str]:
 
 
 def staging_columns_markdown() -> str:
-    from api_pipeline import dialects as db
+    from api_pipeline.store import dialects as db
 
     rows = [[code(c), "required" if c in db.REQUIRED_COLUMNS else "optional"] for c in db.STAGING_COLUMNS]
     return table(["column", "the tool needs it"], rows)
@@ -583,7 +583,7 @@ _FRIENDLY = {
 
 def _source_files() -> list[Path]:
     skip = {"__init__.py", "__main__.py", "entry_point.py"}
-    return sorted(p for p in PACKAGE.glob("*.py") if p.name not in skip)
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.name not in skip)
 
 
 class _Namer:
@@ -704,12 +704,12 @@ def _messages_in(path: Path) -> Iterator[Message]:
     from api_pipeline import errors
 
     try:
-        module = importlib.import_module(f"api_pipeline.{path.stem}")
+        module = importlib.import_module(".".join(("api_pipeline", *path.relative_to(PACKAGE).with_suffix("").parts)))
     except ImportError:  # an optional dependency missing: read the source all the same
         module = errors
     namer = _Namer(module)
     classes = {**_error_classes(errors), **_error_classes(module)}
-    source = path.name
+    source = path.relative_to(PACKAGE).as_posix()
     for function, node in _walk_functions(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Call):
             name = _call_name(node)
@@ -717,7 +717,7 @@ def _messages_in(path: Path) -> Iterator[Message]:
             first = texts[0] if texts else None
             if name in classes and first:
                 yield Message(_GROUP_BY_EXIT.get(classes[name], "records"), first, source)
-            elif name == "ValueError" and first and function.startswith("_parse") and source == "config.py":
+            elif name == "ValueError" and first and function.startswith("_parse") and source == "settings/config.py":
                 yield Message("settings", f"⟨SETTING⟩: ⟨value⟩ {first}", source)
             elif name == "Invalid" and first:
                 yield Message("invalid", first, source)
@@ -748,7 +748,7 @@ def messages() -> list[Message]:
     appear inside a longer message that is listed.
     """
     found = [m for path in _source_files() for m in _messages_in(path)]
-    found += [Message("token", f"{text} (AADSTS{number})", "auth.py") for number, text in aadsts_advice().items()]
+    found += [Message("token", f"{text} (AADSTS{number})", "dfe/auth.py") for number, text in aadsts_advice().items()]
     seen: set[tuple[str, str]] = set()
     unique = []
     for message in found:
@@ -766,7 +766,7 @@ def _is_logger(node: ast.expr) -> bool:
 
 def aadsts_advice() -> dict[str, str]:
     """Microsoft sign-in error code -> the advice the tool prints for it."""
-    from api_pipeline import auth
+    from api_pipeline.dfe import auth
 
     return dict(getattr(auth, "_ADVICE", {}))
 
@@ -826,7 +826,7 @@ def value(dotted: str) -> str:
 
 def setting_default(env: str) -> str:
     """A setting's built-in default, as plain text (``14400``, ``true``)."""
-    from api_pipeline.config import OPTIONS_BY_ENV
+    from api_pipeline.settings.config import OPTIONS_BY_ENV
 
     default = OPTIONS_BY_ENV[env].default
     return _default(default).strip("`")
@@ -853,7 +853,7 @@ def release_flags() -> set[str]:
 
 def summary_example() -> str:
     """What a run's ``.summary.json`` looks like, from the class that writes it."""
-    from api_pipeline.runs import RunSummary
+    from api_pipeline.job.run_files import RunSummary
 
     summary = RunSummary(run_id="20260301T020000.123Z-7f3a9c", mode="partial")
     summary.started_at, summary.finished_at, summary.seconds = "2026-03-01T02:00:00Z", "2026-03-01T02:03:12Z", 192.4

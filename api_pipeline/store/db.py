@@ -1,0 +1,902 @@
+"""The database: connections, transactions, SQLite tuning (what tables and columns exist: ``catalogue``).
+
+Nothing outside this module touches ``sqlite3`` or ``pyodbc``; what differs
+between the DBMSs is in ``dialects``, ODBC strings and errors in ``odbc``. All values go in
+as ``?`` parameters; the only identifiers put into SQL text are the validated
+table name and the names derived from it (config.TABLE_NAME_PATTERN).
+
+``sqlite:///…`` opens the standard library's ``sqlite3``. Anything else is an
+ODBC connection string: ``pyodbc`` is imported only then, and the DBMS the
+connection reports (``SQL_DBMS_NAME``) picks the :class:`Dialect`, so one code
+path serves SQL Server and PostgreSQL.
+
+A session the server ends mid-run is opened again, once a run, for work that may be done
+twice (:meth:`Database.retry_conflicts`); a SQLite file deleted or replaced under its
+connection stops the work before the next commit (:meth:`Database.check_file`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from api_pipeline.errors import ConfigError, DatabaseError
+from api_pipeline.settings.config import FROM_SERVER_AND_DATABASE, TABLE_NAME_PATTERN, Secret, connection_setting
+from api_pipeline.settings.paths import sqlite_file_of
+from api_pipeline.stopping import signals_to_the_main_thread
+from api_pipeline.store.dialects import BABELFISH, MSSQL, SQLITE, Dialect, Kinds, dialect_for_dbms
+from api_pipeline.store.odbc import (
+    CONFLICT,
+    CONNECTION_LOST,
+    KEY_VIOLATION,
+    LOCK_TIMEOUT,
+    LOST_CONNECTION,
+    SQL_CHAR,
+    SQL_SERVER_DRIVER_PREFERENCE,
+    SQL_SS_TIMESTAMPOFFSET,
+    SQL_WCHAR,
+    SQL_WLONGVARCHAR,
+    SQL_WVARCHAR,
+    UNDECODABLE,
+    UNREACHABLE,
+    OdbcContext,
+    choose_sql_server_driver,
+    decode_datetimeoffset,
+    decode_utf8_text,
+    decode_wide_text,
+    driver_said,
+    explain_odbc_error,
+    for_freetds,
+    is_freetds_driver,
+    is_psqlodbc,
+    odbc_value,
+    parse_odbc_string,
+    with_psqlodbc_defaults,
+    without_values,
+)
+
+log = logging.getLogger(__name__)
+
+SQLITE_PREFIX = "sqlite:///"
+SQLITE_VERSION = sqlite3.sqlite_version  # the SQLite library under the standard library's sqlite3
+# SQLite, for a run's write-backs (Database.prepare_for_bulk_writes).
+BULK_CACHE_KIB = 16 * 1024
+CHECKPOINT_EVERY = 0.25  # seconds between the background checkpointer's passes
+RESTART_FRAMES = 8_000  # log pages (~32 MB) after which it restarts the log, so the file stops growing
+BULK_CHECKPOINT_PAGES = 40_000  # the run connection's own checkpoint, should the background one fall behind
+# Lock waits (SQL Server, PostgreSQL): one statement waits at most LOCK_WAIT_SECONDS for a lock
+# another session holds, then fails and is tried again, LOCK_WAIT_ATTEMPTS times in all (half an
+# hour), the run lock's heartbeat written between tries. A deadlock victim's work is tried again
+# CONFLICT_ATTEMPTS times in all, after a short pause that doubles each time.
+LOCK_WAIT_SECONDS = 30
+LOCK_WAIT_ATTEMPTS = 60
+CONFLICT_ATTEMPTS = 5
+CONFLICT_PAUSE = 0.5  # seconds before the second attempt
+# A connection the server ended (or the network dropped) during a run is opened again, once a run:
+# tried at once and then after these pauses (seconds), as a restarting server comes back.
+RECONNECTS = 1
+RECONNECT_PAUSES = (0.0, 2.0, 8.0, 20.0)
+
+T = TypeVar("T")
+
+
+def _sqlite_error(exc: BaseException) -> DatabaseError:
+    """SQLite's error, with the ``kind`` of the few that callers tell apart, and without any value
+    it quotes from a row (:func:`~api_pipeline.store.odbc.without_values`)."""
+    text = str(exc)
+    kind = None
+    if isinstance(exc, sqlite3.IntegrityError) and ("UNIQUE constraint" in text or "PRIMARY KEY" in text):
+        kind = KEY_VIOLATION
+    elif isinstance(exc, sqlite3.OperationalError) and ("database is locked" in text or "table is locked" in text):
+        kind = LOCK_TIMEOUT
+    elif "could not decode" in text.lower():
+        kind = UNDECODABLE
+    return DatabaseError(f"database error: {without_values(text)}", kind=kind)
+
+
+def _undecodable_error(exc: UnicodeDecodeError) -> DatabaseError:
+    """pyodbc could not decode the bytes a driver gave for a text value: said without the bytes."""
+    return DatabaseError(
+        f"a text value in the table could not be read: the ODBC driver gave bytes that are not valid {exc.encoding}",
+        kind=UNDECODABLE,
+    )
+
+
+def _file_identity(path: str | Path) -> tuple[int, int] | None:
+    """A file's device and inode numbers (on Windows, volume serial number and file index):
+    they stay the same while it is the same file, whatever is written to it. None: no such file."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def validate_table_name(name: str) -> str:
+    if not TABLE_NAME_PATTERN.match(name):
+        raise ConfigError(f"TABLE_NAME: {name!r} is not a valid table name")
+    return name
+
+
+# ---------------------------------------------------------------------------
+# Connections
+# ---------------------------------------------------------------------------
+
+
+def sqlite_path(connection_string: str, setting: str = "DB_CONNECTION_STRING") -> str:
+    """``sqlite:///relative.db`` → ``relative.db``; ``sqlite:////abs.db`` → ``/abs.db``."""
+    path = connection_string[len(SQLITE_PREFIX) :]
+    if not path:
+        raise ConfigError(f"{setting}: sqlite:/// needs a file path, e.g. sqlite:///staging.db")
+    return path
+
+
+def import_pyodbc(setting: str = "DB_CONNECTION_STRING") -> Any:
+    """pyodbc, imported only for ODBC strings: SQLite works on a machine with no ODBC at all."""
+    try:
+        import pyodbc  # optional: only for ODBC strings (SQLite needs no ODBC driver manager)
+    except ImportError as exc:
+        what = (
+            "USER_SERVER and USER_DATABASE connect to SQL Server through ODBC"
+            if setting == FROM_SERVER_AND_DATABASE
+            else f"{setting} is an ODBC connection string"
+        )
+        raise DatabaseError(
+            f"{what}, but pyodbc could not be loaded "
+            f"({exc.__class__.__name__}: {exc}). On Linux, install the ODBC driver manager (unixODBC: "
+            "apt-get install unixodbc) and your database's ODBC driver; if pyodbc itself is missing, "
+            "reinstall this tool (pip install csc-api-pipeline). The Windows csc_api_pipeline.exe includes it."
+        ) from None
+    return pyodbc
+
+
+def _no_sql_server_driver(setting: str, installed: Sequence[str]) -> str:
+    """A connection string naming no driver means SQL Server, and this machine has no driver for it."""
+    looked = f"(looked for {', '.join(SQL_SERVER_DRIVER_PREFERENCE)}; installed: {', '.join(installed) or 'none'})"
+    if setting == FROM_SERVER_AND_DATABASE:
+        return (
+            "USER_SERVER and USER_DATABASE connect to SQL Server, and no SQL Server ODBC driver is installed on this "
+            f"machine {looked}. Install Microsoft 'ODBC Driver 18 for SQL Server', or set DB_CONNECTION_STRING "
+            "instead, naming an installed driver with DRIVER={...}."
+        )
+    return (
+        f"{setting} names no ODBC driver and no SQL Server driver is installed {looked}. Install Microsoft "
+        f"'ODBC Driver 18 for SQL Server', or add DRIVER={{...}} to {setting}."
+    )
+
+
+class _Checkpointer:
+    """Copies a SQLite write-ahead log into the database, on a connection and thread of its own.
+
+    ``PASSIVE``: it never waits for, or blocks, the run's connection, which keeps committing
+    while a copy is under way (SQLite's locks allow one writer and one checkpointer at once).
+    A log that is never copied to its end is never reused, so once it holds
+    :data:`RESTART_FRAMES` pages a ``RESTART`` copies the rest and has the log start over.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._every = CHECKPOINT_EVERY
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sqlite-checkpoint", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        signals_to_the_main_thread()
+        try:
+            # No busy timeout: a pass that meets a reader, or the run's connection writing,
+            # copies what it can and returns rather than wait (a RESTART would hold every
+            # commit back while it waited).
+            conn = sqlite3.connect(self._path, timeout=0, isolation_level=None)
+        except sqlite3.Error as exc:
+            log.debug("SQLite checkpointer not started: %s", exc)
+            return
+        try:
+            while not self._stopping.wait(self._every):
+                _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if frames >= RESTART_FRAMES:
+                    # Copies what the pass above could not, holding the next commit back for
+                    # that long, so that the next commit writes the log from its start again.
+                    conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+        except sqlite3.Error as exc:  # the run's own checkpoints take over
+            log.debug("SQLite checkpointer stopped: %s", exc)
+        finally:
+            conn.close()
+
+
+class Database:
+    """One connection, its dialect, and explicit transactions.
+
+    Build with :meth:`connect` from a connection string, or wrap an existing
+    DB-API connection (tests inject one). ODBC connections run with autocommit
+    off: everything inside :meth:`transaction` commits together, and a statement
+    outside one is its own transaction.
+    """
+
+    def __init__(
+        self,
+        connection: Any,
+        dialect: Dialect,
+        *,
+        description: str,
+        odbc: Any = None,
+        driver_file: str = "",
+        context: OdbcContext | None = None,
+        path: str | None = None,
+        open_again: Callable[[], Any] | None = None,
+    ) -> None:
+        self._conn = connection
+        self.dialect = dialect
+        self.description = description
+        self.driver_file = driver_file
+        self._odbc = odbc
+        # The standard library's sqlite3 (a SQLite file): SQLite's own statements (PRAGMA, BEGIN
+        # IMMEDIATE) and tuning apply; everything else is ODBC, whose SQL differs by dialect.
+        self.is_sqlite = isinstance(connection, sqlite3.Connection)
+        if self.is_sqlite:
+            # Text that is not UTF-8 reads as an UnreadableText (the row is reported), not an error
+            # that fails the whole query and quotes the value.
+            connection.text_factory = decode_utf8_text
+        self._context = context or OdbcContext()
+        self.path = path  # SQLite: the file, or ":memory:"; None for ODBC
+        # SQLite: the file this connection opened, and its identity then (checked before each commit).
+        self._file = None if not self.is_sqlite or path in (None, ":memory:") else Path(str(path)).absolute()
+        self._file_identity = None if self._file is None else _file_identity(self._file)
+        # ODBC: opens a new connection like this one, for when the server ends the session mid-run.
+        self._open_again = open_again
+        self._reconnects_left = RECONNECTS
+        self._broken = False  # the connection was lost: every statement on it fails
+        self._lost_said = ""  # the driver's words when it was lost
+        self._errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+        if odbc is not None:
+            self._errors += (odbc.Error,)
+        # fast_executemany sends a whole parameter array at once; proven with Microsoft's
+        # SQL Server drivers only (it crashes the SQLite ODBC driver; FreeTDS and psqlODBC
+        # gain nothing or misbehave), so only there.
+        self.fast_executemany = odbc is not None and dialect.uses_microsoft_driver(driver_file)
+        self._in_transaction = False
+        self._open_queries = 0
+        # One thread at a time on the connection (a run writes back on a thread of its own, and
+        # beats the run lock's heartbeat before a send): held for a whole transaction, by a
+        # query while its result is open, and by a reader for a whole page of rows.
+        self.lock = threading.RLock()
+        self._checkpointer: _Checkpointer | None = None  # SQLite, during a run's write-backs
+        self._reader: Database | None = None  # SQLite, during a run's write-backs
+        # Called between the tries of work blocked by another session's locks (the run lock's
+        # heartbeat, so a run that waits is not taken for a crashed one).
+        self.while_waiting: Callable[[], None] | None = None
+        self.sleep: Callable[[float], None] = time.sleep
+        self._in_wait_hook = False
+
+    @property
+    def tds_version_asked(self) -> str | None:
+        """The TDS protocol version the ODBC connection string asks FreeTDS for (``TDS_Version``), or None."""
+        return self._context.tds_version
+
+    @property
+    def reader(self) -> Database:
+        """The connection to read a run's pages of rows on. During a SQLite run in WAL mode,
+        a second connection: readers and the writer then never wait for each other, so no
+        write-back waits while a page is read (nor a page while a batch is written). Otherwise
+        this connection, which its lock lets one thread use at a time."""
+        return self._reader or self
+
+    # -- opening -----------------------------------------------------------------
+
+    @classmethod
+    def open_existing(cls, connection_string: Secret | str) -> Database:
+        """:meth:`connect`, except that a SQLite file that does not exist is an error, not a new empty database.
+
+        Every command but ``init-db`` opens the database this way.
+        """
+        text = connection_string.reveal() if isinstance(connection_string, Secret) else connection_string
+        path = sqlite_file_of(text)
+        if path is not None and not path.is_file():
+            shown = path.absolute()
+            setting = connection_setting(connection_string)
+            raise DatabaseError(
+                f"the SQLite database {shown} does not exist. Check {setting} (a relative path is read from the "
+                "folder of the .env file that sets it); only init-db creates a new database."
+            )
+        return cls.connect(connection_string)
+
+    @classmethod
+    def connect(cls, connection_string: Secret | str) -> Database:
+        """The database ``connection_string`` names; its messages name the setting it came from."""
+        text = connection_string.reveal() if isinstance(connection_string, Secret) else connection_string
+        setting = connection_setting(connection_string)
+        if text.lower().startswith("sqlite:"):
+            if not text.lower().startswith(SQLITE_PREFIX):
+                raise ConfigError(
+                    f"{setting}: SQLite strings look like sqlite:///relative/path.db or sqlite:////absolute/path.db"
+                )
+            return cls.open_sqlite(sqlite_path(text, setting))
+        return cls.open_odbc(text, setting=setting)
+
+    @classmethod
+    def open_sqlite(cls, path: str | Path) -> Database:
+        path = str(path)
+        if path != ":memory:" and not Path(path).absolute().parent.exists():
+            shown = Path(path).absolute()
+            raise DatabaseError(f"the SQLite database's folder does not exist: {shown.parent} (for {shown})")
+        try:
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot open SQLite database {Path(path).absolute()}: {exc}") from None
+        return cls(conn, SQLITE, description=f"SQLite {sqlite3.sqlite_version} ({path})", path=path)
+
+    @classmethod
+    def open_odbc(cls, text: str, *, odbc: Any = None, setting: str = "DB_CONNECTION_STRING") -> Database:
+        """Connect through ODBC; ``odbc`` is the pyodbc module (tests may pass a stand-in).
+
+        ``setting`` is the setting ``text`` came from, for the messages (see ``config.ConnectionString``).
+        """
+        module = odbc if odbc is not None else import_pyodbc(setting)
+        pairs = parse_odbc_string(text)
+        chosen = not any(key.lower() in ("driver", "dsn", "filedsn") for key, _ in pairs)
+        if chosen:
+            # No driver named: SQL Server (e.g. the USER_SERVER + USER_DATABASE form).
+            driver = choose_sql_server_driver(module.drivers())
+            if driver is None:
+                raise DatabaseError(_no_sql_server_driver(setting, module.drivers()))
+            named = "USER_SERVER and USER_DATABASE name" if setting == FROM_SERVER_AND_DATABASE else f"{setting} names"
+            log.info("%s no ODBC driver: using %s, the newest SQL Server driver here", named, driver)
+            text = f"DRIVER={{{driver}}};{text}"
+        driver_named = odbc_value(parse_odbc_string(text), "DRIVER")
+        if is_freetds_driver(driver_named or "") or "freetds" in (driver_named or "").lower():
+            text = for_freetds(text)
+        tuned = is_psqlodbc(driver_named)
+        if tuned:
+            text = with_psqlodbc_defaults(text)
+        context = OdbcContext.from_string(text, installed_drivers=module.drivers, driver_chosen=chosen, setting=setting)
+        conn = cls._odbc_connect(module, text, context)
+        try:
+            dbms = str(conn.getinfo(module.SQL_DBMS_NAME) or "")
+            driver_file = str(conn.getinfo(module.SQL_DRIVER_NAME) or "")
+            if "postgres" in dbms.lower() and not tuned and is_psqlodbc(driver_file):
+                # A DSN hid the driver: reconnect with the psqlODBC settings applied.
+                conn.close()
+                text = with_psqlodbc_defaults(text)
+                conn = cls._odbc_connect(module, text, context)
+            dialect = dialect_for_dbms(dbms)
+            if dialect is MSSQL and cls._says_babelfish(conn):
+                dialect = BABELFISH
+            version = str(conn.getinfo(module.SQL_DBMS_VER) or "")
+            driver_version = str(conn.getinfo(module.SQL_DRIVER_VER) or "")
+            if dialect.uses_microsoft_driver(driver_file):
+                cls._add_output_converters(conn)
+        except module.Error as exc:
+            conn.close()
+            raise explain_odbc_error(exc, context, connected=True) from None
+        except DatabaseError:
+            conn.close()
+            raise
+        description = f"{dbms} {version} via ODBC driver {driver_file} {driver_version}"
+        microsoft = dialect.uses_microsoft_driver(driver_file)
+
+        def open_again() -> Any:
+            """A new connection as this one was made (raises the driver's error)."""
+            again = module.connect(text, autocommit=False)
+            if microsoft:
+                cls._add_output_converters(again)
+            return again
+
+        db = cls(
+            conn,
+            dialect,
+            description=description,
+            odbc=module,
+            driver_file=driver_file,
+            context=context,
+            open_again=open_again,
+        )
+        try:
+            db._start_session()
+        except DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def another(self) -> Database | None:
+        """A second connection to the same database, set up as this one is for a run, for work
+        that must not wait for this connection's transactions (recording batches before they are
+        sent); the caller closes it. SQLite: the same file (in WAL mode after
+        :meth:`prepare_for_bulk_writes`, synced at checkpoints as this one is). None when there is
+        no second connection to have: a database held in memory, or a connection made elsewhere."""
+        if self.is_sqlite:
+            if self.path in (None, ":memory:"):
+                return None
+            other = Database.open_sqlite(str(self.path))
+            try:
+                with other.lock:
+                    mode = other._conn.execute("PRAGMA journal_mode").fetchone()
+                    if mode and str(mode[0]).lower() == "wal":
+                        other._conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error as exc:
+                other.close()
+                raise _sqlite_error(exc) from None
+            return other
+        if self._open_again is None:
+            return None
+        try:
+            connection = self._open_again()
+        except self._errors as exc:
+            raise explain_odbc_error(exc, self._context) from None
+        other = Database(
+            connection,
+            self.dialect,
+            description=self.description,
+            odbc=self._odbc,
+            driver_file=self.driver_file,
+            context=self._context,
+            open_again=self._open_again,
+        )
+        try:
+            other._start_session()
+        except DatabaseError:
+            other.close()
+            raise
+        return other
+
+    @staticmethod
+    def _says_babelfish(conn: Any) -> bool:
+        """Whether a server that speaks SQL Server's protocol is Babelfish for PostgreSQL, which names
+        itself in ``@@VERSION`` (its ODBC answers are SQL Server's). It differs where the tool relies
+        on it: see :data:`~api_pipeline.store.dialects.BABELFISH`."""
+        cursor = conn.cursor()
+        try:
+            cursor.execute("SELECT @@VERSION")
+            row = next(iter(cursor.fetchmany(1)), None)
+        finally:
+            cursor.close()
+        conn.commit()  # autocommit is off: end the read's implicit transaction
+        return row is not None and "babelfish" in str(row[0]).lower()
+
+    @staticmethod
+    def _add_output_converters(conn: Any) -> None:
+        """Microsoft's drivers: read Unicode text so that one lone surrogate cannot stop a run (pyodbc
+        decodes strictly: a UnicodeDecodeError, which is no database error), and datetimeoffset,
+        which pyodbc cannot read at all. VARCHAR text is asked for as UTF-16, which the driver
+        converts to from the column's code page: as pyodbc's default SQL_C_CHAR, Windows' driver
+        gives it in the ANSI code page, which pyodbc would decode as UTF-8."""
+        for sql_type in (SQL_WCHAR, SQL_WVARCHAR, SQL_WLONGVARCHAR):
+            conn.add_output_converter(sql_type, decode_wide_text)
+        conn.add_output_converter(SQL_SS_TIMESTAMPOFFSET, decode_datetimeoffset)
+        conn.setdecoding(SQL_CHAR, encoding="utf-16le", ctype=SQL_WCHAR)
+
+    def _start_session(self) -> None:
+        """The dialect's session settings (row counts, deadlock priority, lock time-out), committed:
+        a PostgreSQL SET rolled back with its transaction would be undone."""
+        statements = self.dialect.session_sql(int(LOCK_WAIT_SECONDS * 1000))
+        if statements:
+            with self.transaction():
+                for sql in statements:
+                    self.execute(sql)
+
+    @staticmethod
+    def _odbc_connect(module: Any, text: str, context: OdbcContext) -> Any:
+        try:
+            return module.connect(text, autocommit=False)
+        except module.Error as exc:
+            raise explain_odbc_error(exc, context) from None
+
+    def close(self) -> None:
+        self._stop_checkpointer()  # a run that stopped on an error
+        self._close_reader()
+        try:
+            self._conn.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
+            log.debug("closing the database connection failed", exc_info=True)
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def prepare_for_bulk_writes(self) -> None:
+        """Before a run's write-backs. SQLite: write-ahead logging, synced at checkpoints.
+
+        A commit then appends to the ``-wal`` file instead of syncing the database and its
+        journal to disk each time (two fsyncs per batch). A crashed or killed run loses
+        nothing it committed; a power cut may lose the last commits, whose rows are simply
+        sent again next run, as after any crash (DfE upserts). WAL mode stays with the file
+        and needs it on a local disk, not a network share. Other databases: nothing to do.
+
+        For the run, this connection also keeps a 16 MiB page cache (a batch dirties a few
+        hundred pages: with SQLite's default 2 MiB, rows read for the next batch pushed them
+        out between commits), and the log is copied into the database by a thread of its own
+        on a second connection, four times a second. Left to the committing connection, that
+        copy stalls a write-back for 100 ms or more now and then, and with it every batch
+        queued behind it. :meth:`finish_bulk_writes` copies the rest before the run ends.
+        Pages of rows are read on a third connection (see :attr:`reader`).
+        """
+        if not self.is_sqlite or self.path in (None, ":memory:"):
+            return
+        try:
+            with self.lock:
+                mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
+                self._conn.execute(f"PRAGMA wal_autocheckpoint={BULK_CHECKPOINT_PAGES}")
+        except sqlite3.Error as exc:  # e.g. a read-only folder: the run still works, just slower
+            log.debug("SQLite WAL mode not set: %s", exc)
+            return
+        log.debug("SQLite journal mode: %s", mode[0] if mode else "unknown")
+        if mode and str(mode[0]).lower() == "wal" and self._checkpointer is None:
+            self._checkpointer = _Checkpointer(str(self.path))
+            self._checkpointer.start()
+            self._reader = self._open_reader(str(self.path))
+
+    @staticmethod
+    def _open_reader(path: str) -> Database | None:
+        conn = None
+        try:
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA query_only=ON")
+        except sqlite3.Error as exc:  # the run reads on its own connection, taking turns
+            if conn is not None:
+                conn.close()
+            log.debug("SQLite reading connection not opened: %s", exc)
+            return None
+        return Database(conn, SQLITE, description=f"SQLite {sqlite3.sqlite_version} ({path}), reading", path=path)
+
+    def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
+    def _stop_checkpointer(self) -> bool:
+        """Stop the background checkpointer; False if there was none."""
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is None:
+            return False
+        checkpointer.stop()
+        return True
+
+    def finish_bulk_writes(self) -> None:
+        """After a run's last write-back. SQLite: stop the background checkpointer and copy
+        the rest of the log into the database now (without waiting for readers), so the run's
+        time includes that work and the next reader does not pay for it."""
+        self._close_reader()
+        if self._stop_checkpointer():
+            try:
+                with self.lock:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:  # another connection may hold it: SQLite checkpoints later
+                log.debug("SQLite checkpoint not done: %s", exc)
+        self.check_file()  # the run's last write-back, too, went to the file at the path
+
+    def check_file(self) -> None:
+        """SQLite: raise if the file at the path this connection opened is no longer the file it has open.
+
+        A file deleted, or replaced by another (a copy put in its place), while the connection is
+        open leaves the connection working on the old one, which nothing else will read again:
+        everything committed from then on would be lost without a word. So before each commit (one
+        ``stat`` per transaction) and at the end of a run, the file's identity is compared with the
+        one it had when the connection was opened.
+        """
+        if self._file is None or self._file_identity is None:
+            return
+        now = _file_identity(self._file)
+        if now is None:
+            raise DatabaseError(
+                f"the SQLite database file {self._file} was deleted or moved away while the run was working, so the "
+                "run stopped: what it wrote back went to the file it had open, which is no longer there, and DfE has "
+                "the records it sent all the same. Find out what removed the file (a clean-up or sync job, antivirus, "
+                "a person) before the next run: see 'The SQLite file was deleted or replaced' in Troubleshooting."
+            )
+        # A file index of 0 (some Windows file systems) identifies nothing: then only the device is compared.
+        if now != self._file_identity and (now[0] != self._file_identity[0] or self._file_identity[1] != 0):
+            raise DatabaseError(
+                f"the SQLite database file {self._file} was replaced by another file while the run was working, so "
+                "the run stopped: what it wrote back went to the file it had open, not to the one now at that path, "
+                "which does not record the batches this run sent to DfE. Find out what replaced it (a restore, a "
+                "copy, a sync tool) before the next run: see 'The SQLite file was deleted or replaced' in "
+                "Troubleshooting."
+            )
+
+    # -- transactions and statements ---------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One unit of work: everything inside commits together or not at all."""
+        with self.lock:
+            if self._in_transaction:
+                yield
+                return
+            self._in_transaction = True
+            try:
+                if self.is_sqlite:
+                    self._run(lambda: self._conn.execute("BEGIN IMMEDIATE"))
+                yield
+                self.check_file()
+                self._run(self._conn.commit)
+            except BaseException:
+                self._rollback_quietly()
+                raise
+            finally:
+                self._in_transaction = False
+
+    def _rollback_quietly(self) -> None:
+        try:
+            self._conn.rollback()
+        except Exception:  # noqa: BLE001
+            log.debug("rollback failed", exc_info=True)
+
+    def _run(self, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except self._errors as exc:
+            if self._odbc is not None and isinstance(exc, self._odbc.Error):
+                error = explain_odbc_error(exc, self._context, connected=True)
+                if error.kind == CONNECTION_LOST:
+                    self._broken = True
+                    self._lost_said = driver_said(exc, self._context)
+                elif not self._in_transaction:
+                    self._rollback_quietly()  # PostgreSQL refuses everything after an error until then
+                raise error from None
+            # Outside WAL mode, SQLite itself refuses to write to a file that has been deleted or
+            # moved ("attempt to write a readonly database"): say what happened instead.
+            self.check_file()
+            raise _sqlite_error(exc) from None
+        except UnicodeDecodeError as exc:  # pyodbc decoding a driver's bytes: not an odbc.Error
+            if self._odbc is None:
+                raise
+            if not self._in_transaction:
+                self._rollback_quietly()
+            raise _undecodable_error(exc) from None
+
+    def _cursor(self, kinds: Kinds | None) -> Any:
+        cursor = self._conn.cursor()
+        if self._odbc is not None:
+            sizes = self.dialect.input_sizes(kinds, self.driver_file)
+            if sizes is not None:
+                cursor.setinputsizes(sizes)
+        return cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = (), *, kinds: Kinds | None = None) -> int:
+        """Run one statement; returns the affected row count. ``kinds``: see :meth:`Dialect.input_sizes`."""
+
+        def action() -> int:
+            cursor = self._cursor(kinds)
+            try:
+                cursor.execute(sql, tuple(params))
+                return int(cursor.rowcount)
+            finally:
+                cursor.close()
+
+        with self.transaction():
+            return int(self._run(action))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]], *, kinds: Kinds | None = None) -> None:
+        if not rows:
+            return
+
+        def action() -> None:
+            cursor = self._cursor(kinds)
+            try:
+                if self.fast_executemany:
+                    cursor.fast_executemany = True
+                cursor.executemany(sql, [tuple(r) for r in rows])
+            finally:
+                cursor.close()
+
+        with self.transaction():
+            self._run(action)
+
+    def query(
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        chunk: int = 200,
+        kinds: Kinds | None = None,
+        retry: bool = True,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Rows one at a time, fetched ``chunk`` at a time: never the whole result in memory.
+
+        The connection's :attr:`lock` is held while the result is open: another thread (a
+        write-back, the run lock's heartbeat) waits rather than use the connection under it.
+        Outside a transaction, an ODBC read ends its implicit transaction when the
+        last open query finishes, so no snapshot or lock is held across HTTP sends; and a
+        statement that another session's locks hold up (a deadlock, the lock time-out), or that
+        found the connection lost, is run again (:meth:`retry_conflicts`) unless ``retry`` is off.
+        Only the statement is: once rows have been handed out, a failure is the caller's.
+        """
+        with self.lock:  # one thread at a time on the connection, for as long as the result is open
+            cursor: Any = None
+            self._open_queries += 1
+
+            def start() -> None:
+                nonlocal cursor
+                if cursor is not None:  # an attempt that failed (on a connection since replaced)
+                    self._close_cursor(cursor)
+                cursor = self._run(lambda: self._cursor(kinds))
+                self._run(lambda: cursor.execute(sql, tuple(params)))
+
+            try:
+                if retry and not self._in_transaction:
+                    self._retry(start, "reading from the database", own_queries=1)
+                else:
+                    start()
+                while True:
+                    rows = self._run(lambda: cursor.fetchmany(chunk))
+                    if not rows:
+                        return
+                    yield from (tuple(row) for row in rows)
+            finally:
+                self._open_queries -= 1
+                if cursor is not None:
+                    self._close_cursor(cursor)
+                if self._odbc is not None and not self._in_transaction and self._open_queries == 0 and not self._broken:
+                    try:
+                        self._run(self._conn.commit)
+                    except DatabaseError as exc:
+                        if exc.kind != CONNECTION_LOST:
+                            raise
+                        # The rows were read (or the caller stopped reading them): the next statement
+                        # finds the connection lost and deals with it.
+                        log.debug("ending a read: %s", exc)
+
+    @staticmethod
+    def _close_cursor(cursor: Any) -> None:
+        try:
+            cursor.close()
+        except Exception:  # noqa: BLE001
+            log.debug("closing a cursor failed", exc_info=True)
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        for row in self.query(sql, params, chunk=1):
+            return row[0]
+        return None
+
+    def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """All the rows of a (small) result; tried again while another session's locks block it."""
+        return self.retry_conflicts(lambda: list(self.query(sql, params, retry=False)), "reading rows")
+
+    def odbc_info(self, name: str) -> str:
+        """The ODBC driver's ``SQLGetInfo`` answer for ``name`` (``SQL_DBMS_NAME``...), as text."""
+        return str(self._run(lambda: self._conn.getinfo(getattr(self._odbc, name))) or "")
+
+    def retry_conflicts(self, action: Callable[[], T], what: str) -> T:
+        """``action`` (whole transactions, or reads outside one), tried again when it was a deadlock
+        victim or a serialization failure (a few times, pausing a little longer each time) or timed
+        out waiting for another session's locks (for up to half an hour); between tries, the
+        :attr:`while_waiting` hook runs. The last failure is raised, saying how often it was tried.
+
+        Also tried again, on a new connection, when the server ended the session (ODBC, once a
+        run: :meth:`_connected_again`). Whether a commit under way then happened cannot be known,
+        so ``action`` must be a read or leave the same result when it is done twice: setting
+        rows to values is, adding to them is not.
+        """
+        return self._retry(action, what, own_queries=0)
+
+    def _retry(self, action: Callable[[], T], what: str, *, own_queries: int) -> T:
+        """:meth:`retry_conflicts`; ``own_queries``: the open query results that are the action's own."""
+        conflicts = waits = 0
+        while True:
+            try:
+                return action()
+            except DatabaseError as exc:
+                if exc.kind == CONNECTION_LOST and self._connected_again(exc, what, own_queries):
+                    continue
+                if exc.kind == CONFLICT and conflicts + 1 < CONFLICT_ATTEMPTS:
+                    conflicts += 1
+                    pause = CONFLICT_PAUSE * 2 ** (conflicts - 1) * random.uniform(0.75, 1.25)  # noqa: S311
+                    log.warning(
+                        "%s: chosen as a deadlock victim by the database (another session, probably the "
+                        "staging SQL, wanted the same rows); nothing was kept; trying again in %.1f s "
+                        "(attempt %d of %d)",
+                        what,
+                        pause,
+                        conflicts + 1,
+                        CONFLICT_ATTEMPTS,
+                    )
+                elif exc.kind == LOCK_TIMEOUT and waits + 1 < LOCK_WAIT_ATTEMPTS:
+                    waits += 1
+                    pause = 0.0  # the lock wait itself was the pause
+                    log.warning(
+                        "%s: rows are locked by another session (probably the staging SQL) and have been for "
+                        "%d s; still waiting (up to %d minutes)",
+                        what,
+                        waits * LOCK_WAIT_SECONDS,
+                        LOCK_WAIT_ATTEMPTS * LOCK_WAIT_SECONDS // 60,
+                    )
+                else:
+                    tries = conflicts + waits + 1
+                    if tries == 1:
+                        raise
+                    raise DatabaseError(f"{what} failed after {tries} attempts: {exc}", kind=exc.kind) from None
+            self._waited()
+            if pause:
+                self.sleep(pause)
+
+    def _connected_again(self, exc: DatabaseError, what: str, own_queries: int) -> bool:
+        """After the connection was lost: whether ``what`` may be tried again, on a connection opened
+        here (at most :data:`RECONNECTS` times a run) or by another thread since it failed.
+
+        Not when it is part of a larger unit of work: inside a transaction, or while another query's
+        rows are being read (their cursor went with the connection); that unit fails instead.
+        """
+        if self._open_again is None:
+            return False
+        with self.lock:
+            if self._in_transaction or self._open_queries > own_queries:
+                return False
+            if not self._broken:
+                return True
+            if self._reconnects_left <= 0:
+                raise DatabaseError(
+                    f"{exc}. The run had already lost its connection once and connected again; it does that only "
+                    "once a run, so it stopped",
+                    kind=CONNECTION_LOST,
+                ) from None
+            self._reconnects_left -= 1
+            self._connect_again(what)
+            return True
+
+    def _connect_again(self, what: str) -> None:
+        """A new connection in place of the lost one, with the session settings; raises when none can be had."""
+        assert self._open_again is not None
+        lost = self._lost_said
+        try:
+            self._conn.close()
+        except Exception:  # noqa: BLE001 - a lost connection may not close cleanly
+            log.debug("closing the lost connection failed", exc_info=True)
+        failure: BaseException | None = None
+        for pause in RECONNECT_PAUSES:
+            if pause:
+                self.sleep(pause)
+            try:
+                self._conn = self._open_again()
+            except self._errors as exc:
+                failure = exc
+                if explain_odbc_error(exc, self._context).kind == UNREACHABLE:
+                    continue  # still restarting, or not reachable yet
+                break
+            self._broken = False
+            self._start_session()
+            log.warning(
+                "the connection to the database server was lost while %s (%s); connected again, and carrying on "
+                "(the run does that once at most)",
+                what,
+                lost,
+            )
+            return
+        assert failure is not None
+        self._open_again = None  # this run has no connection any more: what follows fails as it is
+        explained = explain_odbc_error(failure, self._context)
+        if explained.kind == UNREACHABLE:
+            why = (
+                f"for {sum(RECONNECT_PAUSES):.0f} s ({driver_said(failure, self._context)}): the server may still be "
+                "restarting, or the network is down. Run again once the server is back"
+            )
+        else:
+            why = f"too: {explained}"
+        raise DatabaseError(f"{LOST_CONNECTION} ({lost}). Connecting again failed {why}", kind=CONNECTION_LOST)
+
+    def _waited(self) -> None:
+        """Run the :attr:`while_waiting` hook: not from inside itself (it may wait too), nor while
+        another query's result is open on the connection (the hook commits)."""
+        if self.while_waiting is None or self._in_wait_hook or self._open_queries > 1:
+            return
+        self._in_wait_hook = True
+        try:
+            self.while_waiting()
+        finally:
+            self._in_wait_hook = False
