@@ -56,10 +56,32 @@ def test_development_installs_are_editable():
     assert of_this_project and all(" -e " in install for install in of_this_project), installs
 
 
-def test_the_readme_points_to_the_map_of_where_to_change_what():
+CONTRIBUTING = (REPO / "docs" / "contributing.md").read_text(encoding="utf-8")
+
+
+def test_the_readme_and_the_package_point_to_the_map_of_where_to_change_what():
     development = section(README, "## Development")
-    assert "[`api_pipeline/__init__.py`](api_pipeline/__init__.py)" in development
-    assert "Where to make a change" in (REPO / "api_pipeline" / "__init__.py").read_text(encoding="utf-8")
+    assert "[Where to change what](docs/contributing.md)" in development
+    assert "docs/contributing.md" in (REPO / "api_pipeline" / "__init__.py").read_text(encoding="utf-8")
+
+
+def test_the_map_has_a_row_for_each_kind_of_change_and_names_only_files_that_exist():
+    table = section(CONTRIBUTING, "## Where each change goes")
+    expected = ["a setting", "a database dialect", "a command", "a retry rule", "a delta rule", "an exit code"]
+    kinds = re.findall(r"^\| ([a-z ]+) \|", table, re.M)
+    assert [kind for kind in kinds if kind != "to change"] == expected
+    named = set(re.findall(r"`((?:api_pipeline|tests)/[\w/]+\.py)`", table))
+    assert named, table
+    assert [path for path in sorted(named) if not (REPO / path).is_file()] == []
+
+
+def test_each_room_the_map_names_is_a_subpackage_with_its_own_description():
+    rooms = ["cli", "rehearsal", "job", "dfe", "store", "settings"]
+    for room in rooms:
+        init = REPO / "api_pipeline" / room / "__init__.py"
+        assert init.is_file(), room
+        assert init.read_text(encoding="utf-8").startswith('"""'), room
+        assert f"{room}" in CONTRIBUTING, room
 
 
 # -- docs/switching-over.md and docs/rehearsal.md -------------------------------------------------------------
