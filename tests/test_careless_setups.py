@@ -39,7 +39,7 @@ def long_receipts(exchange: Exchange) -> None:
 
 
 def test_the_ledger_holds_the_longest_receipt_the_tool_accepts() -> None:
-    from api_pipeline.settings.config import MAX_RECEIPT_LENGTH
+    from api_pipeline.settings.options import MAX_RECEIPT_LENGTH
 
     (receipt,) = [c for c in LEDGER_SPEC if c.name == "receipt"]
     assert receipt.size >= MAX_RECEIPT_LENGTH and receipt.min_size >= MAX_RECEIPT_LENGTH

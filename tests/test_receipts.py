@@ -22,7 +22,7 @@ from hostile import Answer, Exchange, Hostile, answer_with
 from api_pipeline.errors import ExitCode
 from api_pipeline.rehearsal.simulator import Simulator
 from api_pipeline.rehearsal.synthetic import make_children
-from api_pipeline.settings.config import MAX_RECEIPT_LENGTH
+from api_pipeline.settings.options import MAX_RECEIPT_LENGTH
 from api_pipeline.timestamps import parse_timestamp
 from conftest import Staging, insert, ledger, rows, run_cli
 

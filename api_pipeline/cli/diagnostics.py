@@ -30,11 +30,10 @@ from api_pipeline.errors import (
     PipelineError,
     RetriableApiError,
 )
-from api_pipeline.job.logs import known_secrets, remember_secret
 from api_pipeline.rehearsal.sample import load_sample_children
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.settings.config import Secret, Settings
-from api_pipeline.settings.masking import hide_secrets
+from api_pipeline.settings.masking import hide_secrets, known_secrets
 from api_pipeline.store.catalogue import column_names, server_info
 from api_pipeline.store.db import Database
 from api_pipeline.store.dialects import (
@@ -338,7 +337,7 @@ def test_endpoint(settings: Settings, ctx: Any) -> int:
     """Token + ``POST []``: proves credentials, key, URL, LA code, proxy and TLS; sends no record."""
     session = make_session(settings)
     try:
-        auth = ClientCredentialsAuth.from_settings(settings, session, on_token=remember_secret)
+        auth = ClientCredentialsAuth.from_settings(settings, session)
         client = ApiClient(settings, session, auth)
         check = check_endpoint(client)
     finally:

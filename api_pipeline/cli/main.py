@@ -27,10 +27,10 @@ from api_pipeline import APP_NAME, __version__
 from api_pipeline.cli.console import consoles_may_fail, unwritten
 from api_pipeline.cli.credentials import DEFAULT_SERVICE, keyring_variables, set_secret_command
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, Interrupted, PipelineError
-from api_pipeline.job.logs import append_error_log, close_logging, format_traceback, known_secrets, log_to_files_only
+from api_pipeline.job.logs import append_error_log, close_logging, format_traceback, log_to_files_only
 from api_pipeline.settings.config import Settings, load_settings
 from api_pipeline.settings.envfile import executable_dir, find_env_file, no_env_file_found
-from api_pipeline.settings.masking import hide_secrets, mask_secrets
+from api_pipeline.settings.masking import hide_secrets, known_secrets, mask_secrets, remember_secret
 from api_pipeline.stopping import StopRequest, stopping_on_signals
 from api_pipeline.store.dialects import DIALECTS
 from api_pipeline.wording import printable
@@ -54,8 +54,6 @@ class Context:
     out: TextIO
     err: TextIO
     executable_dir: Path = field(default_factory=executable_dir)
-    # The secrets of the settings built so far: masked in the error line and traceback main prints.
-    secrets: list[str] = field(default_factory=list)
     frozen: bool = field(default_factory=lambda: bool(getattr(sys, "frozen", False)))
     # What the command loaded, for messages about it: the .env read, and the settings.
     env_file: Path | None = None
@@ -96,7 +94,7 @@ class Context:
             for warning in settings.warnings:
                 self.warn(warning)
         self.loaded = settings
-        self.secrets.extend(secret.reveal() for secret in settings.secrets())
+        remember_secret(*settings.secrets())  # hidden in the error line and traceback main prints, and in logs
         return settings
 
     def error_log_folders(self) -> list[Path]:
@@ -115,7 +113,7 @@ class Context:
         ``patterns`` also hides what looks like a password or a bearer token (for a traceback,
         whose text the tool did not write).
         """
-        secrets = [*self.secrets, *known_secrets()]
+        secrets = known_secrets()
         return mask_secrets(text, secrets) if patterns else hide_secrets(text, secrets)
 
     def warn(self, text: str) -> None:

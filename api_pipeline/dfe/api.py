@@ -47,7 +47,8 @@ from api_pipeline.errors import (
     PipelineError,
     RetriableApiError,
 )
-from api_pipeline.settings.config import MAX_RECEIPT_LENGTH, Settings
+from api_pipeline.settings.config import Settings
+from api_pipeline.settings.options import MAX_RECEIPT_LENGTH
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from api_pipeline.dfe import bounded, transport
 from api_pipeline.dfe.bounded import MAX_ANSWER_BYTES, AnswerTooLarge, AnswerTooSlow, describe_size
 from api_pipeline.errors import AuthError, ConfigError, FatalApiError, RetriableApiError
 from api_pipeline.settings.config import Secret, Settings
+from api_pipeline.settings.masking import known_secrets, remember_secret
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,6 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
         renew_margin: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
         secondary_secret: Secret | None = None,
-        on_token: Callable[[str], None] | None = None,
     ) -> None:
         self.token_endpoint = token_endpoint
         self.client_id = client_id
@@ -150,8 +150,6 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
         self.host = urlsplit(token_endpoint).hostname or token_endpoint
         self.token_fetches = 0
         self._token: Secret | None = None
-        self._issued: list[str] = []  # every token this run was given, to mask wherever it could be echoed
-        self.on_token = on_token  # told each new token as it arrives: the run adds it to its log masking
         self._expires_at = 0.0
         self._lifetime = 0.0
         # Batches in flight share the token: one thread fetches it, the others wait for that one.
@@ -208,8 +206,9 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
             self._expires_at = 0.0
 
     def live_secrets(self) -> tuple[str, ...]:
-        """The client secrets and every token issued so far: what no answer may echo."""
-        secrets = [self._client_secret.reveal(), *self._issued]
+        """The client secrets and every secret live in the process, each token issued so far among
+        them (:data:`~api_pipeline.settings.masking.LIVE_SECRETS`): what no answer may echo."""
+        secrets = [self._client_secret.reveal(), *known_secrets()]
         if self._secondary_secret is not None:
             secrets.append(self._secondary_secret.reveal())
         return tuple(secrets)
@@ -332,9 +331,7 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
         if not 0 < lifetime < MAX_LIFETIME:  # NaN, zero, negative or absurd: ask again soon
             lifetime = DEFAULT_LIFETIME
         self._token = Secret(token)
-        self._issued.append(token)
-        if self.on_token is not None:
-            self.on_token(token)
+        remember_secret(token)  # hidden from now on in every log line, message and answer
         self._lifetime = lifetime
         self._expires_at = asked_at + lifetime
         log.debug("token obtained from %s, valid for %d s", self.host, int(lifetime))

@@ -29,8 +29,9 @@ import requests
 from api_pipeline import APP_NAME, __version__
 from api_pipeline.dfe.tls import TrustStoreAdapter, build_ssl_context
 from api_pipeline.errors import FatalApiError, RetriableApiError
-from api_pipeline.settings.config import LOOPBACK_HOSTS, Settings
+from api_pipeline.settings.config import Settings
 from api_pipeline.settings.masking import mask_secrets
+from api_pipeline.settings.options import LOOPBACK_HOSTS
 from api_pipeline.wording import printable
 
 SUMMARY_LIMIT = 200  # characters of a (masked) answer we are willing to show

@@ -32,7 +32,7 @@ from api_pipeline.job.run_files import (
     why_not,
 )
 from api_pipeline.settings.config import Secret
-from api_pipeline.settings.masking import mask_secrets
+from api_pipeline.settings.masking import LIVE_SECRETS, LiveSecrets, mask_secrets
 from api_pipeline.timestamps import utc_now
 from api_pipeline.wording import printable
 
@@ -40,16 +40,20 @@ LOGGER_NAME = "api_pipeline"
 
 
 class SecretMaskingFilter(logging.Filter):
-    """Rewrites each record's final message with every secret masked."""
+    """Rewrites each record's final message with every live secret masked, as the registry
+    (:data:`~api_pipeline.settings.masking.LIVE_SECRETS`) has them when the record is written."""
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, live: LiveSecrets = LIVE_SECRETS) -> None:
         super().__init__()
-        self.secrets: frozenset[str] = frozenset(s for s in secrets if s)
+        self.live = live
+
+    @property
+    def secrets(self) -> frozenset[str]:
+        return self.live.values()
 
     def add(self, *values: Secret | str | None) -> None:
-        """Mask these too from now on. Safe from any thread: the set is replaced, never changed."""
-        revealed = {value.reveal() if isinstance(value, Secret) else value for value in values}
-        self.secrets = self.secrets | {value for value in revealed if value}
+        """Mask these too from now on, wherever the registry is read."""
+        self.live.add(*values)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -186,30 +190,6 @@ def log_to_files_only(message: str, exc_info: Any = None, *, level: int = loggin
     return written
 
 
-def _masking_filters() -> list[SecretMaskingFilter]:
-    found: list[SecretMaskingFilter] = []
-    for handler in logging.getLogger(LOGGER_NAME).handlers:
-        found.extend(f for f in handler.filters if isinstance(f, SecretMaskingFilter) and f not in found)
-    return found
-
-
-def remember_secret(*values: Secret | str | None) -> None:
-    """Mask these in every log line from now on: a secret learnt during the run, such as its token.
-
-    Does nothing when logging is not configured (:func:`configure_logging`).
-    """
-    for masking in _masking_filters():
-        masking.add(*values)
-
-
-def known_secrets() -> frozenset[str]:
-    """Every secret the configured log masking knows: the settings' and those learnt since."""
-    found: frozenset[str] = frozenset()
-    for masking in _masking_filters():
-        found |= masking.secrets
-    return found
-
-
 def _without_handlers() -> logging.Logger:
     """The package's logger with its handlers removed and closed."""
     logger = logging.getLogger(LOGGER_NAME)
@@ -320,7 +300,9 @@ def append_error_log(
 
 
 def close_logging() -> None:
-    """Undo :func:`configure_logging`: handlers closed, the logger as Python's default again."""
+    """Undo :func:`configure_logging`: handlers closed, the logger as Python's default again, and
+    the live secrets forgotten (the command is over)."""
+    LIVE_SECRETS.clear()
     logger = _without_handlers()
     logger.setLevel(logging.NOTSET)
     logger.propagate = True

@@ -18,7 +18,7 @@ from api_pipeline.dfe.auth import ClientCredentialsAuth
 from api_pipeline.dfe.schema import RecordValidator
 from api_pipeline.dfe.transport import make_session
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, Interrupted, PipelineError
-from api_pipeline.job.logs import configure_logging, remember_secret
+from api_pipeline.job.logs import configure_logging
 from api_pipeline.job.pipeline import Pipeline, RunOptions
 from api_pipeline.job.progress import progress_for
 from api_pipeline.job.report import write_report
@@ -121,7 +121,7 @@ def execute_run(
 
                 session = make_session(settings)
                 try:
-                    auth = ClientCredentialsAuth.from_settings(settings, session, sleep=sleep, on_token=remember_secret)
+                    auth = ClientCredentialsAuth.from_settings(settings, session, sleep=sleep)
                     client = ApiClient(settings, session, auth, sleep=sleep)
                     sender = _HoldingLock(client, lock, stop)
                     # Batches are recorded before they are sent on a connection of their own, so that

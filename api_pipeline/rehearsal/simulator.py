@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from api_pipeline.dfe.payload import clone, loads_record
 from api_pipeline.rehearsal.dfe_model import RecordValidator, apply_record, load_default_schema
-from api_pipeline.settings.config import LOOPBACK_HOSTS
+from api_pipeline.settings.options import LOOPBACK_HOSTS
 
 RECEIVER_BASE_PATH = "/children-in-social-care-data-receiver-test/1"
 MAX_RECORDS_PER_REQUEST = 100

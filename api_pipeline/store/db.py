@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from api_pipeline.errors import ConfigError, DatabaseError
-from api_pipeline.settings.config import FROM_SERVER_AND_DATABASE, TABLE_NAME_PATTERN, Secret, connection_setting
+from api_pipeline.settings.config import FROM_SERVER_AND_DATABASE, Secret, connection_setting
+from api_pipeline.settings.options import TABLE_NAME_PATTERN
 from api_pipeline.settings.paths import sqlite_file_of
 from api_pipeline.stopping import signals_to_the_main_thread
 from api_pipeline.store.dialects import BABELFISH, MSSQL, SQLITE, Dialect, Kinds, dialect_for_dbms

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from api_pipeline.errors import ConfigError, DatabaseError
-from api_pipeline.settings.config import MAX_RECEIPT_LENGTH
+from api_pipeline.settings.options import MAX_RECEIPT_LENGTH
 from api_pipeline.store.odbc import UnreadableText, is_freetds_driver, is_microsoft_sql_driver, utf16_digest
 
 HASH_BYTES = 32  # SHA-256

@@ -717,7 +717,7 @@ def _messages_in(path: Path) -> Iterator[Message]:
             first = texts[0] if texts else None
             if name in classes and first:
                 yield Message(_GROUP_BY_EXIT.get(classes[name], "records"), first, source)
-            elif name == "ValueError" and first and function.startswith("_parse") and source == "settings/config.py":
+            elif name == "ValueError" and first and function.startswith("parse_") and source == "settings/options.py":
                 yield Message("settings", f"⟨SETTING⟩: ⟨value⟩ {first}", source)
             elif name == "Invalid" and first:
                 yield Message("invalid", first, source)
