@@ -66,7 +66,8 @@ def run_in(argv, *, cwd: Path, exe_dir: Path, environ=None, frozen: bool = False
     """The CLI as a program at ``exe_dir`` started in ``cwd`` (Task Scheduler: System32)."""
     import io
 
-    from api_pipeline.cli.main import Context, main
+    from api_pipeline.cli.main import main
+    from api_pipeline.settings.context import Context
     from conftest import CliResult
 
     out, err = io.StringIO(), io.StringIO()

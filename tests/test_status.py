@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.cli.main import Context
 from api_pipeline.cli.status import (
     HIDDEN_REASON,
     ReasonKeys,
@@ -27,6 +26,7 @@ from api_pipeline.reasons import INVALID
 from api_pipeline.rehearsal.demo import load_children
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.settings.config import load_settings
+from api_pipeline.settings.context import Context
 from api_pipeline.store.db import Database
 from api_pipeline.store.staging import Doubt, InDoubt, LedgerEntry, StagingTable
 from api_pipeline.timestamps import parse_timestamp

@@ -19,7 +19,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,10 +27,8 @@ from api_pipeline.cli.console import consoles_may_fail, unwritten
 from api_pipeline.cli.credentials import DEFAULT_SERVICE, keyring_variables, set_secret_command
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, Interrupted, PipelineError
 from api_pipeline.job.logs import append_error_log, close_logging, format_traceback, known_secrets, log_to_files_only
-from api_pipeline.settings.config import Settings, load_settings
-from api_pipeline.settings.envfile import executable_dir, find_env_file, no_env_file_found
-from api_pipeline.settings.masking import hide_secrets, mask_secrets
-from api_pipeline.stopping import StopRequest, stopping_on_signals
+from api_pipeline.settings.context import Context
+from api_pipeline.stopping import stopping_on_signals
 from api_pipeline.store.dialects import DIALECTS
 from api_pipeline.wording import printable
 
@@ -43,92 +40,6 @@ EXIT_CODES_HELP = "exit codes:\n" + "".join(f"  {code.value:<4} {code.meaning}\n
 COMMAND_EPILOG = f"The exit codes are listed once, by '{APP_NAME} --help'."
 
 DEMO_FOLDER = "csc_api_pipeline_demo"  # in the user's own folder, unless --dir says otherwise
-
-
-@dataclass
-class Context:
-    """What a command handler needs from the outside world; tests build their own."""
-
-    environ: Mapping[str, str]
-    cwd: Path
-    out: TextIO
-    err: TextIO
-    executable_dir: Path = field(default_factory=executable_dir)
-    # The secrets of the settings built so far: masked in the error line and traceback main prints.
-    secrets: list[str] = field(default_factory=list)
-    frozen: bool = field(default_factory=lambda: bool(getattr(sys, "frozen", False)))
-    # What the command loaded, for messages about it: the .env read, and the settings.
-    env_file: Path | None = None
-    loaded: Settings | None = None
-    implied_run: bool = False  # started with no command, so running 'run'
-    # Ctrl+C or the system asking the command to stop: main installs the signal handlers that note it.
-    stop: StopRequest = field(default_factory=StopRequest)
-    warned: set[str] = field(default_factory=set)  # the warnings said already, each said once
-
-    def path(self, path: Path) -> Path:
-        """A path given on the command line, relative to the folder the command was started in."""
-        return path if path.is_absolute() else self.cwd / path
-
-    def user_folder(self) -> Path:
-        """The user's own folder (%USERPROFILE% on Windows, else $HOME), whatever folder the command started in."""
-        names = ("USERPROFILE", "HOME") if sys.platform == "win32" else ("HOME",)
-        for name in names:
-            if self.environ.get(name, "").strip():
-                return Path(self.environ[name].strip())
-        return Path.home()
-
-    def settings(self, args: argparse.Namespace, command: str, **overrides: Any) -> Settings:
-        explicit = None if args.env_file is None else self.path(args.env_file)
-        self.env_file = find_env_file(explicit, self.cwd, self.executable_dir)
-        if args.log_dir is not None:
-            overrides["log_dir"] = self.path(args.log_dir)
-        if args.verbose:
-            overrides["debug"] = True
-        try:
-            settings = load_settings(
-                command=command, environ=self.environ, env_file=self.env_file, overrides=overrides, cwd=self.cwd
-            )
-        except ConfigError as exc:
-            if self.env_file is None and explicit is None:
-                raise ConfigError([no_env_file_found(self.cwd, self.executable_dir), *exc.problems]) from None
-            raise
-        if command != "run":  # a run writes them in its log, on the console and in the log file
-            for warning in settings.warnings:
-                self.warn(warning)
-        self.loaded = settings
-        self.secrets.extend(secret.reveal() for secret in settings.secrets())
-        return settings
-
-    def error_log_folders(self) -> list[Path]:
-        """Where a failed start leaves its trace: the default log folder, else beside the exe, else here."""
-        folders = []
-        if self.env_file is not None:
-            folders.append(self.env_file.parent / "logs")
-        if self.frozen:
-            folders.append(self.executable_dir / "logs")
-        folders.append(self.cwd / "logs")
-        return list(dict.fromkeys(folders))
-
-    def masked(self, text: str, *, patterns: bool = False) -> str:
-        """``text`` with every secret known to this process hidden: the settings', and any learnt since (tokens).
-
-        ``patterns`` also hides what looks like a password or a bearer token (for a traceback,
-        whose text the tool did not write).
-        """
-        secrets = [*self.secrets, *known_secrets()]
-        return mask_secrets(text, secrets) if patterns else hide_secrets(text, secrets)
-
-    def warn(self, text: str) -> None:
-        """A warning on stderr: one line, secrets hidden, before the command's own output; said once
-        (run-smoke loads the settings for each of its three checks)."""
-        if text in self.warned:
-            return
-        self.warned.add(text)
-        print(f"warning: {printable(self.masked(text))}", file=self.err, flush=True)
-
-    def print(self, text: str = "") -> None:
-        """Print a command's output: its lines as they are, any other control character escaped."""
-        print("\n".join(printable(line) for line in text.split("\n")), file=self.out, flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -596,7 +507,7 @@ def _main(argv: list[str], ctx: Context) -> int:
         with stopping_on_signals(ctx.stop):
             return int(args.func(args, ctx))
     except PipelineError as exc:
-        warnings = [printable(ctx.masked(line)) for line in getattr(exc, "warnings", [])]
+        warnings = [printable(_masked(ctx, line)) for line in getattr(exc, "warnings", [])]
         lines = _error_lines(ctx, exc)
         said = [f"warning: {line}" for line in warnings] + [f"error: {line}" for line in lines]
         traced = exc.exit_code == ExitCode.USAGE
@@ -626,7 +537,13 @@ def _error_lines(ctx: Context, exc: PipelineError) -> list[str]:
         lines += _where_the_database_is(ctx, str(exc))
     if isinstance(exc, ConfigError) and ctx.implied_run:
         lines.insert(0, NO_COMMAND_NOTE)  # what was started, before what it lacks
-    return [printable(ctx.masked(line)) for line in lines]  # one line each, whatever they quote
+    return [printable(_masked(ctx, line)) for line in lines]  # one line each, whatever they quote
+
+
+def _masked(ctx: Context, text: str, *, patterns: bool = False) -> str:
+    """``text`` with every secret known to this process hidden: the settings', and any learnt since
+    (the token), which the log masking holds."""
+    return ctx.masked(text, patterns=patterns, learnt=known_secrets())
 
 
 def _tell(ctx: Context, lines: list[str], what: str, code: int, *, traced: bool) -> None:
@@ -675,7 +592,7 @@ def _keep_the_traceback(ctx: Context, command: str, exc_info: Any) -> None:
 
     Under Task Scheduler nobody sees the console: the files are where "-vv for details" is read.
     """
-    text = ctx.masked(format_traceback(exc_info), patterns=True)
+    text = _masked(ctx, format_traceback(exc_info), patterns=True)
     log_to_files_only(f"unexpected error: {exc_info[0].__name__}; its traceback (-vv):", exc_info)
     header = f"{APP_NAME} {__version__}: '{command}' stopped with an unexpected error (exit code 1); traceback (-vv):"
     log_dir = [ctx.loaded.log_dir] if ctx.loaded is not None and ctx.loaded.log_dir is not None else []

@@ -37,6 +37,7 @@ from api_pipeline.job.run_files import (
     unreadable_log_dir,
 )
 from api_pipeline.settings.config import Settings
+from api_pipeline.settings.context import Context
 from api_pipeline.store.catalogue import column_names
 from api_pipeline.store.db import Database
 from api_pipeline.store.staging import FirstContact, StagingTable
@@ -654,7 +655,7 @@ def format_status(report: StatusReport) -> list[str]:
     return out
 
 
-def status_command(settings: Settings, ctx: Any, *, runs: int = 10, as_json: bool = False) -> int:
+def status_command(settings: Settings, ctx: Context, *, runs: int = 10, as_json: bool = False) -> int:
     """The ``status`` command. Exit 0; a missing table or database error raises (exit 3), and so does
     a log folder that cannot be reached or read (exit 2, as ``run`` refuses one, before the database).
 
