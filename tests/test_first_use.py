@@ -442,7 +442,7 @@ def test_the_generated_reference_lists_set_secrets_names(tmp_path):
 
 
 def test_every_command_help_points_at_the_one_exit_code_list(tmp_path, capsys):
-    from api_pipeline.cli.main import build_parser
+    from api_pipeline.cli.parser import build_parser
 
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
@@ -663,7 +663,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_the_readme_lists_every_command():
-    from api_pipeline.cli.main import build_parser
+    from api_pipeline.cli.parser import build_parser
 
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
