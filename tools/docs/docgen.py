@@ -324,7 +324,7 @@ def cli_reference() -> str:
 
 def status_json_keys() -> str:
     """The ``status --json`` keys and what each means, from ``status.STATUS_JSON_KEYS``."""
-    from api_pipeline.cli.status import STATUS_JSON_KEYS
+    from api_pipeline.cli.status_report import STATUS_JSON_KEYS
 
     return table(["key", "what it is"], [[code(key), cell(meaning)] for key, meaning in STATUS_JSON_KEYS.items()])
 
