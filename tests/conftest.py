@@ -339,7 +339,7 @@ def encoded(records: Iterable[dict]) -> list[bytes]:
 def aborted(kind: type[BaseException], match: str | None = None) -> Iterator[Any]:
     """``pytest.raises`` for an error that stops a batch: ``ApiClient.send`` raises it as
     ``BatchAborted`` (with the outcomes settled before it), whose message and exit code are its own."""
-    from api_pipeline.dfe.api import BatchAborted
+    from api_pipeline.errors import BatchAborted
 
     with pytest.raises(BatchAborted, match=match) as caught:
         yield caught

@@ -12,8 +12,8 @@ import pytest
 from api_pipeline.cli.status import describe_age, format_status, status_command
 from api_pipeline.cli.status_report import HIDDEN_REASON, ReasonKeys, age_seconds, collect_status, schema_field_names
 from api_pipeline.dfe.schema import load_bundled_schema
-from api_pipeline.errors import DatabaseError, ExitCode
-from api_pipeline.job.rows import Invalid, parse_payload
+from api_pipeline.errors import DatabaseError, ExitCode, Invalid
+from api_pipeline.job.rows import parse_payload
 from api_pipeline.reasons import INVALID
 from api_pipeline.rehearsal.demo import load_children
 from api_pipeline.rehearsal.synthetic import make_children

@@ -11,12 +11,11 @@ import sys
 from collections.abc import Callable
 
 from api_pipeline.cli.console import console_secret_prompt, read_piped_line, stdin_is_interactive
-from api_pipeline.errors import ConfigError, ExitCode
+from api_pipeline.errors import ConfigError, ExitCode, KeyringUnavailable
 from api_pipeline.settings.config import NAMES_READ, OPTIONS, keyring_settings
 from api_pipeline.settings.context import Context
 from api_pipeline.settings.secret_store import (
     KEYRING_PREFIX,
-    KeyringUnavailable,
     command_word,
     entry_words,
     is_keyring_reference,

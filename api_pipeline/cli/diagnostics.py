@@ -10,25 +10,21 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from api_pipeline.dfe.api import (
-    PROMOTE_SECONDARY_KEY_ADVICE,
-    ApiClient,
-    BatchRejected,
-    Forbidden,
-    Unauthorized,
-    classify,
-)
+from api_pipeline.dfe.api import PROMOTE_SECONDARY_KEY_ADVICE, ApiClient, classify
 from api_pipeline.dfe.auth import PROMOTE_SECONDARY_CLIENT_ADVICE, ClientCredentialsAuth
 from api_pipeline.dfe.tls import CertificateReport, inspect_certificate
 from api_pipeline.dfe.transport import make_session, proxy_address, session_proxy, user_agent
 from api_pipeline.errors import (
     ApiError,
     AuthError,
+    BatchRejected,
     ConfigError,
     DatabaseError,
     ExitCode,
+    Forbidden,
     PipelineError,
     RetriableApiError,
+    Unauthorized,
 )
 from api_pipeline.job.logs import known_secrets, remember_secret
 from api_pipeline.rehearsal.sample import load_sample_children
