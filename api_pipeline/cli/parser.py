@@ -38,13 +38,13 @@ DEMO_FOLDER = "csc_api_pipeline_demo"  # in the user's own folder, unless --dir 
 class Commands:
     """Adds a command to the parser, with the options every command shares and the pointer to the exit codes."""
 
-    subparsers: Any  # argparse's _SubParsersAction, private to argparse
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     common: argparse.ArgumentParser
 
     def add(
         self, name: str, handler: Handler, help_text: str, description: str, **extra: Any
     ) -> argparse.ArgumentParser:
-        sub: argparse.ArgumentParser = self.subparsers.add_parser(
+        sub = self.subparsers.add_parser(
             name,
             parents=[self.common],
             help=help_text,
