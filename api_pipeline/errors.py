@@ -1,15 +1,24 @@
 """Exceptions, grouped by what the caller should do about them.
 
-Every error the tool raises on purpose derives from :class:`PipelineError` and
-carries the process exit code (DESIGN §10) that ``cli.main`` returns for it.
+Every error that stops a command derives from :class:`PipelineError` and carries the
+process exit code (DESIGN §10) that ``cli.main`` returns for it. The others never reach the
+boundary: the module that catches them marks a row, reads an answer as a network failure, or
+says why it falls back. Each group below says which.
+
 Messages are written for a council officer and never contain payload content,
 secrets or personal data.
+
+Two exceptions live in the module that raises them, because no other module sees them:
+``dfe.api.UnusableReceipts`` (an answer without one receipt per record, sent again inside
+``ApiClient.send``) and ``dfe.tls.ProxyRefused`` (the proxy's answer to ``CONNECT`` while
+``test-endpoint`` looks at a certificate); ``dfe.auth._TokenEndpointBusy`` is private to the token's retries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import IntEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -49,6 +58,11 @@ _EXIT_CODE_MEANINGS = {
         "closing, logoff or shutdown)"
     ),
 }
+
+
+# ---------------------------------------------------------------------------
+# Stop the command: one line on stderr and the error's exit code.
+# ---------------------------------------------------------------------------
 
 
 class PipelineError(Exception):
@@ -94,26 +108,27 @@ class AuthError(PipelineError):
     exit_code = ExitCode.AUTH
 
 
+class Unauthorized(AuthError):
+    """DfE answered 401: the token (or the SupplierKey) was refused."""
+
+
 class ApiError(PipelineError):
     """The API could not be used: network, TLS, proxy, refusal."""
 
     exit_code = ExitCode.API
 
 
-class RetriableApiError(ApiError):
-    """A failure worth retrying (429, 5xx, timeouts, resets). Only these are retried.
-
-    ``retry_after`` is the server's requested wait in seconds, when it gave one.
-    """
-
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
-
-
 class FatalApiError(ApiError):
     """The API refused in a way retrying will not fix (403 after backoff, 404, TLS)."""
+
+
+class RetriesExhausted(ApiError):
+    """A retriable failure kept happening until the retry budget ran out (exit 5)."""
+
+    def __init__(self, message: str, *, status: int | None, attempts: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.attempts = attempts
 
 
 class RunLocked(PipelineError):
@@ -142,3 +157,121 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+# ---------------------------------------------------------------------------
+# Try again: only these are retried (with the server's Retry-After, when it gives one).
+# ---------------------------------------------------------------------------
+
+
+class RetriableApiError(ApiError):
+    """A failure worth retrying (429, 5xx, timeouts, resets). Only these are retried.
+
+    ``retry_after`` is the server's requested wait in seconds, when it gave one.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class TransientNetworkError(RetriableApiError):
+    """A timeout or dropped connection: worth retrying. ``cause`` is a short label for logs;
+    ``detail`` the sentence saying what failed, without the "Cannot reach ..." in front."""
+
+    def __init__(self, message: str, *, cause: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.detail = detail or message
+
+
+class Forbidden(RetriableApiError):
+    """DfE answered 403: its gateway throttles with 403 too, so it is retried a few times."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message, status=403, retry_after=retry_after)
+
+
+# ---------------------------------------------------------------------------
+# Settle the batch: what DfE said of each record stands; send the rest again, or stop.
+# ---------------------------------------------------------------------------
+
+
+class PayloadTooLarge(ApiError):
+    """DfE answered 413: the batch is too big; halve it."""
+
+
+class BatchRejected(PipelineError):
+    """DfE answered 400. ``indexes`` maps each record it named (``[n]``, 0-based) to its masked reason."""
+
+    def __init__(self, indexes: dict[int, str], message: str) -> None:
+        super().__init__(message)
+        self.indexes = indexes
+
+
+class BatchAborted(PipelineError):
+    """A batch stopped by an error that stops the run (auth, fatal, retries exhausted).
+
+    ``error`` is that error; ``outcomes`` are the batch's records settled before it, in order
+    (DfE's answers for them stand: acknowledged, or rejected). The message and exit code are the error's.
+    """
+
+    def __init__(self, error: PipelineError, outcomes: list[Any]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.outcomes = outcomes  # dfe.api.Outcome each (a room above this one)
+        self.exit_code = error.exit_code
+
+
+# ---------------------------------------------------------------------------
+# Mark the row and carry on with the others (the row's outcome, never the run's).
+# ---------------------------------------------------------------------------
+
+
+class Invalid(Exception):
+    """The record's content cannot be sent: the row becomes ``invalid`` until its payload changes."""
+
+    def __init__(self, reason: str, *keys: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.keys = keys or (reason,)
+
+
+class Skip(Exception):
+    """The row itself is inconsistent: leave its status, explain, look again next run."""
+
+    def __init__(self, reason: str, key: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.key = key
+
+
+class Later(Exception):
+    """Look at this row again once every other row has been read (its person_id is not its child's id)."""
+
+
+# ---------------------------------------------------------------------------
+# Take the answer as a network failure: nothing of it is used (dfe.bounded reads within limits).
+# ---------------------------------------------------------------------------
+
+
+class AnswerTooSlow(Exception):
+    """The exchange did not finish within its deadline (nothing of the answer is used)."""
+
+
+class AnswerTooLarge(Exception):
+    """The answer's body was bigger than the cap (nothing of it is used)."""
+
+
+# ---------------------------------------------------------------------------
+# Say why, and carry on without it: the command decides what that costs.
+# ---------------------------------------------------------------------------
+
+
+class KeyringUnavailable(Exception):
+    """The keyring cannot be used on this machine; the message says why, never a secret."""
+
+
+class NotAPlainFile(OSError):
+    """Where the tool would add to or read a file of its own, something else is: a link, a pipe, a folder."""

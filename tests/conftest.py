@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from api_pipeline.cli.main import Context, main
+from api_pipeline.cli.main import main
 from api_pipeline.errors import PipelineError
 from api_pipeline.rehearsal.demo import load_children
 from api_pipeline.rehearsal.simulator import Simulator
 from api_pipeline.settings.config import Settings, load_settings
+from api_pipeline.settings.context import Context
 from api_pipeline.store.db import Database
 from api_pipeline.store.staging import StagingTable
 
@@ -338,7 +339,7 @@ def encoded(records: Iterable[dict]) -> list[bytes]:
 def aborted(kind: type[BaseException], match: str | None = None) -> Iterator[Any]:
     """``pytest.raises`` for an error that stops a batch: ``ApiClient.send`` raises it as
     ``BatchAborted`` (with the outcomes settled before it), whose message and exit code are its own."""
-    from api_pipeline.dfe.api import BatchAborted
+    from api_pipeline.errors import BatchAborted
 
     with pytest.raises(BatchAborted, match=match) as caught:
         yield caught

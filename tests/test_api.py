@@ -27,26 +27,21 @@ import requests
 
 from api_pipeline import __version__
 from api_pipeline.cli.diagnostics import check_endpoint
-from api_pipeline.dfe.api import (
-    ApiClient,
-    BatchRejected,
-    Forbidden,
-    PayloadTooLarge,
-    RetriesExhausted,
-    Unauthorized,
-    classify,
-    parse_indexes,
-    parse_receipt_time,
-)
+from api_pipeline.dfe.api import ApiClient, classify, parse_indexes, parse_receipt_time
 from api_pipeline.dfe.auth import ClientCredentialsAuth
 from api_pipeline.dfe.payload import encode_record
 from api_pipeline.dfe.transport import _bypasses_proxy, make_session, mask_answer, parse_retry_after
 from api_pipeline.errors import (
     AuthError,
+    BatchRejected,
     ConfigError,
     ExitCode,
     FatalApiError,
+    Forbidden,
+    PayloadTooLarge,
     RetriableApiError,
+    RetriesExhausted,
+    Unauthorized,
 )
 from api_pipeline.rehearsal.simulator import Simulator
 from api_pipeline.settings.config import Secret, Settings, load_settings

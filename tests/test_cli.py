@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from api_pipeline import __version__
-from api_pipeline.cli.main import build_parser
+from api_pipeline.cli.parser import build_parser
 from api_pipeline.rehearsal.synthetic import make_children
 from conftest import db_env, insert, run_cli
 

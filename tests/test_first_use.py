@@ -66,7 +66,8 @@ def run_in(argv, *, cwd: Path, exe_dir: Path, environ=None, frozen: bool = False
     """The CLI as a program at ``exe_dir`` started in ``cwd`` (Task Scheduler: System32)."""
     import io
 
-    from api_pipeline.cli.main import Context, main
+    from api_pipeline.cli.main import main
+    from api_pipeline.settings.context import Context
     from conftest import CliResult
 
     out, err = io.StringIO(), io.StringIO()
@@ -441,7 +442,7 @@ def test_the_generated_reference_lists_set_secrets_names(tmp_path):
 
 
 def test_every_command_help_points_at_the_one_exit_code_list(tmp_path, capsys):
-    from api_pipeline.cli.main import build_parser
+    from api_pipeline.cli.parser import build_parser
 
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
@@ -662,7 +663,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_the_readme_lists_every_command():
-    from api_pipeline.cli.main import build_parser
+    from api_pipeline.cli.parser import build_parser
 
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")

@@ -15,10 +15,10 @@ import pytest
 
 from api_pipeline.cli import diagnostics
 from api_pipeline.cli.diagnostics import init_db
-from api_pipeline.cli.main import Context
 from api_pipeline.errors import ConfigError, DatabaseError
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.settings.config import load_settings
+from api_pipeline.settings.context import Context
 from api_pipeline.store.db import Database
 from api_pipeline.store.staging import StagingTable
 from conftest import TABLE, insert

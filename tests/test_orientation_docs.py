@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.cli.main import build_parser
+from api_pipeline.cli.parser import build_parser
 from conftest import REFERENCE_ENV, reference_dir
 
 REPO = Path(__file__).resolve().parents[1]

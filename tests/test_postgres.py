@@ -25,11 +25,11 @@ from pathlib import Path
 import pytest
 
 from api_pipeline.cli import diagnostics
-from api_pipeline.cli.main import Context
 from api_pipeline.errors import DatabaseError
 from api_pipeline.job.runner import execute_run
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.settings.config import load_settings
+from api_pipeline.settings.context import Context
 from api_pipeline.store.catalogue import column_names
 from api_pipeline.store.db import Database
 from api_pipeline.store.dialects import POSTGRES

@@ -19,7 +19,6 @@ import pytest
 
 from api_pipeline.cli.credentials import DEFAULT_SERVICE, keyring_variables, set_secret_command
 from api_pipeline.cli.diagnostics import check_endpoint
-from api_pipeline.cli.main import Context
 from api_pipeline.dfe.api import ApiClient
 from api_pipeline.dfe.auth import SECRET_REFUSED_CODES, ClientCredentialsAuth
 from api_pipeline.dfe.transport import make_session
@@ -27,6 +26,7 @@ from api_pipeline.errors import AuthError, ConfigError, ExitCode
 from api_pipeline.rehearsal.simulator import Simulator
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.settings.config import Secret, load_settings
+from api_pipeline.settings.context import Context
 from api_pipeline.settings.masking import mask_secrets
 from conftest import aborted, db_env, encoded, insert, run_cli
 

@@ -36,7 +36,6 @@ from test_tsql import (  # noqa: E402
 )
 
 from api_pipeline.cli import diagnostics  # noqa: E402
-from api_pipeline.cli.main import Context  # noqa: E402
 from api_pipeline.dfe.api import Outcome  # noqa: E402
 from api_pipeline.dfe.schema import RecordValidator  # noqa: E402
 from api_pipeline.errors import DatabaseError, RunLocked  # noqa: E402
@@ -44,6 +43,7 @@ from api_pipeline.job.pipeline import Pipeline, RunOptions  # noqa: E402
 from api_pipeline.job.run_files import RunSummary  # noqa: E402
 from api_pipeline.rehearsal.synthetic import make_children  # noqa: E402
 from api_pipeline.settings.config import load_settings  # noqa: E402
+from api_pipeline.settings.context import Context  # noqa: E402
 from api_pipeline.store.db import Database
 from api_pipeline.store.dialects import BABELFISH, LEDGER_SPEC, MSSQL, STAGING_SPEC, ColumnInfo, check_columns
 from api_pipeline.store.lock import RunLock  # noqa: E402

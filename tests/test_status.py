@@ -9,24 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.cli.main import Context
-from api_pipeline.cli.status import (
-    HIDDEN_REASON,
-    ReasonKeys,
-    age_seconds,
-    collect_status,
-    describe_age,
-    format_status,
-    schema_field_names,
-    status_command,
-)
+from api_pipeline.cli.status import describe_age, format_status, status_command
+from api_pipeline.cli.status_report import HIDDEN_REASON, ReasonKeys, age_seconds, collect_status, schema_field_names
 from api_pipeline.dfe.schema import load_bundled_schema
-from api_pipeline.errors import DatabaseError, ExitCode
-from api_pipeline.job.rows import Invalid, parse_payload
+from api_pipeline.errors import DatabaseError, ExitCode, Invalid
+from api_pipeline.job.rows import parse_payload
 from api_pipeline.reasons import INVALID
 from api_pipeline.rehearsal.demo import load_children
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.settings.config import load_settings
+from api_pipeline.settings.context import Context
 from api_pipeline.store.db import Database
 from api_pipeline.store.staging import Doubt, InDoubt, LedgerEntry, StagingTable
 from api_pipeline.timestamps import parse_timestamp
@@ -336,7 +328,7 @@ def test_timestamps_from_sqlite_text_and_odbc_datetimes():
 
 
 def test_format_status_without_last_updated_column():
-    from api_pipeline.cli.status import StatusReport
+    from api_pipeline.cli.status_report import StatusReport
 
     report = StatusReport(table="t", pending_rows=4, last_updated_column=False)
     assert (

@@ -464,9 +464,10 @@ def test_windows_console_events_stop_the_run_as_ctrl_c_does(db_path, monkeypatch
         from pathlib import Path
         from api_pipeline import stopping
         from api_pipeline.cli import main as cli
+        from api_pipeline.settings.context import Context
 
         trigger = Path(sys.argv[1])
-        ctx = cli.Context(environ=os.environ, cwd=Path.cwd(), out=sys.stdout, err=sys.stderr)
+        ctx = Context(environ=os.environ, cwd=Path.cwd(), out=sys.stdout, err=sys.stderr)
 
         def windows_closes_the_console():
             while not trigger.exists():

@@ -20,8 +20,8 @@ from sqlglot import exp  # noqa: E402
 from sqlglot.errors import ErrorLevel, ParseError  # noqa: E402
 
 from api_pipeline.cli import diagnostics  # noqa: E402
-from api_pipeline.cli.main import Context  # noqa: E402
 from api_pipeline.settings.config import Secret, load_settings  # noqa: E402
+from api_pipeline.settings.context import Context  # noqa: E402
 from api_pipeline.store.db import Database  # noqa: E402
 from api_pipeline.store.dialects import (  # noqa: E402
     BINARY,

@@ -30,13 +30,13 @@ import pytest
 
 from api_pipeline.cli.console import NO_CONSOLE_INPUT, read_hidden, read_piped_line
 from api_pipeline.cli.credentials import set_secret_command
-from api_pipeline.cli.main import Context
 from api_pipeline.cli.onefile import CLAIMED_SUFFIX, STALE_AFTER, remove_stale_copies
 from api_pipeline.errors import ConfigError
 from api_pipeline.job.logs import ERROR_LOG_NAME
 from api_pipeline.job.pipeline import Pipeline
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.settings.config import load_settings
+from api_pipeline.settings.context import Context
 from conftest import db_env, insert, run_cli
 
 keyring = pytest.importorskip("keyring")

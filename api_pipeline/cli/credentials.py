@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from api_pipeline.cli.console import console_secret_prompt, read_piped_line, stdin_is_interactive
-from api_pipeline.errors import ConfigError, ExitCode
+from api_pipeline.errors import ConfigError, ExitCode, KeyringUnavailable
 from api_pipeline.settings.config import NAMES_READ, OPTIONS, keyring_settings
+from api_pipeline.settings.context import Context
 from api_pipeline.settings.secret_store import (
     KEYRING_PREFIX,
-    KeyringUnavailable,
     command_word,
     entry_words,
     is_keyring_reference,
@@ -36,7 +35,7 @@ def keyring_variables() -> tuple[str, ...]:
 
 def set_secret_command(
     name: str,
-    ctx: Any,
+    ctx: Context,
     *,
     service: str = DEFAULT_SERVICE,
     prompt: Callable[[str], str] | None = None,

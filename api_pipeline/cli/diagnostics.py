@@ -10,29 +10,26 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from api_pipeline.dfe.api import (
-    PROMOTE_SECONDARY_KEY_ADVICE,
-    ApiClient,
-    BatchRejected,
-    Forbidden,
-    Unauthorized,
-    classify,
-)
+from api_pipeline.dfe.api import PROMOTE_SECONDARY_KEY_ADVICE, ApiClient, classify
 from api_pipeline.dfe.auth import PROMOTE_SECONDARY_CLIENT_ADVICE, ClientCredentialsAuth
 from api_pipeline.dfe.tls import CertificateReport, inspect_certificate
 from api_pipeline.dfe.transport import make_session, proxy_address, session_proxy, user_agent
 from api_pipeline.errors import (
     ApiError,
     AuthError,
+    BatchRejected,
     ConfigError,
     DatabaseError,
     ExitCode,
+    Forbidden,
     PipelineError,
     RetriableApiError,
+    Unauthorized,
 )
 from api_pipeline.rehearsal.sample import load_sample_children
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.settings.config import Secret, Settings
+from api_pipeline.settings.context import Context
 from api_pipeline.settings.masking import hide_secrets, known_secrets
 from api_pipeline.store.catalogue import column_names, server_info
 from api_pipeline.store.db import Database
@@ -65,7 +62,7 @@ def _connection_string(settings: Settings, command: str) -> Secret:
     return settings.db_connection_string
 
 
-def test_db(settings: Settings, ctx: Any) -> int:
+def test_db(settings: Settings, ctx: Context) -> int:
     """Connect, ``SELECT 1``, and report what we are talking to and who we are logged in as."""
     with Database.open_existing(_connection_string(settings, "test-db")) as db:
         if db.scalar("SELECT 1") != 1:
@@ -83,7 +80,7 @@ def test_db(settings: Settings, ctx: Any) -> int:
     return ExitCode.OK
 
 
-def test_schema(settings: Settings, ctx: Any) -> int:
+def test_schema(settings: Settings, ctx: Context) -> int:
     """Check the staging table (the live one or an ``_anon`` copy: it is just TABLE_NAME), the ledger
     and the in-flight and in-doubt tables.
 
@@ -137,7 +134,7 @@ def test_schema(settings: Settings, ctx: Any) -> int:
     return ExitCode.DATABASE if problems else ExitCode.OK
 
 
-def _report(ctx: Any, what: str, issues: list[Any]) -> int:
+def _report(ctx: Context, what: str, issues: list[Any]) -> int:
     blocking = [i for i in issues if i.blocking]
     if not blocking:
         ctx.print(f"{what}: OK")
@@ -162,7 +159,7 @@ PERSON_INDEX_NOTE = (
 )
 
 
-def _report_filtered_indexes(ctx: Any, db: Database, table: str) -> None:
+def _report_filtered_indexes(ctx: Context, db: Database, table: str) -> None:
     """SQL Server: a filtered index on the staging table obliges the staging SQL's sessions (issue 18.6)."""
     sql = db.dialect.filtered_indexes_sql()
     if sql is None:
@@ -201,7 +198,7 @@ SAMPLE_SUFFIX = "_anon"
 
 def init_db(
     settings: Settings,
-    ctx: Any,
+    ctx: Context,
     print_only: bool,
     *,
     dialect: str | None = None,
@@ -274,7 +271,7 @@ def _check_sample_target(table: str, print_only: bool) -> None:
         )
 
 
-def _add_sample(db: Database, table: str, count: int, append: bool, ctx: Any) -> None:
+def _add_sample(db: Database, table: str, count: int, append: bool, ctx: Context) -> None:
     existing = int(db.scalar(f"SELECT COUNT(*) FROM {table}") or 0)
     if existing and not append:
         raise ConfigError(
@@ -302,7 +299,7 @@ def _add_sample(db: Database, table: str, count: int, append: bool, ctx: Any) ->
 SAMPLE_SEED = 2026
 
 
-def _print_ddl(ctx: Any, dialect: Dialect, table: str) -> None:
+def _print_ddl(ctx: Context, dialect: Dialect, table: str) -> None:
     ctx.print(f"-- CSC API Pipeline tables for {dialect.label} (TABLE_NAME={table}).")
     ctx.print("-- Each statement creates its object only when it is missing; nothing is dropped or altered.")
     for what, name, statement in tables_ddl(dialect, table):
@@ -333,7 +330,7 @@ def _indent(text: str, prefix: str) -> str:
     return "\n".join(prefix + line for line in text.splitlines())
 
 
-def test_endpoint(settings: Settings, ctx: Any) -> int:
+def test_endpoint(settings: Settings, ctx: Context) -> int:
     """Token + ``POST []``: proves credentials, key, URL, LA code, proxy and TLS; sends no record."""
     session = make_session(settings)
     try:

@@ -25,11 +25,10 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exp
 from api_pipeline import reasons
 from api_pipeline.dfe import bounded
 from api_pipeline.dfe.auth import ClientCredentialsAuth
-from api_pipeline.dfe.bounded import MAX_ANSWER_BYTES, AnswerTooLarge, AnswerTooSlow, describe_size
+from api_pipeline.dfe.bounded import MAX_ANSWER_BYTES, describe_size
 from api_pipeline.dfe.payload import frame_body
 from api_pipeline.dfe.transport import (
     AnswerMask,
-    TransientNetworkError,
     body_text,
     mask_answer,
     parse_json,
@@ -40,12 +39,20 @@ from api_pipeline.dfe.transport import (
     summarise,
 )
 from api_pipeline.errors import (
-    ApiError,
+    AnswerTooLarge,
+    AnswerTooSlow,
     AuthError,
+    BatchAborted,
+    BatchRejected,
     ConfigError,
     FatalApiError,
+    Forbidden,
+    PayloadTooLarge,
     PipelineError,
     RetriableApiError,
+    RetriesExhausted,
+    TransientNetworkError,
+    Unauthorized,
 )
 from api_pipeline.settings.config import Settings
 from api_pipeline.settings.options import MAX_RECEIPT_LENGTH
@@ -59,33 +66,9 @@ MAX_FORBIDDEN_RETRIES = 3  # 403 is sometimes DfE's throttle, usually a real ref
 
 
 # ---------------------------------------------------------------------------
-# Exceptions specific to the API. They live here because only this module and
-# its callers need them; each subclasses the errors.py class with the right
-# exit code.
+# The one exception that never leaves this module (the others are in errors.py):
+# ApiClient.send sends the batch again, and says RetriesExhausted when it runs out.
 # ---------------------------------------------------------------------------
-
-
-class BatchRejected(PipelineError):
-    """DfE answered 400. ``indexes`` maps each record it named (``[n]``, 0-based) to its masked reason."""
-
-    def __init__(self, indexes: dict[int, str], message: str) -> None:
-        super().__init__(message)
-        self.indexes = indexes
-
-
-class Unauthorized(AuthError):
-    """DfE answered 401: the token (or the SupplierKey) was refused."""
-
-
-class Forbidden(RetriableApiError):
-    """DfE answered 403: its gateway throttles with 403 too, so it is retried a few times."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message, status=403, retry_after=retry_after)
-
-
-class PayloadTooLarge(ApiError):
-    """DfE answered 413: the batch is too big; halve it."""
 
 
 class UnusableReceipts(TransientNetworkError):
@@ -96,29 +79,6 @@ class UnusableReceipts(TransientNetworkError):
     def __init__(self, message: str, *, response: requests.Response) -> None:
         super().__init__(message, cause="unusable answer")
         self.response = response
-
-
-class BatchAborted(PipelineError):
-    """A batch stopped by an error that stops the run (auth, fatal, retries exhausted).
-
-    ``error`` is that error; ``outcomes`` are the batch's records settled before it, in order
-    (DfE's answers for them stand: acknowledged, or rejected). The message and exit code are the error's.
-    """
-
-    def __init__(self, error: PipelineError, outcomes: list[Outcome]) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.outcomes = outcomes
-        self.exit_code = error.exit_code
-
-
-class RetriesExhausted(ApiError):
-    """A retriable failure kept happening until the retry budget ran out (exit 5)."""
-
-    def __init__(self, message: str, *, status: int | None, attempts: int) -> None:
-        super().__init__(message)
-        self.status = status
-        self.attempts = attempts
 
 
 # A record marker is "[n]" not glued to a name: "[3] child_details.sex: ..." names record 3,

@@ -20,8 +20,16 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from api_pipeline.dfe import bounded, transport
-from api_pipeline.dfe.bounded import MAX_ANSWER_BYTES, AnswerTooLarge, AnswerTooSlow, describe_size
-from api_pipeline.errors import AuthError, ConfigError, FatalApiError, RetriableApiError
+from api_pipeline.dfe.bounded import MAX_ANSWER_BYTES, describe_size
+from api_pipeline.errors import (
+    AnswerTooLarge,
+    AnswerTooSlow,
+    AuthError,
+    ConfigError,
+    FatalApiError,
+    RetriableApiError,
+    TransientNetworkError,
+)
 from api_pipeline.settings.config import Secret, Settings
 from api_pipeline.settings.masking import known_secrets, remember_secret
 
@@ -284,7 +292,7 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
                 f"The token endpoint's answer was larger than {describe_size(MAX_ANSWER_BYTES)}, so it was not read. "
                 "Check TOKEN_ENDPOINT is the OAuth2 v2.0 token URL DfE gave you"
             ) from None
-        except transport.TransientNetworkError as exc:
+        except TransientNetworkError as exc:
             if exc.cause in {"dns", "connection refused"}:
                 raise FatalApiError(str(exc)) from None
             raise _TokenEndpointBusy(f"{exc.cause}: {exc.detail}") from None

@@ -25,16 +25,10 @@ import requests
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from api_pipeline.errors import AnswerTooLarge, AnswerTooSlow
+
 MAX_ANSWER_BYTES = 1024 * 1024  # a 100-receipt answer is about 7 KB; DfE's and Azure's errors, a few KB
 CHUNK_BYTES = 16 * 1024
-
-
-class AnswerTooSlow(Exception):
-    """The exchange did not finish within its deadline (nothing of the answer is used)."""
-
-
-class AnswerTooLarge(Exception):
-    """The answer's body was bigger than the cap (nothing of it is used)."""
 
 
 def describe_size(limit: int) -> str:

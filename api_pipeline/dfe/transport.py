@@ -28,23 +28,13 @@ import requests
 
 from api_pipeline import APP_NAME, __version__
 from api_pipeline.dfe.tls import TrustStoreAdapter, build_ssl_context
-from api_pipeline.errors import FatalApiError, RetriableApiError
+from api_pipeline.errors import FatalApiError, TransientNetworkError
 from api_pipeline.settings.config import Settings
 from api_pipeline.settings.masking import mask_secrets
 from api_pipeline.settings.options import LOOPBACK_HOSTS
 from api_pipeline.wording import printable
 
 SUMMARY_LIMIT = 200  # characters of a (masked) answer we are willing to show
-
-
-class TransientNetworkError(RetriableApiError):
-    """A timeout or dropped connection: worth retrying. ``cause`` is a short label for logs;
-    ``detail`` the sentence saying what failed, without the "Cannot reach ..." in front."""
-
-    def __init__(self, message: str, *, cause: str, detail: str = "") -> None:
-        super().__init__(message)
-        self.cause = cause
-        self.detail = detail or message
 
 
 # ---------------------------------------------------------------------------

@@ -25,9 +25,9 @@ from datetime import datetime
 from typing import Protocol
 
 from api_pipeline import reasons
-from api_pipeline.dfe.api import BatchAborted, Outcome, recorded_time
+from api_pipeline.dfe.api import Outcome, recorded_time
 from api_pipeline.dfe.payload import encode_record, load_outline, outline, outline_union
-from api_pipeline.errors import PipelineError
+from api_pipeline.errors import BatchAborted, PipelineError
 from api_pipeline.job.run_files import OUTCOME_WORDS, RunSummary
 from api_pipeline.stopping import signals_to_the_main_thread
 from api_pipeline.store.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingRow, StagingTable
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 class Sender(Protocol):
     """What the run needs from the API client (api.ApiClient): one Outcome per encoded record,
-    in order, or :class:`~api_pipeline.dfe.api.BatchAborted` with those settled before the run had to stop."""
+    in order, or :class:`~api_pipeline.errors.BatchAborted` with those settled before the run had to stop."""
 
     def send(self, bodies: list[bytes], batch_id: str) -> list[Outcome]: ...
 

@@ -20,9 +20,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from api_pipeline.errors import ConfigError
+from api_pipeline.errors import ConfigError, NotAPlainFile
 from api_pipeline.job.run_files import (
-    NotAPlainFile,
     append_private,
     create_private,
     log_path,

@@ -35,9 +35,9 @@ from api_pipeline.dfe.payload import (
     request_in_doubt,
 )
 from api_pipeline.dfe.schema import RecordValidator, generalise_path
-from api_pipeline.errors import PipelineError
+from api_pipeline.errors import Invalid, Later, PipelineError, Skip
 from api_pipeline.job.batches import Batches, Item, Sender, in_case_of, outline_of
-from api_pipeline.job.rows import DUPLICATE_CHILD, Identities, Invalid, Later, Skip, child_key, child_of, parse_payload
+from api_pipeline.job.rows import DUPLICATE_CHILD, Identities, child_key, child_of, parse_payload
 from api_pipeline.job.run_files import RunSummary, make_private_dir, replace_private
 from api_pipeline.settings.config import Settings
 from api_pipeline.settings.options import MAX_RECEIPT_LENGTH

@@ -18,6 +18,7 @@ from typing import Any
 from api_pipeline import reasons
 from api_pipeline.dfe.payload import DUPLICATE_KEY, MAX_NESTING, loads_record, nesting_exceeds, unclear_part
 from api_pipeline.dfe.schema import UNKNOWN_KEY, format_path, generalise_path, load_bundled_schema, schema_keys
+from api_pipeline.errors import Invalid, Later, Skip
 from api_pipeline.store.odbc import UTF16, UnreadableText
 from api_pipeline.store.staging import StagingRow, StagingTable
 from api_pipeline.wording import plural
@@ -27,28 +28,6 @@ log = logging.getLogger(__name__)
 MAX_RECORD_BYTES = 1_000_000
 KNOWN_ROW_STATES = frozenset({"new", "updated", "unchanged", "deleted", ""})
 KNOWN_STATUSES = frozenset({"pending", "sent", "error", "invalid", ""})
-
-
-class Invalid(Exception):
-    """The record's content cannot be sent: the row becomes ``invalid`` until its payload changes."""
-
-    def __init__(self, reason: str, *keys: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.keys = keys or (reason,)
-
-
-class Skip(Exception):
-    """The row itself is inconsistent: leave its status, explain, look again next run."""
-
-    def __init__(self, reason: str, key: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.key = key
-
-
-class Later(Exception):
-    """Look at this row again once every other row has been read (its person_id is not its child's id)."""
 
 
 DUPLICATE_CHILD = (reasons.DUPLICATE_CHILD, "duplicate child")

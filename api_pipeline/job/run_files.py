@@ -29,6 +29,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from api_pipeline.errors import NotAPlainFile
 from api_pipeline.settings.config import Settings
 from api_pipeline.timestamps import parse_utc, utc_now, utc_stamp
 from api_pipeline.wording import duration, plural
@@ -229,10 +230,6 @@ def _date(run: RunFiles) -> None:
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)  # POSIX: a link as the last part of the path is refused, not followed
 _NO_WAIT = getattr(os, "O_NONBLOCK", 0)  # POSIX: a named pipe put where a file belongs is refused, not waited on
 _BINARY = getattr(os, "O_BINARY", 0)  # Windows: the bytes as given
-
-
-class NotAPlainFile(OSError):
-    """Where the tool would add to or read a file of its own, something else is: a link, a pipe, a folder."""
 
 
 def make_private_dir(folder: Path) -> None:

@@ -34,6 +34,7 @@ from api_pipeline.job.run_files import (
     write_summary,
 )
 from api_pipeline.settings.config import Settings
+from api_pipeline.settings.context import Context
 from api_pipeline.settings.masking import hide_secrets
 from api_pipeline.stopping import StopRequest
 from api_pipeline.store.db import Database
@@ -213,7 +214,7 @@ def _copy_client_counters(client: Any, summary: RunSummary) -> None:
 
 def run_command(
     settings: Settings,
-    ctx: Any,
+    ctx: Context,
     *,
     limit: int | None,
     dry_run_dir: Path | None,
@@ -228,7 +229,7 @@ def run_command(
     :func:`execute_run` allows; the log, the summary and the report around it are written whole,
     and once they are, a signal changes nothing.
     """
-    stop: StopRequest = getattr(ctx, "stop", None) or StopRequest()
+    stop = ctx.stop
     stop.announcement = (
         "stopping. A batch being sent is answered and written back first (HTTP_TIMEOUT at most); nothing "
         "more is sent, and what DfE has not acknowledged stays pending for the next run"
@@ -251,7 +252,7 @@ def run_command(
 
 def _run_and_record(
     settings: Settings,
-    ctx: Any,
+    ctx: Context,
     stop: StopRequest,
     *,
     limit: int | None,
@@ -341,8 +342,8 @@ def _write_run_files(log_file: Path, summary: RunSummary) -> None:
         log.warning("could not write the run report in %s: %s", log_file.parent, reason)
 
 
-def _log_where_settings_came_from(settings: Settings, ctx: Any) -> None:
-    if getattr(ctx, "implied_run", False):
+def _log_where_settings_came_from(settings: Settings, ctx: Context) -> None:
+    if ctx.implied_run:
         log.info("no command was given: running 'run', as the earlier tool did")
     env_file = settings.env_file
     if env_file is None:
@@ -361,7 +362,7 @@ def _log_where_settings_came_from(settings: Settings, ctx: Any) -> None:
         log.info("database: SQLite file %s", settings.sqlite_file)
 
 
-def validate_command(settings: Settings, ctx: Any, *, all_rows: bool, limit: int | None) -> int:
+def validate_command(settings: Settings, ctx: Context, *, all_rows: bool, limit: int | None) -> int:
     """The ``validate`` command: the run's checks without sending or writing anything."""
     configure_logging(quiet=True)
     summary = execute_run(settings, validate_only=True, all_rows=all_rows, limit=limit, progress_stream=ctx.err)

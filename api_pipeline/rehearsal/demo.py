@@ -26,6 +26,7 @@ from api_pipeline.rehearsal.simulator import Simulator
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.rehearsal.synthetic_changes import mutate
 from api_pipeline.settings.config import load_settings
+from api_pipeline.settings.context import Context
 from api_pipeline.store.db import Database
 from api_pipeline.store.dialects import BINARY
 from api_pipeline.store.staging import StagingTable
@@ -157,7 +158,7 @@ def prepare_demo_folder(folder: Path) -> None:
 
 def run_demo(
     folder: Path,
-    ctx: Any,
+    ctx: Context,
     *,
     children: int = 300,
     seed: int = 2026,

@@ -20,6 +20,8 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+from api_pipeline.errors import KeyringUnavailable
+
 KEYRING_PREFIX = "keyring:"
 
 
@@ -34,10 +36,6 @@ def parse_keyring_reference(text: str) -> tuple[str, str]:
     if not service.strip() or not name.strip():
         raise ValueError("expected keyring:<service>/<name>, for example keyring:csc-api-pipeline/CLIENT_SECRET")
     return service.strip(), name.strip()
-
-
-class KeyringUnavailable(Exception):
-    """The keyring cannot be used on this machine; the message says why, never a secret."""
 
 
 def keyring_place() -> str:

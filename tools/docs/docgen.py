@@ -1,7 +1,7 @@
 """Reference pages generated from the code, so the documentation cannot drift from it.
 
 Every function here returns Markdown built from the package itself: the command line from
-``api_pipeline.cli.main.build_parser()``, the settings from ``api_pipeline.settings.config.OPTIONS``, the
+``api_pipeline.cli.parser.build_parser()``, the settings from ``api_pipeline.settings.config.OPTIONS``, the
 exit codes and their meanings from ``api_pipeline.errors.ExitCode`` (as the ``--help`` epilog), the worked delta
 example from ``api_pipeline.dfe.payload.build_delta``, and the catalogue of messages from the
 source of ``api_pipeline`` itself.
@@ -88,7 +88,7 @@ class Command:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from api_pipeline.cli.main import build_parser as real_build_parser
+    from api_pipeline.cli.parser import build_parser as real_build_parser
 
     parser = real_build_parser()
     _fixed_width(parser)
@@ -324,7 +324,7 @@ def cli_reference() -> str:
 
 def status_json_keys() -> str:
     """The ``status --json`` keys and what each means, from ``status.STATUS_JSON_KEYS``."""
-    from api_pipeline.cli.status import STATUS_JSON_KEYS
+    from api_pipeline.cli.status_report import STATUS_JSON_KEYS
 
     return table(["key", "what it is"], [[code(key), cell(meaning)] for key, meaning in STATUS_JSON_KEYS.items()])
 
