@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,14 +31,6 @@ MARKER = {
     "postcode": "LK9 9ZZ",
     "unique_pupil_number": "LEAKUPN000001",
 }
-
-
-@pytest.fixture(autouse=True)
-def _restore_log_propagation() -> Iterator[None]:
-    logger = logging.getLogger("api_pipeline")
-    before = logger.propagate
-    yield
-    logger.propagate = before
 
 
 def everything_written(results: list[CliResult], tmp_path: Path) -> str:

@@ -324,8 +324,7 @@ def test_receipt_times_outside_the_window_never_reach_sql_servers_datetime() -> 
     pytest.importorskip("sqlglot")
     import hashlib
 
-    from test_sql_server import TABLE, connect, every_bound_value, wide
-    from test_tsql import Recorder, Wide
+    from fake_sql_server import TABLE, Recorder, Wide, connect, every_bound_value, wide
 
     from api_pipeline.dfe.schema import RecordValidator
     from api_pipeline.job.pipeline import Pipeline, RunOptions
