@@ -12,6 +12,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 import requests
+from simulator_client import children_url, simulator_token
 
 from api_pipeline.dfe.payload import STRUCTURE
 from api_pipeline.rehearsal.demo import apply_nightly_changes
@@ -28,18 +29,8 @@ def send_as_earlier_tool(sim: Any, db: Database, table: str) -> int:
     then mark each row ``sent`` with ``previous_json_payload = json_payload`` and
     ``previous_hash = current_hash``. Returns how many rows were sent."""
     env = sim.settings_env()
-    token = requests.post(
-        env["TOKEN_ENDPOINT"],
-        data={
-            "grant_type": "client_credentials",
-            "client_id": env["CLIENT_ID"],
-            "client_secret": env["CLIENT_SECRET"],
-            "scope": env["SCOPE"],
-        },
-        timeout=10,
-        allow_redirects=False,
-    ).json()["access_token"]
-    url = f"{env['API_ENDPOINT']}/children_social_care_data/{env['LA_CODE']}/children"
+    token = simulator_token(env)
+    url = children_url(env)
     headers = {"Authorization": f"Bearer {token}", "SupplierKey": env["SUPPLIER_KEY"]}
     pending = [
         (row_id, text)

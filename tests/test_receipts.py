@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from hostile import Answer, Exchange, Hostile, answer_with
+from simulator_client import children_url, simulator_token
 
 from api_pipeline.errors import ExitCode
 from api_pipeline.rehearsal.simulator import Simulator
@@ -118,18 +119,9 @@ def test_the_simulator_answers_one_uuid_for_the_request_when_asked() -> None:
 
     with Simulator(receipt_style="openapi") as sim:
         env = sim.settings_env()
-        token = requests.post(
-            env["TOKEN_ENDPOINT"],
-            data={
-                "grant_type": "client_credentials",
-                "client_id": env["CLIENT_ID"],
-                "client_secret": env["CLIENT_SECRET"],
-                "scope": env["SCOPE"],
-            },
-            timeout=10,
-        ).json()["access_token"]
+        token = simulator_token(env)
         answer = requests.post(
-            f"{env['API_ENDPOINT']}/children_social_care_data/{env['LA_CODE']}/children",
+            children_url(env),
             json=list(make_children(2, seed=233)),
             headers={"Authorization": f"Bearer {token}", "SupplierKey": env["SUPPLIER_KEY"]},
             timeout=10,
