@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # simulator_client, as switch_over.py does
 
 from bench_run import TABLE, run_child  # noqa: E402
 
@@ -202,6 +203,7 @@ def floor_main(spec_path: str) -> int:
 
     from api_pipeline.dfe.payload import encode_record, loads_record
     from api_pipeline.dfe.transport import user_agent
+    from simulator_client import children_url, simulator_token
 
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     env = spec["env"]
@@ -210,17 +212,8 @@ def floor_main(spec_path: str) -> int:
         with open(spec["records_file"], "rb") as handle:
             planned = pickle.load(handle)  # noqa: S301 - written by this suite a moment ago
     session = requests.Session()
-    token = session.post(
-        env["TOKEN_ENDPOINT"],
-        data={
-            "grant_type": "client_credentials",
-            "client_id": env["CLIENT_ID"],
-            "client_secret": env["CLIENT_SECRET"],
-            "scope": env["SCOPE"],
-        },
-        timeout=30,
-    ).json()["access_token"]
-    url = f"{env['API_ENDPOINT'].rstrip('/')}/children_social_care_data/{env['LA_CODE']}/children"
+    token = simulator_token(env, session=session, timeout=30)
+    url = children_url(env)
     headers = {
         "Authorization": f"Bearer {token}",
         "SupplierKey": env["SUPPLIER_KEY"],

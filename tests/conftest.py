@@ -1,14 +1,21 @@
 """Shared fixtures: a real simulator on loopback and real staging tables (SQLite, and PostgreSQL and
-SQL Server (Babelfish) when available)."""
+SQL Server (Babelfish) when available), and the helpers more than one test module uses.
+
+Test modules import from here and from the helper modules beside it (fake_sql_server, earlier_tool,
+simulator_client, hostile, file_keyring, credential_manager), never from one another
+(test_test_modules.py checks)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
+import logging
 import os
 import uuid
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +23,13 @@ import pytest
 
 from api_pipeline.cli.main import main
 from api_pipeline.errors import PipelineError
-from api_pipeline.rehearsal.demo import load_children
+from api_pipeline.rehearsal.demo import check_convergence, load_children
 from api_pipeline.rehearsal.simulator import Simulator
 from api_pipeline.settings.config import Settings, load_settings
 from api_pipeline.settings.context import Context
 from api_pipeline.store.db import Database
-from api_pipeline.store.staging import StagingTable
+from api_pipeline.store.staging import LedgerEntry, RowUpdate, StagingTable
+from fake_sql_server import FakePyodbc, Recorder, reveal
 
 TABLE = "ssd_api_data_staging"
 
@@ -43,6 +51,15 @@ def reference_missing(what: str) -> str:
         "staging SQL's sample rows as samples/*.json (record0_*.json to record4_*.json, from "
         f"github.com/data-to-insight/dfe-csc-api-data-flows) in one folder and set {REFERENCE_ENV} to it"
     )
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_propagation() -> Iterator[None]:
+    """The CLI's logging setup stops the package logger propagating; later tests' caplog needs it back."""
+    logger = logging.getLogger("api_pipeline")
+    before = logger.propagate
+    yield
+    logger.propagate = before
 
 
 @pytest.fixture
@@ -344,3 +361,72 @@ def aborted(kind: type[BaseException], match: str | None = None) -> Iterator[Any
     with pytest.raises(BatchAborted, match=match) as caught:
         yield caught
     assert isinstance(caught.value.error, kind), caught.value.error
+
+
+def ctx() -> Context:
+    """A command's context that writes to memory, for calling a command's work directly."""
+    return Context(environ={}, cwd=Path.cwd(), out=io.StringIO(), err=io.StringIO(), executable_dir=Path.cwd())
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    """Every Database.connect in this test goes to the recording SQL Server stand-in (fake_sql_server)."""
+    rec = Recorder()
+    fake = FakePyodbc(rec)
+    monkeypatch.setattr(Database, "connect", classmethod(lambda cls, cs: cls.open_odbc(reveal(cs), odbc=fake)))
+    return rec
+
+
+def sent_records(sim: Simulator) -> list[dict]:
+    """Every record the simulator accepted, in the order it was sent."""
+    return [
+        r for e in sim.request_log() if e.path.endswith("/children") and e.status == 200 for r in json.loads(e.body)
+    ]
+
+
+def converged(staging: Staging, sim: Simulator) -> None:
+    """DfE (the simulator) holds exactly what the table holds."""
+    with staging.open() as db:
+        result = check_convergence(db, staging.table, sim.snapshot())
+    assert result.ok, f"{len(result.mismatched)} children differ at DfE, e.g. {result.mismatched[:5]}"
+
+
+def acknowledged(staging: Staging) -> tuple[list[RowUpdate], list[LedgerEntry]]:
+    """What write-back gets after DfE acknowledged every row of the table."""
+    now = datetime(2026, 3, 1, 21, 4, 33)
+    updates, ledger = [], []
+    for row in staging.rows():
+        digest = hashlib.sha256(row["json_payload"].encode()).digest()
+        updates.append(
+            RowUpdate(
+                row["id"],
+                "Sent",
+                "receipt.json",
+                row["json_payload"],
+                now,
+                mark_sent=True,
+                previous_hash=digest,
+                row_state="Unchanged",
+            )
+        )
+        ledger.append(
+            LedgerEntry(row["person_id"], None, row["id"], row["json_payload"], digest, "receipt.json", now, False)
+        )
+    return updates, ledger
+
+
+def end_session(staging: Staging, db: Database) -> None:
+    """The server ends ``db``'s session, as a restart or ``pg_terminate_backend`` by a DBA does (PostgreSQL)."""
+    backend = db.scalar("SELECT pg_backend_pid()")
+    with staging.open() as admin:
+        assert str(admin.scalar("SELECT pg_terminate_backend(?, 5000)", (backend,))) in ("True", "1")
+
+
+# Made-up personal details the leak tests put in records and then look for in everything the tool wrote.
+MARKER = {
+    "first_name": "Leakcheck",
+    "surname": "Leaksurname",
+    "date_of_birth": "2013-07-19",
+    "postcode": "LK9 9ZZ",
+    "unique_pupil_number": "LEAKUPN000001",
+}

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_switch_over import converged, hand_over, sent_records
 
 from api_pipeline.errors import DatabaseError, RunLocked
 from api_pipeline.job.runner import execute_run
@@ -49,7 +48,8 @@ from api_pipeline.store.dialects import BABELFISH, LOCK_NAME_SIZE
 from api_pipeline.store.lock import RunLock
 from api_pipeline.store.odbc import LOCK_TIMEOUT, odbc_value, parse_odbc_string
 from api_pipeline.store.staging import LedgerEntry, StagingTable
-from conftest import Staging, run_cli, settings_for, unique_table
+from conftest import Staging, acknowledged, converged, run_cli, sent_records, settings_for, unique_table
+from earlier_tool import hand_over
 
 ADMIN_ENV = "CSC_BABELFISH_ADMIN_ODBC"  # .ci/babelfish.sh: the server's administrator, in master
 
@@ -527,8 +527,6 @@ def test_a_write_back_chosen_as_a_deadlock_victim_is_written_again(sqlserver_tab
     a deadlock (error 1205). The write-back is rolled back, tried again, and written whole."""
     caplog.set_level(logging.WARNING, logger="api_pipeline")
     sqlserver_table.insert(list(make_children(2, seed=246)))
-    from test_postgres import acknowledged  # what write-back gets after DfE acknowledged every row
-
     updates, ledger = acknowledged(sqlserver_table)
     first, second = (u.row_id for u in updates)
     table_name = sqlserver_table.table

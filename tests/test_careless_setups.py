@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hostile import Exchange, Hostile
 
 from api_pipeline.errors import ConfigError, ExitCode
 from api_pipeline.rehearsal.simulator import Simulator
@@ -27,6 +26,7 @@ from api_pipeline.store.db import Database
 from api_pipeline.store.dialects import LEDGER_SPEC, POSTGRES, ledger_ddl
 from api_pipeline.store.staging import StagingTable
 from conftest import Staging, db_env, insert, ledger, rows, run_cli, staging_on_every_database, unique_table
+from hostile import Exchange, Hostile
 
 # On SQL Server's dialect (Babelfish) too.
 staging = staging_on_every_database()

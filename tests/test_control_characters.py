@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hostile import Exchange, Hostile
 
 from api_pipeline.errors import ExitCode
 from api_pipeline.job.logs import close_logging, configure_logging, format_traceback
@@ -25,6 +24,7 @@ from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.store.db import Database
 from api_pipeline.wording import printable
 from conftest import TABLE, db_env, insert, rows, run_cli
+from hostile import Exchange, Hostile
 
 FORGED = "\n18:00:00 INFO all records sent; nothing to do"
 CLEAR = "\x1b[2J"

@@ -27,29 +27,15 @@ import pytest
 from api_pipeline.dfe.payload import records_equal
 from api_pipeline.errors import DatabaseError, ExitCode
 from api_pipeline.job.runner import execute_run
-from api_pipeline.rehearsal.demo import check_convergence
 from api_pipeline.rehearsal.simulator import Simulator
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.store.db import Database
 from api_pipeline.store.lock import RunLock
 from api_pipeline.store.odbc import CONNECTION_LOST
 from api_pipeline.store.staging import StagingTable
-from conftest import Staging, db_env, insert, rows, run_cli, settings_for
+from conftest import Staging, converged, db_env, end_session, insert, rows, run_cli, settings_for
 
 RECONNECTED = "connected again, and carrying on"
-
-
-def end_session(staging: Staging, db: Database) -> None:
-    """The server ends ``db``'s session, as a restart or ``pg_terminate_backend`` by a DBA does."""
-    backend = db.scalar("SELECT pg_backend_pid()")
-    with staging.open() as admin:
-        assert str(admin.scalar("SELECT pg_terminate_backend(?, 5000)", (backend,))) in ("True", "1")
-
-
-def converged(staging: Staging, simulator: Simulator) -> None:
-    with staging.open() as db:
-        result = check_convergence(db, staging.table, simulator.snapshot())
-    assert result.ok, result
 
 
 def reconnections(caplog: pytest.LogCaptureFixture) -> list[str]:

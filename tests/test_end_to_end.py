@@ -20,18 +20,20 @@ import pytest
 
 from api_pipeline.errors import DatabaseError
 from api_pipeline.job.runner import execute_run
-from api_pipeline.rehearsal.demo import apply_nightly_changes, check_convergence
+from api_pipeline.rehearsal.demo import apply_nightly_changes
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.store.db import Database
 from api_pipeline.store.staging import StagingTable
 from conftest import (
     TABLE,
     Staging,
+    converged,
     insert,
     ledger,
     mark_deleted,
     rows,
     run_cli,
+    sent_records,
     set_payload,
     settings_for,
     staging_on_every_database,
@@ -39,20 +41,6 @@ from conftest import (
 
 # On SQL Server's dialect (Babelfish) too.
 staging = staging_on_every_database()
-
-
-def converged(staging: Staging, sim) -> None:
-    with staging.open() as db:
-        result = check_convergence(db, staging.table, sim.snapshot())
-    assert result.ok, f"children differ at DfE: {result.mismatched[:5]}"
-
-
-def sent_records(sim) -> list[dict]:
-    records = []
-    for entry in sim.request_log():
-        if entry.path.endswith("/children") and entry.status == 200:
-            records.extend(json.loads(entry.body))
-    return records
 
 
 def return_children(db: Database, table: str, la_child_ids: Iterable[str]) -> list[str]:

@@ -10,29 +10,18 @@ every other value is read as python-dotenv reads it, as the earlier tool read it
 from __future__ import annotations
 
 import codecs
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_switch_over_habits import earlier_env_example
 
 from api_pipeline.errors import ConfigError, ExitCode
 from api_pipeline.job.logs import ERROR_LOG_NAME
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.settings.config import load_settings
 from conftest import db_env, insert, run_cli
+from earlier_tool import earlier_env_example
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _restore_log_propagation() -> Iterator[None]:
-    """The CLI's logging setup stops the package logger propagating; later tests' caplog needs it back."""
-    logger = logging.getLogger("api_pipeline")
-    before = logger.propagate
-    yield
-    logger.propagate = before
 
 
 def write_env(folder: Path, lines: list[str], *, encoding: str = "utf-8", bom: bytes = b"") -> Path:

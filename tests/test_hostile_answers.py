@@ -13,6 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
+
+from api_pipeline.dfe.api import ApiClient, classify
+from api_pipeline.dfe.auth import ClientCredentialsAuth
+from api_pipeline.dfe.transport import make_session, mask_answer, summarise
+from api_pipeline.errors import ApiError, AuthError, ExitCode, FatalApiError
+from api_pipeline.rehearsal.simulator import Simulator
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.settings.config import load_settings
+from conftest import db_env, encoded, insert, rows, run_cli
 from hostile import (
     Hostile,
     Trickle,
@@ -23,15 +32,6 @@ from hostile import (
     trickle_body,
     trickle_headers,
 )
-
-from api_pipeline.dfe.api import ApiClient, classify
-from api_pipeline.dfe.auth import ClientCredentialsAuth
-from api_pipeline.dfe.transport import make_session, mask_answer, summarise
-from api_pipeline.errors import ApiError, AuthError, ExitCode, FatalApiError
-from api_pipeline.rehearsal.simulator import Simulator
-from api_pipeline.rehearsal.synthetic import make_children
-from api_pipeline.settings.config import load_settings
-from conftest import db_env, encoded, insert, rows, run_cli
 
 FAST = {"MAX_RETRIES": "0", "HTTP_TIMEOUT": "1"}
 

@@ -14,7 +14,6 @@ import json
 import re
 
 import pytest
-from test_tsql import SQL_SERVER_COLUMNS, FakePyodbc, Recorder, _ctx, _reveal, _settings, assert_tsql
 
 from api_pipeline.cli import diagnostics
 from api_pipeline.dfe.schema import DISAGREEMENT, RecordValidator, ecma_pattern, load_bundled_schema
@@ -25,21 +24,13 @@ from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.store.db import Database
 from api_pipeline.store.dialects import BINARY_COLLATION, LEDGER_SPEC, MSSQL, ColumnInfo, check_columns, ledger_ddl
 from api_pipeline.store.staging import StagingTable
-from conftest import db_env, insert, rows, run_cli, set_payload, settings_for, staging_on_every_database
+from conftest import ctx, db_env, insert, rows, run_cli, set_payload, settings_for, staging_on_every_database
+from fake_sql_server import SQL_SERVER_COLUMNS, assert_tsql, stand_in_settings
 
 # On SQL Server's dialect (Babelfish) too.
 staging = staging_on_every_database()
 
 FIRST = next(make_children(1, seed=230))
-
-
-@pytest.fixture
-def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
-    """Every Database.connect goes to the recording SQL Server stand-in (as in test_tsql)."""
-    rec = Recorder()
-    fake = FakePyodbc(rec)
-    monkeypatch.setattr(Database, "connect", classmethod(lambda cls, cs: cls.open_odbc(_reveal(cs), odbc=fake)))
-    return rec
 
 
 def _child(**changes) -> dict:
@@ -198,7 +189,7 @@ def test_a_person_id_in_another_case_than_its_record_is_one_child_sent_as_the_re
 
 
 def test_sql_server_ledger_in_doubt_and_lock_keys_have_a_binary_collation(recorder):
-    assert diagnostics.init_db(_settings(), _ctx(), False) == 0
+    assert diagnostics.init_db(stand_in_settings(), ctx(), False) == 0
     created = [s for s in recorder.statements if "CREATE TABLE" in s]
     for suffix, key in (("_ledger", "la_child_id"), ("_in_doubt", "la_child_id"), ("_run_lock", "lock_name")):
         (ddl,) = [s for s in created if f"CREATE TABLE ssd_development.ssd_api_data_staging{suffix} (" in s]
@@ -218,7 +209,7 @@ def test_sql_server_joins_the_ledger_by_a_binary_comparison(recorder):
     recorder.tables["ssd_api_data_staging_ledger"] = [("la_child_id", "nvarchar", 36)]
     recorder.tables["ssd_api_data_staging_in_flight"] = [("batch_id", "nvarchar", 64)]
     recorder.tables["ssd_api_data_staging_in_doubt"] = [("la_child_id", "nvarchar", 36)]
-    with Database.connect(_settings().db_connection_string) as db:  # type: ignore[arg-type]
+    with Database.connect(stand_in_settings().db_connection_string) as db:  # type: ignore[arg-type]
         list(StagingTable(db, "ssd_api_data_staging").iter_candidates())
     (read,) = [s for s in recorder.statements if "LEFT JOIN ssd_api_data_staging_ledger l" in s]
     person = f"LTRIM(RTRIM(t.person_id)) COLLATE {BINARY_COLLATION}"
@@ -228,7 +219,7 @@ def test_sql_server_joins_the_ledger_by_a_binary_comparison(recorder):
 
 def test_duplicate_person_ids_are_found_ignoring_case(recorder):
     recorder.tables["ssd_api_data_staging"] = SQL_SERVER_COLUMNS
-    with Database.connect(_settings().db_connection_string) as db:  # type: ignore[arg-type]
+    with Database.connect(stand_in_settings().db_connection_string) as db:  # type: ignore[arg-type]
         StagingTable(db, "ssd_api_data_staging").duplicate_person_ids()
     (sql,) = [s for s in recorder.statements if "HAVING COUNT(*) > 1" in s]
     assert "GROUP BY LOWER(LTRIM(RTRIM(person_id)))" in sql

@@ -26,7 +26,7 @@ from api_pipeline.rehearsal.dfe_model import load_default_schema
 from api_pipeline.rehearsal.simulator import Simulator
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.store.staging import StagingTable
-from conftest import Staging, insert, rows, set_payload, settings_for
+from conftest import Staging, end_session, insert, rows, set_payload, settings_for
 
 CHILDREN = 30
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -305,7 +305,6 @@ def test_a_run_killed_while_dfe_answers_leaves_its_batch_in_doubt(staging: Stagi
 def test_counts_after_the_database_is_lost_say_what_was_recorded(postgres_table, monkeypatch, caplog) -> None:
     """Issue 22.5: sent counts only what the table recorded; what DfE acknowledged but the table
     could not record is counted in doubt; the rows left are unknown when the database is gone."""
-    from test_db_faults import end_session
 
     children = list(make_children(60, seed=228))
     postgres_table.insert(children)

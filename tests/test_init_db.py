@@ -6,7 +6,6 @@ it (SQLite) and by parsing it as T-SQL (SQL Server).
 
 from __future__ import annotations
 
-import io
 import re
 import sqlite3
 from pathlib import Path
@@ -18,14 +17,9 @@ from api_pipeline.cli.diagnostics import init_db
 from api_pipeline.errors import ConfigError, DatabaseError
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.settings.config import load_settings
-from api_pipeline.settings.context import Context
 from api_pipeline.store.db import Database
 from api_pipeline.store.staging import StagingTable
-from conftest import TABLE, insert
-
-
-def ctx() -> Context:
-    return Context(environ={}, cwd=Path.cwd(), out=io.StringIO(), err=io.StringIO(), executable_dir=Path.cwd())
+from conftest import TABLE, ctx, insert
 
 
 def printed(dialect: str, table: str = TABLE) -> list[str]:
@@ -94,7 +88,7 @@ def test_printed_sqlite_ddl_runs_and_makes_a_usable_table(tmp_path):
 
 
 def test_printed_sql_server_ddl_is_valid_tsql():
-    from test_tsql import assert_tsql
+    from fake_sql_server import assert_tsql
 
     statements = printed("mssql", "ssd_development.ssd_api_data_staging")
     assert len(statements) == 8

@@ -11,18 +11,11 @@ import json
 
 from api_pipeline.rehearsal.simulator import Simulator
 from api_pipeline.rehearsal.synthetic import make_children
-from conftest import CliResult, db_env, insert, run_cli
+from conftest import MARKER, CliResult, db_env, insert, run_cli
 
 CLIENT_SECRET = "Leak-client-secret-7f3a"
 SUPPLIER_KEY = "Leak-supplier-key-91c2"
 DB_PASSWORD = "Leak-db-password-55e1"
-MARKER = {
-    "first_name": "Leakcheck",
-    "surname": "Leaksurname",
-    "date_of_birth": "2013-07-19",
-    "postcode": "LK9 9ZZ",
-    "unique_pupil_number": "LEAKUPN000001",
-}
 
 
 def marker_children() -> list[dict]:

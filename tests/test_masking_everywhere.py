@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hostile import Exchange, Hostile
 
 from api_pipeline.cli import diagnostics
 from api_pipeline.dfe.schema import RecordValidator, load_bundled_schema
@@ -25,6 +23,7 @@ from api_pipeline.rehearsal.simulator import Simulator
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.settings.config import load_settings
 from conftest import CliResult, db_env, insert, rows, run_cli
+from hostile import Exchange, Hostile
 
 MARKER = {
     "first_name": "Leakcheck",
@@ -32,14 +31,6 @@ MARKER = {
     "postcode": "LK9 9ZZ",
     "unique_pupil_number": "LEAKUPN000001",
 }
-
-
-@pytest.fixture(autouse=True)
-def _restore_log_propagation() -> Iterator[None]:
-    logger = logging.getLogger("api_pipeline")
-    before = logger.propagate
-    yield
-    logger.propagate = before
 
 
 def everything_written(results: list[CliResult], tmp_path: Path) -> str:

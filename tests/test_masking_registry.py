@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from api_pipeline.cli.main import Context
 from api_pipeline.dfe.auth import ClientCredentialsAuth
 from api_pipeline.job.logs import LOGGER_NAME, close_logging, configure_logging
 from api_pipeline.settings.config import Secret
+from api_pipeline.settings.context import Context
 from api_pipeline.settings.masking import LIVE_SECRETS, MASK, LiveSecrets, known_secrets, remember_secret
 
 TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.token-learnt-during-the-run"

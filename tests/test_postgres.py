@@ -9,7 +9,6 @@ reason, when no server is configured or reachable.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -19,8 +18,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
-from pathlib import Path
 
 import pytest
 
@@ -33,14 +30,10 @@ from api_pipeline.settings.context import Context
 from api_pipeline.store.catalogue import column_names
 from api_pipeline.store.db import Database
 from api_pipeline.store.dialects import POSTGRES
-from api_pipeline.store.staging import LedgerEntry, RowUpdate, StagingTable
-from conftest import Staging, run_cli, settings_for, unique_table
+from api_pipeline.store.staging import StagingTable
+from conftest import MARKER, Staging, acknowledged, ctx, run_cli, settings_for, unique_table
 
 NAMES = {"first_name": "Zoë Łukasz 🙂", "surname": "O'Brien-Żółć"}
-
-
-def ctx() -> Context:
-    return Context(environ={}, cwd=Path.cwd(), out=io.StringIO(), err=io.StringIO(), executable_dir=Path.cwd())
 
 
 def output(context: Context) -> str:
@@ -316,30 +309,6 @@ class CouncilJob(threading.Thread):
             self.error = exc
 
 
-def acknowledged(staging: Staging) -> tuple[list[RowUpdate], list[LedgerEntry]]:
-    """What write-back gets after DfE acknowledged every row of the table."""
-    now = datetime(2026, 3, 1, 21, 4, 33)
-    updates, ledger = [], []
-    for row in staging.rows():
-        digest = hashlib.sha256(row["json_payload"].encode()).digest()
-        updates.append(
-            RowUpdate(
-                row["id"],
-                "Sent",
-                "receipt.json",
-                row["json_payload"],
-                now,
-                mark_sent=True,
-                previous_hash=digest,
-                row_state="Unchanged",
-            )
-        )
-        ledger.append(
-            LedgerEntry(row["person_id"], None, row["id"], row["json_payload"], digest, "receipt.json", now, False)
-        )
-    return updates, ledger
-
-
 def deadlocked_write_back(staging: Staging, rounds: int) -> int:
     """Write back an acknowledged batch of two rows while the council's job deadlocks with it ``rounds`` times."""
     staging.insert(list(make_children(2, seed=182)))
@@ -471,8 +440,6 @@ def test_text_the_server_cannot_send_as_utf8_holds_back_its_row_only(sql_ascii_t
     """PostgreSQL refuses to send a value that is not valid UTF-8 (SQLSTATE 22021), failing the whole
     read and naming no row, with the bytes around the bad one in its message. The page is read again
     row by row: the rows that hold such text are reported and left as they are, the others are sent."""
-    from test_leaks import MARKER
-
     children = list(make_children(6, seed=72))
     for child in children[1], children[4]:
         child["child_details"].update(MARKER, first_name="Bront\u00e9")

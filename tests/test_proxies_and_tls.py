@@ -53,15 +53,6 @@ API_HOST, TOKEN_HOST = "dfe-sim.test", "login-sim.test"
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _restore_log_propagation() -> Iterator[None]:
-    """The CLI's logging setup stops the package logger propagating; later tests' caplog needs it back."""
-    logger = logging.getLogger("api_pipeline")
-    before = logger.propagate
-    yield
-    logger.propagate = before
-
-
 # -- a throwaway CA and a certificate for the simulator ---------------------------------------------------
 
 

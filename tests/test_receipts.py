@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile import Answer, Exchange, Hostile, answer_with
 
 from api_pipeline.errors import ExitCode
 from api_pipeline.rehearsal.simulator import Simulator
@@ -25,6 +24,8 @@ from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.settings.options import MAX_RECEIPT_LENGTH
 from api_pipeline.timestamps import parse_timestamp
 from conftest import Staging, insert, ledger, rows, run_cli
+from hostile import Answer, Exchange, Hostile, answer_with
+from simulator_client import children_url, simulator_token
 
 FAST = {"MAX_RETRIES": "1", "HTTP_TIMEOUT": "5"}
 A_UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
@@ -118,18 +119,9 @@ def test_the_simulator_answers_one_uuid_for_the_request_when_asked() -> None:
 
     with Simulator(receipt_style="openapi") as sim:
         env = sim.settings_env()
-        token = requests.post(
-            env["TOKEN_ENDPOINT"],
-            data={
-                "grant_type": "client_credentials",
-                "client_id": env["CLIENT_ID"],
-                "client_secret": env["CLIENT_SECRET"],
-                "scope": env["SCOPE"],
-            },
-            timeout=10,
-        ).json()["access_token"]
+        token = simulator_token(env)
         answer = requests.post(
-            f"{env['API_ENDPOINT']}/children_social_care_data/{env['LA_CODE']}/children",
+            children_url(env),
             json=list(make_children(2, seed=233)),
             headers={"Authorization": f"Bearer {token}", "SupplierKey": env["SUPPLIER_KEY"]},
             timeout=10,
@@ -324,13 +316,11 @@ def test_receipt_times_outside_the_window_never_reach_sql_servers_datetime() -> 
     pytest.importorskip("sqlglot")
     import hashlib
 
-    from test_sql_server import TABLE, connect, every_bound_value, wide
-    from test_tsql import Recorder, Wide
-
     from api_pipeline.dfe.schema import RecordValidator
     from api_pipeline.job.pipeline import Pipeline, RunOptions
     from api_pipeline.job.run_files import RunSummary
     from api_pipeline.store.staging import StagingTable
+    from fake_sql_server import TABLE, Recorder, Wide, connect, every_bound_value, wide
 
     children = list(make_children(2, seed=242))
     stored = {i + 1: json.dumps(c, ensure_ascii=False).encode("utf-16-le") for i, c in enumerate(children)}

@@ -42,15 +42,6 @@ DB_SECRET = "db-pa;ss}word-Do-Not-Show-55"  # noqa: S105 - a test value with ODB
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _restore_log_propagation() -> Iterator[None]:
-    """The CLI's logging setup stops the package logger propagating; later tests' caplog needs it back."""
-    logger = logging.getLogger("api_pipeline")
-    before = logger.propagate
-    yield
-    logger.propagate = before
-
-
 class MemoryKeyring(KeyringBackend):
     """A keyring backend that keeps secrets in a dict; never chosen by keyring's own discovery."""
 

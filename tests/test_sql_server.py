@@ -11,29 +11,16 @@ SQLite in test_postgres.py and test_faults.py.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import struct
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 pytest.importorskip("sqlglot")
 from sqlglot import exp, parse_one  # noqa: E402
-from test_tsql import (  # noqa: E402
-    SQL_SERVER_COLUMNS,
-    TABLE,
-    FakeOdbcError,
-    FakePyodbc,
-    Narrow,
-    Offset,
-    Recorder,
-    Wide,
-    assert_tsql,
-)
 
 from api_pipeline.cli import diagnostics  # noqa: E402
 from api_pipeline.dfe.api import Outcome  # noqa: E402
@@ -43,32 +30,29 @@ from api_pipeline.job.pipeline import Pipeline, RunOptions  # noqa: E402
 from api_pipeline.job.run_files import RunSummary  # noqa: E402
 from api_pipeline.rehearsal.synthetic import make_children  # noqa: E402
 from api_pipeline.settings.config import load_settings  # noqa: E402
-from api_pipeline.settings.context import Context  # noqa: E402
 from api_pipeline.store.db import Database
 from api_pipeline.store.dialects import BABELFISH, LEDGER_SPEC, MSSQL, STAGING_SPEC, ColumnInfo, check_columns
 from api_pipeline.store.lock import RunLock  # noqa: E402
 from api_pipeline.store.odbc import UnreadableText, decode_wide_text  # noqa: E402
 from api_pipeline.store.staging import RowUpdate, StagingTable
+from conftest import ctx
+from fake_sql_server import (  # noqa: E402
+    CONNECTION,
+    SQL_SERVER_COLUMNS,
+    TABLE,
+    FakeOdbcError,
+    FakePyodbc,
+    Narrow,
+    Offset,
+    Recorder,
+    Wide,
+    assert_tsql,
+    connect,
+    every_bound_value,
+    wide,
+)
 
 LEDGER = f"{TABLE}_ledger"
-CONNECTION = "DRIVER={ODBC Driver 18 for SQL Server};SERVER=sql01;DATABASE=HDM;Trusted_Connection=yes;"
-
-
-def connect(rec: Recorder, text: str = CONNECTION) -> Database:
-    rec.tables.setdefault("ssd_api_data_staging", SQL_SERVER_COLUMNS)
-    return Database.open_odbc(text, odbc=FakePyodbc(rec))
-
-
-def wide(text: str) -> Wide:
-    return Wide(text.encode("utf-16-le"))
-
-
-def ctx() -> Context:
-    return Context(environ={}, cwd=Path.cwd(), out=io.StringIO(), err=io.StringIO(), executable_dir=Path.cwd())
-
-
-def every_bound_value(rec: Recorder) -> list[Any]:
-    return [v for params in rec.params for v in params] + [v for rows in rec.many_params for r in rows for v in r]
 
 
 # ---------------------------------------------------------------------------
@@ -306,7 +290,7 @@ def test_babelfish_is_told_apart_and_the_optimistic_check_hashes_text_as_it_does
 def test_test_db_names_the_tds_version(monkeypatch, driver_file, text, answer, shown):
     """Which TDS version a connection uses: the server's answer to a login that may ask it (VIEW SERVER
     STATE), else what the connection string asks FreeTDS for (issue 24, item 5)."""
-    from test_tsql import FakeConnection
+    from fake_sql_server import FakeConnection
 
     names = {17: "Microsoft SQL Server", 18: "16.00.4135", 6: driver_file, 7: "01.03.0017"}
     monkeypatch.setattr(FakeConnection, "getinfo", lambda self, code: names[code])

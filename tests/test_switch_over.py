@@ -16,11 +16,10 @@ import pytest
 
 from api_pipeline.dfe.payload import STRUCTURE, normalise
 from api_pipeline.job.runner import execute_run
-from api_pipeline.rehearsal.demo import apply_nightly_changes, check_convergence, load_children
+from api_pipeline.rehearsal.demo import apply_nightly_changes, load_children
 from api_pipeline.rehearsal.synthetic import make_children
-from api_pipeline.rehearsal.synthetic_changes import mutate
-from conftest import Staging, ledger, rows, settings_for
-from earlier_tool import send_as_earlier_tool
+from conftest import Staging, converged, ledger, rows, sent_records, settings_for
+from earlier_tool import hand_over, send_as_earlier_tool
 
 
 def removed_parts(previous: dict, current: dict) -> list[str]:
@@ -47,77 +46,9 @@ def removed_parts(previous: dict, current: dict) -> list[str]:
     return found
 
 
-def hand_over(sim, staging: Staging, *, children: int, seed: int) -> dict[str, list[str]]:
-    """A table the earlier tool sent, then one night of the council's SQL with removals of every kind."""
-    load_children_into(staging, list(make_children(children, seed=seed)))
-    with staging.open() as db:
-        assert send_as_earlier_tool(sim, db, staging.table) == children
-    assert len(sim.snapshot()) == children
-    with staging.open() as db:
-        night = apply_nightly_changes(db, staging.table, random.Random(seed), update_fraction=0.2, delete_fraction=0.03)
-        # Removals the random night may not have made: a whole episode, an id'd item, a block.
-        by_id = {p: json.loads(t) for p, t in db.query(f"SELECT person_id, json_payload FROM {staging.table}")}
-    untouched = [c for c in by_id if c not in set(night.updated) | set(night.deleted)]
-    edits = {}
-    with_two = next(c for c in untouched if len(by_id[c].get("social_care_episodes", [])) > 1)
-    edits[with_two] = lambda r: r.update(social_care_episodes=r["social_care_episodes"][1:])
-    with_item = next(c for c in untouched if c not in edits and _has_episode_item(by_id[c]))
-
-    def drop_item(record: dict) -> None:
-        for episode in record["social_care_episodes"]:
-            for key, id_key in STRUCTURE["social_care_episodes"].items():
-                if id_key and episode.get(key):
-                    episode[key] = episode[key][1:]
-                    return
-
-    edits[with_item] = drop_item
-    with_block = next(c for c in untouched if c not in edits and "health_and_wellbeing" in by_id[c])
-    edits[with_block] = lambda r: r.pop("health_and_wellbeing")
-    with staging.open() as db, db.transaction():
-        for child, edit in edits.items():
-            new = copy.deepcopy(by_id[child])
-            edit(new)
-            db.execute(
-                f"UPDATE {staging.table} SET previous_json_payload = json_payload, json_payload = ?, "
-                "previous_hash = current_hash, submission_status = 'Pending', row_state = 'Updated' "
-                "WHERE person_id = ?",
-                (json.dumps(new, ensure_ascii=False), child),
-            )
-    # New children arrive the same night.
-    newcomers = [mutate(random.Random(seed + 7), c) for c in make_children(children // 10, seed=seed + 1000)]
-    for i, child in enumerate(newcomers):
-        child["la_child_id"] = f"NEW{seed}{i:05d}"
-    load_children_into(staging, newcomers)
-    return {
-        "updated": night.updated + list(edits),
-        "deleted": night.deleted,
-        "new": [c["la_child_id"] for c in newcomers],
-    }
-
-
-def _has_episode_item(record: dict) -> bool:
-    return any(
-        id_key and episode.get(key)
-        for episode in record.get("social_care_episodes", [])
-        for key, id_key in STRUCTURE["social_care_episodes"].items()
-    )
-
-
 def load_children_into(staging: Staging, records: list[dict]) -> None:
     with staging.open() as db:
         load_children(db, staging.table, records)
-
-
-def sent_records(sim) -> list[dict]:
-    return [
-        r for e in sim.request_log() if e.path.endswith("/children") and e.status == 200 for r in json.loads(e.body)
-    ]
-
-
-def converged(staging: Staging, sim) -> None:
-    with staging.open() as db:
-        result = check_convergence(db, staging.table, sim.snapshot())
-    assert result.ok, f"{len(result.mismatched)} children differ at DfE, e.g. {result.mismatched[:5]}"
 
 
 @pytest.mark.parametrize("mode", ["partial", "full"])

@@ -9,11 +9,9 @@ with no command; its ``.env`` (or ``env.txt``) is the earlier tool's, with ``DEB
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,46 +19,9 @@ import pytest
 from api_pipeline.cli.console import Launch, _family, is_quiet, launch_facts, should_wait, wait_if_double_clicked
 from api_pipeline.rehearsal.synthetic import make_children
 from conftest import db_env, insert, run_cli
+from earlier_tool import earlier_env_example
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _restore_log_propagation() -> Iterator[None]:
-    """The CLI's logging setup stops the package logger propagating; later tests' caplog needs it back."""
-    logger = logging.getLogger("api_pipeline")
-    before = logger.propagate
-    yield
-    logger.propagate = before
-
-
-def earlier_env_example(sim, *, sql_conn_str: str, debug: str = "true") -> str:
-    """The earlier tool's .env.example as a council fills it in: its keys, order, quoting and comments,
-    with the simulator's made-up credentials and a SQLite table instead of DfE and SQL Server."""
-    env = sim.settings_env()
-    return f"""# Development|Testing
-# False if running development or verbose output
-DEBUG={debug}
-USE_PARTIAL_PAYLOAD=true
-# LA ID
-LA_CODE={env["LA_CODE"]}
-# LA DfE config (1 of 2)
-CLIENT_ID="{env["CLIENT_ID"]}"
-CLIENT_SECRET="{env["CLIENT_SECRET"]}"
-SUPPLIER_KEY="{env["SUPPLIER_KEY"]}"
-# LA DfE config (2 of 2)
-SCOPE="{env["SCOPE"]}"
-TOKEN_ENDPOINT="{env["TOKEN_ENDPOINT"]}"
-BATCH_SIZE=100
-# LA DB related
-USER_SERVER="your_la_reporting_db_server"
-USER_DATABASE="your_reporting_instance_name_eg_HDM_Local"
-TABLE_NAME="ssd_api_data_staging_anon" # <- TEST | LIVE -> ssd_api_data_staging
-# Optional direct db connection str override
-SQL_CONN_STR={sql_conn_str}
-# Default DfE endpoint
-API_ENDPOINT="{env["API_ENDPOINT"]}"
-"""
 
 
 def python_m(args: list[str], cwd: Path, **extra_env: str) -> subprocess.CompletedProcess:

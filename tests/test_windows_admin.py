@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import re
 import shlex
@@ -23,7 +22,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,15 +44,6 @@ from keyring.backend import KeyringBackend  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 SECRET = "piped-Secret-Do-Not-Show-26"
-
-
-@pytest.fixture(autouse=True)
-def _restore_log_propagation() -> Iterator[None]:
-    """The CLI's logging setup stops the package logger propagating; later tests' caplog needs it back."""
-    logger = logging.getLogger("api_pipeline")
-    before = logger.propagate
-    yield
-    logger.propagate = before
 
 
 # -- item 1: set-secret without a console ----------------------------------------------------------------
