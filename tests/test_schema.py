@@ -80,7 +80,7 @@ def test_bundled_schema_matches_dfe_official_document():
 
 def test_simulator_and_product_agree():
     product = RecordValidator(load_bundled_schema())
-    simulator = sim_module.RecordValidator(sim_module.load_default_schema())
+    simulator = sim_module.SimulatedDfeValidator(sim_module.load_default_schema())
     for record in corpus():
         assert (not product.errors(record)) == (not simulator.errors(record)), record
 

@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from api_pipeline.dfe.payload import clone, loads_record
-from api_pipeline.rehearsal.dfe_model import RecordValidator, apply_record, load_default_schema
+from api_pipeline.rehearsal.dfe_model import SimulatedDfeValidator, apply_record, load_default_schema
 from api_pipeline.settings.config import LOOPBACK_HOSTS
 
 RECEIVER_BASE_PATH = "/children-in-social-care-data-receiver-test/1"
@@ -306,7 +306,7 @@ class Simulator:
         self.expired_secret, self.keep_request_bodies = expired_secret, keep_request_bodies
         self.host, self.port = host, port
         self.tls_context = tls_context  # a server-side context with a certificate: serve HTTPS
-        self._validator = RecordValidator(schema or load_default_schema()) if validate else None
+        self._validator = SimulatedDfeValidator(schema or load_default_schema()) if validate else None
         self._lock = threading.Lock()
         self._store: dict[str, dict] = {}
         self._tokens: dict[str, float] = {}
