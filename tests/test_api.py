@@ -39,7 +39,7 @@ from api_pipeline.dfe.api import (
     parse_receipt_time,
 )
 from api_pipeline.dfe.auth import ClientCredentialsAuth
-from api_pipeline.dfe.payload import encode_record
+from api_pipeline.dfe.json_text import encode_record
 from api_pipeline.dfe.transport import _bypasses_proxy, make_session, mask_answer, parse_retry_after
 from api_pipeline.errors import (
     AuthError,

@@ -26,7 +26,7 @@ from api_pipeline import reasons
 from api_pipeline.dfe import bounded
 from api_pipeline.dfe.auth import ClientCredentialsAuth
 from api_pipeline.dfe.bounded import MAX_ANSWER_BYTES, AnswerTooLarge, AnswerTooSlow, describe_size
-from api_pipeline.dfe.payload import frame_body
+from api_pipeline.dfe.json_text import frame_body
 from api_pipeline.dfe.transport import (
     AnswerMask,
     TransientNetworkError,
@@ -636,7 +636,7 @@ class ApiClient:
 
     # -- batches ---------------------------------------------------------------------
     def send(self, bodies: list[bytes], batch_id: str) -> list[Outcome]:
-        """Send up to 100 records, each already encoded (``payload.encode_record``), so splits never
+        """Send up to 100 records, each already encoded (``json_text.encode_record``), so splits never
         re-serialise; one :class:`Outcome` per record, in order.
 
         A 400 naming records rejects just those and re-sends the rest; a 400 naming none, or a

@@ -26,7 +26,8 @@ from typing import Protocol
 
 from api_pipeline import reasons
 from api_pipeline.dfe.api import BatchAborted, Outcome, recorded_time
-from api_pipeline.dfe.payload import encode_record, load_outline, outline, outline_union
+from api_pipeline.dfe.json_text import encode_record
+from api_pipeline.dfe.payload import load_outline, outline, outline_union
 from api_pipeline.errors import PipelineError
 from api_pipeline.job.run_files import OUTCOME_WORDS, RunSummary
 from api_pipeline.stopping import signals_to_the_main_thread

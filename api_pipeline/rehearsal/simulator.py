@@ -27,7 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from api_pipeline.dfe.payload import clone, loads_record
+from api_pipeline.dfe.json_text import loads_record
+from api_pipeline.dfe.payload import clone
 from api_pipeline.rehearsal.dfe_model import SimulatedDfeValidator, apply_record, load_default_schema
 from api_pipeline.settings.config import LOOPBACK_HOSTS
 
