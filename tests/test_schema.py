@@ -11,7 +11,7 @@ import pytest
 from api_pipeline.dfe.schema import RecordValidator, load_bundled_schema, load_schema
 from api_pipeline.errors import ConfigError
 from api_pipeline.job.runner import execute_run
-from api_pipeline.rehearsal import simulator as sim_module
+from api_pipeline.rehearsal import dfe_model as sim_module
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.rehearsal.synthetic_changes import mutate
 from conftest import db_env, insert, reference_dir, reference_missing, rows, run_cli, set_payload, settings_for
