@@ -24,7 +24,8 @@ from hostile import (
     trickle_headers,
 )
 
-from api_pipeline.dfe.api import ApiClient, classify
+from api_pipeline.dfe.answers import classify
+from api_pipeline.dfe.api import ApiClient
 from api_pipeline.dfe.auth import ClientCredentialsAuth
 from api_pipeline.dfe.transport import make_session, mask_answer, summarise
 from api_pipeline.errors import ApiError, AuthError, ExitCode, FatalApiError
