@@ -18,6 +18,7 @@ from api_pipeline.errors import FatalApiError, RetriableApiError
 from api_pipeline.settings.config import Secret
 
 PACKAGE = Path(__file__).resolve().parent.parent / "api_pipeline"
+MAX_MODULE_LINES = 600
 
 
 def _classes() -> dict[str, list[str]]:
@@ -33,6 +34,16 @@ def test_no_two_classes_share_a_name():
     # Two RecordValidators (the pipeline's and the simulator's) once read as one class in a traceback.
     shared = {name: homes for name, homes in _classes().items() if len(homes) > 1}
     assert shared == {}
+
+
+def test_no_module_of_the_dfe_side_or_the_rehearsal_is_over_600_lines():
+    long = {
+        path.relative_to(PACKAGE).as_posix(): lines
+        for room in ("dfe", "rehearsal")
+        for path in (PACKAGE / room).glob("*.py")
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}
 
 
 # ---------------------------------------------------------------------------
