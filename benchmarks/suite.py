@@ -201,7 +201,7 @@ def floor_main(spec_path: str) -> int:
 
     _collect_less()  # as run does: the floor pays for no more than the unavoidable work
 
-    from api_pipeline.dfe.payload import encode_record, loads_record
+    from api_pipeline.dfe.json_text import encode_record, loads_record
     from api_pipeline.dfe.transport import user_agent
     from simulator_client import children_url, simulator_token
 
@@ -294,7 +294,7 @@ def planned_requests(
 
 def body_bytes(records: list[dict]) -> int:
     """Bytes on the wire for these records sent in batches of 100, as ApiClient frames them."""
-    from api_pipeline.dfe.payload import encode_record
+    from api_pipeline.dfe.json_text import encode_record
 
     sizes = [len(encode_record(r)) for r in records]
     batches = [sizes[i : i + BATCH] for i in range(0, len(sizes), BATCH)]

@@ -347,7 +347,7 @@ def record_hash(record: dict) -> bytes:
 
 def encoded(records: Iterable[dict]) -> list[bytes]:
     """Records as the API client sends them (``ApiClient.send`` takes encoded records)."""
-    from api_pipeline.dfe.payload import encode_record
+    from api_pipeline.dfe.json_text import encode_record
 
     return [encode_record(record) for record in records]
 

@@ -27,9 +27,11 @@ import requests
 
 from api_pipeline import __version__
 from api_pipeline.cli.diagnostics import check_endpoint
-from api_pipeline.dfe.api import ApiClient, classify, parse_indexes, parse_receipt_time
+from api_pipeline.dfe.answers import classify, parse_indexes
+from api_pipeline.dfe.api import ApiClient
 from api_pipeline.dfe.auth import ClientCredentialsAuth
-from api_pipeline.dfe.payload import encode_record
+from api_pipeline.dfe.json_text import encode_record
+from api_pipeline.dfe.receipts import parse_receipt_time
 from api_pipeline.dfe.transport import _bypasses_proxy, make_session, mask_answer, parse_retry_after
 from api_pipeline.errors import (
     AuthError,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from api_pipeline.dfe.api import ApiClient
 from api_pipeline.dfe.auth import ClientCredentialsAuth
-from api_pipeline.dfe.payload import encode_record
+from api_pipeline.dfe.json_text import encode_record
 from api_pipeline.dfe.transport import make_session
 from api_pipeline.job.batches import Batches, Item, in_case_of
 from api_pipeline.job.rows import child_of, parse_payload

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from api_pipeline.dfe.api import ApiClient, classify
+from api_pipeline.dfe.answers import classify
+from api_pipeline.dfe.api import ApiClient
 from api_pipeline.dfe.auth import ClientCredentialsAuth
 from api_pipeline.dfe.transport import make_session, mask_answer, summarise
 from api_pipeline.errors import ApiError, AuthError, ExitCode, FatalApiError

@@ -18,7 +18,7 @@ import pytest
 from api_pipeline.cli import diagnostics
 from api_pipeline.dfe.schema import DISAGREEMENT, RecordValidator, ecma_pattern, load_bundled_schema
 from api_pipeline.job.runner import execute_run
-from api_pipeline.rehearsal.dfe_model import RecordValidator as ModelValidator
+from api_pipeline.rehearsal.dfe_model import SimulatedDfeValidator as ModelValidator
 from api_pipeline.rehearsal.dfe_model import load_default_schema
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.store.db import Database

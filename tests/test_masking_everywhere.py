@@ -176,7 +176,7 @@ def test_vv_tracebacks_and_error_lines_are_masked(tmp_path: Path, monkeypatch: p
 
 
 def test_an_answer_is_masked_with_the_words_of_the_request_it_answers() -> None:
-    from api_pipeline.dfe.api import parse_indexes
+    from api_pipeline.dfe.answers import parse_indexes
     from api_pipeline.dfe.transport import AnswerMask, mask_answer
 
     sent = json.dumps([{"la_child_id": "C1", "child_details": {"first_name": "Jo", "postcode": "N1 9GU"}}]).encode()

@@ -12,16 +12,9 @@ from typing import Any
 import pytest
 from jsonschema import Draft7Validator
 
-from api_pipeline.dfe import payload
-from api_pipeline.dfe.payload import (
-    build_delta,
-    build_full,
-    build_purge,
-    encode_record,
-    frame_body,
-    normalise,
-    records_equal,
-)
+from api_pipeline.dfe import json_text, payload
+from api_pipeline.dfe.json_text import encode_record, frame_body
+from api_pipeline.dfe.payload import build_delta, build_full, build_purge, normalise, records_equal
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.rehearsal.synthetic_changes import mutate
 from conftest import canonical_json, record_hash, reference_dir, reference_missing
@@ -301,13 +294,13 @@ def test_encode_record_refuses_nan() -> None:
 @pytest.mark.parametrize("value", [float("inf"), -float("inf"), 2**64, "\ud800"])
 def test_encode_record_refuses_what_json_cannot_carry(value: Any) -> None:
     with pytest.raises(ValueError):
-        payload.encode_record({"la_child_id": "C1", "child_details": {"x": [value]}})
+        json_text.encode_record({"la_child_id": "C1", "child_details": {"x": [value]}})
 
 
 def test_encode_record_keeps_nulls_and_big_but_64_bit_integers() -> None:
     record = {"la_child_id": "C1", "a": None, "b": [None, 2**63 - 1, -(2**63)]}
     assert (
-        payload.encode_record(record)
+        json_text.encode_record(record)
         == b'{"la_child_id":"C1","a":null,"b":[null,9223372036854775807,-9223372036854775808]}'
     )
 
@@ -325,13 +318,13 @@ def test_encode_record_matches_the_standard_library_on_records() -> None:
         records.append({"k" + text: [text, rng.randint(-(2**63), 2**63 - 1), True, False, None, {"x": text}]})
     for record in records:
         expected = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        assert payload.encode_record(record) == expected
+        assert json_text.encode_record(record) == expected
 
 
 @pytest.mark.parametrize("text", ['{"a": NaN}', '{"a": [Infinity]}', '{"a": -Infinity}'])
 def test_loads_record_refuses_non_json_constants(text: str) -> None:
     with pytest.raises(ValueError, match="not a JSON value"):
-        payload.loads_record(text)
+        json_text.loads_record(text)
 
 
 @pytest.mark.parametrize(
@@ -340,7 +333,7 @@ def test_loads_record_refuses_non_json_constants(text: str) -> None:
 def test_loads_record_keeps_big_integers_exact(number: int) -> None:
     """Never a float in place of an integer (2**64 == float(2**64), so the type is checked)."""
     for text in (f'{{"n": {number}}}', f'{{"n": {number}}}'.encode()):
-        parsed = payload.loads_record(text)["n"]
+        parsed = json_text.loads_record(text)["n"]
         assert parsed == number and type(parsed) is int
 
 
@@ -348,7 +341,7 @@ def test_loads_record_parses_as_the_standard_library_does() -> None:
     """The orjson path gives what json.loads gives: records, escapes, numbers at the edges,
     duplicate keys (the last wins), whitespace, text as str or bytes."""
     rng = random.Random(11)
-    texts: list[str] = [payload.encode_record(r).decode() for r in make_children(200, seed=12)]
+    texts: list[str] = [json_text.encode_record(r).decode() for r in make_children(200, seed=12)]
     texts += [json.dumps(r, indent=2) for r in make_children(20, seed=13)]  # whitespace, \u escapes
     for sample in SHARED_SAMPLES.glob("*.json") if SHARED_SAMPLES.is_dir() else []:
         texts.append(sample.read_text(encoding="utf-8"))
@@ -364,8 +357,8 @@ def test_loads_record_parses_as_the_standard_library_does() -> None:
         texts.append(f'{{"x": {x!r}, "y": {x:.17g}}}')
     for text in texts:
         expected = json.loads(text)
-        assert payload.loads_record(text) == expected
-        assert payload.loads_record(text.encode("utf-8")) == expected
+        assert json_text.loads_record(text) == expected
+        assert json_text.loads_record(text.encode("utf-8")) == expected
 
 
 @pytest.mark.parametrize("text", ['{"a": 1,}', '{"a": 1} x', '{"a": "\\ud800"', "[1, 2", ""])
@@ -373,7 +366,7 @@ def test_loads_record_reports_errors_as_the_standard_library_does(text: str) -> 
     with pytest.raises(json.JSONDecodeError) as standard:
         json.loads(text)
     with pytest.raises(json.JSONDecodeError) as ours:
-        payload.loads_record(text)
+        json_text.loads_record(text)
     assert (ours.value.msg, ours.value.lineno, ours.value.colno) == (
         standard.value.msg,
         standard.value.lineno,
@@ -384,8 +377,8 @@ def test_loads_record_reports_errors_as_the_standard_library_does(text: str) -> 
 def test_loads_record_keeps_a_lone_surrogate_for_encoding_to_refuse() -> None:
     """A lone surrogate escape parses (as the standard library parses it); it is encoding the
     record that refuses it, so the row becomes invalid with a clear reason."""
-    assert payload.loads_record('{"s": "\\ud800"}') == {"s": "\ud800"}
-    assert payload.loads_record('{"s": "\ud800"}') == {"s": "\ud800"}  # a str that is not UTF-8
+    assert json_text.loads_record('{"s": "\\ud800"}') == {"s": "\ud800"}
+    assert json_text.loads_record('{"s": "\ud800"}') == {"s": "\ud800"}  # a str that is not UTF-8
 
 
 class _Pairs(list):
@@ -423,7 +416,7 @@ def test_a_key_twice_in_one_object_is_found_wherever_it_is() -> None:
     texts: list[str] = []
     for record in make_children(150, seed=24):
         record["child_details"]["postcode"] = rng.choice(["AB1 2CD", "12:30", "a:b:c", ":", "Zoë"])
-        compact = payload.encode_record(record).decode()
+        compact = json_text.encode_record(record).decode()
         texts += [
             compact,
             json.dumps(record, indent=rng.choice([1, "\t"])),
@@ -449,8 +442,8 @@ def test_a_key_twice_in_one_object_is_found_wherever_it_is() -> None:
     found = 0
     for text in texts:
         expected = _first_duplicate_key(text)
-        answer = payload.unclear_part(text, payload.loads_record(text))
-        got = answer[1] if answer and answer[0] == payload.DUPLICATE_KEY else None
+        answer = json_text.unclear_part(text, json_text.loads_record(text))
+        got = answer[1] if answer and answer[0] == json_text.DUPLICATE_KEY else None
         assert got == expected, text[:200]
         found += expected is not None
     assert found > 300  # the cases above, and the keys added
@@ -459,13 +452,13 @@ def test_a_key_twice_in_one_object_is_found_wherever_it_is() -> None:
 def test_a_record_with_nothing_amiss_is_parsed_once(monkeypatch) -> None:
     """The check costs a write-out and two counts: the second parse is only for records that may hold a duplicate."""
     second: list[str] = []
-    slow = payload._duplicate_key_path
-    monkeypatch.setattr(payload, "_duplicate_key_path", lambda text: second.append(text) or slow(text))
+    slow = json_text._duplicate_key_path
+    monkeypatch.setattr(json_text, "_duplicate_key_path", lambda text: second.append(text) or slow(text))
     for record in make_children(100, seed=25):
-        for text in (payload.encode_record(record).decode(), json.dumps(record, indent=2)):
-            assert payload.unclear_part(text, payload.loads_record(text)) is None
+        for text in (json_text.encode_record(record).decode(), json.dumps(record, indent=2)):
+            assert json_text.unclear_part(text, json_text.loads_record(text)) is None
     assert second == []
-    assert payload.unclear_part('{"a": 1, "a": 2}', {"a": 2}) == (payload.DUPLICATE_KEY, ("a",))
+    assert json_text.unclear_part('{"a": 1, "a": 2}', {"a": 2}) == (json_text.DUPLICATE_KEY, ("a",))
     assert len(second) == 1
 
 
@@ -479,12 +472,12 @@ def test_a_record_with_nothing_amiss_is_parsed_once(monkeypatch) -> None:
     ],
 )
 def test_a_number_no_request_can_carry_is_found(text: str, path: tuple) -> None:
-    assert payload.unclear_part(text, payload.loads_record(text)) == (payload.NUMBER_TOO_LARGE, path)
+    assert json_text.unclear_part(text, json_text.loads_record(text)) == (json_text.NUMBER_TOO_LARGE, path)
 
 
 @pytest.mark.parametrize("text", ['{"n": 18446744073709551615}', '{"n": -9223372036854775808}', '{"n": 1e308}'])
 def test_numbers_a_request_can_carry_are_not_refused(text: str) -> None:
-    assert payload.unclear_part(text, payload.loads_record(text)) is None
+    assert json_text.unclear_part(text, json_text.loads_record(text)) is None
 
 
 # --------------------------------------------------------------------------------------
@@ -1042,7 +1035,7 @@ def test_compact_text_without_an_empty_container_is_already_normal() -> None:
             )
         for value in (record, emptied):
             needs = normalise(value) != value
-            text = payload.encode_record(value)
+            text = json_text.encode_record(value)
             assert payload._may_hold_empty_container(text) or not needs
             assert payload._may_hold_empty_container(text.decode("utf-8")) or not needs
     assert payload._may_hold_empty_container(b'{"a":{"b":[]}}')

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from api_pipeline import reasons
-from api_pipeline.job.rows import DUPLICATE_CHILD, Identities, Invalid, Later, Skip, child_key, child_of, parse_payload
+from api_pipeline.errors import Invalid, Later, Skip
+from api_pipeline.job.rows import DUPLICATE_CHILD, Identities, child_key, child_of, parse_payload
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.store.db import Database
 from api_pipeline.store.staging import StagingTable

@@ -11,7 +11,7 @@ import pytest
 from api_pipeline.dfe.schema import RecordValidator, load_bundled_schema, load_schema
 from api_pipeline.errors import ConfigError
 from api_pipeline.job.runner import execute_run
-from api_pipeline.rehearsal import simulator as sim_module
+from api_pipeline.rehearsal import dfe_model as sim_module
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.rehearsal.synthetic_changes import mutate
 from conftest import db_env, insert, reference_dir, reference_missing, rows, run_cli, set_payload, settings_for
@@ -80,7 +80,7 @@ def test_bundled_schema_matches_dfe_official_document():
 
 def test_simulator_and_product_agree():
     product = RecordValidator(load_bundled_schema())
-    simulator = sim_module.RecordValidator(sim_module.load_default_schema())
+    simulator = sim_module.SimulatedDfeValidator(sim_module.load_default_schema())
     for record in corpus():
         assert (not product.errors(record)) == (not simulator.errors(record)), record
 

@@ -18,7 +18,7 @@ import requests
 
 from api_pipeline.errors import ConfigError
 from api_pipeline.rehearsal.demo import run_simulator, serve_forever_cli
-from api_pipeline.rehearsal.dfe_model import RecordValidator, apply_record, load_default_schema
+from api_pipeline.rehearsal.dfe_model import SimulatedDfeValidator, apply_record, load_default_schema
 from api_pipeline.rehearsal.simulator import Fault, Simulator
 
 DFE_RECEIPT = re.compile(
@@ -544,7 +544,7 @@ def test_run_simulator_refuses_a_busy_port():
 
 
 def test_validator_accepts_the_reference_shapes():
-    validator = RecordValidator(load_default_schema())
+    validator = SimulatedDfeValidator(load_default_schema())
     assert validator.errors(make_record()) == []
     assert validator.errors({"la_child_id": "T1", "purge": True}) == []
     assert validator.errors(None) == ["<record>: null is not allowed"]
@@ -553,11 +553,11 @@ def test_validator_accepts_the_reference_shapes():
 
 def test_validator_unwraps_the_openapi_array_schema():
     wrapped = {"type": "array", "maxItems": 100, "items": load_default_schema()}
-    assert RecordValidator(wrapped).errors({"mis_child_id": "X"}) == ["la_child_id: required but missing"]
+    assert SimulatedDfeValidator(wrapped).errors({"mis_child_id": "X"}) == ["la_child_id: required but missing"]
 
 
 def test_validator_checks_the_dates_strictly():
-    validator = RecordValidator(load_default_schema())
+    validator = SimulatedDfeValidator(load_default_schema())
     for bad in ["2024-02-30", "2024-13-01", "24-01-01", "2024-1-01", "2024-01-01T00:00", "２０２４-01-01"]:
         errors = validator.errors({"la_child_id": "T1", "child_details": {"date_of_birth": bad}})
         assert errors == ["child_details.date_of_birth: not a valid date (YYYY-MM-DD)"], bad

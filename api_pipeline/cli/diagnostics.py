@@ -10,7 +10,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from api_pipeline.dfe.api import PROMOTE_SECONDARY_KEY_ADVICE, ApiClient, classify
+from api_pipeline.dfe.answers import classify
+from api_pipeline.dfe.api import PROMOTE_SECONDARY_KEY_ADVICE, ApiClient
 from api_pipeline.dfe.auth import PROMOTE_SECONDARY_CLIENT_ADVICE, ClientCredentialsAuth
 from api_pipeline.dfe.tls import CertificateReport, inspect_certificate
 from api_pipeline.dfe.transport import make_session, proxy_address, session_proxy, user_agent

@@ -25,12 +25,7 @@ from typing import Any
 
 from api_pipeline import reasons
 from api_pipeline.dfe.schema import generalise_path, load_bundled_schema, load_schema
-from api_pipeline.job.run_files import (
-    FUTURE_GRACE,
-    OUTCOME_KEYS,
-    Summaries,
-    read_summaries,
-)
+from api_pipeline.job.run_files import FUTURE_GRACE, OUTCOME_KEYS, Summaries, read_summaries
 from api_pipeline.settings.config import Settings
 from api_pipeline.store.catalogue import column_names
 from api_pipeline.store.db import Database

@@ -1,46 +1,34 @@
-"""Sending batches to the DfE CSC API (DESIGN §6): classification, receipts, retries, splitting.
+"""Sending batches to the DfE CSC API (DESIGN §6): retries, token renewal, key rotation, splitting.
 
-One function turns a response into an outcome (:func:`classify`); :class:`ApiClient` posts
-batches with tenacity retries and splits them when DfE rejects some of their records, and each
-record's fate is an :class:`Outcome`. The HTTP session, proxies, transport failures and the
+:class:`ApiClient` posts batches with tenacity retries and splits them when DfE rejects some of
+their records, and each record's fate is an :class:`Outcome`. What DfE's answers mean is
+:mod:`api_pipeline.dfe.answers`'s (:func:`~api_pipeline.dfe.answers.classify`), what a receipt
+must be :mod:`api_pipeline.dfe.receipts`'s; the HTTP session, proxies, transport failures and the
 masking of DfE's answers are :mod:`api_pipeline.dfe.transport`'s. Nothing here logs or raises with a
 request body, a token or a secret (DESIGN §9).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from urllib.parse import urlsplit
 
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from api_pipeline import reasons
-from api_pipeline.dfe import bounded
+from api_pipeline.dfe.answers import DfeAnswers, classify, exchange, names_subscription_key
 from api_pipeline.dfe.auth import ClientCredentialsAuth
-from api_pipeline.dfe.bounded import MAX_ANSWER_BYTES, describe_size
-from api_pipeline.dfe.payload import frame_body
-from api_pipeline.dfe.transport import (
-    AnswerMask,
-    body_text,
-    mask_answer,
-    parse_json,
-    parse_retry_after,
-    proxy_auth_advice,
-    reaching,
-    redirect_host,
-    summarise,
-)
+from api_pipeline.dfe.json_text import frame_body
+from api_pipeline.dfe.receipts import parse_receipt_time, parse_receipts
+from api_pipeline.dfe.rotation import Rotation
+from api_pipeline.dfe.transport import AnswerMask
 from api_pipeline.errors import (
-    AnswerTooLarge,
-    AnswerTooSlow,
     AuthError,
     BatchAborted,
     BatchRejected,
@@ -55,7 +43,6 @@ from api_pipeline.errors import (
     Unauthorized,
 )
 from api_pipeline.settings.config import Settings
-from api_pipeline.settings.options import MAX_RECEIPT_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -79,76 +66,6 @@ class UnusableReceipts(TransientNetworkError):
     def __init__(self, message: str, *, response: requests.Response) -> None:
         super().__init__(message, cause="unusable answer")
         self.response = response
-
-
-# A record marker is "[n]" not glued to a name: "[3] child_details.sex: ..." names record 3,
-# while "social_care_episodes[0]" inside the path is an item index and is not a record.
-_INDEX_MARKER = re.compile(r"(?<![\w\]])\[(\d+)\]")
-
-
-def parse_indexes(text: str, mask: AnswerMask | None = None) -> dict[int, str]:
-    """Map each record DfE names in a 400 answer (``[n] path: message`` lines) to its masked message."""
-    found: dict[int, str] = {}
-    for line in text.splitlines():
-        marker = _INDEX_MARKER.search(line)
-        if marker is None:
-            continue
-        index = int(marker.group(1))
-        message = mask_answer(line[marker.end() :].strip(" :-;,"), mask=mask)
-        if not message:
-            found.setdefault(index, "rejected by DfE (no reason given)")
-        elif index in found:
-            found[index] = mask_answer(f"{found[index]}; {message}")
-        else:
-            found[index] = message
-    return found
-
-
-# ---------------------------------------------------------------------------
-# Classification: the one place a response becomes an outcome.
-# ---------------------------------------------------------------------------
-
-
-def classify(response: requests.Response, mask: AnswerMask | None = None) -> None:
-    """Return for 200/204; otherwise raise the exception that says what the caller should do.
-
-    ``mask`` says what the answer must not echo into a message (see :class:`AnswerMask`).
-    """
-    status = response.status_code
-    if status in (200, 204):
-        return
-    if 300 <= status <= 399:
-        raise FatalApiError(
-            f"DfE's endpoint answered HTTP {status}, a redirect to {redirect_host(response)}, which is not "
-            "followed: records, SupplierKey and token go only to API_ENDPOINT. Nothing is counted as "
-            "acknowledged. Check API_ENDPOINT is the address DfE gave you, and ask IT whether a proxy or "
-            "firewall redirects it"
-        )
-    summary = summarise(response, mask)
-    if status == 400:
-        raise BatchRejected(parse_indexes(body_text(response), mask), f"{reasons.DFE_REJECTED_REQUEST}: {summary}")
-    if status == 401:
-        raise Unauthorized(f"DfE refused the credentials: {summary}")
-    if status == 403:
-        raise Forbidden(
-            f"DfE refused access: {summary}",
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
-        )
-    if status == 404:
-        raise FatalApiError(
-            f"DfE's endpoint was not found ({summary}). Check API_ENDPOINT and LA_CODE (the URL is {response.url})"
-        )
-    if status == 407:
-        raise FatalApiError(f"Cannot reach DfE: {proxy_auth_advice()}")
-    if status == 413:
-        raise PayloadTooLarge(f"DfE said the batch is too large: {summary}")
-    if status == 429 or 500 <= status <= 599:
-        raise RetriableApiError(
-            f"DfE is busy or failing: {summary}",
-            status=status,
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
-        )
-    raise FatalApiError(f"DfE gave an unexpected answer: {summary}")
 
 
 # ---------------------------------------------------------------------------
@@ -183,118 +100,6 @@ PROMOTE_SECONDARY_KEY_ADVICE = (
     "DfE accepted SUPPLIER_KEY_SECONDARY but not SUPPLIER_KEY: DfE has changed keys. Promote it: put the "
     "secondary key's value in SUPPLIER_KEY and remove SUPPLIER_KEY_SECONDARY (or set it to DfE's next key)"
 )
-
-
-def _names_subscription_key(response: requests.Response) -> bool:
-    """Azure API Management says "invalid subscription key" when it is the SupplierKey, not the token."""
-    return "subscription key" in body_text(response).lower()
-
-
-# Receipts (DESIGN §6). DfE's OpenAPI document declares the 200 body as one uuid for the request;
-# the earlier tools and their guidance read a list with one ``date_time_uuid.json`` name per record,
-# like ``2026-03-01_21:04:33.12_<uuid>.json``. A receipt is one of those two shapes, exactly (plain
-# ASCII, so no line break, escape, NUL or lone surrogate ever reaches a log line or a column).
-_RECEIPT_UUID = re.compile("[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_RECEIPT_NAME = re.compile(
-    r"([0-9]{4}-[0-9]{2}-[0-9]{2})_([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,6}))?_[0-9A-Za-z][0-9A-Za-z-]*\.json"
-)
-# A receipt's time is believed only within this window; outside it the tool's own clock is recorded.
-# DfE's API did not exist before 2020, and DfE's clock may be minutes ahead of this computer's, not days.
-EARLIEST_RECEIPT_TIME = datetime(2020, 1, 1, tzinfo=timezone.utc)
-RECEIPT_CLOCK_AHEAD = timedelta(days=1)
-
-
-def _receipt_problem(item: object) -> str | None:
-    """Why ``item`` is not a receipt, in words that repeat none of it (DfE's text may be hostile); None if it is one."""
-    if not isinstance(item, str):
-        return f"is {_json_kind(item)}, not text"
-    if not item:
-        return "is empty"
-    if len(item) > MAX_RECEIPT_LENGTH:
-        return f"is {len(item)} characters long (at most {MAX_RECEIPT_LENGTH})"
-    if _RECEIPT_UUID.fullmatch(item) or _RECEIPT_NAME.fullmatch(item):
-        return None  # the shapes are plain ASCII: nothing unprintable in them
-    odd = next((c for c in item if not c.isprintable()), None)
-    if odd is not None and 0xD800 <= ord(odd) <= 0xDFFF:
-        return "holds text that is not valid Unicode (a lone surrogate)"
-    if odd is not None:
-        return f"holds a control or unprintable character (U+{ord(odd):04X})"
-    return "is neither a uuid nor a date_time_uuid.json name"
-
-
-def _json_kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return "a list" if isinstance(value, list) else "an object"
-
-
-def parse_receipt_time(receipt: str) -> datetime | None:
-    """The UTC time in a DfE-style receipt (``2026-03-01_21:04:33.12_<uuid>.json``); None for a bare uuid,
-    or when the name's date and time are not a real moment."""
-    match = _RECEIPT_NAME.fullmatch(receipt)
-    if not match:
-        return None
-    return _receipt_moment(*match.groups())
-
-
-def recorded_time(receipt: str, now: datetime) -> tuple[datetime, bool]:
-    """When to record ``receipt`` as received: the time in its name, else ``now`` (this computer's
-    clock, naive UTC). True when the name held a time that was set aside: not a real moment,
-    before 2020, or more than a day ahead of ``now`` (a year-9999 receipt would otherwise be the
-    "last acknowledgement" for ever, and year 1 does not fit SQL Server's DATETIME)."""
-    match = _RECEIPT_NAME.fullmatch(receipt)
-    if match is None:
-        return now, False  # a bare uuid carries no time
-    moment = _receipt_moment(*match.groups())
-    clock = now if now.tzinfo is not None else now.replace(tzinfo=timezone.utc)
-    if moment is None or not EARLIEST_RECEIPT_TIME <= moment <= clock + RECEIPT_CLOCK_AHEAD:
-        return now, True
-    return moment, False
-
-
-@functools.lru_cache(maxsize=256)  # a batch's receipts share a handful of timestamps
-def _receipt_moment(date: str, clock: str, fraction: str | None) -> datetime | None:
-    try:  # the fields are fixed-width digits: building the datetime directly is ~10x cheaper than strptime
-        moment = datetime(int(date[:4]), int(date[5:7]), int(date[8:]), int(clock[:2]), int(clock[3:5]), int(clock[6:]))
-    except ValueError:  # e.g. month 13: as strptime, no time
-        return None
-    micro = int((fraction or "0").ljust(6, "0"))
-    return moment.replace(microsecond=micro, tzinfo=timezone.utc)
-
-
-def _parse_receipts(response: requests.Response, expected: int) -> tuple[list[str] | None, str]:
-    """One receipt per record, else None and the reason (which repeats nothing of the answer).
-
-    The answer is one receipt for the whole request (a JSON string, as DfE's OpenAPI document
-    declares it), which every record then shares, or a JSON list of one receipt per record, in
-    order (as the earlier tools read it). A bare uuid that is not a JSON string is not JSON.
-    """
-    answer = parse_json(response.content)
-    if answer is None:
-        return None, "DfE answered 200 but the body was not JSON; nothing is counted as acknowledged"
-    if isinstance(answer, str):
-        problem = _receipt_problem(answer)
-        if problem is not None:
-            return None, f"DfE answered 200 with a receipt that {problem}; nothing is counted as acknowledged"
-        return [answer] * expected, ""
-    if not isinstance(answer, list):
-        return None, "DfE answered 200 but not with a receipt or a list of receipts; nothing is counted as acknowledged"
-    if len(answer) != expected:
-        return None, (
-            f"DfE returned {len(answer)} receipts for {expected} records; "
-            "nothing is counted as acknowledged (sent again next run)"
-        )
-    for number, item in enumerate(answer, 1):
-        problem = _receipt_problem(item)
-        if problem is not None:
-            return None, (
-                f"DfE answered 200, but receipt {number} of {expected} {problem}; nothing is counted as acknowledged"
-            )
-    return answer, ""
 
 
 # ---------------------------------------------------------------------------
@@ -377,8 +182,7 @@ class ApiClient:
         self.requests = 0
         self.retries: dict[str, int] = {}
         self.bytes_sent = 0
-        self._supplier_key = settings.supplier_key
-        self.secondary_key_in_use = False
+        self._supplier_key = Rotation(settings.supplier_key, settings.supplier_key_secondary)
         # MIN_REQUEST_INTERVAL_MS spaces every POST (retries and split halves too), across threads.
         self.pacer = Pacer(settings.min_request_interval_ms / 1000, clock=clock, sleep=sleep)
         # MAX_RUNTIME bounds retries too: past it, a failing batch is not tried again (the client
@@ -387,14 +191,17 @@ class ApiClient:
 
     # -- one HTTP exchange ---------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
-        return {"SupplierKey": self._supplier_key.reveal(), "Content-Type": "application/json"}
+        return {"SupplierKey": self._supplier_key.current.reveal(), "Content-Type": "application/json"}
+
+    @property
+    def secondary_key_in_use(self) -> bool:
+        """Whether this run has switched to SUPPLIER_KEY_SECONDARY."""
+        return self._supplier_key.on_secondary
 
     def _use_secondary_key(self) -> bool:
         """After DfE refused SUPPLIER_KEY: switch to SUPPLIER_KEY_SECONDARY, once per run. False if there is none."""
-        secondary = self.settings.supplier_key_secondary
-        if self.secondary_key_in_use or secondary is None or not secondary or secondary == self._supplier_key:
+        if not self._supplier_key.switch():
             return False
-        self._supplier_key, self.secondary_key_in_use = secondary, True
         self.logger.warning("DfE refused SUPPLIER_KEY (HTTP 401); trying SUPPLIER_KEY_SECONDARY")
         return True
 
@@ -423,28 +230,16 @@ class ApiClient:
         self.auth.get_token()  # any token request first, so it takes none of this request's time
         self.requests += 1
         self.bytes_sent += len(body)
-        try:
-            with reaching("DfE", self.session, self.url, timeout=self.settings.http_timeout):
-                return bounded.post(
-                    self.session,
-                    self.url,
-                    seconds=self.settings.http_timeout,
-                    data=body,
-                    headers=self._headers(),
-                    auth=self.auth,
-                    timeout=self.timeout,
-                )
-        except AnswerTooSlow:
-            raise TransientNetworkError(
-                f"Cannot reach DfE: {self.host} did not finish answering within "
-                f"{self.settings.http_timeout:g} seconds (HTTP_TIMEOUT)",
-                cause="timeout",
-            ) from None
-        except AnswerTooLarge:
-            raise FatalApiError(
-                f"DfE's answer was larger than {describe_size(MAX_ANSWER_BYTES)}, so it was not read: nothing is "
-                "counted as acknowledged. Check API_ENDPOINT is DfE's receiver"
-            ) from None
+        return exchange(
+            DfeAnswers(),
+            self.session,
+            self.url,
+            seconds=self.settings.http_timeout,
+            data=body,
+            headers=self._headers(),
+            auth=self.auth,
+            timeout=self.timeout,
+        )
 
     def probe(self, body: bytes) -> requests.Response:
         """One POST with no retries and no classification, for test-endpoint: a 401 switches to
@@ -466,7 +261,7 @@ class ApiClient:
         if response.status_code == 401 and not state.renewed:
             state.renewed = True
             self._count_retry("401")
-            if _names_subscription_key(response) and self._use_secondary_key():
+            if names_subscription_key(response) and self._use_secondary_key():
                 response = self._request(body)
                 self._after_key_switch(response)
             else:
@@ -486,7 +281,7 @@ class ApiClient:
                 "(the subscription key DfE issued), CLIENT_ID and SCOPE"
             ) from None
         if response.status_code == 200 and state.expected:
-            receipts, reason = _parse_receipts(response, state.expected)
+            receipts, reason = parse_receipts(response, state.expected)
             if receipts is None:  # a garbled answer: send the records again within this run
                 raise UnusableReceipts(reason, response=response)
         return response
@@ -597,7 +392,7 @@ class ApiClient:
 
     # -- batches ---------------------------------------------------------------------
     def send(self, bodies: list[bytes], batch_id: str) -> list[Outcome]:
-        """Send up to 100 records, each already encoded (``payload.encode_record``), so splits never
+        """Send up to 100 records, each already encoded (``json_text.encode_record``), so splits never
         re-serialise; one :class:`Outcome` per record, in order.
 
         A 400 naming records rejects just those and re-sends the rest; a 400 naming none, or a
@@ -639,7 +434,7 @@ class ApiClient:
             for p in positions:
                 outcomes[p] = Outcome(p, error=reason)
             return
-        receipts, reason = _parse_receipts(response, len(positions))
+        receipts, reason = parse_receipts(response, len(positions))
         if receipts is None:
             self.logger.warning("batch %s: %s", batch_id, reason)
             for p in positions:

@@ -19,17 +19,10 @@ from urllib.parse import urlsplit
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from api_pipeline.dfe import bounded, transport
-from api_pipeline.dfe.bounded import MAX_ANSWER_BYTES, describe_size
-from api_pipeline.errors import (
-    AnswerTooLarge,
-    AnswerTooSlow,
-    AuthError,
-    ConfigError,
-    FatalApiError,
-    RetriableApiError,
-    TransientNetworkError,
-)
+from api_pipeline.dfe import transport
+from api_pipeline.dfe.answers import Counterpart, exchange, refuse_shared
+from api_pipeline.dfe.rotation import Rotation
+from api_pipeline.errors import AuthError, ConfigError, FatalApiError, PipelineError, RetriableApiError
 from api_pipeline.settings.config import Secret, Settings
 from api_pipeline.settings.masking import known_secrets, remember_secret
 
@@ -75,6 +68,32 @@ PROMOTE_SECONDARY_CLIENT_ADVICE = (
 
 class _TokenEndpointBusy(RetriableApiError):
     """A 5xx/429, timeout or reset from the token endpoint: tried again a couple of times."""
+
+
+class _TokenEndpoint(Counterpart):
+    """The token endpoint as a counterpart: its advice names TOKEN_ENDPOINT, where CLIENT_SECRET goes."""
+
+    place = "the token endpoint"
+
+    def redirected(self, status: int, target: str) -> PipelineError:
+        return FatalApiError(
+            f"The token endpoint answered HTTP {status}, a redirect to {target}, which is not followed: "
+            "CLIENT_SECRET goes only to TOKEN_ENDPOINT. Check TOKEN_ENDPOINT is the OAuth2 v2.0 token URL DfE "
+            "gave you, and ask IT whether a proxy or firewall redirects it"
+        )
+
+    def too_large(self, limit: str) -> PipelineError:
+        return FatalApiError(
+            f"The token endpoint's answer was larger than {limit}, so it was not read. "
+            "Check TOKEN_ENDPOINT is the OAuth2 v2.0 token URL DfE gave you"
+        )
+
+    def busy(self, response: requests.Response, retry_after: float | None) -> RetriableApiError:
+        status = response.status_code
+        return _TokenEndpointBusy(f"HTTP {status}", status=status, retry_after=retry_after)
+
+
+_TOKEN_ENDPOINT = _TokenEndpoint()
 
 
 def _first_sentence(text: str) -> str:
@@ -146,9 +165,7 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
     ) -> None:
         self.token_endpoint = token_endpoint
         self.client_id = client_id
-        self._client_secret = client_secret
-        self._secondary_secret = secondary_secret if secondary_secret and secondary_secret != client_secret else None
-        self.secondary_in_use = False
+        self._client_secret = Rotation(client_secret, secondary_secret)
         self.scope = scope
         self.session = session
         self.timeout = timeout
@@ -216,10 +233,15 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
     def live_secrets(self) -> tuple[str, ...]:
         """The client secrets and every secret live in the process, each token issued so far among
         them (:data:`~api_pipeline.settings.masking.LIVE_SECRETS`): what no answer may echo."""
-        secrets = [self._client_secret.reveal(), *known_secrets()]
-        if self._secondary_secret is not None:
-            secrets.append(self._secondary_secret.reveal())
+        secrets = [self._client_secret.current.reveal(), *known_secrets()]
+        if self._client_secret.secondary is not None:
+            secrets.append(self._client_secret.secondary.reveal())
         return tuple(secrets)
+
+    @property
+    def secondary_in_use(self) -> bool:
+        """Whether this run has switched to CLIENT_SECRET_SECONDARY."""
+        return self._client_secret.on_secondary
 
     @property
     def expires_in(self) -> float | None:
@@ -246,9 +268,8 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
 
     def _use_secondary(self) -> bool:
         """After CLIENT_SECRET was refused as wrong or expired: switch to the secondary, once. False if none."""
-        if self._secondary_secret is None or self.secondary_in_use:
+        if not self._client_secret.switch():
             return False
-        self._client_secret, self.secondary_in_use = self._secondary_secret, True
         log.warning("the token endpoint refused CLIENT_SECRET as wrong or expired; trying CLIENT_SECRET_SECONDARY")
         return True
 
@@ -268,49 +289,29 @@ class ClientCredentialsAuth(requests.auth.AuthBase):
         form = {
             "grant_type": "client_credentials",
             "client_id": self.client_id,
-            "client_secret": self._client_secret.reveal(),
+            "client_secret": self._client_secret.current.reveal(),
             "scope": self.scope,
         }
         self.token_fetches += 1
         asked_at = self.clock()  # the lifetime counts from the ask, so we renew a little early
         try:
-            with transport.reaching("the token endpoint", self.session, self.token_endpoint, timeout=self.timeout[1]):
-                response = bounded.post(
-                    self.session,
-                    self.token_endpoint,
-                    seconds=self.timeout[1],
-                    data=form,
-                    timeout=self.timeout,
-                    headers={"Accept": "application/json"},
-                )
-        except AnswerTooSlow:
-            raise _TokenEndpointBusy(
-                f"timeout: {self.host} did not finish answering within {self.timeout[1]:g} seconds (HTTP_TIMEOUT)"
-            ) from None
-        except AnswerTooLarge:
-            raise FatalApiError(
-                f"The token endpoint's answer was larger than {describe_size(MAX_ANSWER_BYTES)}, so it was not read. "
-                "Check TOKEN_ENDPOINT is the OAuth2 v2.0 token URL DfE gave you"
-            ) from None
-        except TransientNetworkError as exc:
+            response = exchange(
+                _TOKEN_ENDPOINT,
+                self.session,
+                self.token_endpoint,
+                seconds=self.timeout[1],
+                data=form,
+                timeout=self.timeout,
+                headers={"Accept": "application/json"},
+            )
+        except transport.TransientNetworkError as exc:
             if exc.cause in {"dns", "connection refused"}:
                 raise FatalApiError(str(exc)) from None
             raise _TokenEndpointBusy(f"{exc.cause}: {exc.detail}") from None
 
+        refuse_shared(response, _TOKEN_ENDPOINT)
         status = response.status_code
-        if 300 <= status <= 399:
-            raise FatalApiError(
-                f"The token endpoint answered HTTP {status}, a redirect to "
-                f"{transport.redirect_host(response)}, which is not followed: CLIENT_SECRET goes only to "
-                "TOKEN_ENDPOINT. Check TOKEN_ENDPOINT is the OAuth2 v2.0 token URL DfE gave you, and ask IT "
-                "whether a proxy or firewall redirects it"
-            )
-        if status == 429 or status >= 500:
-            retry_after = transport.parse_retry_after(response.headers.get("Retry-After"))
-            raise _TokenEndpointBusy(f"HTTP {status}", status=status, retry_after=retry_after)
         payload = transport.parse_json(response.content)
-        if status == 407:
-            raise FatalApiError(f"Cannot reach the token endpoint: {transport.proxy_auth_advice()}")
         if status != 200 and aadsts_code(payload) in SECRET_REFUSED_CODES and self._use_secondary():
             self._request_token()
             log.warning("%s", PROMOTE_SECONDARY_CLIENT_ADVICE)

@@ -25,8 +25,10 @@ from datetime import datetime
 from typing import Protocol
 
 from api_pipeline import reasons
-from api_pipeline.dfe.api import Outcome, recorded_time
-from api_pipeline.dfe.payload import encode_record, load_outline, outline, outline_union
+from api_pipeline.dfe.api import Outcome
+from api_pipeline.dfe.json_text import encode_record
+from api_pipeline.dfe.payload import load_outline, outline, outline_union
+from api_pipeline.dfe.receipts import recorded_time
 from api_pipeline.errors import BatchAborted, PipelineError
 from api_pipeline.job.run_files import OUTCOME_WORDS, RunSummary
 from api_pipeline.stopping import signals_to_the_main_thread
@@ -329,7 +331,7 @@ class _Outcome:
     counts: Counter
     error: BaseException | None
     answered: bool  # DfE answered the whole batch (not stopped part-way, not cancelled)
-    times_set_aside: int = 0  # receipts whose own time was not believed (see api.recorded_time)
+    times_set_aside: int = 0  # receipts whose own time was not believed (see receipts.recorded_time)
 
 
 def settle(
@@ -341,7 +343,8 @@ def settle(
 ) -> tuple[Counter, int]:
     """What DfE's answers make of the rows: a row update each (and a ledger entry for each
     receipt) added to ``updates`` and ``ledger``; returns the count of each outcome, and how many
-    receipts carried a time that was set aside for this computer's (see :func:`~api_pipeline.dfe.api.recorded_time`).
+    receipts carried a time that was set aside for this computer's (see
+    :func:`~api_pipeline.dfe.receipts.recorded_time`).
 
     A receipt ends a child's doubt, if it was in doubt (``doubt.resolved``): the ledger says
     what DfE holds. A refusal leaves the child as it was: DfE stored nothing of the request.

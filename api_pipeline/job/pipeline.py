@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from api_pipeline import reasons
+from api_pipeline.dfe.json_text import encode_record, frame_body
 from api_pipeline.dfe.payload import (
     build_purge,
     duplicate_ids,
-    encode_record,
-    frame_body,
     load_normal,
     normal_form,
     normalise,

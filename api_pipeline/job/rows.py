@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from api_pipeline import reasons
-from api_pipeline.dfe.payload import DUPLICATE_KEY, MAX_NESTING, loads_record, nesting_exceeds, unclear_part
+from api_pipeline.dfe.json_text import DUPLICATE_KEY, MAX_NESTING, loads_record, nesting_exceeds, unclear_part
 from api_pipeline.dfe.schema import UNKNOWN_KEY, format_path, generalise_path, load_bundled_schema, schema_keys
 from api_pipeline.errors import Invalid, Later, Skip
 from api_pipeline.store.odbc import UTF16, UnreadableText
@@ -110,7 +110,7 @@ _BYTE_ORDER_MARK = "\ufeff"
 
 
 def _unclear(kind: str, parts: tuple[str | int, ...], column: str) -> Invalid:
-    """:class:`Invalid` for a record that readers would take differently (:func:`payload.unclear_part`),
+    """:class:`Invalid` for a record that readers would take differently (:func:`json_text.unclear_part`),
     naming the path: a key the schema does not declare is not named (it may be data), nor any value."""
     path = _shown_path(parts)
     sentence = reasons.DUPLICATE_KEY if kind == DUPLICATE_KEY else reasons.NUMBER_TOO_LARGE

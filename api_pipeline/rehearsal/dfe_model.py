@@ -124,8 +124,9 @@ def _render(path: _Path) -> str:
     return text.lstrip(".") or "<record>"
 
 
-class RecordValidator:
-    """Checks one record against a draft-07 schema, naming fields but never echoing values.
+class SimulatedDfeValidator:
+    """DfE's check of one record, as the simulator plays it: a draft-07 schema, naming fields but
+    never echoing values. Named apart from the pipeline's ``schema.RecordValidator``, which it checks.
 
     The simulator must not depend on third-party packages, so this covers just the keywords
     the CSC schema uses; unknown keywords are ignored. ``null`` is never accepted.

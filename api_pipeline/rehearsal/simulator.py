@@ -11,29 +11,26 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import re
 import secrets
-import socket
 import ssl
-import sys
 import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from api_pipeline.dfe.payload import clone, loads_record
-from api_pipeline.rehearsal.dfe_model import RecordValidator, apply_record, load_default_schema
+from api_pipeline.dfe.json_text import loads_record
+from api_pipeline.dfe.payload import clone
+from api_pipeline.rehearsal.dfe_model import SimulatedDfeValidator, apply_record, load_default_schema
+from api_pipeline.rehearsal.simulator_http import LoopbackServer, Reply, gateway_reply, json_reply
 from api_pipeline.settings.options import LOOPBACK_HOSTS
 
 RECEIVER_BASE_PATH = "/children-in-social-care-data-receiver-test/1"
 MAX_RECORDS_PER_REQUEST = 100
-MAX_BODY_BYTES = 64 * 1024 * 1024
 LISTEN_HOSTS = LOOPBACK_HOSTS - {"::1"}  # the server is IPv4: it cannot listen on ::1
 
 # How a 200 acknowledges a request: "dfe", a list of one ``date_time_uuid.json`` name per record, in
@@ -44,7 +41,7 @@ RECEIPT_STYLES = ("dfe", "uuid", "openapi")
 _RECEIVER_PATH = re.compile(re.escape(RECEIVER_BASE_PATH) + r"/children_social_care_data/([^/]*)/children")
 _TOKEN_PATH = re.compile(r"/([^/]+)/oauth2/v2\.0/token")
 
-# --- Faults, log entries, replies ---
+# --- Faults, log entries, Azure AD's refusals ---
 
 
 class Fault(str, Enum):
@@ -88,24 +85,6 @@ class LoggedRequest:
     arrived: float = 0.0  # when the request had been read (wall clock)
 
 
-@dataclass
-class _Reply:
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-    drop: bool = False  # close the connection without answering
-    records: int = 0  # items in the request body, for the log
-
-
-def _json_reply(status: int, payload: Any, **headers: str) -> _Reply:
-    return _Reply(status, json.dumps(payload).encode("utf-8"), headers=headers)
-
-
-def _gateway_reply(status: int, message: str, **headers: str) -> _Reply:
-    return _json_reply(status, {"statusCode": status, "message": message}, **headers)
-
-
 # Azure AD v2 refusals: (status, error, AADSTS code, description template)
 _AAD_ERRORS: dict[str, tuple[int, str, int, str]] = {
     "server_error": (500, "server_error", 50000, "There was an error issuing a token."),
@@ -133,13 +112,13 @@ _AAD_ERRORS: dict[str, tuple[int, str, int, str]] = {
 }
 
 
-def _aad_error(kind: str, **fields: str) -> _Reply:
+def _aad_error(kind: str, **fields: str) -> Reply:
     """An error shaped like Azure AD v2's, so clients can be tested on real AADSTS handling."""
     status, error, code, template = _AAD_ERRORS[kind]
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
     trace, correlation = str(uuid.uuid4()), str(uuid.uuid4())
     description = f"AADSTS{code}: {template.format(**fields)} Trace ID: {trace} Correlation ID: {correlation}"
-    return _json_reply(
+    return json_reply(
         status,
         {
             "error": error,
@@ -163,106 +142,6 @@ def _mask_headers(headers: dict[str, str]) -> dict[str, str]:
             value = "***"
         masked[name] = value
     return masked
-
-
-# --- HTTP plumbing ---
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-    allow_reuse_address = sys.platform != "win32"  # on Windows it would let two servers share a port
-
-    def __init__(self, address: tuple[str, int], simulator: Simulator, tls: ssl.SSLContext | None = None) -> None:
-        self.simulator = simulator
-        self.tls = tls
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def track(self, conn: socket.socket, is_open: bool) -> None:
-        with self._open_lock:
-            (self._open.add if is_open else self._open.discard)(conn)
-
-    def close_connections(self) -> None:
-        """Cut kept-alive connections so a stopped simulator really stops answering."""
-        with self._open_lock:
-            for conn in self._open:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        conn, address = super().get_request()
-        if self.tls is not None:  # the handshake happens in the request's own thread (_Handler.setup)
-            conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
-        return conn, address
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A dropped client, or one that refused our certificate, is the client's business.
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError, ssl.SSLError)):
-            super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "CSCAPISimulator/1.0"
-    disable_nagle_algorithm = True  # headers and body go out as separate writes: avoid 40 ms stalls
-    server: _Server
-
-    def setup(self) -> None:
-        if isinstance(self.request, ssl.SSLSocket):
-            self.request.settimeout(10)
-            self.request.do_handshake()
-            self.request.settimeout(None)
-        super().setup()
-        self.server.track(self.connection, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.track(self.connection, False)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: per-request stderr lines would slow benchmarks and clutter test output."""
-
-    def do_POST(self) -> None:
-        body = self._read_body()
-        if body is None:
-            self.close_connection = True
-            self._write(_gateway_reply(413, "Request body too large or unreadable"))
-            return
-        headers = dict(self.headers.items())
-        reply = self.server.simulator._handle(self.command, self.path, headers, body)
-        if reply.drop:
-            self.close_connection = True
-            return
-        self._write(reply)
-
-    do_GET = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_POST
-
-    def _read_body(self) -> bytes | None:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            return None
-        if not 0 <= length <= MAX_BODY_BYTES:
-            return None
-        return self.rfile.read(length) if length else b""
-
-    def _write(self, reply: _Reply) -> None:
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        if reply.status != 204:
-            if reply.body:
-                self.send_header("Content-Type", reply.content_type)
-            self.send_header("Content-Length", str(len(reply.body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if reply.body and self.command != "HEAD":
-            self.wfile.write(reply.body)
 
 
 # --- The simulator ---
@@ -306,7 +185,7 @@ class Simulator:
         self.expired_secret, self.keep_request_bodies = expired_secret, keep_request_bodies
         self.host, self.port = host, port
         self.tls_context = tls_context  # a server-side context with a certificate: serve HTTPS
-        self._validator = RecordValidator(schema or load_default_schema()) if validate else None
+        self._validator = SimulatedDfeValidator(schema or load_default_schema()) if validate else None
         self._lock = threading.Lock()
         self._store: dict[str, dict] = {}
         self._tokens: dict[str, float] = {}
@@ -316,7 +195,7 @@ class Simulator:
         self._token_requests = 0
         self._records_accepted = 0
         self._stopping = threading.Event()
-        self._server: _Server | None = None
+        self._server: LoopbackServer | None = None
         self._thread: threading.Thread | None = None
         self._bound_port: int | None = None  # kept after stop() so summaries can still name it
 
@@ -327,7 +206,7 @@ class Simulator:
         if self._server is not None:
             raise RuntimeError("simulator already started")
         self._stopping.clear()
-        self._server = _Server((self.host, self.port), self, self.tls_context)
+        self._server = LoopbackServer((self.host, self.port), self._handle, self.tls_context)
         self._bound_port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -436,7 +315,7 @@ class Simulator:
 
     # -- request handling -----------------------------------------------------------------
 
-    def _handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> _Reply:
+    def _handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> Reply:
         """Route one request, answer it and log it (the log entry is written before replying)."""
         arrived, started = time.time(), time.monotonic()
         path = urlsplit(raw_path).path
@@ -447,11 +326,11 @@ class Simulator:
             elif token and method == "POST":
                 reply = self._issue_token(token.group(1), body)
             elif receiver or token:
-                reply = _gateway_reply(405, "Method not allowed", Allow="POST")
+                reply = gateway_reply(405, "Method not allowed", Allow="POST")
             else:
-                reply = _gateway_reply(404, "Resource not found")
+                reply = gateway_reply(404, "Resource not found")
         except Exception as exc:  # a simulator bug must not look like a network failure
-            reply = _gateway_reply(500, f"Simulator error: {type(exc).__name__}")
+            reply = gateway_reply(500, f"Simulator error: {type(exc).__name__}")
         is_token = bool(token) and method == "POST"
         kept: bytes | None = None
         if self.keep_request_bodies:
@@ -467,7 +346,7 @@ class Simulator:
         with self._lock:
             return queue.popleft() if queue else (None, {})
 
-    def _issue_token(self, tenant: str, body: bytes) -> _Reply:
+    def _issue_token(self, tenant: str, body: bytes) -> Reply:
         form = parse_qs(body.decode("utf-8", "replace"))
         grant, client, secret, scope = (
             form.get(key, [""])[0] for key in ("grant_type", "client_id", "client_secret", "scope")
@@ -494,9 +373,9 @@ class Simulator:
             self._tokens[token] = now + self.token_ttl
         ttl = int(self.token_ttl)
         payload = {"token_type": "Bearer", "expires_in": ttl, "ext_expires_in": ttl, "access_token": token}
-        return _json_reply(200, payload, **{"Cache-Control": "no-store"})
+        return json_reply(200, payload, **{"Cache-Control": "no-store"})
 
-    def _receive(self, la_code: str, headers: dict[str, str], body: bytes, started: float) -> _Reply:
+    def _receive(self, la_code: str, headers: dict[str, str], body: bytes, started: float) -> Reply:
         records: Any = None
         with contextlib.suppress(ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             records = loads_record(body)
@@ -513,17 +392,17 @@ class Simulator:
             self._stopping.wait(remaining)
         return reply
 
-    def _answer(self, la_code: str, headers: dict[str, str], records: Any, fault: Fault | None, params: dict) -> _Reply:
+    def _answer(self, la_code: str, headers: dict[str, str], records: Any, fault: Fault | None, params: dict) -> Reply:
         if fault is Fault.TOO_MANY_REQUESTS:
             seconds = params.get("retry_after", 1)
             message = f"Rate limit is exceeded. Try again in {seconds} seconds."
-            return _gateway_reply(429, message, **{"Retry-After": str(seconds)})
+            return gateway_reply(429, message, **{"Retry-After": str(seconds)})
         if fault is not None and fault in _GATEWAY_MESSAGES:
-            return _gateway_reply(int(fault.value), _GATEWAY_MESSAGES[fault])
+            return gateway_reply(int(fault.value), _GATEWAY_MESSAGES[fault])
         if fault is Fault.DROP:
-            return _Reply(0, drop=True)
+            return Reply(0, drop=True)
         if fault is Fault.GARBAGE:
-            return _Reply(200, b"<html>gateway error</html>", "text/html")
+            return Reply(200, b"<html>gateway error</html>", "text/html")
         if fault is Fault.EXPIRE_TOKENS:
             with self._lock:
                 self._tokens.clear()
@@ -531,42 +410,42 @@ class Simulator:
         if refusal is not None:
             return refusal
         if not isinstance(records, list):
-            return _gateway_reply(400, "Payload was malformed: send a JSON array of records")
+            return gateway_reply(400, "Payload was malformed: send a JSON array of records")
         if not records:
-            return _Reply(204)
+            return Reply(204)
         if len(records) > MAX_RECORDS_PER_REQUEST:
-            return _gateway_reply(413, f"Too many records: at most {MAX_RECORDS_PER_REQUEST} per request")
+            return gateway_reply(413, f"Too many records: at most {MAX_RECORDS_PER_REQUEST} per request")
         problems = self._problems(records) or self._store_batch(records)
         if problems:
-            return _Reply(400, "\n".join(problems).encode("utf-8"), "text/plain; charset=utf-8")
+            return Reply(400, "\n".join(problems).encode("utf-8"), "text/plain; charset=utf-8")
         if fault is Fault.LOST_ANSWER:
-            return _Reply(0, drop=True)
+            return Reply(0, drop=True)
         if self.receipt_style == "openapi" and fault is not Fault.SHORT_RECEIPTS:
-            return _json_reply(200, str(uuid.uuid4()))  # one receipt for the whole request
+            return json_reply(200, str(uuid.uuid4()))  # one receipt for the whole request
         receipts = [self._receipt() for _ in records]
         if fault is Fault.SHORT_RECEIPTS:
             receipts.pop()
-        return _json_reply(200, receipts)
+        return json_reply(200, receipts)
 
-    def _refuse(self, la_code: str, headers: dict[str, str]) -> _Reply | None:
+    def _refuse(self, la_code: str, headers: dict[str, str]) -> Reply | None:
         """The gateway's checks, in order: token, subscription key, LA code, media type."""
         lowered = {name.lower(): value for name, value in headers.items()}
         scheme, _, token = lowered.get("authorization", "").partition(" ")
         with self._lock:
             expiry = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
         if expiry is None or expiry <= time.monotonic():
-            return _gateway_reply(401, "Unauthorized. Access token is missing, invalid or expired.")
+            return gateway_reply(401, "Unauthorized. Access token is missing, invalid or expired.")
         if not secrets.compare_digest(lowered.get("supplierkey", "").encode(), self.supplier_key.encode()):
-            return _gateway_reply(
+            return gateway_reply(
                 401,
                 "Access denied due to invalid subscription key. "
                 "Make sure to provide a valid key for an active subscription.",
             )
         if la_code != self.la_code:
-            return _gateway_reply(403, f"Forbidden: no access to submit for LA code {la_code[:8]}")
+            return gateway_reply(403, f"Forbidden: no access to submit for LA code {la_code[:8]}")
         media = lowered.get("content-type", "").split(";", 1)[0].strip().lower()
         if media != "application/json":
-            return _gateway_reply(415, "Unsupported media type: send application/json")
+            return gateway_reply(415, "Unsupported media type: send application/json")
         return None
 
     def _problems(self, records: list) -> list[str]:

@@ -15,12 +15,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from api_pipeline.errors import ConfigError
-from api_pipeline.settings.db_login import (
-    SERVER_AND_DATABASE,
-    add_db_password,
-    add_db_user,
-    integrated_security_string,
-)
+from api_pipeline.settings.db_login import SERVER_AND_DATABASE, add_db_password, add_db_user, integrated_security_string
 from api_pipeline.settings.envfile import EnvEntry, EnvFile, read_env_file
 from api_pipeline.settings.options import (
     COMMON,

@@ -33,7 +33,16 @@ from api_pipeline.settings.config import FROM_SERVER_AND_DATABASE, Secret, conne
 from api_pipeline.settings.options import TABLE_NAME_PATTERN
 from api_pipeline.settings.paths import sqlite_file_of
 from api_pipeline.stopping import signals_to_the_main_thread
-from api_pipeline.store.dialects import BABELFISH, MSSQL, SQLITE, Dialect, Kinds, dialect_for_dbms
+from api_pipeline.store.dialects import (
+    BABELFISH,
+    MSSQL,
+    SQL_WLONGVARCHAR,
+    SQL_WVARCHAR,
+    SQLITE,
+    Dialect,
+    Kinds,
+    dialect_for_dbms,
+)
 from api_pipeline.store.odbc import (
     CONFLICT,
     CONNECTION_LOST,
@@ -44,8 +53,6 @@ from api_pipeline.store.odbc import (
     SQL_SERVER_DRIVER_PREFERENCE,
     SQL_SS_TIMESTAMPOFFSET,
     SQL_WCHAR,
-    SQL_WLONGVARCHAR,
-    SQL_WVARCHAR,
     UNDECODABLE,
     UNREACHABLE,
     OdbcContext,

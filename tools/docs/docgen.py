@@ -394,7 +394,7 @@ def worked_example() -> dict[str, Any]:
     not show an example that is wrong.
     """
     from api_pipeline.dfe.payload import build_delta, build_full, build_purge
-    from api_pipeline.rehearsal.simulator import apply_record
+    from api_pipeline.rehearsal.dfe_model import apply_record
 
     previous, updated = _load(WORKED_PREVIOUS), _load(WORKED_UPDATED)
     delta = build_delta(updated, previous)
