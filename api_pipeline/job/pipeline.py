@@ -170,12 +170,10 @@ class Pipeline:
         unsettled = self.summary.rows_read - self.summary.accounted
         if unsettled > 0:
             self.summary.outcomes["failed"] += unsettled
-        source, wanted = self.table.candidate_source(
-            all_rows=self.options.all_rows, held_back=self.options.validate_only
-        )
-        sql = f"SELECT COUNT(*) FROM {source} WHERE t.id > ? AND ({wanted})"
         try:
-            left = int(self.table.db.scalar(sql, (self._last_row_id,)) or 0)
+            left = self.table.count_candidates_after(
+                self._last_row_id, all_rows=self.options.all_rows, held_back=self.options.validate_only
+            )
         except PipelineError as exc:  # the database may be why the run stopped
             log.debug("rows not reached could not be counted: %s", exc)
             self.summary.not_reached_unknown = True

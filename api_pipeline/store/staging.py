@@ -495,6 +495,11 @@ class StagingTable:
         found = int(self.db.scalar(f"SELECT COUNT(*) {where}") or 0)
         return found if limit is None else min(found, limit)
 
+    def count_candidates_after(self, row_id: int, *, all_rows: bool = False, held_back: bool = False) -> int:
+        """How many of the rows a run reads come after ``row_id``: what a run that stopped early did not reach."""
+        source, wanted = self.candidate_source(all_rows=all_rows, held_back=held_back)
+        return int(self.db.scalar(f"SELECT COUNT(*) FROM {source} WHERE t.id > ? AND ({wanted})", (row_id,)) or 0)
+
     # -- what status shows ---------------------------------------------------------
 
     def counts_by_status_and_state(self) -> list[tuple[Any, Any, int]]:
