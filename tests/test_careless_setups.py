@@ -24,7 +24,7 @@ from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.settings.config import load_settings
 from api_pipeline.store.catalogue import column_names
 from api_pipeline.store.db import Database
-from api_pipeline.store.dialects import LEDGER_SPEC, POSTGRES, ledger_ddl
+from api_pipeline.store.dialect import LEDGER_SPEC, POSTGRES, ledger_ddl
 from api_pipeline.store.staging import StagingTable
 from conftest import Staging, db_env, insert, ledger, rows, run_cli, staging_on_every_database, unique_table
 

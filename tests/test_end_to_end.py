@@ -276,7 +276,7 @@ def test_write_back_replaces_ledger_entries(staging: Staging, keyed: bool, caplo
     not: a ledger made by hand without the key gets a warning and the delete-and-insert way."""
     from datetime import datetime
 
-    from api_pipeline.store.dialects import ledger_ddl
+    from api_pipeline.store.dialect import ledger_ddl
     from api_pipeline.store.staging import LedgerEntry, StagingTable
 
     at = datetime(2026, 3, 8, 21, 4, 33)

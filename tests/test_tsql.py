@@ -23,7 +23,7 @@ from api_pipeline.cli import diagnostics  # noqa: E402
 from api_pipeline.cli.main import Context  # noqa: E402
 from api_pipeline.settings.config import Secret, load_settings  # noqa: E402
 from api_pipeline.store.db import Database  # noqa: E402
-from api_pipeline.store.dialects import (  # noqa: E402
+from api_pipeline.store.dialect import (  # noqa: E402
     BINARY,
     LONG_TEXT,
     MSSQL,

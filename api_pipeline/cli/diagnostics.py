@@ -37,7 +37,7 @@ from api_pipeline.settings.config import Secret, Settings
 from api_pipeline.settings.masking import hide_secrets
 from api_pipeline.store.catalogue import column_names, server_info
 from api_pipeline.store.db import Database
-from api_pipeline.store.dialects import (
+from api_pipeline.store.dialect import (
     Dialect,
     check_table_name_length,
     dialect_named,

@@ -13,7 +13,7 @@ from typing import Any
 
 from api_pipeline.store.catalogue import column_names
 from api_pipeline.store.db import Database
-from api_pipeline.store.dialects import BINARY, LONG_TEXT
+from api_pipeline.store.dialect import BINARY, LONG_TEXT
 from api_pipeline.timestamps import utc_now
 
 

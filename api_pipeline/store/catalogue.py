@@ -14,7 +14,7 @@ from typing import Any
 
 from api_pipeline.errors import DatabaseError
 from api_pipeline.store.db import SQLITE_VERSION, Database, validate_table_name
-from api_pipeline.store.dialects import ColumnInfo, sqlite_column_info
+from api_pipeline.store.dialect import ColumnInfo, sqlite_column_info
 from api_pipeline.store.odbc import is_freetds_driver, process_identity
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from api_pipeline.errors import ConfigError, DatabaseError
 from api_pipeline.settings.config import FROM_SERVER_AND_DATABASE, TABLE_NAME_PATTERN, Secret, connection_setting
 from api_pipeline.settings.paths import sqlite_file_of
 from api_pipeline.stopping import signals_to_the_main_thread
-from api_pipeline.store.dialects import BABELFISH, MSSQL, SQLITE, Dialect, Kinds, dialect_for_dbms
+from api_pipeline.store.dialect import BABELFISH, MSSQL, SQLITE, Dialect, Kinds, dialect_for_dbms
 from api_pipeline.store.odbc import (
     CONFLICT,
     CONNECTION_LOST,
@@ -456,7 +456,7 @@ class Database:
     def _says_babelfish(conn: Any) -> bool:
         """Whether a server that speaks SQL Server's protocol is Babelfish for PostgreSQL, which names
         itself in ``@@VERSION`` (its ODBC answers are SQL Server's). It differs where the tool relies
-        on it: see :data:`~api_pipeline.store.dialects.BABELFISH`."""
+        on it: see :data:`~api_pipeline.store.dialect.BABELFISH`."""
         cursor = conn.cursor()
         try:
             cursor.execute("SELECT @@VERSION")

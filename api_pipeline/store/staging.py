@@ -4,7 +4,7 @@
 beside it (DESIGN §4, §7): which rows a run reads (:meth:`StagingTable.candidate_source`), what
 the ledger says DfE holds, the counts ``status`` shows, and the write-back of a batch's outcomes
 and ledger entries in one transaction, with the optimistic check. SQL differences between the
-DBMSs are :mod:`api_pipeline.store.dialects`'; the connection is :class:`api_pipeline.store.db.Database`.
+DBMSs are :mod:`api_pipeline.store.dialect`'; the connection is :class:`api_pipeline.store.db.Database`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from api_pipeline import reasons
 from api_pipeline.errors import DatabaseError
 from api_pipeline.store import catalogue
 from api_pipeline.store.db import Database, validate_table_name
-from api_pipeline.store.dialects import (
+from api_pipeline.store.dialect import (
     BINARY,
     IN_DOUBT_SPEC,
     IN_FLIGHT_SPEC,

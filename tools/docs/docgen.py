@@ -488,7 +488,7 @@ def _toml_list(text: str, key: str) -> list[str]:
 
 def ddl_markdown() -> str:
     """CREATE TABLE statements for the staging table, the ledger and the run lock table, per database system."""
-    from api_pipeline.store import dialects
+    from api_pipeline.store import dialect as dialects
 
     names = {"mssql": "SQL Server", "postgresql": "PostgreSQL", "sqlite": "SQLite"}
     table_name = "ssd_api_data_staging"
@@ -528,7 +528,7 @@ def _split_columns(text: str) -> list[str]:
 
 
 def staging_columns_markdown() -> str:
-    from api_pipeline.store import dialects as db
+    from api_pipeline.store import dialect as dialects as db
 
     rows = [[code(c), "required" if c in db.REQUIRED_COLUMNS else "optional"] for c in db.STAGING_COLUMNS]
     return table(["column", "the tool needs it"], rows)
