@@ -43,11 +43,13 @@ from api_pipeline.errors import DatabaseError, RunLocked
 from api_pipeline.job.runner import execute_run
 from api_pipeline.rehearsal.demo import apply_nightly_changes
 from api_pipeline.rehearsal.synthetic import make_children
-from api_pipeline.store.catalogue import columns, tds_version
+from api_pipeline.store.catalogue import columns
+from api_pipeline.store.columns import LOCK_NAME_SIZE
 from api_pipeline.store.db import Database
-from api_pipeline.store.dialect import BABELFISH, LOCK_NAME_SIZE
+from api_pipeline.store.dialects import BABELFISH
 from api_pipeline.store.lock import RunLock
 from api_pipeline.store.odbc import LOCK_TIMEOUT, odbc_value, parse_odbc_string
+from api_pipeline.store.sql_server import tds_version
 from api_pipeline.store.staging import LedgerEntry, StagingTable
 from conftest import Staging, run_cli, settings_for, unique_table
 

@@ -32,7 +32,7 @@ from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.settings.config import load_settings
 from api_pipeline.store.catalogue import column_names
 from api_pipeline.store.db import Database
-from api_pipeline.store.dialect import POSTGRES
+from api_pipeline.store.dialects import POSTGRES
 from api_pipeline.store.staging import LedgerEntry, RowUpdate, StagingTable
 from conftest import Staging, run_cli, settings_for, unique_table
 

@@ -44,11 +44,13 @@ from api_pipeline.job.pipeline import Pipeline, RunOptions  # noqa: E402
 from api_pipeline.job.run_files import RunSummary  # noqa: E402
 from api_pipeline.rehearsal.synthetic import make_children  # noqa: E402
 from api_pipeline.settings.config import load_settings  # noqa: E402
+from api_pipeline.store.columns import LEDGER_SPEC, STAGING_SPEC, ColumnInfo
 from api_pipeline.store.db import Database
-from api_pipeline.store.dialect import BABELFISH, LEDGER_SPEC, MSSQL, STAGING_SPEC, ColumnInfo, check_columns
+from api_pipeline.store.dialects import BABELFISH, MSSQL
 from api_pipeline.store.lock import RunLock  # noqa: E402
 from api_pipeline.store.odbc import UnreadableText, decode_wide_text  # noqa: E402
 from api_pipeline.store.staging import RowUpdate, StagingTable
+from api_pipeline.store.tables import check_columns
 
 LEDGER = f"{TABLE}_ledger"
 CONNECTION = "DRIVER={ODBC Driver 18 for SQL Server};SERVER=sql01;DATABASE=HDM;Trusted_Connection=yes;"

@@ -22,17 +22,11 @@ from sqlglot.errors import ErrorLevel, ParseError  # noqa: E402
 from api_pipeline.cli import diagnostics  # noqa: E402
 from api_pipeline.cli.main import Context  # noqa: E402
 from api_pipeline.settings.config import Secret, load_settings  # noqa: E402
+from api_pipeline.store.columns import BINARY, LONG_TEXT, STAGING_SPEC, ColumnInfo  # noqa: E402
 from api_pipeline.store.db import Database  # noqa: E402
-from api_pipeline.store.dialect import (  # noqa: E402
-    BINARY,
-    LONG_TEXT,
-    MSSQL,
-    STAGING_SPEC,
-    ColumnInfo,
-    check_columns,
-    staging_index_ddl,
-)
+from api_pipeline.store.dialects import MSSQL  # noqa: E402
 from api_pipeline.store.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingTable  # noqa: E402
+from api_pipeline.store.tables import check_columns, staging_index_ddl  # noqa: E402
 
 TABLE = "ssd_development.ssd_api_data_staging"
 

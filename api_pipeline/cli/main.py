@@ -32,7 +32,7 @@ from api_pipeline.settings.config import Settings, load_settings
 from api_pipeline.settings.envfile import executable_dir, find_env_file, no_env_file_found
 from api_pipeline.settings.masking import hide_secrets, mask_secrets
 from api_pipeline.stopping import StopRequest, stopping_on_signals
-from api_pipeline.store.dialect import DIALECTS
+from api_pipeline.store.dialects import DIALECTS
 from api_pipeline.wording import printable
 
 log = logging.getLogger("api_pipeline.cli.main")

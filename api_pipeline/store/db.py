@@ -31,8 +31,9 @@ from typing import Any, TypeVar
 from api_pipeline.errors import ConfigError, DatabaseError
 from api_pipeline.settings.config import FROM_SERVER_AND_DATABASE, TABLE_NAME_PATTERN, Secret, connection_setting
 from api_pipeline.settings.paths import sqlite_file_of
-from api_pipeline.stopping import signals_to_the_main_thread
-from api_pipeline.store.dialect import BABELFISH, MSSQL, SQLITE, Dialect, Kinds, dialect_for_dbms
+from api_pipeline.store.columns import Kinds
+from api_pipeline.store.dialect import Dialect
+from api_pipeline.store.dialects import BABELFISH, MSSQL, SQLITE, dialect_for_dbms
 from api_pipeline.store.odbc import (
     CONFLICT,
     CONNECTION_LOST,
@@ -62,16 +63,11 @@ from api_pipeline.store.odbc import (
     with_psqlodbc_defaults,
     without_values,
 )
+from api_pipeline.store.sqlite import Checkpointer, SQLite
 
 log = logging.getLogger(__name__)
 
 SQLITE_PREFIX = "sqlite:///"
-SQLITE_VERSION = sqlite3.sqlite_version  # the SQLite library under the standard library's sqlite3
-# SQLite, for a run's write-backs (Database.prepare_for_bulk_writes).
-BULK_CACHE_KIB = 16 * 1024
-CHECKPOINT_EVERY = 0.25  # seconds between the background checkpointer's passes
-RESTART_FRAMES = 8_000  # log pages (~32 MB) after which it restarts the log, so the file stops growing
-BULK_CHECKPOINT_PAGES = 40_000  # the run connection's own checkpoint, should the background one fall behind
 # Lock waits (SQL Server, PostgreSQL): one statement waits at most LOCK_WAIT_SECONDS for a lock
 # another session holds, then fails and is tried again, LOCK_WAIT_ATTEMPTS times in all (half an
 # hour), the run lock's heartbeat written between tries. A deadlock victim's work is tried again
@@ -173,51 +169,6 @@ def _no_sql_server_driver(setting: str, installed: Sequence[str]) -> str:
     )
 
 
-class _Checkpointer:
-    """Copies a SQLite write-ahead log into the database, on a connection and thread of its own.
-
-    ``PASSIVE``: it never waits for, or blocks, the run's connection, which keeps committing
-    while a copy is under way (SQLite's locks allow one writer and one checkpointer at once).
-    A log that is never copied to its end is never reused, so once it holds
-    :data:`RESTART_FRAMES` pages a ``RESTART`` copies the rest and has the log start over.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._every = CHECKPOINT_EVERY
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="sqlite-checkpoint", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        signals_to_the_main_thread()
-        try:
-            # No busy timeout: a pass that meets a reader, or the run's connection writing,
-            # copies what it can and returns rather than wait (a RESTART would hold every
-            # commit back while it waited).
-            conn = sqlite3.connect(self._path, timeout=0, isolation_level=None)
-        except sqlite3.Error as exc:
-            log.debug("SQLite checkpointer not started: %s", exc)
-            return
-        try:
-            while not self._stopping.wait(self._every):
-                _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                if frames >= RESTART_FRAMES:
-                    # Copies what the pass above could not, holding the next commit back for
-                    # that long, so that the next commit writes the log from its start again.
-                    conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
-        except sqlite3.Error as exc:  # the run's own checkpoints take over
-            log.debug("SQLite checkpointer stopped: %s", exc)
-        finally:
-            conn.close()
-
-
 class Database:
     """One connection, its dialect, and explicit transactions.
 
@@ -274,7 +225,7 @@ class Database:
         # beats the run lock's heartbeat before a send): held for a whole transaction, by a
         # query while its result is open, and by a reader for a whole page of rows.
         self.lock = threading.RLock()
-        self._checkpointer: _Checkpointer | None = None  # SQLite, during a run's write-backs
+        self._checkpointer: Checkpointer | None = None  # SQLite, during a run's write-backs
         self._reader: Database | None = None  # SQLite, during a run's write-backs
         # Called between the tries of work blocked by another session's locks (the run lock's
         # heartbeat, so a run that waits is not taken for a crashed one).
@@ -423,9 +374,7 @@ class Database:
             other = Database.open_sqlite(str(self.path))
             try:
                 with other.lock:
-                    mode = other._conn.execute("PRAGMA journal_mode").fetchone()
-                    if mode and str(mode[0]).lower() == "wal":
-                        other._conn.execute("PRAGMA synchronous=NORMAL")
+                    SQLite.tune_second_connection(other._conn)
             except sqlite3.Error as exc:
                 other.close()
                 raise _sqlite_error(exc) from None
@@ -525,33 +474,19 @@ class Database:
         queued behind it. :meth:`finish_bulk_writes` copies the rest before the run ends.
         Pages of rows are read on a third connection (see :attr:`reader`).
         """
-        if not self.is_sqlite or self.path in (None, ":memory:"):
+        if self.path in (None, ":memory:"):
             return
-        try:
-            with self.lock:
-                mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-                self._conn.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
-                self._conn.execute(f"PRAGMA wal_autocheckpoint={BULK_CHECKPOINT_PAGES}")
-        except sqlite3.Error as exc:  # e.g. a read-only folder: the run still works, just slower
-            log.debug("SQLite WAL mode not set: %s", exc)
-            return
-        log.debug("SQLite journal mode: %s", mode[0] if mode else "unknown")
-        if mode and str(mode[0]).lower() == "wal" and self._checkpointer is None:
-            self._checkpointer = _Checkpointer(str(self.path))
+        with self.lock:
+            wal = self.dialect.tune_for_bulk_writes(self._conn)
+        if wal and self._checkpointer is None:
+            self._checkpointer = Checkpointer(str(self.path))
             self._checkpointer.start()
             self._reader = self._open_reader(str(self.path))
 
     @staticmethod
     def _open_reader(path: str) -> Database | None:
-        conn = None
-        try:
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA query_only=ON")
-        except sqlite3.Error as exc:  # the run reads on its own connection, taking turns
-            if conn is not None:
-                conn.close()
-            log.debug("SQLite reading connection not opened: %s", exc)
+        conn = SQLite.reading_connection(path)
+        if conn is None:
             return None
         return Database(conn, SQLITE, description=f"SQLite {sqlite3.sqlite_version} ({path}), reading", path=path)
 
@@ -574,11 +509,8 @@ class Database:
         time includes that work and the next reader does not pay for it."""
         self._close_reader()
         if self._stop_checkpointer():
-            try:
-                with self.lock:
-                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error as exc:  # another connection may hold it: SQLite checkpoints later
-                log.debug("SQLite checkpoint not done: %s", exc)
+            with self.lock:
+                SQLite.checkpoint(self._conn)
         self.check_file()  # the run's last write-back, too, went to the file at the path
 
     def check_file(self) -> None:

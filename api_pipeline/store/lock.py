@@ -34,9 +34,10 @@ from typing import Any
 
 from api_pipeline.errors import ConfigError, DatabaseError, RunLocked
 from api_pipeline.store.catalogue import column_names, resolve_table
+from api_pipeline.store.columns import LOCK_HOLDER_SIZE, LOCK_NAME_SIZE
 from api_pipeline.store.db import Database, validate_table_name
-from api_pipeline.store.dialect import LOCK_HOLDER_SIZE, LOCK_NAME_SIZE, lock_ddl, lock_table_name
 from api_pipeline.store.odbc import KEY_VIOLATION
+from api_pipeline.store.tables import lock_ddl, lock_table_name
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,7 @@ from typing import Any
 from api_pipeline import reasons
 from api_pipeline.errors import DatabaseError
 from api_pipeline.store import catalogue
-from api_pipeline.store.db import Database, validate_table_name
-from api_pipeline.store.dialect import (
+from api_pipeline.store.columns import (
     BINARY,
     IN_DOUBT_SPEC,
     IN_FLIGHT_SPEC,
@@ -31,8 +30,12 @@ from api_pipeline.store.dialect import (
     REQUIRED_COLUMNS,
     STAGING_SPEC,
     ColumnInfo,
-    ColumnIssue,
     Kinds,
+)
+from api_pipeline.store.db import Database, validate_table_name
+from api_pipeline.store.odbc import UNDECODABLE, UnreadableText
+from api_pipeline.store.tables import (
+    ColumnIssue,
     check_columns,
     check_table_name_length,
     in_doubt_ddl,
@@ -45,7 +48,6 @@ from api_pipeline.store.dialect import (
     ledger_name,
     staging_ddl,
 )
-from api_pipeline.store.odbc import UNDECODABLE, UnreadableText
 from api_pipeline.timestamps import parse_timestamp, utc_now
 from api_pipeline.wording import printable
 
