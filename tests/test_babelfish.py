@@ -47,10 +47,11 @@ from api_pipeline.store.catalogue import columns
 from api_pipeline.store.columns import LOCK_NAME_SIZE
 from api_pipeline.store.db import Database
 from api_pipeline.store.dialects import BABELFISH
+from api_pipeline.store.ledger import LedgerEntry
 from api_pipeline.store.lock import RunLock
 from api_pipeline.store.odbc import LOCK_TIMEOUT, odbc_value, parse_odbc_string
 from api_pipeline.store.sql_server import tds_version
-from api_pipeline.store.staging import LedgerEntry, StagingTable
+from api_pipeline.store.staging import StagingTable
 from conftest import Staging, run_cli, settings_for, unique_table
 
 ADMIN_ENV = "CSC_BABELFISH_ADMIN_ODBC"  # .ci/babelfish.sh: the server's administrator, in master

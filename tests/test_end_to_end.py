@@ -276,7 +276,8 @@ def test_write_back_replaces_ledger_entries(staging: Staging, keyed: bool, caplo
     not: a ledger made by hand without the key gets a warning and the delete-and-insert way."""
     from datetime import datetime
 
-    from api_pipeline.store.staging import LedgerEntry, StagingTable
+    from api_pipeline.store.ledger import LedgerEntry
+    from api_pipeline.store.staging import StagingTable
     from api_pipeline.store.tables import ledger_ddl
 
     at = datetime(2026, 3, 8, 21, 4, 33)

@@ -33,7 +33,9 @@ from api_pipeline.settings.config import load_settings
 from api_pipeline.store.catalogue import column_names
 from api_pipeline.store.db import Database
 from api_pipeline.store.dialects import POSTGRES
-from api_pipeline.store.staging import LedgerEntry, RowUpdate, StagingTable
+from api_pipeline.store.ledger import LedgerEntry
+from api_pipeline.store.staging import StagingTable
+from api_pipeline.store.write_back import RowUpdate
 from conftest import Staging, run_cli, settings_for, unique_table
 
 NAMES = {"first_name": "Zoë Łukasz 🙂", "surname": "O'Brien-Żółć"}

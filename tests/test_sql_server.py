@@ -49,8 +49,9 @@ from api_pipeline.store.db import Database
 from api_pipeline.store.dialects import BABELFISH, MSSQL
 from api_pipeline.store.lock import RunLock  # noqa: E402
 from api_pipeline.store.odbc import UnreadableText, decode_wide_text  # noqa: E402
-from api_pipeline.store.staging import RowUpdate, StagingTable
+from api_pipeline.store.staging import StagingTable
 from api_pipeline.store.tables import check_columns
+from api_pipeline.store.write_back import RowUpdate
 
 LEDGER = f"{TABLE}_ledger"
 CONNECTION = "DRIVER={ODBC Driver 18 for SQL Server};SERVER=sql01;DATABASE=HDM;Trusted_Connection=yes;"

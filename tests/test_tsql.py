@@ -25,8 +25,10 @@ from api_pipeline.settings.config import Secret, load_settings  # noqa: E402
 from api_pipeline.store.columns import BINARY, LONG_TEXT, STAGING_SPEC, ColumnInfo  # noqa: E402
 from api_pipeline.store.db import Database  # noqa: E402
 from api_pipeline.store.dialects import MSSQL  # noqa: E402
-from api_pipeline.store.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingTable  # noqa: E402
+from api_pipeline.store.ledger import Doubt, InDoubt, LedgerEntry  # noqa: E402
+from api_pipeline.store.staging import StagingTable  # noqa: E402
 from api_pipeline.store.tables import check_columns, staging_index_ddl  # noqa: E402
+from api_pipeline.store.write_back import RowUpdate  # noqa: E402
 
 TABLE = "ssd_development.ssd_api_data_staging"
 

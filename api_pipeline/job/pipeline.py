@@ -40,7 +40,9 @@ from api_pipeline.job.batches import Batches, Item, Sender, in_case_of, outline_
 from api_pipeline.job.rows import DUPLICATE_CHILD, Identities, Invalid, Later, Skip, child_key, child_of, parse_payload
 from api_pipeline.job.run_files import RunSummary, make_private_dir, replace_private
 from api_pipeline.settings.config import MAX_RECEIPT_LENGTH, Settings
-from api_pipeline.store.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingRow, StagingTable
+from api_pipeline.store.ledger import Doubt, InDoubt, LedgerEntry
+from api_pipeline.store.staging import StagingRow, StagingTable
+from api_pipeline.store.write_back import RowUpdate
 from api_pipeline.timestamps import utc_now, utc_stamp
 from api_pipeline.wording import plural, printable
 
