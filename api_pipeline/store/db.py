@@ -39,7 +39,6 @@ from api_pipeline.store.odbc import (
     CONNECTION_LOST,
     KEY_VIOLATION,
     LOCK_TIMEOUT,
-    LOST_CONNECTION,
     SQL_CHAR,
     SQL_SERVER_DRIVER_PREFERENCE,
     SQL_SS_TIMESTAMPOFFSET,
@@ -53,16 +52,14 @@ from api_pipeline.store.odbc import (
     decode_datetimeoffset,
     decode_utf8_text,
     decode_wide_text,
-    driver_said,
-    explain_odbc_error,
     for_freetds,
     is_freetds_driver,
     is_psqlodbc,
     odbc_value,
     parse_odbc_string,
     with_psqlodbc_defaults,
-    without_values,
 )
+from api_pipeline.store.odbc_errors import LOST_CONNECTION, driver_said, explain_odbc_error, without_values
 from api_pipeline.store.sqlite import Checkpointer, SQLite
 
 log = logging.getLogger(__name__)
@@ -86,7 +83,7 @@ T = TypeVar("T")
 
 def _sqlite_error(exc: BaseException) -> DatabaseError:
     """SQLite's error, with the ``kind`` of the few that callers tell apart, and without any value
-    it quotes from a row (:func:`~api_pipeline.store.odbc.without_values`)."""
+    it quotes from a row (:func:`~api_pipeline.store.odbc_errors.without_values`)."""
     text = str(exc)
     kind = None
     if isinstance(exc, sqlite3.IntegrityError) and ("UNIQUE constraint" in text or "PRIMARY KEY" in text):
