@@ -493,7 +493,7 @@ def test_a_write_blocked_by_the_councils_sql_times_out_in_steps_and_beats(
     any error it has no SQL Server number for, so the tool knows it by the words); SQL Server's
     1222 is covered in test_odbc.py. (Reads are not blocked here: Babelfish reads the last
     committed row, as SQL Server does with READ_COMMITTED_SNAPSHOT on.)"""
-    monkeypatch.setattr("api_pipeline.store.db.LOCK_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr("api_pipeline.store.retry.LOCK_WAIT_SECONDS", 0.5)
     sqlserver_table.insert(list(make_children(3, seed=245)))
     locked, release = threading.Event(), threading.Event()
 
