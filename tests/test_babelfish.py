@@ -11,7 +11,7 @@ the T-SQL parser (test_sql_server.py, test_tsql.py, test_identity.py):
 - a lock time-out is error 33557097 (its number for many errors, so the tool knows it by its
   words), not 1222; and any error ends the transaction, where SQL Server ends only the statement;
 - text is stored as UTF-8: a lone surrogate cannot be stored at all, and HASHBYTES hashes UTF-8
-  bytes (the tool tells Babelfish apart by @@VERSION: dialects.BABELFISH);
+  bytes (the tool tells Babelfish apart by @@VERSION: sql_server.Babelfish);
 - ``SERVERPROPERTY`` fails through FreeTDS, ``CONVERT(..., 126)`` differs, ``sys.indexes`` names
   carry a suffix.
 
@@ -372,7 +372,7 @@ def test_validate_names_the_fields_of_invalid_rows(sqlserver_table: Staging, tmp
 
 
 def test_text_beyond_the_bmp_and_records_over_4000_characters_round_trip(sqlserver_table: Staging, simulator):
-    """FreeTDS binds NVARCHAR(MAX) text its own way (dialects.Dialect.input_sizes): a 200 KB record with
+    """FreeTDS binds NVARCHAR(MAX) text its own way (sql_server.SqlServer.input_sizes): a 200 KB record with
     emoji and CJK goes in and out exactly, is sent exactly, and passes the optimistic check."""
     big, small = make_children(2, seed=243)
     big["child_details"].update(first_name="Zoë 😀", surname="王秀英 Łukasz")
