@@ -437,7 +437,7 @@ class Database(Retries):
         return cursor
 
     def execute(self, sql: str, params: Sequence[Any] = (), *, kinds: Kinds | None = None) -> int:
-        """Run one statement; returns the affected row count. ``kinds``: see :meth:`~api_pipeline.store.dialect.Dialect.input_sizes`."""
+        """Run one statement; returns the affected row count. ``kinds``: see ``Dialect.input_sizes``."""
 
         def action() -> int:
             cursor = self._cursor(kinds)

@@ -4,9 +4,9 @@ The lock is a row in a small table beside the staging table, so it works
 wherever the database is shared. It is keyed on the table as the database resolves
 its name, so ``ssd_api_data_staging``, ``dbo.ssd_api_data_staging`` and
 ``SSD_API_DATA_STAGING`` are one lock when they are one table. A run refreshes its
-heartbeat as it goes (before sending and after writing back a batch, and while it waits
-for the staging SQL's locks; at most once a minute), all through one :class:`Heartbeat`; a lock whose heartbeat is older than
-``stale_after`` belongs to a run that crashed or was killed, and the next run takes it
+heartbeat as it goes, all through one :class:`Heartbeat` (before sending and after writing
+back a batch, and while it waits for the staging SQL's locks; at most once a minute); a lock
+whose heartbeat is older than ``stale_after`` belongs to a run that crashed or was killed, and the next run takes it
 over. Each heartbeat checks that this run still holds the lock: a run that was taken
 over stops.
 
