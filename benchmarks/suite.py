@@ -71,14 +71,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # simula
 
 from bench_run import TABLE, run_child  # noqa: E402
 
-from api_pipeline.job.logs import configure_logging  # noqa: E402
-from api_pipeline.job.runner import execute_run  # noqa: E402
-from api_pipeline.rehearsal.demo import apply_nightly_changes, check_convergence, load_children  # noqa: E402
-from api_pipeline.rehearsal.synthetic import make_children  # noqa: E402
-from api_pipeline.settings.config import load_settings  # noqa: E402
-from api_pipeline.store.catalogue import column_names  # noqa: E402
-from api_pipeline.store.db import Database  # noqa: E402
-from api_pipeline.store.staging import StagingTable  # noqa: E402
+from api_pipeline.job.logs import configure_logging
+from api_pipeline.job.runner import execute_run
+from api_pipeline.rehearsal.demo import apply_nightly_changes, check_convergence, load_children
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.settings.config import load_settings
+from api_pipeline.store.catalogue import column_names
+from api_pipeline.store.db import Database
+from api_pipeline.store.staging import StagingTable
 
 BATCH = 100
 DATABASES = ("sqlite", "postgresql", "mssql")

@@ -28,7 +28,9 @@ from api_pipeline.rehearsal.simulator import Simulator
 from api_pipeline.settings.config import Settings, load_settings
 from api_pipeline.settings.context import Context
 from api_pipeline.store.db import Database
-from api_pipeline.store.staging import LedgerEntry, RowUpdate, StagingTable
+from api_pipeline.store.ledger import LedgerEntry
+from api_pipeline.store.staging import StagingTable
+from api_pipeline.store.write_back import RowUpdate
 from fake_sql_server import FakePyodbc, Recorder, reveal
 
 TABLE = "ssd_api_data_staging"

@@ -11,7 +11,7 @@ the T-SQL parser (test_sql_server.py, test_tsql.py, test_identity.py):
 - a lock time-out is error 33557097 (its number for many errors, so the tool knows it by its
   words), not 1222; and any error ends the transaction, where SQL Server ends only the statement;
 - text is stored as UTF-8: a lone surrogate cannot be stored at all, and HASHBYTES hashes UTF-8
-  bytes (the tool tells Babelfish apart by @@VERSION: dialects.BABELFISH);
+  bytes (the tool tells Babelfish apart by @@VERSION: sql_server.Babelfish);
 - ``SERVERPROPERTY`` fails through FreeTDS, ``CONVERT(..., 126)`` differs, ``sys.indexes`` names
   carry a suffix.
 
@@ -42,12 +42,15 @@ from api_pipeline.errors import DatabaseError, RunLocked
 from api_pipeline.job.runner import execute_run
 from api_pipeline.rehearsal.demo import apply_nightly_changes
 from api_pipeline.rehearsal.synthetic import make_children
-from api_pipeline.store.catalogue import columns, tds_version
+from api_pipeline.store.catalogue import columns
+from api_pipeline.store.columns import LOCK_NAME_SIZE
 from api_pipeline.store.db import Database
-from api_pipeline.store.dialects import BABELFISH, LOCK_NAME_SIZE
+from api_pipeline.store.dialects import BABELFISH
+from api_pipeline.store.ledger import LedgerEntry
 from api_pipeline.store.lock import RunLock
 from api_pipeline.store.odbc import LOCK_TIMEOUT, odbc_value, parse_odbc_string
-from api_pipeline.store.staging import LedgerEntry, StagingTable
+from api_pipeline.store.sql_server import tds_version
+from api_pipeline.store.staging import StagingTable
 from conftest import Staging, acknowledged, converged, run_cli, sent_records, settings_for, unique_table
 from earlier_tool import hand_over
 
@@ -369,7 +372,7 @@ def test_validate_names_the_fields_of_invalid_rows(sqlserver_table: Staging, tmp
 
 
 def test_text_beyond_the_bmp_and_records_over_4000_characters_round_trip(sqlserver_table: Staging, simulator):
-    """FreeTDS binds NVARCHAR(MAX) text its own way (dialects.Dialect.input_sizes): a 200 KB record with
+    """FreeTDS binds NVARCHAR(MAX) text its own way (sql_server.SqlServer.input_sizes): a 200 KB record with
     emoji and CJK goes in and out exactly, is sent exactly, and passes the optimistic check."""
     big, small = make_children(2, seed=243)
     big["child_details"].update(first_name="Zoë 😀", surname="王秀英 Łukasz")
@@ -490,7 +493,7 @@ def test_a_write_blocked_by_the_councils_sql_times_out_in_steps_and_beats(
     any error it has no SQL Server number for, so the tool knows it by the words); SQL Server's
     1222 is covered in test_odbc.py. (Reads are not blocked here: Babelfish reads the last
     committed row, as SQL Server does with READ_COMMITTED_SNAPSHOT on.)"""
-    monkeypatch.setattr("api_pipeline.store.db.LOCK_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr("api_pipeline.store.retry.LOCK_WAIT_SECONDS", 0.5)
     sqlserver_table.insert(list(make_children(3, seed=245)))
     locked, release = threading.Event(), threading.Event()
 

@@ -16,7 +16,8 @@ from api_pipeline.job.runner import execute_run
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.store.db import Database
 from api_pipeline.store.odbc import UnreadableText
-from api_pipeline.store.staging import RowUpdate, StagingTable
+from api_pipeline.store.staging import StagingTable
+from api_pipeline.store.write_back import RowUpdate
 from conftest import TABLE, insert, rows, settings_for
 
 BAD_ID = "BADROW001"

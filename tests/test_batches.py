@@ -17,7 +17,8 @@ from api_pipeline.job.run_files import RunSummary
 from api_pipeline.rehearsal.simulator import Simulator
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.store.db import Database
-from api_pipeline.store.staging import RowUpdate, StagingRow, StagingTable
+from api_pipeline.store.staging import StagingRow, StagingTable
+from api_pipeline.store.write_back import RowUpdate
 from conftest import TABLE, insert, ledger, rows, settings_for
 
 

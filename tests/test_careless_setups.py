@@ -22,9 +22,11 @@ from api_pipeline.rehearsal.simulator import Simulator
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.settings.config import load_settings
 from api_pipeline.store.catalogue import column_names
+from api_pipeline.store.columns import LEDGER_SPEC
 from api_pipeline.store.db import Database
-from api_pipeline.store.dialects import LEDGER_SPEC, POSTGRES, ledger_ddl
+from api_pipeline.store.dialects import POSTGRES
 from api_pipeline.store.staging import StagingTable
+from api_pipeline.store.tables import ledger_ddl
 from conftest import Staging, db_env, insert, ledger, rows, run_cli, staging_on_every_database, unique_table
 from hostile import Exchange, Hostile
 

@@ -10,7 +10,7 @@ import pytest
 from api_pipeline.errors import ConfigError
 from api_pipeline.settings.config import OPTIONS, Secret, Settings, load_settings
 from api_pipeline.settings.envfile import find_env_file
-from api_pipeline.store.dialects import ledger_name
+from api_pipeline.store.tables import ledger_name
 
 FULL = {
     "DB_CONNECTION_STRING": "sqlite:///staging.db",

@@ -274,7 +274,7 @@ def test_a_server_that_does_not_come_back_stops_the_run_without_the_advice_for_a
     simulator, postgres_table, proxy, monkeypatch
 ):
     """The session ends and the server cannot be reached again (here: the relay stops listening)."""
-    monkeypatch.setattr("api_pipeline.store.db.RECONNECT_PAUSES", (0.0, 0.2))
+    monkeypatch.setattr("api_pipeline.store.retry.RECONNECT_PAUSES", (0.0, 0.2))
     postgres_table.insert(list(make_children(20, seed=94)))
     real = StagingTable.write_back
 

@@ -264,8 +264,9 @@ def test_write_back_replaces_ledger_entries(staging: Staging, keyed: bool, caplo
     not: a ledger made by hand without the key gets a warning and the delete-and-insert way."""
     from datetime import datetime
 
-    from api_pipeline.store.dialects import ledger_ddl
-    from api_pipeline.store.staging import LedgerEntry, StagingTable
+    from api_pipeline.store.ledger import LedgerEntry
+    from api_pipeline.store.staging import StagingTable
+    from api_pipeline.store.tables import ledger_ddl
 
     at = datetime(2026, 3, 8, 21, 4, 33)
 
@@ -302,16 +303,16 @@ def _checkpointers() -> list[threading.Thread]:
 def test_bulk_writes_tune_sqlite_and_finish_with_the_log_copied_in(db_path, monkeypatch):
     """A run's connection keeps a bigger page cache, and whatever of the write-ahead log is
     not yet in the database is copied in when the run finishes (before its time is taken)."""
-    from api_pipeline.store import db as db_module
+    from api_pipeline.store import sqlite as sqlite_module
 
-    monkeypatch.setattr(db_module, "CHECKPOINT_EVERY", 3600.0)  # no background pass in this test
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY", 3600.0)  # no background pass in this test
     insert(db_path, list(make_children(3, seed=16)))
     marker = b"written-by-this-test-7f3a"
     with Database.open_sqlite(db_path) as db:
         db.finish_bulk_writes()  # not prepared: nothing to do
         db.prepare_for_bulk_writes()
-        assert list(db.query("PRAGMA cache_size")) == [(-db_module.BULK_CACHE_KIB,)]
-        assert list(db.query("PRAGMA wal_autocheckpoint")) == [(db_module.BULK_CHECKPOINT_PAGES,)]
+        assert list(db.query("PRAGMA cache_size")) == [(-sqlite_module.BULK_CACHE_KIB,)]
+        assert list(db.query("PRAGMA wal_autocheckpoint")) == [(sqlite_module.BULK_CHECKPOINT_PAGES,)]
         assert len(_checkpointers()) == 1
         with db.transaction():
             db.execute(f"UPDATE {TABLE} SET api_response = ?", (marker.decode(),))
@@ -326,10 +327,10 @@ def test_bulk_writes_tune_sqlite_and_finish_with_the_log_copied_in(db_path, monk
 def test_the_background_checkpointer_copies_the_log_and_keeps_it_short(db_path, monkeypatch):
     """While a run commits, a thread of its own copies the log into the database; once the
     log holds RESTART_FRAMES pages it is started over, so the -wal file stops growing."""
-    from api_pipeline.store import db as db_module
+    from api_pipeline.store import sqlite as sqlite_module
 
-    monkeypatch.setattr(db_module, "CHECKPOINT_EVERY", 0.02)
-    monkeypatch.setattr(db_module, "RESTART_FRAMES", 1)
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY", 0.02)
+    monkeypatch.setattr(sqlite_module, "RESTART_FRAMES", 1)
     insert(db_path, list(make_children(3, seed=17)))
     wal = Path(f"{db_path}-wal")
     sizes = []

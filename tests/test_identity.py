@@ -21,9 +21,12 @@ from api_pipeline.job.runner import execute_run
 from api_pipeline.rehearsal.dfe_model import SimulatedDfeValidator as ModelValidator
 from api_pipeline.rehearsal.dfe_model import load_default_schema
 from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.store.columns import LEDGER_SPEC, ColumnInfo
 from api_pipeline.store.db import Database
-from api_pipeline.store.dialects import BINARY_COLLATION, LEDGER_SPEC, MSSQL, ColumnInfo, check_columns, ledger_ddl
+from api_pipeline.store.dialects import MSSQL
+from api_pipeline.store.sql_server import BINARY_COLLATION
 from api_pipeline.store.staging import StagingTable
+from api_pipeline.store.tables import check_columns, ledger_ddl
 from conftest import ctx, db_env, insert, rows, run_cli, set_payload, settings_for, staging_on_every_database
 from fake_sql_server import SQL_SERVER_COLUMNS, assert_tsql, stand_in_settings
 

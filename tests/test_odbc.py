@@ -29,15 +29,14 @@ from api_pipeline.store.odbc import (
     choose_sql_server_driver,
     decode_datetimeoffset,
     decode_wide_text,
-    explain_odbc_error,
     for_freetds,
     is_microsoft_sql_driver,
     odbc_value,
     parse_odbc_string,
     utf16_digest,
     with_psqlodbc_defaults,
-    without_values,
 )
+from api_pipeline.store.odbc_errors import explain_odbc_error, without_values
 
 pyodbc = pytest.importorskip("pyodbc", reason="pyodbc cannot be loaded: install unixODBC (apt-get install unixodbc)")
 

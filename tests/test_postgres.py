@@ -338,7 +338,7 @@ def test_write_back_chosen_as_a_deadlock_victim_is_written_again(postgres_table:
 def test_write_back_gives_up_after_repeated_deadlocks_and_leaves_nothing_half_written(
     postgres_table: Staging, monkeypatch
 ):
-    monkeypatch.setattr("api_pipeline.store.db.CONFLICT_ATTEMPTS", 3)
+    monkeypatch.setattr("api_pipeline.store.retry.CONFLICT_ATTEMPTS", 3)
     with pytest.raises(DatabaseError) as caught:
         deadlocked_write_back(postgres_table, rounds=3)
     text = str(caught.value)
@@ -353,7 +353,7 @@ def test_a_read_blocked_by_the_councils_sql_waits_in_bounded_steps_and_beats(
     postgres_table: Staging, monkeypatch, read: str
 ):
     """lock_timeout bounds each wait; between tries the run lock's heartbeat is written; then it reads."""
-    monkeypatch.setattr("api_pipeline.store.db.LOCK_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr("api_pipeline.store.retry.LOCK_WAIT_SECONDS", 0.5)
     postgres_table.insert(list(make_children(3, seed=183)))
     beats: list[float] = []
     locked, beaten = threading.Event(), threading.Event()

@@ -16,7 +16,7 @@ import pytest
 from api_pipeline.errors import DatabaseError, ExitCode, RunLocked
 from api_pipeline.rehearsal.simulator import Simulator
 from api_pipeline.rehearsal.synthetic import make_children
-from api_pipeline.store.dialects import LOCK_NAME_SIZE
+from api_pipeline.store.columns import LOCK_NAME_SIZE
 from api_pipeline.store.lock import RunLock, lock_key
 from conftest import Staging, run_cli, staging_on_every_database
 

@@ -22,19 +22,22 @@ import pytest
 pytest.importorskip("sqlglot")
 from sqlglot import exp, parse_one  # noqa: E402
 
-from api_pipeline.cli import diagnostics  # noqa: E402
-from api_pipeline.dfe.api import Outcome  # noqa: E402
-from api_pipeline.dfe.schema import RecordValidator  # noqa: E402
-from api_pipeline.errors import DatabaseError, RunLocked  # noqa: E402
-from api_pipeline.job.pipeline import Pipeline, RunOptions  # noqa: E402
-from api_pipeline.job.run_files import RunSummary  # noqa: E402
-from api_pipeline.rehearsal.synthetic import make_children  # noqa: E402
-from api_pipeline.settings.config import load_settings  # noqa: E402
+from api_pipeline.cli import diagnostics
+from api_pipeline.dfe.api import Outcome
+from api_pipeline.dfe.schema import RecordValidator
+from api_pipeline.errors import DatabaseError, RunLocked
+from api_pipeline.job.pipeline import Pipeline, RunOptions
+from api_pipeline.job.run_files import RunSummary
+from api_pipeline.rehearsal.synthetic import make_children
+from api_pipeline.settings.config import load_settings
+from api_pipeline.store.columns import LEDGER_SPEC, STAGING_SPEC, ColumnInfo
 from api_pipeline.store.db import Database
-from api_pipeline.store.dialects import BABELFISH, LEDGER_SPEC, MSSQL, STAGING_SPEC, ColumnInfo, check_columns
-from api_pipeline.store.lock import RunLock  # noqa: E402
-from api_pipeline.store.odbc import UnreadableText, decode_wide_text  # noqa: E402
-from api_pipeline.store.staging import RowUpdate, StagingTable
+from api_pipeline.store.dialects import BABELFISH, MSSQL
+from api_pipeline.store.lock import RunLock
+from api_pipeline.store.odbc import UnreadableText, decode_wide_text
+from api_pipeline.store.staging import StagingTable
+from api_pipeline.store.tables import check_columns
+from api_pipeline.store.write_back import RowUpdate
 from conftest import ctx
 from fake_sql_server import (  # noqa: E402
     CONNECTION,

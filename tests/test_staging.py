@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 
 from api_pipeline.rehearsal.synthetic import make_children
-from api_pipeline.store.staging import Doubt, InDoubt, RowUpdate, StagingTable
+from api_pipeline.store.ledger import Doubt, InDoubt
+from api_pipeline.store.staging import StagingTable
+from api_pipeline.store.write_back import RowUpdate
 from api_pipeline.timestamps import utc_now
 from conftest import Staging, acknowledged, set_payload
 

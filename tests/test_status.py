@@ -20,7 +20,8 @@ from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.settings.config import load_settings
 from api_pipeline.settings.context import Context
 from api_pipeline.store.db import Database
-from api_pipeline.store.staging import Doubt, InDoubt, LedgerEntry, StagingTable
+from api_pipeline.store.ledger import Doubt, InDoubt, LedgerEntry
+from api_pipeline.store.staging import StagingTable
 from api_pipeline.timestamps import parse_timestamp
 from conftest import TABLE, Staging, run_cli, staging_on_every_database
 

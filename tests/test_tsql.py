@@ -15,18 +15,14 @@ import pytest
 pytest.importorskip("sqlglot")
 from sqlglot.errors import ParseError  # noqa: E402
 
-from api_pipeline.cli import diagnostics  # noqa: E402
-from api_pipeline.store.db import Database  # noqa: E402
-from api_pipeline.store.dialects import (  # noqa: E402
-    BINARY,
-    LONG_TEXT,
-    MSSQL,
-    STAGING_SPEC,
-    ColumnInfo,
-    check_columns,
-    staging_index_ddl,
-)
-from api_pipeline.store.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingTable  # noqa: E402
+from api_pipeline.cli import diagnostics
+from api_pipeline.store.columns import BINARY, LONG_TEXT, STAGING_SPEC, ColumnInfo
+from api_pipeline.store.db import Database
+from api_pipeline.store.dialects import MSSQL
+from api_pipeline.store.ledger import Doubt, InDoubt, LedgerEntry
+from api_pipeline.store.staging import StagingTable
+from api_pipeline.store.tables import check_columns, staging_index_ddl
+from api_pipeline.store.write_back import RowUpdate
 from conftest import ctx  # noqa: E402
 from fake_sql_server import (  # noqa: E402
     SQL_SERVER_COLUMNS,

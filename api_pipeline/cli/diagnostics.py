@@ -34,10 +34,12 @@ from api_pipeline.settings.context import Context
 from api_pipeline.settings.masking import hide_secrets, known_secrets
 from api_pipeline.store.catalogue import column_names, server_info
 from api_pipeline.store.db import Database
-from api_pipeline.store.dialects import (
-    Dialect,
+from api_pipeline.store.dialect import Dialect
+from api_pipeline.store.dialects import dialect_named
+from api_pipeline.store.odbc import is_freetds_driver
+from api_pipeline.store.staging import StagingTable
+from api_pipeline.store.tables import (
     check_table_name_length,
-    dialect_named,
     in_doubt_ddl,
     in_doubt_index_ddl,
     in_doubt_name,
@@ -52,8 +54,6 @@ from api_pipeline.store.dialects import (
     staging_ddl,
     staging_index_ddl,
 )
-from api_pipeline.store.odbc import is_freetds_driver
-from api_pipeline.store.staging import StagingTable
 from api_pipeline.wording import plural
 
 

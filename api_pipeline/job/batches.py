@@ -32,7 +32,9 @@ from api_pipeline.dfe.receipts import recorded_time
 from api_pipeline.errors import BatchAborted, PipelineError
 from api_pipeline.job.run_files import OUTCOME_WORDS, RunSummary
 from api_pipeline.stopping import signals_to_the_main_thread
-from api_pipeline.store.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingRow, StagingTable
+from api_pipeline.store.ledger import Doubt, InDoubt, LedgerEntry
+from api_pipeline.store.staging import StagingRow, StagingTable
+from api_pipeline.store.write_back import RowUpdate
 from api_pipeline.timestamps import utc_now
 from api_pipeline.wording import plural
 

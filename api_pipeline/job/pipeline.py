@@ -40,7 +40,9 @@ from api_pipeline.job.rows import DUPLICATE_CHILD, Identities, child_key, child_
 from api_pipeline.job.run_files import RunSummary, make_private_dir, replace_private
 from api_pipeline.settings.config import Settings
 from api_pipeline.settings.options import MAX_RECEIPT_LENGTH
-from api_pipeline.store.staging import Doubt, InDoubt, LedgerEntry, RowUpdate, StagingRow, StagingTable
+from api_pipeline.store.ledger import Doubt, InDoubt, LedgerEntry
+from api_pipeline.store.staging import StagingRow, StagingTable
+from api_pipeline.store.write_back import RowUpdate
 from api_pipeline.timestamps import utc_now, utc_stamp
 from api_pipeline.wording import plural, printable
 
@@ -170,12 +172,10 @@ class Pipeline:
         unsettled = self.summary.rows_read - self.summary.accounted
         if unsettled > 0:
             self.summary.outcomes["failed"] += unsettled
-        source, wanted = self.table.candidate_source(
-            all_rows=self.options.all_rows, held_back=self.options.validate_only
-        )
-        sql = f"SELECT COUNT(*) FROM {source} WHERE t.id > ? AND ({wanted})"
         try:
-            left = int(self.table.db.scalar(sql, (self._last_row_id,)) or 0)
+            left = self.table.count_candidates_after(
+                self._last_row_id, all_rows=self.options.all_rows, held_back=self.options.validate_only
+            )
         except PipelineError as exc:  # the database may be why the run stopped
             log.debug("rows not reached could not be counted: %s", exc)
             self.summary.not_reached_unknown = True

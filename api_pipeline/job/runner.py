@@ -38,7 +38,7 @@ from api_pipeline.settings.context import Context
 from api_pipeline.settings.masking import hide_secrets
 from api_pipeline.stopping import StopRequest
 from api_pipeline.store.db import Database
-from api_pipeline.store.lock import RunLock
+from api_pipeline.store.lock import Heartbeat, RunLock
 from api_pipeline.store.staging import StagingTable
 from api_pipeline.timestamps import utc_stamp
 from api_pipeline.wording import plural, printable
@@ -115,49 +115,33 @@ def execute_run(
             table.ensure_ledger()
             check_ledger(table)
             with RunLock(db, settings.table_name, run_id=run_id) as lock:
-
-                def after_batch(so_far: RunSummary) -> None:
-                    lock.heartbeat()
-                    progress.update(so_far)
-
                 session = make_session(settings)
                 try:
                     auth = ClientCredentialsAuth.from_settings(settings, session, sleep=sleep)
                     client = ApiClient(settings, session, auth, sleep=sleep)
-                    sender = _HoldingLock(client, lock, stop)
                     # Batches are recorded before they are sent on a connection of their own, so that
                     # recording one never waits for another's write-back (DESIGN §7).
                     recording = db.another()
                     try:
                         recorder = None if recording is None else table.on(recording)
-                        pipeline = Pipeline(
-                            table, sender, validator, options, summary, on_progress=after_batch, recorder=recorder
-                        )
-                        with interruptible():
-                            return pipeline.run()
+                        with Heartbeat(lock, client, stop=stop, on_progress=progress.update) as heartbeat:
+                            pipeline = Pipeline(
+                                table,
+                                heartbeat,
+                                validator,
+                                options,
+                                summary,
+                                on_progress=heartbeat.after_batch,
+                                recorder=recorder,
+                            )
+                            with interruptible():
+                                return pipeline.run()
                     finally:
                         _copy_client_counters(client, summary)
                         if recording is not None:
                             recording.close()
                 finally:
                     session.close()
-
-
-class _HoldingLock:
-    """The API client, sending only while this run holds the run lock and has not been asked to
-    stop: the heartbeat before each send (at most once a minute) stops the run if another run has
-    taken the lock over, and a batch whose turn comes after Ctrl+C or SIGTERM is not sent."""
-
-    def __init__(self, client: Any, lock: RunLock, stop: StopRequest | None = None) -> None:
-        self.client = client
-        self.lock = lock
-        self.stop = stop
-
-    def send(self, bodies: list[bytes], batch_id: str) -> list[Any]:
-        if self.stop is not None:
-            self.stop.check()
-        self.lock.heartbeat()
-        return self.client.send(bodies, batch_id)
 
 
 def prepare_review_folder(folder: Path) -> None:

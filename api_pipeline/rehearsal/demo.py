@@ -27,8 +27,8 @@ from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.rehearsal.synthetic_changes import mutate
 from api_pipeline.settings.config import load_settings
 from api_pipeline.settings.context import Context
+from api_pipeline.store.columns import BINARY
 from api_pipeline.store.db import Database
-from api_pipeline.store.dialects import BINARY
 from api_pipeline.store.staging import StagingTable
 from api_pipeline.timestamps import utc_now
 from api_pipeline.wording import plural

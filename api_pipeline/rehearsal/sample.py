@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from api_pipeline.store.catalogue import column_names
+from api_pipeline.store.columns import BINARY, LONG_TEXT
 from api_pipeline.store.db import Database
-from api_pipeline.store.dialects import BINARY, LONG_TEXT
 from api_pipeline.timestamps import utc_now
 
 

@@ -1,25 +1,20 @@
-"""The database: connections, transactions, SQLite tuning (what tables and columns exist: ``catalogue``).
+"""The database: one connection, its dialect, transactions and statements (what tables exist: ``catalogue``).
 
-Nothing outside this module touches ``sqlite3`` or ``pyodbc``; what differs
-between the DBMSs is in ``dialects``, ODBC strings and errors in ``odbc``. All values go in
-as ``?`` parameters; the only identifiers put into SQL text are the validated
-table name and the names derived from it (config.TABLE_NAME_PATTERN).
-
-``sqlite:///…`` opens the standard library's ``sqlite3``. Anything else is an
-ODBC connection string: ``pyodbc`` is imported only then, and the DBMS the
-connection reports (``SQL_DBMS_NAME``) picks the :class:`Dialect`, so one code
-path serves SQL Server and PostgreSQL.
+Nothing outside the store touches ``sqlite3`` or ``pyodbc``; what differs between the DBMSs is
+the dialect's (``dialect.Dialect`` and its subclasses), opening a connection is ``connect``, ODBC
+strings and errors are ``odbc`` and ``odbc_errors``. All values go in as ``?`` parameters; the
+only identifiers put into SQL text are the validated table name and the names derived from it
+(config.TABLE_NAME_PATTERN).
 
 A session the server ends mid-run is opened again, once a run, for work that may be done
-twice (:meth:`Database.retry_conflicts`); a SQLite file deleted or replaced under its
-connection stops the work before the next commit (:meth:`Database.check_file`).
+twice (``retry.Retries``); a SQLite file deleted or replaced under its connection stops the
+work before the next commit (:meth:`Database.check_file`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import sqlite3
 import threading
 import time
@@ -29,76 +24,40 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from api_pipeline.errors import ConfigError, DatabaseError
-from api_pipeline.settings.config import FROM_SERVER_AND_DATABASE, Secret, connection_setting
+from api_pipeline.settings.config import Secret, connection_setting
 from api_pipeline.settings.options import TABLE_NAME_PATTERN
 from api_pipeline.settings.paths import sqlite_file_of
-from api_pipeline.stopping import signals_to_the_main_thread
-from api_pipeline.store.dialects import (
-    BABELFISH,
-    MSSQL,
-    SQL_WLONGVARCHAR,
-    SQL_WVARCHAR,
-    SQLITE,
-    Dialect,
-    Kinds,
-    dialect_for_dbms,
+from api_pipeline.store import retry
+from api_pipeline.store.columns import Kinds
+from api_pipeline.store.connect import (
+    SQLITE_PREFIX,
+    import_pyodbc,
+    open_odbc_connection,
+    open_sqlite_connection,
+    sqlite_path,
 )
+from api_pipeline.store.dialect import Dialect
+from api_pipeline.store.dialects import SQLITE
 from api_pipeline.store.odbc import (
-    CONFLICT,
     CONNECTION_LOST,
     KEY_VIOLATION,
     LOCK_TIMEOUT,
-    LOST_CONNECTION,
-    SQL_CHAR,
-    SQL_SERVER_DRIVER_PREFERENCE,
-    SQL_SS_TIMESTAMPOFFSET,
-    SQL_WCHAR,
     UNDECODABLE,
-    UNREACHABLE,
     OdbcContext,
-    choose_sql_server_driver,
-    decode_datetimeoffset,
     decode_utf8_text,
-    decode_wide_text,
-    driver_said,
-    explain_odbc_error,
-    for_freetds,
-    is_freetds_driver,
-    is_psqlodbc,
-    odbc_value,
-    parse_odbc_string,
-    with_psqlodbc_defaults,
-    without_values,
 )
+from api_pipeline.store.odbc_errors import driver_said, explain_odbc_error, without_values
+from api_pipeline.store.retry import RECONNECTS, Retries
+from api_pipeline.store.sqlite import Checkpointer, SQLite
 
 log = logging.getLogger(__name__)
-
-SQLITE_PREFIX = "sqlite:///"
-SQLITE_VERSION = sqlite3.sqlite_version  # the SQLite library under the standard library's sqlite3
-# SQLite, for a run's write-backs (Database.prepare_for_bulk_writes).
-BULK_CACHE_KIB = 16 * 1024
-CHECKPOINT_EVERY = 0.25  # seconds between the background checkpointer's passes
-RESTART_FRAMES = 8_000  # log pages (~32 MB) after which it restarts the log, so the file stops growing
-BULK_CHECKPOINT_PAGES = 40_000  # the run connection's own checkpoint, should the background one fall behind
-# Lock waits (SQL Server, PostgreSQL): one statement waits at most LOCK_WAIT_SECONDS for a lock
-# another session holds, then fails and is tried again, LOCK_WAIT_ATTEMPTS times in all (half an
-# hour), the run lock's heartbeat written between tries. A deadlock victim's work is tried again
-# CONFLICT_ATTEMPTS times in all, after a short pause that doubles each time.
-LOCK_WAIT_SECONDS = 30
-LOCK_WAIT_ATTEMPTS = 60
-CONFLICT_ATTEMPTS = 5
-CONFLICT_PAUSE = 0.5  # seconds before the second attempt
-# A connection the server ended (or the network dropped) during a run is opened again, once a run:
-# tried at once and then after these pauses (seconds), as a restarting server comes back.
-RECONNECTS = 1
-RECONNECT_PAUSES = (0.0, 2.0, 8.0, 20.0)
 
 T = TypeVar("T")
 
 
 def _sqlite_error(exc: BaseException) -> DatabaseError:
     """SQLite's error, with the ``kind`` of the few that callers tell apart, and without any value
-    it quotes from a row (:func:`~api_pipeline.store.odbc.without_values`)."""
+    it quotes from a row (:func:`~api_pipeline.store.odbc_errors.without_values`)."""
     text = str(exc)
     kind = None
     if isinstance(exc, sqlite3.IntegrityError) and ("UNIQUE constraint" in text or "PRIMARY KEY" in text):
@@ -134,99 +93,7 @@ def validate_table_name(name: str) -> str:
     return name
 
 
-# ---------------------------------------------------------------------------
-# Connections
-# ---------------------------------------------------------------------------
-
-
-def sqlite_path(connection_string: str, setting: str = "DB_CONNECTION_STRING") -> str:
-    """``sqlite:///relative.db`` → ``relative.db``; ``sqlite:////abs.db`` → ``/abs.db``."""
-    path = connection_string[len(SQLITE_PREFIX) :]
-    if not path:
-        raise ConfigError(f"{setting}: sqlite:/// needs a file path, e.g. sqlite:///staging.db")
-    return path
-
-
-def import_pyodbc(setting: str = "DB_CONNECTION_STRING") -> Any:
-    """pyodbc, imported only for ODBC strings: SQLite works on a machine with no ODBC at all."""
-    try:
-        import pyodbc  # optional: only for ODBC strings (SQLite needs no ODBC driver manager)
-    except ImportError as exc:
-        what = (
-            "USER_SERVER and USER_DATABASE connect to SQL Server through ODBC"
-            if setting == FROM_SERVER_AND_DATABASE
-            else f"{setting} is an ODBC connection string"
-        )
-        raise DatabaseError(
-            f"{what}, but pyodbc could not be loaded "
-            f"({exc.__class__.__name__}: {exc}). On Linux, install the ODBC driver manager (unixODBC: "
-            "apt-get install unixodbc) and your database's ODBC driver; if pyodbc itself is missing, "
-            "reinstall this tool (pip install csc-api-pipeline). The Windows csc_api_pipeline.exe includes it."
-        ) from None
-    return pyodbc
-
-
-def _no_sql_server_driver(setting: str, installed: Sequence[str]) -> str:
-    """A connection string naming no driver means SQL Server, and this machine has no driver for it."""
-    looked = f"(looked for {', '.join(SQL_SERVER_DRIVER_PREFERENCE)}; installed: {', '.join(installed) or 'none'})"
-    if setting == FROM_SERVER_AND_DATABASE:
-        return (
-            "USER_SERVER and USER_DATABASE connect to SQL Server, and no SQL Server ODBC driver is installed on this "
-            f"machine {looked}. Install Microsoft 'ODBC Driver 18 for SQL Server', or set DB_CONNECTION_STRING "
-            "instead, naming an installed driver with DRIVER={...}."
-        )
-    return (
-        f"{setting} names no ODBC driver and no SQL Server driver is installed {looked}. Install Microsoft "
-        f"'ODBC Driver 18 for SQL Server', or add DRIVER={{...}} to {setting}."
-    )
-
-
-class _Checkpointer:
-    """Copies a SQLite write-ahead log into the database, on a connection and thread of its own.
-
-    ``PASSIVE``: it never waits for, or blocks, the run's connection, which keeps committing
-    while a copy is under way (SQLite's locks allow one writer and one checkpointer at once).
-    A log that is never copied to its end is never reused, so once it holds
-    :data:`RESTART_FRAMES` pages a ``RESTART`` copies the rest and has the log start over.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._every = CHECKPOINT_EVERY
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="sqlite-checkpoint", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        signals_to_the_main_thread()
-        try:
-            # No busy timeout: a pass that meets a reader, or the run's connection writing,
-            # copies what it can and returns rather than wait (a RESTART would hold every
-            # commit back while it waited).
-            conn = sqlite3.connect(self._path, timeout=0, isolation_level=None)
-        except sqlite3.Error as exc:
-            log.debug("SQLite checkpointer not started: %s", exc)
-            return
-        try:
-            while not self._stopping.wait(self._every):
-                _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                if frames >= RESTART_FRAMES:
-                    # Copies what the pass above could not, holding the next commit back for
-                    # that long, so that the next commit writes the log from its start again.
-                    conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
-        except sqlite3.Error as exc:  # the run's own checkpoints take over
-            log.debug("SQLite checkpointer stopped: %s", exc)
-        finally:
-            conn.close()
-
-
-class Database:
+class Database(Retries):
     """One connection, its dialect, and explicit transactions.
 
     Build with :meth:`connect` from a connection string, or wrap an existing
@@ -282,7 +149,7 @@ class Database:
         # beats the run lock's heartbeat before a send): held for a whole transaction, by a
         # query while its result is open, and by a reader for a whole page of rows.
         self.lock = threading.RLock()
-        self._checkpointer: _Checkpointer | None = None  # SQLite, during a run's write-backs
+        self._checkpointer: Checkpointer | None = None  # SQLite, during a run's write-backs
         self._reader: Database | None = None  # SQLite, during a run's write-backs
         # Called between the tries of work blocked by another session's locks (the run lock's
         # heartbeat, so a run that waits is not taken for a crashed one).
@@ -338,13 +205,7 @@ class Database:
     @classmethod
     def open_sqlite(cls, path: str | Path) -> Database:
         path = str(path)
-        if path != ":memory:" and not Path(path).absolute().parent.exists():
-            shown = Path(path).absolute()
-            raise DatabaseError(f"the SQLite database's folder does not exist: {shown.parent} (for {shown})")
-        try:
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise DatabaseError(f"cannot open SQLite database {Path(path).absolute()}: {exc}") from None
+        conn = open_sqlite_connection(path)
         return cls(conn, SQLITE, description=f"SQLite {sqlite3.sqlite_version} ({path})", path=path)
 
     @classmethod
@@ -353,64 +214,15 @@ class Database:
 
         ``setting`` is the setting ``text`` came from, for the messages (see ``config.ConnectionString``).
         """
-        module = odbc if odbc is not None else import_pyodbc(setting)
-        pairs = parse_odbc_string(text)
-        chosen = not any(key.lower() in ("driver", "dsn", "filedsn") for key, _ in pairs)
-        if chosen:
-            # No driver named: SQL Server (e.g. the USER_SERVER + USER_DATABASE form).
-            driver = choose_sql_server_driver(module.drivers())
-            if driver is None:
-                raise DatabaseError(_no_sql_server_driver(setting, module.drivers()))
-            named = "USER_SERVER and USER_DATABASE name" if setting == FROM_SERVER_AND_DATABASE else f"{setting} names"
-            log.info("%s no ODBC driver: using %s, the newest SQL Server driver here", named, driver)
-            text = f"DRIVER={{{driver}}};{text}"
-        driver_named = odbc_value(parse_odbc_string(text), "DRIVER")
-        if is_freetds_driver(driver_named or "") or "freetds" in (driver_named or "").lower():
-            text = for_freetds(text)
-        tuned = is_psqlodbc(driver_named)
-        if tuned:
-            text = with_psqlodbc_defaults(text)
-        context = OdbcContext.from_string(text, installed_drivers=module.drivers, driver_chosen=chosen, setting=setting)
-        conn = cls._odbc_connect(module, text, context)
-        try:
-            dbms = str(conn.getinfo(module.SQL_DBMS_NAME) or "")
-            driver_file = str(conn.getinfo(module.SQL_DRIVER_NAME) or "")
-            if "postgres" in dbms.lower() and not tuned and is_psqlodbc(driver_file):
-                # A DSN hid the driver: reconnect with the psqlODBC settings applied.
-                conn.close()
-                text = with_psqlodbc_defaults(text)
-                conn = cls._odbc_connect(module, text, context)
-            dialect = dialect_for_dbms(dbms)
-            if dialect is MSSQL and cls._says_babelfish(conn):
-                dialect = BABELFISH
-            version = str(conn.getinfo(module.SQL_DBMS_VER) or "")
-            driver_version = str(conn.getinfo(module.SQL_DRIVER_VER) or "")
-            if dialect.uses_microsoft_driver(driver_file):
-                cls._add_output_converters(conn)
-        except module.Error as exc:
-            conn.close()
-            raise explain_odbc_error(exc, context, connected=True) from None
-        except DatabaseError:
-            conn.close()
-            raise
-        description = f"{dbms} {version} via ODBC driver {driver_file} {driver_version}"
-        microsoft = dialect.uses_microsoft_driver(driver_file)
-
-        def open_again() -> Any:
-            """A new connection as this one was made (raises the driver's error)."""
-            again = module.connect(text, autocommit=False)
-            if microsoft:
-                cls._add_output_converters(again)
-            return again
-
+        opened = open_odbc_connection(text, odbc if odbc is not None else import_pyodbc(setting), setting)
         db = cls(
-            conn,
-            dialect,
-            description=description,
-            odbc=module,
-            driver_file=driver_file,
-            context=context,
-            open_again=open_again,
+            opened.connection,
+            opened.dialect,
+            description=opened.description,
+            odbc=opened.module,
+            driver_file=opened.driver_file,
+            context=opened.context,
+            open_again=opened.open_again,
         )
         try:
             db._start_session()
@@ -431,9 +243,7 @@ class Database:
             other = Database.open_sqlite(str(self.path))
             try:
                 with other.lock:
-                    mode = other._conn.execute("PRAGMA journal_mode").fetchone()
-                    if mode and str(mode[0]).lower() == "wal":
-                        other._conn.execute("PRAGMA synchronous=NORMAL")
+                    SQLite.tune_second_connection(other._conn)
             except sqlite3.Error as exc:
                 other.close()
                 raise _sqlite_error(exc) from None
@@ -460,47 +270,14 @@ class Database:
             raise
         return other
 
-    @staticmethod
-    def _says_babelfish(conn: Any) -> bool:
-        """Whether a server that speaks SQL Server's protocol is Babelfish for PostgreSQL, which names
-        itself in ``@@VERSION`` (its ODBC answers are SQL Server's). It differs where the tool relies
-        on it: see :data:`~api_pipeline.store.dialects.BABELFISH`."""
-        cursor = conn.cursor()
-        try:
-            cursor.execute("SELECT @@VERSION")
-            row = next(iter(cursor.fetchmany(1)), None)
-        finally:
-            cursor.close()
-        conn.commit()  # autocommit is off: end the read's implicit transaction
-        return row is not None and "babelfish" in str(row[0]).lower()
-
-    @staticmethod
-    def _add_output_converters(conn: Any) -> None:
-        """Microsoft's drivers: read Unicode text so that one lone surrogate cannot stop a run (pyodbc
-        decodes strictly: a UnicodeDecodeError, which is no database error), and datetimeoffset,
-        which pyodbc cannot read at all. VARCHAR text is asked for as UTF-16, which the driver
-        converts to from the column's code page: as pyodbc's default SQL_C_CHAR, Windows' driver
-        gives it in the ANSI code page, which pyodbc would decode as UTF-8."""
-        for sql_type in (SQL_WCHAR, SQL_WVARCHAR, SQL_WLONGVARCHAR):
-            conn.add_output_converter(sql_type, decode_wide_text)
-        conn.add_output_converter(SQL_SS_TIMESTAMPOFFSET, decode_datetimeoffset)
-        conn.setdecoding(SQL_CHAR, encoding="utf-16le", ctype=SQL_WCHAR)
-
     def _start_session(self) -> None:
         """The dialect's session settings (row counts, deadlock priority, lock time-out), committed:
         a PostgreSQL SET rolled back with its transaction would be undone."""
-        statements = self.dialect.session_sql(int(LOCK_WAIT_SECONDS * 1000))
+        statements = self.dialect.session_sql(int(retry.LOCK_WAIT_SECONDS * 1000))  # read now: tests shorten it
         if statements:
             with self.transaction():
                 for sql in statements:
                     self.execute(sql)
-
-    @staticmethod
-    def _odbc_connect(module: Any, text: str, context: OdbcContext) -> Any:
-        try:
-            return module.connect(text, autocommit=False)
-        except module.Error as exc:
-            raise explain_odbc_error(exc, context) from None
 
     def close(self) -> None:
         self._stop_checkpointer()  # a run that stopped on an error
@@ -533,33 +310,19 @@ class Database:
         queued behind it. :meth:`finish_bulk_writes` copies the rest before the run ends.
         Pages of rows are read on a third connection (see :attr:`reader`).
         """
-        if not self.is_sqlite or self.path in (None, ":memory:"):
+        if self.path in (None, ":memory:"):
             return
-        try:
-            with self.lock:
-                mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-                self._conn.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
-                self._conn.execute(f"PRAGMA wal_autocheckpoint={BULK_CHECKPOINT_PAGES}")
-        except sqlite3.Error as exc:  # e.g. a read-only folder: the run still works, just slower
-            log.debug("SQLite WAL mode not set: %s", exc)
-            return
-        log.debug("SQLite journal mode: %s", mode[0] if mode else "unknown")
-        if mode and str(mode[0]).lower() == "wal" and self._checkpointer is None:
-            self._checkpointer = _Checkpointer(str(self.path))
+        with self.lock:
+            wal = self.dialect.tune_for_bulk_writes(self._conn)
+        if wal and self._checkpointer is None:
+            self._checkpointer = Checkpointer(str(self.path))
             self._checkpointer.start()
             self._reader = self._open_reader(str(self.path))
 
     @staticmethod
     def _open_reader(path: str) -> Database | None:
-        conn = None
-        try:
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA query_only=ON")
-        except sqlite3.Error as exc:  # the run reads on its own connection, taking turns
-            if conn is not None:
-                conn.close()
-            log.debug("SQLite reading connection not opened: %s", exc)
+        conn = SQLite.reading_connection(path)
+        if conn is None:
             return None
         return Database(conn, SQLITE, description=f"SQLite {sqlite3.sqlite_version} ({path}), reading", path=path)
 
@@ -582,11 +345,8 @@ class Database:
         time includes that work and the next reader does not pay for it."""
         self._close_reader()
         if self._stop_checkpointer():
-            try:
-                with self.lock:
-                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error as exc:  # another connection may hold it: SQLite checkpoints later
-                log.debug("SQLite checkpoint not done: %s", exc)
+            with self.lock:
+                SQLite.checkpoint(self._conn)
         self.check_file()  # the run's last write-back, too, went to the file at the path
 
     def check_file(self) -> None:
@@ -678,7 +438,7 @@ class Database:
         return cursor
 
     def execute(self, sql: str, params: Sequence[Any] = (), *, kinds: Kinds | None = None) -> int:
-        """Run one statement; returns the affected row count. ``kinds``: see :meth:`Dialect.input_sizes`."""
+        """Run one statement; returns the affected row count. ``kinds``: see ``Dialect.input_sizes``."""
 
         def action() -> int:
             cursor = self._cursor(kinds)
@@ -780,131 +540,3 @@ class Database:
     def odbc_info(self, name: str) -> str:
         """The ODBC driver's ``SQLGetInfo`` answer for ``name`` (``SQL_DBMS_NAME``...), as text."""
         return str(self._run(lambda: self._conn.getinfo(getattr(self._odbc, name))) or "")
-
-    def retry_conflicts(self, action: Callable[[], T], what: str) -> T:
-        """``action`` (whole transactions, or reads outside one), tried again when it was a deadlock
-        victim or a serialization failure (a few times, pausing a little longer each time) or timed
-        out waiting for another session's locks (for up to half an hour); between tries, the
-        :attr:`while_waiting` hook runs. The last failure is raised, saying how often it was tried.
-
-        Also tried again, on a new connection, when the server ended the session (ODBC, once a
-        run: :meth:`_connected_again`). Whether a commit under way then happened cannot be known,
-        so ``action`` must be a read or leave the same result when it is done twice: setting
-        rows to values is, adding to them is not.
-        """
-        return self._retry(action, what, own_queries=0)
-
-    def _retry(self, action: Callable[[], T], what: str, *, own_queries: int) -> T:
-        """:meth:`retry_conflicts`; ``own_queries``: the open query results that are the action's own."""
-        conflicts = waits = 0
-        while True:
-            try:
-                return action()
-            except DatabaseError as exc:
-                if exc.kind == CONNECTION_LOST and self._connected_again(exc, what, own_queries):
-                    continue
-                if exc.kind == CONFLICT and conflicts + 1 < CONFLICT_ATTEMPTS:
-                    conflicts += 1
-                    pause = CONFLICT_PAUSE * 2 ** (conflicts - 1) * random.uniform(0.75, 1.25)  # noqa: S311
-                    log.warning(
-                        "%s: chosen as a deadlock victim by the database (another session, probably the "
-                        "staging SQL, wanted the same rows); nothing was kept; trying again in %.1f s "
-                        "(attempt %d of %d)",
-                        what,
-                        pause,
-                        conflicts + 1,
-                        CONFLICT_ATTEMPTS,
-                    )
-                elif exc.kind == LOCK_TIMEOUT and waits + 1 < LOCK_WAIT_ATTEMPTS:
-                    waits += 1
-                    pause = 0.0  # the lock wait itself was the pause
-                    log.warning(
-                        "%s: rows are locked by another session (probably the staging SQL) and have been for "
-                        "%d s; still waiting (up to %d minutes)",
-                        what,
-                        waits * LOCK_WAIT_SECONDS,
-                        LOCK_WAIT_ATTEMPTS * LOCK_WAIT_SECONDS // 60,
-                    )
-                else:
-                    tries = conflicts + waits + 1
-                    if tries == 1:
-                        raise
-                    raise DatabaseError(f"{what} failed after {tries} attempts: {exc}", kind=exc.kind) from None
-            self._waited()
-            if pause:
-                self.sleep(pause)
-
-    def _connected_again(self, exc: DatabaseError, what: str, own_queries: int) -> bool:
-        """After the connection was lost: whether ``what`` may be tried again, on a connection opened
-        here (at most :data:`RECONNECTS` times a run) or by another thread since it failed.
-
-        Not when it is part of a larger unit of work: inside a transaction, or while another query's
-        rows are being read (their cursor went with the connection); that unit fails instead.
-        """
-        if self._open_again is None:
-            return False
-        with self.lock:
-            if self._in_transaction or self._open_queries > own_queries:
-                return False
-            if not self._broken:
-                return True
-            if self._reconnects_left <= 0:
-                raise DatabaseError(
-                    f"{exc}. The run had already lost its connection once and connected again; it does that only "
-                    "once a run, so it stopped",
-                    kind=CONNECTION_LOST,
-                ) from None
-            self._reconnects_left -= 1
-            self._connect_again(what)
-            return True
-
-    def _connect_again(self, what: str) -> None:
-        """A new connection in place of the lost one, with the session settings; raises when none can be had."""
-        assert self._open_again is not None
-        lost = self._lost_said
-        try:
-            self._conn.close()
-        except Exception:  # noqa: BLE001 - a lost connection may not close cleanly
-            log.debug("closing the lost connection failed", exc_info=True)
-        failure: BaseException | None = None
-        for pause in RECONNECT_PAUSES:
-            if pause:
-                self.sleep(pause)
-            try:
-                self._conn = self._open_again()
-            except self._errors as exc:
-                failure = exc
-                if explain_odbc_error(exc, self._context).kind == UNREACHABLE:
-                    continue  # still restarting, or not reachable yet
-                break
-            self._broken = False
-            self._start_session()
-            log.warning(
-                "the connection to the database server was lost while %s (%s); connected again, and carrying on "
-                "(the run does that once at most)",
-                what,
-                lost,
-            )
-            return
-        assert failure is not None
-        self._open_again = None  # this run has no connection any more: what follows fails as it is
-        explained = explain_odbc_error(failure, self._context)
-        if explained.kind == UNREACHABLE:
-            why = (
-                f"for {sum(RECONNECT_PAUSES):.0f} s ({driver_said(failure, self._context)}): the server may still be "
-                "restarting, or the network is down. Run again once the server is back"
-            )
-        else:
-            why = f"too: {explained}"
-        raise DatabaseError(f"{LOST_CONNECTION} ({lost}). Connecting again failed {why}", kind=CONNECTION_LOST)
-
-    def _waited(self) -> None:
-        """Run the :attr:`while_waiting` hook: not from inside itself (it may wait too), nor while
-        another query's result is open on the connection (the hook commits)."""
-        if self.while_waiting is None or self._in_wait_hook or self._open_queries > 1:
-            return
-        self._in_wait_hook = True
-        try:
-            self.while_waiting()
-        finally:
-            self._in_wait_hook = False

@@ -4,9 +4,9 @@ The lock is a row in a small table beside the staging table, so it works
 wherever the database is shared. It is keyed on the table as the database resolves
 its name, so ``ssd_api_data_staging``, ``dbo.ssd_api_data_staging`` and
 ``SSD_API_DATA_STAGING`` are one lock when they are one table. A run refreshes its
-heartbeat as it goes (before sending and after writing back a batch, and while it waits
-for the staging SQL's locks; at most once a minute); a lock whose heartbeat is older than
-``stale_after`` belongs to a run that crashed or was killed, and the next run takes it
+heartbeat as it goes, all through one :class:`Heartbeat` (before sending and after writing
+back a batch, and while it waits for the staging SQL's locks; at most once a minute); a lock
+whose heartbeat is older than ``stale_after`` belongs to a run that crashed or was killed, and the next run takes it
 over. Each heartbeat checks that this run still holds the lock: a run that was taken
 over stops.
 
@@ -33,10 +33,12 @@ from datetime import timedelta
 from typing import Any
 
 from api_pipeline.errors import ConfigError, DatabaseError, RunLocked
+from api_pipeline.stopping import StopRequest
 from api_pipeline.store.catalogue import column_names, resolve_table
+from api_pipeline.store.columns import LOCK_HOLDER_SIZE, LOCK_NAME_SIZE
 from api_pipeline.store.db import Database, validate_table_name
-from api_pipeline.store.dialects import LOCK_HOLDER_SIZE, LOCK_NAME_SIZE, lock_ddl, lock_table_name
 from api_pipeline.store.odbc import KEY_VIOLATION
+from api_pipeline.store.tables import lock_ddl, lock_table_name
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +195,6 @@ class RunLock:
             raise refused
         self._held = True
         self._last_beat = self.monotonic()
-        self.db.while_waiting = self.heartbeat
 
     @staticmethod
     def _age(seconds: Any) -> tuple[float, float | None]:
@@ -292,7 +293,7 @@ class RunLock:
         if holder == self.holder:  # a driver that reports no row count: still ours
             return
         self._held = False
-        self.db.while_waiting = None
+        self.db.while_waiting = None  # a Heartbeat's: waits go on without beating
         stale = int(self.stale_after.total_seconds() // 60)
         if holder is None:
             self._lost = RunLocked(
@@ -312,8 +313,6 @@ class RunLock:
         if not self._held:
             return
         self._held = False
-        if self.db.while_waiting == self.heartbeat:
-            self.db.while_waiting = None
         try:
             with self.db.transaction():
                 self.db.execute(
@@ -340,3 +339,52 @@ def _skew_note(ahead: float | None) -> str:
         f"; its last heartbeat was {int(ahead)} s ahead of the database's clock, written by another clock "
         "(a machine's, by an earlier version of this tool)"
     )
+
+
+class Heartbeat:
+    """The run lock's heartbeat during a run: every beat goes through :meth:`beat`, at the three moments
+    a run shows it is alive.
+
+    Before each send (:meth:`send`, this object being the run's sender): a run that lost the lock
+    stops before sending, and a batch whose turn comes after Ctrl+C or SIGTERM is not sent. After
+    each batch is written back (:meth:`after_batch`), for runs with little to send. And between
+    the tries of work another session's locks hold up (the connection's ``while_waiting``, while
+    the heartbeat is in use: ``with Heartbeat(...)``), so a run that waits for the staging SQL is
+    not taken for a crashed one. :meth:`RunLock.heartbeat` writes at most once a minute.
+    """
+
+    def __init__(
+        self,
+        lock: RunLock,
+        client: Any,
+        *,
+        stop: StopRequest | None = None,
+        on_progress: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.lock = lock
+        self.client = client  # what sends a batch: ``client.send(bodies, batch_id)`` (dfe.api.ApiClient)
+        self.stop = stop
+        self.on_progress = on_progress
+
+    def beat(self) -> None:
+        """Show the run is alive (raises ``RunLocked`` once another run has taken the lock over)."""
+        self.lock.heartbeat()
+
+    def send(self, bodies: list[bytes], batch_id: str) -> list[Any]:
+        if self.stop is not None:
+            self.stop.check()
+        self.beat()
+        return self.client.send(bodies, batch_id)
+
+    def after_batch(self, so_far: Any) -> None:
+        self.beat()
+        if self.on_progress is not None:
+            self.on_progress(so_far)
+
+    def __enter__(self) -> Heartbeat:
+        self.lock.db.while_waiting = self.beat
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.lock.db.while_waiting == self.beat:
+            self.lock.db.while_waiting = None

@@ -1,72 +1,43 @@
-"""The staging table and the submission ledger: what a run reads, and how its outcomes are written back.
+"""The staging table: what a run reads, and the counts ``status`` shows.
 
 :class:`StagingTable` is the one place that knows the staging table's columns and the ledger
 beside it (DESIGN §4, §7): which rows a run reads (:meth:`StagingTable.candidate_source`), what
-the ledger says DfE holds, the counts ``status`` shows, and the write-back of a batch's outcomes
-and ledger entries in one transaction, with the optimistic check. SQL differences between the
-DBMSs are :mod:`api_pipeline.store.dialects`'; the connection is :class:`api_pipeline.store.db.Database`.
+the ledger says DfE holds, the counts ``status`` shows. Its other parts: the tables beside it
+(``ledger.SideTables``) and the write-back of a batch's outcomes and ledger entries in one
+transaction, with the optimistic check (``write_back.WriteBack``). SQL differences between the
+DBMSs are the dialect's (``dialect.Dialect``); the connection is :class:`api_pipeline.store.db.Database`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
 from typing import Any
 
 from api_pipeline import reasons
 from api_pipeline.errors import DatabaseError
 from api_pipeline.store import catalogue
+from api_pipeline.store.columns import REQUIRED_COLUMNS, STAGING_SPEC, ColumnInfo
 from api_pipeline.store.db import Database, validate_table_name
-from api_pipeline.store.dialects import (
-    BINARY,
-    IN_DOUBT_SPEC,
-    IN_FLIGHT_SPEC,
-    LEDGER_SPEC,
-    LONG_TEXT,
-    MAX_NOTE_LENGTH,
-    REQUIRED_COLUMNS,
-    STAGING_SPEC,
-    ColumnInfo,
+from api_pipeline.store.ledger import MAX_PARAMETERS, LedgerEntry, chunks
+from api_pipeline.store.odbc import UNDECODABLE, UnreadableText
+from api_pipeline.store.tables import (
     ColumnIssue,
-    Kinds,
     check_columns,
     check_table_name_length,
-    in_doubt_ddl,
-    in_doubt_index_ddl,
     in_doubt_name,
-    in_flight_ddl,
     in_flight_name,
-    ledger_ddl,
-    ledger_index_ddl,
     ledger_name,
     staging_ddl,
 )
-from api_pipeline.store.odbc import UNDECODABLE, UnreadableText
-from api_pipeline.timestamps import parse_timestamp, utc_now
-from api_pipeline.wording import printable
+from api_pipeline.store.write_back import WriteBack
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 500
-# Parameters per statement in bulk writes: under SQLite's historical limit of 999.
-MAX_PARAMETERS = 900
-# The ledger's and the in-doubt table's columns after their key, in the order write-back binds them.
-_LEDGER_VALUES = tuple(c.name for c in LEDGER_SPEC[1:])
-_IN_DOUBT_VALUES = tuple(c.name for c in IN_DOUBT_SPEC[1:])
-_IN_FLIGHT_VALUES = tuple(c.name for c in IN_FLIGHT_SPEC[1:])
 _STATE = "LOWER(COALESCE(t.row_state, ''))"
 _STATUS = "LOWER(COALESCE(t.submission_status, ''))"
-# How SQLite and PostgreSQL refuse ON CONFLICT (la_child_id) when that column is not a key.
-_NO_CONFLICT_KEY = re.compile(r"ON CONFLICT clause does not match|no unique or exclusion constraint|42P10", re.I)
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
 
 
 @dataclass(frozen=True)
@@ -78,32 +49,6 @@ class _Joined:
     unknown: str  # the ledger has no entry for the child
     not_purged: str  # the ledger has not recorded the child's purge
     in_doubt: str  # the in-doubt table has an entry for the child (or for the row)
-
-
-def _naive(value: datetime) -> datetime:
-    """Comparable with a naive UTC time, whatever the column's type gave."""
-    return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo is not None else value
-
-
-def _children_of(batch_id: str, recorded_at: Any, text: Any) -> list[InDoubt] | None:
-    """The children an in-flight row records; None when it is not what the tool writes."""
-    at = parse_timestamp(recorded_at) or utc_now()
-    try:
-        found = json.loads(str(text))
-        children = [
-            InDoubt(
-                str(child),
-                int(staging_id),
-                json.dumps(outline, ensure_ascii=False, separators=(",", ":")),
-                batch_id,
-                at,
-            )
-            for child, staging_id, outline in found
-            if isinstance(child, str) and isinstance(outline, dict)
-        ]
-    except (ValueError, TypeError, RecursionError):
-        return None
-    return children if len(children) == len(found) else None
 
 
 def _person_id(value: Any) -> str | None:
@@ -188,61 +133,6 @@ class StagingRow:
 
 
 @dataclass(frozen=True)
-class LedgerEntry:
-    """What DfE acknowledged for one child."""
-
-    la_child_id: str
-    mis_child_id: str | None
-    staging_id: int
-    record_json: str | None
-    record_hash: bytes | None
-    receipt: str
-    acknowledged_at: datetime
-    purged: bool
-
-
-@dataclass(frozen=True)
-class InDoubt:
-    """One child of a batch in flight, or in doubt: what DfE may hold if the batch landed (DESIGN §7).
-
-    ``outline_json`` is :func:`api_pipeline.dfe.payload.outline` of the request (with what the child's
-    earlier doubt outlined, if any): with the ledger's record, every part DfE may then hold,
-    which is all a run needs to make DfE equal the table whichever version it has.
-    """
-
-    la_child_id: str
-    staging_id: int
-    outline_json: str
-    batch_id: str
-    recorded_at: datetime
-
-
-@dataclass(frozen=True)
-class Doubt:
-    """What a write-back changes in the in-flight and in-doubt tables (DESIGN §7, batches in doubt).
-
-    Before a batch is sent: ``in_flight``, its children (one row). Once its outcomes are
-    written back, or it is known never to have been sent: ``landed``, the batch ids whose
-    in-flight rows go; ``in_doubt``, its children DfE may or may not hold it for (no receipt,
-    and no refusal either); ``resolved``, children in doubt before whose receipt came back.
-    """
-
-    in_flight: list[InDoubt] = field(default_factory=list)
-    landed: list[str] = field(default_factory=list)
-    in_doubt: list[InDoubt] = field(default_factory=list)
-    resolved: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class LeftInFlight:
-    """A batch an earlier run recorded before sending and never wrote back: its children are in doubt."""
-
-    batch_id: str
-    children: list[InDoubt]  # empty when the record could not be read
-    readable: bool = True
-
-
-@dataclass(frozen=True)
 class FirstContact:
     """Rows whose child has no ledger entry yet, by what the next run does with them (DESIGN §4)."""
 
@@ -272,33 +162,7 @@ class FirstContact:
         return [f"  {n} {'row' if n == 1 else 'rows'}: {what}" for n, what in parts if n]
 
 
-@dataclass(frozen=True)
-class RowUpdate:
-    """The outcome to write to one staging row.
-
-    ``expect_payload`` is the ``json_payload`` text read at the start: the
-    update only applies if the council's SQL has not changed it since.
-    """
-
-    row_id: int
-    status: str
-    api_response: str
-    expect_payload: str | None
-    submission_timestamp: datetime | None = None
-    mark_sent: bool = False
-    previous_hash: bytes | None = None
-    row_state: str | None = None
-    purge: bool = False
-
-    @classmethod
-    def unsent(cls, row: StagingRow, status: str, note: str) -> RowUpdate:
-        """The row stays unsent with ``status`` (``""``: as it is) and ``note`` saying why in api_response,
-        on one line with its control characters escaped (it may quote DfE, or the row)."""
-        note = printable(note)[:MAX_NOTE_LENGTH]
-        return cls(row_id=row.id, status=status, api_response=note, expect_payload=row.json_payload)
-
-
-class StagingTable:
+class StagingTable(WriteBack):
     """Reads candidates from the staging table and writes outcomes back, with the ledger."""
 
     def __init__(self, db: Database, table: str, ledger: str | None = None) -> None:
@@ -310,7 +174,7 @@ class StagingTable:
         self.in_doubt = validate_table_name(in_doubt_name(table))
         # The columns of the tables the tool keeps beside the staging table, read once (None: missing).
         self._side_columns: dict[str, list[ColumnInfo] | None] = {}
-        self._current_hash: bool | None = None
+        self._current_hash = None
         # False: made by hand with no key to upsert on.
         self._keyed = {self.ledger: True, self.in_flight: True, self.in_doubt: True}
 
@@ -328,51 +192,6 @@ class StagingTable:
         """The table as councils' DDL makes it (no unique index: existing tables may lack one)."""
         with self.db.transaction():
             self.db.execute(staging_ddl(self.db.dialect, self.table))
-
-    def create_ledger(self) -> None:
-        """The ledger and the in-flight and in-doubt tables beside it (each only if missing)."""
-        d = self.db.dialect
-        with self.db.transaction():
-            self.db.execute(ledger_ddl(d, self.ledger))
-            self.db.execute(ledger_index_ddl(d, self.ledger))
-            self.db.execute(in_flight_ddl(d, self.in_flight))
-            self.db.execute(in_doubt_ddl(d, self.in_doubt))
-            self.db.execute(in_doubt_index_ddl(d, self.in_doubt))
-        self._side_columns.clear()
-        for name in (self.ledger, self.in_flight, self.in_doubt):  # as made (or as they already were)
-            self._columns_of(name)
-
-    def _has_current_hash(self) -> bool:
-        if self._current_hash is None:
-            self._current_hash = "current_hash" in (catalogue.column_names(self.db, self.table) or [])
-        return self._current_hash
-
-    def _columns_of(self, side_table: str) -> list[ColumnInfo] | None:
-        if side_table not in self._side_columns:  # the three are looked up together, in one query
-            self._side_columns.update(catalogue.columns_of(self.db, [self.ledger, self.in_flight, self.in_doubt]))
-        return self._side_columns[side_table]
-
-    def has_ledger(self) -> bool:
-        return self._columns_of(self.ledger) is not None
-
-    def has_in_flight(self) -> bool:
-        """Whether the in-flight and in-doubt tables both exist."""
-        return all(self._columns_of(name) is not None for name in (self.in_flight, self.in_doubt))
-
-    def ensure_ledger(self) -> None:
-        """Create the ledger and the in-flight and in-doubt tables where missing; never alters an existing table."""
-        missing = [name for name in (self.ledger, self.in_flight, self.in_doubt) if self._columns_of(name) is None]
-        if not missing:
-            return
-        try:
-            self.create_ledger()
-        except DatabaseError as exc:
-            raise DatabaseError(
-                f"the table{'s' if len(missing) > 1 else ''} {' and '.join(missing)} the tool keeps beside the "
-                f"staging table could not be created ({exc}). Ask your DBA to create "
-                f"{'them' if len(missing) > 1 else 'it'}: csc-api-pipeline init-db --print"
-            ) from None
-        log.info("created %s", " and ".join(missing))
 
     def missing_columns(self) -> list[str] | None:
         """Required columns the staging table lacks; None when the table itself is missing."""
@@ -399,21 +218,6 @@ class StagingTable:
         """Missing or unusable staging columns with the DDL to fix each; None when the table is missing."""
         present = catalogue.columns(self.db, self.table)
         return None if present is None else check_columns(self.db.dialect, self.table, STAGING_SPEC, present)
-
-    def ledger_issues(self) -> list[ColumnIssue] | None:
-        """The same for the ledger; None when it does not exist yet."""
-        present = self._columns_of(self.ledger)
-        return None if present is None else check_columns(self.db.dialect, self.ledger, LEDGER_SPEC, present)
-
-    def in_flight_issues(self) -> list[ColumnIssue] | None:
-        """The same for the in-flight table; None when it does not exist yet."""
-        present = self._columns_of(self.in_flight)
-        return None if present is None else check_columns(self.db.dialect, self.in_flight, IN_FLIGHT_SPEC, present)
-
-    def in_doubt_issues(self) -> list[ColumnIssue] | None:
-        """The same for the in-doubt table; None when it does not exist yet."""
-        present = self._columns_of(self.in_doubt)
-        return None if present is None else check_columns(self.db.dialect, self.in_doubt, IN_DOUBT_SPEC, present)
 
     # -- reading --------------------------------------------------------------
 
@@ -494,6 +298,11 @@ class StagingTable:
         where = self.candidates_from_where(all_rows=all_rows, held_back=held_back)
         found = int(self.db.scalar(f"SELECT COUNT(*) {where}") or 0)
         return found if limit is None else min(found, limit)
+
+    def count_candidates_after(self, row_id: int, *, all_rows: bool = False, held_back: bool = False) -> int:
+        """How many of the rows a run reads come after ``row_id``: what a run that stopped early did not reach."""
+        source, wanted = self.candidate_source(all_rows=all_rows, held_back=held_back)
+        return int(self.db.scalar(f"SELECT COUNT(*) FROM {source} WHERE t.id > ? AND ({wanted})", (row_id,)) or 0)
 
     # -- what status shows ---------------------------------------------------------
 
@@ -652,7 +461,7 @@ class StagingTable:
     def rows_by_id(self, row_ids: Sequence[int]) -> Iterator[StagingRow]:
         """These rows, as :meth:`iter_candidates` gives them, in id order (the pipeline's second look)."""
         source, _ = self.candidate_source(all_rows=True)
-        for chunk in _chunks(sorted(row_ids), MAX_PARAMETERS):
+        for chunk in chunks(sorted(row_ids), MAX_PARAMETERS):
             marks = ", ".join("?" * len(chunk))
             rest = f"FROM {source} WHERE t.id IN ({marks}) ORDER BY t.id"
             sql = f"SELECT {self._CANDIDATE_COLUMNS} {rest}"
@@ -707,296 +516,3 @@ class StagingTable:
                 return None
             values.append(found[0][0])
         return replace(self._candidate(values), unreadable=tuple(unreadable))
-
-    def ledger_entry(self, la_child_id: str) -> LedgerEntry | None:
-        """The ledger's entry for one child, or None (always None before the ledger exists)."""
-        if not self.has_ledger():
-            return None
-        sql = (
-            "SELECT la_child_id, mis_child_id, staging_id, record_json, record_hash, receipt, "
-            f"acknowledged_at, purged FROM {self.ledger} WHERE la_child_id = ?"
-        )
-        for row in self.db.query(sql, (la_child_id,)):
-            return LedgerEntry(
-                la_child_id=row[0],
-                mis_child_id=row[1],
-                staging_id=row[2],
-                record_json=row[3],
-                record_hash=None if row[4] is None else bytes(row[4]),
-                receipt=row[5],
-                acknowledged_at=row[6],
-                purged=bool(row[7]),
-            )
-        return None
-
-    def doubt_outline(self, la_child_id: str) -> str | None:
-        """The in-doubt table's outline for one child: not None means the child is in doubt."""
-        if not self.has_in_flight():
-            return None
-        found = self.db.scalar(f"SELECT outline_json FROM {self.in_doubt} WHERE la_child_id = ?", (la_child_id,))
-        return None if found is None else str(found)
-
-    def left_in_flight(self) -> list[LeftInFlight]:
-        """Batches recorded before they were sent and never written back (by a run that stopped), oldest first."""
-        if not self.has_in_flight():
-            return []
-        sql = f"SELECT batch_id, recorded_at, children_json FROM {self.in_flight} ORDER BY recorded_at, batch_id"
-        found = []
-        for batch_id, recorded_at, text in self.db.query(sql):
-            children = _children_of(str(batch_id), recorded_at, text)
-            found.append(LeftInFlight(str(batch_id), children or [], readable=children is not None))
-        return found
-
-    def in_doubt_totals(self) -> tuple[int, datetime | None]:
-        """Children in doubt (with those of batches an earlier run left in flight: at most, as a child may
-        be in both), and when the oldest of their batches was recorded (``status``)."""
-        if not self.has_in_flight():
-            return 0, None
-        children, oldest = 0, None
-        for count, first in self.db.query(f"SELECT COUNT(*), MIN(recorded_at) FROM {self.in_doubt}"):
-            children, oldest = int(count or 0), parse_timestamp(first)
-        for batch in self.left_in_flight():
-            children += len(batch.children)
-            first = batch.children[0].recorded_at if batch.children else None
-            if first is not None and (oldest is None or _naive(first) < _naive(oldest)):
-                oldest = first
-        return children, oldest
-
-    # -- writing --------------------------------------------------------------
-
-    def _locked_rows(self, row_ids: Sequence[int]) -> dict[int, tuple[Any, str | None]]:
-        """``json_payload`` (as :meth:`Dialect.stored_text` reads it: SQL Server, its SHA-256, so no
-        payload travels back) and ``row_state`` of these rows, locked until the transaction ends.
-
-        SQLite's ``BEGIN IMMEDIATE`` already holds the write lock; the others lock the rows read.
-        """
-        found: dict[int, tuple[Any, str | None]] = {}
-        d = self.db.dialect
-        payload = d.stored_text("json_payload")
-        for chunk in _chunks(sorted(set(row_ids)), MAX_PARAMETERS):
-            marks = ", ".join("?" * len(chunk))
-            # In id order, so concurrent writers that also go in id order cannot deadlock with it.
-            sql = d.select_for_update(f"id, {payload}, row_state", self.table, f"id IN ({marks}) ORDER BY id")
-            for row_id, stored, state in self.db.query(sql, chunk, chunk=len(chunk)):
-                found[int(row_id)] = (None if stored is None else d.comparable(stored), state)
-        return found
-
-    def _write_ledger(self, ledger: Sequence[LedgerEntry]) -> None:
-        """Replace these children's ledger entries (inside the caller's transaction)."""
-        d = self.db.dialect
-        values = [
-            (
-                e.la_child_id,
-                e.mis_child_id,
-                e.staging_id,
-                e.record_json,
-                e.record_hash,
-                e.receipt,
-                d.timestamp_param(e.acknowledged_at),
-                1 if e.purged else 0,
-            )
-            for e in ledger
-        ]
-        self._upsert(self.ledger, _LEDGER_VALUES, values, (None, None, None, LONG_TEXT, BINARY, None, None, None))
-
-    def _write_in_flight(self, batch: Sequence[InDoubt]) -> None:
-        """Record one batch before it is sent: one row, whatever its size (inside the caller's transaction)."""
-        first = batch[0]
-        assert all(child.batch_id == first.batch_id for child in batch), "one batch's children"
-        # [[la_child_id, staging_id, outline], ...]: each outline is JSON already.
-        children = ",".join(
-            f"[{json.dumps(c.la_child_id, ensure_ascii=False)},{int(c.staging_id)},{c.outline_json}]" for c in batch
-        )
-        row = (first.batch_id, self.db.dialect.timestamp_param(first.recorded_at), f"[{children}]")
-        # Upserted: a write-back redone (its COMMIT's answer lost) must leave the same row.
-        self._upsert(self.in_flight, _IN_FLIGHT_VALUES, [row], (None, None, LONG_TEXT), key="batch_id")
-
-    def _write_in_doubt(self, children: Sequence[InDoubt]) -> None:
-        """These children are in doubt, with these outlines (inside the caller's transaction)."""
-        d = self.db.dialect
-        values = [
-            (c.la_child_id, c.staging_id, c.outline_json, c.batch_id, d.timestamp_param(c.recorded_at))
-            for c in children
-        ]
-        self._upsert(self.in_doubt, _IN_DOUBT_VALUES, values, (None, None, LONG_TEXT, None, None))
-
-    def _resolve(self, children: Sequence[str]) -> None:
-        """These children are no longer in doubt: the ledger says what DfE holds (inside the caller's transaction)."""
-        for chunk in _chunks(sorted(set(children)), MAX_PARAMETERS):
-            marks = ", ".join("?" * len(chunk))
-            self.db.execute(f"DELETE FROM {self.in_doubt} WHERE la_child_id IN ({marks})", chunk)
-
-    def _upsert(
-        self, table: str, columns: Sequence[str], values: list[tuple[Any, ...]], kinds: Kinds, key: str = "la_child_id"
-    ) -> None:
-        """Insert these rows into ``table`` (keyed on ``key``, the first value of each row), replacing
-        any with the same key (inside the caller's transaction).
-
-        SQLite and PostgreSQL update each row in place (``ON CONFLICT ... DO UPDATE``), which
-        leaves the key's index alone and dirties half the pages a delete and insert would;
-        SQL Server, and a table whose key is not declared one, delete and insert.
-        """
-        upsert = self._keyed[table] and self.db.dialect.upserts
-        if not upsert:
-            for chunk in _chunks([row[0] for row in values], MAX_PARAMETERS):
-                marks = ", ".join("?" * len(chunk))
-                self.db.execute(f"DELETE FROM {table} WHERE {key} IN ({marks})", chunk)
-        insert = f"INSERT INTO {table} ({key}, {', '.join(columns)}) VALUES "
-        marks = "(" + ", ".join("?" * len(kinds)) + ")"
-        on_conflict = ""
-        if upsert:
-            updates = ", ".join(f"{c} = excluded.{c}" for c in columns)
-            on_conflict = f" ON CONFLICT ({key}) DO UPDATE SET {updates}"
-        if self.db.fast_executemany:  # one parameter array: as fast as it gets
-            self.db.executemany(insert + marks + on_conflict, values, kinds=kinds)
-        else:  # a multi-row VALUES: one round trip where executemany makes one per row
-            for rows in _chunks(values, MAX_PARAMETERS // len(kinds)):
-                self.db.execute(
-                    insert + ", ".join([marks] * len(rows)) + on_conflict,
-                    [value for row in rows for value in row],
-                    kinds=tuple(kinds) * len(rows),
-                )
-
-    def write_back(
-        self,
-        updates: Sequence[RowUpdate],
-        ledger: Sequence[LedgerEntry],
-        *,
-        doubt: Doubt | None = None,
-    ) -> int:
-        """Write row updates, ledger entries and what ``doubt`` says in one transaction.
-
-        Returns how many row updates were skipped because the council's SQL changed the row
-        since it was read (those rows stay pending). A transaction the database rolled back as a
-        deadlock victim, or one that waited too long for the staging SQL's locks, is written
-        again from the start (Database.retry_conflicts).
-        """
-        doubt = doubt or Doubt()
-        return self.db.retry_conflicts(lambda: self._write_back_once(updates, ledger, doubt), "writing back a batch")
-
-    def _write_back_once(self, updates: Sequence[RowUpdate], ledger: Sequence[LedgerEntry], doubt: Doubt) -> int:
-        while True:
-            try:
-                return self._write_back(updates, ledger, doubt)
-            except DatabaseError as exc:
-                # A table made by hand without its primary key: nothing was written (the
-                # transaction rolled back); delete and insert from now on.
-                written = ((self.ledger, ledger), (self.in_flight, doubt.in_flight), (self.in_doubt, doubt.in_doubt))
-                keyless = [t for t, rows in written if rows]
-                keyless = [t for t in keyless if self._keyed[t]]
-                if not (keyless and _NO_CONFLICT_KEY.search(str(exc))):
-                    raise
-                for table in keyless:
-                    self._keyed[table] = False
-                log.warning(
-                    "the table %s has no primary key on la_child_id; writing it the slower way. "
-                    "csc-api-pipeline init-db --print shows the DDL it should have",
-                    " or ".join(keyless),
-                )
-
-    def _write_back(self, updates: Sequence[RowUpdate], ledger: Sequence[LedgerEntry], doubt: Doubt) -> int:
-        d = self.db.dialect
-        t = self.table
-        # previous_hash takes current_hash, as the earlier tools and the council's SQL do;
-        # a table without current_hash gets the hash of the record sent.
-        copy_hash = self._has_current_hash()
-        # Each statement in two forms: for rows re-read under the transaction's lock and found
-        # as they were (the lock keeps them so: no check needed), and with the optimistic check
-        # for any other row, so the database's own comparison decides.
-        same_payload = f" AND {d.same_stored_text('json_payload')}"
-        # kind -> (the columns set from parameters, as (column, PostgreSQL type), in parameter
-        # order before the row id; what else is set; the optimistic check).
-        shapes: dict[str, tuple[tuple[tuple[str, str], ...], str, str]] = {
-            "sent": (
-                (
-                    ("submission_status", "TEXT"),
-                    ("api_response", "TEXT"),
-                    ("submission_timestamp", "TIMESTAMP"),
-                    *(() if copy_hash else (("previous_hash", "BYTEA"),)),
-                    ("row_state", "TEXT"),
-                ),
-                "previous_json_payload = json_payload, partial_json_payload = NULL"
-                + (", previous_hash = current_hash" if copy_hash else ""),
-                same_payload,
-            ),
-            "purge": (
-                (("submission_status", "TEXT"), ("api_response", "TEXT"), ("submission_timestamp", "TIMESTAMP")),
-                "",
-                " AND LOWER(row_state) = 'deleted'",
-            ),
-            "outcome": ((("submission_status", "TEXT"), ("api_response", "TEXT")), "", same_payload),
-            "note": ((("api_response", "TEXT"),), "", same_payload),
-        }
-        kinds_of = {"TEXT": None, "TIMESTAMP": None, "BYTEA": BINARY}
-        statements: dict[str, tuple[str, tuple[Any, ...], str]] = {}
-        for kind, (columns, also, check) in shapes.items():
-            assignments = ", ".join([*(f"{column} = ?" for column, _ in columns), *([also] if also else [])])
-            param_kinds = tuple(LONG_TEXT if c == "api_response" else kinds_of[pg] for c, pg in columns) + (None,)
-            statements[kind] = (f"UPDATE {t} SET {assignments} WHERE id = ?", param_kinds, check)
-
-        def set_based(kind: str, rows: list[tuple[Any, ...]]) -> None:
-            """PostgreSQL: many rows' updates in one statement, one round trip (psqlODBC's
-            executemany makes one per row). Every parameter is cast: psqlODBC sends them untyped."""
-            columns, also, _ = shapes[kind]
-            names = [column for column, _ in columns]
-            casts = [f"CAST(? AS {pg})" for _, pg in columns] + ["CAST(? AS INTEGER)"]
-            row_marks = "(" + ", ".join(casts) + ")"
-            assignments = ", ".join([*(f"{n} = v.{n}" for n in names), *([also] if also else [])])
-            for chunk in _chunks(rows, MAX_PARAMETERS // len(casts)):
-                self.db.execute(
-                    f"UPDATE {t} SET {assignments} FROM (VALUES {', '.join([row_marks] * len(chunk))}) "
-                    f"AS v({', '.join([*names, 'row_id'])}) WHERE {t}.id = v.row_id",
-                    [value for row in chunk for value in row],
-                )
-
-        def plan(u: RowUpdate) -> tuple[str, tuple[Any, ...]]:
-            if u.purge:
-                return "purge", (u.status, u.api_response, d.timestamp_param(u.submission_timestamp), u.row_id)
-            if u.mark_sent:
-                hashed = () if copy_hash else (u.previous_hash,)
-                params = (u.status, u.api_response, d.timestamp_param(u.submission_timestamp), *hashed, u.row_state)
-                return "sent", (*params, u.row_id)
-            if u.status:
-                return "outcome", (u.status, u.api_response, u.row_id)
-            return "note", (u.api_response, u.row_id)
-
-        skipped = 0
-        with self.db.transaction():
-            if ledger:
-                self._write_ledger(ledger)
-            if doubt.resolved:
-                self._resolve(doubt.resolved)
-            if doubt.in_doubt:
-                self._write_in_doubt(doubt.in_doubt)
-            if doubt.in_flight:
-                self._write_in_flight(doubt.in_flight)
-            for batch_id in doubt.landed:  # after the records: a batch recorded and landed at once leaves none
-                self.db.execute(f"DELETE FROM {self.in_flight} WHERE batch_id = ?", (batch_id,))
-            # The optimistic check, in bulk: the batch's rows are read once under a write lock;
-            # those still as they were read are updated together (executemany); any other
-            # row is updated on its own so the database's own comparison decides and is counted.
-            current = self._locked_rows([u.row_id for u in updates])
-            together: dict[str, list[tuple[Any, ...]]] = {}
-            for u in updates:
-                kind, params = plan(u)
-                payload, state = current.get(u.row_id, (None, None))
-                # The text read, as stored_text reads it (SQL Server: its hash; the text of a row
-                # that was not valid as stored is never bound back, only the hash of its bytes).
-                expected = None if u.purge else d.expected_text(u.expect_payload)
-                if u.row_id in current and ((state or "").lower() == "deleted" if u.purge else payload == expected):
-                    together.setdefault(kind, []).append(params)
-                    continue
-                sql, kinds, check = statements[kind]
-                if u.purge:
-                    checked = self.db.execute(sql + check, params, kinds=kinds)
-                else:
-                    checked = self.db.execute(sql + check, (*params, expected), kinds=(*kinds, d.expected_kind))
-                if checked == 0:
-                    skipped += 1
-            for kind, rows in together.items():
-                if d.set_based_updates and len(rows) > 1:
-                    set_based(kind, rows)
-                    continue
-                sql, kinds, _ = statements[kind]
-                self.db.executemany(sql, rows, kinds=kinds)
-        return skipped

@@ -488,16 +488,17 @@ def _toml_list(text: str, key: str) -> list[str]:
 
 def ddl_markdown() -> str:
     """CREATE TABLE statements for the staging table, the ledger and the run lock table, per database system."""
-    from api_pipeline.store import dialects
+    from api_pipeline.store import tables
+    from api_pipeline.store.dialects import DIALECTS
 
     names = {"mssql": "SQL Server", "postgresql": "PostgreSQL", "sqlite": "SQLite"}
     table_name = "ssd_api_data_staging"
     out = []
-    for dialect in dialects.DIALECTS.values():
+    for dialect in DIALECTS.values():
         statements = [
-            dialects.staging_ddl(dialect, table_name),
-            dialects.ledger_ddl(dialect, dialects.ledger_name(table_name)),
-            dialects.lock_ddl(dialect, dialects.lock_table_name(table_name)),
+            tables.staging_ddl(dialect, table_name),
+            tables.ledger_ddl(dialect, tables.ledger_name(table_name)),
+            tables.lock_ddl(dialect, tables.lock_table_name(table_name)),
         ]
         body = ";\n\n".join(_pretty_ddl(s) for s in statements) + ";"
         lang = "tsql" if dialect.name == "mssql" else "sql"
@@ -528,7 +529,7 @@ def _split_columns(text: str) -> list[str]:
 
 
 def staging_columns_markdown() -> str:
-    from api_pipeline.store import dialects as db
+    from api_pipeline.store import columns as db
 
     rows = [[code(c), "required" if c in db.REQUIRED_COLUMNS else "optional"] for c in db.STAGING_COLUMNS]
     return table(["column", "the tool needs it"], rows)
