@@ -1,10 +1,9 @@
-"""The DfE side's structure (issue 27): one name per class, one home per idea, modules that fit in one sitting."""
+"""The DfE side (issue 27): one home for what an answer means, and one for switching to the secondary credential."""
 
 from __future__ import annotations
 
 import ast
 import threading
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,33 +17,6 @@ from api_pipeline.errors import FatalApiError, RetriableApiError
 from api_pipeline.settings.config import Secret
 
 PACKAGE = Path(__file__).resolve().parent.parent / "api_pipeline"
-MAX_MODULE_LINES = 600
-
-
-def _classes() -> dict[str, list[str]]:
-    found: dict[str, list[str]] = defaultdict(list)
-    for path in sorted(PACKAGE.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ClassDef):
-                found[node.name].append(path.relative_to(PACKAGE).as_posix())
-    return found
-
-
-def test_no_two_classes_share_a_name():
-    # Two RecordValidators (the pipeline's and the simulator's) once read as one class in a traceback.
-    shared = {name: homes for name, homes in _classes().items() if len(homes) > 1}
-    assert shared == {}
-
-
-def test_no_module_of_the_dfe_side_or_the_rehearsal_is_over_600_lines():
-    long = {
-        path.relative_to(PACKAGE).as_posix(): lines
-        for room in ("dfe", "rehearsal")
-        for path in (PACKAGE / room).glob("*.py")
-        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
-    }
-    assert long == {}
-
 
 # ---------------------------------------------------------------------------
 # One home for what an answer means (answers.py), for DfE and the token endpoint
