@@ -66,7 +66,7 @@ def _connection_string(settings: Settings, command: str) -> Secret:
 def test_db(settings: Settings, ctx: Context) -> int:
     """Connect, ``SELECT 1``, and report what we are talking to and who we are logged in as."""
     with Database.open_existing(_connection_string(settings, "test-db")) as db:
-        if db.scalar("SELECT 1") != 1:
+        if not db.answers():
             raise DatabaseError("SELECT 1 did not return 1")
         info = server_info(db)
         ctx.print(f"database: OK ({db.dialect.label}, SELECT 1 answered)")
@@ -273,7 +273,8 @@ def _check_sample_target(table: str, print_only: bool) -> None:
 
 
 def _add_sample(db: Database, table: str, count: int, append: bool, ctx: Context) -> None:
-    existing = int(db.scalar(f"SELECT COUNT(*) FROM {table}") or 0)
+    staging = StagingTable(db, table)
+    existing = staging.row_count()
     if existing and not append:
         raise ConfigError(
             f"init-db --sample: the table {table} already has {plural(existing, 'row')}, so no sample children "
@@ -281,8 +282,7 @@ def _add_sample(db: Database, table: str, count: int, append: bool, ctx: Context
         )
     first = 1
     if existing:  # after the highest sample id already there, so no child is added twice
-        taken = [str(p or "") for (p,) in db.query(f"SELECT person_id FROM {table}")]
-        first = 1 + max((int(p[1:]) for p in taken if re.fullmatch(r"C\d{7}", p)), default=0)
+        first = 1 + max((int(p[1:]) for p in staging.person_ids() if re.fullmatch(r"C\d{7}", p)), default=0)
     added = load_sample_children(db, table, make_children(count, seed=SAMPLE_SEED + first, first=first))
     last = first + added - 1
     ids = f"C{first:07d}" if added == 1 else f"C{first:07d} to C{last:07d}"

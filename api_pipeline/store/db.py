@@ -528,6 +528,10 @@ class Database(Retries):
         except Exception:  # noqa: BLE001
             log.debug("closing a cursor failed", exc_info=True)
 
+    def answers(self) -> bool:
+        """Whether the server answers ``SELECT 1`` with 1 (``test-db``'s first check)."""
+        return self.scalar("SELECT 1") == 1
+
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         for row in self.query(sql, params, chunk=1):
             return row[0]

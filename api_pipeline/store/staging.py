@@ -231,6 +231,10 @@ class StagingTable(WriteBack):
         )
         return frozenset(str(row[0]).strip() for row in self.db.query(sql))
 
+    def row_count(self) -> int:
+        """How many rows the table has, whatever their status."""
+        return int(self.db.scalar(f"SELECT COUNT(*) FROM {self.table}") or 0)
+
     def person_ids(self) -> frozenset[str]:
         """Every row's person_id, spaces trimmed: whose la_child_id each matching row claims."""
         sql = f"SELECT person_id FROM {self.table} WHERE person_id IS NOT NULL"
