@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import platform
 import ssl
 import sys
@@ -28,7 +29,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 from api_pipeline import APP_NAME, __version__
 from api_pipeline.cli.error_lines import error_lines
@@ -344,8 +345,20 @@ def bundle_masker(settings: Settings | None) -> Callable[[str], str]:
     (:func:`settings_text`); it is left out of the values hidden whole for that reason only.
     """
     shown = {settings.db_connection_string.reveal()} if settings and settings.db_connection_string else set()
-    secrets = known_secrets() - shown
+    secrets = {form for secret in known_secrets() - shown for form in _written_forms(secret)}
     return lambda text: mask_secrets(text, secrets)
+
+
+def _written_forms(secret: str) -> set[str]:
+    """A secret as it could be written in a text: as it is, URL-encoded (a form body, an address)
+    and JSON-escaped."""
+    return {
+        secret,
+        quote(secret, safe=""),
+        quote_plus(secret),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+    }
 
 
 def zip_bytes(bundle: Bundle, mask: Callable[[str], str]) -> bytes:
