@@ -143,6 +143,11 @@ def test_offline_needs_no_simulator_and_writes_to_the_log_folder(db_path, tmp_pa
     assert "No runs' files in" in members["runs/README.txt"].decode()
     assert "test-db passed" in result.out and "test-schema passed" in result.out
 
+    given = tmp_path / "for-the-helper"
+    given.mkdir()
+    _, second = bundle_cli(tmp_path, env, "--offline", "--out", "for-the-helper")  # a folder: a new zip in it
+    assert second.parent == given and second.name.startswith(BUNDLE_PREFIX)
+
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_no_secret_and_no_record_value_is_anywhere_in_the_bundle(kind, tmp_path, request):

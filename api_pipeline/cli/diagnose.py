@@ -35,7 +35,7 @@ from api_pipeline import APP_NAME, __version__
 from api_pipeline.cli.error_lines import error_lines
 from api_pipeline.dfe.transport import make_session, proxy_address, session_proxy
 from api_pipeline.errors import ConfigError, ExitCode, PipelineError
-from api_pipeline.job.logs import ERROR_LOG_NAME
+from api_pipeline.job.logs import ERROR_LOG_NAME, format_traceback
 from api_pipeline.job.run_files import (
     default_log_dir,
     make_private_dir,
@@ -179,6 +179,8 @@ def run_check(name: str, handler: Handler, args: argparse.Namespace, ctx: Contex
             result.exit_code = exc.exit_code
         except Exception as exc:  # noqa: BLE001 - one check's failure must not stop the bundle
             print(f"unexpected error: {exc.__class__.__name__}", file=err)
+            if getattr(args, "verbose", 0) >= 2:  # as the command would show it at -vv; masked with the rest
+                print(format_traceback(sys.exc_info()), file=err)
             result.exit_code = ExitCode.RECORDS_FAILED
 
     started = time.monotonic()
