@@ -345,6 +345,40 @@ def _add_status(commands: Commands) -> None:
     )
 
 
+def cmd_diagnose(args: argparse.Namespace, ctx: Context) -> int:
+    from api_pipeline.cli.diagnose import diagnose_command  # start-up: only for this command
+
+    checks = (("test-db", cmd_test_db), ("test-schema", cmd_test_schema), ("test-endpoint", cmd_test_endpoint))
+    return diagnose_command(args, ctx, checks=checks, status=cmd_status)
+
+
+def _add_diagnose(commands: Commands) -> None:
+    diagnose = commands.add(
+        "diagnose",
+        cmd_diagnose,
+        "Gather what a helper needs into one zip: versions, settings (secrets hidden), checks, status, recent runs.",
+        "Runs test-db, test-schema and (unless --offline) test-endpoint, each for two minutes at most and "
+        "whatever the others found, and status --json, and writes one zip, readable by this account only, "
+        "holding: the versions of the tool, Python, the system and the ODBC drivers; every setting, each secret "
+        "only as set or not set (a connection string with its password hidden); what each check printed and its "
+        "exit code; the proxy and certificate authorities in use; and the newest runs' summaries and logs. "
+        "It never holds a secret, a token or record content. Prints where the zip is and what it holds. "
+        "Exit 0 when the zip was written, even if checks failed (it says which); 2 when it could not be written.",
+    )
+    diagnose.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE.zip",
+        help="Write the zip here (a folder: a new zip in it). Default: a new csc_api_pipeline_support_<time>.zip "
+        "in the log folder, else in the current folder. A file already there is replaced.",
+    )
+    diagnose.add_argument(
+        "--offline",
+        action="store_true",
+        help="Do not run test-endpoint: nothing is sent to DfE or the token endpoint, nor any connection made to them.",
+    )
+
+
 def cmd_simulate_api(args: argparse.Namespace, ctx: Context) -> int:
     from api_pipeline.rehearsal.demo import run_simulator  # start-up: only for this command
 
@@ -476,6 +510,7 @@ COMMANDS: tuple[Callable[[Commands], None], ...] = (
     _add_demo,
     _add_init_db,
     _add_status,
+    _add_diagnose,
     _add_simulate_api,
     _add_set_secret,
 )

@@ -326,11 +326,12 @@ def append_private(path: Path) -> int:
     return _made_private(fd)
 
 
-def read_plain(path: Path, limit: int) -> bytes:
+def read_plain(path: Path, limit: int, *, keep_end: bool = False) -> bytes:
     """The bytes of ``path``, a plain file of at most ``limit`` bytes; ValueError, saying why, for anything else.
 
     A link, a named pipe or a device where a run file belongs (put there by someone who can write
-    to the folder) is neither followed nor waited on.
+    to the folder) is neither followed nor waited on. ``keep_end``: a larger file gives its last
+    ``limit`` bytes instead (the end of a long log is what says how it went).
     """
     try:
         _plain(path, path.lstat())
@@ -342,6 +343,8 @@ def read_plain(path: Path, limit: int) -> bytes:
             _plain(path, os.fstat(handle.fileno()))
         except NotAPlainFile as exc:
             raise ValueError(f"it {exc.strerror}") from None
+        if keep_end:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - limit))
         data = handle.read(limit + 1)
     if len(data) > limit:
         raise ValueError(f"it is larger than {limit} bytes")
