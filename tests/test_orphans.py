@@ -202,3 +202,12 @@ def test_a_purge_whose_answer_is_lost_is_in_doubt_and_converges_next_run(staging
     simulator.clear_log()
     assert run_cli(["run", "--purge-orphans"], environ=env, cwd=tmp_path).code == 0
     assert children_posts(simulator) == []
+
+
+def test_the_guard_docs_give_is_the_guard_the_code_keeps():
+    from api_pipeline.job.orphans import MASS_FLOOR, MASS_SHARE, too_many
+
+    text = " ".join((Path(__file__).parent.parent / "docs" / "how-it-works.md").read_text(encoding="utf-8").split())
+    assert f"more than {MASS_SHARE:.0%} of the children the ledger says DfE holds (and more than {MASS_FLOOR})" in text
+    assert not too_many(MASS_FLOOR, 0) and too_many(MASS_FLOOR + 1, 0)
+    assert not too_many(MASS_FLOOR + 1, (MASS_FLOOR + 1) * 10) and too_many(MASS_FLOOR + 2, (MASS_FLOOR + 1) * 10)
