@@ -173,6 +173,7 @@ def test_status_json_has_counts_problems_age_ledger_and_runs(known_state, tmp_pa
         "rows_without_entry": {"adopt": 0, "changed_since_sent": 0, "with_purges": 0, "whole": 5, "purge": 1},
         "children_in_doubt": 1,
         "in_doubt_since": "2026-03-09T02:00:05Z",
+        "orphans": {"count": 0, "examples": []},  # every child the ledger holds, or in doubt, has its row
     }
     recent = report["runs"]["recent"]
     assert [r["run_id"] for r in recent] == ["20260310T020000Z", "20260309T020000Z"]  # newest first, --runs 2

@@ -20,6 +20,8 @@ from api_pipeline.store.columns import BINARY, LONG_TEXT, STAGING_SPEC, ColumnIn
 from api_pipeline.store.db import Database
 from api_pipeline.store.dialects import MSSQL
 from api_pipeline.store.ledger import Doubt, InDoubt, LedgerEntry
+from api_pipeline.store.orphans import orphan_candidates, payloads_by_id
+from api_pipeline.store.sql_server import BINARY_COLLATION
 from api_pipeline.store.staging import StagingTable
 from api_pipeline.store.tables import check_columns, staging_index_ddl
 from api_pipeline.store.write_back import RowUpdate
@@ -75,6 +77,8 @@ def gather_sql_server_statements(rec: Recorder) -> list[str]:
         table.doubt_outline("C1001")
         table.left_in_flight()
         table.in_doubt_totals()
+        orphan_candidates(table)  # children the table lost (issue 28)
+        payloads_by_id(table, [1, 2])
         now = datetime(2026, 3, 1, 21, 4, 33)
         # Before a batch is sent: its children in flight (with a note for a row left unsent).
         table.write_back(
@@ -152,6 +156,13 @@ def test_every_sql_server_statement_is_valid_tsql(recorder):
     assert any(s.startswith(f"DELETE FROM {TABLE}_in_doubt WHERE la_child_id IN") for s in statements)
     assert any(f"LEFT JOIN {TABLE}_in_doubt f" in s for s in statements)
     assert any("LTRIM(RTRIM(t.person_id))" in s and "NOT EXISTS" in s for s in statements)
+    # Orphans: ids compared exactly, as the ledger's joins compare them (binary collation).
+    exactly = f"LTRIM(RTRIM(t.person_id)) COLLATE {BINARY_COLLATION}"
+    assert any(f"NOT EXISTS (SELECT 1 FROM {TABLE} t WHERE {exactly} = l.la_child_id)" in s for s in statements)
+    assert any(
+        s.startswith(f"SELECT f.la_child_id, NULL, f.staging_id, f.outline_json FROM {TABLE}_in_doubt")
+        for s in statements
+    )
     assert any("HASHBYTES('SHA2_256', CAST(json_payload AS NVARCHAR(MAX))) = ?" in s for s in statements)
     assert any("CREATE INDEX ix_ssd_api_data_staging_person_id" in s for s in statements)
     # The run lock's times and ages are SQL Server's own (DESIGN §7): no time is sent as a parameter.

@@ -20,7 +20,7 @@ from typing import Any
 from api_pipeline import APP_NAME, __version__
 from api_pipeline.cli.credentials import DEFAULT_SERVICE, keyring_variables, set_secret_command
 from api_pipeline.cli.error_lines import error_lines, leave_a_trace
-from api_pipeline.errors import ExitCode, PipelineError
+from api_pipeline.errors import ConfigError, ExitCode, PipelineError
 from api_pipeline.settings.context import Context
 from api_pipeline.store.dialects import DIALECTS
 
@@ -65,6 +65,8 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         overrides["use_partial_payload"] = args.mode == "partial"
     if args.live:
         overrides["allow_live"] = True
+    if args.purge_many_orphans and not args.purge_orphans:
+        raise ConfigError("--purge-many-orphans confirms --purge-orphans: give both, or neither")
     settings = ctx.settings(args, "run", **overrides)
     return run_command(
         settings,
@@ -74,6 +76,8 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         verbosity=args.verbose,
         quiet=args.quiet,
         resend_all=args.resend_all,
+        purge_orphans=args.purge_orphans,
+        purge_many_orphans=args.purge_many_orphans,
     )
 
 
@@ -114,6 +118,19 @@ def _add_run(commands: Commands) -> None:
         help="Send every child's whole record again, with purges for all the ledger says DfE holds and the record "
         "lacks, and every deleted child's purge, whatever the table and the ledger say was sent. For once after "
         "restoring an older copy of the database (see the troubleshooting guide).",
+    )
+    run.add_argument(
+        "--purge-orphans",
+        action="store_true",
+        help="After the rows, purge at DfE the children the ledger says DfE holds that no row of the table produces "
+        "any more (a row deleted outright instead of marked deleted, or re-keyed). Without it a run only warns of "
+        "them; status lists them. With --dry-run, the purges are written for review and nothing is sent.",
+    )
+    run.add_argument(
+        "--purge-many-orphans",
+        action="store_true",
+        help="With --purge-orphans: purge them even when they are so many of the children DfE holds that "
+        "--purge-orphans alone refuses, as they look like a table emptied by mistake (see how-it-works).",
     )
 
 

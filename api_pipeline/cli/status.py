@@ -170,6 +170,13 @@ def format_status(report: StatusReport) -> list[str]:
             f"answer was never recorded{since}. DfE holds the ledger's record or that batch's; the next run sends "
             "each whole, with purges for whatever the batch may have left."
         )
+    if report.orphans:
+        more = ", ..." if report.orphans > len(report.orphan_examples) else ""
+        out.append(
+            f"Orphans: {plural(report.orphans, 'child', 'children')} the ledger says DfE holds with no row left in "
+            f"the table (deleted outright rather than marked deleted, or re-keyed): {', '.join(report.orphan_examples)}"
+            f"{more}. DfE keeps them until run --purge-orphans purges them (see how-it-works)."
+        )
 
     out.append("")
     if report.runs:
@@ -224,11 +231,12 @@ def status_command(settings: Settings, ctx: Context, *, runs: int = 10, as_json:
       rows to record as already held by DfE, adding up to ``rows``); the oldest ``last_updated``
       among them, or null
     - ``ledger``: ``{table, exists, children_acknowledged, children_purged, last_acknowledged_at,
-      rows_without_entry, children_in_doubt, in_doubt_since}`` (times in UTC, ending in ``Z``;
+      rows_without_entry, children_in_doubt, in_doubt_since, orphans}`` (times in UTC, ending in ``Z``;
       counts null when the ledger does not exist yet); ``rows_without_entry`` is
       ``{adopt, changed_since_sent, with_purges, whole, purge}``: rows whose child has no ledger
       entry yet (as after switching from an earlier tool), by what the next run does with them;
-      ``children_in_doubt``: children in a batch sent but never settled
+      ``children_in_doubt``: children in a batch sent but never settled; ``orphans``: ``{count,
+      examples}``, children DfE holds with no row left (ids only; null without a ledger)
     - ``runs``: ``{log_dir, recent: [{run_id, started_at, seconds, dry_run, rows_read, sent,
       purged, unchanged, adopted, written_for_review, invalid, skipped, rejected, failed, in_doubt,
       changed_during_run, not_reached, exit_code}], unreadable_summaries, dated_in_future:

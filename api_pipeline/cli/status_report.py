@@ -25,6 +25,8 @@ from typing import Any
 
 from api_pipeline import reasons
 from api_pipeline.dfe.schema import generalise_path, load_bundled_schema, load_schema
+from api_pipeline.job.orphans import EXAMPLE_IDS as ORPHAN_EXAMPLES
+from api_pipeline.job.orphans import examples, find_orphans
 from api_pipeline.job.run_files import FUTURE_GRACE, OUTCOME_KEYS, Summaries, read_summaries
 from api_pipeline.settings.config import Settings
 from api_pipeline.store.catalogue import column_names
@@ -209,6 +211,11 @@ STATUS_JSON_KEYS: dict[str, str] = {
     "hold the ledger's record or the batch's. The next run sends each whole, with purges for whatever that batch "
     "may have left.",
     "ledger.in_doubt_since": "When the oldest of those batches was sent (UTC, ending in Z), or null.",
+    "ledger.orphans": "Children the ledger says DfE holds (or that are in doubt) with no row left in the staging "
+    "table that produces them: the row deleted outright rather than marked deleted, or re-keyed. DfE keeps them "
+    "until run --purge-orphans purges them; null without a ledger.",
+    "ledger.orphans.count": "How many.",
+    "ledger.orphans.examples": f"Up to {ORPHAN_EXAMPLES} of their la_child_ids (ids only), in order.",
     "runs": "The latest runs, from the run summaries in the log folder.",
     "runs.log_dir": "The log folder read.",
     "runs.recent": "One entry per run, newest first (status --runs N: how many).",
@@ -265,6 +272,8 @@ class StatusReport:
     first_contact: FirstContact | None = None
     children_in_doubt: int = 0
     in_doubt_since: datetime | None = None
+    orphans: int | None = None  # None: no ledger yet
+    orphan_examples: list[str] = field(default_factory=list)
     log_dir: str = ""
     runs: list[dict[str, Any]] = field(default_factory=list)
     skipped_summaries: list[str] = field(default_factory=list)  # "file: why" for each summary left out
@@ -303,6 +312,9 @@ class StatusReport:
                 "rows_without_entry": None if self.first_contact is None else asdict(self.first_contact),
                 "children_in_doubt": self.children_in_doubt,
                 "in_doubt_since": _iso(self.in_doubt_since),
+                "orphans": None
+                if self.orphans is None
+                else {"count": self.orphans, "examples": list(self.orphan_examples)},
             },
             "runs": {
                 "log_dir": self.log_dir,
@@ -443,6 +455,8 @@ def collect_status(
         acknowledged, purged, last = table.ledger_totals()
         report.children_acknowledged, report.children_purged = acknowledged, purged
         report.last_acknowledged = _utc(parse_timestamp(last))
+        orphans = find_orphans(table)
+        report.orphans, report.orphan_examples = len(orphans), examples(orphans)
 
     report.first_contact = table.first_contact()
     report.children_in_doubt, since = table.in_doubt_totals()

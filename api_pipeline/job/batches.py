@@ -60,7 +60,8 @@ def in_case_of(example: str | None, word: str) -> str:
 
 @dataclass
 class Item:
-    """One row ready to send."""
+    """One row ready to send; or, with ``orphan``, a purge for a child no row produces any more
+    (``job.orphans``): its ``row`` stands for none, and nothing is written to the staging table."""
 
     row: StagingRow
     la_child_id: str
@@ -70,6 +71,7 @@ class Item:
     purge: bool
     ledger_json: str | None = None
     ledger_hash: bytes | None = None  # SHA-256 of ledger_json's UTF-8 text
+    orphan: bool = False
 
     @functools.cached_property
     def outline_json(self) -> str:
@@ -364,19 +366,20 @@ def settle(
             set_aside += odd_time
             purge = item.purge
             counts["purged" if purge else "sent"] += 1
-            updates.append(
-                RowUpdate(
-                    row_id=row.id,
-                    status=in_case_of(row.submission_status, "sent"),
-                    api_response=outcome.receipt,
-                    expect_payload=None if purge else row.json_payload,
-                    submission_timestamp=at,
-                    mark_sent=not purge,
-                    previous_hash=None if purge else item.ledger_hash,
-                    row_state=None if purge else in_case_of(row.row_state, "unchanged"),
-                    purge=purge,
+            if not item.orphan:
+                updates.append(
+                    RowUpdate(
+                        row_id=row.id,
+                        status=in_case_of(row.submission_status, "sent"),
+                        api_response=outcome.receipt,
+                        expect_payload=None if purge else row.json_payload,
+                        submission_timestamp=at,
+                        mark_sent=not purge,
+                        previous_hash=None if purge else item.ledger_hash,
+                        row_state=None if purge else in_case_of(row.row_state, "unchanged"),
+                        purge=purge,
+                    )
                 )
-            )
             ledger_json, ledger_hash = (None, None) if purge else (item.ledger_json, item.ledger_hash)
             ledger.append(
                 LedgerEntry(
@@ -387,12 +390,16 @@ def settle(
                 doubt.resolved.append(item.la_child_id)
         elif outcome.rejected:
             counts["rejected"] += 1
+            if item.orphan:
+                log.warning("the purge of orphan %s was rejected by DfE: %s", item.la_child_id, outcome.error)
+                continue
             log.warning("row %s (child %s) rejected by DfE: %s", row.id, item.la_child_id, outcome.error)
             updates.append(
                 RowUpdate.unsent(row, in_case_of(row.submission_status, "error"), f"{reasons.REJECTED}{outcome.error}")
             )
         else:
             counts["failed"] += 1
-            updates.append(RowUpdate.unsent(row, "", f"{reasons.WILL_RETRY}: {outcome.error}"))
+            if not item.orphan:
+                updates.append(RowUpdate.unsent(row, "", f"{reasons.WILL_RETRY}: {outcome.error}"))
             doubt.in_doubt.append(item.in_doubt(batch_id))
     return counts, set_aside

@@ -68,6 +68,10 @@ class RunOptions:
     # Every child as if DfE's copy were in doubt: sent whole, with purges for all the ledger says
     # it holds (run --resend-all, after restoring an older copy of the tables).
     resend_all: bool = False
+    # Children the ledger says DfE holds with no row left (job.orphans): purged after the rows
+    # (run --purge-orphans), past the guard against a table emptied by mistake (--purge-many-orphans).
+    purge_orphans: bool = False
+    purge_many_orphans: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings, *, partial: bool | None = None, **flags: Any) -> RunOptions:

@@ -395,11 +395,18 @@ class RunSummary:
     resent_in_doubt: int = 0
     # A run that stopped early could not count the rows it did not reach (the database was gone).
     not_reached_unknown: bool = False
+    # Children the ledger says DfE holds with no row left in the table (job.orphans), and what became
+    # of their purges (run --purge-orphans): no row's outcome, so counted apart from rows_read.
+    orphans: int = 0
+    orphans_purged: int = 0
+    orphans_not_purged: int = 0
+    orphans_for_review: int = 0
 
     @property
     def problems(self) -> int:
         o = self.outcomes
-        return o["invalid"] + o["rejected"] + o["failed"] + o["skipped"] + o["in_doubt"] + int(self.stopped_early)
+        rows = o["invalid"] + o["rejected"] + o["failed"] + o["skipped"] + o["in_doubt"]
+        return rows + self.orphans_not_purged + int(self.stopped_early)
 
     @property
     def accounted(self) -> int:
@@ -456,11 +463,22 @@ class RunSummary:
                 "(an earlier batch's answer was never recorded, or run --resend-all), with purges for whatever "
                 "DfE may hold"
             )
+        if self.orphans:
+            lines.append(f"  {self._orphan_line()}")
         lines += [
             f"  problem: {key}: {plural(count, 'row')}, e.g. row id {', '.join(map(str, self.examples.get(key, [])))}"
             for key, count in self.invalid_reasons.most_common(10)
         ]
         return lines
+
+    def _orphan_line(self) -> str:
+        """What became of the children the ledger says DfE holds with no row left in the table."""
+        head = f"orphans (the ledger says DfE holds them, no row left): {self.orphans}"
+        if self.orphans_for_review:
+            return f"{head}, {self.orphans_for_review} purges written for review"
+        if self.orphans_purged or self.orphans_not_purged:
+            return f"{head}, {self.orphans_purged} purged by DfE, {self.orphans_not_purged} not purged"
+        return f"{head}, not purged (run --purge-orphans to purge them)"
 
 
 def write_summary(log_file: Path, summary: RunSummary) -> Path:

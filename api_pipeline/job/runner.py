@@ -19,6 +19,7 @@ from api_pipeline.dfe.schema import RecordValidator
 from api_pipeline.dfe.transport import make_session
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, Interrupted, PipelineError
 from api_pipeline.job.logs import configure_logging
+from api_pipeline.job.orphans import OrphanPurge
 from api_pipeline.job.pipeline import Pipeline, RunOptions
 from api_pipeline.job.progress import progress_for
 from api_pipeline.job.report import write_report
@@ -56,6 +57,8 @@ def execute_run(
     validate_only: bool = False,
     all_rows: bool = False,
     resend_all: bool = False,
+    purge_orphans: bool = False,
+    purge_many_orphans: bool = False,
     sleep: Callable[[float], None] | None = None,
     progress_stream: TextIO | None = None,
     summary: RunSummary | None = None,
@@ -67,7 +70,10 @@ def execute_run(
     that records the waits instead. ``progress_stream`` gets a progress bar when it is a
     terminal. ``summary``, when given, is filled in as the run goes, so the caller still has the
     counts if the run fails. ``resend_all``: every row is read and every child sent whole, as if
-    DfE's copy of each were in doubt (after restoring an older copy of the tables). ``stop``,
+    DfE's copy of each were in doubt (after restoring an older copy of the tables).
+    ``purge_orphans``: after the rows, purge the children the ledger says DfE holds that no row
+    produces any more (``job.orphans``; ``purge_many_orphans`` past its guard); without it they are
+    only counted, and a warning names the option. ``stop``,
     the command line's (:mod:`~api_pipeline.stopping`): a
     signal stops the run only while it reads, sends and writes back rows, never while it
     connects or takes or releases the run lock; once a stop is asked no batch is sent and no
@@ -88,6 +94,8 @@ def execute_run(
         validate_only=validate_only,
         all_rows=all_rows,
         resend_all=resend_all,
+        purge_orphans=purge_orphans,
+        purge_many_orphans=purge_many_orphans,
     )
     if summary is None:
         summary = RunSummary(
@@ -111,7 +119,10 @@ def execute_run(
         with progress:
             if not options.writes:
                 with interruptible():
-                    return Pipeline(table, None, validator, options, summary, on_progress=progress.update).run()
+                    Pipeline(table, None, validator, options, summary, on_progress=progress.update).run()
+                    if not validate_only and not summary.stopped_early:
+                        _orphans(table, validator, options, summary).run(None, review_dir=dry_run_dir)
+                    return summary
             table.ensure_ledger()
             check_ledger(table)
             with RunLock(db, settings.table_name, run_id=run_id) as lock:
@@ -135,13 +146,26 @@ def execute_run(
                                 recorder=recorder,
                             )
                             with interruptible():
-                                return pipeline.run()
+                                pipeline.run()
+                                if not summary.stopped_early:  # the ledger as the rows left it
+                                    _orphans(table, validator, options, summary).run(
+                                        heartbeat,
+                                        max_in_flight=options.max_in_flight,
+                                        on_progress=heartbeat.after_batch,
+                                        recorder=recorder,
+                                    )
+                                return summary
                     finally:
                         _copy_client_counters(client, summary)
                         if recording is not None:
                             recording.close()
                 finally:
                     session.close()
+
+
+def _orphans(table: StagingTable, validator: RecordValidator, options: RunOptions, summary: RunSummary) -> OrphanPurge:
+    """The children the table lost, after the rows: counted and warned of, or purged (--purge-orphans)."""
+    return OrphanPurge(table, validator, summary, options.purge_orphans, options.purge_many_orphans, options.batch_size)
 
 
 def prepare_review_folder(folder: Path) -> None:
@@ -205,6 +229,8 @@ def run_command(
     verbosity: int,
     quiet: bool,
     resend_all: bool = False,
+    purge_orphans: bool = False,
+    purge_many_orphans: bool = False,
 ) -> int:
     """The ``run`` command: log file, masking, the run, the summary and the exit code.
 
@@ -229,6 +255,8 @@ def run_command(
                 verbosity=verbosity,
                 quiet=quiet,
                 resend_all=resend_all,
+                purge_orphans=purge_orphans,
+                purge_many_orphans=purge_many_orphans,
             )
         finally:
             stop.finish()
@@ -244,6 +272,8 @@ def _run_and_record(
     verbosity: int,
     quiet: bool,
     resend_all: bool,
+    purge_orphans: bool = False,
+    purge_many_orphans: bool = False,
 ) -> int:
     run_id = new_run_id()
     log_dir = default_log_dir(settings, ctx.cwd)
@@ -251,11 +281,12 @@ def _run_and_record(
     masking, log_file = configure_logging(verbosity=verbosity, quiet=quiet, log_dir=log_dir, run_id=run_id)
     masking.add(*settings.secrets())
     log.info(
-        "run %s started (%s mode)%s%s",
+        "run %s started (%s mode)%s%s%s",
         run_id,
         "partial" if settings.use_partial_payload else "full",
         ", dry run" if dry_run_dir else "",
         ", every child sent whole again (--resend-all)" if resend_all else "",
+        ", orphans purged (--purge-orphans)" if purge_orphans else "",
     )
     _log_where_settings_came_from(settings, ctx)
     summary = RunSummary(
@@ -271,6 +302,8 @@ def _run_and_record(
             summary=summary,
             stop=stop,
             resend_all=resend_all,
+            purge_orphans=purge_orphans,
+            purge_many_orphans=purge_many_orphans,
         )
         exit_code = ExitCode.RECORDS_FAILED if summary.problems else ExitCode.OK
         return exit_code
