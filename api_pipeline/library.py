@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, Interrupted, PipelineError
+from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, Interrupted, PipelineError, RunFailed
 from api_pipeline.job.logs import close_logging, log_to_files_only
 from api_pipeline.job.progress import in_a_notebook
 from api_pipeline.job.run_files import PROBLEM_OUTCOMES, ROW_OUTCOMES
@@ -46,14 +46,6 @@ from api_pipeline.stopping import stopping_on_signals
 from api_pipeline.store.borrowed import borrow
 from api_pipeline.store.db import Database
 from api_pipeline.wording import printable
-
-
-class RunFailed(Exception):
-    """Raised by :meth:`RunResult.check` for a run whose exit code is not 0; ``result`` is the run's."""
-
-    def __init__(self, result: RunResult) -> None:
-        super().__init__(f"the run ended with exit code {result.exit_code} ({result.meaning})")
-        self.result = result
 
 
 @dataclass(frozen=True)

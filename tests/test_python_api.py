@@ -283,3 +283,47 @@ def test_a_pyodbc_connection_to_postgresql_is_used_and_given_back(
             conn.close()
     finally:
         staging.drop()
+
+
+def test_interrupting_the_kernel_stops_the_run_as_ctrl_c_stops_the_command(council: Path) -> None:
+    """A notebook's *Interrupt* is SIGINT: the batch in flight is written back, the result says 130,
+    the run's files are written, and the caller's handler is back afterwards."""
+    with Simulator(latency=0.3) as slow:
+        env = (council / ".env").read_text()
+        for name, value in slow.settings_env().items():
+            env += f"{name}={value}\n"  # the later line wins in a .env file
+        (council / ".env").write_text(env)
+        report = in_a_fresh_interpreter(
+            """
+            import os, threading, time
+            threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+            result = calling(env_file=".env", BATCH_SIZE=2)
+            print(json.dumps({"result": result, **left_as_found()}))
+            """,
+            cwd=council,
+        )
+        accepted = slow.records_accepted
+    result = report["result"]
+    assert result["exit_code"] == 130 and result["error"].startswith("stopped by Ctrl+C"), result
+    assert 0 < result["sent"] < CHILDREN and result["sent"] == accepted  # what DfE took was written back
+    assert json.loads(Path(result["summary_file"]).read_text())["exit_code"] == 130
+    assert report["argv_same"] and report["handlers_same"]
+
+
+def test_check_raises_run_failed_for_a_failed_run_only(council: Path) -> None:
+    report = in_a_fresh_interpreter(
+        """
+        from api_pipeline import RunFailed, run
+        ok = run(env_file=".env")
+        same = ok.check() is ok
+        try:
+            run(env_file=".env", BATCH_SIZE="lots").check()
+            raised = None
+        except RunFailed as exc:
+            raised = [exc.exit_code, exc.result.exit_code, str(exc)]
+        print(json.dumps({"same": same, "raised": raised}))
+        """,
+        cwd=council,
+    )
+    assert report["same"]
+    assert report["raised"][:2] == [2, 2] and "exit code 2" in report["raised"][2]
