@@ -13,9 +13,33 @@ their order and ``lint-imports`` checks it (a room imports only from rooms below
 - at the ground, the words every room shares: ``errors``, ``reasons``, ``timestamps``,
   ``wording``, and ``stopping`` (Ctrl+C and the system's signals).
 
+From Python (a notebook): ``from api_pipeline import run`` (``api_pipeline.library``; docs/notebooks.md).
+
 Where to change what: ``docs/contributing.md``.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0.dev0"
 
 APP_NAME = "csc-api-pipeline"
+
+__all__ = ["APP_NAME", "RunFailed", "RunResult", "__version__", "run"]
+_LIBRARY = frozenset({"run", "RunResult", "RunFailed"})
+
+
+def __getattr__(name: str) -> Any:
+    """``run`` and its result, imported when first asked for, so that ``import api_pipeline`` does
+    no work (the PyInstaller spec and every module read ``__version__`` from here; the run's
+    imports take a good part of a second).
+
+    By name (``importlib``), not an import statement: every room imports this package for its
+    version, so a statement here would read, to the import-linter, as each of them importing
+    ``library`` and, through it, the rooms above them.
+    """
+    if name in _LIBRARY:
+        return getattr(importlib.import_module("api_pipeline.library"), name)
+    raise AttributeError(f"module 'api_pipeline' has no attribute {name!r}")

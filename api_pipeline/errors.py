@@ -147,6 +147,19 @@ class RunStopped(PipelineError):
     exit_code = ExitCode.INTERRUPTED
 
 
+class RunFailed(PipelineError):
+    """A run through the Python API ended with an exit code other than 0, raised only when the
+    caller asks (``library.RunResult.check``: a scheduled notebook whose failed run must fail).
+
+    ``result`` is the run's ``RunResult`` and ``exit_code`` its exit code.
+    """
+
+    def __init__(self, result: Any) -> None:
+        super().__init__(f"the run ended with exit code {result.exit_code} ({result.meaning})")
+        self.result = result
+        self.exit_code = result.exit_code
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl+C, or the system asking the process to stop: SIGTERM, SIGHUP, Windows' console events.
 

@@ -12,8 +12,8 @@ interrupted only while it reads, sends and writes back rows (:meth:`StopRequest.
 never while it takes or releases the run lock or writes its files
 (:meth:`StopRequest.uninterrupted`). The send threads' waits between retries end at once
 (:meth:`StopRequest.sleep`). :func:`stopping_on_signals` installs the handlers for one command
-started from the command line and puts back those it found; the library
-(``runner.execute_run``) installs none.
+started from the command line, or for one Python API call (``api_pipeline.library.run``), and
+puts back those it found; ``runner.execute_run`` on its own installs none.
 """
 
 from __future__ import annotations

@@ -8,6 +8,11 @@ a file, ``--quiet``) nothing at all: the log lines are the record of the run.
 dependencies, which PyInstaller freezes without hooks or data files, and which
 picks ASCII or Unicode bar characters by what the console can show.
 
+In a Jupyter (or Microsoft Fabric) notebook, which is no terminal, the Python API asks for
+the bar anyway (``anywhere``): ``tqdm.auto`` draws it as a notebook widget when ``ipywidgets``
+is installed, else as text, which a notebook's output shows in place. Neither is a dependency
+of the tool: without a notebook nothing changes.
+
 While a bar is on screen, console log lines are written above it instead of
 through it. The console handler itself is kept (its level, format and the
 secret-masking filter), only its stream is wrapped, and it is restored on close.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Mapping
 from typing import Any, Protocol, TextIO
 
@@ -95,8 +101,7 @@ class Progress:
         self._swapped: list[tuple[logging.StreamHandler, Any]] = []
         if not enabled:
             return
-        from tqdm import tqdm  # start-up: only when a bar is shown
-
+        tqdm = _bar_class(stream)
         self._bar = tqdm(
             total=total,
             file=stream,
@@ -109,7 +114,8 @@ class Progress:
             leave=True,
             bar_format=KNOWN_TOTAL_FORMAT if total else UNKNOWN_TOTAL_FORMAT,
         )
-        self._lift_console_logging(tqdm)
+        if hasattr(tqdm, "external_write_mode") and is_terminal(stream):
+            self._lift_console_logging(tqdm)
 
     def _lift_console_logging(self, bar_class: Any) -> None:
         for handler in logging.getLogger(LOGGER_NAME).handlers:
@@ -148,6 +154,28 @@ class Progress:
         self.close()
 
 
+def in_a_notebook() -> bool:
+    """Whether this is a Jupyter kernel (Jupyter, VS Code's notebooks, Microsoft Fabric): IPython
+    is loaded and its shell runs in a kernel. Nothing is imported to find out."""
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    shell = get_ipython() if get_ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def _bar_class(stream: Any) -> Any:
+    """tqdm's bar for a terminal; in a notebook, ``tqdm.auto``'s (a widget when ipywidgets is there)."""
+    from tqdm import tqdm  # start-up: only when a bar is shown
+
+    if is_terminal(stream) or not in_a_notebook():
+        return tqdm
+    with warnings.catch_warnings():  # without ipywidgets: a text bar, which is fine, and no warning about it
+        warnings.simplefilter("ignore")
+        from tqdm.auto import tqdm as auto_tqdm
+
+    return auto_tqdm
+
+
 def make_progress(
     total: int | None, *, stream: TextIO | None, quiet: bool = False, description: str = "working"
 ) -> Progress:
@@ -168,13 +196,15 @@ def progress_for(
     held_back: bool = False,
     limit: int | None = None,
     description: str = "working",
+    anywhere: bool = False,
 ) -> Progress:
     """:func:`make_progress` for a run over ``table`` (a StagingTable), its total from one COUNT query.
 
     The COUNT runs only when a bar will be shown, so unattended runs pay nothing.
     If it fails the bar simply has no total (no percentage or time left).
+    ``anywhere``: on ``stream`` even when it is no terminal (the Python API, for a notebook).
     """
-    if stream is None or quiet or not is_terminal(stream):
+    if stream is None or quiet or not (anywhere or is_terminal(stream)):
         return make_progress(None, stream=None)
     total: int | None
     try:

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -63,6 +64,8 @@ def execute_run(
     progress_stream: TextIO | None = None,
     summary: RunSummary | None = None,
     stop: StopRequest | None = None,
+    database: Database | None = None,
+    progress_anywhere: bool = False,
 ) -> RunSummary:
     """One run of the pipeline with everything built from ``settings``. Raises on fatal errors.
 
@@ -77,7 +80,9 @@ def execute_run(
     the command line's (:mod:`~api_pipeline.stopping`): a
     signal stops the run only while it reads, sends and writes back rows, never while it
     connects or takes or releases the run lock; once a stop is asked no batch is sent and no
-    retry made.
+    retry made. ``database``: a connection the caller opened (``store.borrowed``), used instead of
+    DB_CONNECTION_STRING's and given back, never closed. ``progress_anywhere``: the bar on
+    ``progress_stream`` even when it is no terminal (a notebook's output).
     """
     if sleep is None:
         sleep = stop.sleep if stop is not None else time.sleep
@@ -106,15 +111,20 @@ def execute_run(
     if dry_run_dir is not None:
         prepare_review_folder(dry_run_dir)
     validator = RecordValidator.from_settings(settings.payload_schema)
-    assert settings.db_connection_string is not None
-    with uninterrupted(), Database.open_existing(settings.db_connection_string) as db:
+    with uninterrupted(), _the_database(settings, database) as db:
         table = StagingTable(db, settings.table_name)
         table.require_columns()
         if options.writes:
             db.prepare_for_bulk_writes()
         what = "checking" if validate_only else "preparing" if dry_run_dir is not None else "sending"
         progress = progress_for(
-            table, stream=progress_stream, all_rows=all_rows, held_back=validate_only, limit=limit, description=what
+            table,
+            stream=progress_stream,
+            all_rows=all_rows,
+            held_back=validate_only,
+            limit=limit,
+            description=what,
+            anywhere=progress_anywhere,
         )
         with progress:
             if not options.writes:
@@ -166,6 +176,15 @@ def execute_run(
 def _orphans(table: StagingTable, validator: RecordValidator, options: RunOptions, summary: RunSummary) -> OrphanPurge:
     """The children the table lost, after the rows: counted and warned of, or purged (--purge-orphans)."""
     return OrphanPurge(table, validator, summary, options.purge_orphans, options.purge_many_orphans, options.batch_size)
+
+
+def _the_database(settings: Settings, given: Database | None) -> Database:
+    """The connection the caller gave, else the one DB_CONNECTION_STRING names, opened now."""
+    if given is not None:
+        log.info("database: %s", given.description)
+        return given
+    assert settings.db_connection_string is not None
+    return Database.open_existing(settings.db_connection_string)
 
 
 def prepare_review_folder(folder: Path) -> None:
@@ -231,13 +250,18 @@ def run_command(
     resend_all: bool = False,
     purge_orphans: bool = False,
     purge_many_orphans: bool = False,
+    database: Database | None = None,
+    record: RunRecord | None = None,
+    progress_anywhere: bool = False,
 ) -> int:
     """The ``run`` command: log file, masking, the run, the summary and the exit code.
 
     The exit code is the run's own: a log file, summary or report that cannot be written is a
     warning (DESIGN §7). Ctrl+C or SIGTERM (``ctx.stop``) stops only the run's work, where
     :func:`execute_run` allows; the log, the summary and the report around it are written whole,
-    and once they are, a signal changes nothing.
+    and once they are, a signal changes nothing. ``record`` is filled in as the run goes, for a
+    caller that wants the summary and the files' paths (the Python API), even when the run raises.
+    ``database`` and ``progress_anywhere``: as :func:`execute_run`'s.
     """
     stop = ctx.stop
     stop.announcement = (
@@ -257,6 +281,9 @@ def run_command(
                 resend_all=resend_all,
                 purge_orphans=purge_orphans,
                 purge_many_orphans=purge_many_orphans,
+                database=database,
+                record=record if record is not None else RunRecord(),
+                progress_anywhere=progress_anywhere,
             )
         finally:
             stop.finish()
@@ -274,12 +301,16 @@ def _run_and_record(
     resend_all: bool,
     purge_orphans: bool = False,
     purge_many_orphans: bool = False,
+    database: Database | None,
+    record: RunRecord,
+    progress_anywhere: bool,
 ) -> int:
     run_id = new_run_id()
     log_dir = default_log_dir(settings, ctx.cwd)
     verbosity = max(verbosity, 1 if settings.debug else 0)  # DEBUG=true is -v, on the console and in the log
     masking, log_file = configure_logging(verbosity=verbosity, quiet=quiet, log_dir=log_dir, run_id=run_id)
     masking.add(*settings.secrets())
+    record.log_file = log_file
     log.info(
         "run %s started (%s mode)%s%s%s",
         run_id,
@@ -292,6 +323,7 @@ def _run_and_record(
     summary = RunSummary(
         run_id=run_id, mode="partial" if settings.use_partial_payload else "full", dry_run=dry_run_dir is not None
     )
+    record.summary = summary
     exit_code = ExitCode.OK
     try:
         execute_run(
@@ -304,6 +336,8 @@ def _run_and_record(
             resend_all=resend_all,
             purge_orphans=purge_orphans,
             purge_many_orphans=purge_many_orphans,
+            database=database,
+            progress_anywhere=progress_anywhere,
         )
         exit_code = ExitCode.RECORDS_FAILED if summary.problems else ExitCode.OK
         return exit_code
@@ -341,19 +375,31 @@ def _run_and_record(
         for line in summary.lines():
             log.info("%s", line)
         if log_file is not None:
-            _write_run_files(log_file, summary)
+            _write_run_files(log_file, summary, record)
 
 
-def _write_run_files(log_file: Path, summary: RunSummary) -> None:
+@dataclass
+class RunRecord:
+    """What a run left behind, filled in as it goes: its summary, and the files written (None: not written)."""
+
+    summary: RunSummary | None = None
+    log_file: Path | None = None
+    summary_file: Path | None = None
+    report_file: Path | None = None
+
+
+def _write_run_files(log_file: Path, summary: RunSummary, record: RunRecord) -> None:
     """The summary and the report beside the run's log; either failing is a warning, never a new exit code."""
     try:
         summary_path = write_summary(log_file, summary)
+        record.summary_file = summary_path
     except OSError as exc:
         summary_path = summary_path_for(log_file)
         log.warning("could not write the run summary in %s: %s", log_file.parent, why_not(exc))
     log.info("log: %s", log_file)
     try:
-        log.info("report: %s", write_report(summary_path, summary.to_dict()))
+        record.report_file = write_report(summary_path, summary.to_dict())
+        log.info("report: %s", record.report_file)
     except (OSError, ValueError) as exc:
         reason = why_not(exc) if isinstance(exc, OSError) else str(exc)
         log.warning("could not write the run report in %s: %s", log_file.parent, reason)

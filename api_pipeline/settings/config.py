@@ -361,10 +361,13 @@ def load_settings(
     env_file: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     cwd: Path | None = None,
+    connection_given: bool = False,
 ) -> Settings:
     """Build Settings for ``command`` from flags, environment and ``.env``; report every problem at once.
 
     ``overrides`` maps attribute names to values already parsed from command-line flags.
+    ``connection_given``: the caller hands the command an open database connection (the Python
+    API's ``connection=``), so DB_CONNECTION_STRING is neither needed nor read.
     Relative paths (a SQLite file, LOG_DIR, CA_BUNDLE, PAYLOAD_SCHEMA) become absolute: against
     the folder of ``env_file`` when it set them, else against ``cwd`` (default: the current
     folder), so a task started in System32 never creates or reads files there by accident.
@@ -394,6 +397,8 @@ def load_settings(
         return None
 
     for option in options_of(Settings):  # read when called, so every row of Settings is read
+        if connection_given and option.attr == "db_connection_string":
+            continue
         if option.attr in overrides and overrides[option.attr] is not None:
             values[option.attr] = overrides.pop(option.attr)
             continue

@@ -57,14 +57,27 @@ class Context:
 
     def settings(self, args: argparse.Namespace, command: str, **overrides: Any) -> Settings:
         explicit = None if args.env_file is None else self.path(args.env_file)
-        self.env_file = find_env_file(explicit, self.cwd, self.executable_dir)
         if args.log_dir is not None:
             overrides["log_dir"] = self.path(args.log_dir)
         if args.verbose:
             overrides["debug"] = True
+        return self.load(command, explicit, overrides)
+
+    def load(
+        self, command: str, explicit: Path | None, overrides: dict[str, Any], *, connection_given: bool = False
+    ) -> Settings:
+        """The settings for ``command``, as the command line loads them: from ``explicit`` (the
+        ``.env`` file named), else the one found, with the environment and ``overrides`` above it;
+        the Python API loads them here too. ``connection_given``: see ``config.load_settings``."""
+        self.env_file = find_env_file(explicit, self.cwd, self.executable_dir)
         try:
             settings = load_settings(
-                command=command, environ=self.environ, env_file=self.env_file, overrides=overrides, cwd=self.cwd
+                command=command,
+                environ=self.environ,
+                env_file=self.env_file,
+                overrides=overrides,
+                cwd=self.cwd,
+                connection_given=connection_given,
             )
         except ConfigError as exc:
             if self.env_file is None and explicit is None:

@@ -113,8 +113,13 @@ class Database(Retries):
         context: OdbcContext | None = None,
         path: str | None = None,
         open_again: Callable[[], Any] | None = None,
+        give_back: Callable[[], None] | None = None,
     ) -> None:
         self._conn = connection
+        # A connection the caller opened and still owns (``borrowed.borrow``): never closed here;
+        # ``give_back`` puts back what the tool changed on it instead.
+        self._give_back = give_back
+        self.borrowed = give_back is not None
         self.dialect = dialect
         self.description = description
         self.driver_file = driver_file
@@ -282,6 +287,11 @@ class Database(Retries):
     def close(self) -> None:
         self._stop_checkpointer()  # a run that stopped on an error
         self._close_reader()
+        if self.borrowed:  # the caller's to close, not ours: put it back as it was given, once
+            give_back, self._give_back = self._give_back, None
+            if give_back is not None:
+                give_back()
+            return
         try:
             self._conn.close()
         except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
