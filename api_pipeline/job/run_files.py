@@ -392,6 +392,10 @@ class RunSummary:
     resent_in_doubt: int = 0
     # A run that stopped early could not count the rows it did not reach (the database was gone).
     not_reached_unknown: bool = False
+    # The run's alert (NOTIFY_ON): the channels that took it, and a line for each that did not
+    # (a failed alert is a warning, never the run's exit code).
+    alerts_sent: list[str] = field(default_factory=list)
+    alert_failures: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> int:

@@ -18,6 +18,7 @@ from api_pipeline.dfe.auth import ClientCredentialsAuth
 from api_pipeline.dfe.schema import RecordValidator
 from api_pipeline.dfe.transport import make_session
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, Interrupted, PipelineError
+from api_pipeline.job.alerts import say_setup_problems, send_run_alert
 from api_pipeline.job.logs import configure_logging
 from api_pipeline.job.pipeline import Pipeline, RunOptions
 from api_pipeline.job.progress import progress_for
@@ -258,6 +259,7 @@ def _run_and_record(
         ", every child sent whole again (--resend-all)" if resend_all else "",
     )
     _log_where_settings_came_from(settings, ctx)
+    say_setup_problems(settings)
     summary = RunSummary(
         run_id=run_id, mode="partial" if settings.use_partial_payload else "full", dry_run=dry_run_dir is not None
     )
@@ -307,12 +309,18 @@ def _run_and_record(
         summary.finished_at = summary.finished_at or utc_stamp()
         for line in summary.lines():
             log.info("%s", line)
-        if log_file is not None:
-            _write_run_files(log_file, summary)
+        report = _write_run_files(log_file, summary) if log_file is not None else None
+        # After the summary and the report, so the alert can say where they are; then the summary
+        # again, to record what became of the alert. Neither changes the exit code.
+        if send_run_alert(settings, summary, log_file=log_file, report=report) and log_file is not None:
+            _rewrite_summary(log_file, summary)
 
 
-def _write_run_files(log_file: Path, summary: RunSummary) -> None:
-    """The summary and the report beside the run's log; either failing is a warning, never a new exit code."""
+def _write_run_files(log_file: Path, summary: RunSummary) -> Path | None:
+    """The summary and the report beside the run's log; either failing is a warning, never a new exit code.
+
+    Returns the report's path, None when it could not be written.
+    """
     try:
         summary_path = write_summary(log_file, summary)
     except OSError as exc:
@@ -320,10 +328,18 @@ def _write_run_files(log_file: Path, summary: RunSummary) -> None:
         log.warning("could not write the run summary in %s: %s", log_file.parent, why_not(exc))
     log.info("log: %s", log_file)
     try:
-        log.info("report: %s", write_report(summary_path, summary.to_dict()))
+        report = write_report(summary_path, summary.to_dict())
     except (OSError, ValueError) as exc:
         reason = why_not(exc) if isinstance(exc, OSError) else str(exc)
         log.warning("could not write the run report in %s: %s", log_file.parent, reason)
+        return None
+    log.info("report: %s", report)
+    return report
+
+
+def _rewrite_summary(log_file: Path, summary: RunSummary) -> None:
+    with contextlib.suppress(OSError):  # the first writing's failure was said already
+        write_summary(log_file, summary)
 
 
 def _log_where_settings_came_from(settings: Settings, ctx: Context) -> None:
