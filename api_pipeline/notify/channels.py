@@ -23,7 +23,7 @@ from api_pipeline.settings.masking import hide_secrets, known_secrets
 from api_pipeline.timestamps import utc_stamp
 from api_pipeline.wording import printable
 
-ALERT_SECONDS = 10.0  # all channels together: an alert never holds a run's end for longer
+ALERT_SECONDS = 6.0  # all channels together: an alert never holds a run's end for longer
 EMAIL, WEBHOOK = "e-mail", "webhook"
 
 
@@ -62,8 +62,10 @@ def setup_problems(settings: Settings) -> list[str]:
 _SENDERS: dict[str, Callable[..., str]] = {EMAIL: send_email, WEBHOOK: send_webhook}
 
 
-def deliver(settings: Settings, alert: Alert, *, seconds: float = ALERT_SECONDS) -> list[Delivery]:
-    """Send ``alert`` through every channel set up, ``seconds`` in all shared between them; never raises."""
+def deliver(settings: Settings, alert: Alert, *, seconds: float | None = None) -> list[Delivery]:
+    """Send ``alert`` through every channel set up, ``seconds`` in all (default :data:`ALERT_SECONDS`)
+    shared between them; never raises."""
+    seconds = ALERT_SECONDS if seconds is None else seconds
     chosen = channels(settings)
     outcomes = []
     for channel in chosen:

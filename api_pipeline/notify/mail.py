@@ -16,11 +16,22 @@ import ssl
 import threading
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from typing import Any
 
 from api_pipeline.dfe.tls import build_ssl_context
 from api_pipeline.errors import ConfigError, NotDelivered
 from api_pipeline.notify.message import Alert
 from api_pipeline.settings.config import Settings
+
+
+class _Relay(smtplib.SMTP):
+    """smtplib's client, made before it connects (so the deadline's timer can reach its socket), that
+    still checks the relay's certificate against SMTP_HOST: smtplib remembers the host STARTTLS
+    verifies only when its constructor connects."""
+
+    def connect(self, host: str = "localhost", port: int = 0, source_address: tuple[str, int] | None = None) -> Any:
+        self._host = host
+        return super().connect(host, port, source_address)
 
 
 def email_problems(settings: Settings) -> list[str]:
@@ -72,7 +83,7 @@ def send_email(settings: Settings, alert: Alert, *, seconds: float) -> str:
         context = build_ssl_context(settings.ca_bundle).context if settings.smtp_starttls else None
     except ConfigError as exc:  # CA_BUNDLE missing or not PEM
         raise NotDelivered(str(exc)) from None
-    smtp = smtplib.SMTP(timeout=seconds)
+    smtp = _Relay(timeout=seconds)
     expired = threading.Event()
 
     def cut() -> None:
