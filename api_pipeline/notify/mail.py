@@ -29,7 +29,7 @@ class _Relay(smtplib.SMTP):
     still checks the relay's certificate against SMTP_HOST: smtplib remembers the host STARTTLS
     verifies only when its constructor connects."""
 
-    def connect(self, host: str = "localhost", port: int = 0, source_address: tuple[str, int] | None = None) -> Any:
+    def connect(self, host: str = "localhost", port: int = 0, source_address: Any = None) -> Any:
         self._host = host
         return super().connect(host, port, source_address)
 
