@@ -192,7 +192,8 @@ class Receiver:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                status, answer = (500, f"no flow at {self.path}".encode()) if receiver.mode == "fail" else (202, b"")
+                echo = f"no flow for {self.path.rpartition('&')[2]} at {self.path}".encode()  # sig=... first
+                status, answer = (500, echo) if receiver.mode == "fail" else (202, b"")
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
@@ -443,13 +444,18 @@ def test_neither_message_carries_a_secret_or_a_record_value(
     insert(db_path, children)
     echoing = Receiver("fail")  # a 500 that echoes the address it was called at, signature and all
     plain = Receiver()
+    said: list[str] = []  # what the commands printed
     try:
         for webhook in (plain, echoing):
             env = base_env(sim, db_path, tmp_path, NOTIFY_ON="always", NOTIFY_WEBHOOK_URL=webhook.url)
             env |= relay.env(certificates)
-            run_cli(["-vv", "run"], environ=env, cwd=tmp_path)
-            run_cli(["-vv", "run"], environ=env | {"CLIENT_SECRET": "Notify-wrong-secret-4411"}, cwd=tmp_path)
-            run_cli(["test-notify"], environ=env, cwd=tmp_path)
+            for argv, extra in (
+                (["-vv", "run"], {}),
+                (["-vv", "run"], {"CLIENT_SECRET": "Notify-wrong-secret-4411"}),
+                (["test-notify"], {}),
+            ):
+                result = run_cli(argv, environ=env | extra, cwd=tmp_path)
+                said += [result.out, result.err]
     finally:
         echoing.close()
         plain.close()
@@ -458,9 +464,10 @@ def test_neither_message_carries_a_secret_or_a_record_value(
     carried = [raw.decode("utf-8", "replace") for raw in relay.messages]
     carried += [body.decode("utf-8") for _, _, body in plain.posts + echoing.posts]
     assert any("child_details" in text for text in carried)  # the invalid row's field is named...
-    written = carried + [all_logs(tmp_path)] + [json.dumps(s) for s in summaries(tmp_path)]
+    written = carried + said + [all_logs(tmp_path)] + [json.dumps(s) for s in summaries(tmp_path)]
     planted = [CLIENT_SECRET, SUPPLIER_KEY, SMTP_PASSWORD, SIGNATURE, "Notify-wrong-secret-4411", *MARKER.values()]
     for text in written:
         for value in planted:
             assert value not in text  # ...but no secret, no signature and no value of any record
-    assert any("answered HTTP 500" in s and "<hidden>" in s for s in all_logs(tmp_path).splitlines())
+    assert any("answered HTTP 500" in line and "<hidden>" in line for line in all_logs(tmp_path).splitlines())
+    assert any("webhook: NOT sent" in text and "<hidden>" in text for text in said)  # test-notify's line too
