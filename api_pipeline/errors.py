@@ -288,3 +288,11 @@ class KeyringUnavailable(Exception):
 
 class NotAPlainFile(OSError):
     """Where the tool would add to or read a file of its own, something else is: a link, a pipe, a folder."""
+
+
+class NotDelivered(Exception):
+    """An alert channel (e-mail, webhook) could not deliver; the message says why, naming no secret.
+
+    A run logs it as a warning and records it in its summary (its exit code stays its own);
+    ``test-notify`` fails with it.
+    """

@@ -161,6 +161,8 @@ def test_every_secret_setting_can_be_kept_in_the_keyring() -> None:
         "SUPPLIER_KEY_SECONDARY",
         "PROXY_URL",
         "HTTPS_PROXY",
+        "SMTP_PASSWORD",
+        "NOTIFY_WEBHOOK_URL",
     }
 
 

@@ -209,6 +209,23 @@ def _add_test_schema(commands: Commands) -> None:
     )
 
 
+def cmd_test_notify(args: argparse.Namespace, ctx: Context) -> int:
+    from api_pipeline.notify.channels import test_notify  # start-up: only for this command
+
+    return test_notify(ctx.settings(args, "test-notify"), ctx)
+
+
+def _add_test_notify(commands: Commands) -> None:
+    commands.add(
+        "test-notify",
+        cmd_test_notify,
+        "Send a test alert through each channel set up (e-mail, webhook).",
+        "Sends a test alert by e-mail (SMTP_HOST, NOTIFY_EMAIL_FROM, NOTIFY_EMAIL_TO) and to NOTIFY_WEBHOOK_URL, "
+        "whichever are set up, and says for each whether it was taken, or why not. Exits 0 only if every one "
+        "took it; 5 if one did not; 2 if none is set up. The alert names no run, record or secret.",
+    )
+
+
 # The earlier Python tool's run-smoke checked the database, then a token and a POST, then the
 # staging table: the same checks as these three commands, run here in that order.
 SMOKE_CHECKS = (("test-db", cmd_test_db), ("test-endpoint", cmd_test_endpoint), ("test-schema", cmd_test_schema))
@@ -523,6 +540,7 @@ COMMANDS: tuple[Callable[[Commands], None], ...] = (
     _add_test_endpoint,
     _add_test_db,
     _add_test_schema,
+    _add_test_notify,
     _add_run_smoke,
     _add_demo,
     _add_init_db,

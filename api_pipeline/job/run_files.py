@@ -401,6 +401,10 @@ class RunSummary:
     orphans_purged: int = 0
     orphans_not_purged: int = 0
     orphans_for_review: int = 0
+    # The run's alert (NOTIFY_ON): the channels that took it, and a line for each that did not
+    # (a failed alert is a warning, never the run's exit code).
+    alerts_sent: list[str] = field(default_factory=list)
+    alert_failures: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> int:

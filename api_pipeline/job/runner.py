@@ -19,6 +19,7 @@ from api_pipeline.dfe.auth import ClientCredentialsAuth
 from api_pipeline.dfe.schema import RecordValidator
 from api_pipeline.dfe.transport import make_session
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, Interrupted, PipelineError
+from api_pipeline.job.alerts import say_setup_problems, send_run_alert
 from api_pipeline.job.logs import configure_logging
 from api_pipeline.job.orphans import OrphanPurge
 from api_pipeline.job.pipeline import Pipeline, RunOptions
@@ -320,6 +321,7 @@ def _run_and_record(
         ", orphans purged (--purge-orphans)" if purge_orphans else "",
     )
     _log_where_settings_came_from(settings, ctx)
+    say_setup_problems(settings)
     summary = RunSummary(
         run_id=run_id, mode="partial" if settings.use_partial_payload else "full", dry_run=dry_run_dir is not None
     )
@@ -376,6 +378,10 @@ def _run_and_record(
             log.info("%s", line)
         if log_file is not None:
             _write_run_files(log_file, summary, record)
+        # After the summary and the report, so the alert can say where they are; then the summary
+        # again, to record what became of the alert. Neither changes the exit code.
+        if send_run_alert(settings, summary, log_file=log_file, report=record.report_file) and log_file is not None:
+            _rewrite_summary(log_file, summary)
 
 
 @dataclass
@@ -403,6 +409,11 @@ def _write_run_files(log_file: Path, summary: RunSummary, record: RunRecord) -> 
     except (OSError, ValueError) as exc:
         reason = why_not(exc) if isinstance(exc, OSError) else str(exc)
         log.warning("could not write the run report in %s: %s", log_file.parent, reason)
+
+
+def _rewrite_summary(log_file: Path, summary: RunSummary) -> None:
+    with contextlib.suppress(OSError):  # the first writing's failure was said already
+        write_summary(log_file, summary)
 
 
 def _log_where_settings_came_from(settings: Settings, ctx: Context) -> None:

@@ -28,15 +28,20 @@ from api_pipeline.settings.options import (
     parse_bool,
     parse_credential,
     parse_duration,
+    parse_email_address,
+    parse_email_list,
     parse_header_secret,
     parse_https_url,
     parse_in_flight,
     parse_la_code,
     parse_non_negative_int,
+    parse_notify_on,
+    parse_port,
     parse_proxy_url,
     parse_scope,
     parse_table_name,
     parse_timeout,
+    parse_webhook_format,
     reads_two_ways,
     setting,
 )
@@ -286,6 +291,64 @@ class Settings:
         "instead of the schema built into this version.",
         parse=lambda text: Path(text.strip()),
         is_path=True,
+    )
+    notify_on: str = setting(
+        "NOTIFY_ON",
+        "When a run sends an alert: never; failure (the run's exit code is not 0); problems (a failure, or any "
+        "row invalid, rejected or skipped); always. Through e-mail (SMTP_HOST) and/or a webhook "
+        "(NOTIFY_WEBHOOK_URL); test-notify sends a test alert. An alert that cannot be sent is a warning, never "
+        "a different exit code.",
+        default="never",
+        parse=parse_notify_on,
+    )
+    smtp_host: str | None = setting(
+        "SMTP_HOST",
+        "Your council's mail relay, for alerts by e-mail, for example smtp.council.gov.uk.",
+        parse=str.strip,
+    )
+    smtp_port: int = setting("SMTP_PORT", "The mail relay's port (STARTTLS).", default=587, parse=parse_port)
+    smtp_starttls: bool = setting(
+        "SMTP_STARTTLS",
+        "true: encrypt the connection to the mail relay with STARTTLS, its certificate checked with the same "
+        "trust as DfE's (the system's store plus CA_BUNDLE); false only for a relay that cannot, and then with "
+        "no SMTP_USER (a password is never sent unencrypted).",
+        default=True,
+        parse=parse_bool,
+    )
+    smtp_user: str | None = setting(
+        "SMTP_USER", "The user name the mail relay wants, if it wants one (with SMTP_PASSWORD).", parse=str.strip
+    )
+    smtp_password: Secret | None = setting(
+        "SMTP_PASSWORD",
+        "The mail relay's password for SMTP_USER. May be keyring:<service>/<name>.",
+        parse=parse_credential,
+        secret=True,
+    )
+    notify_email_from: str | None = setting(
+        "NOTIFY_EMAIL_FROM",
+        "The address alerts come from, for example csc-pipeline@council.gov.uk.",
+        parse=parse_email_address,
+    )
+    notify_email_to: tuple[str, ...] | None = setting(
+        "NOTIFY_EMAIL_TO",
+        "Who gets alerts by e-mail: one or more addresses, separated by commas (a team mailbox is best).",
+        parse=parse_email_list,
+    )
+    notify_webhook_url: Secret | None = setting(
+        "NOTIFY_WEBHOOK_URL",
+        "A webhook for alerts: a Microsoft Teams Workflows (Power Automate) HTTP trigger, a Slack incoming "
+        "webhook, or any JSON receiver. https:// only (http:// only to this machine); reached through "
+        "PROXY_URL with the same trust as DfE. A secret, as such addresses carry a signature; may be "
+        "keyring:<service>/<name>.",
+        parse=parse_https_url,
+        secret=True,
+    )
+    notify_webhook_format: str = setting(
+        "NOTIFY_WEBHOOK_FORMAT",
+        "What NOTIFY_WEBHOOK_URL expects: teams (an Adaptive Card, for a Teams Workflows trigger), slack "
+        "(Slack's incoming-webhook message) or json (the alert's facts as one JSON object).",
+        default="teams",
+        parse=parse_webhook_format,
     )
     env_file: Path | None = field(default=None, compare=False)
     # What is odd in the .env file but stops nothing: a name that is not a setting, an escape in quotes.

@@ -274,5 +274,58 @@ def parse_scope(text: str) -> str:
     return value
 
 
+# ---------------------------------------------------------------------------
+# Alerts (NOTIFY_ON and its channels: api_pipeline.notify).
+# ---------------------------------------------------------------------------
+
+NOTIFY_ON_CHOICES = ("never", "failure", "problems", "always")
+WEBHOOK_FORMATS = ("teams", "slack", "json")
+_EMAIL_ADDRESS = re.compile(r"[^@\s<>\"(),;:]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+parse_notify_on = _one_of(NOTIFY_ON_CHOICES)
+parse_webhook_format = _one_of(WEBHOOK_FORMATS)
+
+
+def parse_port(text: str) -> int:
+    expected = "must be a port number from 1 to 65535, for example 587"
+    value = _whole_number(text, expected)
+    if not 1 <= value <= 65535:
+        raise ValueError(expected)
+    return value
+
+
+def parse_email_address(text: str) -> str:
+    """One plain address (``name@council.gov.uk``): no display name, and nothing that could add a header."""
+    value = text.strip()
+    if not _EMAIL_ADDRESS.fullmatch(value):
+        raise ValueError("must be one e-mail address, such as csc-alerts@council.gov.uk")
+    return value
+
+
+def parse_email_list(text: str) -> tuple[str, ...]:
+    """Addresses separated by commas (or semicolons, as Outlook writes them)."""
+    parts = [part.strip() for part in text.replace(";", ",").split(",") if part.strip()]
+    if not parts:
+        raise ValueError("names no e-mail address; give one or more, separated by commas")
+    bad = [part for part in parts if not _EMAIL_ADDRESS.fullmatch(part)]
+    if bad:
+        raise ValueError(
+            f"has {len(bad)} part(s) that are not plain e-mail addresses; write them like a@council.gov.uk, "
+            "separated by commas"
+        )
+    return tuple(parts)
+
+
 COMMON = frozenset({"run", "test-endpoint"})
 DATABASE = frozenset({"run", "validate", "status", "test-db", "test-schema", "init-db"})
