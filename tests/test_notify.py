@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import email
 import email.policy
-import ipaddress
 import json
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,13 +25,11 @@ import pytest
 from api_pipeline.rehearsal.simulator import Simulator
 from api_pipeline.rehearsal.synthetic import make_children
 from conftest import MARKER, db_env, insert, run_cli
+from local_ca import LocalCA, make_local_ca
 
 aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller", reason="aiosmtpd is in the test extra")
 x509 = pytest.importorskip("cryptography.x509")
 from aiosmtpd.smtp import AuthResult, LoginPassword  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
 
 CLIENT_SECRET = "Notify-client-secret-Do-Not-Show-3c1a"
 SUPPLIER_KEY = "Notify-supplier-key-Do-Not-Show-77b0"
@@ -46,51 +42,10 @@ FROM, TO = "csc-pipeline@council.example", "csc-team@council.example, duty@counc
 # -- a throwaway CA and a certificate for 127.0.0.1 --------------------------------------------------------
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
 @pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """``ca``: the CA's certificate (what CA_BUNDLE names); ``cert`` and ``key``: the relay's."""
-    folder = tmp_path_factory.mktemp("notify-ca")
-    now = datetime.now(timezone.utc) - timedelta(minutes=5)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("Synthetic Council Mail CA"))
-        .issuer_name(_name("Synthetic Council Mail CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("127.0.0.1"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = {"ca": folder / "ca.pem", "cert": folder / "relay.pem", "key": folder / "relay-key.pem"}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return paths
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> LocalCA:
+    """The CA's certificate (what CA_BUNDLE names), and the relay's certificate and key."""
+    return make_local_ca(tmp_path_factory.mktemp("notify-ca"), "Synthetic Council Mail CA", "localhost")
 
 
 # -- a mail relay: aiosmtpd on 127.0.0.1, STARTTLS required, a login required ---------------------------------
@@ -105,11 +60,11 @@ def _free_port() -> int:
 class Relay:
     """A real SMTP server that takes mail only after STARTTLS and a login, and keeps what it is given."""
 
-    def __init__(self, certificates: dict[str, Path]) -> None:
+    def __init__(self, certificates: LocalCA) -> None:
         self.messages: list[bytes] = []
         self.logins: list[tuple[bytes, bytes]] = []
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(certificates["cert"], certificates["key"])
+        context.load_cert_chain(certificates.cert_pem, certificates.key_pem)
         relay = self
 
         class Handler:
@@ -137,7 +92,7 @@ class Relay:
         )
         self.controller.start()
 
-    def env(self, certificates: dict[str, Path] | None) -> dict[str, str]:
+    def env(self, certificates: LocalCA | None) -> dict[str, str]:
         env = {
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(self.port),
@@ -147,7 +102,7 @@ class Relay:
             "NOTIFY_EMAIL_TO": TO,
         }
         if certificates is not None:
-            env["CA_BUNDLE"] = str(certificates["ca"])
+            env["CA_BUNDLE"] = str(certificates.ca_pem)
         return env
 
     def parsed(self) -> list[EmailMessage]:
@@ -158,7 +113,7 @@ class Relay:
 
 
 @pytest.fixture
-def relay(certificates: dict[str, Path]) -> Iterator[Relay]:
+def relay(certificates: LocalCA) -> Iterator[Relay]:
     found = Relay(certificates)
     try:
         yield found
@@ -315,7 +270,7 @@ def test_notify_on_decides_which_runs_send_an_alert(
 
 
 def test_a_run_alert_by_e_mail_goes_through_starttls_and_names_the_problems_by_field(
-    sim: Simulator, db_path: Path, tmp_path: Path, relay: Relay, certificates: dict[str, Path]
+    sim: Simulator, db_path: Path, tmp_path: Path, relay: Relay, certificates: LocalCA
 ) -> None:
     children = list(make_children(3, seed=29))
     insert(db_path, [*children[:2], _invalid(children[2])])
@@ -336,7 +291,7 @@ def test_a_run_alert_by_e_mail_goes_through_starttls_and_names_the_problems_by_f
 
 
 def test_test_notify_sends_through_each_channel(
-    sim: Simulator, tmp_path: Path, relay: Relay, receiver: Receiver, certificates: dict[str, Path]
+    sim: Simulator, tmp_path: Path, relay: Relay, receiver: Receiver, certificates: LocalCA
 ) -> None:
     env = relay.env(certificates) | {"NOTIFY_WEBHOOK_URL": receiver.url, "LA_CODE": "846"}
     result = run_cli(["test-notify"], environ=env, cwd=tmp_path)
@@ -435,7 +390,7 @@ def test_a_receiver_that_redirects_hangs_or_fails_costs_a_warning_not_the_exit_c
 
 
 def test_neither_message_carries_a_secret_or_a_record_value(
-    sim: Simulator, db_path: Path, tmp_path: Path, relay: Relay, certificates: dict[str, Path]
+    sim: Simulator, db_path: Path, tmp_path: Path, relay: Relay, certificates: LocalCA
 ) -> None:
     children = list(make_children(4, seed=32))
     for child in children[:2]:

@@ -14,7 +14,6 @@ it does for 127.0.0.1.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import logging
 import os
 import selectors
@@ -25,7 +24,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,11 +37,12 @@ from api_pipeline.rehearsal.simulator import Simulator
 from api_pipeline.rehearsal.synthetic import make_children
 from api_pipeline.settings.config import load_settings
 from conftest import db_env, insert, run_cli
+from local_ca import LocalCA, make_local_ca
 
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
 
 SECRET = "tls-client-secret-Do-Not-Show-4d1e"
 SUPPLIER_KEY = "tls-supplier-key-Do-Not-Show-8b2f"
@@ -56,106 +55,9 @@ REPO = Path(__file__).resolve().parents[1]
 # -- a throwaway CA and a certificate for the simulator ---------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LocalCA:
-    ca_pem: Path  # the CA certificate: what an officer would put in CA_BUNDLE
-    cert_pem: Path  # the simulator's certificate
-    key_pem: Path  # the simulator's key
-
-    def server_context(self) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.cert_pem, self.key_pem)
-        return context
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Synthetic Council"),
-        ]
-    )
-
-
 @pytest.fixture(scope="module")
 def local_ca(tmp_path_factory: pytest.TempPathFactory) -> LocalCA:
-    folder = tmp_path_factory.mktemp("local-ca")
-    now = datetime.now(timezone.utc) - timedelta(minutes=5)
-    ca_key = ec.generate_private_key(ec.SECP256R1())  # kept in memory only, never written
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("CSC Test Firewall CA"))
-        .issuer_name(_name("CSC Test Firewall CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.NameConstraints(
-                permitted_subtrees=[
-                    x509.DNSName("localhost"),
-                    x509.DNSName("test"),
-                    x509.IPAddress(ipaddress.ip_network("127.0.0.0/8")),
-                ],
-                excluded_subtrees=None,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(API_HOST))
-        .issuer_name(ca_cert.subject)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName(API_HOST),
-                    x509.DNSName(TOKEN_HOST),
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    found = LocalCA(folder / "council-firewall-ca.pem", folder / "sim-cert.pem", folder / "sim-key.pem")
-    found.ca_pem.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    found.cert_pem.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    found.key_pem.write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return found
+    return make_local_ca(tmp_path_factory.mktemp("local-ca"), "CSC Test Firewall CA", API_HOST, (TOKEN_HOST,))
 
 
 @pytest.fixture
