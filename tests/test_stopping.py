@@ -23,11 +23,13 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 
 from api_pipeline.errors import ExitCode, Interrupted, RunStopped
+from api_pipeline.job.batches import hearing_signals
 from api_pipeline.job.pipeline import Pipeline
 from api_pipeline.job.runner import execute_run
 from api_pipeline.rehearsal.demo import check_convergence
@@ -411,6 +413,22 @@ def test_a_signal_set_to_be_ignored_stays_ignored(db_path, monkeypatch) -> None:
 # ---------------------------------------------------------------------------
 # The stop request itself.
 # ---------------------------------------------------------------------------
+
+
+def test_a_signal_another_thread_takes_still_stops_the_main_threads_wait_at_once() -> None:
+    """A thread a library started does not block the stop signals, and POSIX may give the signal to
+    it; Python then runs the handler only once the main thread runs again. Waiting for a batch in
+    short steps (hearing_signals), the main thread hears it at once, not when DfE answers."""
+    stop = StopRequest()
+    never_answered: Future = Future()
+    libraries_thread = threading.Thread(target=time.sleep, args=(5,), daemon=True)
+    libraries_thread.start()
+    started = time.monotonic()
+    with stopping_on_signals(stop), pytest.raises(Interrupted) as caught:
+        threading.Timer(0.2, signal.pthread_kill, args=(libraries_thread.ident, signal.SIGTERM)).start()
+        hearing_signals(never_answered).result()
+    assert caught.value.reason == "SIGTERM"
+    assert time.monotonic() - started < 0.2 + 2
 
 
 def test_the_first_signal_stops_the_main_thread_and_later_ones_are_only_noted() -> None:

@@ -20,6 +20,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -39,6 +40,26 @@ from api_pipeline.timestamps import utc_now
 from api_pipeline.wording import plural
 
 log = logging.getLogger(__name__)
+
+
+# How often the main thread, waiting for a batch, wakes to run Python: a signal's handler runs
+# only then (see hearing_signals).
+HEAR_SIGNALS_EVERY = 0.25  # seconds
+
+
+def hearing_signals(future: Future) -> Future:
+    """Wait for ``future`` on the main thread in short steps, and return it once done.
+
+    Python runs a signal's handler in the main thread, between two of its steps. POSIX gives the
+    signal to any thread that does not block it: the tool's own threads block the stop signals
+    (:func:`~api_pipeline.stopping.signals_to_the_main_thread`), but a thread a library starts
+    may not, and a signal it takes wakes nobody. Waking every :data:`HEAR_SIGNALS_EVERY` seconds,
+    the main thread hears Ctrl+C, SIGTERM or SIGHUP within that time whichever thread took it,
+    rather than once DfE answers the batch in flight.
+    """
+    while not wait_for([future], timeout=HEAR_SIGNALS_EVERY).done:
+        pass
+    return future
 
 
 class Sender(Protocol):
@@ -314,7 +335,7 @@ class Batches:
     def _await_oldest(self) -> None:
         """Wait until the oldest batch is written back; if it failed, stop sending and settle the rest."""
         try:
-            self._written.popleft().result()
+            hearing_signals(self._written.popleft()).result()
         except BaseException:
             for send in self._sends:
                 send.cancel()  # only those not started yet: nothing more goes to DfE
