@@ -7,7 +7,7 @@
 #
 # In order, stopping at the first problem:
 #   1. refuses unless the git tree is clean (no changes, no new files), X.Y.Z is higher than
-#      the current version (api_pipeline/__init__.py, the one place it lives) and tag vX.Y.Z
+#      the current version (api_pipeline/about.py, the one place it lives) and tag vX.Y.Z
 #      is new;
 #   2. scans the tracked files for secrets: detect-secrets (anything not already audited in
 #      packaging/secrets-baseline.json fails), and gitleaks too when it is installed;
@@ -114,7 +114,7 @@ EOF
 
 # --- Versions ----------------------------------------------------------------------------------
 current_version() {
-    sed -n 's/^__version__ = "\(.*\)"$/\1/p' api_pipeline/__init__.py
+    sed -n 's/^__version__ = "\(.*\)"$/\1/p' api_pipeline/about.py
 }
 
 # Exit 0 when $1 is a higher PEP 440 version than $2 (X.Y.Z, with aN/bN/rcN, .postN, .devN).
@@ -192,7 +192,7 @@ if [ -n "$(git status --porcelain)" ]; then
     die "the working tree is not clean (above): commit or stash first, so the release is exactly what is committed"
 fi
 CURRENT=$(current_version)
-[ -n "$CURRENT" ] || die "no __version__ = \"...\" line in api_pipeline/__init__.py"
+[ -n "$CURRENT" ] || die "no __version__ = \"...\" line in api_pipeline/about.py"
 version_higher "$VERSION" "$CURRENT" || die "$VERSION is not higher than the current version $CURRENT"
 if git rev-parse -q --verify "refs/tags/v$VERSION" >/dev/null; then
     die "tag v$VERSION already exists"
@@ -213,7 +213,7 @@ secret_scan
 COMMITTED=0
 restore() {
     if [ "$COMMITTED" = 0 ]; then
-        git checkout -q -- api_pipeline/__init__.py CHANGELOG.md 2>/dev/null || true
+        git checkout -q -- api_pipeline/about.py CHANGELOG.md 2>/dev/null || true
     fi
 }
 trap restore EXIT
@@ -224,10 +224,10 @@ say "version $CURRENT -> $VERSION; CHANGELOG: [Unreleased] -> [$VERSION] - $TODA
 import pathlib, re, sys
 version, today = sys.argv[1], sys.argv[2]
 
-init = pathlib.Path("api_pipeline/__init__.py")
+init = pathlib.Path("api_pipeline/about.py")
 text, count = re.subn(r'^__version__ = "[^"]*"$', f'__version__ = "{version}"', init.read_text(), flags=re.M)
 if count != 1:
-    sys.exit("release.sh: error: expected one __version__ line in api_pipeline/__init__.py")
+    sys.exit("release.sh: error: expected one __version__ line in api_pipeline/about.py")
 init.write_text(text)
 
 changelog = pathlib.Path("CHANGELOG.md")
@@ -304,8 +304,8 @@ fi
 )
 
 # --- 8. Commit, tag, push --------------------------------------------------------------------------
-git add api_pipeline/__init__.py CHANGELOG.md
-git commit -q -m "Release $VERSION" -- api_pipeline/__init__.py CHANGELOG.md
+git add api_pipeline/about.py CHANGELOG.md
+git commit -q -m "Release $VERSION" -- api_pipeline/about.py CHANGELOG.md
 COMMITTED=1
 git tag -a "v$VERSION" -m "CSC API Pipeline $VERSION"
 say "committed 'Release $VERSION' and tagged v$VERSION"

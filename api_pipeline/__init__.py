@@ -10,8 +10,8 @@ their order and ``lint-imports`` checks it (a room imports only from rooms below
   database side (connections, dialects, the staging table and ledger, the run lock), which
   know nothing of each other;
 - ``settings``: the options, the ``.env`` file, the secret store and masking;
-- at the ground, the words every room shares: ``errors``, ``reasons``, ``timestamps``,
-  ``wording``, and ``stopping`` (Ctrl+C and the system's signals).
+- at the ground, the words every room shares: ``about`` (the name and version), ``errors``,
+  ``reasons``, ``timestamps``, ``wording``, and ``stopping`` (Ctrl+C and the system's signals).
 
 From Python (a notebook): ``from api_pipeline import run`` (``api_pipeline.library``; docs/notebooks.md).
 
@@ -23,9 +23,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0.dev0"
-
-APP_NAME = "csc-api-pipeline"
+from api_pipeline.about import APP_NAME, __version__
 
 __all__ = ["APP_NAME", "RunFailed", "RunResult", "__version__", "run"]
 _LIBRARY = frozenset({"run", "RunResult", "RunFailed"})
@@ -33,12 +31,11 @@ _LIBRARY = frozenset({"run", "RunResult", "RunFailed"})
 
 def __getattr__(name: str) -> Any:
     """``run`` and its result, imported when first asked for, so that ``import api_pipeline`` does
-    no work (the PyInstaller spec and every module read ``__version__`` from here; the run's
-    imports take a good part of a second).
+    no work (the PyInstaller spec reads ``__version__`` through it; the run's imports take a good
+    part of a second).
 
-    By name (``importlib``), not an import statement: every room imports this package for its
-    version, so a statement here would read, to the import-linter, as each of them importing
-    ``library`` and, through it, the rooms above them.
+    By name (``importlib``), not an import statement: Python runs this file before any module of
+    the package, so a statement here would load every room whatever was imported.
     """
     if name in _LIBRARY:
         return getattr(importlib.import_module("api_pipeline.library"), name)

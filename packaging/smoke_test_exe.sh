@@ -43,9 +43,9 @@ if [ "$ON_WINDOWS" = 0 ]; then
     prepare_wine_prefix
 fi
 
-WANT_VERSION=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$REPO/api_pipeline/__init__.py")
+WANT_VERSION=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$REPO/api_pipeline/about.py")
 [ -n "$WANT_VERSION" ] || {
-    echo "error: no __version__ in api_pipeline/__init__.py" >&2
+    echo "error: no __version__ in api_pipeline/about.py" >&2
     exit 1
 }
 

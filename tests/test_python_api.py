@@ -251,7 +251,7 @@ def test_import_api_pipeline_does_no_work(tmp_path: Path) -> None:
         """,
         cwd=tmp_path,
     )
-    assert report["loaded"] == ["api_pipeline"]
+    assert report["loaded"] == ["api_pipeline", "api_pipeline.about"]  # the package and its name and version
     assert report["run"] == "api_pipeline.library" and report["missing"] == "AttributeError"
 
 

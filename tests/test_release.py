@@ -235,7 +235,7 @@ def next_version(current: str) -> str:
 
 
 def current_version(repo: Path) -> str:
-    text = (repo / "api_pipeline" / "__init__.py").read_text(encoding="utf-8")
+    text = (repo / "api_pipeline" / "about.py").read_text(encoding="utf-8")
     return re.search(r'^__version__ = "([^"]+)"', text, re.M)[1]
 
 

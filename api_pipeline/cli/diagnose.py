@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, quote_plus, urlsplit
 
-from api_pipeline import APP_NAME, __version__
+from api_pipeline.about import APP_NAME, __version__
 from api_pipeline.cli.error_lines import error_lines
 from api_pipeline.dfe.transport import make_session, proxy_address, session_proxy
 from api_pipeline.errors import ConfigError, ExitCode, PipelineError

@@ -6,7 +6,7 @@ each of its three checks, which carry on whatever the others found.
 
 from __future__ import annotations
 
-from api_pipeline import APP_NAME, __version__
+from api_pipeline.about import APP_NAME, __version__
 from api_pipeline.errors import ConfigError, DatabaseError, ExitCode, PipelineError
 from api_pipeline.job.logs import append_error_log
 from api_pipeline.settings.context import Context

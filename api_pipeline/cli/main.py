@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from api_pipeline import APP_NAME, __version__
+from api_pipeline.about import APP_NAME, __version__
 from api_pipeline.cli.console import consoles_may_fail, unwritten
 from api_pipeline.cli.error_lines import error_lines, leave_a_trace
 from api_pipeline.cli.parser import build_parser

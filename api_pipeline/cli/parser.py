@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from api_pipeline import APP_NAME, __version__
+from api_pipeline.about import APP_NAME, __version__
 from api_pipeline.cli.credentials import DEFAULT_SERVICE, keyring_variables, set_secret_command
 from api_pipeline.cli.error_lines import error_lines, leave_a_trace
 from api_pipeline.errors import ConfigError, ExitCode, PipelineError

@@ -26,7 +26,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from api_pipeline import APP_NAME, __version__
+from api_pipeline.about import APP_NAME, __version__
 from api_pipeline.dfe.tls import TrustStoreAdapter, build_ssl_context
 from api_pipeline.errors import FatalApiError, TransientNetworkError
 from api_pipeline.settings.config import Settings

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from api_pipeline import APP_NAME, __version__
+from api_pipeline.about import APP_NAME, __version__
 from api_pipeline.errors import ExitCode
 from api_pipeline.job.run_files import (
     OUTCOME_KEYS,

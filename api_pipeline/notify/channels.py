@@ -12,7 +12,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from api_pipeline import APP_NAME
+from api_pipeline.about import APP_NAME
 from api_pipeline.errors import ConfigError, ExitCode, NotDelivered
 from api_pipeline.notify.mail import email_problems, send_email
 from api_pipeline.notify.message import Alert

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from api_pipeline import APP_NAME, __version__
+from api_pipeline.about import APP_NAME, __version__
 
 LEVELS = ("ok", "problems", "failed", "test")
 _TEAMS_COLOURS = {"ok": "good", "problems": "warning", "failed": "attention", "test": "accent"}
