@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from api_pipeline.errors import ConfigError, DatabaseError
+from api_pipeline.errors import ConfigError
 from api_pipeline.store.connect import add_output_converters, says_babelfish
 from api_pipeline.store.db import Database
 from api_pipeline.store.dialects import BABELFISH, MSSQL, SQLITE, dialect_for_dbms
@@ -136,7 +136,7 @@ def _borrow_odbc(connection: Any, module: Any) -> Database:
         with contextlib.suppress(module.Error):
             connection.autocommit = autocommit
 
-    db = Database(
+    return Database(
         connection,
         dialect,
         description=f"{dbms} {version} via ODBC driver {driver_file} {driver_version}, a connection given to the run",
@@ -144,13 +144,7 @@ def _borrow_odbc(connection: Any, module: Any) -> Database:
         driver_file=driver_file,
         context=context,
         give_back=give_back,
-    )
-    try:
-        db._start_session()
-    except DatabaseError:
-        db.close()
-        raise
-    return db
+    ).in_session()
 
 
 def _converters_put_back(connection: Any) -> Callable[[], None]:

@@ -220,7 +220,7 @@ class Database(Retries):
         ``setting`` is the setting ``text`` came from, for the messages (see ``config.ConnectionString``).
         """
         opened = open_odbc_connection(text, odbc if odbc is not None else import_pyodbc(setting), setting)
-        db = cls(
+        return cls(
             opened.connection,
             opened.dialect,
             description=opened.description,
@@ -228,13 +228,7 @@ class Database(Retries):
             driver_file=opened.driver_file,
             context=opened.context,
             open_again=opened.open_again,
-        )
-        try:
-            db._start_session()
-        except DatabaseError:
-            db.close()
-            raise
-        return db
+        ).in_session()
 
     def another(self) -> Database | None:
         """A second connection to the same database, set up as this one is for a run, for work
@@ -259,7 +253,7 @@ class Database(Retries):
             connection = self._open_again()
         except self._errors as exc:
             raise explain_odbc_error(exc, self._context) from None
-        other = Database(
+        return Database(
             connection,
             self.dialect,
             description=self.description,
@@ -267,13 +261,17 @@ class Database(Retries):
             driver_file=self.driver_file,
             context=self._context,
             open_again=self._open_again,
-        )
+        ).in_session()
+
+    def in_session(self) -> Database:
+        """This new connection with its session settings made (:meth:`_start_session`); closed
+        if they cannot be, so that a failed open leaves no connection behind."""
         try:
-            other._start_session()
+            self._start_session()
         except DatabaseError:
-            other.close()
+            self.close()
             raise
-        return other
+        return self
 
     def _start_session(self) -> None:
         """The dialect's session settings (row counts, deadlock priority, lock time-out), committed:
