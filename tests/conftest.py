@@ -185,54 +185,53 @@ def unique_table(prefix: str = "t") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(scope="session")
-def postgres_odbc() -> str:
-    """The test server's ODBC string; skips (or, with CSC_TEST_POSTGRES_REQUIRED set, fails) without one."""
-    text = os.environ.get(POSTGRES_ENV, "").strip()
-    required = bool(os.environ.get("CSC_TEST_POSTGRES_REQUIRED"))
+def server_odbc(name: str, setting: str, required: str, missing: str) -> str:
+    """The ODBC string of the test server ``setting`` names, once it has answered; skips (or, with
+    ``required`` set, fails) without one, saying why: ``missing`` when it is not set."""
+    text = os.environ.get(setting, "").strip()
     problem = None
     if not text:
-        problem = (
-            f"PostgreSQL tests need {POSTGRES_ENV}, an ODBC connection string to a PostgreSQL test database "
-            "(needs PostgreSQL, unixODBC and psqlODBC; as root, 'source .ci/postgres.sh' sets up all three)"
-        )
+        problem = missing
     else:
         try:
             with Database.connect(text) as db:
-                db.scalar("SELECT 1")
+                db.answers()
         except PipelineError as exc:
-            problem = f"PostgreSQL from {POSTGRES_ENV} is not usable: {str(exc).splitlines()[0]}"
+            problem = f"{name} from {setting} is not usable: {str(exc).splitlines()[0]}"
     if problem:
-        if required:
+        if os.environ.get(required):
             pytest.fail(problem)
         pytest.skip(problem)
     return text
+
+
+@pytest.fixture(scope="session")
+def postgres_odbc() -> str:
+    """The test server's ODBC string; skips (or, with CSC_TEST_POSTGRES_REQUIRED set, fails) without one."""
+    return server_odbc(
+        "PostgreSQL",
+        POSTGRES_ENV,
+        "CSC_TEST_POSTGRES_REQUIRED",
+        f"PostgreSQL tests need {POSTGRES_ENV}, an ODBC connection string to a PostgreSQL test database "
+        "(needs PostgreSQL, unixODBC and psqlODBC; as root, 'source .ci/postgres.sh' sets up all three)",
+    )
 
 
 @pytest.fixture(scope="session")
 def sqlserver_odbc() -> str:
     """The T-SQL test server's ODBC string (Babelfish through FreeTDS in CI); skips (or, with
     CSC_TEST_SQLSERVER_REQUIRED set, fails) without one, saying why."""
-    text = os.environ.get(SQLSERVER_ENV, "").strip()
-    required = bool(os.environ.get("CSC_TEST_SQLSERVER_REQUIRED"))
-    problem = None
-    if not text:
-        problem = os.environ.get("CSC_TEST_SQLSERVER_SKIP_REASON", "").strip() or (
+    return server_odbc(
+        "SQL Server",
+        SQLSERVER_ENV,
+        "CSC_TEST_SQLSERVER_REQUIRED",
+        os.environ.get("CSC_TEST_SQLSERVER_SKIP_REASON", "").strip()
+        or (
             f"SQL Server tests need {SQLSERVER_ENV}, an ODBC connection string to a SQL Server (or Babelfish) "
             "test database; as root, 'source .ci/babelfish.sh' builds Babelfish from ../shared/babelfish, "
             "starts it and sets it"
-        )
-    else:
-        try:
-            with Database.connect(text) as db:
-                db.scalar("SELECT 1")
-        except PipelineError as exc:
-            problem = f"SQL Server from {SQLSERVER_ENV} is not usable: {str(exc).splitlines()[0]}"
-    if problem:
-        if required:
-            pytest.fail(problem)
-        pytest.skip(problem)
-    return text
+        ),
+    )
 
 
 @pytest.fixture
